@@ -1,0 +1,34 @@
+"""backmap — plugin-based multiscale backmapping of coarse-grained molecular structures.
+
+The public API a plugin needs is re-exported here; everything else is an implementation detail.
+"""
+from backmap.errors import BackmapError
+from backmap.hooks import hookimpl
+from backmap.plugin import (
+    Generator,
+    Metric,
+    Plugin,
+    Reader,
+    Refiner,
+    Regularizer,
+    Selector,
+    Step,
+    Traversal,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackmapError",
+    "Generator",
+    "Metric",
+    "Plugin",
+    "Reader",
+    "Refiner",
+    "Regularizer",
+    "Selector",
+    "Step",
+    "Traversal",
+    "hookimpl",
+    "__version__",
+]

@@ -1,0 +1,147 @@
+"""(CG, AA) training pairs: built from an AA trajectory and a mapping, or read from
+DeepBackmap-style folders of paired ``aa/N.gro`` + ``cg/N.gro``; split and cached."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from backmap.errors import BackmapError
+from backmap.io import atomic_path, parse_frames, read_frames, trajectory_info
+from backmap.mapping import CGTopology
+from backmap.pbc import Unwrapper, minimum_image
+from backmap.progress import progress
+
+PAIRS_FORMAT = 1
+
+
+@dataclass
+class PairSet:
+    """Paired frames. ``aa`` (F, n_atoms, 3) whole molecules and ``cg`` (F, n_beads, 3) in the
+    same periodic image, in nm; ``dimensions`` (F, 6) boxes; ``frames`` the source frame numbers;
+    ``is_test`` the split."""
+
+    aa: np.ndarray
+    cg: np.ndarray
+    dimensions: np.ndarray
+    frames: np.ndarray
+    is_test: np.ndarray
+    info: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def subset(self, mask: np.ndarray) -> "PairSet":
+        return PairSet(self.aa[mask], self.cg[mask], self.dimensions[mask], self.frames[mask],
+                       self.is_test[mask], dict(self.info))
+
+    def train(self) -> "PairSet":
+        return self.subset(~self.is_test)
+
+    def test(self) -> "PairSet":
+        return self.subset(self.is_test)
+
+    def save(self, path: Path) -> None:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, aa=self.aa, cg=self.cg, dimensions=self.dimensions, frames=self.frames,
+                         is_test=self.is_test, info=json.dumps(self.info))
+
+    @classmethod
+    def load(cls, path: Path) -> "PairSet":
+        with np.load(path) as z:
+            return cls(z["aa"], z["cg"], z["dimensions"], z["frames"], z["is_test"], json.loads(str(z["info"])))
+
+
+def split_frames(frames: np.ndarray, test_fraction: float, mode: str, test_frames: Iterable[int] | None,
+                 seed: int) -> np.ndarray:
+    """Boolean test mask over ``frames`` (source frame numbers)."""
+    if test_frames is not None:
+        return np.isin(frames, list(test_frames))
+    n_test = int(round(test_fraction * len(frames)))
+    mask = np.zeros(len(frames), bool)
+    if n_test:
+        if mode == "tail":
+            mask[-n_test:] = True
+        else:
+            mask[np.random.default_rng(seed).choice(len(frames), n_test, replace=False)] = True
+    return mask
+
+
+def pairs_from_trajectory(cg_top: CGTopology, trajectory: Path, frames: np.ndarray) -> PairSet:
+    """Map selected frames of an AA trajectory; molecules are made whole first."""
+    topo = cg_top.topology
+    unwrap = Unwrapper(topo)
+    aa, dims = [], []
+    for fr in progress(read_frames(trajectory, topo.n_atoms, frames, expect=f"topology {topo.source.name}"),
+                       total=len(frames), description=f"mapping {trajectory.name}"):
+        aa.append(unwrap(fr.positions, fr.dimensions).astype(np.float32))
+        dims.append(fr.dimensions)
+    aa_arr = np.stack(aa)
+    return PairSet(aa_arr, cg_top.apply(aa_arr.astype(np.float64)).astype(np.float32), np.stack(dims),
+                   np.asarray(frames), np.zeros(len(frames), bool),
+                   {"source": str(trajectory), "kind": "trajectory"})
+
+
+def pair_folder_frames(folder: Path) -> list[int]:
+    """Frame numbers N of the ``aa/N.gro`` files that have a ``cg/N.gro`` partner."""
+    aa_dir, cg_dir = folder / "aa", folder / "cg"
+    if not aa_dir.is_dir() or not cg_dir.is_dir():
+        raise BackmapError("expected sub-folders aa/ and cg/ with paired N.gro files", source=folder)
+    numbers = []
+    for f in aa_dir.glob("*.gro"):
+        if not f.stem.isdigit():
+            raise BackmapError("pair files must be named N.gro with N a number", source=f)
+        if not (cg_dir / f.name).is_file():
+            raise BackmapError(f"aa/{f.name} has no partner cg/{f.name}", source=folder)
+        numbers.append(int(f.stem))
+    if not numbers:
+        raise BackmapError("no aa/N.gro files", source=folder)
+    return sorted(numbers)
+
+
+def pairs_from_folders(cg_top: CGTopology, folder: Path, numbers: list[int]) -> PairSet:
+    """Read paired snapshots; CG positions are taken from ``cg/N.gro``, moved to the periodic
+    image of the mapped AA structure. The deviation from the mapping is recorded in ``info``."""
+    topo = cg_top.topology
+    unwrap = Unwrapper(topo)
+    aa, cg, dims, devs = [], [], [], []
+    for n in progress(numbers, description=f"reading {folder.name}/aa,cg"):
+        fa = next(read_frames(folder / "aa" / f"{n}.gro", topo.n_atoms, expect=f"topology {topo.source.name}"))
+        fc = next(read_frames(folder / "cg" / f"{n}.gro", cg_top.n_beads, expect="mapping's CG system"))
+        x = unwrap(fa.positions, fa.dimensions)
+        mapped = cg_top.apply(x)
+        delta = minimum_image(fc.positions - mapped, fa.dimensions)
+        devs.append(np.linalg.norm(delta, axis=-1))
+        aa.append(x.astype(np.float32))
+        cg.append((mapped + delta).astype(np.float32))
+        dims.append(fa.dimensions)
+    d = np.concatenate(devs)
+    info = {"source": str(folder), "kind": "pairs", "cg_vs_mapping_max_nm": float(d.max()),
+            "cg_vs_mapping_rms_nm": float(np.sqrt((d ** 2).mean()))}
+    return PairSet(np.stack(aa), np.stack(cg), np.stack(dims), np.array(numbers), np.zeros(len(numbers), bool), info)
+
+
+def file_digest(paths: Iterable[Path], extra: object = None) -> str:
+    """Hash of file contents and parameters, to key the pair cache."""
+    h = hashlib.sha256(f"pairs-v{PAIRS_FORMAT}".encode())
+    for p in paths:
+        h.update(str(p.name).encode())
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    h.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def count_frames(path: Path) -> int:
+    return trajectory_info(path)[1]
+
+
+def select_frames(spec: str | None, skip: list[int], n_frames: int, source: str) -> np.ndarray:
+    frames = parse_frames(spec, n_frames, source)
+    return frames[~np.isin(frames, skip)]

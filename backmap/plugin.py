@@ -1,0 +1,142 @@
+"""Base classes of every plugin kind.
+
+A plugin class has a ``name`` (unique within its kind), a ``Params`` pydantic model that
+validates its recipe parameters, and is constructed as ``cls(params)``. The methods below are
+the contract the core relies on; anything else is the plugin's own business.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    import networkx as nx
+
+    from backmap.data import PairSet
+    from backmap.mapping import Mapping
+    from backmap.pipeline import RunContext
+    from backmap.topology import Topology
+
+
+class NoParams(BaseModel):
+    """Parameters of a plugin that takes none (any key is an error)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Plugin:
+    """Common base: a name, a kind, a validated parameter model."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str]
+    Params: ClassVar[type[BaseModel]] = NoParams
+    #: one line shown by ``backmap plugins``
+    summary: ClassVar[str] = ""
+
+    def __init__(self, params: BaseModel | dict[str, Any] | None = None):
+        if params is None or isinstance(params, dict):
+            params = self.Params.model_validate(params or {})
+        self.params = params
+
+
+class Generator(Plugin):
+    """Learns p(unit positions | local environment) and proposes placements.
+
+    ``fit`` trains on (CG, AA) pairs; ``propose`` returns ``n_candidates`` placements for a
+    batch of units (positions in the unit's local frame, nm). ``log_prob`` is optional and
+    enables exact Metropolis–Hastings refinement.
+    """
+
+    kind = "generator"
+
+    def fit(self, pairs: "PairSet", context: "RunContext") -> dict[str, Any]:
+        """Train on ``pairs.train()``; return a small summary (losses, timings)."""
+        raise NotImplementedError
+
+    def propose(self, batch: Any, n_candidates: int, rng: np.random.Generator) -> Any:
+        """Candidate positions, shape (B, n_candidates, n_unit_atoms, 3), in nm."""
+        raise NotImplementedError
+
+    def log_prob(self, batch: Any, positions: Any) -> Any:
+        """Log density of ``positions`` under the generator (optional)."""
+        raise NotImplementedError(f"generator {self.name!r} has no tractable density")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to restore the trained generator (picklable)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+
+
+class Traversal(Plugin):
+    """Orders the nodes of a molecular graph (CG beads outer, atoms inner)."""
+
+    kind = "traversal"
+
+    def order(self, graph: "nx.Graph", root: Any, rng: np.random.Generator) -> list[Any]:
+        raise NotImplementedError
+
+
+class Refiner(Plugin):
+    """Improves complete AA structures after the forward pass."""
+
+    kind = "refiner"
+
+    def refine(self, positions: np.ndarray, context: Any) -> np.ndarray:
+        raise NotImplementedError
+
+
+class Regularizer(Plugin):
+    """A loss term added to a generator's training objective."""
+
+    kind = "regularizer"
+
+    def loss(self, generated: Any, context: Any) -> Any:
+        raise NotImplementedError
+
+
+class Selector(Plugin):
+    """Chooses one of K candidates per unit from their scores (e.g. energies)."""
+
+    kind = "selector"
+
+    def select(self, energies: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+
+class Metric(Plugin):
+    """An observable compared between a reference and candidate ensembles."""
+
+    kind = "metric"
+
+    def compute(self, trajectory: Any, context: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class Step(Plugin):
+    """A recipe step: reads and writes files in the run's work directory."""
+
+    kind = "step"
+
+    def run(self, ctx: "RunContext") -> dict[str, Any]:
+        """Do the work; return a summary (shown in the run report)."""
+        raise NotImplementedError
+
+
+class Reader(Plugin):
+    """Reads a topology or mapping file format, chosen by suffix.
+
+    ``what`` is ``"topology"`` (``read(path) -> Topology``) or ``"mapping"``
+    (``read(path, topology) -> Mapping``).
+    """
+
+    kind = "reader"
+    what: ClassVar[str]
+    suffixes: ClassVar[Sequence[str]]
+
+    def read(self, path: Path, topology: "Topology | None" = None) -> "Topology | Mapping":
+        raise NotImplementedError

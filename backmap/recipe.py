@@ -1,0 +1,279 @@
+"""Recipes: YAML validated into typed models, with errors that name the file and key path.
+
+Relative paths resolve against the recipe's directory. Plugin parameters are validated by the
+plugin's own ``Params`` model; step parameters by the step plugin's.
+"""
+from __future__ import annotations
+
+import difflib
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+
+from backmap.errors import BackmapError
+
+
+def _resolve(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    value = Path(value).expanduser()
+    return (Path(base) / value).resolve() if base is not None and not value.is_absolute() else value
+
+
+def _must_exist(value: Path, info: ValidationInfo) -> Path:
+    value = _resolve(value, info)
+    if (info.context or {}).get("check_files", True) and not value.exists():
+        raise ValueError(f"file not found: {value}")
+    return value
+
+
+#: a path resolved against the recipe's directory
+RecipePath = Annotated[Path, AfterValidator(_resolve)]
+#: an input path resolved against the recipe's directory that must exist
+InputPath = Annotated[Path, AfterValidator(_must_exist)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SystemSpec(Strict):
+    """The AA system and its mapping."""
+
+    topology: InputPath = Field(description="AA topology: .top (with parameters), .tpr, or .gro/.pdb")
+    mapping: InputPath | list[InputPath] = Field(description="VOTCA mapping XML or DeepBackmap .map file(s)")
+
+    @property
+    def mappings(self) -> list[Path]:
+        return self.mapping if isinstance(self.mapping, list) else [self.mapping]
+
+
+class SplitSpec(Strict):
+    """How frames are divided into training and test sets."""
+
+    test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    mode: Literal["tail", "random"] = Field("tail", description="tail: the last frames (time-correlated data)")
+    test_frames: list[int] | None = Field(None, description="explicit test frames (overrides test_fraction)")
+
+
+class DataSpec(Strict):
+    """Where (CG, AA) training pairs come from: an AA trajectory mapped on the fly, or
+    DeepBackmap-style folders of paired ``aa/N.gro`` and ``cg/N.gro``."""
+
+    trajectory: InputPath | None = None
+    pairs: InputPath | None = None
+    frames: str | None = Field(None, description="'start:stop:step' or '0,5,9' (trajectory only)")
+    skip_frames: list[int] = Field(default_factory=list, description="frames left out entirely")
+    split: SplitSpec = Field(default_factory=SplitSpec)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataSpec":
+        if (self.trajectory is None) == (self.pairs is None):
+            raise ValueError("give exactly one of 'trajectory' or 'pairs'")
+        return self
+
+
+class PluginRef(Strict):
+    """A plugin chosen by name with its parameters."""
+
+    plugin: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Recipe(Strict):
+    """A whole run: the system, the data, the plugins, and the steps in order."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    seed: int = 0
+    workdir: RecipePath | None = Field(None, description="default: runs/<name> beside the recipe")
+    system: SystemSpec
+    data: DataSpec | None = None
+    generator: PluginRef | None = None
+    traversal: PluginRef | None = None
+    selector: PluginRef | None = None
+    refiners: list[PluginRef] = Field(default_factory=list)
+    regularizers: list[PluginRef] = Field(default_factory=list)
+    steps: list[dict[str, dict[str, Any] | None]] = Field(min_length=1)
+
+    # filled in by load_recipe
+    path: Path | None = Field(None, exclude=True)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent if self.path else Path.cwd()
+
+    def default_workdir(self) -> Path:
+        return self.workdir or (self.base_dir / "runs" / self.name)
+
+
+class ValidatedStep(BaseModel):
+    name: str
+    params: Any
+
+
+# --------------------------------------------------------------------------- error messages
+
+_TYPE_WORDS = {"int": "int", "float": "float", "bool": "bool", "string": "string", "str": "string",
+               "list": "list", "dict": "mapping", "model": "mapping", "literal": "one of"}
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str] | None:
+    """Field names of the (nested) model that ``loc`` points into, for typo suggestions."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+            return None
+        ann = current.model_fields[part].annotation
+        current = next((a for a in _flatten(ann) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return list(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _flatten(ann: Any) -> list[Any]:
+    args = typing.get_args(ann)
+    return [x for a in args for x in _flatten(a)] if args else [ann]
+
+
+def _message(err: dict, model: type[BaseModel] | None) -> str:
+    kind, msg = err["type"], err["msg"]
+    given = err.get("input")
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        allowed = _fields_at(model, err["loc"][:-1]) if model else None
+        hint = difflib.get_close_matches(str(err["loc"][-1]), allowed or [], n=1)
+        text = "unknown key"
+        if hint:
+            text += f" (did you mean {hint[0]!r}?)"
+        elif allowed:
+            text += f" (allowed: {', '.join(a for a in allowed if a != 'path')})"
+        return text
+    for suffix in ("_parsing", "_type"):
+        if kind.endswith(suffix) and kind[: -len(suffix)] in _TYPE_WORDS:
+            return f"expected {_TYPE_WORDS[kind[:-len(suffix)]]}, got {given!r}"
+    if kind == "literal_error":
+        return f"{msg[0].lower()}{msg[1:]}, got {given!r}"
+    if kind == "value_error":
+        return msg.removeprefix("Value error, ")
+    return f"{msg[0].lower()}{msg[1:]}"
+
+
+def format_errors(exc: ValidationError, source: str, prefix: tuple = (), model=None) -> str:
+    """One line per error: ``file: key.path: message``."""
+    lines = []
+    for err in exc.errors():
+        loc = prefix + tuple(err["loc"])
+        lines.append(f"{source}: {_loc(loc) or '<top>'}: {_message(err, model)}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- loading
+
+def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:
+    """Apply ``key.path=value`` overrides; ``steps.NAME.key`` addresses the step called NAME."""
+    for item in overrides:
+        if "=" not in item:
+            raise BackmapError(f"override {item!r} is not key.path=value", source=source)
+        key, value = item.split("=", 1)
+        parts = key.split(".")
+        target: Any = raw
+        if parts[0] == "steps" and len(parts) > 2:
+            step = next((s for s in raw.get("steps", []) if isinstance(s, dict) and parts[1] in s), None)
+            if step is None:
+                raise BackmapError(f"override {key}: no step {parts[1]!r} in the recipe", source=source)
+            if step[parts[1]] is None:
+                step[parts[1]] = {}
+            target, parts = step[parts[1]], parts[2:]
+        for p in parts[:-1]:
+            target = target.setdefault(p, {})
+            if not isinstance(target, dict):
+                raise BackmapError(f"override {key}: {p} is not a mapping", source=source)
+        target[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, registry=None,
+                check_files: bool = True) -> tuple[Recipe, list[ValidatedStep]]:
+    """Read, validate and resolve a recipe. Raises :class:`BackmapError` with every problem."""
+    from backmap.registry import default_registry
+
+    path = Path(path)
+    source = path.name
+    if not path.is_file():
+        raise BackmapError("recipe file not found", source=path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise BackmapError(f"not valid YAML: {getattr(exc, 'problem', exc)}", source=where) from None
+    if not isinstance(raw, dict):
+        raise BackmapError("a recipe is a YAML mapping of keys (name, system, steps, …)", source=source)
+    raw = apply_overrides(raw, overrides or [], source)
+    ctx = {"base_dir": path.parent.resolve(), "check_files": check_files}
+    try:
+        recipe = Recipe.model_validate(raw, context=ctx)
+    except ValidationError as exc:
+        raise BackmapError(format_errors(exc, source, model=Recipe)) from None
+    recipe.path = path.resolve()
+    registry = registry or default_registry()
+    errors: list[str] = []
+
+    def plugin_params(kind: str, ref: PluginRef, loc: tuple) -> None:
+        try:
+            info = registry.get(kind, ref.plugin)
+        except BackmapError as exc:
+            errors.append(f"{source}: {_loc(loc + ('plugin',))}: {exc}")
+            return
+        try:
+            ref.params = info.cls.Params.model_validate(ref.params, context=ctx).model_dump()
+        except ValidationError as exc:
+            errors.append(format_errors(exc, source, loc + ("params",), info.cls.Params))
+
+    for key, kind in (("generator", "generator"), ("traversal", "traversal"), ("selector", "selector")):
+        if getattr(recipe, key) is not None:
+            plugin_params(kind, getattr(recipe, key), (key,))
+    for key, kind in (("refiners", "refiner"), ("regularizers", "regularizer")):
+        for i, ref in enumerate(getattr(recipe, key)):
+            plugin_params(kind, ref, (key, i))
+
+    steps: list[ValidatedStep] = []
+    for i, entry in enumerate(recipe.steps):
+        if len(entry) != 1:
+            errors.append(f"{source}: steps[{i}]: a step is one 'name: {{params}}' entry, got {list(entry)}")
+            continue
+        (name, params), = entry.items()
+        try:
+            info = registry.get("step", name)
+        except BackmapError as exc:
+            errors.append(f"{source}: steps[{i}]: {exc}")
+            continue
+        try:
+            steps.append(ValidatedStep(name=name, params=info.cls.Params.model_validate(params or {}, context=ctx)))
+        except ValidationError as exc:
+            errors.append(format_errors(exc, source, ("steps", i, name), info.cls.Params))
+    if errors:
+        raise BackmapError("\n".join(errors))
+    return recipe, steps

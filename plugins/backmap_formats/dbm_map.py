@@ -1,0 +1,84 @@
+"""DeepBackmap ``.map`` files: ``[map]`` rows ``atom_index atom_type bead_index bead_type``
+(1-based), ``[align]`` (bead → bead fixing its frame) and ``[mult]``; sections end with ``[/name]``.
+The file's stem names the molecule type (``PS1.map`` ↔ ``PS1``). Beads are centres of mass."""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from backmap import BackmapError, Reader
+from backmap.mapping import Bead, Mapping, MoleculeMapping
+from backmap.topology import Topology
+
+
+def _sections(path: Path) -> dict[str, list[tuple[int, list[str]]]]:
+    sections: dict[str, list[tuple[int, list[str]]]] = {}
+    current = None
+    for lineno, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.split(";")[0].strip()
+        if not line:
+            continue
+        if line.startswith("[/"):
+            current = None
+        elif line.startswith("["):
+            current = line.strip("[] ").lower()
+            sections[current] = []
+        elif current is not None:
+            sections[current].append((lineno, line.split()))
+    return sections
+
+
+class DeepBackmapMapReader(Reader):
+    name = "dbm_map"
+    what = "mapping"
+    suffixes = (".map",)
+    summary = "DeepBackmap .map (beads as centres of mass)"
+
+    def read(self, path: Path, topology: Topology) -> Mapping:
+        moltype = topology.moltypes.get(path.stem)
+        if moltype is None and len(topology.moltypes) == 1:
+            moltype = next(iter(topology.moltypes.values()))
+        if moltype is None:
+            raise BackmapError(f"file name {path.stem!r} matches no molecule type of {topology.source.name} "
+                               f"(it has: {', '.join(topology.moltypes)})", source=path)
+        sections = _sections(path)
+        if not sections.get("map"):
+            raise BackmapError("no [map] section", source=path)
+        members: dict[int, list[int]] = defaultdict(list)
+        bead_type: dict[int, str] = {}
+        for lineno, words in sections["map"]:
+            where = f"{path.name}:{lineno}"
+            try:
+                atom, atype, bead, btype = int(words[0]) - 1, words[1], int(words[2]), words[3]
+            except (ValueError, IndexError):
+                raise BackmapError("expected 'atom_index atom_type bead_index bead_type'", source=where) from None
+            if not 0 <= atom < moltype.n_atoms:
+                raise BackmapError(f"atom {atom + 1} is not in molecule type {moltype.name} "
+                                   f"({moltype.n_atoms} atoms)", source=where)
+            if atype != moltype.atom_types[atom]:
+                raise BackmapError(f"atom {atom + 1} has type {moltype.atom_types[atom]} in the topology, "
+                                   f"not {atype}", source=where)
+            if bead_type.setdefault(bead, btype) != btype:
+                raise BackmapError(f"bead {bead} has type {bead_type[bead]} and {btype}", source=where)
+            members[bead].append(atom)
+        order = sorted(members)
+        counters: dict[str, int] = defaultdict(int)
+        beads = []
+        for b in order:
+            counters[bead_type[b]] += 1
+            atoms = np.array(sorted(members[b]), int)
+            m = moltype.masses[atoms]
+            beads.append(Bead(f"{bead_type[b]}{counters[bead_type[b]]}", bead_type[b], atoms, m / m.sum()))
+        pos = {b: k for k, b in enumerate(order)}
+        align = {}
+        for lineno, words in sections.get("align", []):
+            try:
+                align[pos[int(words[0])]] = pos[int(words[1])]
+            except (KeyError, ValueError, IndexError):
+                raise BackmapError("[align] rows are 'bead fixpoint_bead' of existing beads",
+                                   source=f"{path.name}:{lineno}") from None
+        mm = MoleculeMapping(moltype, moltype.name, beads, align=align, source=path)
+        mm.extras["mult"] = {pos[int(w[0])]: int(w[1]) for _, w in sections.get("mult", []) if int(w[0]) in pos}
+        return Mapping({moltype.name: mm}, [path])

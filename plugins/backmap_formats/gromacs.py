@@ -1,0 +1,207 @@
+"""GROMACS topologies: ``.top`` with its force-field parameters (parmed), ``.tpr`` (MDAnalysis),
+and bare coordinates ``.gro``/``.pdb`` with bonds guessed from distances (MDAnalysis)."""
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+
+from backmap import BackmapError, Reader
+from backmap.topology import MoleculeBlock, MoleculeType, Topology, element_from_mass
+
+
+def gromacs_topdir() -> Path | None:
+    """GROMACS's force-field library (``share/gromacs/top``), where ``#include``s resolve."""
+    candidates = []
+    if os.environ.get("GMXDATA"):
+        candidates.append(Path(os.environ["GMXDATA"]) / "top")
+    gmx = shutil.which("gmx") or shutil.which("gmx_mpi")
+    if gmx:
+        candidates.append(Path(gmx).resolve().parent.parent / "share" / "gromacs" / "top")
+    candidates += [Path("/usr/share/gromacs/top"), Path("/usr/local/gromacs/share/gromacs/top")]
+    return next((c for c in candidates if c.is_dir()), None)
+
+
+def _blocks(moltypes: list[MoleculeType], counts: list[int]) -> list[MoleculeBlock]:
+    blocks, first = [], 0
+    for mt, n in zip(moltypes, counts):
+        if n > 0:
+            blocks.append(MoleculeBlock(mt, n, first))
+            first += n * mt.n_atoms
+    return blocks
+
+
+class GromacsTopReader(Reader):
+    """``.top`` files with ``#include``/``#define`` resolved by parmed (GROMACS share dir searched)."""
+
+    name = "gromacs_top"
+    what = "topology"
+    suffixes = (".top",)
+    summary = "GROMACS .top/.itp with parameters (parmed)"
+
+    def read(self, path: Path, topology=None) -> Topology:
+        import parmed
+        from parmed.gromacs import GromacsTopologyFile
+        from parmed.gromacs._gromacsfile import GromacsFile
+
+        topdir = gromacs_topdir()
+        if topdir is not None:
+            parmed.gromacs.GROMACS_TOPDIR = str(topdir)
+        includes = [str(topdir)] if topdir else []
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                top = GromacsTopologyFile(str(path))
+                with closing(GromacsFile(str(path), includes=includes)) as f:
+                    contents = _molecules_section(f)
+        except BackmapError:
+            raise
+        except Exception as exc:
+            hint = "" if topdir else " (GROMACS share directory not found: install gromacs or set GMXDATA)"
+            raise BackmapError(f"cannot read GROMACS topology: {exc}{hint}", source=path) from exc
+        if not contents:
+            raise BackmapError("no [ molecules ] section", source=path)
+        moltypes, counts = [], []
+        for name, count in contents:
+            if name not in top.molecules:
+                raise BackmapError(f"[ molecules ] lists {name!r} but no [ moleculetype ] defines it", source=path)
+            mol, nrexcl = top.molecules[name]
+            moltypes.append(_from_parmed(name, mol, nrexcl))
+            counts.append(count)
+        d = top.defaults
+        defaults = {"nbfunc": int(d.nbfunc), "comb_rule": int(d.comb_rule), "gen_pairs": d.gen_pairs,
+                    "fudge_lj": float(d.fudgeLJ), "fudge_qq": float(d.fudgeQQ)}
+        topo = Topology(path, _blocks(moltypes, counts), defaults=defaults)
+        if topo.n_atoms != len(top.atoms):
+            raise BackmapError(f"{len(top.atoms)} atoms read by parmed but {topo.n_atoms} from [ molecules ]",
+                               source=path)
+        topo.meta["parmed"] = top  # parametrized structure of the whole system, for the force field
+        return topo
+
+
+def _molecules_section(lines) -> list[tuple[str, int]]:
+    """(name, count) rows of the preprocessed [ molecules ] section, in file order."""
+    section, rows = None, []
+    for line in lines:
+        s = line.split(";")[0].strip()
+        if not s:
+            continue
+        if s.startswith("["):
+            section = s.strip("[] ").lower()
+        elif section == "molecules":
+            name, count = s.split()[:2]
+            rows.append((name, int(count)))
+    return rows
+
+
+def _from_parmed(name: str, mol, nrexcl: int) -> MoleculeType:
+    from parmed.periodic_table import Element
+
+    atoms = mol.atoms
+    elements = [Element[a.atomic_number] if a.atomic_number > 0 else element_from_mass(a.mass) for a in atoms]
+    return MoleculeType(
+        name=name,
+        atom_names=np.array([a.name for a in atoms]),
+        atom_types=np.array([str(a.type) for a in atoms]),
+        elements=np.array(elements),
+        masses=np.array([a.mass for a in atoms], float),
+        charges=np.array([a.charge for a in atoms], float),
+        resids=np.array([a.residue.number for a in atoms], int),
+        resnames=np.array([a.residue.name for a in atoms]),
+        bonds=np.array([(b.atom1.idx, b.atom2.idx) for b in mol.bonds], int).reshape(-1, 2),
+        nrexcl=nrexcl,
+        parameters=mol,
+    )
+
+
+def _from_universe(path: Path, u, with_types: bool) -> Topology:
+    """Group consecutive identical molecules of an MDAnalysis universe into blocks."""
+    a = u.atoms
+    if hasattr(a, "molnums"):
+        molnum, names = a.molnums, list(a.moltypes)
+    else:  # no molecule information: one molecule per bonded fragment
+        molnum = a.fragindices
+        names = None
+    starts = np.flatnonzero(np.r_[True, molnum[1:] != molnum[:-1]])
+    if len(np.unique(molnum)) != len(starts):
+        raise BackmapError("molecules are not contiguous in atom order", source=path)
+    ends = np.r_[starts[1:], len(a)]
+    bond_idx = np.array(u.bonds.indices, int).reshape(-1, 2) if hasattr(u, "bonds") else np.zeros((0, 2), int)
+    elements = a.elements if hasattr(a, "elements") else None
+    moltypes: list[MoleculeType] = []
+    counts: list[int] = []
+    by_signature: dict = {}
+    for s, e in zip(starts, ends):
+        sig = (names[s] if names else None, tuple(a.names[s:e]), tuple(a.resnames[s:e]))
+        if counts and by_signature.get(sig) is moltypes[-1]:
+            counts[-1] += 1
+            continue
+        inside = (bond_idx >= s).all(1) & (bond_idx < e).all(1)
+        res = a.resindices[s:e]
+        masses = a.masses[s:e].astype(float)
+        el = [str(x).capitalize() if str(x).strip() else element_from_mass(m)
+              for x, m in zip(elements[s:e], masses)] if elements is not None else [element_from_mass(m) for m in masses]
+        mt_name = names[s] if names else "_".join(dict.fromkeys(a.resnames[s:e]))
+        if mt_name in {m.name for m in moltypes} and by_signature.get(sig) is None:
+            mt_name = f"{mt_name}_{len(moltypes)}"
+        mt = MoleculeType(
+            name=mt_name,
+            atom_names=np.array(a.names[s:e]),
+            atom_types=np.array(a.types[s:e]) if with_types else np.array(a.names[s:e]),
+            elements=np.array(el),
+            masses=masses,
+            charges=a.charges[s:e].astype(float) if hasattr(a, "charges") else np.zeros(e - s),
+            resids=res - res[0] + 1,
+            resnames=np.array(a.resnames[s:e]),
+            bonds=bond_idx[inside] - s,
+        )
+        by_signature[sig] = mt
+        moltypes.append(mt)
+        counts.append(1)
+    return Topology(path, _blocks(moltypes, counts))
+
+
+class TprReader(Reader):
+    """GROMACS run input ``.tpr`` (atoms, molecule types, bonds; no force-field parameters)."""
+
+    name = "gromacs_tpr"
+    what = "topology"
+    suffixes = (".tpr",)
+    summary = "GROMACS .tpr (MDAnalysis), no parameters"
+
+    def read(self, path: Path, topology=None) -> Topology:
+        import MDAnalysis as mda
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                u = mda.Universe(str(path))
+        except Exception as exc:
+            raise BackmapError(f"cannot read .tpr: {exc}", source=path) from exc
+        return _from_universe(path, u, with_types=True)
+
+
+class CoordinateTopologyReader(Reader):
+    """``.gro``/``.pdb`` as a topology: bonds guessed from distances, one molecule per fragment."""
+
+    name = "coordinates"
+    what = "topology"
+    suffixes = (".gro", ".pdb")
+    summary = ".gro/.pdb with guessed bonds (MDAnalysis)"
+
+    def read(self, path: Path, topology=None) -> Topology:
+        import MDAnalysis as mda
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                u = mda.Universe(str(path), guess_bonds=True, to_guess=["types", "masses", "elements", "bonds"])
+        except Exception as exc:
+            raise BackmapError(f"cannot guess a topology from coordinates: {exc}", source=path) from exc
+        topo = _from_universe(path, u, with_types=False)
+        topo.meta["guessed"] = True
+        return topo

@@ -1,0 +1,91 @@
+"""The ``prepare`` step: (CG, AA) training pairs, cached by a hash of the inputs."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from backmap import BackmapError, Step
+from backmap.data import (
+    PairSet,
+    count_frames,
+    file_digest,
+    pair_folder_frames,
+    pairs_from_folders,
+    pairs_from_trajectory,
+    select_frames,
+    split_frames,
+)
+from backmap.pipeline import write_text
+
+
+class PrepareParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cache: bool = Field(True, description="reuse pairs made earlier from identical inputs")
+
+
+class PrepareStep(Step):
+    name = "prepare"
+    summary = "build (CG, AA) training pairs from the recipe's data section"
+    Params = PrepareParams
+
+    def run(self, ctx) -> dict:
+        spec = ctx.recipe.data
+        if spec is None:
+            raise BackmapError("data: the prepare step needs a 'data' section", source=ctx.recipe.path.name)
+        cg_top = ctx.cg_topology
+        t0 = time.perf_counter()
+        if spec.trajectory is not None:
+            frames = select_frames(spec.frames, spec.skip_frames, count_frames(spec.trajectory),
+                                   f"{ctx.recipe.path.name}: data")
+            inputs = [spec.trajectory]
+        else:
+            frames = np.array([n for n in pair_folder_frames(spec.pairs) if n not in spec.skip_frames])
+            inputs = [p for n in frames for p in (spec.pairs / "aa" / f"{n}.gro", spec.pairs / "cg" / f"{n}.gro")]
+        if len(frames) == 0:
+            raise BackmapError("data: no frames selected", source=ctx.recipe.path.name)
+        key = file_digest([ctx.recipe.system.topology, *ctx.recipe.system.mappings, *inputs],
+                          {"frames": frames.tolist()})
+        cache = ctx.path("pairs", f"pairs-{key}.npz")
+        hit = self.params.cache and cache.is_file()
+        if hit:
+            pairs = PairSet.load(cache)
+            ctx.console.print(f"reusing cached pairs {cache.name}")
+        else:
+            if spec.trajectory is not None:
+                pairs = pairs_from_trajectory(cg_top, spec.trajectory, frames)
+            else:
+                pairs = pairs_from_folders(cg_top, spec.pairs, frames.tolist())
+            pairs.save(cache)
+        s = spec.split
+        is_test = split_frames(pairs.frames, s.test_fraction, s.mode, s.test_frames, ctx.seed)
+        write_text(ctx.path("pairs", "current.json"), json.dumps(
+            {"file": cache.name, "key": key, "test_frames": pairs.frames[is_test].tolist()}, indent=1))
+        summary = {
+            "frames": len(pairs), "train frames": int((~is_test).sum()), "test frames": int(is_test.sum()),
+            "atoms per frame": pairs.aa.shape[1], "beads per frame": pairs.cg.shape[1],
+            "cache": f"reused {cache.name}" if hit else f"wrote {cache.name}",
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        for k in ("cg_vs_mapping_max_nm", "cg_vs_mapping_rms_nm"):
+            if k in pairs.info:
+                summary[k.replace("_", " ")] = pairs.info[k]
+        summary["markdown"] = cg_bond_table(cg_top, pairs)
+        return summary
+
+
+def cg_bond_table(cg_top, pairs: PairSet) -> str:
+    """Mean ± s.d. of CG bond lengths per bead-type pair: a quick look at the mapped data."""
+    bonds = cg_top.bonds
+    if len(bonds) == 0:
+        return ""
+    d = np.linalg.norm(pairs.cg[:, bonds[:, 1]] - pairs.cg[:, bonds[:, 0]], axis=-1)
+    types = cg_top.bead_types
+    keys = np.array(["-".join(sorted((types[i], types[j]))) for i, j in bonds])
+    lines = ["| CG bond | count per frame | mean (nm) | s.d. (nm) |", "|---|---|---|---|"]
+    for k in sorted(set(keys)):
+        v = d[:, keys == k]
+        lines.append(f"| {k} | {v.shape[1]} | {v.mean():.4f} | {v.std():.4f} |")
+    return "\n".join(lines)
