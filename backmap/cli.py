@@ -38,6 +38,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """backmap: atomistic structures from coarse-grained simulations."""
     ctx.obj = {"debug": debug}
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s: %(message)s")
+    if not debug:  # MDAnalysis reports optional extras it does not need here
+        logging.getLogger("MDAnalysis").setLevel(logging.ERROR)
 
 
 @cli.command()

@@ -15,7 +15,7 @@ from backmap.errors import BackmapError
 from backmap.pbc import box_dimensions, box_vectors
 
 READ_SUFFIXES = (".gro", ".pdb", ".xtc", ".trr")
-WRITE_SUFFIXES = (".gro", ".pdb", ".xtc")
+WRITE_SUFFIXES = (".gro", ".pdb", ".xtc", ".trr")
 
 
 @dataclass
@@ -58,6 +58,8 @@ def _reader(path: Path):
     if path.suffix.lower() not in READ_SUFFIXES:
         raise BackmapError(f"cannot read {path.suffix!r} trajectories (use one of {', '.join(READ_SUFFIXES)})",
                            source=path)
+    if path.stat().st_size == 0:
+        raise BackmapError("the trajectory file is empty", source=path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -87,6 +89,9 @@ def read_frames(path: str | Path, n_atoms: int | None = None, frames: Sequence[i
             raise BackmapError("the trajectory has no frames", source=path)
         selected = r if frames is None else r[frames]
         for ts in selected:
+            with warnings.catch_warnings():  # .gro files have no time step; 0 is right for them
+                warnings.simplefilter("ignore")
+                time = float(ts.time)
             if ts.dimensions is None:
                 raise BackmapError(f"frame {ts.frame} has no box", source=path)
             # MDAnalysis: positions in Å, forces in kJ/mol/Å
@@ -94,7 +99,7 @@ def read_frames(path: str | Path, n_atoms: int | None = None, frames: Sequence[i
             yield Frame(
                 positions=ts.positions.astype(np.float64) / 10.0,
                 dimensions=np.r_[ts.dimensions[:3] / 10.0, ts.dimensions[3:]].astype(np.float64),
-                time=float(ts.time),
+                time=time,
                 index=int(ts.frame),
                 forces=forces,
             )
@@ -136,7 +141,7 @@ def _universe(names, resnames, resids, n_atoms):
 
 def write_frames(path: str | Path, frames: Iterable[Frame], names: Sequence[str], resnames: Sequence[str],
                  resids: Sequence[int]) -> int:
-    """Write frames (.gro, .pdb, .xtc; several frames in one .gro/.pdb are written one after the
+    """Write frames (.gro, .pdb, .xtc, .trr — full precision; several frames in one .gro/.pdb are written one after the
     other, as GROMACS does) atomically. Returns the number of frames written."""
     import MDAnalysis as mda
 
@@ -157,7 +162,10 @@ def write_frames(path: str | Path, frames: Iterable[Frame], names: Sequence[str]
                     out.write(one.read_text())
                     n += 1
         else:
-            kwargs = {"multiframe": True} if suffix == ".pdb" else {}
+            kwargs = {}
+            if suffix == ".pdb":  # MDAnalysis reads the box of a multi-model PDB from no model: one frame, no MODEL
+                frames = list(frames)
+                kwargs = {"multiframe": len(frames) > 1}
             with mda.Writer(str(tmp), n_atoms=len(names), **kwargs) as w:
                 for frame in frames:
                     _set(u, frame)

@@ -40,6 +40,8 @@ class RunContext:
         self.console = console or Console(stderr=True)
         self.seed = recipe.seed
         self.rng = np.random.default_rng(recipe.seed)
+        #: the train step's validated options (epochs, batch_size, …) while a generator fits
+        self.train_options: Any = None
 
     @cached_property
     def topology(self) -> Topology:

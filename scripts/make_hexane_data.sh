@@ -12,6 +12,7 @@
 #
 # Usage:  scripts/make_hexane_data.sh            (from any working directory)
 # Env:    GMX=gmx  NT=2 (mdrun threads)  VOTCA_HEXANE_DIR=<tutorial atomistic dir>  KEEP_WORK=1
+#         (testing only: DATA_DIR=<out root>, NPT_PS_CUBIC, PROD_PS_CUBIC, NPT_PS_TRIC, PROD_PS_TRIC)
 #
 # Requires: gmx (GROMACS 2022; tested with 2022.5-Debian), awk, standard coreutils.
 # Runs are seeded (gen-seed, ld-seed) and use mdrun -reprod with a fixed thread count, so a rerun on
@@ -23,23 +24,24 @@ REPO=$(cd "$SCRIPT_DIR/.." && pwd)
 TUT=${VOTCA_HEXANE_DIR:-/usr/share/votca/csg-tutorials/hexane/atomistic}
 GMX=${GMX:-gmx}
 NT=${NT:-2}
-OUT_CUBIC="$REPO/tests/data/hexane"
-OUT_TRIC="$REPO/tests/data/hexane_triclinic"
+DATA_DIR=${DATA_DIR:-$REPO/tests/data}   # override only for testing the script
+OUT_CUBIC="$DATA_DIR/hexane"
+OUT_TRIC="$DATA_DIR/hexane_triclinic"
 
 SEED=1993          # gen-seed / ld-seed (v-rescale and C-rescale are stochastic)
 TEMP=300           # K
 # cubic system
 N_CUBIC=200
 RC_CUBIC=1.2       # nm, Coulomb (PME real space) and LJ cut-off
-NPT_PS_CUBIC=100
-PROD_PS_CUBIC=100
+NPT_PS_CUBIC=${NPT_PS_CUBIC:-50}
+PROD_PS_CUBIC=${PROD_PS_CUBIC:-100}
 OUT_EVERY_CUBIC=5000   # steps (1 fs) -> 5 ps
 # triclinic system
 N_TRIC=60
 ANGLES_TRIC="70 80 90" # alpha (b,c)  beta (a,c)  gamma (a,b), degrees
 RC_TRIC=1.0
-NPT_PS_TRIC=50
-PROD_PS_TRIC=20
+NPT_PS_TRIC=${NPT_PS_TRIC:-50}
+PROD_PS_TRIC=${PROD_PS_TRIC:-20}
 OUT_EVERY_TRIC=5000
 
 export GMX_MAXBACKUP=-1    # no #backup# files
@@ -197,6 +199,38 @@ constraints              = none
 EOF
 }
 
+# Carving leaves some atoms of molecules on opposite faces of the new cell almost on top of each other
+# (down to ~0.01 nm), which plain steepest descent cannot resolve in single precision.  So the
+# intermolecular LJ is first switched on gradually through soft-core stages (charges off,
+# lambda 0.6 -> 0.3 -> 0.1; intramolecular interactions at full strength), then a normal minimisation.
+mdp_softem() {  # $1 = lambda (0 = full LJ, 1 = no intermolecular LJ)
+    cat <<EOF
+; soft-core minimisation to remove atom overlaps left by carving (lambda = $1)
+integrator               = steep
+emtol                    = 10
+emstep                   = 0.01
+nsteps                   = 500
+nstenergy                = 0
+nstlog                   = 500
+cutoff-scheme            = Verlet
+pbc                      = xyz
+coulombtype              = Cut-off
+rcoulomb                 = 0.8
+rvdw                     = 0.8
+constraints              = none
+free-energy              = yes
+init-lambda              = $1
+couple-moltype           = Protein
+couple-lambda0           = vdw
+couple-lambda1           = none
+couple-intramol          = no
+sc-alpha                 = 0.5
+sc-power                 = 1
+sc-sigma                 = 0.3
+nstdhdl                  = 0
+EOF
+}
+
 mdp_em() {  # $1 = cut-off
     cat <<EOF
 ; energy minimisation of the carved box
@@ -272,8 +306,9 @@ EOF
     mdp_common "$1"
 }
 
-mdrun() {  # mdrun DEFFNM
-    run "$WORK/$1.mdrun.log" "$GMX" mdrun -nt "$NT" -ntmpi 1 -reprod -deffnm "$1"
+mdrun() {  # mdrun DEFFNM [extra mdrun options]
+    local deffnm=$1; shift
+    run "$WORK/$deffnm.mdrun.log" "$GMX" mdrun -nt "$NT" -ntmpi 1 -reprod -deffnm "$deffnm" "$@"
 }
 
 # simulate NAME NMOL ANGLES RC NPT_PS PROD_PS TRR_EVERY XTC_EVERY
@@ -291,10 +326,21 @@ simulate() {
     log "$name: carving $nmol molecules (angles $angles)"
     carve "$TUT/conf.gro" "$nmol" "$angles" carved.gro
 
-    log "$name: energy minimisation"
+    log "$name: energy minimisation (soft-core lambda 0.6, 0.3, 0.1, then full)"
+    local in=carved.gro lam
+    for lam in 0.6 0.3 0.1; do
+        mdp_softem "$lam" >"softem_$lam.mdp"
+        run "grompp_softem_$lam.log" "$GMX" grompp -f "softem_$lam.mdp" -c "$in" -p topol.top \
+            -o "softem_$lam.tpr" -po "softem_$lam.mdout.mdp" -maxwarn 0
+        mdrun "softem_$lam"
+        in="softem_$lam.gro"
+    done
     mdp_em "$rc" >em.mdp
-    run grompp_em.log "$GMX" grompp -f em.mdp -c carved.gro -p topol.top -o em.tpr -po em.mdout.mdp -maxwarn 0
+    run grompp_em.log "$GMX" grompp -f em.mdp -c "$in" -p topol.top -o em.tpr -po em.mdout.mdp -maxwarn 0
     mdrun em
+    if ! grep -q "converged to Fmax" em.log; then
+        echo "error: $name: energy minimisation did not converge" >&2; grep -E "Steepest|Maximum force" em.log >&2; exit 1
+    fi
 
     log "$name: NPT equilibration ${npt_ps} ps"
     mdp_npt "$rc" "$((npt_ps * 1000))" >npt.mdp
@@ -305,7 +351,7 @@ simulate() {
     mdp_prod "$rc" "$((prod_ps * 1000))" "$trr_every" "$xtc_every" >grompp.mdp
     cp npt.gro conf.gro
     run grompp_prod.log "$GMX" grompp -f grompp.mdp -c conf.gro -t npt.cpt -p topol.top -o topol.tpr -po prod.mdout.mdp -maxwarn 0
-    mdrun prod
+    mdrun prod -s topol.tpr
     [[ "$trr_every" -gt 0 ]] && mv prod.trr traj.trr
     mv prod.xtc traj.xtc
 
@@ -316,9 +362,9 @@ simulate() {
     BOX_START=$(tail -n 1 conf.gro | awk '{printf "%s", $1; for (i = 2; i <= NF; i++) printf " %s", $i}')
     BOX_CARVED=$(tail -n 1 carved.gro | awk '{printf "%s", $1; for (i = 2; i <= NF; i++) printf " %s", $i}')
     DENS=$(awk -v n="$nmol" 'END { v = $1 * $2 * $3; printf "%.1f", n * 86.178 / 0.602214076 / v }' conf.gro)
-    EM_FMAX=$(grep -E "^Maximum force" em.log | tail -n 1 | awk '{print $4}')
-    NPT_DENS=$(printf 'Density\n' | "$GMX" energy -f npt.edr -b "$((npt_ps / 2))" 2>/dev/null | awk '/^Density/ {print $2 " +- " $4 " (err est.)"}')
-    PROD_T=$(printf 'Temperature\n' | "$GMX" energy -f prod.edr 2>/dev/null | awk '/^Temperature/ {print $2}')
+    EM_FMAX=$(grep -E "^Maximum force" em.log | tail -n 1 | awk '{printf "%.0f", $4}')
+    NPT_DENS=$(printf 'Density\n' | "$GMX" energy -f npt.edr -b "$((npt_ps / 2))" 2>/dev/null | awk '/^Density/ {printf "%.1f (GROMACS error estimate %.1f)", $2, $4}')
+    PROD_T=$(printf 'Temperature\n' | "$GMX" energy -f prod.edr 2>/dev/null | awk '/^Temperature/ {printf "%.1f", $2}')
     log "$name: box $BOX_START, $NFRAMES xtc frames, broken molecules per frame $NBROKEN_MIN..$NBROKEN_MAX"
     cd "$WORK"
 }
@@ -366,8 +412,11 @@ Everything else here was simulated by us with GROMACS; no other data were used.
 
 1. Carve: the ${N_CUBIC} molecules whose centres of mass are nearest the centre of the tutorial box
    (max-norm) were kept whole and put in a cubic box with the tutorial's number density:
-   edge ${C_BOX0} nm.
-2. Energy minimisation (steepest descent, emtol 500; final max. force ${C_FMAX} kJ/mol/nm).
+   edge ${C_BOX0%% *} nm (the tutorial's 6.04233 nm × (${N_CUBIC}/1000)^(1/3)).
+2. Energy minimisation: carving leaves a few near-coincident atoms across the new periodic faces,
+   so first three steepest-descent stages (500 steps each) with soft-core intermolecular LJ
+   (GROMACS free-energy code, \`couple-moltype = Protein\`, charges off, lambda 0.6, 0.3, 0.1,
+   0.8 nm cut-off), then a normal steepest descent to Fmax < 500 (final max. force ${C_FMAX} kJ/mol/nm).
 3. NPT equilibration, ${NPT_PS_CUBIC} ps: 1 fs, v-rescale ${TEMP} K (tau-t 0.1 ps), C-rescale 1 bar isotropic
    (tau-p 2 ps), velocities generated at ${TEMP} K (gen-seed ${SEED}, ld-seed ${SEED}).
    Density over the second half: ${C_NPT_DENS} kg/m³.
@@ -380,7 +429,7 @@ Everything else here was simulated by us with GROMACS; no other data were used.
 
 | file | content |
 |---|---|
-| \`conf.gro\` | production start (= end of NPT; molecules whole), box ${C_BOX} nm |
+| \`conf.gro\` | production start (= end of NPT = frame 0 of the trajectories, but with molecules whole) |
 | \`topol.top\` | topology (see above) |
 | \`grompp.mdp\` | production run parameters |
 | \`topol.tpr\` | production run input (MDAnalysis and VOTCA read it as topology) |
@@ -390,7 +439,7 @@ Everything else here was simulated by us with GROMACS; no other data were used.
 
 ## Numbers
 
-- ${N_CUBIC} molecules × 20 atoms = $((N_CUBIC * 20)) atoms; cubic box ${C_BOX} nm
+- ${N_CUBIC} molecules × 20 atoms = $((N_CUBIC * 20)) atoms; cubic box ${C_BOX%% *} nm
   (density ${C_DENS} kg/m³; the box is fixed during production).
 - ${C_FRAMES} frames, 5 ps (5000 steps of 1 fs) apart, t = 0–${PROD_PS_CUBIC} ps; mean temperature
   ${C_T} K.
@@ -412,6 +461,7 @@ stage_t=$WORK/stage_hexane_triclinic
 mkdir -p "$stage_t"
 cp "$WORK/hexane_triclinic/"{topol.top,hexane.xml,conf.gro,topol.tpr,traj.xtc,grompp.mdp} "$stage_t/"
 read -r _a _b _c _ayz _azz _bx _bz _cx _cy <<<"$BOX_START"
+TRIC_VOL=$(awk -v a="$_a" -v b="$_b" -v c="$_c" 'BEGIN { printf "%.3f", a * b * c }')
 cat >"$stage_t/README.md" <<EOF
 # hexane_triclinic — small n-hexane liquid in a triclinic box (make-whole test data)
 
@@ -424,8 +474,10 @@ GROMACS), but smaller and in a genuinely triclinic cell.
 1. Carve: the ${N_TRIC} tutorial molecules whose centres of mass are nearest the centre of a
    parallelepiped cell with angles alpha beta gamma = ${ANGLES_TRIC} degrees, scaled to the
    tutorial's number density; molecules kept whole. Box (.gro order) ${BOX_CARVED}.
-2. Energy minimisation (steepest descent; final max. force ${EM_FMAX} kJ/mol/nm).
-3. NPT ${NPT_PS_TRIC} ps (C-rescale isotropic, keeps the cell shape; v-rescale ${TEMP} K; seeds ${SEED}).
+2. Energy minimisation: soft-core stages then normal steepest descent as for \`../hexane\`
+   (final max. force ${EM_FMAX} kJ/mol/nm).
+3. NPT ${NPT_PS_TRIC} ps (as for \`../hexane\`: C-rescale isotropic, which keeps the cell shape;
+   v-rescale ${TEMP} K; gen-seed and ld-seed ${SEED}).
    Density over the second half: ${NPT_DENS} kg/m³.
 4. NVT production ${PROD_PS_TRIC} ps (\`grompp.mdp\`), 1 fs, v-rescale ${TEMP} K, PME + LJ cut-off
    ${RC_TRIC} nm (less than half the shortest box vector), dispersion correction, no constraints;
@@ -433,11 +485,12 @@ GROMACS), but smaller and in a genuinely triclinic cell.
 
 ## Files and numbers
 
-- \`conf.gro\` (production start, molecules whole), \`topol.top\` (\`Protein ${N_TRIC}\`), \`grompp.mdp\`,
+- \`conf.gro\` (production start = frame 0, but with molecules whole), \`topol.top\` (\`Protein ${N_TRIC}\`), \`grompp.mdp\`,
   \`topol.tpr\`, \`traj.xtc\`, \`hexane.xml\` (tutorial mapping, unchanged).
 - ${N_TRIC} molecules, $((N_TRIC * 20)) atoms; box vectors (nm)
   a = (${_a}, 0, 0), b = (${_bx}, ${_b}, 0), c = (${_cx}, ${_cy}, ${_c})
-  (.gro box line: \`${BOX_START}\`); the production run is NVT so the box is the same in every frame.
+  (.gro box line: \`${BOX_START}\`); angles 70/80/90 degrees; volume ${TRIC_VOL} nm³, density ${DENS} kg/m³;
+  the production run is NVT so the box is the same in every frame.
 - \`traj.xtc\`: ${NFRAMES} frames, t = 0, 5, …, ${PROD_PS_TRIC} ps; mean temperature ${PROD_T} K.
 - **Broken molecules**: the frames are as GROMACS writes them (atoms put back into the triclinic
   unit cell), so molecules straddling a face are split. In the raw coordinates, ${NBROKEN_MIN}–${NBROKEN_MAX}
@@ -446,7 +499,7 @@ GROMACS), but smaller and in a genuinely triclinic cell.
 EOF
 
 # ===== move into place =====
-mkdir -p "$REPO/tests/data"
+mkdir -p "$DATA_DIR"
 for pair in "$stage:$OUT_CUBIC" "$stage_t:$OUT_TRIC"; do
     src=${pair%%:*}; dst=${pair#*:}
     rm -rf "$dst.new"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import warnings
 from contextlib import closing
 from pathlib import Path
@@ -51,13 +52,17 @@ class GromacsTopReader(Reader):
         topdir = gromacs_topdir()
         if topdir is not None:
             parmed.gromacs.GROMACS_TOPDIR = str(topdir)
-        includes = [str(topdir)] if topdir else []
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                top = GromacsTopologyFile(str(path))
-                with closing(GromacsFile(str(path), includes=includes)) as f:
-                    contents = _molecules_section(f)
+            with closing(GromacsFile(str(path), includes=[str(topdir)] if topdir else [])) as f:
+                lines = list(f)
+            contents, templates_only = _split_molecules_section(lines)
+            # parse each molecule type once (parmed would otherwise build every copy of every molecule)
+            with tempfile.TemporaryDirectory() as tmp:
+                flat = Path(tmp) / "preprocessed.top"
+                flat.write_text("".join(templates_only))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    top = GromacsTopologyFile(str(flat))
         except BackmapError:
             raise
         except Exception as exc:
@@ -65,40 +70,43 @@ class GromacsTopReader(Reader):
             raise BackmapError(f"cannot read GROMACS topology: {exc}{hint}", source=path) from exc
         if not contents:
             raise BackmapError("no [ molecules ] section", source=path)
+        # parmed appended one copy of each molecule type, in definition order; split them up again
+        offsets, start = {}, 0
+        for name, (mol, _) in top.molecules.items():
+            offsets[name] = (start, start + len(mol.atoms))
+            start += len(mol.atoms)
         moltypes, counts = [], []
         for name, count in contents:
             if name not in top.molecules:
                 raise BackmapError(f"[ molecules ] lists {name!r} but no [ moleculetype ] defines it", source=path)
             mol, nrexcl = top.molecules[name]
-            moltypes.append(_from_parmed(name, mol, nrexcl))
+            a, b = offsets[name]
+            moltypes.append(_from_parmed(name, mol, nrexcl, top[a:b]))
             counts.append(count)
         d = top.defaults
         defaults = {"nbfunc": int(d.nbfunc), "comb_rule": int(d.comb_rule), "gen_pairs": d.gen_pairs,
                     "fudge_lj": float(d.fudgeLJ), "fudge_qq": float(d.fudgeQQ)}
-        topo = Topology(path, _blocks(moltypes, counts), defaults=defaults)
-        if topo.n_atoms != len(top.atoms):
-            raise BackmapError(f"{len(top.atoms)} atoms read by parmed but {topo.n_atoms} from [ molecules ]",
-                               source=path)
-        topo.meta["parmed"] = top  # parametrized structure of the whole system, for the force field
-        return topo
+        return Topology(path, _blocks(moltypes, counts), defaults=defaults)
 
 
-def _molecules_section(lines) -> list[tuple[str, int]]:
-    """(name, count) rows of the preprocessed [ molecules ] section, in file order."""
-    section, rows = None, []
+def _split_molecules_section(lines: list[str]) -> tuple[list[tuple[str, int]], list[str]]:
+    """(name, count) rows of the preprocessed [ molecules ] section in file order, and the
+    lines without that section."""
+    section, rows, rest = None, [], []
     for line in lines:
         s = line.split(";")[0].strip()
-        if not s:
-            continue
         if s.startswith("["):
             section = s.strip("[] ").lower()
-        elif section == "molecules":
-            name, count = s.split()[:2]
-            rows.append((name, int(count)))
-    return rows
+        if section == "molecules":
+            if s and not s.startswith("["):
+                name, count = s.split()[:2]
+                rows.append((name, int(count)))
+            continue
+        rest.append(line)
+    return rows, rest
 
 
-def _from_parmed(name: str, mol, nrexcl: int) -> MoleculeType:
+def _from_parmed(name: str, mol, nrexcl: int, parametrized) -> MoleculeType:
     from parmed.periodic_table import Element
 
     atoms = mol.atoms
@@ -114,7 +122,7 @@ def _from_parmed(name: str, mol, nrexcl: int) -> MoleculeType:
         resnames=np.array([a.residue.name for a in atoms]),
         bonds=np.array([(b.atom1.idx, b.atom2.idx) for b in mol.bonds], int).reshape(-1, 2),
         nrexcl=nrexcl,
-        parameters=mol,
+        parameters=parametrized,
     )
 
 
@@ -131,38 +139,45 @@ def _from_universe(path: Path, u, with_types: bool) -> Topology:
         raise BackmapError("molecules are not contiguous in atom order", source=path)
     ends = np.r_[starts[1:], len(a)]
     bond_idx = np.array(u.bonds.indices, int).reshape(-1, 2) if hasattr(u, "bonds") else np.zeros((0, 2), int)
-    elements = a.elements if hasattr(a, "elements") else None
     moltypes: list[MoleculeType] = []
     counts: list[int] = []
     by_signature: dict = {}
+    used_names: set[str] = set()
     for s, e in zip(starts, ends):
         sig = (names[s] if names else None, tuple(a.names[s:e]), tuple(a.resnames[s:e]))
-        if counts and by_signature.get(sig) is moltypes[-1]:
+        mt = by_signature.get(sig)
+        if mt is None:
+            name = names[s] if names else "_".join(dict.fromkeys(a.resnames[s:e]))
+            if name in used_names:
+                name = f"{name}_{len(used_names)}"
+            used_names.add(name)
+            mt = by_signature[sig] = _moltype_slice(name, a, s, e, bond_idx, with_types)
+        if moltypes and moltypes[-1] is mt:
             counts[-1] += 1
-            continue
-        inside = (bond_idx >= s).all(1) & (bond_idx < e).all(1)
-        res = a.resindices[s:e]
-        masses = a.masses[s:e].astype(float)
-        el = [str(x).capitalize() if str(x).strip() else element_from_mass(m)
-              for x, m in zip(elements[s:e], masses)] if elements is not None else [element_from_mass(m) for m in masses]
-        mt_name = names[s] if names else "_".join(dict.fromkeys(a.resnames[s:e]))
-        if mt_name in {m.name for m in moltypes} and by_signature.get(sig) is None:
-            mt_name = f"{mt_name}_{len(moltypes)}"
-        mt = MoleculeType(
-            name=mt_name,
-            atom_names=np.array(a.names[s:e]),
-            atom_types=np.array(a.types[s:e]) if with_types else np.array(a.names[s:e]),
-            elements=np.array(el),
-            masses=masses,
-            charges=a.charges[s:e].astype(float) if hasattr(a, "charges") else np.zeros(e - s),
-            resids=res - res[0] + 1,
-            resnames=np.array(a.resnames[s:e]),
-            bonds=bond_idx[inside] - s,
-        )
-        by_signature[sig] = mt
-        moltypes.append(mt)
-        counts.append(1)
+        else:
+            moltypes.append(mt)
+            counts.append(1)
     return Topology(path, _blocks(moltypes, counts))
+
+
+def _moltype_slice(name: str, a, s: int, e: int, bond_idx: np.ndarray, with_types: bool) -> MoleculeType:
+    """The molecule type of atoms s:e of an MDAnalysis atom group."""
+    inside = (bond_idx >= s).all(1) & (bond_idx < e).all(1)
+    res = a.resindices[s:e]
+    masses = a.masses[s:e].astype(float)
+    given = a.elements[s:e] if hasattr(a, "elements") else [""] * (e - s)
+    elements = [str(x).capitalize() if str(x).strip() else element_from_mass(m) for x, m in zip(given, masses)]
+    return MoleculeType(
+        name=name,
+        atom_names=np.array(a.names[s:e]),
+        atom_types=np.array(a.types[s:e]) if with_types else np.array(a.names[s:e]),
+        elements=np.array(elements),
+        masses=masses,
+        charges=a.charges[s:e].astype(float) if hasattr(a, "charges") else np.zeros(e - s),
+        resids=res - res[0] + 1,
+        resnames=np.array(a.resnames[s:e]),
+        bonds=bond_idx[inside] - s,
+    )
 
 
 class TprReader(Reader):

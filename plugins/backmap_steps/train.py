@@ -14,6 +14,9 @@ from backmap.pipeline import write_text
 
 class TrainParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(1, ge=1, description="passes over the training pairs")
+    batch_size: int = Field(64, ge=1)
+    checkpoint_every: int = Field(0, ge=0, description="iterations between checkpoints (0: only at the end)")
     out: str = Field("model/generator.pkl", description="checkpoint in the work directory")
 
 
@@ -26,6 +29,7 @@ class TrainStep(Step):
         ref = ctx.recipe.generator
         generator = ctx.plugin("generator", ref, "generator")
         pairs = ctx.pairs()
+        ctx.train_options = self.params  # epochs, batch size, checkpoints: read by the generator's fit()
         t0 = time.perf_counter()
         fit_summary = generator.fit(pairs, ctx) or {}
         seconds = time.perf_counter() - t0

@@ -1,0 +1,60 @@
+"""Shared fixtures: the project's own test data, the shared reference sets, external programs."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+os.environ.setdefault("BACKMAP_NO_PROGRESS", "1")
+
+DATA = Path(__file__).parent / "data"
+HEXANE = DATA / "hexane"
+TRICLINIC = DATA / "hexane_triclinic"
+REPO = Path(__file__).parent.parent
+SHARED = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared() -> Path:
+    """The large reference sets beside the repo (present in CI; skipped where absent)."""
+    if not SHARED.is_dir():
+        pytest.skip(f"reference data {SHARED} not present")
+    return SHARED
+
+
+def need(program: str) -> str:
+    path = shutil.which(program)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{program} must be installed in CI (.ci/run installs it)")
+        pytest.skip(f"{program} not installed (apt-get install gromacs votca)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def hexane_topology():
+    from backmap.topology import load_topology
+
+    return load_topology(HEXANE / "topol.top")
+
+
+@pytest.fixture(scope="session")
+def hexane_tpr():
+    from backmap.topology import load_topology
+
+    return load_topology(HEXANE / "topol.tpr")
+
+
+@pytest.fixture
+def cli():
+    """Run the real ``backmap`` command line in-process; returns (exit code, stdout, stderr)."""
+    from backmap.cli import cli as app
+
+    def invoke(*args: str):
+        result = CliRunner().invoke(app, [str(a) for a in args])
+        return result.exit_code, result.stdout, result.stderr
+
+    return invoke
