@@ -173,15 +173,24 @@ class CGTopology:
         sizes = np.concatenate([np.full(cb.block.count, cb.mapping.n_beads) for cb in self.blocks])
         return np.repeat(np.arange(1, len(sizes) + 1), sizes)
 
+    def _global(self, attr: str, width: int) -> np.ndarray:
+        """CG bonded tuples of every molecule as global bead indices, (n, width)."""
+        out = [np.zeros((0, width), int)]
+        for cb in self.blocks:
+            local = np.asarray(getattr(cb.mapping, attr), int).reshape(-1, width)
+            offs = cb.first_bead + cb.mapping.n_beads * np.arange(cb.block.count)
+            out.append((local[None] + offs[:, None, None]).reshape(-1, width))
+        return np.concatenate(out)
+
     @cached_property
     def bonds(self) -> np.ndarray:
         """(n_bonds, 2) global bead indices of all CG bonds."""
-        out = []
-        for cb in self.blocks:
-            local = np.asarray(cb.mapping.bonds, int).reshape(-1, 2)
-            offs = cb.first_bead + cb.mapping.n_beads * np.arange(cb.block.count)
-            out.append((local[None] + offs[:, None, None]).reshape(-1, 2))
-        return np.concatenate(out)
+        return self._global("bonds", 2)
+
+    @cached_property
+    def angles(self) -> np.ndarray:
+        """(n_angles, 3) global bead indices of all CG angles."""
+        return self._global("angles", 3)
 
     def apply(self, positions: np.ndarray) -> np.ndarray:
         """Bead positions (..., n_beads, 3) from whole-molecule AA positions (..., n_atoms, 3)."""

@@ -96,7 +96,8 @@ class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     seed: int = 0
-    workdir: RecipePath | None = Field(None, description="default: runs/<name> beside the recipe")
+    workdir: RecipePath | None = Field(None, description="relative to the recipe; default: runs/<name> in the "
+                                                          "current directory")
     system: SystemSpec
     data: DataSpec | None = None
     generator: PluginRef | None = None
@@ -114,7 +115,7 @@ class Recipe(Strict):
         return self.path.parent if self.path else Path.cwd()
 
     def default_workdir(self) -> Path:
-        return self.workdir or (self.base_dir / "runs" / self.name)
+        return self.workdir or (Path.cwd() / "runs" / self.name)
 
 
 class ValidatedStep(BaseModel):

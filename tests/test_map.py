@@ -28,7 +28,7 @@ def test_csg_map_parity(tmp_path, cli):
     subprocess.run([csg_map, "--top", HEXANE / "topol.tpr", "--trj", HEXANE / "traj.trr",
                     "--cg", HEXANE / "hexane.xml", "--out", theirs], check=True, capture_output=True, cwd=tmp_path)
     d = _deviation(ours, theirs)
-    print(f"csg_map parity: max {d.max():.5f} nm over {d.size} beads")
+    print(f"csg_map parity: max {d.max():.2e} nm over {d.size} beads")
     assert d.max() <= 0.001
 
 

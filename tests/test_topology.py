@@ -79,3 +79,18 @@ def test_unknown_format(tmp_path):
     f.write_text("")
     with pytest.raises(BackmapError, match=r"system.psf: no topology reader for '.psf'"):
         load_topology(f)
+
+
+def test_defines_and_includes_are_preprocessed(tmp_path):
+    """#define / #ifdef select topology lines; #include resolves beside the file and in GROMACS's share dir."""
+    src = (HEXANE / "topol.top").read_text()
+    first_atom = next(line for line in src.splitlines() if line.strip().startswith("1   opls_135"))
+    charged = first_atom.replace("-0.18", "-0.50")
+    body = src.replace(first_atom, f"#ifdef CHARGED\n{charged}\n#else\n{first_atom}\n#endif")
+    (tmp_path / "hexane.itp").write_text(body.split("[ system ]")[0].replace('#include "oplsaa.ff/forcefield.itp"', ""))
+    (tmp_path / "topol.top").write_text('#define CHARGED\n#include "oplsaa.ff/forcefield.itp"\n#include "hexane.itp"\n'
+                                        "[ system ]\nx\n[ molecules ]\nProtein 3\n")
+    topo = load_topology(tmp_path / "topol.top")
+    assert topo.n_atoms == 60 and topo.blocks[0].moltype.charges[0] == pytest.approx(-0.50)
+    (tmp_path / "topol.top").write_text((tmp_path / "topol.top").read_text().replace("#define CHARGED\n", ""))
+    assert load_topology(tmp_path / "topol.top").blocks[0].moltype.charges[0] == pytest.approx(-0.18)

@@ -72,7 +72,9 @@ class PrepareStep(Step):
         for k in ("cg_vs_mapping_max_nm", "cg_vs_mapping_rms_nm"):
             if k in pairs.info:
                 summary[k.replace("_", " ")] = pairs.info[k]
-        summary["markdown"] = cg_bond_table(cg_top, pairs)
+        table = cg_bond_table(cg_top, pairs)
+        figure = plot_cg_distributions(cg_top, pairs, ctx.path("pairs", "cg_distributions.png"))
+        summary["markdown"] = table + (f"\n\n![CG distributions](pairs/{figure.name})" if figure else "")
         return summary
 
 
@@ -89,3 +91,42 @@ def cg_bond_table(cg_top, pairs: PairSet) -> str:
         v = d[:, keys == k]
         lines.append(f"| {k} | {v.shape[1]} | {v.mean():.4f} | {v.std():.4f} |")
     return "\n".join(lines)
+
+
+def plot_cg_distributions(cg_top, pairs: PairSet, path):
+    """Histograms of CG bond lengths and angles per bead-type tuple over all frames."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    types = cg_top.bead_types
+    panels = []
+    bonds = cg_top.bonds
+    if len(bonds):
+        d = np.linalg.norm(pairs.cg[:, bonds[:, 1]] - pairs.cg[:, bonds[:, 0]], axis=-1)
+        keys = np.array(["-".join(sorted((types[i], types[j]))) for i, j in bonds])
+        panels += [("bond " + k, d[:, keys == k].ravel(), "length (nm)") for k in sorted(set(keys))]
+    angles = cg_top.angles
+    if len(angles):
+        a = pairs.cg[:, angles[:, 0]] - pairs.cg[:, angles[:, 1]]
+        b = pairs.cg[:, angles[:, 2]] - pairs.cg[:, angles[:, 1]]
+        cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+        theta = np.degrees(np.arccos(np.clip(cos, -1, 1)))
+        keys = np.array(["-".join((types[i], types[j], types[k])) for i, j, k in angles])
+        panels += [("angle " + k, theta[:, keys == k].ravel(), "angle (deg)") for k in sorted(set(keys))]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.6), squeeze=False)
+    for ax, (title, values, unit) in zip(axes[0], panels):
+        ax.hist(values, bins=60, density=True, color="tab:blue", alpha=0.8)
+        ax.set_title(f"{title} (n={values.size})", fontsize=9)
+        ax.set_xlabel(unit)
+    axes[0][0].set_ylabel("density")
+    fig.tight_layout()
+    from backmap.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
