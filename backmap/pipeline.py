@@ -98,7 +98,7 @@ def run_recipe(recipe: Recipe, steps: Sequence[ValidatedStep], workdir: Path | N
                                f"(it has: {', '.join(s.name for s in steps)})")
         steps = [s for s in steps if s.name in only]
     workdir.mkdir(parents=True, exist_ok=True)
-    resolved = recipe.model_dump(mode="json", exclude={"path"})
+    resolved = recipe.model_dump(mode="json")
     resolved["steps"] = [{s.name: s.params.model_dump(mode="json")} for s in steps]
     resolved["workdir"] = str(workdir)
     write_text(workdir / "recipe.yaml", yaml.safe_dump(resolved, sort_keys=False))

@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     model_validator,
@@ -107,8 +108,12 @@ class Recipe(Strict):
     regularizers: list[PluginRef] = Field(default_factory=list)
     steps: list[dict[str, dict[str, Any] | None]] = Field(min_length=1)
 
-    # filled in by load_recipe
-    path: Path | None = Field(None, exclude=True)
+    # the recipe file, set by load_recipe (not a recipe key)
+    _path: Path | None = PrivateAttr(None)
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
 
     @property
     def base_dir(self) -> Path:
@@ -238,7 +243,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, registry=N
         recipe = Recipe.model_validate(raw, context=ctx)
     except ValidationError as exc:
         raise BackmapError(format_errors(exc, source, model=Recipe)) from None
-    recipe.path = path.resolve()
+    recipe._path = path.resolve()
     registry = registry or default_registry()
     errors: list[str] = []
 
