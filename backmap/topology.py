@@ -32,6 +32,8 @@ class MoleculeType:
     bonds: np.ndarray  # (n_bonds, 2) atom indices
     nrexcl: int | None = None
     parameters: Any = None  # parmed.Structure of this molecule type, when the format has parameters
+    #: explicit [ exclusions ] pairs (atom indices), beyond those implied by nrexcl
+    exclusions: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), int))
 
     @property
     def n_atoms(self) -> int:

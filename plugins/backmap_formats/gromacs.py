@@ -123,6 +123,8 @@ def _from_parmed(name: str, mol, nrexcl: int, parametrized) -> MoleculeType:
         bonds=np.array([(b.atom1.idx, b.atom2.idx) for b in mol.bonds], int).reshape(-1, 2),
         nrexcl=nrexcl,
         parameters=parametrized,
+        exclusions=np.array(sorted({tuple(sorted((a.idx, b.idx))) for a in atoms for b in a._exclusion_partners}),
+                            int).reshape(-1, 2),
     )
 
 

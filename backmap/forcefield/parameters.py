@@ -1,0 +1,177 @@
+"""Force-field parameters of a topology as flat arrays in GROMACS units (nm, kJ/mol, rad).
+
+parmed keeps GROMACS parameters in AMBER conventions (kcal/mol, Å, E = k x², degrees); this module
+converts them back once, per molecule type, and tiles them over the molecules of each block.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+
+from backmap.errors import BackmapError
+from backmap.topology import MoleculeType, Topology
+
+KCAL = 4.184  # kJ per kcal
+NM = 0.1  # nm per Å
+
+
+@dataclass
+class Terms:
+    """Index and parameter arrays of one bonded term over the whole system."""
+
+    atoms: np.ndarray  # (n, k) global atom indices
+    params: np.ndarray  # (n, p)
+
+    @classmethod
+    def empty(cls, k: int, p: int) -> "Terms":
+        return cls(np.zeros((0, k), int), np.zeros((0, p)))
+
+
+@dataclass
+class Parameters:
+    """Everything the energy needs. Bonded terms: ``bond`` (b0, kb), ``angle`` (θ0, kθ),
+    ``urey_bradley`` (r13, kUB), ``proper`` (φs, kφ, n) — types 1, 4 and 9, ``rb`` (C0..C5),
+    ``improper`` (ξ0, kξ), ``pair`` (σ, ε, charge scale). Non-bonded: per-atom LJ type index and
+    charge, the C6/C12 matrix, excluded pairs."""
+
+    bonded: dict[str, Terms]
+    charges: np.ndarray
+    lj_type: np.ndarray
+    c6: np.ndarray
+    c12: np.ndarray
+    exclusions: np.ndarray  # (n, 2) global i < j
+    molecule: np.ndarray  # molecule index per atom
+    n_molecules: int
+    comb_rule: int
+    fudge_qq: float
+    info: dict = field(default_factory=dict)
+
+
+def _excluded_pairs(mt: MoleculeType) -> np.ndarray:
+    """Pairs within nrexcl bonds plus explicit [ exclusions ], as (i < j)."""
+    nrexcl = mt.nrexcl if mt.nrexcl is not None else 3
+    pairs = set()
+    if nrexcl > 0:
+        for i, lengths in nx.all_pairs_shortest_path_length(mt.graph, cutoff=nrexcl):
+            pairs.update((i, j) for j in lengths if j > i)
+    pairs.update(tuple(sorted(p)) for p in mt.exclusions.tolist())
+    return np.array(sorted(pairs), int).reshape(-1, 2)
+
+
+def _require(term, what: str, mt: MoleculeType):
+    if term.type is None:
+        atoms = " ".join(str(a.idx + 1) for a in _atoms_of(term))
+        raise BackmapError(f"molecule type {mt.name}: {what} {atoms} has no parameters in the topology")
+    return term.type
+
+
+def _atoms_of(term):
+    return [getattr(term, f"atom{k}") for k in range(1, 5) if hasattr(term, f"atom{k}")]
+
+
+def _idx(term) -> list[int]:
+    return [a.idx for a in _atoms_of(term)]
+
+
+def molecule_terms(mt: MoleculeType) -> dict[str, tuple[list, list]]:
+    """Bonded terms of one molecule type: name → (atom index lists, parameter lists)."""
+    p = mt.parameters
+    out: dict[str, tuple[list, list]] = {k: ([], []) for k in
+                                         ("bond", "angle", "urey_bradley", "proper", "rb", "improper", "pair")}
+
+    def add(name, atoms, params):
+        out[name][0].append(atoms)
+        out[name][1].append(params)
+
+    for b in p.bonds:
+        if b.funct not in (1,):
+            raise BackmapError(f"molecule type {mt.name}: bond function {b.funct} is not supported (only 1)")
+        t = _require(b, "bond", mt)
+        add("bond", _idx(b), [t.req * NM, 2 * t.k * KCAL / NM**2])
+    for a in p.angles:
+        if a.funct not in (1, 5):
+            raise BackmapError(f"molecule type {mt.name}: angle function {a.funct} is not supported (1, 5)")
+        t = _require(a, "angle", mt)
+        add("angle", _idx(a), [np.radians(t.theteq), 2 * t.k * KCAL])
+    for ub in p.urey_bradleys:
+        t = _require(ub, "Urey-Bradley term", mt)
+        add("urey_bradley", _idx(ub), [t.req * NM, 2 * t.k * KCAL / NM**2])
+    for d in p.dihedrals:
+        if d.funct not in (1, 4, 9):
+            raise BackmapError(f"molecule type {mt.name}: dihedral function {d.funct} is not supported")
+        t = _require(d, "dihedral", mt)
+        for term in (t if hasattr(t, "__iter__") else [t]):  # DihedralTypeList for function 9
+            add("proper", _idx(d), [np.radians(term.phase), term.phi_k * KCAL, term.per])
+    for d in p.rb_torsions:
+        t = _require(d, "Ryckaert-Bellemans dihedral", mt)
+        add("rb", _idx(d), [c * KCAL for c in (t.c0, t.c1, t.c2, t.c3, t.c4, t.c5)])
+    for d in p.impropers:
+        t = _require(d, "improper dihedral", mt)
+        add("improper", _idx(d), [np.radians(t.psi_eq), 2 * t.psi_k * KCAL])
+    for pair in p.adjusts:
+        t = _require(pair, "pair", mt)
+        if t.epsilon == 0 and t.chgscale == 0:
+            continue  # parmed's placeholder for 1-4 pairs the topology does not list
+        add("pair", _idx(pair), [t.sigma * NM, t.epsilon * KCAL, t.chgscale])
+    return out
+
+
+_WIDTH = {"bond": (2, 2), "angle": (3, 2), "urey_bradley": (2, 2), "proper": (4, 3), "rb": (4, 6),
+          "improper": (4, 2), "pair": (2, 3)}
+
+
+def build_parameters(topology: Topology) -> Parameters:
+    """Parameters of the whole system from a topology read from a ``.top`` file."""
+    missing = [b.moltype.name for b in topology.blocks if b.moltype.parameters is None]
+    if missing or topology.defaults is None:
+        raise BackmapError(f"no force-field parameters for {', '.join(missing) or 'the system'}: "
+                           "use the GROMACS .top topology (a .tpr or .gro has none)", source=topology.source)
+    d = topology.defaults
+    if d["nbfunc"] != 1:
+        raise BackmapError("only Lennard-Jones non-bonded interactions (nbfunc 1) are supported",
+                           source=topology.source)
+    bonded = {k: ([], []) for k in _WIDTH}
+    charges, sig, eps, excl = [], [], [], []
+    for block in topology.blocks:
+        mt = block.moltype
+        if mt.parameters.has_NBFIX():
+            raise BackmapError(f"molecule type {mt.name}: [ nonbond_params ] are not supported yet",
+                               source=topology.source)
+        offsets = block.first_atom + mt.n_atoms * np.arange(block.count)
+        for name, (atoms, params) in molecule_terms(mt).items():
+            if atoms:
+                a = np.asarray(atoms, int)
+                bonded[name][0].append((a[None] + offsets[:, None, None]).reshape(-1, a.shape[1]))
+                bonded[name][1].append(np.tile(np.asarray(params, float), (block.count, 1)))
+        atoms = mt.parameters.atoms
+        charges.append(np.tile([a.charge for a in atoms], block.count))
+        sig.append(np.tile([a.sigma * NM for a in atoms], block.count))
+        eps.append(np.tile([a.epsilon * KCAL for a in atoms], block.count))
+        ex = _excluded_pairs(mt)
+        excl.append((ex[None] + offsets[:, None, None]).reshape(-1, 2))
+    terms = {}
+    for name, (atoms, params) in bonded.items():
+        k, p = _WIDTH[name]
+        terms[name] = Terms(np.concatenate(atoms), np.concatenate(params)) if atoms else Terms.empty(k, p)
+    sigma, epsilon = np.concatenate(sig), np.concatenate(eps)
+    kinds, lj_type = np.unique(np.stack([sigma, epsilon], 1), axis=0, return_inverse=True)
+    s, e = kinds[:, 0], kinds[:, 1]
+    if d["comb_rule"] == 2:
+        s_ij = 0.5 * (s[:, None] + s[None, :])
+    else:  # rules 1 and 3: geometric means (of C6/C12, equivalently of σ and ε)
+        s_ij = np.sqrt(s[:, None] * s[None, :])
+    e_ij = np.sqrt(e[:, None] * e[None, :])
+    return Parameters(
+        bonded=terms,
+        charges=np.concatenate(charges),
+        lj_type=lj_type.ravel(),
+        c6=4 * e_ij * s_ij**6,
+        c12=4 * e_ij * s_ij**12,
+        exclusions=np.concatenate(excl),
+        molecule=topology.molecule_index,
+        n_molecules=topology.n_molecules,
+        comb_rule=d["comb_rule"],
+        fudge_qq=d["fudge_qq"],
+    )

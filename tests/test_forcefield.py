@@ -1,0 +1,174 @@
+"""The torch force field: against GROMACS (double precision) term by term, and its own invariants."""
+import numpy as np
+import pytest
+import torch
+
+from backmap.errors import BackmapError
+from backmap.forcefield import ForceField, NonbondedSettings
+from backmap.forcefield.neighbors import neighbour_pairs
+from backmap.io import read_frames
+from backmap.pbc import box_vectors, minimum_image
+from backmap.topology import load_topology
+
+from conftest import HEXANE, TRICLINIC, need
+
+BONDED_TOL, NONBONDED_TOL, FORCE_TOL = 1e-4, 1e-3, 0.01
+
+
+def _frames(path, n):
+    frames = list(read_frames(path))[:n]
+    x = np.stack([f.positions for f in frames]).astype(np.float32).astype(np.float64)
+    boxes = np.stack([f.box for f in frames]).astype(np.float32).astype(np.float64)
+    return x, boxes
+
+
+def _compare(top, structure, traj, settings, n_frames=2):
+    from backmap.gmx import rerun, rerun_mdp
+
+    need("gmx_d")
+    x, boxes = _frames(traj, n_frames)
+    mdp = rerun_mdp(settings.rcoulomb) | settings.mdp()
+    ref = rerun(top, structure, x, boxes, mdp, double=True)
+    ff = ForceField(load_topology(top), settings)
+    energies, forces = ff.forces(x, boxes)
+    ours = energies.numpy()
+    report = {}
+    for term, theirs in ref.energies.items():
+        rel = np.abs(ours[term] - theirs).max() / max(np.abs(theirs).max(), 1e-6)
+        report[term] = rel
+        tol = NONBONDED_TOL if term in ("lj", "coulomb", "potential") else BONDED_TOL
+        assert rel <= tol, f"{term}: ours {ours[term]} GROMACS {theirs}"
+    force_err = np.abs(forces.numpy() - ref.forces).max()
+    print({k: f"{v:.1e}" for k, v in report.items()}, f"max |ΔF| = {force_err:.1e} kJ/mol/nm")
+    assert force_err <= FORCE_TOL
+    return report
+
+
+@pytest.mark.gromacs
+def test_hexane_opls_matches_gromacs():
+    """OPLS-AA: RB dihedrals, combination rule 3, pairs with fudge 0.5, reaction field ε_rf = ∞."""
+    report = _compare(HEXANE / "topol.top", HEXANE / "conf.gro", HEXANE / "traj.trr",
+                      NonbondedSettings(rvdw=1.0, rcoulomb=1.0, epsilon_rf=0))
+    assert {"bond", "angle", "rb", "lj14", "coulomb14", "lj", "coulomb"} <= set(report)
+
+
+@pytest.mark.gromacs
+def test_triclinic_plain_cutoff_matches_gromacs():
+    """Triclinic box (70/80/90°), plain cut-off Coulomb (Verlet: reaction field with ε_rf = 1), no LJ shift."""
+    from backmap.gmx import rerun, rerun_mdp
+
+    need("gmx_d")
+    settings = NonbondedSettings(rvdw=1.0, rcoulomb=1.0, coulomb="cutoff", vdw_modifier="none")
+    x, boxes = _frames(TRICLINIC / "traj.xtc", 2)
+    mdp = rerun_mdp(1.0, coulomb="cut-off", vdw_modifier="None")
+    ref = rerun(TRICLINIC / "topol.top", TRICLINIC / "conf.gro", x, boxes, mdp, double=True)
+    e, f = ForceField(load_topology(TRICLINIC / "topol.top"), settings).forces(x, boxes)
+    for term in ("lj", "coulomb"):
+        np.testing.assert_allclose(e.numpy()[term], ref.energies[term], rtol=NONBONDED_TOL)
+    assert np.abs(f.numpy() - ref.forces).max() <= FORCE_TOL
+
+
+@pytest.mark.gromacs
+def test_sps_matches_gromacs(shared):
+    """sPS: combination rule 2, harmonic impropers, [ exclusions ], nrexcl 2, reaction field ε_rf = 2.5."""
+    sps = shared / "sps"
+    report = _compare(sps / "top" / "topol.top", sps / "eval_t568" / "aa.gro", sps / "eval_t568" / "aa.xtc",
+                      NonbondedSettings.from_mdp(sps / "top" / "md.mdp"))
+    assert {"bond", "angle", "proper", "improper", "lj", "coulomb"} <= set(report)
+
+
+@pytest.fixture(scope="module")
+def hexane_ff():
+    return ForceField(load_topology(HEXANE / "topol.top"), NonbondedSettings(epsilon_rf=0))
+
+
+def test_forces_are_the_gradient(hexane_ff):
+    x, boxes = _frames(HEXANE / "traj.xtc", 1)
+    e, f = hexane_ff.forces(x, boxes)
+    rng = np.random.default_rng(0)
+    for atom in rng.choice(x.shape[1], 3, replace=False):
+        for dim in range(3):
+            h = 1e-6
+            xp, xm = x.copy(), x.copy()
+            xp[0, atom, dim] += h
+            xm[0, atom, dim] -= h
+            with torch.no_grad():
+                num = -(hexane_ff.energy(xp, boxes).total - hexane_ff.energy(xm, boxes).total) / (2 * h)
+            assert float(num) == pytest.approx(float(f[0, atom, dim]), abs=0.05, rel=1e-4)
+
+
+def test_per_molecule_and_subset_decompose_the_total(hexane_ff):
+    x, boxes = _frames(HEXANE / "traj.xtc", 2)
+    with torch.no_grad():
+        e = hexane_ff.energy(x, boxes, per_molecule=True)
+        for term, per_mol in e.per_molecule.items():
+            torch.testing.assert_close(per_mol.sum(1), e.terms[term])
+        everything = hexane_ff.energy(x, boxes, subset=np.ones(x.shape[1], bool))
+        torch.testing.assert_close(everything.total, e.total)
+        # the energy of molecule 7's interactions = its intramolecular terms + all pairs touching it
+        mol = np.zeros(x.shape[1], bool)
+        mol[140:160] = True
+        sub = hexane_ff.energy(x, boxes, subset=mol)
+        torch.testing.assert_close(sub.terms["bond"], e.per_molecule["bond"][:, 7])
+        assert (sub.terms["lj"] < 0.5 * e.terms["lj"] / 200 * 3).all()  # a share, not the whole
+
+
+def test_invariant_under_translation_and_wrapping(hexane_ff):
+    x, boxes = _frames(HEXANE / "traj.xtc", 1)
+    with torch.no_grad():
+        e0 = hexane_ff.energy(x, boxes).total
+        moved = x + np.array([1.3, -0.7, 2.9])  # molecules cross the boundary, some atoms leave the box
+        e1 = hexane_ff.energy(moved, boxes).total
+    torch.testing.assert_close(e0, e1, rtol=1e-9, atol=1e-6)
+
+
+def test_overlapping_atoms_give_finite_forces(hexane_ff):
+    x, boxes = _frames(HEXANE / "traj.xtc", 1)
+    x[0, 25] = x[0, 5]  # an atom of molecule 1 exactly on an atom of molecule 0
+    x[0, 45] = x[0, 5] + 1e-4
+    e, f = hexane_ff.forces(x, boxes)
+    assert torch.isfinite(e.total).all() and torch.isfinite(f).all()
+    assert float(e.terms["lj"][0].detach()) > 1e3  # strongly repulsive, but finite
+
+
+def test_neighbour_list_skewed_triclinic_equals_brute_force():
+    rng = np.random.default_rng(2)
+    dims = np.array([4.1, 2.9, 2.5, 90.0, 90.0, 119.0])  # as skewed as the sPS reference boxes
+    V = box_vectors(dims)
+    x = rng.uniform(-2, 6, size=(700, 3))
+    i, j, shift = neighbour_pairs(x, V, 1.1, np.zeros(0, np.int64))
+    d = np.linalg.norm(x[j] + shift - x[i], axis=1)
+    got = {(a, b) for a, b, r in zip(i, j, d) if r < 1.1}
+    ii, jj = np.triu_indices(len(x), 1)
+    dist = np.linalg.norm(minimum_image(x[jj] - x[ii], dims), axis=1)
+    want = set(zip(ii[dist < 1.1], jj[dist < 1.1]))
+    assert got == want and len(want) > 1000
+    np.testing.assert_allclose(d[d < 1.1], np.linalg.norm(minimum_image(x[j] - x[i], dims), axis=1)[d < 1.1])
+
+
+def test_cutoff_larger_than_half_box_is_an_error(hexane_ff):
+    x, boxes = _frames(TRICLINIC / "traj.xtc", 1)
+    ff = ForceField(load_topology(TRICLINIC / "topol.top"), NonbondedSettings(rvdw=1.5, rcoulomb=1.5))
+    with pytest.raises(BackmapError, match="more than half the box height"):
+        ff.energy(x, boxes)
+
+
+def test_mdp_settings(tmp_path):
+    with pytest.raises(BackmapError, match=r"grompp.mdp:\d+: coulombtype = pme is not supported"):
+        NonbondedSettings.from_mdp(HEXANE / "grompp.mdp")
+    mdp = tmp_path / "rf.mdp"
+    mdp.write_text("coulombtype = Reaction-Field\nrcoulomb = 1.1\nrvdw = 1.1 ; nm\nepsilon_rf = 2.5\n")
+    s = NonbondedSettings.from_mdp(mdp)
+    assert (s.coulomb, s.rcoulomb, s.rvdw, s.epsilon_rf, s.vdw_modifier) == ("reaction-field", 1.1, 1.1, 2.5,
+                                                                             "potential-shift")
+
+
+def test_sps_mdp(shared):
+    """DBM's md.mdp spells coulomb_type / vdw_type / epsilon_rf with underscores, as GROMACS allows."""
+    s = NonbondedSettings.from_mdp(shared / "sps" / "top" / "md.mdp")
+    assert (s.coulomb, s.epsilon_rf, s.rcoulomb, s.rvdw) == ("reaction-field", 2.5, 1.0, 1.0)
+
+
+def test_tpr_has_no_parameters():
+    with pytest.raises(BackmapError, match="use the GROMACS .top topology"):
+        ForceField(load_topology(HEXANE / "topol.tpr"))
