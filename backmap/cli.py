@@ -82,6 +82,107 @@ def run(recipe: Path, overrides: tuple[str, ...], only: str | None, workdir: Pat
     click.echo(f"done: {out} (report: {out / 'report.md'})")
 
 
+def _settings(mdp: Path | None, cutoff: float | None, coulomb: str | None, epsilon_rf: float | None,
+              lj_shift: bool | None):
+    """Non-bonded settings from an .mdp file and/or options (options win)."""
+    from backmap.forcefield import NonbondedSettings
+
+    base = NonbondedSettings.from_mdp(mdp) if mdp else NonbondedSettings()
+    changes = {}
+    if cutoff is not None:
+        changes |= {"rvdw": cutoff, "rcoulomb": cutoff}
+    if coulomb is not None:
+        changes["coulomb"] = coulomb
+    if epsilon_rf is not None:
+        changes["epsilon_rf"] = epsilon_rf
+    if lj_shift is not None:
+        changes["vdw_modifier"] = "potential-shift" if lj_shift else "none"
+    return base.model_copy(update=changes)
+
+
+def nonbonded_options(f):
+    """The options that choose cut-offs and electrostatics, shared by commands that need energies."""
+    options = [
+        click.option("--mdp", type=click.Path(path_type=Path), default=None,
+                     help="Take cut-offs and Coulomb settings from a GROMACS .mdp file."),
+        click.option("--cutoff", type=float, default=None, help="LJ and Coulomb cut-off in nm (default 1.0)."),
+        click.option("--coulomb", type=click.Choice(["reaction-field", "cutoff", "none"]), default=None,
+                     help="Coulomb treatment (default reaction-field; cutoff = GROMACS Verlet plain cut-off)."),
+        click.option("--epsilon-rf", type=float, default=None, help="Reaction-field dielectric (0 = infinity)."),
+        click.option("--lj-shift/--no-lj-shift", default=None,
+                     help="Shift LJ to zero at the cut-off (GROMACS Verlet default: on)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@cli.command()
+@click.option("--topology", required=True, type=click.Path(path_type=Path), help="AA topology with parameters (.top).")
+@click.option("--traj", required=True, type=click.Path(path_type=Path), help="AA trajectory (.xtc, .trr, .gro, .pdb).")
+@click.option("--mapping", multiple=True, type=click.Path(path_type=Path),
+              help="Mapping: also report the AA forces summed per CG bead.")
+@click.option("--frames", default=None, help="'start:stop:step' or '0,5,9'.")
+@click.option("--forces-out", type=click.Path(path_type=Path), default=None,
+              help="Write CG positions and summed bead forces to this .trr (needs --mapping).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@nonbonded_options
+def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | None, forces_out: Path | None,
+           as_json: bool, mdp, cutoff, coulomb, epsilon_rf, lj_shift) -> None:
+    """Per-term potential energies of every frame (like a GROMACS rerun), in kJ/mol."""
+    import json
+
+    import numpy as np
+
+    from backmap.data import count_frames, select_frames
+    from backmap.forcefield import ForceField
+    from backmap.forcefield.trajectory import rerun_trajectory
+    from backmap.io import Frame, write_frames
+    from backmap.mapping import load_mapping
+    from backmap.progress import progress
+    from backmap.topology import load_topology
+
+    if forces_out and not mapping:
+        raise BackmapError("--forces-out needs --mapping")
+    settings = _settings(mdp, cutoff, coulomb, epsilon_rf, lj_shift)
+    topo = load_topology(topology)
+    ff = ForceField(topo, settings)
+    cg_top = load_mapping(list(mapping), topo).cg_topology(topo) if mapping else None
+    idx = select_frames(frames, [], count_frames(traj), str(traj))
+    rows = list(progress(rerun_trajectory(ff, traj, idx, cg_top), total=len(idx), description="energies"))
+    terms = [t for t in rows[0].energies if any(abs(r.energies[t]) > 0 for r in rows) or t == "potential"]
+    bead_stats = None
+    if cg_top is not None:
+        f = np.stack([r.bead_forces for r in rows])
+        bead_stats = {t: {"mean_abs_force": float(np.linalg.norm(f[:, cg_top.bead_types == t], axis=-1).mean()),
+                          "mean_force_x": float(f[:, cg_top.bead_types == t, 0].mean())}
+                      for t in sorted(set(cg_top.bead_types))}
+        if forces_out:
+            stream = (Frame(r.bead_positions, r.frame.dimensions, r.frame.time, r.frame.index, r.bead_forces)
+                      for r in rows)
+            write_frames(forces_out, stream, cg_top.bead_names, cg_top.resnames, cg_top.resids)
+    if as_json:
+        doc = {"topology": str(topology), "trajectory": str(traj), "settings": settings.model_dump(),
+               "units": "kJ/mol", "frames": [{"frame": r.frame.index, "time": r.frame.time,
+                                              "energies": {t: r.energies[t] for t in terms}} for r in rows]}
+        if bead_stats:
+            doc["bead_forces"] = bead_stats
+        click.echo(json.dumps(doc, indent=1))
+        return
+    table = Table("frame", "time (ps)", *terms, box=None, title=f"energies (kJ/mol), {settings.coulomb}, "
+                  f"rc {settings.rvdw}/{settings.rcoulomb} nm")
+    for r in rows:
+        table.add_row(str(r.frame.index), f"{r.frame.time:g}", *(f"{r.energies[t]:.3f}" for t in terms))
+    Console(width=220).print(table)
+    if bead_stats:
+        t2 = Table("bead type", "mean |F| (kJ/mol/nm)", "mean F_x", box=None, title="AA forces summed per bead")
+        for t, v in bead_stats.items():
+            t2.add_row(t, f"{v['mean_abs_force']:.2f}", f"{v['mean_force_x']:.3f}")
+        Console(width=220).print(t2)
+    if forces_out:
+        click.echo(f"wrote {forces_out}: CG positions and bead forces")
+
+
 @cli.command(name="map")
 @click.option("--topology", "topology", required=True, type=click.Path(path_type=Path),
               help="AA topology (.tpr, .top, .gro).")

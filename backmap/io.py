@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import tempfile
 import warnings
@@ -125,14 +126,14 @@ def parse_frames(spec: str | None, n_frames: int, source: str) -> np.ndarray:
     return np.arange(n_frames)[idx]
 
 
-def _universe(names, resnames, resids, n_atoms):
+def _universe(names, resnames, resids, n_atoms, forces: bool = False):
     import MDAnalysis as mda
 
     resids = np.asarray(resids)
     starts = np.r_[True, resids[1:] != resids[:-1]] if n_atoms else np.zeros(0, bool)
     resindex = np.cumsum(starts) - 1
     n_res = int(resindex.max()) + 1 if n_atoms else 0
-    u = mda.Universe.empty(n_atoms, n_residues=n_res, atom_resindex=resindex, trajectory=True)
+    u = mda.Universe.empty(n_atoms, n_residues=n_res, atom_resindex=resindex, trajectory=True, forces=forces)
     u.add_TopologyAttr("name", [str(n) for n in names])
     u.add_TopologyAttr("resname", [str(resnames[i]) for i in np.flatnonzero(starts)])
     u.add_TopologyAttr("resid", resids[starts])
@@ -149,7 +150,13 @@ def write_frames(path: str | Path, frames: Iterable[Frame], names: Sequence[str]
     suffix = path.suffix.lower()
     if suffix not in WRITE_SUFFIXES:
         raise BackmapError(f"cannot write {suffix!r} files (use one of {', '.join(WRITE_SUFFIXES)})", source=path)
-    u = _universe(names, resnames, resids, len(names))
+    frames = iter(frames)
+    first = next(frames, None)
+    if first is None:
+        raise BackmapError("nothing to write: no frames", source=path)
+    frames = itertools.chain([first], frames)
+    with_forces = suffix == ".trr" and first.forces is not None
+    u = _universe(names, resnames, resids, len(names), forces=with_forces)
     n = 0
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -176,6 +183,8 @@ def write_frames(path: str | Path, frames: Iterable[Frame], names: Sequence[str]
 
 def _set(u, frame: Frame) -> None:
     u.atoms.positions = np.asarray(frame.positions, np.float32) * 10.0
+    if u.trajectory.ts.has_forces and frame.forces is not None:  # kJ/mol/nm → MDAnalysis' kJ/mol/Å
+        u.atoms.forces = np.asarray(frame.forces, np.float32) / 10.0
     u.dimensions = np.r_[np.asarray(frame.dimensions[:3]) * 10.0, frame.dimensions[3:]]
     u.trajectory.ts.time = frame.time
 

@@ -192,6 +192,19 @@ class CGTopology:
         """(n_angles, 3) global bead indices of all CG angles."""
         return self._global("angles", 3)
 
+    def sum_forces(self, forces: np.ndarray) -> np.ndarray:
+        """Bead forces (..., n_beads, 3): the AA forces summed over the atoms whose home bead it
+        is (thesis eq. 6.3). Every atom counts once, so the total force is conserved."""
+        lead = forces.shape[:-2]
+        out = []
+        for cb in self.blocks:
+            mt, mm = cb.block.moltype, cb.mapping
+            f = forces[..., cb.block.atom_slice, :].reshape(*lead, cb.block.count, mt.n_atoms, 3)
+            home = np.zeros((mm.n_beads, mt.n_atoms))
+            home[mm.home, np.arange(mt.n_atoms)] = 1.0
+            out.append(np.einsum("...cai,ba->...cbi", f, home).reshape(*lead, cb.n_beads, 3))
+        return np.concatenate(out, axis=-2)
+
     def apply(self, positions: np.ndarray) -> np.ndarray:
         """Bead positions (..., n_beads, 3) from whole-molecule AA positions (..., n_atoms, 3)."""
         lead = positions.shape[:-2]

@@ -91,11 +91,18 @@ class Refiner(Plugin):
 
 
 class Regularizer(Plugin):
-    """A loss term added to a generator's training objective."""
+    """A loss term added to a generator's training objective.
+
+    ``prepare`` runs once before training (e.g. to take thresholds from the training data);
+    ``loss`` returns one value per configuration of a :class:`backmap.train.RegularizerSample`,
+    already multiplied by the plugin's scheduled weight at ``epoch``."""
 
     kind = "regularizer"
 
-    def loss(self, generated: Any, context: Any) -> Any:
+    def prepare(self, context: Any) -> None:
+        """Called once before training with the run context."""
+
+    def loss(self, sample: Any, epoch: float) -> Any:
         raise NotImplementedError
 
 

@@ -80,12 +80,14 @@ class ForceField:
     def __init__(self, topology: Topology, settings: NonbondedSettings | None = None,
                  dtype: torch.dtype = torch.float64):
         self.topology = topology
+        self._setup(build_parameters(topology), settings, dtype, Unwrapper(topology))
+
+    def _setup(self, params: Parameters, settings, dtype, unwrap) -> None:
         self.settings = settings or NonbondedSettings()
         self.dtype = dtype
-        self.params: Parameters = build_parameters(topology)
-        p = self.params
-        self._unwrap = Unwrapper(topology)
-        self.n_atoms = topology.n_atoms
+        self.params = p = params
+        self._unwrap = unwrap
+        self.n_atoms = len(p.charges)
         self._excluded_keys = np.unique(p.exclusions[:, 0] * self.n_atoms + p.exclusions[:, 1])
         t = lambda a: torch.as_tensor(a, dtype=dtype)  # noqa: E731
         self._q = t(p.charges)
@@ -93,6 +95,15 @@ class ForceField:
         self._sigma = t(np.where(p.c6 > 0, (p.c12 / np.where(p.c6 > 0, p.c6, 1)) ** (1 / 6), 0.0))
         self._lj_type = torch.as_tensor(p.lj_type)
         self._mol = torch.as_tensor(p.molecule)
+
+    def subsystem(self, atoms: np.ndarray) -> "ForceField":
+        """The force field of just these atoms (terms with all their atoms among them), for
+        configurations given whole and without periodic boundaries (``box=None``): e.g. a unit's
+        atoms and their neighbours in a local environment."""
+        sub = ForceField.__new__(ForceField)
+        sub.topology = None
+        sub._setup(self.params.restrict(np.asarray(atoms)), self.settings, self.dtype, None)
+        return sub
 
     # ------------------------------------------------------------------ public API
     def energy(self, positions, box, *, subset: np.ndarray | None = None,
@@ -105,14 +116,17 @@ class ForceField:
         x = torch.as_tensor(positions, dtype=self.dtype)
         if x.ndim == 2:
             x = x[None]
-        vectors = _box_vectors(box, len(x))
-        dims = np.stack([box_dimensions(v) for v in vectors])
         wanted = list(terms or TERMS)
-        # whole molecules: add (constant) lattice shifts found on a detached copy
-        xd = x.detach().cpu().numpy()
-        shift = np.stack([_lattice(self._unwrap(xd[b], dims[b]) - xd[b], vectors[b]) for b in range(len(xd))])
-        x = x + torch.as_tensor(shift, dtype=self.dtype)
-        self._vectors = vectors
+        vectors = None
+        if box is not None:
+            vectors = _box_vectors(box, len(x))
+            dims = np.stack([box_dimensions(v) for v in vectors])
+            if self._unwrap is None:
+                raise ValueError("a subsystem force field takes whole configurations without a box (box=None)")
+            # whole molecules: add (constant) lattice shifts found on a detached copy
+            xd = x.detach().cpu().numpy()
+            shift = np.stack([_lattice(self._unwrap(xd[b], dims[b]) - xd[b], vectors[b]) for b in range(len(xd))])
+            x = x + torch.as_tensor(shift, dtype=self.dtype)
         B = x.shape[0]
         out: dict[str, torch.Tensor] = {}
         mol_out: dict[str, torch.Tensor] = {}
@@ -123,7 +137,7 @@ class ForceField:
                 if per_molecule:
                     mol_out[name] = self._scatter(e, self._mol[first_atom], B)
         if any(n in wanted for n in NONBONDED):
-            lj, coul = self._nonbonded(x, dims, subset, per_molecule)
+            lj, coul = self._nonbonded(x, vectors, subset, per_molecule)
             for name, (total, per_mol) in (("lj", lj), ("coulomb", coul)):
                 if name in wanted:
                     out[name] = total
@@ -183,7 +197,16 @@ class ForceField:
             raise KeyError(name)
         return e, idx[:, 0]
 
-    def _nonbonded(self, x: torch.Tensor, dims: np.ndarray, subset, per_molecule: bool):
+    def pairs(self, x: np.ndarray, vectors: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Non-excluded pairs within the cut-off: cell grid under PBC, all pairs without a box."""
+        if vectors is not None:
+            return neighbour_pairs(x, vectors, self.settings.cutoff, self._excluded_keys)
+        i, j = np.triu_indices(len(x), 1)
+        keep = ~np.isin(i * len(x) + j, self._excluded_keys)
+        keep &= ((x[j] - x[i]) ** 2).sum(-1) < self.settings.cutoff**2
+        return i[keep], j[keep], np.zeros((int(keep.sum()), 3))
+
+    def _nonbonded(self, x: torch.Tensor, vectors: np.ndarray | None, subset, per_molecule: bool):
         s = self.settings
         k_rf, c_rf = s.reaction_field()
         f = ONE_4PI_EPS0 / s.epsilon_r
@@ -192,7 +215,7 @@ class ForceField:
         lj_mol, cl_mol = [], []
         xd = x.detach().cpu().numpy()
         for b in range(B):
-            i, j, shift = neighbour_pairs(xd[b], self._vectors[b], s.cutoff, self._excluded_keys)
+            i, j, shift = self.pairs(xd[b], None if vectors is None else vectors[b])
             if subset is not None:
                 keep = subset[i] | subset[j]
                 i, j, shift = i[keep], j[keep], shift[keep]

@@ -48,6 +48,25 @@ class Parameters:
     fudge_qq: float
     info: dict = field(default_factory=dict)
 
+    def restrict(self, atoms: np.ndarray) -> "Parameters":
+        """Parameters of a subset of atoms (renumbered 0..len-1 in the given order); terms and
+        exclusions survive only when all their atoms are in the subset."""
+        new = np.full(len(self.charges), -1)
+        new[atoms] = np.arange(len(atoms))
+
+        def inside(idx: np.ndarray) -> np.ndarray:
+            return (new[idx] >= 0).all(1) if len(idx) else np.zeros(0, bool)
+
+        bonded = {}
+        for name, t in self.bonded.items():
+            keep = inside(t.atoms)
+            bonded[name] = Terms(new[t.atoms[keep]], t.params[keep])
+        ex = self.exclusions[inside(self.exclusions)]
+        ex = np.sort(new[ex], axis=1)
+        molecules, molecule = np.unique(self.molecule[atoms], return_inverse=True)
+        return Parameters(bonded, self.charges[atoms], self.lj_type[atoms], self.c6, self.c12, ex,
+                          molecule.ravel(), len(molecules), self.comb_rule, self.fudge_qq, dict(self.info))
+
 
 def _excluded_pairs(mt: MoleculeType) -> np.ndarray:
     """Pairs within nrexcl bonds plus explicit [ exclusions ], as (i < j)."""

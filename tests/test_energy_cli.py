@@ -1,0 +1,52 @@
+"""`backmap energy`: per-term energies per frame, bead forces, JSON, errors."""
+import json
+
+import numpy as np
+import torch
+
+from backmap.forcefield import ForceField, NonbondedSettings
+from backmap.io import read_frames
+from backmap.topology import load_topology
+
+from conftest import HEXANE
+
+
+def test_energy_json_matches_the_force_field(cli):
+    code, out, err = cli("energy", "--topology", HEXANE / "topol.top", "--traj", HEXANE / "traj.xtc",
+                         "--frames", "0:2", "--epsilon-rf", "0", "--cutoff", "0.9", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["settings"]["rvdw"] == 0.9 and len(doc["frames"]) == 2
+    ff = ForceField(load_topology(HEXANE / "topol.top"), NonbondedSettings(rvdw=0.9, rcoulomb=0.9, epsilon_rf=0))
+    fr = next(read_frames(HEXANE / "traj.xtc"))
+    with torch.no_grad():
+        e = ff.energy(fr.positions, fr.box).numpy()
+    for term, value in doc["frames"][0]["energies"].items():
+        assert value == __import__("pytest").approx(float(e[term][0]), rel=1e-9)
+
+
+def test_energy_table_and_bead_forces(cli, tmp_path):
+    out_trr = tmp_path / "cg_forces.trr"
+    code, out, err = cli("energy", "--topology", HEXANE / "topol.top", "--traj", HEXANE / "traj.trr",
+                         "--frames", "0,3", "--mapping", HEXANE / "hexane.xml", "--forces-out", out_trr)
+    assert code == 0, err
+    assert "potential" in out and "AA forces summed per bead" in out
+    frames = list(read_frames(out_trr))
+    assert len(frames) == 2 and frames[0].forces.shape == (600, 3)
+    # bead forces of a molecule add up to the total AA force on that molecule
+    ff = ForceField(load_topology(HEXANE / "topol.top"))
+    aa = next(read_frames(HEXANE / "traj.trr"))
+    _, f = ff.forces(aa.positions, aa.box)
+    f = f.detach().numpy()[0]
+    np.testing.assert_allclose(frames[0].forces[:3].sum(0), f[:20].sum(0), atol=0.05)
+
+
+def test_energy_errors(cli, tmp_path):
+    code, _, err = cli("energy", "--topology", HEXANE / "topol.tpr", "--traj", HEXANE / "traj.xtc")
+    assert code == 2 and "use the GROMACS .top topology" in err
+    code, _, err = cli("energy", "--topology", HEXANE / "topol.top", "--traj", HEXANE / "traj.xtc",
+                       "--forces-out", tmp_path / "x.trr")
+    assert code == 2 and "--forces-out needs --mapping" in err
+    code, _, err = cli("energy", "--topology", HEXANE / "topol.top", "--traj", HEXANE / "traj.xtc",
+                       "--mdp", HEXANE / "grompp.mdp")
+    assert code == 2 and "coulombtype = pme is not supported" in err
