@@ -108,6 +108,14 @@ class MoleculeMapping:
         pairs = {tuple(sorted((int(h[i]), int(h[j])))) for i, j in self.moltype.bonds if h[i] != h[j]}
         return sorted(pairs)
 
+    def frame_beads(self, bead: int) -> list[int]:
+        """The bead and its CG-bonded beads — and the beads two bonds away when that makes fewer
+        than three points — in a fixed order: the beads that fix a fragment's orientation."""
+        near = nx.single_source_shortest_path_length(self.graph, bead, cutoff=2)
+        first = sorted(n for n, d in near.items() if d == 1)
+        second = sorted(n for n, d in near.items() if d == 2)
+        return [bead] + first + (second if len(first) < 2 else [])
+
     @cached_property
     def graph(self) -> nx.Graph:
         """CG bond graph; nodes are bead indices carrying name and type."""

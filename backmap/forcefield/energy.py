@@ -107,12 +107,15 @@ class ForceField:
 
     # ------------------------------------------------------------------ public API
     def energy(self, positions, box, *, subset: np.ndarray | None = None,
-               terms: Iterable[str] | None = None, per_molecule: bool = False) -> Energies:
+               terms: Iterable[str] | None = None, per_molecule: bool = False,
+               pair_lists: list | None = None) -> Energies:
         """Energies of configurations ``positions`` (B, N, 3) nm in boxes ``box``: (B, 3, 3) box
         vectors or (B, 6) as (a, b, c, α, β, γ).
 
         ``subset`` (boolean, N): only interactions that involve at least one of these atoms.
-        ``terms``: only these terms. Differentiable with respect to ``positions``."""
+        ``terms``: only these terms. ``pair_lists``: per configuration, (i, j, shift) from
+        :meth:`pairs` with a skin, to reuse over several nearby configurations (minimization).
+        Differentiable with respect to ``positions``."""
         x = torch.as_tensor(positions, dtype=self.dtype)
         if x.ndim == 2:
             x = x[None]
@@ -137,7 +140,7 @@ class ForceField:
                 if per_molecule:
                     mol_out[name] = self._scatter(e, self._mol[first_atom], B)
         if any(n in wanted for n in NONBONDED):
-            lj, coul = self._nonbonded(x, vectors, subset, per_molecule)
+            lj, coul = self._nonbonded(x, vectors, subset, per_molecule, pair_lists)
             for name, (total, per_mol) in (("lj", lj), ("coulomb", coul)):
                 if name in wanted:
                     out[name] = total
@@ -197,16 +200,19 @@ class ForceField:
             raise KeyError(name)
         return e, idx[:, 0]
 
-    def pairs(self, x: np.ndarray, vectors: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Non-excluded pairs within the cut-off: cell grid under PBC, all pairs without a box."""
+    def pairs(self, x: np.ndarray, vectors: np.ndarray | None, skin: float = 0.0
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Non-excluded pairs within the cut-off (+ ``skin``): cell grid under PBC, all pairs
+        without a box. ``x`` must be whole molecules when reused through ``pair_lists``."""
         if vectors is not None:
-            return neighbour_pairs(x, vectors, self.settings.cutoff, self._excluded_keys)
+            return neighbour_pairs(x, vectors, self.settings.cutoff + skin, self._excluded_keys)
         i, j = np.triu_indices(len(x), 1)
         keep = ~np.isin(i * len(x) + j, self._excluded_keys)
-        keep &= ((x[j] - x[i]) ** 2).sum(-1) < self.settings.cutoff**2
+        keep &= ((x[j] - x[i]) ** 2).sum(-1) < (self.settings.cutoff + skin) ** 2
         return i[keep], j[keep], np.zeros((int(keep.sum()), 3))
 
-    def _nonbonded(self, x: torch.Tensor, vectors: np.ndarray | None, subset, per_molecule: bool):
+    def _nonbonded(self, x: torch.Tensor, vectors: np.ndarray | None, subset, per_molecule: bool,
+                   pair_lists: list | None = None):
         s = self.settings
         k_rf, c_rf = s.reaction_field()
         f = ONE_4PI_EPS0 / s.epsilon_r
@@ -215,7 +221,10 @@ class ForceField:
         lj_mol, cl_mol = [], []
         xd = x.detach().cpu().numpy()
         for b in range(B):
-            i, j, shift = self.pairs(xd[b], None if vectors is None else vectors[b])
+            if pair_lists is not None:
+                i, j, shift = pair_lists[b]
+            else:
+                i, j, shift = self.pairs(xd[b], None if vectors is None else vectors[b])
             if subset is not None:
                 keep = subset[i] | subset[j]
                 i, j, shift = i[keep], j[keep], shift[keep]

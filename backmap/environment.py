@@ -1,0 +1,286 @@
+"""Local environments of the units being placed, in torch and in each unit's own frame.
+
+For every bead, the atoms that can ever be in its environment are found once per frame from the
+(fixed) CG positions: the atoms whose home bead lies within ``cutoff + margin``. A step then only
+gathers their current positions, keeps those already placed and within ``cutoff`` of the bead, and
+rotates them into the bead's frame (z along the bond to the predecessor bead). Everything that
+depends on positions is a torch operation, so a generator can back-propagate through environments
+that contain its own earlier output.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+import torch
+
+from backmap.forcefield.neighbors import neighbour_pairs
+from backmap.mapping import CGTopology
+from backmap.pbc import box_vectors, minimum_image
+from backmap.traversal import Plan
+
+#: interaction of a neighbour with the atom being placed, by bond-graph distance (DBM feature channels)
+INTERACTIONS = ("bond", "angle", "dihedral", "lj")
+
+
+@dataclass
+class Channels:
+    """Feature channels: atom types, bead types and target–neighbour interactions, each an index.
+    By default derived from the topology; ``split`` also splits bonded interactions by the
+    atom-type tuple (DBM's ff.txt splits by parameter type)."""
+
+    atom_types: dict[str, int]
+    bead_types: dict[str, int]
+    interactions: dict[tuple, int]
+    split: bool = False
+
+    @classmethod
+    def from_system(cls, cg_topology: CGTopology, split: bool = False) -> "Channels":
+        types = sorted({str(t) for cb in cg_topology.blocks for t in cb.block.moltype.atom_types})
+        beads = sorted({str(t) for t in cg_topology.bead_types})
+        inter: dict[tuple, int] = {}
+        if split:
+            for cb in cg_topology.blocks:
+                mt = cb.block.moltype
+                dist = dict(nx.all_pairs_shortest_path_length(mt.graph, cutoff=3))
+                for a, row in dist.items():
+                    for b, d in row.items():
+                        if 1 <= d <= 3:
+                            key = (INTERACTIONS[d - 1], *sorted((str(mt.atom_types[a]), str(mt.atom_types[b]))))
+                            inter.setdefault(key, len(inter))
+            inter.setdefault(("lj",), len(inter))
+        else:
+            inter = {(k,): i for i, k in enumerate(INTERACTIONS)}
+        return cls({t: i for i, t in enumerate(types)}, {t: i for i, t in enumerate(beads)}, inter, split)
+
+    @property
+    def n_atom_types(self) -> int:
+        return len(self.atom_types)
+
+    @property
+    def n_interactions(self) -> int:
+        return len(self.interactions)
+
+
+@dataclass
+class EnvironmentBatch:
+    """B units to place, each in its own frame (local = (x − centre) @ rotation.T, nm).
+
+    ``atom_*``: neighbour atoms (B, K); ``interaction`` (B, U, K): channel of each neighbour's
+    interaction with each of the unit's U atoms; ``bead_*``: neighbour beads (B, L), the unit's own
+    bead first; ``target_*`` (B, U): the atoms to place. Masks mark real (unpadded) entries."""
+
+    centre: torch.Tensor
+    rotation: torch.Tensor
+    atom_positions: torch.Tensor
+    atom_types: torch.Tensor
+    atom_mask: torch.Tensor
+    interaction: torch.Tensor
+    bead_positions: torch.Tensor
+    bead_types: torch.Tensor
+    bead_mask: torch.Tensor
+    target_types: torch.Tensor
+    target_mask: torch.Tensor
+    #: the unit's bead and its CG-bonded beads (in a fixed order per unit), local frame (B, F, 3)
+    frame_beads: torch.Tensor = field(repr=False, default=None)
+    #: what the batch is: molecule type, the unit's bead and atoms (molecule-local), step number
+    meta: dict = field(repr=False, default_factory=dict)
+    #: global indices: unit atoms (B, U) (-1 = padding), neighbour atoms (B, K), molecule (B,)
+    target_atoms: torch.Tensor = field(repr=False, default=None)
+    atom_index: torch.Tensor = field(repr=False, default=None)
+    molecule: torch.Tensor = field(repr=False, default=None)
+
+    @property
+    def size(self) -> int:
+        return self.centre.shape[0]
+
+    def to_lab(self, local: torch.Tensor) -> torch.Tensor:
+        """Local-frame positions (B, ..., 3) back to the lab frame."""
+        shape = local.shape
+        flat = local.reshape(shape[0], -1, 3)
+        return (flat @ self.rotation + self.centre[:, None]).reshape(shape)
+
+
+def frame_rotation(axis: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 3) rotations whose third row is the unit vector along ``axis`` (B, 3); a zero
+    axis (no predecessor) gives the identity. The first row is the lab x (or y) axis made
+    orthogonal, so the frame is a fixed function of the axis."""
+    n = torch.linalg.norm(axis, dim=-1, keepdim=True)
+    has = n[:, 0] > 1e-9
+    z = torch.where(has[:, None], axis / n.clamp(min=1e-12), torch.tensor([0.0, 0.0, 1.0], dtype=axis.dtype))
+    ref = torch.tensor([1.0, 0.0, 0.0], dtype=axis.dtype).expand_as(z).clone()
+    near_x = z[:, 0].abs() > 0.9
+    ref[near_x] = torch.tensor([0.0, 1.0, 0.0], dtype=axis.dtype)
+    x = ref - (ref * z).sum(-1, keepdim=True) * z
+    x = x / torch.linalg.norm(x, dim=-1, keepdim=True)
+    y = torch.linalg.cross(z, x)
+    return torch.stack([x, y, z], dim=1)
+
+
+class EnvironmentBuilder:
+    """Builds :class:`EnvironmentBatch` es for the units of a placement plan, all molecules of a
+    type at once, for one CG frame."""
+
+    def __init__(self, cg_topology: CGTopology, plans: dict[str, Plan], channels: Channels, cutoff: float = 0.7,
+                 margin: float = 0.4, strip_hydrogens: bool = True, dtype: torch.dtype = torch.float32):
+        self.cg = cg_topology
+        self.plans = plans
+        self.channels = channels
+        self.cutoff = cutoff
+        self.margin = margin
+        self.strip_hydrogens = strip_hydrogens
+        self.dtype = dtype
+        topo = cg_topology.topology
+        self.n_atoms = topo.n_atoms
+        # per atom: global home bead, type channel, molecule, local index, heavy?
+        home, types, local, heavy = [], [], [], []
+        for cb in cg_topology.blocks:
+            mt, mm = cb.block.moltype, cb.mapping
+            offs = cb.first_bead + mm.n_beads * np.arange(cb.block.count)
+            home.append((mm.home[None] + offs[:, None]).ravel())
+            types.append(np.tile([channels.atom_types[str(t)] for t in mt.atom_types], cb.block.count))
+            local.append(np.tile(np.arange(mt.n_atoms), cb.block.count))
+            heavy.append(np.tile(mt.elements != "H", cb.block.count))
+        self.home = np.concatenate(home)
+        self.atom_type = torch.as_tensor(np.concatenate(types))
+        self.local_index = np.concatenate(local)
+        self.heavy = np.concatenate(heavy)
+        self.molecule = topo.molecule_index
+        self.bead_type = torch.as_tensor([channels.bead_types[str(t)] for t in cg_topology.bead_types])
+        # intramolecular interaction channel of every atom pair of each molecule type
+        self._intra: dict[str, np.ndarray] = {}
+        lj = channels.interactions[("lj",)]
+        for cb in cg_topology.blocks:
+            mt = cb.block.moltype
+            m = np.full((mt.n_atoms, mt.n_atoms), lj)
+            for a, row in nx.all_pairs_shortest_path_length(mt.graph, cutoff=3):
+                for b, d in row.items():
+                    if 1 <= d <= 3:
+                        key = (INTERACTIONS[d - 1],)
+                        if channels.split:
+                            key += tuple(sorted((str(mt.atom_types[a]), str(mt.atom_types[b]))))
+                        m[a, b] = channels.interactions[key]
+            self._intra[mt.name] = m
+        self._lj_channel = lj
+
+    # ------------------------------------------------------------------ per frame
+    def set_frame(self, cg_positions: np.ndarray, box: np.ndarray) -> None:
+        """CG positions (M, 3) of molecules made whole, and the (3, 3) box: finds every bead's
+        candidate neighbour atoms and beads with their periodic shifts."""
+        self.beads = np.asarray(cg_positions, np.float64)
+        self.box = np.asarray(box, np.float64)
+        reach = self.cutoff + self.margin
+        i, j, shift = neighbour_pairs(self.beads, self.box, reach, np.zeros(0, np.int64))
+        m = len(self.beads)
+        # symmetric bead neighbour lists (self included), shift moves bead j next to bead i
+        src = np.concatenate([i, j, np.arange(m)])
+        dst = np.concatenate([j, i, np.arange(m)])
+        sft = np.concatenate([shift, -shift, np.zeros((m, 3))])
+        order = np.lexsort((dst, src))
+        src, dst, sft = src[order], dst[order], sft[order]
+        self._bead_nb = _pad_lists(src, dst, m)
+        self._bead_nb_shift = _pad_lists(src, sft, m, fill=0.0)
+        # candidate atoms per bead: atoms of neighbouring beads (incl. itself)
+        atoms_of_bead = _pad_lists(self.home, np.arange(self.n_atoms), m)
+        nb = self._bead_nb  # (m, Lmax)
+        cand = atoms_of_bead[np.clip(nb, 0, None)]  # (m, Lmax, A)
+        cand_shift = np.broadcast_to(self._bead_nb_shift[:, :, None, :], cand.shape + (3,))
+        valid = (nb[:, :, None] >= 0) & (cand >= 0)
+        flat_idx = np.where(valid, cand, -1).reshape(m, -1)
+        flat_shift = cand_shift.reshape(m, -1, 3)
+        keep = flat_idx >= 0
+        width = int(keep.sum(1).max())
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :width]
+        self._cand = np.take_along_axis(flat_idx, order, 1)
+        self._cand_shift = np.take_along_axis(flat_shift, order[:, :, None], 1)
+        self._cand_t = torch.as_tensor(self._cand)
+        self._cand_shift_t = torch.as_tensor(self._cand_shift, dtype=self.dtype)
+        self._bead_nb_t = torch.as_tensor(nb)
+        self._bead_shift_t = torch.as_tensor(self._bead_nb_shift, dtype=self.dtype)
+        self._beads_t = torch.as_tensor(self.beads, dtype=self.dtype)
+        # hydrogens of a bead and of its bonded neighbour beads: hidden while heavy atoms are placed
+        adjacent = np.zeros((m, m), bool) if m < 4000 else None
+        self._adjacent_h = None
+        if self.strip_hydrogens and adjacent is not None:
+            bonds = self.cg.bonds
+            adjacent[np.arange(m), np.arange(m)] = True
+            adjacent[bonds[:, 0], bonds[:, 1]] = True
+            adjacent[bonds[:, 1], bonds[:, 0]] = True
+            c = np.clip(self._cand, 0, None)
+            self._adjacent_h = torch.as_tensor(
+                adjacent[np.arange(m)[:, None], self.home[c]] & ~self.heavy[c] & (self._cand >= 0))
+
+    # ------------------------------------------------------------------ per step
+    def build(self, moltype: str, units_atoms: np.ndarray, bead: np.ndarray, predecessor: np.ndarray,
+              positions: torch.Tensor, placed: torch.Tensor, frame_beads: np.ndarray | None = None) -> EnvironmentBatch:
+        """Environments of B units of molecules of type ``moltype``: ``units_atoms`` (B, U) global
+        atom indices (-1 padding),
+        ``bead`` (B,) and ``predecessor`` (B,) global bead indices (-1: none), current
+        ``positions`` (N, 3) and the ``placed`` mask (N,) of atoms that may be seen."""
+        bead_t = torch.as_tensor(bead)
+        centre = self._beads_t[bead_t]
+        # frame axis: to the predecessor's nearest image
+        pred = np.where(predecessor >= 0, predecessor, bead)
+        axis_np = minimum_image(self.beads[pred] - self.beads[bead], _dims(self.box))
+        axis = torch.as_tensor(axis_np, dtype=self.dtype)
+        rot = frame_rotation(axis)
+        cand = self._cand_t[bead_t]  # (B, K)
+        ok = cand >= 0
+        c = cand.clamp(min=0)
+        rel = positions[c] + self._cand_shift_t[bead_t] - centre[:, None]
+        local = rel @ rot.transpose(1, 2)
+        units = torch.as_tensor(units_atoms)
+        u_ok = units >= 0
+        mask = ok & placed[c] & ((rel * rel).sum(-1) < self.cutoff**2)
+        # the unit's own atoms are never their own environment
+        mask &= ~(c[:, :, None] == units[:, None, :]).any(-1)
+        if self._adjacent_h is not None:
+            heavy_target = torch.as_tensor(self.heavy[np.clip(units_atoms, 0, None)] & (units_atoms >= 0)).any(1)
+            mask &= ~(self._adjacent_h[bead_t] & heavy_target[:, None])
+        # interaction channels of each neighbour with each target atom
+        same_mol = torch.as_tensor(self.molecule[np.clip(units_atoms, 0, None)])[:, :, None] == torch.as_tensor(
+            self.molecule)[c][:, None, :]
+        table = torch.as_tensor(self._intra[moltype])
+        rows = torch.as_tensor(self.local_index[np.clip(units_atoms, 0, None)])
+        cols = torch.as_tensor(self.local_index)[c]
+        intra = table[rows[:, :, None], cols[:, None, :].clamp(max=table.shape[1] - 1)]
+        inter = torch.where(same_mol, intra, torch.full_like(intra, self._lj_channel))
+        # neighbour beads, own bead first
+        nb = self._bead_nb_t[bead_t]
+        b_ok = nb >= 0
+        b_rel = self._beads_t[nb.clamp(min=0)] + self._bead_shift_t[bead_t] - centre[:, None]
+        b_ok &= (b_rel * b_rel).sum(-1) < (self.cutoff + self.margin) ** 2
+        first = (nb == bead_t[:, None]).float().argmax(1)
+        perm = torch.arange(nb.shape[1]).expand_as(nb).clone()
+        perm[:, 0], perm[torch.arange(len(first)), first] = first, 0
+        b_local = (b_rel @ rot.transpose(1, 2)).gather(1, perm[:, :, None].expand(-1, -1, 3))
+        fb = None
+        if frame_beads is not None:  # (B, F) global bead indices, nearest images to the centre
+            fb_rel = minimum_image(self.beads[frame_beads] - self.beads[bead][:, None], _dims(self.box))
+            fb = torch.as_tensor(fb_rel, dtype=self.dtype) @ rot.transpose(1, 2)
+        return EnvironmentBatch(
+            frame_beads=fb,
+            centre=centre, rotation=rot, atom_positions=local, atom_types=self.atom_type[c], atom_mask=mask,
+            interaction=inter, bead_positions=b_local, bead_types=self.bead_type[nb.clamp(min=0)].gather(1, perm),
+            bead_mask=b_ok.gather(1, perm), target_types=self.atom_type[units.clamp(min=0)], target_mask=u_ok,
+            target_atoms=units, atom_index=cand, molecule=torch.as_tensor(self.molecule[units_atoms[:, 0]]))
+
+
+def _dims(box: np.ndarray) -> np.ndarray:
+    from backmap.pbc import box_dimensions
+
+    return box_dimensions(box)
+
+
+def _pad_lists(keys: np.ndarray, values: np.ndarray, n_keys: int, fill=-1) -> np.ndarray:
+    """Group ``values`` by integer ``keys`` (0..n_keys-1) into a padded (n_keys, width, ...) array."""
+    order = np.argsort(keys, kind="stable")
+    keys, values = keys[order], values[order]
+    counts = np.bincount(keys, minlength=n_keys)
+    width = max(int(counts.max()), 1)
+    start = np.r_[0, np.cumsum(counts)[:-1]]
+    slot = np.arange(len(keys)) - np.repeat(start, counts)
+    out = np.full((n_keys, width) + values.shape[1:], fill, dtype=values.dtype)
+    out[keys, slot] = values
+    return out
