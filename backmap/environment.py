@@ -102,16 +102,21 @@ class EnvironmentBatch:
         return (flat @ self.rotation + self.centre[:, None]).reshape(shape)
 
 
-def frame_rotation(axis: torch.Tensor) -> torch.Tensor:
-    """(B, 3, 3) rotations whose third row is the unit vector along ``axis`` (B, 3); a zero
-    axis (no predecessor) gives the identity. The first row is the lab x (or y) axis made
-    orthogonal, so the frame is a fixed function of the axis."""
+def frame_rotation(axis: torch.Tensor, towards: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, 3, 3) rotations whose third row is the unit vector along ``axis`` (B, 3) (a zero
+    axis — no predecessor — gives lab z). The first row points along ``towards`` (B, 3) made
+    orthogonal to z (another bonded bead: then the frame is fixed by the molecule alone and
+    rotating the input rotates nothing in it); where that is degenerate, lab x (or y)."""
     n = torch.linalg.norm(axis, dim=-1, keepdim=True)
     has = n[:, 0] > 1e-9
     z = torch.where(has[:, None], axis / n.clamp(min=1e-12), torch.tensor([0.0, 0.0, 1.0], dtype=axis.dtype))
     ref = torch.tensor([1.0, 0.0, 0.0], dtype=axis.dtype).expand_as(z).clone()
     near_x = z[:, 0].abs() > 0.9
     ref[near_x] = torch.tensor([0.0, 1.0, 0.0], dtype=axis.dtype)
+    if towards is not None:
+        t = towards - (towards * z).sum(-1, keepdim=True) * z
+        ok = torch.linalg.norm(t, dim=-1) > 1e-3
+        ref = torch.where(ok[:, None], towards, ref)
     x = ref - (ref * z).sum(-1, keepdim=True) * z
     x = x / torch.linalg.norm(x, dim=-1, keepdim=True)
     y = torch.linalg.cross(z, x)
@@ -170,6 +175,7 @@ class EnvironmentBuilder:
         candidate neighbour atoms and beads with their periodic shifts."""
         self.beads = np.asarray(cg_positions, np.float64)
         self.box = np.asarray(box, np.float64)
+        self._cache: dict = {}
         reach = self.cutoff + self.margin
         i, j, shift = neighbour_pairs(self.beads, self.box, reach, np.zeros(0, np.int64))
         m = len(self.beads)
@@ -215,26 +221,45 @@ class EnvironmentBuilder:
     def build(self, moltype: str, units_atoms: np.ndarray, bead: np.ndarray, predecessor: np.ndarray,
               positions: torch.Tensor, placed: torch.Tensor, frame_beads: np.ndarray | None = None) -> EnvironmentBatch:
         """Environments of B units of molecules of type ``moltype``: ``units_atoms`` (B, U) global
-        atom indices (-1 padding),
-        ``bead`` (B,) and ``predecessor`` (B,) global bead indices (-1: none), current
-        ``positions`` (N, 3) and the ``placed`` mask (N,) of atoms that may be seen."""
+        atom indices (-1 padding), ``bead`` (B,) and ``predecessor`` (B,) global bead indices
+        (-1: none), current ``positions`` (N, 3) and the ``placed`` mask (N,) of atoms that may be
+        seen. What depends only on the CG frame is computed once per frame and unit group."""
+        key = (moltype, units_atoms.tobytes(), bead.tobytes())
+        st = self._cache.get(key)
+        if st is None:
+            st = self._cache[key] = self._static(moltype, units_atoms, bead, predecessor, frame_beads)
+        c = st["c"]
+        rel = positions[c] + st["shift"] - st["centre"][:, None]
+        mask = st["mask"] & placed[c] & ((rel * rel).sum(-1) < self.cutoff**2)
+        return EnvironmentBatch(
+            frame_beads=st["fb"], centre=st["centre"], rotation=st["rot"], atom_positions=rel @ st["rot_t"],
+            atom_types=st["atom_types"], atom_mask=mask, interaction=st["inter"], bead_positions=st["b_local"],
+            bead_types=st["bead_types"], bead_mask=st["b_ok"], target_types=st["target_types"],
+            target_mask=st["u_ok"], target_atoms=st["units"], atom_index=st["cand"], molecule=st["molecule"])
+
+    def _static(self, moltype: str, units_atoms: np.ndarray, bead: np.ndarray, predecessor: np.ndarray,
+                frame_beads: np.ndarray | None) -> dict:
+        """The parts of an environment that depend only on the CG frame."""
         bead_t = torch.as_tensor(bead)
         centre = self._beads_t[bead_t]
         # frame axis: to the predecessor's nearest image
         pred = np.where(predecessor >= 0, predecessor, bead)
         axis_np = minimum_image(self.beads[pred] - self.beads[bead], _dims(self.box))
         axis = torch.as_tensor(axis_np, dtype=self.dtype)
-        rot = frame_rotation(axis)
+        towards = None
+        if frame_beads is not None:  # a bonded bead other than the unit's own and its predecessor
+            others = np.where(frame_beads[:, 1:] == pred[:, None], -1, frame_beads[:, 1:])
+            pick = np.argmax(others >= 0, axis=1)
+            second = others[np.arange(len(others)), pick]
+            if (second >= 0).any():
+                vec = minimum_image(self.beads[np.where(second >= 0, second, bead)] - self.beads[bead], _dims(self.box))
+                towards = torch.as_tensor(vec, dtype=self.dtype)
+        rot = frame_rotation(axis, towards)
         cand = self._cand_t[bead_t]  # (B, K)
-        ok = cand >= 0
         c = cand.clamp(min=0)
-        rel = positions[c] + self._cand_shift_t[bead_t] - centre[:, None]
-        local = rel @ rot.transpose(1, 2)
         units = torch.as_tensor(units_atoms)
-        u_ok = units >= 0
-        mask = ok & placed[c] & ((rel * rel).sum(-1) < self.cutoff**2)
-        # the unit's own atoms are never their own environment
-        mask &= ~(c[:, :, None] == units[:, None, :]).any(-1)
+        # never the unit's own atoms; padding out
+        mask = (cand >= 0) & ~(c[:, :, None] == units[:, None, :]).any(-1)
         if self._adjacent_h is not None:
             heavy_target = torch.as_tensor(self.heavy[np.clip(units_atoms, 0, None)] & (units_atoms >= 0)).any(1)
             mask &= ~(self._adjacent_h[bead_t] & heavy_target[:, None])
@@ -254,17 +279,17 @@ class EnvironmentBuilder:
         first = (nb == bead_t[:, None]).float().argmax(1)
         perm = torch.arange(nb.shape[1]).expand_as(nb).clone()
         perm[:, 0], perm[torch.arange(len(first)), first] = first, 0
-        b_local = (b_rel @ rot.transpose(1, 2)).gather(1, perm[:, :, None].expand(-1, -1, 3))
+        rot_t = rot.transpose(1, 2)
+        b_local = (b_rel @ rot_t).gather(1, perm[:, :, None].expand(-1, -1, 3))
         fb = None
         if frame_beads is not None:  # (B, F) global bead indices, nearest images to the centre
             fb_rel = minimum_image(self.beads[frame_beads] - self.beads[bead][:, None], _dims(self.box))
-            fb = torch.as_tensor(fb_rel, dtype=self.dtype) @ rot.transpose(1, 2)
-        return EnvironmentBatch(
-            frame_beads=fb,
-            centre=centre, rotation=rot, atom_positions=local, atom_types=self.atom_type[c], atom_mask=mask,
-            interaction=inter, bead_positions=b_local, bead_types=self.bead_type[nb.clamp(min=0)].gather(1, perm),
-            bead_mask=b_ok.gather(1, perm), target_types=self.atom_type[units.clamp(min=0)], target_mask=u_ok,
-            target_atoms=units, atom_index=cand, molecule=torch.as_tensor(self.molecule[units_atoms[:, 0]]))
+            fb = torch.as_tensor(fb_rel, dtype=self.dtype) @ rot_t
+        return {"centre": centre, "rot": rot, "rot_t": rot_t, "cand": cand, "c": c, "shift": self._cand_shift_t[bead_t],
+                "units": units, "u_ok": units >= 0, "mask": mask, "inter": inter, "atom_types": self.atom_type[c],
+                "b_local": b_local, "bead_types": self.bead_type[nb.clamp(min=0)].gather(1, perm),
+                "b_ok": b_ok.gather(1, perm), "fb": fb, "target_types": self.atom_type[units.clamp(min=0)],
+                "molecule": torch.as_tensor(self.molecule[units_atoms[:, 0]])}
 
 
 def _dims(box: np.ndarray) -> np.ndarray:

@@ -62,7 +62,7 @@ def minimize_restrained(ff: ForceField, positions: np.ndarray, box: np.ndarray, 
         if lists is None or np.abs(yd - anchor).max() > skin / 2:
             lists, anchor = [ff.pairs(yd, np.asarray(box), skin=skin)], yd.copy()
         y = y.detach().clone().requires_grad_(True)
-        u = ff.energy(y[None], box_b, pair_lists=lists).total[0]
+        u = ff.energy(y[None], box_b, pair_lists=lists, whole=True).total[0]
         r = restrain(y)
         grad, = torch.autograd.grad(u + r, y)
         return float(u.detach()), float(r.detach()), -grad

@@ -82,26 +82,54 @@ class UnitEnergy:
             ex[e[:, 0], e[:, 1]] = ex[e[:, 1], e[:, 0]] = True
             np.fill_diagonal(ex, True)
             self.excluded[mt.name] = torch.as_tensor(ex)
-            self._local_index = None
+        self._cache: dict = {}
         self.local_index = torch.as_tensor(np.concatenate([np.tile(np.arange(b.moltype.n_atoms), b.count)
                                                            for b in topo.blocks]))
+
+    def reset(self) -> None:
+        """Forget the per-frame cache (new CG frame)."""
+        self._cache = {}
+
+    def _static(self, moltype: str, step: int, first_atom: torch.Tensor, env: EnvironmentBatch) -> dict:
+        units = env.target_atoms
+        local_units = (units - first_atom[:, None]).clamp(min=0)
+        bonded = []
+        for name, (atoms, params, is_unit) in self.local[moltype][step].items():
+            glob = first_atom[:, None, None] + atoms[None]  # (B, T, k)
+            # which candidate atom (if any) replaces each term atom
+            slot = torch.full(glob.shape, -1, dtype=torch.long)
+            for u in range(units.shape[1]):
+                hit = (atoms[None] == local_units[:, u, None, None]) & (units[:, u] >= 0)[:, None, None]
+                slot = torch.where(hit, torch.full_like(slot, u), slot)
+            bonded.append((name, glob, params, is_unit, slot))
+        ti = self.lj_type[units.clamp(min=0)]
+        tj = self.lj_type[env.atom_index.clamp(min=0)]
+        same = self.molecule[units.clamp(min=0)][:, :, None] == self.molecule[env.atom_index.clamp(min=0)][:, None, :]
+        ex = self.excluded[moltype]
+        excl = ex[self.local_index[units.clamp(min=0)][:, :, None],
+                  self.local_index[env.atom_index.clamp(min=0)][:, None, :].clamp(max=ex.shape[0] - 1)]
+        return {"bonded": bonded, "c6": self.c6[ti[:, :, None], tj[:, None, :]],
+                "c12": self.c12[ti[:, :, None], tj[:, None, :]],
+                "allowed": env.target_mask[:, :, None] & ~(same & excl)}
 
     def __call__(self, moltype: str, step: int, first_atom: torch.Tensor, candidates: torch.Tensor,
                  env: EnvironmentBatch, positions: torch.Tensor, placed: torch.Tensor) -> torch.Tensor:
         """Energies (B, K) of candidates (B, K, U, 3) in the lab frame."""
-        B, K = candidates.shape[:2]
+        B, K, U = candidates.shape[:3]
+        key = (moltype, step, env.target_atoms.numpy().tobytes())
+        st = self._cache.get(key)
+        if st is None:
+            st = self._cache[key] = self._static(moltype, step, first_atom, env)
         total = torch.zeros(B, K)
-        units = env.target_atoms
-        for name, (atoms, params, is_unit) in self.local[moltype][step].items():
-            glob = first_atom[:, None, None] + atoms[None]  # (B, T, k)
-            x = positions[glob].unsqueeze(1).expand(B, K, *glob.shape[1:], 3).clone()
-            ok = placed[glob] | is_unit[None]
+        for name, glob, params, is_unit, slot in st["bonded"]:
+            x = positions[glob].unsqueeze(1).expand(B, K, *glob.shape[1:], 3)
             # substitute the candidates for the unit's atoms
-            local_units = (units - first_atom[:, None]).clamp(min=0)  # (B, U)
-            for u in range(units.shape[1]):
-                where = (atoms[None] == local_units[:, u, None, None]) & (units[:, u] >= 0)[:, None, None]
-                x = torch.where(where[:, None, :, :, None], candidates[:, :, u, None, None, :], x)
-            xs = [x[..., k, :] for k in range(atoms.shape[1])]
+            cand = candidates.reshape(B, K, U, 3)
+            picked = cand[torch.arange(B)[:, None, None, None], torch.arange(K)[None, :, None, None],
+                          slot.clamp(min=0)[:, None]]  # (B, K, T, k, 3)
+            x = torch.where((slot >= 0)[:, None, :, :, None], picked, x)
+            ok = (placed[glob] | is_unit[None]).all(-1)  # (B, T)
+            xs = [x[..., k, :] for k in range(glob.shape[-1])]
             if name == "bond":
                 e = 0.5 * params[:, 1] * (geo.distance(*xs) - params[:, 0]) ** 2
             elif name == "angle":
@@ -114,22 +142,13 @@ class UnitEnergy:
             else:
                 d = torch.remainder(geo.dihedral(*xs) - params[:, 0] + torch.pi, 2 * torch.pi) - torch.pi
                 e = 0.5 * params[:, 1] * d**2
-            total = total + torch.where(ok.all(-1)[:, None], e, torch.zeros_like(e)).sum(-1)
+            total = total + (e * ok[:, None]).sum(-1)
         # Lennard-Jones with the environment (local frame)
         local_cand = (candidates - env.centre[:, None, None]) @ env.rotation.transpose(1, 2)[:, None]
         d = local_cand[:, :, :, None, :] - env.atom_positions[:, None, None, :, :]  # (B, K, U, N, 3)
-        r2 = (d * d).sum(-1).clamp(min=1e-6)
-        ti = self.lj_type[units.clamp(min=0)]
-        tj = self.lj_type[env.atom_index.clamp(min=0)]
-        c6 = self.c6[ti[:, :, None], tj[:, None, :]]
-        c12 = self.c12[ti[:, :, None], tj[:, None, :]]
-        same = self.molecule[units.clamp(min=0)][:, :, None] == self.molecule[env.atom_index.clamp(min=0)][:, None, :]
-        excl = self.excluded[moltype][self.local_index[units.clamp(min=0)][:, :, None],
-                                      self.local_index[env.atom_index.clamp(min=0)][:, None, :].clamp(
-                                          max=self.excluded[moltype].shape[0] - 1)]
-        use = env.atom_mask[:, None, :] & env.target_mask[:, :, None] & ~(same & excl)
-        inv6 = 1.0 / r2**3
-        lj = (c12[:, None] * inv6**2 - c6[:, None] * inv6) * use[:, None]
+        inv6 = 1.0 / ((d * d).sum(-1).clamp(min=1e-6)) ** 3
+        use = (st["allowed"] & env.atom_mask[:, None, :])[:, None]
+        lj = torch.where(use, st["c12"][:, None] * inv6**2 - st["c6"][:, None] * inv6, torch.zeros_like(inv6))
         return total + lj.sum((-1, -2))
 
 
@@ -183,6 +202,8 @@ class Sampler:
         initial AA structure — then the forward pass is skipped and only Gibbs sweeps run
         (morphing scheme B)."""
         self.builder.set_frame(cg_positions, box)
+        if self.energy is not None:
+            self.energy.reset()
         n = self.cg.topology.n_atoms
         positions = torch.zeros(n, 3) if start is None else torch.as_tensor(start, dtype=torch.float32).clone()
         placed = torch.zeros(n, dtype=torch.bool) if start is None else torch.ones(n, dtype=torch.bool)
@@ -192,12 +213,22 @@ class Sampler:
                  for s in range(len(self.plans[cb.block.moltype.name].units)))
         if progress_label:
             steps = progress(steps, total=total, description=progress_label)
+        # the tensors of one step are small: one thread avoids torch's fork-join overhead, which
+        # becomes severe when the other core is busy
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            self._sweeps(steps, positions, placed)
+        finally:
+            torch.set_num_threads(threads)
+        return positions.numpy().astype(np.float64)
+
+    def _sweeps(self, steps, positions: torch.Tensor, placed: torch.Tensor) -> None:
         with torch.no_grad():
             for sweep, cb, s in steps:
                 if sweep == "gibbs":
                     placed[:] = True
                 self._step(cb, s, positions, placed)
-        return positions.numpy().astype(np.float64)
 
     def _step(self, cb, s: int, positions: torch.Tensor, placed: torch.Tensor) -> None:
         name = cb.block.moltype.name

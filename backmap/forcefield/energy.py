@@ -108,14 +108,15 @@ class ForceField:
     # ------------------------------------------------------------------ public API
     def energy(self, positions, box, *, subset: np.ndarray | None = None,
                terms: Iterable[str] | None = None, per_molecule: bool = False,
-               pair_lists: list | None = None) -> Energies:
+               pair_lists: list | None = None, whole: bool = False) -> Energies:
         """Energies of configurations ``positions`` (B, N, 3) nm in boxes ``box``: (B, 3, 3) box
         vectors or (B, 6) as (a, b, c, α, β, γ).
 
         ``subset`` (boolean, N): only interactions that involve at least one of these atoms.
         ``terms``: only these terms. ``pair_lists``: per configuration, (i, j, shift) from
         :meth:`pairs` with a skin, to reuse over several nearby configurations (minimization).
-        Differentiable with respect to ``positions``."""
+        ``whole``: the molecules are already whole (skips making them so). Differentiable with
+        respect to ``positions``."""
         x = torch.as_tensor(positions, dtype=self.dtype)
         if x.ndim == 2:
             x = x[None]
@@ -124,8 +125,9 @@ class ForceField:
         if box is not None:
             vectors = _box_vectors(box, len(x))
             dims = np.stack([box_dimensions(v) for v in vectors])
-            if self._unwrap is None:
+            if self._unwrap is None and not whole:
                 raise ValueError("a subsystem force field takes whole configurations without a box (box=None)")
+        if box is not None and not whole:
             # whole molecules: add (constant) lattice shifts found on a detached copy
             xd = x.detach().cpu().numpy()
             shift = np.stack([_lattice(self._unwrap(xd[b], dims[b]) - xd[b], vectors[b]) for b in range(len(xd))])

@@ -1,0 +1,184 @@
+"""Sampler core: traversal plans, local environments, forward/Gibbs, colouring, reproducibility."""
+import numpy as np
+import pytest
+import torch
+
+from backmap.environment import Channels, EnvironmentBuilder
+from backmap.mapping import Bead, MoleculeMapping, load_mapping
+from backmap.pbc import Unwrapper, box_vectors
+from backmap.registry import default_registry
+from backmap.topology import MoleculeType, load_topology
+from backmap.traversal import make_plan
+
+from conftest import HEXANE
+
+
+def _moltype(name, elements, bonds):
+    n = len(elements)
+    return MoleculeType(name, np.array([f"{e}{i}" for i, e in enumerate(elements)]), np.array(elements),
+                        np.array(elements), np.where(np.array(elements) == "H", 1.008, 12.011), np.zeros(n),
+                        np.ones(n, int), np.array(["MOL"] * n), np.array(bonds))
+
+
+def _traversal(name):
+    return default_registry().get("traversal", name).cls()
+
+
+def _one_atom_beads(mt):
+    return MoleculeMapping(mt, mt.name, [Bead(f"B{i}", "X", np.array([i]), np.ones(1)) for i in range(mt.n_atoms)])
+
+
+def test_dfs_bfs_on_a_branched_molecule():
+    # a branch at 1: 0-1, 1-2, 2-3 and 1-4, 4-5
+    mt = _moltype("BR", ["C"] * 6, [(0, 1), (1, 2), (2, 3), (1, 4), (4, 5)])
+    mm = _one_atom_beads(mt)
+    rng = np.random.default_rng(0)
+    dfs = make_plan(mm, _traversal("dfs"), rng)
+    bfs = make_plan(mm, _traversal("bfs"), rng)
+    assert dfs.bead_order == [0, 1, 2, 3, 4, 5]  # root at the lowest chain end, one branch to its end
+    assert bfs.bead_order == [0, 1, 2, 4, 3, 5]  # shell by shell
+    # the predecessor of every bead but the root is a bonded bead placed before it
+    for b in dfs.bead_order[1:]:
+        p = dfs.predecessor[b]
+        assert mm.graph.has_edge(b, p) and dfs.bead_order.index(p) < dfs.bead_order.index(b)
+
+
+def test_ring_molecule_and_heavy_first():
+    # benzene: ring carbons 0..5, hydrogens 6..11; two beads (three C and their H each)
+    ring = [(i, (i + 1) % 6) for i in range(6)] + [(i, i + 6) for i in range(6)]
+    mt = _moltype("BZ", ["C"] * 6 + ["H"] * 6, ring)
+    beads = [Bead("R1", "R", np.array([0, 1, 2, 6, 7, 8]), np.ones(6) / 6),
+             Bead("R2", "R", np.array([3, 4, 5, 9, 10, 11]), np.ones(6) / 6)]
+    mm = MoleculeMapping(mt, "BZ", beads)
+    plan = make_plan(mm, _traversal("dfs"), np.random.default_rng(0))
+    order = list(plan.atom_order)
+    assert sorted(order) == list(range(12))
+    first_bead = order[:6]
+    assert [mt.elements[a] for a in first_bead] == ["C"] * 3 + ["H"] * 3  # heavy atoms first
+    # the second bead starts at the carbon bonded to the first bead
+    assert order[6] in (3, 5)
+    plan_bead = make_plan(mm, _traversal("bfs"), np.random.default_rng(0), unit="bead")
+    assert len(plan_bead.units) == 2 and len(plan_bead.units[0].atoms) == 6
+    rnd = [make_plan(mm, _traversal("random"), np.random.default_rng(s)).bead_order for s in range(6)]
+    assert sorted(rnd[0]) == [0, 1] and len({tuple(r) for r in rnd}) == 2
+
+
+@pytest.fixture(scope="module")
+def hexane():
+    topo = load_topology(HEXANE / "topol.top")
+    cg = load_mapping(HEXANE / "hexane.xml", topo).cg_topology(topo)
+    from backmap.io import read_frames
+
+    fr = next(read_frames(HEXANE / "traj.xtc"))
+    x = Unwrapper(topo)(fr.positions, fr.dimensions)
+    return topo, cg, x, fr
+
+
+def _builder(cg, cutoff=0.7):
+    plan = make_plan(cg.blocks[0].mapping, _traversal("dfs"), np.random.default_rng(0))
+    return EnvironmentBuilder(cg, {"Protein": plan}, Channels.from_system(cg), cutoff=cutoff,
+                              strip_hydrogens=False), plan
+
+
+def _env(builder, plan, cg, x, box, placed, step=3):
+    unit = plan.units[step]
+    mm = cg.blocks[0].mapping
+    molecules = np.arange(len(x) // 20)
+    atoms = 20 * molecules[:, None] + np.array(unit.atoms)[None]
+    bead = 3 * molecules + unit.bead
+    pred = 3 * molecules + unit.predecessor
+    frame = 3 * molecules[:, None] + np.array(mm.frame_beads(unit.bead))[None]
+    builder.set_frame(cg.apply(x), box)
+    return builder.build("Protein", atoms, bead, pred, torch.as_tensor(x, dtype=torch.float32),
+                         torch.as_tensor(placed), frame_beads=frame)
+
+
+def test_environment_is_invariant_under_rotation(hexane):
+    topo, cg, x, fr = hexane
+    # a big box so that rotating about its centre keeps everything inside and unwrapped
+    box = np.eye(3) * 30.0
+    centre = x.mean(0)
+    x0 = x - centre + 15.0
+    a = np.radians(37.0)
+    rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]]) @ \
+        np.array([[1, 0, 0], [0, np.cos(1.1), -np.sin(1.1)], [0, np.sin(1.1), np.cos(1.1)]])
+    x1 = (x0 - 15.0) @ rot.T + 15.0
+    builder, plan = _builder(cg)
+    placed = np.ones(len(x), bool)
+    e0 = _env(builder, plan, cg, x0, box, placed)
+    e1 = _env(builder, plan, cg, x1, box, placed)
+    assert torch.equal(e0.atom_mask, e1.atom_mask) and e0.atom_mask.sum() > 1000
+    m = e0.atom_mask
+    torch.testing.assert_close(e0.atom_positions[m], e1.atom_positions[m], atol=2e-5, rtol=0)
+    torch.testing.assert_close(e0.frame_beads, e1.frame_beads, atol=2e-5, rtol=0)
+
+
+def test_environment_across_box_edges(hexane):
+    topo, cg, x, fr = hexane
+    builder, plan = _builder(cg)
+    box = fr.box
+    placed = np.ones(len(x), bool)
+    e0 = _env(builder, plan, cg, x, box, placed)
+    # translate everything by half a box and wrap atoms individually: environments are unchanged
+    shifted = x + 0.5 * box.sum(0)
+    frac = shifted @ np.linalg.inv(box)
+    wrapped = (frac - np.floor(frac)) @ box
+    beads = Unwrapper(topo)(wrapped, fr.dimensions)  # the sampler's positions are whole per molecule
+    e1 = _env(builder, plan, cg, beads, box, placed)
+    assert torch.equal(e0.atom_mask, e1.atom_mask)
+    torch.testing.assert_close(e0.atom_positions[e0.atom_mask], e1.atom_positions[e1.atom_mask], atol=3e-5, rtol=0)
+    # every neighbour really is within the cut-off of the bead
+    assert (torch.linalg.norm(e0.atom_positions[e0.atom_mask], dim=-1) < 0.7).all()
+
+
+def test_forward_environment_sees_only_placed_atoms(hexane):
+    topo, cg, x, fr = hexane
+    builder, plan = _builder(cg)
+    placed = np.zeros(len(x), bool)
+    rank = plan.rank
+    step = 5
+    placed[np.flatnonzero(np.tile(rank, len(x) // 20) < step)] = True
+    fwd = _env(builder, plan, cg, x, fr.box, placed, step=step)
+    gibbs = _env(builder, plan, cg, x, fr.box, np.ones(len(x), bool), step=step)
+    seen_fwd = fwd.atom_index[fwd.atom_mask]
+    assert placed[seen_fwd.numpy()].all()
+    assert gibbs.atom_mask.sum() > fwd.atom_mask.sum()
+    # the unit's own atoms are never in its environment, not even in Gibbs sweeps
+    own = gibbs.target_atoms[:, 0]
+    assert not (gibbs.atom_index == own[:, None])[gibbs.atom_mask].any()
+
+
+def _backmapper(cg, **kw):
+    from backmap.backmapping import Backmapper, BackmapSettings
+
+    gen = default_registry().get("generator", "bead_centre").cls({"spread": 0.05})
+    return Backmapper(cg, gen, BackmapSettings(candidates=4, gibbs_sweeps=1, **kw), seed=kw.pop("seed", 3))
+
+
+def test_seeded_and_repeatable(hexane):
+    topo, cg, x, fr = hexane
+    from backmap.io import Frame
+
+    frame = Frame(cg.apply(x), fr.dimensions)
+    a = next(_backmapper(cg).run([frame]))
+    b = next(_backmapper(cg).run([frame]))
+    np.testing.assert_array_equal(a.positions, b.positions)
+    # atoms end up near their home beads (CG-consistent to the generator's spread)
+    assert np.sqrt(((cg.apply(a.positions) - frame.positions) ** 2).sum(-1).mean()) < 0.08
+
+
+def test_colouring_never_moves_overlapping_units_together(hexane):
+    topo, cg, x, fr = hexane
+    bm = _backmapper(cg, colouring=True)
+    s = bm.sampler
+    s.builder.set_frame(cg.apply(x), fr.box)
+    beads = 3 * np.arange(200) + 1
+    groups = s._groups(beads)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(200)) and len(groups) > 1
+    from backmap.pbc import minimum_image
+
+    reach = 2 * (s.options.cutoff + s.builder.margin)
+    for g in groups:
+        pos = s.builder.beads[beads[g]]
+        d = np.linalg.norm(minimum_image(pos[:, None] - pos[None], fr.dimensions), axis=-1)
+        assert (d[np.triu_indices(len(g), 1)] >= reach).all()
