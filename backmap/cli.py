@@ -183,6 +183,64 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
         click.echo(f"wrote {forces_out}: CG positions and bead forces")
 
 
+@cli.command()
+@click.option("--model", required=True, type=click.Path(path_type=Path),
+              help="A run directory with a trained model, or its model/generator.pkl.")
+@click.option("--cg", "cg_path", required=True, type=click.Path(path_type=Path),
+              help="CG structure (.gro, .pdb) or trajectory (.xtc, .trr) in the mapping's bead order.")
+@click.option("--traj", type=click.Path(path_type=Path), default=None, help="CG trajectory (frames to backmap).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="AA output (.gro, .pdb, .xtc, .trr).")
+@click.option("--topology", type=click.Path(path_type=Path), default=None, help="AA topology (default: the model's).")
+@click.option("--mapping", multiple=True, type=click.Path(path_type=Path), help="Mapping (default: the model's).")
+@click.option("--frames", default=None, help="'start:stop:step' or '0,5,9'.")
+@click.option("--traversal", default="dfs", show_default=True)
+@click.option("--selector", default="lowest_energy", show_default=True)
+@click.option("--candidates", type=int, default=8, show_default=True)
+@click.option("--gibbs", "gibbs_sweeps", type=int, default=2, show_default=True)
+@click.option("--minimize", "minimize_steps", type=int, default=0, show_default=True,
+              help="Restrained energy-minimization steps after sampling.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Path | None, mapping: tuple[Path, ...],
+          frames: str | None, traversal: str, selector: str, candidates: int, gibbs_sweeps: int, minimize_steps: int,
+          seed: int) -> None:
+    """Backmap CG structures or a trajectory with a trained model; writes AA frames, a .top beside
+    them (for gmx grompp) and the provenance (model, seed, plugin versions)."""
+    import json
+
+    from backmap.backmapping import Backmapper, BackmapSettings, load_checkpoint, read_cg, write_aa, write_topology
+    from backmap.data import count_frames, select_frames
+    from backmap.io import atomic_path
+    from backmap.mapping import load_mapping
+    from backmap.pipeline import plugin_versions
+    from backmap.registry import default_registry
+    from backmap.topology import load_topology
+
+    generator, info = load_checkpoint(model)
+    top_path = topology or (Path(info["topology"]) if info.get("topology") else None)
+    maps = list(mapping) or [Path(m) for m in info.get("mapping", [])]
+    if top_path is None or not maps:
+        raise BackmapError("the model does not record its topology and mapping: give --topology and --mapping",
+                           source=model)
+    topo = load_topology(top_path)
+    cg_top = load_mapping(maps, topo).cg_topology(topo)
+    source = traj or cg_path
+    idx = select_frames(frames, [], count_frames(source), str(source))
+    settings = BackmapSettings(traversal=traversal, selector=selector, candidates=candidates,
+                               gibbs_sweeps=gibbs_sweeps, minimize_steps=minimize_steps,
+                               energy=top_path.suffix == ".top")
+    bm = Backmapper(cg_top, generator, settings, seed=seed)
+    t0 = time.perf_counter()
+    n = write_aa(out, bm.run(read_cg(cg_top, source, idx), total=len(idx)), topo)
+    extra = ""
+    if top_path.suffix == ".top":
+        extra = f", {write_topology(top_path, out.with_suffix('.top'))}"
+    with atomic_path(out.with_name(out.stem + ".provenance.json")) as tmp:
+        tmp.write_text(json.dumps({"model": str(model), "generator": generator.name, "cg": str(source), "seed": seed,
+                                   "settings": settings.model_dump(), "plugins": plugin_versions(default_registry())},
+                                  indent=1))
+    click.echo(f"wrote {out}{extra}: {n} frames of {topo.n_atoms} atoms ({time.perf_counter() - t0:.1f} s)")
+
+
 @cli.command(name="map")
 @click.option("--topology", "topology", required=True, type=click.Path(path_type=Path),
               help="AA topology (.tpr, .top, .gro).")
