@@ -143,12 +143,14 @@ class UnitEnergy:
                 d = torch.remainder(geo.dihedral(*xs) - params[:, 0] + torch.pi, 2 * torch.pi) - torch.pi
                 e = 0.5 * params[:, 1] * d**2
             total = total + (e * ok[:, None]).sum(-1)
-        # Lennard-Jones with the environment (local frame)
+        # Lennard-Jones with the environment (local frame); r² by expansion: one batched matmul
         local_cand = (candidates - env.centre[:, None, None]) @ env.rotation.transpose(1, 2)[:, None]
-        d = local_cand[:, :, :, None, :] - env.atom_positions[:, None, None, :, :]  # (B, K, U, N, 3)
-        inv6 = 1.0 / ((d * d).sum(-1).clamp(min=1e-6)) ** 3
-        use = (st["allowed"] & env.atom_mask[:, None, :])[:, None]
-        lj = torch.where(use, st["c12"][:, None] * inv6**2 - st["c6"][:, None] * inv6, torch.zeros_like(inv6))
+        env_x = env.atom_positions
+        r2 = ((local_cand * local_cand).sum(-1)[..., None] + (env_x * env_x).sum(-1)[:, None, None, :]
+              - 2 * torch.einsum("bkui,bni->bkun", local_cand, env_x))
+        inv6 = 1.0 / r2.clamp(min=1e-4) ** 3
+        use = (st["allowed"] & env.atom_mask[:, None, :]).to(inv6.dtype)[:, None]
+        lj = (st["c12"][:, None] * inv6 - st["c6"][:, None]) * inv6 * use
         return total + lj.sum((-1, -2))
 
 
