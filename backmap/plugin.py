@@ -116,11 +116,28 @@ class Selector(Plugin):
 
 
 class Metric(Plugin):
-    """An observable compared between a reference and candidate ensembles."""
+    """A family of observables compared between a reference and candidate ensembles.
+
+    ``prepare(context)`` runs once (main process) with a :class:`backmap.metrics.EvalContext`: derive
+    what is needed from the topology and return the :class:`backmap.metrics.Observable` s this metric
+    produces — or ``[]`` with :attr:`skipped` set to the reason when it does not apply (no peptide, no
+    CG input, …). ``samples(batch, context)`` then runs for batches of frames of every trajectory,
+    possibly in worker processes, and returns per observable name one row per frame of the
+    :class:`backmap.metrics.FrameBatch`: an array (B, k) of values, or a
+    :class:`backmap.metrics.Histogram` of per-frame counts. A metric never sees two trajectories
+    at once: divergences, noise floor, tables and plots are computed centrally from the samples.
+    """
 
     kind = "metric"
+    #: why this metric produced nothing (shown in the report); set by ``prepare``
+    skipped: str | None = None
 
-    def compute(self, trajectory: Any, context: Any) -> dict[str, Any]:
+    def prepare(self, context: Any) -> list[Any]:
+        """The observables this metric will produce for the system in ``context``."""
+        raise NotImplementedError
+
+    def samples(self, batch: Any, context: Any) -> dict[str, Any]:
+        """Per-frame samples of each observable for one batch of frames."""
         raise NotImplementedError
 
 

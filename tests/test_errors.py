@@ -55,9 +55,9 @@ def test_unknown_output_format(cli, tmp_path):
 def test_unknown_plugin_in_recipe_run(cli, tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"name: r\nsystem: {{topology: {HEXANE / 'topol.top'}, mapping: {HEXANE / 'hexane.xml'}}}\n"
-                      "steps: [{evaluate: {}}]\n")
+                      "steps: [{evalute: {}}]\n")
     line = _one_line_error(*cli("run", recipe)[::2])
-    assert line.startswith("error: r.yaml: steps[0]: unknown step plugin 'evaluate'")
+    assert line.startswith("error: r.yaml: steps[0]: unknown step plugin 'evalute' (did you mean 'evaluate'?)")
 
 
 def test_debug_raises_the_exception(tmp_path):

@@ -1,0 +1,11 @@
+"""Evaluation: observables derived from the topology, compared between a reference trajectory and
+candidate backmappings (Jensen–Shannon divergence, Wasserstein-1), reported in Markdown.
+
+The observables themselves are :class:`backmap.Metric` plugins (built-ins in
+``plugins/backmap_metrics``); this package holds what they share and the orchestration.
+"""
+from backmap.metrics.context import EvalContext, FrameBatch
+from backmap.metrics.divergence import Binning, histogram, jsd, wasserstein
+from backmap.metrics.spec import Histogram, Observable
+
+__all__ = ["Binning", "EvalContext", "FrameBatch", "Histogram", "Observable", "histogram", "jsd", "wasserstein"]

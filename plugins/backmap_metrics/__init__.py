@@ -1,0 +1,20 @@
+"""Built-in metrics (one plugin per observable family) and the ``evaluate`` recipe step.
+Registered through the public ``backmap_metrics`` and ``backmap_steps`` hooks."""
+from backmap import hookimpl
+from backmap_metrics.bonded import Angles, Bonds, Dihedrals, Impropers
+from backmap_metrics.consistency import CGRmsd
+from backmap_metrics.energy import Energy
+from backmap_metrics.ramachandran import Ramachandran
+from backmap_metrics.step import EvaluateStep
+from backmap_metrics.stereo import Stereo
+from backmap_metrics.structure import Clashes, Rdf
+
+
+@hookimpl
+def backmap_metrics():
+    return [Bonds, Angles, Dihedrals, Impropers, Ramachandran, Energy, Rdf, Clashes, CGRmsd, Stereo]
+
+
+@hookimpl
+def backmap_steps():
+    return [EvaluateStep]
