@@ -19,9 +19,11 @@ class MetricChoice(BaseModel):
 
 class EvaluateParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reference: InputPath = Field(description="reference AA trajectory")
-    candidates: list[InputPath] | dict[str, InputPath] = Field(
-        description="candidate AA trajectories (a mapping label → file to name them)")
+    reference: InputPath | None = Field(None, description="reference AA trajectory; default: the 'backmap' "
+                                                          "step's backmap/reference.xtc in the work directory")
+    candidates: list[InputPath] | dict[str, InputPath] | None = Field(
+        None, description="candidate AA trajectories (a mapping label → file to name them); default: the "
+                          "'backmap' step's backmap/aa.xtc (and its CG input backmap/cg.xtc)")
     frames: str | None = Field(None, description="'start:stop:step' or '0,5,9' (of every trajectory)")
     skip_frames: list[int] = Field(default_factory=list, description="frames left out of every trajectory")
     cg: InputPath | None = Field(None, description="CG input the candidates were made from (CG consistency)")
@@ -64,6 +66,16 @@ class EvaluateStep(Step):
 
     def run(self, ctx) -> dict:
         p = self.params
+        if p.reference is None or p.candidates is None:  # what the backmap step of this run wrote
+            made = {"reference": ctx.workdir / "backmap" / "reference.xtc", "backmap": ctx.workdir / "backmap" / "aa.xtc",
+                    "cg": ctx.workdir / "backmap" / "cg.xtc"}
+            missing = [str(f) for f in made.values() if not f.is_file()]
+            if missing:
+                raise BackmapError("steps.evaluate: no reference/candidates given and no 'backmap' step output "
+                                   f"({missing[0]} is missing): run the backmap step first", source=ctx.recipe.path.name)
+            p = p.model_copy(update={"reference": p.reference or made["reference"],
+                                     "candidates": p.candidates or {"backmap": made["backmap"]},
+                                     "cg": p.cg or made["cg"]})
         if isinstance(p.candidates, dict):
             labels, candidates = list(p.candidates), list(p.candidates.values())
         else:
