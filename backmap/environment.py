@@ -17,7 +17,7 @@ import torch
 
 from backmap.forcefield.neighbors import neighbour_pairs
 from backmap.mapping import CGTopology
-from backmap.pbc import box_vectors, minimum_image
+from backmap.pbc import minimum_image
 from backmap.traversal import Plan
 
 #: interaction of a neighbour with the atom being placed, by bond-graph distance (DBM feature channels)

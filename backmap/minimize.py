@@ -51,7 +51,7 @@ def minimize_restrained(ff: ForceField, positions: np.ndarray, box: np.ndarray, 
     """Minimize U(x) + k Σ|M(x) − R|² from ``positions`` (whole molecules, nm). ``beads``: the
     CG positions (whole, same periodic image as the molecules); ``box``: (3, 3) vectors."""
     dims = box_dimensions(box)
-    x = torch.as_tensor(ff._unwrap(positions, dims) if ff._unwrap else positions, dtype=ff.dtype)
+    x = torch.as_tensor(ff.make_whole(positions, dims), dtype=ff.dtype)
     restrain = _restraint_fn(cg_topology, beads, restraint, ff.dtype)
     box_b = np.asarray(box)[None]
     lists, anchor = None, None

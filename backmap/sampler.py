@@ -10,15 +10,14 @@ do not overlap, so no unit is ever re-placed in the same step as one it sees.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import networkx as nx
 import numpy as np
 import torch
 
 from backmap.environment import Channels, EnvironmentBatch, EnvironmentBuilder
-from backmap.forcefield import geometry as geo
-from backmap.forcefield.parameters import build_parameters, molecule_terms
+from backmap.forcefield.energy import bonded_energy
+from backmap.forcefield.parameters import build_parameters, excluded_pairs, molecule_terms
 from backmap.mapping import CGTopology
 from backmap.pbc import box_dimensions, minimum_image
 from backmap.plugin import Generator, Selector
@@ -76,9 +75,7 @@ class UnitEnergy:
                 per_unit.append(entry)
             self.local[mt.name] = per_unit
             ex = np.zeros((mt.n_atoms, mt.n_atoms), bool)
-            from backmap.forcefield.parameters import _excluded_pairs
-
-            e = _excluded_pairs(mt)
+            e = excluded_pairs(mt)
             ex[e[:, 0], e[:, 1]] = ex[e[:, 1], e[:, 0]] = True
             np.fill_diagonal(ex, True)
             self.excluded[mt.name] = torch.as_tensor(ex)
@@ -129,19 +126,7 @@ class UnitEnergy:
                           slot.clamp(min=0)[:, None]]  # (B, K, T, k, 3)
             x = torch.where((slot >= 0)[:, None, :, :, None], picked, x)
             ok = (placed[glob] | is_unit[None]).all(-1)  # (B, T)
-            xs = [x[..., k, :] for k in range(glob.shape[-1])]
-            if name == "bond":
-                e = 0.5 * params[:, 1] * (geo.distance(*xs) - params[:, 0]) ** 2
-            elif name == "angle":
-                e = 0.5 * params[:, 1] * (geo.angle(*xs) - params[:, 0]) ** 2
-            elif name == "proper":
-                e = params[:, 1] * (1 + torch.cos(params[:, 2] * geo.dihedral(*xs) - params[:, 0]))
-            elif name == "rb":
-                c = torch.cos(geo.dihedral(*xs) - torch.pi)
-                e = sum(params[:, n] * c**n for n in range(6))
-            else:
-                d = torch.remainder(geo.dihedral(*xs) - params[:, 0] + torch.pi, 2 * torch.pi) - torch.pi
-                e = 0.5 * params[:, 1] * d**2
+            e = bonded_energy(name, [x[..., k, :] for k in range(glob.shape[-1])], params)
             total = total + (e * ok[:, None]).sum(-1)
         # Lennard-Jones with the environment (local frame); r² by expansion: one batched matmul
         local_cand = (candidates - env.centre[:, None, None]) @ env.rotation.transpose(1, 2)[:, None]

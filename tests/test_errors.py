@@ -1,8 +1,6 @@
 """Bad input on the command line: one line naming the file or key, exit code 2, no traceback,
 nothing half-written."""
-import shutil
 
-import pytest
 
 from conftest import HEXANE, TRICLINIC
 

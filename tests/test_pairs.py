@@ -7,7 +7,7 @@ import numpy as np
 from backmap.data import PairSet
 from backmap.io import read_frames, write_frames
 from backmap.mapping import load_mapping
-from backmap.pbc import minimum_image
+
 
 from conftest import HEXANE
 

@@ -5,7 +5,7 @@ import torch
 
 from backmap.environment import Channels, EnvironmentBuilder
 from backmap.mapping import Bead, MoleculeMapping, load_mapping
-from backmap.pbc import Unwrapper, box_vectors
+from backmap.pbc import Unwrapper
 from backmap.registry import default_registry
 from backmap.topology import MoleculeType, load_topology
 from backmap.traversal import make_plan

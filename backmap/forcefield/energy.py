@@ -57,6 +57,27 @@ def _linear_below(r: torch.Tensor, r_lo: torch.Tensor, energy) -> torch.Tensor:
     return torch.where(inside, e_at + slope * (r - r_lo), energy(torch.where(inside, r_lo, r)))
 
 
+BONDED_GEOMETRIC = ("bond", "urey_bradley", "angle", "proper", "rb", "improper")
+
+
+def bonded_energy(name: str, xs: list[torch.Tensor], par: torch.Tensor) -> torch.Tensor:
+    """Energy of bonded terms of kind ``name`` from their atoms' positions ``xs`` (k tensors
+    (..., T, 3)) and parameters ``par`` (T, p), in GROMACS's functional forms."""
+    if name in ("bond", "urey_bradley"):
+        return 0.5 * par[:, 1] * (geo.distance(*xs) - par[:, 0]) ** 2
+    if name == "angle":
+        return 0.5 * par[:, 1] * (geo.angle(*xs) - par[:, 0]) ** 2
+    if name == "proper":
+        return par[:, 1] * (1 + torch.cos(par[:, 2] * geo.dihedral(*xs) - par[:, 0]))
+    if name == "rb":
+        c = torch.cos(geo.dihedral(*xs) - torch.pi)
+        return sum(par[:, n] * c**n for n in range(6))
+    if name == "improper":
+        d = torch.remainder(geo.dihedral(*xs) - par[:, 0] + torch.pi, 2 * torch.pi) - torch.pi
+        return 0.5 * par[:, 1] * d**2
+    raise KeyError(name)
+
+
 def _box_vectors(box, n_frames: int) -> np.ndarray:
     """(B, 3, 3) box vectors from vectors or (a, b, c, α, β, γ) rows."""
     b = np.asarray(box, np.float64)
@@ -95,6 +116,10 @@ class ForceField:
         self._sigma = t(np.where(p.c6 > 0, (p.c12 / np.where(p.c6 > 0, p.c6, 1)) ** (1 / 6), 0.0))
         self._lj_type = torch.as_tensor(p.lj_type)
         self._mol = torch.as_tensor(p.molecule)
+
+    def make_whole(self, positions: np.ndarray, dimensions: np.ndarray) -> np.ndarray:
+        """``positions`` (N, 3) with every molecule whole (a subsystem's are assumed whole)."""
+        return self._unwrap(positions, dimensions) if self._unwrap is not None else np.asarray(positions)
 
     def subsystem(self, atoms: np.ndarray) -> "ForceField":
         """The force field of just these atoms (terms with all their atoms among them), for
@@ -177,19 +202,8 @@ class ForceField:
         if len(idx) == 0:
             return torch.zeros(x.shape[0], 0, dtype=self.dtype), idx.reshape(-1)[:0]
         xs = [x[:, idx[:, k]] for k in range(idx.shape[1])]
-        if name in ("bond", "urey_bradley"):
-            e = 0.5 * par[:, 1] * (geo.distance(*xs) - par[:, 0]) ** 2
-        elif name == "angle":
-            e = 0.5 * par[:, 1] * (geo.angle(*xs) - par[:, 0]) ** 2
-        elif name == "proper":
-            e = par[:, 1] * (1 + torch.cos(par[:, 2] * geo.dihedral(*xs) - par[:, 0]))
-        elif name == "rb":
-            c = torch.cos(geo.dihedral(*xs) - torch.pi)
-            e = sum(par[:, n] * c**n for n in range(6))
-        elif name == "improper":
-            d = geo.dihedral(*xs) - par[:, 0]
-            d = torch.remainder(d + torch.pi, 2 * torch.pi) - torch.pi
-            e = 0.5 * par[:, 1] * d**2
+        if name in BONDED_GEOMETRIC:
+            e = bonded_energy(name, xs, par)
         elif name == "lj14":
             r = geo.distance(*xs)
             sig, eps = par[:, 0], par[:, 1]

@@ -68,7 +68,7 @@ class Parameters:
                           molecule.ravel(), len(molecules), self.comb_rule, self.fudge_qq, dict(self.info))
 
 
-def _excluded_pairs(mt: MoleculeType) -> np.ndarray:
+def excluded_pairs(mt: MoleculeType) -> np.ndarray:
     """Pairs within nrexcl bonds plus explicit [ exclusions ], as (i < j)."""
     nrexcl = mt.nrexcl if mt.nrexcl is not None else 3
     pairs = set()
@@ -168,7 +168,7 @@ def build_parameters(topology: Topology) -> Parameters:
         charges.append(np.tile([a.charge for a in atoms], block.count))
         sig.append(np.tile([a.sigma * NM for a in atoms], block.count))
         eps.append(np.tile([a.epsilon * KCAL for a in atoms], block.count))
-        ex = _excluded_pairs(mt)
+        ex = excluded_pairs(mt)
         excl.append((ex[None] + offsets[:, None, None]).reshape(-1, 2))
     terms = {}
     for name, (atoms, params) in bonded.items():
