@@ -117,6 +117,52 @@ def nonbonded_options(f):
     return f
 
 
+def refine_options(f):
+    """Options of the restrained refiners, shared by ``refine`` and ``apply --refine``."""
+    options = [
+        click.option("--temperature", type=float, default=None, help="Temperature in K (default 300)."),
+        click.option("--steps", "n_steps", type=int, default=None, help="Steps per frame (default 1000)."),
+        click.option("--restraint", type=float, default=None,
+                     help="k of ½k|M(x) − R|² per bead, kJ/mol/nm² (default 2e5: RMS ≈ √(3kT/k))."),
+        click.option("--constraints", type=click.Choice(["none", "h-bonds", "all-bonds"]), default=None,
+                     help="Bond constraints (default h-bonds; sPS: all-bonds)."),
+        click.option("--timestep", type=float, default=None, help="Time step in ps (default 0.001)."),
+        click.option("--friction", type=float, default=None, help="Langevin friction in 1/ps (default 10)."),
+        click.option("--minimize", "minimize_steps", type=int, default=None,
+                     help="Restrained minimization steps before sampling."),
+        click.option("--param", "extra", multiple=True, help="Other refiner parameter as key=value (e.g. threads=2)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _refiner(name: str, temperature, n_steps, restraint, constraints, timestep, friction, minimize_steps,
+             extra: tuple[str, ...], seed: int):
+    import yaml
+
+    from backmap.refine import make_refiner
+
+    params = {k: v for k, v in dict(temperature=temperature, steps=n_steps, restraint=restraint,
+                                    constraints=constraints, timestep=timestep, friction=friction,
+                                    minimize_steps=minimize_steps, seed=seed).items() if v is not None}
+    for item in extra:
+        if "=" not in item:
+            raise BackmapError(f"--param {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        params[key.strip()] = yaml.safe_load(value)
+    return make_refiner(name, params, where=f"--refiner {name}")
+
+
+def _restrained_system(topology: Path, mapping: tuple[Path, ...] | list[Path], settings):
+    from backmap.mapping import load_mapping
+    from backmap.refine import RestrainedSystem
+    from backmap.topology import load_topology
+
+    topo = load_topology(topology)
+    return RestrainedSystem(load_mapping(list(mapping), topo).cg_topology(topo), Path(topology), settings)
+
+
 @cli.command()
 @click.option("--topology", required=True, type=click.Path(path_type=Path), help="AA topology with parameters (.top).")
 @click.option("--traj", required=True, type=click.Path(path_type=Path), help="AA trajectory (.xtc, .trr, .gro, .pdb).")
@@ -200,11 +246,17 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
 @click.option("--minimize", "minimize_steps", type=int, default=0, show_default=True,
               help="Restrained energy-minimization steps after sampling.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--refine", "refiner_name", default=None,
+              help="Refine every frame with this refiner (openmm, langevin, mala) under the CG restraint.")
+@click.option("--mdp", type=click.Path(path_type=Path), default=None, help="Cut-offs/electrostatics for --refine.")
+@refine_options
 def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Path | None, mapping: tuple[Path, ...],
           frames: str | None, traversal: str, selector: str, candidates: int, gibbs_sweeps: int, minimize_steps: int,
-          seed: int) -> None:
+          seed: int, refiner_name: str | None, mdp: Path | None, temperature, n_steps, restraint, constraints,
+          timestep, friction, extra) -> None:
     """Backmap CG structures or a trajectory with a trained model; writes AA frames, a .top beside
-    them (for gmx grompp) and the provenance (model, seed, plugin versions)."""
+    them (for gmx grompp) and the provenance (model, seed, plugin versions). With --refine, every
+    frame is then sampled at --temperature under the CG restraint (see `backmap refine`)."""
     import json
 
     from backmap.backmapping import Backmapper, BackmapSettings, load_checkpoint, read_cg, write_aa, write_topology
@@ -230,15 +282,61 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
                                energy=top_path.suffix == ".top")
     bm = Backmapper(cg_top, generator, settings, seed=seed)
     t0 = time.perf_counter()
-    n = write_aa(out, bm.run(read_cg(cg_top, source, idx), total=len(idx)), topo)
+    produced = bm.run(read_cg(cg_top, source, idx), total=len(idx))
+    refine_info = None
+    if refiner_name:
+        import numpy as np
+
+        from backmap.refine import RestrainedSystem, refine_frames
+
+        refiner = _refiner(refiner_name, temperature, n_steps, restraint, constraints, timestep, friction, None,
+                           extra, seed)
+        system = RestrainedSystem(cg_top, top_path, _settings(mdp, None, None, None, None))
+        refiner.prepare(system)
+        refine_info = {"refiner": refiner_name, "params": refiner.params.model_dump()}
+        pairs = refine_frames(refiner, system, produced, read_cg(cg_top, source, idx), np.random.default_rng(seed))
+        produced = (frame for frame, _row in pairs)
+    n = write_aa(out, produced, topo)
     extra = ""
     if top_path.suffix == ".top":
         extra = f", {write_topology(top_path, out.with_suffix('.top'))}"
     with atomic_path(out.with_name(out.stem + ".provenance.json")) as tmp:
         tmp.write_text(json.dumps({"model": str(model), "generator": generator.name, "cg": str(source), "seed": seed,
-                                   "settings": settings.model_dump(), "plugins": plugin_versions(default_registry())},
+                                   "settings": settings.model_dump(), "refine": refine_info,
+                                   "plugins": plugin_versions(default_registry())},
                                   indent=1))
     click.echo(f"wrote {out}{extra}: {n} frames of {topo.n_atoms} atoms ({time.perf_counter() - t0:.1f} s)")
+
+
+@cli.command()
+@click.option("--topology", required=True, type=click.Path(path_type=Path), help="AA topology with parameters (.top).")
+@click.option("--mapping", required=True, multiple=True, type=click.Path(path_type=Path),
+              help="VOTCA mapping XML or DeepBackmap .map (repeat for several molecule types).")
+@click.option("--cg", "cg_path", required=True, type=click.Path(path_type=Path),
+              help="CG structure or trajectory: the restraint targets, frame by frame.")
+@click.option("--traj", required=True, type=click.Path(path_type=Path), help="AA structures to refine (.gro, .xtc, …).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Refined AA output (.xtc, .gro, .pdb, .trr).")
+@click.option("--refiner", "refiner_name", default="openmm", show_default=True,
+              help="Refiner plugin: openmm, langevin, mala, …")
+@click.option("--frames", default=None, help="'start:stop:step' or '0,5,9'.")
+@click.option("--batch", type=int, default=1, show_default=True, help="Frames per call (torch refiners batch them).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@refine_options
+@nonbonded_options
+def refine(topology: Path, mapping: tuple[Path, ...], cg_path: Path, traj: Path, out: Path, refiner_name: str,
+           frames: str | None, batch: int, seed: int, temperature, n_steps, restraint, constraints, timestep, friction,
+           minimize_steps, extra, mdp, cutoff, coulomb, epsilon_rf, lj_shift) -> None:
+    """Sample the AA structure at temperature T while keeping every bead's mapped centre on the CG
+    input (restrained Langevin / MALA); writes OUT, OUT's .log.csv (energy, CG deviation per frame)
+    and a plot of it."""
+    from backmap.refine import refine_files
+
+    refiner = _refiner(refiner_name, temperature, n_steps, restraint, constraints, timestep, friction,
+                       minimize_steps, extra, seed)
+    system = _restrained_system(topology, mapping, _settings(mdp, cutoff, coulomb, epsilon_rf, lj_shift))
+    summary = refine_files(refiner, system, traj, cg_path, out, frames=frames, seed=seed, batch=batch)
+    click.echo(f"wrote {out}: {summary['frames']} frames, {summary['seconds per frame']} s/frame, CG RMSD "
+               f"{summary['CG RMSD before (nm)']} → {summary['CG RMSD after (nm)']} nm; log {summary['log']}")
 
 
 @cli.command(name="map")

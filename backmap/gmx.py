@@ -2,6 +2,7 @@
 forces (validation of the force field, CG-quality assessment, checking outputs)."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -20,6 +21,18 @@ GMX_TERMS = {
     "LJ-14": "lj14", "Coulomb-14": "coulomb14", "LJ (SR)": "lj", "Coulomb (SR)": "coulomb",
     "Disper. corr.": "dispersion_correction", "Potential": "potential",
 }
+
+
+def gromacs_topdir() -> Path | None:
+    """GROMACS's force-field library (``share/gromacs/top``), where ``#include``s resolve."""
+    candidates = []
+    if os.environ.get("GMXDATA"):
+        candidates.append(Path(os.environ["GMXDATA"]) / "top")
+    gmx = shutil.which("gmx") or shutil.which("gmx_mpi")
+    if gmx:
+        candidates.append(Path(gmx).resolve().parent.parent / "share" / "gromacs" / "top")
+    candidates += [Path("/usr/share/gromacs/top"), Path("/usr/local/gromacs/share/gromacs/top")]
+    return next((c for c in candidates if c.is_dir()), None)
 
 
 def gmx_binary(double: bool = False) -> str:

@@ -82,11 +82,23 @@ class Traversal(Plugin):
 
 
 class Refiner(Plugin):
-    """Improves complete AA structures after the forward pass."""
+    """Improves complete AA structures after the forward pass by sampling the restrained
+    conditional p(x | R) (see :mod:`backmap.refine`).
+
+    ``prepare(system)`` runs once with a :class:`backmap.refine.RestrainedSystem` (topology, mapping,
+    non-bonded settings); ``refine(positions, targets, boxes, rng)`` then takes F frames of whole
+    molecules (F, N, 3), their CG targets in the same periodic image (F, M, 3) and box vectors
+    (F, 3, 3), all in nm, and returns a :class:`backmap.refine.RefineResult` (positions and one log
+    row per frame). ``Params`` usually extends :class:`backmap.refine.RefineParams`.
+    """
 
     kind = "refiner"
 
-    def refine(self, positions: np.ndarray, context: Any) -> np.ndarray:
+    def prepare(self, system: Any) -> None:
+        """Called once before the first frame."""
+
+    def refine(self, positions: np.ndarray, targets: np.ndarray, boxes: np.ndarray,
+               rng: np.random.Generator) -> Any:
         raise NotImplementedError
 
 

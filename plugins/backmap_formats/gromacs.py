@@ -2,8 +2,6 @@
 and bare coordinates ``.gro``/``.pdb`` with bonds guessed from distances (MDAnalysis)."""
 from __future__ import annotations
 
-import os
-import shutil
 import tempfile
 import warnings
 from contextlib import closing
@@ -12,19 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from backmap import BackmapError, Reader
+from backmap.gmx import gromacs_topdir
 from backmap.topology import MoleculeBlock, MoleculeType, Topology, element_from_mass
-
-
-def gromacs_topdir() -> Path | None:
-    """GROMACS's force-field library (``share/gromacs/top``), where ``#include``s resolve."""
-    candidates = []
-    if os.environ.get("GMXDATA"):
-        candidates.append(Path(os.environ["GMXDATA"]) / "top")
-    gmx = shutil.which("gmx") or shutil.which("gmx_mpi")
-    if gmx:
-        candidates.append(Path(gmx).resolve().parent.parent / "share" / "gromacs" / "top")
-    candidates += [Path("/usr/share/gromacs/top"), Path("/usr/local/gromacs/share/gromacs/top")]
-    return next((c for c in candidates if c.is_dir()), None)
 
 
 def _blocks(moltypes: list[MoleculeType], counts: list[int]) -> list[MoleculeBlock]:

@@ -1,13 +1,14 @@
 """Built-in recipe steps: ``prepare`` (training pairs), ``map`` (AA → CG trajectory), ``train``
-(fit the recipe's generator) and ``backmap`` (CG → AA). Registered through ``backmap_steps``."""
+(fit the recipe's generator), ``backmap`` (CG → AA) and ``refine`` (restrained sampling). Registered through ``backmap_steps``."""
 from backmap import hookimpl
 
 from backmap_steps.backmap_step import BackmapStep
 from backmap_steps.map_step import MapStep
 from backmap_steps.prepare import PrepareStep
+from backmap_steps.refine_step import RefineStep
 from backmap_steps.train import TrainStep
 
 
 @hookimpl
 def backmap_steps():
-    return [PrepareStep, MapStep, TrainStep, BackmapStep]
+    return [PrepareStep, MapStep, TrainStep, BackmapStep, RefineStep]

@@ -9,7 +9,7 @@ from pydantic import Field
 from backmap import BackmapError, Step
 from backmap.backmapping import Backmapper, BackmapSettings, load_checkpoint, read_cg, write_aa, write_topology
 from backmap.data import count_frames, select_frames
-from backmap.io import Frame
+from backmap.io import Frame, write_frames
 from backmap.pipeline import plugin_versions, write_text
 from backmap.recipe import InputPath
 
@@ -65,13 +65,11 @@ class BackmapStep(Step):
                                        ctx.path(p.structure))
         if ctx.recipe.system.topology.suffix == ".top":
             summary["topology"] = str(write_topology(ctx.recipe.system.topology, out.parent / "topol.top"))
+        # the CG input beside the output: the refine and evaluate steps pair it with the AA frames
+        write_frames(out.parent / "cg.xtc", frames, cg_top.bead_names, cg_top.resnames, cg_top.resids)
         if reference is not None:
             ref = out.parent / "reference.xtc"
             write_aa(ref, reference, ctx.topology)
-            cg_out = out.parent / "cg.xtc"
-            from backmap.io import write_frames
-
-            write_frames(cg_out, frames, cg_top.bead_names, cg_top.resnames, cg_top.resids)
             summary["reference"] = str(ref)
         write_text(out.parent / "provenance.json", json.dumps(
             {"recipe": str(ctx.recipe.path), "seed": ctx.seed, "settings": settings.model_dump(),

@@ -1,0 +1,9 @@
+"""Built-in refiners: restrained Boltzmann sampling of the AA structure given the CG input."""
+from backmap import hookimpl
+
+
+@hookimpl
+def backmap_refiners():
+    from backmap_refiners.openmm_refiner import OpenMMRefiner
+
+    return [OpenMMRefiner]
