@@ -1,0 +1,189 @@
+"""Teacher-forced training sequences for generators that place one atom per step (thesis 4.4.2).
+
+For every bead of every training frame: the environments its atoms see when they are placed in
+plan order, built by the sampler's own :class:`EnvironmentBuilder` from the reference AA positions
+— so a generator trains on exactly what it is given at inference — together with the reference
+positions of those atoms in the bead's local frame.
+
+Two contexts, as the sampler has two kinds of sweeps: ``forward`` (only atoms placed before the
+current one are seen) and ``gibbs`` (every other atom is seen). Within one bead all steps share the
+bead's frame and candidate neighbours; what changes from step to step is which neighbours are
+visible (placed, hydrogens hidden from heavy atoms, never the atom itself) and their interaction
+channel with the atom being placed. The neighbours are therefore stored once per bead, with a
+per-step visibility mask and interaction channels; ``slot`` marks the neighbours that are the
+bead's own atoms, which an autoregressive generator replaces by what it generated in earlier steps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from backmap.data import PairSet
+from backmap.environment import Channels, EnvironmentBuilder
+from backmap.errors import BackmapError
+from backmap.mapping import CGTopology
+from backmap.pbc import box_vectors
+from backmap.progress import progress
+from backmap.traversal import Plan
+
+CONTEXTS = ("forward", "gibbs")
+
+
+@dataclass
+class BeadSequences:
+    """S sequences (one per bead, frame and context), padded: K neighbour atoms, T steps, L beads.
+    Positions are in the bead's local frame (nm)."""
+
+    atom_positions: torch.Tensor  # (S, K, 3) reference positions of the neighbour atoms
+    atom_types: torch.Tensor  # (S, K) atom-type channel
+    atom_index: torch.Tensor  # (S, K) global atom index, -1 = padding
+    slot: torch.Tensor  # (S, K) t if the neighbour is the atom placed at step t, else -1
+    visible: torch.Tensor  # (S, T, K) seen by the atom of step t
+    interaction: torch.Tensor  # (S, T, K) interaction channel with the atom of step t
+    bead_positions: torch.Tensor  # (S, L, 3) neighbour beads, own bead first
+    bead_types: torch.Tensor  # (S, L)
+    bead_mask: torch.Tensor  # (S, L)
+    target_positions: torch.Tensor  # (S, T, 3) reference positions of the bead's atoms, plan order
+    target_types: torch.Tensor  # (S, T)
+    target_atoms: torch.Tensor  # (S, T) global atom index, -1 = padding
+    target_mask: torch.Tensor  # (S, T)
+    frame: torch.Tensor  # (S,) index of the frame in the pair set
+    bead: torch.Tensor  # (S,) global bead index
+    context: torch.Tensor  # (S,) index into CONTEXTS
+
+    def __len__(self) -> int:
+        return int(self.frame.shape[0])
+
+    def select(self, index) -> "BeadSequences":
+        """The sequences at ``index`` (tensor, array or slice), all fields."""
+        index = torch.as_tensor(index) if not isinstance(index, slice) else index
+        return BeadSequences(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.target_mask.sum(1)
+
+
+def _pad_cat(arrays: list[np.ndarray], axes: tuple[int, ...], fill) -> np.ndarray:
+    """Concatenate along axis 0 after padding ``axes`` to their largest size."""
+    size = {a: max(x.shape[a] for x in arrays) for a in axes}
+    out = []
+    for x in arrays:
+        pad = [(0, 0)] * x.ndim
+        for a in axes:
+            pad[a] = (0, size[a] - x.shape[a])
+        out.append(np.pad(x, pad, constant_values=fill))
+    return np.concatenate(out, 0)
+
+
+def _bead_groups(plan: Plan) -> list[list[int]]:
+    """Consecutive plan steps that place atoms of the same bead."""
+    groups: list[list[int]] = []
+    for s, unit in enumerate(plan.units):
+        if len(unit.atoms) != 1:
+            raise BackmapError("training sequences need one-atom units (generator unit = 'atom')")
+        if groups and plan.units[groups[-1][-1]].bead == unit.bead:
+            groups[-1].append(s)
+        else:
+            groups.append([s])
+    return groups
+
+
+def build_sequences(cg_topology: CGTopology, plans: dict[str, Plan], pairs: PairSet, channels: Channels,
+                    contexts: tuple[str, ...] = ("forward",), cutoff: float = 0.7, strip_hydrogens: bool = True,
+                    label: str | None = "training environments") -> BeadSequences:
+    """Sequences for every bead of every frame of ``pairs`` in each of ``contexts``, ordered
+    context-major (all beads of all frames for the first context, then the next), so that
+    sequence ``c * n + i`` is bead-frame ``i`` in context ``c``."""
+    unknown = set(contexts) - set(CONTEXTS)
+    if unknown:
+        raise BackmapError(f"unknown training context {sorted(unknown)[0]!r} (known: {', '.join(CONTEXTS)})")
+    builder = EnvironmentBuilder(cg_topology, plans, channels, cutoff=cutoff, strip_hydrogens=strip_hydrogens)
+    n_atoms = cg_topology.topology.n_atoms
+    parts: dict[str, list[dict[str, np.ndarray]]] = {c: [] for c in contexts}
+    for f in progress(range(len(pairs)), total=len(pairs), description=label or ""):
+        builder.set_frame(pairs.cg[f].astype(np.float64), box_vectors(pairs.dimensions[f]))
+        positions = torch.as_tensor(pairs.aa[f], dtype=torch.float32)
+        for context in contexts:
+            done_blocks = np.zeros(n_atoms, bool)
+            for cb in cg_topology.blocks:
+                plan = plans[cb.block.moltype.name]
+                for steps in _bead_groups(plan):
+                    part = _bead_group(builder, cb, plan, steps, positions, done_blocks, context)
+                    part["frame"] = np.full(len(part["bead"]), f)
+                    part["context"] = np.full(len(part["bead"]), CONTEXTS.index(context))
+                    parts[context].append(part)
+                done_blocks[cb.block.atom_slice] = True
+    flat = [p for c in contexts for p in parts[c]]
+    if not flat:
+        raise BackmapError("no training sequences: the pair set has no frames")
+    k_axes, t_axes = (1,), (1,)
+    spec = {  # field: (axes to pad, fill, dtype)
+        "atom_positions": (k_axes, 0.0, torch.float32), "atom_types": (k_axes, 0, torch.long),
+        "atom_index": (k_axes, -1, torch.long), "slot": (k_axes, -1, torch.long),
+        "visible": ((1, 2), False, torch.bool), "interaction": ((1, 2), 0, torch.uint8),
+        "bead_positions": ((1,), 0.0, torch.float32), "bead_types": ((1,), 0, torch.long),
+        "bead_mask": ((1,), False, torch.bool), "target_positions": (t_axes, 0.0, torch.float32),
+        "target_types": (t_axes, 0, torch.long), "target_atoms": (t_axes, -1, torch.long),
+        "target_mask": (t_axes, False, torch.bool), "frame": ((), 0, torch.long), "bead": ((), 0, torch.long),
+        "context": ((), 0, torch.long)}
+    out = {name: torch.as_tensor(_pad_cat([p[name] for p in flat], axes, fill)).to(dtype)
+           for name, (axes, fill, dtype) in spec.items()}
+    return BeadSequences(**out)
+
+
+def _bead_group(builder: EnvironmentBuilder, cb, plan: Plan, steps: list[int], positions: torch.Tensor,
+                done_blocks: np.ndarray, context: str) -> dict[str, np.ndarray]:
+    """The sequences of one bead of every molecule of a block: environments of its steps,
+    compacted to the neighbours seen in at least one step."""
+    mt, mm, count = cb.block.moltype, cb.mapping, cb.block.count
+    first_atom = cb.block.first_atom + mt.n_atoms * np.arange(count)
+    first_bead = cb.first_bead + mm.n_beads * np.arange(count)
+    unit0 = plan.units[steps[0]]
+    bead = first_bead + unit0.bead
+    pred = np.where(unit0.predecessor >= 0, first_bead + unit0.predecessor, -1)
+    frame_beads = first_bead[:, None] + np.asarray(mm.frame_beads(unit0.bead))[None]
+    rank = plan.rank
+    masks, inters, targets = [], [], []
+    env0 = None
+    for s in steps:
+        atoms = first_atom[:, None] + np.asarray(plan.units[s].atoms)[None]
+        if context == "gibbs":
+            placed = np.ones(len(positions), bool)
+        else:  # the sampler's forward pass: earlier blocks complete, this block up to step s
+            placed = done_blocks.copy()
+            placed[cb.block.atom_slice] = np.tile(rank < s, count)
+        env = builder.build(mt.name, atoms, bead, pred, positions, torch.as_tensor(placed), frame_beads=frame_beads)
+        if env0 is None:
+            env0 = env
+        masks.append(env.atom_mask)
+        inters.append(env.interaction[:, 0])
+        targets.append(atoms[:, 0])
+    mask = torch.stack(masks, 1)  # (B, T, Kc)
+    seen = mask.any(1)
+    width = max(int(seen.sum(1).max()), 1)
+    order = torch.argsort((~seen).to(torch.int8), dim=1, stable=True)[:, :width]
+    keep = seen.gather(1, order)
+
+    def take(x: torch.Tensor) -> torch.Tensor:  # (B, Kc, ...) -> (B, width, ...)
+        idx = order.reshape(order.shape + (1,) * (x.ndim - 2)).expand(-1, -1, *x.shape[2:])
+        return x.gather(1, idx)
+
+    index = torch.where(keep, take(env0.atom_index), torch.full_like(order, -1))
+    target_atoms = torch.as_tensor(np.stack(targets, 1))  # (B, T)
+    hit = index[:, :, None] == target_atoms[:, None, :]  # (B, width, T)
+    slot = torch.where(hit.any(-1), hit.float().argmax(-1), torch.full_like(index, -1))
+    vis = torch.stack([take(m) for m in masks], 1) & keep[:, None]
+    inter = torch.stack([take(i) for i in inters], 1)
+    lab = positions[target_atoms] - env0.centre[:, None]
+    return {"atom_positions": take(env0.atom_positions).numpy(), "atom_types": take(env0.atom_types).numpy(),
+            "atom_index": index.numpy(), "slot": slot.numpy(), "visible": vis.numpy(),
+            "interaction": inter.numpy().astype(np.uint8),
+            "bead_positions": env0.bead_positions.numpy(), "bead_types": env0.bead_types.numpy(),
+            "bead_mask": env0.bead_mask.numpy(),
+            "target_positions": (lab @ env0.rotation.transpose(1, 2)).numpy(),
+            "target_types": builder.atom_type[target_atoms].numpy(),
+            "target_atoms": target_atoms.numpy(), "target_mask": np.ones(target_atoms.shape, bool),
+            "bead": bead}

@@ -1,0 +1,129 @@
+"""Voxel GAN on sPS (5 832 atoms): training throughput and inference time for one frame.
+
+    .venv/bin/python benchmarks/voxel_gan_sps.py [--model runs/sps-gan] [--train-iterations 10]
+        [--candidates 8 64] [--skip-unbatched] [--preset cpu]
+
+Training: unit sequences (one bead's atoms in order) per second of the generator, each with its
+share of critic steps, measured over ``--train-iterations`` iterations (batch 64) after one warm-up
+iteration, on the 14 DBM training snapshots. Inference: one 568 K CG frame, 1 forward pass + 2 Gibbs
+sweeps, lowest-energy selection, K candidates per atom, with batching across molecules on (36 chains
+per generator call) and off (one chain at a time); the network's cost does not depend on how well it
+is trained, so an untrained model of the same preset is used when ``--model`` is not given. Each
+measurement is a fresh process with one torch thread; one JSON line per measurement, then ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SPS = REPO.parent / "shared" / "data" / "sps"
+
+COMMON = r"""
+import json, resource, sys, time
+import numpy as np, torch
+torch.set_num_threads(1)
+from pathlib import Path
+from backmap.mapping import load_mapping
+from backmap.topology import load_topology
+sps, repo, preset, model = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+topo = load_topology(sps / "top" / "topol.top")
+cg = load_mapping(repo / "recipes" / "sps" / "sps.xml", topo).cg_topology(topo)
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+"""
+
+TRAIN = COMMON + r"""
+from backmap.data import pair_folder_frames, pairs_from_folders
+from backmap.environment import Channels
+from backmap.registry import default_registry
+from backmap.sequences import build_sequences
+from backmap.traversal import make_plan
+from backmap_voxel_gan.energy import LocalEnergies
+from backmap_voxel_gan.features import ChannelLayout
+from backmap_voxel_gan.model import VoxelGANModel
+from backmap_voxel_gan.params import VoxelGANParams
+from backmap_voxel_gan.trainer import Trainer
+iterations = int(sys.argv[5])
+p = VoxelGANParams(preset=preset)
+pairs = pairs_from_folders(cg, sps / "train", pair_folder_frames(sps / "train"))
+dfs = default_registry().get("traversal", "dfs").cls()
+plans = {cb.block.moltype.name: make_plan(cb.mapping, dfs, np.random.default_rng(0)) for cb in cg.blocks}
+channels = Channels.from_system(cg)
+t0 = time.perf_counter()
+seqs = build_sequences(cg, plans, pairs, channels, ("forward", "gibbs"), cutoff=p.cutoff)
+t_build = time.perf_counter() - t0
+torch.manual_seed(0)
+model = VoxelGANModel(ChannelLayout(channels.n_atom_types, channels.n_interactions, len(channels.bead_types)), p)
+reg = default_registry().get("regularizer", "energy_match").cls({"weight": 0.01})
+trainer = Trainer(model, seqs, p, seed=0, n_contexts=2, regularizers=[reg], energies=LocalEnergies(topo), batch_size=64)
+trainer.run(epochs=1, max_iterations=1)  # warm-up
+t0 = time.perf_counter()
+trainer.run(epochs=1, max_iterations=1 + iterations)
+dt = time.perf_counter() - t0
+print(json.dumps({"seconds": dt, "iterations": iterations, "sequences": iterations * 64, "build_s": t_build,
+                  "peak_mb": peak_mb()}))
+"""
+
+INFER = COMMON + r"""
+from backmap.backmapping import Backmapper, BackmapSettings, load_checkpoint, read_cg
+from backmap.registry import default_registry
+candidates, batch = int(sys.argv[5]), sys.argv[6] == "1"
+if model:
+    gen, _ = load_checkpoint(Path(model))
+else:  # an untrained model of the preset: the same cost per call
+    from backmap.environment import Channels
+    gen = default_registry().get("generator", "voxel_gan").cls({"preset": preset})
+    gen._setup(Channels.from_system(cg))
+frame = next(read_cg(cg, sps / "eval_t568" / "cg.xtc", [0]))
+bm = Backmapper(cg, gen, BackmapSettings(candidates=candidates, gibbs_sweeps=2, batch_molecules=batch), seed=1)
+t0 = time.perf_counter()
+next(bm.run([frame]))
+dt = time.perf_counter() - t0
+print(json.dumps({"seconds": dt, "placements": bm.sampler.placements, "peak_mb": peak_mb(),
+                  "mflop_per_placement": gen.flops() / 1e6}))
+"""
+
+
+def child(code: str, *args) -> dict:
+    out = subprocess.run([sys.executable, "-c", code, str(SPS), str(REPO), *map(str, args)], check=True,
+                         capture_output=True, text=True, env={"BACKMAP_NO_PROGRESS": "1", "PATH": "/usr/bin:/bin"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="", help="trained run directory or generator.pkl (default: untrained)")
+    ap.add_argument("--preset", default="cpu")
+    ap.add_argument("--train-iterations", type=int, default=10, help="0: skip the training measurement")
+    ap.add_argument("--candidates", type=int, nargs="+", default=[8, 64])
+    ap.add_argument("--skip-unbatched", action="store_true", help="only the batched inference runs")
+    args = ap.parse_args()
+    base = {"benchmark": "voxel_gan_sps", "preset": args.preset, "threads": 1}
+    if args.train_iterations:
+        r = child(TRAIN, args.preset, "", args.train_iterations)
+        print(json.dumps({**base, "measure": "training", "batch_sequences": 64,
+                          "sequences_per_second": round(r["sequences"] / r["seconds"], 2),
+                          "seconds_per_iteration": round(r["seconds"] / r["iterations"], 2),
+                          "sequence_build_seconds": round(r["build_s"], 1), "peak_mb": round(r["peak_mb"])}), flush=True)
+    model = str(Path(args.model).resolve()) if args.model else ""
+    for k in args.candidates:
+        times = {}
+        for batch in ((True,) if args.skip_unbatched else (True, False)):
+            r = child(INFER, args.preset, model, k, "1" if batch else "0")
+            times[batch] = r["seconds"]
+            print(json.dumps({**base, "measure": "inference", "atoms": 5832, "sweeps": "1 forward + 2 gibbs",
+                              "candidates": k, "batch_molecules": batch, "seconds": round(r["seconds"], 1),
+                              "placements_per_second": round(r["placements"] / r["seconds"]),
+                              "mflop_per_placement": round(r["mflop_per_placement"], 1),
+                              "trained_model": bool(model), "peak_mb": round(r["peak_mb"])}), flush=True)
+        if len(times) == 2:
+            print(json.dumps({**base, "measure": "inference", "candidates": k,
+                              "speedup_batching": round(times[False] / times[True], 2)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

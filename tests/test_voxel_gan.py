@@ -1,0 +1,234 @@
+"""The voxel GAN generator (DeepBackmap): voxelization, unrolled training, Wasserstein estimate,
+checkpoint resume, proposals, and a recipe run on the hexane test data."""
+import pickle
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from backmap.sequences import BeadSequences
+from backmap_voxel_gan.features import ChannelLayout
+from backmap_voxel_gan.model import VoxelGANModel
+from backmap_voxel_gan.params import VoxelGANParams
+from backmap_voxel_gan.trainer import Trainer
+from backmap_voxel_gan.voxel import VoxelGrid
+
+from conftest import HEXANE
+
+torch.set_num_threads(1)
+
+LAYOUT = ChannelLayout(n_atom_types=2, n_interactions=4, n_bead_types=1)
+
+
+def toy_sequences(n: int, seed: int = 0, steps: int = 2) -> BeadSequences:
+    """A bead at the origin, an anchor atom anywhere within 0.2 nm of it, and two atoms to place:
+    A bonded to the anchor, 0.15 nm above it (z); B 0.12 nm from A along x. Step 1 sees the atom of
+    step 0 (slot 0). ``steps=1``: only A."""
+    if steps == 1:
+        return _first_step(toy_sequences(n, seed))
+    g = np.random.default_rng(seed)
+    u = g.normal(size=(n, 3))
+    anchor = 0.2 * u / np.linalg.norm(u, axis=1, keepdims=True) * g.uniform(0, 1, (n, 1)) ** (1 / 3)
+    a = anchor + np.array([0.0, 0.0, 0.15]) + 0.01 * g.normal(size=(n, 3))
+    b = a + np.array([0.12, 0.0, 0.0]) + 0.01 * g.normal(size=(n, 3))
+    f = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32)  # noqa: E731
+    return BeadSequences(
+        atom_positions=f(np.stack([anchor, a], 1)), atom_types=torch.tensor([[0, 1]]).repeat(n, 1),
+        atom_index=torch.tensor([[0, 1]]).repeat(n, 1), slot=torch.tensor([[-1, 0]]).repeat(n, 1),
+        visible=torch.tensor([[[True, False], [True, True]]]).repeat(n, 1, 1),
+        interaction=torch.tensor([[[0, 3], [1, 0]]], dtype=torch.uint8).repeat(n, 1, 1),
+        bead_positions=torch.zeros(n, 1, 3), bead_types=torch.zeros(n, 1, dtype=torch.long),
+        bead_mask=torch.ones(n, 1, dtype=torch.bool), target_positions=f(np.stack([a, b], 1)),
+        target_types=torch.ones(n, 2, dtype=torch.long), target_atoms=torch.tensor([[1, 2]]).repeat(n, 1),
+        target_mask=torch.ones(n, 2, dtype=torch.bool), frame=torch.zeros(n, dtype=torch.long),
+        bead=torch.arange(n), context=torch.zeros(n, dtype=torch.long))
+
+
+def _first_step(s: BeadSequences) -> BeadSequences:
+    return BeadSequences(s.atom_positions[:, :1], s.atom_types[:, :1], s.atom_index[:, :1], s.slot[:, :1],
+                         s.visible[:, :1, :1], s.interaction[:, :1, :1], s.bead_positions, s.bead_types, s.bead_mask,
+                         s.target_positions[:, :1], s.target_types[:, :1], s.target_atoms[:, :1],
+                         s.target_mask[:, :1], s.frame, s.bead, s.context)
+
+
+def tiny(**kw) -> VoxelGANParams:
+    return VoxelGANParams(preset="tiny", **kw)
+
+
+def test_voxelization_round_trip():
+    grid = VoxelGrid(8, 1.2, 0.1)  # DBM's grid (its sigma 0.02 = 2σ²)
+    r = (torch.rand(500, 3, generator=torch.Generator().manual_seed(0)) - 0.5) * 0.6  # within 0.3 nm
+    back = grid.coordinate(grid.atom(r))
+    assert float((back - r).norm(dim=-1).max()) <= 0.005
+    # channel densities are sums of single-atom densities
+    w = torch.zeros(1, 500, 3)
+    w[0, :, 1] = (torch.arange(500) % 2).float()
+    dens = grid.density(r[None], w)
+    torch.testing.assert_close(dens[0, 1], grid.atom(r[1::2]).sum(0), atol=1e-4, rtol=1e-5)
+    assert float(dens[0, [0, 2]].abs().max()) == 0.0
+
+
+def test_presets_fill_and_explicit_keys_win():
+    p = VoxelGANParams(preset="dbm")
+    assert (p.width, p.grid, p.length, p.n_critic, p.lr_generator) == (64, 8, 1.2, 4, 5e-5)
+    assert VoxelGANParams(preset="dbm", width=8).width == 8
+    with pytest.raises(ValueError, match="even"):
+        VoxelGANParams(grid=7)
+
+
+def test_unrolled_training_backpropagates_into_earlier_steps():
+    seqs = toy_sequences(8)
+    for unroll in (True, False):
+        torch.manual_seed(0)
+        model = VoxelGANModel(LAYOUT, tiny())
+        noise = torch.randn(8, 2, model.noise_dim, generator=torch.Generator().manual_seed(1))
+        fake = model.generate(seqs, noise, unroll=unroll)
+        first = fake.steps[0]
+        first.retain_grad()
+        # the critic's score of the second step only
+        score = model.critic(fake.envs[:, 1], fake.atoms[:, 1], model.features.target_type(seqs.target_types[:, 1]))
+        score.sum().backward()
+        if unroll:
+            assert first.grad is not None and float(first.grad.abs().sum()) > 0
+            grads_unrolled = [p.grad.clone() for p in model.generator.parameters()]
+        else:
+            assert first.grad is None or float(first.grad.abs().sum()) == 0.0
+            grads_cut = [p.grad.clone() for p in model.generator.parameters()]
+    assert any(not torch.allclose(a, b) for a, b in zip(grads_unrolled, grads_cut))
+
+
+def test_tiny_training_lowers_the_wasserstein_estimate():
+    seqs = toy_sequences(256, steps=1)
+    torch.manual_seed(0)
+    model = VoxelGANModel(LAYOUT, tiny())
+    trainer = Trainer(model, seqs, tiny(log_every=5, rotate=False), seed=0, batch_size=32)
+    summary = trainer.run(epochs=100, max_iterations=100)
+    assert summary["iterations"] == 100
+    w = np.array([r["wasserstein"] for r in trainer.log.rows])
+    # the critic first learns to tell generated from real atoms, then the generator catches up
+    assert w.max() > 0.05 and w[-3:].mean() < w.max() / 3, w.round(3)
+    with torch.no_grad():
+        fake = model.generate(seqs, torch.randn(256, 1, model.noise_dim, generator=torch.Generator().manual_seed(2)))
+    error = (fake.coords[:, 0] - seqs.target_positions[:, 0]).norm(dim=-1).mean()
+    assert float(error) < 0.06  # from ≈ 0.25 nm at the grid centre
+
+
+class _Kill(Exception):
+    pass
+
+
+def test_checkpoint_resume_is_bit_identical(tmp_path):
+    seqs = toy_sequences(64)
+
+    def trainer(directory):
+        torch.manual_seed(0)
+        model = VoxelGANModel(LAYOUT, tiny())
+        return Trainer(model, seqs, tiny(n_critic=2, log_every=2), seed=3, directory=directory, batch_size=16)
+
+    straight = trainer(tmp_path / "a")
+    straight.run(epochs=2, checkpoint_every=3)  # 8 iterations
+    killed = trainer(tmp_path / "b")
+
+    def kill(t):
+        if t.iteration == 5:  # after the checkpoint at 3: iterations 4 and 5 are lost
+            raise _Kill
+
+    with pytest.raises(_Kill):
+        killed.run(epochs=2, checkpoint_every=3, callback=kill)
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["iteration"] == 3
+    resumed = trainer(tmp_path / "b")
+    resumed.run(epochs=2, checkpoint_every=3)
+    assert resumed.iteration == straight.iteration == 8
+    for a, b in ((straight.model, resumed.model),):
+        for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert torch.equal(x, y), name
+    untimed = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert untimed(straight.log.rows) == untimed(resumed.log.rows) and len(resumed.log.rows) == 4
+    assert (tmp_path / "b" / "training.png").is_file()
+    # a checkpoint made with other parameters is refused, not silently mixed in
+    other = Trainer(VoxelGANModel(LAYOUT, tiny()), seqs, tiny(n_critic=1), seed=3, directory=tmp_path / "b",
+                    batch_size=16)
+    with pytest.raises(Exception, match="other training parameters"):
+        other.run(epochs=3)
+
+
+def _hexane_recipe(tmp_path, extra_train="") -> "Path":
+    recipe = tmp_path / "hexane-gan.yaml"
+    recipe.write_text(textwrap.dedent(f"""
+        name: hexane-gan
+        seed: 2
+        workdir: work
+        system: {{topology: {HEXANE / 'topol.top'}, mapping: {HEXANE / 'hexane.xml'}}}
+        data: {{trajectory: {HEXANE / 'traj.xtc'}, frames: '0:2', split: {{test_fraction: 0.5, mode: tail}}}}
+        generator: {{plugin: voxel_gan, params: {{preset: tiny, max_iterations: 4, log_every: 2,
+                     regularizer_samples: 2}}}}
+        regularizers: [{{plugin: energy_match, params: {{weight: 0.001}}}}]
+        steps:
+          - prepare: {{}}
+          - train: {{epochs: 1, batch_size: 16, checkpoint_every: 2{extra_train}}}
+          - backmap: {{candidates: 2, gibbs_sweeps: 1}}
+        """))
+    return recipe
+
+
+def test_recipe_trains_and_backmaps_hexane(tmp_path, cli):
+    recipe = _hexane_recipe(tmp_path)
+    code, _, err = cli("run", recipe)
+    assert code == 0, err
+    work = tmp_path / "work"
+    ckpt = pickle.loads((work / "model" / "generator.pkl").read_bytes())
+    assert ckpt["plugin"] == "voxel_gan" and ckpt["params"]["width"] == 4
+    for name in ("checkpoint.pt", "train_log.csv", "training.png"):
+        assert (work / "model" / "voxel_gan" / name).is_file(), name
+    log = (work / "model" / "voxel_gan" / "train_log.csv").read_text().splitlines()
+    assert log[0].startswith("iteration,epoch,seconds") and "reg_energy_match" in log[0] and "gen_bond" in log[0]
+    assert len(log) == 3  # rows at iterations 2 and 4
+    report = (work / "report.md").read_text()
+    assert "training.png" in report
+    from backmap.io import read_frames
+    from backmap.mapping import load_mapping
+    from backmap.topology import load_topology
+
+    frame = next(read_frames(work / "backmap" / "aa.xtc"))
+    assert frame.positions.shape == (4000, 3) and np.isfinite(frame.positions).all()
+    # every atom ended up within its bead's reach (the grid spans ±0.6 nm around the bead)
+    topo = load_topology(HEXANE / "topol.top")
+    cg = load_mapping(HEXANE / "hexane.xml", topo).cg_topology(topo)
+    ref = next(read_frames(work / "backmap" / "cg.xtc"))
+    from backmap.pbc import Unwrapper, minimum_image
+
+    x = Unwrapper(topo)(frame.positions, frame.dimensions)
+    d = np.linalg.norm(minimum_image(cg.apply(x) - ref.positions, frame.dimensions), axis=1)
+    assert d.max() < 0.6
+
+
+def test_propose_is_seeded_and_in_the_unit_frame():
+    from backmap.environment import EnvironmentBatch
+    from backmap_voxel_gan.generator import VoxelGAN
+
+    gen = VoxelGAN({"preset": "tiny"})
+    from backmap.environment import Channels
+
+    gen._setup(Channels({"A": 0, "B": 1}, {"X": 0}, {(k,): i for i, k in enumerate(("bond", "angle", "dihedral", "lj"))}))
+    seqs = toy_sequences(3)
+    batch = EnvironmentBatch(
+        centre=torch.zeros(3, 3), rotation=torch.eye(3).repeat(3, 1, 1), atom_positions=seqs.atom_positions,
+        atom_types=seqs.atom_types, atom_mask=seqs.visible[:, 0], interaction=seqs.interaction[:, :1].long(),
+        bead_positions=seqs.bead_positions, bead_types=seqs.bead_types, bead_mask=seqs.bead_mask,
+        target_types=seqs.target_types[:, :1], target_mask=seqs.target_mask[:, :1])
+    a = gen.propose(batch, 5, np.random.default_rng(1))
+    b = gen.propose(batch, 5, np.random.default_rng(1))
+    assert a.shape == (3, 5, 1, 3) and torch.equal(a, b)
+    assert float(a.abs().max()) < 0.6  # inside the grid
+    # rotating the candidates' environments about z and back: with one candidate and no rotation the
+    # output equals the generator's own placement
+    gen.params.rotate_candidates = False
+    c = gen.propose(batch, 1, np.random.default_rng(4))
+    rng = np.random.default_rng(4)
+    rng.uniform(0, 2 * np.pi, 3)  # the draw propose makes for the angles (unused without rotation)
+    assert c.shape == (3, 1, 1, 3)
+    state = gen.state_dict()
+    again = VoxelGAN({"preset": "tiny", "rotate_candidates": False})
+    again.load_state_dict(pickle.loads(pickle.dumps(state)))
+    torch.testing.assert_close(again.propose(batch, 1, np.random.default_rng(4)), c)
