@@ -28,12 +28,16 @@ INTERACTIONS = ("bond", "angle", "dihedral", "lj")
 class Channels:
     """Feature channels: atom types, bead types and target–neighbour interactions, each an index.
     By default derived from the topology; ``split`` also splits bonded interactions by the
-    atom-type tuple (DBM's ff.txt splits by parameter type)."""
+    atom-type tuple of their ends. A channel map (DeepBackmap's ``ff.txt``, :meth:`from_dbm_ff`)
+    instead gives every bond, angle, dihedral and LJ type — keyed by the atom types along the
+    bonded path — its own channel (several types may share one)."""
 
     atom_types: dict[str, int]
     bead_types: dict[str, int]
     interactions: dict[tuple, int]
     split: bool = False
+    #: from a channel map: keys are ("bond"|"angle"|"dihedral"|"lj", *atom types along the path)
+    by_path: bool = False
 
     @classmethod
     def from_system(cls, cg_topology: CGTopology, split: bool = False) -> "Channels":
@@ -54,13 +58,102 @@ class Channels:
             inter = {(k,): i for i, k in enumerate(INTERACTIONS)}
         return cls({t: i for i, t in enumerate(types)}, {t: i for i, t in enumerate(beads)}, inter, split)
 
+    @classmethod
+    def from_dbm_ff(cls, path, cg_topology: CGTopology) -> "Channels":
+        """The channel map of a DeepBackmap ``ff.txt``: ``[bond_types]``, ``[angle_types]``,
+        ``[dihedral_types]`` and ``[lj_types]`` give each type (by atom types) a channel number;
+        ``[bead_types]`` lists the bead types. Atom-type channels come from the topology (ff.txt's
+        ``-1`` entries there mean "no channel"). A bonded path whose types are not listed falls
+        back to the LJ channel of its end atoms, as DBM treats unlisted pairs."""
+        from pathlib import Path
+
+        from backmap.errors import BackmapError
+
+        path = Path(path)
+        if not path.is_file():
+            raise BackmapError("channel map (ff.txt) not found", source=path)
+        sections: dict[str, list[tuple[int, list[str]]]] = {}
+        current = None
+        for lineno, raw in enumerate(path.read_text().splitlines(), 1):
+            line = raw.split(";")[0].strip()
+            if not line:
+                continue
+            if line.startswith("[/"):
+                current = None
+            elif line.startswith("["):
+                current = line.strip("[] ").lower()
+                sections.setdefault(current, [])
+            elif current is not None:
+                sections[current].append((lineno, line.split()))
+        width = {"bond_types": 2, "angle_types": 3, "dihedral_types": 4, "lj_types": 2}
+        inter: dict[tuple, int] = {}
+        for section, n in width.items():
+            kind = section.split("_")[0]
+            for lineno, fields in sections.get(section, []):
+                try:
+                    channel = int(fields[n])
+                except (IndexError, ValueError):
+                    raise BackmapError(f"[{section}]: expected {n} atom types and a channel number",
+                                       source=f"{path}:{lineno}") from None
+                inter[(kind, *fields[:n])] = channel
+        if not any(k[0] == "lj" for k in inter):
+            raise BackmapError("the channel map has no [lj_types] section", source=path)
+        types = sorted({str(t) for cb in cg_topology.blocks for t in cb.block.moltype.atom_types})
+        listed = [f[0] for _l, f in sections.get("bead_types", [])]
+        beads = listed or sorted({str(t) for t in cg_topology.bead_types})
+        missing = sorted({str(t) for t in cg_topology.bead_types} - set(beads))
+        if missing:
+            raise BackmapError(f"[bead_types] lacks the mapping's bead types {missing}", source=path)
+        return cls({t: i for i, t in enumerate(types)}, {t: i for i, t in enumerate(beads)}, inter, by_path=True)
+
     @property
     def n_atom_types(self) -> int:
         return len(self.atom_types)
 
     @property
     def n_interactions(self) -> int:
-        return len(self.interactions)
+        return max(self.interactions.values()) + 1
+
+    def _lookup(self, kind: str, path_types: tuple[str, ...]) -> int | None:
+        return self.interactions.get((kind, *path_types), self.interactions.get((kind, *path_types[::-1])))
+
+    def lj_channel(self, type_a: str, type_b: str) -> int:
+        """The channel of a non-bonded neighbour."""
+        if not self.by_path:
+            return self.interactions[("lj",)]
+        found = self._lookup("lj", (type_a, type_b))
+        if found is None:
+            from backmap.errors import BackmapError
+
+            raise BackmapError(f"the channel map has no LJ channel for atom types {type_a}–{type_b}")
+        return found
+
+    def lj_table(self) -> np.ndarray:
+        """(n_atom_types, n_atom_types) LJ channel of every atom-type pair."""
+        names = sorted(self.atom_types, key=self.atom_types.get)
+        return np.array([[self.lj_channel(a, b) for b in names] for a in names])
+
+    def pair_channels(self, mt) -> np.ndarray:
+        """(n, n) channel of every atom pair of molecule type ``mt``: bond, angle or dihedral by
+        bond-graph distance (split or looked up by path as configured), LJ beyond."""
+        t = [str(x) for x in mt.atom_types]
+        m = np.array([[self.lj_channel(a, b) for b in t] for a in t]) if self.by_path else \
+            np.full((mt.n_atoms, mt.n_atoms), self.interactions[("lj",)])
+        paths = dict(nx.all_pairs_shortest_path(mt.graph, cutoff=3))
+        for a, row in paths.items():
+            for b, path in row.items():
+                d = len(path) - 1
+                if not 1 <= d <= 3:
+                    continue
+                kind = INTERACTIONS[d - 1]
+                if self.by_path:
+                    found = self._lookup(kind, tuple(t[i] for i in path))
+                    if found is not None:
+                        m[a, b] = found
+                else:
+                    key = (kind, *sorted((t[a], t[b]))) if self.split else (kind,)
+                    m[a, b] = self.interactions[key]
+        return m
 
 
 @dataclass
@@ -153,21 +246,9 @@ class EnvironmentBuilder:
         self.heavy = np.concatenate(heavy)
         self.molecule = topo.molecule_index
         self.bead_type = torch.as_tensor([channels.bead_types[str(t)] for t in cg_topology.bead_types])
-        # intramolecular interaction channel of every atom pair of each molecule type
-        self._intra: dict[str, np.ndarray] = {}
-        lj = channels.interactions[("lj",)]
-        for cb in cg_topology.blocks:
-            mt = cb.block.moltype
-            m = np.full((mt.n_atoms, mt.n_atoms), lj)
-            for a, row in nx.all_pairs_shortest_path_length(mt.graph, cutoff=3):
-                for b, d in row.items():
-                    if 1 <= d <= 3:
-                        key = (INTERACTIONS[d - 1],)
-                        if channels.split:
-                            key += tuple(sorted((str(mt.atom_types[a]), str(mt.atom_types[b]))))
-                        m[a, b] = channels.interactions[key]
-            self._intra[mt.name] = m
-        self._lj_channel = lj
+        # intramolecular interaction channel of every atom pair of each molecule type; LJ between molecules
+        self._intra = {cb.block.moltype.name: channels.pair_channels(cb.block.moltype) for cb in cg_topology.blocks}
+        self._lj_table = torch.as_tensor(channels.lj_table())
 
     # ------------------------------------------------------------------ per frame
     def set_frame(self, cg_positions: np.ndarray, box: np.ndarray) -> None:
@@ -270,7 +351,8 @@ class EnvironmentBuilder:
         rows = torch.as_tensor(self.local_index[np.clip(units_atoms, 0, None)])
         cols = torch.as_tensor(self.local_index)[c]
         intra = table[rows[:, :, None], cols[:, None, :].clamp(max=table.shape[1] - 1)]
-        inter = torch.where(same_mol, intra, torch.full_like(intra, self._lj_channel))
+        lj = self._lj_table[self.atom_type[units.clamp(min=0)][:, :, None], self.atom_type[c][:, None, :]]
+        inter = torch.where(same_mol, intra, lj)
         # neighbour beads, own bead first
         nb = self._bead_nb_t[bead_t]
         b_ok = nb >= 0

@@ -55,6 +55,14 @@ class RunContext:
     def cg_topology(self) -> CGTopology:
         return self.mapping.cg_topology(self.topology)
 
+    @cached_property
+    def channels(self):
+        """Feature channels for generators: the recipe's channel map, or derived from the topology."""
+        from backmap.environment import Channels
+
+        spec = self.recipe.system.channels
+        return Channels.from_dbm_ff(spec, self.cg_topology) if spec else Channels.from_system(self.cg_topology)
+
     def path(self, *parts: str) -> Path:
         p = self.workdir.joinpath(*parts)
         p.parent.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,8 @@ class SystemSpec(Strict):
 
     topology: InputPath = Field(description="AA topology: .top (with parameters), .tpr, or .gro/.pdb")
     mapping: InputPath | list[InputPath] = Field(description="VOTCA mapping XML or DeepBackmap .map file(s)")
+    channels: InputPath | None = Field(None, description="feature-channel map (DeepBackmap ff.txt); default: "
+                                                         "channels derived from the topology")
 
     @property
     def mappings(self) -> list[Path]:
