@@ -5,5 +5,6 @@ from backmap import hookimpl
 @hookimpl
 def backmap_refiners():
     from backmap_refiners.openmm_refiner import OpenMMRefiner
+    from backmap_refiners.torch_refiners import LangevinRefiner, MALARefiner
 
-    return [OpenMMRefiner]
+    return [OpenMMRefiner, LangevinRefiner, MALARefiner]

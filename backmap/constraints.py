@@ -1,0 +1,209 @@
+"""Holonomic bond-length constraints |x_i − x_j| = d for batches of frames (SHAKE/RATTLE type).
+
+Why not plain SHAKE: SHAKE sweeps the constraints one at a time and converges slowly on coupled
+networks (rings, all bonds of a chain). Here the constraint equations σ_c(x) = |r_c|² − d_c² = 0 of
+every *coupled group* (a connected component of the constraint graph, e.g. one molecule) are solved
+together by Newton's method, the mass-weighted matrix G = J M⁻¹ Jᵀ being a dense (C, C) block per
+group, factorized and solved for all frames and all groups of the same size at once
+(``torch.linalg`` batched). No Python loop over constraints, frames or molecules.
+
+* :meth:`BondConstraints.positions` — SHAKE: move unconstrained positions ``x`` along the constraint
+  gradients at the reference positions ``x_ref`` (the previous, constrained ones) until every
+  relative residual |σ_c| / d_c² is below the tolerance. The Newton matrix G(x_ref) is factorized
+  once per reference point (simplified Newton; it is also the projection matrix at that point),
+  with a refactorized full-Newton fallback when the step is large.
+* :meth:`BondConstraints.velocities` — RATTLE: the mass-weighted projection of velocities onto the
+  tangent space (J v = 0) by one linear solve.
+
+Positions are (F, N, 3) tensors, usually float64 (the tolerance 1e-10 needs it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from scipy.sparse.csgraph import connected_components
+
+
+@dataclass
+class _Group:
+    """Components with the same number of constraints C: their (K, C) global constraint ids and
+    the non-zero entries of the coupling pattern (component k, row p, column q, global c, c', coef)."""
+
+    ids: torch.Tensor  # (K, C)
+    k: torch.Tensor
+    p: torch.Tensor
+    q: torch.Tensor
+    c: torch.Tensor
+    c2: torch.Tensor
+    coef: torch.Tensor  # Σ_a B_ca B_c'a / m_a
+
+
+class Factorization:
+    """Cholesky factors of G(x) = J M⁻¹ Jᵀ per group at one set of positions, reused by the
+    projection and by SHAKE steps that start from those positions. ``ok`` (F,) is false for frames
+    where G is singular (linearly dependent constraint gradients); their blocks are replaced by
+    the identity so that solves stay finite, and callers treat those frames as failed."""
+
+    def __init__(self, factors: list[torch.Tensor], bonds: torch.Tensor, ok: torch.Tensor):
+        self.factors = factors  # per group (F, K, C, C)
+        self.bonds = bonds  # (F, C, 3) bond vectors r_c at the positions
+        self.ok = ok
+
+    def where(self, mask: torch.Tensor, other: "Factorization") -> "Factorization":
+        """Per frame: this factorization where ``mask`` (F,) is true, ``other`` elsewhere."""
+        pick = lambda a, b: torch.where(mask.view(-1, *[1] * (a.ndim - 1)), a, b)  # noqa: E731
+        return Factorization([pick(a, b) for a, b in zip(self.factors, other.factors)],
+                             pick(self.bonds, other.bonds), pick(self.ok, other.ok))
+
+
+class BondConstraints:
+    """Fixed bond lengths ``lengths`` (C,) between atom ``pairs`` (C, 2) for atoms of ``masses`` (N,)."""
+
+    def __init__(self, pairs: np.ndarray, lengths: np.ndarray, masses: np.ndarray, *,
+                 tolerance: float = 1e-10, max_iterations: int = 50, dtype: torch.dtype = torch.float64):
+        pairs = np.asarray(pairs, int).reshape(-1, 2)
+        self.n_constraints = len(pairs)
+        self.tolerance = tolerance
+        self.max_iterations = max_iterations
+        self.dtype = dtype
+        n = len(masses)
+        self.i = torch.as_tensor(pairs[:, 0])
+        self.j = torch.as_tensor(pairs[:, 1])
+        self.d2 = torch.as_tensor(np.asarray(lengths, float) ** 2, dtype=dtype)
+        self.inv_mass = torch.as_tensor(1.0 / np.asarray(masses, float), dtype=dtype)
+        self.groups = self._groups(pairs, np.asarray(masses, float), n) if len(pairs) else []
+
+    # ------------------------------------------------------------------ setup
+    def _groups(self, pairs: np.ndarray, masses: np.ndarray, n: int) -> list[_Group]:
+        C = len(pairs)
+        rows = np.repeat(np.arange(C), 2)
+        incidence = sp.csr_matrix((np.tile([1.0, -1.0], C), (rows, pairs.ravel())), shape=(C, n))
+        coupling = (incidence @ sp.diags(1.0 / masses) @ incidence.T).tocoo()  # B M⁻¹ Bᵀ
+        # constraints are coupled when they share an atom: components of the coupling graph
+        _, comp = connected_components(sp.csr_matrix((np.ones(coupling.nnz), (coupling.row, coupling.col)),
+                                                     shape=(C, C)), directed=False)
+        order = np.argsort(comp, kind="stable")
+        sizes = np.bincount(comp)
+        local = np.empty(C, int)  # position of each constraint within its component
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        local[order] = np.arange(C) - np.repeat(starts, sizes)
+        groups = []
+        for size in np.unique(sizes):
+            comps = np.flatnonzero(sizes == size)
+            slot = np.full(len(sizes), -1)
+            slot[comps] = np.arange(len(comps))
+            ids = np.empty((len(comps), size), int)
+            members = np.flatnonzero(slot[comp] >= 0)
+            ids[slot[comp[members]], local[members]] = members
+            keep = slot[comp[coupling.row]] >= 0
+            r, c, v = coupling.row[keep], coupling.col[keep], coupling.data[keep]
+            t = torch.as_tensor
+            groups.append(_Group(t(ids), t(slot[comp[r]]), t(local[r]), t(local[c]), t(r), t(c),
+                                 t(v, dtype=self.dtype)))
+        return groups
+
+    # ------------------------------------------------------------------ geometry
+    def bond_vectors(self, x: torch.Tensor) -> torch.Tensor:
+        """r_c = x_i − x_j, (F, C, 3)."""
+        return x.index_select(1, self.i) - x.index_select(1, self.j)  # faster than x[:, i] on small frames
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """Largest relative residual |σ_c| / d_c² per frame (F,)."""
+        if not self.n_constraints:
+            return x.new_zeros(x.shape[0])
+        r = self.bond_vectors(x)
+        return ((r * r).sum(-1) / self.d2 - 1).abs().amax(-1)
+
+    def _matrix(self, g: _Group, r: torch.Tensor, r_ref: torch.Tensor) -> torch.Tensor:
+        """Blocks of J(x) M⁻¹ J(x_ref)ᵀ for one group: (F, K, C, C)."""
+        F, (K, C) = r.shape[0], g.ids.shape
+        a = r.new_zeros(F, K, C, C)
+        a[:, g.k, g.p, g.q] = 4 * g.coef * (r.index_select(1, g.c) * r_ref.index_select(1, g.c2)).sum(-1)
+        return a
+
+    def factorize(self, x: torch.Tensor) -> Factorization:
+        """Cholesky factors of G(x) (symmetric positive definite for independent constraints)."""
+        r = self.bond_vectors(x)
+        ok = torch.ones(x.shape[0], dtype=torch.bool)
+        factors = []
+        for g in self.groups:
+            chol, info = torch.linalg.cholesky_ex(self._matrix(g, r, r))
+            bad = info != 0  # (F, K)
+            if bool(bad.any()):
+                eye = torch.eye(chol.shape[-1], dtype=chol.dtype)
+                chol = torch.where(bad[..., None, None], eye, chol)
+                ok &= ~bad.any(-1)
+            factors.append(chol)
+        return Factorization(factors, r, ok)
+
+    def _displace(self, x: torch.Tensor, r_ref: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        """x + M⁻¹ J(x_ref)ᵀ λ for λ (F, C)."""
+        step = 2 * lam[..., None] * r_ref  # (F, C, 3)
+        dx = torch.zeros_like(x)
+        dx.index_add_(1, self.i, step * self.inv_mass[self.i, None])
+        dx.index_add_(1, self.j, -step * self.inv_mass[self.j, None])
+        return x + dx
+
+    def _scatter(self, parts: list[torch.Tensor], F: int) -> torch.Tensor:
+        out = torch.zeros(F, self.n_constraints, dtype=self.dtype)
+        for g, part in zip(self.groups, parts):
+            out[:, g.ids] = part
+        return out
+
+    # ------------------------------------------------------------------ public
+    def positions(self, x: torch.Tensor, x_ref: torch.Tensor | Factorization,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """SHAKE: x + M⁻¹ J(x_ref)ᵀ λ on the constraint surface. ``x_ref`` (or its
+        :class:`Factorization`) is where the constraint forces point; for a first projection of
+        an arbitrary structure pass ``x`` itself. Returns the positions and a per-frame bool
+        "converged" (frames that did not converge are returned as far as they got)."""
+        if not self.n_constraints:
+            return x, torch.ones(x.shape[0], dtype=torch.bool)
+        fac = x_ref if isinstance(x_ref, Factorization) else self.factorize(x_ref)
+        r_ref = fac.bonds
+        factors = fac.factors
+        F = x.shape[0]
+        quasi = True
+        previous = None
+        failed = ~fac.ok
+        for it in range(self.max_iterations):
+            r = self.bond_vectors(x)
+            sigma = (r * r).sum(-1) - self.d2
+            err = (sigma / self.d2).abs().amax(-1)
+            done = err <= self.tolerance
+            # no root along the constraint forces (step too large): Newton wanders or diverges
+            failed |= ~done & ((err > 1.0) & (it >= 3) | (err > 1e-4) & (it >= 15) | ~torch.isfinite(err))
+            active = ~done & ~failed
+            if not bool(active.any()):
+                break
+            if quasi and it >= 1 and bool((err[active] > 0.25 * previous[active]).any()):
+                quasi = False  # simplified Newton is slow on a large step: full Newton from here
+            previous = err
+            parts = []
+            for g, chol in zip(self.groups, factors):
+                rhs = -sigma[:, g.ids]
+                if quasi:
+                    parts.append(torch.cholesky_solve(rhs[..., None], chol)[..., 0])
+                else:
+                    sol, info = torch.linalg.solve_ex(self._matrix(g, r, r_ref), rhs)
+                    failed |= (info != 0).any(-1)  # singular Jacobian
+                    parts.append(sol)
+            lam = torch.nan_to_num(self._scatter(parts, F), nan=0.0, posinf=0.0, neginf=0.0)
+            move = active & ~failed
+            x = self._displace(x, r_ref, torch.where(move[:, None], lam, torch.zeros_like(lam)))
+        return x, (self.residual(x) <= self.tolerance) & fac.ok
+
+    def velocities(self, v: torch.Tensor, at: torch.Tensor | Factorization) -> torch.Tensor:
+        """RATTLE: v + M⁻¹ Jᵀ μ with J v = 0 at positions ``at`` (or their factorization) — the
+        mass-weighted orthogonal projection onto the tangent space."""
+        if not self.n_constraints:
+            return v
+        fac = at if isinstance(at, Factorization) else self.factorize(at)
+        r = fac.bonds
+        jv = 2 * (r * (v[:, self.i] - v[:, self.j])).sum(-1)  # (F, C)
+        parts = [torch.cholesky_solve(-jv[:, g.ids][..., None], chol)[..., 0]
+                 for g, chol in zip(self.groups, fac.factors)]
+        return self._displace(v, r, self._scatter(parts, v.shape[0]))
