@@ -50,7 +50,11 @@ class RefineParams(BaseModel):
                                                          "RMS deviation ≈ √(3k_BT/k)")
     constraints: Constraints = Field("h-bonds", description="bond constraints: none, h-bonds or all-bonds")
     minimize_steps: int = Field(0, ge=0, description="restrained minimization steps before sampling (clashes)")
+    recentre: bool = Field(True, description="first translate every molecule so that its beads' mean deviation "
+                                             "from the CG input is zero (repairs misplaced molecules)")
     seed: int | None = Field(None, description="random seed (default: the run's seed)")
+    on_failure: Literal["error", "keep"] = Field("error", description="a frame the refiner cannot handle: stop "
+                                                                      "with an error, or keep it unrefined (logged)")
 
 
 @dataclass
@@ -121,6 +125,19 @@ class RestrainedSystem:
         """Positions with every molecule made whole across the box."""
         return self._unwrap(positions, dimensions)
 
+    def recentre(self, x: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, float]:
+        """Translate every molecule of ``x`` (N, 3) by the mean of R − M(x) over its beads; returns
+        the moved positions and the largest shift (nm)."""
+        d = targets - self.mapped(x)
+        out, largest = x.copy(), 0.0
+        for cb in self.cg_topology.blocks:
+            n, nb = cb.block.moltype.n_atoms, cb.mapping.n_beads
+            shift = d[cb.first_bead:cb.first_bead + cb.n_beads].reshape(cb.block.count, nb, 3).mean(1)
+            sl = cb.block.atom_slice
+            out[sl] = (x[sl].reshape(cb.block.count, n, 3) + shift[:, None]).reshape(-1, 3)
+            largest = max(largest, float(np.linalg.norm(shift, axis=1).max(initial=0.0)))
+        return out, largest
+
     def mapped(self, x: np.ndarray) -> np.ndarray:
         """Bead centres M(x) of whole-molecule positions (..., n_atoms, 3)."""
         return self.cg_topology.apply(x)
@@ -159,7 +176,8 @@ def refine_frames(refiner, system: RestrainedSystem, aa_frames: Iterable[Frame],
                   ) -> Iterator[tuple[Frame, dict]]:
     """Refine AA frames paired with CG frames, ``batch`` frames per call of ``refiner.refine``;
     yields refined frames (whole molecules) with their log rows."""
-    pending: list[tuple[Frame, np.ndarray, np.ndarray, float]] = []
+    pending: list[tuple[Frame, np.ndarray, np.ndarray, float, float]] = []
+    recentre = getattr(refiner.params, "recentre", False)
 
     def flush():
         t0 = time.perf_counter()
@@ -176,7 +194,7 @@ def refine_frames(refiner, system: RestrainedSystem, aa_frames: Iterable[Frame],
         out = []
         for k, (fr, *_rest) in enumerate(pending):
             row = {"frame": fr.index, "seconds": round(seconds, 3), "cg_rmsd_before": float(rmsd_before[k]),
-                   "cg_rmsd": float(rmsd_after[k]), **result.log[k]}
+                   "cg_rmsd": float(rmsd_after[k]), "recentred_nm": pending[k][4], **result.log[k]}
             out.append((Frame(result.positions[k], fr.dimensions, fr.time, fr.index), row))
         pending.clear()
         return out
@@ -184,7 +202,11 @@ def refine_frames(refiner, system: RestrainedSystem, aa_frames: Iterable[Frame],
     pairs = zip(aa_frames, cg_frames)
     for aa, cg in progress(pairs, total=total, description=f"refining ({refiner.name})"):
         x, targets = system.prepare(aa, cg)
-        pending.append((aa, x, targets, float(system.cg_rmsd(x, targets))))
+        rmsd = float(system.cg_rmsd(x, targets))
+        shift = 0.0
+        if recentre:
+            x, shift = system.recentre(x, targets)
+        pending.append((aa, x, targets, rmsd, shift))
         if len(pending) == batch:
             yield from flush()
     if pending:
@@ -221,8 +243,8 @@ def plot_log(path: Path, rows: list[dict], title: str = "") -> None:
     axes[0].set(xlabel="frame", ylabel="CG RMSD (nm)", title="consistency with the CG input")
     axes[0].legend()
     for key in ("potential", "restraint"):
-        if key in rows[0]:
-            axes[1].plot(frames, [r[key] for r in rows], "o-", ms=3, label=key)
+        if any(key in r for r in rows):
+            axes[1].plot(frames, [r.get(key, np.nan) for r in rows], "o-", ms=3, label=key)
     axes[1].set(xlabel="frame", ylabel="energy (kJ/mol)", title="after refinement")
     axes[1].legend()
     fig.suptitle(title)
@@ -265,7 +287,7 @@ def refine_files(refiner, system: RestrainedSystem, aa_path: Path, cg_path: Path
     return {"refiner": refiner.name, "frames": n, "seconds per frame": round(seconds / max(n, 1), 2),
             "CG RMSD before (nm)": round(float(np.mean([r["cg_rmsd_before"] for r in rows])), 5),
             "CG RMSD after (nm)": round(float(np.mean([r["cg_rmsd"] for r in rows])), 5),
-            "output": str(out), "log": str(log_path)}
+            "failed frames": sum(1 for r in rows if r.get("failed")), "output": str(out), "log": str(log_path)}
 
 
 def make_refiner(name: str, params: dict, registry=None, where: str = "refiner"):

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SPS = REPO.parent / "shared" / "data" / "sps"
@@ -62,6 +63,7 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=568.0)
     ap.add_argument("--constraints", default="all-bonds")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--param", action="append", default=[], help="extra refiner parameter key=value (all configs)")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "refine-sps")
     args = ap.parse_args()
     if not SPS.is_dir():
@@ -100,6 +102,7 @@ def main() -> None:
         for cfg in configs:
             params = {k: v for k, v in cfg.items() if k != "refiner"}
             params |= {"temperature": args.temperature, "constraints": args.constraints, "seed": args.seed}
+            params |= {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.param)}
             if cfg["refiner"] == "openmm" and args.threads:
                 params["threads"] = args.threads
             refiner = make_refiner(cfg["refiner"], params)
@@ -109,7 +112,7 @@ def main() -> None:
             summary = refine_files(refiner, system, candidates[label], out / "cg.xtc", dst, seed=args.seed,
                                    batch=args.batch)
             timing[name] = {"seconds_per_frame": (time.perf_counter() - t0) / len(idx), "input": label, **cfg,
-                            "cg_rmsd_log": summary["CG RMSD after (nm)"]}
+                            "cg_rmsd_log": summary["CG RMSD after (nm)"], "failed_frames": summary["failed frames"]}
             candidates[name] = dst
     spec = EvaluationSpec(topology=SPS / "top" / "topol.top", reference=out / "reference.xtc",
                           candidates=list(candidates.values()), labels=list(candidates), out=out / "evaluate",

@@ -3,8 +3,12 @@
 The system comes from the GROMACS topology (``GromacsTopFile``), with the run's non-bonded settings
 (plain cut-off LJ, reaction-field Coulomb, no dispersion correction — it does not change forces).
 Every bead's weighted centre is held to its CG position by ``CustomCentroidBondForce`` with the
-mapping's weights. One OpenMM context is reused for all frames: per frame only the box, the
-positions, the restraint targets and fresh velocities change.
+mapping's weights. Per frame: optionally a restrained relaxation of a *flexible* copy of the system (bond terms
+instead of constraints: badly distorted input is untangled before any constraint solver sees it);
+a projection onto the bond constraints (backmap.constraints — OpenMM's CCMA diverges from far
+off); restrained steepest descent (clashes); Langevin dynamics while the restraint grows to its
+full strength; then the sampling steps. The OpenMM contexts are built once and reused for every
+frame.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import numpy as np
 from pydantic import Field
 
 from backmap import BackmapError, Refiner
-from backmap.refine import RefineParams, RefineResult, RestrainedSystem
+from backmap.refine import BOLTZMANN, RefineParams, RefineResult, RestrainedSystem
 
 
 class OpenMMParams(RefineParams):
@@ -20,10 +24,17 @@ class OpenMMParams(RefineParams):
     platform: str = Field("CPU", description="OpenMM platform (CPU or Reference)")
     minimize_steps: int = Field(100, ge=0, description="restrained steepest-descent steps first, each atom moving "
                                                        "at most max_displacement: generator output can hold "
-                                                       "clashes that blow up the dynamics")
+                                                       "clashes and stretched bonds that blow up the dynamics")
     max_displacement: float = Field(0.002, gt=0, description="largest move of an atom per minimization step (nm)")
-    warmup_steps: int = Field(0, ge=0, description="steps at a quarter of the time step first: generator "
-                                                     "output has stiff local strain that a full step can blow up")
+    minimize_restraint: float = Field(1.0e4, ge=0, description="restraint k while minimizing (kJ/mol/nm²), capped "
+                                                               "at 'restraint': softer than the bonds, so that a "
+                                                               "far-off input is not pulled apart")
+    relax_steps: int = Field(0, ge=0, description="flexible-bond restrained Langevin steps at a quarter of the "
+                                                  "time step after minimizing, before the constraints are "
+                                                  "imposed: untangles badly distorted input (rings, far-off beads)")
+    warmup_steps: int = Field(100, ge=0, description="dynamics steps first at a quarter of the time step, while "
+                                                     "the restraint grows geometrically from minimize_restraint "
+                                                     "to restraint (input far from the CG is pulled in gently)")
 
 
 class OpenMMRefiner(Refiner):
@@ -37,23 +48,17 @@ class OpenMMRefiner(Refiner):
                                "give the system's topology as a .top", source=system.topology_path)
         self.system = system
         self.groups = system.bead_groups()
-        self._sim = None
+        self._contexts = None
 
-    def _build(self, box: np.ndarray):
+    # ------------------------------------------------------------------ building
+    def _openmm_system(self, top, constraints, k: float):
+        """An OpenMM System of the topology with the run's non-bonded settings and the restraint
+        (force group 1; everything else group 0)."""
         import openmm as mm
         import openmm.app as app
         import openmm.unit as u
 
-        p, nb = self.params, self.system.nonbonded
-        constraints = {"none": None, "h-bonds": app.HBonds, "all-bonds": app.AllBonds}[p.constraints]
-        from backmap.gmx import gromacs_topdir
-
-        topdir = gromacs_topdir()
-        try:
-            top = app.GromacsTopFile(str(self.system.topology_path), periodicBoxVectors=box * u.nanometer,
-                                     includeDir=str(topdir) if topdir else None)
-        except Exception as exc:  # OpenMM raises ValueError/Exception for unsupported directives
-            raise BackmapError(f"OpenMM cannot read the topology: {exc}", source=self.system.topology_path) from exc
+        nb = self.system.nonbonded
         cutoff = 1.0 if nb is None else nb.cutoff
         omm = top.createSystem(nonbondedMethod=app.CutoffPeriodic, nonbondedCutoff=cutoff * u.nanometer,
                                constraints=constraints, rigidWater=constraints is not None)
@@ -65,15 +70,15 @@ class OpenMMRefiner(Refiner):
                 force.setUseLongRangeCorrection(False)
             if isinstance(force, mm.NonbondedForce):
                 force.setUseDispersionCorrection(False)
-                eps_rf = 1.0 if nb is None or nb.coulomb == "cutoff" else (nb.epsilon_rf or 1e10)
-                force.setReactionFieldDielectric(eps_rf)
+                force.setReactionFieldDielectric(1.0 if nb is None or nb.coulomb == "cutoff"
+                                                 else (nb.epsilon_rf or 1e10))
                 if nb is not None and nb.coulomb == "none":
                     for i in range(force.getNumParticles()):
-                        q, sig, eps = force.getParticleParameters(i)
+                        _q, sig, eps = force.getParticleParameters(i)
                         force.setParticleParameters(i, 0.0, sig, eps)
             force.setForceGroup(0)
         restraint = mm.CustomCentroidBondForce(1, "0.5*k_restraint*((x1-x0)^2+(y1-y0)^2+(z1-z0)^2)")
-        restraint.addGlobalParameter("k_restraint", p.restraint)
+        restraint.addGlobalParameter("k_restraint", k)
         for name in ("x0", "y0", "z0"):
             restraint.addPerBondParameter(name)
         for atoms, weights in self.groups:
@@ -81,105 +86,160 @@ class OpenMMRefiner(Refiner):
             restraint.addBond([g], [0.0, 0.0, 0.0])
         restraint.setForceGroup(1)
         omm.addForce(restraint)
-        dynamics = mm.LangevinMiddleIntegrator(p.temperature * u.kelvin, p.friction / u.picosecond,
-                                               p.timestep * u.picosecond)
-        dynamics.setConstraintTolerance(1e-6)
-        integrator = mm.CompoundIntegrator()
-        integrator.addIntegrator(dynamics)
-        integrator.addIntegrator(_steepest_descent(p.max_displacement))
+        return omm, restraint
+
+    def _build(self, box: np.ndarray) -> None:
+        import openmm as mm
+        import openmm.app as app
+        import openmm.unit as u
+
+        from backmap.gmx import gromacs_topdir
+
+        p = self.params
+        topdir = gromacs_topdir()
+        try:
+            top = app.GromacsTopFile(str(self.system.topology_path), periodicBoxVectors=box * u.nanometer,
+                                     includeDir=str(topdir) if topdir else None)
+        except Exception as exc:  # OpenMM raises ValueError/Exception for unsupported directives
+            raise BackmapError(f"OpenMM cannot read the topology: {exc}", source=self.system.topology_path) from exc
         platform = mm.Platform.getPlatformByName(p.platform)
         props = {"Threads": str(p.threads)} if p.threads and p.platform == "CPU" else {}
-        self._sim = app.Simulation(top.topology, omm, integrator, platform, props)
-        self._restraint = restraint
-        self._dynamics = dynamics
+        constraints = {"none": None, "h-bonds": app.HBonds, "all-bonds": app.AllBonds}[p.constraints]
+        omm, restraint = self._openmm_system(top, constraints, p.restraint)
+        self._dynamics = mm.LangevinMiddleIntegrator(p.temperature * u.kelvin, p.friction / u.picosecond,
+                                                     p.timestep * u.picosecond)
+        self._dynamics.setConstraintTolerance(1e-6)
+        self._integrator = mm.CompoundIntegrator()
+        self._integrator.addIntegrator(self._dynamics)
+        self._integrator.addIntegrator(_steepest_descent(p.max_displacement, constrained=True))
+        self._contexts = {"dynamics": (mm.Context(omm, self._integrator, platform, props), restraint)}
+        if p.relax_steps:
+            flexible, flex_restraint = self._openmm_system(top, None, p.restraint)
+            self._flexible = mm.CompoundIntegrator()
+            self._flexible.addIntegrator(_steepest_descent(p.max_displacement))
+            self._flexible.addIntegrator(mm.LangevinMiddleIntegrator(p.temperature * u.kelvin, p.friction / u.picosecond,
+                                                                     p.timestep / 4 * u.picosecond))
+            self._contexts["flexible"] = (mm.Context(flexible, self._flexible, platform, props), flex_restraint)
+        if p.constraints != "none":
+            from backmap.constraints import BondConstraints
+
+            pairs, lengths = self.system.constrained_bonds(p.constraints)
+            self._projector = BondConstraints(pairs, lengths, self.system.topology.masses)
         self._dof = 3 * omm.getNumParticles() - omm.getNumConstraints() - 3
 
-    def _load(self, x: np.ndarray, target: np.ndarray, box: np.ndarray) -> None:
-        """Put one frame into the context: box, restraint targets, positions (constrained)."""
+    # ------------------------------------------------------------------ per frame
+    def _load(self, which: str, x: np.ndarray, target: np.ndarray, box: np.ndarray):
+        """Put one frame into a context: box, restraint targets, positions."""
         import openmm as mm
         import openmm.unit as u
 
-        ctx = self._sim.context
+        ctx, restraint = self._contexts[which]
         ctx.setPeriodicBoxVectors(*(mm.Vec3(*row) * u.nanometer for row in box))
         for b, r in enumerate(target):
-            self._restraint.setBondParameters(b, [b], [float(v) for v in r])
-        self._restraint.updateParametersInContext(ctx)
+            restraint.setBondParameters(b, [b], [float(v) for v in r])
+        restraint.updateParametersInContext(ctx)
         ctx.setPositions(x * u.nanometer)
-        if self.params.constraints != "none":
-            ctx.applyConstraints(1e-6)
+        return ctx
 
-    def energy_forces(self, x: np.ndarray, target: np.ndarray, box: np.ndarray) -> tuple[float, float, np.ndarray]:
-        """(force-field energy, restraint energy, total forces (N, 3)) of one structure, kJ/mol and
-        kJ/mol/nm — what the dynamics sees (for checks against backmap's own force field)."""
+    @staticmethod
+    def _energy(ctx, group: int) -> float:
         import openmm.unit as u
 
-        if self._sim is None:
+        return ctx.getState(getEnergy=True, groups={group}).getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
+
+    def energy_forces(self, x: np.ndarray, target: np.ndarray, box: np.ndarray) -> tuple[float, float, np.ndarray]:
+        """(force-field energy, restraint energy, total forces (N, 3)) of one structure in the
+        dynamics context, kJ/mol and kJ/mol/nm (for checks against backmap's own force field)."""
+        import openmm.unit as u
+
+        if self._contexts is None:
             self._build(box)
-        self._load(x, target, box)
-        ctx = self._sim.context
+        ctx = self._load("dynamics", x, target, box)
         forces = ctx.getState(getForces=True).getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer)
-        energy = [ctx.getState(getEnergy=True, groups={g}).getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
-                  for g in (0, 1)]
-        return energy[0], energy[1], np.asarray(forces)
+        return self._energy(ctx, 0), self._energy(ctx, 1), np.asarray(forces)
 
-    def _run(self, ctx, frame_index: int) -> None:
+    def _refine_one(self, x: np.ndarray, target: np.ndarray, box: np.ndarray, seed: int) -> tuple[np.ndarray, dict]:
         import openmm as mm
+        import openmm.unit as u
 
-        p, compound, integrator = self.params, self._sim.integrator, self._dynamics
-        try:
-            if p.minimize_steps:
-                compound.setCurrentIntegrator(1)
-                compound.step(p.minimize_steps)
-            compound.setCurrentIntegrator(0)
-            if p.warmup_steps:
-                integrator.setStepSize(p.timestep / 4)
-                integrator.step(p.warmup_steps)
-            integrator.setStepSize(p.timestep)
-            integrator.step(p.steps)
-        except mm.OpenMMException as exc:
-            raise BackmapError(f"openmm refiner: the dynamics blew up on frame {frame_index} of this batch ({exc}); "
-                               "use a smaller timestep, more warmup_steps or minimize_steps") from exc
+        p = self.params
+        k_soft = min(p.minimize_restraint, p.restraint) or p.restraint
+        if p.relax_steps:  # flexible bonds first: minimize, then restrained Langevin
+            ctx = self._load("flexible", x, target, box)
+            ctx.setParameter("k_restraint", k_soft)
+            self._flexible.setCurrentIntegrator(0)
+            self._flexible.step(p.minimize_steps)
+            ctx.setParameter("k_restraint", p.restraint)
+            ctx.setVelocitiesToTemperature(p.temperature * u.kelvin, seed)
+            self._flexible.setCurrentIntegrator(1)
+            self._flexible.step(p.relax_steps)
+            x = ctx.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
+        if p.constraints != "none":  # a robust projection first: OpenMM's CCMA diverges from far off
+            import torch
+
+            projected, ok = self._projector.positions(torch.as_tensor(x[None]), torch.as_tensor(x[None]))
+            if not bool(ok.all()):
+                raise mm.OpenMMException("the bond constraints cannot be imposed on this structure")
+            x = projected[0].numpy()
+        ctx = self._load("dynamics", x, target, box)
+        if p.constraints != "none":
+            ctx.applyConstraints(1e-6)
+        if p.minimize_steps:
+            ctx.setParameter("k_restraint", k_soft)
+            self._integrator.setCurrentIntegrator(1)
+            self._integrator.step(p.minimize_steps)
+            self._integrator.setCurrentIntegrator(0)
+        self._dynamics.setRandomNumberSeed(seed)
+        ctx.setVelocitiesToTemperature(p.temperature * u.kelvin, seed)
+        if p.warmup_steps:
+            self._dynamics.setStepSize(p.timestep / 4)
+            k0 = k_soft
+            chunks = min(10, p.warmup_steps)
+            for i in range(chunks):
+                ctx.setParameter("k_restraint", k0 * (p.restraint / k0) ** ((i + 1) / chunks))
+                self._dynamics.step(p.warmup_steps // chunks + (i < p.warmup_steps % chunks))
+            self._dynamics.setStepSize(p.timestep)
+        ctx.setParameter("k_restraint", p.restraint)
+        self._dynamics.step(p.steps)
+        state = ctx.getState(getPositions=True, getEnergy=True)
+        y = state.getPositions(asNumpy=True).value_in_unit(u.nanometer)
+        if not np.isfinite(y).all():
+            raise mm.OpenMMException("Particle coordinate is NaN")
+        kinetic = state.getKineticEnergy().value_in_unit(u.kilojoule_per_mole)
+        return y, {"potential": self._energy(ctx, 0), "restraint": self._energy(ctx, 1),
+                   "temperature": 2 * kinetic / (self._dof * BOLTZMANN)}
 
     def refine(self, positions: np.ndarray, targets: np.ndarray, boxes: np.ndarray,
                rng: np.random.Generator) -> RefineResult:
-        import openmm.unit as u
+        import openmm as mm
 
-        if self._sim is None:
+        if self._contexts is None:
             self._build(boxes[0])
-        p, sim = self.params, self._sim
-        ctx = sim.context
         out, log = np.empty_like(positions), []
-        for x, target, box in zip(positions, targets, boxes):
-            self._load(x, target, box)
-            seed = int(rng.integers(1, 2**31 - 1))
-            self._dynamics.setRandomNumberSeed(seed)
-            ctx.setVelocitiesToTemperature(p.temperature * u.kelvin, seed)
-            self._run(ctx, frame_index=len(log))
-            state = ctx.getState(getPositions=True, getEnergy=True)
-            out_x = state.getPositions(asNumpy=True).value_in_unit(u.nanometer)
-            out[len(log)] = out_x
-            kinetic = state.getKineticEnergy().value_in_unit(u.kilojoule_per_mole)
-            log.append({
-                "potential": ctx.getState(getEnergy=True, groups={0}).getPotentialEnergy()
-                .value_in_unit(u.kilojoule_per_mole),
-                "restraint": ctx.getState(getEnergy=True, groups={1}).getPotentialEnergy()
-                .value_in_unit(u.kilojoule_per_mole),
-                "temperature": 2 * kinetic / (self._dof * 0.0083144626181532),
-            })
+        for k, (x, target, box) in enumerate(zip(positions, targets, boxes)):
+            try:
+                out[k], row = self._refine_one(x, target, box, int(rng.integers(1, 2**31 - 1)))
+            except mm.OpenMMException as exc:
+                if self.params.on_failure == "error":
+                    raise BackmapError(f"openmm refiner: the dynamics blew up ({exc}); use a smaller timestep, "
+                                       "more minimize_steps, warmup_steps or relax_steps, or on_failure: keep") from exc
+                out[k], row = x, {"failed": str(exc).split(".")[0]}
+            log.append(row)
         return RefineResult(out, log)
 
 
-def _steepest_descent(max_displacement: float):
+def _steepest_descent(max_displacement: float, constrained: bool = False):
     """Restrained steepest descent as an OpenMM integrator: every coordinate moves along its force,
-    by at most ``max_displacement`` (forces above 10⁴ kJ/mol/nm are capped there), then constraints
-    are re-applied. Crude but robust against overlapping atoms, and as cheap per step as dynamics
-    (OpenMM's L-BFGS with constraints can stall for minutes on such structures)."""
+    by h·F, at most ``max_displacement`` (forces above 10³ kJ/mol/nm are capped there). Crude but robust
+    against overlapping atoms and stretched bonds, and as cheap per step as dynamics (OpenMM's
+    L-BFGS with constraints stalled for minutes on such structures)."""
     import openmm as mm
 
     sd = mm.CustomIntegrator(0.001)
     sd.addGlobalVariable("dmax", max_displacement)
-    sd.addGlobalVariable("h", max_displacement / 1.0e4)
+    sd.addGlobalVariable("h", max_displacement / 1.0e3)
     sd.addComputePerDof("x", "x + max(-dmax, min(dmax, h*f))")
-    sd.addConstrainPositions()
+    if constrained:
+        sd.addConstrainPositions()
     sd.addComputePerDof("v", "0")
     return sd
