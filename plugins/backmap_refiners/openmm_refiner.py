@@ -6,8 +6,8 @@ Every bead's weighted centre is held to its CG position by ``CustomCentroidBondF
 mapping's weights. Per frame: optionally a restrained relaxation of a *flexible* copy of the system (bond terms
 instead of constraints: badly distorted input is untangled before any constraint solver sees it);
 a projection onto the bond constraints (backmap.constraints — OpenMM's CCMA diverges from far
-off); restrained steepest descent (clashes); Langevin dynamics while the restraint grows to its
-full strength; then the sampling steps. The OpenMM contexts are built once and reused for every
+off); restrained, constrained steepest descent (clashes; beads pulled onto the CG); a short warm-up
+at a quarter time step; then the sampling steps. The OpenMM contexts are built once and reused for every
 frame.
 """
 from __future__ import annotations
@@ -26,15 +26,15 @@ class OpenMMParams(RefineParams):
                                                        "at most max_displacement: generator output can hold "
                                                        "clashes and stretched bonds that blow up the dynamics")
     max_displacement: float = Field(0.002, gt=0, description="largest move of an atom per minimization step (nm)")
-    minimize_restraint: float = Field(1.0e4, ge=0, description="restraint k while minimizing (kJ/mol/nm²), capped "
-                                                               "at 'restraint': softer than the bonds, so that a "
-                                                               "far-off input is not pulled apart")
+    minimize_restraint: float = Field(1.0e4, ge=0, description="restraint k while minimizing the flexible copy "
+                                                               "(relax_steps), capped at 'restraint': softer than "
+                                                               "the bonds, so that a far-off input is not pulled apart")
     relax_steps: int = Field(0, ge=0, description="flexible-bond restrained Langevin steps at a quarter of the "
                                                   "time step after minimizing, before the constraints are "
                                                   "imposed: untangles badly distorted input (rings, far-off beads)")
-    warmup_steps: int = Field(100, ge=0, description="dynamics steps first at a quarter of the time step, while "
-                                                     "the restraint grows geometrically from minimize_restraint "
-                                                     "to restraint (input far from the CG is pulled in gently)")
+    retry: bool = Field(True, description="a frame whose dynamics blow up is run again at half the time step")
+    warmup_steps: int = Field(100, ge=0, description="dynamics steps at a quarter of the time step first "
+                                                     "(velocities meet a minimized structure)")
 
 
 class OpenMMRefiner(Refiner):
@@ -158,7 +158,9 @@ class OpenMMRefiner(Refiner):
         forces = ctx.getState(getForces=True).getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer)
         return self._energy(ctx, 0), self._energy(ctx, 1), np.asarray(forces)
 
-    def _refine_one(self, x: np.ndarray, target: np.ndarray, box: np.ndarray, seed: int) -> tuple[np.ndarray, dict]:
+    def _refine_one(self, x: np.ndarray, target: np.ndarray, box: np.ndarray, seed: int,
+                    slower: int = 1) -> tuple[np.ndarray, dict]:
+        """One frame; ``slower`` divides the time step and multiplies the steps (same simulated time)."""
         import openmm as mm
         import openmm.unit as u
 
@@ -184,8 +186,8 @@ class OpenMMRefiner(Refiner):
         ctx = self._load("dynamics", x, target, box)
         if p.constraints != "none":
             ctx.applyConstraints(1e-6)
-        if p.minimize_steps:
-            ctx.setParameter("k_restraint", k_soft)
+        if p.minimize_steps:  # bonds are constrained here: the full restraint cannot pull them apart
+            ctx.setParameter("k_restraint", p.restraint)
             self._integrator.setCurrentIntegrator(1)
             self._integrator.step(p.minimize_steps)
             self._integrator.setCurrentIntegrator(0)
@@ -193,14 +195,9 @@ class OpenMMRefiner(Refiner):
         ctx.setVelocitiesToTemperature(p.temperature * u.kelvin, seed)
         if p.warmup_steps:
             self._dynamics.setStepSize(p.timestep / 4)
-            k0 = k_soft
-            chunks = min(10, p.warmup_steps)
-            for i in range(chunks):
-                ctx.setParameter("k_restraint", k0 * (p.restraint / k0) ** ((i + 1) / chunks))
-                self._dynamics.step(p.warmup_steps // chunks + (i < p.warmup_steps % chunks))
-            self._dynamics.setStepSize(p.timestep)
-        ctx.setParameter("k_restraint", p.restraint)
-        self._dynamics.step(p.steps)
+            self._dynamics.step(p.warmup_steps)
+        self._dynamics.setStepSize(p.timestep / slower)
+        self._dynamics.step(p.steps * slower)
         state = ctx.getState(getPositions=True, getEnergy=True)
         y = state.getPositions(asNumpy=True).value_in_unit(u.nanometer)
         if not np.isfinite(y).all():
@@ -218,7 +215,14 @@ class OpenMMRefiner(Refiner):
         out, log = np.empty_like(positions), []
         for k, (x, target, box) in enumerate(zip(positions, targets, boxes)):
             try:
-                out[k], row = self._refine_one(x, target, box, int(rng.integers(1, 2**31 - 1)))
+                seed = int(rng.integers(1, 2**31 - 1))
+                try:
+                    out[k], row = self._refine_one(x, target, box, seed)
+                except mm.OpenMMException:  # once more at half the time step (same simulated time)
+                    if not self.params.retry:
+                        raise
+                    out[k], row = self._refine_one(x, target, box, seed, slower=2)
+                    row["retried"] = True
             except mm.OpenMMException as exc:
                 if self.params.on_failure == "error":
                     raise BackmapError(f"openmm refiner: the dynamics blew up ({exc}); use a smaller timestep, "
@@ -229,17 +233,26 @@ class OpenMMRefiner(Refiner):
 
 
 def _steepest_descent(max_displacement: float, constrained: bool = False):
-    """Restrained steepest descent as an OpenMM integrator: every coordinate moves along its force,
-    by h·F, at most ``max_displacement`` (forces above 10³ kJ/mol/nm are capped there). Crude but robust
-    against overlapping atoms and stretched bonds, and as cheap per step as dynamics (OpenMM's
-    L-BFGS with constraints stalled for minutes on such structures)."""
+    """Restrained steepest descent as an OpenMM integrator, as GROMACS's ``steep``: every
+    coordinate moves by h·F (at most ``max_displacement``), constraints are re-applied; a step that
+    raises the energy is undone and h shrinks 5×, an accepted one grows h by 1.2. Robust against
+    overlapping atoms and stretched bonds (OpenMM's L-BFGS with constraints stalled for minutes on
+    such structures)."""
     import openmm as mm
 
     sd = mm.CustomIntegrator(0.001)
     sd.addGlobalVariable("dmax", max_displacement)
     sd.addGlobalVariable("h", max_displacement / 1.0e3)
+    sd.addGlobalVariable("e0", 0.0)
+    sd.addGlobalVariable("accept", 0.0)
+    sd.addPerDofVariable("x0", 0.0)
+    sd.addComputeGlobal("e0", "energy")
+    sd.addComputePerDof("x0", "x")
     sd.addComputePerDof("x", "x + max(-dmax, min(dmax, h*f))")
     if constrained:
         sd.addConstrainPositions()
+    sd.addComputeGlobal("accept", "step(e0 - energy)")
+    sd.addComputePerDof("x", "select(accept, x, x0)")
+    sd.addComputeGlobal("h", "select(accept, min(1.2*h, 1.0), 0.2*h)")
     sd.addComputePerDof("v", "0")
     return sd
