@@ -44,6 +44,9 @@ class MoleculeMapping:
     #: DeepBackmap's [align]: bead -> bead that fixes its local frame (the predecessor)
     align: dict[int, int] = field(default_factory=dict)
     source: Path | None = None
+    #: an explicit placement order given by the mapping file (bead indices, every bead once): beads
+    #: are placed in this order and each bead's atoms in the order the file lists them
+    order: list[int] | None = None
     #: format-specific information (e.g. DeepBackmap's [mult])
     extras: dict = field(default_factory=dict)
 
@@ -69,6 +72,9 @@ class MoleculeMapping:
             if not np.isclose(bead.weights.sum(), 1.0) or (bead.weights < 0).any():
                 raise BackmapError(f"{self._where(bead)}: weights must be ≥ 0 with a positive sum",
                                    source=self.source)
+        if self.order is not None and sorted(self.order) != list(range(len(self.beads))):
+            raise BackmapError(f"{self._where()}: the placement order must name every bead exactly once",
+                               source=self.source)
         covered = np.zeros(n, bool)
         for bead in self.beads:
             covered[bead.atoms] = True

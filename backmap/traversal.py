@@ -65,9 +65,11 @@ def _ordered(traversal: Traversal, graph: nx.Graph, root, rng: np.random.Generat
 def make_plan(mapping: MoleculeMapping, traversal: Traversal, rng: np.random.Generator,
               unit: str = "atom", heavy_first: bool = True) -> Plan:
     """The placement plan of one molecule type. ``unit``: ``atom`` (one atom per step, as
-    DeepBackmap) or ``bead`` (all of a bead's atoms at once)."""
+    DeepBackmap) or ``bead`` (all of a bead's atoms at once). An order given by the mapping file
+    (``mapping.order``) overrides the traversal and ``heavy_first``."""
     cg = mapping.graph
-    beads = _ordered(traversal, cg, chain_root(cg), rng)
+    explicit = mapping.order is not None
+    beads = list(mapping.order) if explicit else _ordered(traversal, cg, chain_root(cg), rng)
     position = {b: k for k, b in enumerate(beads)}
     predecessor = np.full(mapping.n_beads, -1)
     for b in beads:
@@ -89,6 +91,13 @@ def make_plan(mapping: MoleculeMapping, traversal: Traversal, rng: np.random.Gen
     for b in beads:
         atoms = [int(a) for a in np.flatnonzero(home == b)]
         if not atoms:
+            continue
+        if explicit:  # the file's listing order of the bead's (home) atoms
+            inner = [int(a) for a in mapping.beads[b].atoms if home[a] == b]
+            atom_order += inner
+            done.update(inner)
+            units += [Unit(tuple(inner), b, int(predecessor[b]))] if unit == "bead" else \
+                [Unit((a,), b, int(predecessor[b])) for a in inner]
             continue
         sub = g.subgraph(atoms)
         # start at the atom bonded to what is placed already, else the heaviest, lowest-numbered one

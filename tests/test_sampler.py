@@ -182,3 +182,35 @@ def test_colouring_never_moves_overlapping_units_together(hexane):
         pos = s.builder.beads[beads[g]]
         d = np.linalg.norm(minimum_image(pos[:, None] - pos[None], fr.dimensions), axis=-1)
         assert (d[np.triu_indices(len(g), 1)] >= reach).all()
+
+
+def test_mapping_file_order_overrides_traversal(tmp_path, hexane_topology):
+    """A placement order in the mapping file (VOTCA <placement_order>, DeepBackmap [order]) fixes
+    the bead order, and each bead's atoms follow the file's listing, whatever the traversal."""
+    from conftest import DATA
+
+    xml = tmp_path / "hexane.xml"
+    xml.write_text((HEXANE / "hexane.xml").read_text().replace(
+        "  </cg_beads>", "  </cg_beads>\n  <placement_order>B A2 A1</placement_order>"))
+    mm = load_mapping(xml, hexane_topology).molecules["Protein"]
+    for name in ("dfs", "bfs", "random"):
+        plan = make_plan(mm, _traversal(name), np.random.default_rng(3))
+        assert [mm.beads[b].name for b in plan.bead_order] == ["B", "A2", "A1"]
+        listed = [int(a) for b in plan.bead_order for a in mm.beads[b].atoms if mm.home[a] == b]
+        assert plan.atom_order.tolist() == listed  # file order, hydrogens not moved to the end
+    assert plan.predecessor[plan.bead_order[1]] == plan.bead_order[0]
+
+    dbm = tmp_path / "Protein.map"
+    dbm.write_text((DATA / "dbm" / "Protein.map").read_text() + "\n[order]\n3 2\n1\n[/order]\n")
+    mm = load_mapping(dbm, hexane_topology).molecules["Protein"]
+    assert make_plan(mm, _traversal("dfs"), np.random.default_rng(0)).bead_order == [2, 1, 0]
+
+    from backmap.errors import BackmapError
+
+    xml.write_text((HEXANE / "hexane.xml").read_text().replace(
+        "  </cg_beads>", "  </cg_beads>\n  <placement_order>B A2</placement_order>"))
+    with pytest.raises(BackmapError, match="every bead exactly once"):
+        load_mapping(xml, hexane_topology)
+    dbm.write_text((DATA / "dbm" / "Protein.map").read_text() + "\n[order]\n3 2 7\n[/order]\n")
+    with pytest.raises(BackmapError, match=r"Protein.map:\d+.*\[order\]"):
+        load_mapping(dbm, hexane_topology)

@@ -68,7 +68,7 @@ class DeepBackmapMapReader(Reader):
         beads = []
         for b in order:
             counters[bead_type[b]] += 1
-            atoms = np.array(sorted(members[b]), int)
+            atoms = np.array(members[b], int)  # file order: an [order] section places them so
             m = moltype.masses[atoms]
             beads.append(Bead(f"{bead_type[b]}{counters[bead_type[b]]}", bead_type[b], atoms, m / m.sum()))
         pos = {b: k for k, b in enumerate(order)}
@@ -79,6 +79,15 @@ class DeepBackmapMapReader(Reader):
             except (KeyError, ValueError, IndexError):
                 raise BackmapError("[align] rows are 'bead fixpoint_bead' of existing beads",
                                    source=f"{path.name}:{lineno}") from None
-        mm = MoleculeMapping(moltype, moltype.name, beads, align=align, source=path)
+        placement = None
+        if "order" in sections:  # backmap's extension: bead indices (1-based) in placement order
+            placement = []
+            for lineno, words in sections["order"]:
+                for w in words:
+                    if not w.isdigit() or int(w) not in pos:
+                        raise BackmapError(f"[order]: {w!r} is not a bead index of this file",
+                                           source=f"{path}:{lineno}")
+                    placement.append(pos[int(w)])
+        mm = MoleculeMapping(moltype, moltype.name, beads, align=align, source=path, order=placement)
         mm.extras["mult"] = {pos[int(w[0])]: int(w[1]) for _, w in sections.get("mult", []) if int(w[0]) in pos}
         return Mapping({moltype.name: mm}, [path])

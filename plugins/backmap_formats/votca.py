@@ -1,5 +1,7 @@
 """VOTCA mapping XML (``<cg_molecule>``), as read by ``csg_map``: beads ``resid:resname:atom``,
-weights from ``<maps>`` normalized per bead, CG bonded terms from ``<cg_bonded>``."""
+weights from ``<maps>`` normalized per bead, CG bonded terms from ``<cg_bonded>``. backmap also reads
+an optional ``<topology><placement_order>`` (bead names in the order to place them; ``csg_map``
+ignores it), which overrides the traversal."""
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
@@ -107,5 +109,13 @@ class VotcaMappingReader(Reader):
                 tname = t.findtext("name", default="?").strip()
                 names = (t.findtext("beads") or "").split()
                 bonded[kind] += _tuples(names, size, index, f"{where}, {kind} {tname}", path)
+        placement = None
+        order_text = node.findtext("./topology/placement_order")
+        if order_text is not None:  # backmap's extension: bead names in placement order
+            unknown = [n for n in order_text.split() if n not in index]
+            if unknown:
+                raise BackmapError(f"{where}, <placement_order>: unknown bead {unknown[0]!r}", source=path)
+            placement = [index[n] for n in order_text.split()]
         return MoleculeMapping(moltype, name, beads, bonds=[tuple(sorted(b)) for b in bonded["bond"]],
-                               angles=bonded["angle"], dihedrals=bonded["dihedral"], source=path)
+                               angles=bonded["angle"], dihedrals=bonded["dihedral"], source=path,
+                               order=placement)
