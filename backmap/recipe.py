@@ -43,6 +43,29 @@ RecipePath = Annotated[Path, AfterValidator(_resolve)]
 #: an input path resolved against the recipe's directory that must exist
 InputPath = Annotated[Path, AfterValidator(_must_exist)]
 
+#: prefix of a path made by an earlier step of the same run: ``workdir:refine/aa.xtc``
+WORKDIR_PREFIX = "workdir:"
+
+
+def _input_or_run_output(value: Path, info: ValidationInfo) -> Path:
+    if str(value).startswith(WORKDIR_PREFIX):
+        return Path(str(value))  # resolved by the step against the run's work directory
+    return _must_exist(value, info)
+
+
+#: an :data:`InputPath`, or ``workdir:PATH`` — a file an earlier step of the run writes
+StepInput = Annotated[Path, AfterValidator(_input_or_run_output)]
+
+
+def resolve_step_input(path: Path | None, workdir: Path, where: str = "") -> Path | None:
+    """The real file of a :data:`StepInput`; ``workdir:`` paths must exist by now."""
+    if path is None or not str(path).startswith(WORKDIR_PREFIX):
+        return path
+    real = Path(workdir) / str(path)[len(WORKDIR_PREFIX):]
+    if not real.exists():
+        raise BackmapError(f"{where}: {real} does not exist (an earlier step should have written it)")
+    return real
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from backmap import BackmapError, Step
 from backmap.forcefield import NonbondedSettings
 from backmap.metrics.evaluate import EvaluationSpec, run_evaluation, settings_from_options
-from backmap.recipe import InputPath
+from backmap.recipe import InputPath, StepInput, resolve_step_input
 
 
 class MetricChoice(BaseModel):
@@ -19,14 +19,14 @@ class MetricChoice(BaseModel):
 
 class EvaluateParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reference: InputPath | None = Field(None, description="reference AA trajectory; default: the 'backmap' "
+    reference: StepInput | None = Field(None, description="reference AA trajectory; default: the 'backmap' "
                                                           "step's backmap/reference.xtc in the work directory")
-    candidates: list[InputPath] | dict[str, InputPath] | None = Field(
+    candidates: list[StepInput] | dict[str, StepInput] | None = Field(
         None, description="candidate AA trajectories (a mapping label → file to name them); default: the "
                           "'backmap' step's backmap/aa.xtc (and its CG input backmap/cg.xtc)")
     frames: str | None = Field(None, description="'start:stop:step' or '0,5,9' (of every trajectory)")
     skip_frames: list[int] = Field(default_factory=list, description="frames left out of every trajectory")
-    cg: InputPath | None = Field(None, description="CG input the candidates were made from (CG consistency)")
+    cg: StepInput | None = Field(None, description="CG input the candidates were made from (CG consistency)")
     mapping: InputPath | list[InputPath] | None = Field(None, description="default: system.mapping")
     mdp: InputPath | None = Field(None, description="GROMACS .mdp for the non-bonded settings")
     nonbonded: dict[str, Any] = Field(default_factory=dict,
@@ -80,6 +80,10 @@ class EvaluateStep(Step):
             labels, candidates = list(p.candidates), list(p.candidates.values())
         else:
             labels, candidates = None, list(p.candidates)
+        where = f"{ctx.recipe.path.name if ctx.recipe.path else 'recipe'}: steps.evaluate"
+        candidates = [resolve_step_input(c, ctx.workdir, where) for c in candidates]
+        p = p.model_copy(update={"reference": resolve_step_input(p.reference, ctx.workdir, where),
+                                 "cg": resolve_step_input(p.cg, ctx.workdir, where)})
         mapping = p.mapping if p.mapping is not None else (ctx.recipe.system.mappings if p.cg else [])
         mapping = mapping if isinstance(mapping, list) else [mapping]
         settings = settings_from_options(p.mdp)
