@@ -141,3 +141,22 @@ def test_check_command(tmp_path, cli):
     assert code == 2
     assert err.strip() == "error: recipe.yaml: steps[0].prepare.cache: expected bool, got 'maybe'"
     assert "Traceback" not in err
+
+
+def test_workdir_paths_name_files_of_earlier_steps(tmp_path):
+    """``workdir:PATH`` passes the recipe check although the file does not exist yet, and resolves
+    against the run's work directory when the step runs (an error if the earlier step did not write it)."""
+    from pydantic import TypeAdapter
+
+    from backmap.errors import BackmapError
+    from backmap.recipe import StepInput, resolve_step_input
+
+    adapter = TypeAdapter(StepInput)
+    value = adapter.validate_python("workdir:refine/aa.xtc", context={"base_dir": str(tmp_path)})
+    with pytest.raises(BackmapError, match="does not exist"):
+        resolve_step_input(value, tmp_path / "run", "steps.evaluate")
+    (tmp_path / "run" / "refine").mkdir(parents=True)
+    (tmp_path / "run" / "refine" / "aa.xtc").write_bytes(b"x")
+    assert resolve_step_input(value, tmp_path / "run") == tmp_path / "run" / "refine" / "aa.xtc"
+    with pytest.raises(Exception, match="file not found"):
+        adapter.validate_python("refine/aa.xtc", context={"base_dir": str(tmp_path)})
