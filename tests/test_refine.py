@@ -19,7 +19,8 @@ from conftest import HEXANE
 
 pytest.importorskip("openmm")
 
-SETTINGS = NonbondedSettings(rvdw=1.0, rcoulomb=1.0, coulomb="reaction-field", epsilon_rf=1.0)
+# a short cut-off keeps the tests fast: OpenMM evaluates OPLS's geometric LJ rule as a (slow) custom force
+SETTINGS = NonbondedSettings(rvdw=0.6, rcoulomb=0.6, coulomb="reaction-field", epsilon_rf=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +94,7 @@ def test_refine_command_writes_trajectory_log_and_plot(system, tmp_path, cli):
     out = tmp_path / "out" / "refined.xtc"
     code, stdout, stderr = cli("refine", "--topology", HEXANE / "topol.top", "--mapping", HEXANE / "hexane.xml",
                                "--cg", cg, "--traj", aa, "--out", out, "--temperature", 300, "--steps", 20, "--minimize", 10,
+                               "--cutoff", 0.6,
                                "--param", "threads=1", "--seed", 1)
     assert code == 0, stderr
     assert "2 frames" in stdout
@@ -131,8 +133,9 @@ def test_refine_step_in_a_recipe(tmp_path, cli):
         "refiners": [{"plugin": "openmm", "params": {"temperature": 300, "steps": 20, "minimize_steps": 10,
                                                           "threads": 1}}],
         "steps": [{"prepare": {}}, {"train": {}}, {"backmap": {"candidates": 1, "gibbs_sweeps": 0}},
-                  {"refine": {"frames": "0:1"}}],
+                  {"refine": {"frames": "0:1", "mdp": str(tmp_path / "short.mdp")}}],
     }
+    (tmp_path / "short.mdp").write_text("coulombtype = reaction-field\nrcoulomb = 0.6\nrvdw = 0.6\n")
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     code, stdout, stderr = cli("run", path)
@@ -146,3 +149,27 @@ def test_refine_step_in_a_recipe(tmp_path, cli):
     path.write_text(yaml.safe_dump(recipe))
     code, _, stderr = cli("run", path, "--steps", "refine")
     assert code == 2 and "no 'refiners'" in stderr
+
+
+def test_openmm_repairs_clashes_and_misplaced_molecules(system, frame):
+    """Generator-like damage: one molecule moved 1 nm off its beads (recentred first), another
+    squeezed onto its neighbour (clashes), a stretched bond — the refiner's minimization, flexible
+    relaxation and constraint projection bring every frame back to the CG input with exact bonds."""
+    x, targets, box = frame
+    bad = x.copy()
+    n = system.topology.blocks[0].moltype.n_atoms
+    bad[0:n] += np.array([1.0, 0.0, 0.0])                     # molecule 0: 1 nm off
+    bad[n:2 * n] = 0.5 * (bad[n:2 * n] + bad[2 * n:3 * n])     # molecule 1 pushed halfway into molecule 2
+    bad[3 * n + 1] += 0.05                                     # a C–H bond of molecule 3 stretched by 0.05 nm
+    refiner = make_refiner("openmm", {"temperature": 300, "steps": 50, "constraints": "h-bonds", "threads": 1,
+                                      "relax_steps": 50, "timestep": 0.002, "minimize_steps": 50})
+    refiner.prepare(system)
+    moved, shift = system.recentre(bad, targets)
+    assert shift > 0.95  # the largest molecule shift: molecule 0 (or the squeezed one)
+    result = refiner.refine(moved[None], targets[None], box[None], np.random.default_rng(1))
+    y = result.positions[0]
+    assert "failed" not in result.log[0]
+    assert float(system.cg_rmsd(y, targets)) < 0.02
+    pairs, lengths = system.constrained_bonds("h-bonds")
+    assert np.abs(np.linalg.norm(y[pairs[:, 0]] - y[pairs[:, 1]], axis=1) - lengths).max() < 1e-5
+    assert result.log[0]["potential"] < 0.5 * refiner.energy_forces(moved, targets, box)[0]
