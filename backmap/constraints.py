@@ -19,12 +19,32 @@ Positions are (F, N, 3) tensors, usually float64 (the tolerance 1e-10 needs it).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from scipy.sparse.csgraph import connected_components
+
+
+def _one_thread(method):
+    """Run the batched LAPACK calls single-threaded: with torch 2.13's CPU build, a batched LU
+    (``linalg.solve``) on more than one thread fails inside MKL ("Parameter 6 was incorrect on entry
+    to DLASWP") and never returns; the blocks are small, so one thread is also the faster."""
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        threads = torch.get_num_threads()
+        if threads == 1:
+            return method(*args, **kwargs)
+        torch.set_num_threads(1)
+        try:
+            return method(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return wrapper
 
 
 @dataclass
@@ -124,6 +144,7 @@ class BondConstraints:
         a[:, g.k, g.p, g.q] = 4 * g.coef * (r.index_select(1, g.c) * r_ref.index_select(1, g.c2)).sum(-1)
         return a
 
+    @_one_thread
     def factorize(self, x: torch.Tensor) -> Factorization:
         """Cholesky factors of G(x) (symmetric positive definite for independent constraints)."""
         r = self.bond_vectors(x)
@@ -154,6 +175,7 @@ class BondConstraints:
         return out
 
     # ------------------------------------------------------------------ public
+    @_one_thread
     def positions(self, x: torch.Tensor, x_ref: torch.Tensor | Factorization,
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """SHAKE: x + M⁻¹ J(x_ref)ᵀ λ on the constraint surface. ``x_ref`` (or its
@@ -188,7 +210,11 @@ class BondConstraints:
                 if quasi:
                     parts.append(torch.cholesky_solve(rhs[..., None], chol)[..., 0])
                 else:
-                    sol, info = torch.linalg.solve_ex(self._matrix(g, r, r_ref), rhs)
+                    matrix = self._matrix(g, r, r_ref)
+                    finite = torch.isfinite(matrix).all(-1).all(-1) & torch.isfinite(rhs).all(-1)  # (F, K)
+                    failed |= ~finite.all(-1)  # LAPACK never sees NaN/inf: such frames fail
+                    matrix = torch.where(finite[..., None, None], matrix, torch.eye(matrix.shape[-1], dtype=matrix.dtype))
+                    sol, info = torch.linalg.solve_ex(matrix, torch.where(finite[..., None], rhs, 0.0))
                     failed |= (info != 0).any(-1)  # singular Jacobian
                     parts.append(sol)
             lam = torch.nan_to_num(self._scatter(parts, F), nan=0.0, posinf=0.0, neginf=0.0)
@@ -196,6 +222,7 @@ class BondConstraints:
             x = self._displace(x, r_ref, torch.where(move[:, None], lam, torch.zeros_like(lam)))
         return x, (self.residual(x) <= self.tolerance) & fac.ok
 
+    @_one_thread
     def velocities(self, v: torch.Tensor, at: torch.Tensor | Factorization) -> torch.Tensor:
         """RATTLE: v + M⁻¹ Jᵀ μ with J v = 0 at positions ``at`` (or their factorization) — the
         mass-weighted orthogonal projection onto the tangent space."""

@@ -180,9 +180,8 @@ class OpenMMRefiner(Refiner):
             import torch
 
             projected, ok = self._projector.positions(torch.as_tensor(x[None]), torch.as_tensor(x[None]))
-            if not bool(ok.all()):
-                raise mm.OpenMMException("the bond constraints cannot be imposed on this structure")
-            x = projected[0].numpy()
+            if bool(ok.all()):  # else OpenMM's own solver below gets the structure as it is
+                x = projected[0].numpy()
         ctx = self._load("dynamics", x, target, box)
         if p.constraints != "none":
             ctx.applyConstraints(1e-6)
