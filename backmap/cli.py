@@ -117,8 +117,9 @@ def nonbonded_options(f):
     return f
 
 
-def refine_options(f):
-    """Options of the restrained refiners, shared by ``refine`` and ``apply --refine``."""
+def refine_options(minimize: bool = True):
+    """Options of the restrained refiners, shared by ``refine`` and ``apply --refine`` (where
+    ``--minimize`` already means the EM baseline: there use ``--param minimize_steps=N``)."""
     options = [
         click.option("--temperature", type=float, default=None, help="Temperature in K (default 300)."),
         click.option("--steps", "n_steps", type=int, default=None, help="Steps per frame (default 1000)."),
@@ -128,13 +129,17 @@ def refine_options(f):
                      help="Bond constraints (default h-bonds; sPS: all-bonds)."),
         click.option("--timestep", type=float, default=None, help="Time step in ps (default 0.001)."),
         click.option("--friction", type=float, default=None, help="Langevin friction in 1/ps (default 10)."),
-        click.option("--minimize", "minimize_steps", type=int, default=None,
-                     help="Restrained minimization steps before sampling."),
+        *([click.option("--minimize", "minimize_steps", type=int, default=None,
+                        help="Restrained minimization steps before sampling.")] if minimize else []),
         click.option("--param", "extra", multiple=True, help="Other refiner parameter as key=value (e.g. threads=2)."),
     ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+
+    def decorate(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
 
 
 def _refiner(name: str, temperature, n_steps, restraint, constraints, timestep, friction, minimize_steps,
@@ -249,7 +254,7 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
 @click.option("--refine", "refiner_name", default=None,
               help="Refine every frame with this refiner (openmm, langevin, mala) under the CG restraint.")
 @click.option("--mdp", type=click.Path(path_type=Path), default=None, help="Cut-offs/electrostatics for --refine.")
-@refine_options
+@refine_options(minimize=False)
 def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Path | None, mapping: tuple[Path, ...],
           frames: str | None, traversal: str, selector: str, candidates: int, gibbs_sweeps: int, minimize_steps: int,
           seed: int, refiner_name: str | None, mdp: Path | None, temperature, n_steps, restraint, constraints,
@@ -321,7 +326,7 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
 @click.option("--frames", default=None, help="'start:stop:step' or '0,5,9'.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Frames per call (torch refiners batch them).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@refine_options
+@refine_options()
 @nonbonded_options
 def refine(topology: Path, mapping: tuple[Path, ...], cg_path: Path, traj: Path, out: Path, refiner_name: str,
            frames: str | None, batch: int, seed: int, temperature, n_steps, restraint, constraints, timestep, friction,

@@ -145,6 +145,17 @@ def test_refine_step_in_a_recipe(tmp_path, cli):
     report = (tmp_path / "run" / "report.md").read_text()
     assert "refine" in report and "CG RMSD after" in report
 
+    # the trained model applied with --refine: backmapped and refined in one command
+    applied = tmp_path / "applied.gro"
+    code, stdout, stderr = cli("apply", "--model", tmp_path / "run", "--cg", tmp_path / "run" / "backmap" / "cg.xtc",
+                               "--frames", "0:1", "--candidates", 1, "--gibbs", 0, "--out", applied,
+                               "--refine", "openmm", "--steps", 10, "--temperature", 300,
+                               "--mdp", tmp_path / "short.mdp", "--param", "threads=1", "--param", "minimize_steps=10")
+    assert code == 0, stderr
+    provenance = (tmp_path / "applied.provenance.json").read_text()
+    assert '"refiner": "openmm"' in provenance
+    assert len(list(read_frames(applied))) == 1
+
     recipe["refiners"] = []
     path.write_text(yaml.safe_dump(recipe))
     code, _, stderr = cli("run", path, "--steps", "refine")
