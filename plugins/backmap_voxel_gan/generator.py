@@ -26,8 +26,8 @@ from backmap_voxel_gan.params import VoxelGANParams
 from backmap_voxel_gan.trainer import Trainer
 
 STATE_FORMAT = 1
-#: candidate placements per generator call at most (bounds memory with many candidates)
-CHUNK = 1024
+#: candidate placements per network call at most: bounds memory, and 128–256 run ≈ 1.5× faster than 1024 (cache)
+CHUNK = 256
 
 
 @contextlib.contextmanager
@@ -72,7 +72,7 @@ class VoxelGAN(Generator):
             contexts = ("forward", "gibbs") if p.context == "mixed" else (p.context,)
             seqs = build_sequences(cg, plans, train, channels, contexts, cutoff=p.cutoff,
                                    strip_hydrogens=p.strip_hydrogens)
-            self._setup(channels)
+            self._setup(channels, seed=context.seed)
             regularizers = []
             for i, ref in enumerate(context.recipe.regularizers):
                 reg = context.plugin("regularizer", ref, f"regularizers[{i}]")
@@ -98,13 +98,14 @@ class VoxelGAN(Generator):
                                f"![voxel GAN training]({rel}/training.png)")
         return summary
 
-    def _setup(self, channels: Channels) -> None:
-        """Networks for a channel layout (freshly initialized from the params' seed-free defaults)."""
+    def _setup(self, channels: Channels, seed: int = 0) -> None:
+        """Fresh networks for a channel layout, initialized from ``seed``."""
         self.channels = {"atom_types": dict(channels.atom_types), "bead_types": dict(channels.bead_types),
                          "interactions": [list(k) for k in channels.interactions]}
         layout = ChannelLayout(channels.n_atom_types, channels.n_interactions, len(channels.bead_types))
-        torch.manual_seed(0)  # the same initial weights for the same parameters
-        self.model = VoxelGANModel(layout, self.params)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.model = VoxelGANModel(layout, self.params)
 
     def flops(self) -> int:
         """FLOPs of one generator call (one candidate placement)."""

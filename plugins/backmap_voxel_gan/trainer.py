@@ -32,7 +32,7 @@ from backmap_voxel_gan.trainlog import TrainingLog
 CHECKPOINT_FORMAT = 1
 #: parameters that change what is trained (a checkpoint made with other values is not resumed)
 _FINGERPRINT_KEYS = ("grid", "length", "sigma", "width", "depth", "noise_dim", "output", "n_critic",
-                     "lr_generator", "lr_critic", "betas", "gp_weight", "critic_fraction", "unroll", "rotate", "context",
+                     "lr_generator", "lr_critic", "lr_end_fraction", "betas", "gp_weight", "critic_fraction", "unroll", "rotate", "context",
                      "cutoff", "strip_hydrogens", "heavy_first", "traversal")
 
 
@@ -150,6 +150,7 @@ class Trainer:
             while self.iteration < total:
                 if self.position >= len(self.order):
                     self.order, self.position = self.np_rng.permutation(self.n), 0
+                self._set_learning_rates(total)
                 gen_beads = self.order[self.position:self.position + self.batch_size]
                 self.position += len(gen_beads)
                 for _ in range(self.p.n_critic):
@@ -179,6 +180,13 @@ class Trainer:
                 "train seconds (total)": round(self.seconds, 1),
                 "sequences/s": round(done * self.batch_size / wall, 2) if done and wall > 0 else None,
                 "final wasserstein": last.get("wasserstein")}
+
+    def _set_learning_rates(self, total: int) -> None:
+        """Linear decay from the configured rates to ``lr_end_fraction`` of them at ``total``."""
+        scale = 1.0 - (1.0 - self.p.lr_end_fraction) * self.iteration / max(total, 1)
+        for opt, lr in ((self.opt_g, self.p.lr_generator), (self.opt_c, self.p.lr_critic)):
+            for group in opt.param_groups:
+                group["lr"] = lr * scale
 
     def _accumulate(self, stats: dict[str, float]) -> None:
         for k, v in stats.items():
