@@ -50,6 +50,7 @@ class UnitEnergy:
         p = self.params
         self.c6 = torch.as_tensor(p.c6, dtype=torch.float32)
         self.c12 = torch.as_tensor(p.c12, dtype=torch.float32)
+        self.lj_pair = torch.stack([self.c6, self.c12], -1)  # (T, T, 2): one gather for both
         self.lj_type = torch.as_tensor(p.lj_type)
         self.molecule = torch.as_tensor(topo.molecule_index)
         self.local = {}
@@ -84,59 +85,100 @@ class UnitEnergy:
                                                            for b in topo.blocks]))
 
     def reset(self) -> None:
-        """Forget the per-frame cache (new CG frame)."""
-        self._cache = {}
+        """New CG frame. The cached bonded index tables depend only on the topology and the unit
+        group, so they survive frames; the cache is only bounded (colouring makes groups vary)."""
+        if len(self._cache) > 10_000:
+            self._cache = {}
 
-    def _static(self, moltype: str, step: int, first_atom: torch.Tensor, env: EnvironmentBatch) -> dict:
-        units = env.target_atoms
-        local_units = (units - first_atom[:, None]).clamp(min=0)
-        bonded = []
-        for name, (atoms, params, is_unit) in self.local[moltype][step].items():
-            glob = first_atom[:, None, None] + atoms[None]  # (B, T, k)
-            # which candidate atom (if any) replaces each term atom
-            slot = torch.full(glob.shape, -1, dtype=torch.long)
-            for u in range(units.shape[1]):
-                hit = (atoms[None] == local_units[:, u, None, None]) & (units[:, u] >= 0)[:, None, None]
-                slot = torch.where(hit, torch.full_like(slot, u), slot)
-            bonded.append((name, glob, params, is_unit, slot))
-        ti = self.lj_type[units.clamp(min=0)]
-        tj = self.lj_type[env.atom_index.clamp(min=0)]
-        same = self.molecule[units.clamp(min=0)][:, :, None] == self.molecule[env.atom_index.clamp(min=0)][:, None, :]
+    def pair_params(self, moltype: str, units: torch.Tensor, neighbours: torch.Tensor,
+                    mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 2, U, K) LJ c6, c12 of every unit atom with every neighbour (global indices, -1
+        padding), zero for padding, excluded pairs and neighbours outside ``mask`` (B, K). Flat
+        index_select lookups: cheaper than advanced indexing at these sizes."""
+        u, nb = units.clamp(min=0), neighbours.clamp(min=0)
+        flat = nb.reshape(-1)
+        n_types = self.lj_pair.shape[1]
+        ti = self.lj_type[u] * n_types  # (B, U)
+        tj = self.lj_type.index_select(0, flat).view(nb.shape)
+        pair = self.lj_pair.view(-1, 2).index_select(0, (ti[:, :, None] + tj[:, None, :]).reshape(-1))
         ex = self.excluded[moltype]
-        excl = ex[self.local_index[units.clamp(min=0)][:, :, None],
-                  self.local_index[env.atom_index.clamp(min=0)][:, None, :].clamp(max=ex.shape[0] - 1)]
-        return {"bonded": bonded, "c6": self.c6[ti[:, :, None], tj[:, None, :]],
-                "c12": self.c12[ti[:, :, None], tj[:, None, :]],
-                "allowed": env.target_mask[:, :, None] & ~(same & excl)}
+        n_local = ex.shape[0]
+        same = self.molecule[u][:, :, None] == self.molecule.index_select(0, flat).view(nb.shape)[:, None]
+        cols = self.local_index.index_select(0, flat).view(nb.shape).clamp(max=n_local - 1)
+        excl = ex.view(-1)[(self.local_index[u] * n_local)[:, :, None] + cols[:, None, :]] & same
+        ok = (units >= 0)[:, :, None] & (neighbours >= 0)[:, None, :] & ~excl
+        if mask is not None:
+            ok &= mask[:, None, :]
+        return (pair.view(*excl.shape, 2) * ok[..., None]).permute(0, 3, 1, 2)
+
+    def prepare(self, moltype: str, step: int, first_atom: torch.Tensor, units: torch.Tensor) -> dict:
+        """Index tables of one step's bonded terms, all kinds fused: one gather of every term
+        atom (B, A), the candidate slot that replaces each and each kind's span. They depend only
+        on the topology and the unit group, so they are cached across frames."""
+        key = (moltype, step, first_atom.numpy().tobytes())
+        st = self._cache.get(key)
+        if st is not None:
+            return st
+        terms = self.local[moltype][step]
+        unit_atoms = [int(a) for a in (units[0] - first_atom[0]).tolist()]
+        local, spans, params, offset = [], [], [], 0
+        for name, (atoms, par, _is_unit) in terms.items():
+            T, k = atoms.shape
+            local.append(atoms.reshape(-1))
+            spans.append((name, offset, T, k))
+            params.append(par)
+            offset += T * k
+        st = {"glob": None, "pair": None}
+        if local:
+            local_all = torch.cat(local)
+            slot = torch.full_like(local_all, -1)
+            for u, a in enumerate(unit_atoms):
+                slot[local_all == a] = u
+            is_unit = slot >= 0
+            st.update(glob=first_atom[:, None] + local_all[None], spans=spans, params=params, is_unit=is_unit,
+                      unit_cols=torch.nonzero(is_unit)[:, 0], unit_slot=slot[is_unit])
+        self._cache[key] = st
+        return st
 
     def __call__(self, moltype: str, step: int, first_atom: torch.Tensor, candidates: torch.Tensor,
-                 env: EnvironmentBatch, positions: torch.Tensor, placed: torch.Tensor) -> torch.Tensor:
-        """Energies (B, K) of candidates (B, K, U, 3) in the lab frame."""
+                 env: EnvironmentBatch, positions: torch.Tensor, placed: torch.Tensor,
+                 local: torch.Tensor | None = None, static: dict | None = None) -> torch.Tensor:
+        """Energies (B, K) of candidates (B, K, U, 3) in the lab frame (``local``: the same in the
+        units' frames, if at hand — saves transforming back; ``static``: from :meth:`prepare`).
+        Every molecule of the step places the same unit (its atoms are never padding)."""
         B, K, U = candidates.shape[:3]
-        key = (moltype, step, env.target_atoms.numpy().tobytes())
-        st = self._cache.get(key)
-        if st is None:
-            st = self._cache[key] = self._static(moltype, step, first_atom, env)
-        total = torch.zeros(B, K)
-        for name, glob, params, is_unit, slot in st["bonded"]:
-            x = positions[glob].unsqueeze(1).expand(B, K, *glob.shape[1:], 3)
-            # substitute the candidates for the unit's atoms
-            cand = candidates.reshape(B, K, U, 3)
-            picked = cand[torch.arange(B)[:, None, None, None], torch.arange(K)[None, :, None, None],
-                          slot.clamp(min=0)[:, None]]  # (B, K, T, k, 3)
-            x = torch.where((slot >= 0)[:, None, :, :, None], picked, x)
-            ok = (placed[glob] | is_unit[None]).all(-1)  # (B, T)
-            e = bonded_energy(name, [x[..., k, :] for k in range(glob.shape[-1])], params)
-            total = total + (e * ok[:, None]).sum(-1)
-        # Lennard-Jones with the environment (local frame); r² by expansion: one batched matmul
-        local_cand = (candidates - env.centre[:, None, None]) @ env.rotation.transpose(1, 2)[:, None]
-        env_x = env.atom_positions
-        r2 = ((local_cand * local_cand).sum(-1)[..., None] + (env_x * env_x).sum(-1)[:, None, None, :]
-              - 2 * torch.einsum("bkui,bni->bkun", local_cand, env_x))
-        inv6 = 1.0 / r2.clamp(min=1e-4) ** 3
-        use = (st["allowed"] & env.atom_mask[:, None, :]).to(inv6.dtype)[:, None]
-        lj = (st["c12"][:, None] * inv6 - st["c6"][:, None]) * inv6 * use
-        return total + lj.sum((-1, -2))
+        st = static if static is not None else self.prepare(moltype, step, first_atom, env.target_atoms)
+        total = None
+        if st["glob"] is not None:
+            glob = st["glob"]
+            x = positions[glob].unsqueeze(1).repeat(1, K, 1, 1)  # (B, K, A, 3)
+            x[:, :, st["unit_cols"]] = candidates[:, :, st["unit_slot"]]  # the candidates for the unit's atoms
+            ok = placed[glob] | st["is_unit"]  # (B, A): terms with an unplaced atom are skipped
+            parts, oks = [], []
+            for (name, off, T, k), par in zip(st["spans"], st["params"]):
+                xs = x[:, :, off:off + T * k].reshape(B, K, T, k, 3)
+                parts.append(bonded_energy(name, [xs[..., j, :] for j in range(k)], par))
+                oks.append(ok[:, off:off + T * k].reshape(B, T, k).all(-1))
+            e = torch.cat(parts, -1) if len(parts) > 1 else parts[0]
+            o = torch.cat(oks, -1) if len(oks) > 1 else oks[0]
+            total = (e * o[:, None]).sum(-1)
+        # Lennard-Jones with the environment, in the local frame: r² by one batched matmul, the
+        # sums over neighbours as two more (c12 · r⁻¹², c6 · r⁻⁶)
+        if local is None:
+            local = (candidates - env.centre[:, None, None]) @ env.rotation.transpose(1, 2)[:, None]
+        pp = env.pair_params  # (B, 2, U, N), zero where masked
+        if pp is None:
+            pp = self.pair_params(moltype, env.target_atoms, env.atom_index, env.atom_mask)
+        N = pp.shape[-1]
+        lc = local.reshape(B, K * U, 3)
+        ex = env.atom_positions
+        ex2 = torch.addcmul(torch.addcmul(ex[..., 0] * ex[..., 0], ex[..., 1], ex[..., 1]), ex[..., 2], ex[..., 2])
+        r2 = torch.baddbmm((lc * lc).sum(-1)[:, :, None] + ex2[:, None, :], lc, ex.transpose(1, 2), alpha=-2.0)
+        inv6 = r2.clamp_(min=1e-4).pow_(3).reciprocal_().view(B, K, U * N)
+        c6 = pp[:, 0].reshape(B, U * N, 1)
+        c12 = pp[:, 1].reshape(B, U * N, 1)  # (a copy: pp is channel-last in memory)
+        lj = (torch.bmm(inv6 * inv6, c12) - torch.bmm(inv6, c6))[..., 0]
+        return lj if total is None else total + lj
 
 
 class Sampler:
@@ -152,9 +194,10 @@ class Sampler:
         self.options = options or SamplerOptions()
         self.channels = channels or Channels.from_system(cg_topology)
         self.rng = rng or np.random.default_rng(0)
-        self.builder = EnvironmentBuilder(cg_topology, plans, self.channels, cutoff=self.options.cutoff,
-                                          strip_hydrogens=self.options.strip_hydrogens)
         self.energy = UnitEnergy(cg_topology, plans) if self.options.energy else None
+        self.builder = EnvironmentBuilder(cg_topology, plans, self.channels, cutoff=self.options.cutoff,
+                                          strip_hydrogens=self.options.strip_hydrogens,
+                                          pair_params=self.energy.pair_params if self.energy else None)
         self.placements = 0
 
     def _unit_arrays(self, cb, plan: Plan, step: int):
@@ -183,59 +226,77 @@ class Sampler:
         colour = nx.greedy_color(g, strategy="largest_first")
         return [np.array([k for k, c in colour.items() if c == col]) for col in sorted(set(colour.values()))]
 
+    def _schedule(self) -> list[tuple]:
+        """Everything about the steps of one frame that does not change during it: per molecule
+        type and plan step, the unit arrays and molecule groups — computed once, and the static
+        parts of their environments prepared in a few vectorised passes."""
+        schedule = []
+        for cb in self.cg.blocks:
+            name = cb.block.moltype.name
+            plan = self.plans[name]
+            steps = []
+            for s in range(len(plan.units)):
+                first_atom, atoms, bead, pred, frame = self._unit_arrays(cb, plan, s)
+                unit = plan.units[s]
+                meta = {"moltype": name, "bead": unit.bead, "unit_atoms": unit.atoms, "step": s}
+                groups = []
+                for g in self._groups(bead):
+                    fa, idx = torch.as_tensor(first_atom[g]), torch.as_tensor(atoms[g])
+                    est = self.energy.prepare(name, s, fa, idx) if self.energy is not None else None
+                    groups.append((g, atoms[g], bead[g], pred[g], frame[g], fa, idx, est))
+                steps.append((name, s, meta, groups))
+            self.builder.prepare(name, [(g[1], g[2], g[3], g[4]) for st in steps for g in st[3]])
+            schedule.append(steps)
+        return schedule
+
     def backmap(self, cg_positions: np.ndarray, box: np.ndarray, start: np.ndarray | None = None,
                 progress_label: str | None = None) -> np.ndarray:
         """AA positions (N, 3) nm for one CG frame (M, 3) with molecules whole. ``start``: an
         initial AA structure — then the forward pass is skipped and only Gibbs sweeps run
         (morphing scheme B)."""
+        # the tensors of one step are small: one thread avoids torch's fork-join overhead, which
+        # becomes severe when the other core is busy (also for the per-frame neighbour search)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._backmap(cg_positions, box, start, progress_label)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _backmap(self, cg_positions, box, start, progress_label) -> np.ndarray:
         self.builder.set_frame(cg_positions, box)
         if self.energy is not None:
             self.energy.reset()
         n = self.cg.topology.n_atoms
         positions = torch.zeros(n, 3) if start is None else torch.as_tensor(start, dtype=torch.float32).clone()
         placed = torch.zeros(n, dtype=torch.bool) if start is None else torch.ones(n, dtype=torch.bool)
+        schedule = self._schedule()
         sweeps = (["forward"] if start is None else []) + ["gibbs"] * self.options.gibbs_sweeps
-        total = sum(len(self.plans[cb.block.moltype.name].units) for cb in self.cg.blocks) * len(sweeps)
-        steps = ((sweep, cb, s) for sweep in sweeps for cb in self.cg.blocks
-                 for s in range(len(self.plans[cb.block.moltype.name].units)))
+        total = sum(len(steps) for steps in schedule) * len(sweeps)
+        steps = ((sweep, step) for sweep in sweeps for block in schedule for step in block)
         if progress_label:
             steps = progress(steps, total=total, description=progress_label)
-        # the tensors of one step are small: one thread avoids torch's fork-join overhead, which
-        # becomes severe when the other core is busy
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            self._sweeps(steps, positions, placed)
-        finally:
-            torch.set_num_threads(threads)
-        return positions.numpy().astype(np.float64)
-
-    def _sweeps(self, steps, positions: torch.Tensor, placed: torch.Tensor) -> None:
         with torch.no_grad():
-            for sweep, cb, s in steps:
+            for sweep, step in steps:
                 if sweep == "gibbs":
                     placed[:] = True
-                self._step(cb, s, positions, placed)
+                self._step(step, positions, placed)
+        return positions.numpy().astype(np.float64)
 
-    def _step(self, cb, s: int, positions: torch.Tensor, placed: torch.Tensor) -> None:
-        name = cb.block.moltype.name
-        plan = self.plans[name]
-        first_atom, atoms, bead, pred, frame = self._unit_arrays(cb, plan, s)
-        for group in self._groups(bead):
-            env = self.builder.build(name, atoms[group], bead[group], pred[group], positions, placed,
-                                     frame_beads=frame[group])
-            unit = plan.units[s]
-            env.meta = {"moltype": name, "bead": unit.bead, "unit_atoms": unit.atoms, "step": s}
+    def _step(self, step: tuple, positions: torch.Tensor, placed: torch.Tensor) -> None:
+        name, s, meta, groups = step
+        for group, atoms, bead, pred, frame, first_atom, idx, est in groups:
+            env = self.builder.build(name, atoms, bead, pred, positions, placed, frame_beads=frame, compact=True)
+            env.meta = meta
             local = torch.as_tensor(self.generator.propose(env, self.options.candidates, self.rng),
                                     dtype=torch.float32)
             lab = env.to_lab(local)  # (B, K, U, 3)
             if self.energy is not None and local.shape[1] > 1:
-                energies = self.energy(name, s, torch.as_tensor(first_atom[group]), lab, env, positions, placed)
+                energies = self.energy(name, s, first_atom, lab, env, positions, placed, local=local, static=est)
             else:
                 energies = torch.zeros(lab.shape[:2])
             pick = torch.as_tensor(self.selector.select(energies.numpy(), self.rng))
             chosen = lab[torch.arange(len(group)), pick]  # (B, U, 3)
-            idx = torch.as_tensor(atoms[group])
             positions[idx] = chosen
             placed[idx] = True
             self.placements += idx.numel()
