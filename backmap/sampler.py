@@ -50,7 +50,6 @@ class UnitEnergy:
         p = self.params
         self.c6 = torch.as_tensor(p.c6, dtype=torch.float32)
         self.c12 = torch.as_tensor(p.c12, dtype=torch.float32)
-        self.lj_pair = torch.stack([self.c6, self.c12], -1)  # (T, T, 2): one gather for both
         self.lj_type = torch.as_tensor(p.lj_type)
         self.molecule = torch.as_tensor(topo.molecule_index)
         self.local = {}
@@ -97,10 +96,10 @@ class UnitEnergy:
         index_select lookups: cheaper than advanced indexing at these sizes."""
         u, nb = units.clamp(min=0), neighbours.clamp(min=0)
         flat = nb.reshape(-1)
-        n_types = self.lj_pair.shape[1]
+        n_types = self.c6.shape[1]
         ti = self.lj_type[u] * n_types  # (B, U)
         tj = self.lj_type.index_select(0, flat).view(nb.shape)
-        pair = self.lj_pair.view(-1, 2).index_select(0, (ti[:, :, None] + tj[:, None, :]).reshape(-1))
+        pair_index = (ti[:, :, None] + tj[:, None, :]).reshape(-1)
         ex = self.excluded[moltype]
         n_local = ex.shape[0]
         same = self.molecule[u][:, :, None] == self.molecule.index_select(0, flat).view(nb.shape)[:, None]
@@ -109,7 +108,8 @@ class UnitEnergy:
         ok = (units >= 0)[:, :, None] & (neighbours >= 0)[:, None, :] & ~excl
         if mask is not None:
             ok &= mask[:, None, :]
-        return (pair.view(*excl.shape, 2) * ok[..., None]).permute(0, 3, 1, 2)
+        pair = torch.stack([self.c6.view(-1).index_select(0, pair_index), self.c12.view(-1).index_select(0, pair_index)])
+        return pair.view(2, *excl.shape).transpose(0, 1) * ok[:, None]
 
     def prepare(self, moltype: str, step: int, first_atom: torch.Tensor, units: torch.Tensor) -> dict:
         """Index tables of one step's bonded terms, all kinds fused: one gather of every term
@@ -135,16 +135,23 @@ class UnitEnergy:
             for u, a in enumerate(unit_atoms):
                 slot[local_all == a] = u
             is_unit = slot >= 0
+            # term membership (A, terms): unplaced atoms per term by one matmul
+            member = torch.zeros(offset, sum(T for _n, _o, T, _k in spans))
+            row, col = 0, 0
+            for _name, _off, T, k in spans:
+                member[row + torch.arange(T * k), col + torch.arange(T).repeat_interleave(k)] = 1.0
+                row, col = row + T * k, col + T
             st.update(glob=first_atom[:, None] + local_all[None], spans=spans, params=params, is_unit=is_unit,
-                      unit_cols=torch.nonzero(is_unit)[:, 0], unit_slot=slot[is_unit])
+                      unit_cols=torch.nonzero(is_unit)[:, 0], unit_slot=slot[is_unit], member=member)
         self._cache[key] = st
         return st
 
     def __call__(self, moltype: str, step: int, first_atom: torch.Tensor, candidates: torch.Tensor,
                  env: EnvironmentBatch, positions: torch.Tensor, placed: torch.Tensor,
-                 local: torch.Tensor | None = None, static: dict | None = None) -> torch.Tensor:
+                 local: torch.Tensor | None = None, static: dict | None = None, all_placed: bool = False) -> torch.Tensor:
         """Energies (B, K) of candidates (B, K, U, 3) in the lab frame (``local``: the same in the
-        units' frames, if at hand — saves transforming back; ``static``: from :meth:`prepare`).
+        units' frames, if at hand — saves transforming back; ``static``: from :meth:`prepare`;
+        ``all_placed``: ``placed`` is all true, as in Gibbs sweeps — no term is skipped).
         Every molecule of the step places the same unit (its atoms are never padding)."""
         B, K, U = candidates.shape[:3]
         st = static if static is not None else self.prepare(moltype, step, first_atom, env.target_atoms)
@@ -153,17 +160,18 @@ class UnitEnergy:
             glob = st["glob"]
             x = positions[glob].unsqueeze(1).repeat(1, K, 1, 1)  # (B, K, A, 3)
             x[:, :, st["unit_cols"]] = candidates[:, :, st["unit_slot"]]  # the candidates for the unit's atoms
-            ok = placed[glob] | st["is_unit"]  # (B, A): terms with an unplaced atom are skipped
-            parts, oks = [], []
+            parts = []
             for (name, off, T, k), par in zip(st["spans"], st["params"]):
                 xs = x[:, :, off:off + T * k].reshape(B, K, T, k, 3)
                 parts.append(bonded_energy(name, [xs[..., j, :] for j in range(k)], par))
-                oks.append(ok[:, off:off + T * k].reshape(B, T, k).all(-1))
-            e = torch.cat(parts, -1) if len(parts) > 1 else parts[0]
-            o = torch.cat(oks, -1) if len(oks) > 1 else oks[0]
-            total = (e * o[:, None]).sum(-1)
+            e = torch.cat(parts, -1) if len(parts) > 1 else parts[0]  # (B, K, terms)
+            if all_placed:
+                total = e.sum(-1)
+            else:  # terms with an atom not placed yet (other than the unit's) are skipped
+                missing = (~placed[glob] & ~st["is_unit"]).to(e.dtype) @ st["member"]  # (B, terms)
+                total = (e * (missing == 0)[:, None]).sum(-1)
         # Lennard-Jones with the environment, in the local frame: r² by one batched matmul, the
-        # sums over neighbours as two more (c12 · r⁻¹², c6 · r⁻⁶)
+        # pair parameters broadcast over the K candidates
         if local is None:
             local = (candidates - env.centre[:, None, None]) @ env.rotation.transpose(1, 2)[:, None]
         pp = env.pair_params  # (B, 2, U, N), zero where masked
@@ -175,9 +183,8 @@ class UnitEnergy:
         ex2 = torch.addcmul(torch.addcmul(ex[..., 0] * ex[..., 0], ex[..., 1], ex[..., 1]), ex[..., 2], ex[..., 2])
         r2 = torch.baddbmm((lc * lc).sum(-1)[:, :, None] + ex2[:, None, :], lc, ex.transpose(1, 2), alpha=-2.0)
         inv6 = r2.clamp_(min=1e-4).pow_(3).reciprocal_().view(B, K, U * N)
-        c6 = pp[:, 0].reshape(B, U * N, 1)
-        c12 = pp[:, 1].reshape(B, U * N, 1)  # (a copy: pp is channel-last in memory)
-        lj = (torch.bmm(inv6 * inv6, c12) - torch.bmm(inv6, c6))[..., 0]
+        c6, c12 = pp[:, 0].reshape(B, 1, U * N), pp[:, 1].reshape(B, 1, U * N)
+        lj = (inv6 * (c12 * inv6 - c6)).sum(-1)
         return lj if total is None else total + lj
 
 
@@ -280,10 +287,10 @@ class Sampler:
             for sweep, step in steps:
                 if sweep == "gibbs":
                     placed[:] = True
-                self._step(step, positions, placed)
+                self._step(step, positions, placed, all_placed=sweep == "gibbs")
         return positions.numpy().astype(np.float64)
 
-    def _step(self, step: tuple, positions: torch.Tensor, placed: torch.Tensor) -> None:
+    def _step(self, step: tuple, positions: torch.Tensor, placed: torch.Tensor, all_placed: bool = False) -> None:
         name, s, meta, groups = step
         for group, atoms, bead, pred, frame, first_atom, idx, est in groups:
             env = self.builder.build(name, atoms, bead, pred, positions, placed, frame_beads=frame, compact=True)
@@ -292,11 +299,13 @@ class Sampler:
                                     dtype=torch.float32)
             lab = env.to_lab(local)  # (B, K, U, 3)
             if self.energy is not None and local.shape[1] > 1:
-                energies = self.energy(name, s, first_atom, lab, env, positions, placed, local=local, static=est)
+                energies = self.energy(name, s, first_atom, lab, env, positions, placed, local=local, static=est,
+                                       all_placed=all_placed)
             else:
                 energies = torch.zeros(lab.shape[:2])
             pick = torch.as_tensor(self.selector.select(energies.numpy(), self.rng))
-            chosen = lab[torch.arange(len(group)), pick]  # (B, U, 3)
-            positions[idx] = chosen
-            placed[idx] = True
+            chosen = lab.gather(1, pick.view(-1, 1, 1, 1).expand(-1, 1, *lab.shape[2:]))[:, 0]  # (B, U, 3)
+            flat = idx.reshape(-1)
+            positions.index_copy_(0, flat, chosen.reshape(-1, 3))
+            placed.index_fill_(0, flat, True)
             self.placements += idx.numel()

@@ -214,3 +214,124 @@ def test_mapping_file_order_overrides_traversal(tmp_path, hexane_topology):
     dbm.write_text((DATA / "dbm" / "Protein.map").read_text() + "\n[order]\n3 2 7\n[/order]\n")
     with pytest.raises(BackmapError, match=r"Protein.map:\d+.*\[order\]"):
         load_mapping(dbm, hexane_topology)
+
+
+def _sampler_env(s, cg, x, box, step, placed, compact):
+    """One step's environments (all molecules) from a sampler's own schedule."""
+    s.builder.set_frame(cg.apply(x), box)
+    name, st, meta, groups = s._schedule()[0][step]
+    _g, atoms, bead, pred, frame, first_atom, idx, est = groups[0]
+    env = s.builder.build(name, atoms, bead, pred, torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(placed),
+                          frame_beads=frame, compact=compact)
+    return name, st, first_atom, est, env
+
+
+@pytest.mark.parametrize("forward", [True, False])
+def test_compacted_environment_holds_the_same_neighbours(hexane, forward):
+    """Compaction only drops padding: the same visible atoms, in the same order, with the same
+    positions, types, interaction channels and LJ parameters; the width is the widest row's."""
+    topo, cg, x, fr = hexane
+    s = _backmapper(cg).sampler
+    step = 7
+    placed = np.ones(len(x), bool)
+    if forward:
+        placed[:] = False
+        placed[np.flatnonzero(np.tile(s.plans["Protein"].rank, len(x) // 20) < step)] = True
+    *_, full = _sampler_env(s, cg, x, fr.box, step, placed, compact=False)
+    *_, comp = _sampler_env(s, cg, x, fr.box, step, placed, compact=True)
+    assert comp.atom_mask.shape[1] == int(full.atom_mask.sum(1).max()) < full.atom_mask.shape[1]
+    assert torch.equal(comp.atom_mask.sum(1), full.atom_mask.sum(1)) and comp.atom_mask.sum() > 100
+    for b in range(full.size):
+        f, c = full.atom_mask[b], comp.atom_mask[b]
+        assert c[:int(c.sum())].all()  # visible atoms first
+        assert torch.equal(full.atom_index[b][f], comp.atom_index[b][c])
+        assert torch.equal(full.atom_positions[b][f], comp.atom_positions[b][c])
+        assert torch.equal(full.atom_types[b][f], comp.atom_types[b][c])
+        assert torch.equal(full.interaction[b][:, f], comp.interaction[b][:, c])
+        assert torch.equal(full.pair_params[b][..., f], comp.pair_params[b][..., c])
+        assert (comp.pair_params[b][..., ~c] == 0).all()
+
+
+def test_prepared_statics_equal_lazy_ones(hexane):
+    """The vectorised per-frame preparation gives the same environments as building each group
+    on its own."""
+    topo, cg, x, fr = hexane
+    s = _backmapper(cg).sampler
+    pos = torch.as_tensor(x, dtype=torch.float32)
+    placed = torch.ones(len(x), dtype=torch.bool)
+    s.builder.set_frame(cg.apply(x), fr.box)
+    steps = s._schedule()[0]  # prepares every step
+    lazy = EnvironmentBuilder(cg, s.plans, s.channels, cutoff=s.options.cutoff, pair_params=s.energy.pair_params)
+    lazy.set_frame(cg.apply(x), fr.box)
+    for name, st, meta, groups in steps[::3]:
+        _g, atoms, bead, pred, frame, *_ = groups[0]
+        a = s.builder.build(name, atoms, bead, pred, pos, placed, frame_beads=frame, compact=True)
+        b = lazy.build(name, atoms, bead, pred, pos, placed, frame_beads=frame, compact=True)
+        for f in ("centre", "rotation", "atom_positions", "atom_mask", "atom_index", "interaction", "bead_positions",
+                  "bead_mask", "frame_beads", "target_atoms", "pair_params"):
+            assert torch.equal(getattr(a, f), getattr(b, f)), f
+
+
+def test_unit_energy_on_compacted_lists(hexane):
+    """Candidate energies do not depend on the neighbour-list layout, the Gibbs shortcut
+    (``all_placed``) changes nothing when everything is placed, and in the forward pass bonded
+    terms with unplaced atoms are left out."""
+    topo, cg, x, fr = hexane
+    s = _backmapper(cg).sampler
+    gen = torch.Generator().manual_seed(0)
+    pos = torch.as_tensor(x, dtype=torch.float32)
+    for step, forward in ((4, True), (9, False)):
+        placed = np.ones(len(x), bool)
+        if forward:
+            placed[:] = False
+            placed[np.flatnonzero(np.tile(s.plans["Protein"].rank, len(x) // 20) < step)] = True
+        pl = torch.as_tensor(placed)
+        name, st, first_atom, est, comp = _sampler_env(s, cg, x, fr.box, step, placed, compact=True)
+        *_, full = _sampler_env(s, cg, x, fr.box, step, placed, compact=False)
+        full.pair_params = None  # the fallback path: parameters looked up on the padded list
+        local = 0.1 * torch.randn(full.size, 6, 1, 3, generator=gen)
+        lab = comp.to_lab(local)
+        e_comp = s.energy(name, st, first_atom, lab, comp, pos, pl, local=local, static=est)
+        e_full = s.energy(name, st, first_atom, lab, full, pos, pl)
+        torch.testing.assert_close(e_comp, e_full, rtol=2e-4, atol=1e-3)  # float32 sums in another order
+        assert e_comp.std() > 0
+        if not forward:
+            e_gibbs = s.energy(name, st, first_atom, lab, comp, pos, pl, local=local, static=est, all_placed=True)
+            torch.testing.assert_close(e_gibbs, e_comp, rtol=0, atol=0)
+        else:
+            # nothing placed: only terms within the unit itself (none for one atom) and no neighbours
+            none = torch.zeros(len(x), dtype=torch.bool)
+            *_, empty = _sampler_env(s, cg, x, fr.box, step, np.zeros(len(x), bool), compact=True)
+            e0 = s.energy(name, st, first_atom, lab, empty, pos, none, local=local, static=est)
+            assert (e0 == 0).all()
+
+
+def test_unit_energy_lj_against_a_direct_sum(hexane):
+    """The LJ part of the candidate energy equals a direct sum over the visible neighbours that
+    are not excluded pairs of the topology (r⁻¹² c12 − r⁻⁶ c6 in the unit's frame)."""
+    from backmap.forcefield.parameters import excluded_pairs
+
+    topo, cg, x, fr = hexane
+    s = _backmapper(cg).sampler
+    pos = torch.as_tensor(x, dtype=torch.float32)
+    placed = np.ones(len(x), bool)
+    name, st, first_atom, est, env = _sampler_env(s, cg, x, fr.box, 6, placed, compact=True)
+    local = 0.12 * torch.randn(env.size, 3, 1, 3, generator=torch.Generator().manual_seed(1)) + 0.1
+    lj = s.energy(name, st, first_atom, env.to_lab(local), env, pos, torch.as_tensor(placed), local=local,
+                  static={"glob": None}).double()
+    p = s.energy.params
+    excl = {tuple(e) for e in excluded_pairs(topo.blocks[0].moltype).tolist()}
+    n_excluded = 0
+    for b in range(0, env.size, 37):
+        u = int(env.target_atoms[b, 0])
+        for k in range(local.shape[1]):
+            ref = 0.0
+            for j, xj in zip(env.atom_index[b][env.atom_mask[b]].tolist(), env.atom_positions[b][env.atom_mask[b]].double()):
+                if u // 20 == j // 20 and (min(u, j) % 20, max(u, j) % 20) in excl:
+                    n_excluded += k == 0
+                    continue
+                r2 = float(((local[b, k, 0].double() - xj) ** 2).sum())
+                ti, tj = p.lj_type[u], p.lj_type[j]
+                ref += p.c12[ti, tj] / r2**6 - p.c6[ti, tj] / r2**3
+            assert abs(float(lj[b, k]) - ref) <= 1e-4 * abs(ref) + 1e-3
+    assert n_excluded > 0
