@@ -184,3 +184,30 @@ def test_openmm_repairs_clashes_and_misplaced_molecules(system, frame):
     pairs, lengths = system.constrained_bonds("h-bonds")
     assert np.abs(np.linalg.norm(y[pairs[:, 0]] - y[pairs[:, 1]], axis=1) - lengths).max() < 1e-5
     assert result.log[0]["potential"] < 0.5 * refiner.energy_forces(moved, targets, box)[0]
+
+
+def test_openmm_escalates_until_a_badly_damaged_frame_survives(system, frame):
+    """Damage that blows up the dynamics at the time step and at half of it (no minimization, no
+    warm-up; a molecule squeezed into its neighbour, a C–H bond stretched by 0.5 nm): the last retry
+    — minimization and a flexible relaxation with a growing restraint first — refines it; without
+    that retry the frame is reported failed and kept as it was."""
+    x, targets, box = frame
+    n = system.topology.blocks[0].moltype.n_atoms
+    bad = x.copy()
+    bad[n:2 * n] = 0.5 * (bad[n:2 * n] + bad[2 * n:3 * n])
+    bad[3 * n + 1] += 0.3
+    base = {"temperature": 300, "steps": 20, "constraints": "h-bonds", "threads": 1, "minimize_steps": 0,
+            "warmup_steps": 0, "timestep": 0.002, "on_failure": "keep"}
+    for extra, rescued in (({}, True), ({"retry_relax_steps": 0}, False)):
+        refiner = make_refiner("openmm", base | extra)
+        refiner.prepare(system)
+        result = refiner.refine(bad[None], targets[None], box[None], np.random.default_rng(1))
+        y, row = result.positions[0], result.log[0]
+        if rescued:
+            assert row.get("retried") == 2 and "failed" not in row
+            assert float(system.cg_rmsd(y, targets)) < 0.02
+            pairs, lengths = system.constrained_bonds("h-bonds")
+            assert np.abs(np.linalg.norm(y[pairs[:, 0]] - y[pairs[:, 1]], axis=1) - lengths).max() < 1e-5
+        else:
+            assert "failed" in row
+            np.testing.assert_array_equal(y, bad)

@@ -32,7 +32,10 @@ class OpenMMParams(RefineParams):
     relax_steps: int = Field(0, ge=0, description="flexible-bond restrained Langevin steps at a quarter of the "
                                                   "time step after minimizing, before the constraints are "
                                                   "imposed: untangles badly distorted input (rings, far-off beads)")
-    retry: bool = Field(True, description="a frame whose dynamics blow up is run again at half the time step")
+    retry: bool = Field(True, description="a frame whose dynamics blow up is run again at half the time step, "
+                                          "then once more after a flexible relaxation (retry_relax_steps)")
+    retry_relax_steps: int = Field(1000, ge=0, description="flexible-bond restrained Langevin steps of the last "
+                                                           "retry (0: no such retry)")
     warmup_steps: int = Field(100, ge=0, description="dynamics steps at a quarter of the time step first "
                                                      "(velocities meet a minimized structure)")
 
@@ -113,19 +116,29 @@ class OpenMMRefiner(Refiner):
         self._integrator.addIntegrator(self._dynamics)
         self._integrator.addIntegrator(_steepest_descent(p.max_displacement, constrained=True))
         self._contexts = {"dynamics": (mm.Context(omm, self._integrator, platform, props), restraint)}
+        self._top, self._platform, self._props = top, platform, props
         if p.relax_steps:
-            flexible, flex_restraint = self._openmm_system(top, None, p.restraint)
-            self._flexible = mm.CompoundIntegrator()
-            self._flexible.addIntegrator(_steepest_descent(p.max_displacement))
-            self._flexible.addIntegrator(mm.LangevinMiddleIntegrator(p.temperature * u.kelvin, p.friction / u.picosecond,
-                                                                     p.timestep / 4 * u.picosecond))
-            self._contexts["flexible"] = (mm.Context(flexible, self._flexible, platform, props), flex_restraint)
+            self._build_flexible()
         if p.constraints != "none":
             from backmap.constraints import BondConstraints
 
             pairs, lengths = self.system.constrained_bonds(p.constraints)
             self._projector = BondConstraints(pairs, lengths, self.system.topology.masses)
         self._dof = 3 * omm.getNumParticles() - omm.getNumConstraints() - 3
+
+    def _build_flexible(self) -> None:
+        """The flexible copy (bond terms, no constraints) for restrained relaxation of distorted input."""
+        import openmm as mm
+        import openmm.unit as u
+
+        p = self.params
+        flexible, flex_restraint = self._openmm_system(self._top, None, p.restraint)
+        self._flexible = mm.CompoundIntegrator()
+        self._flexible.addIntegrator(_steepest_descent(p.max_displacement))
+        self._flexible.addIntegrator(mm.LangevinMiddleIntegrator(p.temperature * u.kelvin, p.friction / u.picosecond,
+                                                                 p.timestep / 4 * u.picosecond))
+        self._contexts["flexible"] = (mm.Context(flexible, self._flexible, self._platform, self._props),
+                                      flex_restraint)
 
     # ------------------------------------------------------------------ per frame
     def _load(self, which: str, x: np.ndarray, target: np.ndarray, box: np.ndarray):
@@ -159,22 +172,31 @@ class OpenMMRefiner(Refiner):
         return self._energy(ctx, 0), self._energy(ctx, 1), np.asarray(forces)
 
     def _refine_one(self, x: np.ndarray, target: np.ndarray, box: np.ndarray, seed: int,
-                    slower: int = 1) -> tuple[np.ndarray, dict]:
-        """One frame; ``slower`` divides the time step and multiplies the steps (same simulated time)."""
+                    slower: int = 1, relax_steps: int | None = None,
+                    minimize_steps: int | None = None) -> tuple[np.ndarray, dict]:
+        """One frame; ``slower`` divides the time step and multiplies the steps (same simulated time);
+        ``relax_steps`` and ``minimize_steps`` override the parameters of those names."""
         import openmm as mm
         import openmm.unit as u
 
         p = self.params
         k_soft = min(p.minimize_restraint, p.restraint) or p.restraint
-        if p.relax_steps:  # flexible bonds first: minimize, then restrained Langevin
+        relax_steps = p.relax_steps if relax_steps is None else relax_steps
+        minimize_steps = p.minimize_steps if minimize_steps is None else minimize_steps
+        if relax_steps:  # flexible bonds first: minimize, then restrained Langevin
+            if "flexible" not in self._contexts:
+                self._build_flexible()
             ctx = self._load("flexible", x, target, box)
             ctx.setParameter("k_restraint", k_soft)
             self._flexible.setCurrentIntegrator(0)
-            self._flexible.step(p.minimize_steps)
-            ctx.setParameter("k_restraint", p.restraint)
+            _reset_steepest_descent(self._flexible.getIntegrator(0), p.max_displacement)
+            self._flexible.step(minimize_steps)
             ctx.setVelocitiesToTemperature(p.temperature * u.kelvin, seed)
             self._flexible.setCurrentIntegrator(1)
-            self._flexible.step(p.relax_steps)
+            for stage in range(1, 6):  # the restraint grows geometrically from k_soft to k: a bead far off
+                # its CG position is pulled in gradually instead of being shot there
+                ctx.setParameter("k_restraint", k_soft * (p.restraint / k_soft) ** (stage / 5))
+                self._flexible.step(relax_steps // 5 + (stage <= relax_steps % 5))
             x = ctx.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
         if p.constraints != "none":  # a robust projection first: OpenMM's CCMA diverges from far off
             import torch
@@ -185,10 +207,11 @@ class OpenMMRefiner(Refiner):
         ctx = self._load("dynamics", x, target, box)
         if p.constraints != "none":
             ctx.applyConstraints(1e-6)
-        if p.minimize_steps:  # bonds are constrained here: the full restraint cannot pull them apart
+        if minimize_steps:  # bonds are constrained here: the full restraint cannot pull them apart
             ctx.setParameter("k_restraint", p.restraint)
             self._integrator.setCurrentIntegrator(1)
-            self._integrator.step(p.minimize_steps)
+            _reset_steepest_descent(self._integrator.getIntegrator(1), p.max_displacement)
+            self._integrator.step(minimize_steps)
             self._integrator.setCurrentIntegrator(0)
         self._dynamics.setRandomNumberSeed(seed)
         ctx.setVelocitiesToTemperature(p.temperature * u.kelvin, seed)
@@ -213,15 +236,23 @@ class OpenMMRefiner(Refiner):
             self._build(boxes[0])
         out, log = np.empty_like(positions), []
         for k, (x, target, box) in enumerate(zip(positions, targets, boxes)):
+            seed = int(rng.integers(1, 2**31 - 1))
+            attempts = [{}]  # escalating: as given; half the time step; flexible relaxation first
+            if self.params.retry:
+                attempts.append({"slower": 2})
+                if self.params.retry_relax_steps > self.params.relax_steps:
+                    attempts.append({"slower": 2, "relax_steps": self.params.retry_relax_steps,
+                                     "minimize_steps": max(self.params.minimize_steps, 100)})
             try:
-                seed = int(rng.integers(1, 2**31 - 1))
-                try:
-                    out[k], row = self._refine_one(x, target, box, seed)
-                except mm.OpenMMException:  # once more at half the time step (same simulated time)
-                    if not self.params.retry:
-                        raise
-                    out[k], row = self._refine_one(x, target, box, seed, slower=2)
-                    row["retried"] = True
+                for n, attempt in enumerate(attempts):
+                    try:
+                        out[k], row = self._refine_one(x, target, box, seed, **attempt)
+                        if n:
+                            row["retried"] = n
+                        break
+                    except mm.OpenMMException:
+                        if n == len(attempts) - 1:
+                            raise
             except mm.OpenMMException as exc:
                 if self.params.on_failure == "error":
                     raise BackmapError(f"openmm refiner: the dynamics blew up ({exc}); use a smaller timestep, "
@@ -229,6 +260,12 @@ class OpenMMRefiner(Refiner):
                 out[k], row = x, {"failed": str(exc).split(".")[0]}
             log.append(row)
         return RefineResult(out, log)
+
+
+def _reset_steepest_descent(sd, max_displacement: float) -> None:
+    """Start the steepest descent afresh on a new structure (initial step, no stored energy)."""
+    sd.setGlobalVariableByName("started", 0.0)
+    sd.setGlobalVariableByName("h", max_displacement / 1.0e3)
 
 
 def _steepest_descent(max_displacement: float, constrained: bool = False):
@@ -242,16 +279,28 @@ def _steepest_descent(max_displacement: float, constrained: bool = False):
     sd = mm.CustomIntegrator(0.001)
     sd.addGlobalVariable("dmax", max_displacement)
     sd.addGlobalVariable("h", max_displacement / 1.0e3)
+    sd.addGlobalVariable("started", 0.0)  # 0: a new structure (reset_steepest_descent)
     sd.addGlobalVariable("e0", 0.0)
+    sd.addGlobalVariable("e1", 0.0)
     sd.addGlobalVariable("accept", 0.0)
     sd.addPerDofVariable("x0", 0.0)
+    sd.addPerDofVariable("fkeep", 0.0)  # not "f0": OpenMM reads that as the forces of group 0
+    sd.beginIfBlock("started < 0.5")
     sd.addComputeGlobal("e0", "energy")
+    sd.addComputePerDof("fkeep", "f")
+    sd.addComputeGlobal("started", "1")
+    sd.endBlock()
     sd.addComputePerDof("x0", "x")
-    sd.addComputePerDof("x", "x + max(-dmax, min(dmax, h*f))")
+    sd.addComputePerDof("x", "x + max(-dmax, min(dmax, h*fkeep))")
     if constrained:
         sd.addConstrainPositions()
-    sd.addComputeGlobal("accept", "step(e0 - energy)")
+    # one force evaluation per step: the energy and forces of the trial structure are kept when it
+    # is accepted, so the next step starts from them
+    sd.addComputeGlobal("e1", "energy")
+    sd.addComputePerDof("fkeep", "select(step(e0 - e1), f, fkeep)")
+    sd.addComputeGlobal("accept", "step(e0 - e1)")
     sd.addComputePerDof("x", "select(accept, x, x0)")
+    sd.addComputeGlobal("e0", "select(accept, e1, e0)")
     sd.addComputeGlobal("h", "select(accept, min(1.2*h, 1.0), 0.2*h)")
     sd.addComputePerDof("v", "0")
     return sd
