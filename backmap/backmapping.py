@@ -54,6 +54,10 @@ def load_checkpoint(path: Path, registry: Registry | None = None) -> tuple[Gener
         ckpt = pickle.load(fh)
     info_path = path.with_suffix(".json")
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    # relative paths in the model's description are relative to it (a model shipped in a repository)
+    if info.get("topology"):
+        info["topology"] = str(info_path.parent / info["topology"])
+    info["mapping"] = [str(info_path.parent / m) for m in info.get("mapping", [])]
     generator = registry.get("generator", ckpt["plugin"], where=str(path)).cls(ckpt["params"])
     generator.load_state_dict(ckpt["state"])
     return generator, info

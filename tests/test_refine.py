@@ -3,7 +3,10 @@ statistics, constraints, and the ``refine`` command / recipe step on the hexane 
 from __future__ import annotations
 
 import csv
+import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,6 +158,19 @@ def test_refine_step_in_a_recipe(tmp_path, cli):
     provenance = (tmp_path / "applied.provenance.json").read_text()
     assert '"refiner": "openmm"' in provenance
     assert len(list(read_frames(applied))) == 1
+
+    # a model shipped elsewhere, its description naming topology and mapping relative to itself
+    shipped = tmp_path / "shipped" / "sps-like"
+    shipped.mkdir(parents=True)
+    shutil.copy(tmp_path / "run" / "model" / "generator.pkl", shipped / "generator.pkl")
+    info = json.loads((tmp_path / "run" / "model" / "generator.json").read_text())
+    info["topology"] = os.path.relpath(data / "topol.top", shipped)
+    info["mapping"] = [os.path.relpath(data / "hexane.xml", shipped)]
+    assert not (Path.cwd() / info["topology"]).is_file()  # only right relative to the model
+    (shipped / "generator.json").write_text(json.dumps(info))
+    code, _, stderr = cli("apply", "--model", shipped / "generator.pkl", "--cg", tmp_path / "run" / "backmap" / "cg.xtc",
+                          "--frames", "0:1", "--candidates", 1, "--gibbs", 0, "--out", tmp_path / "shipped.gro")
+    assert code == 0, stderr
 
     recipe["refiners"] = []
     path.write_text(yaml.safe_dump(recipe))

@@ -2,6 +2,7 @@
 checkpoint resume, proposals, and a recipe run on the hexane test data."""
 import pickle
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,7 +154,7 @@ def test_checkpoint_resume_is_bit_identical(tmp_path):
         other.run(epochs=3)
 
 
-def _hexane_recipe(tmp_path, extra_train="") -> "Path":
+def _hexane_recipe(tmp_path, extra_train="") -> Path:
     recipe = tmp_path / "hexane-gan.yaml"
     recipe.write_text(textwrap.dedent(f"""
         name: hexane-gan
