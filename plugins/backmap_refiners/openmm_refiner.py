@@ -32,6 +32,10 @@ class OpenMMParams(RefineParams):
     relax_steps: int = Field(0, ge=0, description="flexible-bond restrained Langevin steps at a quarter of the "
                                                   "time step after minimizing, before the constraints are "
                                                   "imposed: untangles badly distorted input (rings, far-off beads)")
+    relax_bond_k: float = Field(2.0e5, ge=0, description="lower bound of the bond force constants in the flexible "
+                                                         "copy (kJ/mol/nm²): topologies made for constraints can "
+                                                         "have soft bonds (sPS: 10⁴), and a hot relaxation on them "
+                                                         "drifts far from the lengths the constraint solver restores")
     retry: bool = Field(True, description="a frame whose dynamics blow up is run again at half the time step, "
                                           "then once more after a flexible relaxation (retry_relax_steps)")
     retry_relax_steps: int = Field(1000, ge=0, description="flexible-bond restrained Langevin steps of the last "
@@ -133,6 +137,12 @@ class OpenMMRefiner(Refiner):
 
         p = self.params
         flexible, flex_restraint = self._openmm_system(self._top, None, p.restraint)
+        for force in flexible.getForces():
+            if isinstance(force, mm.HarmonicBondForce):
+                for b in range(force.getNumBonds()):
+                    i, j, length, k = force.getBondParameters(b)
+                    if k.value_in_unit(u.kilojoule_per_mole / u.nanometer**2) < p.relax_bond_k:
+                        force.setBondParameters(b, i, j, length, p.relax_bond_k)
         self._flexible = mm.CompoundIntegrator()
         self._flexible.addIntegrator(_steepest_descent(p.max_displacement))
         self._flexible.addIntegrator(mm.LangevinMiddleIntegrator(p.temperature * u.kelvin, p.friction / u.picosecond,
