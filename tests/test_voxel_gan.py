@@ -233,3 +233,17 @@ def test_propose_is_seeded_and_in_the_unit_frame():
     again = VoxelGAN({"preset": "tiny", "rotate_candidates": False})
     again.load_state_dict(pickle.loads(pickle.dumps(state)))
     torch.testing.assert_close(again.propose(batch, 1, np.random.default_rng(4)), c)
+
+
+def test_shipped_sps_model_loads():
+    """The sPS model in models/ loads with today's code (its networks' state matches the classes),
+    and its description names the repository's mapping relative to itself."""
+    from backmap.backmapping import load_checkpoint
+
+    model = Path(__file__).resolve().parent.parent / "models" / "sps-voxel-gan" / "generator.pkl"
+    generator, info = load_checkpoint(model)
+    assert generator.name == "voxel_gan" and generator.params.preset == "cpu"
+    assert Path(info["mapping"][0]).resolve() == (model.parent.parent.parent / "recipes" / "sps" / "sps.xml").resolve()
+    assert Path(info["mapping"][0]).is_file()
+    n = sum(p.numel() for p in generator.model.generator.parameters())
+    assert 50_000 < n < 5_000_000
