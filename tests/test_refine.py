@@ -227,3 +227,21 @@ def test_openmm_escalates_until_a_badly_damaged_frame_survives(system, frame):
         else:
             assert "failed" in row
             np.testing.assert_array_equal(y, bad)
+
+
+def test_openmm_stiff_bond_sampling_ends_on_the_constraints(system, frame):
+    """``stiff_bonds`` (the last retry, and a mode of its own) samples without OpenMM's constraint
+    solver — bonds stiffened, a quarter of the time step — and projects onto the constraints at
+    the end: bond lengths exact, beads on the CG input, a temperature near the target."""
+    x, targets, box = frame
+    refiner = make_refiner("openmm", {"temperature": 300, "steps": 25, "constraints": "h-bonds", "threads": 1,
+                                      "timestep": 0.002, "minimize_steps": 20, "relax_steps": 100, "stiff_bonds": True})
+    refiner.prepare(system)
+    result = refiner.refine(x[None], targets[None], box[None], np.random.default_rng(2))
+    y, row = result.positions[0], result.log[0]
+    assert row["stiff_bonds"] and "failed" not in row and "retried" not in row
+    pairs, lengths = system.constrained_bonds("h-bonds")
+    assert np.abs(np.linalg.norm(y[pairs[:, 0]] - y[pairs[:, 1]], axis=1) - lengths).max() < 1e-5
+    assert float(system.cg_rmsd(y, targets)) < 0.02
+    assert 150 < row["temperature"] < 450
+    assert np.abs(y - x).max() > 0.01  # it moved

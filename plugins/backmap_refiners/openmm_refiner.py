@@ -36,8 +36,14 @@ class OpenMMParams(RefineParams):
                                                          "copy (kJ/mol/nm²): topologies made for constraints can "
                                                          "have soft bonds (sPS: 10⁴), and a hot relaxation on them "
                                                          "drifts far from the lengths the constraint solver restores")
+    stiff_bonds: bool = Field(False, description="sample every frame on the flexible copy (bonds stiffened to "
+                                                 "relax_bond_k, a quarter of the time step, four times the steps) "
+                                                 "and project onto the constraints at the end, instead of "
+                                                 "constrained dynamics: slower, but independent of OpenMM's "
+                                                 "constraint solver (the last retry does this)")
     retry: bool = Field(True, description="a frame whose dynamics blow up is run again at half the time step, "
-                                          "then once more after a flexible relaxation (retry_relax_steps)")
+                                          "then after a flexible relaxation (retry_relax_steps), then with "
+                                          "stiff bonds instead of constraints, projected at the end")
     retry_relax_steps: int = Field(1000, ge=0, description="flexible-bond restrained Langevin steps of the last "
                                                            "retry (0: no such retry)")
     warmup_steps: int = Field(100, ge=0, description="dynamics steps at a quarter of the time step first "
@@ -183,9 +189,11 @@ class OpenMMRefiner(Refiner):
 
     def _refine_one(self, x: np.ndarray, target: np.ndarray, box: np.ndarray, seed: int,
                     slower: int = 1, relax_steps: int | None = None,
-                    minimize_steps: int | None = None) -> tuple[np.ndarray, dict]:
+                    minimize_steps: int | None = None, stiff: bool = False) -> tuple[np.ndarray, dict]:
         """One frame; ``slower`` divides the time step and multiplies the steps (same simulated time);
-        ``relax_steps`` and ``minimize_steps`` override the parameters of those names."""
+        ``relax_steps`` and ``minimize_steps`` override the parameters of those names; ``stiff``
+        samples on the flexible copy (stiff bonds, a quarter of the time step) and projects onto the
+        constraints at the end."""
         import openmm as mm
         import openmm.unit as u
 
@@ -193,7 +201,7 @@ class OpenMMRefiner(Refiner):
         k_soft = min(p.minimize_restraint, p.restraint) or p.restraint
         relax_steps = p.relax_steps if relax_steps is None else relax_steps
         minimize_steps = p.minimize_steps if minimize_steps is None else minimize_steps
-        if relax_steps:  # flexible bonds first: minimize, then restrained Langevin
+        if relax_steps or stiff:  # flexible bonds first: minimize, then restrained Langevin
             if "flexible" not in self._contexts:
                 self._build_flexible()
             ctx = self._load("flexible", x, target, box)
@@ -207,6 +215,8 @@ class OpenMMRefiner(Refiner):
                 # its CG position is pulled in gradually instead of being shot there
                 ctx.setParameter("k_restraint", k_soft * (p.restraint / k_soft) ** (stage / 5))
                 self._flexible.step(relax_steps // 5 + (stage <= relax_steps % 5))
+            if stiff:
+                return self._sample_stiff(ctx, slower)
             x = ctx.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
         if p.constraints != "none":  # a robust projection first: OpenMM's CCMA diverges from far off
             import torch
@@ -238,6 +248,30 @@ class OpenMMRefiner(Refiner):
         return y, {"potential": self._energy(ctx, 0), "restraint": self._energy(ctx, 1),
                    "temperature": 2 * kinetic / (self._dof * BOLTZMANN)}
 
+    def _sample_stiff(self, ctx, slower: int) -> tuple[np.ndarray, dict]:
+        """The sampling steps on the relaxed flexible copy (stiff bonds, a quarter of the time step,
+        the same simulated time), then a projection onto the constraints with backmap's solver —
+        the fallback for structures on which OpenMM's constraint solver diverges."""
+        import openmm as mm
+        import openmm.unit as u
+        import torch
+
+        p = self.params
+        self._flexible.step(4 * p.steps * slower)
+        state = ctx.getState(getPositions=True, getEnergy=True)
+        y = state.getPositions(asNumpy=True).value_in_unit(u.nanometer)
+        if p.constraints != "none":
+            projected, ok = self._projector.positions(torch.as_tensor(y[None]), torch.as_tensor(y[None]))
+            if not bool(ok.all()):
+                raise mm.OpenMMException("the constraints cannot be imposed after stiff-bond sampling")
+            y = projected[0].numpy()
+        if not np.isfinite(y).all():
+            raise mm.OpenMMException("Particle coordinate is NaN")
+        kinetic = state.getKineticEnergy().value_in_unit(u.kilojoule_per_mole)
+        dof = 3 * len(y) - 3
+        return y, {"potential": self._energy(ctx, 0), "restraint": self._energy(ctx, 1),
+                   "temperature": 2 * kinetic / (dof * BOLTZMANN), "stiff_bonds": True}
+
     def refine(self, positions: np.ndarray, targets: np.ndarray, boxes: np.ndarray,
                rng: np.random.Generator) -> RefineResult:
         import openmm as mm
@@ -247,12 +281,16 @@ class OpenMMRefiner(Refiner):
         out, log = np.empty_like(positions), []
         for k, (x, target, box) in enumerate(zip(positions, targets, boxes)):
             seed = int(rng.integers(1, 2**31 - 1))
-            attempts = [{}]  # escalating: as given; half the time step; flexible relaxation first
-            if self.params.retry:
+            attempts = [{"stiff": True} if self.params.stiff_bonds else {}]
+            # escalating: as given; half the time step; flexible relaxation first; stiff bonds
+            if self.params.retry and not self.params.stiff_bonds:
                 attempts.append({"slower": 2})
                 if self.params.retry_relax_steps > self.params.relax_steps:
-                    attempts.append({"slower": 2, "relax_steps": self.params.retry_relax_steps,
-                                     "minimize_steps": max(self.params.minimize_steps, 100)})
+                    relax = {"relax_steps": self.params.retry_relax_steps,
+                             "minimize_steps": max(self.params.minimize_steps, 100)}
+                    attempts.append({"slower": 2, **relax})
+                    if self.params.constraints != "none":  # last: no OpenMM constraint solver at all
+                        attempts.append({"stiff": True, **relax})
             try:
                 for n, attempt in enumerate(attempts):
                     try:
