@@ -194,7 +194,6 @@ class OpenMMRefiner(Refiner):
         ``relax_steps`` and ``minimize_steps`` override the parameters of those names; ``stiff``
         samples on the flexible copy (stiff bonds, a quarter of the time step) and projects onto the
         constraints at the end."""
-        import openmm as mm
         import openmm.unit as u
 
         p = self.params
@@ -219,11 +218,9 @@ class OpenMMRefiner(Refiner):
                 return self._sample_stiff(ctx, slower)
             x = ctx.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
         if p.constraints != "none":  # a robust projection first: OpenMM's CCMA diverges from far off
-            import torch
-
-            projected, ok = self._projector.positions(torch.as_tensor(x[None]), torch.as_tensor(x[None]))
-            if bool(ok.all()):  # else OpenMM's own solver below gets the structure as it is
-                x = projected[0].numpy()
+            projected = self._project(x)
+            if projected is not None:  # else OpenMM's own solver below gets the structure as it is
+                x = projected
         ctx = self._load("dynamics", x, target, box)
         if p.constraints != "none":
             ctx.applyConstraints(1e-6)
@@ -240,37 +237,41 @@ class OpenMMRefiner(Refiner):
             self._dynamics.step(p.warmup_steps)
         self._dynamics.setStepSize(p.timestep / slower)
         self._dynamics.step(p.steps * slower)
-        state = ctx.getState(getPositions=True, getEnergy=True)
-        y = state.getPositions(asNumpy=True).value_in_unit(u.nanometer)
-        if not np.isfinite(y).all():
-            raise mm.OpenMMException("Particle coordinate is NaN")
-        kinetic = state.getKineticEnergy().value_in_unit(u.kilojoule_per_mole)
-        return y, {"potential": self._energy(ctx, 0), "restraint": self._energy(ctx, 1),
-                   "temperature": 2 * kinetic / (self._dof * BOLTZMANN)}
+        return self._result(ctx, self._dof)
 
     def _sample_stiff(self, ctx, slower: int) -> tuple[np.ndarray, dict]:
         """The sampling steps on the relaxed flexible copy (stiff bonds, a quarter of the time step,
         the same simulated time), then a projection onto the constraints with backmap's solver —
         the fallback for structures on which OpenMM's constraint solver diverges."""
         import openmm as mm
-        import openmm.unit as u
+
+        self._flexible.step(4 * self.params.steps * slower)
+        y, row = self._result(ctx, 3 * self.system.n_atoms - 3)
+        if self.params.constraints != "none":
+            y = self._project(y)
+            if y is None:
+                raise mm.OpenMMException("the constraints cannot be imposed after stiff-bond sampling")
+        return y, row | {"stiff_bonds": True}
+
+    def _project(self, x: np.ndarray) -> np.ndarray | None:
+        """``x`` projected onto the bond constraints by backmap's solver, None if it does not converge."""
         import torch
 
-        p = self.params
-        self._flexible.step(4 * p.steps * slower)
+        projected, ok = self._projector.positions(torch.as_tensor(x[None]), torch.as_tensor(x[None]))
+        return projected[0].numpy() if bool(ok.all()) else None
+
+    def _result(self, ctx, dof: int) -> tuple[np.ndarray, dict]:
+        """Positions of a context after sampling and the log row (energies, kinetic temperature)."""
+        import openmm as mm
+        import openmm.unit as u
+
         state = ctx.getState(getPositions=True, getEnergy=True)
         y = state.getPositions(asNumpy=True).value_in_unit(u.nanometer)
-        if p.constraints != "none":
-            projected, ok = self._projector.positions(torch.as_tensor(y[None]), torch.as_tensor(y[None]))
-            if not bool(ok.all()):
-                raise mm.OpenMMException("the constraints cannot be imposed after stiff-bond sampling")
-            y = projected[0].numpy()
         if not np.isfinite(y).all():
             raise mm.OpenMMException("Particle coordinate is NaN")
         kinetic = state.getKineticEnergy().value_in_unit(u.kilojoule_per_mole)
-        dof = 3 * len(y) - 3
         return y, {"potential": self._energy(ctx, 0), "restraint": self._energy(ctx, 1),
-                   "temperature": 2 * kinetic / (dof * BOLTZMANN), "stiff_bonds": True}
+                   "temperature": 2 * kinetic / (dof * BOLTZMANN)}
 
     def refine(self, positions: np.ndarray, targets: np.ndarray, boxes: np.ndarray,
                rng: np.random.Generator) -> RefineResult:
@@ -345,8 +346,8 @@ def _steepest_descent(max_displacement: float, constrained: bool = False):
     # one force evaluation per step: the energy and forces of the trial structure are kept when it
     # is accepted, so the next step starts from them
     sd.addComputeGlobal("e1", "energy")
-    sd.addComputePerDof("fkeep", "select(step(e0 - e1), f, fkeep)")
     sd.addComputeGlobal("accept", "step(e0 - e1)")
+    sd.addComputePerDof("fkeep", "select(accept, f, fkeep)")
     sd.addComputePerDof("x", "select(accept, x, x0)")
     sd.addComputeGlobal("e0", "select(accept, e1, e0)")
     sd.addComputeGlobal("h", "select(accept, min(1.2*h, 1.0), 0.2*h)")
