@@ -40,6 +40,10 @@ class BackmapSettings(BaseModel):
     minimize_steps: int = Field(0, ge=0, description="restrained energy-minimization steps after sampling "
                                                      "(the EM baseline; 0 = none)")
     restraint: float = Field(1000.0, ge=0, description="CG restraint constant for minimization (kJ/mol/nm²)")
+    stereo_reference: Path | None = Field(None, description="AA structure of the system (first frame used) whose "
+                                                           "stereocentres' handedness the sampler keeps")
+    stereo_weight: float = Field(1e5, ge=0, description="selection penalty per inverted stereocentre (kJ/mol); "
+                                                         "the default outweighs any candidate's other energy")
 
 
 def load_checkpoint(path: Path, registry: Registry | None = None) -> tuple[Generator, dict]:
@@ -85,7 +89,16 @@ class Backmapper:
         options = SamplerOptions(candidates=s.candidates, gibbs_sweeps=s.gibbs_sweeps, cutoff=s.cutoff,
                                  colouring=s.colouring, batch_molecules=s.batch_molecules,
                                  strip_hydrogens=s.strip_hydrogens, energy=s.energy)
-        self.sampler = Sampler(self.cg_topology, self.plans, self.generator, selector, options, rng=rng)
+        self.chirality = None
+        if s.stereo_reference is not None:
+            if not s.energy:
+                raise BackmapError("stereo_reference: keeping stereocentres needs energy scoring (a .top topology)",
+                                   source=s.stereo_reference)
+            from backmap.chirality import load_chiral_centres
+
+            self.chirality = load_chiral_centres(self.cg_topology.topology, s.stereo_reference, s.stereo_weight)
+        self.sampler = Sampler(self.cg_topology, self.plans, self.generator, selector, options, rng=rng,
+                               chirality=self.chirality)
         self._whole_cg = Unwrapper.for_cg(self.cg_topology)
         self.forcefield = None
         if s.minimize_steps:
@@ -96,7 +109,9 @@ class Backmapper:
             self.forcefield = ForceField(self.cg_topology.topology, dtype=torch.float32)
 
     def run(self, frames: Iterable[Frame], total: int | None = None) -> Iterator[Frame]:
-        """AA frames, one per CG frame, in the AA topology's atom order (molecules whole)."""
+        """AA frames, one per CG frame, in the AA topology's atom order (molecules whole). With a
+        stereo reference, ``chirality_kept`` lists each frame's fraction of centres kept."""
+        self.chirality_kept: list[float] = []
         for k, cg in enumerate(progress(frames, total=total, description="backmapping")):
             beads = self._whole_cg(cg.positions, cg.dimensions)
             x = self.sampler.backmap(beads, cg.box)
@@ -105,6 +120,8 @@ class Backmapper:
 
                 x = minimize_restrained(self.forcefield, x, cg.box, self.cg_topology, beads,
                                         restraint=self.settings.restraint, steps=self.settings.minimize_steps).positions
+            if self.chirality is not None:
+                self.chirality_kept.append(self.chirality.kept(self.cg_topology.topology, x))
             yield Frame(x, cg.dimensions, cg.time, cg.index)
 
 

@@ -250,6 +250,8 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
 @click.option("--gibbs", "gibbs_sweeps", type=int, default=2, show_default=True)
 @click.option("--minimize", "minimize_steps", type=int, default=0, show_default=True,
               help="Restrained energy-minimization steps after sampling.")
+@click.option("--stereo-reference", type=click.Path(path_type=Path), default=None,
+              help="AA structure of the system whose stereocentres' handedness the sampler keeps.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--refine", "refiner_name", default=None,
               help="Refine every frame with this refiner (openmm, langevin, mala) under the CG restraint.")
@@ -257,12 +259,14 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
 @refine_options(minimize=False)
 def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Path | None, mapping: tuple[Path, ...],
           frames: str | None, traversal: str, selector: str, candidates: int, gibbs_sweeps: int, minimize_steps: int,
-          seed: int, refiner_name: str | None, mdp: Path | None, temperature, n_steps, restraint, constraints,
+          stereo_reference: Path | None, seed: int, refiner_name: str | None, mdp: Path | None, temperature, n_steps, restraint, constraints,
           timestep, friction, extra) -> None:
     """Backmap CG structures or a trajectory with a trained model; writes AA frames, a .top beside
     them (for gmx grompp) and the provenance (model, seed, plugin versions). With --refine, every
     frame is then sampled at --temperature under the CG restraint (see `backmap refine`)."""
     import json
+
+    import numpy as np
 
     from backmap.backmapping import Backmapper, BackmapSettings, load_checkpoint, read_cg, write_aa, write_topology
     from backmap.data import count_frames, select_frames
@@ -284,14 +288,12 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
     idx = select_frames(frames, [], count_frames(source), str(source))
     settings = BackmapSettings(traversal=traversal, selector=selector, candidates=candidates,
                                gibbs_sweeps=gibbs_sweeps, minimize_steps=minimize_steps,
-                               energy=top_path.suffix == ".top")
+                               energy=top_path.suffix == ".top", stereo_reference=stereo_reference)
     bm = Backmapper(cg_top, generator, settings, seed=seed)
     t0 = time.perf_counter()
     produced = bm.run(read_cg(cg_top, source, idx), total=len(idx))
     refine_info = None
     if refiner_name:
-        import numpy as np
-
         from backmap.refine import RestrainedSystem, refine_frames
 
         refiner = _refiner(refiner_name, temperature, n_steps, restraint, constraints, timestep, friction, None,
@@ -307,10 +309,11 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
         extra = f", {write_topology(top_path, out.with_suffix('.top'))}"
     with atomic_path(out.with_name(out.stem + ".provenance.json")) as tmp:
         tmp.write_text(json.dumps({"model": str(model), "generator": generator.name, "cg": str(source), "seed": seed,
-                                   "settings": settings.model_dump(), "refine": refine_info,
+                                   "settings": settings.model_dump(mode="json"), "refine": refine_info,
                                    "plugins": plugin_versions(default_registry())},
                                   indent=1))
-    click.echo(f"wrote {out}{extra}: {n} frames of {topo.n_atoms} atoms ({time.perf_counter() - t0:.1f} s)")
+    kept = f"; stereocentres kept {np.mean(bm.chirality_kept):.4f}" if bm.chirality_kept else ""
+    click.echo(f"wrote {out}{extra}: {n} frames of {topo.n_atoms} atoms ({time.perf_counter() - t0:.1f} s){kept}")
 
 
 @cli.command()

@@ -415,7 +415,7 @@ class EnvironmentBuilder:
         axis_np = minimum_image(self.beads[pred] - self.beads[bead], _dims(self.box))
         axis = torch.as_tensor(axis_np, dtype=self.dtype)
         towards = None
-        if frame_beads is not None:  # a bonded bead other than the unit's own and its predecessor
+        if frame_beads is not None and frame_beads.shape[1] > 1:  # a bonded bead other than the unit's own and its predecessor
             others = np.where(frame_beads[:, 1:] == pred[:, None], -1, frame_beads[:, 1:])
             pick = np.argmax(others >= 0, axis=1)
             second = others[np.arange(len(others)), pick]

@@ -15,6 +15,7 @@ import networkx as nx
 import numpy as np
 import torch
 
+from backmap.chirality import ChiralCentres
 from backmap.environment import Channels, EnvironmentBatch, EnvironmentBuilder
 from backmap.forcefield.energy import bonded_energy
 from backmap.forcefield.parameters import build_parameters, excluded_pairs, molecule_terms
@@ -42,15 +43,19 @@ class UnitEnergy:
     """Local energy of candidate placements: bonded terms that involve the unit's atoms (with the
     other atoms where they are now, terms with unplaced atoms skipped) and Lennard-Jones with the
     environment's atoms, excluded pairs left out. The force field's selection energy (DBM: bond,
-    angle, dihedral, LJ)."""
+    angle, dihedral, LJ); with ``chirality``, a penalty per stereocentre a candidate inverts
+    (a term like the bonded ones, counted once all four of its atoms are placed)."""
 
-    def __init__(self, cg_topology: CGTopology, plans: dict[str, Plan]):
+    def __init__(self, cg_topology: CGTopology, plans: dict[str, Plan], chirality: ChiralCentres | None = None):
         topo = cg_topology.topology
         self.params = build_parameters(topo)
         p = self.params
         self.c6 = torch.as_tensor(p.c6, dtype=torch.float32)
         self.c12 = torch.as_tensor(p.c12, dtype=torch.float32)
         self.lj_type = torch.as_tensor(p.lj_type)
+        self.chirality = chirality
+        if chirality is not None:
+            self.chiral_sign = torch.as_tensor(chirality.sign, dtype=torch.float32)
         self.molecule = torch.as_tensor(topo.molecule_index)
         self.local = {}
         self.excluded: dict[str, torch.Tensor] = {}
@@ -59,12 +64,15 @@ class UnitEnergy:
             if mt.name in self.local:
                 continue
             terms = molecule_terms(mt)
+            rows = chirality.rows.get(mt.name) if chirality is not None else None
+            if rows is not None and len(rows):
+                terms = {**terms, "chirality": (rows.tolist(), np.zeros((len(rows), 1)))}
             plan = plans[mt.name]
             per_unit = []
             for unit in plan.units:
                 entry = {}
-                for name in _BONDED:
-                    atoms, params = terms[name]
+                for name in (*_BONDED, "chirality"):
+                    atoms, params = terms.get(name, ([], []))
                     if not atoms:
                         continue
                     a = np.asarray(atoms)
@@ -88,6 +96,14 @@ class UnitEnergy:
         group, so they survive frames; the cache is only bounded (colouring makes groups vary)."""
         if len(self._cache) > 10_000:
             self._cache = {}
+
+    def _inversions(self, xs: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+        """(B, K, T) penalty: the weight where a centre's handedness (signed volume of rows
+        (c, a, b, d) in ``xs`` (B, K, T, 4, 3)) is opposite to the reference's (``centres`` (B, T))."""
+        c = xs[..., 0, :]
+        vol = ((xs[..., 1, :] - c) * torch.linalg.cross(xs[..., 2, :] - c, xs[..., 3, :] - c)).sum(-1)
+        ref = self.chiral_sign[centres][:, None]
+        return self.chirality.weight * (vol * ref < 0).to(vol.dtype)
 
     def pair_params(self, moltype: str, units: torch.Tensor, neighbours: torch.Tensor,
                     mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -163,7 +179,10 @@ class UnitEnergy:
             parts = []
             for (name, off, T, k), par in zip(st["spans"], st["params"]):
                 xs = x[:, :, off:off + T * k].reshape(B, K, T, k, 3)
-                parts.append(bonded_energy(name, [xs[..., j, :] for j in range(k)], par))
+                if name == "chirality":
+                    parts.append(self._inversions(xs, glob[:, off:off + T * k:k]))
+                else:
+                    parts.append(bonded_energy(name, [xs[..., j, :] for j in range(k)], par))
             e = torch.cat(parts, -1) if len(parts) > 1 else parts[0]  # (B, K, terms)
             if all_placed:
                 total = e.sum(-1)
@@ -193,7 +212,7 @@ class Sampler:
 
     def __init__(self, cg_topology: CGTopology, plans: dict[str, Plan], generator: Generator, selector: Selector,
                  options: SamplerOptions | None = None, channels: Channels | None = None,
-                 rng: np.random.Generator | None = None):
+                 rng: np.random.Generator | None = None, chirality: ChiralCentres | None = None):
         self.cg = cg_topology
         self.plans = plans
         self.generator = generator
@@ -201,7 +220,9 @@ class Sampler:
         self.options = options or SamplerOptions()
         self.channels = channels or Channels.from_system(cg_topology)
         self.rng = rng or np.random.default_rng(0)
-        self.energy = UnitEnergy(cg_topology, plans) if self.options.energy else None
+        if chirality is not None and not self.options.energy:
+            raise ValueError("keeping stereocentres needs the candidates' energies (options.energy)")
+        self.energy = UnitEnergy(cg_topology, plans, chirality) if self.options.energy else None
         self.builder = EnvironmentBuilder(cg_topology, plans, self.channels, cutoff=self.options.cutoff,
                                           strip_hydrogens=self.options.strip_hydrogens,
                                           pair_params=self.energy.pair_params if self.energy else None)

@@ -40,7 +40,7 @@ def perceive(topology: Topology, whole_positions: np.ndarray) -> StereoElements:
     for block in topology.blocks:
         mt = block.moltype
         x0 = whole_positions[block.first_atom:block.first_atom + mt.n_atoms]
-        c, b, note = _molecule_stereo(mt, x0)
+        c, b, note = molecule_stereo(mt, x0)
         if note:
             notes.append(f"{mt.name}: {note}")
         offsets = block.first_atom + mt.n_atoms * np.arange(block.count)
@@ -50,7 +50,9 @@ def perceive(topology: Topology, whole_positions: np.ndarray) -> StereoElements:
     return StereoElements(cat(centres), cat(bonds), notes)
 
 
-def _molecule_stereo(mt: MoleculeType, x_nm: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+def molecule_stereo(mt: MoleculeType, x_nm: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """Stereocentre rows (centre, a, b, d) and stereo double bonds (a, b, c, d) of one molecule type,
+    local indices, with a note on what could not be perceived."""
     from rdkit import Chem, RDLogger
     from rdkit.Chem import rdDetermineBonds
     from rdkit.Geometry import Point3D

@@ -20,6 +20,8 @@ class BackmapParams(BackmapSettings):
     model: str = Field("model/generator.pkl", description="checkpoint in the work directory")
     out: str = Field("backmap/aa.xtc", description="AA trajectory (.xtc, .gro, .pdb, .trr)")
     structure: str | None = Field("backmap/aa.gro", description="first AA frame as a structure")
+    stereo_reference: InputPath | None = Field(None, description="AA structure of the system (e.g. a training "
+                                                                 "snapshot) whose stereocentres the sampler keeps")
 
 
 class BackmapStep(Step):
@@ -60,6 +62,8 @@ class BackmapStep(Step):
         summary = {"frames": n, "atoms": ctx.topology.n_atoms, "generator": generator.name,
                    "seconds per frame": round(seconds / max(n, 1), 3),
                    "placements per second": round(bm.sampler.placements / seconds), "output": str(out)}
+        if bm.chirality_kept:
+            summary["stereocentres kept"] = round(float(sum(bm.chirality_kept) / len(bm.chirality_kept)), 4)
         if p.structure:
             summary["structure"] = str(write_aa(ctx.path(p.structure), results[:1], ctx.topology) and
                                        ctx.path(p.structure))
@@ -72,6 +76,6 @@ class BackmapStep(Step):
             write_aa(ref, reference, ctx.topology)
             summary["reference"] = str(ref)
         write_text(out.parent / "provenance.json", json.dumps(
-            {"recipe": str(ctx.recipe.path), "seed": ctx.seed, "settings": settings.model_dump(),
+            {"recipe": str(ctx.recipe.path), "seed": ctx.seed, "settings": settings.model_dump(mode="json"),
              "generator": generator.name, "plugins": plugin_versions(ctx.registry)}, indent=1))
         return summary
