@@ -5,13 +5,12 @@ A GROMACS topology does not say which enantiomer a centre is (syndiotactic and i
 polystyrene share one ``.top``), and a generator that places a centre's neighbours on the wrong
 side inverts it — restrained relaxation cannot undo that. So the handedness comes from a
 structure with the right chemistry (any frame of the system: an AA training snapshot, the
-structure the CG model was made from). Each centre is described by three heavy neighbours where
-it has three (hydrogens are placed after heavy atoms, so the heavy skeleton is what decides the
-handedness), else by the neighbours RDKit names (``backmap.metrics.stereo``).
+structure the CG model was made from). RDKit names the centres (``backmap.metrics.stereo``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -25,61 +24,72 @@ from backmap.topology import MoleculeType, Topology
 
 @dataclass
 class ChiralCentres:
-    """``rows``: per molecule type, its centres as local rows (centre, a, b, d); ``sign``: the
-    reference handedness (+1/−1) of every centre atom of the system by global index, 0 elsewhere;
-    ``weight``: kJ/mol added to a candidate's selection energy per centre it inverts."""
+    """Every centre as the signed volumes of each triple of its neighbours: ``rows`` per molecule
+    type, local (centre, a, b, d); ``slot`` which triple of its centre a row is (0–3); ``sign``
+    (n_atoms, 4) the reference's sign of triple ``slot`` of centre atom i (global index), 0 where
+    there is none; ``weight``: kJ/mol added to a candidate's selection energy per triple it flips.
+
+    One triple fixes the handedness of a regular tetrahedron; all of them also catch a hydrogen
+    placed on the wrong side of a correct heavy skeleton, which inverts the centre just as well."""
 
     rows: dict[str, np.ndarray]
+    slot: dict[str, np.ndarray]
     sign: np.ndarray
     weight: float = 1e5
 
-    def global_rows(self, topology: Topology) -> np.ndarray:
-        """(n, 4) global rows of every centre of the system."""
-        out = [np.zeros((0, 4), int)]
+    def global_rows(self, topology: Topology) -> tuple[np.ndarray, np.ndarray]:
+        """(n, 4) global rows of every centre of the system and their slots (n,)."""
+        out, slots = [np.zeros((0, 4), int)], [np.zeros(0, int)]
         for block in topology.blocks:
             rows = self.rows.get(block.moltype.name)
             if rows is not None and len(rows):
                 offsets = block.first_atom + block.moltype.n_atoms * np.arange(block.count)
                 out.append((rows[None] + offsets[:, None, None]).reshape(-1, 4))
-        return np.concatenate(out)
+                slots.append(np.tile(self.slot[block.moltype.name], block.count))
+        return np.concatenate(out), np.concatenate(slots)
 
     def kept(self, topology: Topology, positions: np.ndarray) -> float:
-        """Fraction of centres with the reference handedness in ``positions`` (N, 3), molecules whole."""
-        rows = self.global_rows(topology)
+        """Fraction of centres with the reference handedness in ``positions`` (N, 3), molecules
+        whole: every triple of neighbours signed as in the reference."""
+        rows, slots = self.global_rows(topology)
         if not len(rows):
             return 1.0
         vol = signed_volumes(np.asarray(positions, float)[None], rows)[0]
-        ref = self.sign[rows[:, 0]]
-        return float(np.mean((np.sign(vol) == ref)[ref != 0]))
+        ref = self.sign[rows[:, 0], slots]
+        flipped = np.bincount(rows[:, 0], weights=(np.sign(vol) != ref) & (ref != 0), minlength=len(self.sign))
+        centres = np.unique(rows[:, 0])
+        return float(np.mean(flipped[centres] == 0))
 
 
-def centre_rows(mt: MoleculeType, x_nm: np.ndarray) -> np.ndarray:
-    """Local (centre, a, b, d) rows of a molecule type's tetrahedral stereocentres."""
+def centre_rows(mt: MoleculeType, x_nm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Local (centre, a, b, d) rows of a molecule type's tetrahedral stereocentres, one per triple
+    of each centre's bonded neighbours (sorted), and each row's triple index."""
     centres, _bonds, _note = molecule_stereo(mt, x_nm)
-    heavy = mt.elements != "H"
-    rows = []
-    for c, *named in centres.tolist():
-        nb = sorted(n for n in mt.graph.neighbors(c) if heavy[n])
-        rows.append([c, *nb[:3]] if len(nb) >= 3 else [c, *named])
-    return np.array(rows, int).reshape(-1, 4)
+    rows, slots = [], []
+    for c, *_named in centres.tolist():
+        for k, triple in enumerate(combinations(sorted(mt.graph.neighbors(c)), 3)):
+            rows.append([c, *triple])
+            slots.append(k)
+    return np.array(rows, int).reshape(-1, 4), np.array(slots, int)
 
 
 def chiral_centres(topology: Topology, positions: np.ndarray, weight: float = 1e5,
                    source: str | Path | None = None) -> ChiralCentres:
     """Centres and their handedness in ``positions`` (N, 3) nm of the whole system, molecules
-    whole. A centre that is planar in the reference (sign 0) is not restrained."""
+    whole, per molecule (chains of one type may differ). A triple that is planar in the
+    reference (sign 0) is not restrained."""
     x = np.asarray(positions, float)
     if x.shape != (topology.n_atoms, 3):
         raise BackmapError(f"the stereo reference has {len(x)} atoms, the system {topology.n_atoms}", source=source)
-    rows, sign = {}, np.zeros(topology.n_atoms, np.int8)
+    rows, slots = {}, {}
     for block in topology.blocks:
         mt = block.moltype
         if mt.name not in rows:
-            rows[mt.name] = centre_rows(mt, x[block.first_atom:block.first_atom + mt.n_atoms])
-    cc = ChiralCentres(rows, sign, weight)
-    g = cc.global_rows(topology)
+            rows[mt.name], slots[mt.name] = centre_rows(mt, x[block.first_atom:block.first_atom + mt.n_atoms])
+    cc = ChiralCentres(rows, slots, np.zeros((topology.n_atoms, 4), np.int8), weight)
+    g, k = cc.global_rows(topology)
     if len(g):
-        sign[g[:, 0]] = np.sign(signed_volumes(x[None], g)[0])
+        cc.sign[g[:, 0], k] = np.sign(signed_volumes(x[None], g)[0])
     return cc
 
 

@@ -65,8 +65,8 @@ class UnitEnergy:
                 continue
             terms = molecule_terms(mt)
             rows = chirality.rows.get(mt.name) if chirality is not None else None
-            if rows is not None and len(rows):
-                terms = {**terms, "chirality": (rows.tolist(), np.zeros((len(rows), 1)))}
+            if rows is not None and len(rows):  # parameter: which triple of its centre a row is
+                terms = {**terms, "chirality": (rows.tolist(), chirality.slot[mt.name][:, None])}
             plan = plans[mt.name]
             per_unit = []
             for unit in plan.units:
@@ -97,12 +97,13 @@ class UnitEnergy:
         if len(self._cache) > 10_000:
             self._cache = {}
 
-    def _inversions(self, xs: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-        """(B, K, T) penalty: the weight where a centre's handedness (signed volume of rows
-        (c, a, b, d) in ``xs`` (B, K, T, 4, 3)) is opposite to the reference's (``centres`` (B, T))."""
+    def _inversions(self, xs: torch.Tensor, centres: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """(B, K, T) penalty: the weight where the signed volume of a row (c, a, b, d) in ``xs``
+        (B, K, T, 4, 3) is opposite to the reference's (centre atoms ``centres`` (B, T), triples
+        ``slots`` (T,))."""
         c = xs[..., 0, :]
         vol = ((xs[..., 1, :] - c) * torch.linalg.cross(xs[..., 2, :] - c, xs[..., 3, :] - c)).sum(-1)
-        ref = self.chiral_sign[centres][:, None]
+        ref = self.chiral_sign[centres, slots[None]][:, None]
         return self.chirality.weight * (vol * ref < 0).to(vol.dtype)
 
     def pair_params(self, moltype: str, units: torch.Tensor, neighbours: torch.Tensor,
@@ -180,7 +181,7 @@ class UnitEnergy:
             for (name, off, T, k), par in zip(st["spans"], st["params"]):
                 xs = x[:, :, off:off + T * k].reshape(B, K, T, k, 3)
                 if name == "chirality":
-                    parts.append(self._inversions(xs, glob[:, off:off + T * k:k]))
+                    parts.append(self._inversions(xs, glob[:, off:off + T * k:k], par[:, 0].long()))
                 else:
                     parts.append(bonded_energy(name, [xs[..., j, :] for j in range(k)], par))
             e = torch.cat(parts, -1) if len(parts) > 1 else parts[0]  # (B, K, terms)
