@@ -171,6 +171,10 @@ def test_refine_step_in_a_recipe(tmp_path, cli):
     code, _, stderr = cli("apply", "--model", shipped / "generator.pkl", "--cg", tmp_path / "run" / "backmap" / "cg.xtc",
                           "--frames", "0:1", "--candidates", 1, "--gibbs", 0, "--out", tmp_path / "shipped.gro")
     assert code == 0, stderr
+    # a stereo reference that is not the AA system: refused before any work, naming the file
+    code, _, stderr = cli("apply", "--model", shipped / "generator.pkl", "--cg", tmp_path / "run" / "backmap" / "cg.xtc",
+                          "--stereo-reference", tmp_path / "run" / "backmap" / "cg.xtc", "--out", tmp_path / "stereo.gro")
+    assert code != 0 and "cg.xtc" in stderr and "atoms" in stderr and not (tmp_path / "stereo.gro").exists()
 
     recipe["refiners"] = []
     path.write_text(yaml.safe_dump(recipe))
