@@ -136,7 +136,8 @@ def test_refine_step_in_a_recipe(tmp_path, cli):
         "refiners": [{"plugin": "openmm", "params": {"temperature": 300, "steps": 20, "minimize_steps": 10,
                                                           "threads": 1}}],
         "steps": [{"prepare": {}}, {"train": {}}, {"backmap": {"candidates": 1, "gibbs_sweeps": 0}},
-                  {"refine": {"frames": "0:1", "mdp": str(tmp_path / "short.mdp")}}],
+                  {"refine": {"frames": "0:1", "mdp": str(tmp_path / "short.mdp"),
+                              "aa": "workdir:backmap/aa.xtc"}}],  # a file the backmap step writes
     }
     (tmp_path / "short.mdp").write_text("coulombtype = reaction-field\nrcoulomb = 0.6\nrvdw = 0.6\n")
     path = tmp_path / "recipe.yaml"

@@ -7,16 +7,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from backmap import BackmapError, Step
 from backmap.forcefield import NonbondedSettings
-from backmap.recipe import InputPath
+from backmap.recipe import InputPath, StepInput, resolve_step_input
 from backmap.refine import RestrainedSystem, refine_files
 
 
 class RefineStepParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     refiner: int | str = Field(0, description="which of the recipe's 'refiners' (index or plugin name)")
-    aa: InputPath | None = Field(None, description="AA trajectory to refine; default: the backmap step's "
-                                                   "backmap/aa.xtc in the work directory")
-    cg: InputPath | None = Field(None, description="its CG input, frame by frame; default: backmap/cg.xtc")
+    aa: StepInput | None = Field(None, description="AA trajectory to refine (``workdir:PATH``: written by an "
+                                                   "earlier step); default: the backmap step's backmap/aa.xtc")
+    cg: StepInput | None = Field(None, description="its CG input, frame by frame; default: backmap/cg.xtc")
     frames: str | None = Field(None, description="'start:stop:step' or '0,5,9'")
     mdp: InputPath | None = Field(None, description="GROMACS .mdp for cut-offs and electrostatics")
     batch: int = Field(1, ge=1, description="frames per refiner call (the torch refiners batch them)")
@@ -45,8 +45,8 @@ class RefineStep(Step):
                                    f"({', '.join(r.plugin for r in refs)})", source=where)
             ref = named[0]
         refiner = ctx.plugin("refiner", ref, "refiners")
-        aa = Path(p.aa) if p.aa else ctx.workdir / "backmap" / "aa.xtc"
-        cg = Path(p.cg) if p.cg else ctx.workdir / "backmap" / "cg.xtc"
+        aa = resolve_step_input(p.aa, ctx.workdir, "steps.refine.aa") or ctx.workdir / "backmap" / "aa.xtc"
+        cg = resolve_step_input(p.cg, ctx.workdir, "steps.refine.cg") or ctx.workdir / "backmap" / "cg.xtc"
         for path, key in ((aa, "aa"), (cg, "cg")):
             if not path.is_file():
                 raise BackmapError(f"steps.refine.{key}: {path} does not exist (run the 'backmap' step first "
