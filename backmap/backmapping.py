@@ -42,7 +42,7 @@ class BackmapSettings(BaseModel):
     restraint: float = Field(1000.0, ge=0, description="CG restraint constant for minimization (kJ/mol/nm²)")
     stereo_reference: Path | None = Field(None, description="AA structure of the system (first frame used) whose "
                                                            "stereocentres' handedness the sampler keeps")
-    stereo_weight: float = Field(1e5, ge=0, description="selection penalty per inverted stereocentre (kJ/mol); "
+    stereo_weight: float = Field(1e5, ge=0, description="selection penalty per flipped neighbour triple of a stereocentre (kJ/mol); "
                                                          "the default outweighs any candidate's other energy")
 
 

@@ -43,8 +43,8 @@ class UnitEnergy:
     """Local energy of candidate placements: bonded terms that involve the unit's atoms (with the
     other atoms where they are now, terms with unplaced atoms skipped) and Lennard-Jones with the
     environment's atoms, excluded pairs left out. The force field's selection energy (DBM: bond,
-    angle, dihedral, LJ); with ``chirality``, a penalty per stereocentre a candidate inverts
-    (a term like the bonded ones, counted once all four of its atoms are placed)."""
+    angle, dihedral, LJ); with ``chirality``, a penalty per neighbour triple of a stereocentre
+    that a candidate flips (a term like the bonded ones, counted once its four atoms are placed)."""
 
     def __init__(self, cg_topology: CGTopology, plans: dict[str, Plan], chirality: ChiralCentres | None = None):
         topo = cg_topology.topology
