@@ -43,8 +43,7 @@ class ChiralCentres:
         for block in topology.blocks:
             rows = self.rows.get(block.moltype.name)
             if rows is not None and len(rows):
-                offsets = block.first_atom + block.moltype.n_atoms * np.arange(block.count)
-                out.append((rows[None] + offsets[:, None, None]).reshape(-1, 4))
+                out.append(block.global_rows(rows))
                 slots.append(np.tile(self.slot[block.moltype.name], block.count))
         return np.concatenate(out), np.concatenate(slots)
 

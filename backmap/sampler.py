@@ -10,12 +10,12 @@ do not overlap, so no unit is ever re-placed in the same step as one it sees.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import networkx as nx
 import numpy as np
 import torch
 
-from backmap.chirality import ChiralCentres
 from backmap.environment import Channels, EnvironmentBatch, EnvironmentBuilder
 from backmap.forcefield.energy import bonded_energy
 from backmap.forcefield.parameters import build_parameters, excluded_pairs, molecule_terms
@@ -24,6 +24,9 @@ from backmap.pbc import box_dimensions, minimum_image
 from backmap.plugin import Generator, Selector
 from backmap.progress import progress
 from backmap.traversal import Plan
+
+if TYPE_CHECKING:  # the stereo restraint (and RDKit behind it) is loaded only when it is used
+    from backmap.chirality import ChiralCentres
 
 _BONDED = ("bond", "angle", "proper", "rb", "improper")
 

@@ -85,6 +85,13 @@ class MoleculeBlock:
     def atom_slice(self) -> slice:
         return slice(self.first_atom, self.first_atom + self.n_atoms)
 
+    def global_rows(self, local: np.ndarray) -> np.ndarray:
+        """System atom indices (count·T, k) of rows of local atom indices (T, k) — bonds, angles,
+        stereocentres — for every copy, molecule after molecule."""
+        local = np.asarray(local, int)
+        offsets = self.first_atom + self.moltype.n_atoms * np.arange(self.count)
+        return (local[None] + offsets[:, None, None]).reshape(-1, local.shape[-1])
+
 
 @dataclass
 class Topology:

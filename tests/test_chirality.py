@@ -2,6 +2,7 @@
 penalty for candidates that invert a centre (tests/data/chiral: 27 CHFClBr molecules)."""
 import numpy as np
 import pytest
+from conftest import DATA
 
 from backmap.backmapping import Backmapper, BackmapSettings
 from backmap.chirality import centre_rows, chiral_centres, load_chiral_centres
@@ -10,8 +11,6 @@ from backmap.io import Frame, write_frames
 from backmap.mapping import load_mapping
 from backmap.registry import default_registry
 from backmap.topology import load_topology
-
-from conftest import DATA
 
 CHIRAL = DATA / "chiral"
 BOX = 3.0
@@ -59,7 +58,7 @@ def test_centre_uses_heavy_neighbours_and_flips_under_reflection(system):
 
 
 def test_stereo_reference_errors_name_the_file(system, tmp_path):
-    top, _cg, x = system
+    top, _cg, _x = system
     with pytest.raises(BackmapError, match="not found"):
         load_chiral_centres(top, tmp_path / "missing.gro")
     short = _write(tmp_path / "short.gro", load_topology(DATA / "dimer" / "dimer.top"), np.zeros((2, 3)))

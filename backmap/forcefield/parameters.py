@@ -158,18 +158,16 @@ def build_parameters(topology: Topology) -> Parameters:
         if mt.parameters.has_NBFIX():
             raise BackmapError(f"molecule type {mt.name}: [ nonbond_params ] are not supported yet",
                                source=topology.source)
-        offsets = block.first_atom + mt.n_atoms * np.arange(block.count)
         for name, (atoms, params) in molecule_terms(mt).items():
             if atoms:
-                a = np.asarray(atoms, int)
-                bonded[name][0].append((a[None] + offsets[:, None, None]).reshape(-1, a.shape[1]))
+                bonded[name][0].append(block.global_rows(atoms))
                 bonded[name][1].append(np.tile(np.asarray(params, float), (block.count, 1)))
         atoms = mt.parameters.atoms
         charges.append(np.tile([a.charge for a in atoms], block.count))
         sig.append(np.tile([a.sigma * NM for a in atoms], block.count))
         eps.append(np.tile([a.epsilon * KCAL for a in atoms], block.count))
         ex = excluded_pairs(mt)
-        excl.append((ex[None] + offsets[:, None, None]).reshape(-1, 2))
+        excl.append(block.global_rows(ex.reshape(-1, 2)))
     terms = {}
     for name, (atoms, params) in bonded.items():
         k, p = _WIDTH[name]

@@ -43,9 +43,8 @@ def perceive(topology: Topology, whole_positions: np.ndarray) -> StereoElements:
         c, b, note = molecule_stereo(mt, x0)
         if note:
             notes.append(f"{mt.name}: {note}")
-        offsets = block.first_atom + mt.n_atoms * np.arange(block.count)
-        centres.append((c[None] + offsets[:, None, None]).reshape(-1, 4))
-        bonds.append((b[None] + offsets[:, None, None]).reshape(-1, 4))
+        centres.append(block.global_rows(c))
+        bonds.append(block.global_rows(b))
     cat = lambda parts: np.concatenate(parts) if parts else np.zeros((0, 4), int)  # noqa: E731
     return StereoElements(cat(centres), cat(bonds), notes)
 

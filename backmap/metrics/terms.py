@@ -74,10 +74,8 @@ def _graph_terms(topology: Topology) -> dict[str, np.ndarray]:
             local["angle"] += [(i, j, k) for a, i in enumerate(nb) for k in nb[a + 1:]]
         for j, k in g.edges():
             local["dihedral"] += [(i, j, k, m) for i in g[j] if i != k for m in g[k] if m not in (j, i)]
-        offsets = block.first_atom + block.moltype.n_atoms * np.arange(block.count)
         for fam, width in zip(FAMILIES, (2, 3, 4, 4)):
-            a = np.asarray(local[fam], int).reshape(-1, width)
-            out[fam].append((a[None] + offsets[:, None, None]).reshape(-1, width))
+            out[fam].append(block.global_rows(np.asarray(local[fam], int).reshape(-1, width)))
     return {fam: _unique_rows(np.concatenate(v)) for fam, v in out.items()}
 
 
@@ -105,8 +103,7 @@ def pairs_within(topology: Topology, n_bonds: int) -> np.ndarray:
     n = topology.n_atoms
     for block in topology.blocks:
         local = _local_pairs_within(block.moltype, n_bonds)
-        offsets = block.first_atom + block.moltype.n_atoms * np.arange(block.count)
-        glob = (local[None] + offsets[:, None, None]).reshape(-1, 2)
+        glob = block.global_rows(local.reshape(-1, 2))
         keys.append(glob[:, 0].astype(np.int64) * n + glob[:, 1])
     return np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
 
@@ -125,12 +122,9 @@ def peptide_backbone(topology: Topology) -> np.ndarray:
     are −1 where there is no peptide bond. φ = columns 0–3, ψ = columns 1–4. Empty without peptides."""
     out = []
     for block in topology.blocks:
-        mt = block.moltype
-        local = _local_backbone(mt)
+        local = _local_backbone(block.moltype)
         if len(local):
-            offsets = block.first_atom + mt.n_atoms * np.arange(block.count)
-            glob = local[None] + offsets[:, None, None]
-            out.append(np.where(local[None] >= 0, glob, -1).reshape(-1, 5))
+            out.append(np.where(np.tile(local >= 0, (block.count, 1)), block.global_rows(local), -1))
     return np.concatenate(out) if out else np.zeros((0, 5), int)
 
 
