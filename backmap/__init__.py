@@ -3,8 +3,8 @@
 The public API a plugin needs is re-exported here; everything else is an implementation detail.
 """
 from backmap.errors import BackmapError
-from backmap.hooks import hookimpl
-from backmap.plugin import (
+from backmap.engine.hooks import hookimpl
+from backmap.engine.plugin import (
     Generator,
     Metric,
     Plugin,
@@ -16,7 +16,7 @@ from backmap.plugin import (
     Traversal,
 )
 
-__version__ = "0.1.0"
+from backmap._version import __version__
 
 __all__ = [
     "BackmapError",

@@ -46,7 +46,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--kind", default=None, help="Only plugins of this kind.")
 def plugins(kind: str | None) -> None:
     """List every installed plugin: name, kind, providing package, version."""
-    from backmap.registry import default_registry
+    from backmap.engine.registry import default_registry
 
     table = Table("kind", "name", "package", "version", "module", "summary", box=None)
     for info in default_registry():
@@ -60,7 +60,7 @@ def plugins(kind: str | None) -> None:
 @click.argument("overrides", nargs=-1)
 def check(recipe: Path, overrides: tuple[str, ...]) -> None:
     """Validate RECIPE (and key.path=value OVERRIDES) without running it."""
-    from backmap.recipe import load_recipe
+    from backmap.engine.recipe import load_recipe
 
     r, steps = load_recipe(recipe, list(overrides))
     click.echo(f"{recipe}: ok — {r.name}, steps: {', '.join(s.name for s in steps)}; "
@@ -74,8 +74,8 @@ def check(recipe: Path, overrides: tuple[str, ...]) -> None:
 @click.option("--workdir", type=click.Path(path_type=Path), default=None, help="Override the recipe's workdir.")
 def run(recipe: Path, overrides: tuple[str, ...], only: str | None, workdir: Path | None) -> None:
     """Run the steps of RECIPE in order (OVERRIDES: key.path=value, e.g. steps.train.epochs=2)."""
-    from backmap.pipeline import run_recipe
-    from backmap.recipe import load_recipe
+    from backmap.engine.pipeline import run_recipe
+    from backmap.engine.recipe import load_recipe
 
     r, steps = load_recipe(recipe, list(overrides))
     out = run_recipe(r, steps, workdir, only.split(",") if only else None, console=console)
@@ -146,7 +146,7 @@ def _refiner(name: str, temperature, n_steps, restraint, constraints, timestep, 
              extra: tuple[str, ...], seed: int):
     import yaml
 
-    from backmap.refine import make_refiner
+    from backmap.refinement.restrained import make_refiner
 
     params = {k: v for k, v in dict(temperature=temperature, steps=n_steps, restraint=restraint,
                                     constraints=constraints, timestep=timestep, friction=friction,
@@ -160,9 +160,9 @@ def _refiner(name: str, temperature, n_steps, restraint, constraints, timestep, 
 
 
 def _restrained_system(topology: Path, mapping: tuple[Path, ...] | list[Path], settings):
-    from backmap.mapping import load_mapping
-    from backmap.refine import RestrainedSystem
-    from backmap.topology import load_topology
+    from backmap.engine.loaders import load_mapping
+    from backmap.refinement.restrained import RestrainedSystem
+    from backmap.engine.loaders import load_topology
 
     topo = load_topology(topology)
     return RestrainedSystem(load_mapping(list(mapping), topo).cg_topology(topo), Path(topology), settings)
@@ -185,13 +185,13 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
 
     import numpy as np
 
-    from backmap.data import count_frames, select_frames
+    from backmap.system.pairs import count_frames, select_frames
     from backmap.forcefield import ForceField
     from backmap.forcefield.trajectory import rerun_trajectory
-    from backmap.io import Frame, write_frames
-    from backmap.mapping import load_mapping
+    from backmap.system.io import Frame, write_frames
+    from backmap.engine.loaders import load_mapping
     from backmap.progress import progress
-    from backmap.topology import load_topology
+    from backmap.engine.loaders import load_topology
 
     if forces_out and not mapping:
         raise BackmapError("--forces-out needs --mapping")
@@ -268,13 +268,13 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
 
     import numpy as np
 
-    from backmap.backmapping import Backmapper, BackmapSettings, load_checkpoint, read_cg, write_aa, write_topology
-    from backmap.data import count_frames, select_frames
-    from backmap.io import atomic_path
-    from backmap.mapping import load_mapping
-    from backmap.pipeline import plugin_versions
-    from backmap.registry import default_registry
-    from backmap.topology import load_topology
+    from backmap.sampling.backmapper import Backmapper, BackmapSettings, load_checkpoint, read_cg, write_aa, write_topology
+    from backmap.system.pairs import count_frames, select_frames
+    from backmap.system.io import atomic_path
+    from backmap.engine.loaders import load_mapping
+    from backmap.engine.pipeline import plugin_versions
+    from backmap.engine.registry import default_registry
+    from backmap.engine.loaders import load_topology
 
     generator, info = load_checkpoint(model)
     top_path = topology or (Path(info["topology"]) if info.get("topology") else None)
@@ -294,7 +294,7 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
     produced = bm.run(read_cg(cg_top, source, idx), total=len(idx))
     refine_info = None
     if refiner_name:
-        from backmap.refine import RestrainedSystem, refine_frames
+        from backmap.refinement.restrained import RestrainedSystem, refine_frames
 
         refiner = _refiner(refiner_name, temperature, n_steps, restraint, constraints, timestep, friction, None,
                            extra, seed)
@@ -337,7 +337,7 @@ def refine(topology: Path, mapping: tuple[Path, ...], cg_path: Path, traj: Path,
     """Sample the AA structure at temperature T while keeping every bead's mapped centre on the CG
     input (restrained Langevin / MALA); writes OUT, OUT's .log.csv (energy, CG deviation per frame)
     and a plot of it."""
-    from backmap.refine import refine_files
+    from backmap.refinement.restrained import refine_files
 
     refiner = _refiner(refiner_name, temperature, n_steps, restraint, constraints, timestep, friction,
                        minimize_steps, extra, seed)
@@ -357,10 +357,10 @@ def refine(topology: Path, mapping: tuple[Path, ...], cg_path: Path, traj: Path,
 @click.option("--frames", default=None, help="'start:stop:step' or '0,5,9'.")
 def map_cmd(topology: Path, traj: Path, mapping: tuple[Path, ...], out: Path, frames: str | None) -> None:
     """Map an AA trajectory to CG (like VOTCA's csg_map); molecules are made whole first."""
-    from backmap.data import count_frames, select_frames
-    from backmap.mapper import map_trajectory
-    from backmap.mapping import load_mapping
-    from backmap.topology import load_topology
+    from backmap.system.pairs import count_frames, select_frames
+    from backmap.system.projection import map_trajectory
+    from backmap.engine.loaders import load_mapping
+    from backmap.engine.loaders import load_topology
 
     t0 = time.perf_counter()
     topo = load_topology(topology)

@@ -50,7 +50,7 @@ def config_label(cfg: dict) -> str:
 
 
 def subset(src: Path, dst: Path, idx: np.ndarray, n_atoms: int, names, resnames, resids) -> None:
-    from backmap.io import read_frames, write_frames
+    from backmap.system.io import read_frames, write_frames
 
     write_frames(dst, read_frames(src, n_atoms, idx), names, resnames, resids)
 
@@ -74,10 +74,10 @@ def main() -> None:
 
     torch.set_num_threads(max(args.threads, 1))
     from backmap.forcefield import NonbondedSettings
-    from backmap.mapping import load_mapping
+    from backmap.engine.loaders import load_mapping
     from backmap.metrics.evaluate import EvaluationSpec, run_evaluation
-    from backmap.refine import RestrainedSystem, make_refiner, refine_files
-    from backmap.topology import load_topology
+    from backmap.refinement.restrained import RestrainedSystem, make_refiner, refine_files
+    from backmap.engine.loaders import load_topology
 
     ev = SPS / "eval_t568"
     inputs = {}

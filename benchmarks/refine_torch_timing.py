@@ -39,10 +39,10 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from backmap.forcefield import NonbondedSettings
-    from backmap.io import read_frames
-    from backmap.mapping import load_mapping
-    from backmap.refine import RestrainedSystem
-    from backmap.topology import load_topology
+    from backmap.system.io import read_frames
+    from backmap.engine.loaders import load_mapping
+    from backmap.refinement.restrained import RestrainedSystem
+    from backmap.engine.loaders import load_topology
     from backmap_refiners.torch_refiners import LangevinRefiner, MALARefiner
 
     top = load_topology(SPS / "top" / "topol.top")

@@ -23,10 +23,10 @@ CHILD = r"""
 import json, resource, sys, time
 import numpy as np
 from pathlib import Path
-from backmap.backmapping import Backmapper, BackmapSettings, read_cg
-from backmap.mapping import load_mapping
-from backmap.registry import default_registry
-from backmap.topology import load_topology
+from backmap.sampling.backmapper import Backmapper, BackmapSettings, read_cg
+from backmap.engine.loaders import load_mapping
+from backmap.engine.registry import default_registry
+from backmap.engine.loaders import load_topology
 sps, repo, batch = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1"
 topo = load_topology(sps / "top" / "topol.top")
 cg = load_mapping(repo / "recipes" / "sps" / "sps.xml", topo).cg_topology(topo)

@@ -27,8 +27,8 @@ import json, resource, sys, time
 import numpy as np, torch
 torch.set_num_threads(1)
 from pathlib import Path
-from backmap.mapping import load_mapping
-from backmap.topology import load_topology
+from backmap.engine.loaders import load_mapping
+from backmap.engine.loaders import load_topology
 sps, repo, preset, model = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
 topo = load_topology(sps / "top" / "topol.top")
 cg = load_mapping(repo / "recipes" / "sps" / "sps.xml", topo).cg_topology(topo)
@@ -37,11 +37,11 @@ def peak_mb():
 """
 
 TRAIN = COMMON + r"""
-from backmap.data import pair_folder_frames, pairs_from_folders
-from backmap.environment import Channels
-from backmap.registry import default_registry
-from backmap.sequences import build_sequences
-from backmap.traversal import make_plan
+from backmap.system.pairs import pair_folder_frames, pairs_from_folders
+from backmap.sampling.environment import Channels
+from backmap.engine.registry import default_registry
+from backmap.training.sequences import build_sequences
+from backmap.sampling.traversal import make_plan
 from backmap_voxel_gan.energy import LocalEnergies
 from backmap_voxel_gan.features import ChannelLayout
 from backmap_voxel_gan.model import VoxelGANModel
@@ -69,13 +69,13 @@ print(json.dumps({"seconds": dt, "iterations": iterations, "sequences": iteratio
 """
 
 INFER = COMMON + r"""
-from backmap.backmapping import Backmapper, BackmapSettings, load_checkpoint, read_cg
-from backmap.registry import default_registry
+from backmap.sampling.backmapper import Backmapper, BackmapSettings, load_checkpoint, read_cg
+from backmap.engine.registry import default_registry
 candidates, batch = int(sys.argv[5]), sys.argv[6] == "1"
 if model:
     gen, _ = load_checkpoint(Path(model))
 else:  # an untrained model of the preset: the same cost per call
-    from backmap.environment import Channels
+    from backmap.sampling.environment import Channels
     gen = default_registry().get("generator", "voxel_gan").cls({"preset": preset})
     gen._setup(Channels.from_system(cg))
 frame = next(read_cg(cg, sps / "eval_t568" / "cg.xtc", [0]))

@@ -36,14 +36,14 @@ def need(program: str) -> str:
 
 @pytest.fixture(scope="session")
 def hexane_topology():
-    from backmap.topology import load_topology
+    from backmap.engine.loaders import load_topology
 
     return load_topology(HEXANE / "topol.top")
 
 
 @pytest.fixture(scope="session")
 def hexane_tpr():
-    from backmap.topology import load_topology
+    from backmap.engine.loaders import load_topology
 
     return load_topology(HEXANE / "topol.tpr")
 

@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from backmap.environment import Channels
+from backmap.sampling.environment import Channels
 from backmap.errors import BackmapError
-from backmap.mapping import load_mapping
-from backmap.topology import load_topology
+from backmap.engine.loaders import load_mapping
+from backmap.engine.loaders import load_topology
 
 from conftest import HEXANE, REPO
 

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 from conftest import DATA
 
-from backmap.backmapping import Backmapper, BackmapSettings
-from backmap.chirality import centre_rows, chiral_centres, load_chiral_centres
+from backmap.sampling.backmapper import Backmapper, BackmapSettings
+from backmap.sampling.chirality import centre_rows, chiral_centres, load_chiral_centres
 from backmap.errors import BackmapError
-from backmap.io import Frame, write_frames
-from backmap.mapping import load_mapping
-from backmap.registry import default_registry
-from backmap.topology import load_topology
+from backmap.system.io import Frame, write_frames
+from backmap.engine.loaders import load_mapping
+from backmap.engine.registry import default_registry
+from backmap.engine.loaders import load_topology
 
 CHIRAL = DATA / "chiral"
 BOX = 3.0

@@ -5,8 +5,8 @@ import numpy as np
 import torch
 
 from backmap.forcefield import ForceField, NonbondedSettings
-from backmap.io import read_frames
-from backmap.topology import load_topology
+from backmap.system.io import read_frames
+from backmap.engine.loaders import load_topology
 
 from conftest import HEXANE
 

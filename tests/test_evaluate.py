@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from backmap.forcefield import NonbondedSettings
-from backmap.io import Frame, read_frames, write_frames
+from backmap.system.io import Frame, read_frames, write_frames
 from backmap.metrics.evaluate import EvaluationSpec, run_evaluation
 
 from conftest import HEXANE, REPO
@@ -18,8 +18,8 @@ METRICS = ["bonds", "angles", "dihedrals", "energy", ("rdf", {"r_max": 0.8}), "c
 @pytest.fixture(scope="module")
 def hexane_inputs(tmp_path_factory, hexane_topology):
     """The CG trajectory of the hexane reference and a perturbed copy (Gaussian noise, 0.01 nm)."""
-    from backmap.mapper import map_trajectory
-    from backmap.mapping import load_mapping
+    from backmap.system.projection import map_trajectory
+    from backmap.engine.loaders import load_mapping
 
     tmp = tmp_path_factory.mktemp("evaluate")
     cg_top = load_mapping(HEXANE / "hexane.xml", hexane_topology).cg_topology(hexane_topology)
@@ -106,8 +106,8 @@ def test_cli_bad_input_is_one_line_and_exit_2(cli, tmp_path, hexane_inputs, args
 def test_evaluate_recipe_step(tmp_path):
     import yaml
 
-    from backmap.pipeline import run_recipe
-    from backmap.recipe import load_recipe
+    from backmap.engine.pipeline import run_recipe
+    from backmap.engine.recipe import load_recipe
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({

@@ -6,9 +6,9 @@ import torch
 from backmap.errors import BackmapError
 from backmap.forcefield import ForceField, NonbondedSettings
 from backmap.forcefield.neighbors import neighbour_pairs
-from backmap.io import read_frames
-from backmap.pbc import box_vectors, minimum_image
-from backmap.topology import load_topology
+from backmap.system.io import read_frames
+from backmap.system.pbc import box_vectors, minimum_image
+from backmap.engine.loaders import load_topology
 
 from conftest import HEXANE, TRICLINIC, need
 
@@ -23,7 +23,7 @@ def _frames(path, n):
 
 
 def _compare(top, structure, traj, settings, n_frames=2):
-    from backmap.gmx import rerun, rerun_mdp
+    from backmap.system.gmx import rerun, rerun_mdp
 
     need("gmx_d")
     x, boxes = _frames(traj, n_frames)
@@ -55,7 +55,7 @@ def test_hexane_opls_matches_gromacs():
 @pytest.mark.gromacs
 def test_triclinic_plain_cutoff_matches_gromacs():
     """Triclinic box (70/80/90°), plain cut-off Coulomb (Verlet: reaction field with ε_rf = 1), no LJ shift."""
-    from backmap.gmx import rerun, rerun_mdp
+    from backmap.system.gmx import rerun, rerun_mdp
 
     need("gmx_d")
     settings = NonbondedSettings(rvdw=1.0, rcoulomb=1.0, coulomb="cutoff", vdw_modifier="none")

@@ -4,8 +4,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from backmap.io import read_frames
-from backmap.pbc import minimum_image
+from backmap.system.io import read_frames
+from backmap.system.pbc import minimum_image
 
 from conftest import HEXANE, REPO, TRICLINIC, need
 
@@ -64,9 +64,9 @@ def test_map_formats_and_top_topology(tmp_path, cli, suffix):
     assert n_written == 3 and first.shape == (600, 3)
     assert "3 frames, 600 beads" in stdout
     # equal to the mapping applied in memory to whole molecules, up to the format's precision
-    from backmap.mapping import load_mapping
-    from backmap.pbc import Unwrapper
-    from backmap.topology import load_topology
+    from backmap.engine.loaders import load_mapping
+    from backmap.system.pbc import Unwrapper
+    from backmap.engine.loaders import load_topology
 
     topo = load_topology(HEXANE / "topol.top")
     cg_top = load_mapping(HEXANE / "hexane.xml", topo).cg_topology(topo)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from backmap.errors import BackmapError
-from backmap.mapping import load_mapping
+from backmap.engine.loaders import load_mapping
 
 from conftest import DATA, HEXANE
 
@@ -49,7 +49,7 @@ def test_dbm_map_matches_votca_beads(hexane_topology):
 
 
 def test_dbm_sps_map(shared):
-    from backmap.topology import load_topology
+    from backmap.engine.loaders import load_topology
 
     topo = load_topology(shared / "sps" / "top" / "topol.top")
     mm = load_mapping(shared / "sps" / "dbm" / "PS1.map", topo).molecules["PS1"]

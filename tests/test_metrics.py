@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from backmap.forcefield import NonbondedSettings
-from backmap.io import read_frames
+from backmap.system.io import read_frames
 from backmap.metrics import (
     Binning,
     EvalContext,
@@ -20,7 +20,7 @@ from backmap.metrics import (
 )
 from backmap.metrics.compare import compare
 from backmap.metrics.divergence import histogram, wasserstein_histogram
-from backmap.topology import MoleculeBlock, MoleculeType, Topology
+from backmap.system.topology import MoleculeBlock, MoleculeType, Topology
 
 from conftest import HEXANE
 
@@ -322,8 +322,8 @@ def test_sps_chirality_signs_agree_with_rdkit_cip_labels(shared):
     from rdkit.Chem import rdDetermineBonds
     from rdkit.Geometry import Point3D
 
-    from backmap.pbc import Unwrapper
-    from backmap.topology import load_topology
+    from backmap.system.pbc import Unwrapper
+    from backmap.engine.loaders import load_topology
 
     sps = shared / "sps"
     top = load_topology(sps / "top" / "topol.top")

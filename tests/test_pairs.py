@@ -4,9 +4,9 @@ import textwrap
 
 import numpy as np
 
-from backmap.data import PairSet
-from backmap.io import read_frames, write_frames
-from backmap.mapping import load_mapping
+from backmap.system.pairs import PairSet
+from backmap.system.io import read_frames, write_frames
+from backmap.engine.loaders import load_mapping
 
 
 from conftest import HEXANE
@@ -70,14 +70,14 @@ def test_pairs_from_dbm_folders(tmp_path, cli, hexane_topology):
     cg_top = load_mapping(HEXANE / "hexane.xml", hexane_topology).cg_topology(hexane_topology)
     folder = tmp_path / "snapshots"
     frames = list(read_frames(HEXANE / "traj.xtc", frames=[0, 4, 8]))
-    from backmap.pbc import Unwrapper
+    from backmap.system.pbc import Unwrapper
     unwrap = Unwrapper(hexane_topology)
     for n, fr in zip((10, 200, 30), frames):
         write_frames(folder / "aa" / f"{n}.gro", [fr], hexane_topology.atom_names, hexane_topology.resnames,
                      hexane_topology.residue_numbers())
         cg = cg_top.apply(unwrap(fr.positions, fr.dimensions))
         # the CG file wraps beads into the box, as many tools do
-        from backmap.io import Frame
+        from backmap.system.io import Frame
         frac = np.linalg.solve(fr.box.T, cg.T).T
         wrapped = (frac - np.floor(frac)) @ fr.box
         write_frames(folder / "cg" / f"{n}.gro", [Frame(wrapped, fr.dimensions)], cg_top.bead_names,

@@ -1,9 +1,9 @@
 """Periodic boundaries: triclinic minimum images and making molecules whole."""
 import numpy as np
 
-from backmap.io import read_frames
-from backmap.pbc import Unwrapper, box_dimensions, box_vectors, minimum_image
-from backmap.topology import load_topology
+from backmap.system.io import read_frames
+from backmap.system.pbc import Unwrapper, box_dimensions, box_vectors, minimum_image
+from backmap.engine.loaders import load_topology
 
 from conftest import TRICLINIC
 

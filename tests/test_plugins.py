@@ -8,8 +8,9 @@ import types
 import pluggy
 import pytest
 
-from backmap import BackmapError, Step, hookimpl, hooks
-from backmap.registry import collect, default_registry
+from backmap import BackmapError, Step, hookimpl
+from backmap.engine import hooks
+from backmap.engine.registry import collect, default_registry
 
 from conftest import HEXANE, REPO
 
@@ -103,7 +104,7 @@ def test_external_plugin_end_to_end(toy_site, tmp_path):
     # the plugin fitted the training frames the core prepared: mean offset of each atom from its home bead
     import json
     import numpy as np
-    from backmap.data import PairSet
+    from backmap.system.pairs import PairSet
     current = json.loads((tmp_path / "work" / "pairs" / "current.json").read_text())
     pairs = PairSet.load(tmp_path / "work" / "pairs" / current["file"])
     train = ~np.isin(pairs.frames, current["test_frames"])

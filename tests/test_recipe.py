@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from backmap.errors import BackmapError
-from backmap.recipe import load_recipe
+from backmap.engine.recipe import load_recipe
 
 from conftest import HEXANE
 
@@ -149,7 +149,7 @@ def test_workdir_paths_name_files_of_earlier_steps(tmp_path):
     from pydantic import TypeAdapter
 
     from backmap.errors import BackmapError
-    from backmap.recipe import StepInput, resolve_step_input
+    from backmap.engine.recipe import StepInput, resolve_step_input
 
     adapter = TypeAdapter(StepInput)
     value = adapter.validate_python("workdir:refine/aa.xtc", context={"base_dir": str(tmp_path)})

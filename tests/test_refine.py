@@ -14,10 +14,10 @@ import torch
 import yaml
 
 from backmap.forcefield import ForceField, NonbondedSettings
-from backmap.io import Frame, read_frames, write_frames
-from backmap.mapping import load_mapping
-from backmap.refine import BOLTZMANN, RestrainedSystem, make_refiner
-from backmap.topology import load_topology
+from backmap.system.io import Frame, read_frames, write_frames
+from backmap.engine.loaders import load_mapping
+from backmap.refinement.restrained import BOLTZMANN, RestrainedSystem, make_refiner
+from backmap.engine.loaders import load_topology
 from conftest import HEXANE
 
 pytest.importorskip("openmm")

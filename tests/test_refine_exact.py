@@ -19,14 +19,14 @@ import torch
 from scipy import stats
 from scipy.spatial.transform import Rotation
 
-from backmap.constraints import BondConstraints
+from backmap.refinement.constraints import BondConstraints
 from backmap.errors import BackmapError
 from backmap.forcefield import NonbondedSettings
-from backmap.io import read_frames
-from backmap.mapping import load_mapping
-from backmap.pbc import Unwrapper
-from backmap.refine import BOLTZMANN, RestrainedSystem
-from backmap.topology import load_topology
+from backmap.system.io import read_frames
+from backmap.engine.loaders import load_mapping
+from backmap.system.pbc import Unwrapper
+from backmap.refinement.restrained import BOLTZMANN, RestrainedSystem
+from backmap.engine.loaders import load_topology
 from backmap_refiners.torch_potential import RestrainedPotential
 from backmap_refiners.torch_refiners import LangevinRefiner, MALARefiner
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from backmap.forcefield import ForceField, NonbondedSettings
-from backmap.pipeline import RunContext
-from backmap.recipe import load_recipe
-from backmap.registry import default_registry
-from backmap.topology import load_topology
-from backmap.train import RegularizerSample, Schedule
+from backmap.engine.pipeline import RunContext
+from backmap.engine.recipe import load_recipe
+from backmap.engine.registry import default_registry
+from backmap.engine.loaders import load_topology
+from backmap.training.regularization import RegularizerSample, Schedule
 
 from conftest import HEXANE
 
@@ -26,8 +26,8 @@ def local_sample():
     """Molecule 3 of hexane 'generated', its neighbours within 0.6 nm as reference environment."""
     topo = load_topology(HEXANE / "topol.top")
     ff = ForceField(topo, NonbondedSettings(rvdw=0.9, rcoulomb=0.9))
-    from backmap.io import read_frames
-    from backmap.pbc import Unwrapper, minimum_image
+    from backmap.system.io import read_frames
+    from backmap.system.pbc import Unwrapper, minimum_image
 
     frame = next(read_frames(HEXANE / "traj.xtc"))
     x = Unwrapper(topo)(frame.positions, frame.dimensions)
@@ -99,7 +99,7 @@ def test_flat_bottom_zero_on_data_and_restoring_outside(tmp_path, local_sample):
         data: {{trajectory: {HEXANE / 'traj.xtc'}, frames: '0:4', split: {{test_fraction: 0}}}}
         steps: [{{prepare: {{}}}}]
         """))
-    from backmap.pipeline import run_recipe
+    from backmap.engine.pipeline import run_recipe
 
     r, steps = load_recipe(recipe)
     run_recipe(r, steps)

@@ -3,12 +3,14 @@ import numpy as np
 import pytest
 import torch
 
-from backmap.environment import Channels, EnvironmentBuilder
-from backmap.mapping import Bead, MoleculeMapping, load_mapping
-from backmap.pbc import Unwrapper
-from backmap.registry import default_registry
-from backmap.topology import MoleculeType, load_topology
-from backmap.traversal import make_plan
+from backmap.sampling.environment import Channels, EnvironmentBuilder
+from backmap.system.mapping import Bead, MoleculeMapping
+from backmap.engine.loaders import load_mapping
+from backmap.system.pbc import Unwrapper
+from backmap.engine.registry import default_registry
+from backmap.system.topology import MoleculeType
+from backmap.engine.loaders import load_topology
+from backmap.sampling.traversal import make_plan
 
 from conftest import HEXANE
 
@@ -67,7 +69,7 @@ def test_ring_molecule_and_heavy_first():
 def hexane():
     topo = load_topology(HEXANE / "topol.top")
     cg = load_mapping(HEXANE / "hexane.xml", topo).cg_topology(topo)
-    from backmap.io import read_frames
+    from backmap.system.io import read_frames
 
     fr = next(read_frames(HEXANE / "traj.xtc"))
     x = Unwrapper(topo)(fr.positions, fr.dimensions)
@@ -149,7 +151,7 @@ def test_forward_environment_sees_only_placed_atoms(hexane):
 
 
 def _backmapper(cg, **kw):
-    from backmap.backmapping import Backmapper, BackmapSettings
+    from backmap.sampling.backmapper import Backmapper, BackmapSettings
 
     gen = default_registry().get("generator", "bead_centre").cls({"spread": 0.05})
     return Backmapper(cg, gen, BackmapSettings(candidates=4, gibbs_sweeps=1, **kw), seed=kw.pop("seed", 3))
@@ -157,7 +159,7 @@ def _backmapper(cg, **kw):
 
 def test_seeded_and_repeatable(hexane):
     topo, cg, x, fr = hexane
-    from backmap.io import Frame
+    from backmap.system.io import Frame
 
     frame = Frame(cg.apply(x), fr.dimensions)
     a = next(_backmapper(cg).run([frame]))
@@ -175,7 +177,7 @@ def test_colouring_never_moves_overlapping_units_together(hexane):
     beads = 3 * np.arange(200) + 1
     groups = s._groups(beads)
     assert sorted(np.concatenate(groups).tolist()) == list(range(200)) and len(groups) > 1
-    from backmap.pbc import minimum_image
+    from backmap.system.pbc import minimum_image
 
     reach = 2 * (s.options.cutoff + s.builder.margin)
     for g in groups:

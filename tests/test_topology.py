@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from backmap.errors import BackmapError
-from backmap.topology import load_topology
+from backmap.engine.loaders import load_topology
 
 from conftest import HEXANE
 

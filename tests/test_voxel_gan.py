@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from backmap.sequences import BeadSequences
+from backmap.training.sequences import BeadSequences
 from backmap_voxel_gan.features import ChannelLayout
 from backmap_voxel_gan.model import VoxelGANModel
 from backmap_voxel_gan.params import VoxelGANParams
@@ -187,9 +187,9 @@ def test_recipe_trains_and_backmaps_hexane(tmp_path, cli):
     assert len(log) == 3  # rows at iterations 2 and 4
     report = (work / "report.md").read_text()
     assert "training.png" in report
-    from backmap.io import read_frames
-    from backmap.mapping import load_mapping
-    from backmap.topology import load_topology
+    from backmap.system.io import read_frames
+    from backmap.engine.loaders import load_mapping
+    from backmap.engine.loaders import load_topology
 
     frame = next(read_frames(work / "backmap" / "aa.xtc"))
     assert frame.positions.shape == (4000, 3) and np.isfinite(frame.positions).all()
@@ -197,7 +197,7 @@ def test_recipe_trains_and_backmaps_hexane(tmp_path, cli):
     topo = load_topology(HEXANE / "topol.top")
     cg = load_mapping(HEXANE / "hexane.xml", topo).cg_topology(topo)
     ref = next(read_frames(work / "backmap" / "cg.xtc"))
-    from backmap.pbc import Unwrapper, minimum_image
+    from backmap.system.pbc import Unwrapper, minimum_image
 
     x = Unwrapper(topo)(frame.positions, frame.dimensions)
     d = np.linalg.norm(minimum_image(cg.apply(x) - ref.positions, frame.dimensions), axis=1)
@@ -205,11 +205,11 @@ def test_recipe_trains_and_backmaps_hexane(tmp_path, cli):
 
 
 def test_propose_is_seeded_and_in_the_unit_frame():
-    from backmap.environment import EnvironmentBatch
+    from backmap.sampling.environment import EnvironmentBatch
     from backmap_voxel_gan.generator import VoxelGAN
 
     gen = VoxelGAN({"preset": "tiny"})
-    from backmap.environment import Channels
+    from backmap.sampling.environment import Channels
 
     gen._setup(Channels({"A": 0, "B": 1}, {"X": 0}, {(k,): i for i, k in enumerate(("bond", "angle", "dihedral", "lj"))}))
     seqs = toy_sequences(3)
@@ -238,7 +238,7 @@ def test_propose_is_seeded_and_in_the_unit_frame():
 def test_shipped_sps_model_loads():
     """The sPS model in models/ loads with today's code (its networks' state matches the classes),
     and its description names the repository's mapping relative to itself."""
-    from backmap.backmapping import load_checkpoint
+    from backmap.sampling.backmapper import load_checkpoint
 
     model = Path(__file__).resolve().parent.parent / "models" / "sps-voxel-gan" / "generator.pkl"
     generator, info = load_checkpoint(model)

@@ -16,8 +16,8 @@ from backmap.forcefield import geometry as geo
 from backmap.forcefield.neighbors import neighbour_pairs
 from backmap.forcefield.parameters import Parameters, build_parameters
 from backmap.forcefield.settings import ONE_4PI_EPS0, NonbondedSettings
-from backmap.pbc import Unwrapper, box_dimensions, box_vectors
-from backmap.topology import Topology
+from backmap.system.pbc import Unwrapper, box_dimensions, box_vectors
+from backmap.system.topology import Topology
 
 BONDED = ("bond", "angle", "urey_bradley", "proper", "rb", "improper", "lj14", "coulomb14")
 NONBONDED = ("lj", "coulomb")

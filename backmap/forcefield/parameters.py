@@ -11,7 +11,7 @@ import networkx as nx
 import numpy as np
 
 from backmap.errors import BackmapError
-from backmap.topology import MoleculeType, Topology
+from backmap.system.topology import MoleculeType, Topology
 
 KCAL = 4.184  # kJ per kcal
 NM = 0.1  # nm per Å

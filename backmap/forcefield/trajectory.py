@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from backmap.forcefield.energy import ForceField
-from backmap.io import Frame, read_frames
-from backmap.mapping import CGTopology
-from backmap.pbc import Unwrapper
+from backmap.system.io import Frame, read_frames
+from backmap.system.mapping import CGTopology
+from backmap.system.pbc import Unwrapper
 
 
 @dataclass

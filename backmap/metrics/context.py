@@ -10,8 +10,8 @@ import numpy as np
 
 from backmap.errors import BackmapError
 from backmap.metrics import terms
-from backmap.pbc import Unwrapper, box_vectors, minimum_image
-from backmap.topology import Topology
+from backmap.system.pbc import Unwrapper, box_vectors, minimum_image
+from backmap.system.topology import Topology
 
 T = TypeVar("T")
 #: smallest cut-off of a neighbour search; shorter pair lists are filtered from it
@@ -19,7 +19,7 @@ SEARCH_MIN = 0.4
 
 if TYPE_CHECKING:
     from backmap.forcefield import ForceField, NonbondedSettings, Parameters
-    from backmap.mapping import CGTopology
+    from backmap.system.mapping import CGTopology
 
 
 class EvalContext:

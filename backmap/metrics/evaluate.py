@@ -16,10 +16,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from pydantic import ValidationError
 
-import backmap
+from backmap._version import __version__
 from backmap.errors import BackmapError
 from backmap.forcefield import NonbondedSettings
-from backmap.io import atomic_path, read_frames, trajectory_info
+from backmap.system.io import atomic_path, read_frames, trajectory_info
 from backmap.metrics.compare import Compared, compare, mean_jsd
 from backmap.metrics.context import EvalContext, FrameBatch
 from backmap.metrics.spec import Histogram, Observable
@@ -94,7 +94,7 @@ def _labels(spec: EvaluationSpec) -> list[str]:
 
 
 def _select(path: Path, n_frames: int, spec: EvaluationSpec) -> np.ndarray:
-    from backmap.io import parse_frames
+    from backmap.system.io import parse_frames
 
     frames = parse_frames(spec.frames, n_frames, str(path))
     skip = np.asarray(spec.skip_frames, int)
@@ -219,7 +219,7 @@ def _metrics(spec: EvaluationSpec, registry) -> list:
         try:
             out.append(cls(params))
         except ValidationError as exc:
-            from backmap.recipe import format_errors
+            from backmap.engine.recipe import format_errors
 
             raise BackmapError(format_errors(exc, "metrics", (name, "params"), cls.Params)) from None
     return out
@@ -229,10 +229,10 @@ def run_evaluation(spec: EvaluationSpec, registry=None, console=None) -> dict[st
     """Evaluate the candidates against the reference; write ``metrics.json``, ``report.md`` and
     ``figures/`` into ``spec.out`` and return the contents of ``metrics.json``. Notes (skipped
     metrics and why) also go to ``console`` (a rich console) when given."""
-    from backmap.mapping import load_mapping
+    from backmap.engine.loaders import load_mapping
     from backmap.metrics.report import write_report
-    from backmap.registry import default_registry
-    from backmap.topology import load_topology
+    from backmap.engine.registry import default_registry
+    from backmap.engine.loaders import load_topology
 
     t_start = time.perf_counter()
     registry = registry or default_registry()
@@ -304,7 +304,7 @@ def run_evaluation(spec: EvaluationSpec, registry=None, console=None) -> dict[st
     if missing:
         notes.append(f"headline observables not produced: {', '.join(missing)}")
     result: dict[str, Any] = {
-        "backmap": backmap.__version__,
+        "backmap": __version__,
         "title": spec.title,
         "inputs": {"topology": str(spec.topology), "reference": str(spec.reference),
                    "candidates": {lab: str(t.path) for lab, t in zip(labels, trajectories[1:])},

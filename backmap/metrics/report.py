@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from backmap.io import atomic_path
+from backmap.system.io import atomic_path
 from backmap.metrics.compare import Compared
 
 FAMILY_TITLES = {"bond": "Bond lengths", "angle": "Angles", "dihedral": "Proper dihedrals",

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from backmap.metrics.geometry import dihedrals, signed_volumes
-from backmap.topology import MoleculeType, Topology
+from backmap.system.topology import MoleculeType, Topology
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from functools import lru_cache
 import networkx as nx
 import numpy as np
 
-from backmap.topology import Topology
+from backmap.system.topology import Topology
 
 FAMILIES = ("bond", "angle", "dihedral", "improper")
 #: residue names whose N, CA, C atoms make a peptide backbone ((φ, ψ) maps)

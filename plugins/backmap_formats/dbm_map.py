@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from backmap import BackmapError, Reader
-from backmap.mapping import Bead, Mapping, MoleculeMapping
-from backmap.topology import Topology
+from backmap.system.mapping import Bead, Mapping, MoleculeMapping
+from backmap.system.topology import Topology
 
 
 def _sections(path: Path) -> dict[str, list[tuple[int, list[str]]]]:

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from backmap import BackmapError, Reader
-from backmap.gmx import gromacs_topdir
-from backmap.topology import MoleculeBlock, MoleculeType, Topology, element_from_mass
+from backmap.system.gmx import gromacs_topdir
+from backmap.system.topology import MoleculeBlock, MoleculeType, Topology, element_from_mass
 
 
 def _blocks(moltypes: list[MoleculeType], counts: list[int]) -> list[MoleculeBlock]:

@@ -5,7 +5,7 @@ import numpy as np
 
 from backmap import Metric
 from backmap.metrics import EvalContext, FrameBatch, Observable
-from backmap.pbc import minimum_image
+from backmap.system.pbc import minimum_image
 
 
 class CGRmsd(Metric):

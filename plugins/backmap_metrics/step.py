@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from backmap import BackmapError, Step
 from backmap.forcefield import NonbondedSettings
 from backmap.metrics.evaluate import EvaluationSpec, run_evaluation, settings_from_options
-from backmap.recipe import InputPath, StepInput, resolve_step_input
+from backmap.engine.recipe import InputPath, StepInput, resolve_step_input
 
 
 class MetricChoice(BaseModel):
@@ -41,8 +41,8 @@ class EvaluateParams(BaseModel):
     @classmethod
     def _known_metrics(cls, value):
         """Metric names and parameters are checked when the recipe is loaded (``backmap check``)."""
-        from backmap.recipe import format_errors
-        from backmap.registry import default_registry
+        from backmap.engine.recipe import format_errors
+        from backmap.engine.registry import default_registry
 
         for item in value or []:
             name, params = (item, {}) if isinstance(item, str) else (item.plugin, item.params)

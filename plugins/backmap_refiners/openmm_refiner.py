@@ -5,7 +5,7 @@ The system comes from the GROMACS topology (``GromacsTopFile``), with the run's 
 Every bead's weighted centre is held to its CG position by ``CustomCentroidBondForce`` with the
 mapping's weights. Per frame: optionally a restrained relaxation of a *flexible* copy of the system (bond terms
 instead of constraints: badly distorted input is untangled before any constraint solver sees it);
-a projection onto the bond constraints (backmap.constraints — OpenMM's CCMA diverges from far
+a projection onto the bond constraints (backmap.refinement.constraints — OpenMM's CCMA diverges from far
 off); restrained, constrained steepest descent (clashes; beads pulled onto the CG); a short warm-up
 at a quarter time step; then the sampling steps. The OpenMM contexts are built once and reused for every
 frame.
@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import Field
 
 from backmap import BackmapError, Refiner
-from backmap.refine import BOLTZMANN, RefineParams, RefineResult, RestrainedSystem
+from backmap.refinement.restrained import BOLTZMANN, RefineParams, RefineResult, RestrainedSystem
 
 
 class OpenMMParams(RefineParams):
@@ -106,7 +106,7 @@ class OpenMMRefiner(Refiner):
         import openmm.app as app
         import openmm.unit as u
 
-        from backmap.gmx import gromacs_topdir
+        from backmap.system.gmx import gromacs_topdir
 
         p = self.params
         topdir = gromacs_topdir()
@@ -130,7 +130,7 @@ class OpenMMRefiner(Refiner):
         if p.relax_steps:
             self._build_flexible()
         if p.constraints != "none":
-            from backmap.constraints import BondConstraints
+            from backmap.refinement.constraints import BondConstraints
 
             pairs, lengths = self.system.constrained_bonds(p.constraints)
             self._projector = BondConstraints(pairs, lengths, self.system.topology.masses)

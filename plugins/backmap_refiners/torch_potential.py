@@ -16,7 +16,7 @@ import torch
 
 from backmap.forcefield import BONDED, TERMS, ForceField
 from backmap.forcefield.neighbors import box_heights
-from backmap.refine import RestrainedSystem
+from backmap.refinement.restrained import RestrainedSystem
 
 
 @dataclass

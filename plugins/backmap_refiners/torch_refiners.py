@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from backmap.constraints import BondConstraints
+from backmap.refinement.constraints import BondConstraints
 from backmap.errors import BackmapError
-from backmap.minimize import minimize_restrained
-from backmap.plugin import Refiner
-from backmap.refine import RefineParams, RefineResult, RestrainedSystem
+from backmap.forcefield.minimize import minimize_restrained
+from backmap.engine.plugin import Refiner
+from backmap.refinement.restrained import RefineParams, RefineResult, RestrainedSystem
 from backmap_refiners.integrators import Dynamics, State
 from backmap_refiners.torch_potential import RestrainedPotential
 

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from backmap import Regularizer
 from backmap.forcefield import TERMS
-from backmap.train import RegularizerSample, Schedule
+from backmap.training.regularization import RegularizerSample, Schedule
 
 #: DBM's default: bonded terms weighted 1, Lennard-Jones 0.1 (its bonded/non-bonded ratio)
 DEFAULT_TERMS = {"bond": 1.0, "angle": 1.0, "proper": 1.0, "rb": 1.0, "improper": 1.0, "lj": 0.1}

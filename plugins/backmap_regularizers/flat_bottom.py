@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from backmap import BackmapError, Regularizer
 from backmap.forcefield import ForceField, NonbondedSettings
 from backmap.forcefield import geometry as geo
-from backmap.train import RegularizerSample, Schedule
+from backmap.training.regularization import RegularizerSample, Schedule
 
 
 class FlatBottomParams(BaseModel):
@@ -56,7 +56,7 @@ class FlatBottom(Regularizer):
         self.bond_range = self._ranges(r, [_key(types[b]) for b in bonds])
         self.angle_range = self._ranges(theta, [_key(types[a]) for a in angles])
         dmin: dict[str, float] = defaultdict(lambda: np.inf)
-        from backmap.pbc import box_vectors
+        from backmap.system.pbc import box_vectors
 
         for k in range(n):
             i, j, shift = ff.pairs(pairs.aa[k].astype(float), box_vectors(pairs.dimensions[k]))

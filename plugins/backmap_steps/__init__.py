@@ -4,9 +4,9 @@ from backmap import hookimpl
 
 from backmap_steps.backmap_step import BackmapStep
 from backmap_steps.map_step import MapStep
-from backmap_steps.prepare import PrepareStep
+from backmap_steps.prepare_step import PrepareStep
 from backmap_steps.refine_step import RefineStep
-from backmap_steps.train import TrainStep
+from backmap_steps.train_step import TrainStep
 
 
 @hookimpl

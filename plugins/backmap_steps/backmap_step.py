@@ -7,11 +7,11 @@ import time
 from pydantic import Field
 
 from backmap import BackmapError, Step
-from backmap.backmapping import Backmapper, BackmapSettings, load_checkpoint, read_cg, write_aa, write_topology
-from backmap.data import count_frames, select_frames
-from backmap.io import Frame, write_frames
-from backmap.pipeline import plugin_versions, write_text
-from backmap.recipe import InputPath
+from backmap.sampling.backmapper import Backmapper, BackmapSettings, load_checkpoint, read_cg, write_aa, write_topology
+from backmap.system.pairs import count_frames, select_frames
+from backmap.system.io import Frame, write_frames
+from backmap.engine.pipeline import plugin_versions, write_text
+from backmap.engine.recipe import InputPath
 
 
 class BackmapParams(BackmapSettings):

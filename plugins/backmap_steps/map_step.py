@@ -6,10 +6,10 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from backmap import BackmapError, Step
-from backmap.data import count_frames, select_frames
-from backmap.io import write_frames
-from backmap.mapper import map_trajectory
-from backmap.recipe import InputPath
+from backmap.system.pairs import count_frames, select_frames
+from backmap.system.io import write_frames
+from backmap.system.projection import map_trajectory
+from backmap.engine.recipe import InputPath
 
 
 class MapParams(BaseModel):
@@ -36,7 +36,7 @@ class MapStep(Step):
         n = map_trajectory(cg_top, Path(traj), out, frames)
         summary = {"trajectory": str(traj), "frames": n, "beads": cg_top.n_beads, "output": str(out)}
         if self.params.structure:
-            from backmap.mapper import map_frames
+            from backmap.system.projection import map_frames
 
             first = next(map_frames(cg_top, Path(traj), frames[:1]))
             structure = ctx.path(self.params.structure)

@@ -7,8 +7,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from backmap import BackmapError, Step
 from backmap.forcefield import NonbondedSettings
-from backmap.recipe import InputPath, StepInput, resolve_step_input
-from backmap.refine import RestrainedSystem, refine_files
+from backmap.engine.recipe import InputPath, StepInput, resolve_step_input
+from backmap.refinement.restrained import RestrainedSystem, refine_files
 
 
 class RefineStepParams(BaseModel):

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from backmap.forcefield import ForceField
-from backmap.sequences import BeadSequences
-from backmap.topology import Topology
-from backmap.train import RegularizerSample
+from backmap.training.sequences import BeadSequences
+from backmap.system.topology import Topology
+from backmap.training.regularization import RegularizerSample
 
 #: logged energy terms: name → force-field terms summed into it
 LOGGED = {"bond": ("bond",), "angle": ("angle", "urey_bradley"), "dihedral": ("proper", "rb"),
@@ -23,7 +23,7 @@ LOGGED = {"bond": ("bond",), "angle": ("angle", "urey_bradley"), "dihedral": ("p
 
 
 class LocalEnergies:
-    """Builds :class:`backmap.train.RegularizerSample` s of training sequences."""
+    """Builds :class:`backmap.training.regularization.RegularizerSample` s of training sequences."""
 
     def __init__(self, topology: Topology, cache_size: int = 4096):
         self.ff = ForceField(topology, dtype=torch.float64)

@@ -1,9 +1,9 @@
 """Feature channels of a local environment on the voxel grid (thesis eqs. 4.9–4.10).
 
 Every neighbour atom is written into two channels: its atom type and its interaction with the atom
-being placed (bond, angle, dihedral, Lennard-Jones — the core's :class:`backmap.environment.Channels`);
+being placed (bond, angle, dihedral, Lennard-Jones — the core's :class:`backmap.sampling.environment.Channels`);
 every neighbour bead into its bead-type channel. The same code serves training sequences and the
-sampler's :class:`backmap.environment.EnvironmentBatch`, so both see identical inputs.
+sampler's :class:`backmap.sampling.environment.EnvironmentBatch`, so both see identical inputs.
 """
 from __future__ import annotations
 

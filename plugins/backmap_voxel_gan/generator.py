@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from backmap import BackmapError, Generator
-from backmap.environment import Channels, EnvironmentBatch
-from backmap.sequences import build_sequences
-from backmap.traversal import make_plan
+from backmap.sampling.environment import Channels, EnvironmentBatch
+from backmap.training.sequences import build_sequences
+from backmap.sampling.traversal import make_plan
 from backmap_voxel_gan.energy import LocalEnergies
 from backmap_voxel_gan.features import ChannelLayout, compact, rotation_z
 from backmap_voxel_gan.model import VoxelGANModel

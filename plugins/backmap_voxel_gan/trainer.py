@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from backmap.errors import BackmapError
-from backmap.io import atomic_path
-from backmap.sequences import BeadSequences
+from backmap.system.io import atomic_path
+from backmap.training.sequences import BeadSequences
 from backmap_voxel_gan.energy import LocalEnergies
 from backmap_voxel_gan.model import VoxelGANModel, rotate_batch
 from backmap_voxel_gan.params import VoxelGANParams

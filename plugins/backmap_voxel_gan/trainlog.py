@@ -6,7 +6,7 @@ import csv
 import io
 from pathlib import Path
 
-from backmap.io import atomic_path
+from backmap.system.io import atomic_path
 
 
 class TrainingLog:

@@ -20,13 +20,13 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from backmap.data import PairSet
-from backmap.environment import Channels, EnvironmentBuilder
+from backmap.system.pairs import PairSet
+from backmap.sampling.environment import Channels, EnvironmentBuilder
 from backmap.errors import BackmapError
-from backmap.mapping import CGTopology
-from backmap.pbc import box_vectors
+from backmap.system.mapping import CGTopology
+from backmap.system.pbc import box_vectors
 from backmap.progress import progress
-from backmap.traversal import Plan
+from backmap.sampling.traversal import Plan
 
 CONTEXTS = ("forward", "gibbs")
 

@@ -10,22 +10,10 @@ from typing import Iterable, Iterator
 
 import pluggy
 
-from backmap import hooks, plugin
+from backmap.engine import hooks
 from backmap.errors import BackmapError
 
 ENTRY_POINT_GROUP = "backmap.plugins"
-
-_BASES: dict[str, type[plugin.Plugin]] = {
-    "generator": plugin.Generator,
-    "traversal": plugin.Traversal,
-    "refiner": plugin.Refiner,
-    "regularizer": plugin.Regularizer,
-    "selector": plugin.Selector,
-    "metric": plugin.Metric,
-    "step": plugin.Step,
-    "reader": plugin.Reader,
-}
-
 
 @dataclass(frozen=True)
 class PluginInfo:
@@ -108,11 +96,11 @@ def collect(pm: pluggy.PluginManager) -> Registry:
             package, version = _origin(pm, impl.plugin)
             module = getattr(impl.plugin, "__name__", impl.plugin_name)
             for cls in impl.function() or []:
-                base = _BASES[kind]
-                if not (isinstance(cls, type) and issubclass(cls, base)) or not getattr(cls, "name", None):
+                # every base class in backmap.engine.plugin declares its kind: checked by that
+                # attribute, so that the registry does not import the classes whose hooks it serves
+                if not (isinstance(cls, type) and getattr(cls, "kind", None) == kind) or not getattr(cls, "name", None):
                     raise BackmapError(
-                        f"{hook_name}() returned {cls!r}, which is not a named {base.__name__} "
-                        "subclass",
+                        f"{hook_name}() returned {cls!r}, which is not a named {kind.capitalize()} subclass",
                         source=f"plugin package {package} ({module})",
                     )
                 infos.append(PluginInfo(cls.name, kind, cls, package, version, module))

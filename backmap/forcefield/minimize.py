@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from backmap.forcefield import ForceField
-from backmap.mapping import CGTopology
-from backmap.pbc import box_dimensions
+from backmap.system.mapping import CGTopology
+from backmap.system.pbc import box_dimensions
 
 
 @dataclass

@@ -8,8 +8,8 @@ import time
 from pydantic import BaseModel, ConfigDict, Field
 
 from backmap import Step
-from backmap.io import atomic_path
-from backmap.pipeline import write_text
+from backmap.system.io import atomic_path
+from backmap.engine.pipeline import write_text
 
 
 class TrainParams(BaseModel):

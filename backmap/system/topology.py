@@ -167,18 +167,3 @@ def element_from_mass(mass: float) -> str:
     """Element whose standard mass is nearest (united atoms round to their heavy atom)."""
     best = min(ELEMENT_BY_MASS, key=lambda em: abs(em[0] - mass))
     return best[1] if abs(best[0] - mass) < 3.5 else "X"
-
-
-def load_topology(path: str | Path, registry=None) -> Topology:
-    """Read a topology with the reader plugin registered for its suffix."""
-    from backmap.registry import default_registry
-
-    path = Path(path)
-    if not path.is_file():
-        raise BackmapError("topology file not found", source=path)
-    registry = registry or default_registry()
-    for info in registry.readers("topology"):
-        if path.suffix.lower() in info.cls.suffixes:
-            return info.cls().read(path)
-    known = sorted({s for i in registry.readers("topology") for s in i.cls.suffixes})
-    raise BackmapError(f"no topology reader for {path.suffix!r} files (known: {', '.join(known)})", source=path)

@@ -248,7 +248,7 @@ def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:
 def load_recipe(path: str | Path, overrides: list[str] | None = None, registry=None,
                 check_files: bool = True) -> tuple[Recipe, list[ValidatedStep]]:
     """Read, validate and resolve a recipe. Raises :class:`BackmapError` with every problem."""
-    from backmap.registry import default_registry
+    from backmap.engine.registry import default_registry
 
     path = Path(path)
     source = path.name

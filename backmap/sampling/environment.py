@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from backmap.forcefield.neighbors import neighbour_pairs
-from backmap.mapping import CGTopology
-from backmap.pbc import minimum_image
-from backmap.traversal import Plan
+from backmap.system.mapping import CGTopology
+from backmap.system.pbc import minimum_image
+from backmap.sampling.traversal import Plan
 
 #: interaction of a neighbour with the atom being placed, by bond-graph distance (DBM feature channels)
 INTERACTIONS = ("bond", "angle", "dihedral", "lj")
@@ -466,7 +466,7 @@ class EnvironmentBuilder:
 
 
 def _dims(box: np.ndarray) -> np.ndarray:
-    from backmap.pbc import box_dimensions
+    from backmap.system.pbc import box_dimensions
 
     return box_dimensions(box)
 

@@ -15,10 +15,10 @@ from pydantic import BaseModel, ConfigDict
 if TYPE_CHECKING:
     import networkx as nx
 
-    from backmap.data import PairSet
-    from backmap.mapping import Mapping
-    from backmap.pipeline import RunContext
-    from backmap.topology import Topology
+    from backmap.system.pairs import PairSet
+    from backmap.system.mapping import Mapping
+    from backmap.engine.pipeline import RunContext
+    from backmap.system.topology import Topology
 
 
 class NoParams(BaseModel):
@@ -83,13 +83,13 @@ class Traversal(Plugin):
 
 class Refiner(Plugin):
     """Improves complete AA structures after the forward pass by sampling the restrained
-    conditional p(x | R) (see :mod:`backmap.refine`).
+    conditional p(x | R) (see :mod:`backmap.refinement.restrained`).
 
-    ``prepare(system)`` runs once with a :class:`backmap.refine.RestrainedSystem` (topology, mapping,
+    ``prepare(system)`` runs once with a :class:`backmap.refinement.restrained.RestrainedSystem` (topology, mapping,
     non-bonded settings); ``refine(positions, targets, boxes, rng)`` then takes F frames of whole
     molecules (F, N, 3), their CG targets in the same periodic image (F, M, 3) and box vectors
-    (F, 3, 3), all in nm, and returns a :class:`backmap.refine.RefineResult` (positions and one log
-    row per frame). ``Params`` usually extends :class:`backmap.refine.RefineParams`.
+    (F, 3, 3), all in nm, and returns a :class:`backmap.refinement.restrained.RefineResult` (positions and one log
+    row per frame). ``Params`` usually extends :class:`backmap.refinement.restrained.RefineParams`.
     """
 
     kind = "refiner"
@@ -106,7 +106,7 @@ class Regularizer(Plugin):
     """A loss term added to a generator's training objective.
 
     ``prepare`` runs once before training (e.g. to take thresholds from the training data);
-    ``loss`` returns one value per configuration of a :class:`backmap.train.RegularizerSample`,
+    ``loss`` returns one value per configuration of a :class:`backmap.training.regularization.RegularizerSample`,
     already multiplied by the plugin's scheduled weight at ``epoch``."""
 
     kind = "regularizer"

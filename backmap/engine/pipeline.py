@@ -14,13 +14,15 @@ import numpy as np
 import yaml
 from rich.console import Console
 
-import backmap
+from backmap._version import __version__
 from backmap.errors import BackmapError
-from backmap.io import atomic_path
-from backmap.mapping import CGTopology, Mapping, load_mapping
-from backmap.recipe import PluginRef, Recipe, ValidatedStep
-from backmap.registry import Registry, default_registry
-from backmap.topology import Topology, load_topology
+from backmap.system.io import atomic_path
+from backmap.system.mapping import CGTopology, Mapping
+from backmap.engine.loaders import load_mapping
+from backmap.engine.recipe import PluginRef, Recipe, ValidatedStep
+from backmap.engine.registry import Registry, default_registry
+from backmap.system.topology import Topology
+from backmap.engine.loaders import load_topology
 
 
 def write_text(path: Path, text: str) -> None:
@@ -58,7 +60,7 @@ class RunContext:
     @cached_property
     def channels(self):
         """Feature channels for generators: the recipe's channel map, or derived from the topology."""
-        from backmap.environment import Channels
+        from backmap.sampling.environment import Channels
 
         spec = self.recipe.system.channels
         return Channels.from_dbm_ff(spec, self.cg_topology) if spec else Channels.from_system(self.cg_topology)
@@ -77,7 +79,7 @@ class RunContext:
 
     def pairs(self):
         """The training pairs made by the ``prepare`` step."""
-        from backmap.data import PairSet
+        from backmap.system.pairs import PairSet
 
         pointer = self.workdir / "pairs" / "current.json"
         if not pointer.is_file():
@@ -111,7 +113,7 @@ def run_recipe(recipe: Recipe, steps: Sequence[ValidatedStep], workdir: Path | N
     resolved["workdir"] = str(workdir)
     write_text(workdir / "recipe.yaml", yaml.safe_dump(resolved, sort_keys=False))
     record: dict[str, Any] = {
-        "backmap": backmap.__version__,
+        "backmap": __version__,
         "recipe": str(recipe.path),
         "seed": recipe.seed,
         "started": _dt.datetime.now().isoformat(timespec="seconds"),

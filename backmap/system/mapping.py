@@ -16,7 +16,7 @@ import networkx as nx
 import numpy as np
 
 from backmap.errors import BackmapError
-from backmap.topology import MoleculeBlock, MoleculeType, Topology
+from backmap.system.topology import MoleculeBlock, MoleculeType, Topology
 
 log = logging.getLogger(__name__)
 
@@ -240,28 +240,3 @@ class Mapping:
 
     def cg_topology(self, topology: Topology) -> CGTopology:
         return CGTopology(topology, self.molecules)
-
-
-def load_mapping(paths: Path | str | Sequence[Path | str], topology: Topology, registry=None) -> Mapping:
-    """Read mapping files with the reader registered for each suffix and check them
-    against ``topology``."""
-    from backmap.registry import default_registry
-
-    registry = registry or default_registry()
-    paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
-    molecules: dict[str, MoleculeMapping] = {}
-    for path in paths:
-        if not path.is_file():
-            raise BackmapError("mapping file not found", source=path)
-        reader = next((i for i in registry.readers("mapping") if path.suffix.lower() in i.cls.suffixes), None)
-        if reader is None:
-            known = sorted({s for i in registry.readers("mapping") for s in i.cls.suffixes})
-            raise BackmapError(f"no mapping reader for {path.suffix!r} files (known: {', '.join(known)})",
-                               source=path)
-        result = reader.cls().read(path, topology)
-        for mm in result.molecules.values():
-            if mm.moltype.name in molecules:
-                raise BackmapError(f"molecule type {mm.moltype.name} is mapped twice "
-                                   f"(also in {molecules[mm.moltype.name].source})", source=path)
-            molecules[mm.moltype.name] = mm
-    return Mapping(molecules, paths)

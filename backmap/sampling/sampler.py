@@ -16,17 +16,17 @@ import networkx as nx
 import numpy as np
 import torch
 
-from backmap.environment import Channels, EnvironmentBatch, EnvironmentBuilder
+from backmap.sampling.environment import Channels, EnvironmentBatch, EnvironmentBuilder
 from backmap.forcefield.energy import bonded_energy
 from backmap.forcefield.parameters import build_parameters, excluded_pairs, molecule_terms
-from backmap.mapping import CGTopology
-from backmap.pbc import box_dimensions, minimum_image
-from backmap.plugin import Generator, Selector
+from backmap.system.mapping import CGTopology
+from backmap.system.pbc import box_dimensions, minimum_image
+from backmap.engine.plugin import Generator, Selector
 from backmap.progress import progress
-from backmap.traversal import Plan
+from backmap.sampling.traversal import Plan
 
 if TYPE_CHECKING:  # the stereo restraint (and RDKit behind it) is loaded only when it is used
-    from backmap.chirality import ChiralCentres
+    from backmap.sampling.chirality import ChiralCentres
 
 _BONDED = ("bond", "angle", "proper", "rb", "improper")
 

@@ -9,12 +9,18 @@ One plan serves all molecules of a type, which is what lets them advance togethe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import networkx as nx
 import numpy as np
 
-from backmap.mapping import MoleculeMapping
-from backmap.plugin import Traversal
+from backmap.system.mapping import MoleculeMapping
+
+
+class Traversal(Protocol):
+    """What a plan needs of a traversal plugin (:class:`backmap.Traversal`): an order of a graph's nodes."""
+
+    def order(self, graph: nx.Graph, root: Any, rng: np.random.Generator) -> list[Any]: ...
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import numpy as np
 from MDAnalysis.lib.distances import minimize_vectors
 from MDAnalysis.lib.mdamath import triclinic_box, triclinic_vectors
 
-from backmap.topology import Topology
+from backmap.system.topology import Topology
 
 
 def box_vectors(dimensions: np.ndarray) -> np.ndarray:

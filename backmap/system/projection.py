@@ -6,9 +6,9 @@ from typing import Iterator
 
 import numpy as np
 
-from backmap.io import Frame, read_frames, trajectory_info, write_frames
-from backmap.mapping import CGTopology
-from backmap.pbc import Unwrapper
+from backmap.system.io import Frame, read_frames, trajectory_info, write_frames
+from backmap.system.mapping import CGTopology
+from backmap.system.pbc import Unwrapper
 from backmap.progress import progress
 
 

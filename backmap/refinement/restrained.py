@@ -25,11 +25,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from backmap.errors import BackmapError
 from backmap.forcefield.settings import NonbondedSettings
-from backmap.io import Frame
-from backmap.mapping import CGTopology
-from backmap.pbc import Unwrapper, minimum_image
+from backmap.system.io import Frame
+from backmap.system.mapping import CGTopology
+from backmap.system.pbc import Unwrapper, minimum_image
 from backmap.progress import progress
-from backmap.topology import Topology
+from backmap.system.topology import Topology
 
 #: Boltzmann constant in kJ/mol/K (GROMACS's value)
 BOLTZMANN = 0.0083144626181532
@@ -217,7 +217,7 @@ def write_log(path: Path, rows: list[dict]) -> None:
     """The per-frame refinement log as CSV (atomic)."""
     import csv
 
-    from backmap.io import atomic_path
+    from backmap.system.io import atomic_path
 
     keys = list(dict.fromkeys(k for row in rows for k in row))
     with atomic_path(path) as tmp:
@@ -234,7 +234,7 @@ def plot_log(path: Path, rows: list[dict], title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from backmap.io import atomic_path
+    from backmap.system.io import atomic_path
 
     frames = [r["frame"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -258,8 +258,8 @@ def refine_files(refiner, system: RestrainedSystem, aa_path: Path, cg_path: Path
                  frames: str | None = None, seed: int = 0, batch: int = 1) -> dict:
     """Refine the AA trajectory ``aa_path`` against ``cg_path`` (same frames) into ``out``, with
     ``out``'s ``.log.csv`` and ``.log.png`` beside it. Returns a summary for reports."""
-    from backmap.data import count_frames, select_frames
-    from backmap.io import read_frames, write_frames
+    from backmap.system.pairs import count_frames, select_frames
+    from backmap.system.io import read_frames, write_frames
 
     n_aa, n_cg = count_frames(aa_path), count_frames(cg_path)
     if n_aa != n_cg:
@@ -294,8 +294,8 @@ def make_refiner(name: str, params: dict, registry=None, where: str = "refiner")
     """Instantiate a refiner plugin from a name and raw parameters; errors name ``where``."""
     from pydantic import ValidationError
 
-    from backmap.recipe import format_errors
-    from backmap.registry import default_registry
+    from backmap.engine.recipe import format_errors
+    from backmap.engine.registry import default_registry
 
     info = (registry or default_registry()).get("refiner", name, where=where)
     try:

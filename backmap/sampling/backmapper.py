@@ -13,14 +13,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from backmap.errors import BackmapError
-from backmap.io import Frame, atomic_path, read_frames, write_frames
-from backmap.mapping import CGTopology
-from backmap.pbc import Unwrapper
-from backmap.plugin import Generator
+from backmap.system.io import Frame, atomic_path, read_frames, write_frames
+from backmap.system.mapping import CGTopology
+from backmap.system.pbc import Unwrapper
+from backmap.engine.plugin import Generator
 from backmap.progress import progress
-from backmap.registry import Registry, default_registry
-from backmap.sampler import Sampler, SamplerOptions
-from backmap.traversal import make_plan
+from backmap.engine.registry import Registry, default_registry
+from backmap.sampling.sampler import Sampler, SamplerOptions
+from backmap.sampling.traversal import make_plan
 
 
 class BackmapSettings(BaseModel):
@@ -94,7 +94,7 @@ class Backmapper:
             if not s.energy:
                 raise BackmapError("stereo_reference: keeping stereocentres needs energy scoring (a .top topology)",
                                    source=s.stereo_reference)
-            from backmap.chirality import load_chiral_centres
+            from backmap.sampling.chirality import load_chiral_centres
 
             self.chirality = load_chiral_centres(self.cg_topology.topology, s.stereo_reference, s.stereo_weight)
         self.sampler = Sampler(self.cg_topology, self.plans, self.generator, selector, options, rng=rng,
@@ -116,7 +116,7 @@ class Backmapper:
             beads = self._whole_cg(cg.positions, cg.dimensions)
             x = self.sampler.backmap(beads, cg.box)
             if self.forcefield is not None:
-                from backmap.minimize import minimize_restrained
+                from backmap.forcefield.minimize import minimize_restrained
 
                 x = minimize_restrained(self.forcefield, x, cg.box, self.cg_topology, beads,
                                         restraint=self.settings.restraint, steps=self.settings.minimize_steps).positions

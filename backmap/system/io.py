@@ -13,7 +13,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from backmap.errors import BackmapError
-from backmap.pbc import box_dimensions, box_vectors
+from backmap.system.pbc import box_dimensions, box_vectors
 
 READ_SUFFIXES = (".gro", ".pdb", ".xtc", ".trr")
 WRITE_SUFFIXES = (".gro", ".pdb", ".xtc", ".trr")

@@ -18,8 +18,8 @@ import numpy as np
 from backmap.errors import BackmapError
 from backmap.metrics.geometry import signed_volumes
 from backmap.metrics.stereo import molecule_stereo
-from backmap.pbc import Unwrapper
-from backmap.topology import MoleculeType, Topology
+from backmap.system.pbc import Unwrapper
+from backmap.system.topology import MoleculeType, Topology
 
 
 @dataclass
@@ -94,7 +94,7 @@ def chiral_centres(topology: Topology, positions: np.ndarray, weight: float = 1e
 
 def load_chiral_centres(topology: Topology, path: str | Path, weight: float = 1e5) -> ChiralCentres:
     """:func:`chiral_centres` from the first frame of an AA structure or trajectory file."""
-    from backmap.io import read_frames
+    from backmap.system.io import read_frames
 
     path = Path(path)
     if not path.is_file():

@@ -8,7 +8,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from backmap import BackmapError, Step
-from backmap.data import (
+from backmap.system.pairs import (
     PairSet,
     count_frames,
     file_digest,
@@ -18,7 +18,7 @@ from backmap.data import (
     select_frames,
     split_frames,
 )
-from backmap.pipeline import write_text
+from backmap.engine.pipeline import write_text
 
 
 class PrepareParams(BaseModel):
@@ -124,7 +124,7 @@ def plot_cg_distributions(cg_top, pairs: PairSet, path):
         ax.set_xlabel(unit)
     axes[0][0].set_ylabel("density")
     fig.tight_layout()
-    from backmap.io import atomic_path
+    from backmap.system.io import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

@@ -11,9 +11,9 @@ from typing import Iterable
 import numpy as np
 
 from backmap.errors import BackmapError
-from backmap.io import atomic_path, parse_frames, read_frames, trajectory_info
-from backmap.mapping import CGTopology
-from backmap.pbc import Unwrapper, minimum_image
+from backmap.system.io import atomic_path, parse_frames, read_frames, trajectory_info
+from backmap.system.mapping import CGTopology
+from backmap.system.pbc import Unwrapper, minimum_image
 from backmap.progress import progress
 
 PAIRS_FORMAT = 1

@@ -8,7 +8,7 @@ among the specs below; it is registered through the ``backmap.plugins`` entry-po
     my_generators = "my_package.plugin"
 
 Every hook returns a list of plugin *classes* (subclasses of the base classes in
-:mod:`backmap.plugin`), each with a unique ``name`` within its kind. Built-in plugins in
+:mod:`backmap.engine.plugin`), each with a unique ``name`` within its kind. Built-in plugins in
 ``plugins/`` use exactly these hooks. Two classes of one kind with one name are an error that
 names both providing packages.
 """
@@ -25,49 +25,49 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 @hookspec
 def backmap_generators() -> list[type]:
     """Generators: learn and propose positions for a unit (atom, bead's atoms or molecule)
-    from its local environment. Return :class:`backmap.plugin.Generator` subclasses."""
+    from its local environment. Return :class:`backmap.engine.plugin.Generator` subclasses."""
 
 
 @hookspec
 def backmap_traversals() -> list[type]:
     """Traversals: the order in which units are placed (dfs, bfs, random, …).
-    Return :class:`backmap.plugin.Traversal` subclasses."""
+    Return :class:`backmap.engine.plugin.Traversal` subclasses."""
 
 
 @hookspec
 def backmap_refiners() -> list[type]:
     """Refiners: what happens after the forward pass (Gibbs sweeps, MH moves, restrained
-    Langevin/MC). Return :class:`backmap.plugin.Refiner` subclasses."""
+    Langevin/MC). Return :class:`backmap.engine.plugin.Refiner` subclasses."""
 
 
 @hookspec
 def backmap_regularizers() -> list[type]:
     """Regularizers: extra loss terms for training (energy minimizing, energy matching, …).
-    Return :class:`backmap.plugin.Regularizer` subclasses."""
+    Return :class:`backmap.engine.plugin.Regularizer` subclasses."""
 
 
 @hookspec
 def backmap_selectors() -> list[type]:
     """Selectors: choose one of K candidate placements (lowest energy, Boltzmann, random).
-    Return :class:`backmap.plugin.Selector` subclasses."""
+    Return :class:`backmap.engine.plugin.Selector` subclasses."""
 
 
 @hookspec
 def backmap_metrics() -> list[type]:
     """Metrics: observables and divergences for evaluation and CG-model assessment.
-    Return :class:`backmap.plugin.Metric` subclasses."""
+    Return :class:`backmap.engine.plugin.Metric` subclasses."""
 
 
 @hookspec
 def backmap_steps() -> list[type]:
     """Recipe steps (prepare, map, train, backmap, evaluate, …).
-    Return :class:`backmap.plugin.Step` subclasses."""
+    Return :class:`backmap.engine.plugin.Step` subclasses."""
 
 
 @hookspec
 def backmap_readers() -> list[type]:
     """Readers of topology and mapping formats, chosen by file suffix.
-    Return :class:`backmap.plugin.Reader` subclasses."""
+    Return :class:`backmap.engine.plugin.Reader` subclasses."""
 
 
 #: hook name for each plugin kind, in the order `backmap plugins` lists them
