@@ -1,8 +1,12 @@
 """backmap — plugin-based multiscale backmapping of coarse-grained molecular structures.
 
 The public API a plugin needs is re-exported here; everything else is an implementation detail.
+The names that pull in torch (the generator contract's data types and base classes) are loaded on
+first use, so that ``import backmap`` and the command line stay fast.
 """
-from backmap.errors import BackmapError
+from typing import Any
+
+from backmap._version import __version__
 from backmap.engine.hooks import hookimpl
 from backmap.engine.plugin import (
     Generator,
@@ -15,8 +19,36 @@ from backmap.engine.plugin import (
     Step,
     Traversal,
 )
+from backmap.errors import BackmapError
 
-from backmap._version import __version__
+#: public names loaded on first use: name -> module
+_LAZY = {
+    "NetworkGenerator": "backmap.training.loop",
+    "TrainingLoop": "backmap.training.loop",
+    "TrainingData": "backmap.training.data",
+    "FitContext": "backmap.training.data",
+    "TrainOptions": "backmap.training.data",
+    "BeadSequences": "backmap.training.sequences",
+    "EnvironmentBatch": "backmap.sampling.environment",
+    "EnvironmentSpec": "backmap.sampling.spec",
+    "Channels": "backmap.sampling.environment",
+    "RunContext": "backmap.engine.pipeline",
+    "PairSet": "backmap.system.pairs",
+    "RefineParams": "backmap.refinement.restrained",
+    "RefineResult": "backmap.refinement.restrained",
+    "RestrainedSystem": "backmap.refinement.restrained",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'backmap' has no attribute {name!r}")
+
 
 __all__ = [
     "BackmapError",
@@ -31,4 +63,5 @@ __all__ = [
     "Traversal",
     "hookimpl",
     "__version__",
+    *_LAZY,
 ]

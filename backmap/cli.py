@@ -146,7 +146,7 @@ def _refiner(name: str, temperature, n_steps, restraint, constraints, timestep, 
              extra: tuple[str, ...], seed: int):
     import yaml
 
-    from backmap.refinement.restrained import make_refiner
+    from backmap.engine.loaders import make_plugin
 
     params = {k: v for k, v in dict(temperature=temperature, steps=n_steps, restraint=restraint,
                                     constraints=constraints, timestep=timestep, friction=friction,
@@ -156,7 +156,7 @@ def _refiner(name: str, temperature, n_steps, restraint, constraints, timestep, 
             raise BackmapError(f"--param {item!r}: expected key=value")
         key, value = item.split("=", 1)
         params[key.strip()] = yaml.safe_load(value)
-    return make_refiner(name, params, where=f"--refiner {name}")
+    return make_plugin("refiner", name, params, where=f"--refiner {name}")
 
 
 def _restrained_system(topology: Path, mapping: tuple[Path, ...] | list[Path], settings):
@@ -236,15 +236,15 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
 
 @cli.command()
 @click.option("--model", required=True, type=click.Path(path_type=Path),
-              help="A run directory with a trained model, or its model/generator.pkl.")
+              help="A model folder (model.json + weights.safetensors), or a run directory whose train step wrote one.")
 @click.option("--cg", "cg_path", required=True, type=click.Path(path_type=Path),
-              help="CG structure (.gro, .pdb) or trajectory (.xtc, .trr) in the mapping's bead order.")
+              help="CG structure or trajectory in the mapping's bead order (any format MDAnalysis reads: .gro, "
+                   ".xtc, .trr, .pdb, .dcd, LAMMPS dump, …).")
 @click.option("--traj", type=click.Path(path_type=Path), default=None, help="CG trajectory (frames to backmap).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="AA output (.gro, .pdb, .xtc, .trr).")
 @click.option("--topology", type=click.Path(path_type=Path), default=None, help="AA topology (default: the model's).")
 @click.option("--mapping", multiple=True, type=click.Path(path_type=Path), help="Mapping (default: the model's).")
 @click.option("--frames", default=None, help="'start:stop:step' or '0,5,9'.")
-@click.option("--traversal", default="dfs", show_default=True)
 @click.option("--selector", default="lowest_energy", show_default=True)
 @click.option("--candidates", type=int, default=8, show_default=True)
 @click.option("--gibbs", "gibbs_sweeps", type=int, default=2, show_default=True)
@@ -252,68 +252,73 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
               help="Restrained energy-minimization steps after sampling.")
 @click.option("--stereo-reference", type=click.Path(path_type=Path), default=None,
               help="AA structure of the system whose stereocentres' handedness the sampler keeps.")
+@click.option("--cutoff", type=float, default=None, help="Assert the model's environment radius (nm); it is the model's.")
+@click.option("--traversal", default=None, help="Assert the model's traversal; it is the model's.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--refine", "refiner_name", default=None,
               help="Refine every frame with this refiner (openmm, langevin, mala) under the CG restraint.")
 @click.option("--mdp", type=click.Path(path_type=Path), default=None, help="Cut-offs/electrostatics for --refine.")
 @refine_options(minimize=False)
 def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Path | None, mapping: tuple[Path, ...],
-          frames: str | None, traversal: str, selector: str, candidates: int, gibbs_sweeps: int, minimize_steps: int,
-          stereo_reference: Path | None, seed: int, refiner_name: str | None, mdp: Path | None, temperature, n_steps, restraint, constraints,
+          frames: str | None, selector: str, candidates: int, gibbs_sweeps: int, minimize_steps: int,
+          stereo_reference: Path | None, cutoff: float | None, traversal: str | None, seed: int,
+          refiner_name: str | None, mdp: Path | None, temperature, n_steps, restraint, constraints,
           timestep, friction, extra) -> None:
-    """Backmap CG structures or a trajectory with a trained model; writes AA frames, a .top beside
-    them (for gmx grompp) and the provenance (model, seed, plugin versions). With --refine, every
-    frame is then sampled at --temperature under the CG restraint (see `backmap refine`)."""
-    import json
-
-    import numpy as np
-
-    from backmap.sampling.backmapper import Backmapper, BackmapSettings, load_checkpoint, read_cg, write_aa, write_topology
+    """Backmap CG structures or a trajectory with a trained model. Writes OUT, the first frame as
+    OUT.gro, a .top beside it (for gmx grompp), the CG frames used (OUT_cg.xtc) and the provenance
+    (OUT.json). With --refine, every frame is then sampled at --temperature under the CG restraint
+    (see `backmap refine`); the generator's own output is kept as OUT_unrefined."""
+    from backmap.engine.apply import backmap_to_files, check_output
+    from backmap.engine.loaders import load_mapping, load_topology
+    from backmap.engine.models import load_model
+    from backmap.sampling.backmapper import BackmapSettings, read_cg
     from backmap.system.pairs import count_frames, select_frames
-    from backmap.system.io import atomic_path
-    from backmap.engine.loaders import load_mapping
-    from backmap.engine.pipeline import plugin_versions
-    from backmap.engine.registry import default_registry
-    from backmap.engine.loaders import load_topology
 
-    generator, info = load_checkpoint(model)
-    top_path = topology or (Path(info["topology"]) if info.get("topology") else None)
-    maps = list(mapping) or [Path(m) for m in info.get("mapping", [])]
+    loaded = load_model(model)
+    top_path = topology or loaded.topology
+    maps = list(mapping) or loaded.mapping
     if top_path is None or not maps:
         raise BackmapError("the model does not record its topology and mapping: give --topology and --mapping",
                            source=model)
+    source = traj or cg_path
+    check_output(out, [source, cg_path, top_path, *maps, stereo_reference, mdp])
     topo = load_topology(top_path)
     cg_top = load_mapping(maps, topo).cg_topology(topo)
-    source = traj or cg_path
     idx = select_frames(frames, [], count_frames(source), str(source))
-    settings = BackmapSettings(traversal=traversal, selector=selector, candidates=candidates,
-                               gibbs_sweeps=gibbs_sweeps, minimize_steps=minimize_steps,
-                               energy=top_path.suffix == ".top", stereo_reference=stereo_reference)
-    bm = Backmapper(cg_top, generator, settings, seed=seed)
-    t0 = time.perf_counter()
-    produced = bm.run(read_cg(cg_top, source, idx), total=len(idx))
-    refine_info = None
+    try:
+        settings = BackmapSettings(selector=selector, candidates=candidates, gibbs_sweeps=gibbs_sweeps,
+                                   minimize_steps=minimize_steps, energy=Path(top_path).suffix == ".top",
+                                   stereo_reference=stereo_reference, cutoff=cutoff, traversal=traversal)
+    except ValueError as exc:
+        raise BackmapError(f"apply: {str(exc).splitlines()[-1].strip()}") from None
+    refiner = system = None
     if refiner_name:
-        from backmap.refinement.restrained import RestrainedSystem, refine_frames
+        from backmap.refinement.restrained import RestrainedSystem
 
         refiner = _refiner(refiner_name, temperature, n_steps, restraint, constraints, timestep, friction, None,
                            extra, seed)
-        system = RestrainedSystem(cg_top, top_path, _settings(mdp, None, None, None, None))
+        system = RestrainedSystem(cg_top, Path(top_path), _settings(mdp, None, None, None, None))
         refiner.prepare(system)
-        refine_info = {"refiner": refiner_name, "params": refiner.params.model_dump()}
-        pairs = refine_frames(refiner, system, produced, read_cg(cg_top, source, idx), np.random.default_rng(seed))
-        produced = (frame for frame, _row in pairs)
-    n = write_aa(out, produced, topo)
-    extra = ""
-    if top_path.suffix == ".top":
-        extra = f", {write_topology(top_path, out.with_suffix('.top'))}"
-    with atomic_path(out.with_name(out.stem + ".provenance.json")) as tmp:
-        tmp.write_text(json.dumps({"model": str(model), "generator": generator.name, "cg": str(source), "seed": seed,
-                                   "settings": settings.model_dump(mode="json"), "refine": refine_info,
-                                   "plugins": plugin_versions(default_registry())},
-                                  indent=1))
-    kept = f"; stereocentres kept {np.mean(bm.chirality_kept):.4f}" if bm.chirality_kept else ""
-    click.echo(f"wrote {out}{extra}: {n} frames of {topo.n_atoms} atoms ({time.perf_counter() - t0:.1f} s){kept}")
+    summary = backmap_to_files(loaded, cg_top, Path(top_path), list(read_cg(cg_top, source, idx)), out, settings,
+                               seed=seed, refiner=refiner, refine_system=system,
+                               provenance={"cg": str(source), "frames": frames}, where="apply")
+    files = summary["files"]
+    kept = f"; stereocentres kept {summary['stereocentres kept']:.4f}" if "stereocentres kept" in summary else ""
+    beside = ", ".join(str(f) for f in (files.structure, files.topology, files.unrefined) if f is not None)
+    click.echo(f"wrote {out} ({beside}): {summary['frames']} frames of {summary['atoms']} atoms "
+               f"({summary['seconds per frame']:.1f} s/frame){kept}")
+
+
+@cli.command(name="convert-model")
+@click.argument("pickled", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Model folder to write.")
+def convert_model(pickled: Path, out: Path) -> None:
+    """Convert a pickled model of backmap 0.1 (generator.pkl + generator.json) into a model folder
+    (model.json + weights.safetensors). Unpickling can run code: convert only files you trust."""
+    from backmap.engine.legacy import convert_pickled_model
+
+    directory = convert_pickled_model(pickled, out)
+    click.echo(f"wrote {directory / 'model.json'} and {directory / 'weights.safetensors'}")
 
 
 @cli.command()

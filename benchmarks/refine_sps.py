@@ -76,7 +76,8 @@ def main() -> None:
     from backmap.forcefield import NonbondedSettings
     from backmap.engine.loaders import load_mapping
     from backmap.metrics.evaluate import EvaluationSpec, run_evaluation
-    from backmap.refinement.restrained import RestrainedSystem, make_refiner, refine_files
+    from backmap.engine.loaders import make_plugin
+    from backmap.refinement.restrained import RestrainedSystem, refine_files
     from backmap.engine.loaders import load_topology
 
     ev = SPS / "eval_t568"
@@ -107,7 +108,7 @@ def main() -> None:
             params |= {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.param)}
             if cfg["refiner"] == "openmm" and args.threads:
                 params["threads"] = args.threads
-            refiner = make_refiner(cfg["refiner"], params)
+            refiner = make_plugin("refiner", cfg["refiner"], params)
             name = f"{label} + {config_label(cfg)}"
             dst = out / f"{label}-{cfg['refiner']}-{cfg['steps']}-{cfg['restraint']:g}-{cfg.get('timestep', 0.001):g}.xtc"
             t0, c0 = time.perf_counter(), time.process_time()

@@ -16,7 +16,8 @@ import yaml
 from backmap.forcefield import ForceField, NonbondedSettings
 from backmap.system.io import Frame, read_frames, write_frames
 from backmap.engine.loaders import load_mapping
-from backmap.refinement.restrained import BOLTZMANN, RestrainedSystem, make_refiner
+from backmap.engine.loaders import make_plugin
+from backmap.refinement.restrained import BOLTZMANN, RestrainedSystem
 from backmap.engine.loaders import load_topology
 from conftest import HEXANE
 
@@ -46,7 +47,7 @@ def test_openmm_forces_match_backmap_forcefield(system, frame):
     """The GROMACS topology read by OpenMM gives the same forces as backmap's force field (itself
     checked against GROMACS): same topology conversion, cut-off and reaction field."""
     x, targets, box = frame
-    refiner = make_refiner("openmm", {"constraints": "none", "threads": 1})
+    refiner = make_plugin("refiner", "openmm", {"constraints": "none", "threads": 1})
     refiner.prepare(system)
     shifted = targets + 0.01  # a restraint that pulls: its forces must match too
     u_omm, r_omm, f_omm = refiner.energy_forces(x, shifted, box)
@@ -68,7 +69,7 @@ def test_restraint_holds_beads_with_thermal_spread(system, frame):
     bonds to hydrogen stay at their constrained lengths."""
     x, targets, box = frame
     k, temperature = 2.0e5, 300.0
-    refiner = make_refiner("openmm", {"temperature": temperature, "steps": 200, "restraint": k, "friction": 20.0,
+    refiner = make_plugin("refiner", "openmm", {"temperature": temperature, "steps": 200, "restraint": k, "friction": 20.0,
                                       "timestep": 0.001, "constraints": "h-bonds", "threads": 1, "minimize_steps": 0})
     refiner.prepare(system)
     result = refiner.refine(x[None], targets[None], box[None], np.random.default_rng(0))
@@ -193,7 +194,7 @@ def test_openmm_repairs_clashes_and_misplaced_molecules(system, frame):
     bad[0:n] += np.array([1.0, 0.0, 0.0])                     # molecule 0: 1 nm off
     bad[n:2 * n] = 0.5 * (bad[n:2 * n] + bad[2 * n:3 * n])     # molecule 1 pushed halfway into molecule 2
     bad[3 * n + 1] += 0.05                                     # a C–H bond of molecule 3 stretched by 0.05 nm
-    refiner = make_refiner("openmm", {"temperature": 300, "steps": 50, "constraints": "h-bonds", "threads": 1,
+    refiner = make_plugin("refiner", "openmm", {"temperature": 300, "steps": 50, "constraints": "h-bonds", "threads": 1,
                                       "relax_steps": 50, "timestep": 0.002, "minimize_steps": 50})
     refiner.prepare(system)
     moved, shift = system.recentre(bad, targets)
@@ -220,7 +221,7 @@ def test_openmm_escalates_until_a_badly_damaged_frame_survives(system, frame):
     base = {"temperature": 300, "steps": 20, "constraints": "h-bonds", "threads": 1, "minimize_steps": 0,
             "warmup_steps": 0, "timestep": 0.002, "on_failure": "keep"}
     for extra, rescued in (({}, True), ({"retry_relax_steps": 0}, False)):
-        refiner = make_refiner("openmm", base | extra)
+        refiner = make_plugin("refiner", "openmm", base | extra)
         refiner.prepare(system)
         result = refiner.refine(bad[None], targets[None], box[None], np.random.default_rng(1))
         y, row = result.positions[0], result.log[0]
@@ -239,7 +240,7 @@ def test_openmm_stiff_bond_sampling_ends_on_the_constraints(system, frame):
     solver — bonds stiffened, a quarter of the time step — and projects onto the constraints at
     the end: bond lengths exact, beads on the CG input, a temperature near the target."""
     x, targets, box = frame
-    refiner = make_refiner("openmm", {"temperature": 300, "steps": 25, "constraints": "h-bonds", "threads": 1,
+    refiner = make_plugin("refiner", "openmm", {"temperature": 300, "steps": 25, "constraints": "h-bonds", "threads": 1,
                                       "timestep": 0.002, "minimize_steps": 20, "relax_steps": 100, "stiff_bonds": True})
     refiner.prepare(system)
     result = refiner.refine(x[None], targets[None], box[None], np.random.default_rng(2))

@@ -1,10 +1,10 @@
-"""Reading a system from files: the reader plugin registered for each file's suffix turns it into
-the data model (:mod:`backmap.system`). Here, not in the data model, because choosing a reader is
-the engine's business: the data model never imports the engine."""
+"""Plugins chosen by name and files read by the reader plugin of their suffix: the reader turns a
+file into the data model (:mod:`backmap.system`). Here, not in the data model, because choosing a
+plugin is the engine's business: the data model never imports the engine."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from backmap.engine.registry import Registry, default_registry
 from backmap.errors import BackmapError
@@ -46,3 +46,19 @@ def load_mapping(paths: Path | str | Sequence[Path | str], topology: Topology, r
                                    f"(also in {molecules[mm.moltype.name].source})", source=path)
             molecules[mm.moltype.name] = mm
     return Mapping(molecules, paths)
+
+
+def make_plugin(kind: str, name: str, params: dict[str, Any], registry: Registry | None = None,
+                where: str | None = None) -> Any:
+    """An instance of the ``kind`` plugin ``name`` with raw ``params`` validated by its ``Params``;
+    errors name ``where`` (e.g. ``--refiner openmm``) and the key."""
+    from pydantic import ValidationError
+
+    from backmap.engine.recipe import format_errors
+
+    where = where or f"{kind} {name}"
+    info = (registry or default_registry()).get(kind, name, where=where)
+    try:
+        return info.cls(info.cls.Params.model_validate(params))
+    except ValidationError as exc:
+        raise BackmapError(format_errors(exc, where, (), info.cls.Params)) from exc

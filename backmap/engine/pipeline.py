@@ -8,7 +8,7 @@ import platform
 import time
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import yaml
@@ -19,10 +19,16 @@ from backmap.errors import BackmapError
 from backmap.system.io import atomic_path
 from backmap.system.mapping import CGTopology, Mapping
 from backmap.engine.loaders import load_mapping
+from backmap.engine.outputs import Outputs
 from backmap.engine.recipe import PluginRef, Recipe, ValidatedStep
 from backmap.engine.registry import Registry, default_registry
 from backmap.system.topology import Topology
 from backmap.engine.loaders import load_topology
+
+if TYPE_CHECKING:
+    from backmap.sampling.environment import Channels
+    from backmap.sampling.spec import EnvironmentSpec
+    from backmap.system.pairs import PairSet
 
 
 def write_text(path: Path, text: str) -> None:
@@ -42,8 +48,8 @@ class RunContext:
         self.console = console or Console(stderr=True)
         self.seed = recipe.seed
         self.rng = np.random.default_rng(recipe.seed)
-        #: the train step's validated options (epochs, batch_size, …) while a generator fits
-        self.train_options: Any = None
+        #: files the steps declared by name (``outputs.json``): how steps find each other's outputs
+        self.outputs = Outputs(workdir)
 
     @cached_property
     def topology(self) -> Topology:
@@ -57,13 +63,16 @@ class RunContext:
     def cg_topology(self) -> CGTopology:
         return self.mapping.cg_topology(self.topology)
 
-    @cached_property
-    def channels(self):
-        """Feature channels for generators: the recipe's channel map, or derived from the topology."""
+    def channels_for(self, spec: "EnvironmentSpec") -> "Channels":
+        """Feature channels for a generator's spec: the recipe's channel map (``system.channels``,
+        DeepBackmap ff.txt) if given, else derived from the topology as the spec says."""
         from backmap.sampling.environment import Channels
 
-        spec = self.recipe.system.channels
-        return Channels.from_dbm_ff(spec, self.cg_topology) if spec else Channels.from_system(self.cg_topology)
+        return Channels.for_spec(self.cg_topology, spec.channels, self.recipe.system.channels)
+
+    def where(self, key: str) -> str:
+        """``recipe.yaml: key`` for error messages."""
+        return f"{self.recipe.path.name if self.recipe.path else 'recipe'}: {key}"
 
     def path(self, *parts: str) -> Path:
         p = self.workdir.joinpath(*parts)
@@ -77,15 +86,15 @@ class RunContext:
                                source=self.recipe.path.name if self.recipe.path else None)
         return self.registry.get(kind, ref.plugin, where=key).cls(ref.params)
 
-    def pairs(self):
-        """The training pairs made by the ``prepare`` step."""
+    def pairs(self) -> "PairSet":
+        """The training pairs made by the ``prepare`` step (with its train/test split)."""
         from backmap.system.pairs import PairSet
 
-        pointer = self.workdir / "pairs" / "current.json"
+        pointer = self.outputs.find("prepare.pairs") or self.workdir / "pairs" / "current.json"
         if not pointer.is_file():
             raise BackmapError("no training pairs: run the 'prepare' step first", source=self.workdir)
         current = json.loads(pointer.read_text())
-        pairs = PairSet.load(self.workdir / "pairs" / current["file"])
+        pairs = PairSet.load(pointer.parent / current["file"])
         pairs.is_test = np.isin(pairs.frames, current["test_frames"])
         return pairs
 

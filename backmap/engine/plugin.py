@@ -7,15 +7,19 @@ the contract the core relies on; anything else is the plugin's own business.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     import networkx as nx
+    import torch
 
-    from backmap.system.pairs import PairSet
+    from backmap.sampling.environment import EnvironmentBatch
+    from backmap.sampling.spec import EnvironmentSpec
+    from backmap.training.data import FitContext, TrainingData
+
     from backmap.system.mapping import Mapping
     from backmap.engine.pipeline import RunContext
     from backmap.system.topology import Topology
@@ -45,27 +49,61 @@ class Plugin:
 class Generator(Plugin):
     """Learns p(unit positions | local environment) and proposes placements.
 
-    ``fit`` trains on (CG, AA) pairs; ``propose`` returns ``n_candidates`` placements for a
-    batch of units (positions in the unit's local frame, nm). ``log_prob`` is optional and
-    enables exact Metropolis–Hastings refinement.
+    The core builds every environment a generator sees — training sequences and inference batches
+    alike — from one :class:`~backmap.sampling.spec.EnvironmentSpec`: the class's ``unit`` and
+    ``environment_defaults``, overridden by the recipe's ``generator.environment``, set as
+    ``self.environment`` before ``fit`` and saved in the model file. ``fit`` trains on
+    :class:`~backmap.training.data.TrainingData`; ``propose`` returns ``n_candidates`` placements
+    for a batch of units, in each unit's local frame (nm); ``log_prob``, if a generator has a
+    tractable density, scores placements (exact Metropolis–Hastings refiners call it).
+    :class:`backmap.NetworkGenerator` is the base class whose training loop the core runs.
     """
 
     kind = "generator"
+    #: what one placement is: one atom, or all atoms of a bead
+    unit: ClassVar[Literal["atom", "bead"]] = "atom"
+    #: defaults of the environment spec for this generator (the recipe's ``generator.environment`` wins)
+    environment_defaults: ClassVar[dict[str, Any]] = {}
 
-    def fit(self, pairs: "PairSet", context: "RunContext") -> dict[str, Any]:
-        """Train on ``pairs.train()``; return a small summary (losses, timings)."""
+    def __init__(self, params: BaseModel | dict[str, Any] | None = None,
+                 environment: "EnvironmentSpec | dict[str, Any] | None" = None):
+        super().__init__(params)
+        self.environment = self.environment_spec(environment)
+
+    @classmethod
+    def environment_spec(cls, given: "EnvironmentSpec | dict[str, Any] | None" = None) -> "EnvironmentSpec":
+        """This generator's spec: its unit and defaults, overridden by ``given``; a ``unit`` other
+        than the class's is refused."""
+        from backmap.sampling.spec import EnvironmentSpec
+
+        values = given.model_dump() if isinstance(given, EnvironmentSpec) else dict(given or {})
+        if values.get("unit", cls.unit) != cls.unit:
+            raise ValueError(f"generator {cls.name!r} places one {cls.unit} at a time (unit: {values['unit']!r} "
+                             "is not possible)")
+        return EnvironmentSpec(**{**cls.environment_defaults, **values, "unit": cls.unit})
+
+    def fit(self, data: "TrainingData", context: "FitContext") -> dict[str, Any]:
+        """Train on ``data.train()`` (or ``data.sequences(...)``); return a small summary (losses,
+        timings) for the run report."""
         raise NotImplementedError
 
-    def propose(self, batch: Any, n_candidates: int, rng: np.random.Generator) -> Any:
-        """Candidate positions, shape (B, n_candidates, n_unit_atoms, 3), in nm."""
+    def propose(self, batch: "EnvironmentBatch", n_candidates: int, rng: np.random.Generator) -> "torch.Tensor":
+        """Candidate positions (B, n_candidates, U, 3) in nm, in each unit's local frame
+        (``batch.to_lab`` maps them back); U = ``batch.target_types.shape[1]``."""
         raise NotImplementedError
 
-    def log_prob(self, batch: Any, positions: Any) -> Any:
-        """Log density of ``positions`` under the generator (optional)."""
+    def log_prob(self, batch: "EnvironmentBatch", positions: "torch.Tensor") -> "torch.Tensor":
+        """Log density (B, K) of local-frame ``positions`` (B, K, U, 3) given the environments
+        (optional: only generators with a tractable density)."""
         raise NotImplementedError(f"generator {self.name!r} has no tractable density")
 
+    @property
+    def has_log_prob(self) -> bool:
+        return type(self).log_prob is not Generator.log_prob
+
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to restore the trained generator (picklable)."""
+        """Everything needed to restore the trained generator: tensors, numpy arrays and JSON
+        values in nested dicts and lists (stored as safetensors + JSON, never pickled)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

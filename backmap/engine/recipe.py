@@ -45,20 +45,28 @@ InputPath = Annotated[Path, AfterValidator(_must_exist)]
 
 #: prefix of a path made by an earlier step of the same run: ``workdir:refine/aa.xtc``
 WORKDIR_PREFIX = "workdir:"
+#: prefix of a file an earlier step declared by name: ``output:backmap.aa``
+OUTPUT_PREFIX = "output:"
 
 
 def _input_or_run_output(value: Path, info: ValidationInfo) -> Path:
-    if str(value).startswith(WORKDIR_PREFIX):
+    if str(value).startswith((WORKDIR_PREFIX, OUTPUT_PREFIX)):
         return Path(str(value))  # resolved by the step against the run's work directory
     return _must_exist(value, info)
 
 
-#: an :data:`InputPath`, or ``workdir:PATH`` — a file an earlier step of the run writes
+#: an :data:`InputPath`, ``workdir:PATH`` — a file an earlier step of the run writes — or
+#: ``output:NAME`` — a file an earlier step declared under NAME
 StepInput = Annotated[Path, AfterValidator(_input_or_run_output)]
 
 
 def resolve_step_input(path: Path | None, workdir: Path, where: str = "") -> Path | None:
-    """The real file of a :data:`StepInput`; ``workdir:`` paths must exist by now."""
+    """The real file of a :data:`StepInput`: ``workdir:`` paths must exist by now, ``output:NAME``
+    is the file an earlier step declared under NAME (``output:backmap.aa``)."""
+    if path is not None and str(path).startswith(OUTPUT_PREFIX):
+        from backmap.engine.outputs import Outputs
+
+        return Outputs(workdir).get(str(path)[len(OUTPUT_PREFIX):], where)
     if path is None or not str(path).startswith(WORKDIR_PREFIX):
         return path
     real = Path(workdir) / str(path)[len(WORKDIR_PREFIX):]
@@ -116,6 +124,13 @@ class PluginRef(Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class GeneratorRef(PluginRef):
+    """The generator with its parameters and its environment spec (cutoff, traversal, …): the
+    environment is fixed at training and saved in the model."""
+
+    environment: dict[str, Any] = Field(default_factory=dict, description="EnvironmentSpec keys (backmap.sampling.spec)")
+
+
 class Recipe(Strict):
     """A whole run: the system, the data, the plugins, and the steps in order."""
 
@@ -126,7 +141,7 @@ class Recipe(Strict):
                                                           "current directory")
     system: SystemSpec
     data: DataSpec | None = None
-    generator: PluginRef | None = None
+    generator: GeneratorRef | None = None
     traversal: PluginRef | None = None
     selector: PluginRef | None = None
     refiners: list[PluginRef] = Field(default_factory=list)
@@ -283,6 +298,17 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, registry=N
         except ValidationError as exc:
             errors.append(format_errors(exc, source, loc + ("params",), info.cls.Params))
 
+    if recipe.generator is not None:
+        try:
+            cls = registry.get("generator", recipe.generator.plugin).cls
+            recipe.generator.environment = cls.environment_spec(recipe.generator.environment).model_dump()
+            registry.get("traversal", recipe.generator.environment["traversal"])
+        except ValidationError as exc:
+            errors.append(format_errors(exc, source, ("generator", "environment")))
+        except ValueError as exc:
+            errors.append(f"{source}: generator.environment: {exc}")
+        except BackmapError as exc:
+            errors.append(f"{source}: generator.environment.traversal: {exc}")
     for key, kind in (("generator", "generator"), ("traversal", "traversal"), ("selector", "selector")):
         if getattr(recipe, key) is not None:
             plugin_params(kind, getattr(recipe, key), (key,))

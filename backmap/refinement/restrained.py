@@ -288,17 +288,3 @@ def refine_files(refiner, system: RestrainedSystem, aa_path: Path, cg_path: Path
             "CG RMSD before (nm)": round(float(np.mean([r["cg_rmsd_before"] for r in rows])), 5),
             "CG RMSD after (nm)": round(float(np.mean([r["cg_rmsd"] for r in rows])), 5),
             "failed frames": sum(1 for r in rows if r.get("failed")), "output": str(out), "log": str(log_path)}
-
-
-def make_refiner(name: str, params: dict, registry=None, where: str = "refiner"):
-    """Instantiate a refiner plugin from a name and raw parameters; errors name ``where``."""
-    from pydantic import ValidationError
-
-    from backmap.engine.recipe import format_errors
-    from backmap.engine.registry import default_registry
-
-    info = (registry or default_registry()).get("refiner", name, where=where)
-    try:
-        return info.cls(info.cls.Params.model_validate(params))
-    except ValidationError as exc:
-        raise BackmapError(format_errors(exc, where, (), info.cls.Params)) from exc

@@ -2,8 +2,6 @@
 streamed to disk, with a GROMACS topology written beside the output."""
 from __future__ import annotations
 
-import json
-import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,24 +14,22 @@ from backmap.errors import BackmapError
 from backmap.system.io import Frame, atomic_path, read_frames, write_frames
 from backmap.system.mapping import CGTopology
 from backmap.system.pbc import Unwrapper
-from backmap.engine.plugin import Generator
+from backmap.engine.plugin import Generator, Selector
 from backmap.progress import progress
-from backmap.engine.registry import Registry, default_registry
+from backmap.sampling.environment import Channels
 from backmap.sampling.sampler import Sampler, SamplerOptions
-from backmap.sampling.traversal import make_plan
+from backmap.sampling.traversal import Traversal, make_plans
 
 
 class BackmapSettings(BaseModel):
-    """How CG frames are backmapped (the ``backmap`` step's and ``backmap apply``'s options)."""
+    """How CG frames are backmapped (the ``backmap`` step's and ``backmap apply``'s options). The
+    environment keys (cutoff, traversal, heavy_first, strip_hydrogens) belong to the model: given
+    here they must equal the model's (:meth:`EnvironmentSpec.check_against`)."""
 
     model_config = ConfigDict(extra="forbid")
-    traversal: str = Field("dfs", description="traversal plugin: dfs, bfs, random, …")
     selector: str = Field("lowest_energy", description="selector plugin: lowest_energy, boltzmann, random")
     candidates: int = Field(8, ge=1, description="candidates per unit (K)")
     gibbs_sweeps: int = Field(2, ge=0)
-    cutoff: float = Field(0.7, gt=0, description="environment radius (nm)")
-    heavy_first: bool = Field(True, description="heavy atoms of a bead before its hydrogens")
-    strip_hydrogens: bool = Field(True, description="hide hydrogens of the current and bonded beads from heavy atoms")
     colouring: bool = Field(False, description="never update two units with overlapping environments together")
     batch_molecules: bool = Field(True, description="all molecules of a type advance together")
     energy: bool = Field(True, description="score candidates with the force field (needs a .top)")
@@ -44,51 +40,37 @@ class BackmapSettings(BaseModel):
                                                            "stereocentres' handedness the sampler keeps")
     stereo_weight: float = Field(1e5, ge=0, description="selection penalty per flipped neighbour triple of a stereocentre (kJ/mol); "
                                                          "the default outweighs any candidate's other energy")
+    # the model's environment: optional, and refused if it differs
+    cutoff: float | None = Field(None, gt=0, description="the model's environment radius (nm); only to assert it")
+    traversal: str | None = Field(None, description="the model's traversal; only to assert it")
+    heavy_first: bool | None = Field(None, description="the model's heavy-first order; only to assert it")
+    strip_hydrogens: bool | None = Field(None, description="the model's hydrogen stripping; only to assert it")
 
-
-def load_checkpoint(path: Path, registry: Registry | None = None) -> tuple[Generator, dict]:
-    """A trained generator from ``model/generator.pkl`` (or a run directory containing it)."""
-    registry = registry or default_registry()
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model" / "generator.pkl"
-    if not path.is_file():
-        raise BackmapError("no trained model here (expected a run directory or model/generator.pkl)", source=path)
-    with open(path, "rb") as fh:
-        ckpt = pickle.load(fh)
-    info_path = path.with_suffix(".json")
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    # relative paths in the model's description are relative to it (a model shipped in a repository)
-    if info.get("topology"):
-        info["topology"] = str(info_path.parent / info["topology"])
-    info["mapping"] = [str(info_path.parent / m) for m in info.get("mapping", [])]
-    generator = registry.get("generator", ckpt["plugin"], where=str(path)).cls(ckpt["params"])
-    generator.load_state_dict(ckpt["state"])
-    return generator, info
+    def environment_keys(self) -> dict:
+        return {k: getattr(self, k) for k in ("cutoff", "traversal", "heavy_first", "strip_hydrogens")}
 
 
 @dataclass
 class Backmapper:
-    """Drives a generator over CG frames. ``frames`` yields CG :class:`Frame` s (n_beads atoms)."""
+    """Drives a generator over CG frames with the plans, channels and cut-off of its environment
+    spec (``generator.environment``); ``traversal`` and ``selector`` are plugin instances."""
 
     cg_topology: CGTopology
     generator: Generator
+    channels: Channels
+    traversal: Traversal
+    selector: Selector
     settings: BackmapSettings = field(default_factory=BackmapSettings)
     seed: int = 0
-    registry: Registry = field(default_factory=default_registry)
 
     def __post_init__(self):
         rng = np.random.default_rng(self.seed)
-        traversal = self.registry.get("traversal", self.settings.traversal).cls()
-        selector = self.registry.get("selector", self.settings.selector).cls()
-        unit = getattr(self.generator, "unit", "atom")
-        self.plans = {cb.block.moltype.name: make_plan(cb.mapping, traversal, rng, unit=unit,
-                                                       heavy_first=self.settings.heavy_first)
-                      for cb in self.cg_topology.blocks}
+        spec = self.generator.environment
+        self.plans = make_plans(self.cg_topology, self.traversal, spec, rng)
         s = self.settings
-        options = SamplerOptions(candidates=s.candidates, gibbs_sweeps=s.gibbs_sweeps, cutoff=s.cutoff,
+        options = SamplerOptions(candidates=s.candidates, gibbs_sweeps=s.gibbs_sweeps, cutoff=spec.cutoff,
                                  colouring=s.colouring, batch_molecules=s.batch_molecules,
-                                 strip_hydrogens=s.strip_hydrogens, energy=s.energy)
+                                 strip_hydrogens=spec.strip_hydrogens, energy=s.energy)
         self.chirality = None
         if s.stereo_reference is not None:
             if not s.energy:
@@ -97,8 +79,8 @@ class Backmapper:
             from backmap.sampling.chirality import load_chiral_centres
 
             self.chirality = load_chiral_centres(self.cg_topology.topology, s.stereo_reference, s.stereo_weight)
-        self.sampler = Sampler(self.cg_topology, self.plans, self.generator, selector, options, rng=rng,
-                               chirality=self.chirality)
+        self.sampler = Sampler(self.cg_topology, self.plans, self.generator, self.selector, options,
+                               channels=self.channels, rng=rng, chirality=self.chirality)
         self._whole_cg = Unwrapper.for_cg(self.cg_topology)
         self.forcefield = None
         if s.minimize_steps:

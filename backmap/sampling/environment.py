@@ -68,23 +68,12 @@ class Channels:
         from pathlib import Path
 
         from backmap.errors import BackmapError
+        from backmap.system.dbm_sections import read_sections
 
         path = Path(path)
         if not path.is_file():
             raise BackmapError("channel map (ff.txt) not found", source=path)
-        sections: dict[str, list[tuple[int, list[str]]]] = {}
-        current = None
-        for lineno, raw in enumerate(path.read_text().splitlines(), 1):
-            line = raw.split(";")[0].strip()
-            if not line:
-                continue
-            if line.startswith("[/"):
-                current = None
-            elif line.startswith("["):
-                current = line.strip("[] ").lower()
-                sections.setdefault(current, [])
-            elif current is not None:
-                sections[current].append((lineno, line.split()))
+        sections = read_sections(path)
         width = {"bond_types": 2, "angle_types": 3, "dihedral_types": 4, "lj_types": 2}
         inter: dict[tuple, int] = {}
         for section, n in width.items():
@@ -105,6 +94,36 @@ class Channels:
         if missing:
             raise BackmapError(f"[bead_types] lacks the mapping's bead types {missing}", source=path)
         return cls({t: i for i, t in enumerate(types)}, {t: i for i, t in enumerate(beads)}, inter, by_path=True)
+
+    @classmethod
+    def for_spec(cls, cg_topology: CGTopology, channels: str, channel_map=None) -> "Channels":
+        """The channels an environment spec asks for: a channel map (DeepBackmap ``ff.txt``) if
+        given, else derived from the topology (``types`` or ``split``)."""
+        if channel_map is not None:
+            return cls.from_dbm_ff(channel_map, cg_topology)
+        return cls.from_system(cg_topology, split=channels == "split")
+
+    def to_json(self) -> dict:
+        """A JSON-able description, saved in model files (interaction keys become lists)."""
+        return {"atom_types": dict(self.atom_types), "bead_types": dict(self.bead_types),
+                "interactions": [[list(k), v] for k, v in self.interactions.items()],
+                "split": self.split, "by_path": self.by_path}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Channels":
+        return cls(dict(data["atom_types"]), dict(data["bead_types"]),
+                   {tuple(k): int(v) for k, v in data["interactions"]}, bool(data["split"]), bool(data["by_path"]))
+
+    def check_system(self, cg_topology: CGTopology, where: str = "model") -> None:
+        """Refuse a system with atom or bead types these channels do not know (a model from
+        another system), naming them."""
+        from backmap.errors import BackmapError
+
+        atoms = sorted({str(t) for cb in cg_topology.blocks for t in cb.block.moltype.atom_types} - set(self.atom_types))
+        beads = sorted({str(t) for t in cg_topology.bead_types} - set(self.bead_types))
+        if atoms or beads:
+            what = "; ".join(x for x in (f"atom types {atoms}" if atoms else "", f"bead types {beads}" if beads else "") if x)
+            raise BackmapError(f"the {where} was trained on another system: it has no channel for {what}")
 
     @property
     def n_atom_types(self) -> int:

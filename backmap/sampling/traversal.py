@@ -9,12 +9,16 @@ One plan serves all molecules of a type, which is what lets them advance togethe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import networkx as nx
 import numpy as np
 
 from backmap.system.mapping import MoleculeMapping
+
+if TYPE_CHECKING:
+    from backmap.sampling.spec import EnvironmentSpec
+    from backmap.system.mapping import CGTopology
 
 
 class Traversal(Protocol):
@@ -119,3 +123,11 @@ def make_plan(mapping: MoleculeMapping, traversal: Traversal, rng: np.random.Gen
         else:
             units += [Unit((a,), b, int(predecessor[b])) for a in inner]
     return Plan(mapping, beads, predecessor, np.array(atom_order), units)
+
+
+def make_plans(cg_topology: "CGTopology", traversal: Traversal, spec: "EnvironmentSpec",
+               rng: np.random.Generator) -> dict[str, Plan]:
+    """The plan of every molecule type for a generator's environment spec (unit, heavy-first):
+    the same for training sequences and for backmapping."""
+    return {cb.block.moltype.name: make_plan(cb.mapping, traversal, rng, unit=spec.unit, heavy_first=spec.heavy_first)
+            for cb in cg_topology.blocks}

@@ -15,8 +15,19 @@ import numpy as np
 from backmap.errors import BackmapError
 from backmap.system.pbc import box_dimensions, box_vectors
 
-READ_SUFFIXES = (".gro", ".pdb", ".xtc", ".trr")
 WRITE_SUFFIXES = (".gro", ".pdb", ".xtc", ".trr")
+#: LAMMPS suffixes MDAnalysis does not know by extension (it knows .lammpsdump and .data itself)
+LAMMPS_SUFFIXES = {".lammpstrj": "LAMMPSDUMP", ".dump": "LAMMPSDUMP", ".lammpsdump": "LAMMPSDUMP",
+                   ".lmp": "DATA", ".data": "DATA"}
+#: MDAnalysis readers that take Python objects, streams or explicit options, never a file by its suffix
+_NOT_FILE_FORMATS = {"CHAIN", "MEMORY", "CHEMFILES", "IMD"}
+#: LAMMPS data files' ``Atoms # style`` hint → columns for MDAnalysis, which otherwise guesses
+#: full (7 columns) or molecular (else) and so misreads atomic or charge files
+_DATA_COLUMNS = {"atomic": "id type x y z", "charge": "id type charge x y z", "bond": "id resid type x y z",
+                 "angle": "id resid type x y z", "molecular": "id resid type x y z",
+                 "full": "id resid type charge x y z"}
+#: forces MDAnalysis leaves in the file's units → kJ/mol/Å: LAMMPS dumps in ``units real`` (kcal/mol/Å)
+_FORCE_TO_KJ = {"LAMMPSDUMP": 4.184}
 
 
 @dataclass
@@ -54,22 +65,85 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def read_formats() -> dict[str, str]:
+    """Readable suffix (lower case, with the dot) → MDAnalysis format: every coordinate reader
+    MDAnalysis registers (it picks them by upper-cased suffix) plus the usual LAMMPS suffixes."""
+    from MDAnalysis import _READERS  # MDAnalysis' registry of readers, filled as it defines them
+
+    formats = {f".{name.lower()}": name for name, cls in _READERS.items()
+               if name not in _NOT_FILE_FORMATS and "." not in name  # CIF.GZ: .gz is looked through anyway
+               and cls.__module__.startswith("MDAnalysis.coordinates.")}
+    return formats | LAMMPS_SUFFIXES
+
+
+def _format(path: Path) -> str:
+    """The MDAnalysis format of ``path`` from its suffix (``.gz``/``.bz2`` looked through, as
+    MDAnalysis does); an unknown suffix is an error that lists the readable ones."""
+    suffixes = [s.lower() for s in path.suffixes] or [""]
+    suffix = suffixes[-2] if suffixes[-1] in (".gz", ".bz2") and len(suffixes) > 1 else suffixes[-1]
+    formats = read_formats()
+    if suffix not in formats:
+        raise BackmapError(f"cannot read {suffix or 'suffix-less'!r} trajectories; MDAnalysis reads "
+                           f"{' '.join(sorted(formats))}", source=path)
+    return formats[suffix]
+
+
 def _reader(path: Path):
+    """An open MDAnalysis reader of ``path``; every failure becomes a BackmapError naming the file."""
     import MDAnalysis as mda
 
     if not path.is_file():
         raise BackmapError("trajectory file not found", source=path)
-    if path.suffix.lower() not in READ_SUFFIXES:
-        raise BackmapError(f"cannot read {path.suffix!r} trajectories (use one of {', '.join(READ_SUFFIXES)})",
-                           source=path)
+    fmt = _format(path)
     if path.stat().st_size == 0:
         raise BackmapError("the trajectory file is empty", source=path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return mda.coordinates.core.reader(str(path))
+            if fmt == "DATA":  # the DATA reader needs the atom count, which the DATA topology parser reads
+                style = _data_atom_style(path)
+                kwargs = {"atom_style": _DATA_COLUMNS[style]} if style in _DATA_COLUMNS else {}
+                return mda.Universe(str(path), format="DATA", topology_format="DATA", **kwargs).trajectory
+            return mda.coordinates.core.reader(str(path), format=fmt)
     except Exception as exc:  # MDAnalysis raises many types for corrupt files
-        raise BackmapError(f"cannot read trajectory: {exc}", source=path) from exc
+        raise BackmapError(f"cannot read {fmt} trajectory: {_failure(exc)}", source=path) from exc
+
+
+def _data_atom_style(path: Path) -> str | None:
+    """The atom style LAMMPS' ``write_data`` names on the ``Atoms`` line (``Atoms # full``), if any."""
+    import MDAnalysis.lib.util as mdautil
+
+    with mdautil.anyopen(str(path)) as f:
+        for line in f:
+            if line.startswith("Atoms"):
+                return line.partition("#")[2].strip().lower() or None
+    return None
+
+
+def _failure(exc: Exception) -> str:
+    """MDAnalysis' message; readers raise a bare EOFError when the file ends inside a frame."""
+    if isinstance(exc, EOFError) and not str(exc):
+        return "the file ends inside a frame"
+    return str(exc) or type(exc).__name__
+
+
+def _timesteps(r, frames: Sequence[int] | slice | None, path: Path, fmt: str) -> Iterator:
+    """MDAnalysis' time steps of ``frames``; a frame it cannot read (corrupt, cut short, a LAMMPS
+    dump whose atom count changes) is a BackmapError, like a file it cannot open."""
+    last = None
+    it = iter(r if frames is None else r[frames])
+    while True:
+        try:
+            with warnings.catch_warnings():  # e.g. a LAMMPS dump has no time step: its time is the step number
+                warnings.simplefilter("ignore")
+                ts = next(it)
+        except StopIteration:
+            return
+        except Exception as exc:  # as in _reader: many types
+            after = "" if last is None else f" after frame {last}"
+            raise BackmapError(f"cannot read {fmt} trajectory{after}: {_failure(exc)}", source=path) from exc
+        last = ts.frame
+        yield ts
 
 
 def trajectory_info(path: str | Path) -> tuple[int, int]:
@@ -83,23 +157,33 @@ def trajectory_info(path: str | Path) -> tuple[int, int]:
 
 def read_frames(path: str | Path, n_atoms: int | None = None, frames: Sequence[int] | slice | None = None,
                 expect: str = "topology") -> Iterator[Frame]:
-    """Frames of a trajectory in nm. ``n_atoms`` checks the atom count against ``expect``."""
+    """Frames of a trajectory in nm, from any coordinate file MDAnalysis reads (:func:`read_formats`).
+    ``n_atoms`` checks the atom count against ``expect``. Every frame must have a periodic box.
+
+    MDAnalysis returns Å and converts formats that declare their units. LAMMPS dumps and data files
+    carry none: their lengths are taken as Å and dump forces as kcal/mol/Å, i.e. ``units real``
+    (``metal`` lengths are Å too; ``lj``/``nano``/``si`` files must be converted first). Dump atoms
+    come in ``id`` order, positions shifted so the box starts at the origin (scaled ``xs ys zs``
+    dumps whose box does not start at 0 are shifted by its lower corner once more: MDAnalysis issue
+    #4788; a rigid translation, which backmapping does not mind), and a dump's time is its step
+    number (the file has no time step). Data files keep their coordinates as they are."""
     path = Path(path)
-    r = _reader(path)
+    r, fmt = _reader(path), _format(path)
     try:
         if n_atoms is not None and r.n_atoms != n_atoms:
             raise BackmapError(f"{r.n_atoms} atoms in the trajectory but {n_atoms} in the {expect}", source=path)
         if r.n_frames == 0:
             raise BackmapError("the trajectory has no frames", source=path)
-        selected = r if frames is None else r[frames]
-        for ts in selected:
+        for ts in _timesteps(r, frames, path, fmt):
             with warnings.catch_warnings():  # .gro files have no time step; 0 is right for them
                 warnings.simplefilter("ignore")
                 time = float(ts.time)
             if ts.dimensions is None:
-                raise BackmapError(f"frame {ts.frame} has no box", source=path)
+                raise BackmapError(f"frame {ts.frame} has no box (backmap needs the periodic box; "
+                                   f"this {fmt} file does not store one)", source=path)
             # MDAnalysis: positions in Å, forces in kJ/mol/Å
-            forces = ts.forces.astype(np.float64) * 10.0 if getattr(ts, "has_forces", False) else None
+            forces = ts.forces.astype(np.float64) * 10.0 * _FORCE_TO_KJ.get(fmt, 1.0) \
+                if getattr(ts, "has_forces", False) else None
             yield Frame(
                 positions=ts.positions.astype(np.float64) / 10.0,
                 dimensions=np.r_[ts.dimensions[:3] / 10.0, ts.dimensions[3:]].astype(np.float64),
@@ -184,6 +268,49 @@ def write_frames(path: str | Path, frames: Iterable[Frame], names: Sequence[str]
     return n
 
 
+def write_lammps_dump(path: str | Path, frames: Iterable[Frame], types: Sequence[str] | None = None,
+                      decimals: int = 5) -> int:
+    """Write frames as a LAMMPS text dump (``ITEM: ATOMS id type x y z``), atomically: CG input in
+    the form LAMMPS-based CG tools (VOTCA's IBI) produce. Lengths in Å (``units real``) with
+    ``decimals`` digits, the box from the origin (triclinic boxes as LAMMPS' bounds and tilt
+    factors); ``types`` (one name per atom) become LAMMPS' integer types 1, 2, … in order of first
+    appearance; each frame's TIMESTEP is its index. Returns the number of frames written."""
+    path = Path(path)
+    frames = iter(frames)
+    first = next(frames, None)
+    if first is None:
+        raise BackmapError("nothing to write: no frames", source=path)
+    n_atoms = len(first.positions)
+    names = [str(t) for t in types] if types is not None else ["1"] * n_atoms
+    if len(names) != n_atoms:
+        raise BackmapError(f"{len(names)} atom types for {n_atoms} atoms", source=path)
+    codes = {t: k + 1 for k, t in enumerate(dict.fromkeys(names))}
+    ids_types = np.column_stack([np.arange(1, n_atoms + 1), [codes[t] for t in names]])
+    f = f"%.{decimals}f"
+    n = 0
+    with atomic_path(path) as tmp, open(tmp, "w") as out:
+        for frame in itertools.chain([first], frames):
+            if len(frame.positions) != n_atoms:
+                raise BackmapError(f"frame {frame.index} has {len(frame.positions)} atoms, the first {n_atoms}",
+                                   source=path)
+            a, b, c = box_vectors(frame.dimensions) * 10.0  # a along x, b in the xy plane: LAMMPS' form
+            xy, xz, yz = b[0], c[0], c[1]
+            out.write(f"ITEM: TIMESTEP\n{frame.index}\nITEM: NUMBER OF ATOMS\n{n_atoms}\n")
+            if max(abs(xy), abs(xz), abs(yz)) >= 0.5 * 10.0 ** -decimals:
+                lo = (min(0.0, xy, xz, xy + xz), min(0.0, yz), 0.0)  # LAMMPS' bounding box of the tilted cell
+                hi = (a[0] + max(0.0, xy, xz, xy + xz), b[1] + max(0.0, yz), c[2])
+                out.write("ITEM: BOX BOUNDS xy xz yz pp pp pp\n")
+                out.writelines(f"{f % l} {f % h} {f % t}\n" for l, h, t in zip(lo, hi, (xy, xz, yz)))
+            else:
+                out.write("ITEM: BOX BOUNDS pp pp pp\n")
+                out.writelines(f"{f % 0.0} {f % h}\n" for h in (a[0], b[1], c[2]))
+            out.write("ITEM: ATOMS id type x y z\n")
+            np.savetxt(out, np.column_stack([ids_types, np.asarray(frame.positions, np.float64) * 10.0]),
+                       fmt=["%d", "%d", f, f, f])
+            n += 1
+    return n
+
+
 def _set(u, frame: Frame) -> None:
     u.atoms.positions = np.asarray(frame.positions, np.float32) * 10.0
     if u.trajectory.ts.has_forces and frame.forces is not None:  # kJ/mol/nm → MDAnalysis' kJ/mol/Å
@@ -192,4 +319,5 @@ def _set(u, frame: Frame) -> None:
     u.trajectory.ts.time = frame.time
 
 
-__all__ = ["Frame", "atomic_path", "box_dimensions", "parse_frames", "read_frames", "trajectory_info", "write_frames"]
+__all__ = ["Frame", "atomic_path", "box_dimensions", "parse_frames", "read_formats", "read_frames", "trajectory_info",
+           "write_frames", "write_lammps_dump"]

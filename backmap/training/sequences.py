@@ -1,7 +1,8 @@
-"""Teacher-forced training sequences for generators that place one atom per step (thesis 4.4.2).
+"""Teacher-forced training sequences (thesis 4.4.2), for generators that place one atom or one bead
+per step.
 
 For every bead of every training frame: the environments its atoms see when they are placed in
-plan order, built by the sampler's own :class:`EnvironmentBuilder` from the reference AA positions
+plan order (a bead unit: all of them see the one environment of the unit), built by the sampler's own :class:`EnvironmentBuilder` from the reference AA positions
 — so a generator trains on exactly what it is given at inference — together with the reference
 positions of those atoms in the bead's local frame.
 
@@ -82,8 +83,6 @@ def _bead_groups(plan: Plan) -> list[list[int]]:
     """Consecutive plan steps that place atoms of the same bead."""
     groups: list[list[int]] = []
     for s, unit in enumerate(plan.units):
-        if len(unit.atoms) != 1:
-            raise BackmapError("training sequences need one-atom units (generator unit = 'atom')")
         if groups and plan.units[groups[-1][-1]].bead == unit.bead:
             groups[-1].append(s)
         else:
@@ -149,18 +148,20 @@ def _bead_group(builder: EnvironmentBuilder, cb, plan: Plan, steps: list[int], p
     masks, inters, targets = [], [], []
     env0 = None
     for s in steps:
-        atoms = first_atom[:, None] + np.asarray(plan.units[s].atoms)[None]
+        unit_atoms = np.asarray(plan.units[s].atoms)
+        atoms = first_atom[:, None] + unit_atoms[None]
         if context == "gibbs":
             placed = np.ones(len(positions), bool)
-        else:  # the sampler's forward pass: earlier blocks complete, this block up to step s
+        else:  # the sampler's forward pass: earlier blocks complete, this block up to the unit
             placed = done_blocks.copy()
-            placed[cb.block.atom_slice] = np.tile(rank < s, count)
+            placed[cb.block.atom_slice] = np.tile(rank < rank[unit_atoms].min(), count)
         env = builder.build(mt.name, atoms, bead, pred, positions, torch.as_tensor(placed), frame_beads=frame_beads)
         if env0 is None:
             env0 = env
-        masks.append(env.atom_mask)
-        inters.append(env.interaction[:, 0])
-        targets.append(atoms[:, 0])
+        for u in range(len(unit_atoms)):  # a unit of several atoms: one target per atom, one environment
+            masks.append(env.atom_mask)
+            inters.append(env.interaction[:, u])
+            targets.append(atoms[:, u])
     mask = torch.stack(masks, 1)  # (B, T, Kc)
     seen = mask.any(1)
     width = max(int(seen.sum(1).max()), 1)

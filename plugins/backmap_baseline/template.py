@@ -34,17 +34,17 @@ class FragmentTemplate(Generator):
     Params = TemplateParams
     unit = "bead"
 
-    def __init__(self, params=None):
-        super().__init__(params)
+    def __init__(self, params=None, environment=None):
+        super().__init__(params, environment)
         # moltype -> bead -> (frame beads (F, 3), atom indices (n,), atom positions (n, 3)), centred on the bead
         self.templates: dict[str, dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
 
-    def fit(self, pairs, context) -> dict:
-        train = pairs.train()
+    def fit(self, data, context) -> dict:
+        train = data.train()
         if len(train) == 0:
             raise BackmapError("template: no training frames")
         n_frag = 0
-        for cb in context.cg_topology.blocks:
+        for cb in data.cg_topology.blocks:
             mt, mm = cb.block.moltype, cb.mapping
             aa = train.aa[:, cb.block.atom_slice].reshape(len(train), cb.block.count, mt.n_atoms, 3)
             cg = train.cg[:, cb.first_bead:cb.first_bead + cb.n_beads].reshape(len(train), cb.block.count,
@@ -124,7 +124,7 @@ class TrivialGenerator(Generator):
     Params = TrivialParams
     unit = "atom"
 
-    def fit(self, pairs, context) -> dict:
+    def fit(self, data, context) -> dict:
         return {}
 
     def propose(self, batch, n_candidates: int, rng: np.random.Generator) -> torch.Tensor:

@@ -9,25 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from backmap import BackmapError, Reader
+from backmap.system.dbm_sections import read_sections
 from backmap.system.mapping import Bead, Mapping, MoleculeMapping
 from backmap.system.topology import Topology
-
-
-def _sections(path: Path) -> dict[str, list[tuple[int, list[str]]]]:
-    sections: dict[str, list[tuple[int, list[str]]]] = {}
-    current = None
-    for lineno, raw in enumerate(path.read_text().splitlines(), 1):
-        line = raw.split(";")[0].strip()
-        if not line:
-            continue
-        if line.startswith("[/"):
-            current = None
-        elif line.startswith("["):
-            current = line.strip("[] ").lower()
-            sections[current] = []
-        elif current is not None:
-            sections[current].append((lineno, line.split()))
-    return sections
 
 
 class DeepBackmapMapReader(Reader):
@@ -43,7 +27,7 @@ class DeepBackmapMapReader(Reader):
         if moltype is None:
             raise BackmapError(f"file name {path.stem!r} matches no molecule type of {topology.source.name} "
                                f"(it has: {', '.join(topology.moltypes)})", source=path)
-        sections = _sections(path)
+        sections = read_sections(path)
         if not sections.get("map"):
             raise BackmapError("no [map] section", source=path)
         members: dict[int, list[int]] = defaultdict(list)

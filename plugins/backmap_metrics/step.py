@@ -19,11 +19,12 @@ class MetricChoice(BaseModel):
 
 class EvaluateParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reference: StepInput | None = Field(None, description="reference AA trajectory; default: the 'backmap' "
-                                                          "step's backmap/reference.xtc in the work directory")
+    reference: StepInput | None = Field(None, description="reference AA trajectory; default: the held-out "
+                                                          "frames the 'backmap' step wrote beside its output")
     candidates: list[StepInput] | dict[str, StepInput] | None = Field(
         None, description="candidate AA trajectories (a mapping label → file to name them); default: the "
-                          "'backmap' step's backmap/aa.xtc (and its CG input backmap/cg.xtc)")
+                          "'backmap' step's output (its generator-alone output and the 'refine' step's, if any; "
+                          "and its CG frames)")
     frames: str | None = Field(None, description="'start:stop:step' or '0,5,9' (of every trajectory)")
     skip_frames: list[int] = Field(default_factory=list, description="frames left out of every trajectory")
     cg: StepInput | None = Field(None, description="CG input the candidates were made from (CG consistency)")
@@ -66,16 +67,18 @@ class EvaluateStep(Step):
 
     def run(self, ctx) -> dict:
         p = self.params
-        if p.reference is None or p.candidates is None:  # what the backmap step of this run wrote
-            made = {"reference": ctx.workdir / "backmap" / "reference.xtc", "backmap": ctx.workdir / "backmap" / "aa.xtc",
-                    "cg": ctx.workdir / "backmap" / "cg.xtc"}
-            missing = [str(f) for f in made.values() if not f.is_file()]
-            if missing:
-                raise BackmapError("steps.evaluate: no reference/candidates given and no 'backmap' step output "
-                                   f"({missing[0]} is missing): run the backmap step first", source=ctx.recipe.path.name)
-            p = p.model_copy(update={"reference": p.reference or made["reference"],
-                                     "candidates": p.candidates or {"backmap": made["backmap"]},
-                                     "cg": p.cg or made["cg"]})
+        if p.reference is None or p.candidates is None:  # what the backmap (and refine) steps of this run wrote
+            key = "steps.evaluate"
+            if ctx.outputs.find("backmap.unrefined") is not None:  # the backmap step refined
+                made = {"generator": ctx.outputs.get("backmap.unrefined", key),
+                        "generator + refine": ctx.outputs.get("backmap.aa", key)}
+            else:
+                made = {"backmap": ctx.outputs.get("backmap.aa", key)}
+            if ctx.outputs.find("refine.aa") is not None:
+                made["refine step"] = ctx.outputs.get("refine.aa", key)
+            p = p.model_copy(update={"reference": p.reference or ctx.outputs.get("backmap.reference", f"{key}.reference"),
+                                     "candidates": p.candidates or made,
+                                     "cg": p.cg or ctx.outputs.get("backmap.cg", key)})
         if isinstance(p.candidates, dict):
             labels, candidates = list(p.candidates), list(p.candidates.values())
         else:

@@ -1,81 +1,92 @@
-"""The ``backmap`` step: CG frames + the trained generator → AA trajectory, structure and topology."""
+"""The ``backmap`` step: CG frames + the trained model → AA trajectory, structure and topology
+(optionally refined), through the same path as ``backmap apply`` (:mod:`backmap.engine.apply`)."""
 from __future__ import annotations
 
-import json
-import time
+from pathlib import Path
 
 from pydantic import Field
 
 from backmap import BackmapError, Step
-from backmap.sampling.backmapper import Backmapper, BackmapSettings, load_checkpoint, read_cg, write_aa, write_topology
-from backmap.system.pairs import count_frames, select_frames
+from backmap.engine.apply import backmap_to_files
+from backmap.engine.models import load_model
+from backmap.engine.recipe import InputPath, StepInput, resolve_step_input
+from backmap.forcefield import NonbondedSettings
+from backmap.refinement.restrained import RestrainedSystem
+from backmap.sampling.backmapper import BackmapSettings, read_cg
 from backmap.system.io import Frame, write_frames
-from backmap.engine.pipeline import plugin_versions, write_text
-from backmap.engine.recipe import InputPath
+from backmap.system.pairs import count_frames, select_frames
 
 
 class BackmapParams(BackmapSettings):
     cg: InputPath | None = Field(None, description="CG structure/trajectory; default: the test frames of 'prepare'")
     frames: str | None = Field(None, description="'start:stop:step' or '0,5,9' of the CG input")
-    model: str = Field("model/generator.pkl", description="checkpoint in the work directory")
-    out: str = Field("backmap/aa.xtc", description="AA trajectory (.xtc, .gro, .pdb, .trr)")
-    structure: str | None = Field("backmap/aa.gro", description="first AA frame as a structure")
+    model: StepInput | None = Field(None, description="model folder; default: the one the 'train' step wrote")
+    out: str = Field("backmap/aa.xtc", description="AA trajectory in the work directory (.xtc, .gro, .pdb, .trr)")
+    structure: bool = Field(True, description="also write the first frame as a .gro beside the trajectory")
+    refiner: int | str | None = Field(None, description="refine every frame with this of the recipe's 'refiners' "
+                                                        "(index or plugin name); the generator's output is kept")
+    mdp: InputPath | None = Field(None, description="GROMACS .mdp for the refiner's cut-offs and electrostatics")
     stereo_reference: InputPath | None = Field(None, description="AA structure of the system (e.g. a training "
                                                                  "snapshot) whose stereocentres the sampler keeps")
 
 
+def pick_refiner(ctx, choice: int | str, key: str):
+    """The recipe's refiner at index ``choice`` or named ``choice``, instantiated."""
+    refs = ctx.recipe.refiners
+    if not refs:
+        raise BackmapError(f"{key}: the recipe has no 'refiners' section", source=ctx.where(key))
+    if isinstance(choice, int):
+        if not 0 <= choice < len(refs):
+            raise BackmapError(f"{key}: index {choice} but {len(refs)} refiners", source=ctx.where(key))
+        return ctx.plugin("refiner", refs[choice], "refiners")
+    named = [r for r in refs if r.plugin == choice]
+    if not named:
+        raise BackmapError(f"{key}: no refiner {choice!r} in 'refiners' ({', '.join(r.plugin for r in refs)})",
+                           source=ctx.where(key))
+    return ctx.plugin("refiner", named[0], "refiners")
+
+
 class BackmapStep(Step):
     name = "backmap"
-    summary = "backmap CG frames with the trained generator (forward pass + Gibbs sweeps)"
+    summary = "backmap CG frames with the trained model (forward pass + Gibbs sweeps, optional refinement)"
     Params = BackmapParams
 
     def run(self, ctx) -> dict:
         p = self.params
-        generator, _ = load_checkpoint(ctx.path(p.model), ctx.registry)
+        model_dir = resolve_step_input(p.model, ctx.workdir, "steps.backmap.model") if p.model else \
+            ctx.outputs.get("train.model", "steps.backmap.model")
+        model = load_model(model_dir, ctx.registry)
         cg_top = ctx.cg_topology
         reference = None
         if p.cg is not None:
-            idx = select_frames(p.frames, [], count_frames(p.cg), f"{ctx.recipe.path.name}: steps.backmap")
+            idx = select_frames(p.frames, [], count_frames(p.cg), ctx.where("steps.backmap.frames"))
             frames = list(read_cg(cg_top, p.cg, idx))
         else:
             test = ctx.pairs().test()
             if len(test) == 0:
                 raise BackmapError("steps.backmap: no 'cg' given and the prepared pairs have no test frames",
-                                   source=ctx.recipe.path.name)
+                                   source=ctx.where("steps.backmap.cg"))
             frames = [Frame(test.cg[k].astype(float), test.dimensions[k], index=int(test.frames[k]))
                       for k in range(len(test))]
             reference = [Frame(test.aa[k].astype(float), test.dimensions[k], index=int(test.frames[k]))
                          for k in range(len(test))]
+        refiner = system = None
+        if p.refiner is not None:
+            refiner = pick_refiner(ctx, p.refiner, "steps.backmap.refiner")
+            settings = NonbondedSettings.from_mdp(p.mdp) if p.mdp else NonbondedSettings()
+            system = RestrainedSystem(cg_top, Path(ctx.recipe.system.topology), settings)
+            refiner.prepare(system)
         settings = BackmapSettings(**{k: getattr(p, k) for k in BackmapSettings.model_fields})
-        bm = Backmapper(cg_top, generator, settings, seed=ctx.seed, registry=ctx.registry)
-        t0 = time.perf_counter()
-        out = ctx.path(p.out)
-        results = []
-
-        def stream():
-            for fr in bm.run(frames, total=len(frames)):
-                results.append(fr)
-                yield fr
-
-        n = write_aa(out, stream(), ctx.topology)
-        seconds = time.perf_counter() - t0
-        summary = {"frames": n, "atoms": ctx.topology.n_atoms, "generator": generator.name,
-                   "seconds per frame": round(seconds / max(n, 1), 3),
-                   "placements per second": round(bm.sampler.placements / seconds), "output": str(out)}
-        if bm.chirality_kept:
-            summary["stereocentres kept"] = round(float(sum(bm.chirality_kept) / len(bm.chirality_kept)), 4)
-        if p.structure:
-            summary["structure"] = str(write_aa(ctx.path(p.structure), results[:1], ctx.topology) and
-                                       ctx.path(p.structure))
-        if ctx.recipe.system.topology.suffix == ".top":
-            summary["topology"] = str(write_topology(ctx.recipe.system.topology, out.parent / "topol.top"))
-        # the CG input beside the output: the refine and evaluate steps pair it with the AA frames
-        write_frames(out.parent / "cg.xtc", frames, cg_top.bead_names, cg_top.resnames, cg_top.resids)
+        summary = backmap_to_files(model, cg_top, ctx.recipe.system.topology, frames, ctx.path(p.out), settings,
+                                   seed=ctx.seed, registry=ctx.registry, refiner=refiner, refine_system=system,
+                                   structure=p.structure, provenance={"recipe": str(ctx.recipe.path)},
+                                   where=ctx.where("steps.backmap"))
+        files = summary.pop("files")
+        declared = {k: Path(v) for k, v in files.as_dict().items()}
         if reference is not None:
-            ref = out.parent / "reference.xtc"
-            write_aa(ref, reference, ctx.topology)
-            summary["reference"] = str(ref)
-        write_text(out.parent / "provenance.json", json.dumps(
-            {"recipe": str(ctx.recipe.path), "seed": ctx.seed, "settings": settings.model_dump(mode="json"),
-             "generator": generator.name, "plugins": plugin_versions(ctx.registry)}, indent=1))
+            declared["reference"] = files.aa.with_name(files.aa.stem + "_reference.xtc")
+            write_frames(declared["reference"], reference, ctx.topology.atom_names, ctx.topology.resnames,
+                         ctx.topology.residue_numbers())
+        ctx.outputs.declare("backmap", **declared)
+        summary.update({f"output {k}": str(v) for k, v in declared.items()})
         return summary

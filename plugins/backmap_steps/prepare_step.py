@@ -61,8 +61,10 @@ class PrepareStep(Step):
             pairs.save(cache)
         s = spec.split
         is_test = split_frames(pairs.frames, s.test_fraction, s.mode, s.test_frames, ctx.seed)
-        write_text(ctx.path("pairs", "current.json"), json.dumps(
+        pointer = ctx.path("pairs", "current.json")
+        write_text(pointer, json.dumps(
             {"file": cache.name, "key": key, "test_frames": pairs.frames[is_test].tolist()}, indent=1))
+        ctx.outputs.declare("prepare", pairs=pointer)
         summary = {
             "frames": len(pairs), "train frames": int((~is_test).sum()), "test frames": int(is_test.sum()),
             "atoms per frame": pairs.aa.shape[1], "beads per frame": pairs.cg.shape[1],

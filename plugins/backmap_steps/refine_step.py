@@ -9,14 +9,15 @@ from backmap import BackmapError, Step
 from backmap.forcefield import NonbondedSettings
 from backmap.engine.recipe import InputPath, StepInput, resolve_step_input
 from backmap.refinement.restrained import RestrainedSystem, refine_files
+from backmap_steps.backmap_step import pick_refiner
 
 
 class RefineStepParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     refiner: int | str = Field(0, description="which of the recipe's 'refiners' (index or plugin name)")
     aa: StepInput | None = Field(None, description="AA trajectory to refine (``workdir:PATH``: written by an "
-                                                   "earlier step); default: the backmap step's backmap/aa.xtc")
-    cg: StepInput | None = Field(None, description="its CG input, frame by frame; default: backmap/cg.xtc")
+                                                   "earlier step); default: the backmap step's output")
+    cg: StepInput | None = Field(None, description="its CG input, frame by frame; default: the backmap step's CG frames")
     frames: str | None = Field(None, description="'start:stop:step' or '0,5,9'")
     mdp: InputPath | None = Field(None, description="GROMACS .mdp for cut-offs and electrostatics")
     batch: int = Field(1, ge=1, description="frames per refiner call (the torch refiners batch them)")
@@ -30,27 +31,16 @@ class RefineStep(Step):
 
     def run(self, ctx) -> dict:
         p = self.params
-        refs = ctx.recipe.refiners
-        where = ctx.recipe.path.name if ctx.recipe.path else None
-        if not refs:
-            raise BackmapError("steps.refine: the recipe has no 'refiners' section", source=where)
-        if isinstance(p.refiner, int):
-            if not 0 <= p.refiner < len(refs):
-                raise BackmapError(f"steps.refine.refiner: index {p.refiner} but {len(refs)} refiners", source=where)
-            ref = refs[p.refiner]
-        else:
-            named = [r for r in refs if r.plugin == p.refiner]
-            if not named:
-                raise BackmapError(f"steps.refine.refiner: no refiner {p.refiner!r} in 'refiners' "
-                                   f"({', '.join(r.plugin for r in refs)})", source=where)
-            ref = named[0]
-        refiner = ctx.plugin("refiner", ref, "refiners")
-        aa = resolve_step_input(p.aa, ctx.workdir, "steps.refine.aa") or ctx.workdir / "backmap" / "aa.xtc"
-        cg = resolve_step_input(p.cg, ctx.workdir, "steps.refine.cg") or ctx.workdir / "backmap" / "cg.xtc"
+        refiner = pick_refiner(ctx, p.refiner, "steps.refine.refiner")
+        aa = resolve_step_input(p.aa, ctx.workdir, "steps.refine.aa") or ctx.outputs.get("backmap.aa", "steps.refine.aa")
+        cg = resolve_step_input(p.cg, ctx.workdir, "steps.refine.cg") or ctx.outputs.get("backmap.cg", "steps.refine.cg")
         for path, key in ((aa, "aa"), (cg, "cg")):
             if not path.is_file():
                 raise BackmapError(f"steps.refine.{key}: {path} does not exist (run the 'backmap' step first "
-                                   "or give the file)", source=where)
+                                   "or give the file)", source=ctx.where(f"steps.refine.{key}"))
         settings = NonbondedSettings.from_mdp(p.mdp) if p.mdp else NonbondedSettings()
         system = RestrainedSystem(ctx.cg_topology, Path(ctx.recipe.system.topology), settings)
-        return refine_files(refiner, system, aa, cg, ctx.path(p.out), frames=p.frames, seed=ctx.seed, batch=p.batch)
+        out = ctx.path(p.out)
+        summary = refine_files(refiner, system, aa, cg, out, frames=p.frames, seed=ctx.seed, batch=p.batch)
+        ctx.outputs.declare("refine", aa=out)
+        return summary

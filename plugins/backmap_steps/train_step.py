@@ -1,45 +1,71 @@
-"""The ``train`` step: fit the recipe's generator on the training pairs and save it."""
+"""The ``train`` step: fit the recipe's generator on the prepared pairs and save the model."""
 from __future__ import annotations
 
-import json
-import pickle
 import time
 
-from pydantic import BaseModel, ConfigDict, Field
+import numpy as np
+from pydantic import Field
 
-from backmap import Step
-from backmap.system.io import atomic_path
-from backmap.engine.pipeline import write_text
+from backmap import BackmapError, Step
+from backmap.engine.models import save_model
+from backmap.sampling.traversal import make_plans
+from backmap.training.data import FitContext, TrainingData, TrainOptions
+from backmap.training.energies import LocalEnergies
 
 
-class TrainParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    epochs: int = Field(1, ge=1, description="passes over the training pairs")
-    batch_size: int = Field(64, ge=1)
-    checkpoint_every: int = Field(0, ge=0, description="iterations between checkpoints (0: only at the end)")
-    out: str = Field("model/generator.pkl", description="checkpoint in the work directory")
+class TrainParams(TrainOptions):
+    out: str = Field("model", description="model folder in the work directory (model.json + weights.safetensors)")
+    log_dir: str = Field("training", description="folder in the work directory for checkpoints and the training log")
 
 
 class TrainStep(Step):
     name = "train"
-    summary = "fit the recipe's generator on the prepared pairs"
+    summary = "fit the recipe's generator on the prepared pairs and save the model"
     Params = TrainParams
 
     def run(self, ctx) -> dict:
         ref = ctx.recipe.generator
-        generator = ctx.plugin("generator", ref, "generator")
-        pairs = ctx.pairs()
-        ctx.train_options = self.params  # epochs, batch size, checkpoints: read by the generator's fit()
+        if ref is None:
+            raise BackmapError("steps.train: the recipe has no 'generator' section", source=ctx.where("generator"))
+        info = ctx.registry.get("generator", ref.plugin, where="generator.plugin")
+        generator = info.cls(ref.params, environment=ref.environment)
+        spec = generator.environment
+        traversal = ctx.registry.get("traversal", spec.traversal, where="generator.environment.traversal").cls()
+        cg = ctx.cg_topology
+        channels = ctx.channels_for(spec)
+        data = TrainingData(ctx.pairs(), cg, spec, channels, make_plans(cg, traversal, spec, np.random.default_rng(ctx.seed)),
+                            seed=ctx.seed)
+        if len(data.train()) == 0:
+            raise BackmapError("steps.train: the prepared pairs have no training frames", source=ctx.where("data.split"))
+        regularizers = []
+        for i, r in enumerate(ctx.recipe.regularizers):
+            reg = ctx.plugin("regularizer", r, f"regularizers[{i}]")
+            reg.prepare(ctx)
+            regularizers.append(reg)
+        try:  # energies of generated atoms: for regularizers and the training log
+            energies = LocalEnergies(ctx.topology)
+        except BackmapError as exc:
+            if regularizers:
+                raise
+            energies = None
+            ctx.console.print(f"train: no energies in the training log ({exc})")
+        options = TrainOptions(**{k: getattr(self.params, k) for k in TrainOptions.model_fields})
+        log_dir = ctx.path(self.params.log_dir, generator.name, "checkpoint.pt").parent
+        fit = FitContext(options, regularizers, energies, log_dir, ctx.seed, ctx.console.print)
         t0 = time.perf_counter()
-        fit_summary = generator.fit(pairs, ctx) or {}
+        summary = generator.fit(data, fit) or {}
         seconds = time.perf_counter() - t0
-        out = ctx.path(self.params.out)
-        with atomic_path(out) as tmp:
-            with open(tmp, "wb") as fh:
-                pickle.dump({"plugin": ref.plugin, "params": ref.params, "state": generator.state_dict()}, fh)
-        info = {"plugin": ref.plugin, "params": ref.params, "checkpoint": out.name,
-                "topology": str(ctx.recipe.system.topology), "mapping": [str(m) for m in ctx.recipe.system.mappings],
-                "seed": ctx.seed}
-        write_text(out.with_suffix(".json"), json.dumps(info, indent=2))
-        return {"generator": ref.plugin, "train frames": len(pairs.train()), "fit seconds": round(seconds, 2),
-                "checkpoint": str(out), **fit_summary}
+        out = ctx.path(self.params.out, "model.json").parent
+        training = {k: v for k, v in summary.items() if k != "markdown"}
+        save_model(out, generator, channels, ctx.recipe.system.topology, ctx.recipe.system.mappings, cg,
+                   seed=ctx.seed, training={"recipe": str(ctx.recipe.path), "options": options.model_dump(),
+                                            "train frames": len(data.train()), "seconds": round(seconds, 2),
+                                            "summary": training})
+        ctx.outputs.declare("train", model=out, log=log_dir if any(log_dir.iterdir()) else None)
+        report = {"generator": ref.plugin, "train frames": len(data.train()), "fit seconds": round(seconds, 2),
+                  "model": str(out), **summary}
+        if (log_dir / "training.png").is_file():
+            rel = log_dir.relative_to(ctx.workdir)
+            report["markdown"] = (summary.get("markdown", "") + f"\n\nTraining log: `{rel}/train_log.csv`; "
+                                  f"checkpoint `{rel}/checkpoint.pt`.\n\n![training]({rel}/training.png)").strip()
+        return report

@@ -1,9 +1,10 @@
 """The ``voxel_gan`` generator plugin: DeepBackmap's voxel-CNN conditional WGAN-GP (thesis ch. 4–5).
 
-``fit`` builds teacher-forced training sequences from the prepared pairs (the sampler's own
-environments), trains the networks with checkpoints in ``model/voxel_gan/`` of the work directory
-and keeps the generator. ``propose`` serves the core sampler: each of the K candidates of a unit
-sees its environment rotated about the local z axis by a random angle and gets its own noise
+A :class:`backmap.NetworkGenerator`: the core builds the teacher-forced training sequences from the
+environment spec and runs the loop (batches, regularizers, log, checkpoints); this plugin supplies
+the networks and one iteration — ``n_critic`` critic steps on random batches, then a generator step
+with the recipe's regularizers. ``propose`` serves the core sampler: each of the K candidates of a
+unit sees its environment rotated about the local z axis by a random angle and gets its own noise
 (DBM 5.1.4); the selector plugin then picks one (lowest energy by default).
 """
 from __future__ import annotations
@@ -14,18 +15,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from backmap import BackmapError, Generator
+from backmap import BackmapError, NetworkGenerator
 from backmap.sampling.environment import Channels, EnvironmentBatch
-from backmap.training.sequences import build_sequences
-from backmap.sampling.traversal import make_plan
-from backmap_voxel_gan.energy import LocalEnergies
+from backmap.training.sequences import BeadSequences
 from backmap_voxel_gan.features import ChannelLayout, compact, rotation_z
-from backmap_voxel_gan.model import VoxelGANModel
+from backmap_voxel_gan.model import VoxelGANModel, rotate_batch
 from backmap_voxel_gan.networks import flops_per_call
 from backmap_voxel_gan.params import VoxelGANParams
-from backmap_voxel_gan.trainer import Trainer
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2
 #: candidate placements per network call at most: bounds memory, and 128–256 run ≈ 1.5× faster than 1024 (cache)
 CHUNK = 256
 
@@ -42,70 +40,85 @@ def torch_threads(n: int | None):
         torch.set_num_threads(before)
 
 
-class VoxelGAN(Generator):
+class VoxelGAN(NetworkGenerator):
     name = "voxel_gan"
     summary = "voxel-CNN conditional WGAN-GP placing one atom at a time (DeepBackmap, thesis ch. 4-5)"
     Params = VoxelGANParams
     unit = "atom"
+    progress_columns = ("wasserstein", "critic_loss", "generator_loss", "gen_bond", "gen_lj")
 
-    def __init__(self, params=None):
-        super().__init__(params)
+    def __init__(self, params=None, environment=None):
+        super().__init__(params, environment)
         self.model: VoxelGANModel | None = None
-        self.channels: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ training
-    def fit(self, pairs, context) -> dict[str, Any]:
-        p = self.params
-        opts = context.train_options
-        epochs = getattr(opts, "epochs", 1)
-        batch_size = getattr(opts, "batch_size", 64)
-        checkpoint_every = getattr(opts, "checkpoint_every", 0)
-        train = pairs.train()
-        if len(train) == 0:
-            raise BackmapError("voxel_gan: no training frames")
-        with torch_threads(p.threads):
-            cg = context.cg_topology
-            traversal = context.registry.get("traversal", p.traversal, where="generator.params.traversal").cls()
-            plans = {cb.block.moltype.name: make_plan(cb.mapping, traversal, np.random.default_rng(context.seed),
-                                                      unit="atom", heavy_first=p.heavy_first) for cb in cg.blocks}
-            channels = Channels.from_system(cg)
-            contexts = ("forward", "gibbs") if p.context == "mixed" else (p.context,)
-            seqs = build_sequences(cg, plans, train, channels, contexts, cutoff=p.cutoff,
-                                   strip_hydrogens=p.strip_hydrogens)
-            self._setup(channels, seed=context.seed)
-            regularizers = []
-            for i, ref in enumerate(context.recipe.regularizers):
-                reg = context.plugin("regularizer", ref, f"regularizers[{i}]")
-                reg.prepare(context)
-                regularizers.append(reg)
-            energies = None
-            if p.regularizer_samples:
-                try:
-                    energies = LocalEnergies(context.topology)
-                except BackmapError as exc:
-                    if regularizers:
-                        raise
-                    context.console.print(f"voxel_gan: no energies in the training log ({exc})")
-            directory = context.path("model", "voxel_gan", "checkpoint.pt").parent
-            trainer = Trainer(self.model, seqs, p, context.seed, n_contexts=len(contexts), regularizers=regularizers,
-                              energies=energies, directory=directory, batch_size=batch_size,
-                              say=context.console.print)
-            summary = trainer.run(epochs, checkpoint_every, p.max_iterations, resume=p.resume)
-        summary["generator MFLOP per placement"] = round(self.flops() / 1e6, 1)
-        summary["training sequences"] = f"{trainer.n} beads x frames x {len(contexts)} context(s)"
-        rel = directory.relative_to(context.workdir)
-        summary["markdown"] = (f"Training log: `{rel}/train_log.csv`; checkpoint `{rel}/checkpoint.pt`.\n\n"
-                               f"![voxel GAN training]({rel}/training.png)")
-        return summary
+    def training_contexts(self) -> tuple[str, ...]:
+        return ("forward", "gibbs") if self.params.context == "mixed" else (self.params.context,)
 
-    def _setup(self, channels: Channels, seed: int = 0) -> None:
-        """Fresh networks for a channel layout, initialized from ``seed``."""
-        self.channels = {"atom_types": dict(channels.atom_types), "bead_types": dict(channels.bead_types),
-                         "interactions": [list(k) for k in channels.interactions]}
-        layout = ChannelLayout(channels.n_atom_types, channels.n_interactions, len(channels.bead_types))
+    def setup(self, data, seed: int) -> None:
+        self.setup_layout(ChannelLayout(data.channels.n_atom_types, data.channels.n_interactions,
+                                        len(data.channels.bead_types)), seed)
+
+    def setup_layout(self, layout: ChannelLayout, seed: int = 0) -> None:
+        """Fresh networks and optimizers for a channel layout, initialized from ``seed``."""
+        p = self.params
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            self.model = VoxelGANModel(layout, self.params)
+            self.model = VoxelGANModel(layout, p)
+        self.opt_g = torch.optim.Adam(self.model.generator.parameters(), lr=p.lr_generator, betas=p.betas)
+        self.opt_c = torch.optim.Adam(self.model.critic.parameters(), lr=p.lr_critic, betas=p.betas)
+
+    def fit(self, data, context) -> dict[str, Any]:
+        with torch_threads(self.params.threads):
+            summary = super().fit(data, context)
+        summary["generator MFLOP per placement"] = round(self.flops() / 1e6, 1)
+        return summary
+
+    def _batch(self, beads: np.ndarray, loop) -> tuple[np.ndarray, BeadSequences]:
+        """The loop's batch, rotated about the local z axis (augmentation)."""
+        ids, seqs = loop.batch(beads)
+        angles = loop.np_rng.uniform(0, 2 * np.pi, len(beads)) if self.params.rotate else np.zeros(len(beads))
+        return ids, rotate_batch(seqs, torch.as_tensor(angles, dtype=torch.float32))
+
+    def _noise(self, seqs: BeadSequences, loop) -> torch.Tensor:
+        S, T = seqs.target_mask.shape
+        return torch.randn(S, T, self.model.noise_dim, generator=loop.torch_rng)
+
+    def train_step(self, beads: np.ndarray, loop) -> dict[str, float]:
+        p, model = self.params, self._require()
+        scale = 1.0 - (1.0 - p.lr_end_fraction) * loop.fraction  # linear decay to lr_end_fraction
+        for opt, lr in ((self.opt_g, p.lr_generator), (self.opt_c, p.lr_critic)):
+            for group in opt.param_groups:
+                group["lr"] = lr * scale
+        for _ in range(p.n_critic):
+            _, seqs = self._batch(loop.random_beads(), loop)
+            with torch.no_grad():
+                fake = model.generate(seqs, self._noise(seqs, loop))
+            loss, stats = model.critic_loss(seqs, fake, p.gp_weight, loop.torch_rng, p.critic_fraction)
+            self.opt_c.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt_c.step()
+            loop.record(stats)
+        ids, seqs = self._batch(beads, loop)
+        fake = model.generate(seqs, self._noise(seqs, loop), unroll=p.unroll)
+        adversarial = model.generator_loss(seqs, fake)
+        regularization, stats = loop.regularize(ids, seqs, fake.coords, p.regularizer_samples, log_energies=loop.logging)
+        self.opt_g.zero_grad(set_to_none=True)
+        (adversarial + regularization).backward()
+        self.opt_g.step()
+        return {"generator_loss": float(adversarial.detach()), **stats}
+
+    def training_state(self) -> dict[str, Any]:
+        m = self._require()
+        return {"generator": m.generator.state_dict(), "critic": m.critic.state_dict(),
+                "opt_g": self.opt_g.state_dict(), "opt_c": self.opt_c.state_dict()}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        m = self._require()
+        m.generator.load_state_dict(state["generator"])
+        m.critic.load_state_dict(state["critic"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_c.load_state_dict(state["opt_c"])
 
     def flops(self) -> int:
         """FLOPs of one generator call (one candidate placement)."""
@@ -152,14 +165,12 @@ class VoxelGAN(Generator):
     def state_dict(self) -> dict[str, Any]:
         model = self._require()
         lay = model.layout
-        return {"format": STATE_FORMAT, "channels": self.channels,
-                "layout": [lay.n_atom_types, lay.n_interactions, lay.n_bead_types],
+        return {"format": STATE_FORMAT, "layout": [lay.n_atom_types, lay.n_interactions, lay.n_bead_types],
                 "generator": {k: v.clone() for k, v in model.generator.state_dict().items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("format") != STATE_FORMAT:
-            raise BackmapError(f"voxel_gan: unknown checkpoint format {state.get('format')!r}")
-        self.channels = state["channels"]
+        if state.get("format") not in (1, STATE_FORMAT):  # 1: backmap 0.1 (kept its channels, now the model's)
+            raise BackmapError(f"voxel_gan: unknown state format {state.get('format')!r}")
         self.model = VoxelGANModel(ChannelLayout(*state["layout"]), self.params)
         self.model.generator.load_state_dict(state["generator"])
         self.model.eval()

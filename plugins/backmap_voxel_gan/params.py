@@ -68,15 +68,7 @@ class VoxelGANParams(BaseModel):
                              "Gibbs sweeps (all other atoms), or each sequence drawn from either")
     regularizer_samples: int = Field(32, ge=0, description="sequences of each generator batch scored by the "
                                                           "recipe's regularizers (and logged energies)")
-    log_every: int = Field(10, ge=1, description="iterations between training-log rows")
-    max_iterations: int | None = Field(None, ge=1, description="stop after this many generator steps in total")
-    resume: bool = Field(True, description="continue from model/voxel_gan/checkpoint.pt if it exists")
     threads: int | None = Field(1, ge=1, description="torch threads while training and proposing (None: leave)")
-    # environment (must match the backmap step)
-    cutoff: float = Field(0.7, gt=0, description="environment radius (nm); the backmap step's 'cutoff'")
-    strip_hydrogens: bool = Field(True, description="as the backmap step's 'strip_hydrogens'")
-    heavy_first: bool = Field(True, description="as the backmap step's 'heavy_first'")
-    traversal: str = Field("dfs", description="as the backmap step's 'traversal'")
     # inference
     rotate_candidates: bool = Field(True, description="each candidate sees the environment rotated about z by a "
                                                       "random angle (DBM 5.1.4)")

@@ -1,5 +1,5 @@
 """A training progress bar with the latest losses (rich), quiet where backmap's progress bars are
-(no terminal, tests); the trainer then prints a log line instead."""
+(no terminal, tests); the training loop then prints a log line instead."""
 from __future__ import annotations
 
 from backmap.progress import enabled
@@ -8,8 +8,8 @@ from backmap.progress import enabled
 class TrainingProgress:
     """Context manager: ``advance()`` per iteration, ``status(row)`` with the latest log row."""
 
-    def __init__(self, total: int, done: int = 0):
-        self.total, self.done = total, done
+    def __init__(self, total: int, done: int = 0, shown: tuple[str, ...] = ()):
+        self.total, self.done, self.shown = total, done, shown
         self.enabled = enabled()
         self._bar = None
 
@@ -30,7 +30,7 @@ class TrainingProgress:
 
     def status(self, row: dict[str, float]) -> None:
         if self._bar is not None:
-            text = f"W {row.get('wasserstein', float('nan')):.3g}  G {row.get('generator_loss', float('nan')):.3g}"
+            text = "  ".join(f"{k} {row[k]:.3g}" for k in self.shown if k in row)
             self._bar.update(self._task, status=text)
 
     def __exit__(self, *exc) -> None:

@@ -1,0 +1,211 @@
+"""Model files: a folder with ``model.json`` (what the model is: plugin, parameters, environment
+spec, feature channels, the system it was trained on, how it was trained) and
+``weights.safetensors`` (every tensor and array of the generator's state).
+
+Nothing is unpickled, so opening a model file cannot run code. A generator's ``state_dict`` is a
+tree of dicts and lists whose leaves are tensors, numpy arrays or JSON values: the tensors go to
+safetensors under their path in the tree, the rest stays in the JSON with a reference in their place.
+Paths to the system's files are stored relative to the model's folder, so a model shipped beside
+its data keeps working wherever the repository is.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from backmap._version import __version__
+from backmap.engine.plugin import Generator
+from backmap.engine.registry import Registry, default_registry
+from backmap.errors import BackmapError
+from backmap.sampling.environment import Channels
+from backmap.system.io import atomic_path
+from backmap.system.mapping import CGTopology
+
+MODEL_FILE = "model.json"
+WEIGHTS_FILE = "weights.safetensors"
+MODEL_FORMAT = 1
+
+
+@dataclass
+class Model:
+    """A loaded model: the generator (its environment spec set), the feature channels it was
+    trained with, and its description (``model.json`` with paths resolved)."""
+
+    generator: Generator
+    channels: Channels
+    description: dict[str, Any]
+    directory: Path
+
+    @property
+    def topology(self) -> Path | None:
+        t = self.description["system"].get("topology")
+        return Path(t) if t else None
+
+    @property
+    def mapping(self) -> list[Path]:
+        return [Path(m) for m in self.description["system"].get("mapping", [])]
+
+    def check_system(self, cg_topology: CGTopology) -> None:
+        """Refuse a system that is not the one the model was trained on, naming the difference."""
+        check_molecules(self.description["system"].get("molecules", {}), cg_topology, self.directory)
+        self.channels.check_system(cg_topology, where=f"model in {self.directory}")
+
+
+def molecules_fingerprint(cg_topology: CGTopology) -> dict[str, Any]:
+    """Per molecule type: atom names and types, and the beads (name, type, atoms) of its mapping."""
+    out = {}
+    for cb in cg_topology.blocks:
+        mt, mm = cb.block.moltype, cb.mapping
+        out[mt.name] = {"atom_names": [str(a) for a in mt.atom_names], "atom_types": [str(t) for t in mt.atom_types],
+                        "beads": [[str(b.name), str(b.type), [int(a) for a in b.atoms]] for b in mm.beads]}
+    return out
+
+
+def check_molecules(recorded: dict[str, Any], cg_topology: CGTopology, where: Path | str) -> None:
+    if not recorded:
+        return
+    have = molecules_fingerprint(cg_topology)
+    for name, mol in have.items():
+        if name not in recorded:
+            raise BackmapError(f"the model was trained on molecule types {sorted(recorded)}, not {name!r} "
+                               "(a model of another system?)", source=where)
+        rec = recorded[name]
+        for key, what in (("atom_names", "atom names"), ("atom_types", "atom types"), ("beads", "beads")):
+            if rec.get(key) is not None and rec[key] != mol[key]:
+                n_rec, n_have = len(rec[key]), len(mol[key])
+                detail = f"{n_rec} vs {n_have}" if n_rec != n_have else \
+                    next(f"{a!r} vs {b!r}" for a, b in zip(rec[key], mol[key]) if a != b)
+                raise BackmapError(f"molecule type {name}: the {what} differ from the model's ({detail}): the model "
+                                   "was trained on another topology or mapping", source=where)
+
+
+# --------------------------------------------------------------------------- state <-> files
+def split_state(obj: Any, tensors: dict[str, torch.Tensor], prefix: str = "state") -> Any:
+    """The JSON part of a state tree; its tensors and arrays are moved into ``tensors``."""
+    if torch.is_tensor(obj):
+        tensors[prefix] = obj.detach().cpu().contiguous().clone()
+        return {"__tensor__": prefix}
+    if isinstance(obj, np.ndarray):
+        if obj.dtype == object:
+            raise BackmapError(f"{prefix}: object arrays cannot be stored in a model file")
+        tensors[prefix] = torch.from_numpy(np.ascontiguousarray(obj).copy())
+        return {"__array__": prefix}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {k: split_state(v, tensors, f"{prefix}.{k}") for k, v in obj.items()}
+        return {"__items__": [[k, split_state(v, tensors, f"{prefix}.{i}")] for i, (k, v) in enumerate(obj.items())]}
+    if isinstance(obj, (list, tuple)):
+        return [split_state(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)]
+    if isinstance(obj, (np.integer, np.floating, np.bool_)):
+        return obj.item()
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    raise BackmapError(f"{prefix}: a {type(obj).__name__} cannot be stored in a model file (use tensors, arrays, "
+                       "dicts, lists and plain values)")
+
+
+def join_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """The state tree back from its JSON part and its tensors."""
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            return tensors[obj["__tensor__"]]
+        if set(obj) == {"__array__"}:
+            return tensors[obj["__array__"]].numpy()
+        if set(obj) == {"__items__"}:
+            return {k: join_state(v, tensors) for k, v in obj["__items__"]}
+        return {k: join_state(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [join_state(v, tensors) for v in obj]
+    return obj
+
+
+def _relative(path: Path | str, directory: Path) -> str:
+    return os.path.relpath(Path(path).resolve(), directory.resolve())
+
+
+def save_model(directory: Path, generator: Generator, channels: Channels, topology: Path | None,
+               mapping: list[Path], cg_topology: CGTopology | None = None, **extra: Any) -> Path:
+    """Write the model folder: weights first, ``model.json`` last (each atomically), so a folder
+    with a ``model.json`` is always complete. ``extra`` (seed, training summary, …) is recorded."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    state = split_state(generator.state_dict(), tensors)
+    with atomic_path(directory / WEIGHTS_FILE) as tmp:
+        save_file(tensors, str(tmp))
+    description = {
+        "format": MODEL_FORMAT, "backmap": __version__,
+        "created": _dt.datetime.now().isoformat(timespec="seconds"),
+        "plugin": generator.name, "params": generator.params.model_dump(mode="json"),
+        "environment": generator.environment.model_dump(mode="json"), "channels": channels.to_json(),
+        "system": {"topology": _relative(topology, directory) if topology else None,
+                   "mapping": [_relative(m, directory) for m in mapping],
+                   "molecules": molecules_fingerprint(cg_topology) if cg_topology is not None else {}},
+        **extra, "state": state}
+    with atomic_path(directory / MODEL_FILE) as tmp:
+        tmp.write_text(json.dumps(description, indent=1, default=str))
+    return directory
+
+
+def model_directory(path: Path | str) -> Path:
+    """The model folder for ``path``: the folder itself, its ``model.json``, or a run's work
+    directory (its ``model/``). A pickled model of older versions is refused with the command
+    that converts it."""
+    path = Path(path)
+    if path.suffix == ".pkl" or (path.is_dir() and not (path / MODEL_FILE).is_file()
+                                 and any(path.glob("*.pkl")) and not (path / "model" / MODEL_FILE).is_file()):
+        pkl = path if path.suffix == ".pkl" else next(iter(sorted(path.glob("*.pkl"))))
+        raise BackmapError(f"{pkl.name} is a pickled model of an older backmap: loading it could run arbitrary "
+                           f"code, so it is not loaded. Convert it once (if you trust it) with: backmap convert-model "
+                           f"{pkl} --out {pkl.parent}", source=pkl)
+    if path.name == MODEL_FILE:
+        path = path.parent
+    if path.is_dir() and not (path / MODEL_FILE).is_file() and (path / "model" / MODEL_FILE).is_file():
+        path = path / "model"
+    if not (path / MODEL_FILE).is_file():
+        raise BackmapError(f"no trained model here (expected a model folder with {MODEL_FILE}, or a run "
+                           "directory whose train step wrote model/)", source=path)
+    return path
+
+
+def load_model(path: Path | str, registry: Registry | None = None) -> Model:
+    """A trained model from its folder (see :func:`model_directory`), never unpickling anything."""
+    from safetensors.torch import load_file
+
+    directory = model_directory(path)
+    registry = registry or default_registry()
+    try:
+        description = json.loads((directory / MODEL_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BackmapError(f"cannot read the model description: {exc}", source=directory / MODEL_FILE) from None
+    if not isinstance(description, dict) or description.get("format") != MODEL_FORMAT:
+        raise BackmapError(f"not a backmap model description (format {description.get('format')!r} where "
+                           f"{MODEL_FORMAT} is expected)" if isinstance(description, dict) else
+                           "not a backmap model description", source=directory / MODEL_FILE)
+    try:
+        tensors = load_file(str(directory / WEIGHTS_FILE))
+    except FileNotFoundError:
+        raise BackmapError(f"the model has no {WEIGHTS_FILE}", source=directory) from None
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise BackmapError(f"cannot read the weights: {exc}", source=directory / WEIGHTS_FILE) from None
+    system = description.setdefault("system", {})
+    if system.get("topology"):
+        system["topology"] = str((directory / system["topology"]).resolve())
+    system["mapping"] = [str((directory / m).resolve()) for m in system.get("mapping", [])]
+    cls = registry.get("generator", description["plugin"], where=str(directory / MODEL_FILE)).cls
+    try:
+        generator = cls(description["params"], environment=description["environment"])
+        generator.load_state_dict(join_state(description["state"], tensors))
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise BackmapError(f"the model does not fit its plugin {description['plugin']!r}: {exc}",
+                           source=directory) from None
+    return Model(generator, Channels.from_json(description["channels"]), description, directory)
