@@ -265,7 +265,7 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
           refiner_name: str | None, mdp: Path | None, temperature, n_steps, restraint, constraints,
           timestep, friction, extra) -> None:
     """Backmap CG structures or a trajectory with a trained model. Writes OUT, the first frame as
-    OUT.gro, a .top beside it (for gmx grompp), the CG frames used (OUT_cg.xtc) and the provenance
+    OUT.gro, a .top beside it (for gmx grompp), the CG frames used (OUT_cg.trr) and the provenance
     (OUT.json). With --refine, every frame is then sampled at --temperature under the CG restraint
     (see `backmap refine`); the generator's own output is kept as OUT_unrefined."""
     from backmap.engine.apply import backmap_to_files, check_output

@@ -23,7 +23,8 @@ CHILD = r"""
 import json, resource, sys, time
 import numpy as np
 from pathlib import Path
-from backmap.sampling.backmapper import Backmapper, BackmapSettings, read_cg
+from backmap.engine.apply import make_backmapper
+from backmap.sampling.backmapper import BackmapSettings, read_cg
 from backmap.engine.loaders import load_mapping
 from backmap.engine.registry import default_registry
 from backmap.engine.loaders import load_topology
@@ -32,7 +33,7 @@ topo = load_topology(sps / "top" / "topol.top")
 cg = load_mapping(repo / "recipes" / "sps" / "sps.xml", topo).cg_topology(topo)
 frame = next(read_cg(cg, sps / "eval_t568" / "cg.xtc", [0]))
 gen = default_registry().get("generator", "bead_centre").cls({"spread": 0.1})
-bm = Backmapper(cg, gen, BackmapSettings(candidates=8, gibbs_sweeps=2, batch_molecules=batch), seed=1)
+bm = make_backmapper(cg, gen, BackmapSettings(candidates=8, gibbs_sweeps=2, batch_molecules=batch), seed=1)
 t0 = time.perf_counter()
 next(bm.run([frame]))
 dt = time.perf_counter() - t0

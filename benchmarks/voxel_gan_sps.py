@@ -40,46 +40,52 @@ TRAIN = COMMON + r"""
 from backmap.system.pairs import pair_folder_frames, pairs_from_folders
 from backmap.sampling.environment import Channels
 from backmap.engine.registry import default_registry
+from backmap.training.data import TrainOptions
+from backmap.training.energies import LocalEnergies
+from backmap.training.loop import TrainingLoop
 from backmap.training.sequences import build_sequences
 from backmap.sampling.traversal import make_plan
-from backmap_voxel_gan.energy import LocalEnergies
 from backmap_voxel_gan.features import ChannelLayout
-from backmap_voxel_gan.model import VoxelGANModel
-from backmap_voxel_gan.params import VoxelGANParams
-from backmap_voxel_gan.trainer import Trainer
+from backmap_voxel_gan.generator import VoxelGAN
 iterations = int(sys.argv[5])
-p = VoxelGANParams(preset=preset)
+gen = VoxelGAN({"preset": preset})
 pairs = pairs_from_folders(cg, sps / "train", pair_folder_frames(sps / "train"))
 dfs = default_registry().get("traversal", "dfs").cls()
 plans = {cb.block.moltype.name: make_plan(cb.mapping, dfs, np.random.default_rng(0)) for cb in cg.blocks}
 channels = Channels.from_system(cg)
 t0 = time.perf_counter()
-seqs = build_sequences(cg, plans, pairs, channels, ("forward", "gibbs"), cutoff=p.cutoff)
+seqs = build_sequences(cg, plans, pairs, channels, ("forward", "gibbs"), cutoff=gen.environment.cutoff)
 t_build = time.perf_counter() - t0
-torch.manual_seed(0)
-model = VoxelGANModel(ChannelLayout(channels.n_atom_types, channels.n_interactions, len(channels.bead_types)), p)
+gen.setup_layout(ChannelLayout(channels.n_atom_types, channels.n_interactions, len(channels.bead_types)), 0)
 reg = default_registry().get("regularizer", "energy_match").cls({"weight": 0.01})
-trainer = Trainer(model, seqs, p, seed=0, n_contexts=2, regularizers=[reg], energies=LocalEnergies(topo), batch_size=64)
-trainer.run(epochs=1, max_iterations=1)  # warm-up
+def loop(n):
+    return TrainingLoop(gen, seqs, 2, TrainOptions(epochs=1, max_iterations=n, batch_size=64), seed=0,
+                        regularizers=[reg], energies=LocalEnergies(topo))
+warm = loop(1)
+warm.run()  # warm-up
 t0 = time.perf_counter()
-trainer.run(epochs=1, max_iterations=1 + iterations)
+loop(iterations).run()
 dt = time.perf_counter() - t0
 print(json.dumps({"seconds": dt, "iterations": iterations, "sequences": iterations * 64, "build_s": t_build,
                   "peak_mb": peak_mb()}))
 """
 
 INFER = COMMON + r"""
-from backmap.sampling.backmapper import Backmapper, BackmapSettings, load_checkpoint, read_cg
+from backmap.engine.apply import make_backmapper
+from backmap.engine.models import load_model
+from backmap.sampling.backmapper import BackmapSettings, read_cg
 from backmap.engine.registry import default_registry
 candidates, batch = int(sys.argv[5]), sys.argv[6] == "1"
 if model:
-    gen, _ = load_checkpoint(Path(model))
+    gen = load_model(Path(model)).generator
 else:  # an untrained model of the preset: the same cost per call
     from backmap.sampling.environment import Channels
+    from backmap_voxel_gan.features import ChannelLayout
+    channels = Channels.from_system(cg)
     gen = default_registry().get("generator", "voxel_gan").cls({"preset": preset})
-    gen._setup(Channels.from_system(cg))
+    gen.setup_layout(ChannelLayout(channels.n_atom_types, channels.n_interactions, len(channels.bead_types)))
 frame = next(read_cg(cg, sps / "eval_t568" / "cg.xtc", [0]))
-bm = Backmapper(cg, gen, BackmapSettings(candidates=candidates, gibbs_sweeps=2, batch_molecules=batch), seed=1)
+bm = make_backmapper(cg, gen, BackmapSettings(candidates=candidates, gibbs_sweeps=2, batch_molecules=batch), seed=1)
 t0 = time.perf_counter()
 next(bm.run([frame]))
 dt = time.perf_counter() - t0
@@ -96,7 +102,7 @@ def child(code: str, *args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="", help="trained run directory or generator.pkl (default: untrained)")
+    ap.add_argument("--model", default="", help="trained run directory or model folder (default: untrained)")
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--train-iterations", type=int, default=10, help="0: skip the training measurement")
     ap.add_argument("--candidates", type=int, nargs="+", default=[8, 64])

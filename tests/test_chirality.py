@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from conftest import DATA
 
-from backmap.sampling.backmapper import Backmapper, BackmapSettings
+from backmap.engine.apply import make_backmapper
+from backmap.sampling.backmapper import BackmapSettings
 from backmap.sampling.chirality import centre_rows, chiral_centres, load_chiral_centres
 from backmap.errors import BackmapError
 from backmap.system.io import Frame, write_frames
@@ -77,7 +78,7 @@ def test_sampler_keeps_the_reference_handedness(system, tmp_path):
     for restrained in (False, True):
         generator = default_registry().get("generator", "bead_centre").cls({"spread": 0.08})
         settings = BackmapSettings(candidates=128, gibbs_sweeps=1, stereo_reference=ref if restrained else None)
-        bm = Backmapper(cg, generator, settings, seed=4)
+        bm = make_backmapper(cg, generator, settings, seed=4)
         out = list(bm.run([Frame(beads, np.array([BOX, BOX, BOX, 90, 90, 90.0]))]))[0].positions
         kept[restrained] = chiral_centres(top, x).kept(top, out)
         assert bm.chirality_kept == ([kept[True]] if restrained else [])

@@ -152,31 +152,33 @@ def test_refine_step_in_a_recipe(tmp_path, cli):
 
     # the trained model applied with --refine: backmapped and refined in one command
     applied = tmp_path / "applied.gro"
-    code, stdout, stderr = cli("apply", "--model", tmp_path / "run", "--cg", tmp_path / "run" / "backmap" / "cg.xtc",
+    code, stdout, stderr = cli("apply", "--model", tmp_path / "run", "--cg", tmp_path / "run" / "backmap" / "aa_cg.trr",
                                "--frames", "0:1", "--candidates", 1, "--gibbs", 0, "--out", applied,
                                "--refine", "openmm", "--steps", 10, "--temperature", 300,
                                "--mdp", tmp_path / "short.mdp", "--param", "threads=1", "--param", "minimize_steps=10")
     assert code == 0, stderr
-    provenance = (tmp_path / "applied.provenance.json").read_text()
-    assert '"refiner": "openmm"' in provenance
+    provenance = json.loads((tmp_path / "applied.json").read_text())
+    assert provenance["refiner"]["plugin"] == "openmm" and provenance["summary"]["refiner"] == "openmm"
     assert len(list(read_frames(applied))) == 1
+    assert len(list(read_frames(tmp_path / "applied_unrefined.gro"))) == 1  # the generator's own output
+    assert (tmp_path / "applied_refine.csv").is_file() and (tmp_path / "applied_refine.png").is_file()
 
     # a model shipped elsewhere, its description naming topology and mapping relative to itself
     shipped = tmp_path / "shipped" / "sps-like"
     shipped.mkdir(parents=True)
-    shutil.copy(tmp_path / "run" / "model" / "generator.pkl", shipped / "generator.pkl")
-    info = json.loads((tmp_path / "run" / "model" / "generator.json").read_text())
-    info["topology"] = os.path.relpath(data / "topol.top", shipped)
-    info["mapping"] = [os.path.relpath(data / "hexane.xml", shipped)]
-    assert not (Path.cwd() / info["topology"]).is_file()  # only right relative to the model
-    (shipped / "generator.json").write_text(json.dumps(info))
-    code, _, stderr = cli("apply", "--model", shipped / "generator.pkl", "--cg", tmp_path / "run" / "backmap" / "cg.xtc",
+    shutil.copytree(tmp_path / "run" / "model", shipped, dirs_exist_ok=True)
+    info = json.loads((shipped / "model.json").read_text())
+    info["system"]["topology"] = os.path.relpath(data / "topol.top", shipped)
+    info["system"]["mapping"] = [os.path.relpath(data / "hexane.xml", shipped)]
+    assert not (Path.cwd() / info["system"]["topology"]).is_file()  # only right relative to the model
+    (shipped / "model.json").write_text(json.dumps(info))
+    code, _, stderr = cli("apply", "--model", shipped, "--cg", tmp_path / "run" / "backmap" / "aa_cg.trr",
                           "--frames", "0:1", "--candidates", 1, "--gibbs", 0, "--out", tmp_path / "shipped.gro")
     assert code == 0, stderr
     # a stereo reference that is not the AA system: refused before any work, naming the file
-    code, _, stderr = cli("apply", "--model", shipped / "generator.pkl", "--cg", tmp_path / "run" / "backmap" / "cg.xtc",
-                          "--stereo-reference", tmp_path / "run" / "backmap" / "cg.xtc", "--out", tmp_path / "stereo.gro")
-    assert code != 0 and "cg.xtc" in stderr and "atoms" in stderr and not (tmp_path / "stereo.gro").exists()
+    code, _, stderr = cli("apply", "--model", shipped, "--cg", tmp_path / "run" / "backmap" / "aa_cg.trr",
+                          "--stereo-reference", tmp_path / "run" / "backmap" / "aa_cg.trr", "--out", tmp_path / "stereo.gro")
+    assert code != 0 and "aa_cg.trr" in stderr and "atoms" in stderr and not (tmp_path / "stereo.gro").exists()
 
     recipe["refiners"] = []
     path.write_text(yaml.safe_dump(recipe))

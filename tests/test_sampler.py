@@ -151,10 +151,11 @@ def test_forward_environment_sees_only_placed_atoms(hexane):
 
 
 def _backmapper(cg, **kw):
-    from backmap.sampling.backmapper import Backmapper, BackmapSettings
+    from backmap.engine.apply import make_backmapper
+    from backmap.sampling.backmapper import BackmapSettings
 
     gen = default_registry().get("generator", "bead_centre").cls({"spread": 0.05})
-    return Backmapper(cg, gen, BackmapSettings(candidates=4, gibbs_sweeps=1, **kw), seed=kw.pop("seed", 3))
+    return make_backmapper(cg, gen, BackmapSettings(candidates=4, gibbs_sweeps=1, **kw), seed=kw.pop("seed", 3))
 
 
 def test_seeded_and_repeatable(hexane):

@@ -34,7 +34,7 @@ def test_sps_baseline_frame_runs_in_gromacs(shared, tmp_path, cli):
                    "rcoulomb = 1.0\nrvdw = 1.0\nepsilon-rf = 2.5\ntcoupl = v-rescale\ntc-grps = system\ntau-t = 0.1\n"
                    "ref-t = 568\ngen-vel = yes\ngen-temp = 568\ngen-seed = 7\nconstraints = all-bonds\n")
     run = lambda *a: subprocess.run([gmx, *a], cwd=tmp_path, capture_output=True, text=True)  # noqa: E731
-    g = run("grompp", "-f", str(mdp), "-p", str(work / "topol.top"), "-c", str(work / "aa.gro"), "-o", "md.tpr",
+    g = run("grompp", "-f", str(mdp), "-p", str(work / "aa.top"), "-c", str(work / "aa.gro"), "-o", "md.tpr",
             "-maxwarn", "2")
     assert g.returncode == 0, g.stderr[-2000:]
     m = run("mdrun", "-s", "md.tpr", "-deffnm", "md", "-nt", "2")

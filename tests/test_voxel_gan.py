@@ -1,6 +1,6 @@
 """The voxel GAN generator (DeepBackmap): voxelization, unrolled training, Wasserstein estimate,
 checkpoint resume, proposals, and a recipe run on the hexane test data."""
-import pickle
+import json
 import textwrap
 from pathlib import Path
 
@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from backmap.training.data import TrainOptions
+from backmap.training.loop import TrainingLoop
 from backmap.training.sequences import BeadSequences
 from backmap_voxel_gan.features import ChannelLayout
+from backmap_voxel_gan.generator import VoxelGAN
 from backmap_voxel_gan.model import VoxelGANModel
 from backmap_voxel_gan.params import VoxelGANParams
-from backmap_voxel_gan.trainer import Trainer
 from backmap_voxel_gan.voxel import VoxelGrid
 
 from conftest import HEXANE
@@ -99,20 +101,52 @@ def test_unrolled_training_backpropagates_into_earlier_steps():
     assert any(not torch.allclose(a, b) for a, b in zip(grads_unrolled, grads_cut))
 
 
-def test_tiny_training_lowers_the_wasserstein_estimate():
+def toy_gan(seed: int = 0, **params) -> VoxelGAN:
+    """A tiny voxel GAN with fresh networks for the toy layout."""
+    gen = VoxelGAN({"preset": "tiny", **params})
+    gen.setup_layout(LAYOUT, seed)
+    return gen
+
+
+def train_toy(seed: int, iterations: int = 100) -> tuple[VoxelGAN, TrainingLoop, BeadSequences]:
     seqs = toy_sequences(256, steps=1)
-    torch.manual_seed(0)
-    model = VoxelGANModel(LAYOUT, tiny())
-    trainer = Trainer(model, seqs, tiny(log_every=5, rotate=False), seed=0, batch_size=32)
-    summary = trainer.run(epochs=100, max_iterations=100)
-    assert summary["iterations"] == 100
-    w = np.array([r["wasserstein"] for r in trainer.log.rows])
-    # the critic first learns to tell generated from real atoms, then the generator catches up
-    assert w.max() > 0.05 and w[-3:].mean() < w.max() / 3, w.round(3)
+    gen = toy_gan(seed, rotate=False)
+    loop = TrainingLoop(gen, seqs, 1, TrainOptions(epochs=100, max_iterations=iterations, batch_size=32, log_every=5),
+                        seed=seed)
+    loop.run()
+    return gen, loop, seqs
+
+
+def placement_error(gen: VoxelGAN, seqs: BeadSequences) -> float:
     with torch.no_grad():
-        fake = model.generate(seqs, torch.randn(256, 1, model.noise_dim, generator=torch.Generator().manual_seed(2)))
-    error = (fake.coords[:, 0] - seqs.target_positions[:, 0]).norm(dim=-1).mean()
-    assert float(error) < 0.06  # from ≈ 0.25 nm at the grid centre
+        fake = gen.model.generate(seqs, torch.randn(len(seqs), 1, gen.model.noise_dim,
+                                                    generator=torch.Generator().manual_seed(2)))
+    return float((fake.coords[:, 0] - seqs.target_positions[:, 0]).norm(dim=-1).mean())
+
+
+def test_tiny_training_lowers_the_wasserstein_estimate():
+    """100 iterations of the tiny GAN learn to place an atom 0.15 nm above a random anchor.
+
+    GAN training is chaotic: across CPUs and library versions a seed is effectively a new random
+    draw, so single-seed thresholds are not portable (seed 0 gave 0.0574 on one machine and 0.0619
+    on another). Measured here over seeds 0–7: placement error 0.074 ± 0.036 nm (s.d.), 7 of 8 runs
+    0.045–0.081 nm and one that had not converged by 100 iterations (0.158, its Wasserstein estimate
+    still at 0.7 of its peak); untrained 0.198 nm. Over four seeds the test asserts the mean error
+    is below 0.6 × the untrained mean (0.119 nm): that fails only if two or more of the four runs do
+    not converge (< 0.3 % at the measured 1-in-8 rate); a loop or loss that does not learn stays at
+    ≈ 0.2 nm. The Wasserstein estimate must rise (the critic learns) and fall back below half its
+    peak (the generator catches up) in most runs (median)."""
+    errors, untrained, ratios = [], [], []
+    for seed in (0, 1, 2, 3):
+        gen, loop, seqs = train_toy(seed)
+        assert loop.iteration == 100
+        w = np.array([r["wasserstein"] for r in loop.log.rows])
+        assert w.max() > 0.05, w.round(3)
+        ratios.append(w[-3:].mean() / w.max())
+        errors.append(placement_error(gen, seqs))
+        untrained.append(placement_error(toy_gan(seed), seqs))
+    assert np.median(ratios) < 0.5, np.round(ratios, 3)
+    assert np.mean(errors) < 0.6 * np.mean(untrained), (np.round(errors, 4), np.round(untrained, 4))
 
 
 class _Kill(Exception):
@@ -121,37 +155,39 @@ class _Kill(Exception):
 
 def test_checkpoint_resume_is_bit_identical(tmp_path):
     seqs = toy_sequences(64)
+    options = TrainOptions(epochs=2, batch_size=16, checkpoint_every=3, log_every=2)
 
-    def trainer(directory):
-        torch.manual_seed(0)
-        model = VoxelGANModel(LAYOUT, tiny())
-        return Trainer(model, seqs, tiny(n_critic=2, log_every=2), seed=3, directory=directory, batch_size=16)
+    def loop(directory, n_critic=2):
+        gen = toy_gan(0, n_critic=n_critic)
+        return TrainingLoop(gen, seqs, 1, options, seed=3, directory=directory)
 
-    straight = trainer(tmp_path / "a")
-    straight.run(epochs=2, checkpoint_every=3)  # 8 iterations
-    killed = trainer(tmp_path / "b")
+    straight = loop(tmp_path / "a")
+    straight.run()  # 8 iterations
+    killed = loop(tmp_path / "b")
 
     def kill(t):
         if t.iteration == 5:  # after the checkpoint at 3: iterations 4 and 5 are lost
             raise _Kill
 
     with pytest.raises(_Kill):
-        killed.run(epochs=2, checkpoint_every=3, callback=kill)
-    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["iteration"] == 3
-    resumed = trainer(tmp_path / "b")
-    resumed.run(epochs=2, checkpoint_every=3)
+        killed.run(callback=kill)
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["iteration"] == 3
+    resumed = loop(tmp_path / "b")
+    resumed.run()
     assert resumed.iteration == straight.iteration == 8
-    for a, b in ((straight.model, resumed.model),):
-        for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
-            assert torch.equal(x, y), name
+    a, b = straight.generator.model, resumed.generator.model
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
     untimed = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert untimed(straight.log.rows) == untimed(resumed.log.rows) and len(resumed.log.rows) == 4
     assert (tmp_path / "b" / "training.png").is_file()
     # a checkpoint made with other parameters is refused, not silently mixed in
-    other = Trainer(VoxelGANModel(LAYOUT, tiny()), seqs, tiny(n_critic=1), seed=3, directory=tmp_path / "b",
-                    batch_size=16)
     with pytest.raises(Exception, match="other training parameters"):
-        other.run(epochs=3)
+        loop(tmp_path / "b", n_critic=1).run()
+    # a truncated checkpoint is a clear error, not a traceback from torch
+    (tmp_path / "b" / "checkpoint.pt").write_bytes((tmp_path / "a" / "checkpoint.pt").read_bytes()[:100])
+    with pytest.raises(Exception, match="cannot read the training checkpoint"):
+        loop(tmp_path / "b").run()
 
 
 def _hexane_recipe(tmp_path, extra_train="") -> Path:
@@ -162,12 +198,11 @@ def _hexane_recipe(tmp_path, extra_train="") -> Path:
         workdir: work
         system: {{topology: {HEXANE / 'topol.top'}, mapping: {HEXANE / 'hexane.xml'}}}
         data: {{trajectory: {HEXANE / 'traj.xtc'}, frames: '0:2', split: {{test_fraction: 0.5, mode: tail}}}}
-        generator: {{plugin: voxel_gan, params: {{preset: tiny, max_iterations: 4, log_every: 2,
-                     regularizer_samples: 2}}}}
+        generator: {{plugin: voxel_gan, params: {{preset: tiny, regularizer_samples: 2}}}}
         regularizers: [{{plugin: energy_match, params: {{weight: 0.001}}}}]
         steps:
           - prepare: {{}}
-          - train: {{epochs: 1, batch_size: 16, checkpoint_every: 2{extra_train}}}
+          - train: {{epochs: 1, batch_size: 16, checkpoint_every: 2, max_iterations: 4, log_every: 2{extra_train}}}
           - backmap: {{candidates: 2, gibbs_sweeps: 1}}
         """))
     return recipe
@@ -178,11 +213,12 @@ def test_recipe_trains_and_backmaps_hexane(tmp_path, cli):
     code, _, err = cli("run", recipe)
     assert code == 0, err
     work = tmp_path / "work"
-    ckpt = pickle.loads((work / "model" / "generator.pkl").read_bytes())
-    assert ckpt["plugin"] == "voxel_gan" and ckpt["params"]["width"] == 4
+    description = json.loads((work / "model" / "model.json").read_text())
+    assert description["plugin"] == "voxel_gan" and description["params"]["width"] == 4
+    assert description["environment"]["cutoff"] == 0.7 and description["environment"]["unit"] == "atom"
     for name in ("checkpoint.pt", "train_log.csv", "training.png"):
-        assert (work / "model" / "voxel_gan" / name).is_file(), name
-    log = (work / "model" / "voxel_gan" / "train_log.csv").read_text().splitlines()
+        assert (work / "training" / "voxel_gan" / name).is_file(), name
+    log = (work / "training" / "voxel_gan" / "train_log.csv").read_text().splitlines()
     assert log[0].startswith("iteration,epoch,seconds") and "reg_energy_match" in log[0] and "gen_bond" in log[0]
     assert len(log) == 3  # rows at iterations 2 and 4
     report = (work / "report.md").read_text()
@@ -192,11 +228,12 @@ def test_recipe_trains_and_backmaps_hexane(tmp_path, cli):
     from backmap.engine.loaders import load_topology
 
     frame = next(read_frames(work / "backmap" / "aa.xtc"))
+    assert (work / "backmap" / "aa.top").is_file() and (work / "backmap" / "aa.gro").is_file()
     assert frame.positions.shape == (4000, 3) and np.isfinite(frame.positions).all()
     # every atom ended up within its bead's reach (the grid spans ±0.6 nm around the bead)
     topo = load_topology(HEXANE / "topol.top")
     cg = load_mapping(HEXANE / "hexane.xml", topo).cg_topology(topo)
-    ref = next(read_frames(work / "backmap" / "cg.xtc"))
+    ref = next(read_frames(work / "backmap" / "aa_cg.trr"))
     from backmap.system.pbc import Unwrapper, minimum_image
 
     x = Unwrapper(topo)(frame.positions, frame.dimensions)
@@ -208,10 +245,7 @@ def test_propose_is_seeded_and_in_the_unit_frame():
     from backmap.sampling.environment import EnvironmentBatch
     from backmap_voxel_gan.generator import VoxelGAN
 
-    gen = VoxelGAN({"preset": "tiny"})
-    from backmap.sampling.environment import Channels
-
-    gen._setup(Channels({"A": 0, "B": 1}, {"X": 0}, {(k,): i for i, k in enumerate(("bond", "angle", "dihedral", "lj"))}))
+    gen = toy_gan(0)
     seqs = toy_sequences(3)
     batch = EnvironmentBatch(
         centre=torch.zeros(3, 3), rotation=torch.eye(3).repeat(3, 1, 1), atom_positions=seqs.atom_positions,
@@ -231,19 +265,22 @@ def test_propose_is_seeded_and_in_the_unit_frame():
     assert c.shape == (3, 1, 1, 3)
     state = gen.state_dict()
     again = VoxelGAN({"preset": "tiny", "rotate_candidates": False})
-    again.load_state_dict(pickle.loads(pickle.dumps(state)))
+    again.load_state_dict(state)
     torch.testing.assert_close(again.propose(batch, 1, np.random.default_rng(4)), c)
 
 
 def test_shipped_sps_model_loads():
-    """The sPS model in models/ loads with today's code (its networks' state matches the classes),
-    and its description names the repository's mapping relative to itself."""
-    from backmap.sampling.backmapper import load_checkpoint
+    """The sPS model in models/ loads without unpickling anything (its networks' state matches the
+    classes), from its folder, and its description names the repository's mapping relative to itself."""
+    from backmap.engine.models import load_model
 
-    model = Path(__file__).resolve().parent.parent / "models" / "sps-voxel-gan" / "generator.pkl"
-    generator, info = load_checkpoint(model)
+    folder = Path(__file__).resolve().parent.parent / "models" / "sps-voxel-gan"
+    model = load_model(folder)
+    generator = model.generator
     assert generator.name == "voxel_gan" and generator.params.preset == "cpu"
-    assert Path(info["mapping"][0]).resolve() == (model.parent.parent.parent / "recipes" / "sps" / "sps.xml").resolve()
-    assert Path(info["mapping"][0]).is_file()
+    assert generator.environment.cutoff == 0.7 and generator.environment.traversal == "dfs"
+    assert model.mapping[0].resolve() == (folder.parent.parent / "recipes" / "sps" / "sps.xml").resolve()
+    assert model.mapping[0].is_file()
+    assert not list(folder.glob("*.pkl"))
     n = sum(p.numel() for p in generator.model.generator.parameters())
     assert 50_000 < n < 5_000_000

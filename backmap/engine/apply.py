@@ -5,7 +5,8 @@ recipe's ``backmap`` step both call :func:`backmap_to_files`, so they write the 
 - ``OUT_unrefined.SUFFIX`` — the generator's own output, when refined;
 - ``OUT.gro`` — the first frame as a structure (``structure=True``, for a trajectory ``OUT``);
 - ``OUT.top`` — the system's GROMACS topology, usable from there (for ``gmx grompp``);
-- ``OUT_cg.xtc`` — the CG frames as used, frame for frame (what refine and evaluate pair with);
+- ``OUT_cg.trr`` — the CG frames as used, frame for frame, at full precision (what refine and
+  evaluate pair with);
 - ``OUT_refine.csv`` / ``.png`` — the refinement log, when refined;
 - ``OUT.json`` — provenance: model, settings, seed, refiner, plugin versions, timings.
 """
@@ -20,12 +21,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from backmap.engine.models import Model
+from backmap.engine.plugin import Generator
 from backmap.engine.pipeline import plugin_versions
 from backmap.engine.registry import Registry, default_registry
 from backmap.errors import BackmapError
 from backmap.refinement.restrained import RestrainedSystem, plot_log, refine_frames, write_log
 from backmap.sampling.backmapper import Backmapper, BackmapSettings, write_aa, write_topology
 from backmap.system.io import Frame, atomic_path, read_frames, write_frames
+from backmap.sampling.environment import Channels
 from backmap.system.mapping import CGTopology
 
 
@@ -45,7 +48,7 @@ class BackmapOutputs:
     def beside(cls, out: Path, structure: bool, topology: bool, refined: bool) -> "BackmapOutputs":
         out = Path(out)
         stem = out.with_suffix("")
-        return cls(aa=out, cg=Path(f"{stem}_cg.xtc"), provenance=Path(f"{stem}.json"),
+        return cls(aa=out, cg=Path(f"{stem}_cg.trr"), provenance=Path(f"{stem}.json"),
                    structure=Path(f"{stem}.gro") if structure and out.suffix not in (".gro", ".pdb") else None,
                    topology=Path(f"{stem}.top") if topology else None,
                    unrefined=Path(f"{stem}_unrefined{out.suffix}") if refined else None,
@@ -63,6 +66,20 @@ def check_output(out: Path, inputs: Sequence[Path]) -> None:
             raise BackmapError("the output is the same file as an input; choose another --out", source=out)
 
 
+def make_backmapper(cg_topology: CGTopology, generator: Generator, settings: BackmapSettings | None = None,
+                    seed: int = 0, channels: Channels | None = None, registry: Registry | None = None,
+                    where: str = "backmap") -> Backmapper:
+    """A :class:`Backmapper` with the traversal plugin of the generator's spec and the selector
+    plugin of ``settings`` (channels: the model's; default derived from the topology)."""
+    registry = registry or default_registry()
+    settings = settings or BackmapSettings()
+    spec = generator.environment
+    traversal = registry.get("traversal", spec.traversal, where="environment.traversal").cls()
+    selector = registry.get("selector", settings.selector, where=f"{where}.selector").cls()
+    channels = channels or Channels.for_spec(cg_topology, spec.channels)
+    return Backmapper(cg_topology, generator, channels, traversal, selector, settings, seed=seed)
+
+
 def backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path, frames: Sequence[Frame], out: Path,
                      settings: BackmapSettings | None = None, seed: int = 0, registry: Registry | None = None,
                      refiner: Any = None, refine_system: RestrainedSystem | None = None, structure: bool = True,
@@ -78,9 +95,7 @@ def backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path,
     if not frames:
         raise BackmapError(f"{where}: no CG frames to backmap")
     spec = generator.environment
-    traversal = registry.get("traversal", spec.traversal, where=f"{model.directory}: environment.traversal").cls()
-    selector = registry.get("selector", settings.selector, where=f"{where}.selector").cls()
-    bm = Backmapper(cg_topology, generator, model.channels, traversal, selector, settings, seed=seed)
+    bm = make_backmapper(cg_topology, generator, settings, seed, model.channels, registry, where)
     topo = cg_topology.topology
     files = BackmapOutputs.beside(out, structure, Path(topology_path).suffix == ".top", refiner is not None)
     first: list[Frame] = []

@@ -298,9 +298,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, registry=N
         except ValidationError as exc:
             errors.append(format_errors(exc, source, loc + ("params",), info.cls.Params))
 
-    if recipe.generator is not None:
+    if recipe.generator is not None and recipe.generator.plugin in registry.names("generator"):
+        cls = registry.get("generator", recipe.generator.plugin).cls
         try:
-            cls = registry.get("generator", recipe.generator.plugin).cls
             recipe.generator.environment = cls.environment_spec(recipe.generator.environment).model_dump()
             registry.get("traversal", recipe.generator.environment["traversal"])
         except ValidationError as exc:

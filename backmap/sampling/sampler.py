@@ -23,6 +23,7 @@ from backmap.system.mapping import CGTopology
 from backmap.system.pbc import box_dimensions, minimum_image
 from backmap.engine.plugin import Generator, Selector
 from backmap.progress import progress
+from backmap.threads import torch_threads
 from backmap.sampling.traversal import Plan
 
 if TYPE_CHECKING:  # the stereo restraint (and RDKit behind it) is loaded only when it is used
@@ -286,14 +287,8 @@ class Sampler:
         """AA positions (N, 3) nm for one CG frame (M, 3) with molecules whole. ``start``: an
         initial AA structure — then the forward pass is skipped and only Gibbs sweeps run
         (morphing scheme B)."""
-        # the tensors of one step are small: one thread avoids torch's fork-join overhead, which
-        # becomes severe when the other core is busy (also for the per-frame neighbour search)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with torch_threads(1):  # small tensors per step (also the per-frame neighbour search)
             return self._backmap(cg_positions, box, start, progress_label)
-        finally:
-            torch.set_num_threads(threads)
 
     def _backmap(self, cg_positions, box, start, progress_label) -> np.ndarray:
         self.builder.set_frame(cg_positions, box)

@@ -1,7 +1,8 @@
 """AA → CG mappings: beads as weighted atom centres, each atom with one *home* bead.
 
 Readers (``backmap_formats``) turn VOTCA mapping XML or DeepBackmap ``.map`` files into
-:class:`MoleculeMapping` objects; :func:`load_mapping` checks them against the topology and
+:class:`MoleculeMapping` objects; :func:`backmap.engine.loaders.load_mapping` combines them (a molecule
+type mapped twice is an error) and
 :class:`CGTopology` applies them to whole systems.
 """
 from __future__ import annotations
@@ -10,7 +11,6 @@ import logging
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence
 
 import networkx as nx
 import numpy as np

@@ -14,7 +14,6 @@ from typing import Any, Iterator
 import networkx as nx
 import numpy as np
 
-from backmap.errors import BackmapError
 
 
 @dataclass(eq=False)

@@ -27,6 +27,7 @@ from backmap.errors import BackmapError
 from backmap.system.mapping import CGTopology
 from backmap.system.pbc import box_vectors
 from backmap.progress import progress
+from backmap.threads import torch_threads
 from backmap.sampling.traversal import Plan
 
 CONTEXTS = ("forward", "gibbs")
@@ -99,6 +100,11 @@ def build_sequences(cg_topology: CGTopology, plans: dict[str, Plan], pairs: Pair
     unknown = set(contexts) - set(CONTEXTS)
     if unknown:
         raise BackmapError(f"unknown training context {sorted(unknown)[0]!r} (known: {', '.join(CONTEXTS)})")
+    with torch_threads(1):  # many small tensors (backmap.threads)
+        return _build_sequences(cg_topology, plans, pairs, channels, contexts, cutoff, strip_hydrogens, label)
+
+
+def _build_sequences(cg_topology, plans, pairs, channels, contexts, cutoff, strip_hydrogens, label) -> BeadSequences:
     builder = EnvironmentBuilder(cg_topology, plans, channels, cutoff=cutoff, strip_hydrogens=strip_hydrogens)
     n_atoms = cg_topology.topology.n_atoms
     parts: dict[str, list[dict[str, np.ndarray]]] = {c: [] for c in contexts}

@@ -9,14 +9,14 @@ unit sees its environment rotated about the local z axis by a random angle and g
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import numpy as np
 import torch
 
 from backmap import BackmapError, NetworkGenerator
-from backmap.sampling.environment import Channels, EnvironmentBatch
+from backmap.sampling.environment import EnvironmentBatch
+from backmap.threads import torch_threads
 from backmap.training.sequences import BeadSequences
 from backmap_voxel_gan.features import ChannelLayout, compact, rotation_z
 from backmap_voxel_gan.model import VoxelGANModel, rotate_batch
@@ -26,18 +26,6 @@ from backmap_voxel_gan.params import VoxelGANParams
 STATE_FORMAT = 2
 #: candidate placements per network call at most: bounds memory, and 128–256 run ≈ 1.5× faster than 1024 (cache)
 CHUNK = 256
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None):
-    """Run with ``n`` torch threads (None: unchanged), restoring the previous number."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class VoxelGAN(NetworkGenerator):
