@@ -142,8 +142,6 @@ class Recipe(Strict):
     system: SystemSpec
     data: DataSpec | None = None
     generator: GeneratorRef | None = None
-    traversal: PluginRef | None = None
-    selector: PluginRef | None = None
     refiners: list[PluginRef] = Field(default_factory=list)
     regularizers: list[PluginRef] = Field(default_factory=list)
     steps: list[dict[str, dict[str, Any] | None]] = Field(min_length=1)
@@ -309,9 +307,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, registry=N
             errors.append(f"{source}: generator.environment: {exc}")
         except BackmapError as exc:
             errors.append(f"{source}: generator.environment.traversal: {exc}")
-    for key, kind in (("generator", "generator"), ("traversal", "traversal"), ("selector", "selector")):
-        if getattr(recipe, key) is not None:
-            plugin_params(kind, getattr(recipe, key), (key,))
+    if recipe.generator is not None:
+        plugin_params("generator", recipe.generator, ("generator",))
     for key, kind in (("refiners", "refiner"), ("regularizers", "regularizer")):
         for i, ref in enumerate(getattr(recipe, key)):
             plugin_params(kind, ref, (key, i))
