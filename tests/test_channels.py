@@ -96,3 +96,32 @@ def test_dbm_sps_channel_map(shared):
     ring = [(a, b) for a, b in mt.bonds if types[a] == types[b] == "C_AR"]
     assert ring and all(m[a, b] == 2 for a, b in ring)
     assert ch.n_interactions == 17 and set(ch.bead_types) == {"B", "S"}
+
+
+def test_recipe_channel_map_is_what_the_model_is_trained_and_used_with(tmp_path, cli):
+    """``system.channels`` feeds training; the channels are saved in the model and used when it
+    backmaps (a map with fewer channels than the defaults shows in the trained layout)."""
+    import json
+    import textwrap
+
+    ff = tmp_path / "ff.txt"
+    ff.write_text(HEXANE_FF)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(textwrap.dedent(f"""
+        name: r
+        workdir: work
+        system: {{topology: {HEXANE / 'topol.top'}, mapping: {HEXANE / 'hexane.xml'}, channels: {ff}}}
+        data: {{trajectory: {HEXANE / 'traj.xtc'}, frames: '0:2', split: {{test_fraction: 0.5}}}}
+        generator: {{plugin: voxel_gan, params: {{preset: tiny, regularizer_samples: 0}}}}
+        steps:
+          - prepare: {{}}
+          - train: {{max_iterations: 1, batch_size: 8}}
+          - backmap: {{candidates: 1, gibbs_sweeps: 0}}
+        """))
+    code, _, err = cli("run", recipe)
+    assert code == 0, err
+    model = json.loads((tmp_path / "work" / "model" / "model.json").read_text())
+    expected = Channels.from_dbm_ff(ff, load_mapping(HEXANE / "hexane.xml", load_topology(HEXANE / "topol.top"))
+                                    .cg_topology(load_topology(HEXANE / "topol.top")))
+    assert model["channels"]["by_path"] and model["state"]["layout"][1] == expected.n_interactions
+    assert Channels.from_json(model["channels"]).interactions == expected.interactions

@@ -234,9 +234,9 @@ class OpenMMRefiner(Refiner):
         ctx.setVelocitiesToTemperature(p.temperature * u.kelvin, seed)
         if p.warmup_steps:
             self._dynamics.setStepSize(p.timestep / 4)
-            self._dynamics.step(p.warmup_steps)
+            _guarded_steps(self._dynamics, ctx, p.warmup_steps, box)
         self._dynamics.setStepSize(p.timestep / slower)
-        self._dynamics.step(p.steps * slower)
+        _guarded_steps(self._dynamics, ctx, p.steps * slower, box)
         return self._result(ctx, self._dof)
 
     def _sample_stiff(self, ctx, slower: int) -> tuple[np.ndarray, dict]:
@@ -309,6 +309,25 @@ class OpenMMRefiner(Refiner):
                 out[k], row = x, {"failed": str(exc).split(".")[0]}
             log.append(row)
         return RefineResult(out, log)
+
+
+def _guarded_steps(integrator, ctx, n: int, box: np.ndarray, chunk: int = 25) -> None:
+    """``n`` steps in chunks, stopping with an OpenMMException as soon as an atom has left any
+    sensible region (non-finite, or more than ten box lengths away): once coordinates of a blown-up
+    run grow unbounded, OpenMM's CPU neighbour list can crash the process instead of raising (seen
+    once in the test suite, a segmentation fault in ``step``), so the blow-up must be caught before."""
+    import openmm as mm
+    import openmm.unit as u
+
+    bound = 10.0 * float(np.abs(box).max())
+    done = 0
+    while done < n:
+        m = min(chunk, n - done)
+        integrator.step(m)
+        done += m
+        x = ctx.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
+        if not np.isfinite(x).all() or np.abs(x).max() > bound:
+            raise mm.OpenMMException(f"Particle coordinate is NaN or far outside the box after {done} steps")
 
 
 def _reset_steepest_descent(sd, max_displacement: float) -> None:
