@@ -170,7 +170,7 @@ def _restrained_system(topology: Path, mapping: tuple[Path, ...] | list[Path], s
 
 @cli.command()
 @click.option("--topology", required=True, type=click.Path(path_type=Path), help="AA topology with parameters (.top).")
-@click.option("--traj", required=True, type=click.Path(path_type=Path), help="AA trajectory (.xtc, .trr, .gro, .pdb).")
+@click.option("--traj", required=True, type=click.Path(path_type=Path), help="AA trajectory in any format MDAnalysis reads (.xtc, .trr, .gro, .dcd, LAMMPS dump, …).")
 @click.option("--mapping", multiple=True, type=click.Path(path_type=Path),
               help="Mapping: also report the AA forces summed per CG bead.")
 @click.option("--frames", default=None, help="'start:stop:step' or '0,5,9'.")
@@ -355,7 +355,7 @@ def refine(topology: Path, mapping: tuple[Path, ...], cg_path: Path, traj: Path,
 @cli.command(name="map")
 @click.option("--topology", "topology", required=True, type=click.Path(path_type=Path),
               help="AA topology (.tpr, .top, .gro).")
-@click.option("--traj", required=True, type=click.Path(path_type=Path), help="AA trajectory (.xtc, .trr, .gro, .pdb).")
+@click.option("--traj", required=True, type=click.Path(path_type=Path), help="AA trajectory in any format MDAnalysis reads (.xtc, .trr, .gro, .dcd, LAMMPS dump, …).")
 @click.option("--mapping", required=True, multiple=True, type=click.Path(path_type=Path),
               help="VOTCA mapping XML or DeepBackmap .map (repeat for several molecule types).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="CG output (.xtc, .gro, .pdb).")
