@@ -48,8 +48,12 @@ def plugins(kind: str | None) -> None:
     """List every installed plugin: name, kind, providing package, version."""
     from backmap.engine.registry import default_registry
 
+    registry = default_registry()
+    kinds = sorted({info.kind for info in registry})
+    if kind is not None and kind not in kinds:  # an empty table with exit 0 hid the typo
+        raise BackmapError(f"--kind: unknown plugin kind {kind!r} (kinds: {', '.join(kinds)})")
     table = Table("kind", "name", "package", "version", "module", "summary", box=None)
-    for info in default_registry():
+    for info in registry:
         if kind is None or info.kind == kind:
             table.add_row(info.kind, info.name, info.package, info.version, info.module, info.cls.summary)
     Console(width=200).print(table)
@@ -59,10 +63,13 @@ def plugins(kind: str | None) -> None:
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.argument("overrides", nargs=-1)
 def check(recipe: Path, overrides: tuple[str, ...]) -> None:
-    """Validate RECIPE (and key.path=value OVERRIDES) without running it."""
+    """Validate RECIPE (and key.path=value OVERRIDES) without running it: every key, every
+    plugin's parameters, and the input files (they parse, atom counts and frames agree)."""
+    from backmap.engine.checks import check_recipe
     from backmap.engine.recipe import load_recipe
 
     r, steps = load_recipe(recipe, list(overrides))
+    check_recipe(r, steps)
     click.echo(f"{recipe}: ok — {r.name}, steps: {', '.join(s.name for s in steps)}; "
                f"work directory {r.default_workdir()}")
 
@@ -74,10 +81,12 @@ def check(recipe: Path, overrides: tuple[str, ...]) -> None:
 @click.option("--workdir", type=click.Path(path_type=Path), default=None, help="Override the recipe's workdir.")
 def run(recipe: Path, overrides: tuple[str, ...], only: str | None, workdir: Path | None) -> None:
     """Run the steps of RECIPE in order (OVERRIDES: key.path=value, e.g. steps.train.epochs=2)."""
+    from backmap.engine.checks import check_recipe
     from backmap.engine.pipeline import run_recipe
     from backmap.engine.recipe import load_recipe
 
     r, steps = load_recipe(recipe, list(overrides))
+    check_recipe(r, steps, only.split(",") if only else None)  # before anything is written
     out = run_recipe(r, steps, workdir, only.split(",") if only else None, console=console)
     click.echo(f"done: {out} (report: {out / 'report.md'})")
 
@@ -269,6 +278,7 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
     (OUT.json). With --refine, every frame is then sampled at --temperature under the CG restraint
     (see `backmap refine`); the generator's own output is kept as OUT_unrefined."""
     from backmap.engine.apply import backmap_to_files, check_output
+    from backmap.engine.checks import check_bead_names
     from backmap.engine.loaders import load_mapping, load_topology
     from backmap.engine.models import load_model
     from backmap.sampling.backmapper import BackmapSettings, read_cg
@@ -284,6 +294,7 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
     check_output(out, [source, cg_path, top_path, *maps, stereo_reference, mdp])
     topo = load_topology(top_path)
     cg_top = load_mapping(maps, topo).cg_topology(topo)
+    check_bead_names(cg_path, cg_top)
     idx = select_frames(frames, [], count_frames(source), str(source))
     try:
         settings = BackmapSettings(selector=selector, candidates=candidates, gibbs_sweeps=gibbs_sweeps,
@@ -343,7 +354,11 @@ def refine(topology: Path, mapping: tuple[Path, ...], cg_path: Path, traj: Path,
     input (restrained Langevin / MALA); writes OUT, OUT's .log.csv (energy, CG deviation per frame)
     and a plot of it."""
     from backmap.refinement.restrained import refine_files
+    from backmap.system.io import refuse_overwriting_inputs
 
+    inputs = [topology, *mapping, cg_path, traj, mdp]
+    for written in (out, out.with_name(out.stem + ".log.csv"), out.with_name(out.stem + ".log.png")):
+        refuse_overwriting_inputs(written, inputs)
     refiner = _refiner(refiner_name, temperature, n_steps, restraint, constraints, timestep, friction,
                        minimize_steps, extra, seed)
     system = _restrained_system(topology, mapping, _settings(mdp, cutoff, coulomb, epsilon_rf, lj_shift))
@@ -366,7 +381,9 @@ def map_cmd(topology: Path, traj: Path, mapping: tuple[Path, ...], out: Path, fr
     from backmap.system.projection import map_trajectory
     from backmap.engine.loaders import load_mapping
     from backmap.engine.loaders import load_topology
+    from backmap.system.io import refuse_overwriting_inputs
 
+    refuse_overwriting_inputs(out, [topology, traj, *mapping])
     t0 = time.perf_counter()
     topo = load_topology(topology)
     cg_top = load_mapping(list(mapping), topo).cg_topology(topo)
@@ -399,7 +416,12 @@ def evaluate(topology: Path, reference: Path, candidates: tuple[Path, ...], out:
     """Compare CANDIDATES (backmapped AA trajectories) with a reference: per observable the
     Jensen–Shannon divergence and Wasserstein-1; writes metrics.json, report.md and figures/."""
     from backmap.metrics.evaluate import EvaluationSpec, run_evaluation
+    from backmap.system.io import refuse_overwriting_inputs
 
+    refuse_overwriting_inputs(out, [topology, reference, *candidates, *mapping, cg, mdp])
+    if out.exists() and not out.is_dir():
+        raise BackmapError("--out is an existing file; evaluate writes a folder (metrics.json, report.md)",
+                           source=out)
     try:
         skip = [int(s) for s in skip_frames.split(",") if s.strip()] if skip_frames else []
     except ValueError:

@@ -233,3 +233,24 @@ def test_steps_find_outputs_by_declared_name(runs):
     outputs = json.loads((runs["template"] / "outputs.json").read_text())
     assert {"prepare.pairs", "train.model", "backmap.aa", "backmap.cg", "backmap.reference"} <= set(outputs)
     assert outputs["backmap.aa"]["path"] == "backmap/aa.xtc"
+
+
+def test_identical_training_runs_write_identical_model_files(cli, tmp_path):
+    """Hardening item 11: identical training runs write model files that differ byte for byte
+    (weights identical) — model files carry no wall times or run paths, so a checksum compares them."""
+    import filecmp
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(textwrap.dedent(f"""
+        name: r
+        seed: 5
+        system: {{topology: {HEXANE / 'topol.top'}, mapping: {HEXANE / 'hexane.xml'}}}
+        data: {{trajectory: {HEXANE / 'traj.xtc'}, frames: '0:2', split: {{test_fraction: 0.5}}}}
+        generator: {{plugin: voxel_gan, params: {{preset: tiny, regularizer_samples: 2}}}}
+        steps: [{{prepare: {{}}}}, {{train: {{max_iterations: 2, batch_size: 8}}}}]
+        """))
+    for run in ("a", "b"):
+        code, _, err = cli("run", recipe, "--workdir", tmp_path / run)
+        assert code == 0, err
+    for name in ("model.json", "weights.safetensors"):
+        assert filecmp.cmp(tmp_path / "a" / "model" / name, tmp_path / "b" / "model" / name, shallow=False), name

@@ -59,11 +59,11 @@ class BackmapOutputs:
 
 
 def check_output(out: Path, inputs: Sequence[Path]) -> None:
-    """Refuse an output that would overwrite one of the inputs."""
-    target = Path(out).resolve()
-    for path in inputs:
-        if path is not None and Path(path).resolve() == target:
-            raise BackmapError("the output is the same file as an input; choose another --out", source=out)
+    """Refuse an output that would overwrite one of the inputs; the one check every command shares
+    lives in the data model (:func:`backmap.system.io.refuse_overwriting_inputs`)."""
+    from backmap.system.io import refuse_overwriting_inputs
+
+    refuse_overwriting_inputs(out, inputs)
 
 
 def make_backmapper(cg_topology: CGTopology, generator: Generator, settings: BackmapSettings | None = None,

@@ -10,7 +10,6 @@ its data keeps working wherever the repository is.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 from dataclasses import dataclass
@@ -133,18 +132,21 @@ def _relative(path: Path | str, directory: Path) -> str:
 def save_model(directory: Path, generator: Generator, channels: Channels, topology: Path | None,
                mapping: list[Path], cg_topology: CGTopology | None = None, **extra: Any) -> Path:
     """Write the model folder: weights first, ``model.json`` last (each atomically), so a folder
-    with a ``model.json`` is always complete. ``extra`` (seed, training summary, …) is recorded."""
-    from safetensors.torch import save_file
+    with a ``model.json`` is always complete. ``extra`` (seed, training summary, …) is recorded.
+
+    Identical content gives identical bytes (checksums and diffs of model folders mean something):
+    no creation time (when a model was trained is in the run's ``run.json``), no safetensors
+    metadata, keys in the order the generator gives them, sets sorted."""
+    from safetensors.torch import save
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     state = split_state(generator.state_dict(), tensors)
     with atomic_path(directory / WEIGHTS_FILE) as tmp:
-        save_file(tensors, str(tmp))
+        tmp.write_bytes(save(dict(sorted(tensors.items()))))
     description = {
         "format": MODEL_FORMAT, "backmap": __version__,
-        "created": _dt.datetime.now().isoformat(timespec="seconds"),
         "plugin": generator.name, "params": generator.params.model_dump(mode="json"),
         "environment": generator.environment.model_dump(mode="json"), "channels": channels.to_json(),
         "system": {"topology": _relative(topology, directory) if topology else None,
@@ -152,8 +154,16 @@ def save_model(directory: Path, generator: Generator, channels: Channels, topolo
                    "molecules": molecules_fingerprint(cg_topology) if cg_topology is not None else {}},
         **extra, "state": state}
     with atomic_path(directory / MODEL_FILE) as tmp:
-        tmp.write_text(json.dumps(description, indent=1, default=str))
+        tmp.write_text(json.dumps(description, indent=1, default=_json_default))
     return directory
+
+
+def _json_default(obj: Any) -> Any:
+    """JSON for what ``json`` does not know: sets in sorted order (their iteration order changes
+    with the process' hash seed), anything else as its ``str``."""
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=str)
+    return str(obj)
 
 
 def model_directory(path: Path | str) -> Path:

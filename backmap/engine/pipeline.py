@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import platform
+import shlex
+import sys
 import time
 from functools import cached_property
 from pathlib import Path
@@ -106,10 +108,16 @@ def plugin_versions(registry: Registry) -> list[dict[str, str]]:
 def run_recipe(recipe: Recipe, steps: Sequence[ValidatedStep], workdir: Path | None = None,
                only: Sequence[str] | None = None, registry: Registry | None = None,
                console: Console | None = None) -> Path:
-    """Run ``steps`` (or those named in ``only``) and return the work directory."""
+    """Run ``steps`` (or those named in ``only``) and return the work directory.
+
+    The work directory keeps its history: ``run.json`` gets one record per invocation (appended,
+    with each step's status and, for a failed step, its one-line error), ``history/recipe-N.yaml``
+    the resolved recipe of invocation N, and ``recipe.yaml`` that of the latest invocation whose
+    every step succeeded. A failing step is recorded, then its exception goes on to the caller."""
     registry = registry or default_registry()
     console = console or Console(stderr=True)
     workdir = Path(workdir or recipe.default_workdir()).resolve()
+    all_steps = list(steps)
     if only:
         unknown = sorted(set(only) - {s.name for s in steps})
         if unknown:
@@ -117,50 +125,146 @@ def run_recipe(recipe: Recipe, steps: Sequence[ValidatedStep], workdir: Path | N
                                f"(it has: {', '.join(s.name for s in steps)})")
         steps = [s for s in steps if s.name in only]
     workdir.mkdir(parents=True, exist_ok=True)
+    history = load_history(workdir)
+    number = len(history["invocations"]) + 1
+    # the whole resolved recipe (every step, not only those run), so that recipe.yaml stays a
+    # complete description of the work directory after a `--steps` invocation
     resolved = recipe.model_dump(mode="json")
-    resolved["steps"] = [{s.name: s.params.model_dump(mode="json")} for s in steps]
+    resolved["steps"] = [{s.name: s.params.model_dump(mode="json")} for s in all_steps]
     resolved["workdir"] = str(workdir)
-    write_text(workdir / "recipe.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    record: dict[str, Any] = {
-        "backmap": __version__,
+    recipe_text = yaml.safe_dump(resolved, sort_keys=False)
+    recipe_file = f"history/recipe-{number}.yaml"
+    write_text(workdir / recipe_file, recipe_text)
+    invocation: dict[str, Any] = {
+        "number": number,
+        "started": _now(),
+        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "",
+        "requested_steps": list(only) if only else None,
         "recipe": str(recipe.path),
+        "recipe_file": recipe_file,
         "seed": recipe.seed,
-        "started": _dt.datetime.now().isoformat(timespec="seconds"),
+        "backmap": __version__,
         "python": platform.python_version(),
         "plugins": plugin_versions(registry),
+        "status": "running",
         "steps": [],
     }
+    history["invocations"].append(invocation)
     ctx = RunContext(recipe, workdir, registry, console)
     for step in steps:
         console.rule(f"[bold]{step.name}")
-        plugin = registry.get("step", step.name).cls(step.params)
+        entry: dict[str, Any] = {"name": step.name, "started": _now(), "status": "running"}
+        invocation["steps"].append(entry)
         t0 = time.perf_counter()
-        summary = plugin.run(ctx) or {}
+        try:
+            plugin = registry.get("step", step.name).cls(step.params)
+            summary = plugin.run(ctx) or {}
+        except BaseException as exc:  # also Ctrl-C: the record says how far the run got, then the error goes on
+            entry.update(status="failed", seconds=round(time.perf_counter() - t0, 3), error=_one_line(exc))
+            invocation["status"] = "failed"
+            save_history(workdir, recipe, history)
+            raise
         seconds = time.perf_counter() - t0
-        record["steps"].append({"name": step.name, "seconds": round(seconds, 3), "summary": summary})
-        write_text(workdir / "run.json", json.dumps(record, indent=2, default=str))
-        write_text(workdir / "report.md", render_report(recipe, record))
+        entry.update(status="ok", seconds=round(seconds, 3), summary=summary)
+        save_history(workdir, recipe, history)
         console.print(f"[green]✓[/] {step.name} ({seconds:.1f} s)")
-    write_text(workdir / "run.json", json.dumps(record, indent=2, default=str))
-    write_text(workdir / "report.md", render_report(recipe, record))
+    invocation["status"] = "ok"
+    write_text(workdir / "recipe.yaml", recipe_text)  # only a run whose every step succeeded replaces it
+    save_history(workdir, recipe, history)
     return workdir
 
 
+def _now() -> str:
+    return _dt.datetime.now().isoformat(timespec="seconds")
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error as the CLI prints it (first line), with the exception type for unexpected ones."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return text if isinstance(exc, BackmapError) else f"{exc.__class__.__name__}: {text}".rstrip(": ")
+
+
+def load_history(workdir: Path) -> dict[str, Any]:
+    """The work directory's ``run.json`` as ``{"invocations": [...]}``. A ``run.json`` of
+    backmap ≤ 0.1 (one record, overwritten by every run) becomes invocation 1; an unreadable one
+    is kept as ``history/run-unreadable.json`` rather than silently dropped."""
+    path = workdir / "run.json"
+    if not path.is_file():
+        return {"invocations": []}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = None
+    if not isinstance(data, dict):
+        (workdir / "history").mkdir(exist_ok=True)
+        path.replace(workdir / "history" / "run-unreadable.json")
+        return {"invocations": []}
+    if isinstance(data.get("invocations"), list):
+        for inv in data["invocations"]:  # a run killed outright (kill -9) could not record its end
+            if inv.get("status") == "running":
+                inv["status"] = "interrupted"
+        return {"invocations": data["invocations"]}
+    old = dict(data, number=1, status="ok", recipe_file=None,
+               steps=[dict(s, status="ok", started=data.get("started")) for s in data.get("steps", [])])
+    return {"invocations": [old]}
+
+
+def latest_steps(history: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per step ever run here (in order of first appearance): its latest successful record, with
+    the latest failure after it (``failed_after``), or the failure alone if it never succeeded."""
+    latest: dict[str, dict[str, Any]] = {}
+    for inv in history["invocations"]:
+        for step in inv.get("steps", []):
+            entry = dict(step, invocation=inv.get("number"))
+            if step.get("status") == "ok" or step["name"] not in latest or latest[step["name"]].get("status") != "ok":
+                latest[step["name"]] = entry
+            elif step.get("status") == "failed":  # keep the good record, note the failure
+                latest[step["name"]] = dict(latest[step["name"]], failed_after=entry)
+    return list(latest.values())
+
+
+def save_history(workdir: Path, recipe: Recipe, history: dict[str, Any]) -> None:
+    """Write ``run.json`` (every invocation; at the top level, for readers of the single-record
+    format, the latest invocation's seed, versions and plugins, and the latest record of every
+    step) and ``report.md``."""
+    last = history["invocations"][-1]
+    record: dict[str, Any] = {k: last[k] for k in ("backmap", "recipe", "seed", "started", "python", "plugins")}
+    record["steps"] = latest_steps(history)
+    record["invocations"] = history["invocations"]
+    record = json.loads(json.dumps(record, default=str))  # what a later invocation reads back
+    write_text(workdir / "run.json", json.dumps(record, indent=2))
+    write_text(workdir / "report.md", render_report(recipe, record))
+
+
 def render_report(recipe: Recipe, record: dict[str, Any]) -> str:
-    """A Markdown report: one section per step with its summary."""
+    """A Markdown report: the invocations of this work directory, then one section per step ever
+    run here with its latest successful summary (and a later failure, if any)."""
     lines = [f"# backmap run: {recipe.name}", "", recipe.description, "",
              f"- recipe: `{record['recipe']}`", f"- seed: {record['seed']}",
-             f"- backmap {record['backmap']}, started {record['started']}", ""]
+             f"- backmap {record['backmap']}, latest invocation started {record['started']}", "",
+             "| invocation | started | steps | status |",
+             "|---|---|---|---|"]
+    for inv in record.get("invocations", []):
+        names = ", ".join(s["name"] for s in inv.get("steps", []))
+        lines.append(f"| {inv.get('number')} | {inv.get('started')} | {names} | {inv.get('status')} |")
+    lines.append("")
     for step in record["steps"]:
-        lines += [f"## {step['name']} ({step['seconds']:.1f} s)", ""]
-        summary = step["summary"]
-        body = summary.pop("markdown", None) if isinstance(summary, dict) else None
-        rows = [(k, v) for k, v in summary.items()] if isinstance(summary, dict) else []
-        if rows:
-            lines += ["| | |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in rows] + [""]
+        when = f"{step.get('started')}, invocation {step.get('invocation')}"
+        if step.get("status") == "failed":
+            lines += [f"## {step['name']} (failed: {when})", "", f"**failed:** {step.get('error')}", ""]
+            continue
+        lines += [f"## {step['name']} ({step['seconds']:.1f} s, {when})", ""]
+        failed = step.get("failed_after")
+        if failed:
+            lines += [f"**A later attempt failed** ({failed.get('started')}, invocation {failed.get('invocation')}): "
+                      f"{failed.get('error')}; below is the last successful one.", ""]
+        summary = step.get("summary")
+        summary = dict(summary) if isinstance(summary, dict) else {}
+        body = summary.pop("markdown", None)
+        if summary:
+            lines += ["| | |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in summary.items()] + [""]
         if body:
             lines += [body, ""]
-            summary["markdown"] = body
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@ plugin's own ``Params`` model; step parameters by the step plugin's.
 from __future__ import annotations
 
 import difflib
+import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -169,7 +170,70 @@ class ValidatedStep(BaseModel):
 # --------------------------------------------------------------------------- error messages
 
 _TYPE_WORDS = {"int": "int", "float": "float", "bool": "bool", "string": "string", "str": "string",
-               "list": "list", "dict": "mapping", "model": "mapping", "literal": "one of"}
+               "list": "list", "dict": "mapping", "model": "mapping", "literal": "one of", "path": "path"}
+#: pydantic's names of union members that are plain types (``int | str`` → loc parts 'int', 'str')
+_SCALAR_TAGS = {"int", "float", "str", "bool", "none", "list", "dict", "Path", "bytes"}
+
+
+def _is_union_tag(part: Any) -> bool:
+    """Whether a loc part names a union member rather than a key: pydantic's schema text
+    (``function-after[_must_exist(), …]``, ``list[…]``), a plain type, or a model class name."""
+    if not isinstance(part, str):
+        return False
+    camel = part.isidentifier() and part[:1].isupper() and any(c.isupper() for c in part[1:]) \
+        and any(c.islower() for c in part)
+    return "[" in part or part in _SCALAR_TAGS or camel
+
+
+def _expected(kind: str) -> str | None:
+    """The type word of a type error (``int_parsing``, ``int_from_float`` → 'int'), else None."""
+    for suffix in ("_parsing", "_type", "_from_float"):
+        if kind.endswith(suffix) and kind[: -len(suffix)] in _TYPE_WORDS:
+            return _TYPE_WORDS[kind[: -len(suffix)]]
+    return None
+
+
+def _union_errors(errors: list[dict]) -> list[dict]:
+    """pydantic's errors with union members taken out of the locations, one report per union.
+
+    A value that fits no member of a union (``mapping: PATH | list[PATH]``) gets an error from
+    every member, each under a location naming the member in pydantic's schema notation. Of these
+    the member that got furthest into the value speaks (a missing file rather than "expected
+    list"); if all stopped at the value's type, one line says which types were possible."""
+    out: list[dict] = []
+    groups: dict[tuple, list[tuple[int, dict]]] = {}
+    for err in errors:
+        loc, site, previous = [], None, None
+        for part in err["loc"]:
+            is_key = isinstance(previous, str) and previous.startswith("dict[")  # a label, e.g. 'GenA'
+            if _is_union_tag(part) and not is_key:
+                site = tuple(loc) if site is None else site
+            else:
+                loc.append(part)
+            previous = part
+        err = {**err, "loc": tuple(loc)}
+        if site is None:
+            out.append(err)
+            continue
+        if site not in groups:
+            groups[site] = []
+            out.append({"site": site})  # placeholder keeps the order of the first report
+        groups[site].append((len(loc) - len(site), err))
+    result: list[dict] = []
+    for item in out:
+        if "site" not in item:
+            result.append(item)
+            continue
+        group = groups[item["site"]]
+        deepest = max(d for d, _ in group)
+        chosen = [e for d, e in group if d == deepest]
+        types = [_expected(e["type"]) for e in chosen]
+        if all(types) and len(chosen) > 1:
+            words = " or ".join(dict.fromkeys(t for t in types if t))
+            result.append({**chosen[0], "type": "union_type", "msg": f"expected {words}"})
+        else:
+            result.extend(e for e in chosen if _expected(e["type"]) is None or len(chosen) == 1)
+    return result
 
 
 def _loc(loc: tuple) -> str:
@@ -203,6 +267,8 @@ def _flatten(ann: Any) -> list[Any]:
 def _message(err: dict, model: type[BaseModel] | None) -> str:
     kind, msg = err["type"], err["msg"]
     given = err.get("input")
+    if kind == "union_type":
+        return f"{msg}, got {given!r}"
     if kind == "missing":
         return "required key is missing"
     if kind == "extra_forbidden":
@@ -214,9 +280,8 @@ def _message(err: dict, model: type[BaseModel] | None) -> str:
         elif allowed:
             text += f" (allowed: {', '.join(a for a in allowed if a != 'path')})"
         return text
-    for suffix in ("_parsing", "_type"):
-        if kind.endswith(suffix) and kind[: -len(suffix)] in _TYPE_WORDS:
-            return f"expected {_TYPE_WORDS[kind[:-len(suffix)]]}, got {given!r}"
+    if _expected(kind) and kind != "int_from_float":
+        return f"expected {_expected(kind)}, got {given!r}"
     if kind == "literal_error":
         return f"{msg[0].lower()}{msg[1:]}, got {given!r}"
     if kind == "value_error":
@@ -227,13 +292,33 @@ def _message(err: dict, model: type[BaseModel] | None) -> str:
 def format_errors(exc: ValidationError, source: str, prefix: tuple = (), model=None) -> str:
     """One line per error: ``file: key.path: message``."""
     lines = []
-    for err in exc.errors():
+    for err in _union_errors(exc.errors()):
         loc = prefix + tuple(err["loc"])
         lines.append(f"{source}: {_loc(loc) or '<top>'}: {_message(err, model)}")
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- loading
+
+def _no_base_60(loader: type[yaml.SafeLoader]) -> dict:
+    """The loader's implicit resolvers with numbers refused when they contain ':' — YAML 1.1's
+    base-60 integers and floats, which would turn the frame range ``1:30`` into 90."""
+    number = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
+    return {first: [(tag, re.compile("(?!.*:)" + rx.pattern, rx.flags) if tag in number else rx)
+                    for tag, rx in resolvers]
+            for first, resolvers in loader.yaml_implicit_resolvers.items()}
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """Safe YAML without base-60 numbers: ``frames: 1:30`` stays the string '1:30'."""
+
+    yaml_implicit_resolvers = _no_base_60(yaml.SafeLoader)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse recipe text or an override value with :class:`RecipeLoader`."""
+    return yaml.load(text, Loader=RecipeLoader)  # a SafeLoader subclass: safe
+
 
 def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:
     """Apply ``key.path=value`` overrides; ``steps.NAME.key`` addresses the step called NAME."""
@@ -254,7 +339,11 @@ def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:
             target = target.setdefault(p, {})
             if not isinstance(target, dict):
                 raise BackmapError(f"override {key}: {p} is not a mapping", source=source)
-        target[parts[-1]] = yaml.safe_load(value)
+        try:
+            target[parts[-1]] = load_yaml(value)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise BackmapError(f"override {item}: not a valid YAML value: {problem}", source=source) from None
     return raw
 
 
@@ -268,7 +357,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, registry=N
     if not path.is_file():
         raise BackmapError("recipe file not found", source=path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source

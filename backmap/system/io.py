@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import os
+import socket
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -46,13 +48,27 @@ class Frame:
         return box_vectors(self.dimensions)
 
 
+#: marks temporaries of :func:`atomic_path`: ``.NAME.backmap-tmp-PID@HOST-XXXX.SUFFIX``
+_TMP_TAG = ".backmap-tmp-"
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix); rename it into place only if the
-    block succeeds, so that no half-written output is ever left behind."""
+    block succeeds, so that no half-written output is ever left behind.
+
+    A run killed outright (``kill -9``, power loss) cannot delete its temporary, so the name says
+    whose it is: ``.NAME.backmap-tmp-PID@HOST-XXXX.SUFFIX``. Before writing, temporaries of the
+    same target left by processes of this host that no longer exist are removed: a killed run's
+    outputs are started again from scratch when the target is written next — writing never resumes
+    inside a half-written file. Temporaries of live processes (two runs writing into one folder),
+    of other hosts (a shared file system) and of older backmap versions are left alone."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    _remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{_TMP_TAG}{os.getpid()}@{_HOST}-", suffix=path.suffix,
+                               dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     umask = os.umask(0)
@@ -63,6 +79,59 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete ``path``'s temporaries whose writer (a process of this host) is gone."""
+    prefix = f".{path.name}{_TMP_TAG}"
+    with os.scandir(path.parent) as entries:
+        for entry in entries:
+            if not entry.name.startswith(prefix) or not entry.name.endswith(path.suffix):
+                continue
+            owner, _, _ = entry.name[len(prefix):].partition("-")
+            pid, _, host = owner.partition("@")
+            if host == _HOST and pid.isdigit() and not _process_alive(int(pid)):
+                Path(entry.path).unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists but belongs to another user
+        return True
+    return True
+
+
+def refuse_overwriting_inputs(out: str | Path, inputs: Iterable[str | Path | None], option: str = "--out") -> None:
+    """Refuse an output that is one of the inputs (same path, symbolic or hard link): writing it
+    would replace the input, and it would be read while being written. Call before any work."""
+    out = Path(out)
+    for p in inputs:
+        if p is None:
+            continue
+        p = Path(p)
+        if out.resolve() == p.resolve() or (out.exists() and p.exists() and os.path.samefile(out, p)):
+            raise BackmapError(f"the output is the same file as an input ({p}); choose another {option}", source=out)
+
+
+def check_finite(positions: np.ndarray, dimensions: np.ndarray | None, frame: int, source: str | Path,
+                 names: Sequence[str] | None = None) -> None:
+    """Refuse a frame with a NaN or infinite coordinate or box value: MDAnalysis, the SVD of the
+    alignment and the force field fail far away (SIGFPE, LinAlgError) or silently spread it. Names
+    the frame (0-based, as ``--frames`` counts) and the first bad atom (1-based, as .gro files)."""
+    if np.isfinite(positions).all() and (dimensions is None or np.isfinite(dimensions).all()):
+        return
+    rows = ~np.isfinite(positions).all(axis=-1)
+    if rows.any():
+        i = int(np.argmax(rows))
+        value = positions[i][~np.isfinite(positions[i])][0]
+        name = f" ({names[i]})" if names is not None and i < len(names) else ""
+        raise BackmapError(f"frame {frame}: atom {i + 1}{name} has a non-finite coordinate ({value})", source=source)
+    raise BackmapError(f"frame {frame}: the box has a non-finite value ({' '.join(map(str, dimensions))})",
+                       source=source)
 
 
 def read_formats() -> dict[str, str]:
@@ -97,6 +166,8 @@ def _reader(path: Path):
     fmt = _format(path)
     if path.stat().st_size == 0:
         raise BackmapError("the trajectory file is empty", source=path)
+    if fmt == "GRO":
+        check_gro_complete(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -156,9 +227,10 @@ def trajectory_info(path: str | Path) -> tuple[int, int]:
 
 
 def read_frames(path: str | Path, n_atoms: int | None = None, frames: Sequence[int] | slice | None = None,
-                expect: str = "topology") -> Iterator[Frame]:
+                expect: str = "topology", names: Sequence[str] | None = None) -> Iterator[Frame]:
     """Frames of a trajectory in nm, from any coordinate file MDAnalysis reads (:func:`read_formats`).
-    ``n_atoms`` checks the atom count against ``expect``. Every frame must have a periodic box.
+    ``n_atoms`` checks the atom count against ``expect``. Every frame must have a periodic box, and
+    finite positions and box (:func:`check_finite`; ``names``, if given, name the bad atom).
 
     MDAnalysis returns Å and converts formats that declare their units. LAMMPS dumps and data files
     carry none: their lengths are taken as Å and dump forces as kcal/mol/Å, i.e. ``units real``
@@ -181,6 +253,7 @@ def read_frames(path: str | Path, n_atoms: int | None = None, frames: Sequence[i
             if ts.dimensions is None:
                 raise BackmapError(f"frame {ts.frame} has no box (backmap needs the periodic box; "
                                    f"this {fmt} file does not store one)", source=path)
+            check_finite(ts.positions, ts.dimensions, ts.frame, path, names)
             # MDAnalysis: positions in Å, forces in kJ/mol/Å
             forces = ts.forces.astype(np.float64) * 10.0 * _FORCE_TO_KJ.get(fmt, 1.0) \
                 if getattr(ts, "has_forces", False) else None
@@ -230,7 +303,9 @@ def _universe(names, resnames, resids, n_atoms, forces: bool = False):
 def write_frames(path: str | Path, frames: Iterable[Frame], names: Sequence[str], resnames: Sequence[str],
                  resids: Sequence[int]) -> int:
     """Write frames (.gro, .pdb, .xtc, .trr — full precision; several frames in one .gro/.pdb are written one after the
-    other, as GROMACS does) atomically. Returns the number of frames written."""
+    other, as GROMACS does) atomically. Returns the number of frames written. A frame with a non-finite
+    position or box is refused (the output's frame number, 0-based) and nothing is written: MDAnalysis
+    would store NaN in .xtc/.trr, and readers die on it later with SIGFPE."""
     import MDAnalysis as mda
 
     path = Path(path)
@@ -251,6 +326,7 @@ def write_frames(path: str | Path, frames: Iterable[Frame], names: Sequence[str]
             with open(tmp, "w") as out, tempfile.TemporaryDirectory() as scratch:
                 one = Path(scratch) / "frame.gro"
                 for frame in frames:
+                    check_finite(frame.positions, frame.dimensions, n, path, names)
                     _set(u, frame)
                     u.atoms.write(str(one))
                     out.write(one.read_text())
@@ -262,6 +338,7 @@ def write_frames(path: str | Path, frames: Iterable[Frame], names: Sequence[str]
                 kwargs = {"multiframe": len(frames) > 1}
             with mda.Writer(str(tmp), n_atoms=len(names), **kwargs) as w:
                 for frame in frames:
+                    check_finite(frame.positions, frame.dimensions, n, path, names)
                     _set(u, frame)
                     w.write(u.atoms)
                     n += 1
@@ -293,6 +370,7 @@ def write_lammps_dump(path: str | Path, frames: Iterable[Frame], types: Sequence
             if len(frame.positions) != n_atoms:
                 raise BackmapError(f"frame {frame.index} has {len(frame.positions)} atoms, the first {n_atoms}",
                                    source=path)
+            check_finite(frame.positions, frame.dimensions, n, path)
             a, b, c = box_vectors(frame.dimensions) * 10.0  # a along x, b in the xy plane: LAMMPS' form
             xy, xz, yz = b[0], c[0], c[1]
             out.write(f"ITEM: TIMESTEP\n{frame.index}\nITEM: NUMBER OF ATOMS\n{n_atoms}\n")
@@ -319,5 +397,20 @@ def _set(u, frame: Frame) -> None:
     u.trajectory.ts.time = frame.time
 
 
-__all__ = ["Frame", "atomic_path", "box_dimensions", "parse_frames", "read_formats", "read_frames", "trajectory_info",
-           "write_frames", "write_lammps_dump"]
+__all__ = ["Frame", "atomic_path", "box_dimensions", "check_finite", "parse_frames", "read_formats", "read_frames",
+           "refuse_overwriting_inputs", "trajectory_info", "write_frames", "write_lammps_dump"]
+
+
+def check_gro_complete(path: Path) -> None:
+    """Refuse a ``.gro`` cut short before its first frame's box line: MDAnalysis otherwise fails
+    with messages about its own variables (``cannot access local variable 'unitcell'``)."""
+    with open(path, errors="replace") as f:
+        head = list(itertools.islice(f, 2))
+        if len(head) < 2 or not head[1].strip().isdigit():
+            raise BackmapError("not a .gro file: the second line must be the number of atoms", source=path)
+        n = int(head[1])
+        lines = sum(1 for _ in itertools.islice(f, n + 1))
+    if lines < n + 1:
+        found = min(lines, n)
+        raise BackmapError(f"the file ends after {found} of the {n} atoms its second line announces"
+                           f"{'' if found < n else ', before the box line'} (truncated?)", source=path)

@@ -45,16 +45,42 @@ class PairSet:
     def test(self) -> "PairSet":
         return self.subset(self.is_test)
 
+    def digest(self) -> str:
+        """SHA-256 of the arrays (dtype, shape, bytes) and ``info``: stored with the pairs so that a
+        cache file altered or damaged after writing is noticed, not trusted."""
+        h = hashlib.sha256()
+        for name in _ARRAYS:
+            a = np.ascontiguousarray(getattr(self, name))
+            h.update(f"{name} {a.dtype.str} {a.shape}".encode())
+            h.update(a.tobytes())
+        h.update(json.dumps(self.info, sort_keys=True).encode())
+        return h.hexdigest()
+
     def save(self, path: Path) -> None:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(fh, aa=self.aa, cg=self.cg, dimensions=self.dimensions, frames=self.frames,
-                         is_test=self.is_test, info=json.dumps(self.info))
+                np.savez(fh, **{name: getattr(self, name) for name in _ARRAYS}, info=json.dumps(self.info),
+                         digest=self.digest())
 
     @classmethod
     def load(cls, path: Path) -> "PairSet":
-        with np.load(path) as z:
-            return cls(z["aa"], z["cg"], z["dimensions"], z["frames"], z["is_test"], json.loads(str(z["info"])))
+        """Pairs written by :meth:`save`; a file that cannot be read, is cut short, lacks its content
+        hash (older versions) or does not match it is a BackmapError saying why."""
+        try:
+            with np.load(path) as z:
+                pairs = cls(*(z[name] for name in _ARRAYS), json.loads(str(z["info"])))
+                stored = str(z["digest"]) if "digest" in z.files else None
+        except Exception as exc:  # zipfile, zlib, OSError, ValueError, KeyError, EOFError: all mean unreadable
+            raise BackmapError(f"unreadable pairs file ({type(exc).__name__}: {' '.join(str(exc).split())})",
+                               source=path) from exc
+        if stored is None:
+            raise BackmapError("the pairs file has no content hash (written by an older backmap)", source=path)
+        if stored != pairs.digest():
+            raise BackmapError("the pairs file does not match its content hash (altered or damaged)", source=path)
+        return pairs
+
+
+_ARRAYS = ("aa", "cg", "dimensions", "frames", "is_test")
 
 
 def split_frames(frames: np.ndarray, test_fraction: float, mode: str, test_frames: Iterable[int] | None,
@@ -77,7 +103,8 @@ def pairs_from_trajectory(cg_top: CGTopology, trajectory: Path, frames: np.ndarr
     topo = cg_top.topology
     unwrap = Unwrapper(topo)
     aa, dims = [], []
-    for fr in progress(read_frames(trajectory, topo.n_atoms, frames, expect=f"topology {topo.source.name}"),
+    for fr in progress(read_frames(trajectory, topo.n_atoms, frames, expect=f"topology {topo.source.name}",
+                                   names=topo.atom_names),
                        total=len(frames), description=f"mapping {trajectory.name}"):
         aa.append(unwrap(fr.positions, fr.dimensions).astype(np.float32))
         dims.append(fr.dimensions)
@@ -111,7 +138,8 @@ def pairs_from_folders(cg_top: CGTopology, folder: Path, numbers: list[int]) -> 
     unwrap = Unwrapper(topo)
     aa, cg, dims, devs = [], [], [], []
     for n in progress(numbers, description=f"reading {folder.name}/aa,cg"):
-        fa = next(read_frames(folder / "aa" / f"{n}.gro", topo.n_atoms, expect=f"topology {topo.source.name}"))
+        fa = next(read_frames(folder / "aa" / f"{n}.gro", topo.n_atoms, expect=f"topology {topo.source.name}",
+                              names=topo.atom_names))
         fc = next(read_frames(folder / "cg" / f"{n}.gro", cg_top.n_beads, expect="mapping's CG system"))
         x = unwrap(fa.positions, fa.dimensions)
         mapped = cg_top.apply(x)

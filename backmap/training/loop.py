@@ -118,6 +118,7 @@ class TrainingLoop:
         self.log = TrainingLog()
         self._sums: dict[str, float] = {}
         self._counts: dict[str, int] = {}
+        self._pending_energies: list | None = None  # regularizer samples whose energies the next log row shows
         self.seconds = 0.0
 
     # ------------------------------------------------------------------ what a train_step uses
@@ -166,8 +167,7 @@ class TrainingLoop:
         return total, stats
 
     def _energy_stats(self) -> dict[str, float]:
-        samples = getattr(self, "_pending_energies", None)
-        self._pending_energies = None
+        samples, self._pending_energies = self._pending_energies, None
         if not samples:
             return {}
         terms = [self.energies.terms_of(s) for s in samples]
@@ -180,9 +180,18 @@ class TrainingLoop:
         self.total = o.epochs * self.per_epoch
         if o.max_iterations is not None:
             self.total = min(self.total, o.max_iterations)
+        self.checkpoint_total: int | None = None  # set by load_state: the total the checkpoint's run aimed at
         if o.resume and self.checkpoint_path is not None and self.checkpoint_path.is_file():
             self.load(self.checkpoint_path)
-            self.say(f"resumed from {self.checkpoint_path} at iteration {self.iteration}/{self.total}")
+            made_for = self.checkpoint_total
+            if made_for is not None and made_for != self.total:
+                # `fraction` = iteration / total: a new total silently moves every schedule built on it
+                self.say(f"resuming at iteration {self.iteration} of {self.total} (the checkpoint was made for "
+                         f"{made_for}): schedules that depend on the share of training done, like the voxel GAN's "
+                         f"learning-rate decay, jump from {self.iteration / max(made_for, 1):.0%} to "
+                         f"{self.fraction:.0%} done")
+            else:
+                self.say(f"resumed from {self.checkpoint_path} at iteration {self.iteration}/{self.total}")
         start_iteration, t0 = self.iteration, time.perf_counter()
         seconds0 = self.seconds
         with TrainingProgress(self.total, self.iteration, self.generator.progress_columns) as bar:
@@ -245,7 +254,10 @@ class TrainingLoop:
         return None if self.directory is None else self.directory / "checkpoint.pt"
 
     def state(self) -> dict[str, Any]:
+        # "total" (added within format 2; older checkpoints lack it) lets a resumed run say when its
+        # epochs/max_iterations differ from the run that wrote the checkpoint
         return {"format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint, "iteration": self.iteration,
+                "total": self.total,
                 "order": torch.as_tensor(self.order), "position": self.position, "seconds": self.seconds,
                 "generator": self.generator.training_state(),
                 "np_rng": json.dumps(self.np_rng.bit_generator.state), "torch_rng": self.torch_rng.get_state(),
@@ -256,6 +268,7 @@ class TrainingLoop:
             raise BackmapError("the checkpoint was made with other training parameters, data or seed; remove it "
                                "(or set the train step's resume: false) to start over", source=self.checkpoint_path)
         self.iteration, self.position, self.seconds = state["iteration"], state["position"], state["seconds"]
+        self.checkpoint_total = state.get("total")
         self.order = state["order"].numpy()
         self.generator.load_training_state(state["generator"])
         self.np_rng.bit_generator.state = json.loads(state["np_rng"])

@@ -200,6 +200,10 @@ class CoordinateTopologyReader(Reader):
     def read(self, path: Path, topology=None) -> Topology:
         import MDAnalysis as mda
 
+        from backmap.system.io import check_gro_complete
+
+        if path.suffix.lower() == ".gro":  # MDAnalysis' own error on a cut-off .gro names no cause
+            check_gro_complete(path)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -49,11 +49,14 @@ class PrepareStep(Step):
         key = file_digest([ctx.recipe.system.topology, *ctx.recipe.system.mappings, *inputs],
                           {"frames": frames.tolist()})
         cache = ctx.path("pairs", f"pairs-{key}.npz")
-        hit = self.params.cache and cache.is_file()
-        if hit:
-            pairs = PairSet.load(cache)
-            ctx.console.print(f"reusing cached pairs {cache.name}")
-        else:
+        pairs, hit = None, False
+        if self.params.cache and cache.is_file():
+            try:  # the file carries a hash of its arrays: a damaged or altered cache is rebuilt, never trusted
+                pairs, hit = PairSet.load(cache), True
+                ctx.console.print(f"reusing cached pairs {cache.name}")
+            except BackmapError as exc:
+                ctx.console.print(f"rebuilding cached pairs: {exc}", markup=False, highlight=False, soft_wrap=True)
+        if pairs is None:
             if spec.trajectory is not None:
                 pairs = pairs_from_trajectory(cg_top, spec.trajectory, frames)
             else:

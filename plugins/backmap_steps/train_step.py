@@ -56,11 +56,12 @@ class TrainStep(Step):
         summary = generator.fit(data, fit) or {}
         seconds = time.perf_counter() - t0
         out = ctx.path(self.params.out, "model.json").parent
-        training = {k: v for k, v in summary.items() if k != "markdown"}
+        # what the model records of its training: no wall times (those are in run.json), so that
+        # identical runs write identical model files
+        training = {k: v for k, v in summary.items() if k not in ("markdown", "training log") and not _is_timing(k)}
         save_model(out, generator, channels, ctx.recipe.system.topology, ctx.recipe.system.mappings, cg,
-                   seed=ctx.seed, training={"recipe": str(ctx.recipe.path), "options": options.model_dump(),
-                                            "train frames": len(data.train()), "seconds": round(seconds, 2),
-                                            "summary": training})
+                   seed=ctx.seed, training={"recipe": ctx.recipe.name, "options": options.model_dump(),
+                                            "train frames": len(data.train()), "summary": training})
         ctx.outputs.declare("train", model=out, log=log_dir if any(log_dir.iterdir()) else None)
         report = {"generator": ref.plugin, "train frames": len(data.train()), "fit seconds": round(seconds, 2),
                   "model": str(out), **summary}
@@ -69,3 +70,8 @@ class TrainStep(Step):
             report["markdown"] = (summary.get("markdown", "") + f"\n\nTraining log: `{rel}/train_log.csv`; "
                                   f"checkpoint `{rel}/checkpoint.pt`.\n\n![training]({rel}/training.png)").strip()
         return report
+
+
+def _is_timing(key: str) -> bool:
+    """A summary entry that measures time (differs between identical runs)."""
+    return "second" in key or key.endswith("/s")
