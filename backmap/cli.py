@@ -249,14 +249,18 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
 @click.option("--cg", "cg_path", required=True, type=click.Path(path_type=Path),
               help="CG structure or trajectory in the mapping's bead order (any format MDAnalysis reads: .gro, "
                    ".xtc, .trr, .pdb, .dcd, LAMMPS dump, …).")
-@click.option("--traj", type=click.Path(path_type=Path), default=None, help="CG trajectory (frames to backmap).")
+@click.option("--traj", type=click.Path(path_type=Path), default=None,
+              help="CG trajectory whose frames are backmapped instead of --cg's (--cg then only names the "
+                   "structure the trajectory belongs to, as in GROMACS; its bead names are checked).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="AA output (.gro, .pdb, .xtc, .trr).")
 @click.option("--topology", type=click.Path(path_type=Path), default=None, help="AA topology (default: the model's).")
 @click.option("--mapping", multiple=True, type=click.Path(path_type=Path), help="Mapping (default: the model's).")
 @click.option("--frames", default=None, help="'start:stop:step' or '0,5,9'.")
-@click.option("--selector", default="lowest_energy", show_default=True)
-@click.option("--candidates", type=int, default=8, show_default=True)
-@click.option("--gibbs", "gibbs_sweeps", type=int, default=2, show_default=True)
+@click.option("--selector", default="lowest_energy", show_default=True,
+              help="Selector plugin choosing one of the candidates (lowest_energy, boltzmann, random).")
+@click.option("--candidates", type=int, default=8, show_default=True, help="Candidates proposed per unit (K).")
+@click.option("--gibbs", "gibbs_sweeps", type=int, default=2, show_default=True,
+              help="Gibbs sweeps after the forward pass (each unit re-placed seeing all others).")
 @click.option("--minimize", "minimize_steps", type=int, default=0, show_default=True,
               help="Restrained energy-minimization steps after sampling.")
 @click.option("--stereo-reference", type=click.Path(path_type=Path), default=None,
