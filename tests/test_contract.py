@@ -254,3 +254,21 @@ def test_identical_training_runs_write_identical_model_files(cli, tmp_path):
         assert code == 0, err
     for name in ("model.json", "weights.safetensors"):
         assert filecmp.cmp(tmp_path / "a" / "model" / name, tmp_path / "b" / "model" / name, shallow=False), name
+
+
+def test_refined_multi_frame_structure_output_refines_every_frame(runs, cli, tmp_path):
+    """A .gro holds one frame when read back: with several frames the generator's own output goes to
+    an .xtc beside it, so every frame is refined (not just the first)."""
+    cg = tmp_path / "cg.xtc"
+    code, _, err = cli("map", "--topology", HEXANE / "topol.top", "--traj", HEXANE / "traj.xtc",
+                       "--mapping", HEXANE / "hexane.xml", "--frames", "0:2", "--out", cg)
+    assert code == 0, err
+    mdp = tmp_path / "short.mdp"
+    mdp.write_text("coulombtype = reaction-field\nrcoulomb = 0.6\nrvdw = 0.6\n")
+    code, _, err = cli("apply", "--model", runs["template"], "--cg", cg, "--candidates", 1, "--gibbs", 0,
+                       "--out", tmp_path / "aa.gro", "--refine", "openmm", "--steps", 5, "--mdp", mdp,
+                       "--param", "threads=1", "--param", "minimize_steps=5")
+    assert code == 0, err
+    assert len(list(read_frames(tmp_path / "aa_unrefined.xtc"))) == 2
+    rows = (tmp_path / "aa_refine.csv").read_text().strip().splitlines()
+    assert len(rows) == 3  # header + both frames refined

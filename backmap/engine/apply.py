@@ -2,7 +2,8 @@
 recipe's ``backmap`` step both call :func:`backmap_to_files`, so they write the same files:
 
 - ``OUT`` — the AA trajectory or structure (refined, if a refiner is given);
-- ``OUT_unrefined.SUFFIX`` — the generator's own output, when refined;
+- ``OUT_unrefined.SUFFIX`` — the generator's own output, when refined (``.xtc`` when ``OUT`` is a
+  ``.gro``/``.pdb`` of several frames: those formats hold one frame when read back);
 - ``OUT.gro`` — the first frame as a structure (``structure=True``, for a trajectory ``OUT``);
 - ``OUT.top`` — the system's GROMACS topology, usable from there (for ``gmx grompp``);
 - ``OUT_cg.trr`` — the CG frames as used, frame for frame, at full precision (what refine and
@@ -45,13 +46,15 @@ class BackmapOutputs:
     refine_log: Path | None = None
 
     @classmethod
-    def beside(cls, out: Path, structure: bool, topology: bool, refined: bool) -> "BackmapOutputs":
+    def beside(cls, out: Path, structure: bool, topology: bool, refined: bool, n_frames: int = 1) -> "BackmapOutputs":
         out = Path(out)
         stem = out.with_suffix("")
+        single = out.suffix.lower() in (".gro", ".pdb")  # read back, these formats keep only one frame
+        unrefined = out.suffix if not single or n_frames == 1 else ".xtc"
         return cls(aa=out, cg=Path(f"{stem}_cg.trr"), provenance=Path(f"{stem}.json"),
-                   structure=Path(f"{stem}.gro") if structure and out.suffix not in (".gro", ".pdb") else None,
+                   structure=Path(f"{stem}.gro") if structure and not single else None,
                    topology=Path(f"{stem}.top") if topology else None,
-                   unrefined=Path(f"{stem}_unrefined{out.suffix}") if refined else None,
+                   unrefined=Path(f"{stem}_unrefined{unrefined}") if refined else None,
                    refine_log=Path(f"{stem}_refine.csv") if refined else None)
 
     def as_dict(self) -> dict[str, str]:
@@ -97,7 +100,7 @@ def backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path,
     spec = generator.environment
     bm = make_backmapper(cg_topology, generator, settings, seed, model.channels, registry, where)
     topo = cg_topology.topology
-    files = BackmapOutputs.beside(out, structure, Path(topology_path).suffix == ".top", refiner is not None)
+    files = BackmapOutputs.beside(out, structure, Path(topology_path).suffix == ".top", refiner is not None, len(frames))
     first: list[Frame] = []
     rows: list[dict] = []
 
