@@ -28,6 +28,23 @@ class _Group(click.Group):
             for line in str(exc).splitlines():
                 click.echo(f"error: {line}", err=True)
             ctx.exit(exc.exit_code)
+        except OSError as exc:  # read-only folder, disk full, a file where a folder should be: not a bug
+            import errno
+            import os
+
+            if (ctx.obj and ctx.obj.get("debug")) or exc.errno == errno.EPIPE:
+                raise  # click itself quietens a closed pipe (`backmap plugins | head`)
+            # the file: a rename's target, not the temporary; a temporary of atomic_path by its target
+            name = exc.filename2 if exc.filename2 is not None else exc.filename
+            reason = exc.strerror or str(exc)
+            if name is not None:
+                name = Path(os.fsdecode(name) if isinstance(name, bytes) else str(name))
+                if name.name.startswith(".") and ".backmap-tmp-" in name.name:
+                    name = name.with_name(name.name[1:name.name.index(".backmap-tmp-")])
+                if isinstance(exc, FileExistsError) and not name.is_dir():
+                    reason += " and is not a folder"  # e.g. `run --workdir somefile`
+            click.echo(f"error: {name}: {reason}" if name is not None else f"error: {reason}", err=True)
+            ctx.exit(2)
 
 
 @click.group(cls=_Group)
@@ -135,12 +152,16 @@ def refine_options(minimize: bool = True):
         click.option("--restraint", type=float, default=None,
                      help="k of ½k|M(x) − R|² per bead, kJ/mol/nm² (default 2e5: RMS ≈ √(3kT/k))."),
         click.option("--constraints", type=click.Choice(["none", "h-bonds", "all-bonds"]), default=None,
-                     help="Bond constraints (default h-bonds; sPS: all-bonds)."),
+                     help="Bond constraints (default: the .mdp's 'constraints', without --mdp h-bonds; "
+                          "sPS: all-bonds)."),
         click.option("--timestep", type=float, default=None, help="Time step in ps (default 0.001)."),
         click.option("--friction", type=float, default=None, help="Langevin friction in 1/ps (default 10)."),
         *([click.option("--minimize", "minimize_steps", type=int, default=None,
-                        help="Restrained minimization steps before sampling.")] if minimize else []),
-        click.option("--param", "extra", multiple=True, help="Other refiner parameter as key=value (e.g. threads=2)."),
+                        help="Restrained minimization steps before sampling (default 100, every refiner).")]
+          if minimize else []),
+        click.option("--param", "extra", multiple=True,
+                     help="Other refiner parameter as key=value (e.g. threads=2"
+                          + ("" if minimize else "; minimize_steps=N, default 100") + ")."),
     ]
 
     def decorate(f):
@@ -345,7 +366,8 @@ def convert_model(pickled: Path, out: Path) -> None:
 @click.option("--traj", required=True, type=click.Path(path_type=Path), help="AA structures to refine (.gro, .xtc, …).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Refined AA output (.xtc, .gro, .pdb, .trr).")
 @click.option("--refiner", "refiner_name", default="openmm", show_default=True,
-              help="Refiner plugin: openmm, langevin, mala, …")
+              help="Refiner plugin: openmm (the default: OpenMM on the CPU, fastest), langevin or mala (torch, "
+                   "batched; mala exact), …")
 @click.option("--frames", default=None, help="'start:stop:step' or '0,5,9'.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Frames per call (torch refiners batch them).")
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -93,8 +93,9 @@ def test_cli_end_to_end(cli, tmp_path):
     (["--reference", "{traj}", "{traj}", "--mdp", "{top}"], "coulombtype"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(cli, tmp_path, hexane_inputs, args, message):
-    subst = {"{traj}": str(HEXANE / "traj.xtc"), "{cg}": str(hexane_inputs / "cg.xtc"),
-             "{top}": str(HEXANE / "grompp.mdp")}
+    ewald = tmp_path / "ewald.mdp"  # plain Ewald: a Coulomb treatment the force field does not do (PME it does)
+    ewald.write_text("coulombtype = Ewald\nrcoulomb = 1.0\nrvdw = 1.0\n")
+    subst = {"{traj}": str(HEXANE / "traj.xtc"), "{cg}": str(hexane_inputs / "cg.xtc"), "{top}": str(ewald)}
     args = [subst.get(a, a) for a in args]
     code, out, err = cli("evaluate", "--topology", HEXANE / "topol.top", "--out", tmp_path / "ev", *args)
     assert code == 2, (out, err)

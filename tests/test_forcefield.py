@@ -154,8 +154,10 @@ def test_cutoff_larger_than_half_box_is_an_error(hexane_ff):
 
 
 def test_mdp_settings(tmp_path):
-    with pytest.raises(BackmapError, match=r"grompp.mdp:\d+: coulombtype = pme is not supported"):
-        NonbondedSettings.from_mdp(HEXANE / "grompp.mdp")
+    ewald = tmp_path / "ewald.mdp"
+    ewald.write_text("rcoulomb = 1.0\ncoulombtype = Ewald\n")
+    with pytest.raises(BackmapError, match=r"ewald.mdp:2: coulombtype = ewald is not supported"):
+        NonbondedSettings.from_mdp(ewald)
     mdp = tmp_path / "rf.mdp"
     mdp.write_text("coulombtype = Reaction-Field\nrcoulomb = 1.1\nrvdw = 1.1 ; nm\nepsilon_rf = 2.5\n")
     s = NonbondedSettings.from_mdp(mdp)
@@ -172,3 +174,95 @@ def test_sps_mdp(shared):
 def test_tpr_has_no_parameters():
     with pytest.raises(BackmapError, match="use the GROMACS .top topology"):
         ForceField(load_topology(HEXANE / "topol.tpr"))
+
+
+# ---------------------------------------------------------------------------- PME
+
+
+def _coul_recip(workdir):
+    """GROMACS's "Coul. recip." per frame from a kept rerun directory."""
+    from backmap.system.gmx import run
+
+    run(["energy", "-f", "rerun.edr", "-o", "recip.xvg"], workdir, stdin="Coul.-recip.\n\n", double=True)
+    rows = [line.split() for line in (workdir / "recip.xvg").read_text().splitlines() if line and line[0] not in "#@"]
+    return np.array(rows, float)[:, 1]
+
+
+def _compare_pme(top, structure, traj, settings, workdir, n_frames=2):
+    from backmap.forcefield.energy import _box_vectors
+    from backmap.forcefield.pme import grid_size
+    from backmap.system.gmx import rerun, rerun_mdp
+
+    need("gmx_d")
+    x, boxes = _frames(traj, n_frames)
+    mdp = rerun_mdp(settings.rcoulomb, coulomb="PME",
+                    vdw_modifier="None" if settings.vdw_modifier == "none" else "Potential-shift") | settings.mdp()
+    ref = rerun(top, structure, x, boxes, mdp, workdir=workdir, double=True)
+    recip = _coul_recip(workdir)
+    log = (workdir / "rerun.log").read_text()
+    grid = tuple(int(log.split(f"fourier-n{d}")[1].split("=")[1].split()[0]) for d in "xyz")
+    assert grid == grid_size(_box_vectors(boxes[:1], 1)[0], settings.fourier_spacing, settings.fourier_n)
+    ff = ForceField(load_topology(top), settings)
+    energies, forces = ff.forces(x, boxes)
+    ours = energies.numpy()
+    with torch.no_grad():
+        ours_recip = np.array([float(ff._pme.energy(torch.as_tensor(x[b]), ff._q, _box_vectors(boxes, len(x))[b]).sum())
+                               for b in range(len(x))])
+    theirs = ref.energies["coulomb"] + recip  # Coulomb (SR) + Coul. recip.
+    rel = np.abs(ours["coulomb"] - theirs).max() / np.abs(theirs).max()
+    rel_recip = np.abs(ours_recip - recip).max() / np.abs(recip).max()
+    rel_lj = np.abs(ours["lj"] - ref.energies["lj"]).max() / np.abs(ref.energies["lj"]).max()
+    force_err = np.abs(forces.numpy() - ref.forces).max()
+    print(f"grid {grid}: Coulomb (SR + recip.) {rel:.1e}, Coul. recip. {rel_recip:.1e}, LJ {rel_lj:.1e}, "
+          f"max |ΔF| = {force_err:.1e} kJ/mol/nm")
+    assert rel <= NONBONDED_TOL and rel_recip <= NONBONDED_TOL and rel_lj <= NONBONDED_TOL
+    assert force_err <= FORCE_TOL
+
+
+@pytest.mark.gromacs
+def test_hexane_pme_matches_gromacs(tmp_path):
+    """The hexane data's own production settings (grompp.mdp): PME, r_c 1.2 nm, spacing 0.12, order 4."""
+    settings = NonbondedSettings.from_mdp(HEXANE / "grompp.mdp")
+    assert (settings.coulomb, settings.rcoulomb, settings.pme_order, settings.ewald_rtol) == ("pme", 1.2, 4, 1e-5)
+    _compare_pme(HEXANE / "topol.top", HEXANE / "conf.gro", HEXANE / "traj.trr", settings, tmp_path)
+
+
+@pytest.mark.gromacs
+def test_triclinic_pme_matches_gromacs(tmp_path):
+    """Triclinic box (70/80/90°), non-default PME parameters: spacing 0.1 nm, order 5, ewald-rtol 1e-6."""
+    settings = NonbondedSettings(rvdw=1.0, rcoulomb=1.0, coulomb="pme", fourier_spacing=0.1, pme_order=5,
+                                 ewald_rtol=1e-6)
+    _compare_pme(TRICLINIC / "topol.top", TRICLINIC / "conf.gro", TRICLINIC / "traj.xtc", settings, tmp_path)
+
+
+def test_pme_decomposes_and_is_the_gradient():
+    from backmap.forcefield.pme import ewald_coefficient, grid_size
+
+    assert grid_size(np.eye(3) * 3.54319, 0.12) == (32, 32, 32)
+    assert grid_size(np.eye(3) * 10.0, 0.12) == (84, 84, 84)
+    assert ewald_coefficient(1.2, 1e-5) == pytest.approx(1 / 0.384195, rel=1e-6)  # GROMACS's log
+    settings = NonbondedSettings.from_mdp(HEXANE / "grompp.mdp")
+    ff = ForceField(load_topology(HEXANE / "topol.top"), settings)
+    x, boxes = _frames(HEXANE / "traj.xtc", 1)
+    e, f = ff.forces(x, boxes, per_molecule=True)
+    torch.testing.assert_close(e.per_molecule["coulomb"].sum(1), e.terms["coulomb"])
+    mol = np.zeros(x.shape[1], bool)
+    mol[140:160] = True
+    with torch.no_grad():
+        # Coulomb interactions of molecule 7 = all − those left when its charges are switched off
+        sub = ff.energy(x, boxes, subset=mol, terms=["coulomb"]).terms["coulomb"]
+        q = ff._q.clone()
+        ff._q[torch.as_tensor(mol)] = 0.0
+        others = ff.energy(x, boxes, terms=["coulomb"]).terms["coulomb"]
+        ff._q = q
+        torch.testing.assert_close(sub, e.terms["coulomb"].detach() - others, rtol=1e-9, atol=1e-7)
+        rest = ff.subsystem(np.flatnonzero(~mol))
+    atom, dim, h = 147, 1, 1e-6
+    xp, xm = x.copy(), x.copy()
+    xp[0, atom, dim] += h
+    xm[0, atom, dim] -= h
+    with torch.no_grad():
+        num = -(ff.energy(xp, boxes).total - ff.energy(xm, boxes).total) / (2 * h)
+    assert float(num) == pytest.approx(float(f[0, atom, dim]), abs=0.05, rel=1e-4)
+    with pytest.raises(BackmapError, match="PME needs a periodic box"):
+        rest.energy(x[:, ~mol], None)

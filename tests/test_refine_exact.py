@@ -64,7 +64,9 @@ def _sample(cls, system: RestrainedSystem, x: np.ndarray, stride: int, snapshots
             **params) -> tuple[np.ndarray, list[dict]]:
     """Snapshots (S, F, N, 3) of F independent chains restrained to the origin: the refiner
     continues from its own output, ``stride`` steps per call."""
-    refiner = cls({"temperature": T, "restraint": K, "steps": stride, "seed": 7, **params})
+    # a chain continued over calls: no minimization at the start of each call (it would bias the
+    # sampled distribution; the refiners' default minimizes 100 steps before sampling a new structure)
+    refiner = cls({"temperature": T, "restraint": K, "steps": stride, "seed": 7, "minimize_steps": 0, **params})
     refiner.prepare(system)
     F = len(x)
     targets, boxes = np.zeros((F, system.n_beads, 3)), np.repeat(5 * np.eye(3)[None], F, 0)

@@ -28,7 +28,10 @@ from backmap.errors import BackmapError
 
 def _resolve(value: Path, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base_dir")
-    value = Path(value).expanduser()
+    try:
+        value = Path(value).expanduser()
+    except RuntimeError as exc:  # '~nobody/x': no such user, or no home directory
+        raise ValueError(f"{value}: {exc}") from None
     return (Path(base) / value).resolve() if base is not None and not value.is_absolute() else value
 
 
@@ -137,7 +140,7 @@ class Recipe(Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63, description="numpy and torch take seeds in [0, 2**63)")
     workdir: RecipePath | None = Field(None, description="relative to the recipe; default: runs/<name> in the "
                                                           "current directory")
     system: SystemSpec
@@ -204,8 +207,9 @@ def _union_errors(errors: list[dict]) -> list[dict]:
     groups: dict[tuple, list[tuple[int, dict]]] = {}
     for err in errors:
         loc, site, previous = [], None, None
-        for part in err["loc"]:
+        for k, part in enumerate(err["loc"]):
             is_key = isinstance(previous, str) and previous.startswith("dict[")  # a label, e.g. 'GenA'
+            is_key = is_key or (k == len(err["loc"]) - 1 and err["type"] == "extra_forbidden")  # 'a[1]: 3'
             if _is_union_tag(part) and not is_key:
                 site = tuple(loc) if site is None else site
             else:
@@ -273,7 +277,7 @@ def _message(err: dict, model: type[BaseModel] | None) -> str:
         return "required key is missing"
     if kind == "extra_forbidden":
         allowed = _fields_at(model, err["loc"][:-1]) if model else None
-        hint = difflib.get_close_matches(str(err["loc"][-1]), allowed or [], n=1)
+        hint = difflib.get_close_matches(str(err["loc"][-1]) if err["loc"] else "", allowed or [], n=1)
         text = "unknown key"
         if hint:
             text += f" (did you mean {hint[0]!r}?)"
@@ -329,11 +333,15 @@ def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:
         parts = key.split(".")
         target: Any = raw
         if parts[0] == "steps" and len(parts) > 2:
-            step = next((s for s in raw.get("steps", []) if isinstance(s, dict) and parts[1] in s), None)
+            listed = raw.get("steps")
+            step = next((s for s in listed if isinstance(s, dict) and parts[1] in s), None) \
+                if isinstance(listed, list) else None
             if step is None:
                 raise BackmapError(f"override {key}: no step {parts[1]!r} in the recipe", source=source)
             if step[parts[1]] is None:
                 step[parts[1]] = {}
+            if not isinstance(step[parts[1]], dict):
+                raise BackmapError(f"override {key}: steps.{parts[1]} is not a mapping", source=source)
             target, parts = step[parts[1]], parts[2:]
         for p in parts[:-1]:
             target = target.setdefault(p, {})
@@ -358,6 +366,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, registry=N
         raise BackmapError("recipe file not found", source=path)
     try:
         raw = load_yaml(path.read_text())
+    except (UnicodeDecodeError, OSError) as exc:  # a binary file, a file that cannot be read
+        raise BackmapError(f"cannot read the recipe as UTF-8 text: {exc}", source=source) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source

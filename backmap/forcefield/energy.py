@@ -12,9 +12,11 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from backmap.errors import BackmapError
 from backmap.forcefield import geometry as geo
 from backmap.forcefield.neighbors import neighbour_pairs
 from backmap.forcefield.parameters import Parameters, build_parameters
+from backmap.forcefield.pme import PME
 from backmap.forcefield.settings import ONE_4PI_EPS0, NonbondedSettings
 from backmap.system.pbc import Unwrapper, box_dimensions, box_vectors
 from backmap.system.topology import Topology
@@ -116,6 +118,9 @@ class ForceField:
         self._sigma = t(np.where(p.c6 > 0, (p.c12 / np.where(p.c6 > 0, p.c6, 1)) ** (1 / 6), 0.0))
         self._lj_type = torch.as_tensor(p.lj_type)
         self._mol = torch.as_tensor(p.molecule)
+        s = self.settings
+        self._pme = PME(s.ewald_coefficient(), s.pme_order, ONE_4PI_EPS0 / s.epsilon_r, s.fourier_spacing,
+                        tuple(s.fourier_n), dtype) if s.coulomb == "pme" else None
 
     def make_whole(self, positions: np.ndarray, dimensions: np.ndarray) -> np.ndarray:
         """``positions`` (N, 3) with every molecule whole (a subsystem's are assumed whole)."""
@@ -232,6 +237,13 @@ class ForceField:
         s = self.settings
         k_rf, c_rf = s.reaction_field()
         f = ONE_4PI_EPS0 / s.epsilon_r
+        pme = self._pme is not None
+        if pme:
+            if vectors is None:
+                raise BackmapError("PME needs a periodic box: a subsystem force field (regularizers, local "
+                                   "environments) has none — use coulomb = reaction-field there")
+            beta = s.ewald_coefficient()
+            sh_ewald = float(torch.special.erfc(torch.tensor(beta * s.rcoulomb, dtype=torch.float64))) / s.rcoulomb
         B = x.shape[0]
         lj_tot, cl_tot = [], []
         lj_mol, cl_mol = [], []
@@ -256,8 +268,12 @@ class ForceField:
             # reaction-field Coulomb (plain cut-off = ε_rf 1), GROMACS Verlet-scheme form
             qq = f * self._q[i_t] * self._q[j_t]
             in_c = r < s.rcoulomb
-            e_c = _linear_below(r, torch.tensor(R_MIN_COULOMB, dtype=self.dtype),
-                                lambda r: qq * (1 / r + k_rf * r**2 - c_rf))
+            if pme:  # real-space Ewald, shifted to zero at r_c (GROMACS's potential-shift)
+                e_c = _linear_below(r, torch.tensor(R_MIN_COULOMB, dtype=self.dtype),
+                                    lambda r: qq * (torch.special.erfc(beta * r) / r - sh_ewald))
+            else:
+                e_c = _linear_below(r, torch.tensor(R_MIN_COULOMB, dtype=self.dtype),
+                                    lambda r: qq * (1 / r + k_rf * r**2 - c_rf))
             e_c = torch.where(in_c & (qq != 0), e_c, torch.zeros_like(e_c))
             # excluded pairs and self terms keep the reaction-field constant part, as GROMACS does
             ex = self.params.exclusions
@@ -266,11 +282,21 @@ class ForceField:
             ex_t = torch.as_tensor(ex)
             r_ex = geo.distance(x[b, ex_t[:, 0]], x[b, ex_t[:, 1]])
             qq_ex = f * self._q[ex_t[:, 0]] * self._q[ex_t[:, 1]]
-            e_ex = torch.where(r_ex < s.rcoulomb, qq_ex * (k_rf * r_ex**2 - c_rf), torch.zeros_like(r_ex))
             self_atoms = torch.arange(self.n_atoms) if subset is None else torch.as_tensor(np.flatnonzero(subset))
-            e_self = -0.5 * c_rf * f * self._q[self_atoms] ** 2
+            if pme:
+                # PME: the mesh holds the excluded pairs' interaction (erf part) and each atom's with
+                # itself; both come off in the short-range term, as in GROMACS
+                e_ex = torch.where(r_ex < s.rcoulomb, -qq_ex * torch.erf(beta * r_ex) / r_ex, torch.zeros_like(r_ex))
+                e_self = -beta / np.sqrt(np.pi) * f * self._q[self_atoms] ** 2
+                e_rec = self._pme.energy(x[b], self._q, vectors[b])  # per atom
+                if subset is not None:  # interactions with ≥ 1 subset atom: all minus those of the rest
+                    rest = torch.as_tensor(~np.asarray(subset, bool))
+                    e_rec = e_rec - self._pme.energy(x[b], torch.where(rest, self._q, 0.0), vectors[b])
+            else:
+                e_ex = torch.where(r_ex < s.rcoulomb, qq_ex * (k_rf * r_ex**2 - c_rf), torch.zeros_like(r_ex))
+                e_self = -0.5 * c_rf * f * self._q[self_atoms] ** 2
             lj_tot.append(e_lj.sum())
-            cl_tot.append(e_c.sum() + e_ex.sum() + e_self.sum())
+            cl_tot.append(e_c.sum() + e_ex.sum() + e_self.sum() + (e_rec.sum() if pme else 0.0))
             if per_molecule:
                 mol = self._mol
                 m_lj = torch.zeros(self.params.n_molecules, dtype=self.dtype)
@@ -278,6 +304,8 @@ class ForceField:
                 m_c = torch.zeros(self.params.n_molecules, dtype=self.dtype)
                 m_c = m_c.index_add(0, mol[i_t], 0.5 * e_c).index_add(0, mol[j_t], 0.5 * e_c)
                 m_c = m_c.index_add(0, mol[ex_t[:, 0]], e_ex).index_add(0, mol[self_atoms], e_self)
+                if pme:
+                    m_c = m_c.index_add(0, mol, e_rec)
                 lj_mol.append(m_lj)
                 cl_mol.append(m_c)
         lj = (torch.stack(lj_tot), torch.stack(lj_mol) if per_molecule else None)

@@ -15,23 +15,38 @@ class NonbondedSettings(BaseModel):
     """Plain cut-off Lennard-Jones and reaction-field Coulomb, as GROMACS's Verlet scheme does them.
 
     ``coulomb="cutoff"`` is reaction field with ε_rf = 1 (GROMACS's definition of a plain cut-off
-    with Verlet lists); ``epsilon_rf = 0`` means ε_rf = ∞ (conducting boundary)."""
+    with Verlet lists); ``epsilon_rf = 0`` means ε_rf = ∞ (conducting boundary). ``coulomb="pme"``
+    is smooth particle-mesh Ewald with GROMACS's parameters (``fourierspacing`` or ``fourier-nx/ny/nz``,
+    ``pme-order``, ``ewald-rtol``; potential-shift modifier, tin-foil boundary), see
+    :mod:`backmap.forcefield.pme`."""
 
     model_config = ConfigDict(extra="forbid")
     rvdw: float = Field(1.0, gt=0, description="LJ cut-off (nm)")
     rcoulomb: float = Field(1.0, gt=0, description="Coulomb cut-off (nm)")
-    coulomb: Literal["reaction-field", "cutoff", "none"] = "reaction-field"
+    coulomb: Literal["reaction-field", "cutoff", "pme", "none"] = "reaction-field"
     epsilon_r: float = Field(1.0, gt=0)
     epsilon_rf: float = Field(1.0, ge=0, description="0 = infinity")
     vdw_modifier: Literal["potential-shift", "none"] = "potential-shift"
+    constraints: Literal["none", "h-bonds", "all-bonds", "h-angles", "all-angles"] | None = Field(
+        None, description="the .mdp's bond constraints, for the refiners (None: not given)")
+    fourier_spacing: float = Field(0.12, gt=0, description="PME grid spacing (nm), GROMACS fourierspacing")
+    fourier_n: tuple[int, int, int] = Field((0, 0, 0), description="PME grid fourier-nx/ny/nz (0: from spacing)")
+    pme_order: int = Field(4, ge=3, le=12, description="PME B-spline order (GROMACS pme-order)")
+    ewald_rtol: float = Field(1e-5, gt=0, lt=1, description="erfc(β r_c), GROMACS ewald-rtol")
 
     @property
     def cutoff(self) -> float:
         return max(self.rvdw, self.rcoulomb)
 
+    def ewald_coefficient(self) -> float:
+        """β (nm⁻¹) of PME's Ewald splitting, from ``ewald_rtol`` and ``rcoulomb`` as GROMACS has it."""
+        from backmap.forcefield.pme import ewald_coefficient
+
+        return ewald_coefficient(self.rcoulomb, self.ewald_rtol)
+
     def reaction_field(self) -> tuple[float, float]:
         """(k_rf, c_rf) of GROMACS's reaction field (0, 0 without Coulomb)."""
-        if self.coulomb == "none":
+        if self.coulomb in ("none", "pme"):
             return 0.0, 0.0
         rc, er = self.rcoulomb, self.epsilon_r
         erf = 1.0 if self.coulomb == "cutoff" else self.epsilon_rf
@@ -57,9 +72,21 @@ class NonbondedSettings(BaseModel):
 
         where = lambda key: f"{path.name}:{values[key][1]}" if key in values else str(path)  # noqa: E731
         coulomb = get("coulombtype", "cut-off").replace("_", "-")
-        if coulomb not in ("reaction-field", "cut-off"):
-            raise BackmapError(f"coulombtype = {coulomb} is not supported (use reaction-field or cut-off)",
+        if coulomb not in ("reaction-field", "cut-off", "pme"):
+            raise BackmapError(f"coulombtype = {coulomb} is not supported (use reaction-field, cut-off or pme)",
                                source=where("coulombtype"))
+        pme = {}
+        if coulomb == "pme":
+            for key, ok, what in (("ewaldgeometry", "3d", "ewald-geometry = 3d"),
+                                  ("epsilonsurface", "0", "epsilon-surface = 0"),
+                                  ("coulombmodifier", "potential-shift", "coulomb-modifier = potential-shift")):
+                value = get(key, ok)
+                if value != ok and not (key == "epsilonsurface" and float(value) == 0) and not (
+                        key == "coulombmodifier" and value == "potential-shift-verlet"):
+                    raise BackmapError(f"{key} = {value} is not supported with PME (only {what})", source=where(key))
+            pme = {"fourier_spacing": float(get("fourierspacing", 0.12)), "pme_order": int(get("pmeorder", 4)),
+                   "ewald_rtol": float(get("ewaldrtol", 1e-5)),
+                   "fourier_n": tuple(int(get(f"fourier{d}", 0)) for d in ("nx", "ny", "nz"))}
         vdw = get("vdwtype", "cut-off").replace("_", "-")
         if vdw != "cut-off":
             raise BackmapError(f"vdwtype = {vdw} is not supported (use cut-off)", source=where("vdwtype"))
@@ -68,16 +95,27 @@ class NonbondedSettings(BaseModel):
             raise BackmapError(f"vdw-modifier = {modifier} is not supported", source=where("vdwmodifier"))
         if get("cutoffscheme", "verlet") != "verlet":
             raise BackmapError("only cutoff-scheme = Verlet is supported", source=where("cutoffscheme"))
+        # constraints: GROMACS compares values ignoring case, '-' and '_'; the refiners refuse angles
+        constraints = None
+        if "constraints" in values:
+            names = {c.replace("-", ""): c for c in ("none", "h-bonds", "all-bonds", "h-angles", "all-angles")}
+            constraints = names.get(get("constraints", "none").replace("-", "").replace("_", ""))
+            if constraints is None:
+                raise BackmapError(f"constraints = {get('constraints', '')} is not a GROMACS choice (none, h-bonds, "
+                                   "all-bonds, h-angles, all-angles)", source=where("constraints"))
         return cls(
-            rvdw=float(get("rvdw", 1.0)), rcoulomb=float(get("rcoulomb", 1.0)),
-            coulomb="cutoff" if coulomb == "cut-off" else "reaction-field",
+            constraints=constraints, rvdw=float(get("rvdw", 1.0)), rcoulomb=float(get("rcoulomb", 1.0)),
+            coulomb={"cut-off": "cutoff", "pme": "pme"}.get(coulomb, "reaction-field"), **pme,
             epsilon_r=float(get("epsilonr", 1.0)), epsilon_rf=float(get("epsilonrf", 1.0)),
             vdw_modifier="none" if modifier == "none" else "potential-shift",
         )
 
     def mdp(self) -> dict[str, object]:
         """The same settings as mdp keys (for ``gmx grompp``)."""
-        return {"coulombtype": "reaction-field" if self.coulomb != "cutoff" else "cut-off",
+        pme = {"fourierspacing": self.fourier_spacing, "fourier-nx": self.fourier_n[0],
+               "fourier-ny": self.fourier_n[1], "fourier-nz": self.fourier_n[2], "pme-order": self.pme_order,
+               "ewald-rtol": self.ewald_rtol} if self.coulomb == "pme" else {}
+        return pme | {"coulombtype": {"cutoff": "cut-off", "pme": "PME"}.get(self.coulomb, "reaction-field"),
                 "rcoulomb": self.rcoulomb, "rvdw": self.rvdw, "epsilon-r": self.epsilon_r,
                 "epsilon-rf": self.epsilon_rf, "vdw-modifier": "Potential-shift" if self.vdw_modifier != "none"
                 else "None"}

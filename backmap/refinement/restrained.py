@@ -13,6 +13,7 @@ This module is the public API refiner plugins build on: :class:`RefineParams` (s
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -48,8 +49,12 @@ class RefineParams(BaseModel):
                                                     "minimized or strained input within ~0.1 ps")
     restraint: float = Field(2.0e5, ge=0, description="k of ½k|M(x) − R|² per bead (kJ/mol/nm²); "
                                                          "RMS deviation ≈ √(3k_BT/k)")
-    constraints: Constraints = Field("h-bonds", description="bond constraints: none, h-bonds or all-bonds")
-    minimize_steps: int = Field(0, ge=0, description="restrained minimization steps before sampling (clashes)")
+    constraints: Constraints | None = Field(
+        None, description="bond constraints: none, h-bonds or all-bonds; default (null): the .mdp's 'constraints' "
+                          "(--mdp, the step's mdp), without an .mdp h-bonds (printed)")
+    minimize_steps: int = Field(100, ge=0, description="restrained minimization steps before sampling: generator "
+                                                       "output can hold clashes and stretched bonds that make the "
+                                                       "first steps hot or blow them up")
     recentre: bool = Field(True, description="first translate every molecule so that its beads' mean deviation "
                                              "from the CG input is zero (repairs misplaced molecules)")
     seed: int | None = Field(None, description="random seed (default: the run's seed)")
@@ -94,20 +99,36 @@ class RestrainedSystem:
                     out.append((first + idx, row[idx]))
         return out
 
+    @cached_property
+    def bonds(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The topology's harmonic bonds: (B, 2) global atom pairs, b0 (nm), k_b (kJ/mol/nm²) and
+        a type label per bond (the two atom types, sorted, e.g. ``opls_135-opls_140``)."""
+        from backmap.forcefield.parameters import build_parameters
+
+        bonds = build_parameters(self.topology).bonded["bond"]
+        pairs = bonds.atoms.astype(int).reshape(-1, 2)
+        types = np.concatenate([np.tile(b.moltype.atom_types, b.count) for b in self.topology.blocks]).astype(str)
+        labels = np.array(["-".join(sorted(t)) for t in types[pairs]], dtype=str)
+        return pairs, bonds.params[:, 0].astype(float), bonds.params[:, 1].astype(float), labels
+
+    def constrained_mask(self, kind: Constraints) -> np.ndarray:
+        """Which of :attr:`bonds` ``kind`` holds fixed: every bond (``all-bonds``), bonds with a
+        hydrogen (``h-bonds``) or none."""
+        pairs = self.bonds[0]
+        if kind == "none":
+            return np.zeros(len(pairs), bool)
+        if kind == "all-bonds":
+            return np.ones(len(pairs), bool)
+        hydrogen = np.concatenate([np.tile(b.moltype.elements == "H", b.count) for b in self.topology.blocks])
+        return hydrogen[pairs].any(axis=1)
+
     def constrained_bonds(self, kind: Constraints) -> tuple[np.ndarray, np.ndarray]:
         """(C, 2) global atom pairs and their (C,) lengths b0 (nm) to hold fixed: every bond
         (``all-bonds``), bonds with a hydrogen (``h-bonds``) or none."""
         if kind == "none":
             return np.zeros((0, 2), int), np.zeros(0)
-        from backmap.forcefield.parameters import build_parameters
-
-        bonds = build_parameters(self.topology).bonded["bond"]
-        pairs, lengths = bonds.atoms.astype(int), bonds.params[:, 0].astype(float)
-        if kind == "h-bonds":
-            hydrogen = np.concatenate([np.tile(b.moltype.elements == "H", b.count) for b in self.topology.blocks])
-            keep = hydrogen[pairs].any(axis=1)
-            pairs, lengths = pairs[keep], lengths[keep]
-        return pairs, lengths
+        keep = self.constrained_mask(kind)
+        return self.bonds[0][keep], self.bonds[1][keep]
 
     def prepare(self, aa: Frame, cg: Frame) -> tuple[np.ndarray, np.ndarray]:
         """Whole AA molecules and the CG targets in the periodic image nearest each bead's mapped
@@ -163,6 +184,103 @@ class RestrainedSystem:
         return torch.cat(out, dim=1)
 
 
+#: constraints when neither the refiner's parameters nor an .mdp name them
+DEFAULT_CONSTRAINTS: Constraints = "h-bonds"
+#: a bond length farther than this many thermal s.d. √(k_BT/k_b) from b0 counts as "wide"
+WIDE_SIGMAS = 4.0
+#: share of a bond type's bonds allowed beyond WIDE_SIGMAS before a refinement is flagged (Gaussian: 6·10⁻⁵)
+WIDE_SHARE = 0.01
+#: unconstrained bonds with a thermal s.d. above this (nm) get a note: soft bonds of a topology made for
+#: constraints (sPS: k_b = 10⁴ kJ/mol/nm², 0.022 nm at 568 K; ordinary C–C/C–H bonds: 0.003–0.005 nm)
+SOFT_BOND_NM = 0.01
+
+
+def say(message: str) -> None:
+    """One line on the console (stderr, beside the progress output)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def resolve_constraints(params: RefineParams, system: RestrainedSystem, refiner: str) -> RefineParams:
+    """``params`` with ``constraints`` decided: the explicit value, else the .mdp's ``constraints``
+    (carried by ``system.nonbonded``), else :data:`DEFAULT_CONSTRAINTS`; an implicit choice is
+    printed, and so are unconstrained bonds soft enough to spread far at the temperature."""
+    kind = params.constraints
+    if kind is None:
+        mdp = getattr(system.nonbonded, "constraints", None)
+        if mdp is not None and mdp not in ("none", "h-bonds", "all-bonds"):
+            raise BackmapError(f"{refiner} refiner: the .mdp says constraints = {mdp}, which the refiners do not "
+                               "support (none, h-bonds, all-bonds): set the refiner's constraints explicitly "
+                               "(--constraints, or 'constraints' in its params)")
+        kind = mdp or DEFAULT_CONSTRAINTS
+        say(f"{refiner} refiner: constraints = {kind} ({'from the .mdp' if mdp else 'default, no .mdp given'}); "
+            "set --constraints or the refiner's 'constraints' parameter to change it")
+        params = params.model_copy(update={"constraints": kind})
+    temperature = getattr(params, "temperature", None)
+    try:
+        _pairs, _b0, kb, labels = system.bonds
+    except BackmapError:  # a topology without parameters: nothing to say
+        return params
+    free = ~system.constrained_mask(kind) & (kb > 0)
+    if temperature and free.any():
+        sigma = np.sqrt(BOLTZMANN * temperature / kb[free])
+        worst = int(np.argmax(sigma))
+        if sigma[worst] > SOFT_BOND_NM:
+            say(f"{refiner} refiner: note: unconstrained bond type {labels[free][worst]} has k_b = "
+                f"{kb[free][worst]:.3g} kJ/mol/nm², a thermal s.d. of {sigma[worst]:.3f} nm at {temperature:g} K; "
+                "if the reference MD constrained these bonds, use constraints: all-bonds")
+    return params
+
+
+class BondSpread:
+    """Counts, per bond type, the unconstrained bonds of refined frames whose length is farther than
+    :data:`WIDE_SIGMAS` thermal s.d. √(k_BT/k_b) from the topology's b0 — a refinement that left
+    bonds hot or strained (an equilibrated one has ~6·10⁻⁵ of them)."""
+
+    def __init__(self, system: RestrainedSystem, temperature: float, constraints: Constraints):
+        pairs, b0, kb, labels = system.bonds
+        keep = ~system.constrained_mask(constraints) & (kb > 0)
+        self.pairs, self.b0 = pairs[keep], b0[keep]
+        self.sigma = np.sqrt(BOLTZMANN * temperature / kb[keep])
+        self.types, self.index = np.unique(labels[keep], return_inverse=True)
+        self.wide = np.zeros(len(self.types))
+        self.total = np.zeros(len(self.types))
+        self.frames = 0
+
+    def add(self, x: np.ndarray) -> None:
+        """Bonds of whole-molecule positions (N, 3) of one refined frame."""
+        d = np.linalg.norm(x[self.pairs[:, 0]] - x[self.pairs[:, 1]], axis=-1)
+        far = np.abs(d - self.b0) > WIDE_SIGMAS * self.sigma
+        self.wide += np.bincount(self.index, far, len(self.types))
+        self.total += np.bincount(self.index, minlength=len(self.types))
+        self.frames += 1
+
+    def warning(self) -> str | None:
+        """None, or one line naming the worst bond type when any type has more than
+        :data:`WIDE_SHARE` of its bonds beyond :data:`WIDE_SIGMAS` s.d."""
+        if not self.total.sum():
+            return None
+        share = self.wide / np.maximum(self.total, 1)
+        worst = int(np.argmax(share))
+        if share[worst] <= WIDE_SHARE:
+            return None
+        return (f"bonds wider than thermal after refinement: {share[worst]:.1%} of the {self.types[worst]} bonds "
+                f"({self.frames} frames) are more than {WIDE_SIGMAS:g} thermal s.d. "
+                f"(√(kT/k_b) = {self.sigma[self.index == worst].max():.4f} nm) from b0 — the frames are not "
+                "equilibrated (more minimize_steps or steps, a smaller timestep) or too hot")
+
+    @classmethod
+    def of(cls, refiner, system: RestrainedSystem) -> "BondSpread | None":
+        """The check for ``refiner`` (its resolved temperature and constraints), None where it
+        cannot be made (no such parameters, no bond parameters)."""
+        temperature, kind = (getattr(refiner.params, k, None) for k in ("temperature", "constraints"))
+        if not temperature or kind not in ("none", "h-bonds", "all-bonds"):
+            return None
+        try:
+            return cls(system, temperature, kind)
+        except BackmapError:
+            return None
+
+
 @dataclass
 class RefineResult:
     """Refined positions (F, N, 3) and one log row per frame (energy, restraint, CG RMSD, …)."""
@@ -172,12 +290,14 @@ class RefineResult:
 
 
 def refine_frames(refiner, system: RestrainedSystem, aa_frames: Iterable[Frame], cg_frames: Iterable[Frame],
-                  rng: np.random.Generator, batch: int = 1, total: int | None = None
-                  ) -> Iterator[tuple[Frame, dict]]:
+                  rng: np.random.Generator, batch: int = 1, total: int | None = None,
+                  spread: BondSpread | None = None) -> Iterator[tuple[Frame, dict]]:
     """Refine AA frames paired with CG frames, ``batch`` frames per call of ``refiner.refine``;
-    yields refined frames (whole molecules) with their log rows."""
+    yields refined frames (whole molecules) with their log rows. At the end, prints a warning when
+    the refined bonds are far wider than thermal (:class:`BondSpread`; pass one to read it)."""
     pending: list[tuple[Frame, np.ndarray, np.ndarray, float, float]] = []
     recentre = getattr(refiner.params, "recentre", False)
+    spread = spread or BondSpread.of(refiner, system)
 
     def flush():
         t0 = time.perf_counter()
@@ -196,6 +316,8 @@ def refine_frames(refiner, system: RestrainedSystem, aa_frames: Iterable[Frame],
             row = {"frame": fr.index, "seconds": round(seconds, 3), "cg_rmsd_before": float(rmsd_before[k]),
                    "cg_rmsd": float(rmsd_after[k]), "recentred_nm": pending[k][4], **result.log[k]}
             out.append((Frame(result.positions[k], fr.dimensions, fr.time, fr.index), row))
+            if spread is not None and not row.get("failed"):
+                spread.add(result.positions[k])
         pending.clear()
         return out
 
@@ -211,6 +333,8 @@ def refine_frames(refiner, system: RestrainedSystem, aa_frames: Iterable[Frame],
             yield from flush()
     if pending:
         yield from flush()
+    if spread is not None and (warning := spread.warning()):
+        say(f"warning: {refiner.name} refiner: {warning}")
 
 
 def write_log(path: Path, rows: list[dict]) -> None:
@@ -271,9 +395,10 @@ def refine_files(refiner, system: RestrainedSystem, aa_path: Path, cg_path: Path
     aa = read_frames(aa_path, system.n_atoms, idx)
     cg = read_frames(cg_path, system.n_beads, idx, expect="CG system of the mapping")
     rows: list[dict] = []
+    spread = BondSpread.of(refiner, system)
 
     def stream():
-        for frame, row in refine_frames(refiner, system, aa, cg, rng, batch=batch, total=len(idx)):
+        for frame, row in refine_frames(refiner, system, aa, cg, rng, batch=batch, total=len(idx), spread=spread):
             rows.append(row)
             yield frame
 
@@ -284,7 +409,14 @@ def refine_files(refiner, system: RestrainedSystem, aa_path: Path, cg_path: Path
     log_path = out.with_name(out.stem + ".log.csv")
     write_log(log_path, rows)
     plot_log(out.with_name(out.stem + ".log.png"), rows, f"{refiner.name}: {aa_path.name}")
-    return {"refiner": refiner.name, "frames": n, "seconds per frame": round(seconds / max(n, 1), 2),
-            "CG RMSD before (nm)": round(float(np.mean([r["cg_rmsd_before"] for r in rows])), 5),
-            "CG RMSD after (nm)": round(float(np.mean([r["cg_rmsd"] for r in rows])), 5),
-            "failed frames": sum(1 for r in rows if r.get("failed")), "output": str(out), "log": str(log_path)}
+    summary = {"refiner": refiner.name, "frames": n, "seconds per frame": round(seconds / max(n, 1), 2),
+               "CG RMSD before (nm)": round(float(np.mean([r["cg_rmsd_before"] for r in rows])), 5),
+               "CG RMSD after (nm)": round(float(np.mean([r["cg_rmsd"] for r in rows])), 5),
+               "failed frames": sum(1 for r in rows if r.get("failed")), "output": str(out), "log": str(log_path)}
+    if temperatures := [r["temperature"] for r in rows if "temperature" in r]:
+        summary["kinetic temperature (K)"] = round(float(np.mean(temperatures)), 1)
+    if spread is not None:
+        summary["constraints"] = refiner.params.constraints
+        if warning := spread.warning():
+            summary["warning"] = warning
+    return summary

@@ -77,6 +77,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; outputs get the usual permissions
         os.replace(tmp, path)
+    except OSError as exc:  # an OS write error (ENOSPC from a plain write) names no file: name the output
+        if exc.errno is not None and (exc.filename is None or str(exc.filename) == str(tmp)):
+            exc.filename = str(path)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -320,7 +324,9 @@ def write_frames(path: str | Path, frames: Iterable[Frame], names: Sequence[str]
     with_forces = suffix == ".trr" and first.forces is not None
     u = _universe(names, resnames, resids, len(names), forces=with_forces)
     n = 0
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+    from_input: list[OSError] = []
+    frames = _marking_errors(frames, from_input)
+    with _blaming_output(path, from_input), atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if suffix == ".gro":  # MDAnalysis writes one frame per .gro; concatenate them
             with open(tmp, "w") as out, tempfile.TemporaryDirectory() as scratch:
@@ -343,6 +349,33 @@ def write_frames(path: str | Path, frames: Iterable[Frame], names: Sequence[str]
                     w.write(u.atoms)
                     n += 1
     return n
+
+
+def _marking_errors(frames: Iterable[Frame], seen: list[OSError]) -> Iterator[Frame]:
+    """Pass ``frames`` on, noting an ``OSError`` the input itself raises (reading a trajectory) in
+    ``seen``, so that :func:`_blaming_output` does not blame the output for it."""
+    try:
+        yield from frames
+    except OSError as exc:
+        seen.append(exc)
+        raise
+
+
+@contextlib.contextmanager
+def _blaming_output(path: Path, from_input: list[OSError]) -> Iterator[None]:
+    """Turn an ``OSError`` of writing ``path`` (its folder read-only, the disk full, …) into a
+    :class:`BackmapError` naming ``path`` rather than a temporary. Errors of the input, and those
+    naming another file (a folder on the way that is a file), pass unchanged: the CLI names that file."""
+    try:
+        yield
+    except OSError as exc:
+        other = exc.filename is not None and _TMP_TAG not in str(exc.filename) and Path(str(exc.filename)) != path
+        if other or any(exc is e for e in from_input):
+            raise
+        # MDAnalysis' XDR writers raise errno-less IOErrors ("XTC write error = compression" on a full disk)
+        reason = exc.strerror or str(exc)
+        hint = " (is the disk full?)" if exc.errno is None and "write error" in reason else ""
+        raise BackmapError(f"cannot write: {reason}{hint}", source=path) from exc
 
 
 def write_lammps_dump(path: str | Path, frames: Iterable[Frame], types: Sequence[str] | None = None,

@@ -68,10 +68,19 @@ class DeepBackmapMapReader(Reader):
             placement = []
             for lineno, words in sections["order"]:
                 for w in words:
-                    if not w.isdigit() or int(w) not in pos:
+                    if not w.isdecimal() or int(w) not in pos:  # not isdigit: "²"
                         raise BackmapError(f"[order]: {w!r} is not a bead index of this file",
                                            source=f"{path}:{lineno}")
                     placement.append(pos[int(w)])
         mm = MoleculeMapping(moltype, moltype.name, beads, align=align, source=path, order=placement)
-        mm.extras["mult"] = {pos[int(w[0])]: int(w[1]) for _, w in sections.get("mult", []) if int(w[0]) in pos}
+        mult = {}
+        for lineno, words in sections.get("mult", []):
+            try:
+                bead, factor = int(words[0]), int(words[1])
+            except (ValueError, IndexError):
+                raise BackmapError("[mult] rows are 'bead multiplicity' (two integers)",
+                                   source=f"{path.name}:{lineno}") from None
+            if bead in pos:
+                mult[pos[bead]] = factor
+        mm.extras["mult"] = mult
         return Mapping({moltype.name: mm}, [path])

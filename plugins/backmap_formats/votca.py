@@ -86,7 +86,7 @@ class VotcaMappingReader(Reader):
             atoms = []
             for item in spec:
                 parts = item.split(":")
-                if len(parts) != 3 or not parts[0].lstrip("-").isdigit():
+                if len(parts) != 3 or not parts[0].lstrip("-").isdecimal():  # not isdigit: "²"
                     raise BackmapError(f"{bwhere}: atom {item!r} is not resid:resname:atom", source=path)
                 i = moltype.find_atom(int(parts[0]), parts[1], parts[2])
                 if i is None:
@@ -97,12 +97,15 @@ class VotcaMappingReader(Reader):
             if atoms and len(w) != len(atoms):
                 raise BackmapError(f"{bwhere}: map {mname} has {len(w)} weights for {len(atoms)} atoms",
                                    source=path)
-            if atoms and w.sum() <= 0:
-                raise BackmapError(f"{bwhere}: weights of map {mname} sum to {w.sum()}", source=path)
+            with np.errstate(over="ignore", invalid="ignore"):
+                total = w.sum()
+            if atoms and not (np.isfinite(w).all() and np.isfinite(total) and total > 0):
+                raise BackmapError(f"{bwhere}: weights of map {mname} must be finite numbers with a positive sum "
+                                   f"(they sum to {total})", source=path)
             if bname in index:
                 raise BackmapError(f"{bwhere}: bead name used twice", source=path)
             index[bname] = len(beads)
-            beads.append(Bead(bname, btype, np.array(atoms, int), w / w.sum() if atoms else w))
+            beads.append(Bead(bname, btype, np.array(atoms, int), w / total if atoms else w))
         bonded = {"bond": [], "angle": [], "dihedral": []}
         for kind, size in (("bond", 2), ("angle", 3), ("dihedral", 4)):
             for t in node.findall(f"./topology/cg_bonded/{kind}"):

@@ -16,15 +16,12 @@ import numpy as np
 from pydantic import Field
 
 from backmap import BackmapError, Refiner
-from backmap.refinement.restrained import BOLTZMANN, RefineParams, RefineResult, RestrainedSystem
+from backmap.refinement.restrained import BOLTZMANN, RefineParams, RefineResult, RestrainedSystem, resolve_constraints
 
 
 class OpenMMParams(RefineParams):
     threads: int = Field(0, ge=0, description="CPU threads for OpenMM (0: OpenMM's default, all cores)")
     platform: str = Field("CPU", description="OpenMM platform (CPU or Reference)")
-    minimize_steps: int = Field(100, ge=0, description="restrained steepest-descent steps first, each atom moving "
-                                                       "at most max_displacement: generator output can hold "
-                                                       "clashes and stretched bonds that blow up the dynamics")
     max_displacement: float = Field(0.002, gt=0, description="largest move of an atom per minimization step (nm)")
     minimize_restraint: float = Field(1.0e4, ge=0, description="restraint k while minimizing the flexible copy "
                                                                "(relax_steps), capped at 'restraint': softer than "
@@ -60,21 +57,26 @@ class OpenMMRefiner(Refiner):
             raise BackmapError("the openmm refiner reads the GROMACS .top file of the system; "
                                "give the system's topology as a .top", source=system.topology_path)
         self.system = system
+        self.params = resolve_constraints(self.params, system, self.name)
         self.groups = system.bead_groups()
         self._contexts = None
 
     # ------------------------------------------------------------------ building
-    def _openmm_system(self, top, constraints, k: float):
+    def _openmm_system(self, top, constraints, k: float, box: np.ndarray):
         """An OpenMM System of the topology with the run's non-bonded settings and the restraint
-        (force group 1; everything else group 0)."""
+        (force group 1; everything else group 0). PME as GROMACS sets it up: β from ewald-rtol and
+        r_c, the grid from fourier-nx/ny/nz or fourierspacing."""
         import openmm as mm
         import openmm.app as app
         import openmm.unit as u
 
         nb = self.system.nonbonded
         cutoff = 1.0 if nb is None else nb.cutoff
-        omm = top.createSystem(nonbondedMethod=app.CutoffPeriodic, nonbondedCutoff=cutoff * u.nanometer,
-                               constraints=constraints, rigidWater=constraints is not None)
+        pme = nb is not None and nb.coulomb == "pme"
+        omm = top.createSystem(nonbondedMethod=app.PME if pme else app.CutoffPeriodic,
+                               nonbondedCutoff=cutoff * u.nanometer, constraints=constraints,
+                               rigidWater=constraints is not None,
+                               **({"ewaldErrorTolerance": nb.ewald_rtol} if pme else {}))
         if omm.getNumParticles() != self.system.n_atoms:
             raise BackmapError(f"OpenMM built {omm.getNumParticles()} particles, the topology has "
                                f"{self.system.n_atoms}", source=self.system.topology_path)
@@ -83,8 +85,13 @@ class OpenMMRefiner(Refiner):
                 force.setUseLongRangeCorrection(False)
             if isinstance(force, mm.NonbondedForce):
                 force.setUseDispersionCorrection(False)
-                force.setReactionFieldDielectric(1.0 if nb is None or nb.coulomb == "cutoff"
-                                                 else (nb.epsilon_rf or 1e10))
+                if pme:
+                    grid = [n or int(np.ceil(np.linalg.norm(row) / nb.fourier_spacing))
+                            for n, row in zip(nb.fourier_n, box)]
+                    force.setPMEParameters(nb.ewald_coefficient(), *grid)
+                else:
+                    force.setReactionFieldDielectric(1.0 if nb is None or nb.coulomb == "cutoff"
+                                                     else (nb.epsilon_rf or 1e10))
                 if nb is not None and nb.coulomb == "none":
                     for i in range(force.getNumParticles()):
                         _q, sig, eps = force.getParticleParameters(i)
@@ -118,7 +125,7 @@ class OpenMMRefiner(Refiner):
         platform = mm.Platform.getPlatformByName(p.platform)
         props = {"Threads": str(p.threads)} if p.threads and p.platform == "CPU" else {}
         constraints = {"none": None, "h-bonds": app.HBonds, "all-bonds": app.AllBonds}[p.constraints]
-        omm, restraint = self._openmm_system(top, constraints, p.restraint)
+        omm, restraint = self._openmm_system(top, constraints, p.restraint, box)
         self._dynamics = mm.LangevinMiddleIntegrator(p.temperature * u.kelvin, p.friction / u.picosecond,
                                                      p.timestep * u.picosecond)
         self._dynamics.setConstraintTolerance(1e-6)
@@ -126,7 +133,7 @@ class OpenMMRefiner(Refiner):
         self._integrator.addIntegrator(self._dynamics)
         self._integrator.addIntegrator(_steepest_descent(p.max_displacement, constrained=True))
         self._contexts = {"dynamics": (mm.Context(omm, self._integrator, platform, props), restraint)}
-        self._top, self._platform, self._props = top, platform, props
+        self._top, self._platform, self._props, self._box = top, platform, props, box
         if p.relax_steps:
             self._build_flexible()
         if p.constraints != "none":
@@ -142,7 +149,7 @@ class OpenMMRefiner(Refiner):
         import openmm.unit as u
 
         p = self.params
-        flexible, flex_restraint = self._openmm_system(self._top, None, p.restraint)
+        flexible, flex_restraint = self._openmm_system(self._top, None, p.restraint, self._box)
         for force in flexible.getForces():
             if isinstance(force, mm.HarmonicBondForce):
                 for b in range(force.getNumBonds()):

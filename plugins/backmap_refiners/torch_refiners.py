@@ -17,7 +17,7 @@ from backmap.refinement.constraints import BondConstraints
 from backmap.errors import BackmapError
 from backmap.forcefield.minimize import minimize_restrained
 from backmap.engine.plugin import Refiner
-from backmap.refinement.restrained import RefineParams, RefineResult, RestrainedSystem
+from backmap.refinement.restrained import RefineParams, RefineResult, RestrainedSystem, resolve_constraints
 from backmap_refiners.integrators import Dynamics, State
 from backmap_refiners.torch_potential import RestrainedPotential
 
@@ -52,7 +52,7 @@ class _TorchRefiner(Refiner):
     Params = TorchRefineParams
 
     def prepare(self, system: RestrainedSystem) -> None:
-        p = self.params
+        self.params = p = resolve_constraints(self.params, system, self.name)
         self.system = system
         self.dtype = torch.float64
         force_dtype = torch.float64 if p.force_precision == "float64" else torch.float32
@@ -140,8 +140,9 @@ class LangevinRefiner(_TorchRefiner):
                 fail(~ok.numpy(), f"bond constraints did not converge at step {step + 1}: reduce the timestep")
                 new = new.where(ok, state)  # failed frames stay where they were; they are not returned
             state = new
-            t_sum += dyn.temperature(state.v)
-        return state, {"temperature": (t_sum / max(p.steps, 1)).numpy()}
+            if step >= p.steps // 2:
+                t_sum += dyn.temperature(state.v)
+        return state, {"temperature": (t_sum / max(p.steps - p.steps // 2, 1)).numpy()}
 
 
 class MALARefiner(_TorchRefiner):
@@ -158,9 +159,11 @@ class MALARefiner(_TorchRefiner):
         F = state.x.shape[0]
         accepted = torch.zeros(F, dtype=self.dtype)
         t_sum = torch.zeros(F, dtype=self.dtype)
-        for _ in range(p.steps):
+        for step in range(p.steps):
             state, acc = dyn.ghmc(state, p.timestep, p.leapfrog_steps, c, p.check_reversibility)
             accepted += acc
-            t_sum += dyn.temperature(state.v)
+            if step >= p.steps // 2:
+                t_sum += dyn.temperature(state.v)
         n = max(p.steps, 1)
-        return state, {"acceptance": (accepted / n).numpy(), "temperature": (t_sum / n).numpy()}
+        return state, {"acceptance": (accepted / n).numpy(),
+                       "temperature": (t_sum / max(p.steps - p.steps // 2, 1)).numpy()}

@@ -25,7 +25,8 @@ class BackmapParams(BackmapSettings):
     structure: bool = Field(True, description="also write the first frame as a .gro beside the trajectory")
     refiner: int | str | None = Field(None, description="refine every frame with this of the recipe's 'refiners' "
                                                         "(index or plugin name); the generator's output is kept")
-    mdp: InputPath | None = Field(None, description="GROMACS .mdp for the refiner's cut-offs and electrostatics")
+    mdp: InputPath | None = Field(None, description="GROMACS .mdp for the refiner's cut-offs, electrostatics and "
+                                                    "(unless the refiner sets them) bond constraints")
     stereo_reference: InputPath | None = Field(None, description="AA structure of the system (e.g. a training "
                                                                  "snapshot) whose stereocentres the sampler keeps")
 

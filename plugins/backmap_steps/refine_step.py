@@ -19,7 +19,8 @@ class RefineStepParams(BaseModel):
                                                    "earlier step); default: the backmap step's output")
     cg: StepInput | None = Field(None, description="its CG input, frame by frame; default: the backmap step's CG frames")
     frames: str | None = Field(None, description="'start:stop:step' or '0,5,9'")
-    mdp: InputPath | None = Field(None, description="GROMACS .mdp for cut-offs and electrostatics")
+    mdp: InputPath | None = Field(None, description="GROMACS .mdp for cut-offs, electrostatics and (unless the "
+                                                    "refiner sets them) bond constraints")
     batch: int = Field(1, ge=1, description="frames per refiner call (the torch refiners batch them)")
     out: str = Field("refine/aa.xtc", description="refined trajectory in the work directory")
 
