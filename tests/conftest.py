@@ -58,3 +58,12 @@ def cli():
         return result.exit_code, result.stdout, result.stderr
 
     return invoke
+
+
+def one_line_error(code: int, err: str) -> str:
+    """The error line: exit 2, no traceback, one ``error:`` line, last (``run`` prints step rules before)."""
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert errors == lines[-1:] and "Traceback" not in err, err
+    return errors[0]

@@ -17,18 +17,9 @@ import torch
 from backmap.errors import BackmapError
 from backmap.system.io import _HOST, atomic_path, read_frames, write_frames
 
-from conftest import HEXANE
+from conftest import HEXANE, one_line_error
 
 NAN_FRAME, NAN_ATOM = 3, 16  # 0-based: reported as "frame 3: atom 17"
-
-
-def _one_line_error(code: int, err: str) -> str:
-    """The error line: exit 2, no traceback, one ``error:`` line, last (``run`` prints step rules before)."""
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert errors == lines[-1:] and "Traceback" not in err, err
-    return errors[0]
 
 
 def _nan_copy(src: Path, dst: Path) -> Path:
@@ -120,7 +111,7 @@ def test_non_finite_coordinates_are_one_line_errors_everywhere(cli, tmp_path, re
             "prepare": ["run", _recipe(tmp_path, "nan", bad, "[{prepare: {}}]")],
         }[command]
     code, _, err = cli(*args)
-    line = _one_line_error(code, err)
+    line = one_line_error(code, err)
     assert line.startswith(f"error: {bad}: frame {frame}: atom {NAN_ATOM + 1}"), line
     assert "has a non-finite coordinate (nan)" in line
     assert not out.exists() and not list(tmp_path.glob("nan/pairs/*.npz"))  # no output, no NaN pairs cached
@@ -177,7 +168,7 @@ def test_output_equal_to_input_is_refused_and_nothing_touched(cli, tmp_path, com
     os.link(victim, tmp_path / "link.trr")
     before = sorted(tmp_path.iterdir())
     code, _, err = cli(*_overwrite_args(command, victim, tmp_path))
-    line = _one_line_error(code, err)
+    line = one_line_error(code, err)
     assert "the output is the same file as an input" in line
     assert victim.read_bytes() == (HEXANE / "traj.trr").read_bytes() and sorted(tmp_path.iterdir()) == before
 

@@ -14,16 +14,7 @@ import pytest
 
 from backmap.system.io import Frame, write_frames
 
-from conftest import HEXANE
-
-def _one_line_error(code: int, err: str) -> str:
-    """The error line: exit 2, no traceback, one ``error:`` line, last (``run`` prints step rules before)."""
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert errors == lines[-1:] and "Traceback" not in err, err
-    return errors[0]
-
+from conftest import HEXANE, one_line_error
 
 def _temporaries(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if ".backmap-tmp-" in p.name]
@@ -99,7 +90,7 @@ def test_read_only_output_folder_names_the_output(cli, read_only):
     """Issue item 5: "OS errors give raw tracebacks: read-only output directory, …": `map` into a
     folder it may not write names the output; nothing is left in the folder."""
     out = read_only / "cg.xtc"
-    line = _one_line_error(*cli(*_map(out))[::2])
+    line = one_line_error(*cli(*_map(out))[::2])
     assert line == f"error: {out}: cannot write: Permission denied", line
     assert list(read_only.iterdir()) == []
 
@@ -113,7 +104,7 @@ def test_read_only_rename_names_the_target_not_the_temporary(cli, tmp_path, monk
 
     monkeypatch.setattr(os, "replace", fake_replace)
     out = tmp_path / "out" / "cg.gro"
-    line = _one_line_error(*cli(*_map(out))[::2])
+    line = one_line_error(*cli(*_map(out))[::2])
     assert line == f"error: {out}: cannot write: Read-only file system", line
     assert list(out.parent.iterdir()) == []
 
@@ -122,7 +113,7 @@ def test_read_only_work_directory_is_one_line(cli, tmp_path, read_only):
     """Issue item 5: "OS errors give raw tracebacks: read-only output directory, …": a `run` into a
     read-only work directory is one line naming what it could not write, no temporaries left."""
     code, _, err = cli("run", _recipe(tmp_path), "--workdir", read_only)
-    line = _one_line_error(code, err)
+    line = one_line_error(code, err)
     assert line.startswith(f"error: {read_only}") and line.endswith("Permission denied"), line
     assert _temporaries(read_only) == []
 
@@ -142,7 +133,7 @@ def test_disk_full_names_the_output_and_leaves_nothing(cli, tmp_path, monkeypatc
 
     monkeypatch.setattr(XTCWriter, "_write_next_frame", full)
     out = tmp_path / "out" / "cg.xtc"
-    line = _one_line_error(*cli(*_map(out))[::2])
+    line = one_line_error(*cli(*_map(out))[::2])
     assert line == f"error: {out}: cannot write: {reason}", line
     assert list(out.parent.iterdir()) == []
 
@@ -166,9 +157,9 @@ def test_work_directory_that_is_a_file(cli, tmp_path):
     `backmap run recipe --workdir somefile` (or a folder below it) is one line; the file is untouched."""
     somefile = tmp_path / "somefile"
     somefile.write_text("keep me\n")
-    line = _one_line_error(*cli("run", _recipe(tmp_path), "--workdir", somefile)[::2])
+    line = one_line_error(*cli("run", _recipe(tmp_path), "--workdir", somefile)[::2])
     assert line == f"error: {somefile}: File exists and is not a folder", line
-    line = _one_line_error(*cli("run", _recipe(tmp_path), "--workdir", somefile / "sub")[::2])
+    line = one_line_error(*cli("run", _recipe(tmp_path), "--workdir", somefile / "sub")[::2])
     assert line == f"error: {somefile / 'sub'}: Not a directory", line
     assert somefile.read_text() == "keep me\n" and sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml", "somefile"]
 
