@@ -1,0 +1,110 @@
+"""The SO(3)-equivariant environment encoder (e3nn).
+
+Two star convolutions into the unit's bead (the origin of its local frame), linear in the number of
+neighbours — no neighbour–neighbour pairs:
+
+1. every neighbour atom and bead → the unit: radial-MLP weights (distance basis, atom type, its
+   bond/angle/dihedral/LJ relation to each atom being placed, bead type) times spherical
+   harmonics Y_l (l ≤ 2) of its direction;
+2. every neighbour bead → the unit again, now a channel-wise tensor product of the first layer's
+   features with the bead's Y_l: this is where cross products (v × r̂) arise;
+
+then a gate and a quadratic read-out into scalars. With ``parity = "so3"`` every irrep is labelled
+even (as HEroBM does), so the read-out contains triple products (a × b)·c and the scalars change
+sign-sensitively under a mirror: the network can tell a stereocentre's hand. With ``"o3"`` (true
+parities, kept for the test that shows it) the same scalars are exactly mirror-invariant.
+The vector features are also returned: the head projects them on each atom's NeRF frame.
+"""
+from __future__ import annotations
+
+import torch
+from e3nn import o3
+from e3nn.math import soft_one_hot_linspace
+from e3nn.nn import Gate
+
+
+def mlp(*sizes: int) -> torch.nn.Sequential:
+    layers: list[torch.nn.Module] = []
+    for a, b in zip(sizes, sizes[1:]):
+        layers += [torch.nn.Linear(a, b), torch.nn.SiLU()]
+    return torch.nn.Sequential(*layers[:-1])
+
+
+class Encoder(torch.nn.Module):
+    """Local environment → (scalars (B, n_scalars), vectors (B, n_vectors, 3))."""
+
+    def __init__(self, n_atom_types: int, n_interactions: int, n_bead_types: int, max_unit: int, *,
+                 width: int = 32, vectors: int = 16, tensors: int = 8, n_scalars: int = 64,
+                 radius: float = 1.2, n_basis: int = 10, parity: str = "so3"):
+        super().__init__()
+        v, t = ("1e", "2e") if parity == "so3" else ("1o", "2e")
+        self.parity = parity
+        self.radius, self.n_basis = radius, n_basis
+        self.sh = o3.Irreps.spherical_harmonics(2, p=1 if parity == "so3" else -1)
+        self.width, self.vectors, self.tensors = width, vectors, tensors
+        emb = 16
+        self.atom_embed = torch.nn.Embedding(n_atom_types, emb)
+        self.inter_embed = torch.nn.Embedding(max_unit * n_interactions, emb)
+        self.n_interactions = n_interactions
+        self.bead_embed = torch.nn.Embedding(n_bead_types + 1, emb)  # last: "an atom, not a bead"
+        self.radial1 = mlp(n_basis + emb, 48, width + vectors + tensors)
+        self.h1 = o3.Irreps(f"{width}x0e+{vectors}x{v}+{tensors}x{t}")
+        mid, instructions = [], []
+        for i1, (mul, ir1) in enumerate(self.h1):
+            for i2, (_, ir2) in enumerate(self.sh):
+                for ir in ir1 * ir2:
+                    if ir.l <= 1:
+                        instructions.append((i1, i2, len(mid), "uvu", True))
+                        mid.append((mul, ir))
+        self.tp = o3.TensorProduct(self.h1, self.sh, o3.Irreps(mid), instructions,
+                                   shared_weights=False, internal_weights=False)
+        self.radial2 = mlp(n_basis + emb, 48, self.tp.weight_numel)
+        out_sorted = self.tp.irreps_out.sort()
+        slices = self.tp.irreps_out.slices()
+        self.register_buffer("perm", torch.cat([torch.arange(slices[i].start, slices[i].stop)
+                                                for i in out_sorted.inv]), persistent=False)
+        self.gate = Gate(f"{width}x0e", [torch.nn.functional.silu], f"{vectors}x0e", [torch.sigmoid], f"{vectors}x{v}")
+        self.linear = o3.Linear(out_sorted.irreps.simplify() + self.h1, self.gate.irreps_in)
+        small = o3.Irreps(f"16x0e+8x{v}")
+        self.pre = o3.Linear(self.gate.irreps_out, small)
+        self.readout = o3.FullyConnectedTensorProduct(small, small, f"{n_scalars}x0e")
+        self.n_scalars = n_scalars
+
+    def _basis(self, r: torch.Tensor) -> torch.Tensor:
+        return soft_one_hot_linspace(r, 0.0, self.radius, self.n_basis, basis="smooth_finite", cutoff=True)
+
+    def forward(self, atom_positions, atom_types, atom_mask, interaction, target_mask,
+                bead_positions, bead_types, bead_mask):
+        """Shapes: atoms (B, K, 3), (B, K), (B, K), interaction (B, U, K), target_mask (B, U);
+        beads (B, L, 3), (B, L), (B, L). Positions in the unit's local frame (nm)."""
+        B = atom_positions.shape[0]
+        U = interaction.shape[1]
+        # per-neighbour scalar features: atom type + Σ_u relation to unit atom u
+        inter = interaction.long() + self.n_interactions * torch.arange(U)[None, :, None]
+        rel = (self.inter_embed(inter) * target_mask[:, :, None, None]).sum(1)  # (B, K, emb)
+        f_atom = self.atom_embed(atom_types) + rel
+        f_bead = self.bead_embed(bead_types)
+        pos = torch.cat([atom_positions, bead_positions], 1)
+        feat = torch.cat([f_atom, f_bead], 1)
+        mask = torch.cat([atom_mask, bead_mask], 1).to(pos.dtype)
+        r = pos.norm(dim=-1)
+        basis = self._basis(r)
+        y = o3.spherical_harmonics(self.sh, pos, normalize=True, normalization="component")
+        y = torch.where((r > 1e-6)[..., None], y, torch.zeros_like(y))
+        w = self.radial1(torch.cat([basis, feat], -1)) * mask[..., None]
+        W, V = self.width, self.vectors
+        h1 = torch.cat([w[..., :W].sum(1),
+                        torch.einsum("bnc,bni->bci", w[..., W:W + V], y[..., 1:4]).flatten(1),
+                        torch.einsum("bnc,bni->bci", w[..., W + V:], y[..., 4:9]).flatten(1)], -1)
+        h1 = h1 / 8.0
+        # second layer: tensor products with the neighbour beads' directions
+        L = bead_positions.shape[1]
+        nb = atom_positions.shape[1]
+        w2 = self.radial2(torch.cat([basis[:, nb:], f_bead], -1)) * mask[:, nb:, None]
+        m2 = self.tp(h1[:, None].expand(B, L, -1), y[:, nb:], w2).sum(1) / 4.0
+        h = torch.cat([m2[:, self.perm], h1], -1)
+        h = self.gate(self.linear(h))
+        s = self.pre(h)
+        scalars = torch.cat([self.readout(s, s), h[:, :W]], -1)
+        vectors = h[:, W:].reshape(B, V, 3)
+        return scalars, vectors

@@ -1,0 +1,451 @@
+"""The ``equivariant`` generator: an SO(3)-equivariant e3nn encoder of the local environment and an
+autoregressive internal-coordinate head, one bead per call (docs/equivariant.md).
+
+Why this objective: an autoregressive mixture density over internal coordinates trains by plain
+maximum likelihood (stable, minutes on a CPU), gives rigid bonds their exact length by
+construction, decides a stereocentre's hand through a signed dihedral read from an environment
+the encoder sees mirror-sensitively, and has an exact ``log_prob`` for Metropolis–Hastings
+refiners. The encoder runs once per unit; the K candidates share it and differ in the head's draws.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from backmap import BackmapError, NetworkGenerator
+from backmap.refinement.constraints import BondConstraints
+from backmap.sampling.environment import EnvironmentBatch
+from backmap.threads import torch_threads
+from backmap_equivariant.encoder import Encoder
+from backmap_equivariant.head import Head, ICDistribution
+from backmap_equivariant.nerf import frame, internal, place
+from backmap_equivariant.params import EquivariantParams
+from backmap_equivariant.tables import VIRTUAL_POSITIONS, UnitTable, bead_keys, system_tables
+
+STATE_FORMAT = 1
+#: neighbour beads the head sees explicitly (nearest first)
+NEAR_BEADS = 4
+#: iterations of learning-rate warm-up
+WARMUP = 100
+
+
+class Tables:
+    """The unit tables packed into padded tensors (pool layout: U_max unit slots, E_max external
+    atoms, 3 virtual points), shared by training and inference."""
+
+    def __init__(self, tables: list[UnitTable]):
+        self.tables = tables
+        self.index = {(t.moltype, t.bead): k for k, t in enumerate(tables)}
+        N = len(tables)
+        self.U = U = max(len(t.atoms) for t in tables)
+        self.E = E = max(max(len(t.external) for t in tables), 1)
+        self.R = R = tables[0].triples.shape[1]
+        self.P = U + E + 3
+        self.triples = torch.full((N, U, R, 3), -1, dtype=torch.long)
+        self.bond = torch.zeros(N, U, R)
+        self.constrained = torch.zeros(N, U, R, dtype=torch.bool)
+        self.external = torch.full((N, E), -1, dtype=torch.long)
+        self.first = torch.zeros(N, dtype=torch.long)
+        self.order = torch.arange(U).repeat(N, 1)  # build position -> plan slot (padding: itself)
+        for k, t in enumerate(tables):
+            self.order[k, :len(t.atoms)] = torch.as_tensor(t.order)
+            u, e = len(t.atoms), len(t.external)
+            codes = torch.as_tensor(t.triples)
+            remap = torch.cat([torch.arange(u), U + torch.arange(e), U + E + torch.arange(3)])
+            self.triples[k, :u] = torch.where(codes >= 0, remap[codes.clamp(min=0)], codes)
+            self.bond[k, :u] = torch.as_tensor(t.bond, dtype=torch.float32)
+            self.constrained[k, :u] = torch.as_tensor(t.constrained)
+            self.external[k, :e] = torch.as_tensor(t.external)
+            self.first[k] = t.atoms[0]
+        # rows of equal chemistry share one slot (embedding, reference angle): the ten phenyl
+        # beads of a chain, both ends of hexane, every ring hydrogen's row of the same kind
+        self.signatures = sorted({str(x) for t in tables for x in t.signature.ravel() if x})
+        vocab = {sig: i for i, sig in enumerate(self.signatures)}
+        self.slot = torch.zeros(N, U, R, dtype=torch.long)
+        for k, t in enumerate(tables):
+            for (a, r), sig in np.ndenumerate(t.signature):
+                if sig:
+                    self.slot[k, a, r] = vocab[str(sig)]
+        self.n_slots = len(self.signatures)
+        self.virtual = torch.as_tensor(VIRTUAL_POSITIONS, dtype=torch.float32)
+        self._projections: dict = {}
+
+    def key(self, moltype: str, bead: int) -> int:
+        k = self.index.get((moltype, int(bead)))
+        if k is None:
+            raise BackmapError(f"equivariant: the model has no table for bead {bead} of molecule type {moltype!r} "
+                               "(trained on another system or plan?)")
+        return k
+
+    def external_positions(self, keys, target_atoms, atom_index, atom_mask, atom_positions):
+        """(B, E, 3) positions and (B, E) found-flags of each unit's external reference atoms in
+        its environment (placed and visible)."""
+        first = target_atoms[:, 0] - self.first[keys]
+        ext = self.external[keys]
+        glob = torch.where(ext >= 0, first[:, None] + ext, torch.full_like(ext, -2))
+        match = (atom_index[:, None, :] == glob[:, :, None]) & atom_mask[:, None, :]
+        return match.to(atom_positions.dtype) @ atom_positions, match.any(-1)
+
+    def choose(self, keys, found):
+        """Per unit atom the first reference triple whose points are known: codes (B, U, 3),
+        slot ids, bond lengths and rigid flags (B, U)."""
+        B = keys.shape[0]
+        avail = torch.cat([torch.ones(B, self.U, dtype=torch.bool), found, torch.ones(B, 3, dtype=torch.bool)], 1)
+        codes = self.triples[keys]
+        ok = (codes >= 0).all(-1) & avail.gather(1, codes.clamp(min=0).view(B, -1)).view(codes.shape).all(-1)
+        row = ok.to(torch.int8).argmax(-1)  # (B, U): first usable row (the last, all-virtual one always is)
+
+        def pick(x):
+            xk = x[keys]
+            if xk.ndim == 3:
+                return xk.gather(2, row[..., None])[..., 0]
+            return xk.gather(2, row[..., None, None].expand(-1, -1, 1, xk.shape[-1]))[:, :, 0]
+
+        return pick(self.triples).clamp(min=0), pick(self.slot), pick(self.bond), pick(self.constrained)  # padding atoms: any point
+
+    def projection(self, key: int, active: np.ndarray) -> tuple[BondConstraints, np.ndarray] | None:
+        """The SHAKE solver of table ``key``'s rigid closures whose ends are known (``active``)."""
+        cache_key = (key, active.tobytes())
+        if cache_key not in self._projections:
+            t = self.tables[key]
+            u = len(t.atoms)
+            codes = np.where(t.closures < u, t.closures, t.closures - u + self.U)[active]
+            if not len(codes):
+                self._projections[cache_key] = None
+            else:
+                masses = np.full(self.P, np.inf)
+                masses[:u] = t.masses
+                self._projections[cache_key] = (BondConstraints(codes, t.closure_length[active], masses,
+                                                                tolerance=1e-9, max_iterations=30), codes)
+        return self._projections[cache_key]
+
+
+class EquivariantGenerator(NetworkGenerator):
+    name = "equivariant"
+    summary = "SO(3)-equivariant e3nn encoder + autoregressive internal-coordinate head, one bead per call (exact rigid bonds, signed dihedrals, log_prob)"
+    Params = EquivariantParams
+    unit = "bead"
+    progress_columns = ("nll", "nll_angle", "nll_dihedral", "nll_bond")
+
+    def __init__(self, params=None, environment=None):
+        super().__init__(params, environment)
+        self.encoder: Encoder | None = None
+        self.head: Head | None = None
+        self.tables: Tables | None = None
+
+    # ------------------------------------------------------------------ networks
+    def _build(self, layout: dict) -> None:
+        p = self.params
+        self.layout = dict(layout)
+        self.encoder = Encoder(layout["n_atom_types"], layout["n_interactions"], layout["n_bead_types"],
+                               self.tables.U, width=p.width, vectors=p.vectors, tensors=p.tensors, parity=p.parity)
+        n_context = self.encoder.n_scalars + p.width
+        n_frame = 3 * p.vectors + 3 * (3 + NEAR_BEADS) + NEAR_BEADS * layout["n_bead_types"]
+        self.head = Head(n_context, self.tables.n_slots, n_frame, hidden=p.hidden)
+
+    def parameters(self):
+        return [*self.encoder.parameters(), *self.head.parameters()]
+
+    def n_parameters(self) -> int:
+        return sum(x.numel() for x in self.parameters())
+
+    # ------------------------------------------------------------------ training
+    def training_contexts(self) -> tuple[str, ...]:
+        return ("forward", "gibbs") if self.params.context == "mixed" else (self.params.context,)
+
+    def setup(self, data, seed: int) -> None:
+        self.tables = Tables(system_tables(data.cg_topology, data.plans, self.params.constraints))
+        self.bead_key = torch.as_tensor(bead_keys(data.cg_topology, self.tables.tables))
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self._build({"n_atom_types": data.channels.n_atom_types, "n_interactions": data.channels.n_interactions,
+                         "n_bead_types": len(data.channels.bead_types)})
+        self._reference_ics(data.sequences(self.training_contexts()))
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=self.params.lr)
+
+    def _reference_ics(self, seqs) -> None:
+        """Mean bond angle and parent distance of every slot in the training data: the head
+        predicts offsets from them (the residual is what is learned)."""
+        theta = torch.zeros(self.tables.n_slots)
+        theta2 = torch.zeros(self.tables.n_slots)
+        r = torch.zeros(self.tables.n_slots)
+        count = torch.zeros(self.tables.n_slots)
+        for lo in range(0, len(seqs), 4096):
+            v = self._view_sequences(seqs.select(slice(lo, lo + 4096)))
+            _codes, slot, _b, _c, ics, _refs = self._teacher(v)
+            m = v["target_mask"]
+            count.index_add_(0, slot[m], torch.ones(int(m.sum())))
+            theta.index_add_(0, slot[m], ics[1][m])
+            theta2.index_add_(0, slot[m], ics[1][m] ** 2)
+            r.index_add_(0, slot[m], ics[0][m])
+        seen = count > 0
+        self.theta_ref = torch.where(seen, theta / count.clamp(min=1), torch.full_like(theta, 1.9))
+        self.r_ref = torch.where(seen, r / count.clamp(min=1), torch.full_like(r, 0.15))
+        var = theta2 / count.clamp(min=1) - self.theta_ref ** 2
+        self.theta_std = torch.where(count > 1, var.clamp(min=0).sqrt(), torch.full_like(var, 0.3)).clamp(0.02, 1.0)
+
+    def _view_sequences(self, seqs) -> dict:
+        keys = self.bead_key[seqs.bead]
+        if (keys < 0).any():
+            raise BackmapError("equivariant: a training bead has no unit table (a plan with unit = 'bead' is needed)")
+        return {"keys": keys, "atom_positions": seqs.atom_positions, "atom_types": seqs.atom_types,
+                "atom_index": seqs.atom_index, "atom_mask": seqs.visible[:, 0] & (seqs.atom_index >= 0),
+                "interaction": seqs.interaction, "bead_positions": seqs.bead_positions, "bead_types": seqs.bead_types,
+                "bead_mask": seqs.bead_mask, "target_atoms": seqs.target_atoms, "target_mask": seqs.target_mask,
+                "targets": seqs.target_positions}
+
+    def _teacher(self, v: dict):
+        """Reference triples and the internal coordinates of the reference positions."""
+        t = self.tables
+        ext, found = t.external_positions(v["keys"], v["target_atoms"], v["atom_index"], v["atom_mask"],
+                                          v["atom_positions"])
+        codes, slot, bond, rigid = t.choose(v["keys"], found)
+        B, T = v["targets"].shape[:2]
+        targets = torch.zeros(B, t.U, 3)
+        targets[:, :T] = v["targets"]
+        pool = torch.cat([targets, ext, t.virtual.expand(B, 3, 3)], 1)
+        refs = pool.gather(1, codes.view(B, -1, 1).expand(-1, -1, 3)).view(B, t.U, 3, 3)
+        d, g, p = refs[:, :, 2], refs[:, :, 1], refs[:, :, 0]
+        built = targets.gather(1, t.order[v["keys"]][..., None].expand(-1, -1, 3))  # build order
+        ics = internal(built, d, g, p)
+        return codes[:, :T], slot[:, :T], bond[:, :T], rigid[:, :T], [x[:, :T] for x in ics], \
+            (d[:, :T], g[:, :T], p[:, :T])
+
+    def _encode(self, v: dict):
+        return self.encoder(v["atom_positions"], v["atom_types"], v["atom_mask"], v["interaction"], v["target_mask"],
+                            v["bead_positions"], v["bead_types"], v["bead_mask"])
+
+    def _near_beads(self, v: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The NEAR_BEADS neighbour beads closest to the unit's own (B, n, 3) and their one-hot
+        types (B, n, n_bead_types); missing ones far away with no type."""
+        pos, mask = v["bead_positions"][:, 1:], v["bead_mask"][:, 1:]
+        n = min(NEAR_BEADS, pos.shape[1])
+        dist = torch.where(mask, pos.norm(dim=-1), torch.full_like(pos[..., 0], 1e3))
+        idx = dist.topk(n, dim=1, largest=False).indices
+        near = pos.gather(1, idx[..., None].expand(-1, -1, 3))
+        ok = mask.gather(1, idx)
+        types = torch.nn.functional.one_hot(v["bead_types"][:, 1:].gather(1, idx), self.layout["n_bead_types"])
+        types = types * ok[..., None]
+        near = torch.where(ok[..., None], near, torch.zeros_like(near))
+        if n < NEAR_BEADS:
+            near = torch.cat([near, near.new_zeros(near.shape[0], NEAR_BEADS - n, 3)], 1)
+            types = torch.cat([types, types.new_zeros(types.shape[0], NEAR_BEADS - n, types.shape[2])], 1)
+        return near, types.to(near.dtype)
+
+    def _frame_features(self, vectors, near, d, g, p):
+        """The encoder's vectors, the local frame's origin and axes and the nearest CG beads seen
+        from each atom's NeRF frame: invariant numbers that carry the environment's directions to
+        the head."""
+        f = frame(d, g, p)  # (..., 3, 3)
+        ft = f.transpose(-1, -2)
+        axes = torch.eye(3)[[2, 0]].expand(*p.shape[:-1], 2, 3)
+        pts = torch.cat([(-p)[..., None, :], axes, near - p[..., None, :]], -2)
+        return torch.cat([(vectors @ ft).flatten(-2), (pts @ ft).flatten(-2)], -1)
+
+    def _previous(self, r, theta, phi, r_ref):
+        feats = torch.stack([torch.cos(theta), torch.sin(theta), torch.cos(phi), torch.sin(phi),
+                             (r - r_ref) * 10], -1)
+        return torch.cat([torch.zeros_like(feats[:, :1]), feats[:, :-1]], 1)
+
+    def nll(self, v: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """Teacher-forced negative log-likelihood per atom of a batch of sequences."""
+        _codes, slot, _bond, rigid, (r, theta, phi), (d, g, p) = self._teacher(v)
+        scalars, vectors = self._encode(v)
+        T = slot.shape[1]
+        r_ref = self.r_ref[slot]
+        prev = self._previous(r, theta, phi, r_ref)
+        near, near_types = self._near_beads(v)
+        feats = self._frame_features(vectors[:, None].expand(-1, T, -1, -1), near[:, None].expand(-1, T, -1, -1), d, g, p)
+        feats = torch.cat([feats, near_types.flatten(1)[:, None].expand(-1, T, -1)], -1)
+        out = self.head(scalars[:, None].expand(-1, T, -1), slot, prev, feats)
+        dist = ICDistribution(out, self.theta_ref[slot], self.theta_std[slot], r_ref)
+        lp_a, lp_d, lp_r = dist.log_prob(r, theta, phi)
+        m = v["target_mask"].to(lp_a.dtype)
+        free = m * (~rigid).to(lp_a.dtype)
+        n = m.sum().clamp(min=1)
+        nll_a, nll_d, nll_r = -(lp_a * m).sum() / n, -(lp_d * m).sum() / n, -(lp_r * free).sum() / n
+        loss = nll_a + nll_d + nll_r
+        return loss, {"nll": float(loss.detach()), "nll_angle": float(nll_a.detach()),
+                      "nll_dihedral": float(nll_d.detach()), "nll_bond": float(nll_r.detach())}
+
+    def train_step(self, beads: np.ndarray, loop) -> dict[str, float]:
+        p = self.params
+        scale = p.lr_end_fraction + (1 - p.lr_end_fraction) * 0.5 * (1 + math.cos(math.pi * loop.fraction))
+        scale *= min(1.0, (loop.iteration + 1) / WARMUP)  # a linear warm-up: the first steps sharpen σ too fast
+        for group in self.optimizer.param_groups:
+            group["lr"] = p.lr * scale
+        _ids, seqs = loop.batch(beads)
+        v = self._view_sequences(seqs)
+        if p.mirror_augment:  # mirror half of the batch: y → −y in the local frame (a right-handed frame stays one)
+            flip = torch.as_tensor(loop.np_rng.random(len(beads)) < 0.5)
+            sign = torch.where(flip, -1.0, 1.0)[:, None]
+            for k in ("atom_positions", "bead_positions", "targets"):
+                v[k] = v[k].clone()
+                v[k][..., 1] *= sign
+        loss, stats = self.nll(v)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.parameters(), 10.0)
+        self.optimizer.step()
+        return stats
+
+    def fit(self, data, context) -> dict[str, Any]:
+        with torch_threads(self.params.threads):
+            summary = super().fit(data, context)
+        summary["parameters"] = self.n_parameters()
+        return summary
+
+    def training_state(self) -> dict[str, Any]:
+        return {"encoder": self.encoder.state_dict(), "head": self.head.state_dict(),
+                "optimizer": self.optimizer.state_dict()}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        self.encoder.load_state_dict(state["encoder"])
+        self.head.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    # ------------------------------------------------------------------ inference
+    def _require(self) -> None:
+        if self.encoder is None:
+            raise BackmapError("equivariant: the generator is not trained (run the train step first)")
+
+    def _view_batch(self, batch: EnvironmentBatch) -> dict:
+        meta = batch.meta or {}
+        if "moltype" not in meta:
+            raise BackmapError("equivariant: the environment batch carries no molecule type (meta)")
+        key = self.tables.key(meta["moltype"], meta["bead"])
+        U = len(self.tables.tables[key].atoms)
+        if batch.target_atoms.shape[1] != U:
+            raise BackmapError(f"equivariant places whole beads (unit = 'bead'); got units of "
+                               f"{batch.target_atoms.shape[1]} atoms for a bead of {U}")
+        lay = self.layout
+        if _top(batch.interaction) >= lay["n_interactions"] or _top(batch.atom_types) >= lay["n_atom_types"]:
+            raise BackmapError("equivariant: the environment has channels the model was not trained with")
+        return {"keys": torch.full((batch.size,), key, dtype=torch.long), "atom_positions": batch.atom_positions,
+                "atom_types": batch.atom_types, "atom_index": batch.atom_index, "atom_mask": batch.atom_mask,
+                "interaction": batch.interaction, "bead_positions": batch.bead_positions,
+                "bead_types": batch.bead_types, "bead_mask": batch.bead_mask, "target_atoms": batch.target_atoms,
+                "target_mask": batch.target_mask}
+
+    def propose(self, batch: EnvironmentBatch, n_candidates: int, rng: np.random.Generator) -> torch.Tensor:
+        self._require()
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        with torch.no_grad(), torch_threads(self.params.threads):
+            return self._sample(self._view_batch(batch), n_candidates, gen)
+
+    def _sample(self, v: dict, K: int, gen: torch.Generator, with_log_prob: bool = False):
+        """(B, K, U, 3) candidates; with ``with_log_prob`` also the log density (B, K) of each draw
+        as it was drawn (before the projection): the known answer :meth:`log_prob` must give."""
+        t = self.tables
+        B = v["keys"].shape[0]
+        U = v["target_atoms"].shape[1]
+        ext, found = t.external_positions(v["keys"], v["target_atoms"], v["atom_index"], v["atom_mask"],
+                                          v["atom_positions"])
+        codes, slot, bond, rigid = t.choose(v["keys"], found)
+        scalars, vectors = self._encode(v)
+        near, near_types = self._near_beads(v)
+        rep = lambda x: x.repeat_interleave(K, 0)  # noqa: E731  unit b's candidates: rows b·K … b·K + K − 1
+        scalars, vectors, codes, slot, bond, rigid, near, near_types = map(
+            rep, (scalars, vectors, codes, slot, bond, rigid, near, near_types.flatten(1)))
+        pool = torch.cat([torch.zeros(B, t.U, 3), ext, t.virtual.expand(B, 3, 3)], 1).repeat_interleave(K, 0)
+        prev = torch.zeros(B * K, 5)
+        rows = torch.arange(B * K)
+        logp = torch.zeros(B * K)
+        order = t.order[v["keys"][0]].tolist()  # one table per batch at inference
+        for a in range(U):
+            c = codes[:, a]
+            p, g, d = pool[rows, c[:, 0]], pool[rows, c[:, 1]], pool[rows, c[:, 2]]
+            feats = torch.cat([self._frame_features(vectors, near, d, g, p), near_types], -1)
+            out = self.head(scalars, slot[:, a], prev, feats)
+            r_ref = self.r_ref[slot[:, a]]
+            dist = ICDistribution(out, self.theta_ref[slot[:, a]], self.theta_std[slot[:, a]], r_ref)
+            r, theta, phi = dist.sample(gen)
+            r = torch.where(rigid[:, a], bond[:, a], r)
+            pool[:, order[a]] = place(d, g, p, r, theta, phi)
+            if with_log_prob:
+                lp_a, lp_d, lp_r = dist.log_prob(r, theta, phi)
+                free = (~rigid[:, a]).to(r.dtype)
+                logp += lp_a + lp_d + (lp_r - 2 * torch.log(r)) * free - torch.log(torch.sin(theta))
+            prev = torch.stack([torch.cos(theta), torch.sin(theta), torch.cos(phi), torch.sin(phi),
+                                (r - r_ref) * 10], -1)
+        if self.params.project:
+            pool = self._project(pool, v["keys"][0].item(), found.repeat_interleave(K, 0), U)
+        out = pool[:, :U].reshape(B, K, U, 3)
+        return (out, logp.view(B, K)) if with_log_prob else out
+
+    def _project(self, pool: torch.Tensor, key: int, found: torch.Tensor, U: int) -> torch.Tensor:
+        """Rigid bonds the tree left open (ring closures, second bonds to placed atoms) to their
+        lengths, moving only the unit's atoms (SHAKE; placed atoms have infinite mass)."""
+        table = self.tables.tables[key]
+        if not len(table.closures):
+            return pool
+        ends = torch.as_tensor(table.closures)
+        active = torch.ones(found.shape[0], len(ends), dtype=torch.bool)
+        is_ext = ends[:, 1] >= U
+        active[:, is_ext] = found[:, ends[is_ext, 1] - U]
+        out = pool.clone()
+        patterns, inverse = torch.unique(active, dim=0, return_inverse=True)
+        for k, pattern in enumerate(patterns):
+            solver = self.tables.projection(key, pattern.numpy())
+            if solver is None:
+                continue
+            rows = torch.nonzero(inverse == k)[:, 0]
+            x = pool[rows].double()
+            y, ok = solver[0].positions(x, x)
+            out[rows] = torch.where(ok[:, None, None], y.float(), pool[rows])
+        return out
+
+    def log_prob(self, batch: EnvironmentBatch, positions: torch.Tensor) -> torch.Tensor:
+        """Log density (B, K) of local-frame placements: Σ over the unit's atoms of the head's
+        densities of their angles, dihedrals and non-rigid bond lengths, minus log(r² sin θ) of
+        the free coordinates (the Cartesian Jacobian; a rigid bond contributes sin θ only)."""
+        self._require()
+        v = self._view_batch(batch)
+        B, K, U = positions.shape[:3]
+        rep = {k: (x.repeat_interleave(K, 0) if torch.is_tensor(x) else x) for k, x in v.items()}
+        rep["targets"] = positions.reshape(B * K, U, 3).float()
+        with torch.no_grad(), torch_threads(self.params.threads):
+            _codes, slot, _bond, rigid, (r, theta, phi), (d, g, p) = self._teacher(rep)
+            scalars, vectors = self._encode(v)
+            scalars, vectors = scalars.repeat_interleave(K, 0), vectors.repeat_interleave(K, 0)
+            r_ref = self.r_ref[slot]
+            prev = self._previous(r, theta, phi, r_ref)
+            near, near_types = (x.repeat_interleave(K, 0) for x in self._near_beads(v))
+            feats = self._frame_features(vectors[:, None].expand(-1, U, -1, -1), near[:, None].expand(-1, U, -1, -1),
+                                         d, g, p)
+            feats = torch.cat([feats, near_types.flatten(1)[:, None].expand(-1, U, -1)], -1)
+            out = self.head(scalars[:, None].expand(-1, U, -1), slot, prev, feats)
+            lp_a, lp_d, lp_r = ICDistribution(out, self.theta_ref[slot], self.theta_std[slot], r_ref).log_prob(r, theta, phi)
+            free = (~rigid).to(lp_a.dtype)
+            jac = torch.log(torch.sin(theta).clamp(min=1e-6)) + 2 * torch.log(r.clamp(min=1e-6)) * free
+            total = (lp_a + lp_d + lp_r * free - jac).sum(-1)
+        return total.view(B, K)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        self._require()
+        return {"format": STATE_FORMAT, "layout": dict(self.layout),
+                "tables": [t.to_json() for t in self.tables.tables],
+                "theta_ref": self.theta_ref.clone(), "theta_std": self.theta_std.clone(), "r_ref": self.r_ref.clone(),
+                "encoder": {k: v.clone() for k, v in self.encoder.state_dict().items()},
+                "head": {k: v.clone() for k, v in self.head.state_dict().items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("format") != STATE_FORMAT:
+            raise BackmapError(f"equivariant: unknown state format {state.get('format')!r}")
+        self.tables = Tables([UnitTable.from_json(t) for t in state["tables"]])
+        self._build({k: int(v) for k, v in state["layout"].items()})
+        self.theta_ref = torch.as_tensor(state["theta_ref"])
+        self.r_ref = torch.as_tensor(state["r_ref"])
+        self.theta_std = torch.as_tensor(state["theta_std"])
+        self.encoder.load_state_dict(state["encoder"])
+        self.head.load_state_dict(state["head"])
+        self.encoder.eval()
+        self.head.eval()
+
+
+def _top(x: torch.Tensor) -> int:
+    return int(x.max()) if x.numel() else -1

@@ -1,0 +1,99 @@
+"""The autoregressive internal-coordinate head: per atom of a unit, a mixture density over its bond
+angle, a von Mises mixture over its signed dihedral and (where the bond is not rigid) a Gaussian
+bond length, given the encoder's context, which reference triple the atom is built on, the
+previous atom's coordinates and the environment seen from the atom's own NeRF frame."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from backmap_equivariant.encoder import mlp
+
+N_ANGLE, N_DIHEDRAL = 1, 4  # bond angles are unimodal; a second component only drifted
+N_OUT = 3 * N_ANGLE + 4 * N_DIHEDRAL + 2
+LOG_2PI = math.log(2 * math.pi)
+
+
+class ICDistribution:
+    """The head's output for a batch of atoms (..., N_OUT), as distributions."""
+
+    def __init__(self, out: torch.Tensor, theta_ref: torch.Tensor, theta_std: torch.Tensor, r_ref: torch.Tensor):
+        a, d = N_ANGLE, N_DIHEDRAL
+        self.a_logit = torch.log_softmax(out[..., :a], -1)
+        self.a_mean = theta_ref[..., None] + 1.5 * torch.tanh(out[..., a:2 * a])  # bounded: a bad step cannot fling it
+        # relative to the data's spread of that row: Adam moves a log-width by ~lr per step, so
+        # starting from 1 rad it took ~1000 steps to reach the 5° of a bond angle
+        self.a_sigma = theta_std[..., None] * torch.exp(out[..., 2 * a:3 * a].clamp(-3.0, 2.0)) + 0.01
+        o = 3 * a
+        self.d_logit = torch.log_softmax(out[..., o:o + d], -1)
+        c, s = out[..., o + d:o + 2 * d], out[..., o + 2 * d:o + 3 * d]
+        self.d_mean = torch.atan2(s, c + 1e-9)
+        self.d_kappa = torch.exp((out[..., o + 3 * d:o + 4 * d] + 1.5).clamp(-3.0, 6.5)) + 1e-2  # σ ≥ 2°
+        o += 4 * d
+        self.r_mean = r_ref + 0.1 * torch.tanh(out[..., o])
+        self.r_sigma = torch.exp((out[..., o + 1] - 4.0).clamp(-9.0, -1.0)) + 1e-4  # starts at 0.02 nm, inside the clamp
+
+    def log_prob(self, r: torch.Tensor, theta: torch.Tensor, phi: torch.Tensor):
+        """Log densities of the angle, the dihedral and the bond length (each (...))."""
+        za = (theta[..., None] - self.a_mean) / self.a_sigma
+        lp_a = torch.logsumexp(self.a_logit - 0.5 * za * za - torch.log(self.a_sigma) - 0.5 * LOG_2PI, -1)
+        k = self.d_kappa
+        lp_d = torch.logsumexp(self.d_logit + k * (torch.cos(phi[..., None] - self.d_mean) - 1)
+                               - torch.log(2 * math.pi * torch.special.i0e(k)), -1)
+        zr = (r - self.r_mean) / self.r_sigma
+        lp_r = -0.5 * zr * zr - torch.log(self.r_sigma) - 0.5 * LOG_2PI
+        return lp_a, lp_d, lp_r
+
+    def sample(self, generator: torch.Generator):
+        """(r, θ, φ) drawn from the mixtures."""
+        shape = self.a_mean.shape[:-1]
+        ia = torch.multinomial(self.a_logit.exp().reshape(-1, N_ANGLE), 1, generator=generator).view(shape)
+        mean = self.a_mean.gather(-1, ia[..., None])[..., 0]
+        sig = self.a_sigma.gather(-1, ia[..., None])[..., 0]
+        theta = (mean + sig * torch.randn(shape, generator=generator)).clamp(0.05, math.pi - 0.05)
+        idd = torch.multinomial(self.d_logit.exp().reshape(-1, N_DIHEDRAL), 1, generator=generator).view(shape)
+        mu = self.d_mean.gather(-1, idd[..., None])[..., 0]
+        kappa = self.d_kappa.gather(-1, idd[..., None])[..., 0]
+        phi = mu + von_mises(kappa, generator)
+        phi = torch.remainder(phi + math.pi, 2 * math.pi) - math.pi
+        r = (self.r_mean + self.r_sigma * torch.randn(shape, generator=generator)).clamp(min=0.01)
+        return r, theta, phi
+
+
+def von_mises(kappa: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Samples of a zero-mean von Mises distribution (Best & Fisher 1979), vectorised: a few
+    rejection rounds over the whole batch instead of a Python loop per sample."""
+    tau = 1 + torch.sqrt(1 + 4 * kappa * kappa)
+    rho = (tau - torch.sqrt(2 * tau)) / (2 * kappa)
+    r = (1 + rho * rho) / (2 * rho)
+    out = torch.zeros_like(kappa)
+    todo = torch.ones_like(kappa, dtype=torch.bool)
+    for _ in range(100):
+        u1, u2, u3 = torch.rand((3, *kappa.shape), generator=generator)
+        z = torch.cos(math.pi * u1)
+        f = (1 + r * z) / (r + z)
+        c = kappa * (r - f)
+        ok = (c * (2 - c) - u2 > 0) | (torch.log(c / u2) + 1 - c >= 0)
+        new = todo & ok
+        out = torch.where(new, torch.sign(u3 - 0.5) * torch.acos(f.clamp(-1, 1)), out)
+        todo &= ~ok
+        if not bool(todo.any()):
+            break
+    return out
+
+
+class Head(torch.nn.Module):
+    """(context, slot, previous ICs, frame features) → the parameters of :class:`ICDistribution`."""
+
+    def __init__(self, n_context: int, n_slots: int, n_frame: int, hidden: int = 128):
+        super().__init__()
+        self.context = torch.nn.Linear(n_context, 64)
+        self.slot = torch.nn.Embedding(n_slots, 32)
+        self.net = mlp(64 + 32 + 5 + n_frame, hidden, hidden, N_OUT)
+        with torch.no_grad():  # small but not zero: identical mixture components would stay identical
+            self.net[-1].weight.mul_(0.01)
+            self.net[-1].bias.zero_()
+
+    def forward(self, context: torch.Tensor, slot: torch.Tensor, previous: torch.Tensor, frame: torch.Tensor):
+        return self.net(torch.cat([self.context(context), self.slot(slot), previous, frame], -1))

@@ -1,0 +1,31 @@
+"""Recipe parameters of the ``equivariant`` generator."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EquivariantParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    constraints: Literal["all-bonds", "h-bonds", "none"] = Field(
+        "none", description="bonds the reference MD held rigid (GROMACS' constraints option): placed at exactly "
+                            "the topology's length; the others are sampled")
+    parity: Literal["so3", "o3"] = Field(
+        "so3", description="so3: every irrep labelled even, so the encoder can tell mirror images apart "
+                           "(stereocentres); o3: true parities, mirror-blind invariants (for tests)")
+    width: int = Field(32, ge=4, description="scalar channels of the encoder")
+    vectors: int = Field(16, ge=2, description="vector (l = 1) channels of the encoder")
+    tensors: int = Field(8, ge=1, description="l = 2 channels of the encoder's first layer")
+    hidden: int = Field(128, ge=8, description="width of the internal-coordinate head")
+    context: Literal["forward", "gibbs", "mixed"] = Field(
+        "mixed", description="environments trained on: forward pass, Gibbs sweeps, or both")
+    lr: float = Field(2e-3, gt=0, description="Adam learning rate at the start")
+    lr_end_fraction: float = Field(0.05, gt=0, le=1, description="cosine decay to this fraction of lr")
+    mirror_augment: bool = Field(
+        True, description="train on mirror images too (for chemistry whose mirror image is as likely, e.g. "
+                          "atactic/syndiotactic chains): the hand is then read from the environment")
+    project: bool = Field(True, description="enforce the rigid bonds the internal-coordinate tree leaves open "
+                                            "(ring closures, second bonds to placed atoms) by a SHAKE projection")
+    threads: int = Field(1, ge=1, description="torch threads")

@@ -1,0 +1,199 @@
+"""Internal-coordinate tables: for every atom of every bead unit, which already known points define
+its bond length, bond angle and dihedral.
+
+Each unit atom gets an ordered list of reference *triples* (parent, grandparent, dihedral atom);
+at run time the first triple whose points are all known is used. Points are coded in one pool per
+unit: the unit's own atoms (slots ``0..U-1``, known once generated, so only earlier ones are
+listed), the heavy atoms of other beads within three bonds (slots ``U..U+E-1``, known when the
+environment shows them: placed and visible) and three virtual points of the local frame — the
+bead centre (origin), a point on the z axis (towards the predecessor bead) and one on the x axis —
+which are always known. So a chain's first bead in a forward pass is built in spherical
+coordinates around its CG bead, and every other atom from real bonded neighbours (HEroBM's anchor
+hierarchy, made explicit and exact).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+import numpy as np
+
+VIRTUAL = ("origin", "z", "x")
+#: local-frame positions of the virtual points (nm)
+VIRTUAL_POSITIONS = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+MAX_TRIPLES = 12
+
+
+@dataclass
+class UnitTable:
+    """The reference triples of one bead unit (one molecule type and bead)."""
+
+    moltype: str
+    bead: int
+    atoms: list[int]  # unit atoms, plan order (molecule-local)
+    order: list[int]  # build order: plan slots, each atom after its parent
+    external: list[int]  # heavy atoms of other beads that may serve as references (molecule-local)
+    triples: np.ndarray  # (U, R, 3) pool codes per build position, -1 = padding row
+    bond: np.ndarray  # (U, R) per build position: topology bond length of (atom, parent) (nm), 0 if the parent is virtual
+    constrained: np.ndarray  # (U, R) the (atom, parent) bond is held at ``bond`` exactly
+    closures: np.ndarray  # (C, 2) pool codes of constrained bonds the tree may leave open
+    closure_length: np.ndarray  # (C,)
+    masses: np.ndarray  # (U,)
+    #: (U, R) chemical signature of each row — bead type, the atom's type and the kind and type of
+    #: its three references — what the head is told: equal chemistry shares one embedding
+    signature: np.ndarray = None
+
+    @property
+    def pool_size(self) -> int:
+        return len(self.atoms) + len(self.external) + len(VIRTUAL)
+
+    def to_json(self) -> dict:
+        return {"moltype": self.moltype, "bead": self.bead, "atoms": self.atoms, "order": self.order,
+                "external": self.external,
+                "triples": self.triples.tolist(), "bond": self.bond.tolist(), "constrained": self.constrained.tolist(),
+                "closures": self.closures.tolist(), "closure_length": self.closure_length.tolist(),
+                "masses": self.masses.tolist(), "signature": self.signature.tolist()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "UnitTable":
+        return cls(d["moltype"], int(d["bead"]), list(d["atoms"]), list(d.get("order", range(len(d["atoms"])))), list(d["external"]),
+                   np.asarray(d["triples"], int).reshape(len(d["atoms"]), -1, 3),
+                   np.asarray(d["bond"], float).reshape(len(d["atoms"]), -1),
+                   np.asarray(d["constrained"], bool).reshape(len(d["atoms"]), -1),
+                   np.asarray(d["closures"], int).reshape(-1, 2), np.asarray(d["closure_length"], float),
+                   np.asarray(d["masses"], float), np.asarray(d["signature"], object).reshape(len(d["atoms"]), -1))
+
+
+def bond_lengths(moltype) -> dict[tuple[int, int], float]:
+    """Equilibrium length of every bond of a molecule type (nm), from its force field."""
+    from backmap.forcefield.parameters import molecule_terms
+
+    atoms, params = molecule_terms(moltype)["bond"]
+    out = {}
+    for (i, j), (b0, _k) in zip(atoms, params):
+        out[(i, j)] = out[(j, i)] = float(b0)
+    return out
+
+
+def is_constrained(elements, i: int, j: int, constraints: str) -> bool:
+    """Whether the MD held bond i–j fixed (GROMACS' ``constraints`` option)."""
+    if constraints == "all-bonds":
+        return True
+    if constraints == "h-bonds":
+        return elements[i] == "H" or elements[j] == "H"
+    return False
+
+
+def unit_table(moltype, mapping, unit_atoms: tuple[int, ...], bead: int, constraints: str) -> UnitTable:
+    """The reference triples of one bead unit (``unit_atoms`` in plan order)."""
+    g: nx.Graph = moltype.graph
+    elements = moltype.elements
+    lengths = bond_lengths(moltype)
+    atoms = [int(a) for a in unit_atoms]
+    U = len(atoms)
+    slot = {a: t for t, a in enumerate(atoms)}
+    near = set()
+    for a in atoms:
+        near.update(nx.single_source_shortest_path_length(g, a, cutoff=3))
+    external = sorted(a for a in near if a not in slot and elements[a] != "H")
+    ext_slot = {a: U + k for k, a in enumerate(external)}
+    code = {**slot, **ext_slot}
+    origin, zpt, xpt = (U + len(external) + k for k in range(3))
+
+    order = build_order(g, elements, atoms, set(external))
+    rank = {atoms[k]: t for t, k in enumerate(order)}
+
+    def known_before(t: int, a: int) -> bool:  # unit atoms must be built before build position t
+        return a in ext_slot or (a in rank and rank[a] < t)
+
+    def ranked(candidates, t: int) -> list[int]:  # earlier unit atoms first (in build order), then external
+        c = [a for a in candidates if known_before(t, a)]
+        return sorted(c, key=lambda a: (a not in rank, rank.get(a, 0), a))
+
+    types = [str(x) for x in moltype.atom_types]
+    bead_type = str(mapping.beads[bead].type)
+
+    def describe(c: int) -> str:
+        if c >= U + len(external):
+            return VIRTUAL[c - U - len(external)]
+        return ("unit:" if c < U else "ext:") + types[atoms[c] if c < U else external[c - U]]
+
+    signature = np.full((U, MAX_TRIPLES), "", dtype=object)
+    triples = np.full((U, MAX_TRIPLES, 3), -1)
+    bond = np.zeros((U, MAX_TRIPLES))
+    constrained = np.zeros((U, MAX_TRIPLES), bool)
+    for t, a in enumerate(atoms[k] for k in order):
+        rows: list[tuple[int, int, int]] = []
+        for p in ranked(g.neighbors(a), t):
+            for gp in ranked((n for n in g.neighbors(p) if n != a), t):
+                for d in ranked((n for n in g.neighbors(gp) if n not in (a, p)), t) + \
+                        ranked((n for n in g.neighbors(p) if n not in (a, gp)), t):
+                    rows.append((code[p], code[gp], code[d]))
+                rows.append((code[p], code[gp], xpt))
+            rows.append((code[p], zpt, xpt))
+        rows.append((origin, zpt, xpt))
+        seen, unique = set(), []
+        for r in rows:
+            if r not in seen:
+                seen.add(r)
+                unique.append(r)
+        unique = unique[:MAX_TRIPLES - 1] + ([(origin, zpt, xpt)] if (origin, zpt, xpt) not in unique[:MAX_TRIPLES - 1] else [])
+        for r, (p, gp, d) in enumerate(unique):
+            triples[t, r] = (p, gp, d)
+            signature[t, r] = f"{bead_type}|{types[a]}|" + "|".join(describe(c) for c in (p, gp, d))
+            if p < U + len(external):
+                other = atoms[p] if p < U else external[p - U]
+                bond[t, r] = lengths.get((a, other), 0.0)
+                constrained[t, r] = bond[t, r] > 0 and is_constrained(elements, a, other, constraints)
+    # constrained bonds a tree may leave open: every bond of a unit atom to an earlier unit atom or an
+    # external reference (the projection enforces those whose ends are known)
+    closures, closure_length = [], []
+    for t, a in enumerate(atoms[k] for k in order):
+        for n in g.neighbors(a):
+            if (n in rank and rank[n] < t or n in ext_slot) and is_constrained(elements, a, n, constraints):
+                closures.append((slot[a], code[n]))
+                closure_length.append(lengths[(a, n)])
+    return UnitTable(moltype.name, int(bead), atoms, order, external, triples, bond, constrained,
+                     np.asarray(closures, int).reshape(-1, 2), np.asarray(closure_length, float),
+                     np.asarray(moltype.masses[atoms], float), signature)
+
+
+def build_order(g: nx.Graph, elements, atoms: list[int], external: set[int]) -> list[int]:
+    """Plan slots of ``atoms`` in an order that builds every atom from one built before it: from
+    the first plan atom bonded to another bead (the plan's first atom when it is: it touches what
+    the forward pass placed before), breadth-first, heavy atoms before hydrogens. So a bead's
+    atoms hang from its bond to the rest of the chain whenever that is known — in Gibbs sweeps
+    also for the traversal's first bead — and a tree bond, not a projection, holds it there."""
+    inside = set(atoms)
+    touching = [k for k, a in enumerate(atoms) if any(n in external for n in g.neighbors(a))]
+    start = atoms[touching[0]] if touching else atoms[0]
+    sub = g.subgraph(atoms)
+    seen = [start] + [b for _a, b in nx.bfs_edges(sub, start)]
+    seen += [a for a in atoms if a not in seen]  # a bead in pieces (not bonded within): the rest, in plan order
+    seen = [a for a in seen if elements[a] != "H"] + [a for a in seen if elements[a] == "H"]
+    assert set(seen) == inside
+    return [atoms.index(a) for a in seen]
+
+
+def system_tables(cg_topology, plans, constraints: str) -> list[UnitTable]:
+    """One table per (molecule type, bead unit) of the system's plans."""
+    tables = []
+    for cb in cg_topology.blocks:
+        mt = cb.block.moltype
+        if any(t.moltype == mt.name for t in tables):
+            continue
+        for unit in plans[mt.name].units:
+            tables.append(unit_table(mt, cb.mapping, unit.atoms, unit.bead, constraints))
+    return tables
+
+
+def bead_keys(cg_topology, tables: list[UnitTable]) -> np.ndarray:
+    """(n_beads,) index of the table of every global bead (for training sequences)."""
+    index = {(t.moltype, t.bead): k for k, t in enumerate(tables)}
+    out = np.full(cg_topology.n_beads if hasattr(cg_topology, "n_beads") else len(cg_topology.bead_types), -1)
+    for cb in cg_topology.blocks:
+        n = cb.mapping.n_beads
+        for m in range(cb.block.count):
+            for b in range(n):
+                out[cb.first_bead + m * n + b] = index.get((cb.block.moltype.name, b), -1)
+    return out
