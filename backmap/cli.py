@@ -284,6 +284,9 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
               help="Gibbs sweeps after the forward pass (each unit re-placed seeing all others).")
 @click.option("--minimize", "minimize_steps", type=int, default=0, show_default=True,
               help="Restrained energy-minimization steps after sampling.")
+@click.option("--colouring/--no-colouring", default=False, show_default=True,
+              help="Never place two units whose environments overlap in the same step (molecules of a step "
+                   "split into groups): no unit is placed blind to a neighbour moving with it.")
 @click.option("--stereo-reference", type=click.Path(path_type=Path), default=None,
               help="AA structure of the system whose stereocentres' handedness the sampler keeps.")
 @click.option("--cutoff", type=float, default=None, help="Assert the model's environment radius (nm); it is the model's.")
@@ -295,7 +298,7 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
 @refine_options(minimize=False)
 def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Path | None, mapping: tuple[Path, ...],
           frames: str | None, selector: str, candidates: int, gibbs_sweeps: int, minimize_steps: int,
-          stereo_reference: Path | None, cutoff: float | None, traversal: str | None, seed: int,
+          colouring: bool, stereo_reference: Path | None, cutoff: float | None, traversal: str | None, seed: int,
           refiner_name: str | None, mdp: Path | None, temperature, n_steps, restraint, constraints,
           timestep, friction, extra) -> None:
     """Backmap CG structures or a trajectory with a trained model. Writes OUT, the first frame as
@@ -323,7 +326,7 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
     idx = select_frames(frames, [], count_frames(source), str(source))
     try:
         settings = BackmapSettings(selector=selector, candidates=candidates, gibbs_sweeps=gibbs_sweeps,
-                                   minimize_steps=minimize_steps, energy=Path(top_path).suffix == ".top",
+                                   minimize_steps=minimize_steps, colouring=colouring, energy=Path(top_path).suffix == ".top",
                                    stereo_reference=stereo_reference, cutoff=cutoff, traversal=traversal)
     except ValueError as exc:
         raise BackmapError(f"apply: {str(exc).splitlines()[-1].strip()}") from None

@@ -160,7 +160,7 @@ def _captured_batch(model, cg_path):
 def test_log_prob_is_the_density_of_the_draws(hexane_run):
     model = load_model(hexane_run)
     gen = model.generator
-    gen.params = gen.params.model_copy(update={"project": False})  # the density is that of the IC draws
+    gen.params = gen.params.model_copy(update={"project": False, "recentre": False})  # the density of the IC draws
     batches = _captured_batch(model, hexane_run / "backmap" / "aa_cg.trr")
     assert gen.has_log_prob
     for batch in (batches[0], batches[-1]):  # a forward-pass and a Gibbs-sweep environment

@@ -50,8 +50,10 @@ class Tables:
         self.external = torch.full((N, E), -1, dtype=torch.long)
         self.first = torch.zeros(N, dtype=torch.long)
         self.order = torch.arange(U).repeat(N, 1)  # build position -> plan slot (padding: itself)
+        self.rank = torch.full((N, U), U, dtype=torch.long)  # plan slot -> build position (padding: never built)
         for k, t in enumerate(tables):
             self.order[k, :len(t.atoms)] = torch.as_tensor(t.order)
+            self.rank[k, torch.as_tensor(t.order)] = torch.arange(len(t.atoms))
             u, e = len(t.atoms), len(t.external)
             codes = torch.as_tensor(t.triples)
             remap = torch.cat([torch.arange(u), U + torch.arange(e), U + E + torch.arange(3)])
@@ -128,6 +130,10 @@ class EquivariantGenerator(NetworkGenerator):
     summary = "SO(3)-equivariant e3nn encoder + autoregressive internal-coordinate head, one bead per call (exact rigid bonds, signed dihedrals, log_prob)"
     Params = EquivariantParams
     unit = "bead"
+    #: a whole bead — heavy atoms and hydrogens — is placed at once, so it must see the hydrogens of
+    #: the beads bonded to it (hiding them let rings and backbone hydrogens overlap: LJ per molecule
+    #: +519 instead of −192 kJ/mol)
+    environment_defaults = {"strip_hydrogens": False}
     progress_columns = ("nll", "nll_angle", "nll_dihedral", "nll_bond")
 
     def __init__(self, params=None, environment=None):
@@ -143,7 +149,8 @@ class EquivariantGenerator(NetworkGenerator):
         self.encoder = Encoder(layout["n_atom_types"], layout["n_interactions"], layout["n_bead_types"],
                                self.tables.U, width=p.width, vectors=p.vectors, tensors=p.tensors, parity=p.parity)
         n_context = self.encoder.n_scalars + p.width
-        n_frame = 3 * p.vectors + 3 * (3 + NEAR_BEADS) + NEAR_BEADS * layout["n_bead_types"]
+        known = self.tables.U + self.tables.E
+        n_frame = 3 * p.vectors + 3 * (3 + NEAR_BEADS) + NEAR_BEADS * layout["n_bead_types"] + 4 * known
         self.head = Head(n_context, self.tables.n_slots, n_frame, hidden=p.hidden)
 
     def parameters(self):
@@ -175,7 +182,7 @@ class EquivariantGenerator(NetworkGenerator):
         count = torch.zeros(self.tables.n_slots)
         for lo in range(0, len(seqs), 4096):
             v = self._view_sequences(seqs.select(slice(lo, lo + 4096)))
-            _codes, slot, _b, _c, ics, _refs = self._teacher(v)
+            _codes, slot, _b, _c, ics, *_ = self._teacher(v)
             m = v["target_mask"]
             count.index_add_(0, slot[m], torch.ones(int(m.sum())))
             theta.index_add_(0, slot[m], ics[1][m])
@@ -198,7 +205,8 @@ class EquivariantGenerator(NetworkGenerator):
                 "targets": seqs.target_positions}
 
     def _teacher(self, v: dict):
-        """Reference triples and the internal coordinates of the reference positions."""
+        """Reference triples, the internal coordinates of the reference positions, and the pool of
+        points (reference unit atoms, external atoms, virtual points) with the external atoms' found-flags."""
         t = self.tables
         ext, found = t.external_positions(v["keys"], v["target_atoms"], v["atom_index"], v["atom_mask"],
                                           v["atom_positions"])
@@ -212,7 +220,7 @@ class EquivariantGenerator(NetworkGenerator):
         built = targets.gather(1, t.order[v["keys"]][..., None].expand(-1, -1, 3))  # build order
         ics = internal(built, d, g, p)
         return codes[:, :T], slot[:, :T], bond[:, :T], rigid[:, :T], [x[:, :T] for x in ics], \
-            (d[:, :T], g[:, :T], p[:, :T])
+            (d[:, :T], g[:, :T], p[:, :T]), pool, found
 
     def _encode(self, v: dict):
         return self.encoder(v["atom_positions"], v["atom_types"], v["atom_mask"], v["interaction"], v["target_mask"],
@@ -235,15 +243,37 @@ class EquivariantGenerator(NetworkGenerator):
             types = torch.cat([types, types.new_zeros(types.shape[0], NEAR_BEADS - n, types.shape[2])], 1)
         return near, types.to(near.dtype)
 
-    def _frame_features(self, vectors, near, d, g, p):
-        """The encoder's vectors, the local frame's origin and axes and the nearest CG beads seen
-        from each atom's NeRF frame: invariant numbers that carry the environment's directions to
-        the head."""
-        f = frame(d, g, p)  # (..., 3, 3)
-        ft = f.transpose(-1, -2)
+    def _features(self, vectors, near, near_types, known, known_ok, d, g, p):
+        """What the head sees of the environment, from each atom's own NeRF frame (invariant
+        numbers that carry directions): the encoder's vectors, the local frame's origin and axes,
+        the nearest CG beads, and every point already known — the unit's atoms built before this
+        one and the placed atoms of other beads it may be built from (zero where not known). The
+        last is what lets a CH₂'s second hydrogen go to the free tetrahedral site rather than a
+        mirror-ambiguous ±120°."""
+        ft = frame(d, g, p).transpose(-1, -2)
         axes = torch.eye(3)[[2, 0]].expand(*p.shape[:-1], 2, 3)
-        pts = torch.cat([(-p)[..., None, :], axes, near - p[..., None, :]], -2)
-        return torch.cat([(vectors @ ft).flatten(-2), (pts @ ft).flatten(-2)], -1)
+        fixed = torch.cat([(-p)[..., None, :], axes, near - p[..., None, :]], -2) @ ft
+        seen = ((known - p[..., None, :]) @ ft) * known_ok[..., None]
+        return torch.cat([(vectors @ ft).flatten(-2), fixed.flatten(-2), near_types.flatten(-2), seen.flatten(-2),
+                          known_ok.to(p.dtype)], -1)
+
+    def _teacher_pass(self, v: dict):
+        """The head's distributions for every atom of every sequence, teacher-forced (the
+        reference positions as the earlier atoms): (distribution, (r, θ, φ), rigid, mask)."""
+        t = self.tables
+        _codes, slot, _bond, rigid, (r, theta, phi), (d, g, p), pool, found = self._teacher(v)
+        scalars, vectors = self._encode(v)
+        near, near_types = self._near_beads(v)
+        T = slot.shape[1]
+        unit_ok = t.rank[v["keys"]][:, None, :] < torch.arange(T)[None, :, None]  # (B, T, U)
+        known_ok = torch.cat([unit_ok, found[:, None].expand(-1, T, -1)], -1)
+        over_t = lambda x: x[:, None].expand(-1, T, *x.shape[1:])  # noqa: E731
+        feats = self._features(over_t(vectors), over_t(near), over_t(near_types), over_t(pool[:, :t.U + t.E]),
+                               known_ok, d, g, p)
+        r_ref = self.r_ref[slot]
+        h = self.head.features(over_t(scalars), slot, self._previous(r, theta, phi, r_ref), feats)
+        out = self.head.outputs(h, theta)
+        return ICDistribution(out, self.theta_ref[slot], self.theta_std[slot], r_ref), (r, theta, phi), rigid
 
     def _previous(self, r, theta, phi, r_ref):
         feats = torch.stack([torch.cos(theta), torch.sin(theta), torch.cos(phi), torch.sin(phi),
@@ -252,16 +282,7 @@ class EquivariantGenerator(NetworkGenerator):
 
     def nll(self, v: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """Teacher-forced negative log-likelihood per atom of a batch of sequences."""
-        _codes, slot, _bond, rigid, (r, theta, phi), (d, g, p) = self._teacher(v)
-        scalars, vectors = self._encode(v)
-        T = slot.shape[1]
-        r_ref = self.r_ref[slot]
-        prev = self._previous(r, theta, phi, r_ref)
-        near, near_types = self._near_beads(v)
-        feats = self._frame_features(vectors[:, None].expand(-1, T, -1, -1), near[:, None].expand(-1, T, -1, -1), d, g, p)
-        feats = torch.cat([feats, near_types.flatten(1)[:, None].expand(-1, T, -1)], -1)
-        out = self.head(scalars[:, None].expand(-1, T, -1), slot, prev, feats)
-        dist = ICDistribution(out, self.theta_ref[slot], self.theta_std[slot], r_ref)
+        dist, (r, theta, phi), rigid = self._teacher_pass(v)
         lp_a, lp_d, lp_r = dist.log_prob(r, theta, phi)
         m = v["target_mask"].to(lp_a.dtype)
         free = m * (~rigid).to(lp_a.dtype)
@@ -355,14 +376,20 @@ class EquivariantGenerator(NetworkGenerator):
         rows = torch.arange(B * K)
         logp = torch.zeros(B * K)
         order = t.order[v["keys"][0]].tolist()  # one table per batch at inference
+        rank = t.rank[v["keys"][0]]
+        ext_ok = found.repeat_interleave(K, 0)
+        near_types = near_types.view(B * K, NEAR_BEADS, -1)
         for a in range(U):
             c = codes[:, a]
             p, g, d = pool[rows, c[:, 0]], pool[rows, c[:, 1]], pool[rows, c[:, 2]]
-            feats = torch.cat([self._frame_features(vectors, near, d, g, p), near_types], -1)
-            out = self.head(scalars, slot[:, a], prev, feats)
+            known_ok = torch.cat([(rank < a).expand(B * K, -1), ext_ok], -1)
+            feats = self._features(vectors, near, near_types, pool[:, :t.U + t.E], known_ok, d, g, p)
+            h = self.head.features(scalars, slot[:, a], prev, feats)
             r_ref = self.r_ref[slot[:, a]]
-            dist = ICDistribution(out, self.theta_ref[slot[:, a]], self.theta_std[slot[:, a]], r_ref)
-            r, theta, phi = dist.sample(gen)
+            refs = (self.theta_ref[slot[:, a]], self.theta_std[slot[:, a]], r_ref)
+            r, theta = ICDistribution(self.head.outputs(h, None), *refs).sample_angle(gen)
+            dist = ICDistribution(self.head.outputs(h, theta), *refs)
+            phi = dist.sample_dihedral(gen)
             r = torch.where(rigid[:, a], bond[:, a], r)
             pool[:, order[a]] = place(d, g, p, r, theta, phi)
             if with_log_prob:
@@ -371,10 +398,41 @@ class EquivariantGenerator(NetworkGenerator):
                 logp += lp_a + lp_d + (lp_r - 2 * torch.log(r)) * free - torch.log(torch.sin(theta))
             prev = torch.stack([torch.cos(theta), torch.sin(theta), torch.cos(phi), torch.sin(phi),
                                 (r - r_ref) * 10], -1)
+        if self.params.recentre:
+            pool = self._recentre(pool, v["keys"][0].item(), codes[:, 0, 0], U)
         if self.params.project:
             pool = self._project(pool, v["keys"][0].item(), found.repeat_interleave(K, 0), U)
         out = pool[:, :U].reshape(B, K, U, 3)
         return (out, logp.view(B, K)) if with_log_prob else out
+
+    def _recentre(self, pool: torch.Tensor, key: int, anchor_code: torch.Tensor, U: int) -> torch.Tensor:
+        """Make the unit map onto its bead (the local origin) where its mapping lies wholly in it:
+        rotate it about the placed atom its first atom is bonded to, the smallest rotation that
+        points its mapped centre at the bead (bonds to that atom and within the unit unchanged);
+        a unit built from virtual points only is shifted instead."""
+        w = torch.as_tensor(self.tables.tables[key].centre_weights, dtype=pool.dtype)
+        if not bool(w.any()):
+            return pool
+        x = pool[:, :U]
+        com = (w[None, :, None] * x).sum(1) / w.sum()
+        rows = torch.arange(len(pool))
+        anchor = pool[rows, anchor_code]
+        virtual = anchor_code >= self.tables.U + self.tables.E  # no placed atom to turn about
+        u, v = com - anchor, -anchor
+        u_hat = u / u.norm(dim=-1, keepdim=True).clamp(min=1e-9)
+        v_hat = v / v.norm(dim=-1, keepdim=True).clamp(min=1e-9)
+        axis = torch.linalg.cross(u_hat, v_hat)
+        sin, cos = axis.norm(dim=-1), (u_hat * v_hat).sum(-1)
+        k = axis / sin[:, None].clamp(min=1e-9)
+        kx = torch.zeros(len(pool), 3, 3, dtype=pool.dtype)
+        kx[:, 0, 1], kx[:, 0, 2], kx[:, 1, 2] = -k[:, 2], k[:, 1], -k[:, 0]
+        kx = kx - kx.transpose(1, 2)
+        rot = torch.eye(3) + sin[:, None, None] * kx + (1 - cos)[:, None, None] * (kx @ kx)  # Rodrigues
+        turned = anchor[:, None] + (x - anchor[:, None]) @ rot.transpose(1, 2)
+        shifted = x - com[:, None]
+        out = pool.clone()
+        out[:, :U] = torch.where(virtual[:, None, None], shifted, turned)
+        return out
 
     def _project(self, pool: torch.Tensor, key: int, found: torch.Tensor, U: int) -> torch.Tensor:
         """Rigid bonds the tree left open (ring closures, second bonds to placed atoms) to their
@@ -408,17 +466,8 @@ class EquivariantGenerator(NetworkGenerator):
         rep = {k: (x.repeat_interleave(K, 0) if torch.is_tensor(x) else x) for k, x in v.items()}
         rep["targets"] = positions.reshape(B * K, U, 3).float()
         with torch.no_grad(), torch_threads(self.params.threads):
-            _codes, slot, _bond, rigid, (r, theta, phi), (d, g, p) = self._teacher(rep)
-            scalars, vectors = self._encode(v)
-            scalars, vectors = scalars.repeat_interleave(K, 0), vectors.repeat_interleave(K, 0)
-            r_ref = self.r_ref[slot]
-            prev = self._previous(r, theta, phi, r_ref)
-            near, near_types = (x.repeat_interleave(K, 0) for x in self._near_beads(v))
-            feats = self._frame_features(vectors[:, None].expand(-1, U, -1, -1), near[:, None].expand(-1, U, -1, -1),
-                                         d, g, p)
-            feats = torch.cat([feats, near_types.flatten(1)[:, None].expand(-1, U, -1)], -1)
-            out = self.head(scalars[:, None].expand(-1, U, -1), slot, prev, feats)
-            lp_a, lp_d, lp_r = ICDistribution(out, self.theta_ref[slot], self.theta_std[slot], r_ref).log_prob(r, theta, phi)
+            dist, (r, theta, phi), rigid = self._teacher_pass(rep)
+            lp_a, lp_d, lp_r = dist.log_prob(r, theta, phi)
             free = (~rigid).to(lp_a.dtype)
             jac = torch.log(torch.sin(theta).clamp(min=1e-6)) + 2 * torch.log(r.clamp(min=1e-6)) * free
             total = (lp_a + lp_d + lp_r * free - jac).sum(-1)

@@ -28,4 +28,7 @@ class EquivariantParams(BaseModel):
                           "atactic/syndiotactic chains): the hand is then read from the environment")
     project: bool = Field(True, description="enforce the rigid bonds the internal-coordinate tree leaves open "
                                             "(ring closures, second bonds to placed atoms) by a SHAKE projection")
+    recentre: bool = Field(True, description="turn a bead whose mapping lies wholly in it about its bond to the "
+                                             "placed atoms (or shift a bead built from virtual points) so that "
+                                             "it maps onto its CG bead: bond lengths stay exact")
     threads: int = Field(1, ge=1, description="torch threads")

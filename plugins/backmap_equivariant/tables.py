@@ -42,6 +42,9 @@ class UnitTable:
     #: (U, R) chemical signature of each row — bead type, the atom's type and the kind and type of
     #: its three references — what the head is told: equal chemistry shares one embedding
     signature: np.ndarray = None
+    #: (U,) the unit atoms' weights in their own bead's mapping; all zero when the bead also
+    #: depends on atoms outside the unit (then its centre cannot be matched by moving the unit)
+    centre_weights: np.ndarray = None
 
     @property
     def pool_size(self) -> int:
@@ -52,7 +55,8 @@ class UnitTable:
                 "external": self.external,
                 "triples": self.triples.tolist(), "bond": self.bond.tolist(), "constrained": self.constrained.tolist(),
                 "closures": self.closures.tolist(), "closure_length": self.closure_length.tolist(),
-                "masses": self.masses.tolist(), "signature": self.signature.tolist()}
+                "masses": self.masses.tolist(), "signature": self.signature.tolist(),
+                "centre_weights": self.centre_weights.tolist()}
 
     @classmethod
     def from_json(cls, d: dict) -> "UnitTable":
@@ -61,7 +65,8 @@ class UnitTable:
                    np.asarray(d["bond"], float).reshape(len(d["atoms"]), -1),
                    np.asarray(d["constrained"], bool).reshape(len(d["atoms"]), -1),
                    np.asarray(d["closures"], int).reshape(-1, 2), np.asarray(d["closure_length"], float),
-                   np.asarray(d["masses"], float), np.asarray(d["signature"], object).reshape(len(d["atoms"]), -1))
+                   np.asarray(d["masses"], float), np.asarray(d["signature"], object).reshape(len(d["atoms"]), -1),
+                   np.asarray(d["centre_weights"], float))
 
 
 def bond_lengths(moltype) -> dict[tuple[int, int], float]:
@@ -126,8 +131,11 @@ def unit_table(moltype, mapping, unit_atoms: tuple[int, ...], bead: int, constra
         rows: list[tuple[int, int, int]] = []
         for p in ranked(g.neighbors(a), t):
             for gp in ranked((n for n in g.neighbors(p) if n != a), t):
-                for d in ranked((n for n in g.neighbors(gp) if n not in (a, p)), t) + \
-                        ranked((n for n in g.neighbors(p) if n not in (a, gp)), t):
+                # a sibling (another neighbour of the parent) first: its improper-like dihedral is
+                # set by the parent's geometry (±120° at sp3, 180° at sp2) and nearly sharp; a
+                # proper torsion (a neighbour of the grandparent) is a conformational choice
+                for d in ranked((n for n in g.neighbors(p) if n not in (a, gp)), t) + \
+                        ranked((n for n in g.neighbors(gp) if n not in (a, p)), t):
                     rows.append((code[p], code[gp], code[d]))
                 rows.append((code[p], code[gp], xpt))
             rows.append((code[p], zpt, xpt))
@@ -155,7 +163,14 @@ def unit_table(moltype, mapping, unit_atoms: tuple[int, ...], bead: int, constra
                 closure_length.append(lengths[(a, n)])
     return UnitTable(moltype.name, int(bead), atoms, order, external, triples, bond, constrained,
                      np.asarray(closures, int).reshape(-1, 2), np.asarray(closure_length, float),
-                     np.asarray(moltype.masses[atoms], float), signature)
+                     np.asarray(moltype.masses[atoms], float), signature, _centre_weights(mapping, bead, atoms))
+
+
+def _centre_weights(mapping, bead: int, atoms: list[int]) -> np.ndarray:
+    """The weights of ``atoms`` in ``bead``'s mapping if they are all of it, else zeros."""
+    w = mapping.weight_matrix[bead]
+    inside = w[atoms]
+    return inside if np.isclose(inside.sum(), w.sum()) and w.sum() > 0 else np.zeros(len(atoms))
 
 
 def build_order(g: nx.Graph, elements, atoms: list[int], external: set[int]) -> list[int]:
