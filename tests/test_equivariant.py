@@ -4,11 +4,14 @@ apart, a trained model passes the conformance kit, places rigid bonds at exactly
 has a log-density that is the known answer of its own draws, and takes a stereocentre's hand from
 the data it was trained on, with no stereo reference."""
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from backmap_equivariant.encoder import Encoder
+from backmap_equivariant.nerf import internal, place
+from backmap_equivariant.tables import bond_lengths
+from conftest import DATA, HEXANE
 
 from backmap.engine.apply import make_backmapper
 from backmap.engine.loaders import load_mapping, load_topology
@@ -17,11 +20,6 @@ from backmap.sampling.backmapper import BackmapSettings
 from backmap.sampling.chirality import chiral_centres
 from backmap.system.io import Frame, read_frames, write_frames
 from backmap.testing import ConformanceSystem, check_generator
-from backmap_equivariant.encoder import Encoder
-from backmap_equivariant.nerf import internal, place
-from backmap_equivariant.tables import bond_lengths
-
-from conftest import DATA, HEXANE
 
 MIRROR = torch.diag(torch.tensor([1.0, -1.0, 1.0]))
 

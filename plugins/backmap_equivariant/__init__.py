@@ -3,7 +3,6 @@ environment and an autoregressive internal-coordinate head placing a whole bead 
 exact rigid bonds, signed dihedrals (stereocentres from the environment) and an exact log-density.
 See docs/equivariant.md."""
 from backmap import hookimpl
-
 from backmap_equivariant.generator import EquivariantGenerator
 
 

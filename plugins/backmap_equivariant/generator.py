@@ -267,7 +267,7 @@ class EquivariantGenerator(NetworkGenerator):
         T = slot.shape[1]
         unit_ok = t.rank[v["keys"]][:, None, :] < torch.arange(T)[None, :, None]  # (B, T, U)
         known_ok = torch.cat([unit_ok, found[:, None].expand(-1, T, -1)], -1)
-        over_t = lambda x: x[:, None].expand(-1, T, *x.shape[1:])  # noqa: E731
+        over_t = lambda x: x[:, None].expand(-1, T, *x.shape[1:])
         feats = self._features(over_t(vectors), over_t(near), over_t(near_types), over_t(pool[:, :t.U + t.E]),
                                known_ok, d, g, p)
         r_ref = self.r_ref[slot]
@@ -368,7 +368,7 @@ class EquivariantGenerator(NetworkGenerator):
         codes, slot, bond, rigid = t.choose(v["keys"], found)
         scalars, vectors = self._encode(v)
         near, near_types = self._near_beads(v)
-        rep = lambda x: x.repeat_interleave(K, 0)  # noqa: E731  unit b's candidates: rows b·K … b·K + K − 1
+        rep = lambda x: x.repeat_interleave(K, 0)
         scalars, vectors, codes, slot, bond, rigid, near, near_types = map(
             rep, (scalars, vectors, codes, slot, bond, rigid, near, near_types.flatten(1)))
         pool = torch.cat([torch.zeros(B, t.U, 3), ext, t.virtual.expand(B, 3, 3)], 1).repeat_interleave(K, 0)

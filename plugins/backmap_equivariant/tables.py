@@ -59,7 +59,7 @@ class UnitTable:
                 "centre_weights": self.centre_weights.tolist()}
 
     @classmethod
-    def from_json(cls, d: dict) -> "UnitTable":
+    def from_json(cls, d: dict) -> UnitTable:
         return cls(d["moltype"], int(d["bead"]), list(d["atoms"]), list(d.get("order", range(len(d["atoms"])))), list(d["external"]),
                    np.asarray(d["triples"], int).reshape(len(d["atoms"]), -1, 3),
                    np.asarray(d["bond"], float).reshape(len(d["atoms"]), -1),
