@@ -48,16 +48,19 @@ def hexane_tpr():
     return load_topology(HEXANE / "topol.tpr")
 
 
-@pytest.fixture
-def cli():
-    """Run the real ``backmap`` command line in-process; returns (exit code, stdout, stderr)."""
+def run_cli(*args, catch_exceptions: bool = True) -> tuple[int, str, str]:
+    """Run the real ``backmap`` command line in-process; returns (exit code, stdout, stderr).
+    ``catch_exceptions=False`` lets a crash surface as its traceback (for fixtures that build on a run)."""
     from backmap.cli import cli as app
 
-    def invoke(*args: str):
-        result = CliRunner().invoke(app, [str(a) for a in args])
-        return result.exit_code, result.stdout, result.stderr
+    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=catch_exceptions)
+    return result.exit_code, result.stdout, result.stderr
 
-    return invoke
+
+@pytest.fixture
+def cli():
+    """:func:`run_cli` as a fixture."""
+    return run_cli
 
 
 def one_line_error(code: int, err: str) -> str:

@@ -1,6 +1,7 @@
 """The generator contract: the conformance kit on every built-in generator (and on broken ones it
 must catch), the environment spec owned by the model, safe model files, one backmapping path."""
 import json
+from functools import partial
 import shutil
 import textwrap
 from pathlib import Path
@@ -14,7 +15,7 @@ from backmap.engine.models import load_model
 from backmap.system.io import read_frames
 from backmap.testing import ConformanceSystem, check_generator
 
-from conftest import HEXANE
+from conftest import HEXANE, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,14 +42,7 @@ def _run(cli, tmp_path: Path, name: str, generator: str, train: str = "{}", extr
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """A template and a tiny voxel-GAN model trained on hexane, each backmapped once."""
-    from click.testing import CliRunner
-
-    from backmap.cli import cli as app
-
-    def cli(*args):
-        r = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-        return r.exit_code, r.stdout, r.stderr
-
+    cli = partial(run_cli, catch_exceptions=False)
     tmp = tmp_path_factory.mktemp("contract")
     return {"template": _run(cli, tmp, "tpl", "{plugin: template}"),
             "voxel_gan": _run(cli, tmp, "gan", "{plugin: voxel_gan, params: {preset: tiny, regularizer_samples: 2}}",

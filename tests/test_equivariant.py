@@ -11,7 +11,7 @@ import torch
 from backmap_equivariant.encoder import Encoder
 from backmap_equivariant.nerf import internal, place
 from backmap_equivariant.tables import bond_lengths
-from conftest import DATA, HEXANE
+from conftest import DATA, HEXANE, run_cli
 
 from backmap.engine.apply import make_backmapper
 from backmap.engine.loaders import load_mapping, load_topology
@@ -75,21 +75,9 @@ def test_encoder_is_rotation_equivariant_and_only_so3_sees_mirror_images(parity)
     scale = s0.abs().mean()
     change = (_encode(encoder, env, MIRROR)[0] - s0).abs().max() / scale
     if parity == "so3":
-        assert change > 1e-3, change  # triple products (a × b)·c change sign (6.8e-3 here, at initialization)
+        assert change > 1e-3, change  # triple products (a × b)·c: 6.8e-3–5.6e-2 over eight initializations
     else:
         assert change < 1e-5, change  # true parities: mirror-blind scalars (cannot choose a hand)
-
-
-def _cli():
-    from click.testing import CliRunner
-
-    from backmap.cli import cli as app
-
-    def invoke(*args):
-        r = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-        return r.exit_code, r.stdout, r.stderr
-
-    return invoke
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +97,7 @@ def hexane_run(tmp_path_factory):
           - train: {{epochs: 30, batch_size: 64}}
           - backmap: {{candidates: 4, gibbs_sweeps: 1}}
         """))
-    code, _, err = _cli()("run", recipe)
+    code, _, err = run_cli("run", recipe, catch_exceptions=False)
     assert code == 0, err
     return tmp / "eq"
 
@@ -137,7 +125,7 @@ def test_rigid_bonds_come_out_at_their_length(hexane_run):
     xs = x.reshape(-1, mt.n_atoms, 3)
     lengths = np.linalg.norm(xs[:, mt.bonds[:, 0]] - xs[:, mt.bonds[:, 1]], axis=-1)
     err = np.abs(lengths - np.array([b0[tuple(p)] for p in mt.bonds.tolist()]))
-    assert err.max() < 1e-5, np.quantile(err, [0.5, 0.99, 1.0])  # float32 coordinates
+    assert err.max() < 1e-5, np.quantile(err, [0.5, 0.99, 1.0])  # float32; 1.2e-6–3.2e-6 over five training seeds
 
 
 def _captured_batch(model, cg_path):
@@ -166,7 +154,7 @@ def test_log_prob_is_the_density_of_the_draws(hexane_run):
         x, drawn = gen._sample(view, 5, torch.Generator().manual_seed(0), with_log_prob=True)
         scored = gen.log_prob(batch, x)
         assert scored.shape == drawn.shape and torch.isfinite(scored).all()
-        assert torch.allclose(scored, drawn, atol=2e-2, rtol=1e-4), (scored - drawn).abs().max()
+        assert torch.allclose(scored, drawn, atol=1e-3), (scored - drawn).abs().max()  # ≤ 4e-5 over five seeds
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +193,7 @@ def chiral_run(tmp_path_factory):
               - prepare: {{}}
               - train: {{epochs: 25, batch_size: 32}}
             """))
-        code, _, err = _cli()("run", recipe)
+        code, _, err = run_cli("run", recipe, catch_exceptions=False)
         assert code == 0, err
         runs[augment] = tmp / name
     return top, frames[-1], runs
@@ -214,7 +202,8 @@ def chiral_run(tmp_path_factory):
 def test_the_hand_comes_from_the_training_data(chiral_run):
     """Isolated molecules: the environment is one point, so nothing but the learned signed
     dihedrals can choose the hand. Trained on one enantiomer, the generator makes that one, with
-    no stereo reference; trained with mirror images too, it makes both."""
+    no stereo reference; trained with mirror images too, it makes both. Over six training seeds:
+    1.000 every time, and 0.17–0.30 (the short training leaves a bias, but both hands appear)."""
     top, frame, runs = chiral_run
     cg = load_mapping(DATA / "chiral" / "chiral.xml", top).cg_topology(top)
     beads = cg.apply(frame.positions)
@@ -224,4 +213,4 @@ def test_the_hand_comes_from_the_training_data(chiral_run):
         samples = [list(bm.run([Frame(beads, frame.dimensions)]))[0].positions for _ in range(4)]
         kept[augment] = np.mean([chiral_centres(top, frame.positions).kept(top, x) for x in samples])
     assert kept[False] >= 0.95, kept  # 108 centres
-    assert 0.2 <= kept[True] <= 0.8, kept
+    assert 0.05 <= kept[True] <= 0.75, kept

@@ -60,7 +60,7 @@ class UnitTable:
 
     @classmethod
     def from_json(cls, d: dict) -> UnitTable:
-        return cls(d["moltype"], int(d["bead"]), list(d["atoms"]), list(d.get("order", range(len(d["atoms"])))), list(d["external"]),
+        return cls(d["moltype"], int(d["bead"]), list(d["atoms"]), list(d["order"]), list(d["external"]),
                    np.asarray(d["triples"], int).reshape(len(d["atoms"]), -1, 3),
                    np.asarray(d["bond"], float).reshape(len(d["atoms"]), -1),
                    np.asarray(d["constrained"], bool).reshape(len(d["atoms"]), -1),
@@ -205,7 +205,7 @@ def system_tables(cg_topology, plans, constraints: str) -> list[UnitTable]:
 def bead_keys(cg_topology, tables: list[UnitTable]) -> np.ndarray:
     """(n_beads,) index of the table of every global bead (for training sequences)."""
     index = {(t.moltype, t.bead): k for k, t in enumerate(tables)}
-    out = np.full(cg_topology.n_beads if hasattr(cg_topology, "n_beads") else len(cg_topology.bead_types), -1)
+    out = np.full(cg_topology.n_beads, -1)
     for cb in cg_topology.blocks:
         n = cb.mapping.n_beads
         for m in range(cb.block.count):
