@@ -1,0 +1,123 @@
+"""Exact Monte Carlo moves through a latent-variable model (VAE Monte Carlo; Monroe & Shen 2022,
+seed ``002``, eq. 9 and appendix A).
+
+A model with tractable densities — encoder q(z | x), prior P(z), decoder P(x | z) — proposes a
+new state by x₁ → z₁ ~ q(·|x₁) → z₂ ~ P → x₂ ~ P(·|z₂). On the space of pairs (x, z) with target
+π(x) q(z | x) this is an independence proposal with density P(z) P(x | z), so its importance weight
+
+    ln w(x, z) = ln π(x) − [ln P(z) + ln P(x | z) − ln q(z | x)]      (ln π = −βU, unnormalized)
+
+makes the Metropolis–Hastings ratio ln r = ln w(x₂, z₂) − ln w(x₁, z₁): eq. 9, exact for *any*
+model, with acceptance 1 when P(x | z) P(z) = π(x) q(z | x). Drawing z₁ afresh from q(·|x₁) before
+each move is a Gibbs step on the pair space, so the x-marginal of the chain is π.
+
+Multiple-try selection (appendix A, "configurational bias"): draw M pairs, pick one with
+probability ∝ w, accept with min(1, W_F / W_B), W_F = Σ forward weights and W_B the same set
+with the chosen pair replaced by the current one (multiple-try Metropolis for independence
+proposals: the backward trials are the forward ones, no further draws). M = 1 is eq. 9.
+
+Everything here is in float64 log space; a NaN or infinite ratio is rejected and counted.
+This module knows nothing about molecules: the ``vae_mc`` refiner supplies the densities and
+energies of units in their environments, the tests supply a double well.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+
+
+@dataclass
+class JointLogDensity:
+    """ln q(z | x), ln P(z), ln P(x | z) of pairs (x, z), each of one shape (float64)."""
+
+    encoder: torch.Tensor
+    prior: torch.Tensor
+    decoder: torch.Tensor
+
+    @property
+    def model(self) -> torch.Tensor:
+        """ln P̃(x) = ln P(x | z) + ln P(z) − ln q(z | x): the model's estimate of its own density
+        at x (eq. 17), the proposal density of the pair move."""
+        return (self.decoder.double() + self.prior.double()) - self.encoder.double()
+
+
+class LatentModel(Protocol):
+    """What a latent-variable model offers the moves, for a batch of B independent systems (units
+    in their environments, or toy models). ``x``: (B, …) states; ``z``: (B, …) latents; M: trials."""
+
+    def encode(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """z ~ q(z | x)."""
+
+    def generate(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """n pairs per system: z ~ P(z), x ~ P(x | z) → x (B, n, …), z (B, n, …)."""
+
+    def log_joint(self, x: torch.Tensor, z: torch.Tensor) -> JointLogDensity:
+        """The three log densities of pairs (B, n, …) → each (B, n)."""
+
+
+def log_weight(log_target: torch.Tensor, joint: JointLogDensity) -> torch.Tensor:
+    """ln w = ln π(x) − ln P̃(x) (float64)."""
+    return log_target.double() - joint.model
+
+
+@dataclass
+class MoveResult:
+    """One move of B systems: the chosen proposal, whether it was accepted, whether its ratio was
+    NaN/inf (rejected), the log acceptance ratio and the index of the chosen trial."""
+
+    x: torch.Tensor
+    accepted: torch.Tensor
+    invalid: torch.Tensor
+    log_ratio: torch.Tensor
+    choice: torch.Tensor
+
+
+def metropolis(log_ratio: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(accepted, invalid) for log ratios (B,): accept with min(1, r); NaN and ±inf-from-NaN
+    arithmetic are never accepted (a ratio of +inf from a finite old state and a valid new one
+    cannot arise: both weights are finite when the densities are)."""
+    log_ratio = log_ratio.double()
+    invalid = ~torch.isfinite(log_ratio)
+    u = torch.rand(log_ratio.shape, generator=generator, dtype=torch.float64)
+    accepted = (torch.log(u) < log_ratio) & ~invalid
+    return accepted, invalid
+
+
+def select(log_w: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Index (B,) of one trial per row of ``log_w`` (B, M) drawn with probability ∝ w (Gumbel
+    max); rows whose weights are all NaN/−inf pick trial 0 (then rejected as invalid)."""
+    g = -torch.log(-torch.log(torch.rand(log_w.shape, generator=generator, dtype=torch.float64).clamp(min=1e-300)))
+    score = torch.where(torch.isnan(log_w), torch.full_like(log_w, -torch.inf), log_w) + g
+    return score.argmax(-1)
+
+
+def multiple_try_log_ratio(log_w_trials: torch.Tensor, log_w_current: torch.Tensor, choice: torch.Tensor
+                           ) -> torch.Tensor:
+    """ln(W_F / W_B) for trial weights (B, M), the current state's (B,) and the chosen trials (B,)."""
+    chosen = log_w_trials.gather(1, choice[:, None])[:, 0]
+    forward = torch.logsumexp(log_w_trials, -1)
+    others = log_w_trials.scatter(1, choice[:, None], log_w_current[:, None])  # chosen replaced by current
+    backward = torch.logsumexp(others, -1)
+    ratio = forward - backward
+    # a NaN or infinite weight anywhere invalidates the move (logsumexp would hide a NaN trial)
+    bad = torch.isnan(log_w_trials).any(-1) | ~torch.isfinite(log_w_current) | ~torch.isfinite(chosen)
+    return torch.where(bad, torch.full_like(ratio, torch.nan), ratio)
+
+
+def vae_move(model: LatentModel, x: torch.Tensor, log_target: Callable[[torch.Tensor], torch.Tensor],
+             generator: torch.Generator, trials: int = 1) -> MoveResult:
+    """One VAE Monte Carlo move of every system of the batch from states ``x`` (B, …);
+    ``log_target`` maps states (B, n, …) to ln π (B, n) (−βU, unnormalized)."""
+    z1 = model.encode(x, generator)
+    x1, z1 = x[:, None], z1[:, None]
+    log_w1 = log_weight(log_target(x1), model.log_joint(x1, z1))[:, 0]
+    x2, z2 = model.generate(trials, generator)
+    log_w2 = log_weight(log_target(x2), model.log_joint(x2, z2))
+    choice = select(log_w2, generator) if trials > 1 else torch.zeros(len(x), dtype=torch.long)
+    ratio = multiple_try_log_ratio(log_w2, log_w1, choice)
+    accepted, invalid = metropolis(ratio, generator)
+    chosen = x2[torch.arange(len(x)), choice]
+    new = torch.where(accepted.view(-1, *[1] * (x.ndim - 1)), chosen.to(x.dtype), x)
+    return MoveResult(new, accepted, invalid, ratio, choice)

@@ -1,0 +1,159 @@
+"""Toy targets with known answers and a small Gaussian VAE, for exactness checks of samplers and
+training objectives (VAE Monte Carlo, reverse-KL training): the 2D double well of Schöberl et al.
+(seed ``003``) whose moments come from quadrature, and a harmonic well with an analytically
+perfect VAE (acceptance 1)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from backmap.refinement.latent_moves import JointLogDensity
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def double_well_energy(x: torch.Tensor) -> torch.Tensor:
+    """U = x₁⁴/4 − 3x₁² + x₁ + x₂²/2 for states (..., 2)."""
+    x1, x2 = x[..., 0], x[..., 1]
+    return x1 ** 4 / 4 - 3 * x1 ** 2 + x1 + x2 ** 2 / 2
+
+
+@dataclass(frozen=True)
+class DoubleWellMoments:
+    """Exact answers at inverse temperature β: mean and s.d. of x₁ and x₂, mass with x₁ > 0."""
+
+    mean_x1: float
+    std_x1: float
+    minor_mass: float
+    mean_x2: float
+    std_x2: float
+
+
+def double_well_quadrature(beta: float = 1.0, n: int = 200_001, span: float = 8.0
+                           ) -> tuple[DoubleWellMoments, np.ndarray, np.ndarray]:
+    """Moments by quadrature on a fine grid of x₁ (x₂ is Gaussian with variance 1/β), with the
+    grid and its normalized cumulative distribution for exact sampling."""
+    x = np.linspace(-span, span, n)
+    u = x ** 4 / 4 - 3 * x ** 2 + x
+    p = np.exp(-beta * (u - u.min()))
+    p /= np.trapezoid(p, x)
+    mean = np.trapezoid(x * p, x)
+    std = math.sqrt(np.trapezoid((x - mean) ** 2 * p, x))
+    minor = np.trapezoid(np.where(x > 0, p, 0.0), x)
+    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (p[1:] + p[:-1]) * np.diff(x))])
+    cdf /= cdf[-1]
+    return DoubleWellMoments(float(mean), std, float(minor), 0.0, 1 / math.sqrt(beta)), x, cdf
+
+
+def double_well_samples(n: int, rng: np.random.Generator, beta: float = 1.0) -> np.ndarray:
+    """n exact samples (n, 2) by inverse-CDF sampling of the quadrature."""
+    _m, grid, cdf = double_well_quadrature(beta)
+    x1 = np.interp(rng.random(n), cdf, grid)
+    return np.stack([x1, rng.normal(0, 1 / math.sqrt(beta), n)], 1)
+
+
+def _normal_log_prob(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    z = (x - mean) * torch.exp(-log_std)
+    return (-0.5 * z * z - log_std - 0.5 * LOG_2PI).sum(-1)
+
+
+class GaussianVAE(torch.nn.Module):
+    """A VAE on R^d with diagonal Gaussian encoder and decoder (MLPs) and a standard normal prior,
+    implementing :class:`backmap.refinement.latent_moves.LatentModel` for one system (B = 1) or a
+    batch of independent copies of it (B states)."""
+
+    def __init__(self, dim: int = 2, latent: int = 1, hidden: int = 64):
+        super().__init__()
+        self.dim, self.latent = dim, latent
+
+        def net(n_in: int, n_out: int) -> torch.nn.Sequential:
+            return torch.nn.Sequential(torch.nn.Linear(n_in, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, hidden),
+                                       torch.nn.SiLU(), torch.nn.Linear(hidden, 2 * n_out))
+
+        self.encoder = net(dim, latent)
+        self.decoder = net(latent, dim)
+        self.double()
+
+    def _split(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = out.chunk(2, -1)
+        return mean, log_std.clamp(-7.0, 3.0)
+
+    def encode(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        mean, log_std = self._split(self.encoder(x))
+        return mean + torch.exp(log_std) * torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+
+    def generate(self, n: int, generator: torch.Generator, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        z = torch.randn(batch, n, self.latent, generator=generator, dtype=torch.float64)
+        mean, log_std = self._split(self.decoder(z))
+        return mean + torch.exp(log_std) * torch.randn(mean.shape, generator=generator, dtype=mean.dtype), z
+
+    def log_joint(self, x: torch.Tensor, z: torch.Tensor) -> JointLogDensity:
+        q = _normal_log_prob(z, *self._split(self.encoder(x)))
+        prior = _normal_log_prob(z, torch.zeros_like(z), torch.zeros_like(z))
+        dec = _normal_log_prob(x, *self._split(self.decoder(z)))
+        return JointLogDensity(q, prior, dec)
+
+    def elbo(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Mean ELBO of states (n, d) with one reparameterized latent draw each."""
+        z = self.encode(x, generator)
+        j = self.log_joint(x, z)
+        return (j.decoder + j.prior - j.encoder).mean()
+
+    def fit(self, data: np.ndarray, steps: int = 400, batch: int = 512, lr: float = 1e-2, seed: int = 0) -> list[float]:
+        """Maximize the ELBO on samples ``data`` (n, d); the loss (−ELBO) per step."""
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.as_tensor(data, dtype=torch.float64)
+        opt = torch.optim.Adam(self.parameters(), lr=lr)
+        losses = []
+        for step in range(steps):
+            for group in opt.param_groups:
+                group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+            idx = torch.randint(len(x), (batch,), generator=gen)
+            loss = -self.elbo(x[idx], gen)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        return losses
+
+
+class BatchedModel:
+    """A single-system toy model applied to B independent chains: ``generate`` draws per chain."""
+
+    def __init__(self, model: GaussianVAE, chains: int):
+        self.model, self.chains = model, chains
+
+    def encode(self, x, generator):
+        return self.model.encode(x, generator)
+
+    def generate(self, n, generator):
+        return self.model.generate(n, generator, batch=self.chains)
+
+    def log_joint(self, x, z):
+        return self.model.log_joint(x, z)
+
+
+class PerfectHarmonicVAE:
+    """For π(x) ∝ exp(−|x|²/2) on R^d: z ~ N(0, I), x | z ~ N(a z, (1 − a²) I), q(z | x) =
+    N(a x, (1 − a²) I) — the joint P(z) P(x|z) equals π(x) q(z|x) exactly, so every VAE Monte
+    Carlo move is accepted."""
+
+    def __init__(self, dim: int, chains: int, a: float = 0.8):
+        self.dim, self.chains, self.a = dim, chains, a
+        self.log_s = 0.5 * math.log(1 - a * a)
+
+    def encode(self, x, generator):
+        return self.a * x + math.exp(self.log_s) * torch.randn(x.shape, generator=generator, dtype=torch.float64)
+
+    def generate(self, n, generator):
+        z = torch.randn(self.chains, n, self.dim, generator=generator, dtype=torch.float64)
+        return self.a * z + math.exp(self.log_s) * torch.randn(z.shape, generator=generator, dtype=torch.float64), z
+
+    def log_joint(self, x, z):
+        s = torch.full_like(x, self.log_s)
+        zero = torch.zeros_like(x)
+        return JointLogDensity(_normal_log_prob(z, self.a * x, s), _normal_log_prob(z, zero, zero),
+                               _normal_log_prob(x, self.a * z, s))
