@@ -124,8 +124,14 @@ def test_nan_and_infinite_ratios_are_rejected_and_counted():
     gen = torch.Generator().manual_seed(0)
     ratio = torch.tensor([0.0, float("nan"), float("inf"), -float("inf"), 50.0], dtype=torch.float64)
     accepted, invalid = metropolis(ratio, gen)
-    assert accepted.tolist() == [True, False, False, False, True]
-    assert invalid.tolist() == [False, True, True, True, False]
+    assert accepted.tolist() == [True, False, True, False, True]  # +inf: leaving an impossible state
+    assert invalid.tolist() == [False, True, False, False, False]
+    # a zero-probability current state (−inf weight) is left for any valid proposal; a zero-density
+    # draw (+inf weight) is invalid
+    w_cur = torch.tensor([-float("inf"), 0.0], dtype=torch.float64)
+    w_new = torch.tensor([[-3.0], [float("inf")]], dtype=torch.float64)
+    r = multiple_try_log_ratio(w_new, w_cur, torch.zeros(2, dtype=torch.long))
+    assert r[0] == float("inf") and torch.isnan(r[1])
     # one NaN trial weight invalidates a multiple-try move (logsumexp would hide it)
     w = torch.tensor([[0.0, float("nan"), -1.0]], dtype=torch.float64)
     assert torch.isnan(multiple_try_log_ratio(w, torch.zeros(1, dtype=torch.float64), torch.tensor([0]))).all()

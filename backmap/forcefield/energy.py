@@ -6,6 +6,7 @@ docs/forcefield.md); forces come from autograd. Input: positions (B, N, 3) in nm
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -14,7 +15,7 @@ import torch
 
 from backmap.errors import BackmapError
 from backmap.forcefield import geometry as geo
-from backmap.forcefield.neighbors import neighbour_pairs
+from backmap.forcefield.neighbors import box_heights, neighbour_pairs
 from backmap.forcefield.parameters import Parameters, build_parameters
 from backmap.forcefield.pme import PME
 from backmap.forcefield.settings import ONE_4PI_EPS0, NonbondedSettings
@@ -46,17 +47,27 @@ class Energies:
         return out
 
 
-def _linear_below(r: torch.Tensor, r_lo: torch.Tensor, energy) -> torch.Tensor:
-    """``energy(r)`` above ``r_lo``; its tangent line below (finite energy and force as r → 0)."""
-    r_lo = torch.broadcast_to(r_lo, r.shape)
-    inside = r < r_lo
+def _linear_below(r: torch.Tensor, r_lo: torch.Tensor, energy, *params: torch.Tensor) -> torch.Tensor:
+    """``energy(r, *params)`` above ``r_lo``; its tangent line below (finite energy and force as
+    r → 0). ``energy`` is elementwise; ``params`` (tensors or numbers) broadcast against ``r``.
+    The tangents are taken (by autograd) only where they are needed."""
+    inside = r < (float(r_lo) if not torch.is_tensor(r_lo) or r_lo.ndim == 0 else r_lo)
     if not bool(inside.any()):
-        return energy(r)
-    r_at = r_lo.detach().clone().requires_grad_(True)
+        return energy(r, *params)
+    r_lo = torch.broadcast_to(torch.as_tensor(r_lo, dtype=r.dtype), r.shape)
+    idx = torch.nonzero(inside.reshape(-1), as_tuple=True)[0]
+
+    def at(v):
+        return torch.broadcast_to(v, r.shape).reshape(-1).index_select(0, idx) if torch.is_tensor(v) else v
+
+    r_lo_in = at(r_lo).detach()
+    r_at = r_lo_in.clone().requires_grad_(True)
     with torch.enable_grad():
-        e_at = energy(r_at)
+        e_at = energy(r_at, *(at(v) for v in params))
         slope, = torch.autograd.grad(e_at.sum(), r_at, create_graph=True)
-    return torch.where(inside, e_at + slope * (r - r_lo), energy(torch.where(inside, r_lo, r)))
+    below = e_at + slope * (at(r) - r_lo_in)
+    e = energy(torch.where(inside, r_lo, r), *params)
+    return e.reshape(-1).index_put((idx,), below).reshape(r.shape)
 
 
 BONDED_GEOMETRIC = ("bond", "urey_bradley", "angle", "proper", "rb", "improper")
@@ -97,6 +108,167 @@ def _lattice(shift: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     return (n @ vectors).reshape(shift.shape)
 
 
+def _touching(table: dict, atoms: np.ndarray, gid: np.ndarray, member: np.ndarray, anywhere: np.ndarray,
+              check: bool, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The terms of ``table`` (see ``ForceField._group_index_tables``) with an atom in a group:
+    (term index, its atoms, group), once per term and group. ``atoms``/``gid``: the groups' atoms
+    and their group; ``member`` (G, N): atom in group; ``anywhere``: atom in some group."""
+    ptr = table["ptr"]
+    start = ptr[atoms]
+    counts = ptr[atoms + 1] - start
+    owner = np.repeat(np.arange(len(atoms)), counts)
+    entry = np.arange(len(owner)) + np.repeat(start - (np.cumsum(counts) - counts), counts)
+    term, pos, g = table["term"][entry], table["pos"][entry], gid[owner]
+    at = table["atoms"][term]
+    in_g = member[g[:, None], at]
+    if check and (anywhere[at] & ~in_g).any():
+        raise BackmapError(f"groups interact: a bonded term ({what}) spans two groups")
+    keep = in_g.argmax(1) == pos  # counted once, through its first atom in the group
+    return term[keep], at[keep], g[keep]
+
+
+_SCREEN_MARGIN = 1e-4  # nm: neighbour screening is in float32; the exact cut-offs come after, in float64
+_FAR_AWAY = 1e4  # nm: padding coordinates in the screening blocks
+
+
+def _group_pairs(x: np.ndarray, xa: np.ndarray, valid: np.ndarray, gfill: np.ndarray, member: np.ndarray,
+                 molecule: np.ndarray, is_excluded, cutoff: float, vectors: np.ndarray | None,
+                 heights: np.ndarray | None) -> tuple[np.ndarray, ...]:
+    """Non-excluded pairs (group atom, any atom) closer than ``cutoff`` (+ a float32 margin).
+
+    ``x`` (C, N, 3) configurations; ``xa`` (C, G, A, 3) the groups' atoms ``gfill`` (G, A), each as
+    an image near its group; ``valid`` (G, A) slot holds an atom; ``member`` (G, N) atom in group;
+    ``vectors`` (3, 3) box or None. Brute force in two stages: the atoms with an image within
+    cut-off + radius of a group's centre, then the group's atoms against those, one padded block
+    per (configuration, group) (a batched matrix product). Pairs inside a group come once, by
+    the lower atom index. Returns the candidates (c, j, shift): atom j's image ``x[c, j] + shift``
+    near group c·G + g, and the pairs (block, slot, candidate) in increasing block = c·G + g:
+    atom ``gfill[g, slot]`` with that candidate.
+
+    Images: rounding fractional coordinates gives the nearest image of any vector shorter than
+    half the smallest box height (whose fractional coordinates are all below 1/2 in size), so it
+    is exact at the atom stage (the cut-off is at most that); the group stage reaches further,
+    and atoms near the far side (|fractional coordinate| > 1 − reach / height) are also tried in
+    the neighbouring images."""
+    C, G, A, _ = xa.shape
+    N, CG = x.shape[1], C * G
+    f32 = np.float32
+    centre = (xa * valid[..., None]).sum(2) / np.maximum(valid.sum(1), 1)[:, None]  # (C, G, 3)
+    local = xa - centre[:, :, None]
+    reach = cutoff + np.where(valid, np.linalg.norm(local, axis=-1), 0.0).max(2) + _SCREEN_MARGIN  # (C, G)
+    reach2 = (reach**2).astype(f32)
+    if vectors is None:
+        d = [(x[:, None, :, i] - centre[:, :, None, i]).astype(f32) for i in range(3)]  # (C, G, N) each
+        n = [np.zeros_like(d[0])] * 3
+    else:
+        inv = np.linalg.inv(vectors)
+        s, sc = (x @ inv).astype(f32), (centre @ inv).astype(f32)
+        f = [s[:, None, :, i] - sc[:, :, None, i] for i in range(3)]
+        n = [np.rint(fi) for fi in f]
+        f = [fi - ni for fi, ni in zip(f, n)]
+        V = vectors.astype(f32)
+        d = [sum((f[i] * V[i, k] for i in range(3) if V[i, k] != 0), np.zeros_like(f[0])) for k in range(3)]
+    flat = np.flatnonzero(d[0] * d[0] + d[1] * d[1] + d[2] * d[2] < reach2[..., None])
+    block, j = np.divmod(flat, N)
+    dj = np.stack([dk.ravel()[flat] for dk in d], 1)
+    m = -np.stack([ni.ravel()[flat] for ni in n], 1)
+    counts = np.bincount(block, minlength=CG)
+    pos = np.arange(len(block)) - (np.cumsum(counts) - counts)[block]
+    far_frac = None if vectors is None else reach.max() / heights
+    axes = [] if far_frac is None else [int(i) for i in np.flatnonzero(far_frac > 0.5 - 1e-6)]
+    if axes:
+        # further images, where the reach exceeds half a box height: |f_i + o_i| < reach / h_i with
+        # |f_i| <= 1/2 needs o_i = -sign(f_i) and |f_i| > 1 - reach / h_i (the far side of the box)
+        n_max = np.ceil(far_frac + 0.5).astype(int) - 1
+        far = {i: np.abs(f[i]) > (1 - 1e-5 - reach / heights[i]).astype(f32)[..., None] for i in axes}
+        src, off = [], []
+        if n_max.max() <= 1:
+            for k in range(1, len(axes) + 1):
+                for subset in itertools.combinations(axes, k):
+                    s_k = np.flatnonzero(np.logical_and.reduce([far[i] for i in subset]))
+                    o = np.zeros((len(s_k), 3), f32)
+                    for i in subset:
+                        o[:, i] = -np.sign(f[i].ravel()[s_k])
+                    src.append(s_k)
+                    off.append(o)
+        else:  # a group wider than a box height: all neighbouring images up to n_max
+            s_k = np.flatnonzero(np.logical_or.reduce(list(far.values())))
+            offsets = np.array([o for o in itertools.product(*(range(-k, k + 1) for k in n_max)) if any(o)], f32)
+            src.append(np.repeat(s_k, len(offsets)))
+            off.append(np.tile(offsets, (len(s_k), 1)))
+        src, off = np.concatenate(src), np.concatenate(off)
+        do = (np.stack([fi.ravel()[src] for fi in f], 1) + off) @ V
+        hit = np.flatnonzero(do[:, 0] ** 2 + do[:, 1] ** 2 + do[:, 2] ** 2 < reach2.ravel()[src // N])
+        hit = hit[np.argsort(src[hit], kind="stable")]  # blocks in increasing order
+        src = src[hit]
+        block_f, j_f = np.divmod(src, N)
+        counts_f = np.bincount(block_f, minlength=CG)
+        pos_f = counts[block_f] + np.arange(len(block_f)) - (np.cumsum(counts_f) - counts_f)[block_f]
+        block, j, pos = np.r_[block, block_f], np.r_[j, j_f], np.r_[pos, pos_f]
+        dj = np.concatenate([dj, do[hit]])
+        m = np.concatenate([m, off[hit] - np.stack([ni.ravel()[src] for ni in n], 1)])
+        counts = counts + counts_f
+    width = int(counts.max()) if len(block) else 0
+    if width == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros((0, 3)), empty, empty, empty
+    # padded blocks: candidate rows × group slots
+    row = block * width + pos
+    Dj = np.full((CG * width, 3), _FAR_AWAY, f32)
+    Dj[row] = dj
+    candidate = np.full(CG * width, -1)
+    candidate[row] = np.arange(len(row))
+    Dk = torch.from_numpy(np.where(valid[None, :, :, None], local, -_FAR_AWAY).astype(f32).reshape(CG, A, 3))
+    Dj_t = torch.from_numpy(Dj.reshape(CG, width, 3))
+    r2 = torch.baddbmm((Dj_t * Dj_t).sum(-1)[:, :, None] + (Dk * Dk).sum(-1)[:, None, :], Dj_t, Dk.transpose(1, 2),
+                       alpha=-2.0).numpy()
+    ok = r2 < (cutoff + _SCREEN_MARGIN) ** 2  # (CG, width, A)
+    okr = ok.reshape(-1, A)
+    g = block % G
+    inside = member[g, j]  # the candidate is in the group itself: once, by the lower index; not with itself
+    okr[row[inside]] &= gfill[g[inside]] < j[inside][:, None]
+    # excluded pairs (all within one molecule): candidates in a molecule of their group's atoms
+    mol_slot = np.where(valid, molecule[gfill], -1)
+    group_mols = np.zeros((G, int(molecule.max()) + 1), bool)
+    group_mols[np.nonzero(valid)[0], mol_slot[valid]] = True
+    mol_j = molecule[j]
+    rs = np.flatnonzero(group_mols[g, mol_j])
+    if len(rs):
+        ri, ai = np.nonzero(okr[row[rs]] & (mol_slot[g[rs]] == mol_j[rs][:, None]))
+        excluded = is_excluded(gfill[g[rs[ri]], ai], j[rs[ri]])
+        okr[row[rs[ri[excluded]]], ai[excluded]] = False
+    p_row, slot = np.divmod(np.flatnonzero(ok), A)
+    shift = np.zeros((len(j), 3)) if vectors is None else m.astype(np.float64) @ vectors
+    return block // G, j, shift, p_row // width, slot, candidate[p_row]
+
+
+def _exclusion_lookup(exclusions: np.ndarray, molecule: np.ndarray, keys: np.ndarray, max_table: int = 1 << 24):
+    """``is_excluded(i, j)`` for arrays of atom pairs of one molecule each: a dense table per
+    molecule (sizes²), or a binary search in the sorted keys i·N + j when the tables would be large
+    or an exclusion joined two molecules."""
+    N = len(molecule)
+    sizes = np.bincount(molecule)
+    offset = np.cumsum(sizes**2) - sizes**2
+    if int((sizes**2).sum()) > max_table or (molecule[exclusions[:, 0]] != molecule[exclusions[:, 1]]).any():
+        def is_excluded(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+            key = np.minimum(i, j) * N + np.maximum(i, j)
+            return keys[np.searchsorted(keys, key).clip(max=max(len(keys) - 1, 0))] == key if len(keys) else \
+                np.zeros(len(key), bool)
+        return is_excluded
+    order = np.argsort(molecule, kind="stable")
+    local = np.empty(N, np.int64)
+    local[order] = np.arange(N) - (np.cumsum(sizes) - sizes)[molecule[order]]
+    row = offset[molecule] + local * sizes[molecule]  # atom i's row of its molecule's table
+    table = np.zeros(int((sizes**2).sum()), bool)
+    i, j = exclusions[:, 0], exclusions[:, 1]
+    table[row[i] + local[j]] = True
+    table[row[j] + local[i]] = True
+
+    def is_excluded(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        return table[row[i] + local[j]]
+    return is_excluded
+
+
 class ForceField:
     """Energies of a whole system (and of atom subsets) for batches of configurations."""
 
@@ -119,8 +291,21 @@ class ForceField:
         self._lj_type = torch.as_tensor(p.lj_type)
         self._mol = torch.as_tensor(p.molecule)
         s = self.settings
+        # per pair of LJ types (flat, index ti * n_types + tj): C6, C12, where the soft core starts, shift
+        self._n_types = len(p.c6)
+        shift = self._c12 / s.rvdw**12 - self._c6 / s.rvdw**6 if s.vdw_modifier == "potential-shift" else \
+            torch.zeros_like(self._c6)
+        self._lj_pairs = tuple(v.reshape(-1).contiguous() for v in (self._c6, self._c12, SOFT_FRACTION * self._sigma,
+                                                                      shift))
         self._pme = PME(s.ewald_coefficient(), s.pme_order, ONE_4PI_EPS0 / s.epsilon_r, s.fourier_spacing,
                         tuple(s.fourier_n), dtype) if s.coulomb == "pme" else None
+        self._f_coulomb = ONE_4PI_EPS0 / s.epsilon_r
+        self._ewald = None  # PME real space: (β, erfc(β r_c) / r_c)
+        if s.coulomb == "pme":
+            beta = s.ewald_coefficient()
+            erfc = float(torch.special.erfc(torch.tensor(beta * s.rcoulomb, dtype=torch.float64)))
+            self._ewald = beta, erfc / s.rcoulomb
+        self._group_tables = None  # built by group_energies on first use
 
     def make_whole(self, positions: np.ndarray, dimensions: np.ndarray) -> np.ndarray:
         """``positions`` (N, 3) with every molecule whole (a subsystem's are assumed whole)."""
@@ -189,6 +374,131 @@ class ForceField:
         grad, = torch.autograd.grad(e.total.sum(), x)
         return e, -grad
 
+    def group_energies(self, positions: torch.Tensor, vectors: np.ndarray | None, groups: torch.Tensor,
+                       *, check: bool = False) -> torch.Tensor:
+        """(C, G) energies of every interaction that involves at least one atom of group g, in each
+        of C configurations: for one group, ``energy(positions, box, subset=group).total``.
+
+        The local energies of a Monte Carlo move: ``positions`` (C, N, 3) nm are C configurations
+        of the whole system (e.g. the current one and a proposal, or M trial candidates) with every
+        molecule whole; ``vectors`` (3, 3) the box vectors (rows) they share, or None (no periodic
+        boundaries); ``groups`` (G, A) global atom indices, -1 = padding, distinct atoms.
+
+        Entry (c, g) sums the bonded terms with an atom in g, the LJ and Coulomb energies of the
+        non-excluded pairs within the cut-off with an atom in g (pairs inside g once), and the
+        reaction-field parts of g's excluded pairs and self terms. Each entry is exact on its own;
+        the caller guarantees that the groups do not interact (no bonded term, excluded pair or
+        pair within the cut-off spans two groups, no atom is in two groups), which is what makes
+        the entries add up to the energy of the union and each group's change in energy the
+        change of the total when only its atoms move. ``check=True`` verifies that (cheaply)
+        and raises :class:`BackmapError` otherwise.
+
+        Neighbours: brute force from each group to all atoms (a sphere around the group's centre,
+        then its atoms), vectorized (index bookkeeping in numpy, energies in torch), with per-
+        topology lookups built once; periodic images are exact in any triclinic box whose smallest
+        height is at least twice the cut-off. PME is refused: its reciprocal part is not local.
+        Differentiable with respect to ``positions``."""
+        s = self.settings
+        if self._pme is not None:
+            raise BackmapError("group energies are local, but PME's reciprocal-space part is not: use "
+                               "coulomb = reaction-field or cut-off for local (Monte Carlo) energies")
+        N, dt = self.n_atoms, self.dtype
+        x = torch.as_tensor(positions, dtype=dt)
+        x = x[None] if x.ndim == 2 else x
+        if x.ndim != 3 or x.shape[1:] != (N, 3):
+            raise ValueError(f"positions must be (C, {N}, 3), not {tuple(x.shape)}")
+        gr = np.asarray(torch.as_tensor(groups).cpu(), np.int64)
+        gr = gr[None] if gr.ndim == 1 else gr
+        if gr.size and gr.max() >= N:
+            raise BackmapError(f"group atom index {gr.max()} out of range (the system has {N} atoms)")
+        C, (G, A) = x.shape[0], gr.shape
+        if G == 0 or A == 0:
+            return torch.zeros(C, G, dtype=dt)
+        valid = gr >= 0
+        gfill = np.where(valid, gr, gr[np.arange(G), valid.argmax(1)][:, None]).clip(min=0)  # padding: 1st atom
+        atoms, gid = gr[valid], np.nonzero(valid)[0]
+        member = np.zeros((G, N), bool)
+        member[gid, atoms] = True
+        anywhere = member.any(0)
+        if check and len(atoms) and np.bincount(atoms).max() > 1:
+            raise BackmapError("groups overlap: an atom is in two groups, or twice in one")
+        tables = self._group_index_tables()
+        t = torch.from_numpy
+        out = torch.zeros(C, G, dtype=dt)
+
+        # bonded terms (lj14 and coulomb14 share the pair list)
+        touching = {}
+        for name in BONDED:
+            key = "pair" if name in ("lj14", "coulomb14") else name
+            if key not in tables["bonded"]:
+                continue
+            if key not in touching:
+                touching[key] = _touching(tables["bonded"][key], atoms, gid, member, anywhere, check, key)
+            term, idx, g = touching[key]
+            if len(term):
+                e = self._bonded_terms(name, x, t(idx), tables["bonded"][key]["params"][t(term)])
+                out = out.index_add(1, t(g), e)
+        # excluded pairs and self terms (their reaction-field parts)
+        _, idx, g = _touching(tables["excluded"], atoms, gid, member, anywhere, False, "excluded pair")
+        cut = s.cutoff
+        if len(idx):
+            i_t, j_t = t(idx[:, 0]), t(idx[:, 1])
+            r = geo.distance(x[:, i_t], x[:, j_t])
+            if check and ((r.detach() < cut).any(0).numpy() & (anywhere[idx] & ~member[g[:, None], idx]).any(1)).any():
+                raise BackmapError("groups interact: an excluded pair within the cut-off spans two groups")
+            out = out.index_add(1, t(g), self._excluded_energies(r, i_t, j_t))
+        out = out + torch.zeros(G, dtype=dt).index_add(0, t(gid), self._self_energies(t(atoms)))
+
+        # non-excluded pairs within the cut-off
+        gfill_t = t(gfill)
+        xa = x[:, gfill_t]  # (C, G, A, 3)
+        vec = heights = None
+        if vectors is not None:
+            vec = np.asarray(vectors, np.float64).reshape(3, 3)
+            heights = box_heights(vec)
+            if cut > 0.5 * heights.min():
+                raise BackmapError(f"cut-off {cut} nm is more than half the box height ({heights.min():.3f} nm)")
+            V = torch.as_tensor(vec, dtype=dt)
+            # each group atom as an image near the group's first atom (the nearest one when closer than
+            # half a box height; any image suits the screening bound)
+            xa = xa - torch.round((xa - xa[:, :, :1]) @ torch.linalg.inv(V)) @ V
+        c_h, j_h, shift, block, slot, h = _group_pairs(
+            x.detach().cpu().numpy(), xa.detach().cpu().numpy(), valid, gfill, member, self.params.molecule,
+            tables["is_excluded"], cut, vec, heights)
+        # distances from components (1-D gathers are the fast ones)
+        xj = (x.reshape(C * N, 3).index_select(0, t(c_h * N + j_h)) + torch.as_tensor(shift, dtype=dt)).T.contiguous()
+        xk = xa.permute(3, 0, 1, 2).reshape(3, C * G * A)
+        ks = block * A + slot
+        h_t, ks_t = t(h), t(ks)
+        d = [xj[i].index_select(0, h_t) - xk[i].index_select(0, ks_t) for i in range(3)]
+        r = torch.sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2] + geo.EPS2)
+        j = j_h[h]
+        if check and (anywhere[j] & ~member[block % G, j] & (r.detach() < cut).numpy()).any():
+            raise BackmapError("groups interact: a pair within the cut-off spans two groups")
+        k, j_t = t(np.tile(gfill.ravel(), C)[ks]), t(j)
+        e_lj, e_c = self._pair_energies(r, k, j_t)
+        sums = torch.segment_reduce(e_lj + e_c, "sum", lengths=t(np.bincount(block, minlength=C * G)))
+        return out + sums.reshape(C, G)
+
+    def _group_index_tables(self) -> dict:
+        """Per-topology lookups for :meth:`group_energies`, built once: for each bonded term kind
+        and for the excluded pairs, the terms' atoms and which terms each atom is in (CSR), and
+        ``is_excluded(i, j)`` for pairs within one molecule."""
+        if self._group_tables is None:
+            p, N = self.params, self.n_atoms
+
+            def table(atoms: np.ndarray, params: np.ndarray | None) -> dict:
+                atoms = np.asarray(atoms, np.int64).reshape(len(atoms), -1)
+                order = np.argsort(atoms.ravel(), kind="stable")
+                return {"atoms": atoms, "ptr": np.r_[0, np.cumsum(np.bincount(atoms.ravel(), minlength=N))],
+                        "term": order // atoms.shape[1], "pos": order % atoms.shape[1],
+                        "params": None if params is None else torch.as_tensor(params, dtype=self.dtype)}
+
+            bonded = {name: table(t.atoms, t.params) for name, t in p.bonded.items() if len(t.atoms)}
+            self._group_tables = {"bonded": bonded, "excluded": table(p.exclusions, None),
+                                  "is_excluded": _exclusion_lookup(p.exclusions, p.molecule, self._excluded_keys)}
+        return self._group_tables
+
     # ------------------------------------------------------------------ internals
     def _scatter(self, e: torch.Tensor, mol: torch.Tensor, B: int) -> torch.Tensor:
         out = torch.zeros(B, self.params.n_molecules, dtype=e.dtype)
@@ -206,20 +516,24 @@ class ForceField:
         idx, par = self._select(name, subset)
         if len(idx) == 0:
             return torch.zeros(x.shape[0], 0, dtype=self.dtype), idx.reshape(-1)[:0]
+        return self._bonded_terms(name, x, idx, par), idx[:, 0]
+
+    def _bonded_terms(self, name: str, x: torch.Tensor, idx: torch.Tensor, par: torch.Tensor) -> torch.Tensor:
+        """(B, T) energies of the bonded terms of kind ``name`` with atoms ``idx`` (T, k) and
+        parameters ``par`` (T, p) in configurations ``x`` (B, N, 3), molecules whole."""
         xs = [x[:, idx[:, k]] for k in range(idx.shape[1])]
         if name in BONDED_GEOMETRIC:
-            e = bonded_energy(name, xs, par)
-        elif name == "lj14":
+            return bonded_energy(name, xs, par)
+        if name == "lj14":
             r = geo.distance(*xs)
             sig, eps = par[:, 0], par[:, 1]
-            e = _linear_below(r, SOFT_FRACTION * sig, lambda r: 4 * eps * ((sig / r) ** 12 - (sig / r) ** 6))
-        elif name == "coulomb14":
+            return _linear_below(r, SOFT_FRACTION * sig,
+                                 lambda r, sig, eps: 4 * eps * ((sig / r) ** 12 - (sig / r) ** 6), sig, eps)
+        if name == "coulomb14":
             r = geo.distance(*xs)
             qq = self._q[idx[:, 0]] * self._q[idx[:, 1]] * par[:, 2] * ONE_4PI_EPS0 / self.settings.epsilon_r
-            e = _linear_below(r, torch.tensor(R_MIN_COULOMB, dtype=self.dtype), lambda r: qq / r)
-        else:  # pragma: no cover
-            raise KeyError(name)
-        return e, idx[:, 0]
+            return _linear_below(r, torch.tensor(R_MIN_COULOMB, dtype=self.dtype), lambda r, qq: qq / r, qq)
+        raise KeyError(name)  # pragma: no cover
 
     def pairs(self, x: np.ndarray, vectors: np.ndarray | None, skin: float = 0.0
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -232,18 +546,60 @@ class ForceField:
         keep &= ((x[j] - x[i]) ** 2).sum(-1) < (self.settings.cutoff + skin) ** 2
         return i[keep], j[keep], np.zeros((int(keep.sum()), 3))
 
+    # ------------------------------------------------------------------ pair energies (shared)
+    def _pair_energies(self, r: torch.Tensor, i: torch.Tensor, j: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """LJ and Coulomb energies of non-excluded pairs (``i``, ``j``: 1-D atom indices) at
+        distances ``r`` (same length): cut-offs, LJ potential shift, soft linear core, reaction
+        field (plain cut-off = ε_rf 1) or PME's real-space part, GROMACS Verlet-scheme forms.
+        The one implementation of these formulas, for :meth:`energy` and :meth:`group_energies`."""
+        s = self.settings
+        tt = self._lj_type.index_select(0, i) * self._n_types + self._lj_type.index_select(0, j)
+        c6, c12, r_soft, shift_lj = (tab.index_select(0, tt) for tab in self._lj_pairs)
+
+        def lj(r, c6, c12, shift):
+            inv6 = (r * r).reciprocal() ** 3
+            return inv6 * (c12 * inv6 - c6) - shift
+
+        e_lj = _linear_below(r, r_soft, lj, c6, c12, shift_lj)
+        e_lj = torch.where(r < s.rvdw, e_lj, 0.0)
+        qq = self._f_coulomb * self._q.index_select(0, i) * self._q.index_select(0, j)
+        r_min = R_MIN_COULOMB
+        if self._pme is not None:  # real-space Ewald, shifted to zero at r_c (GROMACS's potential-shift)
+            beta, sh_ewald = self._ewald
+            e_c = _linear_below(r, r_min, lambda r, qq: qq * (torch.special.erfc(beta * r) / r - sh_ewald), qq)
+        else:
+            k_rf, c_rf = s.reaction_field()
+            e_c = _linear_below(r, r_min, lambda r, qq: qq * (r.reciprocal() + k_rf * (r * r) - c_rf), qq)
+        e_c = torch.where(r < s.rcoulomb, e_c, 0.0)
+        return e_lj, e_c
+
+    def _excluded_energies(self, r: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        """Coulomb energies of excluded pairs at distances ``r``: the reaction field's constant
+        part (as GROMACS keeps it), or under PME the mesh's erf part taken off again."""
+        s = self.settings
+        qq = self._f_coulomb * self._q[i] * self._q[j]
+        if self._pme is not None:
+            beta, _ = self._ewald
+            e = -qq * torch.erf(beta * r) / r
+        else:
+            k_rf, c_rf = s.reaction_field()
+            e = qq * (k_rf * r**2 - c_rf)
+        return torch.where(r < s.rcoulomb, e, torch.zeros_like(r))
+
+    def _self_energies(self, atoms: torch.Tensor) -> torch.Tensor:
+        """Each atom's Coulomb interaction with itself (reaction field or PME), (len(atoms),)."""
+        q2 = self._f_coulomb * self._q[atoms] ** 2
+        if self._pme is not None:
+            return -self._ewald[0] / np.sqrt(np.pi) * q2
+        return -0.5 * self.settings.reaction_field()[1] * q2
+
     def _nonbonded(self, x: torch.Tensor, vectors: np.ndarray | None, subset, per_molecule: bool,
                    pair_lists: list | None = None):
-        s = self.settings
-        k_rf, c_rf = s.reaction_field()
-        f = ONE_4PI_EPS0 / s.epsilon_r
         pme = self._pme is not None
-        if pme:
-            if vectors is None:
-                raise BackmapError("PME needs a periodic box: a subsystem force field (regularizers, local "
-                                   "environments) has none — use coulomb = reaction-field there")
-            beta = s.ewald_coefficient()
-            sh_ewald = float(torch.special.erfc(torch.tensor(beta * s.rcoulomb, dtype=torch.float64))) / s.rcoulomb
+        if pme and vectors is None:
+            raise BackmapError("PME needs a periodic box: a subsystem force field (regularizers, local "
+                               "environments) has none — use coulomb = reaction-field there")
         B = x.shape[0]
         lj_tot, cl_tot = [], []
         lj_mol, cl_mol = [], []
@@ -258,43 +614,22 @@ class ForceField:
                 i, j, shift = i[keep], j[keep], shift[keep]
             i_t, j_t = torch.as_tensor(i), torch.as_tensor(j)
             r = geo.norm(x[b, j_t] - x[b, i_t] + torch.as_tensor(shift, dtype=self.dtype))
-            # Lennard-Jones
-            ti, tj = self._lj_type[i_t], self._lj_type[j_t]
-            c6, c12, sig = self._c6[ti, tj], self._c12[ti, tj], self._sigma[ti, tj]
-            in_vdw = r < s.rvdw
-            shift_lj = (c12 / s.rvdw**12 - c6 / s.rvdw**6) if s.vdw_modifier == "potential-shift" else 0.0
-            e_lj = _linear_below(r, SOFT_FRACTION * sig, lambda r: c12 / r**12 - c6 / r**6 - shift_lj)
-            e_lj = torch.where(in_vdw, e_lj, torch.zeros_like(e_lj))
-            # reaction-field Coulomb (plain cut-off = ε_rf 1), GROMACS Verlet-scheme form
-            qq = f * self._q[i_t] * self._q[j_t]
-            in_c = r < s.rcoulomb
-            if pme:  # real-space Ewald, shifted to zero at r_c (GROMACS's potential-shift)
-                e_c = _linear_below(r, torch.tensor(R_MIN_COULOMB, dtype=self.dtype),
-                                    lambda r: qq * (torch.special.erfc(beta * r) / r - sh_ewald))
-            else:
-                e_c = _linear_below(r, torch.tensor(R_MIN_COULOMB, dtype=self.dtype),
-                                    lambda r: qq * (1 / r + k_rf * r**2 - c_rf))
-            e_c = torch.where(in_c & (qq != 0), e_c, torch.zeros_like(e_c))
+            e_lj, e_c = self._pair_energies(r, i_t, j_t)
             # excluded pairs and self terms keep the reaction-field constant part, as GROMACS does
             ex = self.params.exclusions
             if subset is not None:
                 ex = ex[subset[ex[:, 0]] | subset[ex[:, 1]]]
             ex_t = torch.as_tensor(ex)
-            r_ex = geo.distance(x[b, ex_t[:, 0]], x[b, ex_t[:, 1]])
-            qq_ex = f * self._q[ex_t[:, 0]] * self._q[ex_t[:, 1]]
+            e_ex = self._excluded_energies(geo.distance(x[b, ex_t[:, 0]], x[b, ex_t[:, 1]]), ex_t[:, 0], ex_t[:, 1])
             self_atoms = torch.arange(self.n_atoms) if subset is None else torch.as_tensor(np.flatnonzero(subset))
+            e_self = self._self_energies(self_atoms)
             if pme:
                 # PME: the mesh holds the excluded pairs' interaction (erf part) and each atom's with
                 # itself; both come off in the short-range term, as in GROMACS
-                e_ex = torch.where(r_ex < s.rcoulomb, -qq_ex * torch.erf(beta * r_ex) / r_ex, torch.zeros_like(r_ex))
-                e_self = -beta / np.sqrt(np.pi) * f * self._q[self_atoms] ** 2
                 e_rec = self._pme.energy(x[b], self._q, vectors[b])  # per atom
                 if subset is not None:  # interactions with ≥ 1 subset atom: all minus those of the rest
                     rest = torch.as_tensor(~np.asarray(subset, bool))
                     e_rec = e_rec - self._pme.energy(x[b], torch.where(rest, self._q, 0.0), vectors[b])
-            else:
-                e_ex = torch.where(r_ex < s.rcoulomb, qq_ex * (k_rf * r_ex**2 - c_rf), torch.zeros_like(r_ex))
-                e_self = -0.5 * c_rf * f * self._q[self_atoms] ** 2
             lj_tot.append(e_lj.sum())
             cl_tot.append(e_c.sum() + e_ex.sum() + e_self.sum() + (e_rec.sum() if pme else 0.0))
             if per_molecule:

@@ -75,11 +75,11 @@ class MoveResult:
 
 
 def metropolis(log_ratio: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(accepted, invalid) for log ratios (B,): accept with min(1, r); NaN and ±inf-from-NaN
-    arithmetic are never accepted (a ratio of +inf from a finite old state and a valid new one
-    cannot arise: both weights are finite when the densities are)."""
+    """(accepted, invalid) for log ratios (B,): accept with min(1, r). NaN is invalid: rejected
+    and counted. +inf (leaving a state of zero target probability, e.g. a start outside a hard
+    wall, for a valid proposal) is accepted, −inf (a proposal of zero probability) rejected."""
     log_ratio = log_ratio.double()
-    invalid = ~torch.isfinite(log_ratio)
+    invalid = torch.isnan(log_ratio)
     u = torch.rand(log_ratio.shape, generator=generator, dtype=torch.float64)
     accepted = (torch.log(u) < log_ratio) & ~invalid
     return accepted, invalid
@@ -101,8 +101,10 @@ def multiple_try_log_ratio(log_w_trials: torch.Tensor, log_w_current: torch.Tens
     others = log_w_trials.scatter(1, choice[:, None], log_w_current[:, None])  # chosen replaced by current
     backward = torch.logsumexp(others, -1)
     ratio = forward - backward
-    # a NaN or infinite weight anywhere invalidates the move (logsumexp would hide a NaN trial)
-    bad = torch.isnan(log_w_trials).any(-1) | ~torch.isfinite(log_w_current) | ~torch.isfinite(chosen)
+    # a NaN or +inf weight (a density that is NaN or zero where the model drew) anywhere invalidates
+    # the move (logsumexp would hide a NaN trial); −inf weights (zero target probability) are valid
+    bad = (torch.isnan(log_w_trials) | torch.isposinf(log_w_trials)).any(-1) | torch.isnan(log_w_current) \
+        | torch.isposinf(log_w_current)
     return torch.where(bad, torch.full_like(ratio, torch.nan), ratio)
 
 

@@ -41,6 +41,25 @@ class SamplerOptions:
     batch_molecules: bool = True
     strip_hydrogens: bool = True
     energy: bool = True  # score candidates with the force field (else all energies are 0)
+    #: with ``colouring``: units of one group are also at least this far apart (nm, bead to bead),
+    #: e.g. so that no force-field interaction joins two units moved together by a Monte Carlo refiner
+    separation: float = 0.0
+
+
+@dataclass
+class UnitGroup:
+    """Units of one plan step (one per molecule of a group) that are placed or moved together:
+    global atom indices (B, U), their beads, predecessor beads and frame beads, and what the
+    generator is told about them (``meta``: molecule type, bead, unit atoms, step)."""
+
+    moltype: str
+    step: int
+    meta: dict
+    molecules: np.ndarray
+    atoms: np.ndarray
+    bead: np.ndarray
+    predecessor: np.ndarray
+    frame: np.ndarray
 
 
 class UnitEnergy:
@@ -252,7 +271,7 @@ class Sampler:
             return [np.arange(len(beads))]
         pos = self.builder.beads[beads]
         d = np.linalg.norm(minimum_image(pos[:, None] - pos[None], box_dimensions(self.builder.box)), axis=-1)
-        reach = 2 * (self.options.cutoff + self.builder.margin)
+        reach = max(2 * (self.options.cutoff + self.builder.margin), self.options.separation)
         g = nx.Graph()
         g.add_nodes_from(range(len(beads)))
         g.add_edges_from(zip(*np.nonzero(np.triu(d < reach, 1))))
@@ -281,6 +300,26 @@ class Sampler:
             self.builder.prepare(name, [(g[1], g[2], g[3], g[4]) for st in steps for g in st[3]])
             schedule.append(steps)
         return schedule
+
+    def frame_groups(self, cg_positions: np.ndarray, box: np.ndarray) -> list[UnitGroup]:
+        """Set the CG frame (M, 3) (molecules whole) and return its unit groups in plan order —
+        for refiners that move units in their environments (:meth:`environment`)."""
+        self.builder.set_frame(cg_positions, box)
+        if self.energy is not None:
+            self.energy.reset()
+        return [UnitGroup(name, s, meta, g[0], g[1], g[2], g[3], g[4])
+                for steps in self._schedule() for name, s, meta, groups in steps for g in groups]
+
+    def environment(self, group: UnitGroup, positions: torch.Tensor, placed: torch.Tensor | None = None
+                    ) -> EnvironmentBatch:
+        """The environments of a group's units at ``positions`` (N, 3) (the atoms ``placed`` may
+        be seen; default all): what the generator sees in a Gibbs sweep."""
+        if placed is None:
+            placed = torch.ones(len(positions), dtype=torch.bool)
+        env = self.builder.build(group.moltype, group.atoms, group.bead, group.predecessor, positions, placed,
+                                 frame_beads=group.frame, compact=True)
+        env.meta = group.meta
+        return env
 
     def backmap(self, cg_positions: np.ndarray, box: np.ndarray, start: np.ndarray | None = None,
                 progress_label: str | None = None) -> np.ndarray:

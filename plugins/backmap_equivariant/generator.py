@@ -148,10 +148,18 @@ class EquivariantGenerator(NetworkGenerator):
         self.layout = dict(layout)
         self.encoder = Encoder(layout["n_atom_types"], layout["n_interactions"], layout["n_bead_types"],
                                self.tables.U, width=p.width, vectors=p.vectors, tensors=p.tensors, parity=p.parity)
-        n_context = self.encoder.n_scalars + p.width
+        n_context = self.encoder.n_scalars + p.width + self._extra_context_width()
         known = self.tables.U + self.tables.E
         n_frame = 3 * p.vectors + 3 * (3 + NEAR_BEADS) + NEAR_BEADS * layout["n_bead_types"] + 4 * known
         self.head = Head(n_context, self.tables.n_slots, n_frame, hidden=p.hidden)
+
+    def _extra_context_width(self) -> int:
+        """Inputs the head takes beside the encoder's scalars (a subclass's latent variables)."""
+        return 0
+
+    def _decoder_context(self, scalars: torch.Tensor, v: dict) -> torch.Tensor:
+        """What the head is conditioned on per unit (rows of ``scalars``): here the encoder's scalars."""
+        return scalars
 
     def parameters(self):
         return [*self.encoder.parameters(), *self.head.parameters()]
@@ -223,6 +231,8 @@ class EquivariantGenerator(NetworkGenerator):
             (d[:, :T], g[:, :T], p[:, :T]), pool, found
 
     def _encode(self, v: dict):
+        if "encoded" in v:  # computed once by the caller
+            return v["encoded"]
         return self.encoder(v["atom_positions"], v["atom_types"], v["atom_mask"], v["interaction"], v["target_mask"],
                             v["bead_positions"], v["bead_types"], v["bead_mask"])
 
@@ -271,7 +281,8 @@ class EquivariantGenerator(NetworkGenerator):
         feats = self._features(over_t(vectors), over_t(near), over_t(near_types), over_t(pool[:, :t.U + t.E]),
                                known_ok, d, g, p)
         r_ref = self.r_ref[slot]
-        h = self.head.features(over_t(scalars), slot, self._previous(r, theta, phi, r_ref), feats)
+        h = self.head.features(over_t(self._decoder_context(scalars, v)), slot, self._previous(r, theta, phi, r_ref),
+                               feats)
         out = self.head.outputs(h, theta)
         return ICDistribution(out, self.theta_ref[slot], self.theta_std[slot], r_ref), (r, theta, phi), rigid
 
@@ -357,9 +368,11 @@ class EquivariantGenerator(NetworkGenerator):
         with torch.no_grad(), torch_threads(self.params.threads):
             return self._sample(self._view_batch(batch), n_candidates, gen)
 
-    def _sample(self, v: dict, K: int, gen: torch.Generator, with_log_prob: bool = False):
+    def _sample(self, v: dict, K: int, gen: torch.Generator, with_log_prob: bool = False, raw: bool = False):
         """(B, K, U, 3) candidates; with ``with_log_prob`` also the log density (B, K) of each draw
-        as it was drawn (before the projection): the known answer :meth:`log_prob` must give."""
+        as it was drawn (before the projection): the known answer :meth:`log_prob` must give.
+        ``raw``: the internal-coordinate draws as they are (no recentring, no projection), whose
+        density is exact."""
         t = self.tables
         B = v["keys"].shape[0]
         U = v["target_atoms"].shape[1]
@@ -371,6 +384,7 @@ class EquivariantGenerator(NetworkGenerator):
         rep = lambda x: x.repeat_interleave(K, 0)
         scalars, vectors, codes, slot, bond, rigid, near, near_types = map(
             rep, (scalars, vectors, codes, slot, bond, rigid, near, near_types.flatten(1)))
+        scalars = self._decoder_context(scalars, v)  # per candidate (B·K rows)
         pool = torch.cat([torch.zeros(B, t.U, 3), ext, t.virtual.expand(B, 3, 3)], 1).repeat_interleave(K, 0)
         prev = torch.zeros(B * K, 5)
         rows = torch.arange(B * K)
@@ -398,9 +412,9 @@ class EquivariantGenerator(NetworkGenerator):
                 logp += lp_a + lp_d + (lp_r - 2 * torch.log(r)) * free - torch.log(torch.sin(theta))
             prev = torch.stack([torch.cos(theta), torch.sin(theta), torch.cos(phi), torch.sin(phi),
                                 (r - r_ref) * 10], -1)
-        if self.params.recentre:
+        if self.params.recentre and not raw:
             pool = self._recentre(pool, v["keys"][0].item(), codes[:, 0, 0], U)
-        if self.params.project:
+        if self.params.project and not raw:
             pool = self._project(pool, v["keys"][0].item(), found.repeat_interleave(K, 0), U)
         out = pool[:, :U].reshape(B, K, U, 3)
         return (out, logp.view(B, K)) if with_log_prob else out
@@ -463,15 +477,18 @@ class EquivariantGenerator(NetworkGenerator):
         self._require()
         v = self._view_batch(batch)
         B, K, U = positions.shape[:3]
-        rep = {k: (x.repeat_interleave(K, 0) if torch.is_tensor(x) else x) for k, x in v.items()}
+        rep = repeat_rows(v, K)
         rep["targets"] = positions.reshape(B * K, U, 3).float()
         with torch.no_grad(), torch_threads(self.params.threads):
-            dist, (r, theta, phi), rigid = self._teacher_pass(rep)
-            lp_a, lp_d, lp_r = dist.log_prob(r, theta, phi)
-            free = (~rigid).to(lp_a.dtype)
-            jac = torch.log(torch.sin(theta).clamp(min=1e-6)) + 2 * torch.log(r.clamp(min=1e-6)) * free
-            total = (lp_a + lp_d + lp_r * free - jac).sum(-1)
-        return total.view(B, K)
+            return self._log_density(rep).view(B, K)
+
+    def _log_density(self, v: dict) -> torch.Tensor:
+        """Log density (rows,) of the placements ``v["targets"]`` under the head (see :meth:`log_prob`)."""
+        dist, (r, theta, phi), rigid = self._teacher_pass(v)
+        lp_a, lp_d, lp_r = dist.log_prob(r, theta, phi)
+        free = (~rigid).to(lp_a.dtype)
+        jac = torch.log(torch.sin(theta).clamp(min=1e-6)) + 2 * torch.log(r.clamp(min=1e-6)) * free
+        return (lp_a + lp_d + lp_r * free - jac).sum(-1)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -494,6 +511,17 @@ class EquivariantGenerator(NetworkGenerator):
         self.head.load_state_dict(state["head"])
         self.encoder.eval()
         self.head.eval()
+
+
+def repeat_rows(v: dict, K: int) -> dict:
+    """Every tensor of a batch view (and of its tuples: the encoding) with each row repeated K
+    times (K candidates per unit)."""
+    def rep(x):
+        if torch.is_tensor(x):
+            return x.repeat_interleave(K, 0)
+        return tuple(rep(y) for y in x) if isinstance(x, tuple) else x
+
+    return {k: rep(x) for k, x in v.items()}
 
 
 def _top(x: torch.Tensor) -> int:
