@@ -337,6 +337,7 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
         refiner = _refiner(refiner_name, temperature, n_steps, restraint, constraints, timestep, friction, None,
                            extra, seed)
         system = RestrainedSystem(cg_top, Path(top_path), _settings(mdp, None, None, None, None))
+        refiner.use_model(loaded.directory)
         refiner.prepare(system)
     summary = backmap_to_files(loaded, cg_top, Path(top_path), list(read_cg(cg_top, source, idx)), out, settings,
                                seed=seed, refiner=refiner, refine_system=system,

@@ -135,6 +135,11 @@ class Refiner(Plugin):
     def prepare(self, system: Any) -> None:
         """Called once before the first frame."""
 
+    def use_model(self, model: Path) -> None:
+        """Offered the trained model folder at hand before :meth:`prepare` (the run's ``train.model``
+        in a recipe, ``backmap apply --model``): refiners that move units with a generator (``vae_mc``)
+        take it unless their parameters name one; the others ignore it."""
+
     def refine(self, positions: np.ndarray, targets: np.ndarray, boxes: np.ndarray,
                rng: np.random.Generator) -> Any:
         raise NotImplementedError

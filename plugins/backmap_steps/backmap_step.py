@@ -74,6 +74,7 @@ class BackmapStep(Step):
         refiner = system = None
         if p.refiner is not None:
             refiner = pick_refiner(ctx, p.refiner, "steps.backmap.refiner")
+            refiner.use_model(model_dir)
             settings = NonbondedSettings.from_mdp(p.mdp) if p.mdp else NonbondedSettings()
             system = RestrainedSystem(cg_top, Path(ctx.recipe.system.topology), settings)
             refiner.prepare(system)

@@ -290,16 +290,38 @@ class ZMatrix:
 
 class MoleculeTarget:
     """ln π(q) = −β U(x(q)) + ln J(q) for states q (…, D); ``energy`` maps Cartesian (M, N, 3)
-    nm (float64) to potential energies (M,) kJ/mol."""
+    nm (float64) to potential energies (M,) kJ/mol.
 
-    def __init__(self, zmatrix: ZMatrix, energy: Callable[[torch.Tensor], torch.Tensor], beta: float):
-        self.zmatrix, self.energy, self.beta = zmatrix, energy, float(beta)
+    ``memory``: remember the values of the last two calls by exact state. ``vae_move`` evaluates
+    the current states, then the proposals; the next move's current states are among those two
+    sets, so only the proposals cost energies — half the work of a chain of moves."""
+
+    def __init__(self, zmatrix: ZMatrix, energy: Callable[[torch.Tensor], torch.Tensor], beta: float,
+                 memory: bool = False):
+        self.zmatrix, self.energy, self.beta, self.memory = zmatrix, energy, float(beta), memory
+        self._recent: list[dict[bytes, float]] = []
+        self.evaluations = 0
+
+    def evaluate(self, q: torch.Tensor) -> torch.Tensor:
+        """ln π of states (M, D), always computed."""
+        r, theta, phi = self.zmatrix.unpack(q.double())
+        u = self.energy(self.zmatrix.to_cartesian(r, theta, phi)).double()
+        self.evaluations += len(q)
+        return -self.beta * u + self.zmatrix.log_jacobian(r, theta)
 
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
         flat = q.reshape(-1, q.shape[-1]).double()
-        r, theta, phi = self.zmatrix.unpack(flat)
-        u = self.energy(self.zmatrix.to_cartesian(r, theta, phi)).double()
-        out = -self.beta * u + self.zmatrix.log_jacobian(r, theta)
+        if not self.memory:
+            return self.evaluate(flat).reshape(q.shape[:-1])
+        rows = flat.numpy()
+        keys = [row.tobytes() for row in rows]
+        known = {k: v for d in self._recent for k, v in d.items()}
+        missing = [i for i, k in enumerate(keys) if k not in known]
+        if missing:
+            for i, v in zip(missing, self.evaluate(flat[missing]).tolist()):
+                known[keys[i]] = v
+        out = torch.tensor([known[k] for k in keys], dtype=torch.float64)
+        self._recent = (self._recent + [dict(zip(keys, out.tolist()))])[-2:]
         return out.reshape(q.shape[:-1])
 
 

@@ -38,7 +38,8 @@ from backmap.threads import torch_threads
 
 
 class VAEMCParams(RefineParams):
-    model: Path = Field(..., description="a trained vae model folder (e.g. models/sps-vae)")
+    model: Path | None = Field(None, description="a trained vae model folder (e.g. models/sps-vae); default: the "
+                                                 "model at hand (the run's trained model, backmap apply --model)")
     steps: int = Field(20, ge=0, description="Monte Carlo sweeps per frame (every unit is moved once per sweep)")
     trials: int = Field(1, ge=1, description="proposals per move (M): one is selected ∝ its importance weight and "
                                               "accepted with W_F/W_B (appendix A); 1 = plain eq. 9")
@@ -61,7 +62,15 @@ class VAEMCRefiner(Refiner):
     summary = "exact VAE Monte Carlo moves of whole beads with a trained vae model (restrained Boltzmann target)"
     Params = VAEMCParams
 
+    def use_model(self, model: Path) -> None:
+        if self.params.model is None:
+            self.params = self.params.model_copy(update={"model": Path(model)})
+
     def prepare(self, system: RestrainedSystem) -> None:
+        if self.params.model is None:
+            raise BackmapError("vae_mc: no model: give the refiner's 'model' parameter (a vae model folder, e.g. "
+                               "--param model=models/sps-vae), or refine where a model is at hand (a recipe with a "
+                               "train step, backmap apply --model)")
         p = self.params = resolve_constraints(self.params, system, self.name)
         self.system = system
         model = load_model(p.model)
