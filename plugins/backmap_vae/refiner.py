@@ -50,7 +50,8 @@ class VAEMCParams(RefineParams):
                                                  "its bead's CG position has zero probability (physically never: "
                                                  "the restraint holds the centre, the bonds the shape); it bounds how "
                                                  "far a move reaches, so that units moved together never interact")
-    minimize_steps: int = Field(0, ge=0, description="restrained minimization steps before sampling")
+    minimize_steps: int = Field(300, ge=0, description="restrained minimization steps before sampling: whole-bead "
+                                                       "moves relax clashes and strained angles slowly (docs/vae.md)")
     sweep_log: Path | None = Field(None, description="CSV of acceptance per frame, sweep and unit type")
     trace: Path | None = Field(None, description=".npz of the potential and the Lennard-Jones energy per molecule "
                                                  "after every sweep, with the CPU seconds (decorrelation analysis)")
