@@ -120,22 +120,6 @@ class GaussianVAE(torch.nn.Module):
         return losses
 
 
-class BatchedModel:
-    """A single-system toy model applied to B independent chains: ``generate`` draws per chain."""
-
-    def __init__(self, model: GaussianVAE, chains: int):
-        self.model, self.chains = model, chains
-
-    def encode(self, x, generator):
-        return self.model.encode(x, generator)
-
-    def generate(self, n, generator):
-        return self.model.generate(n, generator, batch=self.chains)
-
-    def log_joint(self, x, z):
-        return self.model.log_joint(x, z)
-
-
 class PerfectHarmonicVAE:
     """For π(x) ∝ exp(−|x|²/2) on R^d: z ~ N(0, I), x | z ~ N(a z, (1 − a²) I), q(z | x) =
     N(a x, (1 − a²) I) — the joint P(z) P(x|z) equals π(x) q(z|x) exactly, so every VAE Monte

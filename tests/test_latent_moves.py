@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from backmap.threads import torch_threads
-from backmap.refinement.latent_moves import JointLogDensity, metropolis, multiple_try_log_ratio, vae_move
-from backmap.toys import (BatchedModel, GaussianVAE, PerfectHarmonicVAE, double_well_energy,
+from backmap.refinement.latent_moves import IndependentChains, JointLogDensity, metropolis, multiple_try_log_ratio, vae_move
+from backmap.toys import (GaussianVAE, PerfectHarmonicVAE, double_well_energy,
                           double_well_quadrature, double_well_samples)
 
 CHAINS = 4000
@@ -49,7 +49,7 @@ def _chain(model, x0: np.ndarray, steps: int, seed: int, trials: int = 1):
     accepted = 0.0
     with torch.no_grad():
         for _ in range(steps):
-            r = vae_move(BatchedModel(model, len(x)), x, lambda y: -double_well_energy(y), gen, trials)
+            r = vae_move(IndependentChains(model, len(x)), x, lambda y: -double_well_energy(y), gen, trials)
             x, moved = r.x, moved | r.accepted
             accepted += float(r.accepted.double().mean())
     return x.numpy(), float(moved.double().mean()), accepted / steps

@@ -57,6 +57,23 @@ class LatentModel(Protocol):
         """The three log densities of pairs (B, n, …) → each (B, n)."""
 
 
+class IndependentChains:
+    """A latent-variable model of one system whose ``generate(n, generator, batch=B)`` draws for B
+    copies, driving B independent chains: the :class:`LatentModel` that :func:`vae_move` takes."""
+
+    def __init__(self, model, chains: int):
+        self.model, self.chains = model, chains
+
+    def encode(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.model.encode(x, generator)
+
+    def generate(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.generate(n, generator, batch=self.chains)
+
+    def log_joint(self, x: torch.Tensor, z: torch.Tensor) -> JointLogDensity:
+        return self.model.log_joint(x, z)
+
+
 def log_weight(log_target: torch.Tensor, joint: JointLogDensity) -> torch.Tensor:
     """ln w = ln π(x) − ln P̃(x) (float64)."""
     return log_target.double() - joint.model

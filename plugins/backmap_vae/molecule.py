@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from backmap.refinement.latent_moves import JointLogDensity
+from backmap.refinement.latent_moves import IndependentChains, JointLogDensity
 
 LOG_2PI = math.log(2 * math.pi)
 TWO_PI = 2 * math.pi
@@ -512,8 +512,8 @@ class MoleculeVAE(torch.nn.Module):
             prior = (-0.5 * z * z - 0.5 * LOG_2PI).sum(-1)
             return JointLogDensity(enc, prior, self.decoder_log_prob(x, z))
 
-    def for_chains(self, chains: int) -> "MoleculeChains":
-        return MoleculeChains(self, chains)
+    def for_chains(self, chains: int) -> IndependentChains:
+        return IndependentChains(self, chains)
 
     # ----------------------------------------------------------------- training
     def loss_terms(self, q: torch.Tensor, generator: torch.Generator | None = None
@@ -598,18 +598,3 @@ class MoleculeVAE(torch.nn.Module):
         return hist
 
 
-class MoleculeChains:
-    """A :class:`MoleculeVAE` driving B independent chains (``generate`` draws per chain): the
-    :class:`backmap.refinement.latent_moves.LatentModel` that ``vae_move`` takes."""
-
-    def __init__(self, model: MoleculeVAE, chains: int):
-        self.model, self.chains = model, chains
-
-    def encode(self, x, generator):
-        return self.model.encode(x, generator)
-
-    def generate(self, n, generator):
-        return self.model.generate(n, generator, batch=self.chains)
-
-    def log_joint(self, x, z):
-        return self.model.log_joint(x, z)
