@@ -103,8 +103,16 @@ def main() -> None:
             ring.append(b)
         return np.array(lj), np.array(ring), np.array(sec)
 
-    vae = make_plugin("refiner", "vae_mc", {**common, "model": a.model, "steps": 1, "trials": a.trials})
-    v_lj, v_ring, v_sec = run(vae, a.sweeps)
+    # one call of a.sweeps sweeps (a call per sweep would project the springs' bonds back onto
+    # their lengths each time: a step outside the Markov chain); the trace records every sweep
+    vae = make_plugin("refiner", "vae_mc", {**common, "model": a.model, "steps": a.sweeps, "trials": a.trials,
+                                            "trace": "vae_mc_trace.npz"})
+    vae.prepare(system)
+    vae.refine(x[None], targets[None], box, rng)
+    t = np.load("vae_mc_trace.npz")
+    v_lj = t["lj_per_molecule"]
+    v_ring = np.cos(np.stack([dihedrals(y.astype(np.float64), rings) for y in t["positions"]]))
+    v_sec = t["cpu_seconds"] - t["cpu_seconds"][0] + (t["cpu_seconds"][1] - t["cpu_seconds"][0])
     omm = make_plugin("refiner", "openmm", {**common, "steps": a.chunk, "timestep": 0.002, "threads": 1,
                                             "warmup_steps": 0, "friction": 10.0})
     o_lj, o_ring, o_sec = run(omm, int(round(a.openmm_ps / (a.chunk * 0.002))))

@@ -49,7 +49,7 @@ def _system(tmp):
 
 def _refiner(tmp, **params):
     refiner = VAEMCRefiner({"model": tmp / "vae" / "model", "temperature": 300, "constraints": "none", "steps": 1,
-                            "restraint": 2.0e4, **params})
+                            "restraint": 2.0e4, "minimize_steps": 0, **params})
     refiner.prepare(_system(tmp))
     return refiner
 
@@ -95,7 +95,8 @@ def test_local_target_is_the_restrained_energy_difference(vae_run):
     moved[idx] += 0.03 * torch.randn(idx.shape + (3,), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     vectors = np.asarray(box, float).reshape(3, 3)
     t = torch.as_tensor(targets, dtype=torch.float64)
-    local = refiner._energies(torch.stack([pos, moved]), st, t, vectors)  # (2, B)
+    with torch.no_grad():
+        local = refiner._energies(torch.stack([pos, moved]), st, t, vectors)  # (2, B)
     system = refiner.system
 
     def full(y):

@@ -53,8 +53,9 @@ class VAEMCParams(RefineParams):
     minimize_steps: int = Field(300, ge=0, description="restrained minimization steps before sampling: whole-bead "
                                                        "moves relax clashes and strained angles slowly (docs/vae.md)")
     sweep_log: Path | None = Field(None, description="CSV of acceptance per frame, sweep and unit type")
-    trace: Path | None = Field(None, description=".npz of the potential and the Lennard-Jones energy per molecule "
-                                                 "after every sweep, with the CPU seconds (decorrelation analysis)")
+    trace: Path | None = Field(None, description=".npz of the Lennard-Jones energy (total and per molecule) and the "
+                                                 "positions (float32) after every sweep, with the CPU seconds "
+                                                 "(decorrelation analysis)")
     threads: int = Field(1, ge=1, description="torch threads")
 
 
@@ -256,14 +257,15 @@ class VAEMCRefiner(Refiner):
     def _record(self, frame: int, sweep: int, pos: torch.Tensor, vectors: np.ndarray) -> None:
         e = self.ff.energy(pos[None], vectors[None], whole=True, per_molecule=True, terms=("lj",))
         self.trace_rows.append((frame, sweep, time.process_time(), float(e.total[0]),
-                                e.per_molecule["lj"][0].numpy().copy()))
+                                e.per_molecule["lj"][0].numpy().copy(), pos.numpy().astype(np.float32)))
 
     def _write_trace(self) -> None:
         rows = self.trace_rows
         with atomic_path(Path(self.params.trace)) as tmp:
             np.savez(tmp, frame=np.array([r[0] for r in rows]), sweep=np.array([r[1] for r in rows]),
                      cpu_seconds=np.array([r[2] for r in rows]), lj=np.array([r[3] for r in rows]),
-                     lj_per_molecule=np.stack([r[4] for r in rows]) if rows else np.zeros((0, 0)))
+                     lj_per_molecule=np.stack([r[4] for r in rows]) if rows else np.zeros((0, 0)),
+                     positions=np.stack([r[5] for r in rows]) if rows else np.zeros((0, 0, 3), np.float32))
 
     def _write_sweep_log(self) -> None:
         path = Path(self.params.sweep_log)
