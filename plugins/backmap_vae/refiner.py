@@ -52,6 +52,9 @@ class VAEMCParams(RefineParams):
                                                  "far a move reaches, so that units moved together never interact")
     minimize_steps: int = Field(300, ge=0, description="restrained minimization steps before sampling: whole-bead "
                                                        "moves relax clashes and strained angles slowly (docs/vae.md)")
+    project_output: bool = Field(True, description="put the final structure's rigid bonds back at their lengths "
+                                                   "(SHAKE; atoms move ~0.004 nm): the chain samples them as stiff "
+                                                   "springs, the reference MD held them rigid")
     sweep_log: Path | None = Field(None, description="CSV of acceptance per frame, sweep and unit type")
     trace: Path | None = Field(None, description=".npz of the Lennard-Jones energy (total and per molecule) and the "
                                                  "positions (float32) after every sweep, with the CPU seconds "
@@ -242,6 +245,10 @@ class VAEMCRefiner(Refiner):
                                         "proposed": c[1], "invalid": c[2]})
                 for k in range(3):
                     counts[label][k] += c[k]
+        if p.project_output:
+            projected, ok = self.constraints.positions(pos[None], pos[None])
+            if bool(ok.all()):
+                pos = projected[0]
         x = pos.numpy()
         e = self.ff.energy(pos[None], vectors[None], whole=True)
         row = {"potential": float(e.total[0]),
