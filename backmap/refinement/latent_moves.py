@@ -113,7 +113,6 @@ def select(log_w: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 def multiple_try_log_ratio(log_w_trials: torch.Tensor, log_w_current: torch.Tensor, choice: torch.Tensor
                            ) -> torch.Tensor:
     """ln(W_F / W_B) for trial weights (B, M), the current state's (B,) and the chosen trials (B,)."""
-    chosen = log_w_trials.gather(1, choice[:, None])[:, 0]
     forward = torch.logsumexp(log_w_trials, -1)
     others = log_w_trials.scatter(1, choice[:, None], log_w_current[:, None])  # chosen replaced by current
     backward = torch.logsumexp(others, -1)

@@ -317,12 +317,16 @@ class EquivariantGenerator(NetworkGenerator):
             for k in ("atom_positions", "bead_positions", "targets"):
                 v[k] = v[k].clone()
                 v[k][..., 1] *= sign
-        loss, stats = self.nll(v)
+        loss, stats = self._training_loss(v, loop)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.parameters(), 10.0)
         self.optimizer.step()
         return stats
+
+    def _training_loss(self, v: dict, loop) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of one (augmented) training batch and its logged statistics."""
+        return self.nll(v)
 
     def fit(self, data, context) -> dict[str, Any]:
         with torch_threads(self.params.threads):

@@ -23,7 +23,7 @@ from backmap.refinement.latent_moves import JointLogDensity
 from backmap.sampling.environment import EnvironmentBatch
 from backmap.threads import torch_threads
 from backmap_equivariant.encoder import mlp
-from backmap_equivariant.generator import WARMUP, EquivariantGenerator, repeat_rows
+from backmap_equivariant.generator import EquivariantGenerator, repeat_rows
 from backmap_equivariant.params import EquivariantParams
 
 STATE_FORMAT = 1
@@ -159,31 +159,16 @@ class VAEGenerator(EquivariantGenerator):
         return nll, m, gaussian_kl(mq, lq, mp, lp)
 
     # ------------------------------------------------------------------ training
-    def train_step(self, beads: np.ndarray, loop) -> dict[str, float]:
+    def _training_loss(self, v: dict, loop) -> tuple[torch.Tensor, dict[str, float]]:
+        """Negative ELBO per atom with the KL weight annealed in over ``kl_anneal`` of training."""
         p = self.params
-        scale = p.lr_end_fraction + (1 - p.lr_end_fraction) * 0.5 * (1 + math.cos(math.pi * loop.fraction))
-        scale *= min(1.0, (loop.iteration + 1) / WARMUP)
-        for group in self.optimizer.param_groups:
-            group["lr"] = p.lr * scale
         kl_weight = p.kl_weight * (min(1.0, loop.fraction / p.kl_anneal) if p.kl_anneal > 0 else 1.0)
-        _ids, seqs = loop.batch(beads)
-        v = self._view_sequences(seqs)
-        if p.mirror_augment:
-            flip = torch.as_tensor(loop.np_rng.random(len(beads)) < 0.5)
-            sign = torch.where(flip, -1.0, 1.0)[:, None]
-            for k in ("atom_positions", "bead_positions", "targets"):
-                v[k] = v[k].clone()
-                v[k][..., 1] *= sign
         gen = torch.Generator().manual_seed(int(loop.np_rng.integers(2**62)))
         nll, m, kl = self._terms(v, gen)
         n = m.sum().clamp(min=1)
         loss = (nll.sum() + kl_weight * kl.sum()) / n
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.parameters(), 10.0)
-        self.optimizer.step()
-        return {"loss": float(loss.detach()), "nll": float(nll.sum().detach() / n), "kl": float(kl.mean().detach()),
-                "kl_weight": kl_weight}
+        return loss, {"loss": float(loss.detach()), "nll": float(nll.sum().detach() / n),
+                      "kl": float(kl.mean().detach()), "kl_weight": kl_weight}
 
     def nll(self, v: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """Negative ELBO per atom (one latent draw per unit) — the validation loss."""
