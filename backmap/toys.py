@@ -141,3 +141,9 @@ class PerfectHarmonicVAE:
         zero = torch.zeros_like(x)
         return JointLogDensity(_normal_log_prob(z, self.a * x, s), _normal_log_prob(z, zero, zero),
                                _normal_log_prob(x, self.a * z, s))
+
+
+def double_well_box_wall(x: torch.Tensor, half_width: float = 5.0, slope: float = 1000.0) -> torch.Tensor:
+    """The paper's U_aux (eq. 47) as an untempered wall in kT: slope·(|xᵢ| − b) outside the box
+    [−b, b]², so that the target stays normalizable as β → 0 (at β = 1 it removes < 1e-6 of the mass)."""
+    return (slope * (x.abs() - half_width).clamp(min=0)).sum(-1)

@@ -88,7 +88,7 @@ def test_local_target_is_the_restrained_energy_difference(vae_run):
     groups = refiner.sampler.frame_groups(targets, box)
     group = max(groups, key=lambda g: len(g.atoms))
     assert len(group.atoms) >= 2
-    st = refiner._tables(group)
+    st = refiner.targets.tables(group)
     pos = torch.as_tensor(x, dtype=torch.float64)
     moved = pos.clone()
     idx = st["index"]
@@ -96,7 +96,7 @@ def test_local_target_is_the_restrained_energy_difference(vae_run):
     vectors = np.asarray(box, float).reshape(3, 3)
     t = torch.as_tensor(targets, dtype=torch.float64)
     with torch.no_grad():
-        local = refiner._energies(torch.stack([pos, moved]), st, t, vectors)  # (2, B)
+        local = sum(refiner.targets.energies(torch.stack([pos, moved]), st, t, vectors))  # (2, B)
     system = refiner.system
 
     def full(y):

@@ -372,11 +372,14 @@ class EquivariantGenerator(NetworkGenerator):
         with torch.no_grad(), torch_threads(self.params.threads):
             return self._sample(self._view_batch(batch), n_candidates, gen)
 
-    def _sample(self, v: dict, K: int, gen: torch.Generator, with_log_prob: bool = False, raw: bool = False):
+    def _sample(self, v: dict, K: int, gen: torch.Generator, with_log_prob: bool = False, raw: bool = False,
+                reparameterized: bool = False):
         """(B, K, U, 3) candidates; with ``with_log_prob`` also the log density (B, K) of each draw
         as it was drawn (before the projection): the known answer :meth:`log_prob` must give.
         ``raw``: the internal-coordinate draws as they are (no recentring, no projection), whose
-        density is exact."""
+        density is exact. ``reparameterized``: the draws are differentiable in the networks'
+        parameters (Gaussian angles and lengths directly, von Mises dihedrals implicitly), for
+        training by reverse KL against a force field."""
         t = self.tables
         B = v["keys"].shape[0]
         U = v["target_atoms"].shape[1]
@@ -407,9 +410,13 @@ class EquivariantGenerator(NetworkGenerator):
             refs = (self.theta_ref[slot[:, a]], self.theta_std[slot[:, a]], r_ref)
             r, theta = ICDistribution(self.head.outputs(h, None), *refs).sample_angle(gen)
             dist = ICDistribution(self.head.outputs(h, theta), *refs)
-            phi = dist.sample_dihedral(gen)
+            phi = dist.sample_dihedral(gen, reparameterized)
             r = torch.where(rigid[:, a], bond[:, a], r)
-            pool[:, order[a]] = place(d, g, p, r, theta, phi)
+            placed = place(d, g, p, r, theta, phi)
+            if reparameterized:  # out of place: earlier views of the pool are saved for the backward pass
+                pool = pool.index_copy(1, torch.tensor([order[a]]), placed[:, None])
+            else:
+                pool[:, order[a]] = placed
             if with_log_prob:
                 lp_a, lp_d, lp_r = dist.log_prob(r, theta, phi)
                 free = (~rigid[:, a]).to(r.dtype)

@@ -244,14 +244,16 @@ class BoundLatentModel:
         mq, lq = self.g._posterior(v, v["encoded"][0])
         return mq + torch.exp(lq) * torch.randn(mq.shape, generator=generator)
 
-    def generate(self, n: int, generator: torch.Generator, raw: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def generate(self, n: int, generator: torch.Generator, raw: bool = True, reparameterized: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """n pairs per unit: z ~ P(z | env), x ~ P(x | z, env) → x (B, n, U, 3), z (B, n, D). ``raw``
-        (for Monte Carlo): the decoder's draws as they are; else recentred and projected."""
+        (for Monte Carlo): the decoder's draws as they are; else recentred and projected.
+        ``reparameterized`` (for reverse-KL training): x and z differentiable in the parameters."""
         mp, lp = self.prior_params
         z = mp[:, None] + torch.exp(lp)[:, None] * torch.randn(self.B, n, mp.shape[-1], generator=generator)
         v = dict(self.v)
         v["latent"] = z.reshape(self.B * n, -1)
-        return self.g._sample(v, n, generator, raw=raw), z
+        return self.g._sample(v, n, generator, raw=raw, reparameterized=reparameterized), z
 
     def log_joint(self, x: torch.Tensor, z: torch.Tensor) -> JointLogDensity:
         """ln q(z | x, env), ln P(z | env), ln P(x | z, env) of pairs x (B, n, U, 3), z (B, n, D)

@@ -22,19 +22,16 @@ import torch
 from pydantic import Field
 
 from backmap import BackmapError
-from backmap.engine.registry import default_registry
 from backmap.engine.models import load_model
 from backmap.engine.plugin import Refiner
-from backmap.forcefield import ForceField
 from backmap.forcefield.minimize import minimize_restrained
 from backmap.refinement.constraints import BondConstraints
 from backmap.refinement.latent_moves import vae_move
-from backmap.refinement.restrained import (BOLTZMANN, RefineParams, RefineResult, RestrainedSystem,
+from backmap.refinement.restrained import (RefineParams, RefineResult, RestrainedSystem,
                                            resolve_constraints)
-from backmap.sampling.sampler import Sampler, SamplerOptions, UnitGroup
-from backmap.sampling.traversal import make_plans
 from backmap.system.io import atomic_path
 from backmap.threads import torch_threads
+from backmap_vae.targets import UnitTargets
 
 
 class VAEMCParams(RefineParams):
@@ -84,93 +81,17 @@ class VAEMCRefiner(Refiner):
         if not hasattr(gen, "latent_model"):
             raise BackmapError(f"vae_mc: the model in {p.model} is a {gen.name!r} generator; it needs a latent-variable "
                                "model with exact densities (plugin: vae)")
-        self.ff = ForceField(system.topology, system.nonbonded, torch.float64)
-        if self.ff.settings.coulomb == "pme":
-            raise BackmapError("vae_mc: local Monte Carlo energies need a short-ranged potential; the .mdp uses PME "
-                               "(coulombtype = reaction-field or cut-off in a copy of the .mdp, or no --mdp)")
-        registry = default_registry()
-        spec = gen.environment
-        rng = np.random.default_rng(0)
-        plans = make_plans(system.cg_topology, registry.get("traversal", spec.traversal).cls(), spec, rng)
-        options = SamplerOptions(candidates=1, gibbs_sweeps=0, cutoff=spec.cutoff, colouring=True,
-                                 strip_hydrogens=spec.strip_hydrogens, energy=False)
-        self.sampler = Sampler(system.cg_topology, plans, gen, registry.get("selector", "random").cls(), options,
-                               channels=model.channels)
+        self.targets = UnitTargets(system, gen, model.channels, p.temperature, p.restraint, p.closure_stiffness,
+                                   p.extent, p.constraints)
+        self.ff, self.sampler = self.targets.ff, self.targets.sampler
         pairs, lengths = system.constrained_bonds(p.constraints)
-        self.rigid_pairs, self.rigid_lengths = np.asarray(pairs).reshape(-1, 2), np.asarray(lengths, float)
         self.constraints = BondConstraints(pairs, lengths, system.topology.masses, tolerance=1e-10,
                                            dtype=torch.float64)
-        self.beads = system.bead_groups()
-        self.bead_of_atom: dict[int, list[int]] = defaultdict(list)
-        for b, (atoms, _w) in enumerate(self.beads):
-            for a in atoms:
-                self.bead_of_atom[int(a)].append(b)
-        self.labels = {}
-        for cb in system.cg_topology.blocks:
-            self.labels[cb.block.moltype.name] = [bead.name for bead in cb.mapping.beads]
-        self._cache: dict = {}
         self.sweep_rows: list[dict] = []
         self._frames = 0  # frames refined so far (the sweep log's frame number)
         self.trace_rows: list[tuple] = []
-        self.beta = 1.0 / (BOLTZMANN * p.temperature)
-
-    # ------------------------------------------------------------------ per group tables
-    def _tables(self, group: UnitGroup) -> dict:
-        """Touched beads (B, T) with their atoms and weights (B, T, A), rigid bonds (B, P, 2)
-        touching each unit: the restraint and spring terms of the units' local energies."""
-        key = (group.moltype, group.step, group.atoms.tobytes())
-        st = self._cache.get(key)
-        if st is not None:
-            return st
-        touched = [sorted({b for a in unit if a >= 0 for b in self.bead_of_atom[int(a)]}) for unit in group.atoms]
-        T = max(len(t) for t in touched)
-        A = max(len(self.beads[b][0]) for t in touched for b in t)
-        bead_idx = np.full((len(touched), T), -1)
-        atoms = np.zeros((len(touched), T, A), int)
-        weights = np.zeros((len(touched), T, A))
-        for u, beads in enumerate(touched):
-            for t, b in enumerate(beads):
-                at, w = self.beads[b]
-                bead_idx[u, t] = b
-                atoms[u, t, :len(at)] = at
-                weights[u, t, :len(at)] = w
-        bonds = []
-        for unit in group.atoms:
-            hit = np.isin(self.rigid_pairs, unit[unit >= 0]).any(1)
-            bonds.append(np.flatnonzero(hit))
-        P = max((len(b) for b in bonds), default=0)
-        bond_idx = np.full((len(bonds), P), -1)
-        for u, b in enumerate(bonds):
-            bond_idx[u, :len(b)] = b
-        st = self._cache[key] = {
-            "bead": torch.as_tensor(bead_idx), "bead_atoms": torch.as_tensor(atoms),
-            "bead_weights": torch.as_tensor(weights), "bond": torch.as_tensor(bond_idx),
-            "index": torch.as_tensor(group.atoms), "label": f"{group.moltype}:{self.labels[group.moltype][group.meta['bead']]}"}
-        return st
-
-    def _energies(self, configs: torch.Tensor, st: dict, targets: torch.Tensor, vectors: np.ndarray) -> torch.Tensor:
-        """(C, B) local energies of the group's units in configurations (C, N, 3): force field,
-        CG restraint of the beads their atoms map to, springs on their rigid bonds."""
-        p = self.params
-        e = self.ff.group_energies(configs, vectors, st["index"])
-        bead = st["bead"]
-        mapped = (configs[:, st["bead_atoms"]] * st["bead_weights"][None, ..., None]).sum(-2)  # (C, B, T, 3)
-        d = (mapped - targets[bead.clamp(min=0)][None]) * (bead >= 0)[None, ..., None]
-        e = e + 0.5 * p.restraint * (d * d).sum((-1, -2))
-        if st["bond"].shape[1]:
-            pairs = torch.as_tensor(self.rigid_pairs)[st["bond"].clamp(min=0)]  # (B, P, 2)
-            b0 = torch.as_tensor(self.rigid_lengths)[st["bond"].clamp(min=0)]
-            r = (configs[:, pairs[..., 0]] - configs[:, pairs[..., 1]]).norm(dim=-1)
-            e = e + 0.5 * p.closure_stiffness * (((r - b0) ** 2) * (st["bond"] >= 0)).sum(-1)
-        return e
 
     # ------------------------------------------------------------------ sampling
-    def _separation(self) -> float:
-        """Bead distance beyond which two units, each within ``extent`` of its bead, neither see
-        each other (environment cut-off) nor interact (force-field cut-off)."""
-        e = self.params.extent
-        return max(self.generator.environment.cutoff + e, self.ff.settings.cutoff + 2 * e) + 1e-6
-
     def refine(self, positions: np.ndarray, targets: np.ndarray, boxes: np.ndarray,
                rng: np.random.Generator) -> RefineResult:
         rng = np.random.default_rng(self.params.seed) if self.params.seed is not None else rng
@@ -208,33 +129,18 @@ class VAEMCRefiner(Refiner):
         pos = xt[0].clone()
         vectors = np.asarray(box, np.float64).reshape(3, 3)
         target_t = torch.as_tensor(targets, dtype=torch.float64)
-        self.sampler.options.separation = self._separation()
-        groups = self.sampler.frame_groups(targets, box)
+        groups = self.targets.frame_groups(targets, box)
         counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # accepted, proposed, invalid
         for sweep in range(p.steps):
             sweep_counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
             for group in groups:
-                st = self._tables(group)
-                env = self.sampler.environment(group, pos.to(torch.float32))
-                model = self.generator.latent_model(env)
-                rot, centre = env.rotation.double(), env.centre.double()
-                idx = st["index"]
-
-                def log_target(local: torch.Tensor) -> torch.Tensor:  # (B, n, U, 3) → (B, n)
-                    lab = local.double() @ rot[:, None] + centre[:, None, None]
-                    configs = pos.expand(local.shape[1], -1, -1).clone()
-                    configs[:, idx] = lab.transpose(0, 1)
-                    logp = -self.beta * self._energies(configs, st, target_t, vectors).T
-                    far = (local.double().norm(dim=-1) > p.extent).any(-1)  # the hard wall (the centre is the bead)
-                    return torch.where(far, torch.full_like(logp, -torch.inf), logp)
-
-                local = (pos[idx] - centre[:, None]) @ rot.transpose(1, 2)
-                move = vae_move(model, local, log_target, gen, p.trials)
+                units = self.targets.bind(group, pos, target_t, vectors)
+                model = self.generator.latent_model(units.env)
+                move = vae_move(model, units.local(), units.log_target, gen, p.trials)
                 if bool(move.accepted.any()):
-                    new = move.x.double() @ rot + centre[:, None]
                     acc = move.accepted
-                    pos[idx[acc]] = new[acc]
-                c = sweep_counts[st["label"]]
+                    pos[units.index[acc]] = units.to_lab(move.x)[acc]
+                c = sweep_counts[units.label]
                 c[0] += int(move.accepted.sum())
                 c[1] += len(move.accepted)
                 c[2] += int(move.invalid.sum())

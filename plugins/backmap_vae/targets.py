@@ -1,0 +1,179 @@
+"""The restrained target of units (beads) in their environments, shared by the ``vae_mc`` refiner
+(exact Monte Carlo moves) and data-free training by reverse KL (:mod:`backmap_vae.data_free`):
+
+    π(x | R) ∝ exp(−β U(x) − β [½ k Σ_I |M_I(x) − R_I|² + ½ k_c Σ_rigid (|r_ij| − b_ij)²])
+
+with U the force field (local energies, float64), the CG restraint on every bead a unit's atoms
+map to, and stiff springs on the rigid bonds that touch the unit (bonds inside a unit are held by
+the decoder). Units of one colour group neither see nor interact with each other, so their local
+energies are independent.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from backmap import BackmapError
+from backmap.engine.registry import default_registry
+from backmap.forcefield import ForceField
+from backmap.refinement.restrained import BOLTZMANN, RestrainedSystem
+from backmap.sampling.sampler import Sampler, SamplerOptions, UnitGroup
+from backmap.sampling.traversal import make_plans
+
+
+@dataclass
+class BoundUnits:
+    """One colour group of units at the current positions: their environments, the local frames
+    (rotation, centre) and the terms of their target for local placements (B, n, U, 3)."""
+
+    targets: "UnitTargets"
+    group: UnitGroup
+    tables: dict
+    env: object
+    rotation: torch.Tensor
+    centre: torch.Tensor
+    positions: torch.Tensor
+    cg: torch.Tensor
+    vectors: np.ndarray
+
+    @property
+    def index(self) -> torch.Tensor:
+        return self.tables["index"]
+
+    @property
+    def label(self) -> str:
+        return self.tables["label"]
+
+    def local(self) -> torch.Tensor:
+        """The units' current atoms in their local frames (B, U, 3)."""
+        return (self.positions[self.index] - self.centre[:, None]) @ self.rotation.transpose(1, 2)
+
+    def to_lab(self, local: torch.Tensor) -> torch.Tensor:
+        """Local placements (B, U, 3) or (B, n, U, 3) → lab positions (float64)."""
+        extra = local.ndim - 3
+        rot = self.rotation.reshape(self.rotation.shape[0], *[1] * extra, 3, 3)
+        centre = self.centre.reshape(self.centre.shape[0], *[1] * extra, 1, 3)
+        return local.double() @ rot + centre
+
+    def energies(self, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(force field, restraint + springs) in kJ/mol, each (B, n), of placements (B, n, U, 3),
+        differentiable in them; the other atoms stay where they are."""
+        lab = self.to_lab(local)
+        configs = self.positions.expand(local.shape[1], -1, -1).clone()
+        configs[:, self.index] = lab.transpose(0, 1)
+        ff, bias = self.targets.energies(configs, self.tables, self.cg, self.vectors)
+        return ff.T, bias.T
+
+    def outside(self, local: torch.Tensor) -> torch.Tensor:
+        """How far (nm, ≥ 0) the farthest atom of each placement lies beyond the wall ``extent``."""
+        return (local.double().norm(dim=-1) - self.targets.extent).clamp(min=0).amax(-1)
+
+    def log_target(self, local: torch.Tensor) -> torch.Tensor:
+        """ln π (B, n) up to a constant, with the hard wall (−inf beyond ``extent``)."""
+        ff, bias = self.energies(local)
+        logp = -self.targets.beta * (ff + bias)
+        return torch.where(self.outside(local) > 0, torch.full_like(logp, -torch.inf), logp)
+
+
+class UnitTargets:
+    """The system's units, their colour groups and local energies for a generator with unit =
+    'bead' (a ``vae`` model), at ``temperature`` with restraint constant ``restraint``
+    (kJ/mol/nm²), springs ``closure_stiffness`` on the rigid bonds ``constraints`` selects, and a
+    wall at ``extent`` nm from each unit's bead."""
+
+    def __init__(self, system: RestrainedSystem, generator, channels, temperature: float, restraint: float,
+                 closure_stiffness: float, extent: float, constraints: str, who: str = "vae_mc"):
+        self.system, self.generator = system, generator
+        self.restraint, self.closure_stiffness, self.extent = restraint, closure_stiffness, extent
+        self.beta = 1.0 / (BOLTZMANN * temperature)
+        self.ff = ForceField(system.topology, system.nonbonded, torch.float64)
+        if self.ff.settings.coulomb == "pme":
+            raise BackmapError(f"{who}: local Monte Carlo energies need a short-ranged potential; the .mdp uses PME "
+                               "(coulombtype = reaction-field or cut-off in a copy of the .mdp, or no --mdp)")
+        registry = default_registry()
+        spec = generator.environment
+        plans = make_plans(system.cg_topology, registry.get("traversal", spec.traversal).cls(), spec,
+                           np.random.default_rng(0))
+        options = SamplerOptions(candidates=1, gibbs_sweeps=0, cutoff=spec.cutoff, colouring=True,
+                                 strip_hydrogens=spec.strip_hydrogens, energy=False)
+        self.sampler = Sampler(system.cg_topology, plans, generator, registry.get("selector", "random").cls(), options,
+                               channels=channels)
+        pairs, lengths = system.constrained_bonds(constraints)
+        self.rigid_pairs, self.rigid_lengths = np.asarray(pairs).reshape(-1, 2), np.asarray(lengths, float)
+        self.beads = system.bead_groups()
+        self.bead_of_atom: dict[int, list[int]] = defaultdict(list)
+        for b, (atoms, _w) in enumerate(self.beads):
+            for a in atoms:
+                self.bead_of_atom[int(a)].append(b)
+        self.labels = {cb.block.moltype.name: [bead.name for bead in cb.mapping.beads]
+                       for cb in system.cg_topology.blocks}
+        self._cache: dict = {}
+
+    def separation(self) -> float:
+        """Bead distance beyond which two units, each within ``extent`` of its bead, neither see
+        each other (environment cut-off) nor interact (force-field cut-off)."""
+        e = self.extent
+        return max(self.generator.environment.cutoff + e, self.ff.settings.cutoff + 2 * e) + 1e-6
+
+    def frame_groups(self, cg: np.ndarray, box) -> list[UnitGroup]:
+        """The colour groups of a frame's units (every unit once)."""
+        self.sampler.options.separation = self.separation()
+        return self.sampler.frame_groups(cg, box)
+
+    def bind(self, group: UnitGroup, positions: torch.Tensor, cg: torch.Tensor, vectors: np.ndarray) -> BoundUnits:
+        """A group's units at ``positions`` (N, 3, float64) with the frame's CG beads ``cg``."""
+        env = self.sampler.environment(group, positions.detach().to(torch.float32))
+        return BoundUnits(self, group, self.tables(group), env, env.rotation.double(), env.centre.double(),
+                          positions, cg, vectors)
+
+    def tables(self, group: UnitGroup) -> dict:
+        """Touched beads (B, T) with their atoms and weights (B, T, A), rigid bonds (B, P, 2)
+        touching each unit: the restraint and spring terms of the units' local energies."""
+        key = (group.moltype, group.step, group.atoms.tobytes())
+        st = self._cache.get(key)
+        if st is not None:
+            return st
+        touched = [sorted({b for a in unit if a >= 0 for b in self.bead_of_atom[int(a)]}) for unit in group.atoms]
+        T = max(len(t) for t in touched)
+        A = max(len(self.beads[b][0]) for t in touched for b in t)
+        bead_idx = np.full((len(touched), T), -1)
+        atoms = np.zeros((len(touched), T, A), int)
+        weights = np.zeros((len(touched), T, A))
+        for u, beads in enumerate(touched):
+            for t, b in enumerate(beads):
+                at, w = self.beads[b]
+                bead_idx[u, t] = b
+                atoms[u, t, :len(at)] = at
+                weights[u, t, :len(at)] = w
+        bonds = []
+        for unit in group.atoms:
+            hit = np.isin(self.rigid_pairs, unit[unit >= 0]).any(1)
+            bonds.append(np.flatnonzero(hit))
+        P = max((len(b) for b in bonds), default=0)
+        bond_idx = np.full((len(bonds), P), -1)
+        for u, b in enumerate(bonds):
+            bond_idx[u, :len(b)] = b
+        st = self._cache[key] = {
+            "bead": torch.as_tensor(bead_idx), "bead_atoms": torch.as_tensor(atoms),
+            "bead_weights": torch.as_tensor(weights), "bond": torch.as_tensor(bond_idx),
+            "index": torch.as_tensor(group.atoms), "label": f"{group.moltype}:{self.labels[group.moltype][group.meta['bead']]}"}
+        return st
+
+    def energies(self, configs: torch.Tensor, st: dict, cg: torch.Tensor, vectors: np.ndarray
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(C, B) local force-field energies of the group's units in configurations (C, N, 3), and
+        (C, B) their CG restraint (the beads their atoms map to) plus the springs on their rigid bonds."""
+        ff = self.ff.group_energies(configs, vectors, st["index"])
+        bead = st["bead"]
+        mapped = (configs[:, st["bead_atoms"]] * st["bead_weights"][None, ..., None]).sum(-2)  # (C, B, T, 3)
+        d = (mapped - cg[bead.clamp(min=0)][None]) * (bead >= 0)[None, ..., None]
+        bias = 0.5 * self.restraint * (d * d).sum((-1, -2))
+        if st["bond"].shape[1]:
+            pairs = torch.as_tensor(self.rigid_pairs)[st["bond"].clamp(min=0)]  # (B, P, 2)
+            b0 = torch.as_tensor(self.rigid_lengths)[st["bond"].clamp(min=0)]
+            r = (configs[:, pairs[..., 0]] - configs[:, pairs[..., 1]]).norm(dim=-1)
+            bias = bias + 0.5 * self.closure_stiffness * (((r - b0) ** 2) * (st["bond"] >= 0)).sum(-1)
+        return ff, bias
