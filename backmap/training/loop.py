@@ -31,7 +31,9 @@ from backmap.training.data import FitContext, TrainOptions
 
 if TYPE_CHECKING:
     from backmap.engine.plugin import Regularizer
+    from backmap.refinement.restrained import RestrainedSystem
     from backmap.training.data import TrainingData
+    from backmap.training.reverse_kl import ReverseKLOptions
 
 CHECKPOINT_FORMAT = 2
 
@@ -75,6 +77,15 @@ class NetworkGenerator(Generator):
         params = self.params.model_dump(mode="json")
         return {"params": {k: v for k, v in params.items() if k not in self.runtime_params},
                 "environment": self.environment.model_dump(mode="json")}
+
+    def fit_reverse_kl(self, data: "TrainingData", system: "RestrainedSystem", options: "ReverseKLOptions",
+                       context: FitContext) -> dict[str, Any]:
+        """Train without atomistic data, by reverse KL against the force field and the CG restraint
+        (:mod:`backmap.training.reverse_kl`): ``data`` holds the CG frames (its AA coordinates are
+        NaN), ``system`` the force field. Generators with exact densities and reparameterized
+        samples override this."""
+        raise BackmapError(f"steps.train.objective: reverse_kl needs a generator with exact densities and "
+                           f"reparameterized samples (plugin: vae); {self.name!r} has none")
 
     def fit(self, data: "TrainingData", context: FitContext) -> dict[str, Any]:
         contexts = self.training_contexts()

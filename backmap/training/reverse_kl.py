@@ -37,7 +37,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Literal, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -128,6 +128,32 @@ class TemperingParams(BaseModel):
     log_every: int = Field(20, ge=1, description="optimizer steps between log rows")
     checkpoint_every: int = Field(200, ge=0, description="optimizer steps between checkpoints (0: only at the end)")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps in total")
+
+
+class ReverseKLOptions(TemperingParams):
+    """Data-free training of a generator for backmapping: the tempering schedule, and the target
+    p(x | R) ∝ exp(−βU(x) − β[restraint + springs] − wall) of each unit in its environment (the
+    restraint, the springs and the wall are not tempered: they keep the target a backmapping at
+    every β). The train step's ``reverse_kl:`` keys."""
+
+    samples: int = Field(8, ge=2, description="samples per unit and step")
+    units: int = Field(64, ge=1, description="units per step (colour groups are drawn until there are this many)")
+    dbeta_max: float = Field(0.02, gt=0, le=1, description="largest increment of β, as a fraction of the target β")
+    steps_per_beta: int = Field(5, ge=1, description="optimizer steps at each β before the next increment")
+    final_steps: int = Field(1000, ge=0, description="optimizer steps at the target β after tempering")
+    temperature: float = Field(300.0, gt=0, description="target temperature (K): β = 1/k_B T")
+    restraint: float = Field(2.0e4, gt=0, description="k of ½k|M(x) − R|² per bead (kJ/mol/nm²)")
+    closure_stiffness: float = Field(1.0e6, gt=0, description="k_c (kJ/mol/nm²) of the springs on rigid bonds "
+                                                               "between units (as vae_mc's target)")
+    constraints: Literal["none", "h-bonds", "all-bonds"] = Field(
+        "none", description="bonds held rigid (springs between units); match the generator's 'constraints'")
+    extent: float = Field(0.5, gt=0, description="wall: a unit atom farther than this (nm) from its bead")
+    minimize_steps: int = Field(300, ge=0, description="restrained minimization steps of the starting structures "
+                                                       "(the environments before the model makes its own)")
+    pretrain_epochs: int = Field(4, ge=0, description="epochs of maximum likelihood on the starting structures (a "
+                                                      "forward pass of the untrained model: force-field bond "
+                                                      "lengths and angles, random torsions) before reverse KL")
+    wall: float = Field(1000.0, gt=0, description="slope of the wall beyond 'extent' (kT/nm)")
 
 
 @dataclass
@@ -257,7 +283,7 @@ class ReverseKLTrainer:
         loss = sum(wi * l for wi, (l, _e, _x) in zip(w, parts))
         u = torch.cat([e.u for _l, e, _x in parts])
         log_w = torch.cat([e.log_w for _l, e, _x in parts])
-        est = Estimates(mean_u=float(u.mean()), loss=float(loss), entropy=float(sum(wi * e.entropy for wi, (_l, e, _x)
+        est = Estimates(mean_u=float(u.mean()), loss=float(loss.detach()), entropy=float(sum(wi * e.entropy for wi, (_l, e, _x)
                                                                                     in zip(w, parts))),
                         u=u, log_w=log_w)
         return loss, est, [x for _l, _e, x in parts]
@@ -388,7 +414,8 @@ class ReverseKLTrainer:
                     row = self._row(last_c)
                     bar.status(row)
                     if not bar.enabled:
-                        self.say("  ".join(f"{k} {row[k]:.4g}" for k in ("step", "beta", "loss", "mean_u", "kl", "minor", "sx1")
+                        self.say("  ".join(f"{k} {row[k]:.4g}" for k in ("step", "beta", "loss", "mean_u", "kl", "u_forcefield",
+                                                                   "u_restraint", "outside")
                                            if k in row))
                 if self.p.checkpoint_every and s.step % self.p.checkpoint_every == 0:
                     self.save()
@@ -414,6 +441,8 @@ class ReverseKLTrainer:
         s = self.state
         row = {"iteration": s.step, "step": s.step, "seconds": round(self.seconds, 2), "beta": s.beta,
                **{k: v / max(self._n, 1) for k, v in self._sums.items()}}
+        if hasattr(self.problem, "log_stats"):  # the problem's own numbers (e.g. energy terms)
+            row.update(self.problem.log_stats())
         if self.monitor is not None:
             with torch.no_grad():
                 model = self.problem.draw(self.generator)[0][0]
@@ -443,6 +472,8 @@ class ReverseKLTrainer:
         state = {"format": CHECKPOINT_FORMAT, "fingerprint": self._fingerprint(), "module": self.module.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "state": json.dumps(self.state.__dict__),
                  "generator": self.generator.get_state(), "log": json.dumps(self.log.rows), "seconds": self.seconds}
+        if hasattr(self.problem, "state_dict"):  # e.g. an environment pool that moves with the model
+            state["problem"] = self.problem.state_dict()
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
         if self.log.rows:
@@ -464,6 +495,8 @@ class ReverseKLTrainer:
         self.generator.set_state(state["generator"])
         self.log = TrainingLog(json.loads(state["log"]))
         self.seconds = state["seconds"]
+        if "problem" in state and hasattr(self.problem, "load_state_dict"):
+            self.problem.load_state_dict(state["problem"])
 
     def plot(self, path: Path) -> bool:
         """The log in four panels against steps: β, ⟨U⟩, the entropy bound, the KL bound and the

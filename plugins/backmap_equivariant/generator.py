@@ -172,14 +172,19 @@ class EquivariantGenerator(NetworkGenerator):
         return ("forward", "gibbs") if self.params.context == "mixed" else (self.params.context,)
 
     def setup(self, data, seed: int) -> None:
+        self.setup_networks(data, seed)
+        self._reference_ics(data.sequences(self.training_contexts()))
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=self.params.lr)
+
+    def setup_networks(self, data, seed: int) -> None:
+        """Unit tables from the topology and plans, and fresh networks initialized from ``seed``
+        (no coordinates are read)."""
         self.tables = Tables(system_tables(data.cg_topology, data.plans, self.params.constraints))
         self.bead_key = torch.as_tensor(bead_keys(data.cg_topology, self.tables.tables))
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             self._build({"n_atom_types": data.channels.n_atom_types, "n_interactions": data.channels.n_interactions,
                          "n_bead_types": len(data.channels.bead_types)})
-        self._reference_ics(data.sequences(self.training_contexts()))
-        self.optimizer = torch.optim.Adam(self.parameters(), lr=self.params.lr)
 
     def _reference_ics(self, seqs) -> None:
         """Mean bond angle and parent distance of every slot in the training data: the head

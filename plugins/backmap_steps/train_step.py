@@ -2,12 +2,19 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
 
 from backmap import BackmapError, Step
 from backmap.engine.models import save_model
+from backmap.engine.recipe import InputPath
+from backmap.forcefield import NonbondedSettings
+from backmap.refinement.restrained import RestrainedSystem
+from backmap.system.pairs import PairSet
+from backmap.training.reverse_kl import ReverseKLOptions
 from backmap.sampling.traversal import make_plans
 from backmap.training.data import FitContext, TrainingData, TrainOptions
 from backmap.training.energies import LocalEnergies
@@ -16,6 +23,14 @@ from backmap.training.energies import LocalEnergies
 class TrainParams(TrainOptions):
     out: str = Field("model", description="model folder in the work directory (model.json + weights.safetensors)")
     log_dir: str = Field("training", description="folder in the work directory for checkpoints and the training log")
+    objective: Literal["likelihood", "reverse_kl"] = Field(
+        "likelihood", description="likelihood: fit the AA training frames (the generator's own loss); reverse_kl: "
+                                  "no AA data — fit exp(−U/kT) under the CG restraint from the force field and the "
+                                  "CG frames alone (docs/reverse-kl.md; the vae generator)")
+    reverse_kl: ReverseKLOptions = Field(default_factory=ReverseKLOptions,
+                                         description="tempering and target of objective: reverse_kl")
+    mdp: InputPath | None = Field(None, description="objective reverse_kl: GROMACS .mdp for cut-offs and "
+                                                    "electrostatics (short-ranged: reaction-field or cut-off)")
 
 
 class TrainStep(Step):
@@ -53,7 +68,10 @@ class TrainStep(Step):
         log_dir = ctx.path(self.params.log_dir, generator.name, "checkpoint.pt").parent
         fit = FitContext(options, regularizers, energies, log_dir, ctx.seed, ctx.console.print)
         t0 = time.perf_counter()
-        summary = generator.fit(data, fit) or {}
+        if self.params.objective == "reverse_kl":
+            summary = self._fit_reverse_kl(ctx, generator, data, fit)
+        else:
+            summary = generator.fit(data, fit) or {}
         seconds = time.perf_counter() - t0
         out = ctx.path(self.params.out, "model.json").parent
         # what the model records of its training: no wall times (those are in run.json), so that
@@ -70,6 +88,24 @@ class TrainStep(Step):
             report["markdown"] = (summary.get("markdown", "") + f"\n\nTraining log: `{rel}/train_log.csv`; "
                                   f"checkpoint `{rel}/checkpoint.pt`.\n\n![training]({rel}/training.png)").strip()
         return report
+
+
+    def _fit_reverse_kl(self, ctx, generator, data: TrainingData, fit: FitContext) -> dict:
+        """Data-free training: the generator sees the CG frames and the force field only — the
+        prepared pairs' AA coordinates are replaced by NaN before it gets them."""
+        if ctx.recipe.regularizers:
+            ctx.console.print("train: objective reverse_kl ignores the recipe's regularizers (the force field is "
+                              "the objective)")
+        p = self.params
+        settings = NonbondedSettings.from_mdp(p.mdp) if p.mdp else NonbondedSettings()
+        system = RestrainedSystem(ctx.cg_topology, Path(ctx.recipe.system.topology), settings)
+        pairs = data.pairs
+        blind = PairSet(np.full_like(pairs.aa, np.nan), pairs.cg, pairs.dimensions, pairs.frames, pairs.is_test,
+                        dict(pairs.info))
+        cg_only = TrainingData(blind, data.cg_topology, data.spec, data.channels, data.plans, seed=data.seed)
+        summary = generator.fit_reverse_kl(cg_only, system, p.reverse_kl, fit) or {}
+        summary["objective"] = "reverse_kl (no AA coordinates read)"
+        return summary
 
 
 def _is_timing(key: str) -> bool:

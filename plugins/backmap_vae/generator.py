@@ -170,6 +170,34 @@ class VAEGenerator(EquivariantGenerator):
         return loss, {"loss": float(loss.detach()), "nll": float(nll.sum().detach() / n),
                       "kl": float(kl.mean().detach()), "kl_weight": kl_weight}
 
+    def fit_reverse_kl(self, data, system, options, context) -> dict[str, Any]:
+        """Data-free training (docs/reverse-kl.md): the networks learn exp(−U/kT) under the CG
+        restraint from the force field and the training CG frames (:mod:`backmap_vae.data_free`)."""
+        from backmap.training.reverse_kl import ReverseKLTrainer
+        from backmap_vae.data_free import UnitProblem, forcefield_reference_ics, pretrain_on_pool, starting_pool
+        from backmap_vae.targets import UnitTargets
+
+        summary: dict[str, Any] = {}
+        with torch_threads(self.params.threads):
+            self.setup_networks(data, context.seed)
+            self.theta_ref, self.theta_std, self.r_ref = forcefield_reference_ics(self, data.cg_topology,
+                                                                                  options.temperature)
+            self._free_anchors()
+            train = data.train()
+            targets = UnitTargets(system, self, data.channels, options.temperature, options.restraint,
+                                  options.closure_stiffness, options.extent, options.constraints,
+                                  who="steps.train (reverse_kl)")
+            pool = starting_pool(targets, train.cg, train.dimensions, options.minimize_steps)
+            if options.pretrain_epochs:
+                summary["pretraining"] = pretrain_on_pool(self, data, train, pool, options.pretrain_epochs, context)
+            problem = UnitProblem(self, targets, train.cg, train.dimensions, options, pool)
+            module = torch.nn.ModuleDict({"encoder": self.encoder, "head": self.head, "latent": self.latent_nets})
+            trainer = ReverseKLTrainer(problem, module, options, seed=context.seed, sample_dims=2,
+                                       directory=context.directory, say=context.say)
+            summary.update(trainer.run())
+        summary["parameters"] = self.n_parameters()
+        return summary
+
     def nll(self, v: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """Negative ELBO per atom (one latent draw per unit) — the validation loss."""
         nll, m, kl = self._terms(v, torch.Generator().manual_seed(0))

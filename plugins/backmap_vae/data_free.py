@@ -1,0 +1,210 @@
+"""Data-free training of the ``vae`` generator by reverse KL (seed ``003``; docs/reverse-kl.md).
+
+The target of a unit (bead) is vae_mc's: p(x | env, R) ∝ exp(−βU − β[restraint + springs] − wall)
+(:mod:`backmap_vae.targets`), with U tempered from β ≈ 0 to 1/k_BT by the core's
+:class:`~backmap.training.reverse_kl.ReverseKLTrainer`. The model q(x, z | env) = P(z | env)
+P(x | z, env) draws reparameterized samples (implicit gradients for the von Mises dihedrals), and
+its encoder q(z | x, env) is the auxiliary r(z | x) that bounds the entropy.
+
+Environments without atomistic data: every training CG frame holds a *pool* of atom positions,
+started by a forward pass of the untrained model (whose head predicts the force field's θ₀ and b₀
+with random torsions: bonded geometry right, packing wrong) and replaced unit by unit by the
+model's own samples as training goes. Before reverse KL, the decoder is fitted by maximum
+likelihood to that starting pool (``pretrain_epochs``): it learns where a bead's atoms sit around
+its CG bead and the force field's bonded geometry, which gradients through samples alone learn
+slowly; no atomistic data enters either way (one sample of every unit trained on), so the environments
+the units see move with the model toward backmapped structures — the ones it will meet in a
+forward pass and Gibbs sweeps. The reference angles and bond lengths the decoder's head predicts
+offsets from come from the force field (θ₀, b₀), not from data.
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from backmap.forcefield.parameters import molecule_terms
+from backmap.refinement.restrained import BOLTZMANN, RestrainedSystem
+from backmap.training.reverse_kl import ReverseKLOptions, Target
+from backmap_vae.targets import BoundUnits, UnitTargets
+
+if TYPE_CHECKING:
+    from backmap_vae.generator import BoundLatentModel, VAEGenerator
+
+#: draws from one training frame before the next is chosen
+FRAME_STEPS = 10
+
+
+def forcefield_reference_ics(generator: "VAEGenerator", cg_topology, temperature: float
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per slot of the generator's tables: the reference bond angle θ₀ (rad) and its thermal spread
+    √(k_BT/k_θ) where the slot's (atom, parent, grandparent) is an angle of the force field, and
+    the bond length b₀ where (atom, parent) is a bond; elsewhere 1.9 ± 0.3 rad and 0.15 nm."""
+    t = generator.tables
+    moltypes = {cb.block.moltype.name: cb.block.moltype for cb in cg_topology.blocks}
+    n = t.n_slots
+    theta, spread, r = torch.full((n,), 1.9), torch.full((n,), 0.3), torch.full((n,), 0.15)
+    angle_cache: dict[str, dict] = {}
+    kt = BOLTZMANN * temperature
+    for k, table in enumerate(t.tables):
+        if table.moltype not in angle_cache:
+            atoms, params = molecule_terms(moltypes[table.moltype])["angle"]
+            angle_cache[table.moltype] = {}
+            for (i, j, l), (theta0, k_theta) in zip(np.asarray(atoms).tolist(), np.asarray(params).tolist()):
+                angle_cache[table.moltype][(i, j, l)] = angle_cache[table.moltype][(l, j, i)] = (theta0, k_theta)
+        angles = angle_cache[table.moltype]
+        u, e = len(table.atoms), len(table.external)
+
+        def atom_of(code: int) -> int | None:
+            if 0 <= code < u:
+                return table.atoms[code]
+            if u <= code < u + e:
+                return table.external[code - u]
+            return None  # a virtual point
+
+        for i in range(u):
+            atom = table.atoms[table.order[i]]
+            for row in range(table.triples.shape[1]):
+                codes = table.triples[i, row]
+                if codes[0] < 0:
+                    continue
+                slot = int(t.slot[k, i, row])
+                if table.bond[i, row] > 0:
+                    r[slot] = float(table.bond[i, row])
+                parent, grand = atom_of(int(codes[0])), atom_of(int(codes[1]))
+                hit = angles.get((atom, parent, grand)) if parent is not None and grand is not None else None
+                if hit is not None:
+                    theta[slot] = hit[0]
+                    spread[slot] = math.sqrt(kt / hit[1]) if hit[1] > 0 else 0.3
+    return theta, spread.clamp(0.02, 1.0), r
+
+
+def starting_pool(targets: UnitTargets, cg: np.ndarray, dimensions: np.ndarray, minimize_steps: int
+                  ) -> list[np.ndarray]:
+    """Atom positions for every training CG frame without atomistic data: a forward pass of the
+    model as it is (untrained: bonds at b₀, angles near θ₀, random torsions, each bead turned
+    towards its CG position), then ``minimize_steps`` of restrained energy minimization — the
+    classic data-free start (Backward/initram): bonded neighbours consistent, no overlaps."""
+    from backmap.forcefield.minimize import minimize_restrained
+    from backmap.system.pbc import box_vectors
+
+    out = []
+    for c, d in zip(cg, dimensions):
+        box = np.asarray(box_vectors(d), np.float64).reshape(3, 3)
+        with torch.no_grad():
+            x = targets.sampler.backmap(c, box)
+        if minimize_steps:
+            x = minimize_restrained(targets.ff, x, box, targets.system.cg_topology, c, restraint=0.5 * targets.restraint,
+                                    steps=minimize_steps).positions
+        out.append(np.asarray(x, np.float64))
+    return out
+
+
+def pretrain_on_pool(generator: "VAEGenerator", data, train, pool: list[np.ndarray], epochs: int, context) -> dict:
+    """Maximum likelihood on the starting pool's structures (the generator's own training loop):
+    the decoder learns where a bead's atoms go around its CG position and the force field's bonded
+    geometry before reverse KL starts, which by gradients through the samples alone took thousands
+    of steps (the untrained decoder's raw draws sit 0.2 nm off their beads)."""
+    from backmap.system.pairs import PairSet
+    from backmap.training.data import FitContext, TrainingData, TrainOptions
+
+    pseudo = PairSet(np.stack(pool).astype(train.aa.dtype), train.cg, train.dimensions, train.frames,
+                     np.zeros(len(train), bool), dict(train.info))
+    pseudo_data = TrainingData(pseudo, data.cg_topology, data.spec, data.channels, data.plans, seed=data.seed)
+    directory = None if context.directory is None else context.directory / "pretrain"
+    options = TrainOptions(epochs=epochs, batch_size=64, log_every=10)
+    return generator.fit(pseudo_data, FitContext(options, directory=directory, seed=context.seed, say=context.say))
+
+
+class _Units:
+    """A bound latent model as the trainer samples it: raw, reparameterized draws."""
+
+    def __init__(self, bound: "BoundLatentModel"):
+        self.bound = bound
+
+    def generate(self, n: int, generator: torch.Generator):
+        return self.bound.generate(n, generator, raw=True, reparameterized=True)
+
+    def log_joint(self, x: torch.Tensor, z: torch.Tensor):
+        return self.bound.log_joint(x, z)
+
+
+class _UnitTarget(Target):
+    """The tempered force field and the untempered restraint, springs and wall of bound units."""
+
+    def __init__(self, units: BoundUnits, beta: float, wall: float, stats: dict[str, list[float]]):
+        super().__init__(energy=None, beta=beta)
+        self.units, self.wall_slope, self.stats = units, wall, stats
+
+    def terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ff, bias = self.units.energies(x)
+        outside = self.units.outside(x)
+        with torch.no_grad():
+            for key, value in (("u_forcefield", ff), ("u_restraint", bias), ("outside", (outside > 0).double())):
+                self.stats.setdefault(key, []).append(float(value.double().mean()))
+        return ff, self.beta * bias + self.wall_slope * outside
+
+
+class UnitProblem:
+    """The reverse-KL problem over the units of the training CG frames (see the module doc)."""
+
+    def __init__(self, generator: "VAEGenerator", targets: UnitTargets, cg: np.ndarray, dimensions: np.ndarray,
+                 options: ReverseKLOptions, pool: list[np.ndarray]):
+        from backmap.system.pbc import box_vectors
+
+        self.g, self.targets, self.options = generator, targets, options
+        self.beta = targets.beta
+        self.cg = [torch.as_tensor(c, dtype=torch.float64) for c in cg]
+        self.vectors = [np.asarray(box_vectors(d), np.float64).reshape(3, 3) for d in dimensions]
+        self.pool = [torch.as_tensor(x, dtype=torch.float64) for x in pool]
+        self._frame, self._groups, self._draws = -1, [], 0
+        self._stats: dict[str, list[float]] = {}
+        self._drawn: list[tuple[int, BoundUnits]] = []
+
+    def draw(self, generator: torch.Generator):
+        """Colour groups of one training frame until ``units`` units are drawn; a new random frame
+        every ``FRAME_STEPS`` draws (the sampler's environment builder holds one frame at a time,
+        and setting it up costs as much as a step)."""
+        if self._frame < 0 or self._draws % FRAME_STEPS == 0:
+            f = int(torch.randint(len(self.cg), (1,), generator=generator))
+            if f != self._frame:
+                self._groups = self.targets.frame_groups(self.cg[f].numpy(), self.vectors[f])
+                self._frame = f
+        self._draws += 1
+        f = self._frame
+        pairs, self._drawn, n = [], [], 0
+        while n < self.options.units:
+            group = self._groups[int(torch.randint(len(self._groups), (1,), generator=generator))]
+            units = self.targets.bind(group, self.pool[f], self.cg[f], self.vectors[f])
+            pairs.append((_Units(self.g.latent_model(units.env)),
+                          _UnitTarget(units, self.beta, self.options.wall, self._stats)))
+            self._drawn.append((f, units))
+            n += len(group.atoms)
+        return pairs
+
+    def observe(self, xs: list[torch.Tensor], generator: torch.Generator) -> None:
+        """The drawn units take their first sample's positions in their frame's pool."""
+        for (f, units), x in zip(self._drawn, xs):
+            self.pool[f][units.index] = units.to_lab(x[:, 0]).detach()
+
+    def log_stats(self) -> dict[str, float]:
+        """Means since the last call, for the training log: force-field and restraint energy per
+        unit (kJ/mol) and the share of samples beyond the wall."""
+        out = {k: float(np.mean(v)) for k, v in self._stats.items() if v}
+        self._stats.clear()
+        return out
+
+    def state_dict(self) -> dict:
+        """The pools and the frame in use (for the trainer's checkpoint: a resumed run continues
+        from the environments it had)."""
+        return {"pool": torch.stack(self.pool), "frame": self._frame, "draws": self._draws}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pool = list(state["pool"].unbind(0))
+        self._draws = int(state["draws"])
+        f = int(state["frame"])
+        if f >= 0:
+            self._groups = self.targets.frame_groups(self.cg[f].numpy(), self.vectors[f])
+        self._frame = f
