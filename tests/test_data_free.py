@@ -98,3 +98,14 @@ def test_generators_without_densities_refuse_the_objective(tmp_path):
     code, _out, err = run_cli("run", _recipe(tmp_path, plugin="equivariant"))
     assert code != 0
     assert "steps.train.objective" in err and "reverse_kl" in err and "vae" in err
+
+
+def test_energy_cap_is_continuous_and_keeps_low_energies():
+    from backmap_vae.data_free import log_capped
+
+    u = torch.tensor([-50.0, 999.0, 1000.0, 1001.0, 1e8], dtype=torch.float64, requires_grad=True)
+    v = log_capped(u, 1000.0)
+    assert torch.equal(v[:3].detach(), u[:3].detach())
+    assert float(v[3]) == pytest.approx(1000 + np.log(2.0)) and float(v[4]) < 1000 + 19
+    v.sum().backward()
+    assert torch.allclose(u.grad, torch.tensor([1.0, 1.0, 1.0, 0.5, 1 / (1e8 - 999)], dtype=torch.float64))

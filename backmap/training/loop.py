@@ -299,12 +299,16 @@ class TrainingLoop:
             self.log.plot(path.parent / "training.png", title=f"{self.generator.name} training")
 
     def load(self, path: Path) -> None:
-        try:
-            state = torch.load(path, weights_only=True)
-        except Exception as exc:  # truncated or foreign files raise many types
-            raise BackmapError(f"cannot read the training checkpoint ({exc.__class__.__name__}); remove it to "
-                               "start over", source=path) from None
-        self.load_state(state)
+        self.load_state(read_checkpoint(path, "training checkpoint"))
+
+
+def read_checkpoint(path: Path, what: str) -> dict[str, Any]:
+    """A checkpoint's tensors and plain values (``weights_only``), or a clear error naming the file."""
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 — truncated or foreign files raise many types
+        raise BackmapError(f"cannot read the {what} ({exc.__class__.__name__}); remove it to start over",
+                           source=path) from None
 
 
 def trim(seqs: BeadSequences) -> BeadSequences:

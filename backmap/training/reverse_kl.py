@@ -46,6 +46,7 @@ from backmap.errors import BackmapError
 from backmap.refinement.latent_moves import JointLogDensity
 from backmap.system.io import atomic_path
 from backmap.training.log import TrainingLog
+from backmap.training.loop import read_checkpoint
 from backmap.training.progress import TrainingProgress
 
 CHECKPOINT_FORMAT = 1
@@ -122,6 +123,8 @@ class TemperingParams(BaseModel):
     lr: float = Field(1e-3, gt=0, description="Adam learning rate (the paper: 1e-3)")
     clip_kappa: float = Field(3.0, gt=0, description="per-sample gradient norm clipped to κ × the batch mean")
     clip_until: float = Field(0.5, ge=0, le=1, description="clip while β is below this fraction of the target")
+    clip_reference: Literal["mean", "median"] = Field("mean", description="κ times the batch's mean gradient norm "
+                                                                        "(the paper) or its median")
     divergence: float = Field(30.0, gt=0, description="a loss this many spreads (median absolute deviations of the "
                                                         "last 50 losses, at least 1 kT) above their median is a divergence")
     max_rollbacks: int = Field(10, ge=0, description="divergences tolerated before training stops with an error")
@@ -150,6 +153,15 @@ class ReverseKLOptions(TemperingParams):
     extent: float = Field(0.5, gt=0, description="wall: a unit atom farther than this (nm) from its bead")
     minimize_steps: int = Field(300, ge=0, description="restrained minimization steps of the starting structures "
                                                        "(the environments before the model makes its own)")
+    energy_cap: float = Field(1.0e5, gt=0, description="per unit, force-field energies above this (kJ/mol) enter "
+                                                       "as cap + ln(1 + U − cap) (Boltzmann generators' "
+                                                       "regularization; the restraint at half of it): it bounds the "
+                                                       "loss of overlapping atoms; set it above the typical energy "
+                                                       "of early samples, or their forces vanish")
+    clip_until: float = Field(1.0, ge=0, le=1, description="clip while β is below this fraction of the target")
+    clip_reference: Literal["mean", "median"] = Field("median", description="κ times the batch's mean gradient "
+                                                                          "norm or its median (a few overlapping "
+                                                                          "atoms set the mean)")
     pretrain_epochs: int = Field(4, ge=0, description="epochs of maximum likelihood on the starting structures (a "
                                                       "forward pass of the untrained model: force-field bond "
                                                       "lengths and angles, random torsions) before reverse KL")
@@ -193,27 +205,29 @@ def relative_kl_increase(est: Estimates, dbeta: float) -> float:
     return step / kl if kl > 0 else math.inf
 
 
-def clip_per_sample(grad: torch.Tensor, kappa: float, sample_dims: int) -> torch.Tensor:
-    """The gradient (…, n, state…) with every sample's norm capped at κ × the mean norm (appendix F)."""
+def clip_per_sample(grad: torch.Tensor, kappa: float, sample_dims: int, robust: bool = False) -> torch.Tensor:
+    """The gradient (…, n, state…) with every sample's norm capped at κ × the mean norm (appendix F),
+    or κ × the median (``robust``: when a few overlapping atoms would set the mean)."""
     flat = grad.reshape(*grad.shape[:grad.ndim - sample_dims], -1) if sample_dims else grad[..., None]
     norm = flat.norm(dim=-1)
     finite = torch.isfinite(norm)
     if not finite.any():
         return grad
-    limit = kappa * norm[finite].mean()
+    limit = kappa * (norm[finite].median() if robust else norm[finite].mean())
     scale = torch.where(norm > limit, limit / norm.clamp(min=1e-300), torch.ones_like(norm))
     return grad * scale.view(*scale.shape, *[1] * sample_dims)
 
 
 def reverse_kl_batch(model: ReparameterizedModel, target: Target, beta: float, n: int, generator: torch.Generator,
-                     clip_kappa: float | None = None, sample_dims: int = 1
+                     clip_kappa: float | None = None, sample_dims: int = 1, clip_reference: str = "mean"
                      ) -> tuple[torch.Tensor, Estimates, torch.Tensor]:
     """The loss L at β on n fresh samples per system (differentiable when the model's samples are),
     its estimates and the samples (detached); ``clip_kappa``: clip the gradient reaching each
     sample (appendix F)."""
     x, z = model.generate(n, generator)
     if clip_kappa is not None and x.requires_grad:
-        x.register_hook(lambda g: clip_per_sample(g, clip_kappa, sample_dims))
+        robust = clip_reference == "median"
+        x.register_hook(lambda g: clip_per_sample(g, clip_kappa, sample_dims, robust))
     u, v = target.terms(x)
     j = model.log_joint(x, z)
     log_q = j.prior.double() + j.decoder.double() - j.encoder.double()  # ln q(x, z) − ln r(z | x)
@@ -273,7 +287,8 @@ class ReverseKLTrainer:
     def _batch(self, beta: float, clip: bool) -> tuple[torch.Tensor, Estimates, list[torch.Tensor]]:
         """The loss over every (model, target) pair the problem draws (weighted by their samples)."""
         kappa = self.p.clip_kappa if clip else None
-        parts = [reverse_kl_batch(model, target, beta, self.p.samples, self.generator, kappa, self.sample_dims)
+        parts = [reverse_kl_batch(model, target, beta, self.p.samples, self.generator, kappa, self.sample_dims,
+                                  self.p.clip_reference)
                  for model, target in self.problem.draw(self.generator)]
         if len(parts) == 1:
             loss, est, x = parts[0]
@@ -481,11 +496,7 @@ class ReverseKLTrainer:
             self.plot(path.parent / "reverse_kl.png")
 
     def load(self, path: Path) -> None:
-        try:
-            state = torch.load(path, weights_only=True)
-        except Exception as exc:  # truncated or foreign files raise many types
-            raise BackmapError(f"cannot read the reverse-KL checkpoint ({exc.__class__.__name__}); remove it to "
-                               "start over", source=path) from None
+        state = read_checkpoint(path, "reverse-KL checkpoint")
         if state.get("format") != CHECKPOINT_FORMAT or state.get("fingerprint") != self._fingerprint():
             raise BackmapError("the reverse-KL checkpoint was made with other parameters, target or seed; remove it "
                                "to start over", source=path)

@@ -134,17 +134,25 @@ class _Units:
 class _UnitTarget(Target):
     """The tempered force field and the untempered restraint, springs and wall of bound units."""
 
-    def __init__(self, units: BoundUnits, beta: float, wall: float, stats: dict[str, list[float]]):
+    def __init__(self, units: BoundUnits, beta: float, wall: float, cap: float, stats: dict[str, list[float]]):
         super().__init__(energy=None, beta=beta)
-        self.units, self.wall_slope, self.stats = units, wall, stats
+        self.units, self.wall_slope, self.cap, self.stats = units, wall, cap, stats
 
     def terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ff, bias = self.units.energies(x)
         outside = self.units.outside(x)
         with torch.no_grad():
-            for key, value in (("u_forcefield", ff), ("u_restraint", bias), ("outside", (outside > 0).double())):
-                self.stats.setdefault(key, []).append(float(value.double().mean()))
-        return ff, self.beta * bias + self.wall_slope * outside
+            for key, value in (("u_forcefield", ff.median()), ("u_restraint", bias.median()),
+                               ("outside", (outside > 0).double().mean())):
+                self.stats.setdefault(key, []).append(float(value))
+        return log_capped(ff, self.cap), self.beta * log_capped(bias, self.cap / 2) + self.wall_slope * outside
+
+
+def log_capped(u: torch.Tensor, cap: float) -> torch.Tensor:
+    """u below ``cap``, cap + ln(1 + u − cap) above: the energy regularization of Boltzmann
+    generators (Noé et al. 2019) — an overlap of two atoms (10⁵–10⁸ kJ/mol) otherwise dominates
+    every gradient; configurations this high have no weight in the target anyway."""
+    return torch.where(u > cap, cap + torch.log1p((u - cap).clamp(min=0)), u)
 
 
 class UnitProblem:
@@ -179,19 +187,24 @@ class UnitProblem:
             group = self._groups[int(torch.randint(len(self._groups), (1,), generator=generator))]
             units = self.targets.bind(group, self.pool[f], self.cg[f], self.vectors[f])
             pairs.append((_Units(self.g.latent_model(units.env)),
-                          _UnitTarget(units, self.beta, self.options.wall, self._stats)))
+                          _UnitTarget(units, self.beta, self.options.wall, self.options.energy_cap, self._stats)))
             self._drawn.append((f, units))
             n += len(group.atoms)
+        self._pairs = pairs
         return pairs
 
     def observe(self, xs: list[torch.Tensor], generator: torch.Generator) -> None:
-        """The drawn units take their first sample's positions in their frame's pool."""
-        for (f, units), x in zip(self._drawn, xs):
-            self.pool[f][units.index] = units.to_lab(x[:, 0]).detach()
+        """The drawn units take a new draw of the model in their frame's pool — recentred on their
+        beads as at inference, so that the environments are the ones a backmapping run builds."""
+        with torch.no_grad():
+            for (f, units), (model, _target) in zip(self._drawn, self._pairs):
+                x = model.bound.generate(1, generator, raw=False)[0]
+                self.pool[f][units.index] = units.to_lab(x[:, 0]).double()
 
     def log_stats(self) -> dict[str, float]:
-        """Means since the last call, for the training log: force-field and restraint energy per
-        unit (kJ/mol) and the share of samples beyond the wall."""
+        """Means since the last call, for the training log: the median force-field and restraint
+        energy per unit (kJ/mol; the means are ruled by rare overlaps) and the share of samples
+        beyond the wall."""
         out = {k: float(np.mean(v)) for k, v in self._stats.items() if v}
         self._stats.clear()
         return out
