@@ -227,3 +227,25 @@ def test_double_well_vae_mc_with_the_data_free_model_is_exact(data_free_vae):
     se_minor = math.sqrt(exact.minor_mass * (1 - exact.minor_mass) / n)
     assert abs((x[:, 0] > 0).mean() - exact.minor_mass) < 4 * se_minor
     assert abs(x[:, 1].var() - 1.0) < 4 * math.sqrt(2 / n)
+
+
+def test_bounded_spreads_keep_draws_off_the_clamps():
+    """With ``bounded`` (models trained by reverse KL) even the widest head outputs leave the
+    angle and bond-length clamps unreached, so every draw's density is the density it was drawn
+    with; unbounded, such outputs pile draws up on the clamps (what reverse KL exploited)."""
+    from backmap_equivariant.head import N_OUT, ICDistribution
+
+    n = 20_000
+    out = torch.zeros(n, N_OUT)
+    out[:, 1] = 3.0  # angle mean pushed towards π
+    out[:, 2] = 5.0  # angle spread at its maximum
+    out[:, -1] = 10.0  # bond-length spread at its maximum
+    refs = (torch.full((n,), 2.6), torch.full((n,), 0.3), torch.full((n,), 0.1))
+    for bounded, hits in ((True, 0), (False, None)):
+        d = ICDistribution(out, *refs, bounded=bounded)
+        r, theta = d.sample_angle(torch.Generator().manual_seed(0))
+        clamped = int(((theta <= 0.05) | (theta >= math.pi - 0.05)).sum() + (r <= 0.01).sum())
+        if hits is None:
+            assert clamped > n // 10
+        else:
+            assert clamped == hits

@@ -145,7 +145,8 @@ class ReverseKLOptions(TemperingParams):
     steps_per_beta: int = Field(5, ge=1, description="optimizer steps at each β before the next increment")
     final_steps: int = Field(1000, ge=0, description="optimizer steps at the target β after tempering")
     temperature: float = Field(300.0, gt=0, description="target temperature (K): β = 1/k_B T")
-    restraint: float = Field(2.0e4, gt=0, description="k of ½k|M(x) − R|² per bead (kJ/mol/nm²)")
+    restraint: float = Field(2.0e3, gt=0, description="k of ½k|M(x) − R|² per bead (kJ/mol/nm²); softer than "
+                                                     "vae_mc's: raw draws place a bead's centre to ≈ 0.1 nm")
     closure_stiffness: float = Field(1.0e6, gt=0, description="k_c (kJ/mol/nm²) of the springs on rigid bonds "
                                                                "between units (as vae_mc's target)")
     constraints: Literal["none", "h-bonds", "all-bonds"] = Field(
@@ -162,7 +163,9 @@ class ReverseKLOptions(TemperingParams):
     clip_reference: Literal["mean", "median"] = Field("median", description="κ times the batch's mean gradient "
                                                                           "norm or its median (a few overlapping "
                                                                           "atoms set the mean)")
-    pretrain_epochs: int = Field(4, ge=0, description="epochs of maximum likelihood on the starting structures (a "
+    pool_candidates: int = Field(1, ge=1, description="draws per unit when the environment pool is updated; the "
+                                                      "lowest-energy one is kept")
+    pretrain_epochs: int = Field(12, ge=0, description="epochs of maximum likelihood on the starting structures (a "
                                                       "forward pass of the untrained model: force-field bond "
                                                       "lengths and angles, random torsions) before reverse KL")
     wall: float = Field(1000.0, gt=0, description="slope of the wall beyond 'extent' (kT/nm)")

@@ -141,6 +141,9 @@ class EquivariantGenerator(NetworkGenerator):
         self.encoder: Encoder | None = None
         self.head: Head | None = None
         self.tables: Tables | None = None
+        #: angle and bond-length spreads bounded away from the draws' clamps (models trained by
+        #: reverse KL, which would exploit them; see ICDistribution)
+        self.bounded_ics = False
 
     # ------------------------------------------------------------------ networks
     def _build(self, layout: dict) -> None:
@@ -289,7 +292,8 @@ class EquivariantGenerator(NetworkGenerator):
         h = self.head.features(over_t(self._decoder_context(scalars, v)), slot, self._previous(r, theta, phi, r_ref),
                                feats)
         out = self.head.outputs(h, theta)
-        return ICDistribution(out, self.theta_ref[slot], self.theta_std[slot], r_ref), (r, theta, phi), rigid
+        return ICDistribution(out, self.theta_ref[slot], self.theta_std[slot], r_ref, self.bounded_ics), \
+            (r, theta, phi), rigid
 
     def _previous(self, r, theta, phi, r_ref):
         feats = torch.stack([torch.cos(theta), torch.sin(theta), torch.cos(phi), torch.sin(phi),
@@ -412,7 +416,7 @@ class EquivariantGenerator(NetworkGenerator):
             feats = self._features(vectors, near, near_types, pool[:, :t.U + t.E], known_ok, d, g, p)
             h = self.head.features(scalars, slot[:, a], prev, feats)
             r_ref = self.r_ref[slot[:, a]]
-            refs = (self.theta_ref[slot[:, a]], self.theta_std[slot[:, a]], r_ref)
+            refs = (self.theta_ref[slot[:, a]], self.theta_std[slot[:, a]], r_ref, self.bounded_ics)
             r, theta = ICDistribution(self.head.outputs(h, None), *refs).sample_angle(gen)
             dist = ICDistribution(self.head.outputs(h, theta), *refs)
             phi = dist.sample_dihedral(gen, reparameterized)
@@ -509,7 +513,7 @@ class EquivariantGenerator(NetworkGenerator):
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         self._require()
-        return {"format": STATE_FORMAT, "layout": dict(self.layout),
+        return {"format": STATE_FORMAT, "layout": dict(self.layout), "bounded_ics": self.bounded_ics,
                 "tables": [t.to_json() for t in self.tables.tables],
                 "theta_ref": self.theta_ref.clone(), "theta_std": self.theta_std.clone(), "r_ref": self.r_ref.clone(),
                 "encoder": {k: v.clone() for k, v in self.encoder.state_dict().items()},
@@ -519,6 +523,7 @@ class EquivariantGenerator(NetworkGenerator):
         if state.get("format") != STATE_FORMAT:
             raise BackmapError(f"equivariant: unknown state format {state.get('format')!r}")
         self.tables = Tables([UnitTable.from_json(t) for t in state["tables"]])
+        self.bounded_ics = bool(state.get("bounded_ics", False))  # absent in models made before it existed
         self._build({k: int(v) for k, v in state["layout"].items()})
         self.theta_ref = torch.as_tensor(state["theta_ref"])
         self.r_ref = torch.as_tensor(state["r_ref"])

@@ -19,13 +19,20 @@ LOG_2PI = math.log(2 * math.pi)
 class ICDistribution:
     """The head's output for a batch of atoms (..., N_OUT), as distributions."""
 
-    def __init__(self, out: torch.Tensor, theta_ref: torch.Tensor, theta_std: torch.Tensor, r_ref: torch.Tensor):
+    def __init__(self, out: torch.Tensor, theta_ref: torch.Tensor, theta_std: torch.Tensor, r_ref: torch.Tensor,
+                 bounded: bool = False):
         a, d = N_ANGLE, N_DIHEDRAL
         self.a_logit = torch.log_softmax(out[..., :a], -1)
         self.a_mean = theta_ref[..., None] + 1.5 * torch.tanh(out[..., a:2 * a])  # bounded: a bad step cannot fling it
         # relative to the data's spread of that row: Adam moves a log-width by ~lr per step, so
         # starting from 1 rad it took ~1000 steps to reach the 5° of a bond angle
         self.a_sigma = theta_std[..., None] * torch.exp(out[..., 2 * a:3 * a].clamp(-3.0, 2.0)) + 0.01
+        if bounded:
+            # σ at most a quarter of the way to the draw's clamp (0.05, π − 0.05): clamped draws sit
+            # where the density is far lower than their probability — an entropy that training by
+            # reverse KL finds and exploits (models fitted to data keep the unbounded form, unchanged)
+            room = torch.minimum(self.a_mean - 0.05, math.pi - 0.05 - self.a_mean).clamp(min=0.04) / 4
+            self.a_sigma = torch.minimum(self.a_sigma, room)
         o = 3 * a
         self.d_logit = torch.log_softmax(out[..., o:o + d], -1)
         c, s = out[..., o + d:o + 2 * d], out[..., o + 2 * d:o + 3 * d]
@@ -34,6 +41,8 @@ class ICDistribution:
         o += 4 * d
         self.r_mean = r_ref + 0.1 * torch.tanh(out[..., o])
         self.r_sigma = torch.exp((out[..., o + 1] - 4.0).clamp(-9.0, -1.0)) + 1e-4  # starts at 0.02 nm, inside the clamp
+        if bounded:  # at most a quarter of the mean (the draw's clamp at 0.01 nm), as for angles
+            self.r_sigma = torch.minimum(self.r_sigma, (self.r_mean / 4).clamp(min=1e-4))
 
     def log_prob(self, r: torch.Tensor, theta: torch.Tensor, phi: torch.Tensor):
         """Log densities of the angle, the dihedral and the bond length (each (...))."""

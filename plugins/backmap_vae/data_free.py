@@ -194,12 +194,16 @@ class UnitProblem:
         return pairs
 
     def observe(self, xs: list[torch.Tensor], generator: torch.Generator) -> None:
-        """The drawn units take a new draw of the model in their frame's pool — recentred on their
-        beads as at inference, so that the environments are the ones a backmapping run builds."""
+        """The drawn units take a new placement in their frame's pool, made as a backmapping run
+        makes one: ``pool_candidates`` draws of the model recentred on their beads, the one of
+        lowest energy kept (the lowest_energy selector; 1: the draw as it is)."""
         with torch.no_grad():
             for (f, units), (model, _target) in zip(self._drawn, self._pairs):
-                x = model.bound.generate(1, generator, raw=False)[0]
-                self.pool[f][units.index] = units.to_lab(x[:, 0]).double()
+                x = model.bound.generate(self.options.pool_candidates, generator, raw=False)[0]
+                ff, bias = units.energies(x)
+                best = (ff + bias).argmin(1)
+                chosen = x[torch.arange(len(best)), best]
+                self.pool[f][units.index] = units.to_lab(chosen).double()
 
     def log_stats(self) -> dict[str, float]:
         """Means since the last call, for the training log: the median force-field and restraint

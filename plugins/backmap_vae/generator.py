@@ -183,6 +183,7 @@ class VAEGenerator(EquivariantGenerator):
             self.theta_ref, self.theta_std, self.r_ref = forcefield_reference_ics(self, data.cg_topology,
                                                                                   options.temperature)
             self._free_anchors()
+            self.bounded_ics = True
             train = data.train()
             targets = UnitTargets(system, self, data.channels, options.temperature, options.restraint,
                                   options.closure_stiffness, options.extent, options.constraints,
