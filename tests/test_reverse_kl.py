@@ -230,9 +230,10 @@ def test_double_well_vae_mc_with_the_data_free_model_is_exact(data_free_vae):
 
 
 def test_bounded_spreads_keep_draws_off_the_clamps():
-    """With ``bounded`` (models trained by reverse KL) even the widest head outputs leave the
-    angle and bond-length clamps unreached, so every draw's density is the density it was drawn
-    with; unbounded, such outputs pile draws up on the clamps (what reverse KL exploited)."""
+    """With ``bounded`` (models trained by reverse KL) even the widest head outputs reach the angle
+    and bond-length clamps with probability < 1e-4 per draw (4 σ: 3e-5), so the draws' densities
+    are the densities they were drawn with; unbounded, such outputs pile draws up on the clamps
+    (what reverse KL exploited)."""
     from backmap_equivariant.head import N_OUT, ICDistribution
 
     n = 20_000
@@ -241,11 +242,11 @@ def test_bounded_spreads_keep_draws_off_the_clamps():
     out[:, 2] = 5.0  # angle spread at its maximum
     out[:, -1] = 10.0  # bond-length spread at its maximum
     refs = (torch.full((n,), 2.6), torch.full((n,), 0.3), torch.full((n,), 0.1))
-    for bounded, hits in ((True, 0), (False, None)):
+    for bounded, most in ((True, 10), (False, None)):
         d = ICDistribution(out, *refs, bounded=bounded)
         r, theta = d.sample_angle(torch.Generator().manual_seed(0))
         clamped = int(((theta <= 0.05) | (theta >= math.pi - 0.05)).sum() + (r <= 0.01).sum())
-        if hits is None:
+        if most is None:
             assert clamped > n // 10
         else:
-            assert clamped == hits
+            assert clamped <= most  # expected ≈ 2 × 20 000 × 3e-5 ≈ 1

@@ -28,10 +28,12 @@ class ICDistribution:
         # starting from 1 rad it took ~1000 steps to reach the 5° of a bond angle
         self.a_sigma = theta_std[..., None] * torch.exp(out[..., 2 * a:3 * a].clamp(-3.0, 2.0)) + 0.01
         if bounded:
-            # σ at most a quarter of the way to the draw's clamp (0.05, π − 0.05): clamped draws sit
+            # mean inside (0.3, π − 0.3), σ at most a quarter of the way to the draw's clamp (0.05,
+            # π − 0.05): clamped draws sit
             # where the density is far lower than their probability — an entropy that training by
             # reverse KL finds and exploits (models fitted to data keep the unbounded form, unchanged)
-            room = torch.minimum(self.a_mean - 0.05, math.pi - 0.05 - self.a_mean).clamp(min=0.04) / 4
+            self.a_mean = self.a_mean.clamp(0.3, math.pi - 0.3)
+            room = torch.minimum(self.a_mean - 0.05, math.pi - 0.05 - self.a_mean) / 4
             self.a_sigma = torch.minimum(self.a_sigma, room)
         o = 3 * a
         self.d_logit = torch.log_softmax(out[..., o:o + d], -1)
