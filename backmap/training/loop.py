@@ -22,6 +22,7 @@ import torch
 from backmap.engine.plugin import Generator
 from backmap.errors import BackmapError
 from backmap.system.io import atomic_path
+from backmap.training.checkpoint import read_checkpoint
 from backmap.training.energies import LocalEnergies
 from backmap.training.log import TrainingLog
 from backmap.training.progress import TrainingProgress
@@ -300,15 +301,6 @@ class TrainingLoop:
 
     def load(self, path: Path) -> None:
         self.load_state(read_checkpoint(path, "training checkpoint"))
-
-
-def read_checkpoint(path: Path, what: str) -> dict[str, Any]:
-    """A checkpoint's tensors and plain values (``weights_only``), or a clear error naming the file."""
-    try:
-        return torch.load(path, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 — truncated or foreign files raise many types
-        raise BackmapError(f"cannot read the {what} ({exc.__class__.__name__}); remove it to start over",
-                           source=path) from None
 
 
 def trim(seqs: BeadSequences) -> BeadSequences:

@@ -46,7 +46,7 @@ from backmap.errors import BackmapError
 from backmap.refinement.latent_moves import JointLogDensity
 from backmap.system.io import atomic_path
 from backmap.training.log import TrainingLog
-from backmap.training.loop import read_checkpoint
+from backmap.training.checkpoint import read_checkpoint
 from backmap.training.progress import TrainingProgress
 
 CHECKPOINT_FORMAT = 1
