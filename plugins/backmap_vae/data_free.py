@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from backmap.forcefield.parameters import molecule_terms
-from backmap.refinement.restrained import BOLTZMANN, RestrainedSystem
+from backmap.refinement.restrained import BOLTZMANN
 from backmap.training.reverse_kl import ReverseKLOptions, Target
 from backmap_vae.targets import BoundUnits, UnitTargets
 
@@ -168,6 +168,7 @@ class UnitProblem:
         self.vectors = [np.asarray(box_vectors(d), np.float64).reshape(3, 3) for d in dimensions]
         self.pool = [torch.as_tensor(x, dtype=torch.float64) for x in pool]
         self._frame, self._groups, self._draws = -1, [], 0
+        self._pairs: list = []
         self._stats: dict[str, list[float]] = {}
         self._drawn: list[tuple[int, BoundUnits]] = []
 
