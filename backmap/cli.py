@@ -172,6 +172,39 @@ def refine_options(minimize: bool = True):
     return decorate
 
 
+def cluster_options(f):
+    """Where the frames run (backmap.parallel): this process, a local Dask cluster, or a running one."""
+    options = [
+        click.option("--workers", type=int, default=None,
+                     help="Run frames on a local Dask cluster of N worker processes (or N batch jobs with "
+                          "--scheduler slurm/pbs/lsf)."),
+        click.option("--scheduler", default=None,
+                     help="A running Dask scheduler (tcp://host:8786 or a scheduler .json file), or slurm/pbs/lsf/"
+                          "sge/htcondor for a dask-jobqueue cluster (docs/scale-out.md)."),
+        click.option("--threads-per-worker", type=int, default=1, show_default=True,
+                     help="torch/OpenMM threads of each worker process."),
+        click.option("--frames-per-task", type=int, default=1, show_default=True,
+                     help="Frames per Dask task (more: less scheduling overhead per frame)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _cluster(workers: int | None, scheduler: str | None, threads_per_worker: int, frames_per_task: int):
+    from pydantic import ValidationError
+
+    from backmap.parallel import ClusterOptions
+
+    try:
+        return ClusterOptions(workers=workers, scheduler=scheduler, threads_per_worker=threads_per_worker,
+                              frames_per_task=frames_per_task)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "--workers/--scheduler"
+        raise BackmapError(f"{key}: {err['msg'].removeprefix('Value error, ')}") from None
+
+
 def _refiner(name: str, temperature, n_steps, restraint, constraints, timestep, friction, minimize_steps,
              extra: tuple[str, ...], seed: int):
     import yaml
@@ -296,11 +329,12 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
               help="Refine every frame with this refiner (openmm, langevin, mala) under the CG restraint.")
 @click.option("--mdp", type=click.Path(path_type=Path), default=None, help="Cut-offs/electrostatics for --refine.")
 @refine_options(minimize=False)
+@cluster_options
 def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Path | None, mapping: tuple[Path, ...],
           frames: str | None, selector: str, candidates: int, gibbs_sweeps: int, minimize_steps: int,
           colouring: bool, stereo_reference: Path | None, cutoff: float | None, traversal: str | None, seed: int,
           refiner_name: str | None, mdp: Path | None, temperature, n_steps, restraint, constraints,
-          timestep, friction, extra) -> None:
+          timestep, friction, extra, workers, scheduler, threads_per_worker, frames_per_task) -> None:
     """Backmap CG structures or a trajectory with a trained model. Writes OUT, the first frame as
     OUT.gro, a .top beside it (for gmx grompp), the CG frames used (OUT_cg.trr) and the provenance
     (OUT.json). With --refine, every frame is then sampled at --temperature under the CG restraint
@@ -312,6 +346,7 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
     from backmap.sampling.backmapper import BackmapSettings, read_cg
     from backmap.system.pairs import count_frames, select_frames
 
+    cluster = _cluster(workers, scheduler, threads_per_worker, frames_per_task)
     loaded = load_model(model)
     top_path = topology or loaded.topology
     maps = list(mapping) or loaded.mapping
@@ -337,10 +372,8 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
         refiner = _refiner(refiner_name, temperature, n_steps, restraint, constraints, timestep, friction, None,
                            extra, seed)
         system = RestrainedSystem(cg_top, Path(top_path), _settings(mdp, None, None, None, None))
-        refiner.use_model(loaded.directory)
-        refiner.prepare(system)
     summary = backmap_to_files(loaded, cg_top, Path(top_path), list(read_cg(cg_top, source, idx)), out, settings,
-                               seed=seed, refiner=refiner, refine_system=system,
+                               seed=seed, refiner=refiner, refine_system=system, cluster=cluster,
                                provenance={"cg": str(source), "frames": frames}, where="apply")
     files = summary["files"]
     kept = f"; stereocentres kept {summary['stereocentres kept']:.4f}" if "stereocentres kept" in summary else ""
@@ -377,9 +410,11 @@ def convert_model(pickled: Path, out: Path) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @refine_options()
 @nonbonded_options
+@cluster_options
 def refine(topology: Path, mapping: tuple[Path, ...], cg_path: Path, traj: Path, out: Path, refiner_name: str,
            frames: str | None, batch: int, seed: int, temperature, n_steps, restraint, constraints, timestep, friction,
-           minimize_steps, extra, mdp, cutoff, coulomb, epsilon_rf, lj_shift) -> None:
+           minimize_steps, extra, mdp, cutoff, coulomb, epsilon_rf, lj_shift, workers, scheduler, threads_per_worker,
+           frames_per_task) -> None:
     """Sample the AA structure at temperature T while keeping every bead's mapped centre on the CG
     input (restrained Langevin / MALA); writes OUT, OUT's .log.csv (energy, CG deviation per frame)
     and a plot of it."""
@@ -392,7 +427,9 @@ def refine(topology: Path, mapping: tuple[Path, ...], cg_path: Path, traj: Path,
     refiner = _refiner(refiner_name, temperature, n_steps, restraint, constraints, timestep, friction,
                        minimize_steps, extra, seed)
     system = _restrained_system(topology, mapping, _settings(mdp, cutoff, coulomb, epsilon_rf, lj_shift))
-    summary = refine_files(refiner, system, traj, cg_path, out, frames=frames, seed=seed, batch=batch)
+    cluster = _cluster(workers, scheduler, threads_per_worker, frames_per_task)
+    summary = refine_files(refiner, system, traj, cg_path, out, frames=frames, seed=seed, batch=batch,
+                           cluster=cluster)
     click.echo(f"wrote {out}: {summary['frames']} frames, {summary['seconds per frame']} s/frame, CG RMSD "
                f"{summary['CG RMSD before (nm)']} → {summary['CG RMSD after (nm)']} nm; log {summary['log']}")
 

@@ -76,3 +76,8 @@ def _duration(seconds: float) -> str:
     if seconds < 90 * 60:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def say(message: str) -> None:
+    """One line on the console (stderr, beside the progress output)."""
+    print(message, file=sys.stderr, flush=True)

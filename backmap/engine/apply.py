@@ -13,6 +13,8 @@ recipe's ``backmap`` step both call :func:`backmap_to_files`, so they write the 
 """
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -26,9 +28,12 @@ from backmap.engine.plugin import Generator
 from backmap.engine.pipeline import plugin_versions
 from backmap.engine.registry import Registry, default_registry
 from backmap.errors import BackmapError
-from backmap.refinement.restrained import RestrainedSystem, plot_log, refine_frames, write_log
+from backmap.parallel import ClusterOptions, PartStore, ProcessLocal, blocks_of, frame_rng, run_blocks
+from backmap.progress import say
+from backmap.refinement.restrained import (BondSpread, RestrainedSystem, limit_refiner_threads, plot_log, refine_batch,
+                                          write_log)
 from backmap.sampling.backmapper import Backmapper, BackmapSettings, write_aa, write_topology
-from backmap.system.io import Frame, atomic_path, read_frames, write_frames
+from backmap.system.io import Frame, atomic_path, write_frames
 from backmap.sampling.environment import Channels
 from backmap.system.mapping import CGTopology
 
@@ -83,61 +88,144 @@ def make_backmapper(cg_topology: CGTopology, generator: Generator, settings: Bac
     return Backmapper(cg_topology, generator, channels, traversal, selector, settings, seed=seed)
 
 
+@dataclass
+class BackmapJob(ProcessLocal):
+    """Backmapping (and refining) blocks of CG frames, as one process or a Dask worker does it: the
+    model, system and settings travel once; the backmapper and the prepared refiner are built in
+    each process (:meth:`setup`). Every frame draws from its own streams (:func:`frame_rng` of the
+    seed and the frame's index), so the output does not depend on the number of workers."""
+
+    model: Model
+    cg_topology: CGTopology
+    settings: BackmapSettings
+    seed: int = 0
+    refiner: Any = None
+    refine_system: RestrainedSystem | None = None
+    refine_seed: int = 0
+    refiner_prepared: bool = False
+    where: str = "backmap"
+
+    def setup(self, threads: int | None = None) -> None:
+        self._local_backmapper = make_backmapper(self.cg_topology, self.model.generator, self.settings, self.seed,
+                                                 self.model.channels, default_registry(), self.where)
+        if self.refiner is not None and not self.refiner_prepared:
+            limit_refiner_threads(self.refiner, threads)
+            self.refiner.use_model(self.model.directory)
+            self.refiner.prepare(self.refine_system)
+            self.refiner_prepared = True
+
+    def run_block(self, frames: Sequence[Frame]) -> dict[str, Any]:
+        bm = self._local_backmapper
+        raw, refined, rows = [], [], []
+        for k, cg in enumerate(frames):
+            t0 = time.perf_counter()
+            placed = bm.sampler.placements
+            aa, kept = bm.backmap_frame(cg, frame_rng(self.seed, _frame_key(cg, k)))
+            row: dict[str, Any] = {"frame": cg.index, "generator_seconds": time.perf_counter() - t0,
+                                   "placements": bm.sampler.placements - placed}
+            if kept is not None:
+                row["stereocentres_kept"] = kept
+            raw.append(aa.positions.astype(np.float32))
+            if self.refiner is not None:
+                (done, log), = refine_batch(self.refiner, self.refine_system, [aa], [cg],
+                                            frame_rng(self.refine_seed, _frame_key(cg, k), stream=1))
+                refined.append(done.positions.astype(np.float32))
+                row.update(log)
+            rows.append(row)
+        out: dict[str, Any] = {"aa": np.stack(refined if self.refiner is not None else raw), "rows": rows}
+        if self.refiner is not None:
+            out["unrefined"] = np.stack(raw)
+        return out
+
+
+def _frame_key(frame: Frame, position: int) -> int:
+    return frame.index if frame.index is not None else position
+
+
 def backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path, frames: Sequence[Frame], out: Path,
                      settings: BackmapSettings | None = None, seed: int = 0, registry: Registry | None = None,
                      refiner: Any = None, refine_system: RestrainedSystem | None = None, structure: bool = True,
-                     provenance: dict[str, Any] | None = None, where: str = "backmap") -> dict[str, Any]:
+                     provenance: dict[str, Any] | None = None, where: str = "backmap",
+                     cluster: ClusterOptions | None = None, identity: dict[str, Any] | None = None) -> dict[str, Any]:
     """Backmap ``frames`` (CG, the mapping's bead order) with ``model`` into ``out`` and the files
-    beside it; with ``refiner`` (prepared against ``refine_system``), every frame is refined under
-    the CG restraint after the generator. Returns a summary (also for run reports)."""
+    beside it; with ``refiner`` (not yet prepared: it is prepared here, against ``refine_system``),
+    every frame is refined under the CG restraint after the generator. Frames run in blocks, here
+    or on the Dask cluster of ``cluster``; finished blocks wait in a hidden store beside ``out``, so
+    a killed run resumes (``identity``: what else, beside model, frames and settings, must match
+    for that, e.g. the CG file). Returns a summary (also for run reports)."""
     registry = registry or default_registry()
     settings = settings or BackmapSettings()
+    cluster = cluster or ClusterOptions()
     generator = model.generator
     model.check_system(cg_topology)
     generator.environment.check_against(settings.environment_keys(), where)
     if not frames:
         raise BackmapError(f"{where}: no CG frames to backmap")
     spec = generator.environment
-    bm = make_backmapper(cg_topology, generator, settings, seed, model.channels, registry, where)
     topo = cg_topology.topology
     files = BackmapOutputs.beside(out, structure, Path(topology_path).suffix == ".top", refiner is not None, len(frames))
-    first: list[Frame] = []
-    rows: list[dict] = []
-
-    def keep_first(stream):
-        for fr in stream:
-            if not first:
-                first.append(fr)
-            yield fr
-
+    refine_seed = seed if refiner is None or getattr(refiner.params, "seed", None) is None else refiner.params.seed
+    job = BackmapJob(model, cg_topology, settings, seed, copy.deepcopy(refiner) if cluster.distributed else refiner,
+                     refine_system, refine_seed, where=where)
+    if refiner is not None:  # here once: checks the settings, resolves defaults, says what it chose
+        refiner.use_model(model.directory)
+        refiner.prepare(refine_system)
+        job.refiner_prepared = not cluster.distributed
+    make_backmapper(cg_topology, generator, settings, seed, model.channels, registry, where)  # checks plugins here
+    blocks = blocks_of(frames, cluster.frames_per_task)
+    store = PartStore.beside(files.aa, {
+        "model": _model_identity(model), "frames": [f.index for f in frames],
+        "cg": _frames_digest(frames),
+        "settings": settings.model_dump(mode="json"), "seed": seed, "frames_per_task": cluster.frames_per_task,
+        "refiner": None if refiner is None else [refiner.name, refiner.params.model_dump(mode="json"), refine_seed],
+        **(identity or {})}, len(blocks))
     t0 = time.perf_counter()
-    produced = keep_first(bm.run(frames, total=len(frames)))
-    if refiner is None:
-        n = write_aa(files.aa, produced, topo)
-    else:  # the generator's output streamed to its own file, then refined from there
-        write_aa(files.unrefined, produced, topo)
-        rng = np.random.default_rng(seed if getattr(refiner.params, "seed", None) is None else refiner.params.seed)
-        raw = read_frames(files.unrefined, topo.n_atoms)
-        n = write_aa(files.aa, _frames_logging(refine_frames(refiner, refine_system, raw, frames, rng,
-                                                             total=len(frames)), rows), topo)
+    rows = [row for r in run_blocks(job, blocks, cluster, store, "backmapping", where=where) for row in r["rows"]]
+
+    def frames_of(key: str):  # streamed from the store: a long trajectory is never held in memory
+        k = 0
+        for r in store.blocks():
+            for x in r[key]:
+                cg = frames[k]
+                k += 1
+                yield Frame(x.astype(float), cg.dimensions, cg.time, cg.index)
+
+    n = write_aa(files.aa, frames_of("aa"), topo)
+    if refiner is not None:
+        write_aa(files.unrefined, frames_of("unrefined"), topo)
     seconds = time.perf_counter() - t0
     write_frames(files.cg, frames, cg_topology.bead_names, cg_topology.resnames, cg_topology.resids)
     if files.structure is not None:
-        write_aa(files.structure, first, topo)
+        write_aa(files.structure, [next(frames_of("aa"))], topo)
     if files.topology is not None:
         write_topology(topology_path, files.topology)
+    generator_seconds = sum(r["generator_seconds"] for r in rows)
     summary: dict[str, Any] = {"frames": n, "atoms": topo.n_atoms, "generator": generator.name,
                                "seconds per frame": round(seconds / max(n, 1), 3),
-                               "placements per second": round(bm.sampler.placements / max(seconds, 1e-9))}
-    if bm.chirality_kept:
-        summary["stereocentres kept"] = round(float(np.mean(bm.chirality_kept)), 4)
+                               "generator seconds per frame": round(generator_seconds / max(n, 1), 3),
+                               "placements per second": round(sum(r["placements"] for r in rows)
+                                                              / max(generator_seconds, 1e-9))}
+    if cluster.distributed:
+        summary["cluster"] = cluster.model_dump(mode="json", exclude_none=True)
+    kept = [r["stereocentres_kept"] for r in rows if "stereocentres_kept" in r]
+    if kept:
+        summary["stereocentres kept"] = round(float(np.mean(kept)), 4)
     if refiner is not None:
-        write_log(files.refine_log, rows)
-        plot_log(files.refine_log.with_suffix(".png"), rows, f"{refiner.name}: {files.aa.name}")
+        log = [{k: v for k, v in r.items() if k not in ("generator_seconds", "placements", "stereocentres_kept")}
+               for r in rows]
+        write_log(files.refine_log, log)
+        plot_log(files.refine_log.with_suffix(".png"), log, f"{refiner.name}: {files.aa.name}")
         summary.update({"refiner": refiner.name,
                         "CG RMSD before refinement (nm)": round(float(np.mean([r["cg_rmsd_before"] for r in rows])), 5),
                         "CG RMSD after refinement (nm)": round(float(np.mean([r["cg_rmsd"] for r in rows])), 5),
                         "failed refinements": sum(1 for r in rows if r.get("failed"))})
+        spread = BondSpread.of(refiner, refine_system)
+        if spread is not None:
+            for r, x in zip(rows, frames_of("aa")):
+                if not r.get("failed"):
+                    spread.add(x.positions)
+            if warning := spread.warning():
+                say(f"warning: {refiner.name} refiner: {warning}")
     record = {"model": str(model.directory), "plugin": generator.name,
               "environment": spec.model_dump(mode="json"), "settings": settings.model_dump(mode="json"),
               "seed": seed, "refiner": {"plugin": refiner.name, "params": refiner.params.model_dump(mode="json")}
@@ -145,12 +233,22 @@ def backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path,
               "plugins": plugin_versions(registry), **(provenance or {})}
     with atomic_path(files.provenance) as tmp:
         tmp.write_text(json.dumps(record, indent=1, default=str))
+    store.remove()
     summary["files"] = files
     return summary
 
 
-def _frames_logging(pairs, rows: list[dict]):
-    """The frames of (frame, log row) pairs; the rows are appended to ``rows``."""
-    for frame, row in pairs:
-        rows.append(row)
-        yield frame
+def _frames_digest(frames: Sequence[Frame]) -> str:
+    h = hashlib.sha256()
+    for f in frames:
+        h.update(np.ascontiguousarray(f.positions, np.float32).tobytes())
+        h.update(np.ascontiguousarray(f.dimensions, np.float32).tobytes())
+    return h.hexdigest()
+
+
+def _model_identity(model: Model) -> dict[str, Any]:
+    """The model's files by content digest (a retrained model in the same folder is another model)."""
+    out = {}
+    for name in sorted(p.name for p in Path(model.directory).iterdir() if p.is_file()):
+        out[name] = hashlib.sha256((Path(model.directory) / name).read_bytes()).hexdigest()[:16]
+    return out

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from backmap.parallel.cluster import ClusterOptions
 from backmap.errors import BackmapError
 
 
@@ -148,6 +149,9 @@ class Recipe(Strict):
     generator: GeneratorRef | None = None
     refiners: list[PluginRef] = Field(default_factory=list)
     regularizers: list[PluginRef] = Field(default_factory=list)
+    cluster: ClusterOptions = Field(default_factory=ClusterOptions,
+                                    description="where the frames of backmap, refine and evaluate steps run "
+                                                "(workers: N, scheduler: tcp://… or slurm); default: this process")
     steps: list[dict[str, dict[str, Any] | None]] = Field(min_length=1)
 
     # the recipe file, set by load_recipe (not a recipe key)

@@ -13,12 +13,11 @@ This module is the public API refiner plugins build on: :class:`RefineParams` (s
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable, Iterator, Literal
+from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +28,8 @@ from backmap.forcefield.settings import NonbondedSettings
 from backmap.system.io import Frame
 from backmap.system.mapping import CGTopology
 from backmap.system.pbc import Unwrapper, minimum_image
-from backmap.progress import progress
+from backmap.parallel.tasks import ProcessLocal
+from backmap.progress import progress, say
 from backmap.system.topology import Topology
 
 #: Boltzmann constant in kJ/mol/K (GROMACS's value)
@@ -195,11 +195,6 @@ WIDE_SHARE = 0.01
 SOFT_BOND_NM = 0.01
 
 
-def say(message: str) -> None:
-    """One line on the console (stderr, beside the progress output)."""
-    print(message, file=sys.stderr, flush=True)
-
-
 def resolve_constraints(params: RefineParams, system: RestrainedSystem, refiner: str) -> RefineParams:
     """``params`` with ``constraints`` decided: the explicit value, else the .mdp's ``constraints``
     (carried by ``system.nonbonded``), else :data:`DEFAULT_CONSTRAINTS`; an implicit choice is
@@ -289,46 +284,58 @@ class RefineResult:
     log: list[dict]
 
 
-def refine_frames(refiner, system: RestrainedSystem, aa_frames: Iterable[Frame], cg_frames: Iterable[Frame],
-                  rng: np.random.Generator, batch: int = 1, total: int | None = None,
-                  spread: BondSpread | None = None) -> Iterator[tuple[Frame, dict]]:
-    """Refine AA frames paired with CG frames, ``batch`` frames per call of ``refiner.refine``;
-    yields refined frames (whole molecules) with their log rows. At the end, prints a warning when
-    the refined bonds are far wider than thermal (:class:`BondSpread`; pass one to read it)."""
-    pending: list[tuple[Frame, np.ndarray, np.ndarray, float, float]] = []
+def refine_batch(refiner, system: RestrainedSystem, aa_frames: Sequence[Frame], cg_frames: Sequence[Frame],
+                 rng: np.random.Generator) -> list[tuple[Frame, dict]]:
+    """Refine AA frames paired with CG frames in one call of ``refiner.refine``: the refined frames
+    (whole molecules) with their log rows (time, CG RMSD before and after, the refiner's own)."""
     recentre = getattr(refiner.params, "recentre", False)
-    spread = spread or BondSpread.of(refiner, system)
-
-    def flush():
-        t0 = time.perf_counter()
-        x = np.stack([p[1] for p in pending])
-        targets = np.stack([p[2] for p in pending])
-        boxes = np.stack([p[0].box for p in pending])
-        try:
-            result = refiner.refine(x, targets, boxes, rng)
-        except BackmapError as exc:
-            raise BackmapError(f"frames {[p[0].index for p in pending]}: {exc}") from exc
-        seconds = (time.perf_counter() - t0) / len(pending)
-        rmsd_before = [p[3] for p in pending]
-        rmsd_after = system.cg_rmsd(result.positions, targets)
-        out = []
-        for k, (fr, *_rest) in enumerate(pending):
-            row = {"frame": fr.index, "seconds": round(seconds, 3), "cg_rmsd_before": float(rmsd_before[k]),
-                   "cg_rmsd": float(rmsd_after[k]), "recentred_nm": pending[k][4], **result.log[k]}
-            out.append((Frame(result.positions[k], fr.dimensions, fr.time, fr.index), row))
-            if spread is not None and not row.get("failed"):
-                spread.add(result.positions[k])
-        pending.clear()
-        return out
-
-    pairs = zip(aa_frames, cg_frames)
-    for aa, cg in progress(pairs, total=total, description=f"refining ({refiner.name})"):
+    t0 = time.perf_counter()
+    pending = []
+    for aa, cg in zip(aa_frames, cg_frames):
         x, targets = system.prepare(aa, cg)
         rmsd = float(system.cg_rmsd(x, targets))
         shift = 0.0
         if recentre:
             x, shift = system.recentre(x, targets)
         pending.append((aa, x, targets, rmsd, shift))
+    x = np.stack([p[1] for p in pending])
+    targets = np.stack([p[2] for p in pending])
+    boxes = np.stack([p[0].box for p in pending])
+    try:
+        result = refiner.refine(x, targets, boxes, rng)
+    except BackmapError as exc:
+        raise BackmapError(f"frames {[p[0].index for p in pending]}: {exc}") from exc
+    seconds = (time.perf_counter() - t0) / len(pending)
+    rmsd_after = system.cg_rmsd(result.positions, targets)
+    out = []
+    for k, (fr, _x, _t, rmsd_before, shift) in enumerate(pending):
+        row = {"frame": fr.index, "seconds": round(seconds, 3), "cg_rmsd_before": rmsd_before,
+               "cg_rmsd": float(rmsd_after[k]), "recentred_nm": shift, **result.log[k]}
+        out.append((Frame(result.positions[k], fr.dimensions, fr.time, fr.index), row))
+    return out
+
+
+def refine_frames(refiner, system: RestrainedSystem, aa_frames: Iterable[Frame], cg_frames: Iterable[Frame],
+                  rng: np.random.Generator, batch: int = 1, total: int | None = None,
+                  spread: BondSpread | None = None) -> Iterator[tuple[Frame, dict]]:
+    """Refine AA frames paired with CG frames, ``batch`` frames per call of ``refiner.refine``
+    (:func:`refine_batch`); yields refined frames (whole molecules) with their log rows. At the end,
+    prints a warning when the refined bonds are far wider than thermal (:class:`BondSpread`; pass
+    one to read it)."""
+    spread = spread or BondSpread.of(refiner, system)
+    pending: list[tuple[Frame, Frame]] = []
+
+    def flush():
+        out = refine_batch(refiner, system, [p[0] for p in pending], [p[1] for p in pending], rng)
+        pending.clear()
+        if spread is not None:
+            for frame, row in out:
+                if not row.get("failed"):
+                    spread.add(frame.positions)
+        return out
+
+    for aa, cg in progress(zip(aa_frames, cg_frames), total=total, description=f"refining ({refiner.name})"):
+        pending.append((aa, cg))
         if len(pending) == batch:
             yield from flush()
     if pending:
@@ -378,37 +385,92 @@ def plot_log(path: Path, rows: list[dict], title: str = "") -> None:
     plt.close(fig)
 
 
+def limit_refiner_threads(refiner, threads: int | None) -> None:
+    """On a worker (``threads`` given), a refiner's own ``threads`` parameter (OpenMM's) takes the
+    worker's share of the cores: N workers with all cores each would fight over them."""
+    if threads is not None and getattr(refiner.params, "threads", None) not in (None, threads):
+        refiner.params = refiner.params.model_copy(update={"threads": threads})
+
+
+@dataclass
+class RefineJob(ProcessLocal):
+    """Refining blocks of (AA, CG) frame pairs, in this process or on a Dask worker (the refiner is
+    prepared once per process); each call of the refiner draws from the stream of its first frame."""
+
+    refiner: Any
+    system: RestrainedSystem
+    seed: int
+    batch: int = 1
+    prepared: bool = False
+
+    def setup(self, threads: int | None = None) -> None:
+        if not self.prepared:
+            limit_refiner_threads(self.refiner, threads)
+            self.refiner.prepare(self.system)
+            self.prepared = True
+
+    def run_block(self, pairs: Sequence[tuple[Frame, Frame]]) -> dict[str, Any]:
+        from backmap.parallel import frame_rng
+
+        out: list[tuple[Frame, dict]] = []
+        for i in range(0, len(pairs), self.batch):
+            chunk = pairs[i:i + self.batch]
+            first = chunk[0][0].index if chunk[0][0].index is not None else i
+            out += refine_batch(self.refiner, self.system, [p[0] for p in chunk], [p[1] for p in chunk],
+                                frame_rng(self.seed, first, stream=1))
+        return {"aa": np.stack([f.positions.astype(np.float32) for f, _ in out]), "rows": [r for _, r in out]}
+
+
 def refine_files(refiner, system: RestrainedSystem, aa_path: Path, cg_path: Path, out: Path,
-                 frames: str | None = None, seed: int = 0, batch: int = 1) -> dict:
+                 frames: str | None = None, seed: int = 0, batch: int = 1, cluster: Any = None) -> dict:
     """Refine the AA trajectory ``aa_path`` against ``cg_path`` (same frames) into ``out``, with
-    ``out``'s ``.log.csv`` and ``.log.png`` beside it. Returns a summary for reports."""
+    ``out``'s ``.log.csv`` and ``.log.png`` beside it; blocks of ``batch`` frames run here or on
+    the Dask cluster of ``cluster`` (:class:`backmap.parallel.ClusterOptions`), finished blocks kept
+    beside ``out`` until it is written (a killed run resumes). Returns a summary for reports."""
+    import copy
+
+    from backmap.parallel import ClusterOptions, PartStore, blocks_of, file_identity, run_blocks
     from backmap.system.pairs import count_frames, select_frames
     from backmap.system.io import read_frames, write_frames
 
+    cluster = cluster or ClusterOptions()
     n_aa, n_cg = count_frames(aa_path), count_frames(cg_path)
     if n_aa != n_cg:
         raise BackmapError(f"{n_aa} AA frames but {n_cg} CG frames in {cg_path}; refinement pairs them "
                            "frame by frame", source=aa_path)
     idx = select_frames(frames, [], n_aa, str(aa_path))
-    refiner.prepare(system)
-    rng = np.random.default_rng(seed if getattr(refiner.params, "seed", None) is None else refiner.params.seed)
+    job = RefineJob(copy.deepcopy(refiner) if cluster.distributed else refiner, system,
+                    seed if getattr(refiner.params, "seed", None) is None else refiner.params.seed, batch)
+    refiner.prepare(system)  # here once: checks the settings, resolves defaults, says what it chose
+    job.prepared = not cluster.distributed
     aa = read_frames(aa_path, system.n_atoms, idx)
     cg = read_frames(cg_path, system.n_beads, idx, expect="CG system of the mapping")
-    rows: list[dict] = []
+    pairs = list(zip(aa, cg))
+    blocks = blocks_of(pairs, batch * cluster.frames_per_task)
+    store = PartStore.beside(out, {"aa": file_identity(aa_path), "cg": file_identity(cg_path), "frames": list(idx),
+                                   "refiner": [refiner.name, refiner.params.model_dump(mode="json")],
+                                   "seed": job.seed, "batch": batch, "per_task": cluster.frames_per_task}, len(blocks))
+    t0 = time.perf_counter()
+    rows = [r for block in run_blocks(job, blocks, cluster, store, f"refining ({refiner.name})") for r in block["rows"]]
     spread = BondSpread.of(refiner, system)
 
     def stream():
-        for frame, row in refine_frames(refiner, system, aa, cg, rng, batch=batch, total=len(idx), spread=spread):
-            rows.append(row)
-            yield frame
+        k = 0
+        for block in store.blocks():
+            for x in block["aa"]:
+                fr = pairs[k][0]
+                if spread is not None and not rows[k].get("failed"):
+                    spread.add(x)
+                k += 1
+                yield Frame(x.astype(float), fr.dimensions, fr.time, fr.index)
 
-    t0 = time.perf_counter()
     top = system.topology
     n = write_frames(out, stream(), top.atom_names, top.resnames, top.residue_numbers())
     seconds = time.perf_counter() - t0
     log_path = out.with_name(out.stem + ".log.csv")
     write_log(log_path, rows)
     plot_log(out.with_name(out.stem + ".log.png"), rows, f"{refiner.name}: {aa_path.name}")
+    store.remove()
     summary = {"refiner": refiner.name, "frames": n, "seconds per frame": round(seconds / max(n, 1), 2),
                "CG RMSD before (nm)": round(float(np.mean([r["cg_rmsd_before"] for r in rows])), 5),
                "CG RMSD after (nm)": round(float(np.mean([r["cg_rmsd"] for r in rows])), 5),
@@ -418,5 +480,6 @@ def refine_files(refiner, system: RestrainedSystem, aa_path: Path, cg_path: Path
     if spread is not None:
         summary["constraints"] = refiner.params.constraints
         if warning := spread.warning():
+            say(f"warning: {refiner.name} refiner: {warning}")
             summary["warning"] = warning
     return summary

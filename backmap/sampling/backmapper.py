@@ -90,21 +90,36 @@ class Backmapper:
 
             self.forcefield = ForceField(self.cg_topology.topology, dtype=torch.float32)
 
+    def backmap_frame(self, cg: Frame, rng: np.random.Generator | None = None) -> tuple[Frame, float | None]:
+        """One AA frame (the AA topology's atom order, molecules whole) and, with a stereo reference,
+        its fraction of stereocentres kept. ``rng``: the frame's own random stream (default
+        :func:`backmap.parallel.frame_rng` of the seed and the frame's index), so that a frame's
+        result depends on neither the frames before it nor the process that draws it."""
+        from backmap.parallel import frame_rng
+
+        self.sampler.rng = rng if rng is not None else frame_rng(self.seed, cg.index if cg.index is not None else 0)
+        beads = self._whole_cg(cg.positions, cg.dimensions)
+        x = self.sampler.backmap(beads, cg.box)
+        if self.forcefield is not None:
+            from backmap.forcefield.minimize import minimize_restrained
+
+            x = minimize_restrained(self.forcefield, x, cg.box, self.cg_topology, beads,
+                                    restraint=self.settings.restraint, steps=self.settings.minimize_steps).positions
+        kept = self.chirality.kept(self.cg_topology.topology, x) if self.chirality is not None else None
+        return Frame(x, cg.dimensions, cg.time, cg.index), kept
+
     def run(self, frames: Iterable[Frame], total: int | None = None) -> Iterator[Frame]:
-        """AA frames, one per CG frame, in the AA topology's atom order (molecules whole). With a
-        stereo reference, ``chirality_kept`` lists each frame's fraction of centres kept."""
+        """AA frames, one per CG frame (:meth:`backmap_frame`; a frame without an index draws as
+        its position in ``frames``). With a stereo reference, ``chirality_kept`` lists each frame's
+        fraction of centres kept."""
+        from backmap.parallel import frame_rng
+
         self.chirality_kept: list[float] = []
         for k, cg in enumerate(progress(frames, total=total, description="backmapping")):
-            beads = self._whole_cg(cg.positions, cg.dimensions)
-            x = self.sampler.backmap(beads, cg.box)
-            if self.forcefield is not None:
-                from backmap.forcefield.minimize import minimize_restrained
-
-                x = minimize_restrained(self.forcefield, x, cg.box, self.cg_topology, beads,
-                                        restraint=self.settings.restraint, steps=self.settings.minimize_steps).positions
-            if self.chirality is not None:
-                self.chirality_kept.append(self.chirality.kept(self.cg_topology.topology, x))
-            yield Frame(x, cg.dimensions, cg.time, cg.index)
+            aa, kept = self.backmap_frame(cg, frame_rng(self.seed, cg.index if cg.index is not None else k))
+            if kept is not None:
+                self.chirality_kept.append(kept)
+            yield aa
 
 
 def read_cg(cg_topology: CGTopology, path: Path, frames=None) -> Iterator[Frame]:

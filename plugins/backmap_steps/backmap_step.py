@@ -74,14 +74,13 @@ class BackmapStep(Step):
         refiner = system = None
         if p.refiner is not None:
             refiner = pick_refiner(ctx, p.refiner, "steps.backmap.refiner")
-            refiner.use_model(model_dir)
             settings = NonbondedSettings.from_mdp(p.mdp) if p.mdp else NonbondedSettings()
             system = RestrainedSystem(cg_top, Path(ctx.recipe.system.topology), settings)
-            refiner.prepare(system)
         settings = BackmapSettings(**{k: getattr(p, k) for k in BackmapSettings.model_fields})
         summary = backmap_to_files(model, cg_top, ctx.recipe.system.topology, frames, ctx.path(p.out), settings,
                                    seed=ctx.seed, registry=ctx.registry, refiner=refiner, refine_system=system,
                                    structure=p.structure, provenance={"recipe": str(ctx.recipe.path)},
+                                   cluster=ctx.recipe.cluster,
                                    where=ctx.where("steps.backmap"))
         files = summary.pop("files")
         declared = {k: Path(v) for k, v in files.as_dict().items()}
