@@ -473,13 +473,16 @@ def map_cmd(topology: Path, traj: Path, mapping: tuple[Path, ...], out: Path, fr
 @click.option("--metrics", "metric_names", default=None, help="Comma-separated metric plugins (default: all).")
 @click.option("--headline", default=None, help="Comma-separated observables of the headline mean JSD.")
 @click.option("--workers", type=int, default=None, help="Processes (default: the available cores).")
+@click.option("--scheduler", default=None,
+              help="Run the batches on a running Dask scheduler (tcp://host:8786, a scheduler .json file) or a "
+                   "dask-jobqueue cluster (slurm, pbs, …) instead of local processes.")
 @click.option("--batch-size", type=int, default=6, show_default=True, help="Frames per batch.")
 @click.option("--save-samples", is_flag=True, help="Also write every sample to samples.npz.")
 @nonbonded_options
 def evaluate(topology: Path, reference: Path, candidates: tuple[Path, ...], out: Path, labels: tuple[str, ...],
              frames: str | None, skip_frames: str | None, mapping: tuple[Path, ...], cg: Path | None,
-             metric_names: str | None, headline: str | None, workers: int | None, batch_size: int,
-             save_samples: bool, mdp, cutoff, coulomb, epsilon_rf, lj_shift) -> None:
+             metric_names: str | None, headline: str | None, workers: int | None, scheduler: str | None,
+             batch_size: int, save_samples: bool, mdp, cutoff, coulomb, epsilon_rf, lj_shift) -> None:
     """Compare CANDIDATES (backmapped AA trajectories) with a reference: per observable the
     Jensen–Shannon divergence and Wasserstein-1; writes metrics.json, report.md and figures/."""
     from backmap.metrics.evaluate import EvaluationSpec, run_evaluation
@@ -500,7 +503,8 @@ def evaluate(topology: Path, reference: Path, candidates: tuple[Path, ...], out:
         topology=topology, reference=reference, candidates=list(candidates), out=out,
         labels=list(labels) or None, frames=frames, skip_frames=skip, mapping=list(mapping), cg=cg,
         settings=_settings(mdp, cutoff, coulomb, epsilon_rf, lj_shift), metrics=split(metric_names),
-        headline=split(headline), workers=workers, batch_size=batch_size, save_samples=save_samples)
+        headline=split(headline), workers=workers, batch_size=batch_size, save_samples=save_samples,
+        scheduler=scheduler)
     result = run_evaluation(spec, console=console)
     head = result["summary"]["mean_jsd_headline"]
     table = Table("candidate", f"mean JSD ({len(head['observables'])} headline observables)", box=None)

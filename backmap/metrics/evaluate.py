@@ -48,6 +48,8 @@ class EvaluationSpec:
     workers: int | None = None
     batch_size: int = 6
     title: str = ""
+    #: a Dask scheduler (address, scheduler file, or slurm/pbs/…) for the batches instead of local processes
+    scheduler: str | None = None
     #: also write every sample to ``samples.npz`` (for analyses beyond the report)
     save_samples: bool = False
 
@@ -155,6 +157,24 @@ def _sample(task: tuple[int, int, np.ndarray]) -> tuple[int, int, dict[str, Any]
     for metric in _STATE["metrics"]:
         out.update(metric.samples(batch, ctx))
     return t_index, chunk, out, time.perf_counter() - t0
+
+
+@dataclass
+class SamplingJob:
+    """The batches of an evaluation as a job for :func:`backmap.parallel.run_blocks` (Dask workers
+    get the prepared metrics once and read their frames from the shared file system)."""
+
+    context: EvalContext
+    trajectories: list[Trajectory]
+    metrics: list
+    cg: Path | None
+
+    def setup(self, threads: int | None = None) -> None:
+        pass
+
+    def run_block(self, tasks) -> dict[str, Any]:
+        _STATE.update(context=self.context, trajectories=self.trajectories, metrics=self.metrics, cg=self.cg)
+        return {"result": [_sample(t) for t in tasks]}
 
 
 def _tasks(trajectories: list[Trajectory], batch_size: int) -> list[tuple[int, int, np.ndarray]]:
@@ -281,17 +301,29 @@ def run_evaluation(spec: EvaluationSpec, registry=None, console=None) -> dict[st
 
     tasks = _tasks(trajectories, spec.batch_size)
     workers = _workers(spec.workers, len(tasks))
-    _STATE.update(context=context, trajectories=trajectories, metrics=active, cg=spec.cg)
     parts: dict[tuple[int, int], dict[str, Any]] = {}
     busy = 0.0
     n_frames = sum(len(t.frames) for t in trajectories)
-    try:
-        for t, c, out, seconds in progress(_run_tasks(tasks, workers), total=len(tasks),
-                                           description=f"evaluate ({n_frames} frames, {workers} processes)"):
+    if spec.scheduler is not None:  # batches as Dask tasks on a running (or batch-system) cluster
+        from backmap.parallel import ClusterOptions, run_blocks
+
+        job = SamplingJob(context, trajectories, active, spec.cg)
+        cluster = ClusterOptions(scheduler=spec.scheduler)
+        for (t, c, out, seconds), in (r["result"] for r in run_blocks(job, [[task] for task in tasks], cluster,
+                                                                         description=f"evaluate ({n_frames} frames)",
+                                                                         unit="batches", where="evaluate")):
             parts[(t, c)] = out
             busy += seconds
-    finally:
-        _STATE.clear()
+        workers = 0
+    else:
+        _STATE.update(context=context, trajectories=trajectories, metrics=active, cg=spec.cg)
+        try:
+            for t, c, out, seconds in progress(_run_tasks(tasks, workers), total=len(tasks),
+                                               description=f"evaluate ({n_frames} frames, {workers} processes)"):
+                parts[(t, c)] = out
+                busy += seconds
+        finally:
+            _STATE.clear()
     samples = _collect(parts, trajectories)
     t_sampled = time.perf_counter()
 

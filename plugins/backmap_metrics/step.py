@@ -102,7 +102,8 @@ class EvaluateStep(Step):
             topology=ctx.recipe.system.topology, reference=p.reference, candidates=candidates,
             out=ctx.path(p.out, "metrics.json").parent, labels=labels, frames=p.frames,
             skip_frames=p.skip_frames, mapping=mapping, cg=p.cg, settings=settings, metrics=metrics,
-            headline=p.headline, workers=p.workers, batch_size=p.batch_size, title=ctx.recipe.name)
+            headline=p.headline, workers=p.workers or ctx.recipe.cluster.workers, batch_size=p.batch_size,
+            title=ctx.recipe.name, scheduler=ctx.recipe.cluster.scheduler)
         result = run_evaluation(spec, ctx.registry, ctx.console)
         head = result["summary"]["mean_jsd_headline"]
         summary: dict[str, Any] = {"report": f"{p.out}/report.md", "frames": result["frames"]["reference"],

@@ -61,7 +61,6 @@ class _TorchRefiner(Refiner):
         self.masses = system.topology.masses
         self.constraints = BondConstraints(pairs, lengths, self.masses, tolerance=p.constraint_tolerance,
                                            dtype=self.dtype)
-        self._rng = np.random.default_rng(p.seed) if p.seed is not None else None
 
     def _initial(self, positions: np.ndarray, targets: np.ndarray, boxes: np.ndarray
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,7 +78,7 @@ class _TorchRefiner(Refiner):
 
     def refine(self, positions: np.ndarray, targets: np.ndarray, boxes: np.ndarray,
                rng: np.random.Generator) -> RefineResult:
-        rng = self._rng or rng
+        # params.seed is the caller's business (refine_files, apply: a stream per frame drawn from it)
         generator = torch.Generator().manual_seed(int(rng.integers(2**63 - 1)))
         failures: dict[int, str] = {}
         x, ok = self._initial(positions, targets, boxes)

@@ -94,7 +94,7 @@ class VAEMCRefiner(Refiner):
     # ------------------------------------------------------------------ sampling
     def refine(self, positions: np.ndarray, targets: np.ndarray, boxes: np.ndarray,
                rng: np.random.Generator) -> RefineResult:
-        rng = np.random.default_rng(self.params.seed) if self.params.seed is not None else rng
+        # params.seed is the caller's business (refine_files, apply: a stream per frame drawn from it)
         out, rows = np.array(positions, np.float64), []
         with torch.no_grad(), torch_threads(self.params.threads):
             for f in range(len(positions)):

@@ -1,0 +1,272 @@
+"""Frames as Dask tasks (issue 19): the output does not depend on the number of workers, a worker
+killed mid-frame loses and duplicates nothing, an interrupted run resumes from the blocks already
+written, and bad cluster options are one-line errors."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backmap.parallel import ClusterOptions, PartStore, frame_rng, run_blocks
+from backmap.system.io import read_frames
+
+from conftest import HEXANE, one_line_error, run_cli
+
+REPO = Path(__file__).resolve().parent.parent
+BACKMAP = [str(Path(sys.executable).parent / "backmap")]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    """The template baseline trained on the shipped hexane frames, and 4 held-out CG frames."""
+    tmp = tmp_path_factory.mktemp("parallel")
+    recipe = tmp / "r.yaml"
+    recipe.write_text(textwrap.dedent(f"""
+        name: par
+        seed: 3
+        workdir: run
+        system: {{topology: {HEXANE / 'topol.top'}, mapping: {HEXANE / 'hexane.xml'}}}
+        data: {{trajectory: {HEXANE / 'traj.xtc'}, frames: '0:20', split: {{test_fraction: 0.2, mode: tail}}}}
+        generator: {{plugin: template, params: {{kick: 0.004}}}}
+        steps: [{{prepare: {{}}}}, {{train: {{}}}}, {{backmap: {{candidates: 2, gibbs_sweeps: 0}}}}]
+        """))
+    code, _, err = run_cli("run", recipe, catch_exceptions=False)
+    assert code == 0, err
+    return tmp / "run"
+
+
+def _apply(model: Path, out: Path, *extra, refine: bool = True) -> list[str]:
+    args = ["apply", "--model", model, "--cg", model / "backmap" / "aa_cg.trr", "--candidates", "2",
+            "--gibbs", "1", "--seed", "7", "--out", out, *extra]
+    if refine:  # the torch Langevin refiner: deterministic on one thread
+        args += ["--refine", "langevin", "--steps", "5", "--temperature", "300", "--param", "minimize_steps=5"]
+    return [str(a) for a in args]
+
+
+def _positions(path: Path) -> np.ndarray:
+    return np.stack([f.positions for f in read_frames(path)])
+
+
+def test_output_is_byte_identical_with_one_and_two_workers(model, tmp_path):
+    """Per-frame random streams: which worker ran a frame, and how many there are, changes nothing."""
+    for name, extra in (("one", ["--workers", "1"]), ("two", ["--workers", "2"])):
+        code, _, err = run_cli(*_apply(model, tmp_path / name / "aa.xtc", *extra))
+        assert code == 0, err
+        assert "dask: " in err and "dashboard http" in err
+    for f in ("aa.xtc", "aa_unrefined.xtc", "aa.gro", "aa_refine.csv"):
+        one, two = (tmp_path / n / f for n in ("one", "two"))
+        if f.endswith(".csv"):  # the log's wall times differ; everything else is the same
+            drop = lambda text: [ln.split(",")[2:] for ln in text.splitlines()]  # noqa: E731
+            assert drop(one.read_text()) == drop(two.read_text())
+        else:
+            assert one.read_bytes() == two.read_bytes(), f
+    assert not any(p.name.endswith(".parts") for p in (tmp_path / "two").iterdir())  # the store is gone
+
+
+def test_the_serial_path_gives_the_workers_result(model, tmp_path):
+    """This process (torch on all threads) against two single-threaded workers: the same frames,
+    but for the odd coordinate on the other side of an .xtc rounding boundary."""
+    code, _, err = run_cli(*_apply(model, tmp_path / "serial.xtc", refine=False))
+    assert code == 0, err
+    code, _, err = run_cli(*_apply(model, tmp_path / "two.xtc", "--workers", "2", refine=False))
+    assert code == 0, err
+    x, y = _positions(tmp_path / "serial.xtc"), _positions(tmp_path / "two.xtc")
+    assert x.shape == y.shape == (4, 4000, 3)
+    assert np.abs(x - y).max() < 0.0011 and (x != y).mean() < 0.001
+
+
+def test_a_frame_does_not_depend_on_the_frames_before_it(model, tmp_path):
+    """A frame's stream is drawn from (seed, frame index): frames 2-3 alone equal frames 2-3 of 0-3."""
+    code, _, err = run_cli(*_apply(model, tmp_path / "all.xtc", refine=False))
+    assert code == 0, err
+    code, _, err = run_cli(*_apply(model, tmp_path / "tail.xtc", "--frames", "2:4", refine=False))
+    assert code == 0, err
+    assert np.array_equal(_positions(tmp_path / "all.xtc")[2:], _positions(tmp_path / "tail.xtc"))
+    # and the seed matters
+    a, b = frame_rng(7, 2).random(3), frame_rng(8, 2).random(3)
+    assert not np.array_equal(a, b) and np.array_equal(a, frame_rng(7, 2).random(3))
+
+
+def test_an_interrupted_apply_resumes_from_the_frames_already_written(model, tmp_path):
+    """kill -9 of `backmap apply` after its first finished frame; the rerun says it resumes, computes
+    only the rest, and writes what an uninterrupted run writes."""
+    env = dict(os.environ, BACKMAP_NO_PROGRESS="1")
+    full = tmp_path / "full" / "aa.xtc"
+    assert subprocess.run([*BACKMAP, *_apply(model, full)], env=env, capture_output=True).returncode == 0
+    out = tmp_path / "cut" / "aa.xtc"
+    store = out.parent / ".aa.xtc.parts"
+    proc = subprocess.Popen([*BACKMAP, *_apply(model, out)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(store.glob("block_*.npz")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)  # a frame takes ~2 s: the kill lands while the next one runs
+    proc.wait()
+    done = sorted(p.name for p in store.glob("block_*.npz"))
+    assert 1 <= len(done) < 4 and not out.exists()
+    res = subprocess.run([*BACKMAP, *_apply(model, out)], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert f"resuming: {len(done)} of 4 frames already done" in res.stderr
+    assert not store.exists() and out.read_bytes() == full.read_bytes()
+    assert (out.parent / "aa_unrefined.xtc").read_bytes() == (full.parent / "aa_unrefined.xtc").read_bytes()
+    # a store of other inputs or settings is foreign: started over, and said so
+    store.mkdir()
+    (store / "manifest.json").write_text('{"identity": "someone else", "blocks": 4}')
+    res = subprocess.run([*BACKMAP, *_apply(model, out, refine=False)], env=env, capture_output=True, text=True)
+    assert res.returncode == 0 and "starting over" in res.stderr and not store.exists()
+
+
+class _SlowJob:
+    """Blocks that take a while and say which process ran them (for the kill test)."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def setup(self, threads=None):
+        pass
+
+    def run_block(self, items):
+        marker = Path(self.folder) / f"started-{items[0]}-{os.getpid()}"
+        marker.write_text("")
+        time.sleep(1.5)
+        return {"value": np.array(items) * 10, "rows": [{"pid": os.getpid()}]}
+
+
+def test_a_worker_killed_mid_frame_loses_and_duplicates_nothing(tmp_path):
+    """kill -9 of a worker process while it runs a block: Dask runs the block again elsewhere; every
+    block is stored once, in order."""
+    killed: list[int] = []
+
+    def killer():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            started = sorted(tmp_path.glob("started-2-*"))
+            if started:
+                pid = int(started[0].name.rsplit("-", 1)[1])
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    store = PartStore(tmp_path / "store", {"test": 1}, 6)
+    results = list(run_blocks(_SlowJob(str(tmp_path)), [[k] for k in range(6)], ClusterOptions(workers=2), store))
+    thread.join()
+    assert killed, "no worker was killed"
+    assert [int(r["value"][0]) for r in results] == [0, 10, 20, 30, 40, 50]
+    assert results[2]["rows"][0]["pid"] != killed[0]  # block 2 finished by another process
+    assert len(list(tmp_path.glob("started-2-*"))) >= 2  # it was started twice, stored once
+    assert store.done() == list(range(6))
+
+
+class _FailingJob(_SlowJob):
+    def run_block(self, items):
+        if items[0] == 2:
+            raise KeyboardInterrupt  # stands for a kill between blocks
+        return {"value": np.array(items), "rows": [{}]}
+
+
+def test_store_keeps_finished_blocks_and_a_rerun_computes_the_rest(tmp_path, capfd):
+    store = PartStore(tmp_path / "s", {"a": 1}, 4)
+    with pytest.raises(KeyboardInterrupt):
+        list(run_blocks(_FailingJob(str(tmp_path)), [[0], [1], [2], [3]], store=store))
+    assert store.done() == [0, 1]
+    calls = []
+
+    class Counting(_FailingJob):
+        def run_block(self, items):
+            calls.append(items[0])
+            return {"value": np.array(items), "rows": [{}]}
+
+    again = PartStore(tmp_path / "s", {"a": 1}, 4)
+    values = [int(r["value"][0]) for r in run_blocks(Counting(str(tmp_path)), [[0], [1], [2], [3]], store=again)]
+    assert values == [0, 1, 2, 3] and calls == [2, 3]
+    assert "resuming: 2 of 4 frames already done" in capfd.readouterr().err
+    # another identity: nothing of the old store is used
+    other = PartStore(tmp_path / "s", {"a": 2}, 4)
+    assert other.restarted and other.done() == []
+
+
+def test_a_failure_before_any_block_leaves_nothing_behind(tmp_path):
+    class Broken(_SlowJob):
+        def run_block(self, items):
+            raise RuntimeError("broken")
+
+    store = PartStore(tmp_path / "new" / "deeper" / ".x.parts", {"a": 1}, 2)
+    with pytest.raises(RuntimeError):
+        list(run_blocks(Broken(str(tmp_path)), [[0], [1]], store=store))
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "--workers/--scheduler: give either"),
+    (["--workers", "0"], "--workers: Input should be greater than or equal to 1"),
+    (["--scheduler", "nowhere.json"], "no Dask scheduler file nowhere.json"),
+    (["--frames-per-task", "0"], "--frames-per-task: Input should be greater than or equal to 1"),
+])
+def test_bad_cluster_options_are_one_line(model, tmp_path, extra, message):
+    code, _, err = run_cli(*_apply(model, tmp_path / "o" / "aa.xtc", *extra, refine=False))
+    assert message in one_line_error(code, err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_recipe_cluster_key_is_validated(cli, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(textwrap.dedent(f"""
+        name: r
+        system: {{topology: {HEXANE / 'topol.top'}, mapping: {HEXANE / 'hexane.xml'}}}
+        cluster: {{workers: two}}
+        steps: [{{prepare: {{}}}}]
+        """))
+    code, _, err = cli("check", recipe)
+    assert "cluster.workers" in one_line_error(code, err)
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    """A running Dask scheduler with two worker processes (as a user's cluster would be)."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+        yield cluster.scheduler_address
+
+
+def test_apply_and_evaluate_on_a_running_scheduler(model, scheduler, tmp_path):
+    code, _, err = run_cli(*_apply(model, tmp_path / "a" / "aa.xtc", "--scheduler", scheduler, refine=False))
+    assert code == 0, err
+    code, _, err = run_cli(*_apply(model, tmp_path / "b" / "aa.xtc", "--workers", "1", refine=False))
+    assert code == 0, err
+    assert (tmp_path / "a" / "aa.xtc").read_bytes() == (tmp_path / "b" / "aa.xtc").read_bytes()
+    # evaluate: the batches on the cluster give the metrics of local processes
+    base = ["evaluate", "--topology", HEXANE / "topol.top", "--reference", model / "backmap" / "aa_reference.xtc",
+            tmp_path / "a" / "aa.xtc", "--metrics", "bonds,angles,energy"]
+    code, _, err = run_cli(*base, "--out", tmp_path / "ev_local")
+    assert code == 0, err
+    code, _, err = run_cli(*base, "--out", tmp_path / "ev_dask", "--scheduler", scheduler)
+    assert code == 0, err
+    import json
+
+    local, dask = (json.loads((tmp_path / d / "metrics.json").read_text())["summary"] for d in ("ev_local", "ev_dask"))
+    assert local == dask
+
+
+def test_refine_on_workers_equals_one_worker(model, tmp_path):
+    """`backmap refine` splits frames the same way: 1 and 2 workers, byte-identical."""
+    aa = model / "backmap" / "aa.xtc"
+    cg = model / "backmap" / "aa_cg.trr"
+    base = ["refine", "--topology", HEXANE / "topol.top", "--mapping", HEXANE / "hexane.xml", "--cg", cg,
+            "--traj", aa, "--refiner", "langevin", "--steps", "5", "--minimize", "5", "--temperature", "300"]
+    for n in ("1", "2"):
+        code, _, err = run_cli(*base, "--out", tmp_path / f"r{n}.xtc", "--workers", n)
+        assert code == 0, err
+    assert (tmp_path / "r1.xtc").read_bytes() == (tmp_path / "r2.xtc").read_bytes()
