@@ -101,10 +101,11 @@ def test_an_interrupted_apply_resumes_from_the_frames_already_written(model, tmp
     only the rest, and writes what an uninterrupted run writes."""
     env = dict(os.environ, BACKMAP_NO_PROGRESS="1")
     full = tmp_path / "full" / "aa.xtc"
-    assert subprocess.run([*BACKMAP, *_apply(model, full)], env=env, capture_output=True).returncode == 0
+    assert subprocess.run([*BACKMAP, *_apply(model, full, "--frames", "0:3")], env=env,
+                          capture_output=True).returncode == 0
     out = tmp_path / "cut" / "aa.xtc"
     store = out.parent / ".aa.xtc.parts"
-    proc = subprocess.Popen([*BACKMAP, *_apply(model, out)], env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([*BACKMAP, *_apply(model, out, "--frames", "0:3")], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while not list(store.glob("block_*.npz")) and time.monotonic() < deadline and proc.poll() is None:
@@ -112,10 +113,10 @@ def test_an_interrupted_apply_resumes_from_the_frames_already_written(model, tmp
     os.kill(proc.pid, signal.SIGKILL)  # a frame takes ~2 s: the kill lands while the next one runs
     proc.wait()
     done = sorted(p.name for p in store.glob("block_*.npz"))
-    assert 1 <= len(done) < 4 and not out.exists()
-    res = subprocess.run([*BACKMAP, *_apply(model, out)], env=env, capture_output=True, text=True)
+    assert 1 <= len(done) < 3 and not out.exists()
+    res = subprocess.run([*BACKMAP, *_apply(model, out, "--frames", "0:3")], env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    assert f"resuming: {len(done)} of 4 frames already done" in res.stderr
+    assert f"resuming: {len(done)} of 3 frames already done" in res.stderr
     assert not store.exists() and out.read_bytes() == full.read_bytes()
     assert (out.parent / "aa_unrefined.xtc").read_bytes() == (full.parent / "aa_unrefined.xtc").read_bytes()
     # a store of other inputs or settings is foreign: started over, and said so
@@ -265,8 +266,32 @@ def test_refine_on_workers_equals_one_worker(model, tmp_path):
     aa = model / "backmap" / "aa.xtc"
     cg = model / "backmap" / "aa_cg.trr"
     base = ["refine", "--topology", HEXANE / "topol.top", "--mapping", HEXANE / "hexane.xml", "--cg", cg,
-            "--traj", aa, "--refiner", "langevin", "--steps", "5", "--minimize", "5", "--temperature", "300"]
+            "--traj", aa, "--refiner", "langevin", "--steps", "5", "--minimize", "5", "--temperature", "300",
+            "--frames", "0:2"]
     for n in ("1", "2"):
         code, _, err = run_cli(*base, "--out", tmp_path / f"r{n}.xtc", "--workers", n)
         assert code == 0, err
     assert (tmp_path / "r1.xtc").read_bytes() == (tmp_path / "r2.xtc").read_bytes()
+
+
+def test_a_batch_system_cluster_without_configuration_or_submit_command_is_one_line(model, tmp_path, monkeypatch):
+    """--scheduler slurm goes through dask-jobqueue: its missing configuration and a machine without
+    sbatch are each one line (no SLURM here to run jobs on)."""
+    pytest.importorskip("dask_jobqueue")
+    for key in ("CORES", "MEMORY"):
+        monkeypatch.delenv(f"DASK_JOBQUEUE__SLURM__{key}", raising=False)
+    code, _, err = run_cli(*_apply(model, tmp_path / "o" / "aa.xtc", "--scheduler", "slurm", refine=False))
+    assert "--scheduler slurm: You must specify how much cores and memory" in one_line_error(code, err)
+    monkeypatch.setenv("DASK_JOBQUEUE__SLURM__CORES", "1")
+    monkeypatch.setenv("DASK_JOBQUEUE__SLURM__MEMORY", "1GB")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch
+    import dask
+
+    dask.config.refresh()
+    try:
+        code, _, err = run_cli(*_apply(model, tmp_path / "o" / "aa.xtc", "--scheduler", "slurm", refine=False))
+    finally:
+        monkeypatch.undo()
+        dask.config.refresh()
+    assert "sbatch not found" in one_line_error(code, err)
+    assert not (tmp_path / "o").exists()

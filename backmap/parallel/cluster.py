@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -17,6 +18,8 @@ from backmap.progress import say
 #: the batch systems ``scheduler: <name>`` reaches through dask-jobqueue
 JOBQUEUE = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "lsf": "LSFCluster", "sge": "SGECluster",
             "htcondor": "HTCondorCluster"}
+#: the command each batch system submits jobs with (must be on PATH where backmap runs)
+SUBMIT = {"slurm": "sbatch", "pbs": "qsub", "lsf": "bsub", "sge": "qsub", "htcondor": "condor_submit"}
 
 
 class ClusterOptions(BaseModel):
@@ -85,7 +88,7 @@ def open_client(options: ClusterOptions, where: str = "cluster") -> Iterator[Any
         n = len(client.scheduler_info().get("workers", {}))
         link = client.dashboard_link
         say(f"dask: {n} worker{'s' if n != 1 else ''} at {client.scheduler.address}"
-            + (f"; dashboard {link}" if link else ""))
+            + (f"; dashboard {link}" if link else "") + ("; waiting for workers (queued jobs?)" if not n else ""))
         yield client
     finally:
         client.close()
@@ -101,8 +104,13 @@ def _jobqueue_cluster(kind: str, options: ClusterOptions, where: str):
     try:
         cluster = getattr(dask_jobqueue, JOBQUEUE[kind])()
     except (ValueError, TypeError) as exc:  # e.g. no cores/memory in ~/.config/dask/jobqueue.yaml
-        raise BackmapError(f"{where}: --scheduler {kind}: {exc} (configure ~/.config/dask/jobqueue.yaml, "
+        first = str(exc).strip().splitlines()[0]
+        raise BackmapError(f"{where}: --scheduler {kind}: {first} (configure ~/.config/dask/jobqueue.yaml, "
                            "docs/scale-out.md)") from None
+    if shutil.which(SUBMIT[kind]) is None:
+        cluster.close()
+        raise BackmapError(f"{where}: --scheduler {kind}: {SUBMIT[kind]} not found; run backmap on a machine "
+                           f"of the {kind.upper()} cluster (a login node)")
     cluster.scale(jobs=options.workers or 1)
     return cluster
 
