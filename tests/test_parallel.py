@@ -295,3 +295,14 @@ def test_a_batch_system_cluster_without_configuration_or_submit_command_is_one_l
         dask.config.refresh()
     assert "sbatch not found" in one_line_error(code, err)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_new_store_has_its_manifest_and_drops_torn_block_files(tmp_path):
+    store = PartStore(tmp_path / "s", {"a": 1}, 2)
+    assert (tmp_path / "s" / "manifest.json").is_file()
+    store.put(0, {"x": np.arange(3), "rows": [{"frame": 0}]})
+    (tmp_path / "s" / ".block_000001.npz.123.part").write_bytes(b"torn")  # a writer killed mid-block
+    again = PartStore(tmp_path / "s", {"a": 1}, 2)
+    assert again.done() == [0] and not again.restarted
+    assert not list((tmp_path / "s").glob("*.part"))
+    assert again.get(0)["rows"] == [{"frame": 0}] and list(again.get(0)["x"]) == [0, 1, 2]

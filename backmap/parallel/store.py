@@ -21,6 +21,8 @@ import numpy as np
 from backmap.errors import BackmapError
 from backmap.system.io import atomic_path
 
+TMP_SUFFIX = ".part"
+
 #: a block's result: arrays by name, plus JSON-able records under ``"rows"`` (one per frame)
 BlockResult = dict[str, Any]
 
@@ -63,6 +65,8 @@ class PartStore:
             with atomic_path(manifest) as tmp:
                 tmp.write_text(json.dumps({"identity": self.digest, "blocks": n_blocks, "identity_of": identity},
                                           indent=1, default=str))
+        for stale in self.directory.glob(f".block_*{TMP_SUFFIX}"):  # of a killed writer: never a block
+            stale.unlink(missing_ok=True)
 
     @classmethod
     def beside(cls, output: str | Path, identity: dict[str, Any], n_blocks: int) -> "PartStore":
@@ -83,12 +87,19 @@ class PartStore:
         return out
 
     def put(self, block: int, result: BlockResult) -> None:
-        """Keep one finished block (atomically: a killed write leaves no block file)."""
+        """Keep one finished block (atomically: a killed write leaves no block file, only a
+        temporary that the next run's store removes). Not :func:`atomic_path`, whose scan for stale
+        temporaries of the folder would make 10⁵ blocks cost O(n²)."""
         arrays = {f"a_{k}": np.asarray(v) for k, v in result.items() if k != "rows"}
         arrays["rows"] = np.frombuffer(json.dumps(result.get("rows", []), default=_json).encode(), dtype=np.uint8)
-        with atomic_path(self._path(block)) as tmp:
+        path = self._path(block)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+        try:
             with open(tmp, "wb") as fh:
                 np.savez(fh, **arrays)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def get(self, block: int) -> BlockResult:
         """A finished block, as :meth:`put` was given it (arrays come back as numpy arrays)."""

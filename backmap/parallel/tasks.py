@@ -95,26 +95,31 @@ def _run_on_cluster(job: FrameJob, blocks, todo: list[int], cluster: ClusterOpti
     with open_client(cluster, where) as client:
         shared = client.scatter(job, broadcast=True, hash=False)  # the job travels once per worker
         tag = f"backmap-{time.time_ns():x}"
-        futures = {client.submit(_run_block, shared, list(blocks[b]), cluster.threads_per_worker,
-                                 key=f"{tag}-block-{b}", retries=0): b for b in todo}
+        futures = client.map(_run_block, [shared] * len(todo), [list(blocks[b]) for b in todo],
+                             [cluster.threads_per_worker] * len(todo), key=[f"{tag}-block-{b}" for b in todo],
+                             retries=0)
+        block_of = {f.key: b for f, b in zip(futures, todo)}
         stored: set[int] = set()
         try:
-            for future in progress(as_completed(futures), total=len(todo),
-                                   description=f"{description} ({len(client.scheduler_info()['workers'])} workers)"):
-                b = futures[future]
-                try:
-                    result = future.result()
-                except KilledWorker:
-                    raise BackmapError(f"{where}: block {b} (items {_span(blocks[b])}) killed every worker that ran "
-                                       "it; run it alone to see why (too little memory?)") from None
-                except FutureCancelledError:
+            # results come with their futures, gathered in batches (not a round trip each)
+            finished = as_completed(futures, with_results=True, raise_errors=False)
+            for future, result in progress(finished, total=len(todo), description=f"{description} "
+                                           f"({len(client.scheduler_info()['workers'])} workers)"):
+                b = block_of[future.key]
+                if future.status == "error":
+                    exc = result[1] if isinstance(result, tuple) else result
+                    if isinstance(exc, KilledWorker):
+                        raise BackmapError(f"{where}: block {b} (items {_span(blocks[b])}) killed every worker "
+                                           "that ran it; run it alone to see why (too little memory?)") from None
+                    raise exc
+                if isinstance(result, FutureCancelledError) or future.status == "cancelled":
                     raise BackmapError(f"{where}: the cluster cancelled block {b}; are its workers alive?") from None
                 if b not in stored:  # exactly once, whichever attempt finished it
                     keep(b, result)
                     stored.add(b)
                 future.release()
         finally:
-            client.cancel(list(futures))
+            client.cancel(futures)
 
 
 def _run_block(job: FrameJob, items: list[Any], threads: int) -> BlockResult:
