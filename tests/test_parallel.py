@@ -306,3 +306,24 @@ def test_a_new_store_has_its_manifest_and_drops_torn_block_files(tmp_path):
     assert again.done() == [0] and not again.restarted
     assert not list((tmp_path / "s").glob("*.part"))
     assert again.get(0)["rows"] == [{"frame": 0}] and list(again.get(0)["x"]) == [0, 1, 2]
+
+
+def test_recipe_cluster_key_runs_the_backmap_step_on_workers(model, cli, tmp_path):
+    """`cluster: {workers: 2}` in a recipe: the backmap step's frames on a local cluster, the output
+    that of `backmap apply --workers 1` with the recipe's seed."""
+    recipe = tmp_path / "r.yaml"
+    cg = model / "backmap" / "aa_cg.trr"
+    recipe.write_text(textwrap.dedent(f"""
+        name: r
+        seed: 7
+        workdir: w
+        system: {{topology: {HEXANE / 'topol.top'}, mapping: {HEXANE / 'hexane.xml'}}}
+        cluster: {{workers: 2}}
+        steps: [{{backmap: {{model: {model / 'model'}, cg: {cg}, candidates: 2, gibbs_sweeps: 1}}}}]
+        """))
+    code, _, err = cli("run", recipe)
+    assert code == 0, err
+    assert "dask: 2 workers" in err
+    code, _, err = cli(*_apply(model, tmp_path / "a" / "aa.xtc", "--workers", "1", refine=False))
+    assert code == 0, err
+    assert (tmp_path / "w" / "backmap" / "aa.xtc").read_bytes() == (tmp_path / "a" / "aa.xtc").read_bytes()

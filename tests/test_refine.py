@@ -253,3 +253,20 @@ def test_openmm_stiff_bond_sampling_ends_on_the_constraints(system, frame):
     assert float(system.cg_rmsd(y, targets)) < 0.02
     assert 150 < row["temperature"] < 450
     assert np.abs(y - x).max() > 0.01  # it moved
+
+
+def test_openmm_frame_depends_only_on_its_own_stream(system, frame):
+    """A frame refined with a given random stream comes out the same from a fresh refiner and from
+    one that refined another frame first (OpenMM reads an integrator's seed only when its Context is
+    made): what makes frame-parallel runs independent of the number of workers (docs/scale-out.md)."""
+    x, targets, box = frame
+    params = {"constraints": "h-bonds", "threads": 1, "steps": 20, "minimize_steps": 10, "temperature": 300}
+    fresh = make_plugin("refiner", "openmm", params)
+    fresh.prepare(system)
+    used = make_plugin("refiner", "openmm", params)
+    used.prepare(system)
+    used.refine(x[None], targets[None], box[None], np.random.default_rng(1))
+    a = fresh.refine(x[None], targets[None], box[None], np.random.default_rng(2)).positions
+    b = used.refine(x[None], targets[None], box[None], np.random.default_rng(2)).positions
+    c = used.refine(x[None], targets[None], box[None], np.random.default_rng(3)).positions
+    assert np.array_equal(a, b) and not np.allclose(a, c)

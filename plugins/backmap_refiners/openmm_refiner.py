@@ -126,14 +126,11 @@ class OpenMMRefiner(Refiner):
         props = {"Threads": str(p.threads)} if p.threads and p.platform == "CPU" else {}
         constraints = {"none": None, "h-bonds": app.HBonds, "all-bonds": app.AllBonds}[p.constraints]
         omm, restraint = self._openmm_system(top, constraints, p.restraint, box)
-        self._dynamics = mm.LangevinMiddleIntegrator(p.temperature * u.kelvin, p.friction / u.picosecond,
-                                                     p.timestep * u.picosecond)
-        self._dynamics.setConstraintTolerance(1e-6)
-        self._integrator = mm.CompoundIntegrator()
-        self._integrator.addIntegrator(self._dynamics)
-        self._integrator.addIntegrator(_steepest_descent(p.max_displacement, constrained=True))
-        self._contexts = {"dynamics": (mm.Context(omm, self._integrator, platform, props), restraint)}
         self._top, self._platform, self._props, self._box = top, platform, props, box
+        self._systems = {"dynamics": (omm, restraint)}
+        self._contexts = {}
+        self._seed = None
+        self._new_dynamics(0)
         if p.relax_steps:
             self._build_flexible()
         if p.constraints != "none":
@@ -156,12 +153,49 @@ class OpenMMRefiner(Refiner):
                     i, j, length, k = force.getBondParameters(b)
                     if k.value_in_unit(u.kilojoule_per_mole / u.nanometer**2) < p.relax_bond_k:
                         force.setBondParameters(b, i, j, length, p.relax_bond_k)
+        self._systems["flexible"] = (flexible, flex_restraint)
+        self._new_flexible(self._seed or 0)
+
+    # OpenMM reads an integrator's random seed only when its Context is made (set later, even with
+    # reinitialize(), the noise differs from run to run): a frame's own seed needs fresh contexts.
+    def _new_dynamics(self, seed: int) -> None:
+        import openmm as mm
+        import openmm.unit as u
+
+        p = self.params
+        self._dynamics = mm.LangevinMiddleIntegrator(p.temperature * u.kelvin, p.friction / u.picosecond,
+                                                     p.timestep * u.picosecond)
+        self._dynamics.setConstraintTolerance(1e-6)
+        self._dynamics.setRandomNumberSeed(seed)
+        self._integrator = mm.CompoundIntegrator()
+        self._integrator.addIntegrator(self._dynamics)
+        self._integrator.addIntegrator(_steepest_descent(p.max_displacement, constrained=True))
+        omm, restraint = self._systems["dynamics"]
+        self._contexts["dynamics"] = (mm.Context(omm, self._integrator, self._platform, self._props), restraint)
+        self._seed = seed
+
+    def _new_flexible(self, seed: int) -> None:
+        import openmm as mm
+        import openmm.unit as u
+
+        p = self.params
+        langevin = mm.LangevinMiddleIntegrator(p.temperature * u.kelvin, p.friction / u.picosecond,
+                                               p.timestep / 4 * u.picosecond)
+        langevin.setRandomNumberSeed(seed)
         self._flexible = mm.CompoundIntegrator()
         self._flexible.addIntegrator(_steepest_descent(p.max_displacement))
-        self._flexible.addIntegrator(mm.LangevinMiddleIntegrator(p.temperature * u.kelvin, p.friction / u.picosecond,
-                                                                 p.timestep / 4 * u.picosecond))
+        self._flexible.addIntegrator(langevin)
+        flexible, flex_restraint = self._systems["flexible"]
         self._contexts["flexible"] = (mm.Context(flexible, self._flexible, self._platform, self._props),
                                       flex_restraint)
+
+    def _reseed(self, seed: int) -> None:
+        """Contexts whose Langevin noise comes from ``seed`` (made anew when the seed changes)."""
+        if seed == self._seed:
+            return
+        self._new_dynamics(seed)
+        if "flexible" in self._systems:
+            self._new_flexible(seed)
 
     # ------------------------------------------------------------------ per frame
     def _load(self, which: str, x: np.ndarray, target: np.ndarray, box: np.ndarray):
@@ -204,11 +238,12 @@ class OpenMMRefiner(Refiner):
         import openmm.unit as u
 
         p = self.params
+        self._reseed(seed)
         k_soft = min(p.minimize_restraint, p.restraint) or p.restraint
         relax_steps = p.relax_steps if relax_steps is None else relax_steps
         minimize_steps = p.minimize_steps if minimize_steps is None else minimize_steps
         if relax_steps or stiff:  # flexible bonds first: minimize, then restrained Langevin
-            if "flexible" not in self._contexts:
+            if "flexible" not in self._systems:
                 self._build_flexible()
             ctx = self._load("flexible", x, target, box)
             ctx.setParameter("k_restraint", k_soft)
@@ -237,7 +272,6 @@ class OpenMMRefiner(Refiner):
             _reset_steepest_descent(self._integrator.getIntegrator(1), p.max_displacement)
             self._integrator.step(minimize_steps)
             self._integrator.setCurrentIntegrator(0)
-        self._dynamics.setRandomNumberSeed(seed)
         ctx.setVelocitiesToTemperature(p.temperature * u.kelvin, seed)
         if p.warmup_steps:
             self._dynamics.setStepSize(p.timestep / 4)
