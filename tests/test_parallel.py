@@ -133,7 +133,7 @@ class _SlowJob:
         self.folder = folder
 
     def setup(self, threads=None):
-        pass
+        (Path(self.folder) / f"setup-{os.getpid()}").write_text(str(threads))
 
     def run_block(self, items):
         marker = Path(self.folder) / f"started-{items[0]}-{os.getpid()}"
@@ -168,6 +168,10 @@ def test_a_worker_killed_mid_frame_loses_and_duplicates_nothing(tmp_path):
     assert results[2]["rows"][0]["pid"] != killed[0]  # block 2 finished by another process
     assert len(list(tmp_path.glob("started-2-*"))) >= 2  # it was started twice, stored once
     assert store.done() == list(range(6))
+    # the job was set up once per worker process (single-threaded), not once per block
+    ran = {p.name.rsplit("-", 1)[1] for p in tmp_path.glob("started-*")}
+    setups = {p.name.split("-", 1)[1]: p.read_text() for p in tmp_path.glob("setup-*")}
+    assert set(setups) == ran and len(setups) <= 3 and set(setups.values()) == {"1"}
 
 
 class _FailingJob(_SlowJob):
