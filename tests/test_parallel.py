@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backmap.parallel import ClusterOptions, PartStore, frame_rng, run_blocks
+from backmap.parallel import ClusterOptions, PartStore, ProcessLocal, frame_rng, run_blocks
 from backmap.system.io import read_frames
 
 from conftest import HEXANE, one_line_error, run_cli
@@ -126,7 +126,7 @@ def test_an_interrupted_apply_resumes_from_the_frames_already_written(model, tmp
     assert res.returncode == 0 and "starting over" in res.stderr and not store.exists()
 
 
-class _SlowJob:
+class _SlowJob(ProcessLocal):
     """Blocks that take a while and say which process ran them (for the kill test)."""
 
     def __init__(self, folder: str):

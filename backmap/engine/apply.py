@@ -102,17 +102,19 @@ class BackmapJob(ProcessLocal):
     refiner: Any = None
     refine_system: RestrainedSystem | None = None
     refine_seed: int = 0
-    refiner_prepared: bool = False
     where: str = "backmap"
 
     def setup(self, threads: int | None = None) -> None:
+        """Build the backmapper and prepare a copy of the refiner (``refiner`` stays the unprepared
+        template: a job moved between workers carries no live state)."""
         self._local_backmapper = make_backmapper(self.cg_topology, self.model.generator, self.settings, self.seed,
                                                  self.model.channels, default_registry(), self.where)
-        if self.refiner is not None and not self.refiner_prepared:
-            limit_refiner_threads(self.refiner, threads)
-            self.refiner.use_model(self.model.directory)
-            self.refiner.prepare(self.refine_system)
-            self.refiner_prepared = True
+        if self.refiner is not None and getattr(self, "_local_refiner", None) is None:
+            refiner = copy.deepcopy(self.refiner)
+            limit_refiner_threads(refiner, threads)
+            refiner.use_model(self.model.directory)
+            refiner.prepare(self.refine_system)
+            self._local_refiner = refiner
 
     def run_block(self, frames: Sequence[Frame]) -> dict[str, Any]:
         bm = self._local_backmapper
@@ -127,7 +129,7 @@ class BackmapJob(ProcessLocal):
                 row["stereocentres_kept"] = kept
             raw.append(aa.positions.astype(np.float32))
             if self.refiner is not None:
-                (done, log), = refine_batch(self.refiner, self.refine_system, [aa], [cg],
+                (done, log), = refine_batch(self._local_refiner, self.refine_system, [aa], [cg],
                                             frame_rng(self.refine_seed, _frame_key(cg, k), stream=1))
                 refined.append(done.positions.astype(np.float32))
                 row.update(log)
@@ -165,12 +167,12 @@ def backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path,
     topo = cg_topology.topology
     files = BackmapOutputs.beside(out, structure, Path(topology_path).suffix == ".top", refiner is not None, len(frames))
     refine_seed = seed if refiner is None or getattr(refiner.params, "seed", None) is None else refiner.params.seed
-    job = BackmapJob(model, cg_topology, settings, seed, copy.deepcopy(refiner) if cluster.distributed else refiner,
-                     refine_system, refine_seed, where=where)
+    job = BackmapJob(model, cg_topology, settings, seed, copy.deepcopy(refiner), refine_system, refine_seed, where=where)
     if refiner is not None:  # here once: checks the settings, resolves defaults, says what it chose
         refiner.use_model(model.directory)
         refiner.prepare(refine_system)
-        job.refiner_prepared = not cluster.distributed
+        if not cluster.distributed:  # this process runs the frames: with the refiner just prepared
+            job._local_refiner = refiner
     make_backmapper(cg_topology, generator, settings, seed, model.channels, registry, where)  # checks plugins here
     blocks = blocks_of(frames, cluster.frames_per_task)
     store = PartStore.beside(files.aa, {

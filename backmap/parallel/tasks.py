@@ -10,6 +10,7 @@ block run again elsewhere; a block is stored once, whichever attempt finishes it
 from __future__ import annotations
 
 import time
+import weakref
 from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
@@ -23,7 +24,9 @@ from backmap.progress import progress, say
 class FrameJob(Protocol):
     """Work on blocks of frames: ``setup(threads)`` once per process (build models, prepare
     refiners; ``threads``: the worker's share of the cores, None in the main process), then
-    ``run_block(items)`` per block, returning arrays and ``"rows"`` (JSON-able, one per item)."""
+    ``run_block(items)`` per block, returning arrays and ``"rows"`` (JSON-able, one per item).
+    What ``setup`` builds belongs to the process: keep it in ``_local…`` attributes of a
+    :class:`ProcessLocal` job, which are not pickled when Dask copies the job to another worker."""
 
     def setup(self, threads: int | None = None) -> None: ...
 
@@ -122,12 +125,17 @@ def _run_on_cluster(job: FrameJob, blocks, todo: list[int], cluster: ClusterOpti
             client.cancel(futures)
 
 
+#: jobs set up in this process: a job copied here from another worker (Dask moves data between
+#: workers when one dies) is a new object and is set up again
+_READY: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary()
+
+
 def _run_block(job: FrameJob, items: list[Any], threads: int) -> BlockResult:
     """On a worker: set the job up on its first block there, then run the block."""
-    if not getattr(job, "_local_ready", False):
+    if _READY.get(id(job)) is not job:
         limit_threads(threads)
         job.setup(threads)
-        job._local_ready = True  # type: ignore[attr-defined]
+        _READY[id(job)] = job
     return job.run_block(items)
 
 

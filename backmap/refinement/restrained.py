@@ -401,13 +401,16 @@ class RefineJob(ProcessLocal):
     system: RestrainedSystem
     seed: int
     batch: int = 1
-    prepared: bool = False
 
     def setup(self, threads: int | None = None) -> None:
-        if not self.prepared:
-            limit_refiner_threads(self.refiner, threads)
-            self.refiner.prepare(self.system)
-            self.prepared = True
+        """Prepare a copy of the refiner (``refiner`` stays the unprepared template)."""
+        if getattr(self, "_local_refiner", None) is None:
+            import copy
+
+            refiner = copy.deepcopy(self.refiner)
+            limit_refiner_threads(refiner, threads)
+            refiner.prepare(self.system)
+            self._local_refiner = refiner
 
     def run_block(self, pairs: Sequence[tuple[Frame, Frame]]) -> dict[str, Any]:
         from backmap.parallel import frame_rng
@@ -416,7 +419,7 @@ class RefineJob(ProcessLocal):
         for i in range(0, len(pairs), self.batch):
             chunk = pairs[i:i + self.batch]
             first = chunk[0][0].index if chunk[0][0].index is not None else i
-            out += refine_batch(self.refiner, self.system, [p[0] for p in chunk], [p[1] for p in chunk],
+            out += refine_batch(self._local_refiner, self.system, [p[0] for p in chunk], [p[1] for p in chunk],
                                 frame_rng(self.seed, first, stream=1))
         return {"aa": np.stack([f.positions.astype(np.float32) for f, _ in out]), "rows": [r for _, r in out]}
 
@@ -439,10 +442,11 @@ def refine_files(refiner, system: RestrainedSystem, aa_path: Path, cg_path: Path
         raise BackmapError(f"{n_aa} AA frames but {n_cg} CG frames in {cg_path}; refinement pairs them "
                            "frame by frame", source=aa_path)
     idx = select_frames(frames, [], n_aa, str(aa_path))
-    job = RefineJob(copy.deepcopy(refiner) if cluster.distributed else refiner, system,
+    job = RefineJob(copy.deepcopy(refiner), system,
                     seed if getattr(refiner.params, "seed", None) is None else refiner.params.seed, batch)
     refiner.prepare(system)  # here once: checks the settings, resolves defaults, says what it chose
-    job.prepared = not cluster.distributed
+    if not cluster.distributed:  # this process runs the frames: with the refiner just prepared
+        job._local_refiner = refiner
     aa = read_frames(aa_path, system.n_atoms, idx)
     cg = read_frames(cg_path, system.n_beads, idx, expect="CG system of the mapping")
     pairs = list(zip(aa, cg))
