@@ -107,8 +107,9 @@ class BackmapJob(ProcessLocal):
     def setup(self, threads: int | None = None) -> None:
         """Build the backmapper and prepare a copy of the refiner (``refiner`` stays the unprepared
         template: a job moved between workers carries no live state)."""
-        self._local_backmapper = make_backmapper(self.cg_topology, self.model.generator, self.settings, self.seed,
-                                                 self.model.channels, default_registry(), self.where)
+        if getattr(self, "_local_backmapper", None) is None:
+            self._local_backmapper = make_backmapper(self.cg_topology, self.model.generator, self.settings,
+                                                     self.seed, self.model.channels, default_registry(), self.where)
         if self.refiner is not None and getattr(self, "_local_refiner", None) is None:
             refiner = copy.deepcopy(self.refiner)
             limit_refiner_threads(refiner, threads)
@@ -173,7 +174,9 @@ def backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path,
         refiner.prepare(refine_system)
         if not cluster.distributed:  # this process runs the frames: with the refiner just prepared
             job._local_refiner = refiner
-    make_backmapper(cg_topology, generator, settings, seed, model.channels, registry, where)  # checks plugins here
+    bm = make_backmapper(cg_topology, generator, settings, seed, model.channels, registry, where)  # checks plugins
+    if not cluster.distributed:  # built once: this process runs the frames
+        job._local_backmapper = bm
     blocks = blocks_of(frames, cluster.frames_per_task)
     store = PartStore.beside(files.aa, {
         "model": _model_identity(model), "frames": [f.index for f in frames],
