@@ -515,6 +515,97 @@ def evaluate(topology: Path, reference: Path, candidates: tuple[Path, ...], out:
     click.echo(f"wrote {out / 'metrics.json'} and {out / 'report.md'} ({result['timing']['total_s']:.1f} s)")
 
 
+@cli.command()
+@click.option("--model", required=True, type=click.Path(path_type=Path),
+              help="A trained model folder (or a run directory whose train step wrote one).")
+@click.option("--reference", required=True, type=click.Path(path_type=Path),
+              help="AA reference trajectory (the topology's atoms): mapped to CG it is the in-distribution set.")
+@click.option("--cg", "cg_paths", multiple=True, type=click.Path(path_type=Path),
+              help="CG trajectory of a CG model, in the mapping's bead order (any format MDAnalysis reads: "
+                   ".xtc, .trr, LAMMPS dump, …); labels from the file names. Several: --cg A.xtc B.xtc C.xtc.")
+@click.argument("more_cg", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Output folder (metrics.json, report.md, figures/, backmapped/, atomistic/).")
+@click.option("--label", "labels", multiple=True, help="Name of each CG set, in order (default: file names).")
+@click.option("--topology", type=click.Path(path_type=Path), default=None, help="AA topology (default: the model's).")
+@click.option("--mapping", multiple=True, type=click.Path(path_type=Path), help="Mapping (default: the model's).")
+@click.option("--frames", default=None, help="Reference frames, 'start:stop:step' or '0,5,9'.")
+@click.option("--skip-frames", default=None, help="Reference frames left out, e.g. 9,19,41 (training frames).")
+@click.option("--cg-frames", default=None, help="Frames of every CG set, 'start:stop:step' or '0,5,9'.")
+@click.option("--candidates", type=int, default=8, show_default=True, help="Candidates proposed per unit (K).")
+@click.option("--gibbs", "gibbs_sweeps", type=int, default=2, show_default=True, help="Gibbs sweeps after the forward pass.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--refine", "refiner_name", default=None,
+              help="Also refine every backmapped frame with this refiner (openmm, langevin, mala) under the CG "
+                   "restraint; both the generator's and the refined structures are assessed.")
+@click.option("--bootstrap", type=int, default=20, show_default=True,
+              help="Random halves of the frames drawn for the spread of the force JSD.")
+@click.option("--batch-size", type=int, default=6, show_default=True, help="Frames per evaluation batch.")
+@refine_options(minimize=False)
+@nonbonded_options
+@cluster_options
+def assess(model: Path, reference: Path, cg_paths: tuple[Path, ...], more_cg: tuple[Path, ...], out: Path,
+           labels: tuple[str, ...], topology: Path | None, mapping: tuple[Path, ...], frames: str | None,
+           skip_frames: str | None, cg_frames: str | None, candidates: int, gibbs_sweeps: int, seed: int,
+           refiner_name: str | None, bootstrap: int, batch_size: int, temperature, n_steps, restraint, constraints,
+           timestep, friction, extra, mdp, cutoff, coulomb, epsilon_rf, lj_shift, workers, scheduler,
+           threads_per_worker, frames_per_task) -> None:
+    """Rank CG models by backmapping their trajectories and measuring them with the AA force field
+    (thesis ch. 6): AA forces summed per bead against the reference's (JSD, with its spread over
+    random halves of the frames), RDFs and bonded distributions, CG RMSD, clashes, restraint energy
+    per bead after refinement, and the CG-level distributions against the mapped reference."""
+    from backmap.metrics.assess import AssessmentSpec, labels_from_paths, run_assessment
+    from backmap.sampling.backmapper import BackmapSettings
+    from backmap.system.io import refuse_overwriting_inputs
+
+    paths = list(cg_paths) + list(more_cg)
+    if not paths:
+        raise BackmapError("assess: give the CG trajectories of the models to assess (--cg A.xtc B.xtc …)")
+    for p in [reference, *paths]:
+        if not Path(p).is_file():
+            raise BackmapError("no such file", source=p)
+    if labels:
+        if len(labels) != len(paths):
+            raise BackmapError(f"{len(labels)} labels for {len(paths)} CG trajectories")
+        sets = dict(zip(labels, paths))
+        if len(sets) != len(paths):
+            raise BackmapError("--label: two CG sets have the same label")
+    else:
+        sets = labels_from_paths(paths)
+    refuse_overwriting_inputs(out, [model, reference, *paths, topology, *mapping, mdp])
+    try:
+        skip = [int(s) for s in skip_frames.split(",") if s.strip()] if skip_frames else []
+    except ValueError:
+        raise BackmapError(f"--skip-frames: cannot parse {skip_frames!r}; use e.g. 9,19,41") from None
+    if bootstrap < 0 or batch_size < 1:
+        raise BackmapError("--bootstrap must be ≥ 0 and --batch-size ≥ 1")
+    refiner = None
+    if refiner_name:
+        refiner = _refiner(refiner_name, temperature, n_steps, restraint, constraints, timestep, friction, None,
+                           extra, seed)
+    try:
+        settings = BackmapSettings(candidates=candidates, gibbs_sweeps=gibbs_sweeps)
+    except ValueError as exc:
+        raise BackmapError(f"assess: {str(exc).splitlines()[-1].strip()}") from None
+    cluster = _cluster(workers, scheduler, threads_per_worker, frames_per_task)
+    spec = AssessmentSpec(model=model, reference=reference, cg=sets, out=out, topology=topology,
+                          mapping=list(mapping), reference_frames=frames, skip_frames=skip, cg_frames=cg_frames,
+                          backmap=settings, refiner=refiner, settings=_settings(mdp, cutoff, coulomb, epsilon_rf, lj_shift),
+                          seed=seed, cluster=cluster, bootstrap=bootstrap, batch_size=batch_size,
+                          workers=workers)
+    result = run_assessment(spec, console=console)
+    table = Table("rank", "CG set", "force JSD", "± (halves)", "CG RMSD (nm)", "CG-level JSD", box=None,
+                  title="CG models by the JSD of AA forces summed per bead")
+    for r in result["ranking"]:
+        row = result["sets"][r["set"]]
+        table.add_row(str(r["rank"]), r["set"], f"{r['force_jsd']:.4f}", f"{r['halves_sd']:.4f}",
+                      f"{row.get('cg_rmsd') or float('nan'):.5f}", f"{row.get('cg_level_mean_jsd', float('nan')):.4f}")
+    s = result["summary"]
+    table.add_row("", "in-distribution", f"{s['in_distribution_force_jsd']:.4f}", "", "", "")
+    Console().print(table)
+    click.echo(f"wrote {out / 'metrics.json'} and {out / 'report.md'} ({result['timing']['total_s']:.0f} s)")
+
+
 def main() -> None:
     cli(prog_name="backmap")
 

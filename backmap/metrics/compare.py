@@ -52,6 +52,8 @@ def compare(obs: Observable, samples: dict[str, Any], reference: str, candidates
     """Compare ``samples[candidate]`` with ``samples[reference]`` for one observable; candidates
     without samples (e.g. no CG input paired with them) are left out."""
     present = [c for c in candidates if c in samples]
+    if obs.kind == "score" and reference not in samples and present:  # e.g. CG RMSD: no CG input for the reference
+        return Compared(obs, {"candidates": {c: _stats(samples[c]) for c in present}})
     if reference not in samples:
         return Compared(obs, {"missing": "no reference samples"})
     if obs.kind == "distribution":

@@ -27,10 +27,14 @@ class EvalContext:
     consistency) and the first reference frame (made whole), plus static data metrics share."""
 
     def __init__(self, topology: Topology, settings: "NonbondedSettings",
-                 cg_topology: "CGTopology | None" = None, reference_frame: np.ndarray | None = None):
+                 cg_topology: "CGTopology | None" = None, reference_frame: np.ndarray | None = None,
+                 has_cg_input: bool | None = None):
         self.topology = topology
         self.settings = settings
+        #: the mapping onto CG (bead forces, CG consistency), when one was given
         self.cg_topology = cg_topology
+        #: whether (some) trajectories come with the CG input they were made from (batches then carry ``cg``)
+        self.has_cg_input = cg_topology is not None if has_cg_input is None else has_cg_input
         #: whole positions (N, 3) of the first reference frame (e.g. for stereo perception)
         self.reference_frame = reference_frame
         #: the largest neighbour-pair distance any metric asked for (:meth:`need_pairs`)
@@ -150,6 +154,15 @@ class FrameBatch:
             out["potential"] = sum(out.values())
             self._energies = out
         return self._energies
+
+    def forces(self) -> np.ndarray:
+        """AA forces −∇U (B, N, 3) in kJ/mol/nm from every force-field term, on this batch's
+        neighbour pairs (one search per frame, shared with the energies)."""
+        if "forces" not in self._cache:
+            ff = self.context.forcefield
+            _, f = ff.forces(self.whole, self.dimensions, whole=True, pair_lists=self._search(ff.settings.cutoff))
+            self._cache["forces"] = f.detach().numpy()
+        return self._cache["forces"]
 
     def pairs(self, r_max: float) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per frame: atom pairs (i < j) closer than ``r_max`` (minimum image) that the force field

@@ -42,6 +42,11 @@ class EvaluationSpec:
     skip_frames: list[int] = field(default_factory=list)
     mapping: list[Path] = field(default_factory=list)
     cg: Path | None = None
+    #: ``frames`` and ``skip_frames`` select the reference's frames only; candidates are used whole
+    #: (e.g. candidates backmapped from other CG sets, or from the selected reference frames)
+    select_reference_only: bool = False
+    #: per candidate, the CG input it was made from (instead of one ``cg`` for all; None = none)
+    candidate_cg: list[Path | None] | None = None
     settings: NonbondedSettings = field(default_factory=NonbondedSettings)
     metrics: list[str | tuple[str, dict]] | None = None
     headline: list[str] | None = None
@@ -60,7 +65,7 @@ class Trajectory:
     path: Path
     frames: np.ndarray  # selected frame indices
     n_frames: int  # in the file
-    cg_paired: bool = False  # the CG input has the same frames (CG consistency)
+    cg: Path | None = None  # its CG input, frame by frame (CG consistency), when it has the same frames
 
 
 # --------------------------------------------------------------------------- inputs
@@ -95,6 +100,17 @@ def _labels(spec: EvaluationSpec) -> list[str]:
     return labels
 
 
+def _cg_inputs(spec: EvaluationSpec) -> list[Path | None]:
+    """The CG input of each candidate: ``candidate_cg``, else ``cg`` for all."""
+    if spec.candidate_cg is None:
+        return [spec.cg] * len(spec.candidates)
+    if spec.cg is not None:
+        raise BackmapError("give either one CG input for all candidates or one per candidate, not both")
+    if len(spec.candidate_cg) != len(spec.candidates):
+        raise BackmapError(f"{len(spec.candidate_cg)} CG inputs for {len(spec.candidates)} candidates")
+    return list(spec.candidate_cg)
+
+
 def _select(path: Path, n_frames: int, spec: EvaluationSpec) -> np.ndarray:
     from backmap.system.io import parse_frames
 
@@ -116,7 +132,11 @@ def _trajectories(spec: EvaluationSpec, n_atoms: int) -> list[Trajectory]:
         atoms, n_frames = trajectory_info(path)
         if atoms != n_atoms:
             raise BackmapError(f"{atoms} atoms in the trajectory but {n_atoms} in the topology", source=path)
-        out.append(Trajectory(label, path, _select(path, n_frames, spec), n_frames))
+        whole = spec.select_reference_only and label != REFERENCE
+        frames = np.arange(n_frames) if whole else _select(path, n_frames, spec)
+        if len(frames) < 2:
+            raise BackmapError(f"{len(frames)} frame(s); need at least 2", source=path)
+        out.append(Trajectory(label, path, frames, n_frames))
     return out
 
 
@@ -150,8 +170,8 @@ def _sample(task: tuple[int, int, np.ndarray]) -> tuple[int, int, dict[str, Any]
     x = np.stack([f.positions for f in read])
     dims = np.stack([f.dimensions for f in read])
     cg = None
-    if traj.cg_paired:
-        cg = np.stack([f.positions for f in read_frames(_STATE["cg"], frames=frames.tolist())])
+    if traj.cg is not None:
+        cg = np.stack([f.positions for f in read_frames(traj.cg, frames=frames.tolist())])
     batch = FrameBatch(ctx, x, dims, frames, cg, traj.label)
     out: dict[str, Any] = {}
     for metric in _STATE["metrics"]:
@@ -167,13 +187,12 @@ class SamplingJob:
     context: EvalContext
     trajectories: list[Trajectory]
     metrics: list
-    cg: Path | None
 
     def setup(self, threads: int | None = None) -> None:
         pass
 
     def run_block(self, tasks) -> dict[str, Any]:
-        _STATE.update(context=self.context, trajectories=self.trajectories, metrics=self.metrics, cg=self.cg)
+        _STATE.update(context=self.context, trajectories=self.trajectories, metrics=self.metrics)
         return {"result": [_sample(t) for t in tasks]}
 
 
@@ -260,26 +279,32 @@ def run_evaluation(spec: EvaluationSpec, registry=None, console=None) -> dict[st
     trajectories = _trajectories(spec, topology.n_atoms)
     notes: list[str] = []
     cg_top = None
-    if spec.cg is not None and not spec.mapping:
-        raise BackmapError("a CG input (--cg) needs the mapping (--mapping) to compare with", source=spec.cg)
+    inputs = _cg_inputs(spec)
+    given = [p for p in inputs if p is not None]
+    if given and not spec.mapping:
+        raise BackmapError("a CG input (--cg) needs the mapping (--mapping) to compare with", source=given[0])
     if spec.mapping:
+        # the CG topology also serves metrics that need only the mapping (bead forces)
         cg_top = load_mapping(spec.mapping, topology, registry).cg_topology(topology)
-        if spec.cg is None:
+        if not given:
             notes.append("a mapping was given but no CG input (--cg): CG consistency not measured")
-            cg_top = None
-        else:
-            beads, n_cg = trajectory_info(spec.cg)
+        # one CG input for all: the reference is paired with it too (the mapped reference's own RMSD)
+        paired = [(trajectories[0], spec.cg)] if spec.cg is not None else []
+        for traj, cg_path in paired + list(zip(trajectories[1:], inputs)):
+            if cg_path is None:
+                continue
+            beads, n_cg = trajectory_info(cg_path)
             if beads != cg_top.n_beads:
                 raise BackmapError(f"{beads} beads in the CG trajectory but {cg_top.n_beads} in the mapping",
-                                   source=spec.cg)
-            for traj in trajectories:
-                traj.cg_paired = traj.n_frames == n_cg
-                if not traj.cg_paired:
-                    notes.append(f"cg_rmsd: {traj.label} has {traj.n_frames} frames but the CG input {n_cg}; "
-                                 "not compared")
+                                   source=cg_path)
+            if traj.n_frames == n_cg:
+                traj.cg = Path(cg_path)
+            else:
+                notes.append(f"cg_rmsd: {traj.label} has {traj.n_frames} frames but the CG input {n_cg}; "
+                             "not compared")
     ref = trajectories[0]
     first = next(read_frames(ref.path, frames=[int(ref.frames[0])]))
-    context = EvalContext(topology, spec.settings, cg_top)
+    context = EvalContext(topology, spec.settings, cg_top, has_cg_input=bool(given))
     context.reference_frame = context.unwrapper(first.positions, first.dimensions)
 
     metrics = _metrics(spec, registry)
@@ -307,7 +332,7 @@ def run_evaluation(spec: EvaluationSpec, registry=None, console=None) -> dict[st
     if spec.scheduler is not None:  # batches as Dask tasks on a running (or batch-system) cluster
         from backmap.parallel import ClusterOptions, run_blocks
 
-        job = SamplingJob(context, trajectories, active, spec.cg)
+        job = SamplingJob(context, trajectories, active)
         cluster = ClusterOptions(scheduler=spec.scheduler)
         for (t, c, out, seconds), in (r["result"] for r in run_blocks(job, [[task] for task in tasks], cluster,
                                                                          description=f"evaluate ({n_frames} frames)",
@@ -316,7 +341,7 @@ def run_evaluation(spec: EvaluationSpec, registry=None, console=None) -> dict[st
             busy += seconds
         workers = 0
     else:
-        _STATE.update(context=context, trajectories=trajectories, metrics=active, cg=spec.cg)
+        _STATE.update(context=context, trajectories=trajectories, metrics=active)
         try:
             for t, c, out, seconds in progress(_run_tasks(tasks, workers), total=len(tasks),
                                                description=f"evaluate ({n_frames} frames, {workers} processes)"):
@@ -341,6 +366,8 @@ def run_evaluation(spec: EvaluationSpec, registry=None, console=None) -> dict[st
         "inputs": {"topology": str(spec.topology), "reference": str(spec.reference),
                    "candidates": {lab: str(t.path) for lab, t in zip(labels, trajectories[1:])},
                    "mapping": [str(m) for m in spec.mapping], "cg": str(spec.cg) if spec.cg else None,
+                   **({"candidate_cg": {lab: None if c is None else str(c) for lab, c in zip(labels, inputs)}}
+                      if spec.candidate_cg is not None else {}),
                    "skip_frames": list(map(int, spec.skip_frames)), "frames": spec.frames},
         "frames": {t.label: len(t.frames) for t in trajectories},
         "frame_indices": {t.label: t.frames.tolist() for t in trajectories},

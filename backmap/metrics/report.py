@@ -111,10 +111,10 @@ def _score_table(compared: list[Compared], labels: list[str]) -> list[str]:
     for c in rows:
         o = c.observable
         if o.kind == "score":
-            ref = c.result["reference"]
-            cand = [c.result["candidates"].get(lab) for lab in labels]
+            ref = c.result.get("reference")
+            cand = [c.result.get("candidates", {}).get(lab) for lab in labels]
             best = _best([x["mean"] if x else None for x in cand], lower=o.better == "lower")
-            cells = [f"{_fmt(ref['mean'])} ± {_fmt(ref['std'])}"]
+            cells = [f"{_fmt(ref['mean'])} ± {_fmt(ref['std'])}" if ref else "–"]
             cells += [_bold(f"{_fmt(x['mean'])} ± {_fmt(x['std'])}", b) if x else "–" for x, b in zip(cand, best)]
             lines.append(_row([f"{o.label or o.name} ({o.unit})", *cells]))
         else:
@@ -249,7 +249,7 @@ def _score_figure(items: list[Compared], labels: list[str]):
         names = ["reference"] + labels
         colors = [REFERENCE_COLOR] + [COLORS[k % len(COLORS)] for k in range(len(labels))]
         if c.observable.kind == "score":
-            vals = [c.result["reference"]] + [c.result["candidates"].get(lab) for lab in labels]
+            vals = [c.result.get("reference")] + [c.result.get("candidates", {}).get(lab) for lab in labels]
             means = [v["mean"] if v else np.nan for v in vals]
             errs = [v["std"] if v else 0 for v in vals]
         else:

@@ -1,9 +1,11 @@
-"""Built-in metrics (one plugin per observable family) and the ``evaluate`` recipe step.
+"""Built-in metrics (one plugin per observable family) and the ``evaluate`` and ``assess`` recipe steps.
 Registered through the public ``backmap_metrics`` and ``backmap_steps`` hooks."""
 from backmap import hookimpl
+from backmap_metrics.assess_step import AssessStep
 from backmap_metrics.bonded import Angles, Bonds, Dihedrals, Impropers
 from backmap_metrics.consistency import CGRmsd
 from backmap_metrics.energy import Energy
+from backmap_metrics.forces import BeadForces
 from backmap_metrics.ramachandran import Ramachandran
 from backmap_metrics.step import EvaluateStep
 from backmap_metrics.stereo import Stereo
@@ -12,9 +14,9 @@ from backmap_metrics.structure import Clashes, Rdf
 
 @hookimpl
 def backmap_metrics():
-    return [Bonds, Angles, Dihedrals, Impropers, Ramachandran, Energy, Rdf, Clashes, CGRmsd, Stereo]
+    return [Bonds, Angles, Dihedrals, Impropers, Ramachandran, Energy, Rdf, Clashes, CGRmsd, Stereo, BeadForces]
 
 
 @hookimpl
 def backmap_steps():
-    return [EvaluateStep]
+    return [EvaluateStep, AssessStep]

@@ -15,7 +15,7 @@ class CGRmsd(Metric):
     summary = "CG consistency: RMSD between the result mapped to CG and the CG input (needs --mapping, --cg)"
 
     def prepare(self, context: EvalContext) -> list[Observable]:
-        if context.cg_topology is None:
+        if context.cg_topology is None or not context.has_cg_input:
             self.skipped = "no CG input (give a mapping and the CG trajectory: --mapping, --cg)"
             return []
         return [Observable("cg_rmsd", "score", "cg", "nm", label="CG RMSD",
