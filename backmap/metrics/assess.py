@@ -95,7 +95,7 @@ def run_assessment(spec: AssessmentSpec, registry=None, console=None) -> dict[st
     from backmap.engine.models import load_model
     from backmap.engine.registry import default_registry
     from backmap.metrics.cg_level import cg_terms, compare_cg, plot_cg, sample_cg
-    from backmap.metrics.evaluate import EvaluationSpec, run_evaluation
+    from backmap.metrics.evaluate import EvaluationSpec, json_default, run_evaluation
     from backmap.refinement.restrained import RestrainedSystem
     from backmap.sampling.backmapper import BackmapSettings
     from backmap.system.pairs import select_frames
@@ -255,7 +255,7 @@ def run_assessment(spec: AssessmentSpec, registry=None, console=None) -> dict[st
                    "total_s": round(time.perf_counter() - t0, 1)},
     }
     with atomic_path(out / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=1, default=_json, allow_nan=True))
+        tmp.write_text(json.dumps(result, indent=1, default=json_default, allow_nan=True))
     _write_report(out, result)
     return result
 
@@ -396,12 +396,3 @@ def _write_report(out: Path, result: dict[str, Any]) -> None:
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text("\n".join(lines))
 
-
-def _json(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(type(o))

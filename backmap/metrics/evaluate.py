@@ -393,7 +393,7 @@ def run_evaluation(spec: EvaluationSpec, registry=None, console=None) -> dict[st
                         "batches_s": round(busy, 2), "workers": workers,
                         "report_s": round(t_done - t_sampled, 2), "total_s": round(t_done - t_start, 2)}
     with atomic_path(out / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=1, default=_json_default, allow_nan=True))
+        tmp.write_text(json.dumps(result, indent=1, default=json_default, allow_nan=True))
     return result
 
 
@@ -421,7 +421,8 @@ def default_headline(observables: Sequence[Observable]) -> list[str]:
             and (o.family in fams or o.name.startswith("lj_per_molecule"))]
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+    """JSON for numpy scalars and arrays and paths (metrics.json of evaluate and assess)."""
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):
