@@ -8,7 +8,7 @@ Baseline in the same command: `backmap apply` (+ the same refinement) of a few f
 process, so that the assessment's time can be read as frames × per-frame cost on other machines.
 
     bash scripts/make_sps_cg_models.sh          # once: data/sps-cg-models/{A,B,C}.xtc
-    .venv/bin/python benchmarks/assess_sps.py [--frames 70] [--steps 200] [--workers 2] [--out DIR]
+    .venv/bin/python benchmarks/assess_sps.py [--frames 70] [--steps 100] [--workers 2] [--out DIR]
 
 Prints one JSON line for the baseline and one for the assessment (wall time, ratio to the target,
 ranking, separations, CG RMSD per set).
@@ -33,7 +33,7 @@ SKIP = "9,19,41,55,62,70,76"  # reference frames identical to training snapshots
 
 def refine_args(steps: int) -> list[str]:
     return ["--refine", "openmm", "--temperature", "568", "--constraints", "all-bonds", "--timestep", "0.002",
-            "--steps", str(steps), "--restraint", "1e6", "--mdp", str(SPS / "top" / "md.mdp"), "--no-lj-shift"]
+            "--steps", str(steps), "--restraint", "1e6", "--mdp", str(SPS / "top" / "md.mdp")]
 
 
 def run(cmd: list[str]) -> float:
@@ -45,7 +45,7 @@ def run(cmd: list[str]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=70, help="frames of every CG model")
-    ap.add_argument("--steps", type=int, default=200, help="OpenMM refinement steps per frame")
+    ap.add_argument("--steps", type=int, default=100, help="OpenMM refinement steps per frame")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--baseline-frames", type=int, default=4)
     ap.add_argument("--out", type=Path, default=None)
@@ -65,7 +65,8 @@ def main() -> None:
                    "--topology", str(SPS / "top" / "topol.top"), "--mapping", str(REPO / "recipes" / "sps" / "sps.xml"),
                    "--reference", str(SPS / "eval_t568" / "aa.xtc"), "--skip-frames", SKIP,
                    "--cg", *(str(MODELS / f"{m}.xtc") for m in "ABC"), "--cg-frames", f"0:{args.frames}",
-                   "--out", str(out), "--workers", str(args.workers), "--seed", "7", *refine_args(args.steps)])
+                   "--out", str(out), "--workers", str(args.workers), "--seed", "7", "--no-lj-shift",
+                   *refine_args(args.steps)])
     doc = json.loads((out / "metrics.json").read_text())
     n_frames = sum(v for k, v in doc["frames"].items() if k != "reference" and not k.endswith("+refine"))
     s = doc["summary"]
