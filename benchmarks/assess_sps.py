@@ -32,6 +32,9 @@ SKIP = "9,19,41,55,62,70,76"  # reference frames identical to training snapshots
 
 
 def refine_args(steps: int) -> list[str]:
+    """The refinement options; none with ``steps`` = 0 (the generator alone, as the thesis' DBM)."""
+    if steps == 0:
+        return []
     return ["--refine", "openmm", "--temperature", "568", "--constraints", "all-bonds", "--timestep", "0.002",
             "--steps", str(steps), "--restraint", "1e6", "--mdp", str(SPS / "top" / "md.mdp")]
 
@@ -45,7 +48,7 @@ def run(cmd: list[str]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=70, help="frames of every CG model")
-    ap.add_argument("--steps", type=int, default=100, help="OpenMM refinement steps per frame")
+    ap.add_argument("--steps", type=int, default=100, help="OpenMM refinement steps per frame (0: no refinement)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--baseline-frames", type=int, default=4)
     ap.add_argument("--out", type=Path, default=None)
@@ -58,7 +61,7 @@ def main() -> None:
                 "--cg", str(SPS / "eval_t568" / "cg.xtc"), "--frames", f"0:{args.baseline_frames}",
                 "--out", str(folder / "baseline" / "aa.xtc"), *refine_args(args.steps)])
     per_frame = base / args.baseline_frames
-    print(json.dumps({"benchmark": "assess_sps", "baseline": "apply + refine, one process",
+    print(json.dumps({"benchmark": "assess_sps", "baseline": "apply" + (" + refine" if args.steps else "") + ", one process",
                       "frames": args.baseline_frames, "seconds_per_frame": round(per_frame, 2)}), flush=True)
     out = args.out or folder / "assess"
     seconds = run([BACKMAP, "assess", "--model", str(REPO / "models" / "sps-equivariant"),
