@@ -1178,6 +1178,11 @@ def main_sps(args):
                 for m in ("A", "B", "C") if (work / f"prod_{m}" / "lammps.failed.log").exists())
     atomic_write_text(out / "summary.json", json.dumps(summ, indent=1))
     atomic_write_text(out / "README.md", sps_readme(sysm, summ, args, models))
+    finish(work, temp, args, out, summ)
+
+
+def finish(work, temp, args, out, summ):
+    """Remove a temporary work directory (or say where it is kept) and print the summary."""
     if temp and not args.keep_work:
         shutil.rmtree(work)
     else:
@@ -1407,12 +1412,7 @@ def main_hexane(args):
             atomic_copy(work / f"prod_{m}" / "in.lammps", eo / f"in.{m}.lammps")
         atomic_write_text(eo / "summary.json", json.dumps(summ, indent=1))
     atomic_write_text(out / "README.md", hexane_readme(sysm, summ, args))
-    if temp and not args.keep_work:
-        shutil.rmtree(work)
-    else:
-        log(f"work directory kept: {work}")
-    log(f"done: {out}")
-    print_summary(summ)
+    finish(work, temp, args, out, summ)
 
 
 def hexane_readme(sysm, summ, args):

@@ -100,6 +100,19 @@ def _labels(spec: EvaluationSpec) -> list[str]:
     return labels
 
 
+def step_settings(mdp: Path | None, nonbonded: dict[str, Any], where: str, source: str | None = None
+                  ) -> NonbondedSettings:
+    """A recipe step's non-bonded settings: its ``mdp``, then its ``nonbonded`` fields on top; a bad
+    field is a one-line error naming the recipe key ``where``."""
+    settings = settings_from_options(mdp)
+    if not nonbonded:
+        return settings
+    try:
+        return NonbondedSettings.model_validate({**settings.model_dump(), **nonbonded})
+    except Exception as exc:
+        raise BackmapError(f"{where}: {str(exc).splitlines()[0]}", source=source) from exc
+
+
 def _cg_inputs(spec: EvaluationSpec) -> list[Path | None]:
     """The CG input of each candidate: ``candidate_cg``, else ``cg`` for all."""
     if spec.candidate_cg is None:

@@ -5,11 +5,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backmap import BackmapError, Step
+from backmap import Step
 from backmap.engine.recipe import InputPath, StepInput, resolve_step_input
-from backmap.forcefield import NonbondedSettings
 from backmap.metrics.assess import AssessmentSpec, labels_from_paths, run_assessment
-from backmap.metrics.evaluate import settings_from_options
+from backmap.metrics.evaluate import step_settings
 from backmap.sampling.backmapper import BackmapSettings
 
 
@@ -47,13 +46,8 @@ class AssessStep(Step):
         model = resolve_step_input(p.model, ctx.workdir, "steps.assess.model") if p.model else \
             ctx.outputs.get("train.model", "steps.assess.model")
         sets = dict(p.cg) if isinstance(p.cg, dict) else labels_from_paths(list(p.cg))
-        settings = settings_from_options(p.mdp)
-        if p.nonbonded:
-            try:
-                settings = NonbondedSettings.model_validate({**settings.model_dump(), **p.nonbonded})
-            except Exception as exc:
-                raise BackmapError(f"steps.assess.nonbonded: {str(exc).splitlines()[0]}",
-                                   source=ctx.where("steps.assess.nonbonded")) from exc
+        settings = step_settings(p.mdp, p.nonbonded, "steps.assess.nonbonded",
+                                 ctx.recipe.path.name if ctx.recipe.path else None)
         refiner = None if p.refiner is None else pick_refiner(ctx, p.refiner, "steps.assess.refiner")
         spec = AssessmentSpec(
             model=model, reference=p.reference, cg=sets, out=ctx.path(p.out, "metrics.json").parent,

@@ -6,8 +6,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from backmap import BackmapError, Step
-from backmap.forcefield import NonbondedSettings
-from backmap.metrics.evaluate import EvaluationSpec, run_evaluation, settings_from_options
+from backmap.metrics.evaluate import EvaluationSpec, run_evaluation, step_settings
 from backmap.engine.recipe import InputPath, StepInput, resolve_step_input
 
 
@@ -89,13 +88,8 @@ class EvaluateStep(Step):
                                  "cg": resolve_step_input(p.cg, ctx.workdir, where)})
         mapping = p.mapping if p.mapping is not None else (ctx.recipe.system.mappings if p.cg else [])
         mapping = mapping if isinstance(mapping, list) else [mapping]
-        settings = settings_from_options(p.mdp)
-        if p.nonbonded:
-            try:
-                settings = NonbondedSettings.model_validate({**settings.model_dump(), **p.nonbonded})
-            except Exception as exc:
-                raise BackmapError(f"steps.evaluate.nonbonded: {str(exc).splitlines()[0]}",
-                                   source=ctx.recipe.path.name if ctx.recipe.path else None) from exc
+        settings = step_settings(p.mdp, p.nonbonded, "steps.evaluate.nonbonded",
+                                 ctx.recipe.path.name if ctx.recipe.path else None)
         metrics = None if p.metrics is None else [
             m if isinstance(m, str) else (m.plugin, m.params) for m in p.metrics]
         spec = EvaluationSpec(
