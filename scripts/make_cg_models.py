@@ -473,23 +473,22 @@ def resample(xsrc, ysrc, xnew, periodic_deg=False):
     return y
 
 
-def write_bond_table(fh, key, r_nm, U_kj, comment=""):
-    r = r_nm * NM2A
-    E = U_kj * KJ2KCAL
-    F = -np.gradient(E, r)
-    fh.write(f"# {comment}\n{key}\nN {len(r)}\n\n")
-    for i, (a, b, c) in enumerate(zip(r, E, F), 1):
+def _write_force_table(fh, key, x, E, comment=""):
+    """A LAMMPS bond/angle table: index, x, energy, force −dE/dx (kcal/mol per x unit)."""
+    F = -np.gradient(E, x)
+    fh.write(f"# {comment}\n{key}\nN {len(x)}\n\n")
+    for i, (a, b, c) in enumerate(zip(x, E, F), 1):
         fh.write(f"{i} {a:.6f} {b:.8e} {c:.8e}\n")
     fh.write("\n")
+
+
+def write_bond_table(fh, key, r_nm, U_kj, comment=""):
+    _write_force_table(fh, key, r_nm * NM2A, U_kj * KJ2KCAL, comment)
 
 
 def write_angle_table(fh, key, th_deg, U_kj, comment=""):
-    E = U_kj * KJ2KCAL
-    F = -np.gradient(E, th_deg)        # kcal/mol/degree (LAMMPS angle table convention)
-    fh.write(f"# {comment}\n{key}\nN {len(th_deg)}\n\n")
-    for i, (a, b, c) in enumerate(zip(th_deg, E, F), 1):
-        fh.write(f"{i} {a:.6f} {b:.8e} {c:.8e}\n")
-    fh.write("\n")
+    # kcal/mol/degree: LAMMPS' angle table convention
+    _write_force_table(fh, key, th_deg, U_kj * KJ2KCAL, comment)
 
 
 def write_dihedral_table(fh, key, phi_deg, U_kj, comment=""):

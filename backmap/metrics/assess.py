@@ -32,7 +32,7 @@ import numpy as np
 from backmap._version import __version__
 from backmap.errors import BackmapError
 from backmap.forcefield import NonbondedSettings
-from backmap.metrics.divergence import Binning, histogram, jsd
+from backmap.metrics.divergence import histogram, jsd
 from backmap.parallel import ClusterOptions
 from backmap.progress import say
 from backmap.system.io import atomic_path, read_frames, trajectory_info
@@ -210,10 +210,13 @@ def run_assessment(spec: AssessmentSpec, registry=None, console=None) -> dict[st
     # 5. ranking by the bead-force JSD, its spread over random halves, restraint energies
     force_obs = [k for k in ev["observables"] if k.startswith("bead_force:")]
     rng = np.random.default_rng(spec.seed)
+    # the bins of the full comparison (the metric's own), so that halves and whole are measured alike
+    edges = {o: np.linspace(b["lo"], b["hi"], b["n"] + 1)
+             for o in force_obs for b in [ev["observables"][o]["bins"]]}
     ranking: dict[str, dict[str, Any]] = {}
     for lab in cand_labels:
         per_type = {o: ev["observables"][o]["candidates"][lab]["jsd"] for o in force_obs}
-        halves = _bootstrap_halves(samples, force_obs, lab, spec.bootstrap, rng)
+        halves = _bootstrap_halves(samples, edges, lab, spec.bootstrap, rng)
         row = {"force_jsd": float(np.mean(list(per_type.values()))) if per_type else float("nan"),
                "force_jsd_per_type": per_type,
                "force_jsd_halves_mean": float(np.mean(halves)) if len(halves) else float("nan"),
@@ -277,20 +280,19 @@ def _kT(refiner) -> float:
     return 0.0083144626 * float(getattr(refiner.params, "temperature", 300.0))
 
 
-def _bootstrap_halves(samples, observables: list[str], label: str, n: int, rng) -> np.ndarray:
+def _bootstrap_halves(samples, edges: dict[str, np.ndarray], label: str, n: int, rng) -> np.ndarray:
     """Mean bead-force JSD over ``n`` draws of a random half of the candidate's frames against a
-    random half of the reference's, on the bins of the whole reference (as the full comparison)."""
-    if not observables or n < 2:
+    random half of the reference's, on the bins of the whole comparison (``edges`` per observable)."""
+    if not edges or n < 2:
         return np.zeros(0)
     out = []
     for _ in range(n):
         vals = []
-        for o in observables:
+        for o, e in edges.items():
             ref, cand = samples[f"reference/{o}"], samples[f"{label}/{o}"]
-            edges = Binning(n_bins=100, widen=0.5).edges(ref)
             r = ref[rng.permutation(len(ref))[: len(ref) // 2]]
             c = cand[rng.permutation(len(cand))[: len(cand) // 2]]
-            vals.append(jsd(histogram(r, edges), histogram(c, edges)))
+            vals.append(jsd(histogram(r, e), histogram(c, e)))
         out.append(np.mean(vals))
     return np.asarray(out)
 
