@@ -324,6 +324,10 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
               help="AA structure of the system whose stereocentres' handedness the sampler keeps.")
 @click.option("--cutoff", type=float, default=None, help="Assert the model's environment radius (nm); it is the model's.")
 @click.option("--traversal", default=None, help="Assert the model's traversal; it is the model's.")
+@click.option("--frame-by-frame", is_flag=True, default=False,
+              help="With a model trained in trajectory mode (environment.temporal): backmap every frame on its "
+                   "own, as if it were a trajectory's first (the frame-wise baseline). Without it such a model "
+                   "runs the frames in order, each conditioned on the AA frame written before it.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--refine", "refiner_name", default=None,
               help="Refine every frame with this refiner (openmm, langevin, mala) under the CG restraint.")
@@ -332,8 +336,8 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
 @cluster_options
 def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Path | None, mapping: tuple[Path, ...],
           frames: str | None, selector: str, candidates: int, gibbs_sweeps: int, minimize_steps: int,
-          colouring: bool, stereo_reference: Path | None, cutoff: float | None, traversal: str | None, seed: int,
-          refiner_name: str | None, mdp: Path | None, temperature, n_steps, restraint, constraints,
+          colouring: bool, stereo_reference: Path | None, cutoff: float | None, traversal: str | None,
+          frame_by_frame: bool, seed: int, refiner_name: str | None, mdp: Path | None, temperature, n_steps, restraint, constraints,
           timestep, friction, extra, workers, scheduler, threads_per_worker, frames_per_task) -> None:
     """Backmap CG structures or a trajectory with a trained model. Writes OUT, the first frame as
     OUT.gro, a .top beside it (for gmx grompp), the CG frames used (OUT_cg.trr) and the provenance
@@ -362,7 +366,8 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
     try:
         settings = BackmapSettings(selector=selector, candidates=candidates, gibbs_sweeps=gibbs_sweeps,
                                    minimize_steps=minimize_steps, colouring=colouring, energy=Path(top_path).suffix == ".top",
-                                   stereo_reference=stereo_reference, cutoff=cutoff, traversal=traversal)
+                                   stereo_reference=stereo_reference, cutoff=cutoff, traversal=traversal,
+                                   frame_by_frame=frame_by_frame)
     except ValueError as exc:
         raise BackmapError(f"apply: {str(exc).splitlines()[-1].strip()}") from None
     refiner = system = None
@@ -459,6 +464,23 @@ def map_cmd(topology: Path, traj: Path, mapping: tuple[Path, ...], out: Path, fr
     click.echo(f"wrote {out}: {n} frames, {cg_top.n_beads} beads ({time.perf_counter() - t0:.1f} s)")
 
 
+def _time_step_option(values: tuple[str, ...]) -> float | dict[str, float] | None:
+    """``--dt 2`` (all trajectories) or ``--dt reference=1 --dt CG=10`` (``*`` = the unnamed ones)."""
+    if not values:
+        return None
+    out: dict[str, float] = {}
+    for v in values:
+        label, _, number = v.rpartition("=")
+        try:
+            value = float(number)
+        except ValueError:
+            raise BackmapError(f"--dt: cannot parse {v!r}; give ps, or LABEL=ps") from None
+        if not value > 0:
+            raise BackmapError(f"--dt: {v!r}: the time step must be positive")
+        out[label.strip() or "*"] = value
+    return out["*"] if list(out) == ["*"] else out
+
+
 @cli.command()
 @click.option("--topology", required=True, type=click.Path(path_type=Path),
               help="AA topology (.top with parameters: energies need them).")
@@ -478,11 +500,16 @@ def map_cmd(topology: Path, traj: Path, mapping: tuple[Path, ...], out: Path, fr
                    "dask-jobqueue cluster (slurm, pbs, …) instead of local processes.")
 @click.option("--batch-size", type=int, default=6, show_default=True, help="Frames per batch.")
 @click.option("--save-samples", is_flag=True, help="Also write every sample to samples.npz.")
+@click.option("--dt", "dt_values", multiple=True, metavar="[LABEL=]PS",
+              help="Time between consecutive frames of the files (ps) for the dynamics metrics, instead of the "
+                   "frame times they store; LABEL=PS for one trajectory ('reference' or a candidate label). "
+                   "With --frames a:b:s the frames used are s × dt apart.")
 @nonbonded_options
 def evaluate(topology: Path, reference: Path, candidates: tuple[Path, ...], out: Path, labels: tuple[str, ...],
              frames: str | None, skip_frames: str | None, mapping: tuple[Path, ...], cg: Path | None,
              metric_names: str | None, headline: str | None, workers: int | None, scheduler: str | None,
-             batch_size: int, save_samples: bool, mdp, cutoff, coulomb, epsilon_rf, lj_shift) -> None:
+             batch_size: int, save_samples: bool, dt_values: tuple[str, ...], mdp, cutoff, coulomb, epsilon_rf,
+             lj_shift) -> None:
     """Compare CANDIDATES (backmapped AA trajectories) with a reference: per observable the
     Jensen–Shannon divergence and Wasserstein-1; writes metrics.json, report.md and figures/."""
     from backmap.metrics.evaluate import EvaluationSpec, run_evaluation
@@ -504,7 +531,7 @@ def evaluate(topology: Path, reference: Path, candidates: tuple[Path, ...], out:
         labels=list(labels) or None, frames=frames, skip_frames=skip, mapping=list(mapping), cg=cg,
         settings=_settings(mdp, cutoff, coulomb, epsilon_rf, lj_shift), metrics=split(metric_names),
         headline=split(headline), workers=workers, batch_size=batch_size, save_samples=save_samples,
-        scheduler=scheduler)
+        scheduler=scheduler, dt=_time_step_option(dt_values))
     result = run_evaluation(spec, console=console)
     head = result["summary"]["mean_jsd_headline"]
     table = Table("candidate", f"mean JSD ({len(head['observables'])} headline observables)", box=None)

@@ -117,13 +117,23 @@ class BackmapJob(ProcessLocal):
             refiner.prepare(self.refine_system)
             self._local_refiner = refiner
 
+    @property
+    def chained(self) -> bool:
+        """Trajectory mode: every frame is generated from the one written before it."""
+        return bool(getattr(self.model.generator.environment, "temporal", False)) and not self.settings.frame_by_frame
+
+    def carry_over(self, before: dict[str, Any] | None) -> None:
+        """Go on from the last frame written by the block ``before`` (None: start the trajectory)."""
+        self._local_previous = None if before is None else np.asarray(before["aa"][-1], np.float64)
+
     def run_block(self, frames: Sequence[Frame]) -> dict[str, Any]:
         bm = self._local_backmapper
         raw, refined, rows = [], [], []
         for k, cg in enumerate(frames):
             t0 = time.perf_counter()
             placed = bm.sampler.placements
-            aa, kept = bm.backmap_frame(cg, frame_rng(self.seed, _frame_key(cg, k)))
+            previous = getattr(self, "_local_previous", None) if self.chained else None
+            aa, kept = bm.backmap_frame(cg, frame_rng(self.seed, _frame_key(cg, k)), previous)
             row: dict[str, Any] = {"frame": cg.index, "generator_seconds": time.perf_counter() - t0,
                                    "placements": bm.sampler.placements - placed}
             if kept is not None:
@@ -134,6 +144,8 @@ class BackmapJob(ProcessLocal):
                                             frame_rng(self.refine_seed, _frame_key(cg, k), stream=1))
                 refined.append(done.positions.astype(np.float32))
                 row.update(log)
+            if self.chained:  # what is written is what the next frame goes on from
+                self._local_previous = np.asarray((refined if self.refiner is not None else raw)[-1], np.float64)
             rows.append(row)
         out: dict[str, Any] = {"aa": np.stack(refined if self.refiner is not None else raw), "rows": rows}
         if self.refiner is not None:
@@ -210,6 +222,8 @@ def backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path,
                                "generator seconds per frame": round(generator_seconds / max(n, 1), 3),
                                "placements per second": round(sum(r["placements"] for r in rows)
                                                               / max(generator_seconds, 1e-9))}
+    if job.chained:
+        summary["trajectory mode"] = "frames in order, each conditioned on the AA frame written before it"
     if cluster.distributed:
         summary["cluster"] = cluster.model_dump(mode="json", exclude_none=True)
     kept = [r["stereocentres_kept"] for r in rows if "stereocentres_kept" in r]

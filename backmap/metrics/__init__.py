@@ -6,6 +6,8 @@ The observables themselves are :class:`backmap.Metric` plugins (built-ins in
 """
 from backmap.metrics.context import EvalContext, FrameBatch
 from backmap.metrics.divergence import Binning, histogram, jsd, wasserstein
-from backmap.metrics.spec import Histogram, Observable
+from backmap.metrics.spec import Analysis, Histogram, Observable
+from backmap.metrics.timing import TimeStep
 
-__all__ = ["Binning", "EvalContext", "FrameBatch", "Histogram", "Observable", "histogram", "jsd", "wasserstein"]
+__all__ = ["Analysis", "Binning", "EvalContext", "FrameBatch", "Histogram", "Observable", "TimeStep", "histogram",
+           "jsd", "wasserstein"]

@@ -66,6 +66,8 @@ def compare(obs: Observable, samples: dict[str, Any], reference: str, candidates
         return Compared(obs, res)
     if obs.kind == "state":
         return _state(obs, samples, reference, present)
+    if obs.kind == "series":  # the producing metric's analyse() compares these
+        return Compared(obs, {"frames": {t: len(samples[t]) for t in [reference, *present]}})
     raise ValueError(f"observable {obs.name}: unknown kind {obs.kind!r}")
 
 

@@ -1,6 +1,12 @@
 """What metric plugins see: the system (:class:`EvalContext`) and a batch of frames
 (:class:`FrameBatch`) whose expensive derived data — whole molecules, energies, neighbour pairs —
-is computed once per batch and shared by all metrics."""
+is computed once per batch and shared by all metrics.
+
+Batches are independent, so they can be sampled in any order by any process. A metric that needs
+*consecutive* frames (velocities) calls :meth:`EvalContext.need_frame_pairs` in ``prepare``: every
+batch then also carries the selected frame before its first one (:attr:`FrameBatch.previous`), so
+the pairs (t − τ, t) ending in a batch are complete whatever the batch size or worker count, and
+:attr:`FrameBatch.time_step` is its trajectory's τ (:mod:`backmap.metrics.timing`)."""
 from __future__ import annotations
 
 from functools import cached_property
@@ -12,6 +18,9 @@ from backmap.errors import BackmapError
 from backmap.metrics import terms
 from backmap.system.pbc import Unwrapper, box_vectors, minimum_image
 from backmap.system.topology import Topology
+
+if TYPE_CHECKING:
+    from backmap.metrics.timing import TimeStep
 
 T = TypeVar("T")
 #: smallest cut-off of a neighbour search; shorter pair lists are filtered from it
@@ -28,7 +37,8 @@ class EvalContext:
 
     def __init__(self, topology: Topology, settings: "NonbondedSettings",
                  cg_topology: "CGTopology | None" = None, reference_frame: np.ndarray | None = None,
-                 has_cg_input: bool | None = None):
+                 has_cg_input: bool | None = None,
+                 time_steps: "dict[str, TimeStep] | Callable[[], dict[str, TimeStep]] | None" = None):
         self.topology = topology
         self.settings = settings
         #: the mapping onto CG (bead forces, CG consistency), when one was given
@@ -39,6 +49,9 @@ class EvalContext:
         self.reference_frame = reference_frame
         #: the largest neighbour-pair distance any metric asked for (:meth:`need_pairs`)
         self.pair_radius = 0.0
+        #: whether batches carry the frame before their first one (:meth:`need_frame_pairs`)
+        self.frame_pairs = False
+        self._time_steps = time_steps
         self._shared: dict[str, Any] = {}
 
     def shared(self, key: str, make: Callable[[], T]) -> T:
@@ -47,6 +60,25 @@ class EvalContext:
         if key not in self._shared:
             self._shared[key] = make()
         return self._shared[key]
+
+    def need_frame_pairs(self) -> None:
+        """Called by a metric's ``prepare``: it needs consecutive frames, so every batch will also
+        read the selected frame before its first (:attr:`FrameBatch.previous`)."""
+        self.frame_pairs = True
+
+    @property
+    def time_steps(self) -> "dict[str, TimeStep]":
+        """τ of every trajectory by label (``reference`` and the candidates), determined on first
+        use (it reads the frame times); empty when the evaluation did not say."""
+        source = self._time_steps
+        if source is None:
+            return {}
+        return self.shared("time_steps", source if callable(source) else lambda: source)
+
+    @property
+    def has_time_steps(self) -> bool:
+        """Whether :attr:`time_steps` was asked for (the evaluation then reports every τ)."""
+        return "time_steps" in self._shared
 
     @property
     def n_atoms(self) -> int:
@@ -109,16 +141,23 @@ def _pair_list(x: np.ndarray, i: np.ndarray, j: np.ndarray, shift: np.ndarray):
 
 class FrameBatch:
     """Frames of one trajectory: positions (B, N, 3) nm as read, boxes (B, 6) as (a, b, c, α, β, γ),
-    their frame numbers, and the matching CG frames (B, M, 3) when a CG input was given."""
+    their frame numbers, and the matching CG frames (B, M, 3) when a CG input was given.
+
+    With :meth:`EvalContext.need_frame_pairs`: ``previous``, the (positions, box) of the selected
+    frame before the first of this batch (None for a trajectory's first batch), and ``time_step``,
+    the trajectory's τ in ps (None when it is not an equally spaced trajectory)."""
 
     def __init__(self, context: EvalContext, positions: np.ndarray, dimensions: np.ndarray,
-                 frames: np.ndarray, cg: np.ndarray | None = None, label: str = ""):
+                 frames: np.ndarray, cg: np.ndarray | None = None, label: str = "",
+                 previous: tuple[np.ndarray, np.ndarray] | None = None, time_step: float | None = None):
         self.context = context
         self.positions = positions
         self.dimensions = dimensions
         self.frames = frames
         self.cg = cg
         self.label = label
+        self.previous = previous
+        self.time_step = time_step
         self._found: list | None = None  # neighbour pairs (i, j, shift) per frame
         self._found_radius = 0.0
         self._distances: list | None = None  # the same as (i, j, r), compact
@@ -138,6 +177,24 @@ class FrameBatch:
         """Positions with every molecule made whole (bonded geometry needs them)."""
         u = self.context.unwrapper
         return np.stack([u(x, d) for x, d in zip(self.positions, self.dimensions)])
+
+    def displacements(self) -> np.ndarray:
+        """s_i(t) − s_i(t − τ) (P, N, 3) nm for the consecutive frame pairs ending in this batch
+        (P = B with :attr:`previous`, else B − 1), each atom's shortest periodic image: a molecule
+        or atom crossing the box boundary does not jump (true displacements under half a box)."""
+        x, dims = self.positions, self.dimensions
+        if self.previous is not None:
+            x = np.concatenate([self.previous[0][None], x])
+        if len(x) < 2:
+            return np.zeros((0, x.shape[1], 3))
+        d = x[1:] - x[:-1]
+        return np.stack([minimum_image(step, box) for step, box in zip(d, dims[len(dims) - len(d):])])
+
+    def velocities(self) -> np.ndarray:
+        """(s_i(t) − s_i(t − τ)) / τ (P, N, 3) nm/ps (thesis eq. 8.9), see :meth:`displacements`."""
+        if self.time_step is None:
+            raise BackmapError(f"{self.label or 'trajectory'}: no time step, so no velocities")
+        return self.displacements() / self.time_step
 
     def energies(self) -> dict[str, np.ndarray]:
         """Per-molecule energies (B, n_molecules) per force-field term, and ``potential`` (their

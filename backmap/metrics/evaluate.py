@@ -5,6 +5,7 @@ Used by the ``backmap evaluate`` command and the ``evaluate`` recipe step alike.
 """
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -22,7 +23,8 @@ from backmap.forcefield import NonbondedSettings
 from backmap.system.io import atomic_path, read_frames, trajectory_info
 from backmap.metrics.compare import Compared, compare, mean_jsd
 from backmap.metrics.context import EvalContext, FrameBatch
-from backmap.metrics.spec import Histogram, Observable
+from backmap.metrics.spec import Analysis, Histogram, Observable
+from backmap.metrics.timing import TimeStep, time_step
 from backmap.progress import progress
 
 REFERENCE = "reference"
@@ -57,6 +59,9 @@ class EvaluationSpec:
     scheduler: str | None = None
     #: also write every sample to ``samples.npz`` (for analyses beyond the report)
     save_samples: bool = False
+    #: time between consecutive frames of the files (ps), overriding their frame times (dynamics
+    #: metrics): one value for all, or per label (``reference``, candidate labels; ``*`` = the others)
+    dt: float | dict[str, float] | None = None
 
 
 @dataclass
@@ -138,6 +143,24 @@ def _select(path: Path, n_frames: int, spec: EvaluationSpec) -> np.ndarray:
     return frames
 
 
+def _dt_for(spec: EvaluationSpec, labels: list[str]) -> dict[str, float | None]:
+    """The time-step override of each trajectory label (None: its frame times)."""
+    if spec.dt is None or isinstance(spec.dt, (int, float)):
+        return {lab: spec.dt for lab in labels}
+    unknown = sorted(set(spec.dt) - set(labels) - {"*"})
+    if unknown:
+        raise BackmapError(f"dt: no trajectory labelled {unknown[0]!r} (labels: {', '.join(labels)})")
+    bad = [k for k, v in spec.dt.items() if not v > 0]
+    if bad:
+        raise BackmapError(f"dt: the time step of {bad[0]!r} must be positive")
+    return {lab: spec.dt.get(lab, spec.dt.get("*")) for lab in labels}
+
+
+def _time_steps(trajectories: list[Trajectory], dt: dict[str, float | None]) -> dict[str, TimeStep]:
+    """τ of every trajectory (reads the frame times; called only when a metric asks)."""
+    return {t.label: time_step(t.path, t.frames, dt[t.label]) for t in trajectories}
+
+
 def _trajectories(spec: EvaluationSpec, n_atoms: int) -> list[Trajectory]:
     out = []
     for label, path in [(REFERENCE, spec.reference), *zip(_labels(spec), spec.candidates)]:
@@ -173,19 +196,24 @@ def _init_worker() -> None:
         pass
 
 
-def _sample(task: tuple[int, int, np.ndarray]) -> tuple[int, int, dict[str, Any], float]:
-    """Samples of every metric for one batch of frames of one trajectory."""
+def _sample(task: tuple[int, int, np.ndarray, int]) -> tuple[int, int, dict[str, Any], float]:
+    """Samples of every metric for one batch of frames of one trajectory (with the selected frame
+    before it, ``previous`` ≥ 0, when a metric needs consecutive frames)."""
     t0 = time.perf_counter()
-    t_index, chunk, frames = task
+    t_index, chunk, frames, previous = task
     ctx: EvalContext = _STATE["context"]
     traj: Trajectory = _STATE["trajectories"][t_index]
-    read = list(read_frames(traj.path, frames=frames.tolist()))
+    paired = ctx.frame_pairs and previous >= 0
+    read = list(read_frames(traj.path, frames=([previous] if paired else []) + frames.tolist()))
+    first = read.pop(0) if paired else None
+    before = (first.positions, first.dimensions) if first is not None else None
     x = np.stack([f.positions for f in read])
     dims = np.stack([f.dimensions for f in read])
     cg = None
     if traj.cg is not None:
         cg = np.stack([f.positions for f in read_frames(traj.cg, frames=frames.tolist())])
-    batch = FrameBatch(ctx, x, dims, frames, cg, traj.label)
+    tau = ctx.time_steps[traj.label].tau if ctx.frame_pairs else None
+    batch = FrameBatch(ctx, x, dims, frames, cg, traj.label, previous=before, time_step=tau)
     out: dict[str, Any] = {}
     for metric in _STATE["metrics"]:
         out.update(metric.samples(batch, ctx))
@@ -209,11 +237,13 @@ class SamplingJob:
         return {"result": [_sample(t) for t in tasks]}
 
 
-def _tasks(trajectories: list[Trajectory], batch_size: int) -> list[tuple[int, int, np.ndarray]]:
+def _tasks(trajectories: list[Trajectory], batch_size: int) -> list[tuple[int, int, np.ndarray, int]]:
+    """(trajectory, chunk, frames, the selected frame before them or −1) per batch."""
     tasks = []
     for t, traj in enumerate(trajectories):
         for c, start in enumerate(range(0, len(traj.frames), batch_size)):
-            tasks.append((t, c, traj.frames[start:start + batch_size]))
+            previous = int(traj.frames[start - 1]) if start else -1
+            tasks.append((t, c, traj.frames[start:start + batch_size], previous))
     return tasks
 
 
@@ -317,12 +347,15 @@ def run_evaluation(spec: EvaluationSpec, registry=None, console=None) -> dict[st
                              "not compared")
     ref = trajectories[0]
     first = next(read_frames(ref.path, frames=[int(ref.frames[0])]))
-    context = EvalContext(topology, spec.settings, cg_top, has_cg_input=bool(given))
+    dt = _dt_for(spec, [t.label for t in trajectories])
+    context = EvalContext(topology, spec.settings, cg_top, has_cg_input=bool(given),
+                          time_steps=functools.partial(_time_steps, trajectories, dt))
     context.reference_frame = context.unwrapper(first.positions, first.dimensions)
 
     metrics = _metrics(spec, registry)
     observables: list[Observable] = []
     active = []
+    produced: dict[str, list[str]] = {}  # metric → its observables (for its analyse)
     for m in metrics:
         obs = m.prepare(context)
         notes += [f"{m.name}: {n}" for n in getattr(m, "notes", None) or []]
@@ -331,6 +364,9 @@ def run_evaluation(spec: EvaluationSpec, registry=None, console=None) -> dict[st
             continue
         active.append(m)
         observables += obs
+        produced[m.name] = [o.name for o in obs]
+    if context.frame_pairs:  # τ read once here, not by every worker
+        _ = context.time_steps
     names = [o.name for o in observables]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -369,6 +405,8 @@ def run_evaluation(spec: EvaluationSpec, registry=None, console=None) -> dict[st
     compared: list[Compared] = [compare(o, {lab: s[o.name] for lab, s in samples.items() if o.name in s},
                                         REFERENCE, labels) for o in observables]
     by_name = {c.observable.name: c for c in compared}
+    analyses = _analyse(active, produced, samples, context, notes)
+    t_analysed = time.perf_counter()
     headline = spec.headline if spec.headline is not None else default_headline(observables)
     missing = [n for n in headline if n not in by_name]
     if missing:
@@ -381,7 +419,8 @@ def run_evaluation(spec: EvaluationSpec, registry=None, console=None) -> dict[st
                    "mapping": [str(m) for m in spec.mapping], "cg": str(spec.cg) if spec.cg else None,
                    **({"candidate_cg": {lab: None if c is None else str(c) for lab, c in zip(labels, inputs)}}
                       if spec.candidate_cg is not None else {}),
-                   "skip_frames": list(map(int, spec.skip_frames)), "frames": spec.frames},
+                   "skip_frames": list(map(int, spec.skip_frames)), "frames": spec.frames,
+                   **({"dt": spec.dt} if spec.dt is not None else {})},
         "frames": {t.label: len(t.frames) for t in trajectories},
         "frame_indices": {t.label: t.frames.tolist() for t in trajectories},
         "settings": spec.settings.model_dump(),
@@ -393,6 +432,10 @@ def run_evaluation(spec: EvaluationSpec, registry=None, console=None) -> dict[st
                     "mean_jsd_all": mean_jsd(compared, None, labels)},
         "notes": notes,
     }
+    if context.has_time_steps:  # a dynamics metric asked: say which τ each trajectory has
+        result["time_steps"] = {lab: ts.as_dict() for lab, ts in context.time_steps.items()}
+    if analyses:
+        result["analyses"] = {name: a.result for name, a in analyses.items()}
     if console is not None:
         for note in notes:
             console.print(f"note: {note}", highlight=False)
@@ -400,14 +443,29 @@ def run_evaluation(spec: EvaluationSpec, registry=None, console=None) -> dict[st
     out.mkdir(parents=True, exist_ok=True)
     if spec.save_samples:
         _save_samples(out / "samples.npz", samples)
-    write_report(out, result, compared, labels)
+    write_report(out, result, compared, labels, analyses)
     t_done = time.perf_counter()
     result["timing"] = {"prepare_s": round(t_prepared - t_start, 2), "sampling_s": round(t_sampled - t_prepared, 2),
                         "batches_s": round(busy, 2), "workers": workers,
-                        "report_s": round(t_done - t_sampled, 2), "total_s": round(t_done - t_start, 2)}
+                        "analyse_s": round(t_analysed - t_sampled, 2), "report_s": round(t_done - t_analysed, 2), "total_s": round(t_done - t_start, 2)}
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1, default=json_default, allow_nan=True))
     return result
+
+
+def _analyse(metrics: list, produced: dict[str, list[str]], samples: dict[str, dict[str, Any]],
+             context: EvalContext, notes: list[str]) -> dict[str, Analysis]:
+    """Each metric's ``analyse`` (optional) over its own observables' samples of every trajectory."""
+    out = {}
+    for m in metrics:
+        if not hasattr(m, "analyse"):
+            continue
+        own = {lab: {n: v for n, v in s.items() if n in produced[m.name]} for lab, s in samples.items()}
+        analysis = m.analyse(own, context)
+        if analysis is not None:
+            notes += [f"{m.name}: {n}" for n in analysis.notes]
+            out[m.name] = analysis
+    return out
 
 
 def _save_samples(path: Path, samples: dict[str, dict[str, Any]]) -> None:

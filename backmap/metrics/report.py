@@ -10,10 +10,12 @@ import numpy as np
 
 from backmap.system.io import atomic_path
 from backmap.metrics.compare import Compared
+from backmap.metrics.spec import Analysis
 
 FAMILY_TITLES = {"bond": "Bond lengths", "angle": "Angles", "dihedral": "Proper dihedrals",
                  "improper": "Improper dihedrals", "rama": "Backbone (φ, ψ)", "energy": "Energies per molecule",
-                 "rdf": "Radial distribution functions (bonded neighbours excluded)"}
+                 "rdf": "Radial distribution functions (bonded neighbours excluded)",
+                 "velocity": "Speeds between consecutive frames, |s(t) − s(t − τ)| / τ"}
 REFERENCE_COLOR = "0.55"
 COLORS = ["tab:blue", "tab:red", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive"]
 
@@ -47,14 +49,25 @@ def _bold(text: str, on: bool) -> str:
     return f"**{text}**" if on else text
 
 
-def write_report(out: Path, result: dict[str, Any], compared: list[Compared], labels: list[str]) -> Path:
-    """Write ``out/report.md`` and ``out/figures/*.png``; returns the report path."""
+def write_report(out: Path, result: dict[str, Any], compared: list[Compared], labels: list[str],
+                 analyses: dict[str, Analysis] | None = None) -> Path:
+    """Write ``out/report.md`` and ``out/figures/*.png``; returns the report path. ``analyses``
+    (metric name → its :class:`Analysis`) get a section each, after the tables."""
     figures = _figures(out / "figures", compared, labels)
     lines = [f"# Evaluation{': ' + result['title'] if result.get('title') else ''}", ""]
     inp = result["inputs"]
+    steps = result.get("time_steps", {})
+
+    def tau(label: str) -> str:
+        ts = steps.get(label)
+        if ts is None:
+            return ""
+        return f", τ = {ts['tau']:g} ps ({ts['source']})" if ts["tau"] is not None else f", no τ: {ts['reason']}"
+
     lines += [f"- topology: `{inp['topology']}`",
-              f"- reference: `{inp['reference']}` ({result['frames']['reference']} frames)"]
-    lines += [f"- candidate **{lab}**: `{inp['candidates'][lab]}` ({result['frames'][lab]} frames)" for lab in labels]
+              f"- reference: `{inp['reference']}` ({result['frames']['reference']} frames{tau('reference')})"]
+    lines += [f"- candidate **{lab}**: `{inp['candidates'][lab]}` ({result['frames'][lab]} frames{tau(lab)})"
+              for lab in labels]
     if inp["skip_frames"]:
         lines.append(f"- frames left out: {', '.join(map(str, inp['skip_frames']))}")
     if inp["cg"]:
@@ -65,6 +78,11 @@ def write_report(out: Path, result: dict[str, Any], compared: list[Compared], la
     lines += _divergence_table(result, compared, labels)
     lines += _score_table(compared, labels)
     lines += _means_table(compared, labels)
+    for a in (analyses or {}).values():
+        lines += [f"## {a.title}", "", *a.lines, ""]
+        for stem, fig in a.figures.items():
+            path = _save(fig, out / "figures" / f"{stem}.png")
+            lines += [f"![{stem}](figures/{path.name})", ""]
     lines += ["## Figures", ""]
     for fam, path in figures:
         lines += [f"### {FAMILY_TITLES.get(fam, fam)}", "", f"![{fam}](figures/{path.name})", ""]

@@ -10,18 +10,26 @@ A metric produces *observables*, each of one kind that fixes how it is compared 
 - ``score``: a per-frame figure of merit (B, k) such as the clash fraction or the CG RMSD, reported
   as mean ± s.d. per trajectory, no divergence;
 - ``state``: discrete per-frame labels (B, k) such as chirality signs, compared element by element
-  with the reference frame at the same position: the fraction preserved.
+  with the reference frame at the same position: the fraction preserved;
+- ``series``: per-frame values (B, …) that are not compared one by one but kept in trajectory order
+  (the batches joined in frame order) for the metric's own ``analyse`` (e.g. the (φ, ψ) time series
+  of a Markov state model).
+
+A metric may define ``analyse(samples, context) -> Analysis | None``: called once in the main
+process after sampling with ``samples[label][observable]`` of its own observables (every kind, in
+trajectory order) for the reference and each candidate; ``context.time_steps`` gives each
+trajectory's τ. Its :class:`Analysis` goes to ``metrics.json`` (``analyses``) and the report.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 
 from backmap.metrics.divergence import Binning
 
-Kind = Literal["distribution", "histogram", "score", "state"]
+Kind = Literal["distribution", "histogram", "score", "state", "series"]
 
 
 @dataclass(frozen=True)
@@ -66,3 +74,15 @@ class Histogram:
 
     def take(self, rows: slice | np.ndarray) -> "Histogram":
         return Histogram(self.counts[rows], None if self.expected is None else self.expected[rows])
+
+
+@dataclass
+class Analysis:
+    """A metric's result over whole trajectories (what per-frame samples cannot give: an MSM's
+    timescales, a free-energy surface), computed by its ``analyse`` once all samples are in."""
+
+    title: str  # the report's section heading
+    result: dict[str, Any]  # → metrics.json ``analyses[metric name]`` (JSON-able; numpy is converted)
+    lines: list[str] = field(default_factory=list)  # Markdown for the report section
+    figures: dict[str, Any] = field(default_factory=dict)  # file stem → matplotlib Figure, saved as figures/<stem>.png
+    notes: list[str] = field(default_factory=list)  # e.g. trajectories left out and why (the report's notes)

@@ -119,7 +119,8 @@ def _local_pairs_within(mt, n_bonds: int) -> np.ndarray:
 def peptide_backbone(topology: Topology) -> np.ndarray:
     """Backbone atoms of every amino-acid residue that has N, CA and C, as global indices
     (n_residues, 5): C of the previous residue, N, CA, C, N of the next residue — the first and last
-    are −1 where there is no peptide bond. φ = columns 0–3, ψ = columns 1–4. Empty without peptides."""
+    are −1 where there is no peptide bond. The neighbours may be capping groups (ACE's C, NME's N:
+    alanine dipeptide has one φ and one ψ). φ = columns 0–3, ψ = columns 1–4. Empty without peptides."""
     out = []
     for block in topology.blocks:
         local = _local_backbone(block.moltype)
@@ -145,9 +146,11 @@ def _local_backbone(mt) -> np.ndarray:
     for k, r in enumerate(residues):
         if not ok[k]:
             continue
-        prev = residues[k - 1]["C"] if k > 0 and ok[k - 1] and g.has_edge(residues[k - 1]["C"], r["N"]) else -1
-        nxt = (residues[k + 1]["N"] if k + 1 < len(residues) and ok[k + 1]
-               and g.has_edge(r["C"], residues[k + 1]["N"]) else -1)
+        # the neighbour across a peptide bond may be a cap (ACE's C, NME's N), not an amino acid
+        before = residues[k - 1].get("C", -1) if k > 0 else -1
+        after = residues[k + 1].get("N", -1) if k + 1 < len(residues) else -1
+        prev = before if before >= 0 and g.has_edge(before, r["N"]) else -1
+        nxt = after if after >= 0 and g.has_edge(r["C"], after) else -1
         if prev >= 0 or nxt >= 0:
             rows.append((prev, r["N"], r["CA"], r["C"], nxt))
     return np.array(rows, int).reshape(-1, 5)

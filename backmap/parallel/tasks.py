@@ -26,7 +26,12 @@ class FrameJob(Protocol):
     refiners; ``threads``: the worker's share of the cores, None in the main process), then
     ``run_block(items)`` per block, returning arrays and ``"rows"`` (JSON-able, one per item).
     What ``setup`` builds belongs to the process: keep it in ``_local…`` attributes of a
-    :class:`ProcessLocal` job, which are not pickled when Dask copies the job to another worker."""
+    :class:`ProcessLocal` job, which are not pickled when Dask copies the job to another worker.
+
+    A job whose items depend on the ones before (``chained = True``: trajectory-mode backmapping)
+    runs its blocks in order in this process; before each block, ``carry_over(result)`` gets the
+    previous block's result (None before the first) — also when that block came from a resumed
+    run's store."""
 
     def setup(self, threads: int | None = None) -> None: ...
 
@@ -74,13 +79,24 @@ def run_blocks(job: FrameJob, blocks: Sequence[Sequence[Any]], cluster: ClusterO
         else:
             kept[b] = result
 
+    chained = bool(getattr(job, "chained", False))
+    if todo and chained and cluster.distributed:
+        say(f"{where}: trajectory mode runs the frames in order, in this process (each frame needs the one "
+            "before it); the cluster is not used")
     try:
-        if todo and cluster.distributed:
+        if todo and cluster.distributed and not chained:
             _run_on_cluster(job, blocks, todo, cluster, keep, description, where)
         elif todo:
             job.setup(None)
+            last: tuple[int, BlockResult] | None = None
             for b in progress(todo, total=len(todo), description=description):
-                keep(b, job.run_block(blocks[b]))
+                if chained:  # the block goes on from the result of the one before (kept, or from the store)
+                    before = last[1] if last is not None and last[0] == b - 1 else \
+                        None if b == 0 else store.get(b - 1) if store is not None else kept[b - 1]
+                    job.carry_over(before)
+                result = job.run_block(blocks[b])
+                keep(b, result)
+                last = (b, result)
     except BaseException:
         if store is not None:
             store.discard_if_empty()

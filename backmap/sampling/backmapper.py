@@ -38,6 +38,10 @@ class BackmapSettings(BaseModel):
     restraint: float = Field(1000.0, ge=0, description="CG restraint constant for minimization (kJ/mol/nm²)")
     stereo_reference: Path | None = Field(None, description="AA structure of the system (first frame used) whose "
                                                            "stereocentres' handedness the sampler keeps")
+    frame_by_frame: bool = Field(False, description="with a model trained in trajectory mode (environment.temporal): "
+                                                    "every frame on its own, as a trajectory's first (the frame-wise "
+                                                    "baseline); otherwise frames run in order, each conditioned on "
+                                                    "the AA frame written before it")
     stereo_weight: float = Field(1e5, ge=0, description="selection penalty per flipped neighbour triple of a stereocentre (kJ/mol); "
                                                          "the default outweighs any candidate's other energy")
     # the model's environment: optional, and refused if it differs
@@ -90,16 +94,23 @@ class Backmapper:
 
             self.forcefield = ForceField(self.cg_topology.topology, dtype=torch.float32)
 
-    def backmap_frame(self, cg: Frame, rng: np.random.Generator | None = None) -> tuple[Frame, float | None]:
+    @property
+    def temporal(self) -> bool:
+        """The generator conditions each frame on the previous AA frame (trajectory mode)."""
+        return bool(getattr(self.generator.environment, "temporal", False)) and not self.settings.frame_by_frame
+
+    def backmap_frame(self, cg: Frame, rng: np.random.Generator | None = None,
+                      previous: np.ndarray | None = None) -> tuple[Frame, float | None]:
         """One AA frame (the AA topology's atom order, molecules whole) and, with a stereo reference,
         its fraction of stereocentres kept. ``rng``: the frame's own random stream (default
         :func:`backmap.parallel.frame_rng` of the seed and the frame's index), so that a frame's
-        result depends on neither the frames before it nor the process that draws it."""
+        result depends on neither the frames before it nor the process that draws it — except, in
+        trajectory mode, through ``previous``: the AA frame written before it (None for the first)."""
         from backmap.parallel import frame_rng
 
         self.sampler.rng = rng if rng is not None else frame_rng(self.seed, cg.index if cg.index is not None else 0)
         beads = self._whole_cg(cg.positions, cg.dimensions)
-        x = self.sampler.backmap(beads, cg.box)
+        x = self.sampler.backmap(beads, cg.box, previous=previous)
         if self.forcefield is not None:
             from backmap.forcefield.minimize import minimize_restrained
 
@@ -115,10 +126,13 @@ class Backmapper:
         from backmap.parallel import frame_rng
 
         self.chirality_kept: list[float] = []
+        previous = None
         for k, cg in enumerate(progress(frames, total=total, description="backmapping")):
-            aa, kept = self.backmap_frame(cg, frame_rng(self.seed, cg.index if cg.index is not None else k))
+            aa, kept = self.backmap_frame(cg, frame_rng(self.seed, cg.index if cg.index is not None else k), previous)
             if kept is not None:
                 self.chirality_kept.append(kept)
+            if self.temporal:
+                previous = aa.positions
             yield aa
 
 

@@ -204,6 +204,10 @@ class EnvironmentBatch:
     molecule: torch.Tensor = field(repr=False, default=None)
     #: per (target, neighbour) numbers from the builder's ``pair_params`` hook (B, C, U, K), or None
     pair_params: torch.Tensor | None = field(repr=False, default=None)
+    #: trajectory mode (``EnvironmentSpec.temporal``): the unit's atoms in the previous AA frame,
+    #: this frame's local frame (B, U, 3), and where that frame is known (B, U); None otherwise
+    previous_positions: torch.Tensor | None = field(repr=False, default=None)
+    previous_mask: torch.Tensor | None = field(repr=False, default=None)
 
     @property
     def size(self) -> int:
@@ -256,6 +260,7 @@ class EnvironmentBuilder:
         self.margin = margin
         self.strip_hydrogens = strip_hydrogens
         self.dtype = dtype
+        self._previous: np.ndarray | None = None
         topo = cg_topology.topology
         self.n_atoms = topo.n_atoms
         # per atom: global home bead, type channel, molecule, local index, heavy?
@@ -286,6 +291,8 @@ class EnvironmentBuilder:
         candidate neighbour atoms and beads with their periodic shifts."""
         self.beads = np.asarray(cg_positions, np.float64)
         self.box = np.asarray(box, np.float64)
+        self._box_dims = _dims(self.box)
+        self._previous = None
         self._cache: dict = {}
         self._bead_cache: dict = {}
         reach = self.cutoff + self.margin
@@ -328,6 +335,50 @@ class EnvironmentBuilder:
             c = np.clip(self._cand, 0, None)
             self._adjacent_h = torch.as_tensor(
                 adjacent[np.arange(m)[:, None], self.home[c]] & ~self.heavy[c] & (self._cand >= 0))
+
+    def set_previous(self, positions: np.ndarray | None) -> None:
+        """The previous AA frame (N, 3) of a trajectory, molecules whole, or None (its first frame,
+        or frame-wise backmapping): environments built from now on until the next :meth:`set_frame`
+        carry its positions of the unit's atoms (:attr:`EnvironmentBatch.previous_positions`)."""
+        self._previous = None if positions is None else np.asarray(positions, np.float64)
+        self._previous_beads = None if positions is None else self.cg.apply(self._previous)
+        self._previous_cache: dict = {}
+
+    def previous_local(self, units: np.ndarray, bead: np.ndarray, predecessor: np.ndarray,
+                       frame_beads: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, U, 3) positions of ``units``' atoms (global indices, -1 padding) in the previous
+        frame, in *that* frame's local frame of the unit (its beads mapped from the previous AA
+        frame): the unit's internal motion, free of the molecule's translation and rotation
+        between the frames, in the coordinates the unit is placed in now; and (B, U) where known.
+        Zeros and False without a previous frame."""
+        units = np.asarray(units)
+        known = torch.as_tensor((units >= 0) & (self._previous is not None))
+        if self._previous is None:
+            return torch.zeros(units.shape + (3,), dtype=self.dtype), known
+        key = (units.tobytes(), units.shape, np.asarray(bead).tobytes())
+        if key not in self._previous_cache:  # the same units are placed several times per frame (sweeps)
+            centre, rot = self._frames(self._previous_beads, bead, predecessor, frame_beads)
+            rel = self._previous[np.clip(units, 0, None)] - centre.numpy().astype(np.float64)[:, None]
+            local = torch.as_tensor(minimum_image(rel, self._box_dims), dtype=self.dtype) @ rot.transpose(1, 2)
+            self._previous_cache[key] = (torch.where(known[..., None], local, torch.zeros_like(local)), known)
+        return self._previous_cache[key]
+
+    def _frames(self, beads: np.ndarray, bead: np.ndarray, predecessor: np.ndarray,
+                frame_beads: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Centres (B, 3) and rotations (B, 3, 3) of the local frames of ``bead`` in the CG
+        positions ``beads``: z towards the predecessor, x towards another bonded bead."""
+        centre = torch.as_tensor(beads[bead], dtype=self.dtype)
+        pred = np.where(predecessor >= 0, predecessor, bead)
+        axis = torch.as_tensor(minimum_image(beads[pred] - beads[bead], self._box_dims), dtype=self.dtype)
+        towards = None
+        if frame_beads is not None and frame_beads.shape[1] > 1:  # a bonded bead other than the unit's own and its predecessor
+            others = np.where(frame_beads[:, 1:] == pred[:, None], -1, frame_beads[:, 1:])
+            pick = np.argmax(others >= 0, axis=1)
+            second = others[np.arange(len(others)), pick]
+            if (second >= 0).any():
+                vec = minimum_image(beads[np.where(second >= 0, second, bead)] - beads[bead], self._box_dims)
+                towards = torch.as_tensor(vec, dtype=self.dtype)
+        return centre, frame_rotation(axis, towards)
 
     # ------------------------------------------------------------------ per step
     def prepare(self, moltype: str, groups: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]],
@@ -400,11 +451,15 @@ class EnvironmentBuilder:
             cand, types = cand.gather(1, order), types.gather(1, order)
         inter = self.interactions(moltype, st["units"], cand, types)
         pp = None if self.pair_params is None else self.pair_params(moltype, st["units"], cand, mask)
+        prev = prev_ok = None
+        if self._previous is not None:
+            prev, prev_ok = self.previous_local(units_atoms, bead, predecessor, frame_beads)
         return EnvironmentBatch(
             frame_beads=st["fb"], centre=st["centre"], rotation=st["rot"], atom_positions=rel @ st["rot_t"],
             atom_types=types, atom_mask=mask, interaction=inter, bead_positions=st["b_local"],
             bead_types=st["bead_types"], bead_mask=st["b_ok"], target_types=st["target_types"],
-            target_mask=st["u_ok"], target_atoms=st["units"], atom_index=cand, molecule=st["molecule"], pair_params=pp)
+            target_mask=st["u_ok"], target_atoms=st["units"], atom_index=cand, molecule=st["molecule"], pair_params=pp,
+            previous_positions=prev, previous_mask=prev_ok)
 
     def _static(self, moltype: str, units_atoms: np.ndarray, bead: np.ndarray, predecessor: np.ndarray,
                 frame_beads: np.ndarray | None) -> dict:
@@ -428,20 +483,7 @@ class EnvironmentBuilder:
     def _bead_static(self, bead: np.ndarray, predecessor: np.ndarray, frame_beads: np.ndarray | None) -> dict:
         """Frame, candidate neighbour atoms and neighbour beads of a group of beads."""
         bead_t = torch.as_tensor(bead)
-        centre = self._beads_t[bead_t]
-        # frame axis: to the predecessor's nearest image
-        pred = np.where(predecessor >= 0, predecessor, bead)
-        axis_np = minimum_image(self.beads[pred] - self.beads[bead], _dims(self.box))
-        axis = torch.as_tensor(axis_np, dtype=self.dtype)
-        towards = None
-        if frame_beads is not None and frame_beads.shape[1] > 1:  # a bonded bead other than the unit's own and its predecessor
-            others = np.where(frame_beads[:, 1:] == pred[:, None], -1, frame_beads[:, 1:])
-            pick = np.argmax(others >= 0, axis=1)
-            second = others[np.arange(len(others)), pick]
-            if (second >= 0).any():
-                vec = minimum_image(self.beads[np.where(second >= 0, second, bead)] - self.beads[bead], _dims(self.box))
-                towards = torch.as_tensor(vec, dtype=self.dtype)
-        rot = frame_rotation(axis, towards)
+        centre, rot = self._frames(self.beads, bead, predecessor, frame_beads)
         cand = self._cand_t[bead_t]  # (B, K)
         c = cand.clamp(min=0)
         mask = cand >= 0  # padding out
@@ -458,7 +500,7 @@ class EnvironmentBuilder:
         b_local = (b_rel @ rot_t).gather(1, perm[:, :, None].expand(-1, -1, 3))
         fb = None
         if frame_beads is not None:  # (B, F) global bead indices, nearest images to the centre
-            fb_rel = minimum_image(self.beads[frame_beads] - self.beads[bead][:, None], _dims(self.box))
+            fb_rel = minimum_image(self.beads[frame_beads] - self.beads[bead][:, None], self._box_dims)
             fb = torch.as_tensor(fb_rel, dtype=self.dtype) @ rot_t
         shift = self._cand_shift_t[bead_t]
         return {"centre": centre, "rot": rot, "rot_t": rot_t, "cand": cand, "c": c, "shift": shift,

@@ -322,15 +322,18 @@ class Sampler:
         return env
 
     def backmap(self, cg_positions: np.ndarray, box: np.ndarray, start: np.ndarray | None = None,
-                progress_label: str | None = None) -> np.ndarray:
+                progress_label: str | None = None, previous: np.ndarray | None = None) -> np.ndarray:
         """AA positions (N, 3) nm for one CG frame (M, 3) with molecules whole. ``start``: an
         initial AA structure — then the forward pass is skipped and only Gibbs sweeps run
-        (morphing scheme B)."""
+        (morphing scheme B). ``previous``: the AA frame before this one in a trajectory, which the
+        environments carry for a generator trained in trajectory mode (``EnvironmentSpec.temporal``)."""
         with torch_threads(1):  # small tensors per step (also the per-frame neighbour search)
-            return self._backmap(cg_positions, box, start, progress_label)
+            return self._backmap(cg_positions, box, start, progress_label, previous)
 
-    def _backmap(self, cg_positions, box, start, progress_label) -> np.ndarray:
+    def _backmap(self, cg_positions, box, start, progress_label, previous=None) -> np.ndarray:
         self.builder.set_frame(cg_positions, box)
+        if getattr(self.generator.environment, "temporal", False):
+            self.builder.set_previous(previous)
         if self.energy is not None:
             self.energy.reset()
         n = self.cg.topology.n_atoms

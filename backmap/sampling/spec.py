@@ -32,6 +32,10 @@ class EnvironmentSpec(BaseModel):
         "types", description="interaction channels derived from the topology: bond/angle/dihedral/LJ (types), or "
                              "also split by the atom types of the pair (split); a recipe's system.channels map "
                              "(DeepBackmap ff.txt) overrides both")
+    temporal: bool = Field(
+        False, description="trajectory mode (thesis ch. 8): every unit also sees where its own atoms were in the "
+                           "previous AA frame, so consecutive frames stay coherent; trained on consecutive "
+                           "frames, applied to a CG trajectory in order")
 
     def check_against(self, given: Mapping[str, Any], where: str) -> None:
         """Refuse settings in ``given`` (None = not given) that differ from this spec."""

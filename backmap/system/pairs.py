@@ -39,6 +39,23 @@ class PairSet:
         return PairSet(self.aa[mask], self.cg[mask], self.dimensions[mask], self.frames[mask],
                        self.is_test[mask], dict(self.info))
 
+    def previous_index(self) -> np.ndarray:
+        """For each pair, the index of the pair one frame spacing earlier (the selection's step:
+        the most common difference of ``frames``), or -1 if that frame is not in the set — what
+        trajectory-mode training (``EnvironmentSpec.temporal``) conditions each frame on."""
+        out = np.full(len(self.frames), -1)
+        if len(self.frames) < 2:
+            return out
+        diffs = np.diff(self.frames)
+        steps, counts = np.unique(diffs[diffs > 0], return_counts=True)
+        if not len(steps):
+            return out
+        step = steps[np.argmax(counts)]
+        where = {int(f): k for k, f in enumerate(self.frames)}
+        for k, f in enumerate(self.frames):
+            out[k] = where.get(int(f - step), -1)
+        return out
+
     def train(self) -> "PairSet":
         return self.subset(~self.is_test)
 

@@ -44,7 +44,8 @@ class TrainingData:
         key = tuple(contexts)
         if key not in self._sequences:
             self._sequences[key] = build_sequences(self.cg_topology, self.plans, self.train(), self.channels, key,
-                                                   cutoff=self.spec.cutoff, strip_hydrogens=self.spec.strip_hydrogens)
+                                                   cutoff=self.spec.cutoff, strip_hydrogens=self.spec.strip_hydrogens,
+                                                   temporal=self.spec.temporal)
         return self._sequences[key]
 
 

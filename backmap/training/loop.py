@@ -315,7 +315,9 @@ def trim(seqs: BeadSequences) -> BeadSequences:
         bead_types=seqs.bead_types[:, :L], bead_mask=seqs.bead_mask[:, :L],
         target_positions=seqs.target_positions[:, :T], target_types=seqs.target_types[:, :T],
         target_atoms=seqs.target_atoms[:, :T], target_mask=seqs.target_mask[:, :T], frame=seqs.frame,
-        bead=seqs.bead, context=seqs.context)
+        bead=seqs.bead, context=seqs.context,
+        previous_positions=None if seqs.previous_positions is None else seqs.previous_positions[:, :T],
+        previous_mask=None if seqs.previous_mask is None else seqs.previous_mask[:, :T])
 
 
 def _fingerprint(generator: NetworkGenerator, seqs: BeadSequences, seed: int, batch_size: int) -> str:

@@ -54,6 +54,10 @@ class BeadSequences:
     frame: torch.Tensor  # (S,) index of the frame in the pair set
     bead: torch.Tensor  # (S,) global bead index
     context: torch.Tensor  # (S,) index into CONTEXTS
+    #: trajectory mode: the bead's atoms in the previous frame, this frame's local frame (S, T, 3),
+    #: and where there is one (S, T); zeros and False for frame-wise sequences (None: not built)
+    previous_positions: torch.Tensor | None = None
+    previous_mask: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.frame.shape[0])
@@ -61,7 +65,8 @@ class BeadSequences:
     def select(self, index) -> "BeadSequences":
         """The sequences at ``index`` (tensor, array or slice), all fields."""
         index = torch.as_tensor(index) if not isinstance(index, slice) else index
-        return BeadSequences(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+        return BeadSequences(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
+                                for f in fields(self)})
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -69,15 +74,18 @@ class BeadSequences:
 
 
 def _pad_cat(arrays: list[np.ndarray], axes: tuple[int, ...], fill) -> np.ndarray:
-    """Concatenate along axis 0 after padding ``axes`` to their largest size."""
-    size = {a: max(x.shape[a] for x in arrays) for a in axes}
-    out = []
+    """Concatenate along axis 0 after padding ``axes`` to their largest size (into one array
+    filled once: one np.pad per part cost a quarter of building the sequences of a small molecule)."""
+    shape = list(arrays[0].shape)
+    for a in axes:
+        shape[a] = max(x.shape[a] for x in arrays)
+    shape[0] = sum(x.shape[0] for x in arrays)
+    out = np.full(shape, fill, dtype=np.result_type(*arrays))
+    row = 0
     for x in arrays:
-        pad = [(0, 0)] * x.ndim
-        for a in axes:
-            pad[a] = (0, size[a] - x.shape[a])
-        out.append(np.pad(x, pad, constant_values=fill))
-    return np.concatenate(out, 0)
+        out[(slice(row, row + x.shape[0]),) + tuple(slice(0, n) for n in x.shape[1:])] = x
+        row += x.shape[0]
+    return out
 
 
 def _bead_groups(plan: Plan) -> list[list[int]]:
@@ -93,23 +101,29 @@ def _bead_groups(plan: Plan) -> list[list[int]]:
 
 def build_sequences(cg_topology: CGTopology, plans: dict[str, Plan], pairs: PairSet, channels: Channels,
                     contexts: tuple[str, ...] = ("forward",), cutoff: float = 0.7, strip_hydrogens: bool = True,
-                    label: str | None = "training environments") -> BeadSequences:
+                    label: str | None = "training environments", temporal: bool = False) -> BeadSequences:
     """Sequences for every bead of every frame of ``pairs`` in each of ``contexts``, ordered
     context-major (all beads of all frames for the first context, then the next), so that
-    sequence ``c * n + i`` is bead-frame ``i`` in context ``c``."""
+    sequence ``c * n + i`` is bead-frame ``i`` in context ``c``. ``temporal``: each sequence also
+    carries its atoms' positions in the pair one frame spacing earlier
+    (:meth:`PairSet.previous_index`; a frame without one has ``previous_mask`` False)."""
     unknown = set(contexts) - set(CONTEXTS)
     if unknown:
         raise BackmapError(f"unknown training context {sorted(unknown)[0]!r} (known: {', '.join(CONTEXTS)})")
     with torch_threads(1):  # many small tensors (backmap.threads)
-        return _build_sequences(cg_topology, plans, pairs, channels, contexts, cutoff, strip_hydrogens, label)
+        return _build_sequences(cg_topology, plans, pairs, channels, contexts, cutoff, strip_hydrogens, label,
+                                temporal)
 
 
-def _build_sequences(cg_topology, plans, pairs, channels, contexts, cutoff, strip_hydrogens, label) -> BeadSequences:
+def _build_sequences(cg_topology, plans, pairs, channels, contexts, cutoff, strip_hydrogens, label,
+                     temporal) -> BeadSequences:
     builder = EnvironmentBuilder(cg_topology, plans, channels, cutoff=cutoff, strip_hydrogens=strip_hydrogens)
     n_atoms = cg_topology.topology.n_atoms
+    previous = pairs.previous_index() if temporal else np.full(len(pairs), -1)
     parts: dict[str, list[dict[str, np.ndarray]]] = {c: [] for c in contexts}
     for f in progress(range(len(pairs)), total=len(pairs), description=label or ""):
         builder.set_frame(pairs.cg[f].astype(np.float64), box_vectors(pairs.dimensions[f]))
+        builder.set_previous(pairs.aa[previous[f]] if previous[f] >= 0 else None)
         positions = torch.as_tensor(pairs.aa[f], dtype=torch.float32)
         for context in contexts:
             done_blocks = np.zeros(n_atoms, bool)
@@ -133,7 +147,8 @@ def _build_sequences(cg_topology, plans, pairs, channels, contexts, cutoff, stri
         "bead_mask": ((1,), False, torch.bool), "target_positions": (t_axes, 0.0, torch.float32),
         "target_types": (t_axes, 0, torch.long), "target_atoms": (t_axes, -1, torch.long),
         "target_mask": (t_axes, False, torch.bool), "frame": ((), 0, torch.long), "bead": ((), 0, torch.long),
-        "context": ((), 0, torch.long)}
+        "context": ((), 0, torch.long), "previous_positions": (t_axes, 0.0, torch.float32),
+        "previous_mask": (t_axes, False, torch.bool)}
     out = {name: torch.as_tensor(_pad_cat([p[name] for p in flat], axes, fill)).to(dtype)
            for name, (axes, fill, dtype) in spec.items()}
     return BeadSequences(**out)
@@ -185,7 +200,8 @@ def _bead_group(builder: EnvironmentBuilder, cb, plan: Plan, steps: list[int], p
     vis = torch.stack([take(m) for m in masks], 1) & keep[:, None]
     inter = torch.stack([take(i) for i in inters], 1)
     lab = positions[target_atoms] - env0.centre[:, None]
-    return {"atom_positions": take(env0.atom_positions).numpy(), "atom_types": take(env0.atom_types).numpy(),
+    prev, prev_ok = builder.previous_local(target_atoms.numpy(), bead, pred, frame_beads)
+    return {"previous_positions": prev.numpy(), "previous_mask": prev_ok.numpy(),"atom_positions": take(env0.atom_positions).numpy(), "atom_types": take(env0.atom_types).numpy(),
             "atom_index": index.numpy(), "slot": slot.numpy(), "visible": vis.numpy(),
             "interaction": inter.numpy().astype(np.uint8),
             "bead_positions": env0.bead_positions.numpy(), "bead_types": env0.bead_types.numpy(),

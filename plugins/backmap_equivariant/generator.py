@@ -30,6 +30,8 @@ STATE_FORMAT = 1
 NEAR_BEADS = 4
 #: iterations of learning-rate warm-up
 WARMUP = 100
+#: trajectory mode: features of an atom's previous-frame position in its current NeRF frame
+N_PREVIOUS_IC = 6
 
 
 class Tables:
@@ -152,8 +154,11 @@ class EquivariantGenerator(NetworkGenerator):
         self.encoder = Encoder(layout["n_atom_types"], layout["n_interactions"], layout["n_bead_types"],
                                self.tables.U, width=p.width, vectors=p.vectors, tensors=p.tensors, parity=p.parity)
         n_context = self.encoder.n_scalars + p.width + self._extra_context_width()
-        known = self.tables.U + self.tables.E
+        # points the head sees from each atom's NeRF frame: the unit's atoms built before, placed
+        # atoms of other beads, and in trajectory mode the unit's atoms in the previous frame
+        known = self.tables.U + self.tables.E + (self.tables.U if layout.get("temporal") else 0)
         n_frame = 3 * p.vectors + 3 * (3 + NEAR_BEADS) + NEAR_BEADS * layout["n_bead_types"] + 4 * known
+        n_frame += N_PREVIOUS_IC if layout.get("temporal") else 0
         self.head = Head(n_context, self.tables.n_slots, n_frame, hidden=p.hidden)
 
     def _extra_context_width(self) -> int:
@@ -187,7 +192,8 @@ class EquivariantGenerator(NetworkGenerator):
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             self._build({"n_atom_types": data.channels.n_atom_types, "n_interactions": data.channels.n_interactions,
-                         "n_bead_types": len(data.channels.bead_types)})
+                         "n_bead_types": len(data.channels.bead_types),
+                         "temporal": int(bool(getattr(self.environment, "temporal", False)))})
 
     def _reference_ics(self, seqs) -> None:
         """Mean bond angle and parent distance of every slot in the training data: the head
@@ -218,7 +224,52 @@ class EquivariantGenerator(NetworkGenerator):
                 "atom_index": seqs.atom_index, "atom_mask": seqs.visible[:, 0] & (seqs.atom_index >= 0),
                 "interaction": seqs.interaction, "bead_positions": seqs.bead_positions, "bead_types": seqs.bead_types,
                 "bead_mask": seqs.bead_mask, "target_atoms": seqs.target_atoms, "target_mask": seqs.target_mask,
-                "targets": seqs.target_positions}
+                "targets": seqs.target_positions,
+                **self._previous_frame(seqs.previous_positions, seqs.previous_mask, seqs.target_mask)}
+
+    def _previous_frame(self, positions, mask, target_mask) -> dict:
+        """Trajectory mode: the unit's atoms in the previous frame padded to the tables' U slots
+        (plan order, as the pool), and where known; nothing for a frame-wise model."""
+        if not self.layout.get("temporal"):
+            return {}
+        B, T = target_mask.shape
+        prev = torch.zeros(B, self.tables.U, 3)
+        ok = torch.zeros(B, self.tables.U, dtype=torch.bool)
+        if positions is not None:
+            prev[:, :T] = positions
+            ok[:, :T] = mask & target_mask
+        return {"previous_frame": prev, "previous_frame_ok": ok}
+
+    def _known(self, points: torch.Tensor, ok: torch.Tensor, v: dict, rows: int = 1):
+        """The points the head may see (B, P, 3) and their flags (..., P): ``points``/``ok`` with,
+        in trajectory mode, the unit's previous-frame atoms appended (each row repeated ``rows``
+        times, for K candidates)."""
+        if "previous_frame" not in v:
+            return points, ok
+        prev, prev_ok = v["previous_frame"].repeat_interleave(rows, 0), v["previous_frame_ok"].repeat_interleave(rows, 0)
+        if ok.ndim == 3:  # per step (B, T, P)
+            prev, prev_ok = prev[:, None].expand(-1, ok.shape[1], -1, -1), prev_ok[:, None].expand(-1, ok.shape[1], -1)
+        return torch.cat([points, prev], -2), torch.cat([ok, prev_ok], -1)
+
+    def _previous_ics(self, v: dict, slots: torch.Tensor, d, g, p, rows: int = 1) -> torch.Tensor | None:
+        """Trajectory mode: where each atom being placed (plan ``slots``, (B, T) or (B,)) was in
+        the previous frame, as internal coordinates on its current references (d, g, p): r (nm ×
+        10), cos θ, sin θ, cos φ, sin φ and a known-flag. The head's most direct cue for staying
+        close to the previous frame (a methyl rotamer kept, a dihedral continued). None otherwise."""
+        if "previous_frame" not in v:
+            return None
+        prev = v["previous_frame"].repeat_interleave(rows, 0)
+        ok = v["previous_frame_ok"].repeat_interleave(rows, 0)
+        if slots.ndim == 2:
+            x, known = prev.gather(1, slots[..., None].expand(-1, -1, 3)), ok.gather(1, slots)
+        else:
+            x, known = prev[torch.arange(len(slots)), slots], ok[torch.arange(len(slots)), slots]
+        local = ((x - p)[..., None, :] @ frame(d, g, p).transpose(-1, -2))[..., 0, :]
+        r = local.norm(dim=-1).clamp(min=1e-6)
+        rho = local[..., 1:].norm(dim=-1).clamp(min=1e-9)
+        feats = torch.stack([r * 10, -local[..., 0] / r, rho / r, local[..., 1] / rho, local[..., 2] / rho,
+                             torch.ones_like(r)], -1)
+        return feats * known[..., None].to(feats.dtype)
 
     def _teacher(self, v: dict):
         """Reference triples, the internal coordinates of the reference positions, and the pool of
@@ -286,8 +337,11 @@ class EquivariantGenerator(NetworkGenerator):
         unit_ok = t.rank[v["keys"]][:, None, :] < torch.arange(T)[None, :, None]  # (B, T, U)
         known_ok = torch.cat([unit_ok, found[:, None].expand(-1, T, -1)], -1)
         over_t = lambda x: x[:, None].expand(-1, T, *x.shape[1:])
-        feats = self._features(over_t(vectors), over_t(near), over_t(near_types), over_t(pool[:, :t.U + t.E]),
-                               known_ok, d, g, p)
+        known, known_ok = self._known(over_t(pool[:, :t.U + t.E]), known_ok, v)
+        feats = self._features(over_t(vectors), over_t(near), over_t(near_types), known, known_ok, d, g, p)
+        prev_ic = self._previous_ics(v, t.order[v["keys"]][:, :T], d, g, p)
+        if prev_ic is not None:
+            feats = torch.cat([feats, prev_ic], -1)
         r_ref = self.r_ref[slot]
         h = self.head.features(over_t(self._decoder_context(scalars, v)), slot, self._previous(r, theta, phi, r_ref),
                                feats)
@@ -323,9 +377,14 @@ class EquivariantGenerator(NetworkGenerator):
         if p.mirror_augment:  # mirror half of the batch: y → −y in the local frame (a right-handed frame stays one)
             flip = torch.as_tensor(loop.np_rng.random(len(beads)) < 0.5)
             sign = torch.where(flip, -1.0, 1.0)[:, None]
-            for k in ("atom_positions", "bead_positions", "targets"):
+            for k in ("atom_positions", "bead_positions", "targets", "previous_frame"):
+                if k not in v:
+                    continue
                 v[k] = v[k].clone()
                 v[k][..., 1] *= sign
+        if "previous_frame" in v and p.previous_dropout > 0:  # some frames without one: the first frame of a trajectory
+            drop = torch.as_tensor(loop.np_rng.random(len(beads)) < p.previous_dropout)
+            v["previous_frame_ok"] = v["previous_frame_ok"] & ~drop[:, None]
         loss, stats = self._training_loss(v, loop)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -373,7 +432,8 @@ class EquivariantGenerator(NetworkGenerator):
                 "atom_types": batch.atom_types, "atom_index": batch.atom_index, "atom_mask": batch.atom_mask,
                 "interaction": batch.interaction, "bead_positions": batch.bead_positions,
                 "bead_types": batch.bead_types, "bead_mask": batch.bead_mask, "target_atoms": batch.target_atoms,
-                "target_mask": batch.target_mask}
+                "target_mask": batch.target_mask,
+                **self._previous_frame(batch.previous_positions, batch.previous_mask, batch.target_mask)}
 
     def propose(self, batch: EnvironmentBatch, n_candidates: int, rng: np.random.Generator) -> torch.Tensor:
         self._require()
@@ -412,8 +472,12 @@ class EquivariantGenerator(NetworkGenerator):
         for a in range(U):
             c = codes[:, a]
             p, g, d = pool[rows, c[:, 0]], pool[rows, c[:, 1]], pool[rows, c[:, 2]]
-            known_ok = torch.cat([(rank < a).expand(B * K, -1), ext_ok], -1)
-            feats = self._features(vectors, near, near_types, pool[:, :t.U + t.E], known_ok, d, g, p)
+            known, known_ok = self._known(pool[:, :t.U + t.E], torch.cat([(rank < a).expand(B * K, -1), ext_ok], -1),
+                                          v, K)
+            feats = self._features(vectors, near, near_types, known, known_ok, d, g, p)
+            prev_ic = self._previous_ics(v, torch.full((B * K,), order[a], dtype=torch.long), d, g, p, K)
+            if prev_ic is not None:
+                feats = torch.cat([feats, prev_ic], -1)
             h = self.head.features(scalars, slot[:, a], prev, feats)
             r_ref = self.r_ref[slot[:, a]]
             refs = (self.theta_ref[slot[:, a]], self.theta_std[slot[:, a]], r_ref, self.bounded_ics)

@@ -31,4 +31,7 @@ class EquivariantParams(BaseModel):
     recentre: bool = Field(True, description="turn a bead whose mapping lies wholly in it about its bond to the "
                                              "placed atoms (or shift a bead built from virtual points) so that "
                                              "it maps onto its CG bead: bond lengths stay exact")
+    previous_dropout: float = Field(
+        0.1, ge=0, le=1, description="trajectory mode (environment.temporal): fraction of training beads shown "
+                                     "without their previous frame, so the same model also starts a trajectory")
     threads: int = Field(1, ge=1, description="torch threads")

@@ -4,6 +4,7 @@ from backmap import hookimpl
 from backmap_metrics.assess_step import AssessStep
 from backmap_metrics.bonded import Angles, Bonds, Dihedrals, Impropers
 from backmap_metrics.consistency import CGRmsd
+from backmap_metrics.dynamics import MarkovTimescales, Velocities
 from backmap_metrics.energy import Energy
 from backmap_metrics.forces import BeadForces
 from backmap_metrics.ramachandran import Ramachandran
@@ -14,7 +15,8 @@ from backmap_metrics.structure import Clashes, Rdf
 
 @hookimpl
 def backmap_metrics():
-    return [Bonds, Angles, Dihedrals, Impropers, Ramachandran, Energy, Rdf, Clashes, CGRmsd, Stereo, BeadForces]
+    return [Bonds, Angles, Dihedrals, Impropers, Ramachandran, Energy, Rdf, Clashes, CGRmsd, Stereo, BeadForces,
+            Velocities, MarkovTimescales]
 
 
 @hookimpl

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator
 
 from backmap import BackmapError, Step
 from backmap.metrics.evaluate import EvaluationSpec, run_evaluation, step_settings
@@ -36,6 +36,9 @@ class EvaluateParams(BaseModel):
     out: str = Field("evaluate", description="output folder in the work directory")
     workers: int | None = Field(None, ge=1, description="processes (default: the available cores)")
     batch_size: int = Field(6, ge=1, description="frames per batch")
+    dt: PositiveFloat | dict[str, PositiveFloat] | None = Field(
+        None, description="ps between consecutive frames of the files, for the dynamics metrics (default: the frame "
+                          "times they store); one value, or per label ('reference', candidate labels, '*' = others)")
 
     @field_validator("metrics")
     @classmethod
@@ -97,7 +100,7 @@ class EvaluateStep(Step):
             out=ctx.path(p.out, "metrics.json").parent, labels=labels, frames=p.frames,
             skip_frames=p.skip_frames, mapping=mapping, cg=p.cg, settings=settings, metrics=metrics,
             headline=p.headline, workers=p.workers or ctx.recipe.cluster.workers, batch_size=p.batch_size,
-            title=ctx.recipe.name, scheduler=ctx.recipe.cluster.scheduler)
+            title=ctx.recipe.name, scheduler=ctx.recipe.cluster.scheduler, dt=p.dt)
         result = run_evaluation(spec, ctx.registry, ctx.console)
         head = result["summary"]["mean_jsd_headline"]
         summary: dict[str, Any] = {"report": f"{p.out}/report.md", "frames": result["frames"]["reference"],
