@@ -322,3 +322,28 @@ def test_recipe_step_passes_the_time_step(monkeypatch, tmp_path):
     spec = seen["spec"]
     assert spec.dt == {"reference": 1.0, "CG": 10.0} and spec.labels == ["CG"]
     assert spec.metrics[0] == "velocities" and spec.metrics[1][0] == "msm" and spec.metrics[1][1]["rescale"] is True
+
+
+def test_internal_velocities_are_those_inside_the_cg_frame(dipeptide, tmp_path):
+    """With a mapping, ``internal_velocity:E`` takes each molecule's rigid motion out: a trajectory
+    that only turns frame 0 around (different every ps) has lab speeds but no internal ones, and
+    the reference against itself is exact."""
+    from scipy.spatial.transform import Rotation
+
+    top, frames, x = dipeptide
+    mapping = DATA.parents[1] / "recipes" / "dipeptide" / "dipeptide.xml"
+    turns = Rotation.random(200, random_state=3).as_matrix()
+    centre = x[0].mean(0)
+    rigid = [Frame((x[0] - centre) @ r.T + centre, frames[0].dimensions, float(i), i) for i, r in enumerate(turns)]
+    path = _write(tmp_path / "rigid.xtc", top, rigid)
+    result = _evaluate(tmp_path / "out", [TRAJ, path], ["self", "rigid"], ["velocities"], mapping=[mapping],
+                       save_samples=True)
+    obs = result["observables"]
+    assert {f"internal_velocity:{e}" for e in "CHNO"} <= set(obs)
+    samples = np.load(tmp_path / "out" / "samples.npz")
+    assert samples["rigid/internal_velocity:H"].max() < 6e-3  # xtc rounding (±5e-4 nm per coordinate, two frames) only
+    assert samples["rigid/velocity:H"].mean() > 0.3
+    for e in "CHNO":
+        assert obs[f"internal_velocity:{e}"]["candidates"]["self"]["jsd"] == 0.0
+        # the molecule's own motion inside its CG frame is much slower than its tumbling in vacuum
+        assert obs[f"internal_velocity:{e}"]["reference"]["mean"] < 0.7 * obs[f"velocity:{e}"]["reference"]["mean"]

@@ -166,3 +166,28 @@ def test_a_temporal_model_refuses_nothing_frame_wise_and_torch_sees_the_previous
     c, _ = bm.backmap_frame(frames[1], np.random.default_rng(0), prev)
     assert np.array_equal(b.positions, c.positions) and not np.allclose(a.positions, b.positions, atol=1e-3)
     assert torch.isfinite(torch.as_tensor(a.positions)).all()
+
+
+def test_internal_displacements_take_out_each_molecules_rigid_motion():
+    """Known answer: a molecule turned and moved as a whole has no internal motion; an atom that
+    moves the beads nowhere (weight 0: HH31) moves by exactly its own displacement."""
+    from backmap.system.superpose import internal_displacements
+
+    _top, cg_top = _system()
+    x0 = next(iter(read_frames(DIP / "traj.xtc"))).positions
+    turn = Rotation.from_euler("zyx", [100, 30, -60], degrees=True).as_matrix()
+    x1 = (x0 - x0.mean(0)) @ turn.T + x0.mean(0) + np.array([0.5, 0.1, -0.3])
+    assert np.abs(internal_displacements(x0, x1, cg_top)).max() < 1e-9
+    x2 = x1.copy()
+    x2[1] += [0.01, -0.02, 0.03]
+    d = internal_displacements(x0, x2, cg_top)
+    assert np.allclose(d[1], [0.01, -0.02, 0.03], atol=1e-9) and np.abs(np.delete(d, 1, 0)).max() < 1e-9
+
+
+def test_the_time_step_of_pairs_is_that_of_consecutive_frames():
+    top, cg_top = _system()
+    aa = np.zeros((5, top.n_atoms, 3))
+    pairs = _pairs(aa, cg_top, [10, 12, 14, 20, 22])
+    assert pairs.time_step() is None  # no times
+    pairs.times = np.array([20.0, 24.0, 28.0, 40.0, 44.0])
+    assert pairs.time_step() == 4.0 and pairs.subset(np.array([1, 0, 1, 1, 1], bool)).time_step() == 4.0

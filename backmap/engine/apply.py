@@ -189,6 +189,8 @@ def backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path,
     bm = make_backmapper(cg_topology, generator, settings, seed, model.channels, registry, where)  # checks plugins
     if not cluster.distributed:  # built once: this process runs the frames
         job._local_backmapper = bm
+    if job.chained:
+        check_time_step(model, frames, where)
     blocks = blocks_of(frames, cluster.frames_per_task)
     store = PartStore.beside(files.aa, {
         "model": _model_identity(model), "frames": [f.index for f in frames],
@@ -255,6 +257,19 @@ def backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path,
     store.remove()
     summary["files"] = files
     return summary
+
+
+def check_time_step(model: Model, frames: Sequence[Frame], where: str) -> None:
+    """Trajectory mode steps from frame to frame by the time the model was trained with: say so
+    when the CG frames are spaced otherwise (their times, where the file has them)."""
+    trained = (model.description.get("training") or {}).get("time step (ps)")
+    times = np.array([f.time for f in frames], float)
+    if trained is None or len(times) < 2 or not np.all(np.diff(times) > 0):
+        return
+    given = float(np.median(np.diff(times)))
+    if abs(given - trained) > 0.01 * trained:
+        say(f"warning: {where}: the CG frames are {given:g} ps apart, but the model learned steps of {trained:g} ps "
+            "(trajectory mode): select frames with that spacing (--frames a:b:s), or expect wrong dynamics")
 
 
 def _frames_digest(frames: Sequence[Frame]) -> str:

@@ -16,14 +16,15 @@ from backmap.system.mapping import CGTopology
 from backmap.system.pbc import Unwrapper, minimum_image
 from backmap.progress import progress
 
-PAIRS_FORMAT = 1
+PAIRS_FORMAT = 2  # 2: frame times
 
 
 @dataclass
 class PairSet:
     """Paired frames. ``aa`` (F, n_atoms, 3) whole molecules and ``cg`` (F, n_beads, 3) in the
     same periodic image, in nm; ``dimensions`` (F, 6) boxes; ``frames`` the source frame numbers;
-    ``is_test`` the split."""
+    ``is_test`` the split; ``times`` (F,) the frames' times in ps where the source has them (trajectory
+    mode and the dynamics metrics need them), else None."""
 
     aa: np.ndarray
     cg: np.ndarray
@@ -31,13 +32,14 @@ class PairSet:
     frames: np.ndarray
     is_test: np.ndarray
     info: dict = field(default_factory=dict)
+    times: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.frames)
 
     def subset(self, mask: np.ndarray) -> "PairSet":
         return PairSet(self.aa[mask], self.cg[mask], self.dimensions[mask], self.frames[mask],
-                       self.is_test[mask], dict(self.info))
+                       self.is_test[mask], dict(self.info), None if self.times is None else self.times[mask])
 
     def previous_index(self) -> np.ndarray:
         """For each pair, the index of the pair one frame spacing earlier (the selection's step:
@@ -56,6 +58,15 @@ class PairSet:
             out[k] = where.get(int(f - step), -1)
         return out
 
+    def time_step(self) -> float | None:
+        """The time (ps) between each pair and its :meth:`previous_index` pair, or None (no times,
+        no consecutive pairs): the τ a trajectory-mode model learns to step by."""
+        prev = self.previous_index()
+        has = prev >= 0
+        if self.times is None or not has.any():
+            return None
+        return float(np.median(self.times[has] - self.times[prev[has]]))
+
     def train(self) -> "PairSet":
         return self.subset(~self.is_test)
 
@@ -66,7 +77,7 @@ class PairSet:
         """SHA-256 of the arrays (dtype, shape, bytes) and ``info``: stored with the pairs so that a
         cache file altered or damaged after writing is noticed, not trusted."""
         h = hashlib.sha256()
-        for name in _ARRAYS:
+        for name in _ARRAYS + (("times",) if self.times is not None else ()):
             a = np.ascontiguousarray(getattr(self, name))
             h.update(f"{name} {a.dtype.str} {a.shape}".encode())
             h.update(a.tobytes())
@@ -76,7 +87,8 @@ class PairSet:
     def save(self, path: Path) -> None:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(fh, **{name: getattr(self, name) for name in _ARRAYS}, info=json.dumps(self.info),
+                extra = {} if self.times is None else {"times": self.times}
+                np.savez(fh, **{name: getattr(self, name) for name in _ARRAYS}, **extra, info=json.dumps(self.info),
                          digest=self.digest())
 
     @classmethod
@@ -85,7 +97,8 @@ class PairSet:
         hash (older versions) or does not match it is a BackmapError saying why."""
         try:
             with np.load(path) as z:
-                pairs = cls(*(z[name] for name in _ARRAYS), json.loads(str(z["info"])))
+                pairs = cls(*(z[name] for name in _ARRAYS), json.loads(str(z["info"])),
+                            z["times"] if "times" in z.files else None)
                 stored = str(z["digest"]) if "digest" in z.files else None
         except Exception as exc:  # zipfile, zlib, OSError, ValueError, KeyError, EOFError: all mean unreadable
             raise BackmapError(f"unreadable pairs file ({type(exc).__name__}: {' '.join(str(exc).split())})",
@@ -119,16 +132,17 @@ def pairs_from_trajectory(cg_top: CGTopology, trajectory: Path, frames: np.ndarr
     """Map selected frames of an AA trajectory; molecules are made whole first."""
     topo = cg_top.topology
     unwrap = Unwrapper(topo)
-    aa, dims = [], []
+    aa, dims, times = [], [], []
     for fr in progress(read_frames(trajectory, topo.n_atoms, frames, expect=f"topology {topo.source.name}",
                                    names=topo.atom_names),
                        total=len(frames), description=f"mapping {trajectory.name}"):
         aa.append(unwrap(fr.positions, fr.dimensions).astype(np.float32))
         dims.append(fr.dimensions)
+        times.append(fr.time)
     aa_arr = np.stack(aa)
     return PairSet(aa_arr, cg_top.apply(aa_arr.astype(np.float64)).astype(np.float32), np.stack(dims),
                    np.asarray(frames), np.zeros(len(frames), bool),
-                   {"source": str(trajectory), "kind": "trajectory"})
+                   {"source": str(trajectory), "kind": "trajectory"}, np.asarray(times, np.float64))
 
 
 def pair_folder_frames(folder: Path) -> list[int]:

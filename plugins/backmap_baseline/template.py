@@ -10,16 +10,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from backmap import BackmapError, Generator
-
-
-def kabsch(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Rotations R (…, 3, 3) with src @ R ≈ dst for centred point sets (…, n, 3)."""
-    h = np.swapaxes(src, -1, -2) @ dst
-    u, _, vt = np.linalg.svd(h)
-    d = np.sign(np.linalg.det(u @ vt))
-    fix = np.ones(u.shape[:-1])
-    fix[..., -1] = d
-    return (u * fix[..., None, :]) @ vt
+from backmap.system.superpose import kabsch
 
 
 class TemplateParams(BaseModel):

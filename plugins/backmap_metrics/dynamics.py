@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from backmap import Metric
 from backmap.metrics import Analysis, Binning, EvalContext, FrameBatch, Observable, geometry, terms
+from backmap.system.superpose import internal_displacements
 from backmap.metrics.msm import (assign_states, dihedral_features, fit_states, have_deeptime,
                                  implied_timescales, lag_steps)
 
@@ -35,6 +36,8 @@ class VelocityParams(BaseModel):
                                               "robust, comparable across force fields) or per atom type")
     n_bins: int = Field(100, ge=2, description="bins over the reference range")
     widen: float = Field(0.2, ge=0, description="the range is the reference's, widened by this × its span per side")
+    internal: bool = Field(True, description="with a mapping, also the speeds with each molecule's rigid motion "
+                                             "(its CG beads superimposed between the frames) taken out")
 
 
 class Velocities(Metric):
@@ -55,16 +58,31 @@ class Velocities(Metric):
         names = context.elements if self.params.group == "element" else context.atom_types
         self.groups = {g: np.flatnonzero(names == g) for g in sorted(set(names.tolist()))}
         binning = Binning(n_bins=self.params.n_bins, widen=self.params.widen)
-        return [Observable(f"velocity:{g}", "distribution", "velocity", "nm/ps", binning, label=f"|v| {g} (nm/ps)",
-                           description=f"|s(t) − s(t−τ)|/τ of {len(idx)} {g} atoms per frame pair, τ the "
-                                       "trajectory's frame spacing")
-                for g, idx in self.groups.items()]
+        out = [Observable(f"velocity:{g}", "distribution", "velocity", "nm/ps", binning, label=f"|v| {g} (nm/ps)",
+                          description=f"|s(t) − s(t−τ)|/τ of {len(idx)} {g} atoms per frame pair, τ the "
+                                      "trajectory's frame spacing")
+               for g, idx in self.groups.items()]
+        self.internal = self.params.internal and context.cg_topology is not None
+        if self.internal:
+            out += [Observable(f"internal_velocity:{g}", "distribution", "velocity", "nm/ps", binning,
+                               label=f"|v| {g} inside the CG frame (nm/ps)",
+                               description=f"as velocity:{g}, each molecule's rigid motion removed (its mapped "
+                                           "beads superimposed between the frames)")
+                    for g in self.groups]
+        return out
 
     def samples(self, batch: FrameBatch, context: EvalContext) -> dict[str, np.ndarray]:
         if batch.time_step is None:
             return {}
-        speed = np.linalg.norm(batch.velocities(), axis=-1)  # (pairs, N)
-        return {f"velocity:{g}": speed[:, idx] for g, idx in self.groups.items()}
+        d = batch.displacements()  # (pairs, N, 3)
+        speed = np.linalg.norm(d, axis=-1) / batch.time_step
+        out = {f"velocity:{g}": speed[:, idx] for g, idx in self.groups.items()}
+        if self.internal and len(d):
+            after = batch.whole[len(batch) - len(d):]
+            inner = np.stack([internal_displacements(a - step, a, context.cg_topology) for a, step in zip(after, d)])
+            speed = np.linalg.norm(inner, axis=-1) / batch.time_step
+            out.update({f"internal_velocity:{g}": speed[:, idx] for g, idx in self.groups.items()})
+        return out
 
 
 class MSMParams(BaseModel):

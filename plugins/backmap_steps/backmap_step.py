@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from pydantic import Field
 
 from backmap import BackmapError, Step
@@ -67,9 +68,10 @@ class BackmapStep(Step):
             if len(test) == 0:
                 raise BackmapError("steps.backmap: no 'cg' given and the prepared pairs have no test frames",
                                    source=ctx.where("steps.backmap.cg"))
-            frames = [Frame(test.cg[k].astype(float), test.dimensions[k], index=int(test.frames[k]))
+            times = test.times if test.times is not None else np.zeros(len(test))  # kept: dynamics need them
+            frames = [Frame(test.cg[k].astype(float), test.dimensions[k], float(times[k]), int(test.frames[k]))
                       for k in range(len(test))]
-            reference = [Frame(test.aa[k].astype(float), test.dimensions[k], index=int(test.frames[k]))
+            reference = [Frame(test.aa[k].astype(float), test.dimensions[k], float(times[k]), int(test.frames[k]))
                          for k in range(len(test))]
         refiner = system = None
         if p.refiner is not None:

@@ -79,7 +79,8 @@ class TrainStep(Step):
         training = {k: v for k, v in summary.items() if k not in ("markdown", "training log") and not _is_timing(k)}
         save_model(out, generator, channels, ctx.recipe.system.topology, ctx.recipe.system.mappings, cg,
                    seed=ctx.seed, training={"recipe": ctx.recipe.name, "options": options.model_dump(),
-                                            "train frames": len(data.train()), "summary": training})
+                                            "train frames": len(data.train()), "summary": training,
+                                            **_time_step(data)})
         ctx.outputs.declare("train", model=out, log=log_dir if any(log_dir.iterdir()) else None)
         report = {"generator": ref.plugin, "train frames": len(data.train()), "fit seconds": round(seconds, 2),
                   "model": str(out), **summary}
@@ -101,11 +102,18 @@ class TrainStep(Step):
         system = RestrainedSystem(ctx.cg_topology, Path(ctx.recipe.system.topology), settings)
         pairs = data.pairs
         blind = PairSet(np.full_like(pairs.aa, np.nan), pairs.cg, pairs.dimensions, pairs.frames, pairs.is_test,
-                        dict(pairs.info))
+                        dict(pairs.info), pairs.times)
         cg_only = TrainingData(blind, data.cg_topology, data.spec, data.channels, data.plans, seed=data.seed)
         summary = generator.fit_reverse_kl(cg_only, system, p.reverse_kl, fit) or {}
         summary["objective"] = "reverse_kl (no AA coordinates read)"
         return summary
+
+
+def _time_step(data) -> dict:
+    """A trajectory-mode model records the time between the frames it learned to step by."""
+    if not data.spec.temporal:
+        return {}
+    return {"time step (ps)": data.train().time_step()}
 
 
 def _is_timing(key: str) -> bool:

@@ -111,7 +111,7 @@ def pretrain_on_pool(generator: "VAEGenerator", data, train, pool: list[np.ndarr
     from backmap.training.data import FitContext, TrainingData, TrainOptions
 
     pseudo = PairSet(np.stack(pool).astype(train.aa.dtype), train.cg, train.dimensions, train.frames,
-                     np.zeros(len(train), bool), dict(train.info))
+                     np.zeros(len(train), bool), dict(train.info), train.times)
     pseudo_data = TrainingData(pseudo, data.cg_topology, data.spec, data.channels, data.plans, seed=data.seed)
     directory = None if context.directory is None else context.directory / "pretrain"
     options = TrainOptions(epochs=epochs, batch_size=64, log_every=10)
