@@ -341,20 +341,28 @@ def cmd_analyse(args) -> None:
 
 
 # --------------------------------------------------------------------------------------- cut
-def cmd_cut(args) -> None:
-    """The first N frames of an xtc (coordinates copied exactly: same precision) and energies.csv."""
-    import MDAnalysis as mda
+def copy_xtc_frames(source, target, frames: int) -> None:
+    """The first ``frames`` frames of the xtc ``source`` into ``target``, coordinates copied exactly
+    (same precision); an error if it has fewer. Also used by dipeptide_cg.py."""
     from MDAnalysis.lib.formats.libmdaxdr import XTCFile
 
     n = 0
-    with XTCFile(args.xtc) as src, XTCFile(args.out_xtc, "w") as dst:
+    with XTCFile(str(source)) as src, XTCFile(str(target), "w") as dst:
         for frame in src:
-            if n == args.frames:
+            if n == frames:
                 break
-            dst.write(frame.x, frame.box, frame.step, frame.time, frame.prec)
+            # xtc keeps ≤ 9 atoms uncompressed, without a precision (read back as ~0): write those at 1000
+            dst.write(frame.x, frame.box, frame.step, frame.time, frame.prec if frame.prec > 1 else 1000.0)
             n += 1
-    if n != args.frames:
-        raise SystemExit(f"error: {args.xtc} has only {n} frames, {args.frames} asked for")
+    if n != frames:
+        raise SystemExit(f"error: {source} has only {n} frames, {frames} asked for")
+
+
+def cmd_cut(args) -> None:
+    """The first N frames of an xtc (coordinates copied exactly: same precision) and energies.csv."""
+    import MDAnalysis as mda
+
+    copy_xtc_frames(args.xtc, args.out_xtc, args.frames)
     if args.energies:
         lines = Path(args.energies).read_text().splitlines(True)
         Path(args.out_energies).write_text("".join(lines[: args.frames + 1]))
