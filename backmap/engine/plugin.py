@@ -181,6 +181,8 @@ class Metric(Plugin):
     :class:`backmap.metrics.FrameBatch`: an array (B, k) of values, or a
     :class:`backmap.metrics.Histogram` of per-frame counts. A metric never sees two trajectories
     at once: divergences, noise floor, tables and plots are computed centrally from the samples.
+    Consecutive frames (``context.need_frame_pairs()``) and whole-trajectory analyses
+    (``analyse(samples, context)`` on ``series`` observables): docs/dynamics.md.
     """
 
     kind = "metric"
