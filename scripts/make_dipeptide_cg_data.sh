@@ -65,21 +65,8 @@ done
 "$PYTHON" -c "import openmm, MDAnalysis, scipy, matplotlib, backmap" 2>/dev/null ||
     { echo "error: $PYTHON lacks openmm / MDAnalysis / scipy / matplotlib / backmap" >&2; exit 1; }
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/make_dipeptide_cg_data.XXXXXX")
-cleanup() {
-    local rc=$?
-    if [[ $rc -ne 0 || -n "${KEEP_WORK:-}" ]]; then echo "work directory kept: $WORK" >&2; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-START=$SECONDS
-log() { printf '[%5ds] %s\n' "$((SECONDS - START))" "$*"; }
-run() {
-    local logf=$1; shift
-    echo "\$ $*" >>"$WORK/commands.log"
-    if ! "$@" >"$logf" 2>&1; then
-        echo "error: command failed: $*" >&2; tail -n 40 "$logf" >&2; exit 1
-    fi
-}
+source "$SCRIPT_DIR/lib/work.sh"
+start_work make_dipeptide_cg_data
 cd "$WORK"
 
 log "mapping the AA run ($AA_DIR/traj.xtc) to 6 beads with backmap map"

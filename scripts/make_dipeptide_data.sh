@@ -66,29 +66,8 @@ command -v "$GMX" >/dev/null || { echo "error: $GMX not found (apt-get install g
 "$PYTHON" -c "import openmm, MDAnalysis, backmap" 2>/dev/null || {
     echo "error: $PYTHON lacks openmm / MDAnalysis / backmap (set PYTHON)" >&2; exit 1; }
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/make_dipeptide_data.XXXXXX")
-cleanup() {
-    local rc=$?
-    if [[ $rc -ne 0 || -n "${KEEP_WORK:-}" ]]; then
-        echo "work directory kept: $WORK" >&2
-    else
-        rm -rf "$WORK"
-    fi
-}
-trap cleanup EXIT
-START=$SECONDS
-log() { printf '[%5ds] %s\n' "$((SECONDS - START))" "$*"; }
-
-# run LOGFILE cmd...   -- run quietly, show the log tail on failure
-run() {
-    local logf=$1; shift
-    echo "\$ $*" >>"$WORK/commands.log"
-    if ! "$@" >"$logf" 2>&1; then
-        echo "error: command failed: $*" >&2
-        tail -n 40 "$logf" >&2
-        exit 1
-    fi
-}
+source "$SCRIPT_DIR/lib/work.sh"
+start_work make_dipeptide_data
 cd "$WORK"
 
 # ---------------------------------------------------------------------------------------------------

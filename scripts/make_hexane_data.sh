@@ -52,30 +52,8 @@ for f in conf.gro topol.top hexane.xml; do
 done
 command -v "$GMX" >/dev/null || { echo "error: $GMX not found" >&2; exit 1; }
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/make_hexane_data.XXXXXX")
-cleanup() {
-    local rc=$?
-    if [[ $rc -ne 0 || -n "${KEEP_WORK:-}" ]]; then
-        echo "work directory kept: $WORK" >&2
-    else
-        rm -rf "$WORK"
-    fi
-}
-trap cleanup EXIT
-START=$SECONDS
-
-log() { printf '[%4ds] %s\n' "$((SECONDS - START))" "$*"; }
-
-# run LOGFILE cmd...   -- run quietly, show the log tail on failure
-run() {
-    local logf=$1; shift
-    echo "\$ $*" >>"$WORK/commands.log"
-    if ! "$@" >"$logf" 2>&1; then
-        echo "error: command failed: $*" >&2
-        tail -n 40 "$logf" >&2
-        exit 1
-    fi
-}
+source "$SCRIPT_DIR/lib/work.sh"
+start_work make_hexane_data
 
 # ---------------------------------------------------------------------------------------------------
 # carve IN_GRO N "ALPHA BETA GAMMA" OUT_GRO

@@ -55,21 +55,8 @@ done
 "$PYTHON" -c "import MDAnalysis, numpy" 2>/dev/null || { echo "error: $PYTHON lacks MDAnalysis/numpy" >&2; exit 1; }
 [[ "$COMMIT_PS" -le "$PROD_PS" ]] || { echo "error: COMMIT_PS > PROD_PS" >&2; exit 1; }
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/make_hexane_traj_data.XXXXXX")
-cleanup() {
-    local rc=$?
-    if [[ $rc -ne 0 || -n "${KEEP_WORK:-}" ]]; then echo "work directory kept: $WORK" >&2; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-START=$SECONDS
-log() { printf '[%5ds] %s\n' "$((SECONDS - START))" "$*"; }
-run() {
-    local logf=$1; shift
-    echo "\$ $*" >>"$WORK/commands.log"
-    if ! "$@" >"$logf" 2>&1; then
-        echo "error: command failed: $*" >&2; tail -n 40 "$logf" >&2; exit 1
-    fi
-}
+source "$SCRIPT_DIR/lib/work.sh"
+start_work make_hexane_traj_data
 cd "$WORK"
 cp "$SRC/topol.top" "$SRC/hexane.xml" "$SRC/topol.tpr" .
 cp "$SRC/traj.trr" start.trr
