@@ -32,7 +32,7 @@ from backmap.parallel import ClusterOptions, PartStore, ProcessLocal, blocks_of,
 from backmap.progress import say
 from backmap.refinement.restrained import (BondSpread, RestrainedSystem, limit_refiner_threads, plot_log, refine_batch,
                                           write_log)
-from backmap.sampling.backmapper import Backmapper, BackmapSettings, write_aa, write_topology
+from backmap.sampling.backmapper import Backmapper, BackmapSettings, trajectory_mode, write_aa, write_topology
 from backmap.system.io import Frame, atomic_path, write_frames
 from backmap.sampling.environment import Channels
 from backmap.system.mapping import CGTopology
@@ -120,7 +120,7 @@ class BackmapJob(ProcessLocal):
     @property
     def chained(self) -> bool:
         """Trajectory mode: every frame is generated from the one written before it."""
-        return bool(getattr(self.model.generator.environment, "temporal", False)) and not self.settings.frame_by_frame
+        return trajectory_mode(self.model.generator, self.settings)
 
     def carry_over(self, before: dict[str, Any] | None) -> None:
         """Go on from the last frame written by the block ``before`` (None: start the trajectory)."""

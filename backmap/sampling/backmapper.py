@@ -97,7 +97,7 @@ class Backmapper:
     @property
     def temporal(self) -> bool:
         """The generator conditions each frame on the previous AA frame (trajectory mode)."""
-        return bool(getattr(self.generator.environment, "temporal", False)) and not self.settings.frame_by_frame
+        return trajectory_mode(self.generator, self.settings)
 
     def backmap_frame(self, cg: Frame, rng: np.random.Generator | None = None,
                       previous: np.ndarray | None = None) -> tuple[Frame, float | None]:
@@ -134,6 +134,12 @@ class Backmapper:
             if self.temporal:
                 previous = aa.positions
             yield aa
+
+
+def trajectory_mode(generator: Generator, settings: BackmapSettings) -> bool:
+    """Frames run in order, each conditioned on the AA frame written before it: a model trained in
+    trajectory mode (``environment.temporal``), unless ``settings.frame_by_frame``."""
+    return bool(generator.environment.temporal) and not settings.frame_by_frame
 
 
 def read_cg(cg_topology: CGTopology, path: Path, frames=None) -> Iterator[Frame]:

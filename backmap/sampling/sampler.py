@@ -332,7 +332,7 @@ class Sampler:
 
     def _backmap(self, cg_positions, box, start, progress_label, previous=None) -> np.ndarray:
         self.builder.set_frame(cg_positions, box)
-        if getattr(self.generator.environment, "temporal", False):
+        if self.generator.environment.temporal:
             self.builder.set_previous(previous)
         if self.energy is not None:
             self.energy.reset()
