@@ -633,6 +633,72 @@ def assess(model: Path, reference: Path, cg_paths: tuple[Path, ...], more_cg: tu
     click.echo(f"wrote {out / 'metrics.json'} and {out / 'report.md'} ({result['timing']['total_s']:.0f} s)")
 
 
+@cli.command()
+@click.option("--model", required=True, type=click.Path(path_type=Path),
+              help="A model trained on the target at the bottleneck (recipe key system.bottleneck: s), or a run "
+                   "directory whose train step wrote one.")
+@click.option("--input", "source", required=True, type=click.Path(path_type=Path),
+              help="Structures of the top-down model (any format MDAnalysis reads) in the model topology's "
+                   "particle order.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Morphed output (.xtc, .gro, .trr, .pdb).")
+@click.option("--scheme", type=click.Choice(["A", "B"]), default="A", show_default=True,
+              help="A: forward pass + Gibbs sweeps from the bottleneck; B: Gibbs sweeps only, from the original "
+                   "structure.")
+@click.option("--topology", type=click.Path(path_type=Path), default=None,
+              help="The top-down model's .top, copied beside the output (default: the model's topology).")
+@click.option("--frames", default=None, help="'start:stop:step' or '0,5,9' of --input.")
+@click.option("--candidates", type=int, default=8, show_default=True, help="Candidates proposed per unit (K).")
+@click.option("--gibbs", "gibbs_sweeps", type=int, default=2, show_default=True, help="Gibbs sweeps.")
+@click.option("--flat-bottom", "target", type=click.Path(path_type=Path), default=None,
+              help="Target trajectory (model topology) whose bond, angle and closest non-bonded distances give "
+                   "flat-bottom limits that score the candidates (thesis eqs. 7.2-7.3).")
+@click.option("--target-frames", default=None, help="'start:stop:step' of --flat-bottom's frames.")
+@click.option("--quantile", type=float, default=0.0, show_default=True,
+              help="Flat-bottom limits at this quantile of the target's values (0: its extremes, as eqs. 7.2-7.3).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@cluster_options
+def morph(model: Path, source: Path, out: Path, scheme: str, topology: Path | None, frames: str | None,
+          candidates: int, gibbs_sweeps: int, target: Path | None, target_frames: str | None, quantile: float, seed: int,
+          workers, scheduler, threads_per_worker, frames_per_task) -> None:
+    """Morph structures of a top-down CG model (thesis ch. 7): map them through the resolution
+    bottleneck of a model trained only on the target and let its generator reinsert the target's
+    local statistics. Writes OUT (the top-down model's particles, names and box), OUT.gro, a copy of
+    its .top, the bottleneck frames (OUT_cg.trr) and the provenance (OUT.json)."""
+    from backmap.engine.apply import check_output
+    from backmap.engine.loaders import load_mapping, load_topology
+    from backmap.engine.models import load_model
+    from backmap.engine.morph import morph_to_files
+    from backmap.sampling.backmapper import BackmapSettings
+    from backmap.sampling.flat_bottom import FlatBottomLimits
+    from backmap.system.io import read_frames
+    from backmap.system.pairs import count_frames, select_frames
+
+    loaded = load_model(model)
+    if loaded.topology is None or not loaded.mapping:
+        raise BackmapError("the model does not record its topology and bottleneck mapping", source=model)
+    check_output(out, [source, topology, target, loaded.topology, *loaded.mapping])
+    topo = load_topology(loaded.topology)
+    cg_top = load_mapping(loaded.mapping, topo).cg_topology(topo)
+    if topology is not None and load_topology(topology).n_atoms != topo.n_atoms:
+        raise BackmapError(f"--topology has {load_topology(topology).n_atoms} particles, the model's system "
+                           f"{topo.n_atoms}", source=topology)
+    idx = select_frames(frames, [], count_frames(source), str(source))
+    limits = None
+    if target is not None:
+        tidx = select_frames(target_frames, [], count_frames(target), str(target))
+        limits = FlatBottomLimits.from_frames(topo, ((f.positions, f.dimensions) for f in
+                                                     read_frames(target, topo.n_atoms, tidx, expect="model topology")),
+                                              source=str(target), quantile=quantile)
+    try:
+        settings = BackmapSettings(candidates=candidates, gibbs_sweeps=gibbs_sweeps, energy=False, flat_bottom=limits)
+    except ValueError as exc:
+        raise BackmapError(f"morph: {str(exc).splitlines()[-1].strip()}") from None
+    summary = morph_to_files(loaded, cg_top, source, out, scheme, idx, settings, seed=seed, output_topology=topology,
+                             cluster=_cluster(workers, scheduler, threads_per_worker, frames_per_task))
+    click.echo(f"wrote {out}: {summary['frames']} frames of {summary['atoms']} particles morphed by scheme {scheme} "
+               f"({summary['seconds per frame']:.2f} s/frame)")
+
+
 def main() -> None:
     cli(prog_name="backmap")
 

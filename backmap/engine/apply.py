@@ -133,7 +133,8 @@ class BackmapJob(ProcessLocal):
             t0 = time.perf_counter()
             placed = bm.sampler.placements
             previous = getattr(self, "_local_previous", None) if self.chained else None
-            aa, kept = bm.backmap_frame(cg, frame_rng(self.seed, _frame_key(cg, k)), previous)
+            aa, kept = bm.backmap_frame(cg, frame_rng(self.seed, _frame_key(cg, k)), previous,
+                                        start=getattr(cg, "start", None))  # morphing scheme B
             row: dict[str, Any] = {"frame": cg.index, "generator_seconds": time.perf_counter() - t0,
                                    "placements": bm.sampler.placements - placed}
             if kept is not None:

@@ -134,7 +134,12 @@ def check_recipe(recipe: Recipe, steps: Sequence[ValidatedStep], only: Sequence[
         report("system.topology", exc)
     if topology is not None:
         try:
-            cg_top = load_mapping(recipe.system.mappings, topology).cg_topology(topology)
+            if recipe.system.bottleneck is not None:
+                from backmap.system.bottleneck import bottleneck_mapping
+
+                cg_top = bottleneck_mapping(topology, recipe.system.bottleneck).cg_topology(topology)
+            else:
+                cg_top = load_mapping(recipe.system.mappings, topology).cg_topology(topology)
         except BackmapError as exc:
             report("system.mapping", exc)
     n_atoms = topology.n_atoms if topology is not None else None

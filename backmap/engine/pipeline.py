@@ -58,8 +58,23 @@ class RunContext:
         return load_topology(self.recipe.system.topology, self.registry)
 
     @cached_property
+    def mapping_files(self) -> list[Path]:
+        """The system's mapping files; for ``system.bottleneck: s`` the bottleneck e_s written as
+        VOTCA XML into the work directory (``bottleneck/e<s>.xml``), so that models store it like
+        any mapping."""
+        s = self.recipe.system.bottleneck
+        if s is None:
+            return self.recipe.system.mappings
+        from backmap.system.bottleneck import bottleneck_mapping, write_votca_mapping
+
+        out = self.path("bottleneck", f"e{s}.xml")
+        write_votca_mapping(bottleneck_mapping(self.topology, s), out,
+                            f"resolution bottleneck e_{s} of {self.recipe.system.topology.name}, written by backmap")
+        return [out]
+
+    @cached_property
     def mapping(self) -> Mapping:
-        return load_mapping(self.recipe.system.mappings, self.topology, self.registry)
+        return load_mapping(self.mapping_files, self.topology, self.registry)
 
     @cached_property
     def cg_topology(self) -> CGTopology:

@@ -88,12 +88,25 @@ class SystemSpec(Strict):
     """The AA system and its mapping."""
 
     topology: InputPath = Field(description="AA topology: .top (with parameters), .tpr, or .gro/.pdb")
-    mapping: InputPath | list[InputPath] = Field(description="VOTCA mapping XML or DeepBackmap .map file(s)")
+    mapping: InputPath | list[InputPath] | None = Field(None, description="VOTCA mapping XML or DeepBackmap .map "
+                                                                     "file(s)")
+    bottleneck: int | None = Field(None, ge=1, description="instead of a mapping file: the resolution bottleneck "
+                                                           "e_s of morphing, groups of s consecutive particles "
+                                                           "along each chain (backmap.system.bottleneck)")
     channels: InputPath | None = Field(None, description="feature-channel map (DeepBackmap ff.txt); default: "
                                                          "channels derived from the topology")
 
+    @model_validator(mode="after")
+    def _one_mapping(self) -> "SystemSpec":
+        if (self.mapping is None) == (self.bottleneck is None):
+            raise ValueError("give exactly one of 'mapping' or 'bottleneck'")
+        return self
+
     @property
     def mappings(self) -> list[Path]:
+        """The mapping files (empty for a bottleneck: :meth:`RunContext.mapping_files` writes one)."""
+        if self.mapping is None:
+            return []
         return self.mapping if isinstance(self.mapping, list) else [self.mapping]
 
 

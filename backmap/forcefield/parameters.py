@@ -144,6 +144,9 @@ _WIDTH = {"bond": (2, 2), "angle": (3, 2), "urey_bradley": (2, 2), "proper": (4,
 def build_parameters(topology: Topology) -> Parameters:
     """Parameters of the whole system from a topology read from a ``.top`` file."""
     missing = [b.moltype.name for b in topology.blocks if b.moltype.parameters is None]
+    if topology.meta.get("unparametrized"):
+        raise BackmapError(f"no usable force-field parameters: {topology.meta['unparametrized']}; the topology "
+                           "serves for structure only (particles, names, bonds)", source=topology.source)
     if missing or topology.defaults is None:
         raise BackmapError(f"no force-field parameters for {', '.join(missing) or 'the system'}: "
                            "use the GROMACS .top topology (a .tpr or .gro has none)", source=topology.source)

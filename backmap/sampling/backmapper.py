@@ -17,6 +17,7 @@ from backmap.system.pbc import Unwrapper
 from backmap.engine.plugin import Generator, Selector
 from backmap.progress import progress
 from backmap.sampling.environment import Channels
+from backmap.sampling.flat_bottom import FlatBottomLimits
 from backmap.sampling.sampler import Sampler, SamplerOptions
 from backmap.sampling.traversal import Traversal, make_plans
 
@@ -44,6 +45,9 @@ class BackmapSettings(BaseModel):
                                                     "the AA frame written before it")
     stereo_weight: float = Field(1e5, ge=0, description="selection penalty per flipped neighbour triple of a stereocentre (kJ/mol); "
                                                          "the default outweighs any candidate's other energy")
+    flat_bottom: FlatBottomLimits | None = Field(None, description="score candidates with flat-bottom penalties whose "
+                                                                   "limits come from target data (thesis eqs. "
+                                                                   "7.2-7.3; morphing) instead of the force field")
     # the model's environment: optional, and refused if it differs
     cutoff: float | None = Field(None, gt=0, description="the model's environment radius (nm); only to assert it")
     traversal: str | None = Field(None, description="the model's traversal; only to assert it")
@@ -83,8 +87,13 @@ class Backmapper:
             from backmap.sampling.chirality import load_chiral_centres
 
             self.chirality = load_chiral_centres(self.cg_topology.topology, s.stereo_reference, s.stereo_weight)
+        scorer = None
+        if s.flat_bottom is not None:
+            from backmap.sampling.flat_bottom import FlatBottomEnergy
+
+            scorer = FlatBottomEnergy(self.cg_topology, s.flat_bottom)
         self.sampler = Sampler(self.cg_topology, self.plans, self.generator, self.selector, options,
-                               channels=self.channels, rng=rng, chirality=self.chirality)
+                               channels=self.channels, rng=rng, chirality=self.chirality, energy=scorer)
         self._whole_cg = Unwrapper.for_cg(self.cg_topology)
         self.forcefield = None
         if s.minimize_steps:
@@ -100,17 +109,19 @@ class Backmapper:
         return trajectory_mode(self.generator, self.settings)
 
     def backmap_frame(self, cg: Frame, rng: np.random.Generator | None = None,
-                      previous: np.ndarray | None = None) -> tuple[Frame, float | None]:
+                      previous: np.ndarray | None = None, start: np.ndarray | None = None) -> tuple[Frame, float | None]:
         """One AA frame (the AA topology's atom order, molecules whole) and, with a stereo reference,
         its fraction of stereocentres kept. ``rng``: the frame's own random stream (default
         :func:`backmap.parallel.frame_rng` of the seed and the frame's index), so that a frame's
         result depends on neither the frames before it nor the process that draws it — except, in
-        trajectory mode, through ``previous``: the AA frame written before it (None for the first)."""
+        trajectory mode, through ``previous``: the AA frame written before it (None for the first).
+        ``start``: an AA structure (molecules whole, consistent with ``cg``) to run the Gibbs sweeps
+        from, without a forward pass (morphing scheme B)."""
         from backmap.parallel import frame_rng
 
         self.sampler.rng = rng if rng is not None else frame_rng(self.seed, cg.index if cg.index is not None else 0)
         beads = self._whole_cg(cg.positions, cg.dimensions)
-        x = self.sampler.backmap(beads, cg.box, previous=previous)
+        x = self.sampler.backmap(beads, cg.box, start=start, previous=previous)
         if self.forcefield is not None:
             from backmap.forcefield.minimize import minimize_restrained
 

@@ -236,7 +236,10 @@ class Sampler:
 
     def __init__(self, cg_topology: CGTopology, plans: dict[str, Plan], generator: Generator, selector: Selector,
                  options: SamplerOptions | None = None, channels: Channels | None = None,
-                 rng: np.random.Generator | None = None, chirality: ChiralCentres | None = None):
+                 rng: np.random.Generator | None = None, chirality: ChiralCentres | None = None,
+                 energy=None):
+        """``energy``: the candidate scorer instead of the force field's :class:`UnitEnergy` (same
+        interface; e.g. :class:`backmap.sampling.flat_bottom.FlatBottomEnergy` for morphing)."""
         self.cg = cg_topology
         self.plans = plans
         self.generator = generator
@@ -246,7 +249,10 @@ class Sampler:
         self.rng = rng or np.random.default_rng(0)
         if chirality is not None and not self.options.energy:
             raise ValueError("keeping stereocentres needs the candidates' energies (options.energy)")
-        self.energy = UnitEnergy(cg_topology, plans, chirality) if self.options.energy else None
+        if energy is not None and chirality is not None:
+            raise ValueError("keeping stereocentres needs the force field's energies, not another scorer")
+        self.energy = energy if energy is not None else \
+            UnitEnergy(cg_topology, plans, chirality) if self.options.energy else None
         self.builder = EnvironmentBuilder(cg_topology, plans, self.channels, cutoff=self.options.cutoff,
                                           strip_hydrogens=self.options.strip_hydrogens,
                                           pair_params=self.energy.pair_params if self.energy else None)

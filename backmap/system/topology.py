@@ -131,6 +131,10 @@ class Topology:
         return self._concat("masses")
 
     @cached_property
+    def atom_types(self) -> np.ndarray:
+        return self._concat("atom_types")
+
+    @cached_property
     def resnames(self) -> np.ndarray:
         return self._concat("resnames")
 

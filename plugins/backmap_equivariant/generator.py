@@ -507,7 +507,8 @@ class EquivariantGenerator(NetworkGenerator):
         """Make the unit map onto its bead (the local origin) where its mapping lies wholly in it:
         rotate it about the placed atom its first atom is bonded to, the smallest rotation that
         points its mapped centre at the bead (bonds to that atom and within the unit unchanged);
-        a unit built from virtual points only is shifted instead."""
+        a unit built from virtual points only (or every unit, with ``recentre_by: shift``) is
+        shifted instead; ``rotation+shift`` shifts the turned unit by what is left (its radial miss)."""
         w = torch.as_tensor(self.tables.tables[key].centre_weights, dtype=pool.dtype)
         if not bool(w.any()):
             return pool
@@ -516,6 +517,9 @@ class EquivariantGenerator(NetworkGenerator):
         rows = torch.arange(len(pool))
         anchor = pool[rows, anchor_code]
         virtual = anchor_code >= self.tables.U + self.tables.E  # no placed atom to turn about
+        mode = self.params.recentre_by
+        if mode == "shift":
+            virtual = torch.ones_like(virtual)
         u, v = com - anchor, -anchor
         u_hat = u / u.norm(dim=-1, keepdim=True).clamp(min=1e-9)
         v_hat = v / v.norm(dim=-1, keepdim=True).clamp(min=1e-9)
@@ -529,6 +533,8 @@ class EquivariantGenerator(NetworkGenerator):
         turned = anchor[:, None] + (x - anchor[:, None]) @ rot.transpose(1, 2)
         shifted = x - com[:, None]
         out = pool.clone()
+        if mode == "rotation+shift":  # what the rotation left: the centre's radial miss
+            turned = turned - ((w[None, :, None] * turned).sum(1) / w.sum())[:, None]
         out[:, :U] = torch.where(virtual[:, None, None], shifted, turned)
         return out
 

@@ -31,6 +31,11 @@ class EquivariantParams(BaseModel):
     recentre: bool = Field(True, description="turn a bead whose mapping lies wholly in it about its bond to the "
                                              "placed atoms (or shift a bead built from virtual points) so that "
                                              "it maps onto its CG bead: bond lengths stay exact")
+    recentre_by: Literal["rotation", "rotation+shift", "shift"] = Field(
+        "rotation", description="how 'recentre' makes a unit map onto its bead: 'rotation' about its bond to the "
+                                "placed atoms (keeps that bond length: rigid chemistry; the centre's distance "
+                                "stays off), 'rotation+shift' (then shifted onto the bead: exact centre, that "
+                                "bond changes only by the radial miss), 'shift' (exact centre, no rotation)")
     previous_dropout: float = Field(
         0.1, ge=0, le=1, description="trajectory mode (environment.temporal): fraction of training beads shown "
                                      "without their previous frame, so the same model also starts a trajectory")

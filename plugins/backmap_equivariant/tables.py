@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 
+from backmap.errors import BackmapError
+
 VIRTUAL = ("origin", "z", "x")
 #: local-frame positions of the virtual points (nm)
 VIRTUAL_POSITIONS = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
@@ -70,9 +72,12 @@ class UnitTable:
 
 
 def bond_lengths(moltype) -> dict[tuple[int, int], float]:
-    """Equilibrium length of every bond of a molecule type (nm), from its force field."""
+    """Equilibrium length of every bond of a molecule type (nm), from its force field; none for a
+    topology without parameters (.tpr/.gro), whose bonds are then all sampled (constraints: none)."""
     from backmap.forcefield.parameters import molecule_terms
 
+    if moltype.parameters is None:
+        return {}
     atoms, params = molecule_terms(moltype)["bond"]
     out = {}
     for (i, j), (b0, _k) in zip(atoms, params):
@@ -94,6 +99,9 @@ def unit_table(moltype, mapping, unit_atoms: tuple[int, ...], bead: int, constra
     g: nx.Graph = moltype.graph
     elements = moltype.elements
     lengths = bond_lengths(moltype)
+    if not lengths and constraints != "none" and len(moltype.bonds):
+        raise BackmapError(f"molecule type {moltype.name}: constraints '{constraints}' need the bond lengths of a "
+                           "force field; give the GROMACS .top as system.topology, or constraints: none")
     atoms = [int(a) for a in unit_atoms]
     U = len(atoms)
     slot = {a: t for t, a in enumerate(atoms)}

@@ -39,6 +39,9 @@ class GromacsTopReader(Reader):
         topdir = gromacs_topdir()
         if topdir is not None:
             parmed.gromacs.GROMACS_TOPDIR = str(topdir)
+        from parmed.exceptions import ParameterError
+
+        unparametrized = None
         try:
             with closing(GromacsFile(str(path), includes=[str(topdir)] if topdir else [])) as f:
                 lines = list(f)
@@ -49,7 +52,11 @@ class GromacsTopReader(Reader):
                 flat.write_text("".join(templates_only))
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    top = GromacsTopologyFile(str(flat))
+                    try:
+                        top = GromacsTopologyFile(str(flat))
+                    except ParameterError as exc:  # e.g. Martini's G96 angles (function 2): parmed has none
+                        top = GromacsTopologyFile(str(flat), parametrize=False)
+                        unparametrized = f"{exc} (parmed cannot read a functional form used)"
         except BackmapError:
             raise
         except Exception as exc:
@@ -68,12 +75,15 @@ class GromacsTopReader(Reader):
                 raise BackmapError(f"[ molecules ] lists {name!r} but no [ moleculetype ] defines it", source=path)
             mol, nrexcl = top.molecules[name]
             a, b = offsets[name]
-            moltypes.append(_from_parmed(name, mol, nrexcl, top[a:b]))
+            moltypes.append(_from_parmed(name, mol, nrexcl, None if unparametrized else top[a:b]))
             counts.append(count)
         d = top.defaults
         defaults = {"nbfunc": int(d.nbfunc), "comb_rule": int(d.comb_rule), "gen_pairs": d.gen_pairs,
                     "fudge_lj": float(d.fudgeLJ), "fudge_qq": float(d.fudgeQQ)}
-        return Topology(path, _blocks(moltypes, counts), defaults=defaults)
+        topology = Topology(path, _blocks(moltypes, counts), defaults=defaults)
+        if unparametrized:
+            topology.meta["unparametrized"] = unparametrized
+        return topology
 
 
 def _split_molecules_section(lines: list[str]) -> tuple[list[tuple[str, int]], list[str]]:

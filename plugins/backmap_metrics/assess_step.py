@@ -51,7 +51,7 @@ class AssessStep(Step):
         refiner = None if p.refiner is None else pick_refiner(ctx, p.refiner, "steps.assess.refiner")
         spec = AssessmentSpec(
             model=model, reference=p.reference, cg=sets, out=ctx.path(p.out, "metrics.json").parent,
-            topology=ctx.recipe.system.topology, mapping=ctx.recipe.system.mappings, reference_frames=p.frames,
+            topology=ctx.recipe.system.topology, mapping=ctx.mapping_files, reference_frames=p.frames,
             skip_frames=p.skip_frames, cg_frames=p.cg_frames,
             backmap=BackmapSettings(candidates=p.candidates, gibbs_sweeps=p.gibbs_sweeps), refiner=refiner,
             settings=settings, seed=ctx.seed, cluster=ctx.recipe.cluster, bootstrap=p.bootstrap,

@@ -89,7 +89,7 @@ class EvaluateStep(Step):
         candidates = [resolve_step_input(c, ctx.workdir, where) for c in candidates]
         p = p.model_copy(update={"reference": resolve_step_input(p.reference, ctx.workdir, where),
                                  "cg": resolve_step_input(p.cg, ctx.workdir, where)})
-        mapping = p.mapping if p.mapping is not None else (ctx.recipe.system.mappings if p.cg else [])
+        mapping = p.mapping if p.mapping is not None else (ctx.mapping_files if p.cg else [])
         mapping = mapping if isinstance(mapping, list) else [mapping]
         settings = step_settings(p.mdp, p.nonbonded, "steps.evaluate.nonbonded",
                                  ctx.recipe.path.name if ctx.recipe.path else None)

@@ -46,7 +46,7 @@ class PrepareStep(Step):
             inputs = [p for n in frames for p in (spec.pairs / "aa" / f"{n}.gro", spec.pairs / "cg" / f"{n}.gro")]
         if len(frames) == 0:
             raise BackmapError("data: no frames selected", source=ctx.recipe.path.name)
-        key = file_digest([ctx.recipe.system.topology, *ctx.recipe.system.mappings, *inputs],
+        key = file_digest([ctx.recipe.system.topology, *ctx.mapping_files, *inputs],
                           {"frames": frames.tolist()})
         cache = ctx.path("pairs", f"pairs-{key}.npz")
         pairs, hit = None, False

@@ -11,6 +11,7 @@ from pydantic import Field
 from backmap import BackmapError, Step
 from backmap.engine.models import save_model
 from backmap.engine.recipe import InputPath
+from backmap.system.io import atomic_path
 from backmap.forcefield import NonbondedSettings
 from backmap.refinement.restrained import RestrainedSystem
 from backmap.system.pairs import PairSet
@@ -77,7 +78,10 @@ class TrainStep(Step):
         # what the model records of its training: no wall times (those are in run.json), so that
         # identical runs write identical model files
         training = {k: v for k, v in summary.items() if k not in ("markdown", "training log") and not _is_timing(k)}
-        save_model(out, generator, channels, ctx.recipe.system.topology, ctx.recipe.system.mappings, cg,
+        mapping_files = ctx.mapping_files
+        if ctx.recipe.system.bottleneck is not None:  # generated: travels inside the model
+            mapping_files = [_copy(m, out / m.name) for m in mapping_files]
+        save_model(out, generator, channels, ctx.recipe.system.topology, mapping_files, cg,
                    seed=ctx.seed, training={"recipe": ctx.recipe.name, "options": options.model_dump(),
                                             "train frames": len(data.train()), "summary": training,
                                             **_time_step(data)})
@@ -119,3 +123,10 @@ def _time_step(data) -> dict:
 def _is_timing(key: str) -> bool:
     """A summary entry that measures time (differs between identical runs)."""
     return "second" in key or key.endswith("/s")
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dst) as tmp:
+        tmp.write_bytes(Path(src).read_bytes())
+    return dst

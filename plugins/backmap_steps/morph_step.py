@@ -1,0 +1,65 @@
+"""The ``morph`` step (thesis ch. 7): structures of a top-down model, mapped through the bottleneck
+of the trained model (``system.bottleneck``), get the target's local detail back — scheme A (forward
+pass + Gibbs) or B (Gibbs only from the original structure); :mod:`backmap.engine.morph`."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from backmap import Step
+from backmap.engine.models import load_model
+from backmap.engine.morph import morph_to_files
+from backmap.engine.recipe import InputPath, StepInput, resolve_step_input
+from backmap.sampling.backmapper import BackmapSettings
+from backmap.sampling.flat_bottom import FlatBottomLimits
+from backmap.system.pairs import count_frames, select_frames
+
+
+class MorphParams(BackmapSettings):
+    input: InputPath = Field(description="structures of the top-down model (trajectory) in the system topology's "
+                                         "particle order")
+    frames: str | None = Field(None, description="'start:stop:step' or '0,5,9' of the input")
+    scheme: Literal["A", "B"] = Field("A", description="A: forward pass + Gibbs from the bottleneck; "
+                                                       "B: Gibbs sweeps only, from the original structure")
+    energy: bool = Field(False, description="score candidates with the system's force field — off by default: "
+                                            "that is the top-down model's, whose statistics morphing replaces")
+    label: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]+$",
+                              description="names the outputs (output:morph_<label>.aa) and the default file "
+                                          "morph/<label>.xtc; default: the scheme")
+    model: StepInput | None = Field(None, description="model folder; default: the one the 'train' step wrote")
+    out: str | None = Field(None, description="output in the work directory (.xtc, .gro, .trr); "
+                                              "default morph/<label>.xtc")
+    flat_bottom: FlatBottomLimits | None = Field(None, description="flat-bottom selection energy (thesis eqs. "
+                                                                   "7.2-7.3): force constants; limits left empty "
+                                                                   "are taken from the training frames of the target")
+    topology: InputPath | None = Field(None, description="the top-down model's .top, copied beside the output "
+                                                         "(default: system.topology if it is a .top)")
+
+
+class MorphStep(Step):
+    name = "morph"
+    summary = "morph top-down structures through the resolution bottleneck with the trained model (schemes A/B)"
+    Params = MorphParams
+
+    def run(self, ctx) -> dict:
+        p = self.params
+        label = p.label or p.scheme
+        where = ctx.where(f"steps.morph[{label}]")
+        model_dir = resolve_step_input(p.model, ctx.workdir, "steps.morph.model") if p.model else \
+            ctx.outputs.get("train.model", "steps.morph.model")
+        idx = select_frames(p.frames, [], count_frames(p.input), ctx.where("steps.morph.frames"))
+        settings = BackmapSettings(**{k: getattr(p, k) for k in BackmapSettings.model_fields})
+        if p.flat_bottom is not None and not p.flat_bottom.nonbonded:  # limits from the target's training frames
+            train = ctx.pairs().train()
+            params = p.flat_bottom.model_dump(exclude={"bond", "angle", "nonbonded", "source"})
+            settings.flat_bottom = FlatBottomLimits.from_frames(
+                ctx.topology, zip(train.aa.astype(float), train.dimensions),
+                source=f"{len(train)} training frames of the target", **params)
+        summary = morph_to_files(load_model(model_dir, ctx.registry), ctx.cg_topology, p.input,
+                                 ctx.path(p.out or f"morph/{label}.xtc"), p.scheme, idx, settings, seed=ctx.seed,
+                                 output_topology=p.topology, cluster=ctx.recipe.cluster, where=where)
+        files = summary.pop("files")
+        ctx.outputs.declare(f"morph_{label}", **{k: v for k, v in files.as_dict().items()})
+        summary.update({f"output {k}": str(v) for k, v in files.as_dict().items()})
+        return summary
