@@ -3,15 +3,13 @@ harmonic outside — bonds and angles outside [φ_min, φ_max] of their type, no
 below d_min of their type pair. Thresholds are taken from the training pairs."""
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from backmap import BackmapError, Regularizer
-from backmap.forcefield import ForceField, NonbondedSettings
 from backmap.forcefield import geometry as geo
+from backmap.sampling.flat_bottom import FlatBottomLimits, type_key
 from backmap.training.regularization import RegularizerSample, Schedule
 
 
@@ -25,9 +23,7 @@ class FlatBottomParams(BaseModel):
     cutoff: float = Field(0.6, gt=0, description="largest non-bonded distance looked at (nm)")
 
 
-def _key(types) -> str:
-    t = [str(x) for x in types]
-    return "-".join(min(t, t[::-1]))
+_key = type_key
 
 
 class FlatBottom(Regularizer):
@@ -42,35 +38,17 @@ class FlatBottom(Regularizer):
         self.min_distance: dict[str, float] = {}
 
     def prepare(self, context) -> None:
-        """Take φ_min/φ_max and d_min per type from the first training frames."""
+        """Take φ_min/φ_max and d_min per type from the first training frames (the limits the
+        morphing sampler uses too: :class:`backmap.sampling.flat_bottom.FlatBottomLimits`), non-bonded
+        pairs as the force field excludes them (nrexcl)."""
         pairs = context.pairs().train()
         if len(pairs) == 0:
             raise BackmapError("flat_bottom: no training frames to take thresholds from")
-        ff = ForceField(context.topology, NonbondedSettings(rvdw=self.params.cutoff, rcoulomb=self.params.cutoff))
-        types = np.concatenate([np.tile(b.moltype.atom_types, b.count) for b in context.topology.blocks])
         n = min(self.params.frames, len(pairs))
-        x = torch.as_tensor(pairs.aa[:n], dtype=torch.float64)
-        bonds, angles = ff.params.bonded["bond"].atoms, ff.params.bonded["angle"].atoms
-        r = geo.distance(x[:, bonds[:, 0]], x[:, bonds[:, 1]]).numpy()
-        theta = geo.angle(*(x[:, angles[:, k]] for k in range(3))).numpy()
-        self.bond_range = self._ranges(r, [_key(types[b]) for b in bonds])
-        self.angle_range = self._ranges(theta, [_key(types[a]) for a in angles])
-        dmin: dict[str, float] = defaultdict(lambda: np.inf)
-        from backmap.system.pbc import box_vectors
-
-        for k in range(n):
-            i, j, shift = ff.pairs(pairs.aa[k].astype(float), box_vectors(pairs.dimensions[k]))
-            d = np.linalg.norm(pairs.aa[k, j] + shift - pairs.aa[k, i], axis=1)
-            keys = np.array([_key((a, b)) for a, b in zip(types[i], types[j])])
-            for key in np.unique(keys):
-                dmin[key] = min(dmin[key], float(d[keys == key].min()))
-        self.min_distance = dict(dmin)
-
-    @staticmethod
-    def _ranges(values: np.ndarray, keys: list[str]) -> dict[str, tuple[float, float]]:
-        keys_arr = np.array(keys)
-        return {k: (float(values[:, keys_arr == k].min()), float(values[:, keys_arr == k].max()))
-                for k in sorted(set(keys))}
+        nrexcl = {b.moltype.nrexcl for b in context.topology.blocks} - {None}
+        limits = FlatBottomLimits.from_frames(context.topology, zip(pairs.aa[:n].astype(float), pairs.dimensions[:n]),
+                                              cutoff=self.params.cutoff, exclude_bonds=max(nrexcl or {3}))
+        self.bond_range, self.angle_range, self.min_distance = limits.bond, limits.angle, limits.nonbonded
 
     def _bounds(self, table, keys):
         lo = torch.tensor([table.get(k, (-np.inf, np.inf))[0] for k in keys], dtype=torch.float64)

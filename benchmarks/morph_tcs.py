@@ -1,0 +1,135 @@
+"""Morphing Martini 2 tetracosane toward OPLS-AA (issue 17, thesis ch. 7), end to end: the recipe
+recipes/tcs-morph.yaml at the bottleneck s = 2 and s = 3 (schemes A and B each), then the issue's
+numbers — the mean JSD (bond, angle, RDF) to the target before and after morphing and its ratio,
+√⟨R_e²⟩ and √⟨R_g²⟩ of every morph against the unmorphed Martini structures, the bond distribution's
+peaks — and the time of a 1000-frame morph on 2 workers (the Martini frames five times over), against
+a baseline in the same command: `backmap map` of the same 1000 frames through the bottleneck (reading,
+unwrapping, mapping and writing, without the generator).
+
+    bash scripts/make_tcs_data.sh                      # once: data/tcs
+    .venv/bin/python benchmarks/morph_tcs.py [--s 2 3] [--reuse] [--workers 2] [--timing-frames 1000]
+
+Prints one JSON line per bottleneck and one for the timing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+TCS = REPO / "data" / "tcs"
+RECIPE = REPO / "recipes" / "tcs-morph.yaml"
+BACKMAP = str(Path(sys.executable).parent / "backmap")
+ENV = dict(os.environ, BACKMAP_NO_PROGRESS="1")
+
+
+def run(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([str(c) for c in cmd], check=True, env=ENV, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def peaks(values: np.ndarray, width: float = 0.005, lo: float = 0.35, hi: float = 0.6) -> list[float]:
+    """Local maxima of a lightly smoothed histogram holding ≥ 10 % of the highest bin."""
+    counts, edges = np.histogram(values, np.arange(lo, hi + width, width))
+    smooth = np.convolve(counts, np.ones(3) / 3, mode="same")
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    return [round(float(centres[k]), 4) for k in range(1, len(smooth) - 1)
+            if smooth[k] > smooth[k - 1] and smooth[k] >= smooth[k + 1] and smooth[k] > 0.1 * smooth.max()]
+
+
+def bonds(path: Path) -> np.ndarray:
+    from backmap.engine.loaders import load_topology
+    from backmap.system.io import read_frames
+    from backmap.system.pbc import Unwrapper
+
+    top = load_topology(TCS / "martini" / "topol.tpr")
+    whole = Unwrapper(top)
+    x = np.stack([whole(f.positions, f.dimensions) for f in read_frames(path)])
+    x = x.reshape(len(x), -1, 6, 3)
+    return np.linalg.norm(np.diff(x, axis=2), axis=-1).ravel()
+
+
+def summarise(workdir: Path, s: int) -> dict:
+    m = json.loads((workdir / "evaluate" / "metrics.json").read_text())
+    head = m["summary"]["mean_jsd_headline"]["candidates"]
+    obs = m["observables"]
+    base = head["martini"]
+    out = {"benchmark": "morph_tcs", "s": s, "frames": m["frames"],
+           "noise floor": round(m["summary"]["mean_jsd_headline"]["noise_floor"], 4),
+           "mean JSD (bond, angle, rdf)": {k: round(v, 4) for k, v in head.items()},
+           "JSD per observable": {name: {k: round(v["jsd"], 4) for k, v in o["candidates"].items()}
+                                  for name, o in obs.items()}}
+    for label in head:
+        if label == "martini":
+            continue
+        ratio = base / head[label]
+        sizes = {}
+        for q in ("Re2", "Rg2"):
+            key = next(k for k in obs if k.startswith(f"chain:{q}:"))
+            c = obs[key]["candidates"]
+            sizes[f"sqrt <{q}> / martini"] = round(float(np.sqrt(c[label]["mean"] / c["martini"]["mean"])), 4)
+            sizes[f"sqrt <{q}> target / martini"] = round(float(np.sqrt(obs[key]["reference"]["mean"]
+                                                                        / c["martini"]["mean"])), 4)
+        within = all(abs(v - 1) <= 0.02 for k, v in sizes.items() if "target" not in k)
+        out[label] = {"JSD ratio martini / this": round(ratio, 2), **sizes,
+                      "target met (≥ 3x, sizes within 2 %)": bool(ratio >= 3 and within)}
+    files = {"target": TCS / "analysis" / "mapped.xtc", "martini": TCS / "analysis" / "cg.xtc",
+             "morph A": workdir / "morph" / "A.xtc", "morph B": workdir / "morph" / "B.xtc"}
+    out["bond peaks (nm)"] = {k: peaks(bonds(p)) for k, p in files.items() if p.is_file()}
+    return out
+
+
+def timing(workdir: Path, n: int, workers: int) -> dict:
+    from backmap.system.io import read_frames, write_frames
+    from backmap.engine.loaders import load_topology
+
+    top = load_topology(TCS / "martini" / "topol.tpr")
+    frames = list(read_frames(TCS / "analysis" / "cg.xtc"))
+    tmp = Path(tempfile.mkdtemp(prefix="backmap-morph-"))
+    many = tmp / "many.xtc"
+    reps = [frames[k % len(frames)] for k in range(n)]
+    for k, f in enumerate(reps):
+        f.index, f.time = k, float(k)
+    write_frames(many, reps, top.atom_names, top.resnames, top.residue_numbers())
+    target = TCS / "analysis" / "mapped.xtc"
+    base = run([BACKMAP, "map", "--topology", TCS / "martini" / "topol.tpr", "--traj", many,
+                "--mapping", workdir / "model" / "e2.xml", "--out", tmp / "mapped.xtc"])
+    t = run([BACKMAP, "morph", "--model", workdir / "model", "--input", many, "--out", tmp / "morphed.xtc",
+             "--scheme", "A", "--candidates", "16", "--flat-bottom", target, "--quantile", "0.01",
+             "--workers", str(workers)])
+    return {"benchmark": "morph_tcs timing", "frames": n, "workers": workers, "morph seconds": round(t, 1),
+            "baseline (backmap map) seconds": round(base, 1), "ratio morph / map": round(t / base, 2),
+            "target ≤ 600 s met": t <= 600}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--s", type=int, nargs="+", default=[2, 3])
+    ap.add_argument("--reuse", action="store_true", help="keep finished runs (runs/tcs-morph[-s3])")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--timing-frames", type=int, default=1000, help="0: no timing")
+    args = ap.parse_args()
+    if not (TCS / "analysis" / "mapped.xtc").is_file():
+        sys.exit(f"{TCS}/analysis/mapped.xtc missing: run scripts/make_tcs_data.sh first")
+    first = None
+    for s in args.s:
+        workdir = REPO / "runs" / ("tcs-morph" if s == 2 else f"tcs-morph-s{s}")
+        if not (args.reuse and (workdir / "evaluate" / "metrics.json").is_file()):
+            run([BACKMAP, "run", RECIPE, f"system.bottleneck={s}", "--workdir", workdir])
+        print(json.dumps(summarise(workdir, s)), flush=True)
+        first = first or workdir
+    if args.timing_frames and first is not None and 2 in args.s:
+        print(json.dumps(timing(first, args.timing_frames, args.workers)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
