@@ -29,7 +29,7 @@
 #
 # Usage:  scripts/make_tcs_data.sh            (from any working directory; rerun to resume)
 # Env:    GMX=gmx  NT=1 (OpenMP threads per mdrun; -reprod results depend on it)  SEED=2424
-#         NMOL=48  PROD_PS=1500  NPT_PS=400  COMPRESS_PS=60  COMPRESS_BAR=1000  EVERY_PS=50
+#         NMOL=48  PROD_PS=4000  NPT_PS=400  COMPRESS_PS=60  COMPRESS_BAR=1000  EVERY_PS=50
 #         CG_NPT_PS=20000  CG_PROD_PS=10000  CPT_MIN=5  COMMIT_AA_FRAMES=11  COMMIT_CG_FRAMES=41
 #         PARTIAL=1 (finalise with the frames written so far)  ONLY=aa|cg|final (run one part)
 #         PYTHON=<repo>/.venv/bin/python  CACHE_DIR=<repo>/data/tcs  DATA_DIR=<repo>/tests/data
@@ -40,8 +40,8 @@
 # Deterministic: fixed seeds (insert-molecules -seed, gen-seed, ld-seed), mdrun -ntmpi 1 -ntomp NT
 # -reprod; a rerun on the same build/hardware gives the same data (a run continued from a checkpoint
 # after a kill follows the same trajectory up to floating-point reordering, which -reprod avoids on
-# the same hardware).  Timing (2 cores shared with other jobs, 1 thread per mdrun): ~60 min in all
-# (AA compress 1.6 min, NPT 12 min, production 43 min at ~50 ns/day; Martini 3 min in parallel);
+# the same hardware).  Timing (2 cores shared with other jobs, 1 thread per mdrun): ~2.5 h in all
+# (AA compress 1.6 min, NPT 12 min, production 4 ns in ~2 h at ~50 ns/day; Martini 3 min in parallel);
 # details in data/tcs/README.md.
 set -Eeuo pipefail
 trap 'echo "error: ${BASH_SOURCE[0]}:$LINENO: command failed (exit $?)" >&2' ERR
@@ -69,7 +69,7 @@ BOX0=${BOX0:-5.2}              # nm, insertion box (48 molecules: 0.19 g/cm3)
 COMPRESS_PS=${COMPRESS_PS:-60}
 COMPRESS_BAR=${COMPRESS_BAR:-1000}
 NPT_PS=${NPT_PS:-400}
-PROD_PS=${PROD_PS:-1500}
+PROD_PS=${PROD_PS:-4000}
 EVERY_PS=${EVERY_PS:-50}
 CG_NPT_PS=${CG_NPT_PS:-20000}
 CG_PROD_PS=${CG_PROD_PS:-10000}
