@@ -201,7 +201,7 @@ def morph_run(tmp_path_factory):
         data: {{trajectory: {TCS / 'mapped.xtc'}, split: {{test_fraction: 0.2}}}}
         generator:
           plugin: equivariant
-          params: {{constraints: none, width: 8, vectors: 4, tensors: 2, hidden: 16, recentre_by: shift}}
+          params: {{constraints: none, width: 8, vectors: 4, tensors: 2, hidden: 16, recentre_by: rotation+shift}}
           environment: {{cutoff: 1.0}}
         steps:
           - prepare: {{}}
@@ -233,7 +233,7 @@ def test_morph_writes_the_top_down_models_files(morph_run, martini):
     assert record["scheme"] == "A" and record["model"].endswith("model")
     outputs = json.loads((morph_run / "outputs.json").read_text())
     assert {"morph_A.aa", "morph_B_fb.aa"} <= set(outputs)
-    # the bottleneck is kept exactly (recentre_by: shift): the top-down model's large scales survive
+    # the bottleneck is kept exactly (recentre_by: rotation+shift): the top-down model's large scales survive
     assert _bottleneck_rmsd(martini, a, morph_run / "morph" / "A_cg.trr") < 2e-3
 
 
