@@ -268,3 +268,16 @@ def test_morph_errors_name_the_problem(morph_run, tmp_path):
     code, _, err = run_cli("morph", "--model", morph_run / "model", "--input", TCS / "aa" / "traj.xtc",
                            "--out", tmp_path / "y.xtc")
     assert "atoms" in one_line_error(code, err) or "particles" in err
+
+
+def test_check_names_a_morph_input_of_the_wrong_resolution(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(textwrap.dedent(f"""
+        name: bad
+        system: {{topology: {MARTINI_TPR}, bottleneck: 2}}
+        data: {{trajectory: {TCS / 'mapped.xtc'}}}
+        generator: {{plugin: equivariant, params: {{constraints: none}}}}
+        steps: [{{prepare: {{}}}}, {{morph: {{input: {TCS / 'aa' / 'traj.xtc'}}}}}]
+        """))
+    code, _, err = run_cli("check", recipe)
+    assert code == 2 and "steps[1].morph.input" in err and "3552 atoms in the file but 288" in err

@@ -25,6 +25,7 @@ STEP_INPUTS: dict[str, tuple[tuple[str, str, bool], ...]] = {
     "backmap": (("cg", "cg", True), ("stereo_reference", "aa", False)),
     "evaluate": (("reference", "aa", True), ("candidates", "aa", True), ("cg", "cg", True)),
     "refine": (("aa", "aa", True), ("cg", "cg", True)),
+    "morph": (("input", "aa", True),),  # the top-down structures are at the system's ("AA") resolution
 }
 
 #: width of the atom-name field of the formats whose names are compared with the mapping's beads
