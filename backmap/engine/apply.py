@@ -278,6 +278,9 @@ def _frames_digest(frames: Sequence[Frame]) -> str:
     for f in frames:
         h.update(np.ascontiguousarray(f.positions, np.float32).tobytes())
         h.update(np.ascontiguousarray(f.dimensions, np.float32).tobytes())
+        start = getattr(f, "start", None)  # a structure the sampling starts from (morphing scheme B)
+        if start is not None:
+            h.update(np.ascontiguousarray(start, np.float32).tobytes())
     return h.hexdigest()
 
 

@@ -67,16 +67,7 @@ def morph_to_files(model: Model, cg_topology: CGTopology, source: Path, out: Pat
     topology_path = Path(output_topology or topo.source)
     summary = backmap_to_files(model, cg_topology, topology_path, started, out, settings, seed=seed, cluster=cluster,
                                provenance={"input": str(source), "scheme": scheme, "scheme means": SCHEMES[scheme]},
-                               where=where, identity={"scheme": scheme, "input": _digest(started)})
+                               where=where, identity={"scheme": scheme})
     summary["scheme"] = scheme
     return summary
 
-
-def _digest(frames: Sequence[StartedFrame]) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for f in frames:
-        if f.start is not None:
-            h.update(np.ascontiguousarray(f.start, np.float32).tobytes())
-    return h.hexdigest()

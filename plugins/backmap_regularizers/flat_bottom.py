@@ -23,8 +23,6 @@ class FlatBottomParams(BaseModel):
     cutoff: float = Field(0.6, gt=0, description="largest non-bonded distance looked at (nm)")
 
 
-_key = type_key
-
 
 class FlatBottom(Regularizer):
     name = "flat_bottom"
@@ -66,7 +64,7 @@ class FlatBottom(Regularizer):
                 continue
             value = (geo.distance(x[:, idx[:, 0]], x[:, idx[:, 1]]) if name == "bond"
                      else geo.angle(*(x[:, idx[:, k]] for k in range(3))))
-            lo, hi = self._bounds(table, [_key(types[t]) for t in idx])
+            lo, hi = self._bounds(table, [type_key(types[t]) for t in idx])
             total = total + a * (torch.relu(lo - value) ** 2 + torch.relu(value - hi) ** 2).sum(-1)
         for b in range(x.shape[0]):
             i, j, _ = ff.pairs(x[b].detach().numpy(), None)
@@ -74,7 +72,7 @@ class FlatBottom(Regularizer):
             i, j = i[keep], j[keep]
             if not len(i):
                 continue
-            dmin = torch.tensor([self.min_distance.get(_key((s, t)), 0.0) for s, t in zip(types[i], types[j])],
+            dmin = torch.tensor([self.min_distance.get(type_key((s, t)), 0.0) for s, t in zip(types[i], types[j])],
                                 dtype=x.dtype)
             d = geo.distance(x[b, i], x[b, j])
             total[b] = total[b] + p.a_nonbonded * (torch.relu(1 - d / dmin.clamp(min=1e-9)) ** 2).sum()
