@@ -101,11 +101,38 @@ def run(recipe: Path, overrides: tuple[str, ...], only: str | None, workdir: Pat
     from backmap.engine.checks import check_recipe
     from backmap.engine.pipeline import run_recipe
     from backmap.engine.recipe import load_recipe
+    from backmap.training.distributed import launched_by_torchrun
 
     r, steps = load_recipe(recipe, list(overrides))
     check_recipe(r, steps, only.split(",") if only else None)  # before anything is written
+    if launched_by_torchrun():  # data-parallel training (docs/scale-out.md)
+        _run_distributed(r, steps, workdir, only)
+        return
     out = run_recipe(r, steps, workdir, only.split(",") if only else None, console=console)
     click.echo(f"done: {out} (report: {out / 'report.md'})")
+
+
+def _run_distributed(r, steps, workdir: Path | None, only: str | None) -> None:
+    """One of the processes ``torchrun`` started: train steps only (the others would run once per
+    process); the main process keeps the run's history and report, the others only train."""
+    import torch.distributed
+
+    from backmap.engine.pipeline import run_recipe, run_steps
+    from backmap.training.distributed import join_process_group
+
+    selected = only.split(",") if only else [s.name for s in steps]
+    if set(selected) != {"train"}:
+        raise BackmapError(f"--steps: under torchrun only the train step runs on several processes (selected: "
+                           f"{', '.join(selected)}); run the others without torchrun, then add --steps train")
+    group = join_process_group()
+    try:
+        if group.is_main:
+            out = run_recipe(r, steps, workdir, selected, console=console)
+            click.echo(f"done: {out} (report: {out / 'report.md'}; {group.size} training processes)")
+        else:
+            run_steps(r, steps, workdir, selected, console=Console(stderr=True, quiet=True))
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 def _settings(mdp: Path | None, cutoff: float | None, coulomb: str | None, epsilon_rf: float | None,

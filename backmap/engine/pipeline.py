@@ -189,6 +189,18 @@ def run_recipe(recipe: Recipe, steps: Sequence[ValidatedStep], workdir: Path | N
     return workdir
 
 
+def run_steps(recipe: Recipe, steps: Sequence[ValidatedStep], workdir: Path | None, only: Sequence[str],
+              registry: Registry | None = None, console: Console | None = None) -> None:
+    """Run the steps named in ``only`` without touching the work directory's history: for the
+    helper processes of data-parallel training, whose main process runs :func:`run_recipe`."""
+    registry = registry or default_registry()
+    workdir = Path(workdir or recipe.default_workdir()).resolve()
+    ctx = RunContext(recipe, workdir, registry, console)
+    for step in steps:
+        if step.name in only:
+            registry.get("step", step.name).cls(step.params).run(ctx)
+
+
 def _now() -> str:
     return _dt.datetime.now().isoformat(timespec="seconds")
 

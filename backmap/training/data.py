@@ -14,6 +14,7 @@ from backmap.sampling.spec import EnvironmentSpec
 from backmap.sampling.traversal import Plan
 from backmap.system.mapping import CGTopology
 from backmap.system.pairs import PairSet
+from backmap.training.distributed import SERIAL, ProcessGroup
 from backmap.training.energies import LocalEnergies
 from backmap.training.sequences import BeadSequences, build_sequences
 
@@ -73,3 +74,5 @@ class FitContext:
     directory: Path | None = None
     seed: int = 0
     say: Callable[[str], None] = lambda _msg: None
+    #: the training processes (torchrun; :mod:`backmap.training.distributed`), serial by default
+    group: ProcessGroup = SERIAL

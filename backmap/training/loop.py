@@ -29,6 +29,7 @@ from backmap.training.progress import TrainingProgress
 from backmap.training.sequences import BeadSequences
 
 from backmap.training.data import FitContext, TrainOptions
+from backmap.training.distributed import SERIAL, ProcessGroup
 
 if TYPE_CHECKING:
     from backmap.engine.plugin import Regularizer
@@ -50,6 +51,9 @@ class NetworkGenerator(Generator):
     progress_columns: ClassVar[tuple[str, ...]] = ()
     #: parameters that do not change what is trained (left out of the checkpoint fingerprint)
     runtime_params: ClassVar[tuple[str, ...]] = ("threads",)
+    #: ``train_step`` follows the data-parallel rules (:mod:`backmap.training.distributed`): random
+    #: draws per sequence through ``loop.local``, ``loop.reduce_gradients`` before each optimizer step
+    data_parallel: ClassVar[bool] = False
 
     def training_contexts(self) -> tuple[str, ...]:
         """The environments trained on: ``forward`` and/or ``gibbs`` (:mod:`backmap.training.sequences`)."""
@@ -89,15 +93,30 @@ class NetworkGenerator(Generator):
                            f"reparameterized samples (plugin: vae); {self.name!r} has none")
 
     def fit(self, data: "TrainingData", context: FitContext) -> dict[str, Any]:
+        group = context.group
+        if group.active and not self.data_parallel:
+            raise BackmapError(f"steps.train: the {self.name!r} generator does not train on several processes "
+                               f"(data-parallel: equivariant, vae); run it without torchrun")
+        if group.active and context.regularizers:
+            raise BackmapError("steps.train: regularizers are not supported on several processes; run without "
+                               "torchrun or drop the recipe's regularizers")
         contexts = self.training_contexts()
         seqs = data.sequences(contexts)
         self.setup(data, context.seed)
+        if group.active:
+            group.broadcast_parameters(self.parameters())
         loop = TrainingLoop(self, seqs, len(contexts), context.options, context.seed,
                             regularizers=context.regularizers, energies=context.energies,
-                            directory=context.directory, say=context.say)
+                            directory=context.directory, say=context.say, group=group)
         summary = loop.run()
         summary["training sequences"] = f"{loop.n} beads x frames x {len(contexts)} context(s)"
+        if group.active:
+            summary["processes"] = group.size
         return summary
+
+    def parameters(self):
+        """The trained parameters (data-parallel training broadcasts and reduces them)."""
+        raise NotImplementedError
 
 
 class TrainingLoop:
@@ -106,19 +125,27 @@ class TrainingLoop:
 
     An epoch is one pass over every bead-frame in a shuffled order, ``batch_size`` at a time; each
     drawn bead-frame comes in one of the contexts at random. Random numbers come from two streams,
-    ``np_rng`` (batches, contexts, augmentations) and ``torch_rng`` (noise), saved in checkpoints."""
+    ``np_rng`` (batches, contexts, augmentations) and ``torch_rng`` (noise), saved in checkpoints.
+
+    On several processes (``group``) every process draws the same global batch and keeps its rows
+    of it (:meth:`batch`, :meth:`local`); ``train_step`` calls :meth:`reduce_gradients` before
+    each optimizer step; only the main process writes and prints."""
 
     def __init__(self, generator: NetworkGenerator, seqs: BeadSequences, n_contexts: int, options: TrainOptions,
                  seed: int, regularizers: Sequence["Regularizer"] = (), energies: LocalEnergies | None = None,
-                 directory: Path | None = None, say: Callable[[str], None] | None = None):
+                 directory: Path | None = None, say: Callable[[str], None] | None = None,
+                 group: ProcessGroup = SERIAL):
         self.generator, self.seqs, self.options = generator, seqs, options
+        self.group = group
         self.n_contexts = n_contexts
         self.n = len(seqs) // n_contexts
         self.regularizers = list(regularizers)
         self.energies = energies
         self.directory = directory
         self.batch_size = min(options.batch_size, self.n)
-        self.say = say or (lambda _msg: None)
+        self.say = (say or (lambda _msg: None)) if group.is_main else (lambda _msg: None)
+        self._placeholder = False  # this process's rows of the latest batch are a stand-in (weight 0)
+        self._step_weight: float | None = None
         self.np_rng = np.random.default_rng(seed)
         self.torch_rng = torch.Generator().manual_seed(seed)
         self.fingerprint = _fingerprint(generator, seqs, seed, self.batch_size)
@@ -154,10 +181,35 @@ class TrainingLoop:
 
     def batch(self, beads: np.ndarray) -> tuple[np.ndarray, BeadSequences]:
         """Global sequence ids and the sequences of bead-frames ``beads``, each in a random
-        context, trimmed to the batch's largest sizes."""
+        context, trimmed to the batch's largest sizes (on several processes: this process's rows)."""
         ctx = self.np_rng.integers(0, self.n_contexts, len(beads))
-        ids = ctx * self.n + beads
+        self._batch_rows = len(beads)
+        ids = self.local(ctx * self.n + beads)
         return ids, trim(self.seqs.select(torch.as_tensor(ids)))
+
+    def local(self, values):
+        """This process's rows of ``values`` drawn for a whole batch (per-sequence random draws:
+        draw for ``len(beads)``, then keep ``loop.local(draw)``); the identity on one process."""
+        if not self.group.active:
+            return values
+        rows, self._placeholder = self.group.rows(len(values))
+        return values[torch.as_tensor(rows) if torch.is_tensor(values) else rows]
+
+    def local_randn(self, shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
+        """Standard normal noise of this process's rows of a batch: ``shape[0]`` rows here, drawn as
+        rows of the whole batch (whose size the latest :meth:`batch` set) so that the draws match a
+        one-process run."""
+        if not self.group.active:
+            return torch.randn(tuple(shape), generator=generator)
+        return self.local(torch.randn((self._batch_rows, *shape[1:]), generator=generator))
+
+    def reduce_gradients(self, parameters, weight: float) -> None:
+        """Before an optimizer step: the gradients averaged over processes, each weighted by
+        ``weight`` (this process's share of the loss normaliser, e.g. its atoms; ignored on one
+        process); the step's logged numbers are averaged with the same weights."""
+        weight = 0.0 if self._placeholder else float(weight)
+        self.group.reduce_gradients(parameters, weight)
+        self._step_weight = weight
 
     def regularize(self, ids: np.ndarray, seqs: BeadSequences, coords: torch.Tensor, n_samples: int,
                    log_energies: bool = False) -> tuple[torch.Tensor | float, dict[str, float]]:
@@ -206,7 +258,8 @@ class TrainingLoop:
                 self.say(f"resumed from {self.checkpoint_path} at iteration {self.iteration}/{self.total}")
         start_iteration, t0 = self.iteration, time.perf_counter()
         seconds0 = self.seconds
-        with TrainingProgress(self.total, self.iteration, self.generator.progress_columns) as bar:
+        with TrainingProgress(self.total, self.iteration, self.generator.progress_columns,
+                              quiet=not self.group.is_main) as bar:
             while self.iteration < self.total:
                 if self.position >= len(self.order):
                     self.order, self.position = self.np_rng.permutation(self.n), 0
@@ -214,7 +267,7 @@ class TrainingLoop:
                 self.position += len(beads)
                 next_it = self.iteration + 1
                 self.logging = next_it % o.log_every == 0 or next_it == self.total
-                self._accumulate(self.generator.train_step(beads, self))
+                self._accumulate(self._reduced(self.generator.train_step(beads, self)))
                 self._accumulate(self._energy_stats())
                 self.iteration = next_it
                 self.seconds = seconds0 + time.perf_counter() - t0
@@ -241,6 +294,16 @@ class TrainingLoop:
             summary["training log"] = str(self.directory / "train_log.csv")
         return summary
 
+    def _reduced(self, stats: dict[str, float]) -> dict[str, float]:
+        """A step's logged numbers, averaged over processes (weights of :meth:`reduce_gradients`)."""
+        if not self.group.active:
+            return stats
+        if self._step_weight is None:
+            raise BackmapError(f"{self.generator.name}: train_step did not call loop.reduce_gradients "
+                               f"(needed on several processes)")
+        stats, self._step_weight = self.group.average(stats, self._step_weight), None
+        return stats
+
     def record(self, stats: dict[str, float]) -> None:
         """Add numbers to the training log's running means (e.g. once per critic step)."""
         self._accumulate(stats)
@@ -256,7 +319,7 @@ class TrainingLoop:
         row.update({k: self._sums[k] / self._counts[k] for k in self._sums})
         self._sums, self._counts = {}, {}
         self.log.add(row)
-        if self.directory is not None:
+        if self.directory is not None and self.group.is_main:
             self.log.write_csv(self.directory / "train_log.csv")
         return row
 
@@ -291,7 +354,7 @@ class TrainingLoop:
     def save(self, path: Path | None = None) -> None:
         """Write the checkpoint atomically (temporary file, then rename), with the log and its plot."""
         path = path or self.checkpoint_path
-        if path is None:
+        if path is None or not self.group.is_main:
             return
         with atomic_path(path) as tmp:
             torch.save(self.state(), tmp)

@@ -8,9 +8,9 @@ from backmap.progress import enabled
 class TrainingProgress:
     """Context manager: ``advance()`` per iteration, ``status(row)`` with the latest log row."""
 
-    def __init__(self, total: int, done: int = 0, shown: tuple[str, ...] = ()):
+    def __init__(self, total: int, done: int = 0, shown: tuple[str, ...] = (), quiet: bool = False):
         self.total, self.done, self.shown = total, done, shown
-        self.enabled = enabled()
+        self.enabled = enabled() and not quiet
         self._bar = None
 
     def __enter__(self) -> "TrainingProgress":

@@ -137,6 +137,7 @@ class EquivariantGenerator(NetworkGenerator):
     #: +519 instead of −192 kJ/mol)
     environment_defaults = {"strip_hydrogens": False}
     progress_columns = ("nll", "nll_angle", "nll_dihedral", "nll_bond")
+    data_parallel = True
 
     def __init__(self, params=None, environment=None):
         super().__init__(params, environment)
@@ -375,7 +376,7 @@ class EquivariantGenerator(NetworkGenerator):
         _ids, seqs = loop.batch(beads)
         v = self._view_sequences(seqs)
         if p.mirror_augment:  # mirror half of the batch: y → −y in the local frame (a right-handed frame stays one)
-            flip = torch.as_tensor(loop.np_rng.random(len(beads)) < 0.5)
+            flip = torch.as_tensor(loop.local(loop.np_rng.random(len(beads)) < 0.5))
             sign = torch.where(flip, -1.0, 1.0)[:, None]
             for k in ("atom_positions", "bead_positions", "targets", "previous_frame"):
                 if k not in v:
@@ -383,11 +384,12 @@ class EquivariantGenerator(NetworkGenerator):
                 v[k] = v[k].clone()
                 v[k][..., 1] *= sign
         if "previous_frame" in v and p.previous_dropout > 0:  # some frames without one: the first frame of a trajectory
-            drop = torch.as_tensor(loop.np_rng.random(len(beads)) < p.previous_dropout)
+            drop = torch.as_tensor(loop.local(loop.np_rng.random(len(beads)) < p.previous_dropout))
             v["previous_frame_ok"] = v["previous_frame_ok"] & ~drop[:, None]
         loss, stats = self._training_loss(v, loop)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        loop.reduce_gradients(self.parameters(), float(v["target_mask"].sum()))  # the loss is a mean per atom
         torch.nn.utils.clip_grad_norm_(self.parameters(), 10.0)
         self.optimizer.step()
         return stats

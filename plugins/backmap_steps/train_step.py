@@ -18,6 +18,7 @@ from backmap.system.pairs import PairSet
 from backmap.training.reverse_kl import ReverseKLOptions
 from backmap.sampling.traversal import make_plans
 from backmap.training.data import FitContext, TrainingData, TrainOptions
+from backmap.training.distributed import current_group
 from backmap.training.energies import LocalEnergies
 
 
@@ -67,13 +68,19 @@ class TrainStep(Step):
             ctx.console.print(f"train: no energies in the training log ({exc})")
         options = TrainOptions(**{k: getattr(self.params, k) for k in TrainOptions.model_fields})
         log_dir = ctx.path(self.params.log_dir, generator.name, "checkpoint.pt").parent
-        fit = FitContext(options, regularizers, energies, log_dir, ctx.seed, ctx.console.print)
+        group = current_group()  # several processes under torchrun (backmap.training.distributed)
+        fit = FitContext(options, regularizers, energies, log_dir, ctx.seed, ctx.console.print, group=group)
         t0 = time.perf_counter()
         if self.params.objective == "reverse_kl":
+            if group.active:
+                raise BackmapError("steps.train: objective reverse_kl runs on one process; run it without torchrun",
+                                   source=ctx.where("steps"))
             summary = self._fit_reverse_kl(ctx, generator, data, fit)
         else:
             summary = generator.fit(data, fit) or {}
         seconds = time.perf_counter() - t0
+        if not group.is_main:  # the main process writes the model
+            return {}
         out = ctx.path(self.params.out, "model.json").parent
         # what the model records of its training: no wall times (those are in run.json), so that
         # identical runs write identical model files

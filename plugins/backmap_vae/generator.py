@@ -143,14 +143,16 @@ class VAEGenerator(EquivariantGenerator):
     def _posterior(self, v: dict, context: torch.Tensor):
         return self.latent_nets.q(context, *self._ic_features(v))
 
-    def _terms(self, v: dict, generator: torch.Generator):
+    def _terms(self, v: dict, generator: torch.Generator, loop=None):
         """Teacher-forced NLL per atom (B, T) with z drawn from q (reparameterized), the mask,
-        and KL(q ‖ P) per unit (B,)."""
+        and KL(q ‖ P) per unit (B,). With the training ``loop``, the noise is this process's rows
+        of the whole batch's."""
         enc = self._encode(v)
         v = {**v, "encoded": enc}
         mq, lq = self._posterior(v, enc[0])
         mp, lp = self.latent_nets.p(enc[0])
-        z = mq + torch.exp(lq) * torch.randn(mq.shape, generator=generator)
+        noise = torch.randn(mq.shape, generator=generator) if loop is None else loop.local_randn(mq.shape, generator)
+        z = mq + torch.exp(lq) * noise
         v["latent"] = z
         dist, (r, theta, phi), rigid = self._teacher_pass(v)
         lp_a, lp_d, lp_r = dist.log_prob(r, theta, phi)
@@ -164,7 +166,7 @@ class VAEGenerator(EquivariantGenerator):
         p = self.params
         kl_weight = p.kl_weight * (min(1.0, loop.fraction / p.kl_anneal) if p.kl_anneal > 0 else 1.0)
         gen = torch.Generator().manual_seed(int(loop.np_rng.integers(2**62)))
-        nll, m, kl = self._terms(v, gen)
+        nll, m, kl = self._terms(v, gen, loop)
         n = m.sum().clamp(min=1)
         loss = (nll.sum() + kl_weight * kl.sum()) / n
         return loss, {"loss": float(loss.detach()), "nll": float(nll.sum().detach() / n),
