@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from backmap.refinement.latent_moves import JointLogDensity
+from backmap.training.mixture_prior import MixturePrior
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -61,13 +62,16 @@ def _normal_log_prob(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor)
 
 
 class GaussianVAE(torch.nn.Module):
-    """A VAE on R^d with diagonal Gaussian encoder and decoder (MLPs) and a standard normal prior,
+    """A VAE on R^d with diagonal Gaussian encoder and decoder (MLPs) and a standard normal prior
+    (or a learned mixture, ``prior_components`` > 1),
     implementing :class:`backmap.refinement.latent_moves.LatentModel` for one system (B = 1) or a
     batch of independent copies of it (B states)."""
 
-    def __init__(self, dim: int = 2, latent: int = 1, hidden: int = 64):
+    def __init__(self, dim: int = 2, latent: int = 1, hidden: int = 64, prior_components: int = 1):
         super().__init__()
         self.dim, self.latent = dim, latent
+        #: with several components, a learned mixture prior (:mod:`backmap.training.mixture_prior`)
+        self.mixture = MixturePrior(latent, prior_components) if prior_components > 1 else None
 
         def net(n_in: int, n_out: int) -> torch.nn.Sequential:
             return torch.nn.Sequential(torch.nn.Linear(n_in, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, hidden),
@@ -86,13 +90,15 @@ class GaussianVAE(torch.nn.Module):
         return mean + torch.exp(log_std) * torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
 
     def generate(self, n: int, generator: torch.Generator, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        z = torch.randn(batch, n, self.latent, generator=generator, dtype=torch.float64)
+        z = torch.randn(batch, n, self.latent, generator=generator, dtype=torch.float64) if self.mixture is None \
+            else self.mixture.sample((batch, n), generator)
         mean, log_std = self._split(self.decoder(z))
         return mean + torch.exp(log_std) * torch.randn(mean.shape, generator=generator, dtype=mean.dtype), z
 
     def log_joint(self, x: torch.Tensor, z: torch.Tensor) -> JointLogDensity:
         q = _normal_log_prob(z, *self._split(self.encoder(x)))
-        prior = _normal_log_prob(z, torch.zeros_like(z), torch.zeros_like(z))
+        prior = _normal_log_prob(z, torch.zeros_like(z), torch.zeros_like(z)) if self.mixture is None \
+            else self.mixture.log_prob(z)
         dec = _normal_log_prob(x, *self._split(self.decoder(z)))
         return JointLogDensity(q, prior, dec)
 

@@ -42,9 +42,10 @@ def moments(x: np.ndarray) -> dict[str, float]:
             "mean_x2": float(x[:, 1].mean()), "std_x2": float(x[:, 1].std())}
 
 
-def train(params: TemperingParams, seed: int, hidden: int, latent: int, out: Path | None) -> tuple[GaussianVAE, dict]:
+def train(params: TemperingParams, seed: int, hidden: int, latent: int, out: Path | None,
+          components: int = 1) -> tuple[GaussianVAE, dict]:
     torch.manual_seed(seed)
-    vae = GaussianVAE(dim=2, latent=latent, hidden=hidden)
+    vae = GaussianVAE(dim=2, latent=latent, hidden=hidden, prior_components=components)
     target = Target(double_well_energy, double_well_box_wall, 1.0)
     monitor = lambda x: {"minor_mass": float((x[..., 0] > 0).double().mean()), "std_x1": float(x[..., 0].std())}
     trainer = ReverseKLTrainer(FixedProblem(OneSystem(vae), target), vae, params, seed=seed, directory=out,
@@ -95,6 +96,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--latent", type=int, default=1)
+    ap.add_argument("--prior-components", type=int, default=1, help="K > 1: a learned mixture prior")
     ap.add_argument("--samples", type=int, default=1000, help="J, samples per step (the paper: 1000)")
     ap.add_argument("--dbeta-max", type=float, default=1e-3, help="the paper: 1e-3")
     ap.add_argument("--steps-per-beta", type=int, default=10)
@@ -106,7 +108,7 @@ def main() -> None:
                              final_steps=a.final_steps, log_every=100, checkpoint_every=1000)
     with torch_threads(1):
         t0 = time.process_time()
-        vae, summary = train(params, a.seed, a.hidden, a.latent, a.out)
+        vae, summary = train(params, a.seed, a.hidden, a.latent, a.out, a.prior_components)
         cpu = time.process_time() - t0
         with torch.no_grad():
             model = vae.generate(200_000, torch.Generator().manual_seed(a.seed + 1), batch=1)[0][0].numpy()
@@ -117,7 +119,8 @@ def main() -> None:
     print(json.dumps({"benchmark": "double_well_reverse_kl", "exact": exact.__dict__, "model": moments(model),
                       "vae_mc": moments(chain), "vae_mc_acceptance": acceptance, "moves": a.moves,
                       "train_cpu_seconds": round(cpu, 1), "steps": summary["steps"], "rollbacks": summary["rollbacks"],
-                      "params": params.model_dump(exclude_none=True), "hidden": a.hidden, "latent": a.latent}))
+                      "params": params.model_dump(exclude_none=True), "hidden": a.hidden, "latent": a.latent,
+                      "prior_components": a.prior_components}))
 
 
 if __name__ == "__main__":
