@@ -146,6 +146,7 @@ class TrainingLoop:
         self.say = (say or (lambda _msg: None)) if group.is_main else (lambda _msg: None)
         self._placeholder = False  # this process's rows of the latest batch are a stand-in (weight 0)
         self._step_weight: float | None = None
+        self._batch_rows = 0  # size of the latest global batch (local_randn)
         self.np_rng = np.random.default_rng(seed)
         self.torch_rng = torch.Generator().manual_seed(seed)
         self.fingerprint = _fingerprint(generator, seqs, seed, self.batch_size)
