@@ -18,6 +18,9 @@ process) and one with the comparison.
 
     backmap run recipes/dipeptide-temporal.yaml; backmap run recipes/dipeptide-equivariant.yaml   # the models
     .venv/bin/python benchmarks/temporal_dipeptide.py [--frames 2000] [--generalization data/dipeptide-cg/cg.xtc] [--speed-only]
+    # in OBC implicit water (recipes/dipeptide-obc-*.yaml), the generator alone:
+    .venv/bin/python benchmarks/temporal_dipeptide.py --trajectory data/dipeptide-obc/traj.xtc --candidates 1 \
+        --temporal runs/dipeptide-obc-temporal --framewise runs/dipeptide-obc-equivariant --out runs/temporal-dipeptide-obc-benchmark
 """
 from __future__ import annotations
 
@@ -35,14 +38,18 @@ MAPPING = REPO / "recipes" / "dipeptide" / "dipeptide.xml"
 NONBONDED = {"rvdw": 1.4, "rcoulomb": 1.4, "coulomb": "reaction-field", "epsilon_rf": 1, "vdw_modifier": "none"}
 
 
+# K candidates and the selector among them. Default: the Boltzmann selector among 4 (lowest-energy
+# selection biases the potential energies low, docs/temporal.md); data whose potential backmap's force
+# field lacks (implicit solvent) use one candidate: the generator alone.
+SELECTION = {"candidates": 4, "selector": "boltzmann"}
+
+
 def backmap(model, cg_top, frames, out: Path, **settings) -> dict:
     from backmap.engine.apply import backmap_to_files
     from backmap.sampling.backmapper import BackmapSettings
 
     t0 = time.perf_counter()
-    # the Boltzmann selector: lowest-energy selection among the K candidates biases the potential
-    # energies low (docs/temporal.md)
-    chosen = BackmapSettings(candidates=4, gibbs_sweeps=1, selector="boltzmann", **settings)
+    chosen = BackmapSettings(gibbs_sweeps=1, **SELECTION, **settings)
     summary = backmap_to_files(model, cg_top, TOP, frames, out, chosen, seed=11)
     seconds = time.perf_counter() - t0
     return {"frames": summary["frames"], "seconds": round(seconds, 1),
@@ -55,7 +62,7 @@ def speed(temporal, framewise, cg_top, frames, rounds: int = 4, n: int = 50) -> 
     from backmap.engine.apply import make_backmapper
     from backmap.sampling.backmapper import BackmapSettings
 
-    settings = BackmapSettings(candidates=4, gibbs_sweeps=1, selector="boltzmann")
+    settings = BackmapSettings(gibbs_sweeps=1, **SELECTION)
     runners = {"trajectory mode": make_backmapper(cg_top, temporal.generator, settings, seed=3, channels=temporal.channels),
                "frame-wise model": make_backmapper(cg_top, framewise.generator, settings, seed=3,
                                                    channels=framewise.channels)}
@@ -82,7 +89,10 @@ def main() -> None:
     ap.add_argument("--generalization", type=Path, default=None, help="a CG trajectory of a CG model (1 ps frames)")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "temporal-dipeptide-benchmark")
     ap.add_argument("--speed-only", action="store_true", help="only the alternating speed measurement")
+    ap.add_argument("--candidates", type=int, default=SELECTION["candidates"], help="K candidates per bead")
+    ap.add_argument("--selector", default=SELECTION["selector"], help="selector among the K candidates")
     args = ap.parse_args()
+    SELECTION.update(candidates=args.candidates, selector=args.selector)
     from backmap.engine.loaders import load_mapping, load_topology
     from backmap.engine.models import load_model
     from backmap.metrics.evaluate import EvaluationSpec, run_evaluation

@@ -6,8 +6,9 @@ Subcommands (run ``python scripts/dipeptide_md.py SUBCOMMAND -h``):
   pdb        write the heavy atoms of ACE-ALA-NME built from standard internal coordinates
              (Engh & Huber-like bond lengths and angles; trans peptide bonds; L-alanine), for
              ``gmx pdb2gmx -ignh`` to add the hydrogens
-  md         OpenMM vacuum Langevin MD from a GROMACS topol.top + .gro: minimise, equilibrate,
-             production; writes conf.gro (first production frame), traj.xtc, energies.csv
+  md         OpenMM Langevin MD from a GROMACS topol.top + .gro, in vacuum or in OBC implicit water
+             (``--implicit-solvent obc``): minimise, equilibrate, production; writes conf.gro (first
+             production frame), traj.xtc, energies.csv
   crosscheck backmap's own force field (``backmap.forcefield.ForceField``) against OpenMM's
              potential energy on frames of the trajectory
   analyse    (phi, psi) basin populations of a trajectory
@@ -90,6 +91,35 @@ def cmd_pdb(args) -> None:
 
 
 # ---------------------------------------------------------------------------------------- md
+# OBC generalized-Born parameters (radius nm, Hawkins-Cramer-Truhlar scale) per AMBER atom type, as
+# OpenMM's amber99_obc.xml has them for these residues (ACE, ALA, NME)
+OBC_PARAMETERS = {"N": (0.1706, 0.79), "H": (0.115, 0.85), "CT": (0.19, 0.72), "H1": (0.125, 0.85),
+                  "HC": (0.125, 0.85), "C": (0.1875, 0.72), "O": (0.148, 0.85)}
+
+
+def add_obc_solvent(system, top, solvent_dielectric: float = 78.5) -> None:
+    """Add OpenMM's GBSAOBCForce (OBC II, with the ACE surface-area term) to a vacuum ``system`` made
+    from the GROMACS topology ``top``: implicit water around the NoCutoff solute."""
+    import openmm
+
+    gb = openmm.GBSAOBCForce()
+    gb.setNonbondedMethod(openmm.GBSAOBCForce.NoCutoff)
+    gb.setSoluteDielectric(1.0)
+    gb.setSolventDielectric(solvent_dielectric)
+    nb = next(f for f in system.getForces() if isinstance(f, openmm.NonbondedForce))
+    types = [a[1] for mol_name, count in top._molecules for _ in range(count)
+             for a in top._moleculeTypes[mol_name].atoms]
+    if len(types) != system.getNumParticles():
+        raise SystemExit(f"error: {len(types)} atom types for {system.getNumParticles()} particles")
+    for i, atom_type in enumerate(types):
+        if atom_type not in OBC_PARAMETERS:
+            raise SystemExit(f"error: no OBC parameters for atom type {atom_type!r} (atom {i + 1})")
+        charge = nb.getParticleParameters(i)[0]
+        radius, scale = OBC_PARAMETERS[atom_type]
+        gb.addParticle(charge, radius, scale)
+    system.addForce(gb)
+
+
 def _write_gro(path: Path, u, pos_nm: np.ndarray, title: str) -> None:
     u.atoms.positions = pos_nm * 10.0
     u.dimensions = [10 * BOX_NM] * 3 + [90.0] * 3
@@ -112,6 +142,8 @@ def cmd_md(args) -> None:
     gro = app.GromacsGroFile(args.gro)
     top = app.GromacsTopFile(args.top, includeDir=args.include_dir)
     system = top.createSystem(nonbondedMethod=app.NoCutoff, constraints=app.HBonds)
+    if args.implicit_solvent == "obc":
+        add_obc_solvent(system, top)
     # no centre-of-mass motion remover: vacuum Langevin dynamics; the molecule is centred on output
     for i in reversed(range(system.getNumForces())):
         if isinstance(system.getForce(i), openmm.CMMotionRemover):
@@ -174,7 +206,7 @@ def cmd_md(args) -> None:
     T = 2 * kinetic / (dof * R)
     info = {
         "openmm_version": openmm.__version__, "platform": args.platform, "threads": args.threads,
-        "seed": args.seed, "temperature_K": args.temperature, "friction_per_ps": args.friction, "dt_ps": args.dt,
+        "implicit_solvent": args.implicit_solvent, "seed": args.seed, "temperature_K": args.temperature, "friction_per_ps": args.friction, "dt_ps": args.dt,
         "equil_ps": args.equil_ps, "prod_ps": args.prod_ps, "every_ps": args.every_ps, "n_frames": n_frames,
         "n_atoms": n_atoms, "n_constraints": system.getNumConstraints(), "dof": dof,
         "potential_initial": e0, "potential_minimised": e_min,
@@ -382,7 +414,7 @@ def main(argv=None) -> None:
     s.add_argument("--psi", type=float, default=80.0)
     s.set_defaults(func=cmd_pdb)
 
-    s = sub.add_parser("md", help="OpenMM vacuum MD")
+    s = sub.add_parser("md", help="OpenMM MD, vacuum or OBC implicit water")
     s.add_argument("--top", required=True)
     s.add_argument("--gro", required=True)
     s.add_argument("--include-dir", default="/usr/share/gromacs/top")
@@ -390,6 +422,8 @@ def main(argv=None) -> None:
     s.add_argument("--seed", type=int, default=2024)
     s.add_argument("--temperature", type=float, default=300.0)
     s.add_argument("--friction", type=float, default=1.0, help="1/ps")
+    s.add_argument("--implicit-solvent", choices=["none", "obc"], default="none",
+                   help="obc: OpenMM GBSAOBCForce (OBC II, water dielectric 78.5, ACE surface term)")
     s.add_argument("--dt", type=float, default=0.002, help="ps")
     s.add_argument("--equil-ps", type=float, default=100.0)
     s.add_argument("--prod-ps", type=float, default=1000.0)

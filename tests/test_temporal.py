@@ -45,10 +45,12 @@ def test_previous_index_pairs_each_frame_with_the_one_a_step_before():
     assert _pairs(aa[:4], cg_top, [0, 2, 4, 8]).previous_index().tolist() == [-1, 0, 1, -1]  # the selection's step
 
 
-def test_the_previous_frame_is_seen_free_of_the_molecules_rigid_motion():
+@pytest.mark.parametrize("alignment", ["beads", "frame"])
+def test_the_previous_frame_is_seen_free_of_the_molecules_rigid_motion(alignment):
     """Known answer: when frame 1 is frame 0 turned and moved as a whole, every unit's previous
     positions are exactly its current ones (both in their own frame's local coordinates); a
-    changed atom shows up only in its own bead's sequences."""
+    changed atom shows up only in its own bead's sequences. Both alignments (beads: twist
+    strength 0, the least-squares rotation of the beads)."""
     top, cg_top = _system()
     x0 = next(iter(read_frames(DIP / "traj.xtc"))).positions
     x0 = x0 - x0.mean(0) + 3.0
@@ -65,7 +67,7 @@ def test_the_previous_frame_is_seen_free_of_the_molecules_rigid_motion():
         plans = make_plans(cg_top, _dfs(), spec,
                            np.random.default_rng(0))
         return build_sequences(cg_top, plans, _pairs(np.stack(frames), cg_top, [0, 1]), channels, ("forward",),
-                               strip_hydrogens=False, temporal=True, label=None)
+                               strip_hydrogens=False, temporal=True, label=None, temporal_alignment=alignment)
 
     seqs = sequences([x0, x1])
     first, second = seqs.frame == 0, seqs.frame == 1
@@ -191,3 +193,58 @@ def test_the_time_step_of_pairs_is_that_of_consecutive_frames():
     assert pairs.time_step() is None  # no times
     pairs.times = np.array([20.0, 24.0, 28.0, 40.0, 44.0])
     assert pairs.time_step() == 4.0 and pairs.subset(np.array([1, 0, 1, 1, 1], bool)).time_step() == 4.0
+
+
+def _turn(angle_deg: float, axis) -> np.ndarray:
+    return Rotation.from_rotvec(np.radians(angle_deg) * np.asarray(axis, float) / np.linalg.norm(axis)).as_matrix()
+
+
+def test_regularised_rotation_fits_exactly_and_shrinks_only_the_undecided_twist():
+    """Known answers: strength 0 is the least-squares rotation (exact for a rigid turn); with a
+    strength s the twist about the principal axis shrinks by e2 / (e2 + s e1) and the swing of the
+    axis is kept; a straight chain (e2 = 0) is never twisted, whatever its beads' noise says."""
+    from backmap.sampling.environment import regularised_rotation
+
+    rng = np.random.default_rng(4)
+    then = rng.normal(size=(1, 3, 3)) * [0.3, 0.15, 0.05]
+    turn = _turn(70, [1, -2, 0.5])
+    assert np.allclose(regularised_rotation(then, then @ turn.T, 0.0)[0], turn, atol=1e-10)
+    # a pure twist about the principal axis (x here: then's spread is largest along x)
+    then = np.array([[[0.3, 0.0, 0.0], [-0.3, 0.0, 0.0], [0.0, 0.1, 0.0]]])
+    e = np.linalg.eigvalsh(then[0].T @ then[0])
+    twist = _turn(30, [1, 0, 0])
+    got = Rotation.from_matrix(regularised_rotation(then, then @ twist.T, 0.5)[0]).as_rotvec()
+    assert np.allclose(got, np.radians(30) * e[1] / (e[1] + 0.5 * e[2]) * np.array([1, 0, 0]), atol=1e-10)
+    # a swing of the axis is kept whole by any strength
+    swing = _turn(40, [0, 0, 1])
+    assert np.allclose(regularised_rotation(then, then @ swing.T, 10.0)[0], swing, atol=1e-10)
+    # a nearly straight chain whose beads wobble across it: the plain fit twists it by noise, a
+    # strength does not; the swing is the least-squares one (first vector up, second down: 0.02 rad)
+    line = np.array([[[0.25, 0.0, 0.0], [-0.25, 0.002, 0.0]]])
+    wobble = np.array([[[0.25, 0.0, 0.01], [-0.25, -0.002, 0.0]]])
+    plain = Rotation.from_matrix(regularised_rotation(line, wobble, 0.0)[0]).as_rotvec()
+    shrunk = Rotation.from_matrix(regularised_rotation(line, wobble, 0.1)[0]).as_rotvec()
+    assert abs(plain[0]) > 0.5 and abs(shrunk[0]) < 0.01 and abs(shrunk[1] + 0.02) < 1e-3
+
+
+def test_the_twist_strength_is_zero_for_rigid_motion_and_positive_where_the_beads_twist_by_noise():
+    """The strength chosen from training pairs: molecules turning rigidly (the fitted twist is
+    all signal) get 0; a nearly straight molecule whose beads wobble across its axis while its atoms
+    do not turn gets a strength > 0 that predicts its atoms better than the plain fit."""
+    from backmap.training.temporal_twist import choose_twist
+
+    top, cg_top = _system()
+    x0 = next(iter(read_frames(DIP / "traj.xtc"))).positions
+    x0 = x0 - x0.mean(0) + 3.0
+    rng = np.random.default_rng(2)
+    frames = [x0]
+    for _ in range(5):
+        turn = Rotation.from_rotvec(rng.normal(scale=0.4, size=3)).as_matrix()
+        frames.append((frames[-1] - 3.0) @ turn.T + 3.0)
+    best, _ = choose_twist(_pairs(np.stack(frames), cg_top, np.arange(6)), cg_top)
+    assert best == 0.0
+    # the same molecule, unturned, with one atom per bead (weight 0 elsewhere would not move beads):
+    # every heavy atom and its hydrogens jitter across the CY-N-CA direction, nothing turns
+    aa = [x0 + rng.normal(scale=0.03, size=x0.shape) for _ in range(6)]
+    best, residuals = choose_twist(_pairs(np.stack(aa), cg_top, np.arange(6)), cg_top)
+    assert best > 0 and residuals[best] < residuals[0.0]

@@ -212,6 +212,8 @@ def load_model(path: Path | str, registry: Registry | None = None) -> Model:
         system["topology"] = str((directory / system["topology"]).resolve())
     system["mapping"] = [str((directory / m).resolve()) for m in system.get("mapping", [])]
     cls = registry.get("generator", description["plugin"], where=str(directory / MODEL_FILE)).cls
+    if description["environment"].get("temporal"):  # trajectory-mode models made before the option existed
+        description["environment"].setdefault("temporal_alignment", "frame")
     try:
         generator = cls(description["params"], environment=description["environment"])
         generator.load_state_dict(join_state(description["state"], tensors))

@@ -241,6 +241,30 @@ def frame_rotation(axis: torch.Tensor, towards: torch.Tensor | None = None) -> t
     return torch.stack([x, y, z], dim=1)
 
 
+def regularised_rotation(then: np.ndarray, now: np.ndarray, strength: float = 0.0) -> np.ndarray:
+    """(B, 3, 3) rotations R carrying the vectors ``then`` (B, K, 3) onto ``now``: the least-squares
+    (Kabsch) rotation, with its twist about the vectors' principal axis shrunk by e₂ / (e₂ + λ),
+    λ = ``strength`` × e₁ (e₁ ≥ e₂ the largest eigenvalues of Σ then thenᵀ). The swing of the
+    principal axis is fixed by the vectors' full length; the twist about it only by their spread
+    across it (e₂), which a nearly straight chain of beads hardly has — there the fit's twist is
+    noise, and R does not turn about the axis. A lone vector (e₂ = 0): the minimal rotation.
+    No vectors: identity."""
+    from scipy.spatial.transform import Rotation
+
+    m = np.einsum("bki,bkj->bij", then, now) + 1e-12 * np.eye(3)
+    u, _, vt = np.linalg.svd(m)
+    d = np.sign(np.linalg.det(np.swapaxes(vt, 1, 2) @ np.swapaxes(u, 1, 2)))
+    vt[:, 2] *= d[:, None]
+    fit = Rotation.from_matrix(np.swapaxes(vt, 1, 2) @ np.swapaxes(u, 1, 2))
+    e, vec = np.linalg.eigh(np.einsum("bki,bkj->bij", then, then))
+    axis = vec[:, :, 2]
+    q = fit.as_quat()  # x, y, z, w
+    twist = 2 * np.arctan2((q[:, :3] * axis).sum(1), q[:, 3])
+    swing = fit * Rotation.from_rotvec(-twist[:, None] * axis)
+    keep = e[:, 1] / np.maximum(e[:, 1] + strength * e[:, 2], 1e-30)
+    return (swing * Rotation.from_rotvec((keep * twist)[:, None] * axis)).as_matrix()
+
+
 class EnvironmentBuilder:
     """Builds :class:`EnvironmentBatch` es for the units of a placement plan, all molecules of a
     type at once, for one CG frame."""
@@ -336,30 +360,45 @@ class EnvironmentBuilder:
             self._adjacent_h = torch.as_tensor(
                 adjacent[np.arange(m)[:, None], self.home[c]] & ~self.heavy[c] & (self._cand >= 0))
 
-    def set_previous(self, positions: np.ndarray | None) -> None:
+    def set_previous(self, positions: np.ndarray | None, alignment: str = "beads", twist: float = 0.0) -> None:
         """The previous AA frame (N, 3) of a trajectory, molecules whole, or None (its first frame,
         or frame-wise backmapping): environments built from now on until the next :meth:`set_frame`
-        carry its positions of the unit's atoms (:attr:`EnvironmentBatch.previous_positions`)."""
+        carry its positions of the unit's atoms (:attr:`EnvironmentBatch.previous_positions`),
+        carried into the present frame as ``alignment`` and ``twist`` say
+        (``EnvironmentSpec.temporal_alignment``, ``temporal_twist``; :func:`regularised_rotation`)."""
+        if alignment not in ("beads", "frame"):
+            raise ValueError(f"unknown temporal alignment {alignment!r} (beads, frame)")
         self._previous = None if positions is None else np.asarray(positions, np.float64)
         self._previous_beads = None if positions is None else self.cg.apply(self._previous)
+        self._previous_alignment = alignment
+        self._previous_twist = float(twist)
         self._previous_cache: dict = {}
 
     def previous_local(self, units: np.ndarray, bead: np.ndarray, predecessor: np.ndarray,
                        frame_beads: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, U, 3) positions of ``units``' atoms (global indices, -1 padding) in the previous
-        frame, in *that* frame's local frame of the unit (its beads mapped from the previous AA
-        frame): the unit's internal motion, free of the molecule's translation and rotation
-        between the frames, in the coordinates the unit is placed in now; and (B, U) where known.
-        Zeros and False without a previous frame."""
+        frame, brought into the unit's present local frame free of the molecule's translation and
+        rotation between the frames: the unit's internal motion, in the coordinates the unit is
+        placed in now; and (B, U) where known. Zeros and False without a previous frame."""
         units = np.asarray(units)
         known = torch.as_tensor((units >= 0) & (self._previous is not None))
         if self._previous is None:
             return torch.zeros(units.shape + (3,), dtype=self.dtype), known
         key = (units.tobytes(), units.shape, np.asarray(bead).tobytes())
         if key not in self._previous_cache:  # the same units are placed several times per frame (sweeps)
-            centre, rot = self._frames(self._previous_beads, bead, predecessor, frame_beads)
-            rel = self._previous[np.clip(units, 0, None)] - centre.numpy().astype(np.float64)[:, None]
-            local = torch.as_tensor(minimum_image(rel, self._box_dims), dtype=self.dtype) @ rot.transpose(1, 2)
+            before = self._previous_beads
+            rel = minimum_image(self._previous[np.clip(units, 0, None)] - before[bead][:, None], self._box_dims)
+            if self._previous_alignment == "frame":  # in the local frame the unit had then
+                _, rot = self._frames(before, bead, predecessor, frame_beads)
+            else:  # turned from then to now by its beads, then into the present local frame
+                others = frame_beads[:, 1:] if frame_beads is not None else predecessor[:, None]
+                ok = others >= 0
+                o = np.clip(others, 0, None)
+                then = np.where(ok[..., None], minimum_image(before[o] - before[bead][:, None], self._box_dims), 0.0)
+                now = np.where(ok[..., None], minimum_image(self.beads[o] - self.beads[bead][:, None], self._box_dims), 0.0)
+                rel = rel @ np.swapaxes(regularised_rotation(then, now, self._previous_twist), 1, 2)
+                _, rot = self._frames(self.beads, bead, predecessor, frame_beads)
+            local = torch.as_tensor(rel, dtype=self.dtype) @ rot.transpose(1, 2)
             self._previous_cache[key] = (torch.where(known[..., None], local, torch.zeros_like(local)), known)
         return self._previous_cache[key]
 

@@ -339,7 +339,8 @@ class Sampler:
     def _backmap(self, cg_positions, box, start, progress_label, previous=None) -> np.ndarray:
         self.builder.set_frame(cg_positions, box)
         if self.generator.environment.temporal:
-            self.builder.set_previous(previous)
+            spec = self.generator.environment
+            self.builder.set_previous(previous, spec.temporal_alignment, spec.temporal_twist or 0.0)
         if self.energy is not None:
             self.energy.reset()
         n = self.cg.topology.n_atoms

@@ -36,6 +36,18 @@ class EnvironmentSpec(BaseModel):
         False, description="trajectory mode (thesis ch. 8): every unit also sees where its own atoms were in the "
                            "previous AA frame, so consecutive frames stay coherent; trained on consecutive "
                            "frames, applied to a CG trajectory in order")
+    temporal_alignment: Literal["beads", "frame"] = Field(
+        "beads", description="trajectory mode: how the previous frame's atoms are carried into the present one. "
+                             "beads: turned by the rotation that best carries the unit's bead and its bonded beads "
+                             "from then to now, regularised towards no turn about what those beads leave undecided "
+                             "(the spin of a nearly straight chain); frame: through the unit's local frame then "
+                             "(models made before this option; that frame's spin about a nearly straight bead "
+                             "chain is noise)")
+    temporal_twist: float | None = Field(
+        None, ge=0, description="trajectory mode, alignment beads: how strongly the turn about the beads' principal "
+                                "axis is shrunk where their spread across it is small (the twist's noise against its "
+                                "signal); none: the value that best predicts the present atoms from the previous "
+                                "ones on the training frames, chosen when training starts and kept in the model")
 
     def check_against(self, given: Mapping[str, Any], where: str) -> None:
         """Refuse settings in ``given`` (None = not given) that differ from this spec."""

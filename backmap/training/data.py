@@ -46,7 +46,9 @@ class TrainingData:
         if key not in self._sequences:
             self._sequences[key] = build_sequences(self.cg_topology, self.plans, self.train(), self.channels, key,
                                                    cutoff=self.spec.cutoff, strip_hydrogens=self.spec.strip_hydrogens,
-                                                   temporal=self.spec.temporal)
+                                                   temporal=self.spec.temporal,
+                                                   temporal_alignment=self.spec.temporal_alignment,
+                                                   temporal_twist=self.spec.temporal_twist or 0.0)
         return self._sequences[key]
 
 

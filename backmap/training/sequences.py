@@ -101,29 +101,32 @@ def _bead_groups(plan: Plan) -> list[list[int]]:
 
 def build_sequences(cg_topology: CGTopology, plans: dict[str, Plan], pairs: PairSet, channels: Channels,
                     contexts: tuple[str, ...] = ("forward",), cutoff: float = 0.7, strip_hydrogens: bool = True,
-                    label: str | None = "training environments", temporal: bool = False) -> BeadSequences:
+                    label: str | None = "training environments", temporal: bool = False,
+                    temporal_alignment: str = "beads", temporal_twist: float = 0.0) -> BeadSequences:
     """Sequences for every bead of every frame of ``pairs`` in each of ``contexts``, ordered
     context-major (all beads of all frames for the first context, then the next), so that
     sequence ``c * n + i`` is bead-frame ``i`` in context ``c``. ``temporal``: each sequence also
     carries its atoms' positions in the pair one frame spacing earlier
-    (:meth:`PairSet.previous_index`; a frame without one has ``previous_mask`` False)."""
+    (:meth:`PairSet.previous_index`; a frame without one has ``previous_mask`` False), carried into
+    the present frame as ``temporal_alignment`` and ``temporal_twist`` say
+    (:meth:`EnvironmentBuilder.set_previous`)."""
     unknown = set(contexts) - set(CONTEXTS)
     if unknown:
         raise BackmapError(f"unknown training context {sorted(unknown)[0]!r} (known: {', '.join(CONTEXTS)})")
     with torch_threads(1):  # many small tensors (backmap.threads)
         return _build_sequences(cg_topology, plans, pairs, channels, contexts, cutoff, strip_hydrogens, label,
-                                temporal)
+                                temporal, temporal_alignment, temporal_twist)
 
 
 def _build_sequences(cg_topology, plans, pairs, channels, contexts, cutoff, strip_hydrogens, label,
-                     temporal) -> BeadSequences:
+                     temporal, temporal_alignment, temporal_twist) -> BeadSequences:
     builder = EnvironmentBuilder(cg_topology, plans, channels, cutoff=cutoff, strip_hydrogens=strip_hydrogens)
     n_atoms = cg_topology.topology.n_atoms
     previous = pairs.previous_index() if temporal else np.full(len(pairs), -1)
     parts: dict[str, list[dict[str, np.ndarray]]] = {c: [] for c in contexts}
     for f in progress(range(len(pairs)), total=len(pairs), description=label or ""):
         builder.set_frame(pairs.cg[f].astype(np.float64), box_vectors(pairs.dimensions[f]))
-        builder.set_previous(pairs.aa[previous[f]] if previous[f] >= 0 else None)
+        builder.set_previous(pairs.aa[previous[f]] if previous[f] >= 0 else None, temporal_alignment, temporal_twist)
         positions = torch.as_tensor(pairs.aa[f], dtype=torch.float32)
         for context in contexts:
             done_blocks = np.zeros(n_atoms, bool)

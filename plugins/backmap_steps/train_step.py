@@ -17,6 +17,7 @@ from backmap.refinement.restrained import RestrainedSystem
 from backmap.system.pairs import PairSet
 from backmap.training.reverse_kl import ReverseKLOptions
 from backmap.sampling.traversal import make_plans
+from backmap.training.temporal_twist import choose_twist
 from backmap.training.data import FitContext, TrainingData, TrainOptions
 from backmap.training.distributed import current_group
 from backmap.training.energies import LocalEnergies
@@ -47,6 +48,11 @@ class TrainStep(Step):
         info = ctx.registry.get("generator", ref.plugin, where="generator.plugin")
         generator = info.cls(ref.params, environment=ref.environment)
         spec = generator.environment
+        if spec.temporal and spec.temporal_alignment == "beads" and spec.temporal_twist is None:
+            twist, residuals = choose_twist(ctx.pairs().train(), ctx.cg_topology)
+            ctx.console.print("train: trajectory mode, twist strength " + f"{twist:g} (RMS previous → present: "
+                              + ", ".join(f"{k:g}: {v ** 0.5:.4f} nm" for k, v in residuals.items()) + ")")
+            spec = generator.environment = spec.model_copy(update={"temporal_twist": twist})
         traversal = ctx.registry.get("traversal", spec.traversal, where="generator.environment.traversal").cls()
         cg = ctx.cg_topology
         channels = ctx.channels_for(spec)
