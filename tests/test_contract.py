@@ -111,7 +111,8 @@ def test_model_files_hold_the_environment_and_no_pickle(runs):
     assert sorted(p.name for p in folder.iterdir()) == ["model.json", "weights.safetensors"]
     description = json.loads((folder / "model.json").read_text())
     assert description["environment"] == {"unit": "atom", "cutoff": 0.7, "traversal": "dfs", "heavy_first": True,
-                                          "strip_hydrogens": True, "channels": "types", "temporal": False}
+                                          "strip_hydrogens": True, "channels": "types", "temporal": False,
+                                              "temporal_alignment": "beads", "temporal_twist": None}
     assert description["system"]["mapping"] == ["../../../../" + str(HEXANE / "hexane.xml")[1:]] or \
         (folder / description["system"]["mapping"][0]).resolve() == (HEXANE / "hexane.xml").resolve()
     # the run directory, the model folder and its model.json all name the model

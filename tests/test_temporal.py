@@ -248,3 +248,22 @@ def test_the_twist_strength_is_zero_for_rigid_motion_and_positive_where_the_bead
     aa = [x0 + rng.normal(scale=0.03, size=x0.shape) for _ in range(6)]
     best, residuals = choose_twist(_pairs(np.stack(aa), cg_top, np.arange(6)), cg_top)
     assert best > 0 and residuals[best] < residuals[0.0]
+
+
+def test_a_trained_model_keeps_its_twist_and_older_models_read_as_frame_aligned(temporal_model, tmp_path):
+    """Training chose the twist strength from the grid and the model file keeps it; a model file
+    from before the option (no temporal_alignment) is read with the alignment it was trained with."""
+    import json
+    import shutil
+
+    from backmap.training.temporal_twist import TWIST_GRID
+
+    spec = load_model(temporal_model).generator.environment
+    assert spec.temporal_alignment == "beads" and spec.temporal_twist in TWIST_GRID
+    old = tmp_path / "old"
+    shutil.copytree(temporal_model / "model", old)
+    description = json.loads((old / "model.json").read_text())
+    for key in ("temporal_alignment", "temporal_twist"):
+        description["environment"].pop(key)
+    (old / "model.json").write_text(json.dumps(description))
+    assert load_model(old).generator.environment.temporal_alignment == "frame"
