@@ -18,9 +18,9 @@ process) and one with the comparison.
 
     backmap run recipes/dipeptide-temporal.yaml; backmap run recipes/dipeptide-equivariant.yaml   # the models
     .venv/bin/python benchmarks/temporal_dipeptide.py [--frames 2000] [--generalization data/dipeptide-cg/cg.xtc] [--speed-only]
-    # in OBC implicit water (recipes/dipeptide-obc-*.yaml), the generator alone:
+    # in OBC implicit water (recipes/alanine-*.yaml), the generator alone:
     .venv/bin/python benchmarks/temporal_dipeptide.py --trajectory data/dipeptide-obc/traj.xtc --candidates 1 \
-        --temporal runs/dipeptide-obc-temporal --framewise runs/dipeptide-obc-equivariant --out runs/temporal-dipeptide-obc-benchmark
+        --temporal runs/alanine-temporal --framewise runs/alanine-framewise --out runs/temporal-alanine-benchmark
 """
 from __future__ import annotations
 
