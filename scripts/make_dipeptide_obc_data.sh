@@ -8,7 +8,7 @@
 #
 # Why implicit water: explicit water (the thesis: 651 TIP3P in a 2.73 nm box) runs at a few tens of
 # ns/day on this machine's 2 cores, too slow for the >= 50 ns an MSM needs. In vacuum the molecule
-# tumbles freely (0.5 rad/ps), which dominates every atom's lab-frame speed; water slows its rotation
+# tumbles freely (~1 rad/ps), which dominates every atom's lab-frame speed; water slows its rotation
 # to diffusion. Here OBC II generalized Born (OpenMM GBSAOBCForce, the radii and scales of OpenMM's
 # amber99_obc.xml, solvent dielectric 78.5, ACE surface term) supplies the water's electrostatics
 # and a Langevin friction of 91/ps, the collision frequency usually taken for water, its drag.

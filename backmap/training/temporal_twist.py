@@ -3,7 +3,7 @@
 A trajectory-mode unit sees its atoms of the previous frame turned into the present one by the
 rotation of its beads (:func:`backmap.sampling.environment.regularised_rotation`). How far to trust
 the beads' twist about their principal axis depends on the system: a vacuum dipeptide's beads sit
-on atoms and it tumbles 0.5 rad/ps, so the fitted twist is signal; the two-carbon beads of a
+on atoms and it tumbles 1 rad/ps, so the fitted twist is signal; the two-carbon beads of a
 liquid alkane fluctuate against each other more than the nearly straight chain twists in a frame,
 so the fitted twist is mostly noise. The strength that best predicts where the atoms are now from
 where they were — a one-parameter Wiener filter — is measured on the training pairs, not guessed.
