@@ -48,8 +48,11 @@ class TrainStep(Step):
         info = ctx.registry.get("generator", ref.plugin, where="generator.plugin")
         generator = info.cls(ref.params, environment=ref.environment)
         spec = generator.environment
+        chosen: dict = {}
         if spec.temporal and spec.temporal_alignment == "beads" and spec.temporal_twist is None:
             twist, residuals = choose_twist(ctx.pairs().train(), ctx.cg_topology)
+            chosen = {"temporal twist (chosen)": twist,
+                      "previous → present RMS (nm)": round(residuals[twist] ** 0.5, 4)}
             ctx.console.print("train: trajectory mode, twist strength " + f"{twist:g} (RMS previous → present: "
                               + ", ".join(f"{k:g}: {v ** 0.5:.4f} nm" for k, v in residuals.items()) + ")")
             spec = generator.environment = spec.model_copy(update={"temporal_twist": twist})
@@ -100,7 +103,7 @@ class TrainStep(Step):
                                             **_time_step(data)})
         ctx.outputs.declare("train", model=out, log=log_dir if any(log_dir.iterdir()) else None)
         report = {"generator": ref.plugin, "train frames": len(data.train()), "fit seconds": round(seconds, 2),
-                  "model": str(out), **summary}
+                  "model": str(out), **chosen, **summary}
         if (log_dir / "training.png").is_file():
             rel = log_dir.relative_to(ctx.workdir)
             report["markdown"] = (summary.get("markdown", "") + f"\n\nTraining log: `{rel}/train_log.csv`; "
