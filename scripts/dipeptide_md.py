@@ -97,18 +97,20 @@ OBC_PARAMETERS = {"N": (0.1706, 0.79), "H": (0.115, 0.85), "CT": (0.19, 0.72), "
                   "HC": (0.125, 0.85), "C": (0.1875, 0.72), "O": (0.148, 0.85)}
 
 
-def add_obc_solvent(system, top, solvent_dielectric: float = 78.5) -> None:
+def add_obc_solvent(system, top_path: str, solvent_dielectric: float = 78.5) -> None:
     """Add OpenMM's GBSAOBCForce (OBC II, with the ACE surface-area term) to a vacuum ``system`` made
-    from the GROMACS topology ``top``: implicit water around the NoCutoff solute."""
+    from the GROMACS topology file ``top_path`` (atom types read by backmap's topology reader):
+    implicit water around the NoCutoff solute."""
     import openmm
+
+    from backmap.engine.loaders import load_topology
 
     gb = openmm.GBSAOBCForce()
     gb.setNonbondedMethod(openmm.GBSAOBCForce.NoCutoff)
     gb.setSoluteDielectric(1.0)
     gb.setSolventDielectric(solvent_dielectric)
     nb = next(f for f in system.getForces() if isinstance(f, openmm.NonbondedForce))
-    types = [a[1] for mol_name, count in top._molecules for _ in range(count)
-             for a in top._moleculeTypes[mol_name].atoms]
+    types = [str(t) for t in load_topology(top_path).atom_types]
     if len(types) != system.getNumParticles():
         raise SystemExit(f"error: {len(types)} atom types for {system.getNumParticles()} particles")
     for i, atom_type in enumerate(types):
@@ -143,7 +145,7 @@ def cmd_md(args) -> None:
     top = app.GromacsTopFile(args.top, includeDir=args.include_dir)
     system = top.createSystem(nonbondedMethod=app.NoCutoff, constraints=app.HBonds)
     if args.implicit_solvent == "obc":
-        add_obc_solvent(system, top)
+        add_obc_solvent(system, args.top)
     # no centre-of-mass motion remover: vacuum Langevin dynamics; the molecule is centred on output
     for i in reversed(range(system.getNumForces())):
         if isinstance(system.getForce(i), openmm.CMMotionRemover):

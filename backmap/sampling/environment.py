@@ -251,11 +251,9 @@ def regularised_rotation(then: np.ndarray, now: np.ndarray, strength: float = 0.
     No vectors: identity."""
     from scipy.spatial.transform import Rotation
 
-    m = np.einsum("bki,bkj->bij", then, now) + 1e-12 * np.eye(3)
-    u, _, vt = np.linalg.svd(m)
-    d = np.sign(np.linalg.det(np.swapaxes(vt, 1, 2) @ np.swapaxes(u, 1, 2)))
-    vt[:, 2] *= d[:, None]
-    fit = Rotation.from_matrix(np.swapaxes(vt, 1, 2) @ np.swapaxes(u, 1, 2))
+    from backmap.system.superpose import kabsch
+
+    fit = Rotation.from_matrix(np.swapaxes(kabsch(then, now), 1, 2))  # kabsch: then @ K ≈ now, so R = Kᵀ
     e, vec = np.linalg.eigh(np.einsum("bki,bkj->bij", then, then))
     axis = vec[:, :, 2]
     q = fit.as_quat()  # x, y, z, w
@@ -263,6 +261,17 @@ def regularised_rotation(then: np.ndarray, now: np.ndarray, strength: float = 0.
     swing = fit * Rotation.from_rotvec(-twist[:, None] * axis)
     keep = e[:, 1] / np.maximum(e[:, 1] + strength * e[:, 2], 1e-30)
     return (swing * Rotation.from_rotvec((keep * twist)[:, None] * axis)).as_matrix()
+
+
+def bead_turns(then: np.ndarray, now: np.ndarray, bead: np.ndarray, others: np.ndarray, dimensions: np.ndarray,
+               strength: float) -> np.ndarray:
+    """(B, 3, 3) :func:`regularised_rotation` s of each ``bead`` (B,) from the CG positions ``then`` to
+    ``now`` (M, 3), fitted on the vectors to its ``others`` (B, K) beads (-1: none), periodic."""
+    ok = (others >= 0)[..., None]
+    o = np.clip(others, 0, None)
+    before = np.where(ok, minimum_image(then[o] - then[bead][:, None], dimensions), 0.0)
+    after = np.where(ok, minimum_image(now[o] - now[bead][:, None], dimensions), 0.0)
+    return regularised_rotation(before, after, strength)
 
 
 class EnvironmentBuilder:
@@ -392,11 +401,8 @@ class EnvironmentBuilder:
                 _, rot = self._frames(before, bead, predecessor, frame_beads)
             else:  # turned from then to now by its beads, then into the present local frame
                 others = frame_beads[:, 1:] if frame_beads is not None else predecessor[:, None]
-                ok = others >= 0
-                o = np.clip(others, 0, None)
-                then = np.where(ok[..., None], minimum_image(before[o] - before[bead][:, None], self._box_dims), 0.0)
-                now = np.where(ok[..., None], minimum_image(self.beads[o] - self.beads[bead][:, None], self._box_dims), 0.0)
-                rel = rel @ np.swapaxes(regularised_rotation(then, now, self._previous_twist), 1, 2)
+                turn = bead_turns(before, self.beads, bead, others, self._box_dims, self._previous_twist)
+                rel = rel @ np.swapaxes(turn, 1, 2)
                 _, rot = self._frames(self.beads, bead, predecessor, frame_beads)
             local = torch.as_tensor(rel, dtype=self.dtype) @ rot.transpose(1, 2)
             self._previous_cache[key] = (torch.where(known[..., None], local, torch.zeros_like(local)), known)

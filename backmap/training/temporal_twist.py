@@ -1,7 +1,7 @@
 """The twist strength of trajectory mode, chosen from the training frames.
 
 A trajectory-mode unit sees its atoms of the previous frame turned into the present one by the
-rotation of its beads (:func:`backmap.sampling.environment.regularised_rotation`). How far to trust
+rotation of its beads (:func:`backmap.sampling.environment.bead_turns`). How far to trust
 the beads' twist about their principal axis depends on the system: a vacuum dipeptide's beads sit
 on atoms and it tumbles 1 rad/ps, so the fitted twist is signal; the two-carbon beads of a
 liquid alkane fluctuate against each other more than the nearly straight chain twists in a frame,
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from backmap.sampling.environment import regularised_rotation
+from backmap.sampling.environment import bead_turns
 from backmap.system.mapping import CGTopology
 from backmap.system.pairs import PairSet
 from backmap.system.pbc import minimum_image
@@ -46,12 +46,10 @@ def twist_residuals(pairs: PairSet, cg_topology: CGTopology, grid=TWIST_GRID,
         now_aa, then_aa = pairs.aa[f].astype(np.float64), pairs.aa[prev[f]].astype(np.float64)
         now_cg, then_cg = cg_topology.apply(now_aa), cg_topology.apply(then_aa)
         for bead, others, atoms in units:
-            then = minimum_image(then_cg[others] - then_cg[bead][:, None], dims)
-            now = minimum_image(now_cg[others] - now_cg[bead][:, None], dims)
             rel_then = minimum_image(then_aa[atoms] - then_cg[bead][:, None], dims)
             rel_now = minimum_image(now_aa[atoms] - now_cg[bead][:, None], dims)
             for s in grid:
-                carried = rel_then @ np.swapaxes(regularised_rotation(then, now, s), 1, 2)
+                carried = rel_then @ np.swapaxes(bead_turns(then_cg, now_cg, bead, others, dims, s), 1, 2)
                 sums[s] += float(((carried - rel_now) ** 2).sum())
             n += atoms.size
     return {s: v / max(n, 1) for s, v in sums.items()}
