@@ -344,6 +344,9 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
               help="Gibbs sweeps after the forward pass (each unit re-placed seeing all others).")
 @click.option("--minimize", "minimize_steps", type=int, default=0, show_default=True,
               help="Restrained energy-minimization steps after sampling.")
+@click.option("--project-cg/--no-project-cg", default=None,
+              help="Move every sampled frame the least onto its CG input (mapped centres exact, bond lengths "
+                   "kept; no energy). Default: the model's choice (on for equivariant and vae models).")
 @click.option("--colouring/--no-colouring", default=False, show_default=True,
               help="Never place two units whose environments overlap in the same step (molecules of a step "
                    "split into groups): no unit is placed blind to a neighbour moving with it.")
@@ -363,7 +366,7 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
 @cluster_options
 def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Path | None, mapping: tuple[Path, ...],
           frames: str | None, selector: str, candidates: int, gibbs_sweeps: int, minimize_steps: int,
-          colouring: bool, stereo_reference: Path | None, cutoff: float | None, traversal: str | None,
+          project_cg: bool | None, colouring: bool, stereo_reference: Path | None, cutoff: float | None, traversal: str | None,
           frame_by_frame: bool, seed: int, refiner_name: str | None, mdp: Path | None, temperature, n_steps, restraint, constraints,
           timestep, friction, extra, workers, scheduler, threads_per_worker, frames_per_task) -> None:
     """Backmap CG structures or a trajectory with a trained model. Writes OUT, the first frame as
@@ -392,7 +395,8 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
     idx = select_frames(frames, [], count_frames(source), str(source))
     try:
         settings = BackmapSettings(selector=selector, candidates=candidates, gibbs_sweeps=gibbs_sweeps,
-                                   minimize_steps=minimize_steps, colouring=colouring, energy=Path(top_path).suffix == ".top",
+                                   minimize_steps=minimize_steps, project_cg=project_cg, colouring=colouring,
+                                   energy=Path(top_path).suffix == ".top",
                                    stereo_reference=stereo_reference, cutoff=cutoff, traversal=traversal,
                                    frame_by_frame=frame_by_frame)
     except ValueError as exc:
@@ -409,6 +413,9 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
                                provenance={"cg": str(source), "frames": frames}, where="apply")
     files = summary["files"]
     kept = f"; stereocentres kept {summary['stereocentres kept']:.4f}" if "stereocentres kept" in summary else ""
+    if "CG projection" in summary:
+        p = summary["CG projection"]
+        kept += f"; CG RMSD {p['CG RMSD before (nm)']:.4f} → {p['CG RMSD after (nm)']:.1e} nm by the CG projection"
     beside = ", ".join(str(f) for f in (files.structure, files.topology, files.unrefined) if f is not None)
     click.echo(f"wrote {out} ({beside}): {summary['frames']} frames of {summary['atoms']} atoms "
                f"({summary['seconds per frame']:.1f} s/frame){kept}")

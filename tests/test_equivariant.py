@@ -128,6 +128,28 @@ def test_rigid_bonds_come_out_at_their_length(hexane_run):
     assert err.max() < 1e-5, np.quantile(err, [0.5, 0.99, 1.0])  # float32; 1.2e-6–3.2e-6 over five training seeds
 
 
+def test_frames_are_projected_onto_their_cg_input(hexane_run):
+    """By default an equivariant model's frames map onto their CG input exactly (the core's CG
+    projection, asked for by the generator), with the rigid bonds still at b0; without the
+    projection they miss it by the generator's own error."""
+    from backmap.system.pbc import minimum_image
+
+    model = load_model(hexane_run)
+    assert model.generator.projects_cg and model.generator.rigid_bonds == "all-bonds"
+    top = load_topology(HEXANE / "topol.top")
+    cg = load_mapping(HEXANE / "hexane.xml", top).cg_topology(top)
+    frame = next(iter(read_frames(hexane_run / "backmap" / "aa_cg.trr")))
+    miss = {}
+    for project in (None, False):
+        bm = make_backmapper(cg, model.generator, BackmapSettings(candidates=4, gibbs_sweeps=1, project_cg=project),
+                             seed=2)
+        x = list(bm.run([frame]))[0].positions
+        d = minimum_image(cg.apply(x.astype(np.float64)) - frame.positions, frame.dimensions)
+        miss[project] = float(np.sqrt((d ** 2).sum(-1).mean()))
+    assert bm.projection is None
+    assert miss[None] < 1e-5 < 1e-3 < miss[False], miss  # float32 output: 1e-7 nm here
+
+
 def _captured_batch(model, cg_path):
     """A real environment batch of the sampler (first forward-pass step)."""
     top = load_topology(HEXANE / "topol.top")

@@ -139,6 +139,8 @@ class BackmapJob(ProcessLocal):
                                    "placements": bm.sampler.placements - placed}
             if kept is not None:
                 row["stereocentres_kept"] = kept
+            if bm.projection is not None:
+                row.update({f"projection_{k}": v for k, v in bm.projection_log[-1].items() if k != "frame"})
             raw.append(aa.positions.astype(np.float32))
             if self.refiner is not None:
                 (done, log), = refine_batch(self._local_refiner, self.refine_system, [aa], [cg],
@@ -232,9 +234,20 @@ def backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path,
     kept = [r["stereocentres_kept"] for r in rows if "stereocentres_kept" in r]
     if kept:
         summary["stereocentres kept"] = round(float(np.mean(kept)), 4)
+    projected = [r for r in rows if "projection_converged" in r]
+    if projected:
+        summary["CG projection"] = {
+            "CG RMSD before (nm)": round(float(np.mean([r["projection_cg_rmsd_before"] for r in projected])), 5),
+            "CG RMSD after (nm)": float(f"{np.mean([r['projection_cg_rmsd_after'] for r in projected]):.2e}"),
+            "largest move (nm)": round(float(max(r["projection_largest_move_nm"] for r in projected)), 4),
+            "frames left unprojected": sum(1 for r in projected if not r["projection_converged"])}
+        if summary["CG projection"]["frames left unprojected"]:
+            say(f"warning: {where}: {summary['CG projection']['frames left unprojected']} of {len(projected)} frames "
+                "could not be projected onto their CG input (no convergence, or an atom would move > 0.3 nm); "
+                "they are written as sampled")
     if refiner is not None:
-        log = [{k: v for k, v in r.items() if k not in ("generator_seconds", "placements", "stereocentres_kept")}
-               for r in rows]
+        log = [{k: v for k, v in r.items() if k not in ("generator_seconds", "placements", "stereocentres_kept")
+                and not k.startswith("projection_")} for r in rows]
         write_log(files.refine_log, log)
         plot_log(files.refine_log.with_suffix(".png"), log, f"{refiner.name}: {files.aa.name}")
         summary.update({"refiner": refiner.name,

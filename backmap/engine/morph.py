@@ -59,6 +59,8 @@ def morph_to_files(model: Model, cg_topology: CGTopology, source: Path, out: Pat
     order) with ``model`` into ``out`` and the files beside it (:func:`backmap_to_files`; the
     topology copied beside ``out`` is ``output_topology``, X's own ``.top``, when given)."""
     settings = settings or BackmapSettings(energy=False)
+    if settings.project_cg is None:  # the bottleneck is no CG input to be exact to (docs/morph.md)
+        settings = settings.model_copy(update={"project_cg": False})
     if scheme == "B" and settings.gibbs_sweeps < 1:
         raise BackmapError(f"{where}: scheme B is Gibbs sweeps only — gibbs_sweeps must be ≥ 1")
     topo = cg_topology.topology

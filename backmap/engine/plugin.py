@@ -101,6 +101,18 @@ class Generator(Plugin):
     def has_log_prob(self) -> bool:
         return type(self).log_prob is not Generator.log_prob
 
+    @property
+    def rigid_bonds(self) -> Literal["none", "h-bonds", "all-bonds"]:
+        """Bonds this generator places at exactly the force field's b0 (the reference MD's
+        constraints); the core's CG projection keeps them there."""
+        return "none"
+
+    @property
+    def projects_cg(self) -> bool:
+        """Whether the core projects this generator's frames onto their CG input by default
+        (:mod:`backmap.sampling.cg_projection`; the ``project_cg`` setting overrides it)."""
+        return False
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to restore the trained generator: tensors, numpy arrays and JSON
         values in nested dicts and lists (stored as safetensors + JSON, never pickled)."""

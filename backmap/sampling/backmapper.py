@@ -34,6 +34,10 @@ class BackmapSettings(BaseModel):
     colouring: bool = Field(False, description="never update two units with overlapping environments together")
     batch_molecules: bool = Field(True, description="all molecules of a type advance together")
     energy: bool = Field(True, description="score candidates with the force field (needs a .top)")
+    project_cg: bool | None = Field(None, description="move each sampled frame the least onto its CG input "
+                                                     "(M(x) = R exactly, bond lengths kept; "
+                                                     "backmap.sampling.cg_projection); default: the generator's "
+                                                     "choice (Generator.projects_cg)")
     minimize_steps: int = Field(0, ge=0, description="restrained energy-minimization steps after sampling "
                                                      "(the EM baseline; 0 = none)")
     restraint: float = Field(1000.0, ge=0, description="CG restraint constant for minimization (kJ/mol/nm²)")
@@ -95,6 +99,16 @@ class Backmapper:
         self.sampler = Sampler(self.cg_topology, self.plans, self.generator, self.selector, options,
                                channels=self.channels, rng=rng, chirality=self.chirality, energy=scorer)
         self._whole_cg = Unwrapper.for_cg(self.cg_topology)
+        self.projection = None
+        self.projection_log: list[dict] = []
+        if self.project_cg:
+            from backmap.sampling.cg_projection import CGProjection
+
+            try:
+                self.projection = CGProjection(self.cg_topology, self.generator.rigid_bonds)
+            except (KeyError, ValueError) as exc:
+                raise BackmapError(f"project_cg: the topology's bond parameters are needed ({exc}); "
+                                   "give a .top or set project_cg: false") from None
         self.forcefield = None
         if s.minimize_steps:
             import torch
@@ -102,6 +116,12 @@ class Backmapper:
             from backmap.forcefield import ForceField
 
             self.forcefield = ForceField(self.cg_topology.topology, dtype=torch.float32)
+
+    @property
+    def project_cg(self) -> bool:
+        """Frames are projected onto their CG input (the setting, else the generator's choice)."""
+        chosen = self.settings.project_cg
+        return self.generator.projects_cg if chosen is None else chosen
 
     @property
     def temporal(self) -> bool:
@@ -122,6 +142,13 @@ class Backmapper:
         self.sampler.rng = rng if rng is not None else frame_rng(self.seed, cg.index if cg.index is not None else 0)
         beads = self._whole_cg(cg.positions, cg.dimensions)
         x = self.sampler.backmap(beads, cg.box, start=start, previous=previous)
+        if self.projection is not None:
+            projected = self.projection(x, beads, cg.dimensions)
+            x = projected.positions.astype(x.dtype)
+            self.projection_log.append({"frame": cg.index, "cg_rmsd_before": projected.cg_rmsd_before,
+                                        "cg_rmsd_after": projected.cg_rmsd_after,
+                                        "largest_move_nm": projected.largest_move, "converged": projected.converged,
+                                        "closest": projected.closest})
         if self.forcefield is not None:
             from backmap.forcefield.minimize import minimize_restrained
 

@@ -562,6 +562,14 @@ class EquivariantGenerator(NetworkGenerator):
             out[rows] = torch.where(ok[:, None, None], y.float(), pool[rows])
         return out
 
+    @property
+    def rigid_bonds(self) -> str:
+        return self.params.constraints
+
+    @property
+    def projects_cg(self) -> bool:
+        return self.params.project_cg
+
     def log_prob(self, batch: EnvironmentBatch, positions: torch.Tensor) -> torch.Tensor:
         """Log density (B, K) of local-frame placements: Σ over the unit's atoms of the head's
         densities of their angles, dihedrals and non-rigid bond lengths, minus log(r² sin θ) of

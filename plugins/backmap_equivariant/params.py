@@ -36,6 +36,9 @@ class EquivariantParams(BaseModel):
                                 "placed atoms (keeps that bond length: rigid chemistry; the centre's distance "
                                 "stays off), 'rotation+shift' (then shifted onto the bead: exact centre, that "
                                 "bond changes only by the radial miss), 'shift' (exact centre, no rotation)")
+    project_cg: bool = Field(True, description="ask the core to project each sampled frame onto its CG input "
+                                               "(backmap.sampling.cg_projection: M(x) = R exactly, bond lengths "
+                                               "kept); the backmap settings' project_cg overrides it")
     previous_dropout: float = Field(
         0.1, ge=0, le=1, description="trajectory mode (environment.temporal): fraction of training beads shown "
                                      "without their previous frame, so the same model also starts a trajectory")
