@@ -227,6 +227,8 @@ def backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path,
                                "generator seconds per frame": round(generator_seconds / max(n, 1), 3),
                                "placements per second": round(sum(r["placements"] for r in rows)
                                                               / max(generator_seconds, 1e-9))}
+    if bm.adaptation:
+        summary["transfer"] = bm.adaptation
     if job.chained:
         summary["trajectory mode"] = "frames in order, each conditioned on the AA frame written before it"
     if cluster.distributed:

@@ -149,12 +149,23 @@ def check_recipe(recipe: Recipe, steps: Sequence[ValidatedStep], only: Sequence[
     chosen = [(i, s) for i, s in enumerate(steps) if not only or s.name in only]
     names = {s.name for _, s in chosen}
     data = recipe.data
-    if data is None and "prepare" in names:
-        report("data", "the prepare step needs a 'data' section")
+    if data is None and "prepare" in names and not recipe.training_systems:
+        report("data", "the prepare step needs a 'data' section (or 'training_systems')")
     uses_data = "prepare" in names or any(s.name == "map" and getattr(s.params, "trajectory", None) is None
                                           for _, s in chosen)
-    if data is not None and uses_data:
+    if data is not None and uses_data and not recipe.training_systems:
         _check_data(recipe, report, n_atoms)
+    if "prepare" in names:
+        for i, ts in enumerate(recipe.training_systems):  # each its topology, mapping and data
+            key = f"training_systems[{i}]"
+            try:
+                ts_top = load_topology(ts.system.topology)
+                load_mapping(ts.system.mappings, ts_top).cg_topology(ts_top)
+            except BackmapError as exc:
+                report(f"{key}.system", exc)
+                continue
+            sub = recipe.model_copy(update={"system": ts.system, "data": ts.data, "training_systems": []})
+            _check_data(sub, lambda k, exc, key=key: report(f"{key}.{k}", exc), ts_top.n_atoms)
     for i, step in chosen:
         key = f"steps[{i}].{step.name}"
         # a CG file paired with a mapping of its own (evaluate's 'mapping') is checked when the step runs

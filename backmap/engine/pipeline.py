@@ -87,6 +87,18 @@ class RunContext:
 
         return Channels.for_spec(self.cg_topology, spec.channels, self.recipe.system.channels)
 
+    def training_contexts(self) -> list["RunContext"]:
+        """The contexts the prepare and train steps work in: this one, or with ``training_systems``
+        one per system, each with that system and data and its own work folder ``systems/NAME``."""
+        if not self.recipe.training_systems:
+            return [self]
+        out = []
+        for ts in self.recipe.training_systems:
+            recipe = self.recipe.model_copy(update={"system": ts.system, "data": ts.data, "training_systems": []})
+            recipe._path = self.recipe.path
+            out.append(RunContext(recipe, self.workdir / "systems" / ts.name, self.registry, self.console))
+        return out
+
     def where(self, key: str) -> str:
         """``recipe.yaml: key`` for error messages."""
         return f"{self.recipe.path.name if self.recipe.path else 'recipe'}: {key}"

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from backmap.sampling.spec import EnvironmentSpec
     from backmap.training.data import FitContext, TrainingData
 
-    from backmap.system.mapping import Mapping
+    from backmap.sampling.traversal import Plan
+    from backmap.system.mapping import CGTopology, Mapping
     from backmap.engine.pipeline import RunContext
     from backmap.system.topology import Topology
 
@@ -112,6 +113,14 @@ class Generator(Plugin):
         """Whether the core projects this generator's frames onto their CG input by default
         (:mod:`backmap.sampling.cg_projection`; the ``project_cg`` setting overrides it)."""
         return False
+
+    def adapt(self, cg_topology: "CGTopology", plans: dict[str, "Plan"]) -> dict[str, Any]:
+        """Called by the core before it backmaps ``cg_topology`` with ``plans``: a generator whose
+        parameters are keyed by chemistry rather than by molecule and bead index prepares what it
+        needs for molecule types it was not trained on (chemical transfer, ``training_systems``)
+        and returns what it did, for the run's summary. Default: nothing (a model is applied to
+        the system it was trained on)."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to restore the trained generator: tensors, numpy arrays and JSON

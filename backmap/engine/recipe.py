@@ -135,6 +135,16 @@ class DataSpec(Strict):
         return self
 
 
+class TrainingSystem(Strict):
+    """A system a generator trains on instead of the recipe's own (chemical transfer: train on
+    octane and cumene, backmap sPS): its own topology, mapping and training pairs."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="folder of its pairs in the work directory "
+                                                                "(systems/NAME)")
+    system: SystemSpec
+    data: DataSpec
+
+
 class PluginRef(Strict):
     """A plugin chosen by name with its parameters."""
 
@@ -159,6 +169,9 @@ class Recipe(Strict):
                                                           "current directory")
     system: SystemSpec
     data: DataSpec | None = None
+    training_systems: list[TrainingSystem] = Field(
+        default_factory=list, description="train on these systems instead of system/data (chemical transfer; "
+                                          "a generator that keys its parameters by chemistry, e.g. equivariant)")
     generator: GeneratorRef | None = None
     refiners: list[PluginRef] = Field(default_factory=list)
     regularizers: list[PluginRef] = Field(default_factory=list)

@@ -79,6 +79,8 @@ class Backmapper:
         rng = np.random.default_rng(self.seed)
         spec = self.generator.environment
         self.plans = make_plans(self.cg_topology, self.traversal, spec, rng)
+        #: what the generator did to fit a system it was not trained on (chemical transfer)
+        self.adaptation = self.generator.adapt(self.cg_topology, self.plans)
         s = self.settings
         options = SamplerOptions(candidates=s.candidates, gibbs_sweeps=s.gibbs_sweeps, cutoff=spec.cutoff,
                                  colouring=s.colouring, batch_molecules=s.batch_molecules,

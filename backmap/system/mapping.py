@@ -165,6 +165,13 @@ class CGTopology:
             )
         self.n_beads = n
 
+    @classmethod
+    def concatenate(cls, systems: list["CGTopology"]) -> "CGTopology":
+        """Several CG systems as one (:meth:`Topology.concatenate`): system k's beads and atoms
+        follow those of systems 0..k-1, so its indices shift by the sizes of those before it."""
+        topology = Topology.concatenate([cg.topology for cg in systems])
+        return cls(topology, {cb.block.moltype.name: cb.mapping for cg in systems for cb in cg.blocks})
+
     def _concat(self, per_bead) -> np.ndarray:
         return np.concatenate([np.tile([per_bead(b) for b in cb.mapping.beads], cb.block.count)
                                for cb in self.blocks])

@@ -14,6 +14,8 @@ from typing import Any, Iterator
 import networkx as nx
 import numpy as np
 
+from backmap.errors import BackmapError
+
 
 
 @dataclass(eq=False)
@@ -155,6 +157,21 @@ class Topology:
                 out.append(local + offset + k * n_res + 1)
             offset += b.count * n_res
         return np.concatenate(out) if out else np.zeros(0, int)
+
+    @classmethod
+    def concatenate(cls, topologies: list["Topology"]) -> "Topology":
+        """Several systems as if side by side in one: their blocks in order, atoms numbered on
+        (training on several systems; no frame of this topology ever exists). A molecule type
+        may appear in one system only: equal names would be taken for equal molecules."""
+        blocks, seen, first = [], {}, 0
+        for topo in topologies:
+            for b in topo.blocks:
+                if seen.setdefault(b.moltype.name, topo.source) != topo.source:
+                    raise BackmapError(f"molecule type {b.moltype.name!r} is in two systems ({seen[b.moltype.name]} "
+                                       f"and {topo.source}): rename it in one of them", source=topo.source)
+                blocks.append(MoleculeBlock(b.moltype, b.count, first + b.first_atom))
+            first += topo.n_atoms
+        return cls(topologies[0].source, blocks, topologies[0].defaults, {"systems": [str(t.source) for t in topologies]})
 
     def summary(self) -> str:
         parts = ", ".join(f"{b.count} × {b.moltype.name} ({b.moltype.n_atoms} atoms)" for b in self.blocks)

@@ -3,11 +3,15 @@ same plans, channels and environment builder the sampler uses at inference — a
 options, regularizers and folders of the run."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
+
+from backmap.errors import BackmapError
 
 from backmap.sampling.environment import Channels
 from backmap.sampling.spec import EnvironmentSpec
@@ -16,7 +20,7 @@ from backmap.system.mapping import CGTopology
 from backmap.system.pairs import PairSet
 from backmap.training.distributed import SERIAL, ProcessGroup
 from backmap.training.energies import LocalEnergies
-from backmap.training.sequences import BeadSequences, build_sequences
+from backmap.training.sequences import BeadSequences, build_sequences, concatenate_sequences
 
 
 @dataclass
@@ -28,21 +32,50 @@ class TrainingData:
     teacher-forced sequences (one per bead, frame and context) in exactly the form the sampler
     builds at inference."""
 
-    pairs: PairSet
+    pairs: PairSet | None
     cg_topology: CGTopology
     spec: EnvironmentSpec
     channels: Channels
     plans: dict[str, Plan]
     seed: int = 0
+    #: training on several systems (:meth:`several`): each system's own data; ``cg_topology``,
+    #: ``plans`` and ``channels`` then describe them all, numbered one after the other
+    parts: list["TrainingData"] = field(default_factory=list)
     _sequences: dict[tuple[str, ...], BeadSequences] = field(default_factory=dict, repr=False)
 
+    @classmethod
+    def several(cls, systems: Sequence[tuple[PairSet, CGTopology]], spec: EnvironmentSpec,
+                plan_maker: Callable[[CGTopology], dict[str, Plan]],
+                channel_maker: Callable[[CGTopology], Channels], seed: int = 0) -> "TrainingData":
+        """Training data from several systems (chemical transfer: octane and cumene for sPS), each
+        its own topology, mapping and frames. Their sequences are built system by system and
+        joined with bead, atom and frame indices shifted as in :meth:`CGTopology.concatenate`,
+        so that a generator sees one system whose molecule types are all of theirs."""
+        if len(systems) == 1:
+            pairs, cg = systems[0]
+            return cls(pairs, cg, spec, channel_maker(cg), plan_maker(cg), seed)
+        combined = CGTopology.concatenate([cg for _p, cg in systems])
+        channels, plans = channel_maker(combined), plan_maker(combined)
+        parts = [cls(pairs, cg, spec, channels, {cb.block.moltype.name: plans[cb.block.moltype.name] for cb in cg.blocks},
+                     seed) for pairs, cg in systems]
+        return cls(None, combined, spec, channels, plans, seed, parts)
+
     def train(self) -> PairSet:
+        if self.parts:
+            raise BackmapError("this generator reads the AA frames of one system directly; training on several "
+                               "systems (training_systems) needs one that trains on sequences (equivariant, vae)")
         return self.pairs.train()
+
+    @property
+    def n_train_frames(self) -> int:
+        return sum(p.n_train_frames for p in self.parts) if self.parts else len(self.train())
 
     def sequences(self, contexts: tuple[str, ...] = ("forward",)) -> BeadSequences:
         """Sequences of the training frames in each of ``contexts`` (``forward``: only atoms placed
         before are seen; ``gibbs``: all others), context-major; built once and kept."""
         key = tuple(contexts)
+        if key not in self._sequences and self.parts:
+            self._sequences[key] = concatenate_sequences(self._shifted_parts(key))
         if key not in self._sequences:
             self._sequences[key] = build_sequences(self.cg_topology, self.plans, self.train(), self.channels, key,
                                                    cutoff=self.spec.cutoff, strip_hydrogens=self.spec.strip_hydrogens,
@@ -50,6 +83,20 @@ class TrainingData:
                                                    temporal_alignment=self.spec.temporal_alignment,
                                                    temporal_twist=self.spec.temporal_twist or 0.0)
         return self._sequences[key]
+
+    def _shifted_parts(self, contexts: tuple[str, ...]) -> list[BeadSequences]:
+        """Each system's sequences with its beads, atoms and frames numbered after the systems before it."""
+        out, beads, atoms, frames = [], 0, 0, 0
+        for part in self.parts:
+            seqs = part.sequences(contexts)
+            shifted = {"bead": seqs.bead + beads, "frame": seqs.frame + frames,
+                       "atom_index": torch.where(seqs.atom_index >= 0, seqs.atom_index + atoms, seqs.atom_index),
+                       "target_atoms": torch.where(seqs.target_atoms >= 0, seqs.target_atoms + atoms, seqs.target_atoms)}
+            out.append(dataclasses.replace(seqs, **shifted))
+            beads += part.cg_topology.n_beads
+            atoms += part.cg_topology.topology.n_atoms
+            frames += part.n_train_frames
+        return out
 
 
 class TrainOptions(BaseModel):

@@ -73,6 +73,19 @@ class BeadSequences:
         return self.target_mask.sum(1)
 
 
+#: every field of :class:`BeadSequences`: (axes padded when sequences are concatenated, fill, dtype)
+_FIELDS = {
+    "atom_positions": ((1,), 0.0, torch.float32), "atom_types": ((1,), 0, torch.long),
+    "atom_index": ((1,), -1, torch.long), "slot": ((1,), -1, torch.long),
+    "visible": ((1, 2), False, torch.bool), "interaction": ((1, 2), 0, torch.uint8),
+    "bead_positions": ((1,), 0.0, torch.float32), "bead_types": ((1,), 0, torch.long),
+    "bead_mask": ((1,), False, torch.bool), "target_positions": ((1,), 0.0, torch.float32),
+    "target_types": ((1,), 0, torch.long), "target_atoms": ((1,), -1, torch.long),
+    "target_mask": ((1,), False, torch.bool), "frame": ((), 0, torch.long), "bead": ((), 0, torch.long),
+    "context": ((), 0, torch.long), "previous_positions": ((1,), 0.0, torch.float32),
+    "previous_mask": ((1,), False, torch.bool)}
+
+
 def _pad_cat(arrays: list[np.ndarray], axes: tuple[int, ...], fill) -> np.ndarray:
     """Concatenate along axis 0 after padding ``axes`` to their largest size (into one array
     filled once: one np.pad per part cost a quarter of building the sequences of a small molecule)."""
@@ -141,20 +154,22 @@ def _build_sequences(cg_topology, plans, pairs, channels, contexts, cutoff, stri
     flat = [p for c in contexts for p in parts[c]]
     if not flat:
         raise BackmapError("no training sequences: the pair set has no frames")
-    k_axes, t_axes = (1,), (1,)
-    spec = {  # field: (axes to pad, fill, dtype)
-        "atom_positions": (k_axes, 0.0, torch.float32), "atom_types": (k_axes, 0, torch.long),
-        "atom_index": (k_axes, -1, torch.long), "slot": (k_axes, -1, torch.long),
-        "visible": ((1, 2), False, torch.bool), "interaction": ((1, 2), 0, torch.uint8),
-        "bead_positions": ((1,), 0.0, torch.float32), "bead_types": ((1,), 0, torch.long),
-        "bead_mask": ((1,), False, torch.bool), "target_positions": (t_axes, 0.0, torch.float32),
-        "target_types": (t_axes, 0, torch.long), "target_atoms": (t_axes, -1, torch.long),
-        "target_mask": (t_axes, False, torch.bool), "frame": ((), 0, torch.long), "bead": ((), 0, torch.long),
-        "context": ((), 0, torch.long), "previous_positions": (t_axes, 0.0, torch.float32),
-        "previous_mask": (t_axes, False, torch.bool)}
     out = {name: torch.as_tensor(_pad_cat([p[name] for p in flat], axes, fill)).to(dtype)
-           for name, (axes, fill, dtype) in spec.items()}
+           for name, (axes, fill, dtype) in _FIELDS.items()}
     return BeadSequences(**out)
+
+
+def concatenate_sequences(parts: list[BeadSequences]) -> BeadSequences:
+    """One set of sequences from several (padded to the widest), kept context-major: every
+    context's rows of the first part, then of the next, in the same order in every context."""
+    if len(parts) == 1:
+        return parts[0]
+    flat = [{name: getattr(p, name).numpy() for name in _FIELDS if getattr(p, name) is not None} for p in parts]
+    names = set.intersection(*(set(f) for f in flat))
+    out = {name: torch.as_tensor(_pad_cat([f[name] for f in flat], axes, fill)).to(dtype)
+           for name, (axes, fill, dtype) in _FIELDS.items() if name in names}
+    order = torch.argsort(out["context"], stable=True)
+    return BeadSequences(**{name: x[order] for name, x in out.items()})
 
 
 def _bead_group(builder: EnvironmentBuilder, cb, plan: Plan, steps: list[int], positions: torch.Tensor,

@@ -23,7 +23,7 @@ from backmap_equivariant.encoder import Encoder
 from backmap_equivariant.head import Head, ICDistribution
 from backmap_equivariant.nerf import frame, internal, place
 from backmap_equivariant.params import EquivariantParams
-from backmap_equivariant.tables import VIRTUAL_POSITIONS, UnitTable, bead_keys, system_tables
+from backmap_equivariant.tables import VIRTUAL, VIRTUAL_POSITIONS, UnitTable, bead_keys, system_tables
 
 STATE_FORMAT = 1
 #: neighbour beads the head sees explicitly (nearest first)
@@ -38,12 +38,22 @@ class Tables:
     """The unit tables packed into padded tensors (pool layout: U_max unit slots, E_max external
     atoms, 3 virtual points), shared by training and inference."""
 
-    def __init__(self, tables: list[UnitTable]):
+    def __init__(self, tables: list[UnitTable], U: int | None = None, E: int | None = None,
+                 signatures: list[str] | None = None):
+        """``U``, ``E``: the pool's unit and external slots (the networks' widths depend on them;
+        default: what ``tables`` need); ``signatures``: the slot vocabulary in order (default:
+        the tables' signatures, sorted), which must hold every signature of ``tables``."""
         self.tables = tables
         self.index = {(t.moltype, t.bead): k for k, t in enumerate(tables)}
         N = len(tables)
-        self.U = U = max(len(t.atoms) for t in tables)
-        self.E = E = max(max(len(t.external) for t in tables), 1)
+        need_u, need_e = max(len(t.atoms) for t in tables), max(max(len(t.external) for t in tables), 1)
+        if (U is not None and need_u > U) or (E is not None and need_e > E):
+            worst = max(tables, key=lambda t: (len(t.atoms) > (U or need_u), len(t.external)))
+            raise BackmapError(f"equivariant: bead {worst.bead} of {worst.moltype} has {len(worst.atoms)} atoms and "
+                               f"{len(worst.external)} bonded atoms of other beads; the model has room for {U} and {E} "
+                               "(train it with larger max_unit_atoms / max_external_atoms)")
+        self.U = U = U or need_u
+        self.E = E = E or need_e
         self.R = R = tables[0].triples.shape[1]
         self.P = U + E + 3
         self.triples = torch.full((N, U, R, 3), -1, dtype=torch.long)
@@ -66,7 +76,8 @@ class Tables:
             self.first[k] = t.atoms[0]
         # rows of equal chemistry share one slot (embedding, reference angle): the ten phenyl
         # beads of a chain, both ends of hexane, every ring hydrogen's row of the same kind
-        self.signatures = sorted({str(x) for t in tables for x in t.signature.ravel() if x})
+        self.signatures = list(signatures) if signatures is not None else \
+            sorted({str(x) for t in tables for x in t.signature.ravel() if x})
         vocab = {sig: i for i, sig in enumerate(self.signatures)}
         self.slot = torch.zeros(N, U, R, dtype=torch.long)
         for k, t in enumerate(tables):
@@ -147,6 +158,8 @@ class EquivariantGenerator(NetworkGenerator):
         #: angle and bond-length spreads bounded away from the draws' clamps (models trained by
         #: reverse KL, which would exploit them; see ICDistribution)
         self.bounded_ics = False
+        #: slots trained (those after it were made by :meth:`adapt`); None until adapted
+        self.trained_slots: int | None = None
 
     # ------------------------------------------------------------------ networks
     def _build(self, layout: dict) -> None:
@@ -188,12 +201,16 @@ class EquivariantGenerator(NetworkGenerator):
     def setup_networks(self, data, seed: int) -> None:
         """Unit tables from the topology and plans, and fresh networks initialized from ``seed``
         (no coordinates are read)."""
-        self.tables = Tables(system_tables(data.cg_topology, data.plans, self.params.constraints))
+        p = self.params
+        self.tables = Tables(system_tables(data.cg_topology, data.plans, p.constraints), p.max_unit_atoms,
+                             p.max_external_atoms)
         self.bead_key = torch.as_tensor(bead_keys(data.cg_topology, self.tables.tables))
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             self._build({"n_atom_types": data.channels.n_atom_types, "n_interactions": data.channels.n_interactions,
                          "n_bead_types": len(data.channels.bead_types),
+                         **({"unit_slots": self.tables.U, "external_slots": self.tables.E}
+                            if p.max_unit_atoms or p.max_external_atoms else {}),
                          "temporal": int(bool(getattr(self.environment, "temporal", False)))})
 
     def _reference_ics(self, seqs) -> None:
@@ -590,6 +607,52 @@ class EquivariantGenerator(NetworkGenerator):
         jac = torch.log(torch.sin(theta).clamp(min=1e-6)) + 2 * torch.log(r.clamp(min=1e-6)) * free
         return (lp_a + lp_d + lp_r * free - jac).sum(-1)
 
+    # ------------------------------------------------------------------ transfer
+    def adapt(self, cg_topology, plans) -> dict[str, Any]:
+        """Unit tables for molecule types the model was not trained on (chemical transfer). Every
+        row's chemistry signature takes the slot trained for it, or, where none was, a new slot
+        whose embedding, reference angle and distance are the mean of the trained slots matching
+        it at the first level of :func:`coarser_signatures` that has any."""
+        self._require()
+        needed = {(cb.block.moltype.name, unit.bead) for cb in cg_topology.blocks
+                  for unit in plans[cb.block.moltype.name].units}
+        if needed <= set(self.tables.index):
+            return {}
+        fresh = [t for t in system_tables(cg_topology, plans, self.params.constraints)
+                 if (t.moltype, t.bead) in needed - set(self.tables.index)]
+        n_trained = len(self.theta_ref) if self.trained_slots is None else self.trained_slots
+        self.trained_slots = n_trained
+        vocabulary = list(self.tables.signatures)
+        slot_of = {sig: i for i, sig in enumerate(vocabulary)}
+        by_level: list[dict[str, list[int]]] = [{} for _ in COARSER_LEVELS]
+        for i, sig in enumerate(vocabulary[:n_trained]):
+            for level, key in enumerate(coarser_signatures(sig)):
+                by_level[level].setdefault(key, []).append(i)
+        sources: list[list[int]] = []
+        matched = dict.fromkeys(("exact", *COARSER_LEVELS, "none"), 0)
+        for t in fresh:
+            for sig in (str(x) for x in t.signature.ravel() if x):
+                if sig in slot_of:
+                    matched["exact" if slot_of[sig] < n_trained else "earlier"] = \
+                        matched.get("exact" if slot_of[sig] < n_trained else "earlier", 0) + 1
+                    continue
+                level, ids = next(((COARSER_LEVELS[k], by_level[k][key]) for k, key in enumerate(coarser_signatures(sig))
+                                   if key in by_level[k]), ("none", list(range(n_trained))))
+                matched[level] += 1
+                slot_of[sig] = len(vocabulary)
+                vocabulary.append(sig)
+                sources.append(ids)
+        self.tables = Tables(self.tables.tables + fresh, self.tables.U, self.tables.E, vocabulary)
+        if sources:
+            with torch.no_grad():
+                def extend(x: torch.Tensor) -> torch.Tensor:
+                    return torch.cat([x, torch.stack([x[ids].mean(0) for ids in sources])])
+
+                self.head.slot = torch.nn.Embedding.from_pretrained(extend(self.head.slot.weight), freeze=True)
+                self.theta_ref, self.r_ref, self.theta_std = map(extend, (self.theta_ref, self.r_ref, self.theta_std))
+        return {"molecule types": sorted({t.moltype for t in fresh}), "units": len(fresh),
+                "chemistry rows": {k: v for k, v in matched.items() if v}}
+
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         self._require()
@@ -602,7 +665,9 @@ class EquivariantGenerator(NetworkGenerator):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("format") != STATE_FORMAT:
             raise BackmapError(f"equivariant: unknown state format {state.get('format')!r}")
-        self.tables = Tables([UnitTable.from_json(t) for t in state["tables"]])
+        layout = state["layout"]
+        self.tables = Tables([UnitTable.from_json(t) for t in state["tables"]], layout.get("unit_slots"),
+                             layout.get("external_slots"))
         self.bounded_ics = bool(state.get("bounded_ics", False))  # absent in models made before it existed
         self._build({k: int(v) for k, v in state["layout"].items()})
         self.theta_ref = torch.as_tensor(state["theta_ref"])
@@ -627,3 +692,24 @@ def repeat_rows(v: dict, K: int) -> dict:
 
 def _top(x: torch.Tensor) -> int:
     return int(x.max()) if x.numel() else -1
+
+
+#: what :func:`coarser_signatures` drops, level by level
+COARSER_LEVELS = ("reference kinds", "bead type", "bead type and reference kinds", "dihedral atom's type",
+                  "angle atom's type", "all references")
+
+
+def coarser_signatures(signature: str) -> list[str]:
+    """Coarser forms of a row's chemistry signature (``bead type|atom type|parent|angle atom|dihedral
+    atom``, each reference ``unit:TYPE``, ``ext:TYPE`` or a virtual point), one per
+    :data:`COARSER_LEVELS`: for a molecule type the model was not trained on, its rows take what was
+    learned for the most specific form that occurs in training."""
+    bead, atom, *refs = signature.split("|")
+    plain = [r.split(":")[-1] for r in refs]
+
+    def shape(r: str) -> str:  # a real atom or which virtual point
+        return r if r in VIRTUAL else "atom"
+
+    return [f"{bead}|{atom}|" + "|".join(plain), f"*|{atom}|" + "|".join(refs), f"*|{atom}|" + "|".join(plain),
+            f"*|{atom}|{plain[0]}|{plain[1]}|{shape(plain[2])}", f"*|{atom}|{plain[0]}|{shape(plain[1])}|{shape(plain[2])}",
+            f"*|{atom}"]

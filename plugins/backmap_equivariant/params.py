@@ -42,4 +42,10 @@ class EquivariantParams(BaseModel):
     previous_dropout: float = Field(
         0.1, ge=0, le=1, description="trajectory mode (environment.temporal): fraction of training beads shown "
                                      "without their previous frame, so the same model also starts a trajectory")
+    max_unit_atoms: int | None = Field(None, ge=1, description="room for atoms per bead (default: the training "
+                                                               "system's largest bead); set it for a model meant for "
+                                                               "other molecules (chemical transfer)")
+    max_external_atoms: int | None = Field(None, ge=1, description="room for bonded atoms of other beads a bead's "
+                                                                   "atoms are built from (default: the training "
+                                                                   "system's most; sPS needs 15)")
     threads: int = Field(1, ge=1, description="torch threads")

@@ -32,6 +32,22 @@ class PrepareStep(Step):
     Params = PrepareParams
 
     def run(self, ctx) -> dict:
+        contexts = ctx.training_contexts()
+        if len(contexts) == 1 and contexts[0] is ctx:
+            return self._prepare(ctx)
+        summary: dict = {}
+        markdown = []
+        for ts, sub in zip(ctx.recipe.training_systems, contexts):  # chemical transfer: each system its pairs
+            ctx.console.print(f"prepare: training system {ts.name}")
+            part = self._prepare(sub)
+            rel = sub.workdir.relative_to(ctx.workdir)
+            body = part.pop("markdown", "").replace("](pairs/", f"]({rel}/pairs/")
+            summary.update({f"{ts.name}: {k}": v for k, v in part.items()})
+            markdown.append(f"**{ts.name}**\n\n{body}")
+        summary["markdown"] = "\n\n".join(markdown)
+        return summary
+
+    def _prepare(self, ctx) -> dict:
         spec = ctx.recipe.data
         if spec is None:
             raise BackmapError("data: the prepare step needs a 'data' section", source=ctx.recipe.path.name)

@@ -14,6 +14,7 @@ from backmap.engine.recipe import InputPath
 from backmap.system.io import atomic_path
 from backmap.forcefield import NonbondedSettings
 from backmap.refinement.restrained import RestrainedSystem
+from backmap.sampling.environment import Channels
 from backmap.system.pairs import PairSet
 from backmap.training.reverse_kl import ReverseKLOptions
 from backmap.sampling.traversal import make_plans
@@ -58,10 +59,16 @@ class TrainStep(Step):
             spec = generator.environment = spec.model_copy(update={"temporal_twist": twist})
         traversal = ctx.registry.get("traversal", spec.traversal, where="generator.environment.traversal").cls()
         cg = ctx.cg_topology
-        channels = ctx.channels_for(spec)
-        data = TrainingData(ctx.pairs(), cg, spec, channels, make_plans(cg, traversal, spec, np.random.default_rng(ctx.seed)),
-                            seed=ctx.seed)
-        if len(data.train()) == 0:
+        transfer = bool(ctx.recipe.training_systems)
+        if transfer and (spec.temporal or ctx.recipe.regularizers or self.params.objective != "likelihood"):
+            raise BackmapError("training_systems: training on several systems is frame-wise, by likelihood and "
+                               "without regularizers", source=ctx.where("training_systems"))
+        data = TrainingData.several(
+            [(c.pairs(), c.cg_topology) for c in ctx.training_contexts()], spec,
+            lambda system: make_plans(system, traversal, spec, np.random.default_rng(ctx.seed)),
+            lambda system: Channels.for_spec(system, spec.channels, ctx.recipe.system.channels), seed=ctx.seed)
+        channels = data.channels
+        if data.n_train_frames == 0:
             raise BackmapError("steps.train: the prepared pairs have no training frames", source=ctx.where("data.split"))
         regularizers = []
         for i, r in enumerate(ctx.recipe.regularizers):
@@ -69,7 +76,7 @@ class TrainStep(Step):
             reg.prepare(ctx)
             regularizers.append(reg)
         try:  # energies of generated atoms: for regularizers and the training log
-            energies = LocalEnergies(ctx.topology)
+            energies = LocalEnergies(data.cg_topology.topology)
         except BackmapError as exc:
             if regularizers:
                 raise
@@ -99,10 +106,10 @@ class TrainStep(Step):
             mapping_files = [_copy(m, out / m.name) for m in mapping_files]
         save_model(out, generator, channels, ctx.recipe.system.topology, mapping_files, cg,
                    seed=ctx.seed, training={"recipe": ctx.recipe.name, "options": options.model_dump(),
-                                            "train frames": len(data.train()), "summary": training,
-                                            **_time_step(data)})
+                                            "train frames": data.n_train_frames, "summary": training,
+                                            **_trained_on(ctx), **_time_step(data)})
         ctx.outputs.declare("train", model=out, log=log_dir if any(log_dir.iterdir()) else None)
-        report = {"generator": ref.plugin, "train frames": len(data.train()), "fit seconds": round(seconds, 2),
+        report = {"generator": ref.plugin, "train frames": data.n_train_frames, "fit seconds": round(seconds, 2),
                   "model": str(out), **chosen, **summary}
         if (log_dir / "training.png").is_file():
             rel = log_dir.relative_to(ctx.workdir)
@@ -127,6 +134,15 @@ class TrainStep(Step):
         summary = generator.fit_reverse_kl(cg_only, system, p.reverse_kl, fit) or {}
         summary["objective"] = "reverse_kl (no AA coordinates read)"
         return summary
+
+
+def _trained_on(ctx) -> dict:
+    """A model trained on other systems than the one it backmaps records which (chemical transfer)."""
+    if not ctx.recipe.training_systems:
+        return {}
+    return {"trained on": [{"name": ts.name, "topology": str(ts.system.topology),
+                            "molecule types": [b.moltype.name for b in c.topology.blocks]}
+                           for ts, c in zip(ctx.recipe.training_systems, ctx.training_contexts())]}
 
 
 def _time_step(data) -> dict:
