@@ -4,6 +4,7 @@ apart, a trained model passes the conformance kit, places rigid bonds at exactly
 has a log-density that is the known answer of its own draws, and takes a stereocentre's hand from
 the data it was trained on, with no stereo reference."""
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,10 +81,8 @@ def test_encoder_is_rotation_equivariant_and_only_so3_sees_mirror_images(parity)
         assert change < 1e-5, change  # true parities: mirror-blind scalars (cannot choose a hand)
 
 
-@pytest.fixture(scope="module")
-def hexane_run(tmp_path_factory):
+def _train_hexane(tmp, extra: str = "") -> Path:
     """A small equivariant model trained on hexane with every bond rigid, backmapped once."""
-    tmp = tmp_path_factory.mktemp("equivariant")
     recipe = tmp / "eq.yaml"
     recipe.write_text(textwrap.dedent(f"""
         name: eq
@@ -92,7 +91,7 @@ def hexane_run(tmp_path_factory):
         system: {{topology: {HEXANE / 'topol.top'}, mapping: {HEXANE / 'hexane.xml'}}}
         data: {{trajectory: {HEXANE / 'traj.xtc'}, frames: '0:3', split: {{test_fraction: 0.34, mode: tail}}}}
         generator: {{plugin: equivariant, params: {{constraints: all-bonds, width: 8, vectors: 4, tensors: 2, hidden: 32, lr: 4.0e-3,
-                                                 max_external_atoms: 8}}}}  # room for longer alkanes (transfer test)
+                                                 max_external_atoms: 8{extra}}}}}  # room for longer alkanes (transfer)
         steps:
           - prepare: {{}}
           - train: {{epochs: 30, batch_size: 64}}
@@ -103,7 +102,20 @@ def hexane_run(tmp_path_factory):
     return tmp / "eq"
 
 
-def test_conformance_kit_passes(hexane_run):
+@pytest.fixture(scope="module")
+def hexane_run(tmp_path_factory):
+    return _train_hexane(tmp_path_factory.mktemp("equivariant"))
+
+
+@pytest.fixture(scope="module")
+def hexane_transferable_run(tmp_path_factory):
+    """The same, with the networks' inputs keyed by chemistry (``transferable``)."""
+    return _train_hexane(tmp_path_factory.mktemp("transferable"), ", transferable: true")
+
+
+@pytest.mark.parametrize("run", ["hexane_run", "hexane_transferable_run"])
+def test_conformance_kit_passes(run, request):
+    hexane_run = request.getfixturevalue(run)
     model = load_model(hexane_run)
     system = ConformanceSystem.from_files(HEXANE / "topol.top", HEXANE / "hexane.xml",
                                           hexane_run / "backmap" / "aa_cg.trr", channels=model.channels)
@@ -285,7 +297,8 @@ def _ccc_angles(moltype, coords: np.ndarray) -> np.ndarray:
     return np.degrees(np.arccos(cos)).ravel()
 
 
-def test_a_hexane_model_backmaps_tetracosane(hexane_run, tmp_path):
+@pytest.mark.parametrize("run", ["hexane_run", "hexane_transferable_run"])
+def test_a_hexane_model_backmaps_tetracosane(run, request, tmp_path):
     """Chemical transfer: the model trained on hexane only backmaps tetracosane mapped in hexane's
     beads. Its unit tables are built for the new molecule type at run time (the generator's
     ``adapt``), its rows take the slots of the same chemistry, and the result has the chemistry's
@@ -293,6 +306,7 @@ def test_a_hexane_model_backmaps_tetracosane(hexane_run, tmp_path):
     on hexane (a longer chain is outside what it saw: measured 17° spread against 12° on hexane)."""
     from backmap.system.pbc import minimum_image
 
+    hexane_run = request.getfixturevalue(run)
     _bm, hexane, hexane_ref, _f, htop, _cg = _backmap_mapped(load_model(hexane_run), HEXANE / "topol.top",
                                                             HEXANE / "hexane.xml", HEXANE / "traj.xtc")
     bm, x, ref, frame, top, cg = _backmap_mapped(load_model(hexane_run), TCS / "topol.top",

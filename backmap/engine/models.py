@@ -52,8 +52,11 @@ class Model:
         return [Path(m) for m in self.description["system"].get("mapping", [])]
 
     def check_system(self, cg_topology: CGTopology) -> None:
-        """Refuse a system that is not the one the model was trained on, naming the difference."""
-        check_molecules(self.description["system"].get("molecules", {}), cg_topology, self.directory)
+        """Refuse a system that is not the one the model was trained on, naming the difference. A
+        generator that adapts to new chemistry (``Generator.adapt``) may meet molecule types under
+        new names (chemical transfer); one it knows by name must still be the same molecule."""
+        transferable = type(self.generator).adapt is not Generator.adapt
+        check_molecules(self.description["system"].get("molecules", {}), cg_topology, self.directory, transferable)
         self.channels.check_system(cg_topology, where=f"model in {self.directory}")
 
 
@@ -67,11 +70,16 @@ def molecules_fingerprint(cg_topology: CGTopology) -> dict[str, Any]:
     return out
 
 
-def check_molecules(recorded: dict[str, Any], cg_topology: CGTopology, where: Path | str) -> None:
+def check_molecules(recorded: dict[str, Any], cg_topology: CGTopology, where: Path | str,
+                    new_names: bool = False) -> None:
+    """Each molecule type of ``cg_topology`` is one of ``recorded`` with the same atoms and beads
+    (``new_names``: or one under a name not recorded at all)."""
     if not recorded:
         return
     have = molecules_fingerprint(cg_topology)
     for name, mol in have.items():
+        if name not in recorded and new_names:
+            continue
         if name not in recorded:
             raise BackmapError(f"the model was trained on molecule types {sorted(recorded)}, not {name!r} "
                                "(a model of another system?)", source=where)

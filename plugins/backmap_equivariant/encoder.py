@@ -35,7 +35,7 @@ class Encoder(torch.nn.Module):
 
     def __init__(self, n_atom_types: int, n_interactions: int, n_bead_types: int, max_unit: int, *,
                  width: int = 32, vectors: int = 16, tensors: int = 8, n_scalars: int = 64,
-                 radius: float = 1.2, n_basis: int = 10, parity: str = "so3"):
+                 radius: float = 1.2, n_basis: int = 10, parity: str = "so3", relations_by_type: bool = False):
         super().__init__()
         v, t = ("1e", "2e") if parity == "so3" else ("1o", "2e")
         self.parity = parity
@@ -44,7 +44,10 @@ class Encoder(torch.nn.Module):
         self.width, self.vectors, self.tensors = width, vectors, tensors
         emb = 16
         self.atom_embed = torch.nn.Embedding(n_atom_types, emb)
-        self.inter_embed = torch.nn.Embedding(max_unit * n_interactions, emb)
+        # a neighbour's relation to each atom being placed, keyed by that atom's slot in the bead, or
+        # (relations_by_type) by its atom type: the same for any molecule of the same chemistry
+        self.relations_by_type = relations_by_type
+        self.inter_embed = torch.nn.Embedding((n_atom_types if relations_by_type else max_unit) * n_interactions, emb)
         self.n_interactions = n_interactions
         self.bead_embed = torch.nn.Embedding(n_bead_types + 1, emb)  # last: "an atom, not a bead"
         self.radial1 = mlp(n_basis + emb, 48, width + vectors + tensors)
@@ -74,13 +77,14 @@ class Encoder(torch.nn.Module):
         return soft_one_hot_linspace(r, 0.0, self.radius, self.n_basis, basis="smooth_finite", cutoff=True)
 
     def forward(self, atom_positions, atom_types, atom_mask, interaction, target_mask,
-                bead_positions, bead_types, bead_mask):
+                bead_positions, bead_types, bead_mask, target_types=None):
         """Shapes: atoms (B, K, 3), (B, K), (B, K), interaction (B, U, K), target_mask (B, U);
         beads (B, L, 3), (B, L), (B, L). Positions in the unit's local frame (nm)."""
         B = atom_positions.shape[0]
         U = interaction.shape[1]
         # per-neighbour scalar features: atom type + Σ_u relation to unit atom u
-        inter = interaction.long() + self.n_interactions * torch.arange(U)[None, :, None]
+        key = target_types[:, :, None] if self.relations_by_type else torch.arange(U)[None, :, None]
+        inter = interaction.long() + self.n_interactions * key
         rel = (self.inter_embed(inter) * target_mask[:, :, None, None]).sum(1)  # (B, K, emb)
         f_atom = self.atom_embed(atom_types) + rel
         f_bead = self.bead_embed(bead_types)

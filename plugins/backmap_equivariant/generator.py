@@ -28,6 +28,10 @@ from backmap_equivariant.tables import VIRTUAL, VIRTUAL_POSITIONS, UnitTable, be
 STATE_FORMAT = 1
 #: neighbour beads the head sees explicitly (nearest first)
 NEAR_BEADS = 4
+#: radii (nm) of the Gaussian shells in which the head counts known atoms when its features are keyed
+#: by chemistry (``transferable``): bonded, 1-3, 1-4 and farther neighbours of the atom's parent
+KNOWN_SHELLS = torch.tensor([0.0, 0.11, 0.15, 0.22, 0.26, 0.32, 0.4, 0.5])
+SHELL_WIDTH = 0.03
 #: iterations of learning-rate warm-up
 WARMUP = 100
 #: trajectory mode: features of an atom's previous-frame position in its current NeRF frame
@@ -95,14 +99,17 @@ class Tables:
                                "(trained on another system or plan?)")
         return k
 
-    def external_positions(self, keys, target_atoms, atom_index, atom_mask, atom_positions):
+    def external_positions(self, keys, target_atoms, atom_index, atom_mask, atom_positions, atom_types=None):
         """(B, E, 3) positions and (B, E) found-flags of each unit's external reference atoms in
-        its environment (placed and visible)."""
+        its environment (placed and visible); with ``atom_types`` also their (B, E) type channels."""
         first = target_atoms[:, 0] - self.first[keys]
         ext = self.external[keys]
         glob = torch.where(ext >= 0, first[:, None] + ext, torch.full_like(ext, -2))
         match = (atom_index[:, None, :] == glob[:, :, None]) & atom_mask[:, None, :]
-        return match.to(atom_positions.dtype) @ atom_positions, match.any(-1)
+        out = match.to(atom_positions.dtype) @ atom_positions, match.any(-1)
+        if atom_types is None:
+            return out
+        return (*out, (match.long() * atom_types[:, None, :]).sum(-1))
 
     def choose(self, keys, found):
         """Per unit atom the first reference triple whose points are known: codes (B, U, 3),
@@ -166,12 +173,14 @@ class EquivariantGenerator(NetworkGenerator):
         p = self.params
         self.layout = dict(layout)
         self.encoder = Encoder(layout["n_atom_types"], layout["n_interactions"], layout["n_bead_types"],
-                               self.tables.U, width=p.width, vectors=p.vectors, tensors=p.tensors, parity=p.parity)
+                               self.tables.U, width=p.width, vectors=p.vectors, tensors=p.tensors, parity=p.parity,
+                               relations_by_type=p.transferable)
         n_context = self.encoder.n_scalars + p.width + self._extra_context_width()
         # points the head sees from each atom's NeRF frame: the unit's atoms built before, placed
         # atoms of other beads, and in trajectory mode the unit's atoms in the previous frame
         known = self.tables.U + self.tables.E + (self.tables.U if layout.get("temporal") else 0)
-        n_frame = 3 * p.vectors + 3 * (3 + NEAR_BEADS) + NEAR_BEADS * layout["n_bead_types"] + 4 * known
+        n_frame = 3 * p.vectors + 3 * (3 + NEAR_BEADS) + NEAR_BEADS * layout["n_bead_types"]
+        n_frame += len(KNOWN_SHELLS) * 4 * layout["n_atom_types"] if p.transferable else 4 * known
         n_frame += N_PREVIOUS_IC if layout.get("temporal") else 0
         self.head = Head(n_context, self.tables.n_slots, n_frame, hidden=p.hidden)
 
@@ -202,6 +211,9 @@ class EquivariantGenerator(NetworkGenerator):
         """Unit tables from the topology and plans, and fresh networks initialized from ``seed``
         (no coordinates are read)."""
         p = self.params
+        if p.transferable and getattr(self.environment, "temporal", False):
+            raise BackmapError("equivariant: transferable features and trajectory mode (environment.temporal) "
+                               "do not go together yet")
         self.tables = Tables(system_tables(data.cg_topology, data.plans, p.constraints), p.max_unit_atoms,
                              p.max_external_atoms)
         self.bead_key = torch.as_tensor(bead_keys(data.cg_topology, self.tables.tables))
@@ -242,7 +254,7 @@ class EquivariantGenerator(NetworkGenerator):
                 "atom_index": seqs.atom_index, "atom_mask": seqs.visible[:, 0] & (seqs.atom_index >= 0),
                 "interaction": seqs.interaction, "bead_positions": seqs.bead_positions, "bead_types": seqs.bead_types,
                 "bead_mask": seqs.bead_mask, "target_atoms": seqs.target_atoms, "target_mask": seqs.target_mask,
-                "targets": seqs.target_positions,
+                "target_types": seqs.target_types, "targets": seqs.target_positions,
                 **self._previous_frame(seqs.previous_positions, seqs.previous_mask, seqs.target_mask)}
 
     def _previous_frame(self, positions, mask, target_mask) -> dict:
@@ -293,8 +305,8 @@ class EquivariantGenerator(NetworkGenerator):
         """Reference triples, the internal coordinates of the reference positions, and the pool of
         points (reference unit atoms, external atoms, virtual points) with the external atoms' found-flags."""
         t = self.tables
-        ext, found = t.external_positions(v["keys"], v["target_atoms"], v["atom_index"], v["atom_mask"],
-                                          v["atom_positions"])
+        ext, found, ext_types = t.external_positions(v["keys"], v["target_atoms"], v["atom_index"], v["atom_mask"],
+                                                     v["atom_positions"], v["atom_types"])
         codes, slot, bond, rigid = t.choose(v["keys"], found)
         B, T = v["targets"].shape[:2]
         targets = torch.zeros(B, t.U, 3)
@@ -305,13 +317,19 @@ class EquivariantGenerator(NetworkGenerator):
         built = targets.gather(1, t.order[v["keys"]][..., None].expand(-1, -1, 3))  # build order
         ics = internal(built, d, g, p)
         return codes[:, :T], slot[:, :T], bond[:, :T], rigid[:, :T], [x[:, :T] for x in ics], \
-            (d[:, :T], g[:, :T], p[:, :T]), pool, found
+            (d[:, :T], g[:, :T], p[:, :T]), pool, found, self._pool_types(v, ext_types)
+
+    def _pool_types(self, v: dict, ext_types: torch.Tensor) -> torch.Tensor:
+        """(B, U + E) atom-type channels of the pool's unit and external atoms (padding: 0)."""
+        unit = torch.zeros(ext_types.shape[0], self.tables.U, dtype=torch.long)
+        unit[:, :v["target_types"].shape[1]] = v["target_types"]
+        return torch.cat([unit, ext_types], 1)
 
     def _encode(self, v: dict):
         if "encoded" in v:  # computed once by the caller
             return v["encoded"]
         return self.encoder(v["atom_positions"], v["atom_types"], v["atom_mask"], v["interaction"], v["target_mask"],
-                            v["bead_positions"], v["bead_types"], v["bead_mask"])
+                            v["bead_positions"], v["bead_types"], v["bead_mask"], v.get("target_types"))
 
     def _near_beads(self, v: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The NEAR_BEADS neighbour beads closest to the unit's own (B, n, 3) and their one-hot
@@ -330,7 +348,7 @@ class EquivariantGenerator(NetworkGenerator):
             types = torch.cat([types, types.new_zeros(types.shape[0], NEAR_BEADS - n, types.shape[2])], 1)
         return near, types.to(near.dtype)
 
-    def _features(self, vectors, near, near_types, known, known_ok, d, g, p):
+    def _features(self, vectors, near, near_types, known, known_ok, d, g, p, known_types=None):
         """What the head sees of the environment, from each atom's own NeRF frame (invariant
         numbers that carry directions): the encoder's vectors, the local frame's origin and axes,
         the nearest CG beads, and every point already known — the unit's atoms built before this
@@ -341,14 +359,30 @@ class EquivariantGenerator(NetworkGenerator):
         axes = torch.eye(3)[[2, 0]].expand(*p.shape[:-1], 2, 3)
         fixed = torch.cat([(-p)[..., None, :], axes, near - p[..., None, :]], -2) @ ft
         seen = ((known - p[..., None, :]) @ ft) * known_ok[..., None]
+        if self.params.transferable:  # the known atoms by type and distance: no slot order (chemical transfer)
+            return torch.cat([(vectors @ ft).flatten(-2), fixed.flatten(-2), near_types.flatten(-2),
+                              self._known_shells(seen, known_ok, known_types)], -1)
         return torch.cat([(vectors @ ft).flatten(-2), fixed.flatten(-2), near_types.flatten(-2), seen.flatten(-2),
                           known_ok.to(p.dtype)], -1)
+
+    def _known_shells(self, seen: torch.Tensor, ok: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        """The known atoms as smooth per-type radial shells around the atom's parent: for each atom
+        type and each of :data:`KNOWN_SHELLS` Gaussian shells, the summed weight and weighted unit
+        vectors (in the NeRF frame) of the known atoms of that type in it. What the slot-ordered
+        view says, but the same for any molecule of the same chemistry, and smooth and invariant
+        (a sorted list of nearest atoms is not: equal bond lengths tie and swap under rotation)."""
+        r = seen.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+        weight = torch.exp(-0.5 * ((r - KNOWN_SHELLS) / SHELL_WIDTH) ** 2) * ok[..., None]  # (..., P, S)
+        rows = torch.cat([torch.ones_like(r), seen / r], -1)  # (..., P, 4)
+        kinds = torch.nn.functional.one_hot(types, self.layout["n_atom_types"]).to(seen.dtype)  # (..., P, T)
+        out = torch.einsum("...ps,...pc,...pt->...tsc", weight, rows, kinds)
+        return out.flatten(-3)
 
     def _teacher_pass(self, v: dict):
         """The head's distributions for every atom of every sequence, teacher-forced (the
         reference positions as the earlier atoms): (distribution, (r, θ, φ), rigid, mask)."""
         t = self.tables
-        _codes, slot, _bond, rigid, (r, theta, phi), (d, g, p), pool, found = self._teacher(v)
+        _codes, slot, _bond, rigid, (r, theta, phi), (d, g, p), pool, found, pool_types = self._teacher(v)
         scalars, vectors = self._encode(v)
         near, near_types = self._near_beads(v)
         T = slot.shape[1]
@@ -356,7 +390,8 @@ class EquivariantGenerator(NetworkGenerator):
         known_ok = torch.cat([unit_ok, found[:, None].expand(-1, T, -1)], -1)
         over_t = lambda x: x[:, None].expand(-1, T, *x.shape[1:])
         known, known_ok = self._known(over_t(pool[:, :t.U + t.E]), known_ok, v)
-        feats = self._features(over_t(vectors), over_t(near), over_t(near_types), known, known_ok, d, g, p)
+        feats = self._features(over_t(vectors), over_t(near), over_t(near_types), known, known_ok, d, g, p,
+                               over_t(pool_types))
         prev_ic = self._previous_ics(v, t.order[v["keys"]][:, :T], d, g, p)
         if prev_ic is not None:
             feats = torch.cat([feats, prev_ic], -1)
@@ -451,7 +486,7 @@ class EquivariantGenerator(NetworkGenerator):
                 "atom_types": batch.atom_types, "atom_index": batch.atom_index, "atom_mask": batch.atom_mask,
                 "interaction": batch.interaction, "bead_positions": batch.bead_positions,
                 "bead_types": batch.bead_types, "bead_mask": batch.bead_mask, "target_atoms": batch.target_atoms,
-                "target_mask": batch.target_mask,
+                "target_mask": batch.target_mask, "target_types": batch.target_types,
                 **self._previous_frame(batch.previous_positions, batch.previous_mask, batch.target_mask)}
 
     def propose(self, batch: EnvironmentBatch, n_candidates: int, rng: np.random.Generator) -> torch.Tensor:
@@ -471,9 +506,10 @@ class EquivariantGenerator(NetworkGenerator):
         t = self.tables
         B = v["keys"].shape[0]
         U = v["target_atoms"].shape[1]
-        ext, found = t.external_positions(v["keys"], v["target_atoms"], v["atom_index"], v["atom_mask"],
-                                          v["atom_positions"])
+        ext, found, ext_types = t.external_positions(v["keys"], v["target_atoms"], v["atom_index"], v["atom_mask"],
+                                                     v["atom_positions"], v["atom_types"])
         codes, slot, bond, rigid = t.choose(v["keys"], found)
+        pool_types = self._pool_types(v, ext_types).repeat_interleave(K, 0)
         scalars, vectors = self._encode(v)
         near, near_types = self._near_beads(v)
         rep = lambda x: x.repeat_interleave(K, 0)
@@ -493,7 +529,7 @@ class EquivariantGenerator(NetworkGenerator):
             p, g, d = pool[rows, c[:, 0]], pool[rows, c[:, 1]], pool[rows, c[:, 2]]
             known, known_ok = self._known(pool[:, :t.U + t.E], torch.cat([(rank < a).expand(B * K, -1), ext_ok], -1),
                                           v, K)
-            feats = self._features(vectors, near, near_types, known, known_ok, d, g, p)
+            feats = self._features(vectors, near, near_types, known, known_ok, d, g, p, pool_types)
             prev_ic = self._previous_ics(v, torch.full((B * K,), order[a], dtype=torch.long), d, g, p, K)
             if prev_ic is not None:
                 feats = torch.cat([feats, prev_ic], -1)

@@ -42,6 +42,11 @@ class EquivariantParams(BaseModel):
     previous_dropout: float = Field(
         0.1, ge=0, le=1, description="trajectory mode (environment.temporal): fraction of training beads shown "
                                      "without their previous frame, so the same model also starts a trajectory")
+    transferable: bool = Field(
+        False, description="key what the networks see by chemistry instead of by position in the bead: a "
+                           "neighbour's relation to the atoms being placed by their atom types, the known atoms "
+                           "as the nearest ones with their types (for models applied to other molecules: "
+                           "chemical transfer, docs/transfer.md)")
     max_unit_atoms: int | None = Field(None, ge=1, description="room for atoms per bead (default: the training "
                                                                "system's largest bead); set it for a model meant for "
                                                                "other molecules (chemical transfer)")
