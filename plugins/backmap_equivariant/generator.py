@@ -665,12 +665,12 @@ class EquivariantGenerator(NetworkGenerator):
             for level, key in enumerate(coarser_signatures(sig)):
                 by_level[level].setdefault(key, []).append(i)
         sources: list[list[int]] = []
-        matched = dict.fromkeys(("exact", *COARSER_LEVELS, "none"), 0)
+        # rows per outcome: a trained slot, one made earlier in this call, or a coarser level
+        matched = dict.fromkeys(("exact", "earlier", *COARSER_LEVELS, "none"), 0)
         for t in fresh:
             for sig in (str(x) for x in t.signature.ravel() if x):
                 if sig in slot_of:
-                    matched["exact" if slot_of[sig] < n_trained else "earlier"] = \
-                        matched.get("exact" if slot_of[sig] < n_trained else "earlier", 0) + 1
+                    matched["exact" if slot_of[sig] < n_trained else "earlier"] += 1
                     continue
                 level, ids = next(((COARSER_LEVELS[k], by_level[k][key]) for k, key in enumerate(coarser_signatures(sig))
                                    if key in by_level[k]), ("none", list(range(n_trained))))
