@@ -347,6 +347,9 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
 @click.option("--project-cg/--no-project-cg", default=None,
               help="Move every sampled frame the least onto its CG input (mapped centres exact, bond lengths "
                    "kept; no energy). Default: the model's choice (on for equivariant and vae models).")
+@click.option("--cg-restraint", type=float, default=0.0, show_default=True,
+              help="CG restraint (kJ/mol/nm²) added to the candidates' selection energy: each unit is also chosen "
+                   "to meet its CG beads, so chains do not drift from their CG trace (0 = off).")
 @click.option("--colouring/--no-colouring", default=False, show_default=True,
               help="Never place two units whose environments overlap in the same step (molecules of a step "
                    "split into groups): no unit is placed blind to a neighbour moving with it.")
@@ -366,8 +369,8 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
 @cluster_options
 def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Path | None, mapping: tuple[Path, ...],
           frames: str | None, selector: str, candidates: int, gibbs_sweeps: int, minimize_steps: int,
-          project_cg: bool | None, colouring: bool, stereo_reference: Path | None, cutoff: float | None, traversal: str | None,
-          frame_by_frame: bool, seed: int, refiner_name: str | None, mdp: Path | None, temperature, n_steps, restraint, constraints,
+          project_cg: bool | None, cg_restraint: float, colouring: bool, stereo_reference: Path | None,
+          cutoff: float | None, traversal: str | None, frame_by_frame: bool, seed: int, refiner_name: str | None, mdp: Path | None, temperature, n_steps, restraint, constraints,
           timestep, friction, extra, workers, scheduler, threads_per_worker, frames_per_task) -> None:
     """Backmap CG structures or a trajectory with a trained model. Writes OUT, the first frame as
     OUT.gro, a .top beside it (for gmx grompp), the CG frames used (OUT_cg.trr) and the provenance
@@ -395,7 +398,8 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
     idx = select_frames(frames, [], count_frames(source), str(source))
     try:
         settings = BackmapSettings(selector=selector, candidates=candidates, gibbs_sweeps=gibbs_sweeps,
-                                   minimize_steps=minimize_steps, project_cg=project_cg, colouring=colouring,
+                                   minimize_steps=minimize_steps, project_cg=project_cg, cg_restraint=cg_restraint,
+                                   colouring=colouring,
                                    energy=Path(top_path).suffix == ".top",
                                    stereo_reference=stereo_reference, cutoff=cutoff, traversal=traversal,
                                    frame_by_frame=frame_by_frame)

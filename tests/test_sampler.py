@@ -338,3 +338,44 @@ def test_unit_energy_lj_against_a_direct_sum(hexane):
                 ref += p.c12[ti, tj] / r2**6 - p.c6[ti, tj] / r2**3
             assert abs(float(lj[b, k]) - ref) <= 1e-4 * abs(ref) + 1e-3
     assert n_excluded > 0
+
+
+def test_cg_restraint_in_the_selection_energy(hexane):
+    """With ``cg_restraint`` k the candidate energy grows by exactly ½k Σ_J |M(x)_J − R_J|² over the
+    beads J the unit's atoms map onto (M applied to the whole structure with the candidate in place,
+    independently of the sampler's bookkeeping); a bead with an unplaced atom is not scored."""
+    topo, cg, x, fr = hexane
+    k = 5.0e4
+    plain, restrained = _backmapper(cg).sampler, _backmapper(cg, cg_restraint=k).sampler
+    rng = np.random.default_rng(4)
+    R = cg.apply(x) + rng.normal(0, 0.02, (cg.n_beads, 3))  # a CG input the AA structure misses
+    pos = torch.as_tensor(x, dtype=torch.float32)
+    step = 9
+    placed = np.ones(len(x), bool)
+    name, st, first_atom, est, env = _sampler_env(plain, cg, x, fr.box, step, placed, compact=True)
+    restrained.energy.set_frame(R)
+    local = 0.05 * torch.randn(env.size, 5, 1, 3, generator=torch.Generator().manual_seed(2))
+    lab = env.to_lab(local)
+    pl = torch.as_tensor(placed)
+    e0 = plain.energy(name, st, first_atom, lab, env, pos, pl, local=local, static=est)
+    e1 = restrained.energy(name, st, first_atom, lab, env, pos, pl, local=local, static=est)
+    atoms = env.target_atoms[:, 0].numpy()
+    unit_beads = np.nonzero(cg.blocks[0].mapping.weight_matrix[:, atoms[0] % 20])[0]
+    assert len(unit_beads) == 1  # hexane: every atom belongs to one bead
+    for b in range(0, env.size, 11):
+        mol = atoms[b] // 20
+        for c in range(local.shape[1]):
+            y = x.copy()
+            y[atoms[b]] = lab[b, c, 0].double().numpy()
+            miss = cg.apply(y)[3 * mol + unit_beads] - R[3 * mol + unit_beads]
+            expected = 0.5 * k * (miss ** 2).sum()
+            assert abs(float(e1[b, c] - e0[b, c]) - expected) <= 1e-4 * expected + 2e-3
+    assert float((e1 - e0).std()) > 1.0  # the term tells the candidates apart
+    # forward pass: another atom of the unit's bead not placed yet -> the bead is not scored
+    bead_atoms = np.nonzero(cg.blocks[0].mapping.weight_matrix[unit_beads[0]])[0]
+    other = [a for a in bead_atoms if a != atoms[0] % 20][0]
+    placed[np.arange(len(x)) % 20 == other] = False
+    pl = torch.as_tensor(placed)
+    f0 = plain.energy(name, st, first_atom, lab, env, pos, pl, local=local, static=est)
+    f1 = restrained.energy(name, st, first_atom, lab, env, pos, pl, local=local, static=est)
+    torch.testing.assert_close(f1, f0, rtol=0, atol=0)
