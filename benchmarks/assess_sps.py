@@ -65,7 +65,7 @@ def main() -> None:
                       "frames": args.baseline_frames, "seconds_per_frame": round(per_frame, 2)}), flush=True)
     out = args.out or folder / "assess"
     seconds = run([BACKMAP, "assess", "--model", str(REPO / "models" / "sps-equivariant"),
-                   "--topology", str(SPS / "top" / "topol.top"), "--mapping", str(REPO / "recipes" / "sps" / "sps.xml"),
+                   "--topology", str(SPS / "top" / "topol.top"), "--mapping", str(REPO / "recipes" / "sps" / "sps-rings-first.xml"),
                    "--reference", str(SPS / "eval_t568" / "aa.xtc"), "--skip-frames", SKIP,
                    "--cg", *(str(MODELS / f"{m}.xtc") for m in "ABC"), "--cg-frames", f"0:{args.frames}",
                    "--out", str(out), "--workers", str(args.workers), "--seed", "7", "--no-lj-shift",

@@ -47,8 +47,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=3)
     args = ap.parse_args()
     top = load_topology(SPS / "top" / "topol.top")
-    cg = load_mapping(REPO / "recipes" / "sps" / "sps.xml", top).cg_topology(top)
     model = load_model(args.model)
+    cg = load_mapping(model.mapping or [REPO / "recipes" / "sps" / "sps.xml"], top).cg_topology(top)  # its placement order
     idx = select_frames(args.frames, [], 78, "frames")
     whole = Unwrapper(top)
     refs = [Frame(whole(f.positions, f.dimensions), f.dimensions)

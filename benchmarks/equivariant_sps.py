@@ -33,7 +33,7 @@ if "threads" in type(gen.params).model_fields:
     gen.params = gen.params.model_copy(update={"threads": threads})
 torch.set_num_threads(threads)
 topo = load_topology(sps / "top" / "topol.top")
-cg = load_mapping(repo / "recipes" / "sps" / "sps.xml", topo).cg_topology(topo)
+cg = load_mapping(model.mapping or [repo / "recipes" / "sps" / "sps.xml"], topo).cg_topology(topo)  # the model's own (placement order)
 cg_frames = list(read_cg(cg, sps / "eval_t568" / "cg.xtc", list(range(0, 8 * (frames + 1), 8))))
 bm = make_backmapper(cg, gen, BackmapSettings(candidates=8, gibbs_sweeps=2), seed=1)
 next(bm.run(cg_frames[:1]))  # warm-up: caches, lazy imports
