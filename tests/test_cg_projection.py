@@ -106,11 +106,22 @@ def test_beads_in_another_periodic_image_are_fine(hexane):
     assert np.abs(system.mapped(result.positions) - beads).max() < 1e-6
 
 
-def test_an_impossible_frame_is_returned_as_drawn(hexane):
-    """Beads 1 nm from where the atoms are would need a move beyond max_move: nothing is moved."""
+def test_an_impossible_molecule_is_left_as_drawn_and_the_others_projected(hexane):
+    """A bead 1 nm from where its atoms are would need a move beyond max_move: that molecule is left
+    exactly as drawn, every other molecule still maps onto its beads with its bonds kept."""
     cg, system, x, box = hexane
     beads = system.mapped(x)
-    beads[0] += 1.0
+    beads[0] += 1.0  # bead 0 belongs to molecule 0 (atoms 0..19, beads 0..2)
     drawn = _perturbed(x, 5)
     result = CGProjection(cg, "none", max_move=0.3)(drawn, beads, box)
-    assert not result.converged and np.array_equal(result.positions, drawn)
+    assert not result.converged and result.molecules_unprojected == 1
+    np.testing.assert_array_equal(result.positions[:20], drawn[:20])
+    assert np.abs(system.mapped(result.positions)[3:] - beads[3:]).max() < 1e-6
+    pairs = system.bonds[0]
+    rest = pairs[:, 0] >= 20
+    lengths = lambda y: np.linalg.norm(y[pairs[rest, 0]] - y[pairs[rest, 1]], axis=1)  # noqa: E731
+    np.testing.assert_allclose(lengths(result.positions), lengths(drawn), atol=1e-6)
+    every = beads.copy()
+    every[3::3] += 1.0  # one impossible bead in every molecule: nothing can be projected
+    whole = CGProjection(cg, "none", max_move=0.3)(drawn, every, box)
+    assert not whole.converged and np.array_equal(whole.positions, drawn)

@@ -242,11 +242,13 @@ def backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path,
             "CG RMSD before (nm)": round(float(np.mean([r["projection_cg_rmsd_before"] for r in projected])), 5),
             "CG RMSD after (nm)": float(f"{np.mean([r['projection_cg_rmsd_after'] for r in projected]):.2e}"),
             "largest move (nm)": round(float(max(r["projection_largest_move_nm"] for r in projected)), 4),
-            "frames left unprojected": sum(1 for r in projected if not r["projection_converged"])}
+            "frames left unprojected": sum(1 for r in projected if not r["projection_converged"]),
+            "molecules left unprojected": sum(int(r.get("projection_molecules_unprojected", 0)) for r in projected)}
         if summary["CG projection"]["frames left unprojected"]:
-            say(f"warning: {where}: {summary['CG projection']['frames left unprojected']} of {len(projected)} frames "
-                "could not be projected onto their CG input (no convergence, or an atom would move > 0.3 nm); "
-                "they are written as sampled")
+            p = summary["CG projection"]
+            say(f"warning: {where}: in {p['frames left unprojected']} of {len(projected)} frames, "
+                f"{p['molecules left unprojected']} molecules could not be projected onto their CG input "
+                "(no convergence, or an atom would move > 0.3 nm); they are written as sampled")
     if refiner is not None:
         log = [{k: v for k, v in r.items() if k not in ("generator_seconds", "placements", "stereocentres_kept")
                 and not k.startswith("projection_")} for r in rows]

@@ -157,7 +157,8 @@ class Backmapper:
             self.projection_log.append({"frame": cg.index, "cg_rmsd_before": projected.cg_rmsd_before,
                                         "cg_rmsd_after": projected.cg_rmsd_after,
                                         "largest_move_nm": projected.largest_move, "converged": projected.converged,
-                                        "closest": projected.closest})
+                                        "closest": projected.closest,
+                                        "molecules_unprojected": projected.molecules_unprojected})
         if self.forcefield is not None:
             from backmap.forcefield.minimize import minimize_restrained
 

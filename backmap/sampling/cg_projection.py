@@ -49,6 +49,8 @@ class ProjectionResult:
     converged: bool
     #: the closest point was reached (else a nearby point on the surface: the first stage's)
     closest: bool = False
+    #: molecules left as drawn (their projection did not converge or moved an atom > max_move)
+    molecules_unprojected: int = 0
 
 
 class CGProjection:
@@ -56,8 +58,10 @@ class CGProjection:
 
     ``rigid``: which bonds the generator holds at the force field's b0 (GROMACS' constraints:
     ``all-bonds``, ``h-bonds`` or ``none``); every other bond keeps the length it was drawn with.
-    A frame that does not converge in ``max_iterations``, or would move an atom farther than
-    ``max_move`` nm, is returned unchanged with ``converged=False``.
+    Molecules are independent (bonds and beads never span two), so the projection is kept per
+    molecule: a molecule that does not converge in ``max_iterations``, or would move an atom farther
+    than ``max_move`` nm, is left as drawn (counted in ``molecules_unprojected``; ``converged`` is
+    then False) and the others are projected.
     """
 
     def __init__(self, cg_topology: CGTopology, rigid: str = "none", *, tolerance: float = 1e-6,
@@ -97,6 +101,11 @@ class CGProjection:
         self._bond_cols = np.stack([3 * pairs[:, 0] + c for c in range(3)] + [3 * pairs[:, 1] + c for c in range(3)],
                                    axis=1).ravel()
         self.n_atoms, self.n_beads = n, nb
+        molecule = np.asarray(topo.molecule_index)
+        # per-molecule bookkeeping needs the system's atoms in topology order; else one block
+        self.molecule = molecule if len(molecule) == n else np.zeros(n, np.int64)
+        self.bead_molecule = self.molecule[self.mapping.indices[self.mapping.indptr[:-1]]]
+        self.n_molecules = int(self.molecule.max()) + 1 if n else 0
 
     def _residuals(self, x: np.ndarray, lengths2: np.ndarray, targets: np.ndarray):
         """Constraint values C(x) (bonds, then beads) and their Jacobian J (sparse)."""
@@ -125,7 +134,19 @@ class CGProjection:
             if not np.all(np.isfinite(lam)):
                 return None
             x = x - (self._inverse_metric @ (jac.T @ lam)).reshape(-1, 3)
-        return None
+        return x  # not met everywhere: :meth:`_molecules_met` decides per molecule
+
+    def _molecules_met(self, x: np.ndarray, x0: np.ndarray, lengths2: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """(n_molecules,) bool: every constraint of the molecule met and no atom moved > max_move."""
+        bond_error, cg_error, _ = self._residuals(x, lengths2, targets)
+        ok = np.ones(self.n_molecules, bool)
+        bad_bond = np.abs(bond_error) >= self.tolerance ** 2
+        ok[self.molecule[self.pairs[bad_bond, 0]]] = False
+        bad_bead = (np.abs(cg_error.reshape(-1, 3)) >= self.tolerance).any(1)
+        ok[self.bead_molecule[bad_bead]] = False
+        moved = np.linalg.norm(x - x0, axis=1) > self.max_move
+        ok[self.molecule[moved]] = False
+        return ok
 
     def _closest(self, x, x0, lengths2, targets) -> np.ndarray | None:
         """From a point on the surface, Newton on the optimality (KKT) conditions of
@@ -174,16 +195,25 @@ point then stands, 5–10 % farther in W than the closest)."""
         r = x0[self.pairs[:, 0]] - x0[self.pairs[:, 1]]
         lengths2 = np.where(self.rigid, self.b0 ** 2, (r * r).sum(-1))
         x = self._onto_surface(x0.copy(), lengths2, targets)
-        if x is None:
-            return ProjectionResult(x0, before, before, 0.0, False)
-        closest = self._closest(x, x0, lengths2, targets)
-        if closest is not None:
-            x = closest
+        if x is None or not np.all(np.isfinite(x)):
+            return ProjectionResult(x0, before, before, 0.0, False, molecules_unprojected=self.n_molecules)
+        ok = self._molecules_met(x, x0, lengths2, targets)
+        closest = None
+        if ok.all():
+            closest = self._closest(x, x0, lengths2, targets)
+            if closest is not None and np.linalg.norm(closest - x0, axis=1).max(initial=0.0) <= self.max_move:
+                x = closest
+            else:
+                closest = None
+        else:  # the molecules that could not be projected are left as drawn
+            keep = ~ok[self.molecule]
+            x[keep] = x0[keep]
+        if not ok.any():
+            return ProjectionResult(x0, before, before, 0.0, False, molecules_unprojected=self.n_molecules)
         move = float(np.linalg.norm(x - x0, axis=1).max(initial=0.0))
-        if move > self.max_move:
-            return ProjectionResult(x0, before, before, 0.0, False)
         after = float(np.sqrt(((self.mapped(x) - targets) ** 2).sum(-1).mean()))
-        return ProjectionResult(x, before, after, move, True, closest is not None)
+        return ProjectionResult(x, before, after, move, bool(ok.all()), closest is not None,
+                                molecules_unprojected=int((~ok).sum()))
 
 
 def _riding_metric(masses: np.ndarray, hydrogen: np.ndarray, pairs: np.ndarray):
