@@ -30,7 +30,6 @@ SPS = REPO.parent / "shared" / "data" / "sps"
 BACKMAP = str(Path(sys.executable).parent / "backmap")
 MAPPING = REPO / "recipes" / "sps" / "sps.xml"
 MODEL = REPO / "models" / "sps-equivariant"
-MODEL_MAPPING = REPO / "recipes" / "sps" / "sps-rings-first.xml"  # the shipped model's: the same beads, rings placed first
 
 
 def build(nbox: int, cache: Path) -> dict[int, tuple[Path, Path]]:
@@ -59,8 +58,8 @@ def apply(top: Path, cg: Path, folder: Path, threads: int) -> dict:
     out = folder / f"aa_{time.time_ns()}.gro"
     env = dict(os.environ, BACKMAP_NO_PROGRESS="1", OMP_NUM_THREADS=str(threads))
     t0 = time.perf_counter()
-    proc = subprocess.Popen([BACKMAP, "apply", "--model", str(MODEL), "--topology", str(top), "--mapping",
-                             str(MODEL_MAPPING), "--cg", str(cg), "--out", str(out)], env=env,
+    proc = subprocess.Popen([BACKMAP, "apply", "--model", str(MODEL), "--topology", str(top),  # the model's mapping
+                             "--cg", str(cg), "--out", str(out)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0

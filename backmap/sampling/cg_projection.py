@@ -198,6 +198,8 @@ point then stands, 5–10 % farther in W than the closest)."""
         if x is None or not np.all(np.isfinite(x)):
             return ProjectionResult(x0, before, before, 0.0, False, molecules_unprojected=self.n_molecules)
         ok = self._molecules_met(x, x0, lengths2, targets)
+        if not ok.any():
+            return ProjectionResult(x0, before, before, 0.0, False, molecules_unprojected=self.n_molecules)
         closest = None
         if ok.all():
             closest = self._closest(x, x0, lengths2, targets)
@@ -208,8 +210,6 @@ point then stands, 5–10 % farther in W than the closest)."""
         else:  # the molecules that could not be projected are left as drawn
             keep = ~ok[self.molecule]
             x[keep] = x0[keep]
-        if not ok.any():
-            return ProjectionResult(x0, before, before, 0.0, False, molecules_unprojected=self.n_molecules)
         move = float(np.linalg.norm(x - x0, axis=1).max(initial=0.0))
         after = float(np.sqrt(((self.mapped(x) - targets) ** 2).sum(-1).mean()))
         return ProjectionResult(x, before, after, move, bool(ok.all()), closest is not None,

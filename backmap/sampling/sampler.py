@@ -129,7 +129,8 @@ class UnitEnergy:
 
     def _build_cg_terms(self, cg_topology: CGTopology, plans: dict[str, Plan]) -> None:
         """Per molecule type and plan step: the beads the unit's atoms map onto, their weights on
-        the unit's atoms (J, U) and on the molecule's other atoms (J, A), and those atoms."""
+        the unit's atoms (J, U), the molecule's other atoms in those beads, their weights (J, A) and
+        which beads each of them feeds (A, J)."""
         topo = cg_topology.topology
         first_bead = np.full(sum(b.count for b in topo.blocks), -1, np.int64)  # per molecule; -1: not mapped
         starts = np.cumsum([0] + [b.count for b in topo.blocks])
@@ -144,8 +145,9 @@ class UnitEnergy:
                 atoms = np.asarray(unit.atoms)
                 beads = np.nonzero(np.abs(w[:, atoms]).sum(1) > 0)[0]
                 rest = np.setdiff1d(np.nonzero(np.abs(w[beads]).sum(0) > 0)[0], atoms)
+                w_rest = torch.as_tensor(w[beads][:, rest], dtype=torch.float32)
                 per_unit.append((torch.as_tensor(beads), torch.as_tensor(w[beads][:, atoms], dtype=torch.float32),
-                                 torch.as_tensor(rest), torch.as_tensor(w[beads][:, rest], dtype=torch.float32)))
+                                 torch.as_tensor(rest), w_rest, (w_rest != 0).float().T))
             self.cg_terms[cb.block.moltype.name] = per_unit
 
     def set_frame(self, cg_positions: np.ndarray) -> None:
@@ -154,9 +156,9 @@ class UnitEnergy:
             self.cg_positions = torch.as_tensor(np.asarray(cg_positions), dtype=torch.float32)
 
     def _cg_energy(self, moltype: str, step: int, first_atom: torch.Tensor, candidates: torch.Tensor,
-                   positions: torch.Tensor, placed: torch.Tensor, all_placed: bool) -> torch.Tensor | None:
+                   positions: torch.Tensor, placed: torch.Tensor, all_placed: bool) -> torch.Tensor:
         """(B, K) ½k Σ_J |M(x)_J − R_J|² over the beads the unit maps onto whose other atoms are placed."""
-        beads, w_unit, rest, w_rest = self.cg_terms[moltype][step]
+        beads, w_unit, rest, w_rest, feeds = self.cg_terms[moltype][step]
         first_bead = self.first_bead[self.molecule[first_atom]]  # (B,)
         R = self.cg_positions[first_bead[:, None] + beads[None]]  # (B, J, 3)
         glob = first_atom[:, None] + rest[None]  # (B, A)
@@ -164,7 +166,7 @@ class UnitEnergy:
         miss = fixed[:, None] + torch.einsum("ju,bkui->bkji", w_unit, candidates)  # (B, K, J, 3)
         e = 0.5 * self.cg_restraint * (miss * miss).sum(-1)  # (B, K, J)
         if not all_placed:  # a bead whose other atoms are not all placed yet is not scored
-            ready = ((~placed[glob]).float() @ (w_rest != 0).float().T) == 0  # (B, J)
+            ready = ((~placed[glob]).float() @ feeds) == 0  # (B, J)
             e = e * ready[:, None]
         return e.sum(-1)
 
@@ -369,11 +371,7 @@ class Sampler:
     def frame_groups(self, cg_positions: np.ndarray, box: np.ndarray) -> list[UnitGroup]:
         """Set the CG frame (M, 3) (molecules whole) and return its unit groups in plan order —
         for refiners that move units in their environments (:meth:`environment`)."""
-        self.builder.set_frame(cg_positions, box)
-        if self.energy is not None:
-            self.energy.reset()
-        if isinstance(self.energy, UnitEnergy):
-            self.energy.set_frame(cg_positions)
+        self._set_frame(cg_positions, box)
         return [UnitGroup(name, s, meta, g[0], g[1], g[2], g[3], g[4])
                 for steps in self._schedule() for name, s, meta, groups in steps for g in groups]
 
@@ -397,15 +395,19 @@ class Sampler:
         with torch_threads(1):  # small tensors per step (also the per-frame neighbour search)
             return self._backmap(cg_positions, box, start, progress_label, previous)
 
-    def _backmap(self, cg_positions, box, start, progress_label, previous=None) -> np.ndarray:
+    def _set_frame(self, cg_positions: np.ndarray, box: np.ndarray) -> None:
+        """A new CG frame for the environment builder and the candidate scorer."""
         self.builder.set_frame(cg_positions, box)
+        if self.energy is not None:
+            self.energy.reset()
         if isinstance(self.energy, UnitEnergy):
             self.energy.set_frame(cg_positions)
+
+    def _backmap(self, cg_positions, box, start, progress_label, previous=None) -> np.ndarray:
+        self._set_frame(cg_positions, box)
         if self.generator.environment.temporal:
             spec = self.generator.environment
             self.builder.set_previous(previous, spec.temporal_alignment, spec.temporal_twist or 0.0)
-        if self.energy is not None:
-            self.energy.reset()
         n = self.cg.topology.n_atoms
         positions = torch.zeros(n, 3) if start is None else torch.as_tensor(start, dtype=torch.float32).clone()
         placed = torch.zeros(n, dtype=torch.bool) if start is None else torch.ones(n, dtype=torch.bool)
