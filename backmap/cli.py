@@ -693,19 +693,30 @@ def assess(model: Path, reference: Path, cg_paths: tuple[Path, ...], more_cg: tu
 @click.option("--target-frames", default=None, help="'start:stop:step' of --flat-bottom's frames.")
 @click.option("--quantile", type=float, default=0.0, show_default=True,
               help="Flat-bottom limits at this quantile of the target's values (0: its extremes, as eqs. 7.2-7.3).")
+@click.option("--ibi", "ibi_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="IBI tables (JSON, as a recipe's morph step writes them) added to the selection energy.")
+@click.option("--ibi-rounds", type=int, default=0, show_default=True,
+              help="Fit IBI tables first: this many rounds of morphing --ibi-frames and correcting the tables "
+                   "toward --flat-bottom's distributions (written to OUT_ibi.json/.png).")
+@click.option("--ibi-frames", default=None, help="'start:stop:step' of --input morphed in each IBI round "
+                                                 "(default: every 4th of the first half).")
+@click.option("--temperature", type=float, default=None, help="K: the IBI tables' kT (with --ibi-rounds).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @cluster_options
 def morph(model: Path, source: Path, out: Path, scheme: str, topology: Path | None, frames: str | None,
-          candidates: int, gibbs_sweeps: int, target: Path | None, target_frames: str | None, quantile: float, seed: int,
+          candidates: int, gibbs_sweeps: int, target: Path | None, target_frames: str | None, quantile: float,
+          ibi_file: Path | None, ibi_rounds: int, ibi_frames: str | None, temperature: float | None, seed: int,
           workers, scheduler, threads_per_worker, frames_per_task) -> None:
     """Morph structures of a top-down CG model (thesis ch. 7): map them through the resolution
     bottleneck of a model trained only on the target and let its generator reinsert the target's
     local statistics. Writes OUT (the top-down model's particles, names and box), OUT.gro, a copy of
-    its .top, the bottleneck frames (OUT_cg.trr) and the provenance (OUT.json)."""
+    its .top, the bottleneck frames (OUT_cg.trr) and the provenance (OUT.json). With --ibi-rounds,
+    IBI tables are fitted first (docs/morph.md)."""
     from backmap.engine.apply import check_output
     from backmap.engine.loaders import load_mapping, load_topology
     from backmap.engine.models import load_model
-    from backmap.engine.morph import morph_to_files
+    from backmap.engine.morph import fit_ibi, morph_to_files, write_tables
+    from backmap.sampling.ibi import IBITables
     from backmap.sampling.backmapper import BackmapSettings
     from backmap.sampling.flat_bottom import FlatBottomLimits
     from backmap.system.io import read_frames
@@ -721,16 +732,35 @@ def morph(model: Path, source: Path, out: Path, scheme: str, topology: Path | No
         raise BackmapError(f"--topology has {load_topology(topology).n_atoms} particles, the model's system "
                            f"{topo.n_atoms}", source=topology)
     idx = select_frames(frames, [], count_frames(source), str(source))
-    limits = None
+    if ibi_rounds and (target is None or temperature is None or ibi_file is not None):
+        raise BackmapError("--ibi-rounds fits tables to --flat-bottom's target at --temperature (both needed; "
+                           "not with --ibi)")
+    limits, tables = None, None
     if target is not None:
         tidx = select_frames(target_frames, [], count_frames(target), str(target))
-        limits = FlatBottomLimits.from_frames(topo, ((f.positions, f.dimensions) for f in
-                                                     read_frames(target, topo.n_atoms, tidx, expect="model topology")),
-                                              source=str(target), quantile=quantile)
+
+        def target_frames_():
+            return ((f.positions, f.dimensions) for f in read_frames(target, topo.n_atoms, tidx, expect="model topology"))
+
+        limits = FlatBottomLimits.from_frames(topo, target_frames_(), source=str(target), quantile=quantile)
+    if ibi_file is not None:
+        from pydantic import ValidationError
+
+        try:
+            tables = IBITables.model_validate_json(ibi_file.read_text())
+        except ValidationError as exc:
+            raise BackmapError(f"not IBI tables: {str(exc).splitlines()[0]}", source=ibi_file) from None
     try:
-        settings = BackmapSettings(candidates=candidates, gibbs_sweeps=gibbs_sweeps, energy=False, flat_bottom=limits)
+        settings = BackmapSettings(candidates=candidates, gibbs_sweeps=gibbs_sweeps, energy=False, flat_bottom=limits,
+                                   ibi=tables)
     except ValueError as exc:
         raise BackmapError(f"morph: {str(exc).splitlines()[-1].strip()}") from None
+    if ibi_rounds:
+        tables = fit_ibi(loaded, cg_top, source, IBITables(temperature=temperature, iterations=ibi_rounds,
+                                                           fit_frames=ibi_frames),
+                         target_frames_(), scheme, settings, seed=seed, where="backmap morph")
+        write_tables(tables, Path(f"{out.with_suffix('')}_ibi.json"))
+        settings = settings.model_copy(update={"ibi": tables})
     summary = morph_to_files(loaded, cg_top, source, out, scheme, idx, settings, seed=seed, output_topology=topology,
                              cluster=_cluster(workers, scheduler, threads_per_worker, frames_per_task))
     click.echo(f"wrote {out}: {summary['frames']} frames of {summary['atoms']} particles morphed by scheme {scheme} "

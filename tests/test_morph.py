@@ -209,6 +209,9 @@ def morph_run(tmp_path_factory):
           - morph: {{input: {TCS / 'martini' / 'traj.xtc'}, frames: '0:3', scheme: A, topology: {MARTINI_TOP}}}
           - morph: {{input: {TCS / 'martini' / 'traj.xtc'}, frames: '0:3', scheme: B, candidates: 4,
                     flat_bottom: {{quantile: 0.01}}, label: B_fb}}
+          - morph: {{input: {TCS / 'martini' / 'traj.xtc'}, frames: '0:3', scheme: B, candidates: 4,
+                    flat_bottom: {{quantile: 0.01}}, label: B_ibi,
+                    ibi: {{temperature: 400, iterations: 2, fit_frames: '0:4:2'}}}}
         """))
     code, _, err = run_cli("run", recipe, catch_exceptions=False)
     assert code == 0, err
@@ -258,6 +261,32 @@ def test_backmap_morph_command(morph_run, tmp_path):
     assert code == 0, err
     assert "2 frames of 288 particles morphed by scheme B" in stdout
     assert len(list(read_frames(out))) == 2
+
+
+def test_ibi_tables_are_fitted_written_and_read_back_by_the_command(morph_run, tmp_path):
+    """The morph step fits IBI tables (2 rounds on 2 frames), writes them with a plot, morphs with
+    them (Boltzmann selection at their temperature) and ``backmap morph --ibi`` uses the file."""
+    tables = json.loads((morph_run / "morph" / "B_ibi_ibi.json").read_text())
+    assert (morph_run / "morph" / "B_ibi_ibi.png").stat().st_size > 10_000
+    assert [e["round"] for e in tables["log"]] == [0, 1] and set(tables["tables"]) == {"bond", "angle", "nonbonded"}
+    assert max(abs(v) for v in tables["tables"]["bond"]["C1-C1"]) > 0.1  # the morphs' bonds are not the target's
+    settings = json.loads((morph_run / "morph" / "B_ibi.json").read_text())["settings"]
+    assert settings["selector"] == "boltzmann" and settings["selector_params"] == {"temperature": 400.0}
+    assert settings["ibi"]["log"] == tables["log"]
+    out = tmp_path / "c.xtc"
+    code, _, err = run_cli("morph", "--model", morph_run / "model", "--input", TCS / "martini" / "traj.xtc",
+                           "--frames", "0:1", "--scheme", "B", "--out", out, "--flat-bottom", TCS / "mapped.xtc",
+                           "--ibi", morph_run / "morph" / "B_ibi_ibi.json", "--candidates", "2")
+    assert code == 0, err
+    assert json.loads(out.with_suffix(".json").read_text())["settings"]["ibi"]["temperature"] == 400.0
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"tables": {}}')
+    code, _, err = run_cli("morph", "--model", morph_run / "model", "--input", TCS / "martini" / "traj.xtc",
+                           "--out", tmp_path / "d.xtc", "--ibi", bad)
+    assert "bad.json" in err and "not IBI tables" in one_line_error(code, err)
+    code, _, err = run_cli("morph", "--model", morph_run / "model", "--input", TCS / "martini" / "traj.xtc",
+                           "--out", tmp_path / "e.xtc", "--ibi-rounds", "2")
+    assert "--ibi-rounds" in one_line_error(code, err) and not (tmp_path / "e.xtc").exists()
 
 
 def test_morph_errors_name_the_problem(morph_run, tmp_path):

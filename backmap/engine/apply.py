@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from backmap.engine.loaders import make_plugin
 from backmap.engine.models import Model
 from backmap.engine.plugin import Generator
 from backmap.engine.pipeline import plugin_versions
@@ -83,7 +84,8 @@ def make_backmapper(cg_topology: CGTopology, generator: Generator, settings: Bac
     settings = settings or BackmapSettings()
     spec = generator.environment
     traversal = registry.get("traversal", spec.traversal, where="environment.traversal").cls()
-    selector = registry.get("selector", settings.selector, where=f"{where}.selector").cls()
+    selector = make_plugin("selector", settings.selector, settings.selector_params, registry,
+                           where=f"{where}.selector_params")
     channels = channels or Channels.for_spec(cg_topology, spec.channels)
     return Backmapper(cg_topology, generator, channels, traversal, selector, settings, seed=seed)
 

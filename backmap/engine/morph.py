@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from backmap.engine.models import Model
 from backmap.errors import BackmapError
 from backmap.parallel import ClusterOptions
 from backmap.sampling.backmapper import BackmapSettings
+from backmap.sampling.ibi import IBITables
 from backmap.system.io import Frame, read_frames
 from backmap.system.mapping import CGTopology
 from backmap.system.pbc import Unwrapper
@@ -51,6 +52,48 @@ def bottleneck_frames(cg_topology: CGTopology, frames: Iterator[Frame], scheme: 
                            start=x if scheme == "B" else None)
 
 
+def ibi_settings(settings: BackmapSettings) -> BackmapSettings:
+    """With IBI tables the candidates are drawn by the Boltzmann selector at the tables'
+    temperature, unless a selector was chosen explicitly."""
+    if settings.ibi is None or "selector" in settings.model_fields_set:
+        return settings
+    return settings.model_copy(update={"selector": "boltzmann",
+                                       "selector_params": {"temperature": settings.ibi.temperature}})
+
+
+def fit_ibi(model: Model, cg_topology: CGTopology, source: Path, tables: IBITables,
+            target: Iterable[tuple[np.ndarray, np.ndarray]], scheme: Scheme = "A",
+            settings: BackmapSettings | None = None, seed: int = 0, where: str = "morph") -> IBITables:
+    """IBI tables (:mod:`backmap.sampling.ibi`) fitted so that morphs of ``tables.fit_frames`` of
+    ``source`` reproduce the bond, angle and non-bonded distributions of the ``target`` frames
+    (whole molecules, the fine resolution): ``tables.iterations`` rounds of morphing the fit frames
+    (in memory, one process) and correcting the tables."""
+    from backmap.engine.apply import make_backmapper
+    from backmap.progress import progress
+    from backmap.system.pairs import count_frames, select_frames
+
+    topo = cg_topology.topology
+    if tables.cutoff > model.generator.environment.cutoff:
+        raise BackmapError(f"{where}.ibi.cutoff: {tables.cutoff} nm is beyond the model's environment radius "
+                           f"({model.generator.environment.cutoff} nm), the farthest the selection energy sees")
+    n = count_frames(source)
+    idx = select_frames(tables.fit_frames or f"0:{max(1, n // 2)}:4", [], n, f"{where}.ibi.fit_frames")
+    fine = read_frames(source, topo.n_atoms, idx, expect=f"topology {Path(topo.source).name}")
+    frames = list(bottleneck_frames(cg_topology, fine, scheme))
+    tables = tables.model_copy(deep=True)
+    tables.set_target(tables.densities(topo, target))
+    settings = (settings or BackmapSettings(energy=False)).model_copy(update={"ibi": tables})
+    settings = ibi_settings(settings)
+    if settings.project_cg is None:
+        settings = settings.model_copy(update={"project_cg": False})
+    for _ in progress(range(tables.iterations), description=f"IBI ({len(frames)} frames per round)"):
+        bm = make_backmapper(cg_topology, model.generator, settings.model_copy(update={"ibi": tables}), seed,
+                             model.channels, where=where)
+        morphed = [bm.backmap_frame(f, start=f.start)[0] for f in frames]
+        tables.update(tables.densities(topo, ((f.positions, f.dimensions) for f in morphed)))
+    return tables
+
+
 def morph_to_files(model: Model, cg_topology: CGTopology, source: Path, out: Path, scheme: Scheme = "A",
                    frames: Sequence[int] | None = None, settings: BackmapSettings | None = None, seed: int = 0,
                    output_topology: Path | None = None, cluster: ClusterOptions | None = None,
@@ -58,7 +101,7 @@ def morph_to_files(model: Model, cg_topology: CGTopology, source: Path, out: Pat
     """Morph the frames of ``source`` (the fine resolution, in ``cg_topology.topology``'s particle
     order) with ``model`` into ``out`` and the files beside it (:func:`backmap_to_files`; the
     topology copied beside ``out`` is ``output_topology``, X's own ``.top``, when given)."""
-    settings = settings or BackmapSettings(energy=False)
+    settings = ibi_settings(settings or BackmapSettings(energy=False))
     if settings.project_cg is None:  # the bottleneck is no CG input to be exact to (docs/morph.md)
         settings = settings.model_copy(update={"project_cg": False})
     if scheme == "B" and settings.gibbs_sweeps < 1:
@@ -73,3 +116,49 @@ def morph_to_files(model: Model, cg_topology: CGTopology, source: Path, out: Pat
     summary["scheme"] = scheme
     return summary
 
+
+
+def write_tables(tables: IBITables, path: Path) -> Path:
+    """The fitted tables as JSON (read back by ``backmap morph --ibi``) and, beside it, a PNG of
+    each family's tables in kT and the JSD to the target per round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from backmap.sampling.ibi import WIDTH
+    from backmap.system.io import atomic_path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(tables.model_dump_json(indent=1))
+    fams = [f for f in ("bond", "angle", "nonbonded") if f in tables.tables]
+    fig, axes = plt.subplots(1, len(fams) + 1, figsize=(4 * (len(fams) + 1), 3.2))
+    scale = {"bond": 1.0, "angle": 180 / np.pi, "nonbonded": 1.0}
+    for ax, fam in zip(axes, fams):
+        for key, values in tables.tables[fam].items():
+            target = np.asarray(tables.target[fam][key])
+            v = np.asarray(values) / tables.kt
+            x = (np.arange(len(v)) + 0.5) * WIDTH[fam] * scale[fam]
+            seen = target > 0
+            ax.plot(x[seen], v[seen], label=key)
+            ax2 = ax.twinx()
+            ax2.fill_between(x, target / target.max(), alpha=0.15, color="grey")
+            ax2.set_yticks([])
+        ax.set_xlabel({"bond": "bond (nm)", "angle": "angle (deg)", "nonbonded": "r (nm)"}[fam])
+        ax.set_ylabel("table (kT)")
+        ax.legend(fontsize=7)
+    ax = axes[-1]
+    for fam in fams:
+        ax.plot([e["round"] for e in tables.log], [e[fam] for e in tables.log], "o-", label=fam)
+    ax.set_yscale("log")
+    ax.set_xlabel("IBI round")
+    ax.set_ylabel("JSD to the target (bits)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    png = path.with_suffix(".png")
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return path

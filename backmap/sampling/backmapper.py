@@ -18,6 +18,7 @@ from backmap.engine.plugin import Generator, Selector
 from backmap.progress import progress
 from backmap.sampling.environment import Channels
 from backmap.sampling.flat_bottom import FlatBottomLimits
+from backmap.sampling.ibi import IBITables
 from backmap.sampling.sampler import Sampler, SamplerOptions
 from backmap.sampling.traversal import Traversal, make_plans
 
@@ -29,6 +30,8 @@ class BackmapSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     selector: str = Field("lowest_energy", description="selector plugin: lowest_energy, boltzmann, random")
+    selector_params: dict = Field(default_factory=dict, description="the selector's parameters "
+                                                                    "(boltzmann: temperature)")
     candidates: int = Field(8, ge=1, description="candidates per unit (K)")
     gibbs_sweeps: int = Field(2, ge=0)
     colouring: bool = Field(False, description="never update two units with overlapping environments together")
@@ -55,6 +58,9 @@ class BackmapSettings(BaseModel):
     flat_bottom: FlatBottomLimits | None = Field(None, description="score candidates with flat-bottom penalties whose "
                                                                    "limits come from target data (thesis eqs. "
                                                                    "7.2-7.3; morphing) instead of the force field")
+    ibi: IBITables | None = Field(None, description="IBI-fitted tables of the target's bond, angle and non-bonded "
+                                                    "distributions added to the flat-bottom selection energy "
+                                                    "(morphing; backmap.sampling.ibi)")
     # the model's environment: optional, and refused if it differs
     cutoff: float | None = Field(None, gt=0, description="the model's environment radius (nm); only to assert it")
     traversal: str | None = Field(None, description="the model's traversal; only to assert it")
@@ -89,7 +95,7 @@ class Backmapper:
                                  colouring=s.colouring, batch_molecules=s.batch_molecules,
                                  strip_hydrogens=spec.strip_hydrogens, energy=s.energy,
                                  cg_restraint=s.cg_restraint)
-        if s.cg_restraint > 0 and (not s.energy or s.flat_bottom is not None):
+        if s.cg_restraint > 0 and (not s.energy or s.flat_bottom is not None or s.ibi is not None):
             raise BackmapError("cg_restraint: the CG restraint is part of the force field's selection energy "
                                "(needs a .top topology and no flat_bottom scorer)")
         self.chirality = None
@@ -101,10 +107,10 @@ class Backmapper:
 
             self.chirality = load_chiral_centres(self.cg_topology.topology, s.stereo_reference, s.stereo_weight)
         scorer = None
-        if s.flat_bottom is not None:
+        if s.flat_bottom is not None or s.ibi is not None:
             from backmap.sampling.flat_bottom import FlatBottomEnergy
 
-            scorer = FlatBottomEnergy(self.cg_topology, s.flat_bottom)
+            scorer = FlatBottomEnergy(self.cg_topology, s.flat_bottom or FlatBottomLimits(), tables=s.ibi)
         self.sampler = Sampler(self.cg_topology, self.plans, self.generator, self.selector, options,
                                channels=self.channels, rng=rng, chirality=self.chirality, energy=scorer)
         self._whole_cg = Unwrapper.for_cg(self.cg_topology)

@@ -62,44 +62,14 @@ class FlatBottomLimits(BaseModel):
     @classmethod
     def from_frames(cls, topology: Topology, frames, source: str = "", cutoff: float = 0.6, **params) -> "FlatBottomLimits":
         """Limits from whole-molecule ``frames`` (positions (N, 3), dimensions) of the target."""
-        from backmap.forcefield.neighbors import neighbour_pairs
-        from backmap.system.pbc import Unwrapper, box_vectors
-
         limits = cls(source=source, **params)
-        types = np.asarray(topology.atom_types).astype(str)
-        glob = {"bond": [], "angle": []}
-        keys = []
-        for block in topology.blocks:
-            terms = local_terms(block.moltype)
-            for fam in glob:
-                glob[fam].append(block.global_rows(terms[fam]))
-            ex = excluded_matrix(block.moltype, limits.exclude_bonds)
-            i, j = np.nonzero(np.triu(ex, 1))
-            pairs = block.global_rows(np.stack([i, j], 1))
-            keys.append(pairs[:, 0].astype(np.int64) * topology.n_atoms + pairs[:, 1])
-        bonds, angles = (np.concatenate(glob[f]) for f in ("bond", "angle"))
-        excluded = np.unique(np.concatenate(keys))
-        whole = Unwrapper(topology)
+        terms = TermValues(topology, limits.exclude_bonds, cutoff)
         values: dict[tuple[str, str], list[np.ndarray]] = defaultdict(list)
-        bkeys = np.array([type_key(types[b]) for b in bonds], dtype=object)
-        akeys = np.array([type_key(types[a]) for a in angles], dtype=object)
         n = 0
         for positions, dimensions in frames:
             n += 1
-            x = whole(positions, dimensions)
-            r = np.linalg.norm(x[bonds[:, 1]] - x[bonds[:, 0]], axis=1)
-            u, v = x[angles[:, 0]] - x[angles[:, 1]], x[angles[:, 2]] - x[angles[:, 1]]
-            cos = (u * v).sum(1) / np.linalg.norm(u, axis=1) / np.linalg.norm(v, axis=1)
-            theta = np.arccos(np.clip(cos, -1, 1))
-            for k in np.unique(bkeys):
-                values["bond", k].append(r[bkeys == k])
-            for k in np.unique(akeys):
-                values["angle", k].append(theta[akeys == k])
-            i, j, shift = neighbour_pairs(positions, box_vectors(dimensions), cutoff, excluded)
-            d = np.linalg.norm(positions[j] + shift - positions[i], axis=1)
-            pk = np.array([type_key(p) for p in zip(types[i], types[j])], dtype=object)
-            for k in np.unique(pk):
-                values["nonbonded", k].append(d[pk == k])
+            for fk, v in terms(positions, dimensions).items():
+                values[fk].append(v)
         if n == 0:
             raise BackmapError("flat-bottom limits: no target frames to take them from")
         q = limits.quantile
@@ -114,14 +84,64 @@ class FlatBottomLimits(BaseModel):
         return limits
 
 
+class TermValues:
+    """Bond lengths (nm), angles (rad) and non-bonded distances (nm, pairs more than
+    ``exclude_bonds`` bonds apart, up to ``cutoff``) of one frame, per family and type key — what
+    the flat-bottom limits and the IBI tables (:mod:`backmap.sampling.ibi`) are taken from."""
+
+    def __init__(self, topology: Topology, exclude_bonds: int, cutoff: float):
+        from backmap.system.pbc import Unwrapper
+
+        self.cutoff = cutoff
+        self.types = np.asarray(topology.atom_types).astype(str)
+        glob = {"bond": [], "angle": []}
+        keys = []
+        for block in topology.blocks:
+            terms = local_terms(block.moltype)
+            for fam in glob:
+                glob[fam].append(block.global_rows(terms[fam]))
+            ex = excluded_matrix(block.moltype, exclude_bonds)
+            i, j = np.nonzero(np.triu(ex, 1))
+            pairs = block.global_rows(np.stack([i, j], 1))
+            keys.append(pairs[:, 0].astype(np.int64) * topology.n_atoms + pairs[:, 1])
+        self.bonds, self.angles = (np.concatenate(glob[f]) for f in ("bond", "angle"))
+        self.excluded = np.unique(np.concatenate(keys))
+        self.whole = Unwrapper(topology)
+        self.bkeys = np.array([type_key(self.types[b]) for b in self.bonds], dtype=object)
+        self.akeys = np.array([type_key(self.types[a]) for a in self.angles], dtype=object)
+
+    def __call__(self, positions: np.ndarray, dimensions: np.ndarray) -> dict[tuple[str, str], np.ndarray]:
+        from backmap.forcefield.neighbors import neighbour_pairs
+        from backmap.system.pbc import box_vectors
+
+        out = {}
+        x = self.whole(positions, dimensions)
+        r = np.linalg.norm(x[self.bonds[:, 1]] - x[self.bonds[:, 0]], axis=1)
+        u, v = x[self.angles[:, 0]] - x[self.angles[:, 1]], x[self.angles[:, 2]] - x[self.angles[:, 1]]
+        cos = (u * v).sum(1) / np.linalg.norm(u, axis=1) / np.linalg.norm(v, axis=1)
+        theta = np.arccos(np.clip(cos, -1, 1))
+        for k in np.unique(self.bkeys):
+            out["bond", str(k)] = r[self.bkeys == k]
+        for k in np.unique(self.akeys):
+            out["angle", str(k)] = theta[self.akeys == k]
+        i, j, shift = neighbour_pairs(positions, box_vectors(dimensions), self.cutoff, self.excluded)
+        d = np.linalg.norm(positions[j] + shift - positions[i], axis=1)
+        pk = np.array([type_key(p) for p in zip(self.types[i], self.types[j])], dtype=object)
+        for k in np.unique(pk):
+            out["nonbonded", str(k)] = d[pk == k]
+        return out
+
+
 class FlatBottomEnergy:
     """Candidate scorer with :class:`backmap.sampling.sampler.UnitEnergy`'s interface: per unit
     the flat-bottom terms of the bonds and angles that involve its atoms (terms with atoms not yet
-    placed skipped) plus the non-bonded term with the environment's particles."""
+    placed skipped) plus the non-bonded term with the environment's particles; with ``tables``
+    (:class:`backmap.sampling.ibi.IBITables`) also their tabulated energies of the same terms."""
 
-    def __init__(self, cg_topology: CGTopology, limits: FlatBottomLimits):
+    def __init__(self, cg_topology: CGTopology, limits: FlatBottomLimits, tables=None):
         topo = cg_topology.topology
         self.limits = limits
+        self.tables = tables
         types = np.asarray(topo.atom_types).astype(str)
         names = sorted(set(types.tolist()))
         code = {t: k for k, t in enumerate(names)}
@@ -131,6 +151,15 @@ class FlatBottomEnergy:
             for b in names:
                 dmin[code[a], code[b]] = limits.nonbonded.get(type_key((a, b)), 0.0)
         self.dmin = torch.as_tensor(dmin, dtype=torch.float32)
+        self.table_rows: dict[str, torch.Tensor] = {}
+        self.pair_row = None
+        if tables is not None:
+            keys = {fam: sorted(tables.tables.get(fam, {})) for fam in ("bond", "angle", "nonbonded")}
+            index = {}
+            for fam in keys:
+                self.table_rows[fam], index[fam] = tables.compiled(fam, keys[fam])
+            self.pair_row = torch.as_tensor([[index["nonbonded"].get(type_key((a, b)), -1) for b in names]
+                                             for a in names])
         self.molecule = torch.as_tensor(topo.molecule_index)
         self.local_index = torch.as_tensor(np.concatenate([np.tile(np.arange(b.moltype.n_atoms), b.count)
                                                            for b in topo.blocks]))
@@ -145,7 +174,9 @@ class FlatBottomEnergy:
             for fam, rows in local_terms(mt).items():
                 table = limits.bond if fam == "bond" else limits.angle
                 bounds = np.array([table.get(type_key(t[r]), (-np.inf, np.inf)) for r in rows]).reshape(-1, 2)
-                fams[fam] = (rows, bounds)
+                row = np.array([index[fam].get(type_key(t[r]), -1) for r in rows], int) if tables is not None \
+                    else np.full(len(rows), -1)
+                fams[fam] = (rows, bounds, row)
             self.terms[mt.name] = fams
         self._cache: dict = {}
 
@@ -155,8 +186,9 @@ class FlatBottomEnergy:
 
     def pair_params(self, moltype: str, units: torch.Tensor, neighbours: torch.Tensor,
                     mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 1, U, K) d_min of every unit atom with every neighbour; 0 (no term) for padding,
-        excluded pairs and neighbours outside ``mask``."""
+        """(B, C, U, K): d_min of every unit atom with every neighbour (0: no term) for padding,
+        excluded pairs and neighbours outside ``mask``; with tables (C = 2) also 1 + the pair's
+        table row (0: none)."""
         u, nb = units.clamp(min=0), neighbours.clamp(min=0)
         d = self.dmin[self.type_code[u][:, :, None], self.type_code[nb][:, None, :]]
         ex = self.excluded[moltype]
@@ -167,7 +199,10 @@ class FlatBottomEnergy:
         ok = (units >= 0)[:, :, None] & (neighbours >= 0)[:, None, :] & ~excl
         if mask is not None:
             ok &= mask[:, None, :]
-        return (d * ok)[:, None]
+        if self.pair_row is None:
+            return (d * ok)[:, None]
+        row = self.pair_row[self.type_code[u][:, :, None], self.type_code[nb][:, None, :]] + 1
+        return torch.stack([d * ok, (row * ok).to(d.dtype)], 1)
 
     def prepare(self, moltype: str, step: int, first_atom: torch.Tensor, units: torch.Tensor) -> dict:
         """The bonded terms touching the step's unit atoms, as local rows, bounds and unit slots."""
@@ -176,7 +211,7 @@ class FlatBottomEnergy:
         st = self._cache.get(key)
         if st is None:
             st = {}
-            for fam, (rows, bounds) in self.terms[moltype].items():
+            for fam, (rows, bounds, row) in self.terms[moltype].items():
                 hit = np.isin(rows, unit_atoms).any(1) if len(rows) else np.zeros(0, bool)
                 if hit.any():
                     r = rows[hit]
@@ -184,7 +219,7 @@ class FlatBottomEnergy:
                     for s, a in enumerate(unit_atoms):
                         slot[r == a] = s
                     st[fam] = (torch.as_tensor(r), torch.as_tensor(bounds[hit], dtype=torch.float32),
-                               torch.as_tensor(slot))
+                               torch.as_tensor(slot), torch.as_tensor(row[hit]))
             self._cache[key] = st
         return st
 
@@ -195,7 +230,7 @@ class FlatBottomEnergy:
         lim = self.limits
         st = static if static is not None else self.prepare(moltype, step, first_atom, env.target_atoms)
         total = torch.zeros(B, K)
-        for fam, (rows, bounds, slot) in st.items():
+        for fam, (rows, bounds, slot, row) in st.items():
             glob = first_atom[:, None, None] + rows[None]  # (B, T, k)
             x = positions[glob].unsqueeze(1).repeat(1, K, 1, 1, 1)  # (B, K, T, k, 3)
             is_unit = slot >= 0
@@ -207,16 +242,23 @@ class FlatBottomEnergy:
                 cos = (u * v).sum(-1) / (torch.linalg.norm(u, dim=-1) * torch.linalg.norm(v, dim=-1)).clamp(min=1e-9)
                 value, a = torch.arccos(cos.clamp(-1.0, 1.0)), lim.a_angle
             e = a * (torch.relu(bounds[:, 0] - value) ** 2 + torch.relu(value - bounds[:, 1]) ** 2)  # (B, K, T)
+            if self.tables is not None:
+                e = e + self.tables.lookup(fam, self.table_rows[fam], row, value)
             if not all_placed:
                 known = (placed[glob] | is_unit).all(-1)  # (B, T)
                 e = e * known[:, None]
             total = total + e.sum(-1)
         if local is None:
             local = (candidates - env.centre[:, None, None]) @ env.rotation.transpose(1, 2)[:, None]
-        dmin = env.pair_params
-        if dmin is None:
-            dmin = self.pair_params(moltype, env.target_atoms, env.atom_index, env.atom_mask)
+        pp = env.pair_params
+        if pp is None:
+            pp = self.pair_params(moltype, env.target_atoms, env.atom_index, env.atom_mask)
         d = torch.linalg.norm(local[:, :, :, None, :] - env.atom_positions[:, None, None], dim=-1)  # (B, K, U, N)
-        dm = dmin[:, 0][:, None]  # (B, 1, U, N)
+        dm = pp[:, 0][:, None]  # (B, 1, U, N)
         nb = torch.where(dm > 0, torch.relu(1 - d / dm.clamp(min=1e-9)) ** 2, torch.zeros(()))
-        return total + lim.a_nonbonded * nb.sum((-1, -2))
+        total = total + lim.a_nonbonded * nb.sum((-1, -2))
+        if self.pair_row is not None:
+            row = pp[:, 1][:, None].long() - 1  # (B, 1, U, N)
+            e = self.tables.lookup("nonbonded", self.table_rows["nonbonded"], row, d)
+            total = total + torch.where(d < self.tables.cutoff, e, torch.zeros(())).sum((-1, -2))
+        return total

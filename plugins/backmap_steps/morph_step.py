@@ -9,7 +9,7 @@ from pydantic import Field
 
 from backmap import Step
 from backmap.engine.models import load_model
-from backmap.engine.morph import morph_to_files
+from backmap.engine.morph import fit_ibi, morph_to_files, write_tables
 from backmap.engine.recipe import InputPath, StepInput, resolve_step_input
 from backmap.sampling.backmapper import BackmapSettings
 from backmap.sampling.flat_bottom import FlatBottomLimits
@@ -49,17 +49,31 @@ class MorphStep(Step):
         model_dir = resolve_step_input(p.model, ctx.workdir, "steps.morph.model") if p.model else \
             ctx.outputs.get("train.model", "steps.morph.model")
         idx = select_frames(p.frames, [], count_frames(p.input), ctx.where("steps.morph.frames"))
-        settings = BackmapSettings(**{k: getattr(p, k) for k in BackmapSettings.model_fields})
+        given = p.model_fields_set | {"energy"}  # (the morph's own default); unset keys stay unset: ibi_settings
+        settings = BackmapSettings(**{k: getattr(p, k) for k in BackmapSettings.model_fields if k in given})
         if p.flat_bottom is not None and not p.flat_bottom.nonbonded:  # limits from the target's training frames
             train = ctx.pairs().train()
             params = p.flat_bottom.model_dump(exclude={"bond", "angle", "nonbonded", "source"})
             settings.flat_bottom = FlatBottomLimits.from_frames(
                 ctx.topology, zip(train.aa.astype(float), train.dimensions),
                 source=f"{len(train)} training frames of the target", **params)
-        summary = morph_to_files(load_model(model_dir, ctx.registry), ctx.cg_topology, p.input,
+        model = load_model(model_dir, ctx.registry)
+        ibi_log = None
+        if p.ibi is not None and not p.ibi.tables:  # fitted here, to the target's training frames
+            train = ctx.pairs().train()
+            tables = fit_ibi(model, ctx.cg_topology, p.input, p.ibi, zip(train.aa.astype(float), train.dimensions),
+                             p.scheme, settings, seed=ctx.seed, where=where)
+            settings.ibi = tables
+            ibi_log = write_tables(tables, ctx.path(f"morph/{label}_ibi.json"))
+        summary = morph_to_files(model, ctx.cg_topology, p.input,
                                  ctx.path(p.out or f"morph/{label}.xtc"), p.scheme, idx, settings, seed=ctx.seed,
                                  output_topology=p.topology, cluster=ctx.recipe.cluster, where=where)
         files = summary.pop("files")
+        if ibi_log is not None:
+            summary["IBI tables"] = str(ibi_log)
+            summary["IBI rounds (JSD bond/angle/non-bonded)"] = [
+                "/".join(f"{e.get(f, float('nan')):.4f}" for f in ("bond", "angle", "nonbonded"))
+                for e in settings.ibi.log]
         ctx.outputs.declare(f"morph_{label}", **{k: v for k, v in files.as_dict().items()})
         summary.update({f"output {k}": str(v) for k, v in files.as_dict().items()})
         return summary
