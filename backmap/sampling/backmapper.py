@@ -43,7 +43,8 @@ class BackmapSettings(BaseModel):
                                                      "choice (Generator.projects_cg)")
     cg_restraint: float = Field(0.0, ge=0, description="CG restraint in the candidates' selection energy (kJ/mol/nm²): "
                                                       "each unit is chosen to meet its CG beads too, "
-                                                      "½k|M(x) − R|² (0 = off)")
+                                                      "½k|M(x) − R|² (0 = off), added to whichever scorer is used "
+                                                      "(force field, flat bottom, IBI tables, or none)")
     minimize_steps: int = Field(0, ge=0, description="restrained energy-minimization steps after sampling "
                                                      "(the EM baseline; 0 = none)")
     restraint: float = Field(1000.0, ge=0, description="CG restraint constant for minimization (kJ/mol/nm²)")
@@ -95,9 +96,6 @@ class Backmapper:
                                  colouring=s.colouring, batch_molecules=s.batch_molecules,
                                  strip_hydrogens=spec.strip_hydrogens, energy=s.energy,
                                  cg_restraint=s.cg_restraint)
-        if s.cg_restraint > 0 and (not s.energy or s.flat_bottom is not None or s.ibi is not None):
-            raise BackmapError("cg_restraint: the CG restraint is part of the force field's selection energy "
-                               "(needs a .top topology and no flat_bottom scorer)")
         self.chirality = None
         if s.stereo_reference is not None:
             if not s.energy:

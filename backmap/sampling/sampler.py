@@ -72,11 +72,7 @@ class UnitEnergy:
     angle, dihedral, LJ); with ``chirality``, a penalty per neighbour triple of a stereocentre
     that a candidate flips (a term like the bonded ones, counted once its four atoms are placed)."""
 
-    def __init__(self, cg_topology: CGTopology, plans: dict[str, Plan], chirality: ChiralCentres | None = None,
-                 cg_restraint: float = 0.0):
-        """``cg_restraint`` (kJ/mol/nm²): also score each candidate by ½k|M(x)_J − R_J|² for the beads
-        J it maps onto (:meth:`set_frame` gives R), so that a unit is chosen to meet its CG input and
-        a chain cannot drift away from its CG trace bead by bead."""
+    def __init__(self, cg_topology: CGTopology, plans: dict[str, Plan], chirality: ChiralCentres | None = None):
         topo = cg_topology.topology
         self.params = build_parameters(topo)
         p = self.params
@@ -120,56 +116,6 @@ class UnitEnergy:
         self._cache: dict = {}
         self.local_index = torch.as_tensor(np.concatenate([np.tile(np.arange(b.moltype.n_atoms), b.count)
                                                            for b in topo.blocks]))
-        self.cg_restraint = float(cg_restraint)
-        self.cg_terms: dict[str, list] = {}
-        self.first_bead = None
-        self.cg_positions: torch.Tensor | None = None
-        if self.cg_restraint > 0:
-            self._build_cg_terms(cg_topology, plans)
-
-    def _build_cg_terms(self, cg_topology: CGTopology, plans: dict[str, Plan]) -> None:
-        """Per molecule type and plan step: the beads the unit's atoms map onto, their weights on
-        the unit's atoms (J, U), the molecule's other atoms in those beads, their weights (J, A) and
-        which beads each of them feeds (A, J)."""
-        topo = cg_topology.topology
-        first_bead = np.full(sum(b.count for b in topo.blocks), -1, np.int64)  # per molecule; -1: not mapped
-        starts = np.cumsum([0] + [b.count for b in topo.blocks])
-        for cb in cg_topology.blocks:
-            k = next(i for i, b in enumerate(topo.blocks) if b is cb.block)
-            first_bead[starts[k]:starts[k + 1]] = cb.first_bead + cb.mapping.n_beads * np.arange(cb.block.count)
-        self.first_bead = torch.as_tensor(first_bead)
-        for cb in cg_topology.blocks:
-            w = cb.mapping.weight_matrix
-            per_unit = []
-            for unit in plans[cb.block.moltype.name].units:
-                atoms = np.asarray(unit.atoms)
-                beads = np.nonzero(np.abs(w[:, atoms]).sum(1) > 0)[0]
-                rest = np.setdiff1d(np.nonzero(np.abs(w[beads]).sum(0) > 0)[0], atoms)
-                w_rest = torch.as_tensor(w[beads][:, rest], dtype=torch.float32)
-                per_unit.append((torch.as_tensor(beads), torch.as_tensor(w[beads][:, atoms], dtype=torch.float32),
-                                 torch.as_tensor(rest), w_rest, (w_rest != 0).float().T))
-            self.cg_terms[cb.block.moltype.name] = per_unit
-
-    def set_frame(self, cg_positions: np.ndarray) -> None:
-        """The CG frame (M, 3), molecules whole as the sampler's positions: the restraint's R."""
-        if self.cg_restraint > 0:
-            self.cg_positions = torch.as_tensor(np.asarray(cg_positions), dtype=torch.float32)
-
-    def _cg_energy(self, moltype: str, step: int, first_atom: torch.Tensor, candidates: torch.Tensor,
-                   positions: torch.Tensor, placed: torch.Tensor, all_placed: bool) -> torch.Tensor:
-        """(B, K) ½k Σ_J |M(x)_J − R_J|² over the beads the unit maps onto whose other atoms are placed."""
-        beads, w_unit, rest, w_rest, feeds = self.cg_terms[moltype][step]
-        first_bead = self.first_bead[self.molecule[first_atom]]  # (B,)
-        R = self.cg_positions[first_bead[:, None] + beads[None]]  # (B, J, 3)
-        glob = first_atom[:, None] + rest[None]  # (B, A)
-        fixed = torch.einsum("ja,bai->bji", w_rest, positions[glob]) - R  # (B, J, 3)
-        miss = fixed[:, None] + torch.einsum("ju,bkui->bkji", w_unit, candidates)  # (B, K, J, 3)
-        e = 0.5 * self.cg_restraint * (miss * miss).sum(-1)  # (B, K, J)
-        if not all_placed:  # a bead whose other atoms are not all placed yet is not scored
-            ready = ((~placed[glob]).float() @ feeds) == 0  # (B, J)
-            e = e * ready[:, None]
-        return e.sum(-1)
-
     def reset(self) -> None:
         """New CG frame. The cached bonded index tables depend only on the topology and the unit
         group, so they survive frames; the cache is only bounded (colouring makes groups vary)."""
@@ -285,9 +231,90 @@ class UnitEnergy:
         c6, c12 = pp[:, 0].reshape(B, 1, U * N), pp[:, 1].reshape(B, 1, U * N)
         lj = (inv6 * (c12 * inv6 - c6)).sum(-1)
         total = lj if total is None else total + lj
-        if self.cg_restraint > 0:
-            total = total + self._cg_energy(moltype, step, first_atom, candidates, positions, placed, all_placed)
         return total
+
+
+class CGRestraint:
+    """½k Σ_J |M(x)_J − R_J|² of a candidate over the beads J its unit maps onto (:meth:`set_frame`
+    gives R), so that a unit is chosen to meet its CG input and a chain cannot drift away from its
+    CG trace bead by bead; added to any scorer by :class:`RestrainedScorer`."""
+
+    def __init__(self, cg_topology: CGTopology, plans: dict[str, Plan], k: float):
+        self.k = float(k)
+        self.molecule = torch.as_tensor(cg_topology.topology.molecule_index)
+        self.cg_terms: dict[str, list] = {}
+        self.cg_positions: torch.Tensor | None = None
+        self._build_cg_terms(cg_topology, plans)
+
+    def _build_cg_terms(self, cg_topology: CGTopology, plans: dict[str, Plan]) -> None:
+        """Per molecule type and plan step: the beads the unit's atoms map onto, their weights on
+        the unit's atoms (J, U), the molecule's other atoms in those beads, their weights (J, A) and
+        which beads each of them feeds (A, J)."""
+        topo = cg_topology.topology
+        first_bead = np.full(sum(b.count for b in topo.blocks), -1, np.int64)  # per molecule; -1: not mapped
+        starts = np.cumsum([0] + [b.count for b in topo.blocks])
+        for cb in cg_topology.blocks:
+            k = next(i for i, b in enumerate(topo.blocks) if b is cb.block)
+            first_bead[starts[k]:starts[k + 1]] = cb.first_bead + cb.mapping.n_beads * np.arange(cb.block.count)
+        self.first_bead = torch.as_tensor(first_bead)
+        for cb in cg_topology.blocks:
+            w = cb.mapping.weight_matrix
+            per_unit = []
+            for unit in plans[cb.block.moltype.name].units:
+                atoms = np.asarray(unit.atoms)
+                beads = np.nonzero(np.abs(w[:, atoms]).sum(1) > 0)[0]
+                rest = np.setdiff1d(np.nonzero(np.abs(w[beads]).sum(0) > 0)[0], atoms)
+                w_rest = torch.as_tensor(w[beads][:, rest], dtype=torch.float32)
+                per_unit.append((torch.as_tensor(beads), torch.as_tensor(w[beads][:, atoms], dtype=torch.float32),
+                                 torch.as_tensor(rest), w_rest, (w_rest != 0).float().T))
+            self.cg_terms[cb.block.moltype.name] = per_unit
+
+    def set_frame(self, cg_positions: np.ndarray) -> None:
+        """The CG frame (M, 3), molecules whole as the sampler's positions: the restraint's R."""
+        self.cg_positions = torch.as_tensor(np.asarray(cg_positions), dtype=torch.float32)
+
+    def __call__(self, moltype: str, step: int, first_atom: torch.Tensor, candidates: torch.Tensor,
+                 positions: torch.Tensor, placed: torch.Tensor, all_placed: bool) -> torch.Tensor:
+        """(B, K) ½k Σ_J |M(x)_J − R_J|² over the beads the unit maps onto whose other atoms are placed."""
+        beads, w_unit, rest, w_rest, feeds = self.cg_terms[moltype][step]
+        first_bead = self.first_bead[self.molecule[first_atom]]  # (B,)
+        R = self.cg_positions[first_bead[:, None] + beads[None]]  # (B, J, 3)
+        glob = first_atom[:, None] + rest[None]  # (B, A)
+        fixed = torch.einsum("ja,bai->bji", w_rest, positions[glob]) - R  # (B, J, 3)
+        miss = fixed[:, None] + torch.einsum("ju,bkui->bkji", w_unit, candidates)  # (B, K, J, 3)
+        e = 0.5 * self.k * (miss * miss).sum(-1)  # (B, K, J)
+        if not all_placed:  # a bead whose other atoms are not all placed yet is not scored
+            ready = ((~placed[glob]).float() @ feeds) == 0  # (B, J)
+            e = e * ready[:, None]
+        return e.sum(-1)
+
+
+class RestrainedScorer:
+    """A candidate scorer (the force field's :class:`UnitEnergy`, morphing's flat-bottom energy, or
+    none) plus the :class:`CGRestraint`, with the scorer interface the sampler uses."""
+
+    def __init__(self, scorer, restraint: CGRestraint):
+        self.scorer = scorer
+        self.restraint = restraint
+        self.pair_params = scorer.pair_params if scorer is not None else None
+
+    def set_frame(self, cg_positions: np.ndarray) -> None:
+        self.restraint.set_frame(cg_positions)
+
+    def reset(self) -> None:
+        if self.scorer is not None:
+            self.scorer.reset()
+
+    def prepare(self, *args):
+        return self.scorer.prepare(*args) if self.scorer is not None else None
+
+    def __call__(self, moltype: str, step: int, first_atom: torch.Tensor, candidates: torch.Tensor, env,
+                 positions: torch.Tensor, placed: torch.Tensor, all_placed: bool = False, **kw) -> torch.Tensor:
+        e = self.restraint(moltype, step, first_atom, candidates, positions, placed, all_placed)
+        if self.scorer is not None:
+            e = e + self.scorer(moltype, step, first_atom, candidates, env, positions, placed, all_placed=all_placed,
+                                **kw)
+        return e
 
 
 class Sampler:
@@ -310,10 +337,10 @@ class Sampler:
             raise ValueError("keeping stereocentres needs the candidates' energies (options.energy)")
         if energy is not None and chirality is not None:
             raise ValueError("keeping stereocentres needs the force field's energies, not another scorer")
-        if self.options.cg_restraint > 0 and (energy is not None or not self.options.energy):
-            raise ValueError("cg_restraint scores candidates with the force field's energies (options.energy)")
         self.energy = energy if energy is not None else \
-            UnitEnergy(cg_topology, plans, chirality, self.options.cg_restraint) if self.options.energy else None
+            UnitEnergy(cg_topology, plans, chirality) if self.options.energy else None
+        if self.options.cg_restraint > 0:
+            self.energy = RestrainedScorer(self.energy, CGRestraint(cg_topology, plans, self.options.cg_restraint))
         self.builder = EnvironmentBuilder(cg_topology, plans, self.channels, cutoff=self.options.cutoff,
                                           strip_hydrogens=self.options.strip_hydrogens,
                                           pair_params=self.energy.pair_params if self.energy else None)
@@ -400,7 +427,7 @@ class Sampler:
         self.builder.set_frame(cg_positions, box)
         if self.energy is not None:
             self.energy.reset()
-        if isinstance(self.energy, UnitEnergy):
+        if isinstance(self.energy, RestrainedScorer):
             self.energy.set_frame(cg_positions)
 
     def _backmap(self, cg_positions, box, start, progress_label, previous=None) -> np.ndarray:
