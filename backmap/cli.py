@@ -701,12 +701,15 @@ def assess(model: Path, reference: Path, cg_paths: tuple[Path, ...], more_cg: tu
 @click.option("--ibi-frames", default=None, help="'start:stop:step' of --input morphed in each IBI round "
                                                  "(default: every 4th of the first half).")
 @click.option("--temperature", type=float, default=None, help="K: the IBI tables' kT (with --ibi-rounds).")
+@click.option("--cg-restraint", type=float, default=0.0, show_default=True,
+              help="Restrain each candidate's bottleneck bead to the input's (kJ/mol/nm², 0 = off): how far the "
+                   "morph may move the chains.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @cluster_options
 def morph(model: Path, source: Path, out: Path, scheme: str, topology: Path | None, frames: str | None,
           candidates: int, gibbs_sweeps: int, target: Path | None, target_frames: str | None, quantile: float,
-          ibi_file: Path | None, ibi_rounds: int, ibi_frames: str | None, temperature: float | None, seed: int,
-          workers, scheduler, threads_per_worker, frames_per_task) -> None:
+          ibi_file: Path | None, ibi_rounds: int, ibi_frames: str | None, temperature: float | None,
+          cg_restraint: float, seed: int, workers, scheduler, threads_per_worker, frames_per_task) -> None:
     """Morph structures of a top-down CG model (thesis ch. 7): map them through the resolution
     bottleneck of a model trained only on the target and let its generator reinsert the target's
     local statistics. Writes OUT (the top-down model's particles, names and box), OUT.gro, a copy of
@@ -752,7 +755,7 @@ def morph(model: Path, source: Path, out: Path, scheme: str, topology: Path | No
             raise BackmapError(f"not IBI tables: {str(exc).splitlines()[0]}", source=ibi_file) from None
     try:
         settings = BackmapSettings(candidates=candidates, gibbs_sweeps=gibbs_sweeps, energy=False, flat_bottom=limits,
-                                   ibi=tables)
+                                   ibi=tables, cg_restraint=cg_restraint)
     except ValueError as exc:
         raise BackmapError(f"morph: {str(exc).splitlines()[-1].strip()}") from None
     if ibi_rounds:
