@@ -234,18 +234,12 @@ def _cluster(workers: int | None, scheduler: str | None, threads_per_worker: int
 
 def _refiner(name: str, temperature, n_steps, restraint, constraints, timestep, friction, minimize_steps,
              extra: tuple[str, ...], seed: int):
-    import yaml
-
     from backmap.engine.loaders import make_plugin
 
     params = {k: v for k, v in dict(temperature=temperature, steps=n_steps, restraint=restraint,
                                     constraints=constraints, timestep=timestep, friction=friction,
                                     minimize_steps=minimize_steps, seed=seed).items() if v is not None}
-    for item in extra:
-        if "=" not in item:
-            raise BackmapError(f"--param {item!r}: expected key=value")
-        key, value = item.split("=", 1)
-        params[key.strip()] = yaml.safe_load(value)
+    params.update(_key_values(extra, "--param"))
     return make_plugin("refiner", name, params, where=f"--refiner {name}")
 
 
@@ -704,12 +698,15 @@ def assess(model: Path, reference: Path, cg_paths: tuple[Path, ...], more_cg: tu
 @click.option("--cg-restraint", type=float, default=0.0, show_default=True,
               help="Restrain each candidate's bottleneck bead to the input's (kJ/mol/nm², 0 = off): how far the "
                    "morph may move the chains.")
+@click.option("--generator-param", "generator_params", multiple=True, metavar="KEY=VALUE",
+              help="A sampling parameter of the trained generator for this run (repeatable), e.g. "
+                   "recentre_by=rotation+shift (equivariant: the bottleneck kept exactly).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @cluster_options
 def morph(model: Path, source: Path, out: Path, scheme: str, topology: Path | None, frames: str | None,
           candidates: int, gibbs_sweeps: int, target: Path | None, target_frames: str | None, quantile: float,
           ibi_file: Path | None, ibi_rounds: int, ibi_frames: str | None, temperature: float | None,
-          cg_restraint: float, seed: int, workers, scheduler, threads_per_worker, frames_per_task) -> None:
+          cg_restraint: float, generator_params: tuple[str, ...], seed: int, workers, scheduler, threads_per_worker, frames_per_task) -> None:
     """Morph structures of a top-down CG model (thesis ch. 7): map them through the resolution
     bottleneck of a model trained only on the target and let its generator reinsert the target's
     local statistics. Writes OUT (the top-down model's particles, names and box), OUT.gro, a copy of
@@ -755,9 +752,11 @@ def morph(model: Path, source: Path, out: Path, scheme: str, topology: Path | No
             raise BackmapError(f"not IBI tables: {str(exc).splitlines()[0]}", source=ibi_file) from None
     try:
         settings = BackmapSettings(candidates=candidates, gibbs_sweeps=gibbs_sweeps, energy=False, flat_bottom=limits,
-                                   ibi=tables, cg_restraint=cg_restraint)
+                                   ibi=tables, cg_restraint=cg_restraint,
+                                   generator_params=_key_values(generator_params, "--generator-param"))
     except ValueError as exc:
         raise BackmapError(f"morph: {str(exc).splitlines()[-1].strip()}") from None
+    loaded.generator.for_inference(settings.generator_params, where="--generator-param")  # refused here, early
     if ibi_rounds:
         tables = fit_ibi(loaded, cg_top, source, IBITables(temperature=temperature, iterations=ibi_rounds,
                                                            fit_frames=ibi_frames),
@@ -768,6 +767,19 @@ def morph(model: Path, source: Path, out: Path, scheme: str, topology: Path | No
                              cluster=_cluster(workers, scheduler, threads_per_worker, frames_per_task))
     click.echo(f"wrote {out}: {summary['frames']} frames of {summary['atoms']} particles morphed by scheme {scheme} "
                f"({summary['seconds per frame']:.2f} s/frame)")
+
+
+def _key_values(items: tuple[str, ...], option: str) -> dict:
+    """``KEY=VALUE`` options as a dict, values read as YAML scalars (numbers, booleans, strings)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise BackmapError(f"{option} {item!r}: expected key=value")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def main() -> None:

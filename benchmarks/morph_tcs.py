@@ -137,10 +137,12 @@ def timing(workdir: Path, n: int, workers: int) -> dict:
            "baseline (backmap map) seconds": round(base, 1), "ratio morph / map": round(t / base, 2)}
     tables = workdir / "morph" / "B_ibi_ibi.json"
     if tables.is_file():  # the recipe's IBI setting: scheme B with its fitted tables and bottleneck restraint
-        k = json.loads((workdir / "morph" / "B_ibi.json").read_text())["settings"]["cg_restraint"]
+        st = json.loads((workdir / "morph" / "B_ibi.json").read_text())["settings"]
         t_ibi = run([BACKMAP, "morph", "--model", workdir / "model", "--input", many, "--out", tmp / "ibi.xtc",
-                     "--scheme", "B", "--candidates", "16", "--flat-bottom", target, "--quantile", "0.01",
-                     "--ibi", tables, "--cg-restraint", str(k), "--workers", str(workers)])
+                     "--scheme", "B", "--candidates", str(st["candidates"]), "--flat-bottom", target,
+                     "--quantile", "0.01", "--ibi", tables, "--cg-restraint", str(st["cg_restraint"]),
+                     *[a for k, v in st["generator_params"].items() for a in ("--generator-param", f"{k}={v}")],
+                     "--workers", str(workers)])
         out.update({"morph B+IBI seconds": round(t_ibi, 1), "ratio morph B+IBI / map": round(t_ibi / base, 2)})
     out["target ≤ 600 s met"] = max(v for k, v in out.items() if k.endswith(" seconds") and k.startswith("morph")) <= 600
     return out

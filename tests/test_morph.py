@@ -289,6 +289,28 @@ def test_ibi_tables_are_fitted_written_and_read_back_by_the_command(morph_run, t
     assert "--ibi-rounds" in one_line_error(code, err) and not (tmp_path / "e.xtc").exists()
 
 
+def test_generator_params_change_sampling_not_the_trained_model(morph_run, tmp_path):
+    from backmap.engine.models import load_model
+
+    gen = load_model(morph_run / "model").generator
+    assert gen.params.recentre_by == "rotation+shift"
+    turned = gen.for_inference({"recentre_by": "rotation"})
+    assert turned.params.recentre_by == "rotation" and gen.params.recentre_by == "rotation+shift"
+    assert turned.params.width == gen.params.width
+    with pytest.raises(BackmapError, match=r"generator_params\.width: not a parameter .* recentre_by"):
+        gen.for_inference({"width": 4})
+    with pytest.raises(BackmapError, match=r"generator_params\.recentre_by"):
+        gen.for_inference({"recentre_by": "spin"})
+    code, _, err = run_cli("morph", "--model", morph_run / "model", "--input", TCS / "martini" / "traj.xtc",
+                           "--frames", "0:1", "--out", tmp_path / "g.xtc", "--generator-param", "width=3")
+    assert "--generator-param.width" in one_line_error(code, err) and not (tmp_path / "g.xtc").exists()
+    out = tmp_path / "h.xtc"
+    code, _, err = run_cli("morph", "--model", morph_run / "model", "--input", TCS / "martini" / "traj.xtc",
+                           "--frames", "0:1", "--out", out, "--generator-param", "recentre_by=rotation")
+    assert code == 0, err
+    assert json.loads(out.with_suffix(".json").read_text())["settings"]["generator_params"] == {"recentre_by": "rotation"}
+
+
 def test_morph_errors_name_the_problem(morph_run, tmp_path):
     code, _, err = run_cli("morph", "--model", morph_run / "model", "--input", TCS / "martini" / "traj.xtc",
                            "--scheme", "B", "--gibbs", "0", "--out", tmp_path / "x.xtc")

@@ -86,6 +86,7 @@ def make_backmapper(cg_topology: CGTopology, generator: Generator, settings: Bac
     traversal = registry.get("traversal", spec.traversal, where="environment.traversal").cls()
     selector = make_plugin("selector", settings.selector, settings.selector_params, registry,
                            where=f"{where}.selector_params")
+    generator = generator.for_inference(settings.generator_params, where=f"{where}.generator_params")
     channels = channels or Channels.for_spec(cg_topology, spec.channels)
     return Backmapper(cg_topology, generator, channels, traversal, selector, settings, seed=seed)
 

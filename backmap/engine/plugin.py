@@ -65,6 +65,9 @@ class Generator(Plugin):
     unit: ClassVar[Literal["atom", "bead"]] = "atom"
     #: defaults of the environment spec for this generator (the recipe's ``generator.environment`` wins)
     environment_defaults: ClassVar[dict[str, Any]] = {}
+    #: parameters that only shape sampling (no trained weight depends on them): a run may set them
+    #: for a trained model (``generator_params`` of the backmap/morph settings, :meth:`for_inference`)
+    inference_params: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, params: BaseModel | dict[str, Any] | None = None,
                  environment: "EnvironmentSpec | dict[str, Any] | None" = None):
@@ -82,6 +85,32 @@ class Generator(Plugin):
             raise ValueError(f"generator {cls.name!r} places one {cls.unit} at a time (unit: {values['unit']!r} "
                              "is not possible)")
         return EnvironmentSpec(**{**cls.environment_defaults, **values, "unit": cls.unit})
+
+    def for_inference(self, values: dict[str, Any], where: str = "generator_params") -> "Generator":
+        """This trained generator with some :attr:`inference_params` changed: a shallow copy (the
+        networks are shared), so the model's own parameters stay as trained. Other keys, and
+        values the plugin's ``Params`` refuse, raise a :class:`BackmapError` naming ``where``."""
+        import copy
+
+        from pydantic import ValidationError
+
+        from backmap.errors import BackmapError
+
+        if not values:
+            return self
+        other = sorted(set(values) - self.inference_params)
+        if other:
+            allowed = ", ".join(sorted(self.inference_params)) or "none"
+            raise BackmapError(f"{where}.{other[0]}: not a parameter generator {self.name!r} can change after "
+                               f"training (those are: {allowed})")
+        try:
+            params = self.Params.model_validate({**self.params.model_dump(), **values})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise BackmapError(f"{where}.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        out = copy.copy(self)
+        out.params = params
+        return out
 
     def fit(self, data: "TrainingData", context: "FitContext") -> dict[str, Any]:
         """Train on ``data.train()`` (or ``data.sequences(...)``); return a small summary (losses,

@@ -32,6 +32,10 @@ class BackmapSettings(BaseModel):
     selector: str = Field("lowest_energy", description="selector plugin: lowest_energy, boltzmann, random")
     selector_params: dict = Field(default_factory=dict, description="the selector's parameters "
                                                                     "(boltzmann: temperature)")
+    generator_params: dict = Field(default_factory=dict, description="sampling parameters of the trained generator "
+                                                                     "to change for this run (only its "
+                                                                     "inference_params, e.g. equivariant: "
+                                                                     "recentre_by)")
     candidates: int = Field(8, ge=1, description="candidates per unit (K)")
     gibbs_sweeps: int = Field(2, ge=0)
     colouring: bool = Field(False, description="never update two units with overlapping environments together")

@@ -150,6 +150,8 @@ class EquivariantGenerator(NetworkGenerator):
     summary = "SO(3)-equivariant e3nn encoder + autoregressive internal-coordinate head, one bead per call (exact rigid bonds, signed dihedrals, log_prob)"
     Params = EquivariantParams
     unit = "bead"
+    #: read at each proposal only: how a drawn unit is made to meet its bead, and the SHAKE closure
+    inference_params = frozenset({"recentre", "recentre_by", "project"})
     #: a whole bead — heavy atoms and hydrogens — is placed at once, so it must see the hydrogens of
     #: the beads bonded to it (hiding them let rings and backbone hydrogens overlap: LJ per molecule
     #: +519 instead of −192 kJ/mol)
