@@ -123,9 +123,10 @@ class Backmapper:
 
             try:
                 self.projection = CGProjection(self.cg_topology, self.generator.rigid_bonds)
-            except (KeyError, ValueError) as exc:
-                raise BackmapError(f"project_cg: the topology's bond parameters are needed ({exc}); "
-                                   "give a .top or set project_cg: false") from None
+            except (KeyError, ValueError, BackmapError) as exc:
+                why = "" if self.settings.project_cg else f" (generator {self.generator.name!r}'s default)"
+                raise BackmapError(f"project_cg{why}: the topology's bond parameters are needed ({exc}); give a "
+                                   ".top or set project_cg: false") from None
         self.forcefield = None
         if s.minimize_steps:
             import torch
