@@ -52,13 +52,17 @@ def bottleneck_frames(cg_topology: CGTopology, frames: Iterator[Frame], scheme: 
                            start=x if scheme == "B" else None)
 
 
-def ibi_settings(settings: BackmapSettings) -> BackmapSettings:
-    """With IBI tables the candidates are drawn by the Boltzmann selector at the tables'
-    temperature, unless a selector was chosen explicitly."""
-    if settings.ibi is None or "selector" in settings.model_fields_set:
-        return settings
-    return settings.model_copy(update={"selector": "boltzmann",
-                                       "selector_params": {"temperature": settings.ibi.temperature}})
+def morph_settings(settings: BackmapSettings | None) -> BackmapSettings:
+    """A morph's defaults: no force-field scoring, no CG projection (the bottleneck is no CG input
+    to be exact to, docs/morph.md) and, with IBI tables, the Boltzmann selector at the tables'
+    temperature — each unless chosen explicitly."""
+    settings = settings or BackmapSettings(energy=False)
+    update: dict = {}
+    if settings.project_cg is None:
+        update["project_cg"] = False
+    if settings.ibi is not None and "selector" not in settings.model_fields_set:
+        update.update(selector="boltzmann", selector_params={"temperature": settings.ibi.temperature})
+    return settings.model_copy(update=update) if update else settings
 
 
 def fit_ibi(model: Model, cg_topology: CGTopology, source: Path, tables: IBITables,
@@ -82,13 +86,10 @@ def fit_ibi(model: Model, cg_topology: CGTopology, source: Path, tables: IBITabl
     frames = list(bottleneck_frames(cg_topology, fine, scheme))
     tables = tables.model_copy(deep=True)
     tables.set_target(tables.densities(topo, target))
-    settings = (settings or BackmapSettings(energy=False)).model_copy(update={"ibi": tables})
-    settings = ibi_settings(settings)
-    if settings.project_cg is None:
-        settings = settings.model_copy(update={"project_cg": False})
+    settings = morph_settings((settings or BackmapSettings(energy=False)).model_copy(update={"ibi": tables}))
     for _ in progress(range(tables.iterations), description=f"IBI ({len(frames)} frames per round)"):
-        bm = make_backmapper(cg_topology, model.generator, settings.model_copy(update={"ibi": tables}), seed,
-                             model.channels, where=where)
+        # settings.ibi is ``tables`` itself: each round's scorer compiles the tables as updated so far
+        bm = make_backmapper(cg_topology, model.generator, settings, seed, model.channels, where=where)
         morphed = [bm.backmap_frame(f, start=f.start)[0] for f in frames]
         tables.update(tables.densities(topo, ((f.positions, f.dimensions) for f in morphed)))
     return tables
@@ -101,9 +102,7 @@ def morph_to_files(model: Model, cg_topology: CGTopology, source: Path, out: Pat
     """Morph the frames of ``source`` (the fine resolution, in ``cg_topology.topology``'s particle
     order) with ``model`` into ``out`` and the files beside it (:func:`backmap_to_files`; the
     topology copied beside ``out`` is ``output_topology``, X's own ``.top``, when given)."""
-    settings = ibi_settings(settings or BackmapSettings(energy=False))
-    if settings.project_cg is None:  # the bottleneck is no CG input to be exact to (docs/morph.md)
-        settings = settings.model_copy(update={"project_cg": False})
+    settings = morph_settings(settings)
     if scheme == "B" and settings.gibbs_sweeps < 1:
         raise BackmapError(f"{where}: scheme B is Gibbs sweeps only — gibbs_sweeps must be ≥ 1")
     topo = cg_topology.topology
@@ -115,7 +114,6 @@ def morph_to_files(model: Model, cg_topology: CGTopology, source: Path, out: Pat
                                where=where, identity={"scheme": scheme})
     summary["scheme"] = scheme
     return summary
-
 
 
 def write_tables(tables: IBITables, path: Path) -> Path:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from backmap._version import __version__
+from backmap.constants import BOLTZMANN
 from backmap.errors import BackmapError
 from backmap.forcefield import NonbondedSettings
 from backmap.metrics.divergence import histogram, jsd
@@ -277,7 +278,7 @@ def _mark(path: Path, marker: dict) -> None:
 
 
 def _kT(refiner) -> float:
-    return 0.0083144626 * float(getattr(refiner.params, "temperature", 300.0))
+    return BOLTZMANN * float(getattr(refiner.params, "temperature", 300.0))
 
 
 def _bootstrap_halves(samples, edges: dict[str, np.ndarray], label: str, n: int, rng) -> np.ndarray:

@@ -32,8 +32,7 @@ from backmap.parallel.tasks import ProcessLocal
 from backmap.progress import progress, say
 from backmap.system.topology import Topology
 
-#: Boltzmann constant in kJ/mol/K (GROMACS's value)
-BOLTZMANN = 0.0083144626181532
+from backmap.constants import BOLTZMANN  # noqa: F401  (re-exported: kJ/mol/K)
 
 Constraints = Literal["none", "h-bonds", "all-bonds"]
 

@@ -109,6 +109,8 @@ class TermValues:
         self.whole = Unwrapper(topology)
         self.bkeys = np.array([type_key(self.types[b]) for b in self.bonds], dtype=object)
         self.akeys = np.array([type_key(self.types[a]) for a in self.angles], dtype=object)
+        names, self.type_code = np.unique(self.types, return_inverse=True)
+        self.pair_key = np.array([[type_key((a, b)) for b in names] for a in names], dtype=object)
 
     def __call__(self, positions: np.ndarray, dimensions: np.ndarray) -> dict[tuple[str, str], np.ndarray]:
         from backmap.forcefield.neighbors import neighbour_pairs
@@ -126,7 +128,7 @@ class TermValues:
             out["angle", str(k)] = theta[self.akeys == k]
         i, j, shift = neighbour_pairs(positions, box_vectors(dimensions), self.cutoff, self.excluded)
         d = np.linalg.norm(positions[j] + shift - positions[i], axis=1)
-        pk = np.array([type_key(p) for p in zip(self.types[i], self.types[j])], dtype=object)
+        pk = self.pair_key[self.type_code[i], self.type_code[j]]
         for k in np.unique(pk):
             out["nonbonded", str(k)] = d[pk == k]
         return out
@@ -153,11 +155,10 @@ class FlatBottomEnergy:
         self.dmin = torch.as_tensor(dmin, dtype=torch.float32)
         self.table_rows: dict[str, torch.Tensor] = {}
         self.pair_row = None
+        index: dict[str, dict[str, int]] = {"bond": {}, "angle": {}, "nonbonded": {}}  # key -> table row
         if tables is not None:
-            keys = {fam: sorted(tables.tables.get(fam, {})) for fam in ("bond", "angle", "nonbonded")}
-            index = {}
-            for fam in keys:
-                self.table_rows[fam], index[fam] = tables.compiled(fam, keys[fam])
+            for fam in index:
+                self.table_rows[fam], index[fam] = tables.compiled(fam, sorted(tables.tables.get(fam, {})))
             self.pair_row = torch.as_tensor([[index["nonbonded"].get(type_key((a, b)), -1) for b in names]
                                              for a in names])
         self.molecule = torch.as_tensor(topo.molecule_index)
@@ -174,8 +175,7 @@ class FlatBottomEnergy:
             for fam, rows in local_terms(mt).items():
                 table = limits.bond if fam == "bond" else limits.angle
                 bounds = np.array([table.get(type_key(t[r]), (-np.inf, np.inf)) for r in rows]).reshape(-1, 2)
-                row = np.array([index[fam].get(type_key(t[r]), -1) for r in rows], int) if tables is not None \
-                    else np.full(len(rows), -1)
+                row = np.array([index[fam].get(type_key(t[r]), -1) for r in rows], int).reshape(-1)
                 fams[fam] = (rows, bounds, row)
             self.terms[mt.name] = fams
         self._cache: dict = {}

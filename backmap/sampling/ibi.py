@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from backmap.constants import BOLTZMANN
 from backmap.errors import BackmapError
 from backmap.metrics.divergence import jsd
 from backmap.sampling.flat_bottom import TermValues
 from backmap.system.pbc import box_vectors
 
-KB = 0.0083144626  # kJ/mol/K
 Family = Literal["bond", "angle", "nonbonded"]
 WIDTH = {"bond": 0.0025, "angle": math.radians(1.0), "nonbonded": 0.01}  # evaluate's bins
 TOP = {"bond": 1.0, "angle": math.pi}  # table ends (nonbonded: the cut-off)
@@ -57,7 +57,7 @@ class IBITables(BaseModel):
 
     @property
     def kt(self) -> float:
-        return KB * self.temperature
+        return BOLTZMANN * self.temperature
 
     def edges(self, family: str) -> np.ndarray:
         top = self.cutoff if family == "nonbonded" else TOP[family]

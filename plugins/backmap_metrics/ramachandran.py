@@ -8,11 +8,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from backmap import Metric
+from backmap.constants import BOLTZMANN
 from backmap.metrics import Analysis, Binning, EvalContext, FrameBatch, Observable, geometry, terms
 from backmap.metrics.divergence import histogram2d
 
 #: Boltzmann's constant times Avogadro's, kJ/mol/K
-R_GAS = 0.0083144626
 
 
 class RamaParams(BaseModel):
@@ -71,7 +71,7 @@ class Ramachandran(Metric):
         if "reference" not in maps:
             return None
         edges = np.arange(-180.0, 180.0 + 0.5 * self.params.map_width, self.params.map_width)
-        kt = R_GAS * self.params.temperature
+        kt = BOLTZMANN * self.params.temperature
         fes = {}
         for lab, angles in maps.items():
             h = histogram2d(angles, (edges, edges))

@@ -5,8 +5,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from backmap import Selector, hookimpl
+from backmap.constants import BOLTZMANN
 
-KB = 0.0083144626  # kJ/mol/K
 
 
 class LowestEnergy(Selector):
@@ -36,7 +36,7 @@ class Boltzmann(Selector):
     Params = BoltzmannParams
 
     def select(self, energies: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        e = energies / (KB * self.params.temperature)
+        e = energies / (BOLTZMANN * self.params.temperature)
         w = np.exp(-(e - e.min(axis=1, keepdims=True)))
         w /= w.sum(axis=1, keepdims=True)
         u = rng.random((len(w), 1))

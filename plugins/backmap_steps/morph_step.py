@@ -49,7 +49,7 @@ class MorphStep(Step):
         model_dir = resolve_step_input(p.model, ctx.workdir, "steps.morph.model") if p.model else \
             ctx.outputs.get("train.model", "steps.morph.model")
         idx = select_frames(p.frames, [], count_frames(p.input), ctx.where("steps.morph.frames"))
-        given = p.model_fields_set | {"energy"}  # (the morph's own default); unset keys stay unset: ibi_settings
+        given = p.model_fields_set | {"energy"}  # (the morph's own default); unset keys stay unset: morph_settings
         settings = BackmapSettings(**{k: getattr(p, k) for k in BackmapSettings.model_fields if k in given})
         if p.flat_bottom is not None and not p.flat_bottom.nonbonded:  # limits from the target's training frames
             train = ctx.pairs().train()
