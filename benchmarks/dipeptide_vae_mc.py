@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from backmap.constants import BOLTZMANN as K_B  # kJ/mol/K
+
 REPO = Path(__file__).resolve().parent.parent
-K_B = 0.0083144626181532  # kJ/mol/K
 PAPER = {1: {"f_acc": 0.14, "loss": -52.3, "recon": -53.3, "kl": 1.0},
          20: {"f_acc": 0.12, "loss": -52.0, "recon": -58.2, "kl": 6.2}}
 BINS = 36

@@ -260,7 +260,8 @@ def test_msm_skips_without_deeptime_or_enough_frames(monkeypatch):
 # --------------------------------------------------------------------------- (φ, ψ) free energy
 
 def test_free_energy_surface_is_minus_kt_ln_p():
-    from backmap_metrics.ramachandran import R_GAS, Ramachandran
+    from backmap.constants import BOLTZMANN
+    from backmap_metrics.ramachandran import Ramachandran
 
     ctx = _msm_context(["reference"])
     metric = Ramachandran({"temperature": 350.0})
@@ -272,7 +273,7 @@ def test_free_energy_surface_is_minus_kt_ln_p():
     samples = {lab: {"rama:phi_psi": s} for lab, s in
                {"reference": ref, "same": ref, "swapped": swapped, "outside": outside}.items()}
     result = metric.analyse(samples, ctx).result
-    kt = R_GAS * 350.0
+    kt = BOLTZMANN * 350.0
     assert result["kT_kJ_mol"] == pytest.approx(kt)
     same, swap, out = (result["candidates"][k] for k in ("same", "swapped", "outside"))
     assert same == {"rmsd_kJ_mol": 0.0, "mass_outside_reference": 0.0}

@@ -18,7 +18,7 @@ from backmap_vae.molecule import MoleculeTarget, MoleculeVAE, ZMatrix, dihedral,
 from conftest import DATA
 
 DIPEPTIDE = DATA / "dipeptide"
-K_B = 0.0083144626181532
+from backmap.constants import BOLTZMANN as K_B
 
 
 @pytest.fixture(autouse=True)
