@@ -12,6 +12,7 @@
 #
 # Usage:  scripts/make_hexane_data.sh            (from any working directory)
 # Env:    GMX=gmx  NT=2 (mdrun threads)  VOTCA_HEXANE_DIR=<tutorial atomistic dir>  KEEP_WORK=1
+#         TEMP=300 (K; with DATA_DIR=data/hexane350 TEMP=350 it makes the temperature-transfer set)
 #         (testing only: DATA_DIR=<out root>, NPT_PS_CUBIC, PROD_PS_CUBIC, NPT_PS_TRIC, PROD_PS_TRIC)
 #
 # Requires: gmx (GROMACS 2022; tested with 2022.5-Debian), awk, standard coreutils.
@@ -29,7 +30,7 @@ OUT_CUBIC="$DATA_DIR/hexane"
 OUT_TRIC="$DATA_DIR/hexane_triclinic"
 
 SEED=1993          # gen-seed / ld-seed (v-rescale and C-rescale are stochastic)
-TEMP=300           # K
+TEMP=${TEMP:-300}   # K (another temperature: TEMP=350 DATA_DIR=data/hexane350 for a transfer set)
 # cubic system
 N_CUBIC=200
 RC_CUBIC=1.2       # nm, Coulomb (PME real space) and LJ cut-off

@@ -132,6 +132,15 @@ def test_overrides(tmp_path):
     assert _error(path, "steps.train.epochs=x") == "recipe.yaml: steps[1].train.epochs: expected int, got 'x'"
 
 
+def test_overrides_index_lists(tmp_path):
+    path = _recipe(tmp_path, "refiners: [{plugin: langevin, params: {temperature: 300}}]\n"
+                             "steps: [{prepare: {}}]\n")
+    recipe, _ = load_recipe(path, ["refiners.0.params.temperature=350"])
+    assert recipe.refiners[0].params["temperature"] == 350
+    assert "not an index of a list of 1" in _error(path, "refiners.1.params.temperature=350")
+    assert "not an index" in _error(path, "refiners.x.params=1")
+
+
 def test_check_command(tmp_path, cli):
     good = _recipe(tmp_path, "steps: [{prepare: {}}]\n")
     code, out, _ = cli("check", good)

@@ -354,8 +354,28 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=RecipeLoader)  # a SafeLoader subclass: safe
 
 
+def _list_slot(target: list, part: str, key: str, source: str) -> tuple[list, int]:
+    """``part`` as an index into ``target`` (a list in the recipe, e.g. ``refiners.0``)."""
+    if not part.lstrip("-").isdigit() or not -len(target) <= int(part) < len(target):
+        raise BackmapError(f"override {key}: {part!r} is not an index of a list of {len(target)}", source=source)
+    return target, int(part)
+
+
+def _child(target: Any, part: str, key: str, source: str) -> Any:
+    """The mapping or list under ``part`` (a mapping is created where the key is missing)."""
+    if isinstance(target, list):
+        target, index = _list_slot(target, part, key, source)
+        child = target[index]
+    else:
+        child = target.setdefault(part, {})
+    if not isinstance(child, (dict, list)):
+        raise BackmapError(f"override {key}: {part} is not a mapping", source=source)
+    return child
+
+
 def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:
-    """Apply ``key.path=value`` overrides; ``steps.NAME.key`` addresses the step called NAME."""
+    """Apply ``key.path=value`` overrides; ``steps.NAME.key`` addresses the step called NAME, an
+    integer the item of a list (``refiners.0.params.temperature=350``)."""
     for item in overrides:
         if "=" not in item:
             raise BackmapError(f"override {item!r} is not key.path=value", source=source)
@@ -374,11 +394,12 @@ def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:
                 raise BackmapError(f"override {key}: steps.{parts[1]} is not a mapping", source=source)
             target, parts = step[parts[1]], parts[2:]
         for p in parts[:-1]:
-            target = target.setdefault(p, {})
-            if not isinstance(target, dict):
-                raise BackmapError(f"override {key}: {p} is not a mapping", source=source)
+            target = _child(target, p, key, source)
+        last = parts[-1]
+        if isinstance(target, list):
+            target, last = _list_slot(target, last, key, source)
         try:
-            target[parts[-1]] = load_yaml(value)
+            target[last] = load_yaml(value)
         except yaml.YAMLError as exc:
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise BackmapError(f"override {item}: not a valid YAML value: {problem}", source=source) from None
