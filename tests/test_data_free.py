@@ -109,3 +109,25 @@ def test_energy_cap_is_continuous_and_keeps_low_energies():
     assert float(v[3]) == pytest.approx(1000 + np.log(2.0)) and float(v[4]) < 1000 + 19
     v.sum().backward()
     assert torch.allclose(u.grad, torch.tensor([1.0, 1.0, 1.0, 0.5, 1 / (1e8 - 999)], dtype=torch.float64))
+
+
+def test_starting_pool_is_cached_per_key(tmp_path):
+    """The starting pool's minimization (minutes) is done once per key: a resumed run loads it, a
+    different key (frames, steps, cut-off) makes it afresh; without a directory nothing is kept."""
+    from backmap_vae.data_free import cached_pool
+
+    calls = []
+
+    def make(value):
+        def build():
+            calls.append(value)
+            return [np.full((4, 3), value), np.full((4, 3), value + 1)]
+        return build
+
+    first = cached_pool(tmp_path, {"steps": 300}, make(1.0))
+    again = cached_pool(tmp_path, {"steps": 300}, make(9.0))
+    assert calls == [1.0] and all(np.array_equal(a, b) for a, b in zip(first, again))
+    other = cached_pool(tmp_path, {"steps": 100}, make(2.0))
+    assert calls == [1.0, 2.0] and other[0][0, 0] == 2.0
+    cached_pool(None, {"steps": 100}, make(3.0))
+    assert calls == [1.0, 2.0, 3.0] and [p.name for p in tmp_path.iterdir()] == ["starting_pool.npz"]

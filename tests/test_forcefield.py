@@ -266,3 +266,15 @@ def test_pme_decomposes_and_is_the_gradient():
     assert float(num) == pytest.approx(float(f[0, atom, dim]), abs=0.05, rel=1e-4)
     with pytest.raises(BackmapError, match="PME needs a periodic box"):
         rest.energy(x[:, ~mol], None)
+
+
+def test_with_cutoff_is_the_force_field_with_shorter_cutoffs(hexane_ff):
+    """A clash remover's cheap energy: the same parameters, LJ and Coulomb cut at 0.7 nm — what a
+    force field built with those settings gives; never longer than the original cut-offs."""
+    x, boxes = _frames(HEXANE / "traj.xtc", 1)
+    short = hexane_ff.with_cutoff(0.7)
+    built = ForceField(load_topology(HEXANE / "topol.top"), NonbondedSettings(epsilon_rf=0, rvdw=0.7, rcoulomb=0.7))
+    a, b = short.energy(x, boxes).numpy(), built.energy(x, boxes).numpy()
+    assert a["lj"] == pytest.approx(b["lj"], rel=1e-12) and a["coulomb"] == pytest.approx(b["coulomb"], rel=1e-12)
+    assert abs(float(a["lj"][0]) - float(hexane_ff.energy(x, boxes).numpy()["lj"][0])) > 1.0  # it is shorter
+    assert hexane_ff.with_cutoff(5.0) is hexane_ff and short.settings.rvdw == 0.7

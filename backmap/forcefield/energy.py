@@ -320,6 +320,20 @@ class ForceField:
         sub._setup(self.params.restrict(np.asarray(atoms)), self.settings, self.dtype, None)
         return sub
 
+    def with_cutoff(self, cutoff: float) -> "ForceField":
+        """The same force field with LJ and Coulomb cut off at ``cutoff`` nm where they reach
+        farther: a cheap energy for removing clashes before sampling (a 0.7 nm sphere holds a
+        sixth of the pairs of a 1.3 nm one), not one to sample or report."""
+        s = self.settings
+        if s.coulomb == "pme" or (s.rvdw <= cutoff and s.rcoulomb <= cutoff):
+            return self
+        short = ForceField.__new__(ForceField)
+        short.topology = self.topology
+        short._setup(self.params, s.model_copy(update={"rvdw": min(s.rvdw, cutoff),
+                                                       "rcoulomb": min(s.rcoulomb, cutoff)}),
+                     self.dtype, self._unwrap)
+        return short
+
     # ------------------------------------------------------------------ public API
     def energy(self, positions, box, *, subset: np.ndarray | None = None,
                terms: Iterable[str] | None = None, per_molecule: bool = False,

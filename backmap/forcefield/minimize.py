@@ -47,9 +47,13 @@ def _restraint_fn(cg_topology: CGTopology, beads: np.ndarray, k: float, dtype):
 
 def minimize_restrained(ff: ForceField, positions: np.ndarray, box: np.ndarray, cg_topology: CGTopology,
                         beads: np.ndarray, restraint: float = 1000.0, steps: int = 200, tolerance: float = 100.0,
-                        step_size: float = 0.01, skin: float = 0.1) -> MinimizeResult:
+                        step_size: float = 0.01, skin: float = 0.1, cutoff: float | None = None) -> MinimizeResult:
     """Minimize U(x) + k Σ|M(x) − R|² from ``positions`` (whole molecules, nm). ``beads``: the
-    CG positions (whole, same periodic image as the molecules); ``box``: (3, 3) vectors."""
+    CG positions (whole, same periodic image as the molecules); ``box``: (3, 3) vectors.
+    ``cutoff`` (nm): non-bonded terms cut off there (:meth:`ForceField.with_cutoff`), for a
+    clash remover whose result is sampled from afterwards; the energy returned is then the short one."""
+    if cutoff is not None:
+        ff = ff.with_cutoff(cutoff)
     dims = box_dimensions(box)
     x = torch.as_tensor(ff.make_whole(positions, dims), dtype=ff.dtype)
     restrain = _restraint_fn(cg_topology, beads, restraint, ff.dtype)

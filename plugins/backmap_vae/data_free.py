@@ -20,6 +20,7 @@ offsets from come from the force field (θ₀, b₀), not from data.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -81,12 +82,13 @@ def forcefield_reference_ics(generator: "VAEGenerator", cg_topology, temperature
     return theta, spread.clamp(0.02, 1.0), r
 
 
-def starting_pool(targets: UnitTargets, cg: np.ndarray, dimensions: np.ndarray, minimize_steps: int
-                  ) -> list[np.ndarray]:
+def starting_pool(targets: UnitTargets, cg: np.ndarray, dimensions: np.ndarray, minimize_steps: int,
+                  cutoff: float | None = None) -> list[np.ndarray]:
     """Atom positions for every training CG frame without atomistic data: a forward pass of the
     model as it is (untrained: bonds at b₀, angles near θ₀, random torsions, each bead turned
-    towards its CG position), then ``minimize_steps`` of restrained energy minimization — the
-    classic data-free start (Backward/initram): bonded neighbours consistent, no overlaps."""
+    towards its CG position), then ``minimize_steps`` of restrained energy minimization with
+    non-bonded terms cut at ``cutoff`` — the classic data-free start (Backward/initram): bonded
+    neighbours consistent, no overlaps."""
     from backmap.forcefield.minimize import minimize_restrained
     from backmap.system.pbc import box_vectors
 
@@ -97,9 +99,32 @@ def starting_pool(targets: UnitTargets, cg: np.ndarray, dimensions: np.ndarray, 
             x = targets.sampler.backmap(c, box)
         if minimize_steps:
             x = minimize_restrained(targets.ff, x, box, targets.system.cg_topology, c, restraint=0.5 * targets.restraint,
-                                    steps=minimize_steps).positions
+                                    steps=minimize_steps, cutoff=cutoff).positions
         out.append(np.asarray(x, np.float64))
     return out
+
+
+def cached_pool(directory, key: dict, make) -> list[np.ndarray]:
+    """``make()`` once per ``key`` (the starting pool's minimization takes minutes): kept in
+    ``directory``/starting_pool.npz beside the trainer's checkpoint, so a killed run resumes
+    without redoing it; a different key (frames, steps, cut-off) makes it afresh."""
+    import hashlib
+    import json
+
+    from backmap.system.io import atomic_path
+
+    if directory is None:
+        return make()
+    path = Path(directory) / "starting_pool.npz"
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    if path.exists():
+        with np.load(path) as saved:
+            if str(saved["key"]) == digest:
+                return list(saved["pool"])
+    pool = make()
+    with atomic_path(path) as tmp:
+        np.savez(tmp, pool=np.stack(pool), key=np.array(digest))
+    return pool
 
 
 def pretrain_on_pool(generator: "VAEGenerator", data, train, pool: list[np.ndarray], epochs: int, context) -> dict:

@@ -11,6 +11,7 @@ annealed in; usable by the ordinary forward pass + Gibbs sampler (z from the pri
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any, Literal
 
@@ -176,7 +177,8 @@ class VAEGenerator(EquivariantGenerator):
         """Data-free training (docs/reverse-kl.md): the networks learn exp(−U/kT) under the CG
         restraint from the force field and the training CG frames (:mod:`backmap_vae.data_free`)."""
         from backmap.training.reverse_kl import ReverseKLTrainer
-        from backmap_vae.data_free import UnitProblem, forcefield_reference_ics, pretrain_on_pool, starting_pool
+        from backmap_vae.data_free import (UnitProblem, cached_pool, forcefield_reference_ics, pretrain_on_pool,
+                                           starting_pool)
         from backmap_vae.targets import UnitTargets
 
         summary: dict[str, Any] = {}
@@ -190,7 +192,11 @@ class VAEGenerator(EquivariantGenerator):
             targets = UnitTargets(system, self, data.channels, options.temperature, options.restraint,
                                   options.closure_stiffness, options.extent, options.constraints,
                                   who="steps.train (reverse_kl)")
-            pool = starting_pool(targets, train.cg, train.dimensions, options.minimize_steps)
+            key = {"cg": hashlib.sha256(np.ascontiguousarray(train.cg).tobytes()).hexdigest(), "seed": context.seed,
+                   "generator": self.params.model_dump(mode="json"), "steps": options.minimize_steps, "cutoff": options.minimize_cutoff,
+                   "restraint": options.restraint, "temperature": options.temperature}
+            pool = cached_pool(context.directory, key, lambda: starting_pool(
+                targets, train.cg, train.dimensions, options.minimize_steps, options.minimize_cutoff))
             if options.pretrain_epochs:
                 summary["pretraining"] = pretrain_on_pool(self, data, train, pool, options.pretrain_epochs, context)
             problem = UnitProblem(self, targets, train.cg, train.dimensions, options, pool)
