@@ -131,3 +131,56 @@ def test_starting_pool_is_cached_per_key(tmp_path):
     assert calls == [1.0, 2.0] and other[0][0, 0] == 2.0
     cached_pool(None, {"steps": 100}, make(3.0))
     assert calls == [1.0, 2.0, 3.0] and [p.name for p in tmp_path.iterdir()] == ["starting_pool.npz"]
+
+
+def test_temperature_is_an_input_of_a_model_trained_over_a_range(tmp_path):
+    """``temperatures: [lo, hi]``: the data-free model takes T as an input (its draws at 280 K and
+    330 K differ from the same noise), is saved with its training temperature, samples at the
+    ``temperature`` inference parameter and refuses one outside the range; maximum likelihood on
+    AA data (one temperature) refuses the range."""
+    from backmap.engine.loaders import load_mapping, load_topology
+    from backmap.errors import BackmapError
+    from backmap.forcefield.settings import NonbondedSettings
+    from backmap.refinement.restrained import RestrainedSystem
+    from backmap.system.io import read_frames
+    from backmap_vae.targets import UnitTargets
+
+    code, _out, err = run_cli("run", _recipe(tmp_path, extra=", latent: 2, temperatures: [280, 330]"),
+                              catch_exceptions=False)
+    assert code == 0, err
+    model = load_model(tmp_path / "run" / "model")
+    gen = model.generator
+    assert gen.reference_temperature == 300 and gen.conditions_on_temperature
+    feature = gen.temperature_feature(torch.tensor([280.0, 300.0, 330.0]))
+    assert feature[1] == 0 and feature[0] > 0 > feature[2]
+    with pytest.raises(BackmapError, match="outside the range"):
+        gen.temperature_feature(400.0)
+    hot = gen.for_inference({"temperature": 330})
+    assert gen.params.temperature is None and hot.params.temperature == 330
+
+    # the same environments and noise, two temperatures: different draws
+    frame = next(iter(read_frames(tmp_path / "run" / "backmap" / "aa.xtc")))
+    cg = next(iter(read_frames(tmp_path / "run" / "backmap" / "aa_cg.trr")))
+    top = load_topology(HEXANE / "topol.top")
+    cg_top = load_mapping(HEXANE / "hexane.xml", top).cg_topology(top)
+    system = RestrainedSystem(cg_top, HEXANE / "topol.top", NonbondedSettings.from_mdp(tmp_path / "rf.mdp"))
+    x, beads = system.prepare(frame, cg)
+    targets = UnitTargets(system, gen, model.channels, 300, 2e4, 1e6, 0.5, "none")
+    group = targets.frame_groups(beads, np.asarray(frame.box).reshape(3, 3))[0]
+    env = targets.sampler.environment(group, torch.as_tensor(x, dtype=torch.float32))
+    with torch.no_grad():
+        cold = gen.latent_model(env, 280.0).generate(2, torch.Generator().manual_seed(1))[0]
+        warm = gen.latent_model(env, 330.0).generate(2, torch.Generator().manual_seed(1))[0]
+        again = gen.latent_model(env, 280.0).generate(2, torch.Generator().manual_seed(1))[0]
+    assert torch.equal(cold, again) and not torch.allclose(cold, warm)
+
+    # maximum likelihood cannot learn a range of temperatures from one temperature's data
+    ml = tmp_path / "ml"
+    ml.mkdir()
+    recipe = _recipe(ml, extra=", latent: 2, temperatures: [280, 330]")
+    text = recipe.read_text().replace("objective: reverse_kl, ", "epochs: 1, ").replace(
+        "reverse_kl: {samples: 2, units: 8, dbeta_max: 0.25,\n             steps_per_beta: 1, final_steps: 2, "
+        "minimize_steps: 20, pretrain_epochs: 1, log_every: 2}", "")
+    recipe.write_text(text)
+    code, _out, err = run_cli("run", recipe)
+    assert code != 0 and "generator.params.temperatures" in err, err

@@ -157,11 +157,16 @@ class _Units:
 
 
 class _UnitTarget(Target):
-    """The tempered force field and the untempered restraint, springs and wall of bound units."""
+    """The tempered force field and the untempered restraint, springs and wall of bound units.
+    ``scale`` = β_unit/β (one per unit; 1 but for a temperature-conditioned model, whose units
+    each have a temperature of their own): the trainer tempers β toward the target, so a unit's
+    force field enters as (β_k/β) β_unit U and its restraint at β_unit."""
 
-    def __init__(self, units: BoundUnits, beta: float, wall: float, cap: float, stats: dict[str, list[float]]):
+    def __init__(self, units: BoundUnits, beta: float, wall: float, cap: float, stats: dict[str, list[float]],
+                 scale: torch.Tensor | None = None):
         super().__init__(energy=None, beta=beta)
         self.units, self.wall_slope, self.cap, self.stats = units, wall, cap, stats
+        self.scale = torch.ones(()) if scale is None else scale.double()[:, None]
 
     def terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ff, bias = self.units.energies(x)
@@ -170,7 +175,8 @@ class _UnitTarget(Target):
             for key, value in (("u_forcefield", ff.median()), ("u_restraint", bias.median()),
                                ("outside", (outside > 0).double().mean())):
                 self.stats.setdefault(key, []).append(float(value))
-        return log_capped(ff, self.cap), self.beta * log_capped(bias, self.cap / 2) + self.wall_slope * outside
+        return (self.scale * log_capped(ff, self.cap),
+                self.scale * self.beta * log_capped(bias, self.cap / 2) + self.wall_slope * outside)
 
 
 def log_capped(u: torch.Tensor, cap: float) -> torch.Tensor:
@@ -212,12 +218,23 @@ class UnitProblem:
         while n < self.options.units:
             group = self._groups[int(torch.randint(len(self._groups), (1,), generator=generator))]
             units = self.targets.bind(group, self.pool[f], self.cg[f], self.vectors[f])
-            pairs.append((_Units(self.g.latent_model(units.env)),
-                          _UnitTarget(units, self.beta, self.options.wall, self.options.energy_cap, self._stats)))
+            temperature, scale = self._temperatures(len(group.atoms), generator)
+            pairs.append((_Units(self.g.latent_model(units.env, temperature)),
+                          _UnitTarget(units, self.beta, self.options.wall, self.options.energy_cap, self._stats,
+                                      scale)))
             self._drawn.append((f, units))
             n += len(group.atoms)
         self._pairs = pairs
         return pairs
+
+    def _temperatures(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Per unit, a temperature drawn uniformly in β over the generator's ``temperatures`` and its
+        β/β_ref (None, None for a model of one temperature)."""
+        if not self.g.conditions_on_temperature:
+            return None, None
+        lo, hi = self.g.params.temperatures
+        beta = 1 / hi + (1 / lo - 1 / hi) * torch.rand(n, generator=generator, dtype=torch.float64)
+        return 1 / beta, beta * self.g.reference_temperature
 
     def observe(self, xs: list[torch.Tensor], generator: torch.Generator) -> None:
         """The drawn units take a new placement in their frame's pool, made as a backmapping run

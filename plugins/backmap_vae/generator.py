@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from backmap import BackmapError
 from backmap.refinement.latent_moves import JointLogDensity
@@ -45,6 +45,19 @@ class VAEParams(EquivariantParams):
                            "between units is treated alike in vae_mc's target (a stiff spring; see docs/vae.md)")
     prior: Literal["conditional", "standard"] = Field(
         "conditional", description="P(z | env) as a Gaussian predicted from the environment, or N(0, I)")
+    temperatures: tuple[float, float] | None = Field(
+        None, description="data-free training only: learn exp(−U/k_BT) for every T in this range (K; it must hold "
+                          "the train step's reverse_kl temperature), with T an input of the networks; backmap at "
+                          "any T in it with the inference parameter 'temperature'")
+    temperature: float | None = Field(
+        None, gt=0, description="the temperature (K) a model trained over 'temperatures' samples at (default: its "
+                                "reverse_kl training temperature)")
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.temperatures is not None and not 0 < self.temperatures[0] < self.temperatures[1]:
+            raise ValueError("temperatures must be [low, high] with 0 < low < high")
+        return self
 
 
 class LatentNets(torch.nn.Module):
@@ -99,13 +112,45 @@ class VAEGenerator(EquivariantGenerator):
     Params = VAEParams
     progress_columns = ("loss", "nll", "kl", "kl_weight")
 
+    inference_params = EquivariantGenerator.inference_params | {"temperature"}
+
     def __init__(self, params=None, environment=None):
         super().__init__(params, environment)
         self.latent_nets: LatentNets | None = None
+        #: the reverse-KL training temperature (K) of a temperature-conditioned model, else None
+        self.reference_temperature: float | None = None
+
+    @property
+    def conditions_on_temperature(self) -> bool:
+        return self.params.temperatures is not None
+
+    def temperature_feature(self, temperature: float | torch.Tensor) -> torch.Tensor:
+        """The networks' temperature input: 5 (T_ref/T − 1), i.e. β/β_ref − 1 scaled to O(1)
+        over a ±20 % range; a model trained over ``temperatures`` refuses one outside it."""
+        t = torch.as_tensor(temperature, dtype=torch.float32)
+        lo, hi = self.params.temperatures
+        if bool((t < lo * (1 - 1e-6)).any() or (t > hi * (1 + 1e-6)).any()):
+            raise BackmapError(f"temperature {float(t.min()):g}–{float(t.max()):g} K (generator_params.temperature, "
+                               f"or vae_mc's) is outside the range this vae model was trained over "
+                               f"({lo:g}–{hi:g} K, its parameter 'temperatures')")
+        return 5.0 * (self.reference_temperature / t - 1.0)
+
+    def _encode(self, v: dict):
+        """The encoder's scalars, with the temperature input appended for a temperature-
+        conditioned model (``v["temperature"]`` per unit, else the ``temperature`` parameter)."""
+        if "encoded" in v:
+            return v["encoded"]
+        scalars, vectors = super()._encode(v)
+        if self.conditions_on_temperature:
+            t = v.get("temperature")
+            if t is None:
+                t = torch.full((scalars.shape[0],), self.params.temperature or self.reference_temperature)
+            scalars = torch.cat([scalars, self.temperature_feature(t)[:, None].to(scalars.dtype)], -1)
+        return scalars, vectors
 
     # ------------------------------------------------------------------ networks
     def _extra_context_width(self) -> int:
-        return self.params.latent
+        return self.params.latent + int(self.conditions_on_temperature)
 
     def _decoder_context(self, scalars: torch.Tensor, v: dict) -> torch.Tensor:
         z = v.get("latent")
@@ -116,8 +161,8 @@ class VAEGenerator(EquivariantGenerator):
     def _build(self, layout: dict) -> None:
         super()._build(layout)
         p = self.params
-        self.latent_nets = LatentNets(self.encoder.n_scalars + p.width, self.tables.n_slots, p.latent, p.hidden,
-                                      p.prior == "conditional")
+        self.latent_nets = LatentNets(self.encoder.n_scalars + p.width + int(self.conditions_on_temperature),
+                                      self.tables.n_slots, p.latent, p.hidden, p.prior == "conditional")
 
     def parameters(self):
         return [*super().parameters(), *self.latent_nets.parameters()]
@@ -173,6 +218,12 @@ class VAEGenerator(EquivariantGenerator):
         return loss, {"loss": float(loss.detach()), "nll": float(nll.sum().detach() / n),
                       "kl": float(kl.mean().detach()), "kl_weight": kl_weight}
 
+    def fit(self, data, context) -> dict[str, Any]:
+        if self.conditions_on_temperature and self.reference_temperature is None:
+            raise BackmapError("generator.params.temperatures: a range of temperatures is learnt only without data "
+                               "(steps.train.objective: reverse_kl); AA data hold one temperature")
+        return super().fit(data, context)
+
     def fit_reverse_kl(self, data, system, options, context) -> dict[str, Any]:
         """Data-free training (docs/reverse-kl.md): the networks learn exp(−U/kT) under the CG
         restraint from the force field and the training CG frames (:mod:`backmap_vae.data_free`)."""
@@ -182,6 +233,12 @@ class VAEGenerator(EquivariantGenerator):
         from backmap_vae.targets import UnitTargets
 
         summary: dict[str, Any] = {}
+        if self.conditions_on_temperature:
+            lo, hi = self.params.temperatures
+            if not lo <= options.temperature <= hi:
+                raise BackmapError(f"steps.train.reverse_kl.temperature: {options.temperature:g} K must lie in the "
+                                   f"generator's temperatures [{lo:g}, {hi:g}]")
+            self.reference_temperature = float(options.temperature)
         with torch_threads(self.params.threads):
             self.setup_networks(data, context.seed)
             self.theta_ref, self.theta_std, self.r_ref = forcefield_reference_ics(self, data.cg_topology,
@@ -238,22 +295,30 @@ class VAEGenerator(EquivariantGenerator):
         raise NotImplementedError("vae: the marginal density p(x | env) is intractable; use latent_model(batch) "
                                   "for the exact joint densities (the vae_mc refiner does)")
 
-    def latent_model(self, batch: EnvironmentBatch) -> "BoundLatentModel":
+    def latent_model(self, batch: EnvironmentBatch, temperature: float | torch.Tensor | None = None
+                     ) -> "BoundLatentModel":
         """The VAE bound to a batch of unit environments (one table per batch): the
-        :class:`backmap.refinement.latent_moves.LatentModel` the ``vae_mc`` refiner moves with."""
+        :class:`backmap.refinement.latent_moves.LatentModel` the ``vae_mc`` refiner moves with.
+        ``temperature`` (K; one, or one per unit): what a temperature-conditioned model samples at
+        (others ignore it)."""
         self._require()
-        return BoundLatentModel(self, self._view_batch(batch))
+        view = self._view_batch(batch)
+        if temperature is not None and self.conditions_on_temperature:
+            view["temperature"] = torch.as_tensor(temperature, dtype=torch.float32).expand(view["keys"].shape[0])
+        return BoundLatentModel(self, view)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state["vae_format"] = STATE_FORMAT
+        state["reference_temperature"] = self.reference_temperature
         state["latent_nets"] = {k: v.clone() for k, v in self.latent_nets.state_dict().items()}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("vae_format") != STATE_FORMAT:
             raise BackmapError(f"vae: unknown state format {state.get('vae_format')!r}")
+        self.reference_temperature = state.get("reference_temperature")
         super().load_state_dict(state)
         self._free_anchors()
         self.latent_nets.load_state_dict(state["latent_nets"])

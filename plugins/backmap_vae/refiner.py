@@ -135,7 +135,7 @@ class VAEMCRefiner(Refiner):
             sweep_counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
             for group in groups:
                 units = self.targets.bind(group, pos, target_t, vectors)
-                model = self.generator.latent_model(units.env)
+                model = self.generator.latent_model(units.env, p.temperature)  # a T-conditioned model at vae_mc's T
                 move = vae_move(model, units.local(), units.log_target, gen, p.trials)
                 if bool(move.accepted.any()):
                     acc = move.accepted
