@@ -355,6 +355,9 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
               help="With a model trained in trajectory mode (environment.temporal): backmap every frame on its "
                    "own, as if it were a trajectory's first (the frame-wise baseline). Without it such a model "
                    "runs the frames in order, each conditioned on the AA frame written before it.")
+@click.option("--generator-param", "generator_params", multiple=True, metavar="KEY=VALUE",
+              help="A sampling parameter of the trained generator for this run (repeatable), e.g. "
+                   "temperature=350 (a vae model trained over a range of temperatures), recentre=false.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--refine", "refiner_name", default=None,
               help="Refine every frame with this refiner (openmm, langevin, mala) under the CG restraint.")
@@ -364,7 +367,8 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
 def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Path | None, mapping: tuple[Path, ...],
           frames: str | None, selector: str, candidates: int, gibbs_sweeps: int, minimize_steps: int,
           project_cg: bool | None, cg_restraint: float, colouring: bool, stereo_reference: Path | None,
-          cutoff: float | None, traversal: str | None, frame_by_frame: bool, seed: int, refiner_name: str | None, mdp: Path | None, temperature, n_steps, restraint, constraints,
+          cutoff: float | None, traversal: str | None, frame_by_frame: bool, generator_params: tuple[str, ...],
+          seed: int, refiner_name: str | None, mdp: Path | None, temperature, n_steps, restraint, constraints,
           timestep, friction, extra, workers, scheduler, threads_per_worker, frames_per_task) -> None:
     """Backmap CG structures or a trajectory with a trained model. Writes OUT, the first frame as
     OUT.gro, a .top beside it (for gmx grompp), the CG frames used (OUT_cg.trr) and the provenance
@@ -396,9 +400,11 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
                                    colouring=colouring,
                                    energy=Path(top_path).suffix == ".top",
                                    stereo_reference=stereo_reference, cutoff=cutoff, traversal=traversal,
-                                   frame_by_frame=frame_by_frame)
+                                   frame_by_frame=frame_by_frame,
+                                   generator_params=_key_values(generator_params, "--generator-param"))
     except ValueError as exc:
         raise BackmapError(f"apply: {str(exc).splitlines()[-1].strip()}") from None
+    loaded.generator.for_inference(settings.generator_params, where="--generator-param")  # refused here, early
     refiner = system = None
     if refiner_name:
         from backmap.refinement.restrained import RestrainedSystem

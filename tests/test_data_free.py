@@ -157,6 +157,15 @@ def test_temperature_is_an_input_of_a_model_trained_over_a_range(tmp_path):
         gen.temperature_feature(400.0)
     hot = gen.for_inference({"temperature": 330})
     assert gen.params.temperature is None and hot.params.temperature == 330
+    cg_file = tmp_path / "run" / "backmap" / "aa_cg.trr"
+    code, out, err = run_cli("apply", "--model", tmp_path / "run" / "model", "--cg", cg_file, "--out",
+                             tmp_path / "hot.gro", "--generator-param", "temperature=330", "--candidates", "1",
+                             "--gibbs", "0")
+    assert code == 0 and (tmp_path / "hot.gro").is_file(), err
+    code, _out, err = run_cli("apply", "--model", tmp_path / "run" / "model", "--cg", cg_file, "--out",
+                              tmp_path / "cold.gro", "--generator-param", "temperature=200")
+    assert code != 0 and "--generator-param.temperature: 200 K is outside the range" in err, err
+    assert not (tmp_path / "cold.gro").exists()
 
     # the same environments and noise, two temperatures: different draws
     frame = next(iter(read_frames(tmp_path / "run" / "backmap" / "aa.xtc")))
@@ -184,3 +193,12 @@ def test_temperature_is_an_input_of_a_model_trained_over_a_range(tmp_path):
     recipe.write_text(text)
     code, _out, err = run_cli("run", recipe)
     assert code != 0 and "generator.params.temperatures" in err, err
+
+
+def test_a_model_of_one_temperature_refuses_another(data_free_run):
+    from backmap.errors import BackmapError
+
+    gen = load_model(data_free_run / "run" / "model").generator
+    assert not gen.conditions_on_temperature
+    with pytest.raises(BackmapError, match="generator_params.temperature: this vae model learnt one temperature"):
+        gen.for_inference({"temperature": 350})

@@ -135,6 +135,20 @@ class VAEGenerator(EquivariantGenerator):
                                f"({lo:g}–{hi:g} K, its parameter 'temperatures')")
         return 5.0 * (self.reference_temperature / t - 1.0)
 
+    def for_inference(self, values: dict[str, Any], where: str = "generator_params") -> "VAEGenerator":
+        """As the core's, and a ``temperature`` only for a model trained over a range that holds it."""
+        out = super().for_inference(values, where)
+        t = out.params.temperature
+        if t is not None and t != self.params.temperature:
+            if not self.conditions_on_temperature:
+                raise BackmapError(f"{where}.temperature: this vae model learnt one temperature; only a model trained "
+                                   "by reverse_kl over 'temperatures' takes a temperature")
+            lo, hi = self.params.temperatures
+            if not lo <= t <= hi:
+                raise BackmapError(f"{where}.temperature: {t:g} K is outside the range this vae model was trained "
+                                   f"over ({lo:g}–{hi:g} K)")
+        return out
+
     def _encode(self, v: dict):
         """The encoder's scalars, with the temperature input appended for a temperature-
         conditioned model (``v["temperature"]`` per unit, else the ``temperature`` parameter)."""
