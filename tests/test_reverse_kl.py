@@ -125,8 +125,8 @@ def test_reparameterized_draws_have_the_same_values():
 def _small_trainer(tmp_path=None, energy=None, **kw):
     torch.manual_seed(0)
     vae = GaussianVAE(dim=2, latent=1, hidden=16)
-    params = TemperingParams(samples=64, dbeta_max=0.05, steps_per_beta=2, final_steps=10, log_every=5,
-                             checkpoint_every=10, **kw)
+    params = TemperingParams(**{"samples": 64, "dbeta_max": 0.05, "steps_per_beta": 2, "final_steps": 10,
+                                "log_every": 5, "checkpoint_every": 10, **kw})
     target = Target(energy or double_well_energy, None, 1.0)
     return ReverseKLTrainer(FixedProblem(_Batch1(vae), target), vae, params, seed=3, directory=tmp_path), vae
 
@@ -144,6 +144,44 @@ def test_a_nan_energy_rolls_back_and_halves_the_step():
     assert summary["rollbacks"] == 1 and summary["steps"] == 30
     assert trainer.state.lr == pytest.approx(0.5 * trainer.p.lr)
     assert trainer.state.dbeta_max == pytest.approx(0.5 * trainer.p.dbeta_max)
+
+
+def test_one_outlier_batch_is_skipped_not_rolled_back():
+    """A batch whose loss jumps (a rare overlap) while a fresh batch's does not: its step is skipped
+    and counted; the schedule is not halved."""
+    calls = {"n": 0}
+
+    def spike(x):
+        calls["n"] += torch.is_grad_enabled()
+        u = double_well_energy(x)
+        return u + 1e6 * (torch.is_grad_enabled() and calls["n"] == 25)  # that batch only
+
+    trainer, _vae = _small_trainer(energy=spike, max_steps=30)
+    summary = trainer.run()
+    assert summary["rollbacks"] == 0 and summary["outlier batches skipped"] == 1 and summary["steps"] == 30
+    assert trainer.state.lr == trainer.p.lr
+
+
+def test_a_late_divergence_rolls_back_to_the_last_checkpoint():
+    """At the target β there are no more increments: the rollback goes to the last checkpoint (every
+    10 steps here), not to the end of tempering."""
+    calls = {"n": 0}
+    said: list[str] = []
+
+    def late_nan(x):
+        calls["n"] += torch.is_grad_enabled()
+        u = double_well_energy(x)
+        return u * float("nan") if calls["n"] == 75 else u
+
+    trainer, _vae = _small_trainer(energy=late_nan, final_steps=60)
+    trainer.say = said.append
+    summary = trainer.run()
+    rolled = [m for m in said if "rolled back to step" in m]
+    assert summary["rollbacks"] == 1 and len(rolled) == 1
+    at = int(rolled[0].split(" at step ")[1].split(":")[0])
+    to = int(rolled[0].split("rolled back to step ")[1].split()[0])
+    ends_tempering = math.ceil((1 - trainer.p.beta0) / trainer.p.dbeta_max) * trainer.p.steps_per_beta
+    assert at > ends_tempering + 10 and to % 10 == 0 and at - to < 10
 
 
 def test_repeated_divergence_stops_with_a_clear_error():

@@ -26,7 +26,8 @@ estimated afresh at every increment by importance sampling (eq. 50 at β_k), whi
 estimate ln⟨w⟩ − ⟨ln w⟩ non-negative. Early on (β below
 ``clip_until`` of the target), the gradient reaching each sample is clipped to κ times the mean
 over the batch (appendix F). A loss or gradient that is NaN/inf, or a loss that jumps far above its
-recent values, rolls the model back to the last good state and halves the learning rate and Δβ_max.
+recent values, rolls the model back to the last good state (checkpoint or β increment) and halves the
+learning rate and Δβ_max; a jump a fresh batch does not repeat is an outlier batch, skipped.
 A checkpoint is written atomically every ``checkpoint_every`` steps; a killed run resumes from it.
 """
 from __future__ import annotations
@@ -260,6 +261,8 @@ class TemperingState:
     kl: float | None = None
     rollbacks: int = 0
     recent: list[float] = field(default_factory=list)
+    #: batches whose loss jumped but a fresh batch's did not: skipped, not rolled back
+    outliers: int = 0
 
 
 class ReverseKLTrainer:
@@ -354,6 +357,10 @@ class ReverseKLTrainer:
         self.optimizer.zero_grad()
         loss, est, xs = self._batch(s.beta, clip)
         if self._diverged(est.loss):
+            if math.isfinite(est.loss) and not self._diverged(self.estimate().loss):
+                # one batch's outlier (e.g. a rare overlap), not a model gone bad: skip its step
+                s.outliers += 1
+                return None
             self._rollback("the loss is not finite" if not math.isfinite(est.loss) else
                            f"the loss jumped to {est.loss:.4g}")
             return None
@@ -439,10 +446,13 @@ class ReverseKLTrainer:
                                            if k in row))
                 if self.p.checkpoint_every and s.step % self.p.checkpoint_every == 0:
                     self.save()
+                    self._good = self._snapshot()  # the last good checkpoint (else, at the target β, the
+                    # last increment: a late divergence threw away every final step)
                 bar.advance()
         self.save()
         final = self.estimate()
         return {"steps": self.state.step, "beta": self.state.beta, "rollbacks": self.state.rollbacks,
+                "outlier batches skipped": self.state.outliers,
                 "final <U>": final.mean_u, "final entropy bound": final.entropy,
                 "final KL estimate": kl_estimate(final), "train seconds": round(self.seconds, 1)}
 
