@@ -120,8 +120,8 @@ def main() -> None:
             test = args.test_data.resolve()
             temp = [f"steps.backmap.generator_params={{temperature: {args.test_temperature}}}"] \
                 if model == "data-free" and args.temperatures and args.test_temperature else []
-            variants += [(f"on-{test.name}", test, temp), (f"on-{test.name}-noproj", test,
-                                                          temp + ["steps.backmap.project_cg=false"])]
+            name = f"on-{test.parent.name}"  # data/hexane350/hexane → on-hexane350
+            variants += [(name, test, temp), (f"{name}-noproj", test, temp + ["steps.backmap.project_cg=false"])]
         for name, where, more in variants:
             vdir = (args.out / f"{model}-{name}").resolve()
             if not (args.reuse and (vdir / "evaluate" / "metrics.json").exists()):
