@@ -55,12 +55,16 @@ def data_overrides(data: Path, frames: str) -> list[str]:
 
 
 def step_seconds(workdir: Path, name: str) -> float | None:
-    """Seconds of the last successful run of step ``name`` (run.json)."""
+    """Seconds of the last successful run of step ``name`` (run.json); for a reverse-KL train step
+    the trainer's own total over resumed runs ('train seconds'; the starting pool and warm start
+    are not in it)."""
     path = workdir / "run.json"
     if not path.exists():
         return None
     done = [s for s in json.loads(path.read_text())["steps"] if s["name"] == name and s["status"] == "ok"]
-    return round(done[-1]["seconds"], 1) if done else None
+    if not done:
+        return None
+    return round(done[-1].get("summary", {}).get("train seconds", done[-1]["seconds"]), 1)
 
 
 def headline(workdir: Path, label: str) -> dict:
