@@ -354,18 +354,17 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=RecipeLoader)  # a SafeLoader subclass: safe
 
 
-def _list_slot(target: list, part: str, key: str, source: str) -> tuple[list, int]:
+def _list_index(target: list, part: str, key: str, source: str) -> int:
     """``part`` as an index into ``target`` (a list in the recipe, e.g. ``refiners.0``)."""
     if not part.lstrip("-").isdigit() or not -len(target) <= int(part) < len(target):
         raise BackmapError(f"override {key}: {part!r} is not an index of a list of {len(target)}", source=source)
-    return target, int(part)
+    return int(part)
 
 
 def _child(target: Any, part: str, key: str, source: str) -> Any:
     """The mapping or list under ``part`` (a mapping is created where the key is missing)."""
     if isinstance(target, list):
-        target, index = _list_slot(target, part, key, source)
-        child = target[index]
+        child = target[_list_index(target, part, key, source)]
     else:
         child = target.setdefault(part, {})
     if not isinstance(child, (dict, list)):
@@ -395,9 +394,9 @@ def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:
             target, parts = step[parts[1]], parts[2:]
         for p in parts[:-1]:
             target = _child(target, p, key, source)
-        last = parts[-1]
+        last: str | int = parts[-1]
         if isinstance(target, list):
-            target, last = _list_slot(target, last, key, source)
+            last = _list_index(target, parts[-1], key, source)
         try:
             target[last] = load_yaml(value)
         except yaml.YAMLError as exc:

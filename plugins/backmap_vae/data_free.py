@@ -19,6 +19,8 @@ offsets from come from the force field (θ₀, b₀), not from data.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,7 +29,8 @@ import numpy as np
 import torch
 
 from backmap.forcefield.parameters import molecule_terms
-from backmap.refinement.restrained import BOLTZMANN
+from backmap.constants import BOLTZMANN
+from backmap.system.io import atomic_path
 from backmap.training.reverse_kl import ReverseKLOptions, Target
 from backmap_vae.targets import BoundUnits, UnitTargets
 
@@ -108,11 +111,6 @@ def cached_pool(directory, key: dict, make) -> list[np.ndarray]:
     """``make()`` once per ``key`` (the starting pool's minimization takes minutes): kept in
     ``directory``/starting_pool.npz beside the trainer's checkpoint, so a killed run resumes
     without redoing it; a different key (frames, steps, cut-off) makes it afresh."""
-    import hashlib
-    import json
-
-    from backmap.system.io import atomic_path
-
     if directory is None:
         return make()
     path = Path(directory) / "starting_pool.npz"

@@ -128,25 +128,26 @@ class VAEGenerator(EquivariantGenerator):
         """The networks' temperature input: 5 (T_ref/T − 1), i.e. β/β_ref − 1 scaled to O(1)
         over a ±20 % range; a model trained over ``temperatures`` refuses one outside it."""
         t = torch.as_tensor(temperature, dtype=torch.float32)
-        lo, hi = self.params.temperatures
-        if bool((t < lo * (1 - 1e-6)).any() or (t > hi * (1 + 1e-6)).any()):
-            raise BackmapError(f"temperature {float(t.min()):g}–{float(t.max()):g} K (generator_params.temperature, "
-                               f"or vae_mc's) is outside the range this vae model was trained over "
-                               f"({lo:g}–{hi:g} K, its parameter 'temperatures')")
+        self._check_temperature(float(t.min()), float(t.max()), "generator_params.temperature (or vae_mc's)")
         return 5.0 * (self.reference_temperature / t - 1.0)
+
+    def _check_temperature(self, low: float, high: float, where: str) -> None:
+        """Temperatures ``low``–``high`` (K) are ones this model was trained over, else an error naming ``where``."""
+        if not self.conditions_on_temperature:
+            raise BackmapError(f"{where}: this vae model learnt one temperature; only a model trained by reverse_kl "
+                               "over 'temperatures' takes a temperature")
+        lo, hi = self.params.temperatures
+        if low < lo * (1 - 1e-6) or high > hi * (1 + 1e-6):
+            shown = f"{low:g}" if low == high else f"{low:g}–{high:g}"
+            raise BackmapError(f"{where}: {shown} K is outside the range this vae model was trained over "
+                               f"({lo:g}–{hi:g} K, its parameter 'temperatures')")
 
     def for_inference(self, values: dict[str, Any], where: str = "generator_params") -> "VAEGenerator":
         """As the core's, and a ``temperature`` only for a model trained over a range that holds it."""
         out = super().for_inference(values, where)
         t = out.params.temperature
         if t is not None and t != self.params.temperature:
-            if not self.conditions_on_temperature:
-                raise BackmapError(f"{where}.temperature: this vae model learnt one temperature; only a model trained "
-                                   "by reverse_kl over 'temperatures' takes a temperature")
-            lo, hi = self.params.temperatures
-            if not lo <= t <= hi:
-                raise BackmapError(f"{where}.temperature: {t:g} K is outside the range this vae model was trained "
-                                   f"over ({lo:g}–{hi:g} K)")
+            self._check_temperature(t, t, f"{where}.temperature")
         return out
 
     def _encode(self, v: dict):
