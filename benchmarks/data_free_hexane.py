@@ -18,6 +18,7 @@ temperatures (``--temperatures 280 360``) then samples at ``--test-temperature``
     .venv/bin/python benchmarks/data_free_hexane.py [--out runs/data-free-hexane] [--reuse]
         [--generator '{latent: 2, width: 8, hidden: 32}'] [--epochs 20] [--final-steps N]
         [--temperatures 280 360] [--test-data data/hexane350/hexane --test-temperature 350] [--refine]
+        [--set steps.train.reverse_kl.KEY=VALUE ...]
 
 Prints one JSON line: the mean JSD over evaluate's headline observables (the noise floor beside it)
 of every (model, projection, data) evaluated, the ratios data-free / data, the training seconds of
@@ -90,6 +91,9 @@ def main() -> None:
                     help="train the data-free model over this temperature range (temperature as an input)")
     ap.add_argument("--test-data", type=Path, default=None, help="another hexane data set (e.g. another temperature)")
     ap.add_argument("--test-temperature", type=float, default=None, help="temperature (K) of --test-data")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a recipe override for the data-free model only (repeatable), e.g. "
+                         "steps.train.reverse_kl.lr=1e-4")
     ap.add_argument("--refine", action="store_true", help="also refine both models' output with vae_mc (slow)")
     ap.add_argument("--reuse", action="store_true", help="keep runs whose evaluation exists")
     args = ap.parse_args()
@@ -104,12 +108,13 @@ def main() -> None:
         extra["data-free"].append(f"steps.train.reverse_kl.final_steps={args.final_steps}")
     if args.max_steps is not None:
         extra["data-free"].append(f"steps.train.reverse_kl.max_steps={args.max_steps}")
+    extra["data-free"] += args.set
     if args.temperatures:
         lo, hi = args.temperatures
         extra["data-free"].append(f"generator.params.temperatures=[{lo}, {hi}]")
 
     line: dict = {"benchmark": "data_free_hexane", "data": str(data), "frames": args.frames,
-                  "generator": args.generator}
+                  "generator": args.generator, "data_free_overrides": args.set}
     results: dict[str, dict] = {}
     for model in ("data", "data-free"):
         workdir = (args.out / model).resolve()

@@ -202,3 +202,54 @@ def test_a_model_of_one_temperature_refuses_another(data_free_run):
     assert not gen.conditions_on_temperature
     with pytest.raises(BackmapError, match="generator_params.temperature: this vae model learnt one temperature"):
         gen.for_inference({"temperature": 350})
+
+
+def test_thermalize_runs_the_refiner_on_the_minimized_starting_pool(data_free_run):
+    """``reverse_kl.thermalize``: each minimized starting structure goes through the refiner once,
+    with its own frame's CG beads as restraint targets (minimum image, as system.prepare gives
+    them) and box, and what the refiner returns is the pool."""
+    from backmap.engine.loaders import load_mapping, load_topology
+    from backmap.forcefield.settings import NonbondedSettings
+    from backmap.refinement.restrained import RefineResult, RestrainedSystem
+    from backmap.system.io import read_frames
+    from backmap_vae.data_free import starting_pool
+    from backmap_vae.targets import UnitTargets
+
+    model = load_model(data_free_run / "run" / "model")
+    top = load_topology(HEXANE / "topol.top")
+    cg_top = load_mapping(HEXANE / "hexane.xml", top).cg_topology(top)
+    system = RestrainedSystem(cg_top, HEXANE / "topol.top", NonbondedSettings.from_mdp(data_free_run / "rf.mdp"))
+    targets = UnitTargets(system, model.generator, model.channels, 300, 2e4, 1e6, 0.5, "none")
+    cg = next(iter(read_frames(data_free_run / "run" / "backmap" / "aa_cg.trr")))
+    beads = np.stack([cg.positions, cg.positions + 0.1])
+    dims = np.stack([cg.dimensions, cg.dimensions])
+
+    class Stub:
+        name = "stub"
+        calls = []
+
+        def refine(self, positions, targets_, boxes, rng):
+            self.calls.append((positions.copy(), targets_.copy(), boxes.copy()))
+            return RefineResult(positions + 0.01, [{}])
+
+    stub = Stub()
+    pool = starting_pool(targets, beads, dims, minimize_steps=2, refiner=stub)
+    assert len(stub.calls) == 2 and len(pool) == 2
+    for k, (x, t, box) in enumerate(stub.calls):
+        assert x.shape == (1, system.n_atoms, 3) and t.shape == (1, system.n_beads, 3)
+        assert np.allclose(box[0], np.asarray(cg.box).reshape(3, 3))
+        mapped = system.mapped(x[0])
+        assert np.abs(t[0] - mapped).max() < 0.5 * float(np.min(cg.dimensions[:3]))  # the image nearest each bead
+        shift = (t[0] - beads[k]) / cg.dimensions[:3]
+        assert np.allclose(shift, np.round(shift), atol=1e-4)  # the frame's own beads, whole boxes apart
+        assert np.allclose(pool[k], x[0] + 0.01)
+
+
+def test_thermalize_names_an_unknown_refiner_or_parameter(tmp_path):
+    for bad, words in (("{plugin: langevn}", ["thermalize.plugin", "langevin"]),
+                       ("{plugin: langevin, params: {stepz: 3}}", ["thermalize.params.stepz"])):
+        recipe = _recipe(tmp_path)
+        recipe.write_text(recipe.read_text().replace("log_every: 2}", f"log_every: 2, thermalize: {bad}}}"))
+        code, _out, err = run_cli("run", recipe)
+        assert code != 0 and all(w in err for w in words) and "train.reverse_kl" in err, err
+        assert not (tmp_path / "run").exists()

@@ -41,8 +41,9 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from backmap.engine.recipe import PluginRef
 from backmap.errors import BackmapError
 from backmap.refinement.latent_moves import JointLogDensity
 from backmap.system.io import atomic_path
@@ -172,6 +173,30 @@ class ReverseKLOptions(TemperingParams):
                                                       "forward pass of the untrained model: force-field bond "
                                                       "lengths and angles, random torsions) before reverse KL")
     wall: float = Field(1000.0, gt=0, description="slope of the wall beyond 'extent' (kT/nm)")
+    thermalize: PluginRef | None = Field(
+        None, description="a refiner run on the starting structures after their minimization, e.g. {plugin: "
+                          "openmm, params: {steps: 1000}} (temperature: the target's unless given): the warm start "
+                          "then learns thermal structures of the force field under the CG restraint, not minimized "
+                          "ones, whose narrow geometry its own draws reproduced badly; no AA data either way")
+
+    @model_validator(mode="after")
+    def _thermalize_refiner(self):
+        """The refiner must exist and take its params (validated here, so a typo fails before training)."""
+        if self.thermalize is not None:
+            from backmap.engine.registry import default_registry
+
+            try:
+                info = default_registry().get("refiner", self.thermalize.plugin)
+            except BackmapError as exc:
+                raise ValueError(f"thermalize.plugin: {exc}") from None
+            params = {"temperature": self.temperature, **self.thermalize.params}
+            try:
+                params = info.cls.Params.model_validate(params).model_dump()
+            except ValidationError as exc:
+                raise ValueError("; ".join(f"thermalize.params.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                           for e in exc.errors())) from None
+            self.thermalize = PluginRef(plugin=self.thermalize.plugin, params=params)
+        return self
 
 
 @dataclass

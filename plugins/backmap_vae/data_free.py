@@ -86,17 +86,20 @@ def forcefield_reference_ics(generator: "VAEGenerator", cg_topology, temperature
 
 
 def starting_pool(targets: UnitTargets, cg: np.ndarray, dimensions: np.ndarray, minimize_steps: int,
-                  cutoff: float | None = None) -> list[np.ndarray]:
+                  cutoff: float | None = None, refiner=None, seed: int = 0) -> list[np.ndarray]:
     """Atom positions for every training CG frame without atomistic data: a forward pass of the
     model as it is (untrained: bonds at b₀, angles near θ₀, random torsions, each bead turned
     towards its CG position), then ``minimize_steps`` of restrained energy minimization with
     non-bonded terms cut at ``cutoff`` — the classic data-free start (Backward/initram): bonded
-    neighbours consistent, no overlaps."""
+    neighbours consistent, no overlaps — and, with a ``refiner`` (prepared for the targets'
+    system), its restrained dynamics from there: thermal structures of the force field."""
     from backmap.forcefield.minimize import minimize_restrained
+    from backmap.progress import progress
+    from backmap.system.io import Frame
     from backmap.system.pbc import box_vectors
 
     out = []
-    for c, d in zip(cg, dimensions):
+    for c, d in progress(list(zip(cg, dimensions)), description="starting pool: forward pass + minimization"):
         box = np.asarray(box_vectors(d), np.float64).reshape(3, 3)
         with torch.no_grad():
             x = targets.sampler.backmap(c, box)
@@ -104,6 +107,13 @@ def starting_pool(targets: UnitTargets, cg: np.ndarray, dimensions: np.ndarray, 
             x = minimize_restrained(targets.ff, x, box, targets.system.cg_topology, c, restraint=0.5 * targets.restraint,
                                     steps=minimize_steps, cutoff=cutoff).positions
         out.append(np.asarray(x, np.float64))
+    if refiner is None:
+        return out
+    rng = np.random.default_rng(seed)
+    for k in progress(range(len(out)), description=f"starting pool: {refiner.name} refiner"):
+        x, target = targets.system.prepare(Frame(out[k], dimensions[k]), Frame(cg[k], dimensions[k]))
+        box = np.asarray(box_vectors(dimensions[k]), np.float64).reshape(3, 3)
+        out[k] = np.asarray(refiner.refine(x[None], target[None], box[None], rng).positions[0], np.float64)
     return out
 
 

@@ -267,8 +267,11 @@ class VAEGenerator(EquivariantGenerator):
             key = {"cg": hashlib.sha256(np.ascontiguousarray(train.cg).tobytes()).hexdigest(), "seed": context.seed,
                    "generator": self.params.model_dump(mode="json"), "steps": options.minimize_steps, "cutoff": options.minimize_cutoff,
                    "restraint": options.restraint, "temperature": options.temperature}
+            if options.thermalize is not None:  # (absent otherwise: pools cached before it existed stay valid)
+                key["thermalize"] = options.thermalize.model_dump(mode="json")
             pool = cached_pool(context.directory, key, lambda: starting_pool(
-                targets, train.cg, train.dimensions, options.minimize_steps, options.minimize_cutoff))
+                targets, train.cg, train.dimensions, options.minimize_steps, options.minimize_cutoff,
+                self._pool_refiner(options, system), context.seed))
             if options.pretrain_epochs:
                 summary["pretraining"] = pretrain_on_pool(self, data, train, pool, options.pretrain_epochs, context)
             problem = UnitProblem(self, targets, train.cg, train.dimensions, options, pool)
@@ -278,6 +281,20 @@ class VAEGenerator(EquivariantGenerator):
             summary.update(trainer.run())
         summary["parameters"] = self.n_parameters()
         return summary
+
+    @staticmethod
+    def _pool_refiner(options, system):
+        """The ``thermalize`` refiner (recipe key steps.train.reverse_kl.thermalize), prepared for the
+        system; None without one."""
+        if options.thermalize is None:
+            return None
+        from backmap.engine.registry import default_registry
+
+        ref = options.thermalize
+        refiner = default_registry().get("refiner", ref.plugin, where="steps.train.reverse_kl.thermalize.plugin").cls(
+            ref.params)
+        refiner.prepare(system)
+        return refiner
 
     def nll(self, v: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """Negative ELBO per atom (one latent draw per unit) — the validation loss."""
