@@ -55,17 +55,18 @@ def data_overrides(data: Path, frames: str) -> list[str]:
             f"data.trajectory={data / 'traj.xtc'}", f"data.frames={frames}"]
 
 
-def step_seconds(workdir: Path, name: str) -> float | None:
-    """Seconds of the last successful run of step ``name`` (run.json); for a reverse-KL train step
-    the trainer's own total over resumed runs ('train seconds'; the starting pool and warm start
-    are not in it)."""
+def step_seconds(workdir: Path, name: str, key: str | None = None) -> float | None:
+    """Wall seconds of the last successful run of step ``name`` (run.json), or the number ``key``
+    of its summary (e.g. a reverse-KL train step's 'train seconds': the trainer's own total over
+    resumed runs, without the starting pool and the warm start)."""
     path = workdir / "run.json"
     if not path.exists():
         return None
     done = [s for s in json.loads(path.read_text())["steps"] if s["name"] == name and s["status"] == "ok"]
     if not done:
         return None
-    return round(done[-1].get("summary", {}).get("train seconds", done[-1]["seconds"]), 1)
+    value = done[-1]["seconds"] if key is None else done[-1].get("summary", {}).get(key)
+    return None if value is None else round(value, 1)
 
 
 def headline(workdir: Path, label: str) -> dict:
@@ -124,6 +125,8 @@ def main() -> None:
                         "prepare,train,backmap,evaluate", log)
         results[f"{model}"] = headline(workdir, label)
         line[f"train_s_{model}"] = step_seconds(workdir, "train")
+        if model == "data-free":
+            line["reverse_kl_s"] = step_seconds(workdir, "train", "train seconds")
         variants = [("noproj", data, ["steps.backmap.project_cg=false"])]
         if args.test_data is not None:
             test = args.test_data.resolve()
