@@ -145,9 +145,17 @@ def test_temperature_is_an_input_of_a_model_trained_over_a_range(tmp_path):
     from backmap.system.io import read_frames
     from backmap_vae.targets import UnitTargets
 
-    code, _out, err = run_cli("run", _recipe(tmp_path, extra=", latent: 2, temperatures: [280, 330]"),
-                              catch_exceptions=False)
+    recipe = _recipe(tmp_path, extra=", latent: 2, temperatures: [280, 330]")
+    thermalize = "thermalize: {plugin: langevin, params: {steps: 2, minimize_steps: 0, constraints: none}}"
+    recipe.write_text(recipe.read_text().replace("log_every: 2}", f"log_every: 2, {thermalize}}}"))
+    code, _out, err = run_cli("run", recipe, catch_exceptions=False)
     assert code == 0, err
+    # each training frame's pool was thermalized at its own temperature, spread over the range
+    import json
+
+    train = [s for s in json.loads((tmp_path / "run" / "run.json").read_text())["steps"] if s["name"] == "train"][-1]
+    temps = train["summary"]["pool temperatures (K)"]
+    assert len(temps) == 3 and len(set(temps)) == 3 and all(280 <= t <= 330 for t in temps)
     model = load_model(tmp_path / "run" / "model")
     gen = model.generator
     assert gen.reference_temperature == 300 and gen.conditions_on_temperature
@@ -253,3 +261,14 @@ def test_thermalize_names_an_unknown_refiner_or_parameter(tmp_path):
         code, _out, err = run_cli("run", recipe)
         assert code != 0 and all(w in err for w in words) and "train.reverse_kl" in err, err
         assert not (tmp_path / "run").exists()
+
+
+def test_frame_temperatures_are_even_in_beta_and_seeded():
+    from backmap_vae.data_free import frame_temperatures
+
+    t = frame_temperatures(280.0, 360.0, 8, seed=4)
+    beta = np.sort(1 / t)
+    assert np.allclose(np.diff(beta), (1 / 280 - 1 / 360) / 8)  # evenly spaced in β
+    assert beta[0] > 1 / 360 and beta[-1] < 1 / 280  # slice midpoints: inside the range
+    assert np.array_equal(t, frame_temperatures(280.0, 360.0, 8, seed=4))
+    assert not np.array_equal(t, frame_temperatures(280.0, 360.0, 8, seed=5))

@@ -85,6 +85,14 @@ def forcefield_reference_ics(generator: "VAEGenerator", cg_topology, temperature
     return theta, spread.clamp(0.02, 1.0), r
 
 
+def frame_temperatures(low: float, high: float, n: int, seed: int) -> np.ndarray:
+    """One temperature (K) per training frame for a model learning ``low``–``high``: evenly spaced
+    in β (the midpoints of n equal slices of [1/high, 1/low]), in a seeded random order over the
+    frames, so that each frame's pool is thermalized at its own temperature."""
+    beta = 1 / high + (1 / low - 1 / high) * (np.arange(n) + 0.5) / n
+    return 1 / beta[np.random.default_rng(seed).permutation(n)]
+
+
 def starting_pool(targets: UnitTargets, cg: np.ndarray, dimensions: np.ndarray, minimize_steps: int,
                   cutoff: float | None = None, refiner=None, seed: int = 0) -> list[np.ndarray]:
     """Atom positions for every training CG frame without atomistic data: a forward pass of the
@@ -92,7 +100,8 @@ def starting_pool(targets: UnitTargets, cg: np.ndarray, dimensions: np.ndarray, 
     towards its CG position), then ``minimize_steps`` of restrained energy minimization with
     non-bonded terms cut at ``cutoff`` — the classic data-free start (Backward/initram): bonded
     neighbours consistent, no overlaps — and, with a ``refiner`` (prepared for the targets'
-    system), its restrained dynamics from there: thermal structures of the force field."""
+    system; or a list, one per frame, e.g. at each frame's temperature), its restrained dynamics
+    from there: thermal structures of the force field."""
     from backmap.forcefield.minimize import minimize_restrained
     from backmap.progress import progress
     from backmap.system.io import Frame
@@ -109,11 +118,12 @@ def starting_pool(targets: UnitTargets, cg: np.ndarray, dimensions: np.ndarray, 
         out.append(np.asarray(x, np.float64))
     if refiner is None:
         return out
+    refiners = refiner if isinstance(refiner, list) else [refiner] * len(out)
     rng = np.random.default_rng(seed)
-    for k in progress(range(len(out)), description=f"starting pool: {refiner.name} refiner"):
+    for k in progress(range(len(out)), description=f"starting pool: {refiners[0].name} refiner"):
         x, target = targets.system.prepare(Frame(out[k], dimensions[k]), Frame(cg[k], dimensions[k]))
         box = np.asarray(box_vectors(dimensions[k]), np.float64).reshape(3, 3)
-        out[k] = np.asarray(refiner.refine(x[None], target[None], box[None], rng).positions[0], np.float64)
+        out[k] = np.asarray(refiners[k].refine(x[None], target[None], box[None], rng).positions[0], np.float64)
     return out
 
 
@@ -135,11 +145,14 @@ def cached_pool(directory, key: dict, make) -> list[np.ndarray]:
     return pool
 
 
-def pretrain_on_pool(generator: "VAEGenerator", data, train, pool: list[np.ndarray], epochs: int, context) -> dict:
+def pretrain_on_pool(generator: "VAEGenerator", data, train, pool: list[np.ndarray], epochs: int, context,
+                     temperatures: np.ndarray | None = None) -> dict:
     """Maximum likelihood on the starting pool's structures (the generator's own training loop):
     the decoder learns where a bead's atoms go around its CG position and the force field's bonded
     geometry before reverse KL starts, which by gradients through the samples alone took thousands
-    of steps (the untrained decoder's raw draws sit 0.2 nm off their beads)."""
+    of steps (the untrained decoder's raw draws sit 0.2 nm off their beads). ``temperatures``: the
+    temperature each frame of the pool was thermalized at, the networks' input for its units (a
+    temperature-conditioned model); else every unit is at the model's reference temperature."""
     from backmap.system.pairs import PairSet
     from backmap.training.data import FitContext, TrainingData, TrainOptions
 
@@ -148,7 +161,11 @@ def pretrain_on_pool(generator: "VAEGenerator", data, train, pool: list[np.ndarr
     pseudo_data = TrainingData(pseudo, data.cg_topology, data.spec, data.channels, data.plans, seed=data.seed)
     directory = None if context.directory is None else context.directory / "pretrain"
     options = TrainOptions(epochs=epochs, batch_size=64, log_every=10)
-    return generator.fit(pseudo_data, FitContext(options, directory=directory, seed=context.seed, say=context.say))
+    generator.frame_temperatures = None if temperatures is None else torch.as_tensor(temperatures, dtype=torch.float32)
+    try:
+        return generator.fit(pseudo_data, FitContext(options, directory=directory, seed=context.seed, say=context.say))
+    finally:
+        generator.frame_temperatures = None
 
 
 class _Units:

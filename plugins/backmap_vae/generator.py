@@ -119,6 +119,9 @@ class VAEGenerator(EquivariantGenerator):
         self.latent_nets: LatentNets | None = None
         #: the reverse-KL training temperature (K) of a temperature-conditioned model, else None
         self.reference_temperature: float | None = None
+        #: while fitting to a pool thermalized frame by frame at different temperatures: each
+        #: training frame's temperature (K), the networks' temperature input for its units
+        self.frame_temperatures: torch.Tensor | None = None
 
     @property
     def conditions_on_temperature(self) -> bool:
@@ -162,6 +165,12 @@ class VAEGenerator(EquivariantGenerator):
                 t = torch.full((scalars.shape[0],), self.params.temperature or self.reference_temperature)
             scalars = torch.cat([scalars, self.temperature_feature(t)[:, None].to(scalars.dtype)], -1)
         return scalars, vectors
+
+    def _view_sequences(self, seqs) -> dict:
+        v = super()._view_sequences(seqs)
+        if self.frame_temperatures is not None and self.conditions_on_temperature:
+            v["temperature"] = self.frame_temperatures[seqs.frame]
+        return v
 
     # ------------------------------------------------------------------ networks
     def _extra_context_width(self) -> int:
@@ -243,8 +252,8 @@ class VAEGenerator(EquivariantGenerator):
         """Data-free training (docs/reverse-kl.md): the networks learn exp(−U/kT) under the CG
         restraint from the force field and the training CG frames (:mod:`backmap_vae.data_free`)."""
         from backmap.training.reverse_kl import ReverseKLTrainer
-        from backmap_vae.data_free import (UnitProblem, cached_pool, forcefield_reference_ics, pretrain_on_pool,
-                                           starting_pool)
+        from backmap_vae.data_free import (UnitProblem, cached_pool, forcefield_reference_ics, frame_temperatures,
+                                           pretrain_on_pool, starting_pool)
         from backmap_vae.targets import UnitTargets
 
         summary: dict[str, Any] = {}
@@ -267,13 +276,22 @@ class VAEGenerator(EquivariantGenerator):
             key = {"cg": hashlib.sha256(np.ascontiguousarray(train.cg).tobytes()).hexdigest(), "seed": context.seed,
                    "generator": self.params.model_dump(mode="json"), "steps": options.minimize_steps, "cutoff": options.minimize_cutoff,
                    "restraint": options.restraint, "temperature": options.temperature}
+            temperatures = None
             if options.thermalize is not None:  # (absent otherwise: pools cached before it existed stay valid)
                 key["thermalize"] = options.thermalize.model_dump(mode="json")
+                if self.conditions_on_temperature:  # each frame thermalized at its own temperature
+                    temperatures = frame_temperatures(*self.params.temperatures, len(train.cg), context.seed)
+                    key["frame temperatures"] = temperatures.round(3).tolist()
+                    summary["pool temperatures (K)"] = [round(float(t), 1) for t in temperatures]
+            refiners = (None if options.thermalize is None else
+                        [self._pool_refiner(options, system, t) for t in temperatures] if temperatures is not None
+                        else self._pool_refiner(options, system))
             pool = cached_pool(context.directory, key, lambda: starting_pool(
                 targets, train.cg, train.dimensions, options.minimize_steps, options.minimize_cutoff,
-                self._pool_refiner(options, system), context.seed))
+                refiners, context.seed))
             if options.pretrain_epochs:
-                summary["pretraining"] = pretrain_on_pool(self, data, train, pool, options.pretrain_epochs, context)
+                summary["pretraining"] = pretrain_on_pool(self, data, train, pool, options.pretrain_epochs, context,
+                                                          temperatures)
             problem = UnitProblem(self, targets, train.cg, train.dimensions, options, pool)
             module = torch.nn.ModuleDict({"encoder": self.encoder, "head": self.head, "latent": self.latent_nets})
             trainer = ReverseKLTrainer(problem, module, options, seed=context.seed, sample_dims=2,
@@ -283,16 +301,15 @@ class VAEGenerator(EquivariantGenerator):
         return summary
 
     @staticmethod
-    def _pool_refiner(options, system):
+    def _pool_refiner(options, system, temperature: float | None = None):
         """The ``thermalize`` refiner (recipe key steps.train.reverse_kl.thermalize), prepared for the
-        system; None without one."""
-        if options.thermalize is None:
-            return None
+        system, at ``temperature`` if given."""
         from backmap.engine.registry import default_registry
 
         ref = options.thermalize
+        params = dict(ref.params) if temperature is None else {**ref.params, "temperature": float(temperature)}
         refiner = default_registry().get("refiner", ref.plugin, where="steps.train.reverse_kl.thermalize.plugin").cls(
-            ref.params)
+            params)
         refiner.prepare(system)
         return refiner
 
