@@ -145,6 +145,44 @@ def cached_pool(directory, key: dict, make) -> list[np.ndarray]:
     return pool
 
 
+def pool_refiner(options: ReverseKLOptions, system, temperature: float | None = None):
+    """The ``thermalize`` refiner (recipe key steps.train.reverse_kl.thermalize), prepared for the
+    system, at ``temperature`` if given (else its own, by default the target's)."""
+    from backmap.engine.registry import default_registry
+
+    ref = options.thermalize
+    params = dict(ref.params) if temperature is None else {**ref.params, "temperature": float(temperature)}
+    refiner = default_registry().get("refiner", ref.plugin, where="steps.train.reverse_kl.thermalize.plugin").cls(params)
+    refiner.prepare(system)
+    return refiner
+
+
+def data_free_pool(generator: "VAEGenerator", targets: UnitTargets, train, system, options: ReverseKLOptions,
+                   context) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """The starting pool of a data-free run (:func:`starting_pool`, cached per key beside the
+    checkpoint) and, for a temperature-conditioned model with ``thermalize``, the temperature each
+    frame was thermalized at (:func:`frame_temperatures`; else None)."""
+    key = {"cg": hashlib.sha256(np.ascontiguousarray(train.cg).tobytes()).hexdigest(), "seed": context.seed,
+           "generator": generator.params.model_dump(mode="json"), "steps": options.minimize_steps,
+           "cutoff": options.minimize_cutoff, "restraint": options.restraint, "temperature": options.temperature}
+    temperatures = None
+    if options.thermalize is not None:  # (absent otherwise: pools cached before it existed stay valid)
+        key["thermalize"] = options.thermalize.model_dump(mode="json")
+        if generator.conditions_on_temperature:
+            temperatures = frame_temperatures(*generator.params.temperatures, len(train.cg), context.seed)
+            key["frame temperatures"] = temperatures.round(3).tolist()
+
+    def make() -> list[np.ndarray]:
+        refiners = None
+        if options.thermalize is not None:
+            refiners = (pool_refiner(options, system) if temperatures is None
+                        else [pool_refiner(options, system, t) for t in temperatures])
+        return starting_pool(targets, train.cg, train.dimensions, options.minimize_steps, options.minimize_cutoff,
+                             refiners, context.seed)
+
+    return cached_pool(context.directory, key, make), temperatures
+
+
 def pretrain_on_pool(generator: "VAEGenerator", data, train, pool: list[np.ndarray], epochs: int, context,
                      temperatures: np.ndarray | None = None) -> dict:
     """Maximum likelihood on the starting pool's structures (the generator's own training loop):

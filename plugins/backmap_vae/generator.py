@@ -11,7 +11,6 @@ annealed in; usable by the ordinary forward pass + Gibbs sampler (z from the pri
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Any, Literal
 
@@ -252,8 +251,7 @@ class VAEGenerator(EquivariantGenerator):
         """Data-free training (docs/reverse-kl.md): the networks learn exp(−U/kT) under the CG
         restraint from the force field and the training CG frames (:mod:`backmap_vae.data_free`)."""
         from backmap.training.reverse_kl import ReverseKLTrainer
-        from backmap_vae.data_free import (UnitProblem, cached_pool, forcefield_reference_ics, frame_temperatures,
-                                           pretrain_on_pool, starting_pool)
+        from backmap_vae.data_free import UnitProblem, data_free_pool, forcefield_reference_ics, pretrain_on_pool
         from backmap_vae.targets import UnitTargets
 
         summary: dict[str, Any] = {}
@@ -273,22 +271,9 @@ class VAEGenerator(EquivariantGenerator):
             targets = UnitTargets(system, self, data.channels, options.temperature, options.restraint,
                                   options.closure_stiffness, options.extent, options.constraints,
                                   who="steps.train (reverse_kl)")
-            key = {"cg": hashlib.sha256(np.ascontiguousarray(train.cg).tobytes()).hexdigest(), "seed": context.seed,
-                   "generator": self.params.model_dump(mode="json"), "steps": options.minimize_steps, "cutoff": options.minimize_cutoff,
-                   "restraint": options.restraint, "temperature": options.temperature}
-            temperatures = None
-            if options.thermalize is not None:  # (absent otherwise: pools cached before it existed stay valid)
-                key["thermalize"] = options.thermalize.model_dump(mode="json")
-                if self.conditions_on_temperature:  # each frame thermalized at its own temperature
-                    temperatures = frame_temperatures(*self.params.temperatures, len(train.cg), context.seed)
-                    key["frame temperatures"] = temperatures.round(3).tolist()
-                    summary["pool temperatures (K)"] = [round(float(t), 1) for t in temperatures]
-            refiners = (None if options.thermalize is None else
-                        [self._pool_refiner(options, system, t) for t in temperatures] if temperatures is not None
-                        else self._pool_refiner(options, system))
-            pool = cached_pool(context.directory, key, lambda: starting_pool(
-                targets, train.cg, train.dimensions, options.minimize_steps, options.minimize_cutoff,
-                refiners, context.seed))
+            pool, temperatures = data_free_pool(self, targets, train, system, options, context)
+            if temperatures is not None:
+                summary["pool temperatures (K)"] = [round(float(t), 1) for t in temperatures]
             if options.pretrain_epochs:
                 summary["pretraining"] = pretrain_on_pool(self, data, train, pool, options.pretrain_epochs, context,
                                                           temperatures)
@@ -299,19 +284,6 @@ class VAEGenerator(EquivariantGenerator):
             summary.update(trainer.run())
         summary["parameters"] = self.n_parameters()
         return summary
-
-    @staticmethod
-    def _pool_refiner(options, system, temperature: float | None = None):
-        """The ``thermalize`` refiner (recipe key steps.train.reverse_kl.thermalize), prepared for the
-        system, at ``temperature`` if given."""
-        from backmap.engine.registry import default_registry
-
-        ref = options.thermalize
-        params = dict(ref.params) if temperature is None else {**ref.params, "temperature": float(temperature)}
-        refiner = default_registry().get("refiner", ref.plugin, where="steps.train.reverse_kl.thermalize.plugin").cls(
-            params)
-        refiner.prepare(system)
-        return refiner
 
     def nll(self, v: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """Negative ELBO per atom (one latent draw per unit) — the validation loss."""
