@@ -95,6 +95,25 @@ class GaussianVAE(torch.nn.Module):
         mean, log_std = self._split(self.decoder(z))
         return mean + torch.exp(log_std) * torch.randn(mean.shape, generator=generator, dtype=mean.dtype), z
 
+    @torch.no_grad()
+    def calibrate_mixture(self, log_target, n: int, generator: torch.Generator, entropy_samples: int = 16,
+                          rounds: int = 2) -> list[float]:
+        """Set the mixture prior's weights to the target's mass per component (the target's
+        unnormalized log density ``log_target``(x), no samples of it): balanced draws, importance
+        weights p̃(x)/q(x) with ln q(x) by the importance-weighted bound, then
+        :meth:`MixturePrior.reweight`; ``rounds`` times (q changes with the weights). Returns the
+        weights of the last component of the first latent dimension after each round."""
+        from backmap.training.reverse_kl import log_marginal_bound
+
+        out = []
+        for _ in range(rounds):
+            z, log_s, k = self.mixture.sample_balanced((1, n), generator)
+            mean, log_std = self._split(self.decoder(z))
+            x = mean + torch.exp(log_std) * torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+            log_q = log_marginal_bound(self, x, z, entropy_samples, generator)
+            out.append(float(self.mixture.reweight(k, log_target(x) - log_q + log_s)[0, -1]))
+        return out
+
     def log_joint(self, x: torch.Tensor, z: torch.Tensor) -> JointLogDensity:
         q = _normal_log_prob(z, *self._split(self.encoder(x)))
         prior = _normal_log_prob(z, torch.zeros_like(z), torch.zeros_like(z)) if self.mixture is None \

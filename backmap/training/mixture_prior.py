@@ -66,3 +66,36 @@ class MixturePrior(torch.nn.Module):
         p = torch.exp(self.log_prob_per_dim(z0)).detach().clamp(min=1e-300)
         z = z0 - (F - F.detach()) / p
         return z.view(*shape, latent)
+
+    def sample_balanced(self, shape: tuple[int, ...], generator: torch.Generator
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Draws (*shape, latent) with every component equally often (per dimension, component i mod
+        K in a random order), their log importance weights ln Π_d K w_{d,k_d} (*shape), which turn
+        averages over the draws into averages over P(z) and carry the weights' gradient (ordinary
+        reparameterization inside a component). A minor component then gets as many draws as a major
+        one: its shape is learned from n/K samples, and its weight's gradient, π_k (E_k f − E f), from
+        all of them — the implicit gradient of :meth:`sample` learns a weight only from the rare
+        draws near the gap between components (docs/reverse-kl.md) — and the components (*shape,
+        latent)."""
+        latent, K = self.means.shape
+        n = math.prod(shape)
+        k = torch.stack([torch.randperm(n, generator=generator) % K for _ in range(latent)], 1)  # (n, latent)
+        d = torch.arange(latent)
+        eps = torch.randn(n, latent, generator=generator, dtype=torch.float64)
+        z = self.means[d, k] + torch.exp(self.log_stds[d, k]) * eps
+        log_s = (torch.log_softmax(self.logits, -1)[d, k] + math.log(K)).sum(-1)
+        return z.view(*shape, latent), log_s.view(shape), k.view(*shape, latent)
+
+    @torch.no_grad()
+    def reweight(self, components: torch.Tensor, log_w: torch.Tensor) -> torch.Tensor:
+        """Set the weights to importance-sampling estimates of each component's mass under a target:
+        w_dk ∝ Σ_i ω_i [k_id = k] for draws with components (n, latent) and log importance weights
+        ln ω (n) = ln p̃(x) − ln q(x) (+ ln s of balanced draws). Reverse KL pins a minor mode's weight
+        only weakly (a mode of mass π weighted π' costs ≈ (π' − π)²/2π nats), this sets it from the
+        target's density directly. Returns the new weights (latent, K)."""
+        latent, K = self.means.shape
+        w = torch.softmax(log_w.reshape(-1).double(), 0)
+        k = components.reshape(-1, latent)
+        mass = torch.stack([torch.zeros(K, dtype=torch.float64).index_add_(0, k[:, d], w) for d in range(latent)])
+        self.logits.copy_(torch.log(mass.clamp(min=1e-12)))
+        return mass

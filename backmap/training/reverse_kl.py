@@ -43,7 +43,7 @@ from typing import Any, Callable, Literal, Protocol
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from backmap.engine.recipe import PluginRef
+from backmap.engine.recipe import InputPath, PluginRef
 from backmap.errors import BackmapError
 from backmap.refinement.latent_moves import JointLogDensity
 from backmap.system.io import atomic_path
@@ -57,9 +57,12 @@ CHECKPOINT_FORMAT = 1
 class ReparameterizedModel(Protocol):
     """A latent-variable model for ``B`` independent systems whose samples are differentiable in
     its parameters: ``generate`` gives n pairs per system, x (B, n, …), z (B, n, …);
-    ``log_joint`` gives ln r(z | x) (``encoder``), ln q(z) (``prior``), ln q(x | z) (``decoder``)."""
+    ``log_joint`` gives ln r(z | x) (``encoder``), ln q(z) (``prior``), ln q(x | z) (``decoder``);
+    ``encode`` draws z ~ r(z | x) reparameterized (only for ``entropy_samples`` > 0)."""
 
     def generate(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def encode(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...
 
     def log_joint(self, x: torch.Tensor, z: torch.Tensor) -> JointLogDensity: ...
 
@@ -127,6 +130,9 @@ class TemperingParams(BaseModel):
     clip_until: float = Field(0.5, ge=0, le=1, description="clip while β is below this fraction of the target")
     clip_reference: Literal["mean", "median"] = Field("mean", description="κ times the batch's mean gradient norm "
                                                                         "(the paper) or its median")
+    entropy_samples: int = Field(0, ge=0, description="extra encoder draws per sample for the importance-weighted "
+                                                      "bound on ln q(x) (Sobolev & Vetrov 2019); 0: the paper's "
+                                                      "one-draw bound, whose gap can differ between modes")
     divergence: float = Field(30.0, gt=0, description="a loss this many spreads (median absolute deviations of the "
                                                         "last 50 losses, at least 1 kT) above their median is a divergence")
     max_rollbacks: int = Field(10, ge=0, description="divergences tolerated before training stops with an error")
@@ -178,6 +184,11 @@ class ReverseKLOptions(TemperingParams):
                           "openmm, params: {steps: 1000}} (temperature: the target's unless given): the warm start "
                           "then learns thermal structures of the force field under the CG restraint, not minimized "
                           "ones, whose narrow geometry its own draws reproduced badly; no AA data either way")
+    stereo_reference: InputPath | None = Field(
+        None, description="AA structure of the system (first frame used) whose stereocentres' handedness the starting "
+                          "pool takes (after its minimization, centres of the other handedness are inverted): "
+                          "the only AA information used; for a force field that does not fix the tacticity "
+                          "(no impropers on the stereocentres) the pool is otherwise atactic")
 
     @model_validator(mode="after")
     def _thermalize_refiner(self):
@@ -249,19 +260,36 @@ def clip_per_sample(grad: torch.Tensor, kappa: float, sample_dims: int, robust: 
     return grad * scale.view(*scale.shape, *[1] * sample_dims)
 
 
+def log_marginal_bound(model: ReparameterizedModel, x: torch.Tensor, z: torch.Tensor, k: int,
+                       generator: torch.Generator) -> torch.Tensor:
+    """An upper bound on ln q(x) (B, n) for samples x drawn with latents z, whose expectation tightens
+    to ln q(x) as k grows: ln [(w₀ + Σ_{i=1..k} wᵢ) / (k + 1)], wᵢ = q(x, zᵢ) / r(zᵢ | x), with zᵢ ~ r(z | x)
+    drawn by the model's ``encode`` (importance-weighted hierarchical VI, Sobolev & Vetrov 2019).
+    k = 0 is the paper's bound ln q(x, z) − ln r(z | x), too high by KL(q(z | x) ‖ r(z | x)) — a gap
+    that may differ between modes and so bias their weights."""
+    j = model.log_joint(x, z)
+    log_q = j.prior.double() + j.decoder.double() - j.encoder.double()
+    if k == 0:
+        return log_q
+    b, n = log_q.shape
+    xr = x.repeat(1, k, *[1] * (x.ndim - 2))  # (B, k·n, …): every sample k times, the same environments
+    jk = model.log_joint(xr, model.encode(xr, generator))
+    log_qk = (jk.prior.double() + jk.decoder.double() - jk.encoder.double()).reshape(b, k, n)
+    return torch.logsumexp(torch.cat([log_q[:, None], log_qk], 1), 1) - math.log(k + 1)
+
+
 def reverse_kl_batch(model: ReparameterizedModel, target: Target, beta: float, n: int, generator: torch.Generator,
-                     clip_kappa: float | None = None, sample_dims: int = 1, clip_reference: str = "mean"
-                     ) -> tuple[torch.Tensor, Estimates, torch.Tensor]:
+                     clip_kappa: float | None = None, sample_dims: int = 1, clip_reference: str = "mean",
+                     entropy_samples: int = 0) -> tuple[torch.Tensor, Estimates, torch.Tensor]:
     """The loss L at β on n fresh samples per system (differentiable when the model's samples are),
     its estimates and the samples (detached); ``clip_kappa``: clip the gradient reaching each
-    sample (appendix F)."""
+    sample (appendix F); ``entropy_samples``: K of :func:`log_marginal_bound`."""
     x, z = model.generate(n, generator)
     if clip_kappa is not None and x.requires_grad:
         robust = clip_reference == "median"
         x.register_hook(lambda g: clip_per_sample(g, clip_kappa, sample_dims, robust))
     u, v = target.terms(x)
-    j = model.log_joint(x, z)
-    log_q = j.prior.double() + j.decoder.double() - j.encoder.double()  # ln q(x, z) − ln r(z | x)
+    log_q = log_marginal_bound(model, x, z, entropy_samples, generator)
     per_sample = beta * u.double() + v.double() + log_q
     loss = per_sample.mean()
     with torch.no_grad():
@@ -321,7 +349,7 @@ class ReverseKLTrainer:
         """The loss over every (model, target) pair the problem draws (weighted by their samples)."""
         kappa = self.p.clip_kappa if clip else None
         parts = [reverse_kl_batch(model, target, beta, self.p.samples, self.generator, kappa, self.sample_dims,
-                                  self.p.clip_reference)
+                                  self.p.clip_reference, self.p.entropy_samples)
                  for model, target in self.problem.draw(self.generator)]
         if len(parts) == 1:
             loss, est, x = parts[0]
@@ -518,6 +546,9 @@ class ReverseKLTrainer:
 
     def _fingerprint(self) -> str:
         params = self.p.model_dump(mode="json", exclude={"max_steps", "log_every", "checkpoint_every"})
+        for key, default in (("entropy_samples", 0), ("stereo_reference", None)):
+            if key in params and params[key] == default:  # newer keys at their defaults: older checkpoints resume
+                params.pop(key)
         return json.dumps({"params": params, "seed": self.seed, "beta": self.beta_target}, sort_keys=True)
 
     def save(self) -> None:

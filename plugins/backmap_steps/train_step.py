@@ -111,10 +111,13 @@ class TrainStep(Step):
         ctx.outputs.declare("train", model=out, log=log_dir if any(log_dir.iterdir()) else None)
         report = {"generator": ref.plugin, "train frames": data.n_train_frames, "fit seconds": round(seconds, 2),
                   "model": str(out), **chosen, **summary}
+        rel = log_dir.relative_to(ctx.workdir)
         if (log_dir / "training.png").is_file():
-            rel = log_dir.relative_to(ctx.workdir)
             report["markdown"] = (summary.get("markdown", "") + f"\n\nTraining log: `{rel}/train_log.csv`; "
                                   f"checkpoint `{rel}/checkpoint.pt`.\n\n![training]({rel}/training.png)").strip()
+        if (log_dir / "reverse_kl.png").is_file():  # β, ⟨U⟩, entropy bound, KL, relative KL increase
+            report["markdown"] = (report.get("markdown", "") + f"\n\nReverse-KL log: `{rel}/reverse_kl_log.csv`."
+                                  f"\n\n![reverse KL]({rel}/reverse_kl.png)").strip()
         return report
 
 

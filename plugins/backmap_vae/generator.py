@@ -361,11 +361,14 @@ class BoundLatentModel:
         return repeat_rows(self.v, n) if n > 1 else dict(self.v)
 
     def encode(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """z ~ q(z | x, env) for placements (B, U, 3) → (B, D)."""
-        v = dict(self.v)
-        v["targets"] = x.to(torch.float32)
+        """z ~ q(z | x, env) for placements (B, U, 3) → (B, D), or (B, n, U, 3) → (B, n, D)."""
+        B, U = x.shape[0], x.shape[-2]
+        n = x.shape[1] if x.ndim == 4 else 1
+        v = self._rows(n)
+        v["targets"] = x.reshape(B * n, U, 3).to(torch.float32)
         mq, lq = self.g._posterior(v, v["encoded"][0])
-        return mq + torch.exp(lq) * torch.randn(mq.shape, generator=generator)
+        z = mq + torch.exp(lq) * torch.randn(mq.shape, generator=generator)
+        return z.view(B, n, -1) if x.ndim == 4 else z
 
     def generate(self, n: int, generator: torch.Generator, raw: bool = True, reparameterized: bool = False
                  ) -> tuple[torch.Tensor, torch.Tensor]:
