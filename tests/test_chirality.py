@@ -86,3 +86,27 @@ def test_sampler_keeps_the_reference_handedness(system, tmp_path):
         d = np.linalg.norm(out.reshape(27, 5, 3)[:, 1:] - out.reshape(27, 5, 3)[:, :1], axis=-1)
         assert np.abs(d - [0.109, 0.135, 0.177, 0.194]).mean() < 0.03
     assert kept[False] < 0.45 and kept[True] > 0.75, kept  # 5 seeds: 0.19–0.33 and 0.81–0.96
+
+
+def test_invert_flipped_gives_the_reference_handedness_and_keeps_bond_lengths(system):
+    """A mirror image, and a correct skeleton with each hydrogen pushed through its carbon, both
+    come back to the reference's handedness; the bonds keep their lengths, a correct structure
+    does not move, and atoms far from an inverted centre stay where they were."""
+    from backmap.sampling.chirality import invert_flipped
+
+    top, _cg, x = system
+    centres = chiral_centres(top, x)
+    mirror = x * [-1, 1, 1] + [BOX, 0, 0]
+    h_through = x.copy()
+    h_through[1::5] = 2 * x[0::5] - x[1::5]
+    for start, reflected in ((mirror, 27), (h_through, 0)):
+        assert centres.kept(top, start) == 0.0
+        out, inverted, left = invert_flipped(centres, top, start, np.array([BOX, BOX, BOX, 90, 90, 90.0]))
+        assert centres.kept(top, out) == 1.0 and (inverted, left) == (reflected, 0)
+        bonds = lambda y: np.linalg.norm(y.reshape(27, 5, 3)[:, 1:] - y.reshape(27, 5, 3)[:, :1], axis=-1)
+        assert np.allclose(bonds(out), bonds(start), atol=1e-9)
+        heavy = np.ones(len(x), bool)
+        heavy[0::5] = heavy[1::5] = False  # only the carbon and its hydrogen move
+        assert np.array_equal(out[heavy], start[heavy])
+    same, inverted, _left = invert_flipped(centres, top, x)
+    assert np.array_equal(same, x) and inverted == 0

@@ -102,3 +102,74 @@ def load_chiral_centres(topology: Topology, path: str | Path, weight: float = 1e
     frame = next(iter(read_frames(path, topology.n_atoms, [0], expect="AA system of the topology")))
     whole = Unwrapper(topology)(frame.positions, frame.dimensions)
     return chiral_centres(topology, whole, weight, source=path)
+
+
+def invert_flipped(centres: ChiralCentres, topology: Topology, positions: np.ndarray,
+                   dimensions: np.ndarray | None = None) -> tuple[np.ndarray, int, int]:
+    """``positions`` (N, 3) nm with the reference's handedness at every centre that has one
+    terminal neighbour (a hydrogen; the lightest if several): where the centre's other three
+    neighbours are signed against the reference, the centre is reflected through their plane
+    (its bond lengths to them stay exact); where any triple is wrong, the hydrogen is put back
+    opposite the three, at its bond length — a consistent tetrahedron. Nothing else moves; a
+    centre without a terminal neighbour (a quaternary carbon) is left. Distances by the minimum
+    image of ``dimensions`` (else molecules must be whole). Returns (positions, centres whose
+    skeleton was reflected, centres left)."""
+    from backmap.system.pbc import minimum_image
+
+    x = np.array(positions, float, copy=True)
+    rows, slots = centres.global_rows(topology)
+    if not len(rows):
+        return x, 0, 0
+    vol = signed_volumes(x[None], rows)[0]
+    ref = centres.sign[rows[:, 0], slots]
+    n = len(centres.sign)
+    wrong = np.flatnonzero(np.bincount(rows[:, 0], weights=(np.sign(vol) != ref) & (ref != 0), minlength=n))
+    move = _inversion_atoms(topology)
+
+    def near(c: np.ndarray, y: np.ndarray) -> np.ndarray:
+        d = y - c
+        return c + (minimum_image(d[None], dimensions)[0] if dimensions is not None else d)
+
+    inverted = left = 0
+    for centre in wrong.tolist():
+        plan = move.get(centre)
+        if plan is None:
+            left += 1
+            continue
+        (a, b, d), h, slot = plan
+        c = x[centre]
+        pa, pb, pd = (near(c, x[k]) for k in (a, b, d))
+        r = np.linalg.norm(near(c, x[h]) - c)
+        sign = centres.sign[centre, slot]
+        if sign != 0 and np.sign(np.dot(pa - c, np.cross(pb - c, pd - c))) != sign:
+            normal = np.cross(pb - pa, pd - pa)
+            normal /= np.linalg.norm(normal)
+            c = c - 2 * np.dot(c - pa, normal) * normal
+            x[centre] = c
+            inverted += 1
+        away = -sum((p - c) / np.linalg.norm(p - c) for p in (pa, pb, pd))
+        x[h] = c + r * away / np.linalg.norm(away)
+    return x, inverted, left
+
+
+def _inversion_atoms(topology: Topology) -> dict[int, tuple[tuple[int, int, int], int, int]]:
+    """Per atom of the system with four neighbours one of which is terminal: the other three (the
+    plane it is reflected through), the terminal one (the lightest) and the slot of the three's
+    triple in :func:`centre_rows` (combinations of the sorted neighbours)."""
+    out: dict[int, tuple[tuple[int, int, int], int, int]] = {}
+    for block in topology.blocks:
+        mt = block.moltype
+        graph = mt.graph
+        local = {}
+        for c in graph.nodes:
+            nb = sorted(graph.neighbors(c))
+            terminal = [k for k in nb if graph.degree(k) == 1]
+            if len(nb) != 4 or not terminal:
+                continue
+            h = min(terminal, key=lambda k: (float(mt.masses[k]), k))
+            local[c] = (tuple(k for k in nb if k != h), h, 3 - nb.index(h))
+        for m in range(block.count):
+            first = block.first_atom + m * mt.n_atoms
+            for c, (plane, h, slot) in local.items():
+                out[first + c] = (tuple(first + k for k in plane), first + h, slot)
+    return out

@@ -94,14 +94,21 @@ def frame_temperatures(low: float, high: float, n: int, seed: int) -> np.ndarray
 
 
 def starting_pool(targets: UnitTargets, cg: np.ndarray, dimensions: np.ndarray, minimize_steps: int,
-                  cutoff: float | None = None, refiner=None, seed: int = 0) -> list[np.ndarray]:
+                  cutoff: float | None = None, refiner=None, seed: int = 0, stereo=None,
+                  say=lambda _msg: None) -> list[np.ndarray]:
     """Atom positions for every training CG frame without atomistic data: a forward pass of the
     model as it is (untrained: bonds at b₀, angles near θ₀, random torsions, each bead turned
     towards its CG position), then ``minimize_steps`` of restrained energy minimization with
     non-bonded terms cut at ``cutoff`` — the classic data-free start (Backward/initram): bonded
     neighbours consistent, no overlaps — and, with a ``refiner`` (prepared for the targets'
     system; or a list, one per frame, e.g. at each frame's temperature), its restrained dynamics
-    from there: thermal structures of the force field."""
+    from there: thermal structures of the force field. ``stereo``: the
+    :class:`~backmap.sampling.chirality.ChiralCentres` of a stereo reference: after the
+    minimization, every centre of the other handedness is inverted (the centre reflected through
+    the plane of its heavy neighbours, its hydrogen put back opposite them;
+    :func:`~backmap.sampling.chirality.invert_flipped`) and, without a refiner, minimized again. The untrained model's draws of one unit barely differ in their
+    torsions, so choosing among candidates (the backmap step's way) cannot set a centre; a force
+    field without impropers on its stereocentres (sPS) never does: its pool would be atactic."""
     from backmap.forcefield.minimize import minimize_restrained
     from backmap.progress import progress
     from backmap.system.io import Frame
@@ -112,9 +119,23 @@ def starting_pool(targets: UnitTargets, cg: np.ndarray, dimensions: np.ndarray, 
         box = np.asarray(box_vectors(d), np.float64).reshape(3, 3)
         with torch.no_grad():
             x = targets.sampler.backmap(c, box)
+
+        def minimize(x):
+            return minimize_restrained(targets.ff, x, box, targets.system.cg_topology, c, restraint=0.5 * targets.restraint,
+                                       steps=minimize_steps, cutoff=cutoff).positions
+
         if minimize_steps:
-            x = minimize_restrained(targets.ff, x, box, targets.system.cg_topology, c, restraint=0.5 * targets.restraint,
-                                    steps=minimize_steps, cutoff=cutoff).positions
+            x = minimize(x)
+        if stereo is not None:
+            from backmap.sampling.chirality import invert_flipped
+
+            topology = targets.system.cg_topology.topology
+            before = stereo.kept(topology, x)
+            x, inverted, left = invert_flipped(stereo, topology, np.asarray(x, np.float64), d)
+            if minimize_steps and refiner is None:
+                x = minimize(x)
+            say(f"starting pool: stereocentres kept {before:.3f} → {stereo.kept(topology, x):.3f} "
+                f"({inverted} inverted, {left} without a terminal neighbour)")
         out.append(np.asarray(x, np.float64))
     if refiner is None:
         return out
@@ -166,6 +187,12 @@ def data_free_pool(generator: "VAEGenerator", targets: UnitTargets, train, syste
            "generator": generator.params.model_dump(mode="json"), "steps": options.minimize_steps,
            "cutoff": options.minimize_cutoff, "restraint": options.restraint, "temperature": options.temperature}
     temperatures = None
+    centres = None
+    if options.stereo_reference is not None:  # (absent otherwise: cached pools stay valid)
+        from backmap.sampling.chirality import load_chiral_centres
+
+        key["stereo_reference"] = hashlib.sha256(Path(options.stereo_reference).read_bytes()).hexdigest()
+        centres = load_chiral_centres(targets.system.cg_topology.topology, options.stereo_reference)
     if options.thermalize is not None:  # (absent otherwise: pools cached before it existed stay valid)
         key["thermalize"] = options.thermalize.model_dump(mode="json")
         if generator.conditions_on_temperature:
@@ -178,9 +205,15 @@ def data_free_pool(generator: "VAEGenerator", targets: UnitTargets, train, syste
             refiners = (pool_refiner(options, system) if temperatures is None
                         else [pool_refiner(options, system, t) for t in temperatures])
         return starting_pool(targets, train.cg, train.dimensions, options.minimize_steps, options.minimize_cutoff,
-                             refiners, context.seed)
+                             refiners, context.seed, centres, context.say)
 
-    return cached_pool(context.directory, key, make), temperatures
+    pool = cached_pool(context.directory, key, make)
+    if centres is not None:
+        topology = targets.system.cg_topology.topology
+        kept = [centres.kept(topology, x) for x in pool]
+        context.say(f"starting pool: stereocentres kept {np.mean(kept):.4f} (lowest {np.min(kept):.4f} of "
+                    f"{len(kept)} frames)")
+    return pool, temperatures
 
 
 def pretrain_on_pool(generator: "VAEGenerator", data, train, pool: list[np.ndarray], epochs: int, context,
@@ -217,6 +250,9 @@ class _Units:
 
     def log_joint(self, x: torch.Tensor, z: torch.Tensor):
         return self.bound.log_joint(x, z)
+
+    def encode(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.bound.encode(x, generator)
 
 
 class _UnitTarget(Target):
