@@ -317,3 +317,54 @@ def test_seeded_runs_repeat():
     a, _ = _sample(MALARefiner, system, x, stride=5, snapshots=1, burn=0, timestep=0.02, constraints="all-bonds")
     b, _ = _sample(MALARefiner, system, x, stride=5, snapshots=1, burn=0, timestep=0.02, constraints="all-bonds")
     np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------- schedule
+def test_schedule_of_exact_kernels_samples_the_restrained_dimer_exactly():
+    """``schedule``: two different MALA kernels (partial refresh at 0.02 ps, full refresh at 0.04 ps)
+    in turn. Each leaves the restrained dimer invariant, so their composition must too — and only if
+    each stage continues from the previous stage's output at the schedule's temperature and
+    restraint: the centre's and bond's known distributions check both. The log keeps each stage's
+    mean acceptance over the cycles (the larger full-refresh step is rejected more)."""
+    from backmap_refiners.schedule import ScheduleRefiner
+
+    system = _system("dimer")
+    x = _copies(DIMER_SHAPE, system, 2000)
+    refiner = ScheduleRefiner({"temperature": T, "restraint": K, "constraints": "none", "cycles": 2, "stages": [
+        {"plugin": "mala", "params": {"steps": 5, "timestep": 0.02, "friction": 10.0}},
+        {"plugin": "mala", "params": {"steps": 5, "timestep": 0.04, "refresh": "full"}}]})
+    refiner.prepare(system)
+    F = len(x)
+    targets, boxes = np.zeros((F, system.n_beads, 3)), np.repeat(5 * np.eye(3)[None], F, 0)
+    rng = np.random.default_rng(0)
+    snaps, log = [], []
+    for s in range(12):
+        result = refiner.refine(x, targets, boxes, rng)
+        x = result.positions
+        if s >= 2:
+            snaps.append(x)
+            log += result.log
+    snaps = np.array(snaps)
+    _check_centre(system, snaps)
+    cdf, _ = _bond_cdf()
+    r = _bond(snaps)
+    ok, d, crit = _ks_ok(r, cdf, _ess(r))
+    assert ok, (d, crit)
+    a0, a1 = (np.mean([row[f"{k}:mala:acceptance"] for row in log]) for k in (0, 1))
+    assert 0.9 < a0 <= 1.0 and a1 < a0
+    assert {"potential", "restraint", "0:mala:cpu_seconds", "1:mala:temperature"} <= set(log[0])
+
+
+@pytest.mark.parametrize("stage, message", [
+    ({"plugin": "mala", "params": {"temperature": 400.0}}, "params.temperature = 400.0 differs"),
+    ({"plugin": "mala", "params": {"minimize_steps": 10}}, "params.minimize_steps: set it on the schedule"),
+    ({"plugin": "schedule", "params": {}}, "cannot contain a schedule"),
+    ({"plugin": "nonesuch", "params": {}}, "nonesuch"),
+    ({"plugin": "mala", "params": {"stepz": 3}}, "stepz"),
+])
+def test_schedule_refuses_stages_that_would_sample_another_target(stage, message):
+    from backmap_refiners.schedule import ScheduleRefiner
+
+    with pytest.raises(BackmapError, match="schedule stages.0") as err:
+        ScheduleRefiner({"stages": [stage]})
+    assert message in str(err.value)

@@ -140,3 +140,38 @@ def test_vae_generator_backmaps_like_any_generator(vae_run):
     assert model.generator.name == "vae" and not model.generator.has_log_prob
     frames = list(read_frames(vae_run / "vae" / "backmap" / "aa.xtc"))
     assert len(frames) == 1 and np.isfinite(frames[0].positions).all()
+
+
+def test_refine_step_gives_vae_mc_the_backmapped_model_inside_a_schedule(vae_run):
+    """A run without a train step: the refine step offers ``vae_mc`` the model the backmap step used
+    (``steps.backmap.model``), also through a ``schedule`` (100 minimization steps — the small model
+    leaves clashes —, one vae_mc sweep, then three MALA steps);
+    both stages log, and the structure stays on its CG input at the temperature."""
+    import csv
+
+    recipe = vae_run / "schedule.yaml"
+    recipe.write_text(textwrap.dedent(f"""
+        name: schedule
+        seed: 3
+        workdir: schedule
+        system: {{topology: {HEXANE / 'topol.top'}, mapping: {HEXANE / 'hexane.xml'}}}
+        data: {{trajectory: {HEXANE / 'traj.xtc'}, frames: '0:4', split: {{test_fraction: 0.25, mode: tail}}}}
+        generator: {{plugin: vae, params: {{constraints: none, latent: 2, width: 8, vectors: 4, tensors: 2, hidden: 32}}}}
+        refiners:
+          - plugin: schedule
+            params: {{temperature: 300, restraint: 2.0e+4, constraints: none, cycles: 1, minimize_steps: 100,
+                      stages: [{{plugin: vae_mc, params: {{steps: 1, trials: 2}}}},
+                               {{plugin: mala, params: {{steps: 3, timestep: 0.0005}}}}]}}
+        steps:
+          - prepare: {{}}
+          - backmap: {{model: {vae_run / 'vae' / 'model'}, candidates: 2, gibbs_sweeps: 0}}
+          - refine: {{mdp: rf.mdp}}
+        """))
+    code, _, err = run_cli("run", recipe, catch_exceptions=False)
+    assert code == 0, err
+    (row,) = list(csv.DictReader(open(vae_run / "schedule" / "refine" / "aa.log.csv")))
+    for key in ("0:vae_mc:acceptance", "0:vae_mc:acceptance[Protein:B]", "1:mala:acceptance"):
+        assert 0.0 <= float(row[key]) <= 1.0, key  # both stages ran and logged (this small model's
+        # whole-bead moves are seldom accepted, and MALA rejects most steps on strained output)
+    assert float(row["cg_rmsd"]) < 0.03  # thermal: √(3k_BT/k) = 0.019 nm
+    assert float(row["1:mala:temperature"]) < 600  # no heat from clashes released

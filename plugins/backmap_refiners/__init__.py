@@ -5,6 +5,7 @@ from backmap import hookimpl
 @hookimpl
 def backmap_refiners():
     from backmap_refiners.openmm_refiner import OpenMMRefiner
+    from backmap_refiners.schedule import ScheduleRefiner
     from backmap_refiners.torch_refiners import LangevinRefiner, MALARefiner
 
-    return [OpenMMRefiner, LangevinRefiner, MALARefiner]
+    return [OpenMMRefiner, LangevinRefiner, MALARefiner, ScheduleRefiner]

@@ -86,6 +86,7 @@ class BackmapStep(Step):
                                    where=ctx.where("steps.backmap"))
         files = summary.pop("files")
         declared = {k: Path(v) for k, v in files.as_dict().items()}
+        declared["model"] = Path(model_dir)  # the refine step offers it to refiners that move with a model (vae_mc)
         if reference is not None:
             declared["reference"] = files.aa.with_name(files.aa.stem + "_reference.xtc")
             write_frames(declared["reference"], reference, ctx.topology.atom_names, ctx.topology.resnames,

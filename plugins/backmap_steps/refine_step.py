@@ -33,7 +33,8 @@ class RefineStep(Step):
     def run(self, ctx) -> dict:
         p = self.params
         refiner = pick_refiner(ctx, p.refiner, "steps.refine.refiner")
-        if (model := ctx.outputs.find("train.model")) is not None:
+        # the model whose output is refined (steps.backmap.model), else the one trained here
+        if (model := ctx.outputs.find("backmap.model") or ctx.outputs.find("train.model")) is not None:
             refiner.use_model(model)
         aa = resolve_step_input(p.aa, ctx.workdir, "steps.refine.aa") or ctx.outputs.get("backmap.aa", "steps.refine.aa")
         cg = resolve_step_input(p.cg, ctx.workdir, "steps.refine.cg") or ctx.outputs.get("backmap.cg", "steps.refine.cg")

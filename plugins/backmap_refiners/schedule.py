@@ -1,0 +1,132 @@
+"""The ``schedule`` refiner: other refiners taken in turn, ``cycles`` times — e.g. one sweep of
+whole-bead ``vae_mc`` moves and a few steps of local ``mala`` moves per cycle.
+
+Each stage is a Markov kernel; when every stage leaves the same distribution invariant, so does
+their composition, and the schedule is exact for it. The schedule therefore sets what defines the
+target — ``temperature``, ``restraint`` and ``constraints`` — once, for all stages (a stage that
+names another value is refused). ``vae_mc`` and ``mala`` then share the target exactly where no
+bond is rigid (``constraints: none``, e.g. hexane); with rigid bonds ``vae_mc`` holds those between
+beads by stiff springs and ``mala`` by constraints, so the mix is exact only up to that difference
+(docs/refine-schedule.md).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from backmap.engine.loaders import make_plugin
+from backmap.engine.plugin import Refiner
+from backmap.errors import BackmapError
+from backmap.refinement.restrained import Constraints, RefineResult, RestrainedSystem, resolve_constraints
+
+SHARED = ("temperature", "restraint", "constraints")
+
+
+class Stage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    plugin: str = Field(description="a refiner plugin (vae_mc, mala, langevin, openmm, …)")
+    params: dict[str, Any] = Field(default_factory=dict, description="its parameters (per cycle: steps, sweeps …)")
+
+
+class ScheduleParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    stages: list[Stage] = Field(min_length=1, description="refiners run in this order in every cycle")
+    cycles: int = Field(1, ge=1, description="how often the stages are run in turn")
+    temperature: float = Field(300.0, gt=0, description="sampling temperature (K), for every stage")
+    restraint: float = Field(2.0e5, ge=0, description="k of ½k|M(x) − R|² per bead (kJ/mol/nm²), for every stage")
+    constraints: Constraints | None = Field(None, description="bond constraints for every stage (default: the .mdp's)")
+    minimize_steps: int = Field(0, ge=0, description="restrained minimization steps before the first cycle (by the "
+                                                     "first stage); stages never minimize after that")
+    recentre: bool = Field(True, description="first translate every molecule so that its beads' mean deviation "
+                                             "from the CG input is zero")
+    seed: int | None = Field(None, description="random seed (default: the run's seed)")
+    on_failure: Literal["error", "keep"] = Field("error", description="passed to every stage")
+
+
+class ScheduleRefiner(Refiner):
+    name = "schedule"
+    summary = "other refiners in turn, cycle after cycle (e.g. vae_mc whole-bead moves mixed with mala local moves)"
+    Params = ScheduleParams
+
+    def __init__(self, params: ScheduleParams | None = None):
+        super().__init__(params)
+        self.stages: list[Refiner] = [self._stage(k, s) for k, s in enumerate(self.params.stages)]
+
+    def _stage(self, k: int, stage: Stage) -> Refiner:
+        where = f"schedule stages.{k} ({stage.plugin})"
+        if stage.plugin == self.name:
+            raise BackmapError(f"{where}: a schedule cannot contain a schedule")
+        p = self.params
+        for key in SHARED:
+            if key in stage.params and stage.params[key] != getattr(p, key):
+                raise BackmapError(f"{where}: params.{key} = {stage.params[key]!r} differs from the schedule's "
+                                   f"{key} = {getattr(p, key)!r}: the stages must sample one target (set {key} on "
+                                   "the schedule only)")
+        for key in ("minimize_steps", "recentre"):
+            if key in stage.params:
+                raise BackmapError(f"{where}: params.{key}: set it on the schedule (it applies once, before the "
+                                   "first cycle)")
+        params = {**stage.params, "temperature": p.temperature, "restraint": p.restraint, "recentre": False,
+                  "minimize_steps": 0, "on_failure": p.on_failure}
+        if p.constraints is not None:
+            params["constraints"] = p.constraints
+        refiner = make_plugin("refiner", stage.plugin, params, where=where)
+        missing = [key for key in SHARED + ("minimize_steps",) if not hasattr(refiner.params, key)]
+        if missing:
+            raise BackmapError(f"{where}: refiner {stage.plugin!r} has no parameter(s) {', '.join(missing)}: it "
+                               "cannot take part in a schedule")
+        return refiner
+
+    def use_model(self, model: Path) -> None:
+        for stage in self.stages:
+            stage.use_model(model)
+
+    def prepare(self, system: RestrainedSystem) -> None:
+        self.params = resolve_constraints(self.params, system, self.name)
+        for stage in self.stages:
+            stage.params = stage.params.model_copy(update={"constraints": self.params.constraints})
+            stage.prepare(system)
+
+    def refine(self, positions: np.ndarray, targets: np.ndarray, boxes: np.ndarray,
+               rng: np.random.Generator) -> RefineResult:
+        x = np.array(positions, np.float64)
+        F = len(x)
+        sums: list[dict[str, float]] = [{} for _ in range(F)]
+        seconds = np.zeros(len(self.stages))
+        failed: dict[int, str] = {}
+        last: list[dict] = [{} for _ in range(F)]
+        for cycle in range(self.params.cycles):
+            for k, stage in enumerate(self.stages):
+                first = cycle == 0 and k == 0 and self.params.minimize_steps
+                if first:
+                    stage.params = stage.params.model_copy(update={"minimize_steps": self.params.minimize_steps})
+                t0 = time.process_time()
+                try:
+                    result = stage.refine(x, targets, boxes, rng)
+                finally:
+                    if first:
+                        stage.params = stage.params.model_copy(update={"minimize_steps": 0})
+                seconds[k] += time.process_time() - t0
+                for f, row in enumerate(result.log):
+                    if row.get("failed"):
+                        failed.setdefault(f, f"cycle {cycle}, {stage.name}: {row['failed']}")
+                        continue
+                    x[f] = result.positions[f]
+                    last[f] = row
+                    for key, value in row.items():
+                        if isinstance(value, (int, float)) and not isinstance(value, bool):
+                            name = f"{k}:{stage.name}:{key}"
+                            sums[f][name] = sums[f].get(name, 0.0) + float(value)
+        rows = []
+        for f in range(F):
+            row = {key: v / self.params.cycles for key, v in sums[f].items()}  # each stage's mean over cycles
+            row.update({key: last[f][key] for key in ("potential", "restraint") if key in last[f]})
+            row.update({f"{k}:{s.name}:cpu_seconds": seconds[k] / F for k, s in enumerate(self.stages)})
+            if f in failed:
+                row["failed"] = failed[f]
+            rows.append(row)
+        return RefineResult(x, rows)
