@@ -18,7 +18,7 @@ import numpy as np
 from backmap.errors import BackmapError
 from backmap.metrics.geometry import signed_volumes
 from backmap.metrics.stereo import molecule_stereo
-from backmap.system.pbc import Unwrapper
+from backmap.system.pbc import Unwrapper, minimum_image
 from backmap.system.topology import MoleculeType, Topology
 
 
@@ -114,8 +114,6 @@ def invert_flipped(centres: ChiralCentres, topology: Topology, positions: np.nda
     centre without a terminal neighbour (a quaternary carbon) is left. Distances by the minimum
     image of ``dimensions`` (else molecules must be whole). Returns (positions, centres whose
     skeleton was reflected, centres left)."""
-    from backmap.system.pbc import minimum_image
-
     x = np.array(positions, float, copy=True)
     rows, slots = centres.global_rows(topology)
     if not len(rows):

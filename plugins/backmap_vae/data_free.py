@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from backmap.forcefield.parameters import molecule_terms
+from backmap.sampling.chirality import invert_flipped, load_chiral_centres
 from backmap.constants import BOLTZMANN
 from backmap.system.io import atomic_path
 from backmap.training.reverse_kl import ReverseKLOptions, Target
@@ -106,9 +107,10 @@ def starting_pool(targets: UnitTargets, cg: np.ndarray, dimensions: np.ndarray, 
     :class:`~backmap.sampling.chirality.ChiralCentres` of a stereo reference: after the
     minimization, every centre of the other handedness is inverted (the centre reflected through
     the plane of its heavy neighbours, its hydrogen put back opposite them;
-    :func:`~backmap.sampling.chirality.invert_flipped`) and, without a refiner, minimized again. The untrained model's draws of one unit barely differ in their
-    torsions, so choosing among candidates (the backmap step's way) cannot set a centre; a force
-    field without impropers on its stereocentres (sPS) never does: its pool would be atactic."""
+    :func:`~backmap.sampling.chirality.invert_flipped`) and, without a refiner, minimized again.
+    The untrained model's draws of one unit barely differ in their torsions, so choosing among
+    candidates (the backmap step's way) cannot set a centre; a force field without impropers on
+    its stereocentres (sPS) never does: its pool would be atactic."""
     from backmap.forcefield.minimize import minimize_restrained
     from backmap.progress import progress
     from backmap.system.io import Frame
@@ -127,8 +129,6 @@ def starting_pool(targets: UnitTargets, cg: np.ndarray, dimensions: np.ndarray, 
         if minimize_steps:
             x = minimize(x)
         if stereo is not None:
-            from backmap.sampling.chirality import invert_flipped
-
             topology = targets.system.cg_topology.topology
             before = stereo.kept(topology, x)
             x, inverted, left = invert_flipped(stereo, topology, np.asarray(x, np.float64), d)
@@ -189,8 +189,6 @@ def data_free_pool(generator: "VAEGenerator", targets: UnitTargets, train, syste
     temperatures = None
     centres = None
     if options.stereo_reference is not None:  # (absent otherwise: cached pools stay valid)
-        from backmap.sampling.chirality import load_chiral_centres
-
         key["stereo_reference"] = hashlib.sha256(Path(options.stereo_reference).read_bytes()).hexdigest()
         centres = load_chiral_centres(targets.system.cg_topology.topology, options.stereo_reference)
     if options.thermalize is not None:  # (absent otherwise: pools cached before it existed stay valid)
