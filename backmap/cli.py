@@ -347,6 +347,11 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
 @click.option("--colouring/--no-colouring", default=False, show_default=True,
               help="Never place two units whose environments overlap in the same step (molecules of a step "
                    "split into groups): no unit is placed blind to a neighbour moving with it.")
+@click.option("--polish", "polish_steps", type=int, default=0, show_default=True,
+              help="Energy guidance: steepest-descent steps on each chosen placement's selection energy "
+                   "(its rigid bonds kept), e.g. 10; 0 = the generator's draws as they are.")
+@click.option("--polish-sweeps", type=click.Choice(["all", "last"]), default="all", show_default=True,
+              help="Polish in every sweep, or only in the frame's last sweep.")
 @click.option("--stereo-reference", type=click.Path(path_type=Path), default=None,
               help="AA structure of the system whose stereocentres' handedness the sampler keeps.")
 @click.option("--cutoff", type=float, default=None, help="Assert the model's environment radius (nm); it is the model's.")
@@ -366,7 +371,8 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
 @cluster_options
 def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Path | None, mapping: tuple[Path, ...],
           frames: str | None, selector: str, candidates: int, gibbs_sweeps: int, minimize_steps: int,
-          project_cg: bool | None, cg_restraint: float, colouring: bool, stereo_reference: Path | None,
+          project_cg: bool | None, cg_restraint: float, colouring: bool, polish_steps: int, polish_sweeps: str,
+          stereo_reference: Path | None,
           cutoff: float | None, traversal: str | None, frame_by_frame: bool, generator_params: tuple[str, ...],
           seed: int, refiner_name: str | None, mdp: Path | None, temperature, n_steps, restraint, constraints,
           timestep, friction, extra, workers, scheduler, threads_per_worker, frames_per_task) -> None:
@@ -397,7 +403,7 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
     try:
         settings = BackmapSettings(selector=selector, candidates=candidates, gibbs_sweeps=gibbs_sweeps,
                                    minimize_steps=minimize_steps, project_cg=project_cg, cg_restraint=cg_restraint,
-                                   colouring=colouring,
+                                   colouring=colouring, polish_steps=polish_steps, polish_sweeps=polish_sweeps,
                                    energy=Path(top_path).suffix == ".top",
                                    stereo_reference=stereo_reference, cutoff=cutoff, traversal=traversal,
                                    frame_by_frame=frame_by_frame,
@@ -420,6 +426,10 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
     if "CG projection" in summary:
         p = summary["CG projection"]
         kept += f"; CG RMSD {p['CG RMSD before (nm)']:.4f} → {p['CG RMSD after (nm)']:.1e} nm by the CG projection"
+    if "energy guidance" in summary:
+        g = summary["energy guidance"]
+        kept += (f"; energy guidance lowered {g['placements polished']} placements' energies by "
+                 f"{g['mean energy drop per placement (kJ/mol)']:.1f} kJ/mol on average")
     beside = ", ".join(str(f) for f in (files.structure, files.topology, files.unrefined) if f is not None)
     click.echo(f"wrote {out} ({beside}): {summary['frames']} frames of {summary['atoms']} atoms "
                f"({summary['seconds per frame']:.1f} s/frame){kept}")

@@ -135,6 +135,7 @@ class BackmapJob(ProcessLocal):
         for k, cg in enumerate(frames):
             t0 = time.perf_counter()
             placed = bm.sampler.placements
+            polished = dict(bm.sampler.polish_log)
             previous = getattr(self, "_local_previous", None) if self.chained else None
             aa, kept = bm.backmap_frame(cg, frame_rng(self.seed, _frame_key(cg, k)), previous,
                                         start=getattr(cg, "start", None))  # morphing scheme B
@@ -142,6 +143,8 @@ class BackmapJob(ProcessLocal):
                                    "placements": bm.sampler.placements - placed}
             if kept is not None:
                 row["stereocentres_kept"] = kept
+            if bm.sampler.polish is not None:
+                row.update({f"polish_{k}": v - polished[k] for k, v in bm.sampler.polish_log.items()})
             if bm.projection is not None:
                 row.update({f"projection_{k}": v for k, v in bm.projection_log[-1].items() if k != "frame"})
             raw.append(aa.positions.astype(np.float32))
@@ -239,6 +242,13 @@ def backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path,
     kept = [r["stereocentres_kept"] for r in rows if "stereocentres_kept" in r]
     if kept:
         summary["stereocentres kept"] = round(float(np.mean(kept)), 4)
+    polished = [r for r in rows if "polish_placements" in r]
+    if polished:
+        n_polished = sum(r["polish_placements"] for r in polished)
+        summary["energy guidance"] = {
+            "steps": bm.settings.polish_steps, "placements polished": n_polished,
+            "mean energy drop per placement (kJ/mol)": round(sum(r["polish_energy_drop"] for r in polished)
+                                                             / max(n_polished, 1), 2)}
     projected = [r for r in rows if "projection_converged" in r]
     if projected:
         summary["CG projection"] = {
@@ -254,7 +264,7 @@ def backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path,
                 "(no convergence, or an atom would move > 0.3 nm); they are written as sampled")
     if refiner is not None:
         log = [{k: v for k, v in r.items() if k not in ("generator_seconds", "placements", "stereocentres_kept")
-                and not k.startswith("projection_")} for r in rows]
+                and not k.startswith(("projection_", "polish_"))} for r in rows]
         write_log(files.refine_log, log)
         plot_log(files.refine_log.with_suffix(".png"), log, f"{refiner.name}: {files.aa.name}")
         summary.update({"refiner": refiner.name,

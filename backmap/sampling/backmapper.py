@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -49,6 +49,11 @@ class BackmapSettings(BaseModel):
                                                       "each unit is chosen to meet its CG beads too, "
                                                       "½k|M(x) − R|² (0 = off), added to whichever scorer is used "
                                                       "(force field, flat bottom, IBI tables, or none)")
+    polish_steps: int = Field(0, ge=0, description="energy guidance: steepest-descent steps on each chosen placement's "
+                                                  "selection energy, its rigid bonds kept (backmap.sampling.polish; "
+                                                  "0 = off)")
+    polish_sweeps: Literal["all", "last"] = Field("all", description="polish placements in every sweep, or only in "
+                                                                     "the frame's last sweep")
     minimize_steps: int = Field(0, ge=0, description="restrained energy-minimization steps after sampling "
                                                      "(the EM baseline; 0 = none)")
     restraint: float = Field(1000.0, ge=0, description="CG restraint constant for minimization (kJ/mol/nm²)")
@@ -99,7 +104,8 @@ class Backmapper:
         options = SamplerOptions(candidates=s.candidates, gibbs_sweeps=s.gibbs_sweeps, cutoff=spec.cutoff,
                                  colouring=s.colouring, batch_molecules=s.batch_molecules,
                                  strip_hydrogens=spec.strip_hydrogens, energy=s.energy,
-                                 cg_restraint=s.cg_restraint)
+                                 cg_restraint=s.cg_restraint, polish_steps=s.polish_steps,
+                                 polish_sweeps=s.polish_sweeps)
         self.chirality = None
         if s.stereo_reference is not None:
             if not s.energy:
@@ -168,6 +174,12 @@ class Backmapper:
                                         "largest_move_nm": projected.largest_move, "converged": projected.converged,
                                         "closest": projected.closest,
                                         "molecules_unprojected": projected.molecules_unprojected})
+        if self.sampler.polish is not None:  # energy guidance again: the projection does not look at energies
+            x = self.sampler.polish_frame(x)
+            if self.projection is not None:  # a ring turned about its bond moves its centre a little: project again
+                again = self.projection(x, beads, cg.dimensions)
+                x = again.positions.astype(x.dtype)
+                self.projection_log[-1]["cg_rmsd_after"] = again.cg_rmsd_after
         if self.forcefield is not None:
             from backmap.forcefield.minimize import minimize_restrained
 

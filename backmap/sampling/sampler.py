@@ -23,6 +23,7 @@ from backmap.system.mapping import CGTopology
 from backmap.system.pbc import box_dimensions, minimum_image
 from backmap.engine.plugin import Generator, Selector
 from backmap.progress import progress
+from backmap.sampling.polish import PlacementPolish, Rotors, find_rotors
 from backmap.threads import torch_threads
 from backmap.sampling.traversal import Plan
 
@@ -47,6 +48,11 @@ class SamplerOptions:
     #: CG restraint in the selection energy (kJ/mol/nm²): ½k|M(x)_J − R_J|² for every bead J the
     #: unit's atoms map onto, once all of J's atoms are placed (0 = off)
     cg_restraint: float = 0.0
+    #: energy guidance: steepest-descent steps on each chosen placement's selection energy, rigid
+    #: bonds kept (:mod:`backmap.sampling.polish`; 0 = off)
+    polish_steps: int = 0
+    #: in which sweeps placements are polished: "all" or "last" (the last sweep of the frame)
+    polish_sweeps: str = "all"
 
 
 @dataclass
@@ -227,7 +233,10 @@ class UnitEnergy:
         ex = env.atom_positions
         ex2 = torch.addcmul(torch.addcmul(ex[..., 0] * ex[..., 0], ex[..., 1], ex[..., 1]), ex[..., 2], ex[..., 2])
         r2 = torch.baddbmm((lc * lc).sum(-1)[:, :, None] + ex2[:, None, :], lc, ex.transpose(1, 2), alpha=-2.0)
-        inv6 = r2.clamp_(min=1e-4).pow_(3).reciprocal_().view(B, K, U * N)
+        if r2.requires_grad:  # energy guidance differentiates this (backmap.sampling.polish)
+            inv6 = r2.clamp(min=1e-4).pow(3).reciprocal().view(B, K, U * N)
+        else:
+            inv6 = r2.clamp_(min=1e-4).pow_(3).reciprocal_().view(B, K, U * N)
         c6, c12 = pp[:, 0].reshape(B, 1, U * N), pp[:, 1].reshape(B, 1, U * N)
         lj = (inv6 * (c12 * inv6 - c6)).sum(-1)
         total = lj if total is None else total + lj
@@ -345,6 +354,18 @@ class Sampler:
                                           strip_hydrogens=self.options.strip_hydrogens,
                                           pair_params=self.energy.pair_params if self.energy else None)
         self.placements = 0
+        self.polish = None
+        self.polish_log = {"placements": 0, "energy_drop": 0.0, "accepted": 0}
+        if self.options.polish_steps:
+            if self.options.polish_sweeps not in ("all", "last"):
+                raise ValueError(f"polish_sweeps {self.options.polish_sweeps!r}: expected all or last")
+            scorer = self.energy.scorer if isinstance(self.energy, RestrainedScorer) else self.energy
+            if not isinstance(scorer, UnitEnergy):
+                raise ValueError("polishing placements needs the force field's energies (a .top topology, "
+                                 "energy scoring on, no flat-bottom or IBI scorer)")
+            self.polish = PlacementPolish(self.options.polish_steps)
+            self._polish_graphs = {mt.name: mt.graph for mt in cg_topology.topology.moltypes.values()}
+            self._rotors: dict = {}
 
     def _unit_arrays(self, cb, plan: Plan, step: int):
         unit = plan.units[step]
@@ -444,14 +465,34 @@ class Sampler:
         steps = ((sweep, step) for sweep in sweeps for block in schedule for step in block)
         if progress_label:
             steps = progress(steps, total=total, description=progress_label)
+        last = len(sweeps) - 1
         with torch.no_grad():
-            for sweep, step in steps:
+            for n, (sweep, step) in enumerate(steps):
                 if sweep == "gibbs":
                     placed[:] = True
-                self._step(step, positions, placed, all_placed=sweep == "gibbs")
+                polish = self.polish is not None and (self.options.polish_sweeps == "all"
+                                                      or n // max(1, total // len(sweeps)) == last)
+                self._step(step, positions, placed, all_placed=sweep == "gibbs", polish=polish)
+        self._last_schedule = schedule
         return positions.numpy().astype(np.float64)
 
-    def _step(self, step: tuple, positions: torch.Tensor, placed: torch.Tensor, all_placed: bool = False) -> None:
+    def polish_frame(self, positions: np.ndarray) -> np.ndarray:
+        """The closing pass of energy guidance over the frame last backmapped (N, 3): every unit
+        polished where it stands, in plan order. Units placed after a polished one may have moved
+        into it, and the CG projection moves atoms without looking at energies — so the
+        backmapper runs this last. Without ``polish_steps`` the positions are returned as given."""
+        if self.polish is None:
+            return positions
+        x = torch.as_tensor(positions, dtype=torch.float32).clone()
+        placed = torch.ones(len(x), dtype=torch.bool)
+        with torch.no_grad(), torch_threads(1):
+            for block in self._last_schedule:
+                for step in block:
+                    self._polish_step(step, x, placed)
+        return x.numpy().astype(np.float64)
+
+    def _step(self, step: tuple, positions: torch.Tensor, placed: torch.Tensor, all_placed: bool = False,
+              polish: bool = False) -> None:
         name, s, meta, groups = step
         for group, atoms, bead, pred, frame, first_atom, idx, est in groups:
             env = self.builder.build(name, atoms, bead, pred, positions, placed, frame_beads=frame, compact=True)
@@ -466,7 +507,60 @@ class Sampler:
                 energies = torch.zeros(lab.shape[:2])
             pick = torch.as_tensor(self.selector.select(energies.numpy(), self.rng))
             chosen = lab.gather(1, pick.view(-1, 1, 1, 1).expand(-1, 1, *lab.shape[2:]))[:, 0]  # (B, U, 3)
+            if polish:
+                chosen = self._polish(name, s, first_atom, idx, chosen, env, positions, placed, est, all_placed)
             flat = idx.reshape(-1)
             positions.index_copy_(0, flat, chosen.reshape(-1, 3))
             placed.index_fill_(0, flat, True)
             self.placements += idx.numel()
+
+    def _polish_step(self, step: tuple, positions: torch.Tensor, placed: torch.Tensor) -> None:
+        """Polish every unit of a plan step where it stands (the closing pass: nothing drawn)."""
+        name, s, meta, groups = step
+        for group, atoms, bead, pred, frame, first_atom, idx, est in groups:
+            if not len(self._unit_rotors(name, s, idx, first_atom, placed)[0]):
+                continue
+            env = self.builder.build(name, atoms, bead, pred, positions, placed, frame_beads=frame, compact=True)
+            env.meta = meta
+            moved = self._polish(name, s, first_atom, idx, positions[idx], env, positions, placed, est, True)
+            positions.index_copy_(0, idx.reshape(-1), moved.reshape(-1, 3))
+
+    def _unit_rotors(self, name: str, s: int, idx: torch.Tensor, first_atom: torch.Tensor, placed: torch.Tensor
+                     ) -> tuple[list[Rotors], torch.Tensor]:
+        """The rotors of a group's units per pattern of placed atoms in their molecules, and which
+        pattern each molecule has."""
+        graph = self._polish_graphs[name]
+        n = graph.number_of_nodes()
+        unit_atoms = (idx[0] - first_atom[0]).numpy()
+        mol_placed = placed[first_atom[:, None] + torch.arange(n)[None]]  # (B, n)
+        patterns, inverse = torch.unique(mol_placed, dim=0, return_inverse=True)
+        found = []
+        for pattern in patterns:
+            key = (name, s, pattern.numpy().tobytes())
+            if key not in self._rotors:
+                self._rotors[key] = find_rotors(graph, unit_atoms, pattern.numpy())
+            found.append(self._rotors[key])
+        return found, inverse
+
+    def _polish(self, name: str, s: int, first_atom: torch.Tensor, idx: torch.Tensor, chosen: torch.Tensor, env,
+                positions: torch.Tensor, placed: torch.Tensor, est, all_placed: bool) -> torch.Tensor:
+        """The chosen placements (B, U, 3) after the energy-guided descent of :attr:`polish` in
+        their rotatable bonds (bond lengths and angles kept as drawn)."""
+        def energy(x: torch.Tensor) -> torch.Tensor:
+            return self.energy(name, s, first_atom, x[:, None], env, positions, placed, static=est,
+                               all_placed=all_placed)[:, 0]
+
+        out = chosen.clone()
+        found, inverse = self._unit_rotors(name, s, idx, first_atom, placed)
+        for k, rotors in enumerate(found):
+            ext = positions[first_atom[:, None] + torch.as_tensor(rotors.external)[None]] \
+                if len(rotors.external) else None
+            rows = torch.nonzero(inverse == k)[:, 0]
+            # rare (molecules placed differently): every molecule descends, only these rows are kept
+            y, log = self.polish(chosen, energy, rotors, ext)
+            out[rows] = y[rows]
+            if log:
+                self.polish_log["placements"] += len(rows)
+                self.polish_log["energy_drop"] += float((log["e_before"] - log["e_after"])[rows].sum())
+                self.polish_log["accepted"] += log["accepted"]
+        return out

@@ -1,0 +1,138 @@
+"""Energy guidance of a placement: a few steepest-descent steps on the chosen candidate's local
+energy, in its torsions only (FlowBack-Adjoint's idea, in the sampler instead of a flow).
+
+Why: a generator's draw can be right in its bond lengths and angles and still leave a close
+contact with the environment — a phenyl ring turned a few degrees into its neighbours' hydrogens,
+a hydrogen eclipsed against a 1-4 partner. Selection among K candidates only picks the least bad
+draw.
+
+Why torsions only: a descent in Cartesian coordinates also pulls every bond angle to its force
+field minimum θ₀ — it cools the angles (sPS 568 K, 10 frames: the C_AR–C_AR–H_AR angle's JSD went
+from 0.003 to 0.35 while the LJ energy's went from 0.58 to 0.13). Rotations about the unit's
+rotatable bonds — bonds that are not in a ring and whose far side holds only atoms of the unit
+(and atoms not placed yet) — change dihedrals and contacts and leave every bond length and bond
+angle exactly as the generator drew it.
+
+Each molecule of a group has its own step size: a step that raises its energy is undone and the
+step shrinks (GROMACS's steepest-descent rule), so no placement's energy goes up.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import networkx as nx
+import numpy as np
+import torch
+
+EnergyFn = Callable[[torch.Tensor], torch.Tensor]  # (B, U, 3) -> (B,)
+
+
+@dataclass
+class Rotors:
+    """The rotatable bonds of one unit, outermost last: axis atoms ``a`` (fixed end) and ``b``
+    as slots — ≥ 0 a unit atom, < 0 the external atom ``-1 - slot`` of ``external`` — and which
+    unit atoms each rotation moves (R, U)."""
+
+    a: list[int]
+    b: list[int]
+    moves: torch.Tensor
+    external: np.ndarray  # molecule-local atoms outside the unit that axes start from
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+
+def find_rotors(graph: nx.Graph, unit_atoms: np.ndarray, placed: np.ndarray) -> Rotors:
+    """Rotors of a unit (molecule-local ``unit_atoms``) in the molecule's bond ``graph``, given
+    which atoms of the molecule are ``placed`` (bool per atom; the unit's own need not be). A bond
+    (a, b) with b in the unit qualifies when cutting it leaves b's side without a and without any
+    placed atom outside the unit, a's side holds a placed atom outside the unit (the turn is
+    relative to the environment), and b's side moves at least one unit atom besides b."""
+    unit = set(int(u) for u in unit_atoms)
+    slot = {u: k for k, u in enumerate(unit_atoms.tolist())}
+    found = []
+    for b in unit:
+        for a in graph.neighbors(b):
+            if a not in unit and not placed[a]:
+                continue
+            g = graph.copy()
+            g.remove_edge(a, b)
+            side = nx.node_connected_component(g, b)
+            if a in side or any(placed[x] and x not in unit for x in side):
+                continue
+            if not any(placed[x] and x not in unit for x in nx.node_connected_component(g, a)):
+                continue  # a's side floats too: the turn would be about nothing the environment holds
+            moving = sorted(slot[x] for x in side if x in unit and x != b)
+            if moving:
+                found.append((a, b, moving))
+    found.sort(key=lambda t: -len(t[2]))  # the largest subtree first: inner rotations act on the result
+    external = np.array(sorted({a for a, _b, _m in found if a not in unit}), int)
+    ext_slot = {int(a): k for k, a in enumerate(external.tolist())}
+    moves = torch.zeros(len(found), len(unit_atoms), dtype=torch.bool)
+    a_slots, b_slots = [], []
+    for r, (a, b, moving) in enumerate(found):
+        moves[r, moving] = True
+        a_slots.append(slot[a] if a in unit else -1 - ext_slot[a])
+        b_slots.append(slot[b])
+    return Rotors(a_slots, b_slots, moves, external)
+
+
+def rotate(x: torch.Tensor, rotors: Rotors, angles: torch.Tensor, external: torch.Tensor | None) -> torch.Tensor:
+    """Unit positions ``x`` (B, U, 3) with each rotor turned by ``angles`` (B, R) (radians),
+    in order; differentiable in both."""
+    for r in range(len(rotors)):
+        a, b = rotors.a[r], rotors.b[r]
+        p = x[:, a] if a >= 0 else external[:, -1 - a]
+        u = x[:, b] - p
+        u = u / u.norm(dim=-1, keepdim=True).clamp(min=1e-9)
+        t = angles[:, r, None, None]
+        d = x - p[:, None]
+        ud = u[:, None]
+        # Rodrigues: d cos t + (u × d) sin t + u (u·d)(1 − cos t)
+        turned = d * torch.cos(t) + torch.linalg.cross(ud.expand_as(d), d) * torch.sin(t) + \
+            ud * (d * ud).sum(-1, keepdim=True) * (1 - torch.cos(t))
+        x = torch.where(rotors.moves[r][None, :, None], p[:, None] + turned, x)
+    return x
+
+
+class PlacementPolish:
+    """Descends ``steps`` steps in the rotor angles from each placement; ``max_step``: the largest
+    angle change of the first step (radians)."""
+
+    def __init__(self, steps: int, max_step: float = 0.1):
+        if steps < 0:
+            raise ValueError("polish steps must be ≥ 0")
+        self.steps = int(steps)
+        self.max_step = float(max_step)
+
+    def __call__(self, x: torch.Tensor, energy: EnergyFn, rotors: Rotors,
+                 external: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """Placements ``x`` (B, U, 3) after the descent, and its log (energies before and after,
+        accepted steps). ``external`` (B, E, 3): positions of ``rotors.external``."""
+        if self.steps == 0 or not len(rotors):
+            return x, {}
+        x = x.detach()
+        B, R = x.shape[0], len(rotors)
+        with torch.enable_grad():
+            angles = torch.zeros(B, R, dtype=x.dtype, requires_grad=True)
+            e = energy(rotate(x, rotors, angles, external))
+            e0 = e.detach().clone()
+            grad, = torch.autograd.grad(e.sum(), angles)
+            h = torch.full((B,), self.max_step, dtype=x.dtype)
+            accepted = 0
+            current = angles.detach()
+            for _ in range(self.steps):
+                g = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+                gmax = g.abs().amax(-1).clamp(min=1e-12)
+                trial = (current - (h / gmax)[:, None] * g).requires_grad_(True)
+                e_trial = energy(rotate(x, rotors, trial, external))
+                g_trial, = torch.autograd.grad(e_trial.sum(), trial)
+                better = torch.isfinite(e_trial) & (e_trial < e)
+                accepted += int(better.sum())
+                current = torch.where(better[:, None], trial.detach(), current)
+                grad = torch.where(better[:, None], g_trial, grad)
+                e = torch.where(better, e_trial.detach(), e.detach())
+                h = torch.where(better, h * 1.2, h * 0.2)
+            out = rotate(x, rotors, current, external).detach()
+        return out, {"e_before": e0, "e_after": e.detach(), "accepted": accepted}
