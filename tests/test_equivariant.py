@@ -359,3 +359,12 @@ def test_energy_guidance_lowers_the_energy_and_keeps_bonds_and_cg(hexane_run):
                 assert np.sqrt((d ** 2).sum(-1).mean()) < 1e-5
                 assert bm.sampler.polish_log["placements"] > 0 and bm.sampler.polish_log["energy_drop"] > 0
     assert max(energy[10, s] for s in range(3)) < min(energy[0, s] for s in range(3)), energy
+
+
+def test_energy_guidance_without_force_field_energies_is_refused(hexane_run, tmp_path):
+    """A .tpr topology gives no selection energy to descend: a clear error naming the setting, no output."""
+    out = tmp_path / "guided.xtc"
+    code, stdout, stderr = run_cli("apply", "--model", hexane_run / "model", "--topology", HEXANE / "topol.tpr",
+                                   "--cg", hexane_run / "backmap" / "aa_cg.trr", "--polish", "5", "--out", out)
+    assert code != 0 and "polish_steps" in stdout + stderr, (code, stdout, stderr)
+    assert not out.exists()

@@ -114,6 +114,9 @@ class Backmapper:
             from backmap.sampling.chirality import load_chiral_centres
 
             self.chirality = load_chiral_centres(self.cg_topology.topology, s.stereo_reference, s.stereo_weight)
+        if s.polish_steps and (not s.energy or s.flat_bottom is not None or s.ibi is not None):
+            raise BackmapError("polish_steps: energy guidance descends the force field's selection energy — it needs "
+                               "a .top topology with parameters and energy scoring, not a flat-bottom or IBI scorer")
         scorer = None
         if s.flat_bottom is not None or s.ibi is not None:
             from backmap.sampling.flat_bottom import FlatBottomEnergy
