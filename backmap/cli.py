@@ -397,7 +397,16 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
     source = traj or cg_path
     check_output(out, [source, cg_path, top_path, *maps, stereo_reference, mdp])
     topo = load_topology(top_path)
-    cg_top = load_mapping(maps, topo).cg_topology(topo)
+    given = load_mapping(maps, topo)
+    if mapping and loaded.mapping and all(Path(p).is_file() for p in loaded.mapping):
+        from backmap.engine.checks import placement_order_changes
+
+        changed = placement_order_changes(given, load_mapping(loaded.mapping, topo))
+        if changed:
+            click.echo(f"warning: apply: --mapping places the beads of {', '.join(changed)} in another order than "
+                       "the model was trained with; it will see environments it never saw (give the model's "
+                       "mapping, or retrain)", err=True)
+    cg_top = given.cg_topology(topo)
     check_bead_names(cg_path, cg_top)
     idx = select_frames(frames, [], count_frames(source), str(source))
     try:

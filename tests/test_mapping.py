@@ -103,3 +103,17 @@ def test_shared_atom_has_one_home(tmp_path, hexane_topology):
     assert w[0, 4] > 0 and w[1, 4] > 0 and np.allclose(w.sum(1), 1)
     # its share is 12/29 of A1 but only 12/40 of B: home is A1
     assert mm.home[4] == 0 and mm.home[7] == 1
+
+
+def test_a_changed_placement_order_is_found(tmp_path):
+    """apply warns when --mapping places beads in another order than the model's mapping."""
+    from backmap.engine.checks import placement_order_changes
+    from backmap.engine.loaders import load_topology
+
+    top = load_topology(HEXANE / "topol.top")
+    text = (HEXANE / "hexane.xml").read_text()
+    reordered = tmp_path / "reordered.xml"
+    reordered.write_text(text.replace("<cg_beads>", "<placement_order>A2 B A1</placement_order>\n    <cg_beads>", 1))
+    trained = load_mapping(HEXANE / "hexane.xml", top)
+    assert placement_order_changes(load_mapping(reordered, top), trained) == ["Protein"]  # the molecule type
+    assert placement_order_changes(trained, trained) == []
