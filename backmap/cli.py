@@ -401,7 +401,10 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
     if mapping and loaded.mapping and all(Path(p).is_file() for p in loaded.mapping):
         from backmap.engine.checks import placement_order_changes
 
-        changed = placement_order_changes(given, load_mapping(loaded.mapping, topo))
+        try:
+            changed = placement_order_changes(given, load_mapping(loaded.mapping, topo))
+        except BackmapError:  # the model's mapping does not fit this system: refused below, with its reason
+            changed = []
         if changed:
             click.echo(f"warning: apply: --mapping places the beads of {', '.join(changed)} in another order than "
                        "the model was trained with; it will see environments it never saw (give the model's "
