@@ -350,8 +350,9 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
 @click.option("--polish", "polish_steps", type=int, default=0, show_default=True,
               help="Energy guidance: steepest-descent steps on each chosen placement's selection energy "
                    "(its rigid bonds kept), e.g. 10; 0 = the generator's draws as they are.")
-@click.option("--polish-sweeps", type=click.Choice(["all", "last"]), default="all", show_default=True,
-              help="Polish in every sweep, or only in the frame's last sweep.")
+@click.option("--polish-sweeps", type=click.Choice(["all", "last"]), default="last", show_default=True,
+              help="Polish only in the frame's last sweep (then a closing pass), or in every sweep including the "
+                   "forward pass (where a chain's growing end swings freely).")
 @click.option("--stereo-reference", type=click.Path(path_type=Path), default=None,
               help="AA structure of the system whose stereocentres' handedness the sampler keeps.")
 @click.option("--cutoff", type=float, default=None, help="Assert the model's environment radius (nm); it is the model's.")

@@ -52,8 +52,9 @@ class BackmapSettings(BaseModel):
     polish_steps: int = Field(0, ge=0, description="energy guidance: steepest-descent steps on each chosen placement's "
                                                   "selection energy, its rigid bonds kept (backmap.sampling.polish; "
                                                   "0 = off)")
-    polish_sweeps: Literal["all", "last"] = Field("all", description="polish placements in every sweep, or only in "
-                                                                     "the frame's last sweep")
+    polish_sweeps: Literal["all", "last"] = Field("last", description="polish placements only in the frame's last "
+                                                                      "sweep (then the closing pass), or in every "
+                                                                      "sweep including the forward pass")
     minimize_steps: int = Field(0, ge=0, description="restrained energy-minimization steps after sampling "
                                                      "(the EM baseline; 0 = none)")
     restraint: float = Field(1000.0, ge=0, description="CG restraint constant for minimization (kJ/mol/nm²)")

@@ -51,8 +51,9 @@ class SamplerOptions:
     #: energy guidance: steepest-descent steps on each chosen placement's selection energy, rigid
     #: bonds kept (:mod:`backmap.sampling.polish`; 0 = off)
     polish_steps: int = 0
-    #: in which sweeps placements are polished: "all" or "last" (the last sweep of the frame)
-    polish_sweeps: str = "all"
+    #: in which sweeps placements are polished: "last" (the frame's last sweep; then the closing
+    #: pass) or "all" (the forward pass too, where a chain's growing end swings freely)
+    polish_sweeps: str = "last"
 
 
 @dataclass
