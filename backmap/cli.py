@@ -348,8 +348,8 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
               help="Never place two units whose environments overlap in the same step (molecules of a step "
                    "split into groups): no unit is placed blind to a neighbour moving with it.")
 @click.option("--polish", "polish_steps", type=int, default=0, show_default=True,
-              help="Energy guidance: steepest-descent steps on each chosen placement's selection energy "
-                   "(its rigid bonds kept), e.g. 10; 0 = the generator's draws as they are.")
+              help="Energy guidance: steepest-descent steps on each chosen placement's selection energy, "
+                   "turning it about its rotatable bonds (bond lengths and angles kept), e.g. 15; 0 = off.")
 @click.option("--polish-sweeps", type=click.Choice(["all", "last"]), default="last", show_default=True,
               help="Polish only in the frame's last sweep (then a closing pass), or in every sweep including the "
                    "forward pass (where a chain's growing end swings freely).")

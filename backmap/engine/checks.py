@@ -234,4 +234,3 @@ def placement_order_changes(given, trained) -> list[str]:
         if other is not None and mm.order != other.order:
             changed.append(name)
     return changed
-

@@ -50,8 +50,8 @@ class BackmapSettings(BaseModel):
                                                       "½k|M(x) − R|² (0 = off), added to whichever scorer is used "
                                                       "(force field, flat bottom, IBI tables, or none)")
     polish_steps: int = Field(0, ge=0, description="energy guidance: steepest-descent steps on each chosen placement's "
-                                                  "selection energy, its rigid bonds kept (backmap.sampling.polish; "
-                                                  "0 = off)")
+                                                  "selection energy in its rotatable bonds, bond lengths and angles "
+                                                  "kept (backmap.sampling.polish; 0 = off)")
     polish_sweeps: Literal["all", "last"] = Field("last", description="polish placements only in the frame's last "
                                                                       "sweep (then the closing pass), or in every "
                                                                       "sweep including the forward pass")

@@ -185,12 +185,6 @@ point then stands, 5–10 % farther in W than the closest)."""
         """Bead centres M(x) (n_beads, 3) of whole-molecule positions (n_atoms, 3)."""
         return self.mapping @ x
 
-    def miss(self, x: np.ndarray, beads: np.ndarray, dimensions: np.ndarray) -> float:
-        """RMS distance (nm) between the mapped centres of ``x`` and the CG input ``beads``."""
-        mapped = self.mapped(np.asarray(x, np.float64))
-        d = minimum_image(np.asarray(beads, np.float64) - mapped, dimensions)
-        return float(np.sqrt((d ** 2).sum(-1).mean()))
-
     def __call__(self, x: np.ndarray, beads: np.ndarray, dimensions: np.ndarray) -> ProjectionResult:
         """Project one frame: ``x`` (n_atoms, 3) with molecules whole, ``beads`` (n_beads, 3) the CG
         input, ``dimensions`` the box (bead positions are taken in the image nearest M(x))."""

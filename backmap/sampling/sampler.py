@@ -48,8 +48,8 @@ class SamplerOptions:
     #: CG restraint in the selection energy (kJ/mol/nm²): ½k|M(x)_J − R_J|² for every bead J the
     #: unit's atoms map onto, once all of J's atoms are placed (0 = off)
     cg_restraint: float = 0.0
-    #: energy guidance: steepest-descent steps on each chosen placement's selection energy, rigid
-    #: bonds kept (:mod:`backmap.sampling.polish`; 0 = off)
+    #: energy guidance: steepest-descent steps on each chosen placement's selection energy in its
+    #: rotatable bonds, bond lengths and angles kept (:mod:`backmap.sampling.polish`; 0 = off)
     polish_steps: int = 0
     #: in which sweeps placements are polished: "last" (the frame's last sweep; then the closing
     #: pass) or "all" (the forward pass too, where a chain's growing end swings freely)
@@ -463,16 +463,14 @@ class Sampler:
         schedule = self._schedule()
         sweeps = (["forward"] if start is None else []) + ["gibbs"] * self.options.gibbs_sweeps
         total = sum(len(steps) for steps in schedule) * len(sweeps)
-        steps = ((sweep, step) for sweep in sweeps for block in schedule for step in block)
+        steps = ((k, sweep, step) for k, sweep in enumerate(sweeps) for block in schedule for step in block)
         if progress_label:
             steps = progress(steps, total=total, description=progress_label)
-        last = len(sweeps) - 1
         with torch.no_grad():
-            for n, (sweep, step) in enumerate(steps):
+            for k, sweep, step in steps:
                 if sweep == "gibbs":
                     placed[:] = True
-                polish = self.polish is not None and (self.options.polish_sweeps == "all"
-                                                      or n // max(1, total // len(sweeps)) == last)
+                polish = self.polish is not None and (self.options.polish_sweeps == "all" or k == len(sweeps) - 1)
                 self._step(step, positions, placed, all_placed=sweep == "gibbs", polish=polish)
         self._last_schedule = schedule
         return positions.numpy().astype(np.float64)
@@ -519,11 +517,12 @@ class Sampler:
         """Polish every unit of a plan step where it stands (the closing pass: nothing drawn)."""
         name, s, meta, groups = step
         for group, atoms, bead, pred, frame, first_atom, idx, est in groups:
-            if not len(self._unit_rotors(name, s, idx, first_atom, placed)[0]):
+            rotors = self._unit_rotors(name, s, idx, first_atom, placed)
+            if not any(len(r) for r in rotors[0]):
                 continue
             env = self.builder.build(name, atoms, bead, pred, positions, placed, frame_beads=frame, compact=True)
             env.meta = meta
-            moved = self._polish(name, s, first_atom, idx, positions[idx], env, positions, placed, est, True)
+            moved = self._polish(name, s, first_atom, idx, positions[idx], env, positions, placed, est, True, rotors)
             positions.index_copy_(0, idx.reshape(-1), moved.reshape(-1, 3))
 
     def _unit_rotors(self, name: str, s: int, idx: torch.Tensor, first_atom: torch.Tensor, placed: torch.Tensor
@@ -544,15 +543,16 @@ class Sampler:
         return found, inverse
 
     def _polish(self, name: str, s: int, first_atom: torch.Tensor, idx: torch.Tensor, chosen: torch.Tensor, env,
-                positions: torch.Tensor, placed: torch.Tensor, est, all_placed: bool) -> torch.Tensor:
+                positions: torch.Tensor, placed: torch.Tensor, est, all_placed: bool, known=None) -> torch.Tensor:
         """The chosen placements (B, U, 3) after the energy-guided descent of :attr:`polish` in
-        their rotatable bonds (bond lengths and angles kept as drawn)."""
+        their rotatable bonds (bond lengths and angles kept as drawn); ``known``: from
+        :meth:`_unit_rotors`, if already at hand."""
         def energy(x: torch.Tensor) -> torch.Tensor:
             return self.energy(name, s, first_atom, x[:, None], env, positions, placed, static=est,
                                all_placed=all_placed)[:, 0]
 
         out = chosen.clone()
-        found, inverse = self._unit_rotors(name, s, idx, first_atom, placed)
+        found, inverse = known or self._unit_rotors(name, s, idx, first_atom, placed)
         for k, rotors in enumerate(found):
             ext = positions[first_atom[:, None] + torch.as_tensor(rotors.external)[None]] \
                 if len(rotors.external) else None
