@@ -187,3 +187,59 @@ def test_check_and_refusals(hexane):
     wide = ForceField(ff.topology, NonbondedSettings(rvdw=1.8, rcoulomb=1.8))
     with pytest.raises(BackmapError, match="more than half the box height"):
         wide.group_energies(X, box, _pad([[1]]))
+
+
+@pytest.mark.parametrize("system", ["hexane", "triclinic"])
+def test_fixed_environment_trials_equal_the_general_path(system, request):
+    """Monte Carlo trials (configurations that differ only in the atoms of groups that do not
+    interact): the single neighbour search of ``environment_fixed`` — compiled without gradients,
+    torch with them — gives the general path's energies, for whole molecules and pieces of them
+    (padded rows), with trials near (0.02 nm) and far (0.3 nm: overlapping the environment); and
+    for a group wider than the box on its own."""
+    ff, x, box = request.getfixturevalue(system)
+    rng = np.random.default_rng(4)
+    size = int(np.bincount(ff.params.molecule).min())
+    pieces = [np.arange(s, s + size) for s in range(0, ff.n_atoms - size + 1, size)]
+    pieces += [np.arange(s, s + 3) for s in range(1, ff.n_atoms - 3, size)]
+    groups = _far_apart(ff, x, box, pieces, rng, limit=4, gap=0.6)
+    frac = x @ np.linalg.inv(box) - x[0] @ np.linalg.inv(box)
+    frac -= np.rint(frac)
+    wide = [0, *np.flatnonzero((frac > 0.3).all(1))[:6]]
+    for chosen in (groups, [wide]):
+        atoms = np.concatenate(chosen).astype(int)
+        X = [x] + [_displaced(x, atoms, rng, s) for s in (0.02, 0.05)]
+        for _ in range(2):  # each group shifted by 0.25 nm as a whole (groups 0.6 nm apart stay apart)
+            y = _displaced(x, atoms, rng, 0.02)
+            for g in chosen:
+                step = rng.normal(size=3)
+                y[g] += 0.25 * step / np.linalg.norm(step)
+            X.append(y)
+        X = np.stack(X)
+        padded = _pad(chosen, 24)
+        with torch.no_grad():
+            general = ff.group_energies(torch.as_tensor(X), box, padded)
+            compiled = ff.group_energies(torch.as_tensor(X), box, padded, environment_fixed=True, check=True)
+        torch.testing.assert_close(compiled, general, rtol=RTOL, atol=ATOL)
+        Xg = torch.as_tensor(X).requires_grad_(True)
+        with_grad = ff.group_energies(Xg, box, padded, environment_fixed=True)
+        torch.testing.assert_close(with_grad.detach(), general, rtol=RTOL, atol=ATOL)
+        grad, = torch.autograd.grad(with_grad[2].sum(), Xg)  # trial 2's energy: only trial 2's group atoms
+        assert float(grad[2, atoms].abs().max()) > 0 and float(grad[[1, 3, 4]].abs().max()) == 0.0
+
+
+def test_fixed_environment_without_box_and_its_check(hexane):
+    ff, x, box = hexane
+    atoms = np.flatnonzero(np.linalg.norm(x - x[150], axis=1) < 1.6)
+    atoms = np.flatnonzero(np.isin(ff.params.molecule, np.unique(ff.params.molecule[atoms])))
+    sub = ff.subsystem(atoms)
+    xs = x[atoms]
+    local = np.searchsorted(atoms, np.arange(140, 160))
+    rng = np.random.default_rng(5)
+    X = torch.as_tensor(np.stack([xs] + [_displaced(xs, local, rng) for _ in range(3)]))
+    with torch.no_grad():
+        torch.testing.assert_close(sub.group_energies(X, None, _pad([local]), environment_fixed=True),
+                                   sub.group_energies(X, None, _pad([local])), rtol=RTOL, atol=ATOL)
+        moved = X.clone()
+        moved[1, 0] += 0.1  # an atom outside the group differs between configurations
+        with pytest.raises(BackmapError, match="differ in atoms outside the groups"):
+            sub.group_energies(moved, None, _pad([local[1:]]), environment_fixed=True, check=True)

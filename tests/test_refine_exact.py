@@ -19,6 +19,7 @@ import torch
 from scipy import stats
 from scipy.spatial.transform import Rotation
 
+from backmap.refinement.bond_model import BondModel
 from backmap.refinement.constraints import BondConstraints
 from backmap.errors import BackmapError
 from backmap.forcefield import NonbondedSettings
@@ -61,12 +62,14 @@ def _copies(shape: np.ndarray, system: RestrainedSystem, n: int, seed: int = 0) 
 
 
 def _sample(cls, system: RestrainedSystem, x: np.ndarray, stride: int, snapshots: int, burn: int,
-            **params) -> tuple[np.ndarray, list[dict]]:
+            bonds: BondModel | None = None, **params) -> tuple[np.ndarray, list[dict]]:
     """Snapshots (S, F, N, 3) of F independent chains restrained to the origin: the refiner
-    continues from its own output, ``stride`` steps per call."""
+    continues from its own output, ``stride`` steps per call (with ``bonds``: that bond model)."""
     # a chain continued over calls: no minimization at the start of each call (it would bias the
     # sampled distribution; the refiners' default minimizes 100 steps before sampling a new structure)
     refiner = cls({"temperature": T, "restraint": K, "steps": stride, "seed": 7, "minimize_steps": 0, **params})
+    if bonds is not None:
+        assert refiner.use_bond_model(bonds)
     refiner.prepare(system)
     F = len(x)
     targets, boxes = np.zeros((F, system.n_beads, 3)), np.repeat(5 * np.eye(3)[None], F, 0)
@@ -288,6 +291,73 @@ def test_constrained_trimer_samples_the_mass_weighted_surface_measure(cls):
     ok_stiff, d_stiff, _ = _ks_ok(theta, stiff, ess)
     assert not ok_stiff, d_stiff  # the test tells the two measures apart
     _check_centre(system, snaps)
+
+
+def _trimer_angles(snaps: np.ndarray) -> np.ndarray:
+    a, b = snaps[..., 0, :] - snaps[..., 1, :], snaps[..., 2, :] - snaps[..., 1, :]
+    return np.arccos((a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1))
+
+
+def test_fixman_potential_gives_the_stiff_spring_measure():
+    """A bond model holding both bonds (vae_mc's δ measure): mala with the Fixman potential samples
+    the stiff-spring angle density sin θ e^{−βU(θ)}, and the test tells it from the constrained one."""
+    system = _system("trimer")
+    theta0 = np.deg2rad(120.0)
+    shape = np.array([[0.1, 0, 0], [0, 0, 0], [0.1 * np.cos(theta0), 0.1 * np.sin(theta0), 0]])
+    bonds = BondModel(held=[[0, 1], [1, 2]], held_lengths=[0.1, 0.1], sprung=np.zeros((0, 2)),
+                      sprung_lengths=[], stiffness=0.0, source="test")
+    snaps, log = _sample(MALARefiner, system, _copies(shape, system, 1000), stride=15, snapshots=8, burn=10,
+                         bonds=bonds, timestep=0.005, friction=10.0, constraints="all-bonds")
+    theta = _trimer_angles(snaps)
+    constrained, stiff = _angle_cdfs(system)
+    ess = _ess(theta)
+    ok, d, crit = _ks_ok(theta, stiff, ess)
+    assert ok, (d, crit)
+    ok_constrained, d_constrained, _ = _ks_ok(theta, constrained, ess)
+    assert not ok_constrained, d_constrained
+    assert np.mean([row["acceptance"] for row in log]) > 0.5
+    _check_centre(system, snaps)
+
+
+def test_sprung_bond_has_the_spring_density():
+    """One bond held, the other a spring k_s on top of its force-field bond: the spring's length is
+    ∝ r² exp(−β(kb + k_s)(r − b0)²/2), the angle sin θ e^{−βU(θ)} (one held bond: det G is constant)."""
+    system = _system("trimer")
+    k_s, kb, b0 = 2.0e4, 5000.0, 0.1
+    theta0 = np.deg2rad(120.0)
+    shape = np.array([[0.1, 0, 0], [0, 0, 0], [0.1 * np.cos(theta0), 0.1 * np.sin(theta0), 0]])
+    bonds = BondModel(held=[[0, 1]], held_lengths=[0.1], sprung=[[1, 2]], sprung_lengths=[b0], stiffness=k_s,
+                      source="test")
+    snaps, _ = _sample(MALARefiner, system, _copies(shape, system, 1000), stride=15, snapshots=8, burn=10,
+                       bonds=bonds, timestep=0.002, friction=10.0, constraints="all-bonds")
+    held = np.linalg.norm(snaps[..., 0, :] - snaps[..., 1, :], axis=-1)
+    assert np.abs(held - 0.1).max() < 1e-8
+    r = np.linalg.norm(snaps[..., 2, :] - snaps[..., 1, :], axis=-1)
+    grid = np.linspace(0.05, 0.15, 20001)
+    p = grid**2 * np.exp(-(kb + k_s) * (grid - b0) ** 2 / (2 * KT))
+    ok, d, crit = _ks_ok(r, lambda s: np.interp(s, grid, np.cumsum(p) / p.sum()), _ess(r))
+    assert ok, (d, crit)
+    _, stiff = _angle_cdfs(system)
+    theta = _trimer_angles(snaps)
+    ok, d, crit = _ks_ok(theta, stiff, _ess(theta))
+    assert ok, (d, crit)
+
+
+def test_log_det_gram_of_a_chain_matches_the_formula():
+    """ln det G of the trimer's two bonds against (1/m₀+1/m₁)(1/m₂+1/m₁) − cos²θ/m₁², for a batch of
+    angles; bonds in two separate molecules make two blocks."""
+    m = np.array([16.0, 1.0, 16.0, 12.0, 16.0])
+    bonds = BondModel(held=[[0, 1], [2, 1], [3, 4]], held_lengths=[0.1, 0.1, 0.15], sprung=np.zeros((0, 2)),
+                      sprung_lengths=[], stiffness=0.0)
+    th = torch.linspace(0.3, 3.0, 7, dtype=torch.float64)
+    x = torch.zeros(7, 5, 3, dtype=torch.float64)
+    x[:, 0, 0] = 0.1
+    x[:, 2, 0], x[:, 2, 1] = 0.1 * torch.cos(th), 0.1 * torch.sin(th)
+    x[:, 3] = torch.tensor([1.0, 1.0, 1.0])
+    x[:, 4] = torch.tensor([1.0, 1.15, 1.0])
+    expected = np.log(((1 / m[0] + 1 / m[1]) * (1 / m[2] + 1 / m[1]) - np.cos(th.numpy()) ** 2 / m[1] ** 2)
+                      * (1 / m[3] + 1 / m[4]))
+    np.testing.assert_allclose(bonds.log_det_gram(x, m).numpy(), expected, rtol=1e-12)
 
 
 @pytest.mark.parametrize("cls", [MALARefiner, LangevinRefiner])

@@ -190,6 +190,19 @@ class Refiner(Plugin):
         in a recipe, ``backmap apply --model``): refiners that move units with a generator (``vae_mc``)
         take it unless their parameters name one; the others ignore it."""
 
+    def bond_model(self) -> Any:
+        """After :meth:`prepare`: a :class:`backmap.refinement.bond_model.BondModel` when this
+        refiner's target treats rigid bonds otherwise than as constraints of ``constraints``
+        (``vae_mc``: the bonds its decoder builds inside a bead held, the others stiff springs);
+        None (default) when it holds them all. A ``schedule`` hands it to its other stages."""
+        return None
+
+    def use_bond_model(self, bonds: Any) -> bool:
+        """Before :meth:`prepare`: sample the target of ``bonds`` (held bonds as constraints with
+        the δ measure, sprung ones as springs) so as to share another refiner's target. Returns
+        whether this refiner can (default: no; ``mala`` and ``langevin`` can)."""
+        return False
+
     def refine(self, positions: np.ndarray, targets: np.ndarray, boxes: np.ndarray,
                rng: np.random.Generator) -> Any:
         raise NotImplementedError

@@ -182,7 +182,7 @@ def _group_pairs(x: np.ndarray, xa: np.ndarray, valid: np.ndarray, gfill: np.nda
         n_max = np.ceil(far_frac + 0.5).astype(int) - 1
         far = {i: np.abs(f[i]) > (1 - 1e-5 - reach / heights[i]).astype(f32)[..., None] for i in axes}
         src, off = [], []
-        if n_max.max() <= 1:
+        if far_frac.max() <= 1:  # only the adjacent image on the near side: |f + o| >= 1 beyond it
             for k in range(1, len(axes) + 1):
                 for subset in itertools.combinations(axes, k):
                     s_k = np.flatnonzero(np.logical_and.reduce([far[i] for i in subset]))
@@ -191,7 +191,7 @@ def _group_pairs(x: np.ndarray, xa: np.ndarray, valid: np.ndarray, gfill: np.nda
                         o[:, i] = -np.sign(f[i].ravel()[s_k])
                     src.append(s_k)
                     off.append(o)
-        else:  # a group wider than a box height: all neighbouring images up to n_max
+        else:  # a group reaching beyond a box height: all neighbouring images up to n_max
             s_k = np.flatnonzero(np.logical_or.reduce(list(far.values())))
             offsets = np.array([o for o in itertools.product(*(range(-k, k + 1) for k in n_max)) if any(o)], f32)
             src.append(np.repeat(s_k, len(offsets)))
@@ -306,6 +306,7 @@ class ForceField:
             erfc = float(torch.special.erfc(torch.tensor(beta * s.rcoulomb, dtype=torch.float64)))
             self._ewald = beta, erfc / s.rcoulomb
         self._group_tables = None  # built by group_energies on first use
+        self._exclusion_csr = None  # (ptr, partners) of excluded pairs, both directions: the compiled path
 
     def make_whole(self, positions: np.ndarray, dimensions: np.ndarray) -> np.ndarray:
         """``positions`` (N, 3) with every molecule whole (a subsystem's are assumed whole)."""
@@ -389,7 +390,7 @@ class ForceField:
         return e, -grad
 
     def group_energies(self, positions: torch.Tensor, vectors: np.ndarray | None, groups: torch.Tensor,
-                       *, check: bool = False) -> torch.Tensor:
+                       *, check: bool = False, environment_fixed: bool = False) -> torch.Tensor:
         """(C, G) energies of every interaction that involves at least one atom of group g, in each
         of C configurations: for one group, ``energy(positions, box, subset=group).total``.
 
@@ -406,6 +407,13 @@ class ForceField:
         the entries add up to the energy of the union and each group's change in energy the
         change of the total when only its atoms move. ``check=True`` verifies that (cheaply)
         and raises :class:`BackmapError` otherwise.
+
+        ``environment_fixed=True`` is the Monte Carlo case: the caller promises that the C
+        configurations differ only in the groups' atoms (the current state and trial placements).
+        The neighbour search then runs once, for the union of each group's placements against the
+        other atoms of configuration 0, instead of once per configuration: the same energies at a
+        fraction of the cost when C is large. Gradients reach the other atoms through
+        configuration 0 only.
 
         Neighbours: brute force from each group to all atoms (a sphere around the group's centre,
         then its atoms), vectorized (index bookkeeping in numpy, energies in torch), with per-
@@ -476,6 +484,12 @@ class ForceField:
             # each group atom as an image near the group's first atom (the nearest one when closer than
             # half a box height; any image suits the screening bound)
             xa = xa - torch.round((xa - xa[:, :, :1]) @ torch.linalg.inv(V)) @ V
+        if environment_fixed:
+            if check and C > 1 and bool((x[1:, ~anywhere] != x[:1, ~anywhere]).any()):
+                raise BackmapError("environment_fixed: the configurations differ in atoms outside the groups")
+            if x.requires_grad and torch.is_grad_enabled():
+                return out + self._fixed_environment_pairs(x, xa, valid, gfill, member, tables, vec, heights)
+            return out + self._compiled_fixed_environment_pairs(x, xa, gr, valid, gfill, vec, heights)
         c_h, j_h, shift, block, slot, h = _group_pairs(
             x.detach().cpu().numpy(), xa.detach().cpu().numpy(), valid, gfill, member, self.params.molecule,
             tables["is_excluded"], cut, vec, heights)
@@ -493,6 +507,103 @@ class ForceField:
         e_lj, e_c = self._pair_energies(r, k, j_t)
         sums = torch.segment_reduce(e_lj + e_c, "sum", lengths=t(np.bincount(block, minlength=C * G)))
         return out + sums.reshape(C, G)
+
+    def _fixed_environment_pairs(self, x: torch.Tensor, xa: torch.Tensor, valid: np.ndarray, gfill: np.ndarray,
+                                 member: np.ndarray, tables: dict, vec: np.ndarray | None,
+                                 heights: np.ndarray | None) -> torch.Tensor:
+        """(C, G) non-bonded energies of the groups' atoms ``xa`` (C, G, A, 3, imaged near each
+        group) with the other atoms at ``x[0]`` and with each other, for configurations that differ
+        only in the groups' atoms (``group_energies(..., environment_fixed=True)``)."""
+        C, G, A, _ = xa.shape
+        t, dt = torch.from_numpy, self.dtype
+        if vec is not None:  # all placements of a group as images near its first atom in configuration 0
+            V = torch.as_tensor(vec, dtype=dt)
+            xa = xa - torch.round((xa - xa[:1, :, :1]) @ torch.linalg.inv(V)) @ V
+        # every placement of group g is a slot of one wide group: a single screening for all C
+        xu = xa.permute(1, 0, 2, 3).reshape(G, C * A, 3)
+        valid_u, gfill_u = np.tile(valid, (1, C)), np.tile(gfill, (1, C))
+        _, j_h, shift, block, slot, h = _group_pairs(
+            x[:1].detach().cpu().numpy(), xu[None].detach().cpu().numpy(), valid_u, gfill_u, member,
+            self.params.molecule, tables["is_excluded"], self.settings.cutoff, vec, heights)
+        j = j_h[h]
+        keep = ~member[block, j]  # the groups' own atoms are the placements, not their configuration-0 positions
+        block, slot, j, h = block[keep], slot[keep], j[keep], h[keep]
+        out = torch.zeros(C * G, dtype=dt)
+        if len(j):
+            xj = x[0].index_select(0, t(j)) + torch.as_tensor(shift[h], dtype=dt)
+            xk = xu.reshape(G * C * A, 3).index_select(0, t(block * (C * A) + slot))
+            r = geo.distance(xk, xj)
+            e_lj, e_c = self._pair_energies(r, t(gfill_u[block, slot]), t(j))
+            out = out.index_add(0, t((slot // A) * G + block), e_lj + e_c)
+        # pairs inside a group, from each configuration's placement
+        g, a, b = self._inside_pairs(valid, gfill, tables["is_excluded"])
+        if len(g):
+            d = xa[:, t(g), t(b)] - xa[:, t(g), t(a)]
+            if vec is not None:  # the nearest image: unique within the cut-off (at most half a box height)
+                d = d - torch.round(d @ torch.linalg.inv(V)) @ V
+            r = geo.norm(d).reshape(-1)
+            i_t, j_t = t(np.tile(gfill[g, a], C)), t(np.tile(gfill[g, b], C))
+            e_lj, e_c = self._pair_energies(r, i_t, j_t)
+            out = out.index_add(0, t((np.arange(C)[:, None] * G + g[None]).ravel()), e_lj + e_c)
+        return out.reshape(C, G)
+
+    def _compiled_fixed_environment_pairs(self, x: torch.Tensor, xa: torch.Tensor, groups: np.ndarray,
+                                          valid: np.ndarray, gfill: np.ndarray, vec: np.ndarray | None,
+                                          heights: np.ndarray | None) -> torch.Tensor:
+        """:meth:`_fixed_environment_pairs` without gradients, as one compiled loop
+        (:mod:`backmap.forcefield.placement_kernel`): the cost of Monte Carlo trials."""
+        from backmap.forcefield.placement_kernel import placement_pair_energies
+
+        C, G, A, _ = xa.shape
+        xa = xa.detach()
+        if vec is not None:  # all placements of a group as images near its first atom in configuration 0
+            V = torch.as_tensor(vec, dtype=xa.dtype)
+            xa = xa - torch.round((xa - xa[:1, :, :1]) @ torch.linalg.inv(V)) @ V
+        placements = np.ascontiguousarray(xa.permute(1, 0, 2, 3).to(torch.float64).numpy())
+        s = self.settings
+        periodic = vec is not None
+        n_max = np.zeros(3, np.int64)
+        if periodic:
+            centre = placements.reshape(G, C * A, 3)[:, :1]
+            radius = float(np.linalg.norm(placements.reshape(G, C * A, 3) - centre, axis=-1).max()) * 2
+            n_max = (np.ceil((s.cutoff + radius) / heights + 0.5) - 1).astype(np.int64)
+        in_group = np.full(self.n_atoms, -1, np.int64)
+        gid, slot = np.nonzero(valid)
+        in_group[groups[gid, slot]] = gid
+        if self._exclusion_csr is None:
+            ex = self.params.exclusions.reshape(-1, 2)
+            both = np.concatenate([ex, ex[:, ::-1]]) if len(ex) else np.zeros((0, 2), np.int64)
+            order = np.lexsort((both[:, 1], both[:, 0]))
+            self._exclusion_csr = (np.r_[0, np.cumsum(np.bincount(both[:, 0], minlength=self.n_atoms))].astype(np.int64),
+                                   np.ascontiguousarray(both[order, 1], dtype=np.int64))
+        ex_ptr, ex_partners = self._exclusion_csr
+        c6, c12, soft, shift = (v.to(torch.float64).numpy() for v in self._lj_pairs)
+        k_rf, c_rf = s.reaction_field()
+        vectors = np.asarray(vec if periodic else np.eye(3), np.float64)
+        out = np.zeros((C, G))
+        placement_pair_energies(
+            np.ascontiguousarray(x[0].detach().to(torch.float64).numpy()), vectors, np.linalg.inv(vectors), periodic,
+            n_max, placements, np.ascontiguousarray(gfill, np.int64), np.ascontiguousarray(valid), in_group,
+            np.asarray(self._lj_type.numpy(), np.int64), self._q.to(torch.float64).numpy(), self._n_types, c6, c12,
+            soft, shift, float(s.cutoff), float(s.rvdw), float(s.rcoulomb),
+            float(self._f_coulomb), float(k_rf), float(c_rf), R_MIN_COULOMB, ex_ptr, ex_partners, out)
+        return torch.as_tensor(out, dtype=self.dtype)
+
+    def _inside_pairs(self, valid: np.ndarray, gfill: np.ndarray, is_excluded) -> tuple[np.ndarray, ...]:
+        """(group, slot a, slot b), a < b, of the non-excluded atom pairs inside each group."""
+        G, A = valid.shape
+        a, b = np.triu_indices(A, 1)
+        g = np.repeat(np.arange(G), len(a))
+        a, b = np.tile(a, G), np.tile(b, G)
+        ok = valid[g, a] & valid[g, b]
+        g, a, b = g[ok], a[ok], b[ok]
+        i, j = gfill[g, a], gfill[g, b]
+        mol = self.params.molecule
+        same = mol[i] == mol[j]
+        excluded = np.zeros(len(g), bool)
+        if same.any():
+            excluded[same] = is_excluded(i[same], j[same])
+        return g[~excluded], a[~excluded], b[~excluded]
 
     def _group_index_tables(self) -> dict:
         """Per-topology lookups for :meth:`group_energies`, built once: for each bonded term kind

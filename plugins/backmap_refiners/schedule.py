@@ -4,24 +4,31 @@ whole-bead ``vae_mc`` moves and a few steps of local ``mala`` moves per cycle.
 Each stage is a Markov kernel; when every stage leaves the same distribution invariant, so does
 their composition, and the schedule is exact for it. The schedule therefore sets what defines the
 target — ``temperature``, ``restraint`` and ``constraints`` — once, for all stages (a stage that
-names another value is refused). ``vae_mc`` and ``mala`` then share the target exactly where no
-bond is rigid (``constraints: none``, e.g. hexane); with rigid bonds ``vae_mc`` holds those between
-beads by stiff springs and ``mala`` by constraints, so the mix is exact only up to that difference
+names another value is refused). With rigid bonds ``vae_mc`` holds only the bonds its decoder
+builds inside a bead and samples the others as stiff springs; its bond model
+(:class:`backmap.refinement.bond_model.BondModel`) is handed to ``mala``, which then holds the same
+bonds, adds the same springs and the Fixman potential, and samples the same target
 (docs/refine-schedule.md).
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from backmap.engine.loaders import make_plugin
 from backmap.engine.plugin import Refiner
 from backmap.errors import BackmapError
+from backmap.refinement.bond_model import BondModel
+from backmap.refinement.constraints import BondConstraints
 from backmap.refinement.restrained import Constraints, RefineResult, RestrainedSystem, resolve_constraints
+
+log = logging.getLogger("backmap")
 
 SHARED = ("temperature", "restraint", "constraints")
 
@@ -45,6 +52,9 @@ class ScheduleParams(BaseModel):
                                              "from the CG input is zero")
     seed: int | None = Field(None, description="random seed (default: the run's seed)")
     on_failure: Literal["error", "keep"] = Field("error", description="passed to every stage")
+    project_output: bool = Field(True, description="when a stage samples rigid bonds as stiff springs (vae_mc): put "
+                                                   "every rigid bond at its length (SHAKE) after the last cycle, not "
+                                                   "between stages (that would leave the target)")
 
 
 class ScheduleRefiner(Refiner):
@@ -90,6 +100,41 @@ class ScheduleRefiner(Refiner):
         for stage in self.stages:
             stage.params = stage.params.model_copy(update={"constraints": self.params.constraints})
             stage.prepare(system)
+        self.bonds = self._share_bond_model(system)
+        self.projection = None
+        if self.bonds is not None and self.params.project_output:
+            pairs, lengths = system.constrained_bonds(self.params.constraints)
+            self.projection = BondConstraints(pairs, lengths, system.topology.masses, tolerance=1e-10,
+                                              dtype=torch.float64)
+
+    def _share_bond_model(self, system: RestrainedSystem) -> BondModel | None:
+        """One target for all stages: a stage that samples rigid bonds otherwise than as
+        constraints (vae_mc: springs between beads) hands its bond model to the others, which are
+        prepared again with it; a stage that cannot take it is named in a warning (the schedule
+        is then not exact)."""
+        defined = [(k, bonds) for k, stage in enumerate(self.stages) if (bonds := stage.bond_model()) is not None]
+        if not defined:
+            return None
+        if len(defined) > 1:
+            names = ", ".join(f"stages.{k} ({self.stages[k].name})" for k, _ in defined)
+            raise BackmapError(f"schedule: {names} each define how rigid bonds are sampled; one schedule samples one "
+                               "target (keep one of them)")
+        owner, bonds = defined[0]
+        for k, stage in enumerate(self.stages):
+            if k == owner:
+                continue
+            if stage.use_bond_model(bonds):
+                stage.prepare(system)
+            else:
+                log.warning("schedule stages.%d (%s) holds every rigid bond by a constraint, %s samples %d of them "
+                            "as springs: the schedule is not exact for either target", k, stage.name, bonds.source,
+                            len(bonds.sprung))
+            if "project_output" in type(stage.params).model_fields:
+                stage.params = stage.params.model_copy(update={"project_output": False})
+        owner_stage = self.stages[owner]
+        if "project_output" in type(owner_stage.params).model_fields:
+            owner_stage.params = owner_stage.params.model_copy(update={"project_output": False})
+        return bonds
 
     def refine(self, positions: np.ndarray, targets: np.ndarray, boxes: np.ndarray,
                rng: np.random.Generator) -> RefineResult:
@@ -121,6 +166,9 @@ class ScheduleRefiner(Refiner):
                         if isinstance(value, (int, float)) and not isinstance(value, bool):
                             name = f"{k}:{stage.name}:{key}"
                             sums[f][name] = sums[f].get(name, 0.0) + float(value)
+        if self.projection is not None:  # the sprung bonds back at their lengths, once, at the end
+            projected, ok = self.projection.positions(torch.as_tensor(x), torch.as_tensor(x))
+            x = np.where(ok.numpy()[:, None, None], projected.numpy(), x)
         rows = []
         for f in range(F):
             row = {key: v / self.params.cycles for key, v in sums[f].items()}  # each stage's mean over cycles

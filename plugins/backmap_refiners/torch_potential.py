@@ -10,6 +10,7 @@ rejected Monte Carlo move returns to positions the lists already cover, so lists
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -88,10 +89,13 @@ class RestrainedPotential:
     CG targets and boxes, :meth:`__call__` evaluates energies and forces."""
 
     def __init__(self, system: RestrainedSystem, restraint: float, dtype: torch.dtype = torch.float64,
-                 skin: float = 0.05, outer_skin: float = 0.25):
+                 skin: float = 0.05, outer_skin: float = 0.25, bias: Callable[[torch.Tensor], torch.Tensor] | None = None):
         """``dtype``: precision of the evaluation (results come back in the caller's dtype);
-        ``skin``, ``outer_skin``: of the pruned and of the searched neighbour lists (nm)."""
+        ``skin``, ``outer_skin``: of the pruned and of the searched neighbour lists (nm); ``bias``:
+        a further energy (F,) of positions (F, N, 3), counted in ``potential`` (e.g. a bond model's
+        springs and Fixman potential)."""
         self.system = system
+        self.bias = bias
         self.k = restraint
         self.dtype = dtype
         self.skin, self.outer_skin = skin, outer_skin
@@ -122,6 +126,8 @@ class RestrainedPotential:
             u = self.ff.energy(x, self.boxes, pair_lists=lists, whole=True, terms=self.terms).total
         else:
             u = self.ff.energy(x, None, terms=self.terms).total
+        if self.bias is not None:
+            u = u + self.bias(x)
         r = self.system.restraint_energy(x, self.targets, self.k)
         grad, = torch.autograd.grad((u + r).sum(), x)
         return Evaluation(u.detach().to(out_dtype), r.detach().to(out_dtype), -grad.to(out_dtype))

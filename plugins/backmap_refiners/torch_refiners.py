@@ -17,7 +17,9 @@ from backmap.refinement.constraints import BondConstraints
 from backmap.errors import BackmapError
 from backmap.forcefield.minimize import minimize_restrained
 from backmap.engine.plugin import Refiner
-from backmap.refinement.restrained import RefineParams, RefineResult, RestrainedSystem, resolve_constraints
+from backmap.refinement.bond_model import BondModel
+from backmap.refinement.restrained import (BOLTZMANN, RefineParams, RefineResult, RestrainedSystem,
+                                           resolve_constraints)
 from backmap_refiners.integrators import Dynamics, State
 from backmap_refiners.torch_potential import RestrainedPotential
 
@@ -51,14 +53,32 @@ class _TorchRefiner(Refiner):
 
     Params = TorchRefineParams
 
+    bonds: BondModel | None = None
+
+    def use_bond_model(self, bonds: BondModel) -> bool:
+        """Hold ``bonds.held`` by constraints and add the springs and the Fixman potential (the δ
+        measure on the held bonds): the target of the refiner that defined ``bonds``."""
+        self.bonds = bonds
+        return True
+
     def prepare(self, system: RestrainedSystem) -> None:
         self.params = p = resolve_constraints(self.params, system, self.name)
         self.system = system
         self.dtype = torch.float64
         force_dtype = torch.float64 if p.force_precision == "float64" else torch.float32
-        self.potential = RestrainedPotential(system, p.restraint, force_dtype, p.skin, p.outer_skin)
-        pairs, lengths = system.constrained_bonds(p.constraints)
         self.masses = system.topology.masses
+        bias = None
+        if self.bonds is not None:
+            bonds, masses, kT = self.bonds, self.masses, BOLTZMANN * p.temperature
+
+            def bias(x: torch.Tensor) -> torch.Tensor:
+                x = x.to(torch.float64)
+                return bonds.spring_energy(x) + bonds.fixman_energy(x, masses, kT)
+        self.potential = RestrainedPotential(system, p.restraint, force_dtype, p.skin, p.outer_skin, bias)
+        if self.bonds is not None:
+            pairs, lengths = self.bonds.held, self.bonds.held_lengths
+        else:
+            pairs, lengths = system.constrained_bonds(p.constraints)
         self.constraints = BondConstraints(pairs, lengths, self.masses, tolerance=p.constraint_tolerance,
                                            dtype=self.dtype)
 

@@ -25,6 +25,7 @@ from backmap import BackmapError
 from backmap.engine.models import load_model
 from backmap.engine.plugin import Refiner
 from backmap.forcefield.minimize import minimize_restrained
+from backmap.refinement.bond_model import BondModel
 from backmap.refinement.constraints import BondConstraints
 from backmap.refinement.latent_moves import vae_move
 from backmap.refinement.restrained import (RefineParams, RefineResult, RestrainedSystem,
@@ -90,6 +91,24 @@ class VAEMCRefiner(Refiner):
         self.sweep_rows: list[dict] = []
         self._frames = 0  # frames refined so far (the sweep log's frame number)
         self.trace_rows: list[tuple] = []
+
+    def bond_model(self) -> BondModel | None:
+        """The target's rigid bonds: those the decoder builds inside a bead held (δ measure), the
+        others (between beads, ring closures) springs of ``closure_stiffness``. A schedule hands
+        it to its mala / langevin stages, which then sample the same target. None without rigid
+        bonds (``constraints: none``): then every refiner samples the same target already."""
+        held = self.targets.held_bonds()
+        pairs, lengths = self.system.constrained_bonds(self.params.constraints)
+        pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+        if not len(pairs) and not len(held):
+            return None
+        key = lambda a: np.minimum(a[:, 0], a[:, 1]) * self.system.n_atoms + np.maximum(a[:, 0], a[:, 1])  # noqa: E731
+        is_held = np.isin(key(pairs), key(held))
+        if is_held.sum() != len(held):
+            raise BackmapError(f"vae_mc: the model {self.params.model} builds bonds inside beads that "
+                               f"constraints '{self.params.constraints}' does not hold rigid")
+        return BondModel(pairs[is_held], np.asarray(lengths)[is_held], pairs[~is_held], np.asarray(lengths)[~is_held],
+                         self.params.closure_stiffness, source=f"vae_mc ({self.params.model})")
 
     # ------------------------------------------------------------------ sampling
     def refine(self, positions: np.ndarray, targets: np.ndarray, boxes: np.ndarray,

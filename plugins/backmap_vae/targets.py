@@ -112,6 +112,28 @@ class UnitTargets:
                        for cb in system.cg_topology.blocks}
         self._cache: dict = {}
 
+    def held_bonds(self) -> np.ndarray:
+        """(H, 2) global atom pairs the decoder builds at their topology length when every other
+        atom is placed (vae_mc's moves): per unit atom, the bond to the parent of its first
+        reference triple when that parent is a unit atom and the bond rigid. The rest of the rigid
+        bonds (between units, ring closures) are the target's stiff springs."""
+        tables = self.generator.tables
+        local: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for key, t in enumerate(tables.tables):
+            keys = torch.full((1,), key, dtype=torch.long)
+            found = (tables.external[keys] >= 0)  # Gibbs mode: every external reference is placed
+            codes, _slot, _bond, rigid = tables.choose(keys, found)
+            order = tables.order[key]
+            for position in range(len(t.atoms)):
+                parent = int(codes[0, position, 0])
+                if parent < len(t.atoms) and bool(rigid[0, position]):
+                    local[t.moltype].append((t.atoms[int(order[position])], t.atoms[parent]))
+        pairs = []
+        for mt, first in self.system.topology.molecules():
+            if local.get(mt.name):
+                pairs.append(first + np.asarray(local[mt.name], np.int64))
+        return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
+
     def separation(self) -> float:
         """Bead distance beyond which two units, each within ``extent`` of its bead, neither see
         each other (environment cut-off) nor interact (force-field cut-off)."""
@@ -166,7 +188,7 @@ class UnitTargets:
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """(C, B) local force-field energies of the group's units in configurations (C, N, 3), and
         (C, B) their CG restraint (the beads their atoms map to) plus the springs on their rigid bonds."""
-        ff = self.ff.group_energies(configs, vectors, st["index"])
+        ff = self.ff.group_energies(configs, vectors, st["index"], environment_fixed=True)
         bead = st["bead"]
         mapped = (configs[:, st["bead_atoms"]] * st["bead_weights"][None, ..., None]).sum(-2)  # (C, B, T, 3)
         d = (mapped - cg[bead.clamp(min=0)][None]) * (bead >= 0)[None, ..., None]
