@@ -306,7 +306,7 @@ class ForceField:
             erfc = float(torch.special.erfc(torch.tensor(beta * s.rcoulomb, dtype=torch.float64)))
             self._ewald = beta, erfc / s.rcoulomb
         self._group_tables = None  # built by group_energies on first use
-        self._exclusion_csr = None  # (ptr, partners) of excluded pairs, both directions: the compiled path
+        self._exclusion_csr = None  # the compiled kernels' topology tables (_kernel_tables)
 
     def make_whole(self, positions: np.ndarray, dimensions: np.ndarray) -> np.ndarray:
         """``positions`` (N, 3) with every molecule whole (a subsystem's are assumed whole)."""
@@ -570,23 +570,51 @@ class ForceField:
         in_group = np.full(self.n_atoms, -1, np.int64)
         gid, slot = np.nonzero(valid)
         in_group[groups[gid, slot]] = gid
-        if self._exclusion_csr is None:
-            ex = self.params.exclusions.reshape(-1, 2)
-            both = np.concatenate([ex, ex[:, ::-1]]) if len(ex) else np.zeros((0, 2), np.int64)
-            order = np.lexsort((both[:, 1], both[:, 0]))
-            self._exclusion_csr = (np.r_[0, np.cumsum(np.bincount(both[:, 0], minlength=self.n_atoms))].astype(np.int64),
-                                   np.ascontiguousarray(both[order, 1], dtype=np.int64))
-        ex_ptr, ex_partners = self._exclusion_csr
-        c6, c12, soft, shift = (v.to(torch.float64).numpy() for v in self._lj_pairs)
-        k_rf, c_rf = s.reaction_field()
         vectors = np.asarray(vec if periodic else np.eye(3), np.float64)
         out = np.zeros((C, G))
+        tables, pair_params, exclusions = self._kernel_tables()
         placement_pair_energies(
             np.ascontiguousarray(x[0].detach().to(torch.float64).numpy()), vectors, np.linalg.inv(vectors), periodic,
             n_max, placements, np.ascontiguousarray(gfill, np.int64), np.ascontiguousarray(valid), in_group,
-            np.asarray(self._lj_type.numpy(), np.int64), self._q.to(torch.float64).numpy(), self._n_types, c6, c12,
-            soft, shift, float(s.cutoff), float(s.rvdw), float(s.rcoulomb),
-            float(self._f_coulomb), float(k_rf), float(c_rf), R_MIN_COULOMB, ex_ptr, ex_partners, out)
+            *tables, *pair_params, *exclusions, out)
+        return torch.as_tensor(out, dtype=self.dtype)
+
+    def _kernel_tables(self) -> tuple[tuple, tuple, tuple]:
+        """The compiled kernels' arguments that depend on the topology only: (LJ types, charges,
+        number of types, C6, C12, soft-core radius and shift per type pair), (cut-off, rvdw,
+        rcoulomb, f, k_rf, c_rf, r_min) and the excluded pairs as CSR (both directions)."""
+        if self._exclusion_csr is None:
+            s = self.settings
+            ex = self.params.exclusions.reshape(-1, 2)
+            both = np.concatenate([ex, ex[:, ::-1]]) if len(ex) else np.zeros((0, 2), np.int64)
+            order = np.lexsort((both[:, 1], both[:, 0]))
+            ptr = np.r_[0, np.cumsum(np.bincount(both[:, 0], minlength=self.n_atoms))].astype(np.int64)
+            c6, c12, soft, shift = (np.ascontiguousarray(v.to(torch.float64).numpy()) for v in self._lj_pairs)
+            k_rf, c_rf = s.reaction_field()
+            self._exclusion_csr = (
+                (np.asarray(self._lj_type.numpy(), np.int64), np.ascontiguousarray(self._q.to(torch.float64).numpy()),
+                 self._n_types, c6, c12, soft, shift),
+                (float(s.cutoff), float(s.rvdw), float(s.rcoulomb), float(self._f_coulomb), float(k_rf), float(c_rf),
+                 R_MIN_COULOMB),
+                (ptr, np.ascontiguousarray(both[order, 1], dtype=np.int64)))
+        return self._exclusion_csr
+
+    def cross_energies(self, placements: torch.Tensor, atoms: np.ndarray, others: torch.Tensor,
+                       other_atoms: np.ndarray, vectors: np.ndarray | None) -> torch.Tensor:
+        """(C,) non-bonded energies between each placement (C, A, 3) of ``atoms`` (A,) and the atoms
+        ``other_atoms`` (P,) at ``others`` (P, 3): non-excluded pairs within the cut-off, nearest
+        images (no gradient). What a Monte Carlo move of one unit changes in another's energy."""
+        from backmap.forcefield.placement_kernel import cross_pair_energies
+
+        periodic = vectors is not None
+        vec = np.asarray(vectors if periodic else np.eye(3), np.float64).reshape(3, 3)
+        out = np.zeros(placements.shape[0])
+        tables, pair_params, exclusions = self._kernel_tables()
+        cross_pair_energies(np.ascontiguousarray(placements.detach().to(torch.float64).numpy()),
+                            np.ascontiguousarray(atoms, np.int64),
+                            np.ascontiguousarray(others.detach().to(torch.float64).numpy()),
+                            np.ascontiguousarray(other_atoms, np.int64), vec, np.linalg.inv(vec), periodic,
+                            *tables, *pair_params, *exclusions, out)
         return torch.as_tensor(out, dtype=self.dtype)
 
     def _inside_pairs(self, valid: np.ndarray, gfill: np.ndarray, is_excluded) -> tuple[np.ndarray, ...]:

@@ -197,3 +197,37 @@ def placement_pair_energies(x, vectors, inverse, periodic, n_max, placements, at
                     if d2 < cut2:
                         r = np.sqrt(d2 + EPS2)
                         out[c, g] += _pair(r, c6, c12, rs, sh, qq, rvdw, rcoulomb, k_rf, c_rf, r_min)
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def cross_pair_energies(placements, atoms, others, other_atoms, vectors, inverse, periodic, lj_type, charges,
+                        n_types, c6t, c12t, softt, shiftt, cutoff, rvdw, rcoulomb, f_coulomb, k_rf, c_rf, r_min,
+                        ex_ptr, ex_partners, out):
+    """Add to ``out`` (C,) the non-bonded energy between each placement (C, A, 3) of ``atoms`` (A,)
+    and the atoms ``other_atoms`` (P,) at ``others`` (P, 3), nearest images (the cut-off is at most
+    half a box height), excluded pairs skipped."""
+    C, A, P = placements.shape[0], placements.shape[1], others.shape[0]
+    cut2 = cutoff * cutoff
+    for a in range(A):
+        i = atoms[a]
+        for p in range(P):
+            j = other_atoms[p]
+            if _excluded(i, j, ex_ptr, ex_partners):
+                continue
+            tt = lj_type[i] * n_types + lj_type[j]
+            c6, c12, rs, sh = c6t[tt], c12t[tt], softt[tt], shiftt[tt]
+            qq = f_coulomb * charges[i] * charges[j]
+            for c in range(C):
+                dx = placements[c, a, 0] - others[p, 0]
+                dy = placements[c, a, 1] - others[p, 1]
+                dz = placements[c, a, 2] - others[p, 2]
+                if periodic:
+                    f0 = np.rint(dx * inverse[0, 0] + dy * inverse[1, 0] + dz * inverse[2, 0])
+                    f1 = np.rint(dx * inverse[0, 1] + dy * inverse[1, 1] + dz * inverse[2, 1])
+                    f2 = np.rint(dx * inverse[0, 2] + dy * inverse[1, 2] + dz * inverse[2, 2])
+                    dx -= f0 * vectors[0, 0] + f1 * vectors[1, 0] + f2 * vectors[2, 0]
+                    dy -= f0 * vectors[0, 1] + f1 * vectors[1, 1] + f2 * vectors[2, 1]
+                    dz -= f0 * vectors[0, 2] + f1 * vectors[1, 2] + f2 * vectors[2, 2]
+                d2 = dx * dx + dy * dy + dz * dz
+                if d2 < cut2:
+                    out[c] += _pair(np.sqrt(d2 + EPS2), c6, c12, rs, sh, qq, rvdw, rcoulomb, k_rf, c_rf, r_min)

@@ -139,3 +139,48 @@ def vae_move(model: LatentModel, x: torch.Tensor, log_target: Callable[[torch.Te
     chosen = x2[torch.arange(len(x)), choice]
     new = torch.where(accepted.view(-1, *[1] * (x.ndim - 1)), chosen.to(x.dtype), x)
     return MoveResult(new, accepted, invalid, ratio, choice)
+
+
+Coupling = Callable[[int, dict[int, tuple[torch.Tensor, torch.Tensor]], torch.Tensor], torch.Tensor]
+
+
+def vae_move_sequential(model: LatentModel, x: torch.Tensor, log_target: Callable[[torch.Tensor], torch.Tensor],
+                        coupling: Coupling, generator: torch.Generator, trials: int = 1) -> MoveResult:
+    """One VAE Monte Carlo move of each of B systems that propose independently but may interact.
+
+    The proposals (encoder, prior, decoder draws and their densities) and ``log_target`` are
+    computed for all B at once, against the state before the move; then the moves are decided one
+    after the other, system k seeing the moves of systems < k that were accepted:
+    ``coupling(k, moved, states)`` returns the change of ln π_k of k's ``states`` (n, …) when the
+    systems in ``moved`` ({j: (old state, new state)}) are at their new states instead of the old.
+    Each decision is then an exact (multiple-try) Metropolis–Hastings update of k given the current
+    state, and a sweep over k is a systematic scan: exact, provided no system's proposal depends on
+    another's state (the caller's guarantee: none sees another)."""
+    B = len(x)
+    z1 = model.encode(x, generator)
+    x1, z1 = x[:, None], z1[:, None]
+    target1 = log_target(x1)[:, 0].double()
+    model1 = model.log_joint(x1, z1).model[:, 0]
+    x2, z2 = model.generate(trials, generator)
+    target2 = log_target(x2).double()
+    model2 = model.log_joint(x2, z2).model
+    accepted = torch.zeros(B, dtype=torch.bool)
+    invalid = torch.zeros(B, dtype=torch.bool)
+    ratio = torch.zeros(B, dtype=torch.float64)
+    choice = torch.zeros(B, dtype=torch.long)
+    new = x.clone()
+    moved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for k in range(B):
+        t1, t2 = target1[k:k + 1], target2[k:k + 1]
+        if moved:
+            delta = coupling(k, moved, torch.cat([x1[k], x2[k]])).double()
+            t1, t2 = t1 + delta[:1], t2 + delta[1:][None]
+        log_w1, log_w2 = t1 - model1[k:k + 1], t2 - model2[k:k + 1]
+        c = select(log_w2, generator) if trials > 1 else torch.zeros(1, dtype=torch.long)
+        r = multiple_try_log_ratio(log_w2, log_w1, c)
+        acc, bad = metropolis(r, generator)
+        accepted[k], invalid[k], ratio[k], choice[k] = acc[0], bad[0], r[0], c[0]
+        if bool(acc[0]):
+            new[k] = x2[k, c[0]].to(x.dtype)
+            moved[k] = (x[k], new[k])
+    return MoveResult(new, accepted, invalid, ratio, choice)

@@ -42,8 +42,9 @@ class SamplerOptions:
     batch_molecules: bool = True
     strip_hydrogens: bool = True
     energy: bool = True  # score candidates with the force field (else all energies are 0)
-    #: with ``colouring``: units of one group are also at least this far apart (nm, bead to bead),
-    #: e.g. so that no force-field interaction joins two units moved together by a Monte Carlo refiner
+    #: with ``colouring``: units of one group are this far apart (nm, bead to bead) instead of the
+    #: default two environment reaches 2·(cutoff + margin) — set by a Monte Carlo refiner that knows
+    #: how far its units reach (e.g. never within each other's environment, or not interacting)
     separation: float = 0.0
     #: CG restraint in the selection energy (kJ/mol/nm²): ½k|M(x)_J − R_J|² for every bead J the
     #: unit's atoms map onto, once all of J's atoms are placed (0 = off)
@@ -380,14 +381,15 @@ class Sampler:
         return first_atom, atoms, bead, pred, frame
 
     def _groups(self, beads: np.ndarray) -> list[np.ndarray]:
-        """Molecules of one step split so that no two units closer than two cut-offs move together."""
+        """Molecules of one step split so that no two units closer than two environment reaches (or
+        ``separation``) move together."""
         if not self.options.batch_molecules:
             return [np.array([k]) for k in range(len(beads))]
         if not self.options.colouring:
             return [np.arange(len(beads))]
         pos = self.builder.beads[beads]
         d = np.linalg.norm(minimum_image(pos[:, None] - pos[None], box_dimensions(self.builder.box)), axis=-1)
-        reach = max(2 * (self.options.cutoff + self.builder.margin), self.options.separation)
+        reach = self.options.separation or 2 * (self.options.cutoff + self.builder.margin)
         g = nx.Graph()
         g.add_nodes_from(range(len(beads)))
         g.add_edges_from(zip(*np.nonzero(np.triu(d < reach, 1))))

@@ -67,6 +67,40 @@ class BoundUnits:
         ff, bias = self.targets.energies(configs, self.tables, self.cg, self.vectors)
         return ff.T, bias.T
 
+    def coupling(self, k: int, moved: dict[int, tuple[torch.Tensor, torch.Tensor]], states: torch.Tensor
+                 ) -> torch.Tensor:
+        """Change of ln π of unit k's ``states`` (n, U, 3, local) when the units ``moved`` ({j: (old,
+        new) local placements}) stand at their new placements instead of the old: −β times the
+        change of their non-bonded energy with k (the only terms that join units of a group)."""
+        delta = torch.zeros(len(states), dtype=torch.float64)
+        reach = self.targets.interaction_range()
+        near = [j for j in moved if self._apart(k, j) < reach]
+        if not near:
+            return delta
+        ff = self.targets.ff
+        mine = self.index[k].numpy() >= 0  # padding slots hold no atom
+        lab = self.to_lab_unit(k, states)[:, torch.as_tensor(mine)]
+        atoms = self.index[k].numpy()[mine]
+        slots = [self.index[j].numpy() >= 0 for j in near]
+        new = torch.cat([self.to_lab_unit(j, moved[j][1][None])[0][torch.as_tensor(m)] for j, m in zip(near, slots)])
+        old = torch.cat([self.to_lab_unit(j, moved[j][0][None])[0][torch.as_tensor(m)] for j, m in zip(near, slots)])
+        other = np.concatenate([self.index[j].numpy()[m] for j, m in zip(near, slots)])
+        e = ff.cross_energies(lab, atoms, new, other, self.vectors) - ff.cross_energies(lab, atoms, old, other,
+                                                                                       self.vectors)
+        return -self.targets.beta * e
+
+    def _apart(self, k: int, j: int) -> float:
+        """Nearest-image distance (nm) between the frames' centres of units k and j."""
+        d = (self.centre[k] - self.centre[j]).numpy()
+        if self.vectors is not None:
+            v = np.asarray(self.vectors, np.float64).reshape(3, 3)
+            d = d - np.rint(d @ np.linalg.inv(v)) @ v
+        return float(np.linalg.norm(d))
+
+    def to_lab_unit(self, k: int, local: torch.Tensor) -> torch.Tensor:
+        """Unit k's local placements (n, U, 3) → lab positions (float64)."""
+        return local.double() @ self.rotation[k] + self.centre[k]
+
     def outside(self, local: torch.Tensor) -> torch.Tensor:
         """How far (nm, ≥ 0) the farthest atom of each placement lies beyond the wall ``extent``."""
         return (local.double().norm(dim=-1) - self.targets.extent).clamp(min=0).amax(-1)
@@ -134,15 +168,21 @@ class UnitTargets:
                 pairs.append(first + np.asarray(local[mt.name], np.int64))
         return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
 
-    def separation(self) -> float:
+    def separation(self, interacting: bool = False) -> float:
         """Bead distance beyond which two units, each within ``extent`` of its bead, neither see
-        each other (environment cut-off) nor interact (force-field cut-off)."""
+        each other (environment cut-off) nor, unless ``interacting``, interact (force-field
+        cut-off). Units that may interact are decided one after the other (sequential moves)."""
         e = self.extent
-        return max(self.generator.environment.cutoff + e, self.ff.settings.cutoff + 2 * e) + 1e-6
+        seen = self.generator.environment.cutoff + e
+        return (seen if interacting else max(seen, self.ff.settings.cutoff + 2 * e)) + 1e-6
 
-    def frame_groups(self, cg: np.ndarray, box) -> list[UnitGroup]:
+    def interaction_range(self) -> float:
+        """Bead distance within which two units' atoms may come within the force-field cut-off."""
+        return self.ff.settings.cutoff + 2 * self.extent
+
+    def frame_groups(self, cg: np.ndarray, box, interacting: bool = False) -> list[UnitGroup]:
         """The colour groups of a frame's units (every unit once)."""
-        self.sampler.options.separation = self.separation()
+        self.sampler.options.separation = self.separation(interacting)
         return self.sampler.frame_groups(cg, box)
 
     def bind(self, group: UnitGroup, positions: torch.Tensor, cg: torch.Tensor, vectors: np.ndarray) -> BoundUnits:
@@ -159,6 +199,7 @@ class UnitTargets:
         if st is not None:
             return st
         touched = [sorted({b for a in unit if a >= 0 for b in self.bead_of_atom[int(a)]}) for unit in group.atoms]
+        self._check_apart(group, touched)
         T = max(len(t) for t in touched)
         A = max(len(self.beads[b][0]) for t in touched for b in t)
         bead_idx = np.full((len(touched), T), -1)
@@ -183,6 +224,25 @@ class UnitTargets:
             "bead_weights": torch.as_tensor(weights), "bond": torch.as_tensor(bond_idx),
             "index": torch.as_tensor(group.atoms), "label": f"{group.moltype}:{self.labels[group.moltype][group.meta['bead']]}"}
         return st
+
+    def _check_apart(self, group: UnitGroup, touched: list[list[int]]) -> None:
+        """Units moved in one group must share no restrained bead and no excluded pair (bonds,
+        angles, dihedrals, springs): then only non-bonded pairs can couple them."""
+        owner: dict[int, int] = {}
+        for u, unit in enumerate(group.atoms):
+            for a in unit[unit >= 0]:
+                owner[int(a)] = u
+        beads: dict[int, int] = {}
+        for u, bs in enumerate(touched):
+            for b in bs:
+                if beads.setdefault(b, u) != u:
+                    raise BackmapError(f"{group.moltype}: two units moved together map to bead {b} (extent too small?)")
+        (ptr, partners) = self.ff._kernel_tables()[2]
+        for a, u in owner.items():
+            for j in partners[ptr[a]:ptr[a + 1]]:
+                if owner.get(int(j), u) != u:
+                    raise BackmapError(f"{group.moltype}: units moved together are bonded to each other (atoms {a} "
+                                       f"and {int(j)}): extent or the environment cut-off is too small")
 
     def energies(self, configs: torch.Tensor, st: dict, cg: torch.Tensor, vectors: np.ndarray
                  ) -> tuple[torch.Tensor, torch.Tensor]:
