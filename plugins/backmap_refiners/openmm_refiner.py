@@ -12,10 +12,14 @@ frame.
 """
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import numpy as np
 from pydantic import Field
 
 from backmap import BackmapError, Refiner
+from backmap.system.io import atomic_path
 from backmap.refinement.restrained import BOLTZMANN, RefineParams, RefineResult, RestrainedSystem, resolve_constraints
 
 
@@ -45,6 +49,10 @@ class OpenMMParams(RefineParams):
                                                            "retry (0: no such retry)")
     warmup_steps: int = Field(100, ge=0, description="dynamics steps at a quarter of the time step first "
                                                      "(velocities meet a minimized structure)")
+    trace: Path | None = Field(None, description=".npz of the positions (float32) every trace_every sampling steps "
+                                                 "with the process's CPU seconds (decorrelation analysis; the "
+                                                 "first frame refined only)")
+    trace_every: int = Field(25, ge=1, description="sampling steps between trace records")
 
 
 class OpenMMRefiner(Refiner):
@@ -60,6 +68,7 @@ class OpenMMRefiner(Refiner):
         self.params = resolve_constraints(self.params, system, self.name)
         self.groups = system.bead_groups()
         self._contexts = None
+        self._traced = False
 
     # ------------------------------------------------------------------ building
     def _openmm_system(self, top, constraints, k: float, box: np.ndarray):
@@ -277,7 +286,16 @@ class OpenMMRefiner(Refiner):
             self._dynamics.setStepSize(p.timestep / 4)
             _guarded_steps(self._dynamics, ctx, p.warmup_steps, box)
         self._dynamics.setStepSize(p.timestep / slower)
-        _guarded_steps(self._dynamics, ctx, p.steps * slower, box)
+        if p.trace is not None and not self._traced:
+            self._traced = True
+            rows = []
+            _guarded_steps(self._dynamics, ctx, p.steps * slower, box, chunk=p.trace_every * slower,
+                           record=lambda y: rows.append((time.process_time(), y.astype(np.float32))))
+            with atomic_path(Path(p.trace)) as tmp:
+                np.savez(tmp, cpu_seconds=np.array([r[0] for r in rows]), positions=np.stack([r[1] for r in rows]),
+                         steps_between=p.trace_every, timestep=p.timestep / slower)
+        else:
+            _guarded_steps(self._dynamics, ctx, p.steps * slower, box)
         return self._result(ctx, self._dof)
 
     def _sample_stiff(self, ctx, slower: int) -> tuple[np.ndarray, dict]:
@@ -352,7 +370,7 @@ class OpenMMRefiner(Refiner):
         return RefineResult(out, log)
 
 
-def _guarded_steps(integrator, ctx, n: int, box: np.ndarray, chunk: int = 25) -> None:
+def _guarded_steps(integrator, ctx, n: int, box: np.ndarray, chunk: int = 25, record=None) -> None:
     """``n`` steps in chunks, stopping with an OpenMMException as soon as an atom has left any
     sensible region (non-finite, or more than ten box lengths away): once coordinates of a blown-up
     run grow unbounded, OpenMM's CPU neighbour list can crash the process instead of raising (seen
@@ -369,6 +387,8 @@ def _guarded_steps(integrator, ctx, n: int, box: np.ndarray, chunk: int = 25) ->
         x = ctx.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
         if not np.isfinite(x).all() or np.abs(x).max() > bound:
             raise mm.OpenMMException(f"Particle coordinate is NaN or far outside the box after {done} steps")
+        if record is not None:
+            record(x)
 
 
 def _reset_steepest_descent(sd, max_displacement: float) -> None:
