@@ -306,7 +306,7 @@ class ForceField:
             erfc = float(torch.special.erfc(torch.tensor(beta * s.rcoulomb, dtype=torch.float64)))
             self._ewald = beta, erfc / s.rcoulomb
         self._group_tables = None  # built by group_energies on first use
-        self._exclusion_csr = None  # the compiled kernels' topology tables (_kernel_tables)
+        self._kernel_args = None  # the compiled kernels' topology tables (_kernel_tables)
 
     def make_whole(self, positions: np.ndarray, dimensions: np.ndarray) -> np.ndarray:
         """``positions`` (N, 3) with every molecule whole (a subsystem's are assumed whole)."""
@@ -583,7 +583,7 @@ class ForceField:
         """The compiled kernels' arguments that depend on the topology only: (LJ types, charges,
         number of types, C6, C12, soft-core radius and shift per type pair), (cut-off, rvdw,
         rcoulomb, f, k_rf, c_rf, r_min) and the excluded pairs as CSR (both directions)."""
-        if self._exclusion_csr is None:
+        if self._kernel_args is None:
             s = self.settings
             ex = self.params.exclusions.reshape(-1, 2)
             both = np.concatenate([ex, ex[:, ::-1]]) if len(ex) else np.zeros((0, 2), np.int64)
@@ -591,13 +591,13 @@ class ForceField:
             ptr = np.r_[0, np.cumsum(np.bincount(both[:, 0], minlength=self.n_atoms))].astype(np.int64)
             c6, c12, soft, shift = (np.ascontiguousarray(v.to(torch.float64).numpy()) for v in self._lj_pairs)
             k_rf, c_rf = s.reaction_field()
-            self._exclusion_csr = (
+            self._kernel_args = (
                 (np.asarray(self._lj_type.numpy(), np.int64), np.ascontiguousarray(self._q.to(torch.float64).numpy()),
                  self._n_types, c6, c12, soft, shift),
                 (float(s.cutoff), float(s.rvdw), float(s.rcoulomb), float(self._f_coulomb), float(k_rf), float(c_rf),
                  R_MIN_COULOMB),
                 (ptr, np.ascontiguousarray(both[order, 1], dtype=np.int64)))
-        return self._exclusion_csr
+        return self._kernel_args
 
     def cross_energies(self, placements: torch.Tensor, atoms: np.ndarray, others: torch.Tensor,
                        other_atoms: np.ndarray, vectors: np.ndarray | None) -> torch.Tensor:
