@@ -355,6 +355,13 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
                    "forward pass (where a chain's growing end swings freely).")
 @click.option("--stereo-reference", type=click.Path(path_type=Path), default=None,
               help="AA structure of the system whose stereocentres' handedness the sampler keeps.")
+@click.option("--regrow", default=None, metavar="BEADS",
+              help="Block move after the sweeps: hide these beads' units (comma-separated bead names, e.g. "
+                   "S1,S2,B1,B2 for a chain's start) and place them again with the rest of the molecule in place.")
+@click.option("--regrow-candidates", type=int, default=0, show_default=True,
+              help="Candidates per unit in the --regrow block move (0: --candidates).")
+@click.option("--regrow-trials", type=int, default=1, show_default=True,
+              help="Grow the --regrow block this many times; each molecule keeps its lowest-energy trial.")
 @click.option("--cutoff", type=float, default=None, help="Assert the model's environment radius (nm); it is the model's.")
 @click.option("--traversal", default=None, help="Assert the model's traversal; it is the model's.")
 @click.option("--frame-by-frame", is_flag=True, default=False,
@@ -373,7 +380,7 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
 def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Path | None, mapping: tuple[Path, ...],
           frames: str | None, selector: str, candidates: int, gibbs_sweeps: int, minimize_steps: int,
           project_cg: bool | None, cg_restraint: float, colouring: bool, polish_steps: int, polish_sweeps: str,
-          stereo_reference: Path | None,
+          stereo_reference: Path | None, regrow: str | None, regrow_candidates: int, regrow_trials: int,
           cutoff: float | None, traversal: str | None, frame_by_frame: bool, generator_params: tuple[str, ...],
           seed: int, refiner_name: str | None, mdp: Path | None, temperature, n_steps, restraint, constraints,
           timestep, friction, extra, workers, scheduler, threads_per_worker, frames_per_task) -> None:
@@ -419,10 +426,17 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
                                    colouring=colouring, polish_steps=polish_steps, polish_sweeps=polish_sweeps,
                                    energy=Path(top_path).suffix == ".top",
                                    stereo_reference=stereo_reference, cutoff=cutoff, traversal=traversal,
-                                   frame_by_frame=frame_by_frame,
+                                   frame_by_frame=frame_by_frame, regrow_candidates=regrow_candidates, regrow_trials=regrow_trials,
+                                   regrow=[b.strip() for b in regrow.split(",") if b.strip()] if regrow else [],
                                    generator_params=_key_values(generator_params, "--generator-param"))
     except ValueError as exc:
         raise BackmapError(f"apply: {str(exc).splitlines()[-1].strip()}") from None
+    ctx = click.get_current_context()
+    given = {name for name in ctx.params if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
+    settings, taken = settings.recommended(loaded.sampling, given, loaded.directory / "model.json", cg_top)
+    if taken:
+        click.echo("apply: the model's sampling settings: " + ", ".join(f"{k}={v}" for k, v in taken.items())
+                   + " (the options of the same names change them)", err=True)
     loaded.generator.for_inference(settings.generator_params, where="--generator-param")  # refused here, early
     refiner = system = None
     if refiner_name:

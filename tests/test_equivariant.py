@@ -368,3 +368,39 @@ def test_energy_guidance_without_force_field_energies_is_refused(hexane_run, tmp
                                    "--cg", hexane_run / "backmap" / "aa_cg.trr", "--polish", "5", "--out", out)
     assert code != 0 and "polish_steps" in stdout + stderr, (code, stdout, stderr)
     assert not out.exists()
+
+
+def test_the_models_sampling_settings_apply_unless_given(hexane_run, tmp_path):
+    """A model's recorded ``sampling`` (e.g. the shipped sPS model's chain-start regrow) is what
+    apply uses where no option says otherwise, and the provenance records it; beads the system
+    does not have are dropped from it; an unknown key in it is refused naming the key and the
+    model file, with nothing written."""
+    import json
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(hexane_run / "model", model)
+    description = json.loads((model / "model.json").read_text())
+    cg = hexane_run / "backmap" / "aa_cg.trr"
+
+    def apply(sampling, *options):
+        (model / "model.json").write_text(json.dumps({**description, "sampling": sampling}))
+        out = tmp_path / f"aa{len(list(tmp_path.glob('aa*.xtc')))}.xtc"
+        code, stdout, stderr = run_cli("apply", "--model", model, "--cg", cg, "--frames", "0:1", "--gibbs", "0",
+                                       "--out", out, *options)
+        settings = json.loads(out.with_suffix(".json").read_text())["settings"] if code == 0 else None
+        return code, stdout + stderr, settings, out
+
+    code, said, settings, _ = apply({"regrow": ["A1"], "regrow_trials": 2, "candidates": 3})
+    assert code == 0, said
+    assert "the model's sampling settings" in said and "regrow_trials=2" in said
+    assert settings["regrow"] == ["A1"] and settings["regrow_trials"] == 2 and settings["candidates"] == 3
+    code, said, settings, _ = apply({"regrow": ["A1"], "regrow_trials": 2}, "--regrow-trials", "1", "--regrow", "")
+    assert code == 0, said
+    assert settings["regrow"] == [] and settings["regrow_trials"] == 1
+    code, said, settings, _ = apply({"regrow": ["A1", "S9"]})  # recommended for another system's beads
+    assert code == 0, said
+    assert settings["regrow"] == ["A1"]
+    code, said, settings, out = apply({"regrow_trails": 2})
+    assert code != 0 and "regrow_trails" in said and "model.json" in said, said
+    assert not out.exists()

@@ -51,6 +51,12 @@ class Model:
     def mapping(self) -> list[Path]:
         return [Path(m) for m in self.description["system"].get("mapping", [])]
 
+    @property
+    def sampling(self) -> dict[str, Any]:
+        """The sampling settings the model is best used with (``BackmapSettings`` keys, recorded by
+        the train step's ``sampling``): apply and the backmap step take them where nothing is given."""
+        return dict(self.description.get("sampling") or {})
+
     def check_system(self, cg_topology: CGTopology) -> None:
         """Refuse a system that is not the one the model was trained on, naming the difference. A
         generator that adapts to new chemistry (``Generator.adapt``) may meet molecule types under

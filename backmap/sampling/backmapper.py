@@ -55,6 +55,15 @@ class BackmapSettings(BaseModel):
     polish_sweeps: Literal["all", "last"] = Field("last", description="polish placements only in the frame's last "
                                                                       "sweep (then the closing pass), or in every "
                                                                       "sweep including the forward pass")
+    regrow: list[str] = Field(default_factory=list, description="a block move after the sweeps: these beads' units "
+                                                                "(bead names) are hidden, placed again in plan order "
+                                                                "with the rest of the molecule in place, then drawn "
+                                                                "once more in Gibbs mode (e.g. a chain's first beads, "
+                                                                "whose stereocentres were chosen with little around them)")
+    regrow_candidates: int = Field(0, ge=0, description="candidates per unit in the regrow block move "
+                                                        "(0 = candidates)")
+    regrow_trials: int = Field(1, ge=1, description="the regrow block is grown this many times; each molecule keeps "
+                                                   "the trial whose units' selection energies sum lowest")
     minimize_steps: int = Field(0, ge=0, description="restrained energy-minimization steps after sampling "
                                                      "(the EM baseline; 0 = none)")
     restraint: float = Field(1000.0, ge=0, description="CG restraint constant for minimization (kJ/mol/nm²)")
@@ -77,6 +86,23 @@ class BackmapSettings(BaseModel):
     traversal: str | None = Field(None, description="the model's traversal; only to assert it")
     heavy_first: bool | None = Field(None, description="the model's heavy-first order; only to assert it")
     strip_hydrogens: bool | None = Field(None, description="the model's hydrogen stripping; only to assert it")
+
+    def recommended(self, sampling: dict, given: set[str], source: Path | str | None = None,
+                    cg_topology: CGTopology | None = None) -> tuple["BackmapSettings", dict]:
+        """These settings with a model's recommended ``sampling`` ones wherever the user gave
+        nothing (``given``: the keys set explicitly), and which were taken. Beads to ``regrow``
+        that ``cg_topology`` does not have are dropped (a model applied to another system)."""
+        unknown = sorted(set(sampling) - set(type(self).model_fields))
+        if unknown:
+            raise BackmapError(f"sampling: {unknown[0]!r} is not a backmap setting", source=source)
+        taken = {k: v for k, v in sampling.items() if k not in given}
+        if cg_topology is not None and "regrow" in taken:
+            known = {b.name for cb in cg_topology.blocks for b in cb.mapping.beads}
+            taken["regrow"] = [b for b in taken["regrow"] if b in known]
+        try:
+            return type(self)(**{**self.model_dump(), **taken}), taken
+        except ValueError as exc:
+            raise BackmapError(f"sampling: {str(exc).splitlines()[-1].strip()}", source=source) from None
 
     def environment_keys(self) -> dict:
         return {k: getattr(self, k) for k in ("cutoff", "traversal", "heavy_first", "strip_hydrogens")}
@@ -106,7 +132,13 @@ class Backmapper:
                                  colouring=s.colouring, batch_molecules=s.batch_molecules,
                                  strip_hydrogens=spec.strip_hydrogens, energy=s.energy,
                                  cg_restraint=s.cg_restraint, polish_steps=s.polish_steps,
-                                 polish_sweeps=s.polish_sweeps)
+                                 polish_sweeps=s.polish_sweeps, regrow=tuple(s.regrow),
+                                 regrow_candidates=s.regrow_candidates, regrow_trials=s.regrow_trials)
+        known = {b.name for cb in self.cg_topology.blocks for b in cb.mapping.beads}
+        unknown = [b for b in s.regrow if b not in known]
+        if unknown:
+            raise BackmapError(f"regrow: no bead named {', '.join(unknown)} in the mapping "
+                               f"(its beads: {', '.join(sorted(known)[:30])})")
         self.chirality = None
         if s.stereo_reference is not None:
             if not s.energy:

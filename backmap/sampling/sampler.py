@@ -55,6 +55,15 @@ class SamplerOptions:
     #: in which sweeps placements are polished: "last" (the frame's last sweep; then the closing
     #: pass) or "all" (the forward pass too, where a chain's growing end swings freely)
     polish_sweeps: str = "last"
+    #: a block move after the sweeps: the units of these beads (by name, in every molecule type
+    #: that has them) are hidden, placed again in plan order with the rest of the molecule where it
+    #: is, then drawn once more in Gibbs mode — for units that chose badly when they were placed
+    #: with little around them (a chain's start: the hands of its first stereocentres)
+    regrow: tuple[str, ...] = ()
+    #: candidates per unit in the block move (0 = ``candidates``)
+    regrow_candidates: int = 0
+    #: the block is grown this many times; each molecule keeps its lowest-energy trial
+    regrow_trials: int = 1
 
 
 @dataclass
@@ -474,6 +483,8 @@ class Sampler:
                     placed[:] = True
                 polish = self.polish is not None and (self.options.polish_sweeps == "all" or k == len(sweeps) - 1)
                 self._step(step, positions, placed, all_placed=sweep == "gibbs", polish=polish)
+            if self.options.regrow:
+                self._regrow(schedule, positions, placed)
         self._last_schedule = schedule
         return positions.numpy().astype(np.float64)
 
@@ -492,13 +503,47 @@ class Sampler:
                     self._polish_step(step, x, placed)
         return x.numpy().astype(np.float64)
 
+    def _regrow(self, schedule: list, positions: torch.Tensor, placed: torch.Tensor) -> None:
+        """The block move of ``options.regrow``: hide the named beads' units, place them again in
+        plan order (forward mode), then once more with everything placed (Gibbs mode). With
+        ``regrow_trials`` > 1 the block is grown that many times and each molecule keeps the trial
+        whose units' Gibbs-mode selection energies sum lowest."""
+        names = set(self.options.regrow)
+        steps = [step for block in schedule for step in block
+                 if self.plans[step[0]].mapping.beads[step[2]["bead"]].name in names]
+        if not steps:
+            return
+        hidden = torch.cat([g[6].reshape(-1) for step in steps for g in step[3]])
+        owner = torch.cat([g[5][:, None].expand_as(g[6]).reshape(-1) for step in steps for g in step[3]])
+        k = self.options.regrow_candidates or self.options.candidates
+        best_energy = torch.full((len(positions),), float("inf"))  # per molecule, by its first atom
+        best = positions[hidden].clone()
+        for _ in range(max(1, self.options.regrow_trials)):
+            placed[:] = True
+            placed[hidden] = False
+            for step in steps:
+                self._step(step, positions, placed, candidates=k)
+            energy = torch.zeros(len(positions))
+            for step in steps:
+                for first_atom, chosen in self._step(step, positions, placed, all_placed=True, candidates=k):
+                    energy.index_add_(0, first_atom, chosen)
+            better = energy < best_energy
+            best_energy = torch.where(better, energy, best_energy)
+            keep = better[owner]
+            best[keep] = positions[hidden][keep]
+        positions[hidden] = best
+        placed[:] = True
+
     def _step(self, step: tuple, positions: torch.Tensor, placed: torch.Tensor, all_placed: bool = False,
-              polish: bool = False) -> None:
+              polish: bool = False, candidates: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Place one plan step's units, group after group; returns each group's molecules (their
+        first atoms) and the selection energies of the candidates chosen."""
         name, s, meta, groups = step
+        chosen_energies = []
         for group, atoms, bead, pred, frame, first_atom, idx, est in groups:
             env = self.builder.build(name, atoms, bead, pred, positions, placed, frame_beads=frame, compact=True)
             env.meta = meta
-            local = torch.as_tensor(self.generator.propose(env, self.options.candidates, self.rng),
+            local = torch.as_tensor(self.generator.propose(env, candidates or self.options.candidates, self.rng),
                                     dtype=torch.float32)
             lab = env.to_lab(local)  # (B, K, U, 3)
             if self.energy is not None and local.shape[1] > 1:
@@ -507,6 +552,7 @@ class Sampler:
             else:
                 energies = torch.zeros(lab.shape[:2])
             pick = torch.as_tensor(self.selector.select(energies.numpy(), self.rng))
+            chosen_energies.append((first_atom, energies.gather(1, pick.view(-1, 1))[:, 0].float()))
             chosen = lab.gather(1, pick.view(-1, 1, 1, 1).expand(-1, 1, *lab.shape[2:]))[:, 0]  # (B, U, 3)
             if polish:
                 chosen = self._polish(name, s, first_atom, idx, chosen, env, positions, placed, est, all_placed)
@@ -514,6 +560,7 @@ class Sampler:
             positions.index_copy_(0, flat, chosen.reshape(-1, 3))
             placed.index_fill_(0, flat, True)
             self.placements += idx.numel()
+        return chosen_energies
 
     def _polish_step(self, step: tuple, positions: torch.Tensor, placed: torch.Tensor) -> None:
         """Polish every unit of a plan step where it stands (the closing pass: nothing drawn)."""

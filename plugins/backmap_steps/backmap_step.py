@@ -78,7 +78,11 @@ class BackmapStep(Step):
             refiner = pick_refiner(ctx, p.refiner, "steps.backmap.refiner")
             settings = NonbondedSettings.from_mdp(p.mdp) if p.mdp else NonbondedSettings()
             system = RestrainedSystem(cg_top, Path(ctx.recipe.system.topology), settings)
-        settings = BackmapSettings(**{k: getattr(p, k) for k in BackmapSettings.model_fields})
+        settings, taken = BackmapSettings(**{k: getattr(p, k) for k in BackmapSettings.model_fields}).recommended(
+            model.sampling, p.model_fields_set, Path(model_dir) / "model.json", cg_top)
+        if taken:
+            ctx.console.print("backmap: the model's sampling settings: "
+                              + ", ".join(f"{k}={v}" for k, v in taken.items()))
         summary = backmap_to_files(model, cg_top, ctx.recipe.system.topology, frames, ctx.path(p.out), settings,
                                    seed=ctx.seed, registry=ctx.registry, refiner=refiner, refine_system=system,
                                    structure=p.structure, provenance={"recipe": str(ctx.recipe.path)},

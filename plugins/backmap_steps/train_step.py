@@ -15,6 +15,7 @@ from backmap.system.io import atomic_path
 from backmap.forcefield import NonbondedSettings
 from backmap.refinement.restrained import RestrainedSystem
 from backmap.sampling.environment import Channels
+from backmap.sampling.backmapper import BackmapSettings
 from backmap.system.pairs import PairSet
 from backmap.training.reverse_kl import ReverseKLOptions
 from backmap.sampling.traversal import make_plans
@@ -35,6 +36,9 @@ class TrainParams(TrainOptions):
                                          description="tempering and target of objective: reverse_kl")
     mdp: InputPath | None = Field(None, description="objective reverse_kl: GROMACS .mdp for cut-offs and "
                                                     "electrostatics (short-ranged: reaction-field or cut-off)")
+    sampling: dict = Field(default_factory=dict, description="backmap settings the model is best used with (e.g. "
+                                                             "regrow, regrow_trials), recorded in model.json: apply "
+                                                             "and the backmap step take them unless given")
 
 
 class TrainStep(Step):
@@ -48,6 +52,7 @@ class TrainStep(Step):
             raise BackmapError("steps.train: the recipe has no 'generator' section", source=ctx.where("generator"))
         info = ctx.registry.get("generator", ref.plugin, where="generator.plugin")
         generator = info.cls(ref.params, environment=ref.environment)
+        BackmapSettings().recommended(self.params.sampling, set(), ctx.where("steps.train.sampling"))  # early
         spec = generator.environment
         chosen: dict = {}
         if spec.temporal and spec.temporal_alignment == "beads" and spec.temporal_twist is None:
@@ -105,7 +110,7 @@ class TrainStep(Step):
         if ctx.recipe.system.bottleneck is not None:  # generated: travels inside the model
             mapping_files = [_copy(m, out / m.name) for m in mapping_files]
         save_model(out, generator, channels, ctx.recipe.system.topology, mapping_files, cg,
-                   seed=ctx.seed, training={"recipe": ctx.recipe.name, "options": options.model_dump(),
+                   **({"sampling": self.params.sampling} if self.params.sampling else {}), seed=ctx.seed, training={"recipe": ctx.recipe.name, "options": options.model_dump(),
                                             "train frames": data.n_train_frames, "summary": training,
                                             **_trained_on(ctx), **_time_step(data)})
         ctx.outputs.declare("train", model=out, log=log_dir if any(log_dir.iterdir()) else None)
