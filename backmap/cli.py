@@ -362,6 +362,9 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
               help="Candidates per unit in the --regrow block move (0: --candidates).")
 @click.option("--regrow-trials", type=int, default=1, show_default=True,
               help="Grow the --regrow block this many times; each molecule keeps its lowest-energy trial.")
+@click.option("--repair-clashes", type=int, default=0, show_default=True,
+              help="Rounds of clash repair after sampling: units with an atom closer than 0.1 nm to one more than "
+                   "three bonds away are drawn again, one at a time (0 = off).")
 @click.option("--cutoff", type=float, default=None, help="Assert the model's environment radius (nm); it is the model's.")
 @click.option("--traversal", default=None, help="Assert the model's traversal; it is the model's.")
 @click.option("--frame-by-frame", is_flag=True, default=False,
@@ -380,7 +383,7 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
 def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Path | None, mapping: tuple[Path, ...],
           frames: str | None, selector: str, candidates: int, gibbs_sweeps: int, minimize_steps: int,
           project_cg: bool | None, cg_restraint: float, colouring: bool, polish_steps: int, polish_sweeps: str,
-          stereo_reference: Path | None, regrow: str | None, regrow_candidates: int, regrow_trials: int,
+          stereo_reference: Path | None, regrow: str | None, regrow_candidates: int, regrow_trials: int, repair_clashes: int,
           cutoff: float | None, traversal: str | None, frame_by_frame: bool, generator_params: tuple[str, ...],
           seed: int, refiner_name: str | None, mdp: Path | None, temperature, n_steps, restraint, constraints,
           timestep, friction, extra, workers, scheduler, threads_per_worker, frames_per_task) -> None:
@@ -427,6 +430,7 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
                                    energy=Path(top_path).suffix == ".top",
                                    stereo_reference=stereo_reference, cutoff=cutoff, traversal=traversal,
                                    frame_by_frame=frame_by_frame, regrow_candidates=regrow_candidates, regrow_trials=regrow_trials,
+                                   repair_clashes=repair_clashes,
                                    regrow=[b.strip() for b in regrow.split(",") if b.strip()] if regrow else [],
                                    generator_params=_key_values(generator_params, "--generator-param"))
     except ValueError as exc:

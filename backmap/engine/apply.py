@@ -136,6 +136,7 @@ class BackmapJob(ProcessLocal):
             t0 = time.perf_counter()
             placed = bm.sampler.placements
             polished = dict(bm.sampler.polish_log)
+            repaired = bm.sampler.repaired_units
             previous = getattr(self, "_local_previous", None) if self.chained else None
             aa, kept = bm.backmap_frame(cg, frame_rng(self.seed, _frame_key(cg, k)), previous,
                                         start=getattr(cg, "start", None))  # morphing scheme B
@@ -143,6 +144,8 @@ class BackmapJob(ProcessLocal):
                                    "placements": bm.sampler.placements - placed}
             if kept is not None:
                 row["stereocentres_kept"] = kept
+            if bm.settings.repair_clashes:
+                row["clash_units_redrawn"] = bm.sampler.repaired_units - repaired
             if bm.sampler.polish is not None:
                 row.update({f"polish_{k}": v - polished[k] for k, v in bm.sampler.polish_log.items()})
             if bm.projection is not None:
@@ -242,6 +245,10 @@ def backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path,
     kept = [r["stereocentres_kept"] for r in rows if "stereocentres_kept" in r]
     if kept:
         summary["stereocentres kept"] = round(float(np.mean(kept)), 4)
+    redrawn = [r["clash_units_redrawn"] for r in rows if "clash_units_redrawn" in r]
+    if redrawn:
+        summary["clash repair"] = {"rounds": bm.settings.repair_clashes, "units redrawn": int(sum(redrawn)),
+                                   "frames with clashes": int(sum(1 for r in redrawn if r))}
     polished = [r for r in rows if "polish_placements" in r]
     if polished:
         n_polished = sum(r["polish_placements"] for r in polished)
@@ -263,7 +270,8 @@ def backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path,
                 f"{p['molecules left unprojected']} molecules could not be projected onto their CG input "
                 "(no convergence, or an atom would move > 0.3 nm); they are written as sampled")
     if refiner is not None:
-        log = [{k: v for k, v in r.items() if k not in ("generator_seconds", "placements", "stereocentres_kept")
+        log = [{k: v for k, v in r.items() if k not in ("generator_seconds", "placements", "stereocentres_kept",
+                                                          "clash_units_redrawn")
                 and not k.startswith(("projection_", "polish_"))} for r in rows]
         write_log(files.refine_log, log)
         plot_log(files.refine_log.with_suffix(".png"), log, f"{refiner.name}: {files.aa.name}")

@@ -64,6 +64,9 @@ class BackmapSettings(BaseModel):
                                                         "(0 = candidates)")
     regrow_trials: int = Field(1, ge=1, description="the regrow block is grown this many times; each molecule keeps "
                                                    "the trial whose units' selection energies sum lowest")
+    repair_clashes: int = Field(0, ge=0, description="rounds of clash repair at the end of sampling: units with an "
+                                                     "atom closer than 0.1 nm to one more than three bonds away "
+                                                     "are drawn again one at a time (0 = off)")
     minimize_steps: int = Field(0, ge=0, description="restrained energy-minimization steps after sampling "
                                                      "(the EM baseline; 0 = none)")
     restraint: float = Field(1000.0, ge=0, description="CG restraint constant for minimization (kJ/mol/nm²)")
@@ -133,7 +136,8 @@ class Backmapper:
                                  strip_hydrogens=spec.strip_hydrogens, energy=s.energy,
                                  cg_restraint=s.cg_restraint, polish_steps=s.polish_steps,
                                  polish_sweeps=s.polish_sweeps, regrow=tuple(s.regrow),
-                                 regrow_candidates=s.regrow_candidates, regrow_trials=s.regrow_trials)
+                                 regrow_candidates=s.regrow_candidates, regrow_trials=s.regrow_trials,
+                                 repair_clashes=s.repair_clashes)
         known = {b.name for cb in self.cg_topology.blocks for b in cb.mapping.beads}
         unknown = [b for b in s.regrow if b not in known]
         if unknown:

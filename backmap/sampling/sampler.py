@@ -18,6 +18,7 @@ import torch
 
 from backmap.sampling.environment import Channels, EnvironmentBatch, EnvironmentBuilder
 from backmap.forcefield.energy import bonded_energy
+from backmap.forcefield.neighbors import neighbour_pairs
 from backmap.forcefield.parameters import build_parameters, excluded_pairs, molecule_terms
 from backmap.system.mapping import CGTopology
 from backmap.system.pbc import box_dimensions, minimum_image
@@ -64,6 +65,11 @@ class SamplerOptions:
     regrow_candidates: int = 0
     #: the block is grown this many times; each molecule keeps its lowest-energy trial
     regrow_trials: int = 1
+    #: rounds of clash repair at the end: every unit with an atom closer than ``clash_distance``
+    #: to an atom more than three bonds away is drawn again in Gibbs mode, one unit at a time
+    #: (units of one step move together and do not see each other's new places; 0 = off)
+    repair_clashes: int = 0
+    clash_distance: float = 0.1
 
 
 @dataclass
@@ -365,6 +371,7 @@ class Sampler:
                                           strip_hydrogens=self.options.strip_hydrogens,
                                           pair_params=self.energy.pair_params if self.energy else None)
         self.placements = 0
+        self.repaired_units = 0  # units drawn again by the clash repair
         self.polish = None
         self.polish_log = {"placements": 0, "energy_drop": 0.0, "accepted": 0}
         if self.options.polish_steps:
@@ -485,6 +492,9 @@ class Sampler:
                 self._step(step, positions, placed, all_placed=sweep == "gibbs", polish=polish)
             if self.options.regrow:
                 self._regrow(schedule, positions, placed)
+            for _ in range(self.options.repair_clashes):
+                if not self._repair_clashes(schedule, positions, placed):
+                    break
         self._last_schedule = schedule
         return positions.numpy().astype(np.float64)
 
@@ -533,6 +543,33 @@ class Sampler:
             best[keep] = positions[hidden][keep]
         positions[hidden] = best
         placed[:] = True
+
+    def clashing_atoms(self, positions: torch.Tensor) -> np.ndarray:
+        """Atoms closer than ``clash_distance`` to an atom more than three bonds away."""
+        if not hasattr(self, "_near_keys"):
+            from backmap.metrics.terms import pairs_within
+
+            self._near_keys = pairs_within(self.cg.topology, 3)
+        i, j, _ = neighbour_pairs(positions.numpy(), self.builder.box, self.options.clash_distance, self._near_keys)
+        return np.unique(np.concatenate([i, j]))
+
+    def _repair_clashes(self, schedule: list, positions: torch.Tensor, placed: torch.Tensor) -> int:
+        """One round of clash repair: the units holding a clashing atom, drawn again in Gibbs mode
+        one at a time, in plan order. Returns how many units there were."""
+        bad = np.zeros(len(positions), bool)
+        bad[self.clashing_atoms(positions)] = True
+        n = 0
+        placed[:] = True
+        for block in schedule:
+            for name, s, meta, groups in block:
+                for g, atoms, bead, pred, frame, first_atom, idx, _est in groups:
+                    for r in np.flatnonzero(bad[np.clip(atoms, 0, None)].any(1)):
+                        one = (g[r:r + 1], atoms[r:r + 1], bead[r:r + 1], pred[r:r + 1], frame[r:r + 1],
+                               first_atom[r:r + 1], idx[r:r + 1], None)
+                        self._step((name, s, meta, [one]), positions, placed, all_placed=True)
+                        n += 1
+        self.repaired_units += n
+        return n
 
     def _step(self, step: tuple, positions: torch.Tensor, placed: torch.Tensor, all_placed: bool = False,
               polish: bool = False, candidates: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
