@@ -467,3 +467,36 @@ def test_clash_repair_redraws_the_clashing_units(hexane):
         sampler, y = run(seed, 3)
         assert sampler.repaired_units >= 20
         assert len(sampler.clashing_atoms(torch.as_tensor(y, dtype=torch.float32))) == 0
+
+
+def test_concatenated_environments_keep_every_row(hexane):
+    """Two batches of different widths (a forward and a Gibbs context, compacted) joined: each
+    row keeps its visible neighbours, positions and channels; the padding is masked."""
+    from backmap.sampling.environment import EnvironmentBatch
+
+    topo, cg, x, fr = hexane
+    builder, plan = _builder(cg)
+    step = 5
+    placed = np.zeros(len(x), bool)
+    placed[np.flatnonzero(np.tile(plan.rank, len(x) // 20) < step)] = True
+    unit = plan.units[step]
+    molecules = np.arange(len(x) // 20)
+    args = (20 * molecules[:, None] + np.array(unit.atoms)[None], 3 * molecules + unit.bead,
+            3 * molecules + unit.predecessor)
+    frame = 3 * molecules[:, None] + np.array(cg.blocks[0].mapping.frame_beads(unit.bead))[None]
+    builder.set_frame(cg.apply(x), fr.box)
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    a = builder.build("Protein", *args, xt, torch.as_tensor(placed), frame_beads=frame, compact=True)
+    b = builder.build("Protein", *args, xt, torch.ones(len(x), dtype=torch.bool), frame_beads=frame, compact=True)
+    assert a.atom_mask.shape[1] < b.atom_mask.shape[1]
+    both = EnvironmentBatch.concatenate([a, b])
+    n = a.size
+    assert both.size == 2 * n and both.atom_mask.shape[1] == b.atom_mask.shape[1]
+    for part, rows in ((a, slice(0, n)), (b, slice(n, 2 * n))):
+        k = part.atom_mask.shape[1]
+        assert torch.equal(both.atom_mask[rows, :k], part.atom_mask) and not both.atom_mask[rows, k:].any()
+        m = part.atom_mask
+        assert torch.equal(both.atom_index[rows, :k][m], part.atom_index[m])
+        assert torch.equal(both.atom_positions[rows, :k][m], part.atom_positions[m])
+        assert torch.equal(both.interaction[rows, :, :k], part.interaction)
+        assert torch.equal(both.centre[rows], part.centre) and torch.equal(both.bead_positions[rows], part.bead_positions)

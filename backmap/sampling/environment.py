@@ -10,6 +10,7 @@ that contain its own earlier output.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 
 import networkx as nx
 import numpy as np
@@ -212,6 +213,27 @@ class EnvironmentBatch:
     @property
     def size(self) -> int:
         return self.centre.shape[0]
+
+    @classmethod
+    def concatenate(cls, batches: list["EnvironmentBatch"]) -> "EnvironmentBatch":
+        """Batches of the same units one after the other (B₁ + B₂ + … rows), neighbour lists
+        padded to the widest (masked): e.g. several trial copies of a frame drawn in one call."""
+        width = max(b.atom_mask.shape[1] for b in batches)
+        neighbour_axis = {"atom_positions": 1, "atom_types": 1, "atom_mask": 1, "atom_index": 1,
+                          "interaction": 2, "pair_params": 3}
+        out = {}
+        for f in dataclass_fields(cls):
+            if f.name == "meta":
+                continue
+            parts = [getattr(b, f.name) for b in batches]
+            if parts[0] is None:
+                out[f.name] = None
+                continue
+            axis = neighbour_axis.get(f.name)
+            if axis is not None:
+                parts = [_pad_axis(x, axis, width) for x in parts]
+            out[f.name] = torch.cat(parts)
+        return cls(**out, meta=dict(batches[0].meta))
 
     def to_lab(self, local: torch.Tensor) -> torch.Tensor:
         """Local-frame positions (B, ..., 3) back to the lab frame."""
@@ -569,6 +591,16 @@ class EnvironmentBuilder:
         n_types = self._lj_table.shape[1]
         lj = self._lj_table.view(-1)[(self.atom_type[u] * n_types)[:, :, None] + neighbour_types[:, None, :]]
         return torch.where(same, intra, lj)
+
+
+def _pad_axis(x: torch.Tensor, axis: int, width: int) -> torch.Tensor:
+    """``x`` zero-padded (False for masks) along ``axis`` to ``width``."""
+    missing = width - x.shape[axis]
+    if missing <= 0:
+        return x
+    shape = list(x.shape)
+    shape[axis] = missing
+    return torch.cat([x, x.new_zeros(shape)], axis)
 
 
 def _dims(box: np.ndarray) -> np.ndarray:
