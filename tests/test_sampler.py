@@ -150,12 +150,12 @@ def test_forward_environment_sees_only_placed_atoms(hexane):
     assert not (gibbs.atom_index == own[:, None])[gibbs.atom_mask].any()
 
 
-def _backmapper(cg, **kw):
+def _backmapper(cg, seed=3, **kw):
     from backmap.engine.apply import make_backmapper
     from backmap.sampling.backmapper import BackmapSettings
 
     gen = default_registry().get("generator", "bead_centre").cls({"spread": 0.05})
-    return make_backmapper(cg, gen, BackmapSettings(candidates=4, gibbs_sweeps=1, **kw), seed=kw.pop("seed", 3))
+    return make_backmapper(cg, gen, BackmapSettings(candidates=4, gibbs_sweeps=1, **kw), seed=seed)
 
 
 def test_seeded_and_repeatable(hexane):
@@ -383,24 +383,16 @@ def test_cg_restraint_in_the_selection_energy(hexane):
     torch.testing.assert_close(f1, f0, rtol=0, atol=0)
 
 
-def _seeded_backmapper(cg, seed, **kw):
-    from backmap.engine.apply import make_backmapper
-    from backmap.sampling.backmapper import BackmapSettings
-
-    gen = default_registry().get("generator", "bead_centre").cls({"spread": 0.05})
-    return make_backmapper(cg, gen, BackmapSettings(candidates=4, gibbs_sweeps=1, **kw), seed=seed)
-
-
 def test_regrow_moves_only_the_named_beads(hexane):
     """The block move comes after the sweeps: with the same seed everything but the regrown
     beads' atoms is where the run without it put them."""
     topo, cg, x, fr = hexane
     R = cg.apply(x)
-    plain = _seeded_backmapper(cg, 5).sampler.backmap(R, fr.box)
-    regrown = _seeded_backmapper(cg, 5, regrow=["A1"]).sampler.backmap(R, fr.box)
+    plain = _backmapper(cg, 5).sampler.backmap(R, fr.box)
+    regrown = _backmapper(cg, 5, regrow=["A1"]).sampler.backmap(R, fr.box)
     mm = cg.blocks[0].mapping
     a1 = [b.name for b in mm.beads].index("A1")
-    plan = next(iter(_seeded_backmapper(cg, 5).plans.values()))
+    plan = next(iter(_backmapper(cg, 5).plans.values()))
     local = np.concatenate([u.atoms for u in plan.units if u.bead == a1])
     block = (np.arange(cg.blocks[0].block.count)[:, None] * cg.blocks[0].block.moltype.n_atoms + local[None]).ravel()
     rest = np.setdiff1d(np.arange(len(x)), block)
@@ -420,7 +412,7 @@ def test_regrow_trials_keep_each_molecules_lowest_energy(hexane):
     for seed in (0, 1):
         e = {}
         for t in (1, 8):
-            y = _seeded_backmapper(cg, seed, regrow=["A1"], regrow_trials=t).sampler.backmap(R, fr.box)
+            y = _backmapper(cg, seed, regrow=["A1"], regrow_trials=t).sampler.backmap(R, fr.box)
             e[t] = ff.energy(y[None], fr.box[None]).total.item()
         assert e[8] < 0.97 * e[1], (seed, e)
 
@@ -430,7 +422,7 @@ def test_regrow_names_an_unknown_bead(hexane):
 
     topo, cg, x, fr = hexane
     with pytest.raises(BackmapError, match="regrow: no bead named Q7"):
-        _seeded_backmapper(cg, 0, regrow=["A1", "Q7"])
+        _backmapper(cg, 0, regrow=["A1", "Q7"])
 
 
 def test_clash_repair_redraws_the_clashing_units(hexane):
