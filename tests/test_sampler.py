@@ -402,8 +402,9 @@ def test_regrow_moves_only_the_named_beads(hexane):
 
 
 def test_regrow_trials_keep_each_molecules_lowest_energy(hexane):
-    """Each molecule keeps its best of T grown blocks: the frame's energy falls with T (by ~6 %
-    for this generator at T = 8, against a seed-to-seed scatter of ~1.5 %)."""
+    """Each molecule keeps its best of T grown blocks: the frame's energy falls with T. Over 8
+    seeds E(T=8)/E(T=1) = 0.938 ± 0.008 (largest 0.949); the limit 0.97 is 4 s.d. above the mean,
+    while keeping a random trial instead of the best gives 1 on average."""
     from backmap.forcefield import ForceField
 
     topo, cg, x, fr = hexane
@@ -426,9 +427,10 @@ def test_regrow_names_an_unknown_bead(hexane):
 
 
 def test_clash_repair_redraws_the_clashing_units(hexane):
-    """A generator scattering atoms 0.12 nm about their bead leaves ~30 clashing atoms per frame
-    at K = 4; the repair redraws their units one at a time until none is left (3 rounds). The
-    clash search agrees with a brute-force minimum-image search over all pairs > 3 bonds apart."""
+    """A generator scattering atoms 0.12 nm about their bead leaves clashing atoms at K = 4 (28–51
+    per frame over 10 seeds); the repair redraws their units one at a time (28–55 units). One round
+    left 0–4 atoms clashing, two left none in all 10 seeds; 3 rounds are asserted to leave none.
+    The clash search agrees with a brute-force minimum-image search over all pairs > 3 bonds apart."""
     from backmap.engine.apply import make_backmapper
     from backmap.metrics.terms import pairs_within
     from backmap.sampling.backmapper import BackmapSettings

@@ -100,7 +100,7 @@ class BackmapSettings(BaseModel):
             raise BackmapError(f"sampling: {unknown[0]!r} is not a backmap setting", source=source)
         taken = {k: v for k, v in sampling.items() if k not in given}
         if cg_topology is not None and "regrow" in taken:
-            known = {b.name for cb in cg_topology.blocks for b in cb.mapping.beads}
+            known = set(cg_topology.bead_names)
             taken["regrow"] = [b for b in taken["regrow"] if b in known]
         try:
             return type(self)(**{**self.model_dump(), **taken}), taken
@@ -138,7 +138,7 @@ class Backmapper:
                                  polish_sweeps=s.polish_sweeps, regrow=tuple(s.regrow),
                                  regrow_candidates=s.regrow_candidates, regrow_trials=s.regrow_trials,
                                  repair_clashes=s.repair_clashes)
-        known = {b.name for cb in self.cg_topology.blocks for b in cb.mapping.beads}
+        known = set(self.cg_topology.bead_names)
         unknown = [b for b in s.regrow if b not in known]
         if unknown:
             raise BackmapError(f"regrow: no bead named {', '.join(unknown)} in the mapping "

@@ -372,6 +372,7 @@ class Sampler:
                                           pair_params=self.energy.pair_params if self.energy else None)
         self.placements = 0
         self.repaired_units = 0  # units drawn again by the clash repair
+        self._near_keys: np.ndarray | None = None  # atom pairs ≤ 3 bonds apart, for the clash search
         self.polish = None
         self.polish_log = {"placements": 0, "energy_drop": 0.0, "accepted": 0}
         if self.options.polish_steps:
@@ -547,12 +548,14 @@ class Sampler:
 
     def clashing_atoms(self, positions: torch.Tensor) -> np.ndarray:
         """Atoms closer than ``clash_distance`` to an atom more than three bonds away."""
-        if not hasattr(self, "_near_keys"):
+        if self._near_keys is None:
             from backmap.metrics.terms import pairs_within
 
             self._near_keys = pairs_within(self.cg.topology, 3)
-        i, j, _ = neighbour_pairs(positions.numpy(), self.builder.box, self.options.clash_distance, self._near_keys)
-        return np.unique(np.concatenate([i, j]))
+        x = positions.numpy().astype(np.float64)
+        i, j, shift = neighbour_pairs(x, self.builder.box, self.options.clash_distance, self._near_keys)
+        close = np.linalg.norm(x[j] + shift - x[i], axis=-1) < self.options.clash_distance  # the search has a skin
+        return np.unique(np.concatenate([i[close], j[close]]))
 
     def _repair_clashes(self, schedule: list, positions: torch.Tensor, placed: torch.Tensor) -> int:
         """One round of clash repair: the units holding a clashing atom, drawn again in Gibbs mode

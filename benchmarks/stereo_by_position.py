@@ -1,0 +1,59 @@
+"""Stereocentres kept along the chain: for each AA trajectory, the fraction of stereocentres with
+the reference's handedness, overall and per position of the centre in its molecule (the n-th centre
+of every molecule of the first type), against one reference frame. This is how the chain-start
+flips of the sPS equivariant model were found (docs/equivariant.md, "Stereocentres").
+
+    .venv/bin/python benchmarks/stereo_by_position.py --topology ../shared/data/sps/top/topol.top \\
+        --reference ../shared/data/sps/eval_t568/aa.xtc [--skip-frames 9,19,41,55,62,70,76] OUT.xtc [...]
+
+One JSON line per trajectory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from backmap.engine.loaders import load_topology
+from backmap.metrics.geometry import signed_volumes
+from backmap.sampling.chirality import load_chiral_centres
+from backmap.system.io import read_frames
+from backmap.system.pbc import Unwrapper
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--topology", required=True)
+    ap.add_argument("--reference", required=True, help="AA structure or trajectory (first frame used)")
+    ap.add_argument("--skip-frames", default="", help="frames left out, e.g. 9,19,41")
+    ap.add_argument("trajectories", nargs="+")
+    args = ap.parse_args()
+    top = load_topology(args.topology)
+    centres = load_chiral_centres(top, args.reference)
+    rows, slots = centres.global_rows(top)
+    ref = centres.sign[rows[:, 0], slots]
+    atoms = np.unique(rows[:, 0])
+    first = top.blocks[0]
+    per_molecule = int(np.sum((atoms >= first.first_atom) & (atoms < first.first_atom + first.moltype.n_atoms)))
+    skip = {int(k) for k in args.skip_frames.split(",") if k.strip()}
+    whole = Unwrapper(top)
+    for path in args.trajectories:
+        kept, by_position = [], []
+        for k, frame in enumerate(read_frames(path, top.n_atoms)):
+            if k in skip:
+                continue
+            vol = signed_volumes(whole(frame.positions, frame.dimensions)[None], rows)[0]
+            flipped = np.bincount(rows[:, 0], weights=(np.sign(vol) != ref) & (ref != 0), minlength=len(centres.sign))
+            bad = flipped[atoms] > 0
+            kept.append(1 - bad.mean())
+            if per_molecule and len(atoms) % per_molecule == 0:
+                by_position.append(bad.reshape(-1, per_molecule).mean(0))
+        print(json.dumps({"benchmark": "stereo_by_position", "trajectory": path, "frames": len(kept),
+                          "kept": round(float(np.mean(kept)), 4),
+                          "flip_rate_by_position": [round(float(v), 3) for v in np.mean(by_position, 0)]
+                          if by_position else None}))
+
+
+if __name__ == "__main__":
+    main()
