@@ -81,6 +81,25 @@ def test_encoder_is_rotation_equivariant_and_only_so3_sees_mirror_images(parity)
         assert change < 1e-5, change  # true parities: mirror-blind scalars (cannot choose a hand)
 
 
+@pytest.mark.parametrize("parity", ["so3", "o3"])
+def test_bead_messages_are_e3nns_tensor_product_summed_over_beads(parity):
+    """The encoder's second layer does the tensor product's arithmetic itself, summed over the
+    beads first (Encoder.bead_messages); it must be e3nn's own ``tp`` applied per bead and summed."""
+    torch.manual_seed(5)
+    encoder = Encoder(3, 4, 2, 3, parity=parity).double()
+    g = torch.Generator().manual_seed(7)
+    B, L = 6, 9
+    h1 = torch.randn(B, encoder.h1.dim, generator=g, dtype=torch.float64)
+    y = torch.randn(B, L, encoder.sh.dim, generator=g, dtype=torch.float64)
+    w = torch.randn(B, L, encoder.tp.weight_numel, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        want = encoder.tp(h1[:, None].expand(B, L, -1), y, w).sum(1)
+        got = encoder.bead_messages(h1, y, w)
+    # e3nn keeps its Wigner-3j buffers in float32: agreement to float32 precision of the largest entry
+    assert (got - want).abs().max() < 1e-6 * want.abs().max()
+    assert want.abs().max() > 1.0  # not vacuous
+
+
 def _train_hexane(tmp, extra: str = "") -> Path:
     """A small equivariant model trained on hexane with every bond rigid, backmapped once."""
     recipe = tmp / "eq.yaml"

@@ -61,6 +61,7 @@ class Encoder(torch.nn.Module):
                         mid.append((mul, ir))
         self.tp = o3.TensorProduct(self.h1, self.sh, o3.Irreps(mid), instructions,
                                    shared_weights=False, internal_weights=False)
+        self._paths = self._bead_paths()
         self.radial2 = mlp(n_basis + emb, 48, self.tp.weight_numel)
         out_sorted = self.tp.irreps_out.sort()
         slices = self.tp.irreps_out.slices()
@@ -72,6 +73,37 @@ class Encoder(torch.nn.Module):
         self.pre = o3.Linear(self.gate.irreps_out, small)
         self.readout = o3.FullyConnectedTensorProduct(small, small, f"{n_scalars}x0e")
         self.n_scalars = n_scalars
+
+    def _bead_paths(self) -> list[tuple[slice, int, int, slice, int, str]]:
+        """Per instruction of :attr:`tp`: its h1 slice, multiplicity, input dimension, Y_l slice,
+        first weight and Wigner-3j buffer (times e3nn's path weight) — what :meth:`bead_messages`
+        needs to do ``tp``'s arithmetic itself."""
+        paths, weight = [], 0
+        h1_slices, sh_slices = self.h1.slices(), self.sh.slices()
+        for k, ins in enumerate(self.tp.instructions):
+            (mul, ir1), ir2, ir3 = self.h1[ins.i_in1], self.sh[ins.i_in2].ir, self.tp.irreps_out[ins.i_out].ir
+            name = f"_w3j_{k}"
+            w3j = ins.path_weight * o3.wigner_3j(ir1.l, ir2.l, ir3.l)
+            self.register_buffer(name, w3j.reshape(ir1.dim * ir2.dim, ir3.dim), persistent=False)
+            paths.append((h1_slices[ins.i_in1], mul, ir1.dim, sh_slices[ins.i_in2], weight, name))
+            weight += mul
+        return paths
+
+    def bead_messages(self, h1: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Σ_L tp(h1, y_L, w_L): (B, D) features, (B, L, 9) Y_l of L beads, (B, L, W) weights.
+
+        Every path of ``tp`` is "uvu" with h1 the same for all L, so the sum can go inside: the
+        bead directions are first summed with each channel's weights (one batched matmul), then
+        coupled with h1 once per environment instead of once per bead — the same numbers
+        (tested against ``tp``), 70× fewer tensor products on sPS."""
+        B = h1.shape[0]
+        summed = w.transpose(1, 2) @ y  # (B, W, 9): Σ_L w_L,c Y_L
+        out = []
+        for s1, mul, d1, s2, first, name in self._paths:
+            x1 = h1[:, s1].reshape(B, mul, d1, 1)
+            x2 = summed[:, first:first + mul, s2].unsqueeze(2)  # (B, mul, 1, d2)
+            out.append(((x1 * x2).reshape(B, mul, -1) @ getattr(self, name)).reshape(B, -1))
+        return torch.cat(out, -1)
 
     def _basis(self, r: torch.Tensor) -> torch.Tensor:
         return soft_one_hot_linspace(r, 0.0, self.radius, self.n_basis, basis="smooth_finite", cutoff=True)
@@ -102,10 +134,9 @@ class Encoder(torch.nn.Module):
                         torch.einsum("bnc,bni->bci", w[..., W + V:], y[..., 4:9]).flatten(1)], -1)
         h1 = h1 / 8.0
         # second layer: tensor products with the neighbour beads' directions
-        L = bead_positions.shape[1]
         nb = atom_positions.shape[1]
         w2 = self.radial2(torch.cat([basis[:, nb:], f_bead], -1)) * mask[:, nb:, None]
-        m2 = self.tp(h1[:, None].expand(B, L, -1), y[:, nb:], w2).sum(1) / 4.0
+        m2 = self.bead_messages(h1, y[:, nb:], w2) / 4.0
         h = torch.cat([m2[:, self.perm], h1], -1)
         h = self.gate(self.linear(h))
         s = self.pre(h)
