@@ -131,19 +131,21 @@ def test_overlapping_atoms_give_finite_forces(hexane_ff):
     assert float(e.terms["lj"][0].detach()) > 1e3  # strongly repulsive, but finite
 
 
-def test_neighbour_list_skewed_triclinic_equals_brute_force():
+@pytest.mark.parametrize("cutoff, n_atoms, least", [(1.1, 700, 1000), (0.12, 3000, 800)])
+def test_neighbour_list_skewed_triclinic_equals_brute_force(cutoff, n_atoms, least):
+    """A long cut-off (cells one cut-off high) and a short one (cells of MIN_CELL, several cut-offs)."""
     rng = np.random.default_rng(2)
     dims = np.array([4.1, 2.9, 2.5, 90.0, 90.0, 119.0])  # as skewed as the sPS reference boxes
     V = box_vectors(dims)
-    x = rng.uniform(-2, 6, size=(700, 3))
-    i, j, shift = neighbour_pairs(x, V, 1.1, np.zeros(0, np.int64))
+    x = rng.uniform(-2, 6, size=(n_atoms, 3))
+    i, j, shift = neighbour_pairs(x, V, cutoff, np.zeros(0, np.int64))
     d = np.linalg.norm(x[j] + shift - x[i], axis=1)
-    got = {(a, b) for a, b, r in zip(i, j, d) if r < 1.1}
+    got = {(a, b) for a, b, r in zip(i, j, d) if r < cutoff}
     ii, jj = np.triu_indices(len(x), 1)
     dist = np.linalg.norm(minimum_image(x[jj] - x[ii], dims), axis=1)
-    want = set(zip(ii[dist < 1.1], jj[dist < 1.1]))
-    assert got == want and len(want) > 1000
-    np.testing.assert_allclose(d[d < 1.1], np.linalg.norm(minimum_image(x[j] - x[i], dims), axis=1)[d < 1.1])
+    want = set(zip(ii[dist < cutoff], jj[dist < cutoff]))
+    assert got == want and len(want) > least
+    np.testing.assert_allclose(d[d < cutoff], np.linalg.norm(minimum_image(x[j] - x[i], dims), axis=1)[d < cutoff])
 
 
 def test_cutoff_larger_than_half_box_is_an_error(hexane_ff):

@@ -89,12 +89,12 @@ def test_descent_reaches_a_known_minimum_and_never_goes_up():
     turn = torch.rand(B, 1, generator=torch.Generator().manual_seed(1)) * 6.2
     starts = rotate(x.repeat(B, 1, 1), rotors, turn, ext.repeat(B, 1, 1))
     target = torch.tensor([-0.1, 0.0, 0.2])  # c's position turned by π: the only minimum
-    energy = lambda y: 1e4 * ((y[:, 1] - target) ** 2).sum(-1)  # noqa: E731
+    energy = lambda y: 1e4 * ((y[..., 1, :] - target) ** 2).sum(-1)  # noqa: E731  (B, K, U, 3) -> (B, K)
     out, log = PlacementPolish(60)(starts, energy, rotors, ext.repeat(B, 1, 1))
     assert (out[:, 1] - target).norm(dim=-1).max() < 1e-3
     assert (out[:, 0] - x[0, 0]).abs().max() < 1e-6  # the axis atom stays
     # a rugged energy (threefold, with a tilt): it never rises, and drops where the start is not a minimum
-    rugged = lambda y: 10 * torch.cos(3 * torch.atan2(y[:, 1, 1], y[:, 1, 0])) + y[:, 1, 0]  # noqa: E731
+    rugged = lambda y: 10 * torch.cos(3 * torch.atan2(y[..., 1, 1], y[..., 1, 0])) + y[..., 1, 0]  # noqa: E731
     out, log = PlacementPolish(20)(starts, rugged, rotors, ext.repeat(B, 1, 1))
     assert (log["e_after"] <= log["e_before"] + 1e-6).all()
     assert (log["e_before"] - log["e_after"]).max() > 1.0 and log["accepted"] > 0

@@ -18,6 +18,9 @@ from backmap.errors import BackmapError
 # half shell: the own cell and 13 of the 26 neighbours; each cell pair (with its image) is visited once
 _OFFSETS = np.array([o for o in itertools.product((-1, 0, 1), repeat=3) if o >= (0, 0, 0)])
 _CHUNK = 4_000_000  # candidate pairs screened at once
+#: the smallest cell edge (nm): a short cut-off (the 0.1 nm clash search) would otherwise make a grid
+#: of mostly empty cells, each visited 14 times (sPS: 64 000 cells for 5 832 atoms)
+MIN_CELL = 0.3
 
 
 def box_heights(vectors: np.ndarray) -> np.ndarray:
@@ -42,7 +45,7 @@ def neighbour_pairs(positions: np.ndarray, vectors: np.ndarray, cutoff: float,
     image = np.floor(frac)  # x = wrapped + image @ V
     frac -= image
     wrapped = torch.as_tensor(frac @ V, dtype=torch.float32)
-    n = np.maximum(1, np.floor(heights / cutoff).astype(int))
+    n = np.maximum(1, np.floor(heights / max(cutoff, MIN_CELL)).astype(int))
     cell3 = np.minimum((frac * n).astype(int), n - 1)
     flat = (cell3[:, 0] * n[1] + cell3[:, 1]) * n[2] + cell3[:, 2]
     n_cells = int(np.prod(n))

@@ -141,7 +141,11 @@ class BondConstraints:
         """Blocks of J(x) M⁻¹ J(x_ref)ᵀ for one group: (F, K, C, C)."""
         F, (K, C) = r.shape[0], g.ids.shape
         a = r.new_zeros(F, K, C, C)
-        a[:, g.k, g.p, g.q] = 4 * g.coef * (r.index_select(1, g.c) * r_ref.index_select(1, g.c2)).sum(-1)
+        if self.n_constraints <= 64:  # all dot products r_c · r_ref_c' in one small batched matmul
+            dots = (r @ r_ref.transpose(1, 2))[:, g.c, g.c2]
+        else:  # only the coupled pairs: the full (C, C) would not fit for a whole system
+            dots = (r.index_select(1, g.c) * r_ref.index_select(1, g.c2)).sum(-1)
+        a[:, g.k, g.p, g.q] = 4 * g.coef * dots
         return a
 
     @_one_thread

@@ -15,6 +15,11 @@ angle exactly as the generator drew it.
 
 Each molecule of a group has its own step size: a step that raises its energy is undone and the
 step shrinks (GROMACS's steepest-descent rule), so no placement's energy goes up.
+
+Why central differences, not autograd: a unit has one to three rotors, so the gradient is 2R more
+energies, and the scorer takes a unit's K configurations in one batched call anyway — the energy
+at a trial and its gradient cost one call, where a forward and a backward pass cost 2.4× that (sPS,
+shipped model with guidance: polishing 1.3 → 0.6 s per frame).
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ import networkx as nx
 import numpy as np
 import torch
 
-EnergyFn = Callable[[torch.Tensor], torch.Tensor]  # (B, U, 3) -> (B,)
+EnergyFn = Callable[[torch.Tensor], torch.Tensor]  # (B, K, U, 3) -> (B, K): K configurations of B units
 
 
 @dataclass
@@ -98,13 +103,27 @@ def rotate(x: torch.Tensor, rotors: Rotors, angles: torch.Tensor, external: torc
 
 class PlacementPolish:
     """Descends ``steps`` steps in the rotor angles from each placement; ``max_step``: the largest
-    angle change of the first step (radians)."""
+    angle change of the first step (radians); ``delta``: the central differences' half step."""
 
-    def __init__(self, steps: int, max_step: float = 0.1):
+    def __init__(self, steps: int, max_step: float = 0.1, delta: float = 1e-3):
         if steps < 0:
             raise ValueError("polish steps must be ≥ 0")
         self.steps = int(steps)
         self.max_step = float(max_step)
+        self.delta = float(delta)
+
+    def _energy_and_gradient(self, x: torch.Tensor, energy: EnergyFn, rotors: Rotors, angles: torch.Tensor,
+                             external: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The energy (B,) at ``angles`` (B, R) and its gradient (B, R) by central differences:
+        the 1 + 2R configurations of each unit go to ``energy`` in one call."""
+        B, R = angles.shape
+        step = torch.eye(R, dtype=angles.dtype) * self.delta
+        probes = torch.cat([angles[:, None], angles[:, None] + step, angles[:, None] - step], 1)  # (B, 1 + 2R, R)
+        K = probes.shape[1]
+        turned = rotate(x.repeat_interleave(K, 0), rotors, probes.reshape(B * K, R),
+                        None if external is None else external.repeat_interleave(K, 0))
+        e = energy(turned.view(B, K, *x.shape[1:]))
+        return e[:, 0], (e[:, 1:R + 1] - e[:, R + 1:]) / (2 * self.delta)
 
     def __call__(self, x: torch.Tensor, energy: EnergyFn, rotors: Rotors,
                  external: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
@@ -112,27 +131,23 @@ class PlacementPolish:
         accepted steps). ``external`` (B, E, 3): positions of ``rotors.external``."""
         if self.steps == 0 or not len(rotors):
             return x, {}
-        x = x.detach()
-        B, R = x.shape[0], len(rotors)
-        with torch.enable_grad():
-            angles = torch.zeros(B, R, dtype=x.dtype, requires_grad=True)
-            e = energy(rotate(x, rotors, angles, external))
-            e0 = e.detach().clone()
-            grad, = torch.autograd.grad(e.sum(), angles)
+        with torch.no_grad():
+            B, R = x.shape[0], len(rotors)
+            current = torch.zeros(B, R, dtype=x.dtype)
+            e, grad = self._energy_and_gradient(x, energy, rotors, current, external)
+            e0 = e.clone()
             h = torch.full((B,), self.max_step, dtype=x.dtype)
             accepted = 0
-            current = angles.detach()
             for _ in range(self.steps):
                 g = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
                 gmax = g.abs().amax(-1).clamp(min=1e-12)
-                trial = (current - (h / gmax)[:, None] * g).requires_grad_(True)
-                e_trial = energy(rotate(x, rotors, trial, external))
-                g_trial, = torch.autograd.grad(e_trial.sum(), trial)
+                trial = current - (h / gmax)[:, None] * g
+                e_trial, g_trial = self._energy_and_gradient(x, energy, rotors, trial, external)
                 better = torch.isfinite(e_trial) & (e_trial < e)
                 accepted += int(better.sum())
-                current = torch.where(better[:, None], trial.detach(), current)
+                current = torch.where(better[:, None], trial, current)
                 grad = torch.where(better[:, None], g_trial, grad)
-                e = torch.where(better, e_trial.detach(), e.detach())
+                e = torch.where(better, e_trial, e)
                 h = torch.where(better, h * 1.2, h * 0.2)
-            out = rotate(x, rotors, current, external).detach()
-        return out, {"e_before": e0, "e_after": e.detach(), "accepted": accepted}
+            out = rotate(x, rotors, current, external)
+        return out, {"e_before": e0, "e_after": e, "accepted": accepted}

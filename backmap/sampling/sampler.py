@@ -250,7 +250,7 @@ class UnitEnergy:
         ex = env.atom_positions
         ex2 = torch.addcmul(torch.addcmul(ex[..., 0] * ex[..., 0], ex[..., 1], ex[..., 1]), ex[..., 2], ex[..., 2])
         r2 = torch.baddbmm((lc * lc).sum(-1)[:, :, None] + ex2[:, None, :], lc, ex.transpose(1, 2), alpha=-2.0)
-        if r2.requires_grad:  # energy guidance differentiates this (backmap.sampling.polish)
+        if r2.requires_grad:  # a caller differentiating the energy: no in-place ops
             inv6 = r2.clamp(min=1e-4).pow(3).reciprocal().view(B, K, U * N)
         else:
             inv6 = r2.clamp_(min=1e-4).pow_(3).reciprocal_().view(B, K, U * N)
@@ -645,9 +645,8 @@ class Sampler:
         """The chosen placements (B, U, 3) after the energy-guided descent of :attr:`polish` in
         their rotatable bonds (bond lengths and angles kept as drawn); ``known``: from
         :meth:`_unit_rotors`, if already at hand."""
-        def energy(x: torch.Tensor) -> torch.Tensor:
-            return self.energy(name, s, first_atom, x[:, None], env, positions, placed, static=est,
-                               all_placed=all_placed)[:, 0]
+        def energy(x: torch.Tensor) -> torch.Tensor:  # (B, K, U, 3) configurations -> (B, K)
+            return self.energy(name, s, first_atom, x, env, positions, placed, static=est, all_placed=all_placed)
 
         out = chosen.clone()
         found, inverse = known or self._unit_rotors(name, s, idx, first_atom, placed)

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import torch
 
+from backmap.training.von_mises import sample_von_mises
 from backmap_equivariant.encoder import mlp
 
 N_ANGLE, N_DIHEDRAL = 1, 4  # bond angles are unimodal; a second component only drifted
@@ -75,7 +76,7 @@ class ICDistribution:
             idd = torch.multinomial(self.d_logit.exp().reshape(-1, N_DIHEDRAL), 1, generator=generator).view(shape)
             mu = self.d_mean.gather(-1, idd[..., None])[..., 0]
             kappa = self.d_kappa.gather(-1, idd[..., None])[..., 0]
-            phi = torch.remainder(mu + von_mises(kappa, generator) + math.pi, 2 * math.pi) - math.pi
+            phi = torch.remainder(mu + sample_von_mises(kappa, generator) + math.pi, 2 * math.pi) - math.pi
         if not reparameterized:
             return phi
         cdf = (self.d_logit.exp() * von_mises_cdf(phi[..., None], self.d_mean, self.d_kappa)).sum(-1)
@@ -117,28 +118,6 @@ def von_mises_cdf(phi: torch.Tensor, mu: torch.Tensor, kappa: torch.Tensor) -> t
         return n + _von_mises_from_mode(d - 2 * math.pi * n, kappa)
 
     return unwrapped(phi - mu) - unwrapped(-math.pi - mu)
-
-
-def von_mises(kappa: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Samples of a zero-mean von Mises distribution (Best & Fisher 1979), vectorised: a few
-    rejection rounds over the whole batch instead of a Python loop per sample."""
-    tau = 1 + torch.sqrt(1 + 4 * kappa * kappa)
-    rho = (tau - torch.sqrt(2 * tau)) / (2 * kappa)
-    r = (1 + rho * rho) / (2 * rho)
-    out = torch.zeros_like(kappa)
-    todo = torch.ones_like(kappa, dtype=torch.bool)
-    for _ in range(100):
-        u1, u2, u3 = torch.rand((3, *kappa.shape), generator=generator)
-        z = torch.cos(math.pi * u1)
-        f = (1 + r * z) / (r + z)
-        c = kappa * (r - f)
-        ok = (c * (2 - c) - u2 > 0) | (torch.log(c / u2) + 1 - c >= 0)
-        new = todo & ok
-        out = torch.where(new, torch.sign(u3 - 0.5) * torch.acos(f.clamp(-1, 1)), out)
-        todo &= ~ok
-        if not bool(todo.any()):
-            break
-    return out
 
 
 class Head(torch.nn.Module):

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from backmap.refinement.latent_moves import IndependentChains, JointLogDensity
+from backmap.training.von_mises import sample_von_mises
 
 LOG_2PI = math.log(2 * math.pi)
 TWO_PI = 2 * math.pi
@@ -327,23 +328,8 @@ class MoleculeTarget:
 
 # ------------------------------------------------------------------------------------- the VAE
 def von_mises_sample(loc: torch.Tensor, kappa: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Exact von Mises draws (Best & Fisher 1979 rejection, as torch.distributions.VonMises) with
-    an explicit generator; float64; result in [−π, π)."""
-    loc, kappa = loc.double(), kappa.double()
-    tau = 1 + torch.sqrt(1 + 4 * kappa * kappa)
-    rho = (tau - torch.sqrt(2 * tau)) / (2 * kappa)
-    r = torch.where(kappa < 1e-5, 1 / kappa + kappa, (1 + rho * rho) / (2 * rho))
-    out = torch.zeros_like(loc)
-    done = torch.zeros(loc.shape, dtype=torch.bool)
-    while not bool(done.all()):
-        u = torch.rand((3,) + loc.shape, generator=generator, dtype=torch.float64)
-        z = torch.cos(math.pi * u[0])
-        f = (1 + r * z) / (r + z)
-        c = kappa * (r - f)
-        accept = ~done & (((c * (2 - c) - u[1]) > 0) | (torch.log(c / u[1]) + 1 - c >= 0))
-        out = torch.where(accept, torch.sign(u[2] - 0.5) * torch.acos(f.clamp(-1, 1)), out)
-        done = done | accept
-    return wrap(out + loc)
+    """Exact von Mises draws about ``loc`` (float64) with an explicit generator, in [−π, π)."""
+    return wrap(loc.double() + sample_von_mises(kappa.double(), generator))
 
 
 class _MaskedLinear(torch.nn.Linear):

@@ -1,0 +1,42 @@
+"""Exact von Mises draws with an explicit generator, for generators whose dihedrals are von Mises
+(mixtures): ``torch.distributions.VonMises`` takes no ``torch.Generator``, so seeded proposals
+could not use it."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+#: proposals drawn per round are about this many (each open draw gets several when few are open)
+PROPOSALS_PER_ROUND = 1024
+
+
+def sample_von_mises(kappa: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Zero-mean von Mises draws in [−π, π] of concentrations ``kappa`` (any shape; the draws take
+    its dtype), by Best & Fisher's (1979) rejection. Each round proposes only for the draws still
+    open, and gives each of them several independent proposals when few are open (the first
+    accepted one is kept: the same law as proposing one at a time). A batch of a few hundred,
+    which costs kernel launches rather than arithmetic, is then done in one or two rounds instead
+    of ~6 (acceptance is ≥ 0.66 per proposal)."""
+    k = kappa.reshape(-1)
+    tau = 1 + torch.sqrt(1 + 4 * k * k)
+    rho = (tau - torch.sqrt(2 * tau)) / (2 * k)
+    r = torch.where(k < 1e-5, 1 / k + k, (1 + rho * rho) / (2 * rho))  # κ → 0: the uniform limit
+    out = torch.zeros_like(k)
+    open_ = torch.arange(len(k))
+    for _ in range(100):
+        if not len(open_):
+            break
+        tries = max(1, min(8, PROPOSALS_PER_ROUND // len(open_)))
+        u1, u2, u3 = torch.rand((3, tries, len(open_)), generator=generator, dtype=k.dtype)
+        z = torch.cos(math.pi * u1)
+        f = (1 + r * z) / (r + z)
+        c = k * (r - f)
+        ok = (c * (2 - c) - u2 > 0) | (torch.log(c / u2) + 1 - c >= 0)  # (tries, open)
+        first = ok.to(torch.int8).argmax(0, keepdim=True)  # the first accepted proposal (0 if none)
+        value = (torch.sign(u3 - 0.5) * torch.acos(f.clamp(-1, 1))).gather(0, first)[0]
+        accepted = ok.any(0)
+        out[open_[accepted]] = value[accepted]
+        open_, k, r = open_[~accepted], k[~accepted], r[~accepted]
+    return out.view(kappa.shape)
