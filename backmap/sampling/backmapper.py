@@ -220,6 +220,14 @@ class Backmapper:
                 again = self.projection(x, beads, cg.dimensions)
                 x = again.positions.astype(x.dtype)
                 self.projection_log[-1]["cg_rmsd_after"] = again.cg_rmsd_after
+        if self.projection is not None:  # the projection moves atoms without looking at contacts
+            for _ in range(self.settings.repair_clashes):
+                repaired, n = self.sampler.repair_frame(x)
+                if not n:
+                    break
+                again = self.projection(repaired, beads, cg.dimensions)
+                x = again.positions.astype(x.dtype)
+                self.projection_log[-1]["cg_rmsd_after"] = again.cg_rmsd_after
         if self.forcefield is not None:
             from backmap.forcefield.minimize import minimize_restrained
 

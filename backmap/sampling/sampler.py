@@ -514,6 +514,16 @@ class Sampler:
                     self._polish_step(step, x, placed)
         return x.numpy().astype(np.float64)
 
+    def repair_frame(self, positions: np.ndarray) -> tuple[np.ndarray, int]:
+        """One round of clash repair on the frame last backmapped as it stands now (N, 3) — after
+        the CG projection, which moves atoms without looking at contacts. Returns the positions
+        and the number of units redrawn (0: no clash)."""
+        x = torch.as_tensor(positions, dtype=torch.float32).clone()
+        placed = torch.ones(len(x), dtype=torch.bool)
+        with torch.no_grad(), torch_threads(1):
+            n = self._repair_clashes(self._last_schedule, x, placed)
+        return (x.numpy().astype(np.float64) if n else positions), n
+
     def _regrow(self, schedule: list, positions: torch.Tensor, placed: torch.Tensor) -> None:
         """The block move of ``options.regrow``: hide the named beads' units, place them again in
         plan order (forward mode), then once more with everything placed (Gibbs mode). With
