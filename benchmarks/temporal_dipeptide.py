@@ -30,7 +30,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 TOP = REPO / "tests" / "data" / "dipeptide" / "topol.top"
