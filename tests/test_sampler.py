@@ -466,7 +466,8 @@ def test_clash_repair_redraws_the_clashing_units(hexane):
 def test_clashes_the_cg_projection_makes_are_repaired(hexane):
     """The CG projection moves atoms without looking at contacts (on sPS it made 2 clashes in 78
     frames). Here a projection that first moves an atom 0.05 nm from a hydrogen of another molecule;
-    the backmapper redraws the clashing units and projects again."""
+    the backmapper redraws the clashing units and projects again. Over seeds 0–5: 11–28 units redrawn,
+    no clash left, molecules 0 and 1 on their beads to 1e-15 nm."""
     from backmap.sampling.cg_projection import ProjectionResult
     from backmap.system.io import Frame
 

@@ -16,9 +16,11 @@ def test_draws_follow_the_von_mises_law(kappa, batch):
     draws = torch.cat([sample_von_mises(torch.full((batch,), kappa, dtype=torch.float64), gen)
                        for _ in range(n // batch)]).numpy()
     assert np.all(np.abs(draws) <= np.pi)
-    # Kolmogorov–Smirnov against scipy's von Mises: a seeded draw, p far above a wrong law's ~0
+    # Kolmogorov–Smirnov against scipy's von Mises. Over seeds 11–30 p was uniform (smallest 0.0076 of
+    # 200); with another random stream (another torch) the 10 cases fail by chance with probability
+    # 10 × 1e-4, while a κ 10 % off at κ ≥ 4 already gives p ≤ 2e-5
     p = stats.kstest(draws, stats.vonmises(kappa).cdf).pvalue
-    assert p > 1e-3, p
+    assert p > 1e-4, p
 
 
 def test_shape_and_dtype_follow_kappa():

@@ -217,17 +217,13 @@ class Backmapper:
         if self.sampler.polish is not None:  # energy guidance again: the projection does not look at energies
             x = self.sampler.polish_frame(x)
             if self.projection is not None:  # a ring turned about its bond moves its centre a little: project again
-                again = self.projection(x, beads, cg.dimensions)
-                x = again.positions.astype(x.dtype)
-                self.projection_log[-1]["cg_rmsd_after"] = again.cg_rmsd_after
+                x = self._project_again(x, beads, cg.dimensions)
         if self.projection is not None:  # the projection moves atoms without looking at contacts
             for _ in range(self.settings.repair_clashes):
                 repaired, n = self.sampler.repair_frame(x)
                 if not n:
                     break
-                again = self.projection(repaired, beads, cg.dimensions)
-                x = again.positions.astype(x.dtype)
-                self.projection_log[-1]["cg_rmsd_after"] = again.cg_rmsd_after
+                x = self._project_again(repaired, beads, cg.dimensions)
         if self.forcefield is not None:
             from backmap.forcefield.minimize import minimize_restrained
 
@@ -235,6 +231,13 @@ class Backmapper:
                                     restraint=self.settings.restraint, steps=self.settings.minimize_steps).positions
         kept = self.chirality.kept(self.cg_topology.topology, x) if self.chirality is not None else None
         return Frame(x, cg.dimensions, cg.time, cg.index), kept
+
+    def _project_again(self, x: np.ndarray, beads: np.ndarray, dimensions: np.ndarray) -> np.ndarray:
+        """The frame moved after its projection (guidance, clash repair): onto its CG input once more,
+        the frame's log keeping the final CG RMSD."""
+        again = self.projection(x, beads, dimensions)
+        self.projection_log[-1]["cg_rmsd_after"] = again.cg_rmsd_after
+        return again.positions.astype(x.dtype)
 
     def run(self, frames: Iterable[Frame], total: int | None = None) -> Iterator[Frame]:
         """AA frames, one per CG frame (:meth:`backmap_frame`; a frame without an index draws as
