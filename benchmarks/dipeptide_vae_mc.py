@@ -281,7 +281,8 @@ def main(argv=None) -> None:
     ap.add_argument("--latents", type=int, nargs="+", default=[1, 20])
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--components", type=int, default=4)
+    ap.add_argument("--components", type=int, default=4, help="von Mises components per torsion (paper: 1)")
+    ap.add_argument("--no-skip", action="store_true", help="ablation: no linear skip connection q_<i -> outputs")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--train-frames", type=int, default=100000, help="MD frames used (evenly spaced)")
@@ -345,7 +346,7 @@ def main(argv=None) -> None:
     for latent in args.latents:
         path = out / f"model-latent{latent}.pt"
         torch.manual_seed(args.seed + latent)
-        model = MoleculeVAE(zm, latent=latent, hidden=args.hidden, components=args.components)
+        model = MoleculeVAE(zm, latent=latent, hidden=args.hidden, components=args.components, skip=not args.no_skip)
         if args.reuse and path.exists():
             state = torch.load(path)
             model.load_state_dict(state["model"])

@@ -237,6 +237,25 @@ def test_sampling_density_equals_log_joint(random_model):
     assert float((j.prior[0] - (-0.5 * (z * z).sum(-1) - 1.5 * math.log(2 * math.pi))).abs().max()) < 1e-12
 
 
+def test_decoder_without_skip_connection(system):
+    """``skip=False`` (the ablation against the paper's architecture): the skip weights have no
+    effect on the outputs, the decoder stays autoregressive and normalized in its drawing path
+    (the incremental density equals the teacher-forced one)."""
+    torch.manual_seed(5)
+    zm = system["zm"]
+    model = MoleculeVAE(zm, latent=2, hidden=48, components=1, skip=False)
+    model.set_scale(zm.q_from_x(system["x"]))
+    q = zm.q_from_x(system["x"][5])
+    z = torch.randn(2, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        before = model._params(model.features(q), z)
+        model.skip.weight.add_(1.0)
+        assert float((model._params(model.features(q), z) - before).abs().max()) == 0.0
+        zz = torch.randn(200, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+        draws, logp = model.sample(zz, torch.Generator().manual_seed(8))
+        assert float((model.decoder_log_prob(draws, zz) - logp).abs().max()) < 1e-9
+
+
 # ------------------------------------------------------------------------------ training + MC
 @pytest.fixture(scope="module")
 def trained(system):

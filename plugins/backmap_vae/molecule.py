@@ -350,9 +350,11 @@ class MoleculeVAE(torch.nn.Module):
     """VAE over a molecule's free internal coordinates q (…, D) of a :class:`ZMatrix`: encoder
     q(z | q) (MLP on standardized bonds/angles and sin/cos of torsions → diagonal Gaussian),
     prior N(0, I), autoregressive decoder P(q | z) = Π_i P(q_i | z, q_<i) — von Mises mixtures
-    (``components``) for torsions, Gaussians for angles and bond lengths."""
+    (``components``) for torsions, Gaussians for angles and bond lengths. ``skip``: the masked
+    linear map from q_<i straight to the outputs (off: only the two masked hidden layers and the
+    z-only base network see q_<i — the ablation of docs/vae-dipeptide.md)."""
 
-    def __init__(self, zmatrix: ZMatrix, latent: int = 1, hidden: int = 256, components: int = 4):
+    def __init__(self, zmatrix: ZMatrix, latent: int = 1, hidden: int = 256, components: int = 4, skip: bool = True):
         super().__init__()
         self.zmatrix, self.latent, self.hidden, self.components = zmatrix, latent, hidden, components
         circ = torch.as_tensor(zmatrix.circular)
@@ -374,7 +376,7 @@ class MoleculeVAE(torch.nn.Module):
         self.z1 = torch.nn.Linear(latent, hidden, bias=False)
         self.h2 = _MaskedLinear(hidden, hidden, deg_h[None, :] <= deg_h[:, None])
         self.out = _MaskedLinear(hidden, self.n_out, deg_h[None, :] <= self.out_dof[:, None])
-        self.skip = _MaskedLinear(self.n_feat, self.n_out, deg_f[None, :] <= self.out_dof[:, None], bias=False)
+        self.skip = _MaskedLinear(self.n_feat, self.n_out, (deg_f[None, :] <= self.out_dof[:, None]) & skip, bias=False)
         self.base = _mlp(latent, hidden, self.n_out, torch.nn.Tanh)
         self.encoder = _mlp(self.n_feat, hidden, 2 * latent, torch.nn.ReLU)
         self.act = torch.nn.SiLU()
