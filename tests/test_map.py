@@ -87,3 +87,25 @@ def test_sps_mapping_reproduces_reference_cg(tmp_path, cli, shared):
     d = _deviation(out, ev / "cg.xtc")
     print(f"sPS mapping deviation: max {d.max():.5f} nm, rms {np.sqrt((d**2).mean()):.5f} nm, {d.shape[0]} frames")
     assert d.shape == (78, 720) and d.max() <= 0.005
+
+
+def test_sps_placement_order_variants_keep_the_mapping():
+    """sps-rings-first.xml and sps-interleaved.xml are sps.xml with a placement order only: the
+    same beads, atoms and weights (a copy that drifted would backmap another CG model), and an
+    order that names every bead once."""
+    import xml.etree.ElementTree as ET
+
+    def content(path):
+        root = ET.parse(path).getroot()
+        beads = [(b.findtext("name"), b.findtext("type"), b.findtext("mapping"), b.findtext("beads").split())
+                 for b in root.iter("cg_bead")]
+        maps = [(m.findtext("name"), m.findtext("weights").split()) for m in root.iter("map")]
+        order = root.findtext("topology/placement_order")
+        return beads, maps, order
+
+    beads, maps, order = content(REPO / "recipes" / "sps" / "sps.xml")
+    assert order is None and len(beads) == 20
+    for variant in ("sps-rings-first.xml", "sps-interleaved.xml"):
+        b, m, o = content(REPO / "recipes" / "sps" / variant)
+        assert (b, m) == (beads, maps), variant
+        assert sorted(o.split()) == sorted(name for name, *_ in beads), variant
