@@ -365,6 +365,14 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
 @click.option("--repair-clashes", type=int, default=0, show_default=True,
               help="Rounds of clash repair after sampling: units with an atom closer than 0.1 nm to one more than "
                    "three bonds away are drawn again, one at a time (0 = off).")
+@click.option("--orient-units/--no-orient-units", default=False, show_default=True,
+              help="Forward pass: turn each unit with no bond to a placed atom (e.g. a ring placed before its "
+                   "backbone) so that its atoms bonded to unplaced ones point where the CG input puts their "
+                   "partners. For models applied to chemistry they were not trained on.")
+@click.option("--dock", default=None, metavar="TYPES",
+              help="Forward pass: draw the units of these bead types (comma-separated, e.g. S) seeing no placed "
+                   "atom, as a unit built first is, and dock each rigidly onto the one placed atom it bonds to. "
+                   "For models applied to chemistry they were not trained on.")
 @click.option("--cutoff", type=float, default=None, help="Assert the model's environment radius (nm); it is the model's.")
 @click.option("--traversal", default=None, help="Assert the model's traversal; it is the model's.")
 @click.option("--frame-by-frame", is_flag=True, default=False,
@@ -384,7 +392,7 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
           frames: str | None, selector: str, candidates: int, gibbs_sweeps: int, minimize_steps: int,
           project_cg: bool | None, cg_restraint: float, colouring: bool, polish_steps: int, polish_sweeps: str,
           stereo_reference: Path | None, regrow: str | None, regrow_candidates: int, regrow_trials: int, repair_clashes: int,
-          cutoff: float | None, traversal: str | None, frame_by_frame: bool, generator_params: tuple[str, ...],
+          orient_units: bool, dock: str | None, cutoff: float | None, traversal: str | None, frame_by_frame: bool, generator_params: tuple[str, ...],
           seed: int, refiner_name: str | None, mdp: Path | None, temperature, n_steps, restraint, constraints,
           timestep, friction, extra, workers, scheduler, threads_per_worker, frames_per_task) -> None:
     """Backmap CG structures or a trajectory with a trained model. Writes OUT, the first frame as
@@ -430,7 +438,8 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
                                    energy=Path(top_path).suffix == ".top",
                                    stereo_reference=stereo_reference, cutoff=cutoff, traversal=traversal,
                                    frame_by_frame=frame_by_frame, regrow_candidates=regrow_candidates, regrow_trials=regrow_trials,
-                                   repair_clashes=repair_clashes,
+                                   repair_clashes=repair_clashes, orient_units=orient_units,
+                                   dock=[b.strip() for b in dock.split(",") if b.strip()] if dock else [],
                                    regrow=[b.strip() for b in regrow.split(",") if b.strip()] if regrow else [],
                                    generator_params=_key_values(generator_params, "--generator-param"))
     except ValueError as exc:

@@ -42,6 +42,19 @@ def hexane_topology():
 
 
 @pytest.fixture(scope="session")
+def hexane_frame():
+    """The hexane topology, its CG topology, the first frame whole (N, 3) and the frame itself."""
+    from backmap.engine.loaders import load_mapping, load_topology
+    from backmap.system.io import read_frames
+    from backmap.system.pbc import Unwrapper
+
+    topo = load_topology(HEXANE / "topol.top")
+    cg = load_mapping(HEXANE / "hexane.xml", topo).cg_topology(topo)
+    fr = next(read_frames(HEXANE / "traj.xtc"))
+    return topo, cg, Unwrapper(topo)(fr.positions, fr.dimensions), fr
+
+
+@pytest.fixture(scope="session")
 def hexane_tpr():
     from backmap.engine.loaders import load_topology
 

@@ -362,3 +362,31 @@ def test_sps_chirality_signs_agree_with_rdkit_cip_labels(shared):
     assert len(same_label) == 324
     np.testing.assert_array_equal(same_sign, same_label)
     assert 0.2 < np.mean(same_sign) < 0.8  # the baseline scrambles about half of them
+
+
+def test_broken_bonds_count_bonds_far_from_their_reference_length(hexane_context):
+    """A bond stretched by more than the tolerance counts, one stretched by less does not; the
+    reference itself has none (the bond-length JSD alone hides a few broken bonds among many)."""
+    from backmap_metrics.bonded import BrokenBonds
+
+    ctx, frame = hexane_context
+    x = ctx.reference_frame.copy()
+    metric = BrokenBonds()
+    metric.prepare(ctx)
+    n_bonds = len(metric.bonds)
+    assert n_bonds == 19 * ctx.topology.blocks[0].count  # hexane: 19 bonds per molecule
+
+    def broken(pos):
+        batch = FrameBatch(ctx, pos[None], frame.dimensions[None], np.arange(1))
+        return round(metric.samples(batch, ctx)["broken_bond_fraction"][0, 0] * n_bonds)
+
+    assert broken(x) == 0
+    mt = ctx.topology.blocks[0].moltype
+    h = next(j for i, j in mt.bonds if mt.elements[j] == "H" and mt.elements[i] == "C")  # a C–H bond's H
+    c = next(i for i, j in mt.bonds if j == h)
+    for molecules, factor, expected in (([0, 5, 9], 1.5, 3), ([0, 5, 9], 1.1, 0)):
+        y = x.copy()
+        for m in molecules:  # move the H along its bond: only that bond's length changes
+            a, b = 20 * m + c, 20 * m + h
+            y[b] = y[a] + factor * (y[b] - y[a])
+        assert broken(y) == expected

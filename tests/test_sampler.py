@@ -9,7 +9,6 @@ from backmap.engine.loaders import load_mapping
 from backmap.system.pbc import Unwrapper
 from backmap.engine.registry import default_registry
 from backmap.system.topology import MoleculeType
-from backmap.engine.loaders import load_topology
 from backmap.sampling.traversal import make_plan
 
 from conftest import HEXANE
@@ -66,14 +65,8 @@ def test_ring_molecule_and_heavy_first():
 
 
 @pytest.fixture(scope="module")
-def hexane():
-    topo = load_topology(HEXANE / "topol.top")
-    cg = load_mapping(HEXANE / "hexane.xml", topo).cg_topology(topo)
-    from backmap.system.io import read_frames
-
-    fr = next(read_frames(HEXANE / "traj.xtc"))
-    x = Unwrapper(topo)(fr.positions, fr.dimensions)
-    return topo, cg, x, fr
+def hexane(hexane_frame):
+    return hexane_frame
 
 
 def _builder(cg, cutoff=0.7):

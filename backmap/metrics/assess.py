@@ -40,7 +40,8 @@ from backmap.system.io import atomic_path, read_frames, trajectory_info
 
 IN_DISTRIBUTION = "in-distribution"
 #: the metric plugins an assessment runs (all atomistic observables of the thesis' chapter 6)
-DEFAULT_METRICS = ["bead_forces", "bonds", "angles", "dihedrals", "impropers", "rdf", "clashes", "energy", "cg_rmsd"]
+DEFAULT_METRICS = ["bead_forces", "bonds", "angles", "dihedrals", "impropers", "broken_bonds", "rdf", "clashes", "energy",
+                   "cg_rmsd"]
 
 
 @dataclass

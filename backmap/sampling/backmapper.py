@@ -67,6 +67,14 @@ class BackmapSettings(BaseModel):
     repair_clashes: int = Field(0, ge=0, description="rounds of clash repair at the end of sampling: units with an "
                                                      "atom closer than 0.1 nm to one more than three bonds away "
                                                      "are drawn again one at a time (0 = off)")
+    orient_units: bool = Field(False, description="forward pass: turn each unit with no bond to a placed atom about its "
+                                                 "mapped centre so that its atoms bonded to unplaced ones point where "
+                                                 "the CG input puts their partners (backmap.sampling.orientation; "
+                                                 "for chemical transfer)")
+    dock: list[str] = Field(default_factory=list, description="forward pass: units of these bead types are drawn "
+                                                              "seeing no placed atom, as a unit built first is, and "
+                                                              "docked rigidly onto the one placed atom they bond to "
+                                                              "(backmap.sampling.orientation; for chemical transfer)")
     minimize_steps: int = Field(0, ge=0, description="restrained energy-minimization steps after sampling "
                                                      "(the EM baseline; 0 = none)")
     restraint: float = Field(1000.0, ge=0, description="CG restraint constant for minimization (kJ/mol/nm²)")
@@ -137,7 +145,8 @@ class Backmapper:
                                  cg_restraint=s.cg_restraint, polish_steps=s.polish_steps,
                                  polish_sweeps=s.polish_sweeps, regrow=tuple(s.regrow),
                                  regrow_candidates=s.regrow_candidates, regrow_trials=s.regrow_trials,
-                                 repair_clashes=s.repair_clashes)
+                                 repair_clashes=s.repair_clashes, orient_units=s.orient_units,
+                                 dock=tuple(s.dock))
         known = set(self.cg_topology.bead_names)
         unknown = [b for b in s.regrow if b not in known]
         if unknown:

@@ -24,6 +24,7 @@ from backmap.system.mapping import CGTopology
 from backmap.system.pbc import box_dimensions, minimum_image
 from backmap.engine.plugin import Generator, Selector
 from backmap.progress import progress
+from backmap.sampling.orientation import PartnerOrientation
 from backmap.sampling.polish import PlacementPolish, Rotors, find_rotors
 from backmap.threads import torch_threads
 from backmap.sampling.traversal import Plan
@@ -70,6 +71,14 @@ class SamplerOptions:
     #: (units of one step move together and do not see each other's new places; 0 = off)
     repair_clashes: int = 0
     clash_distance: float = 0.1
+    #: forward pass: turn each unit with no bond to a placed atom about its mapped centre so that
+    #: its atoms bonded to unplaced atoms point where the CG puts their partners
+    #: (:mod:`backmap.sampling.orientation`; for transfer, where drawn orientations are unreliable)
+    orient_units: bool = False
+    #: forward pass: units of these bead types are drawn seeing no placed atom (as a unit built
+    #: first is) and docked rigidly onto the one placed atom they bond to (the selection energy
+    #: still sees everything; :mod:`backmap.sampling.orientation`)
+    dock: tuple[str, ...] = ()
 
 
 @dataclass
@@ -367,6 +376,8 @@ class Sampler:
         self.builder = EnvironmentBuilder(cg_topology, plans, self.channels, cutoff=self.options.cutoff,
                                           strip_hydrogens=self.options.strip_hydrogens,
                                           pair_params=self.energy.pair_params if self.energy else None)
+        self.orientation = PartnerOrientation(cg_topology, plans, self.options.orient_units, self.options.dock) \
+            if self.options.orient_units or self.options.dock else None
         self.placements = 0
         self.repaired_units = 0  # units drawn again by the clash repair
         self._near_keys: np.ndarray | None = None  # atom pairs ≤ 3 bonds apart, for the clash search
@@ -592,17 +603,27 @@ class Sampler:
         xs = [positions] if trials is None else trials
         name, s, meta, groups = step
         chosen_energies: list[list] = [[] for _ in xs]
+        blind = self.orientation is not None and not all_placed and self.orientation.blind(name, s)
         for group, atoms, bead, pred, frame, first_atom, idx, est in groups:
             envs = [self.builder.build(name, atoms, bead, pred, x, placed, frame_beads=frame, compact=True) for x in xs]
             for env in envs:
                 env.meta = meta
-            batch = envs[0] if len(envs) == 1 else EnvironmentBatch.concatenate(envs)
+            if blind:  # the generator sees the CG beads only; the selection energy, everything
+                seen = [self.builder.build(name, atoms, bead, pred, x, torch.zeros_like(placed), frame_beads=frame,
+                                           compact=True) for x in xs]
+                for env in seen:
+                    env.meta = meta
+            else:
+                seen = envs
+            batch = seen[0] if len(seen) == 1 else EnvironmentBatch.concatenate(seen)
             drawn = torch.as_tensor(self.generator.propose(batch, candidates or self.options.candidates, self.rng),
                                     dtype=torch.float32)
             n = len(first_atom)
             for t, (x, env) in enumerate(zip(xs, envs)):
                 local = drawn[t * n:(t + 1) * n]
                 lab = env.to_lab(local)  # (B, K, U, 3)
+                if self.orientation is not None and not all_placed:
+                    lab = self.orientation(name, s, lab, first_atom, bead, self.builder.beads, placed, x)
                 if self.energy is not None and local.shape[1] > 1:
                     energies = self.energy(name, s, first_atom, lab, env, x, placed, local=local, static=est,
                                            all_placed=all_placed)

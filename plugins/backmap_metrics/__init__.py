@@ -2,7 +2,7 @@
 Registered through the public ``backmap_metrics`` and ``backmap_steps`` hooks."""
 from backmap import hookimpl
 from backmap_metrics.assess_step import AssessStep
-from backmap_metrics.bonded import Angles, Bonds, Dihedrals, Impropers
+from backmap_metrics.bonded import Angles, Bonds, BrokenBonds, Dihedrals, Impropers
 from backmap_metrics.chains import Chains
 from backmap_metrics.consistency import CGRmsd
 from backmap_metrics.dynamics import MarkovTimescales, Velocities
@@ -16,7 +16,7 @@ from backmap_metrics.structure import Clashes, Rdf
 
 @hookimpl
 def backmap_metrics():
-    return [Bonds, Angles, Dihedrals, Impropers, Ramachandran, Energy, Rdf, Clashes, CGRmsd, Stereo, BeadForces,
+    return [Bonds, Angles, Dihedrals, Impropers, BrokenBonds, Ramachandran, Energy, Rdf, Clashes, CGRmsd, Stereo, BeadForces,
             Velocities, MarkovTimescales, Chains]
 
 

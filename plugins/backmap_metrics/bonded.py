@@ -113,3 +113,37 @@ class Impropers(_Family):
 
     def binning(self, idx, context):
         return Binning(width=self.params.width)
+
+
+class BrokenBondParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tolerance: float = Field(0.2, gt=0, description="relative deviation from the reference length that counts "
+                                                   "as broken (0.2: a 0.15 nm bond outside 0.12–0.18 nm)")
+
+
+class BrokenBonds(Metric):
+    """Bonds whose length is off the reference structure's by more than ``tolerance`` (relative),
+    per bond and frame. The bond-length distributions hide this when a few bonds of one type are
+    broken among many good ones, and a molecule torn apart is not a structure anyone can use (the
+    chemical-transfer output of 2026-11-26 had every ring 0.37 nm from its backbone)."""
+
+    name = "broken_bonds"
+    summary = "broken bonds: fraction of bonds off the reference length by more than 20 %, per frame"
+    Params = BrokenBondParams
+
+    def prepare(self, context: EvalContext) -> list[Observable]:
+        self.bonds = _terms(context)[0]["bond"]
+        if context.reference_frame is None or not len(self.bonds):
+            self.skipped = "no bonds or no reference frame"
+            return []
+        self.length = geometry.distances(context.reference_frame[None], self.bonds)[0]
+        return [Observable("broken_bond_fraction", "score", "bond", "fraction",
+                           label=f"broken bonds (> {self.params.tolerance:.0%} off the reference length)",
+                           description=f"fraction of the {len(self.bonds)} bonds more than "
+                                       f"{self.params.tolerance:.0%} off their length in the reference",
+                           better="lower")]
+
+    def samples(self, batch: FrameBatch, context: EvalContext) -> dict[str, np.ndarray]:
+        d = geometry.distances(batch.whole, self.bonds)
+        broken = np.abs(d - self.length) > self.params.tolerance * self.length
+        return {"broken_bond_fraction": broken.mean(1)[:, None]}
