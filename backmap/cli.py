@@ -462,7 +462,8 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
                                seed=seed, refiner=refiner, refine_system=system, cluster=cluster,
                                provenance={"cg": str(source), "frames": frames}, where="apply")
     files = summary["files"]
-    kept = f"; stereocentres kept {summary['stereocentres kept']:.4f}" if "stereocentres kept" in summary else ""
+    kept = f"; stereocentres kept {summary['stereocentres kept']:.4f} (every neighbour triple signed as in the " \
+        "reference)" if "stereocentres kept" in summary else ""
     if "CG projection" in summary:
         p = summary["CG projection"]
         kept += f"; CG RMSD {p['CG RMSD before (nm)']:.4f} → {p['CG RMSD after (nm)']:.1e} nm by the CG projection"
