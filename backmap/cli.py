@@ -464,6 +464,8 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
     files = summary["files"]
     kept = f"; stereocentres kept {summary['stereocentres kept']:.4f} (every neighbour triple signed as in the " \
         "reference)" if "stereocentres kept" in summary else ""
+    if "broken bonds" in summary:
+        kept += f"; broken bonds {summary['broken bonds']:.4f}"
     if "CG projection" in summary:
         p = summary["CG projection"]
         kept += f"; CG RMSD {p['CG RMSD before (nm)']:.4f} → {p['CG RMSD after (nm)']:.1e} nm by the CG projection"

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from backmap.engine.loaders import make_plugin
+from backmap.forcefield.bond_check import TOLERANCE, BondCheck
 from backmap.engine.models import Model
 from backmap.engine.plugin import Generator
 from backmap.engine.pipeline import plugin_versions
@@ -91,6 +92,10 @@ def make_backmapper(cg_topology: CGTopology, generator: Generator, settings: Bac
     return Backmapper(cg_topology, generator, channels, traversal, selector, settings, seed=seed)
 
 
+#: share of broken bonds in the generator's output above which apply warns (DBM's own sPS output: 0.1 %)
+BROKEN_BONDS_WARNING = 0.01
+
+
 @dataclass
 class BackmapJob(ProcessLocal):
     """Backmapping (and refining) blocks of CG frames, as one process or a Dask worker does it: the
@@ -113,6 +118,8 @@ class BackmapJob(ProcessLocal):
         if getattr(self, "_local_backmapper", None) is None:
             self._local_backmapper = make_backmapper(self.cg_topology, self.model.generator, self.settings,
                                                      self.seed, self.model.channels, default_registry(), self.where)
+        if not hasattr(self, "_local_bonds"):
+            self._local_bonds = BondCheck.of(self.cg_topology.topology)
         if self.refiner is not None and getattr(self, "_local_refiner", None) is None:
             refiner = copy.deepcopy(self.refiner)
             limit_refiner_threads(refiner, threads)
@@ -144,6 +151,8 @@ class BackmapJob(ProcessLocal):
                                    "placements": bm.sampler.placements - placed}
             if kept is not None:
                 row["stereocentres_kept"] = kept
+            if self._local_bonds is not None:
+                row["broken_bonds"] = self._local_bonds.broken_fraction(aa.positions, cg.dimensions)
             if bm.settings.repair_clashes:
                 row["clash_units_redrawn"] = bm.sampler.repaired_units - repaired
             if bm.sampler.polish is not None:
@@ -245,6 +254,9 @@ def backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path,
     kept = [r["stereocentres_kept"] for r in rows if "stereocentres_kept" in r]
     if kept:
         summary["stereocentres kept"] = round(float(np.mean(kept)), 4)
+    broken = [r["broken_bonds"] for r in rows if "broken_bonds" in r]
+    if broken:  # of the generator's output, before any refinement
+        summary["broken bonds"] = round(float(np.mean(broken)), 5)
     redrawn = [r["clash_units_redrawn"] for r in rows if "clash_units_redrawn" in r]
     if redrawn:
         summary["clash repair"] = {"rounds": bm.settings.repair_clashes, "units redrawn": int(sum(redrawn)),
@@ -269,9 +281,12 @@ def backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path,
             say(f"warning: {where}: in {p['frames left unprojected']} of {len(projected)} frames, "
                 f"{p['molecules left unprojected']} molecules could not be projected onto their CG input "
                 "(no convergence, or an atom would move > 0.3 nm); they are written as sampled")
+    if summary.get("broken bonds", 0.0) > BROKEN_BONDS_WARNING:
+        say(f"warning: {where}: {summary['broken bonds']:.1%} of the bonds the generator wrote are more than "
+            f"{TOLERANCE:.0%} off the force field's length (torn molecules; see docs/transfer.md)")
     if refiner is not None:
         log = [{k: v for k, v in r.items() if k not in ("generator_seconds", "placements", "stereocentres_kept",
-                                                          "clash_units_redrawn")
+                                                          "clash_units_redrawn", "broken_bonds")
                 and not k.startswith(("projection_", "polish_"))} for r in rows]
         write_log(files.refine_log, log)
         plot_log(files.refine_log.with_suffix(".png"), log, f"{refiner.name}: {files.aa.name}")
