@@ -182,3 +182,9 @@ def test_dock_names_a_bead_type_with_nothing_to_dock_onto(hexane):
     one = make_plan(whole, default_registry().get("traversal", "dfs").cls(), np.random.default_rng(0), unit="bead")
     with pytest.raises(BackmapError, match="dock: bead M of Protein has no bond"):
         PartnerOrientation(CGTopology(topo, {"Protein": whole}), {"Protein": one}, dock=("M",))
+
+
+def test_dock_names_an_unknown_bead_type(hexane):
+    topo, cg, x, fr, plan = hexane
+    with pytest.raises(BackmapError, match="dock: no bead of type S in the mapping .*A, B"):
+        PartnerOrientation(cg, {"Protein": plan}, dock=("S",))

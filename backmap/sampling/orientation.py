@@ -88,6 +88,11 @@ class PartnerOrientation:
             if missing:
                 raise BackmapError(f"dock: bead {missing[0]} of {mt.name} has no bond to another bead's atom to "
                                    "dock onto")
+        types = {bead.type for cb in cg_topology.blocks for bead in cb.mapping.beads}
+        unknown = sorted(set(dock) - types)
+        if unknown:
+            raise BackmapError(f"dock: no bead of type {unknown[0]} in the mapping (its bead types: "
+                               f"{', '.join(sorted(types))})")
 
     def blind(self, moltype: str, step: int) -> bool:
         """Whether this step's units are drawn in free space (seeing no placed atom) and docked."""
