@@ -188,3 +188,26 @@ def test_dock_names_an_unknown_bead_type(hexane):
     topo, cg, x, fr, plan = hexane
     with pytest.raises(BackmapError, match="dock: no bead of type S in the mapping .*A, B"):
         PartnerOrientation(cg, {"Protein": plan}, dock=("S",))
+
+
+def test_a_blind_environment_has_the_same_local_frame(hexane):
+    """Docking draws in an environment without atoms and places in the full one: both must share
+    the local frame (it is built from CG beads only), or the drawn unit would be turned."""
+    from backmap.engine.apply import make_backmapper
+    from backmap.sampling.backmapper import BackmapSettings
+
+    topo, cg, x, fr, plan = hexane
+    gen = default_registry().get("generator", "bead_centre").cls({"spread": 0.05})
+    s = make_backmapper(cg, gen, BackmapSettings(candidates=2, gibbs_sweeps=0), seed=3).sampler
+    s.builder.set_frame(cg.apply(x), fr.box)
+    pos = torch.as_tensor(x, dtype=torch.float32)
+    placed = torch.zeros(len(x), dtype=torch.bool)
+    placed[: len(x) // 2] = True
+    for name, _s, meta, groups in s._schedule()[0]:
+        _g, atoms, bead, pred, frame, *_ = groups[0]
+        full = s.builder.build(name, atoms, bead, pred, pos, placed, frame_beads=frame, compact=True)
+        blind = s.builder.build(name, atoms, bead, pred, pos, torch.zeros_like(placed), frame_beads=frame,
+                                compact=True)
+        assert int(blind.atom_mask.sum()) == 0
+        local = torch.randn(full.size, 2, len(meta["unit_atoms"]), 3, generator=torch.Generator().manual_seed(1))
+        assert torch.equal(full.to_lab(local), blind.to_lab(local))
