@@ -32,6 +32,11 @@ def _pairwise(y):
     return torch.cdist(y, y)
 
 
+#: float32 positions of up to ~3.5 nm carry ~2.4e-7 nm per rounding; a turn, a slide and a distance
+#: stack tens of them, so geometry is compared to 2e-5 nm — still 500x below a bond off by 0.01 nm
+GEOMETRY_ATOL = 2e-5
+
+
 def test_turn_points_one_direction_with_the_least_rotation_and_recovers_a_rotation():
     u = torch.randn(50, 1, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     v = torch.randn(50, 1, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
@@ -74,9 +79,9 @@ def test_free_unit_is_turned_to_its_partners_estimates_keeping_its_bead(hexane):
     placed = torch.zeros(len(x), dtype=torch.bool)
     out = orient("Protein", step, drawn, first_atom, 3 * np.arange(n_mol) + unit.bead, beads, placed,
                  torch.as_tensor(x, dtype=torch.float32))
-    torch.testing.assert_close(_pairwise(out), _pairwise(drawn), atol=2e-6, rtol=0)
+    torch.testing.assert_close(_pairwise(out), _pairwise(drawn), atol=GEOMETRY_ATOL, rtol=0)
     torch.testing.assert_close((w[None, None, :, None] * out).sum(2) / w.sum(), c[:, None].expand(-1, K, -1),
-                               atol=2e-6, rtol=0)
+                               atol=GEOMETRY_ATOL, rtol=0)
     target = torch.einsum("ab,nbi->nai", estimate, torch.as_tensor(beads, dtype=torch.float32).view(-1, 3, 3)[:n_mol])
     anchor = out[:, :, slots[0]] - c[:, None]
     cos = torch.nn.functional.cosine_similarity(anchor, (target[:, 0] - c)[:, None], dim=-1)
@@ -112,7 +117,7 @@ def test_docked_unit_meets_its_placed_partner_at_the_bond_length(hexane):
         placed[(first_atom[:, None] + torch.as_tensor(u.atoms)[None]).reshape(-1)] = True
     positions = torch.as_tensor(x, dtype=torch.float32)
     out = orient("Protein", step, drawn, first_atom, 3 * np.arange(n_mol) + unit.bead, cg.apply(x), placed, positions)
-    torch.testing.assert_close(_pairwise(out), _pairwise(drawn), atol=3e-6, rtol=0)
+    torch.testing.assert_close(_pairwise(out), _pairwise(drawn), atol=GEOMETRY_ATOL, rtol=0)
     known = placed[first_atom[:, None] + partners[None]]
     assert bool((known.sum(1) == 1).all())
     a = int(known[0].to(torch.int64).argmax())
@@ -120,7 +125,7 @@ def test_docked_unit_meets_its_placed_partner_at_the_bond_length(hexane):
     anchor = out[:, :, slots[a]]
     b0 = float(length[a])
     assert 0.14 < b0 < 0.16  # a C–C bond, from the topology
-    torch.testing.assert_close((anchor - partner[:, None]).norm(dim=-1), torch.full((n_mol, K), b0), atol=2e-6, rtol=0)
+    torch.testing.assert_close((anchor - partner[:, None]).norm(dim=-1), torch.full((n_mol, K), b0), atol=GEOMETRY_ATOL, rtol=0)
     c = torch.einsum("u,nkui->nki", centre, out)
     cos = torch.nn.functional.cosine_similarity(anchor - c, partner[:, None] - c, dim=-1)
     assert float((1 - cos).max()) < 1e-5
@@ -169,7 +174,7 @@ def test_dock_in_the_sampler_draws_blind_and_bonds_at_b0(hexane, monkeypatch):
     n_mol = topo.blocks[0].count
     for (a, p), expect in [(d, True) for d in docked] + [(f, False) for f in free]:
         d = np.linalg.norm(y[a + 20 * np.arange(n_mol)] - y[p + 20 * np.arange(n_mol)], axis=-1)
-        assert np.allclose(d, b0[tuple(sorted((a, p)))], atol=2e-5) == expect, (a, p)
+        assert np.allclose(d, b0[tuple(sorted((a, p)))], atol=GEOMETRY_ATOL) == expect, (a, p)
 
 
 def test_dock_names_a_bead_type_with_nothing_to_dock_onto(hexane):

@@ -13,6 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from backmap import Metric
+from backmap.forcefield.bond_check import TOLERANCE
 from backmap.metrics import Binning, EvalContext, FrameBatch, Observable, geometry, terms
 
 
@@ -117,7 +118,7 @@ class Impropers(_Family):
 
 class BrokenBondParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    tolerance: float = Field(0.2, gt=0, description="relative deviation from the reference length that counts "
+    tolerance: float = Field(TOLERANCE, gt=0, description="relative deviation from the reference length that counts "
                                                    "as broken (0.2: a 0.15 nm bond outside 0.12–0.18 nm)")
 
 
