@@ -270,3 +270,19 @@ def test_openmm_frame_depends_only_on_its_own_stream(system, frame):
     b = used.refine(x[None], targets[None], box[None], np.random.default_rng(2)).positions
     c = used.refine(x[None], targets[None], box[None], np.random.default_rng(3)).positions
     assert np.array_equal(a, b) and not np.allclose(a, c)
+
+
+def test_stalled_unit_types_names_the_types_that_almost_never_move():
+    """The vae_mc log of the voxel GAN's sPS output (docs/vae.md): B10 accepted 0.005 of its moves;
+    the warning names it (and a schedule stage's), not the types that move, and skips failed frames."""
+    from backmap.refinement.restrained import STALLED_ACCEPTANCE, stalled_unit_types
+
+    rows = [{"acceptance": 0.28, "acceptance[PS1:B1]": 0.49, "acceptance[PS1:B10]": 0.012},
+            {"acceptance": 0.21, "acceptance[PS1:B1]": 0.43, "acceptance[PS1:B10]": 0.0},
+            {"failed": True, "acceptance[PS1:B1]": 0.0}]
+    line = stalled_unit_types(rows)
+    assert line is not None and "PS1:B10 0.006" in line and "B1 " not in line
+    assert stalled_unit_types(rows[:1]) is None                      # 0.012 is above the threshold
+    assert stalled_unit_types([{"acceptance": 0.0}]) is None         # no per-type columns: nothing to say
+    schedule = [{"0:vae_mc:acceptance[PS1:S10]": STALLED_ACCEPTANCE / 2, "1:mala:acceptance": 0.0}]
+    assert "PS1:S10 (0:vae_mc)" in stalled_unit_types(schedule)

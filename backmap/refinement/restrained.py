@@ -192,6 +192,27 @@ WIDE_SHARE = 0.01
 #: unconstrained bonds with a thermal s.d. above this (nm) get a note: soft bonds of a topology made for
 #: constraints (sPS: k_b = 10⁴ kJ/mol/nm², 0.022 nm at 568 K; ordinary C–C/C–H bonds: 0.003–0.005 nm)
 SOFT_BOND_NM = 0.01
+#: a unit type whose moves are accepted less often than this over a run is named as stalled
+#: (docs/vae.md: the chain-end bead of the voxel GAN's sPS output, 0.005, keeps its strained angles)
+STALLED_ACCEPTANCE = 0.01
+
+
+def stalled_unit_types(rows: list[dict], threshold: float = STALLED_ACCEPTANCE) -> str | None:
+    """None, or one line naming the unit types whose mean acceptance over the refined frames
+    (log columns ``acceptance[TYPE]``, e.g. vae_mc's, also inside a schedule's stages) is below ``threshold``: whole-unit moves are
+    independence proposals, and a state the model finds far less likely than the force field does
+    is sticky; those units keep what the start gave them."""
+    columns = sorted({k for r in rows for k in r if "acceptance[" in k and k.endswith("]")})
+    stalled = []
+    for column in columns:
+        values = [r[column] for r in rows if column in r and not r.get("failed")]
+        if values and float(np.mean(values)) < threshold:
+            stage, unit = column[:-1].split("acceptance[", 1)  # a schedule's columns: "0:vae_mc:acceptance[…]"
+            stalled.append(f"{unit}{f' ({stage[:-1]})' if stage else ''} {float(np.mean(values)):.3f}")
+    if not stalled:
+        return None
+    return (f"unit types that almost never move (acceptance < {threshold:g}): {', '.join(stalled)}; they keep "
+            "the start's geometry: mix in local moves (refiner schedule with mala, docs/refine-schedule.md)")
 
 
 def resolve_constraints(params: RefineParams, system: RestrainedSystem, refiner: str) -> RefineParams:
@@ -324,9 +345,12 @@ def refine_frames(refiner, system: RestrainedSystem, aa_frames: Iterable[Frame],
     spread = spread or BondSpread.of(refiner, system)
     pending: list[tuple[Frame, Frame]] = []
 
+    rows: list[dict] = []
+
     def flush():
         out = refine_batch(refiner, system, [p[0] for p in pending], [p[1] for p in pending], rng)
         pending.clear()
+        rows.extend(row for _frame, row in out)
         if spread is not None:
             for frame, row in out:
                 if not row.get("failed"):
@@ -341,6 +365,8 @@ def refine_frames(refiner, system: RestrainedSystem, aa_frames: Iterable[Frame],
         yield from flush()
     if spread is not None and (warning := spread.warning()):
         say(f"warning: {refiner.name} refiner: {warning}")
+    if stalled := stalled_unit_types(rows):
+        say(f"warning: {refiner.name} refiner: {stalled}")
 
 
 def write_log(path: Path, rows: list[dict]) -> None:
@@ -485,4 +511,7 @@ def refine_files(refiner, system: RestrainedSystem, aa_path: Path, cg_path: Path
         if warning := spread.warning():
             say(f"warning: {refiner.name} refiner: {warning}")
             summary["warning"] = warning
+    if stalled := stalled_unit_types(rows):
+        say(f"warning: {refiner.name} refiner: {stalled}")
+        summary["stalled units"] = stalled
     return summary
