@@ -33,7 +33,7 @@ from backmap.errors import BackmapError
 from backmap.parallel import ClusterOptions, PartStore, ProcessLocal, blocks_of, frame_rng, run_blocks
 from backmap.progress import say
 from backmap.refinement.restrained import (BondSpread, RestrainedSystem, limit_refiner_threads, plot_log, refine_batch,
-                                          write_log)
+                                          report_after_refinement, write_log)
 from backmap.sampling.backmapper import Backmapper, BackmapSettings, trajectory_mode, write_aa, write_topology
 from backmap.system.io import Frame, atomic_path, write_frames
 from backmap.sampling.environment import Channels
@@ -299,8 +299,7 @@ def backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path,
             for r, x in zip(rows, frames_of("aa")):
                 if not r.get("failed"):
                     spread.add(x.positions)
-            if warning := spread.warning():
-                say(f"warning: {refiner.name} refiner: {warning}")
+        summary.update(report_after_refinement(refiner, spread, rows))
     record = {"model": str(model.directory), "plugin": generator.name,
               "environment": spec.model_dump(mode="json"), "settings": settings.model_dump(mode="json"),
               "seed": seed, "refiner": {"plugin": refiner.name, "params": refiner.params.model_dump(mode="json")}

@@ -193,15 +193,15 @@ WIDE_SHARE = 0.01
 #: constraints (sPS: k_b = 10⁴ kJ/mol/nm², 0.022 nm at 568 K; ordinary C–C/C–H bonds: 0.003–0.005 nm)
 SOFT_BOND_NM = 0.01
 #: a unit type whose moves are accepted less often than this over a run is named as stalled
-#: (docs/vae.md: the chain-end bead of the voxel GAN's sPS output, 0.005, keeps its strained angles)
+#: (docs/vae.md: the chain-end bead of the voxel GAN's sPS output, 0.005, keeps its start's overlaps)
 STALLED_ACCEPTANCE = 0.01
 
 
 def stalled_unit_types(rows: list[dict], threshold: float = STALLED_ACCEPTANCE) -> str | None:
     """None, or one line naming the unit types whose mean acceptance over the refined frames
-    (log columns ``acceptance[TYPE]``, e.g. vae_mc's, also inside a schedule's stages) is below ``threshold``: whole-unit moves are
-    independence proposals, and a state the model finds far less likely than the force field does
-    is sticky; those units keep what the start gave them."""
+    (log columns ``acceptance[TYPE]``: vae_mc's, also inside a schedule's stages) is below
+    ``threshold``. Whole-unit moves are independence proposals: a state the model finds far less
+    likely than the force field does is sticky, and those units keep what the start gave them."""
     columns = sorted({k for r in rows for k in r if "acceptance[" in k and k.endswith("]")})
     stalled = []
     for column in columns:
@@ -344,7 +344,6 @@ def refine_frames(refiner, system: RestrainedSystem, aa_frames: Iterable[Frame],
     one to read it)."""
     spread = spread or BondSpread.of(refiner, system)
     pending: list[tuple[Frame, Frame]] = []
-
     rows: list[dict] = []
 
     def flush():
@@ -363,10 +362,21 @@ def refine_frames(refiner, system: RestrainedSystem, aa_frames: Iterable[Frame],
             yield from flush()
     if pending:
         yield from flush()
+    report_after_refinement(refiner, spread, rows)
+
+
+def report_after_refinement(refiner, spread: BondSpread | None, rows: list[dict]) -> dict[str, str]:
+    """Print the checks on a finished refinement as warnings and return them by summary key:
+    ``warning`` (bonds wider than thermal, :class:`BondSpread`) and ``stalled units``
+    (:func:`stalled_unit_types`)."""
+    found = {}
     if spread is not None and (warning := spread.warning()):
-        say(f"warning: {refiner.name} refiner: {warning}")
+        found["warning"] = warning
     if stalled := stalled_unit_types(rows):
-        say(f"warning: {refiner.name} refiner: {stalled}")
+        found["stalled units"] = stalled
+    for text in found.values():
+        say(f"warning: {refiner.name} refiner: {text}")
+    return found
 
 
 def write_log(path: Path, rows: list[dict]) -> None:
@@ -508,10 +518,5 @@ def refine_files(refiner, system: RestrainedSystem, aa_path: Path, cg_path: Path
         summary["kinetic temperature (K)"] = round(float(np.mean(temperatures)), 1)
     if spread is not None:
         summary["constraints"] = refiner.params.constraints
-        if warning := spread.warning():
-            say(f"warning: {refiner.name} refiner: {warning}")
-            summary["warning"] = warning
-    if stalled := stalled_unit_types(rows):
-        say(f"warning: {refiner.name} refiner: {stalled}")
-        summary["stalled units"] = stalled
+    summary.update(report_after_refinement(refiner, spread, rows))
     return summary
