@@ -108,6 +108,31 @@ def test_local_target_is_the_restrained_energy_difference(vae_run):
     assert float((local[1] - local[0]).sum()) == pytest.approx(want, abs=1e-6, rel=1e-9)
 
 
+def test_trials_of_a_unit_see_the_other_units_where_they_are(vae_run):
+    """A unit's trial energies take the group's other units at their current placements, not at
+    their own trials: with unit 1's trial 0 put onto unit 0's atoms, unit 0's trial that is its
+    current placement still scores exactly as the current state (sequential decisions correct
+    for accepted moves from there; seeing another unit's trial would bias every such move)."""
+    refiner = _refiner(vae_run)
+    (x, targets), box = _frame(vae_run, refiner)
+    groups = refiner.targets.frame_groups(targets, box, interacting=True)
+    group = max(groups, key=lambda g: len(g.atoms))
+    assert len(group.atoms) >= 2
+    vectors = np.asarray(box, float).reshape(3, 3)
+    units = refiner.targets.bind(group, torch.as_tensor(x, dtype=torch.float64),
+                                 torch.as_tensor(targets, dtype=torch.float64), vectors)
+    current = units.local()  # (B, U, 3)
+    trials = current[:, None].repeat(1, 2, 1, 1)
+    lab0 = units.to_lab(current)[0]  # unit 0's atoms, lab frame
+    onto = (lab0[: (units.index[1] >= 0).sum()] + 0.05 - units.centre[1]) @ units.rotation[1].T
+    trials[1, 0, : len(onto)] = onto.to(trials.dtype)  # unit 1's trial 0 sits on unit 0
+    with torch.no_grad():
+        now = units.log_target(current[:, None])[:, 0]
+        got = units.log_target(trials)
+    assert float(got[0, 1]) == pytest.approx(float(now[0]), abs=1e-9)
+    assert float(got[0, 0]) == pytest.approx(float(now[0]), abs=1e-9)
+
+
 def test_refiner_moves_units_and_logs_acceptance(vae_run, tmp_path):
     log = tmp_path / "sweeps.csv"
     refiner = _refiner(vae_run, steps=2, sweep_log=log, trials=2)

@@ -60,12 +60,14 @@ class BoundUnits:
 
     def energies(self, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(force field, restraint + springs) in kJ/mol, each (B, n), of placements (B, n, U, 3),
-        differentiable in them; the other atoms stay where they are."""
+        differentiable in them; every other atom — the other units of the group included — where
+        it is now (configuration 0 is the current state: the force field takes the atoms outside
+        a unit from it, so that a unit's trials never see another unit's trials)."""
         lab = self.to_lab(local)
-        configs = self.positions.expand(local.shape[1], -1, -1).clone()
-        configs[:, self.index] = lab.transpose(0, 1)
+        configs = self.positions.expand(local.shape[1] + 1, -1, -1).clone()
+        configs[1:, self.index] = lab.transpose(0, 1)
         ff, bias = self.targets.energies(configs, self.tables, self.cg, self.vectors)
-        return ff.T, bias.T
+        return ff[1:].T, bias[1:].T
 
     def coupling(self, k: int, moved: dict[int, tuple[torch.Tensor, torch.Tensor]], states: torch.Tensor
                  ) -> torch.Tensor:
