@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import HEXANE, run_cli
 
+from backmap import BackmapError
 from backmap.engine.loaders import load_mapping, load_topology
 from backmap.engine.models import load_model
 from backmap.forcefield.settings import NonbondedSettings
@@ -200,3 +201,77 @@ def test_refine_step_gives_vae_mc_the_backmapped_model_inside_a_schedule(vae_run
         # whole-bead moves are seldom accepted, and MALA rejects most steps on strained output)
     assert float(row["cg_rmsd"]) < 0.03  # thermal: √(3k_BT/k) = 0.019 nm
     assert float(row["1:mala:temperature"]) < 600  # no heat from clashes released
+
+
+def _block(refiner, spec, targets, box):
+    """The largest colour group's move of the block ``spec``."""
+    from backmap.sampling.blocks import parse_blocks
+    from backmap_vae.blocks import block_moves
+
+    (block,) = parse_blocks([spec], refiner.system.cg_topology, refiner.sampler.plans, "test")
+    groups = refiner.targets.frame_groups(targets, box, interacting=True)
+    moves = block_moves(refiner.targets, block, groups, refiner.params.temperature)
+    molecules = np.concatenate([m.steps[0].molecules for m in moves])
+    assert len(np.unique(molecules)) == len(molecules) == sum(len(g.molecules) for g in groups if g.step == 0)
+    return max(moves, key=lambda m: len(m.block_atoms))
+
+
+def test_block_draws_have_the_density_the_move_scores(vae_run):
+    """Known answer of a block move's exactness: the proposal density Σ_s ln P̃_s of each drawn
+    block (unit s drawn seeing the block's units before it at their new places) is what the move
+    evaluates for a block standing there with the same latents; nothing outside the blocks moves."""
+    refiner = _refiner(vae_run)
+    (x, targets), box = _frame(vae_run, refiner)
+    move = _block(refiner, "A1,B", targets, box)
+    pos = torch.as_tensor(x, dtype=torch.float64)
+    with torch.no_grad():
+        trial_pos, drawn, _outside, latents = move.draw(pos, 3, torch.Generator().manual_seed(4))
+        for m in range(3):
+            scored, _, _ = move.log_density(trial_pos[m], torch.Generator(), [z[m] for z in latents])
+            # float32 networks and float32-rounded positions: ~3e-5 relative; a unit scored in the
+            # wrong context (another visibility) is off by nats
+            assert torch.allclose(scored, drawn[m], rtol=2e-4, atol=1e-3), (scored - drawn[m]).abs().max()
+    others = torch.ones(len(pos), dtype=torch.bool)
+    others[move.block_atoms.reshape(-1)] = False
+    assert torch.equal(trial_pos[:, others], pos[others].expand(3, -1, -1))
+    assert not torch.allclose(trial_pos[:, ~others], pos[~others].expand(3, -1, -1))
+
+
+def test_block_target_is_the_restrained_energy_difference(vae_run):
+    """ln π of a block's trial is −β times the change of U + restraint when only that block moves
+    (the other blocks where they are), as the unit moves' target."""
+    refiner = _refiner(vae_run)
+    (x, targets), box = _frame(vae_run, refiner)
+    move = _block(refiner, "B,A2", targets, box)
+    pos = torch.as_tensor(x, dtype=torch.float64)
+    t = torch.as_tensor(targets, dtype=torch.float64)
+    vectors = np.asarray(box, float).reshape(3, 3)
+    with torch.no_grad():
+        trial_pos, _, outside, _ = move.draw(pos, 2, torch.Generator().manual_seed(5))
+        got = move._log_target(torch.cat([pos[None], pos[None], trial_pos]), t, vectors,
+                               torch.zeros(3, len(move.block_atoms), dtype=torch.bool))
+
+        def full(y):
+            return float((refiner.ff.energy(y[None], vectors[None], whole=True).total
+                          + refiner.system.restraint_energy(y[None], t[None], refiner.params.restraint))[0])
+
+        atoms = move.block_atoms
+        for b in range(min(3, len(atoms))):
+            y = pos.clone()
+            y[atoms[b]] = trial_pos[1, atoms[b]]
+            want = -refiner.targets.beta * (full(y) - full(pos))
+            assert float(got[2, b] - got[0, b]) == pytest.approx(want, abs=1e-6, rel=1e-9)
+
+
+def test_refiner_moves_blocks_and_names_bad_ones(vae_run, tmp_path):
+    refiner = _refiner(vae_run, steps=2, blocks=["A1,B"], block_trials=4)
+    (x, targets), box = _frame(vae_run, refiner)
+    result = refiner.refine(x[None], targets[None], np.asarray(box).reshape(1, 3, 3), np.random.default_rng(0))
+    row = result.log[0]
+    (label,) = [k for k in row if "+" in k]
+    assert label in ("acceptance[Protein:A1+B]", "acceptance[Protein:B+A1]") and 0.0 <= row[label] <= 1.0
+    assert row["invalid"] == 0 and np.isfinite(result.positions).all()
+    for spec, words in [("A1", "two or more"), ("A1,Q", "no molecule type has"), ("A1,A1", "twice"),
+                        ("Water:A1,B", "no molecule type 'Water'")]:
+        with pytest.raises(BackmapError, match=words):
+            _refiner(vae_run, blocks=[spec])

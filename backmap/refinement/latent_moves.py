@@ -149,21 +149,33 @@ def vae_move_sequential(model: LatentModel, x: torch.Tensor, log_target: Callabl
     """One VAE Monte Carlo move of each of B systems that propose independently but may interact.
 
     The proposals (encoder, prior, decoder draws and their densities) and ``log_target`` are
-    computed for all B at once, against the state before the move; then the moves are decided one
-    after the other, system k seeing the moves of systems < k that were accepted:
-    ``coupling(k, moved, states)`` returns the change of ln π_k of k's ``states`` (n, …) when the
-    systems in ``moved`` ({j: (old state, new state)}) are at their new states instead of the old.
-    Each decision is then an exact (multiple-try) Metropolis–Hastings update of k given the current
-    state, and a sweep over k is a systematic scan: exact, provided no system's proposal depends on
-    another's state (the caller's guarantee: none sees another)."""
-    B = len(x)
+    computed for all B at once, against the state before the move; then the moves are decided by
+    :func:`decide_sequentially`."""
     z1 = model.encode(x, generator)
     x1, z1 = x[:, None], z1[:, None]
-    target1 = log_target(x1)[:, 0].double()
+    target1 = log_target(x1)[:, 0]
     model1 = model.log_joint(x1, z1).model[:, 0]
     x2, z2 = model.generate(trials, generator)
-    target2 = log_target(x2).double()
-    model2 = model.log_joint(x2, z2).model
+    return decide_sequentially(x, target1, model1, x2, log_target(x2), model.log_joint(x2, z2).model, coupling,
+                               generator)
+
+
+def decide_sequentially(x: torch.Tensor, target1: torch.Tensor, model1: torch.Tensor, x2: torch.Tensor,
+                        target2: torch.Tensor, model2: torch.Tensor, coupling: Coupling,
+                        generator: torch.Generator) -> MoveResult:
+    """Decide the (multiple-try) moves of B systems one after the other, from their states ``x``
+    (B, …) with ln π ``target1`` and proposal density ``model1`` (B,) to trials ``x2`` (B, M, …)
+    with ``target2`` and ``model2`` (B, M), all computed against the state before the move.
+
+    System k sees the moves of systems < k that were accepted: ``coupling(k, moved, states)``
+    returns the change of ln π_k of k's ``states`` (n, …) when the systems in ``moved`` ({j: (old
+    state, new state)}) are at their new states instead of the old. Each decision is then an exact
+    (multiple-try) Metropolis–Hastings update of k given the current state, and a sweep over k is
+    a systematic scan: exact, provided no system's proposal depends on another's state (the
+    caller's guarantee: none sees another). ``model`` is ln P̃, the proposal density (a block of
+    units drawn one after the other: the sum of theirs)."""
+    B, trials = len(x), x2.shape[1]
+    target1, model1, target2, model2 = (t.double() for t in (target1, model1, target2, model2))
     accepted = torch.zeros(B, dtype=torch.bool)
     invalid = torch.zeros(B, dtype=torch.bool)
     ratio = torch.zeros(B, dtype=torch.float64)
@@ -173,7 +185,7 @@ def vae_move_sequential(model: LatentModel, x: torch.Tensor, log_target: Callabl
     for k in range(B):
         t1, t2 = target1[k:k + 1], target2[k:k + 1]
         if moved:
-            delta = coupling(k, moved, torch.cat([x1[k], x2[k]])).double()
+            delta = coupling(k, moved, torch.cat([x[k:k + 1], x2[k]])).double()
             t1, t2 = t1 + delta[:1], t2 + delta[1:][None]
         log_w1, log_w2 = t1 - model1[k:k + 1], t2 - model2[k:k + 1]
         c = select(log_w2, generator) if trials > 1 else torch.zeros(1, dtype=torch.long)

@@ -489,8 +489,9 @@ class EnvironmentBuilder:
               compact: bool = False) -> EnvironmentBatch:
         """Environments of B units of molecules of type ``moltype``: ``units_atoms`` (B, U) global
         atom indices (-1 padding), ``bead`` (B,) and ``predecessor`` (B,) global bead indices
-        (-1: none), current ``positions`` (N, 3) and the ``placed`` mask (N,) of atoms that may be
-        seen. What depends only on the CG frame is computed once per frame and unit group.
+        (-1: none), current ``positions`` (N, 3) and the ``placed`` mask of atoms that may be
+        seen: (N,) for every unit alike, or (B, N) per unit (a block move: each unit sees its own
+        molecule's block up to itself, no other block). What depends only on the CG frame is computed once per frame and unit group.
         ``compact``: neighbour lists cut to the widest row's visible atoms (same atoms in the same
         order, far less padding: the 1.1 nm candidate lists are ~4× wider than what is seen)."""
         key = (moltype, units_atoms.tobytes(), bead.tobytes())
@@ -504,7 +505,8 @@ class EnvironmentBuilder:
         flat = c.reshape(-1)
         rel = positions.index_select(0, flat).view(B, width, 3) + st["offset"]
         r2 = torch.addcmul(torch.addcmul(rel[..., 0] * rel[..., 0], rel[..., 1], rel[..., 1]), rel[..., 2], rel[..., 2])
-        mask = st["mask"] & placed.index_select(0, flat).view(B, width) & (r2 < self.cutoff**2)
+        seen = placed.index_select(0, flat).view(B, width) if placed.ndim == 1 else placed.gather(1, c)
+        mask = st["mask"] & seen & (r2 < self.cutoff**2)
         cand, types = st["cand"], st["atom_types"]
         if compact:
             # visible atoms first, in their original order: row-wise rank by a cumulative sum

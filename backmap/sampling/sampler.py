@@ -454,7 +454,7 @@ class Sampler:
     def environment(self, group: UnitGroup, positions: torch.Tensor, placed: torch.Tensor | None = None
                     ) -> EnvironmentBatch:
         """The environments of a group's units at ``positions`` (N, 3) (the atoms ``placed`` may
-        be seen; default all): what the generator sees in a Gibbs sweep."""
+        be seen, (N,) or per unit (B, N); default all): what the generator sees in a Gibbs sweep."""
         if placed is None:
             placed = torch.ones(len(positions), dtype=torch.bool)
         env = self.builder.build(group.moltype, group.atoms, group.bead, group.predecessor, positions, placed,

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from backmap.errors import BackmapError
 
+from backmap.sampling.blocks import parse_blocks
 from backmap.sampling.environment import Channels
 from backmap.sampling.spec import EnvironmentSpec
 from backmap.sampling.traversal import Plan
@@ -70,25 +71,29 @@ class TrainingData:
     def n_train_frames(self) -> int:
         return sum(p.n_train_frames for p in self.parts) if self.parts else len(self.train())
 
-    def sequences(self, contexts: tuple[str, ...] = ("forward",)) -> BeadSequences:
+    def sequences(self, contexts: tuple[str, ...] = ("forward",), blocks: tuple[str, ...] = ()) -> BeadSequences:
         """Sequences of the training frames in each of ``contexts`` (``forward``: only atoms placed
-        before are seen; ``gibbs``: all others), context-major; built once and kept."""
-        key = tuple(contexts)
+        before are seen; ``gibbs``: all others; ``block``: all but the later beads of the bead's
+        block among ``blocks``, specs as :func:`backmap.sampling.blocks.parse_blocks` reads them),
+        context-major; built once and kept."""
+        key = (tuple(contexts), tuple(blocks))
         if key not in self._sequences and self.parts:
-            self._sequences[key] = concatenate_sequences(self._shifted_parts(key))
+            self._sequences[key] = concatenate_sequences(self._shifted_parts(*key))
         if key not in self._sequences:
-            self._sequences[key] = build_sequences(self.cg_topology, self.plans, self.train(), self.channels, key,
-                                                   cutoff=self.spec.cutoff, strip_hydrogens=self.spec.strip_hydrogens,
+            parsed = parse_blocks(blocks, self.cg_topology, self.plans, "generator.params.blocks") if blocks else None
+            self._sequences[key] = build_sequences(self.cg_topology, self.plans, self.train(), self.channels,
+                                                   tuple(contexts), cutoff=self.spec.cutoff,
+                                                   strip_hydrogens=self.spec.strip_hydrogens,
                                                    temporal=self.spec.temporal,
                                                    temporal_alignment=self.spec.temporal_alignment,
-                                                   temporal_twist=self.spec.temporal_twist or 0.0)
+                                                   temporal_twist=self.spec.temporal_twist or 0.0, blocks=parsed)
         return self._sequences[key]
 
-    def _shifted_parts(self, contexts: tuple[str, ...]) -> list[BeadSequences]:
+    def _shifted_parts(self, contexts: tuple[str, ...], blocks: tuple[str, ...] = ()) -> list[BeadSequences]:
         """Each system's sequences with its beads, atoms and frames numbered after the systems before it."""
         out, beads, atoms, frames = [], 0, 0, 0
         for part in self.parts:
-            seqs = part.sequences(contexts)
+            seqs = part.sequences(contexts, blocks)
             shifted = {"bead": seqs.bead + beads, "frame": seqs.frame + frames,
                        "atom_index": torch.where(seqs.atom_index >= 0, seqs.atom_index + atoms, seqs.atom_index),
                        "target_atoms": torch.where(seqs.target_atoms >= 0, seqs.target_atoms + atoms, seqs.target_atoms)}

@@ -56,8 +56,12 @@ class NetworkGenerator(Generator):
     data_parallel: ClassVar[bool] = False
 
     def training_contexts(self) -> tuple[str, ...]:
-        """The environments trained on: ``forward`` and/or ``gibbs`` (:mod:`backmap.training.sequences`)."""
+        """The environments trained on: ``forward``, ``gibbs`` and/or ``block`` (:mod:`backmap.training.sequences`)."""
         return ("forward",)
+
+    def training_blocks(self) -> tuple[str, ...]:
+        """Block specs whose environments the ``block`` context trains on (:mod:`backmap.sampling.blocks`)."""
+        return ()
 
     def setup(self, data: "TrainingData", seed: int) -> None:
         """Build fresh networks and optimizers for ``data`` (channels, spec), initialized from ``seed``."""
@@ -101,7 +105,7 @@ class NetworkGenerator(Generator):
             raise BackmapError("steps.train: regularizers are not supported on several processes; run without "
                                "torchrun or drop the recipe's regularizers")
         contexts = self.training_contexts()
-        seqs = data.sequences(contexts)
+        seqs = data.sequences(contexts, self.training_blocks())
         self.setup(data, context.seed)
         if group.active:
             group.broadcast_parameters(self.parameters())

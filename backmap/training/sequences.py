@@ -7,7 +7,9 @@ plan order (a bead unit: all of them see the one environment of the unit), built
 positions of those atoms in the bead's local frame.
 
 Two contexts, as the sampler has two kinds of sweeps: ``forward`` (only atoms placed before the
-current one are seen) and ``gibbs`` (every other atom is seen). Within one bead all steps share the
+current one are seen) and ``gibbs`` (every other atom is seen); and a third for block moves
+(:mod:`backmap.sampling.blocks`): ``block`` (every other atom but the later beads of the bead's
+block in its own molecule; a bead in no block: as ``gibbs``). Within one bead all steps share the
 bead's frame and candidate neighbours; what changes from step to step is which neighbours are
 visible (placed, hydrogens hidden from heavy atoms, never the atom itself) and their interaction
 channel with the atom being placed. The neighbours are therefore stored once per bead, with a
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 
 from backmap.system.pairs import PairSet
+from backmap.sampling.blocks import Block, hidden_steps
 from backmap.sampling.environment import Channels, EnvironmentBuilder
 from backmap.errors import BackmapError
 from backmap.system.mapping import CGTopology
@@ -30,7 +33,7 @@ from backmap.progress import progress
 from backmap.threads import torch_threads
 from backmap.sampling.traversal import Plan
 
-CONTEXTS = ("forward", "gibbs")
+CONTEXTS = ("forward", "gibbs", "block")
 
 
 @dataclass
@@ -115,24 +118,25 @@ def _bead_groups(plan: Plan) -> list[list[int]]:
 def build_sequences(cg_topology: CGTopology, plans: dict[str, Plan], pairs: PairSet, channels: Channels,
                     contexts: tuple[str, ...] = ("forward",), cutoff: float = 0.7, strip_hydrogens: bool = True,
                     label: str | None = "training environments", temporal: bool = False,
-                    temporal_alignment: str = "beads", temporal_twist: float = 0.0) -> BeadSequences:
+                    temporal_alignment: str = "beads", temporal_twist: float = 0.0,
+                    blocks: list[Block] | None = None) -> BeadSequences:
     """Sequences for every bead of every frame of ``pairs`` in each of ``contexts``, ordered
     context-major (all beads of all frames for the first context, then the next), so that
     sequence ``c * n + i`` is bead-frame ``i`` in context ``c``. ``temporal``: each sequence also
     carries its atoms' positions in the pair one frame spacing earlier
     (:meth:`PairSet.previous_index`; a frame without one has ``previous_mask`` False), carried into
     the present frame as ``temporal_alignment`` and ``temporal_twist`` say
-    (:meth:`EnvironmentBuilder.set_previous`)."""
+    (:meth:`EnvironmentBuilder.set_previous`). ``blocks``: what the ``block`` context hides."""
     unknown = set(contexts) - set(CONTEXTS)
     if unknown:
         raise BackmapError(f"unknown training context {sorted(unknown)[0]!r} (known: {', '.join(CONTEXTS)})")
     with torch_threads(1):  # many small tensors (backmap.threads)
         return _build_sequences(cg_topology, plans, pairs, channels, contexts, cutoff, strip_hydrogens, label,
-                                temporal, temporal_alignment, temporal_twist)
+                                temporal, temporal_alignment, temporal_twist, list(blocks or ()))
 
 
 def _build_sequences(cg_topology, plans, pairs, channels, contexts, cutoff, strip_hydrogens, label,
-                     temporal, temporal_alignment, temporal_twist) -> BeadSequences:
+                     temporal, temporal_alignment, temporal_twist, blocks) -> BeadSequences:
     builder = EnvironmentBuilder(cg_topology, plans, channels, cutoff=cutoff, strip_hydrogens=strip_hydrogens)
     n_atoms = cg_topology.topology.n_atoms
     previous = pairs.previous_index() if temporal else np.full(len(pairs), -1)
@@ -146,7 +150,7 @@ def _build_sequences(cg_topology, plans, pairs, channels, contexts, cutoff, stri
             for cb in cg_topology.blocks:
                 plan = plans[cb.block.moltype.name]
                 for steps in _bead_groups(plan):
-                    part = _bead_group(builder, cb, plan, steps, positions, done_blocks, context)
+                    part = _bead_group(builder, cb, plan, steps, positions, done_blocks, context, blocks)
                     part["frame"] = np.full(len(part["bead"]), f)
                     part["context"] = np.full(len(part["bead"]), CONTEXTS.index(context))
                     parts[context].append(part)
@@ -173,7 +177,7 @@ def concatenate_sequences(parts: list[BeadSequences]) -> BeadSequences:
 
 
 def _bead_group(builder: EnvironmentBuilder, cb, plan: Plan, steps: list[int], positions: torch.Tensor,
-                done_blocks: np.ndarray, context: str) -> dict[str, np.ndarray]:
+                done_blocks: np.ndarray, context: str, blocks: list[Block] = ()) -> dict[str, np.ndarray]:
     """The sequences of one bead of every molecule of a block: environments of its steps,
     compacted to the neighbours seen in at least one step."""
     mt, mm, count = cb.block.moltype, cb.mapping, cb.block.count
@@ -191,6 +195,10 @@ def _bead_group(builder: EnvironmentBuilder, cb, plan: Plan, steps: list[int], p
         atoms = first_atom[:, None] + unit_atoms[None]
         if context == "gibbs":
             placed = np.ones(len(positions), bool)
+        elif context == "block":  # per molecule: all but its own block's later beads
+            placed = np.ones((count, len(positions)), bool)
+            for t in hidden_steps(blocks, mt.name, s):
+                placed[np.arange(count)[:, None], first_atom[:, None] + np.asarray(plan.units[t].atoms)[None]] = False
         else:  # the sampler's forward pass: earlier blocks complete, this block up to the unit
             placed = done_blocks.copy()
             placed[cb.block.atom_slice] = np.tile(rank < rank[unit_atoms].min(), count)

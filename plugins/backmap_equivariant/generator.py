@@ -202,11 +202,15 @@ class EquivariantGenerator(NetworkGenerator):
 
     # ------------------------------------------------------------------ training
     def training_contexts(self) -> tuple[str, ...]:
-        return ("forward", "gibbs") if self.params.context == "mixed" else (self.params.context,)
+        base = ("forward", "gibbs") if self.params.context == "mixed" else (self.params.context,)
+        return base + (("block",) if self.params.blocks else ())
+
+    def training_blocks(self) -> tuple[str, ...]:
+        return tuple(self.params.blocks)
 
     def setup(self, data, seed: int) -> None:
         self.setup_networks(data, seed)
-        self._reference_ics(data.sequences(self.training_contexts()))
+        self._reference_ics(data.sequences(self.training_contexts(), self.training_blocks()))
         self.optimizer = torch.optim.Adam(self.parameters(), lr=self.params.lr)
 
     def setup_networks(self, data, seed: int) -> None:

@@ -21,6 +21,9 @@ class EquivariantParams(BaseModel):
     hidden: int = Field(128, ge=8, description="width of the internal-coordinate head")
     context: Literal["forward", "gibbs", "mixed"] = Field(
         "mixed", description="environments trained on: forward pass, Gibbs sweeps, or both")
+    blocks: list[str] = Field(
+        [], description="also train the environments of these blocks (bead names, e.g. 'B9,S9,B10,S10'): each bead "
+                        "seeing all but its block's later beads, as vae_mc's block moves draw them (context 'block')")
     lr: float = Field(2e-3, gt=0, description="Adam learning rate at the start")
     lr_end_fraction: float = Field(0.05, gt=0, le=1, description="cosine decay to this fraction of lr")
     mirror_augment: bool = Field(

@@ -31,8 +31,10 @@ from backmap.refinement.constraints import BondConstraints
 from backmap.refinement.latent_moves import vae_move, vae_move_sequential
 from backmap.refinement.restrained import (RefineParams, RefineResult, RestrainedSystem,
                                            resolve_constraints)
+from backmap.sampling.blocks import parse_blocks
 from backmap.system.io import atomic_path
 from backmap.threads import torch_threads
+from backmap_vae.blocks import block_moves
 from backmap_vae.targets import UnitTargets
 
 
@@ -47,6 +49,13 @@ class VAEMCParams(RefineParams):
                                   "interact, and their moves are decided one after the other, each with the energy "
                                   "changes of those accepted before it (groups ~2.5× larger on sPS); independent: they "
                                   "are also beyond each other's force-field cut-off and decided at once")
+    blocks: list[str] | None = Field(
+        None, description="runs of beads of one molecule moved together once per sweep, e.g. 'B9,S9,B10,S10' (bead "
+                          "names; 'TYPE:B9,S9' picks the molecule type): redrawn one after the other in plan order, "
+                          "with the product of their densities — exact; for beads that whole-bead moves leave where "
+                          "they started (chain ends packed badly; docs/vae.md). Default: the blocks the model was "
+                          "trained on (its 'blocks' parameter); [] turns them off")
+    block_trials: int | None = Field(None, ge=1, description="proposals per block move (default: trials)")
     closure_stiffness: float = Field(1.0e6, gt=0, description="k_c (kJ/mol/nm²) of the stiff spring on rigid bonds "
                                                                "the decoder does not hold exactly (between units, "
                                                                "ring closures)")
@@ -91,6 +100,9 @@ class VAEMCRefiner(Refiner):
         self.targets = UnitTargets(system, gen, model.channels, p.temperature, p.restraint, p.closure_stiffness,
                                    p.extent, p.constraints)
         self.ff, self.sampler = self.targets.ff, self.targets.sampler
+        specs = gen.params.blocks if p.blocks is None else p.blocks
+        self.blocks = parse_blocks(specs, system.cg_topology, self.sampler.plans,
+                                   "vae_mc: blocks" if p.blocks is not None else f"{p.model}: generator blocks")
         pairs, lengths = system.constrained_bonds(p.constraints)
         self.constraints = BondConstraints(pairs, lengths, system.topology.masses, tolerance=1e-10,
                                            dtype=torch.float64)
@@ -157,6 +169,7 @@ class VAEMCRefiner(Refiner):
         target_t = torch.as_tensor(targets, dtype=torch.float64)
         sequential = p.decide == "sequential"
         groups = self.targets.frame_groups(targets, box, interacting=sequential)
+        moves = [move for block in self.blocks for move in block_moves(self.targets, block, groups, p.temperature)]
         counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # accepted, proposed, invalid
         for sweep in range(p.steps):
             sweep_counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
@@ -170,10 +183,12 @@ class VAEMCRefiner(Refiner):
                 if bool(move.accepted.any()):
                     acc = move.accepted
                     pos[units.index[acc]] = units.to_lab(move.x)[acc]
-                c = sweep_counts[units.label]
-                c[0] += int(move.accepted.sum())
-                c[1] += len(move.accepted)
-                c[2] += int(move.invalid.sum())
+                _count(sweep_counts[units.label], move)
+            for block in moves:
+                move = block.move(pos, target_t, vectors, gen, p.block_trials or p.trials)
+                if bool(move.accepted.any()):
+                    pos[block.block_atoms[move.accepted]] = move.x[move.accepted]
+                _count(sweep_counts[block.label], move)
             if p.trace is not None:
                 self._record(frame, sweep, pos, vectors)
             for label, c in sweep_counts.items():
@@ -219,3 +234,10 @@ class VAEMCRefiner(Refiner):
             writer = csv.DictWriter(fh, fieldnames=["frame", "sweep", "unit", "accepted", "proposed", "invalid"])
             writer.writeheader()
             writer.writerows(self.sweep_rows)
+
+
+def _count(counts: list[int], move) -> None:
+    """Add a move's accepted, proposed and invalid counts to ``counts``."""
+    counts[0] += int(move.accepted.sum())
+    counts[1] += len(move.accepted)
+    counts[2] += int(move.invalid.sum())
