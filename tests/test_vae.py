@@ -20,7 +20,8 @@ from backmap_vae.refiner import VAEMCRefiner
 
 @pytest.fixture(scope="module")
 def vae_run(tmp_path_factory):
-    """A small vae model trained on hexane (flexible bonds, as the reference MD), backmapped once."""
+    """A small vae model trained on hexane (flexible bonds, as the reference MD), with the block
+    context of the block A1+B, backmapped once."""
     tmp = tmp_path_factory.mktemp("vae")
     recipe = tmp / "vae.yaml"
     recipe.write_text(textwrap.dedent(f"""
@@ -30,7 +31,7 @@ def vae_run(tmp_path_factory):
         system: {{topology: {HEXANE / 'topol.top'}, mapping: {HEXANE / 'hexane.xml'}}}
         data: {{trajectory: {HEXANE / 'traj.xtc'}, frames: '0:4', split: {{test_fraction: 0.25, mode: tail}}}}
         generator: {{plugin: vae, params: {{constraints: none, latent: 2, width: 8, vectors: 4, tensors: 2, hidden: 32,
-                     lr: 4.0e-3}}}}
+                     lr: 4.0e-3, blocks: ['A1,B']}}}}
         steps:
           - prepare: {{}}
           - train: {{epochs: 12, batch_size: 64}}
@@ -136,7 +137,7 @@ def test_trials_of_a_unit_see_the_other_units_where_they_are(vae_run):
 
 def test_refiner_moves_units_and_logs_acceptance(vae_run, tmp_path):
     log = tmp_path / "sweeps.csv"
-    refiner = _refiner(vae_run, steps=2, sweep_log=log, trials=2)
+    refiner = _refiner(vae_run, steps=2, sweep_log=log, trials=2, blocks=[])  # [] turns the model's blocks off
     (x, targets), box = _frame(vae_run, refiner)
     result = refiner.refine(x[None], targets[None], np.asarray(box).reshape(1, 3, 3), np.random.default_rng(0))
     row = result.log[0]
@@ -264,7 +265,9 @@ def test_block_target_is_the_restrained_energy_difference(vae_run):
 
 
 def test_refiner_moves_blocks_and_names_bad_ones(vae_run, tmp_path):
-    refiner = _refiner(vae_run, steps=2, blocks=["A1,B"], block_trials=4)
+    """The model's blocks by default (trained with their context, tests/test_blocks.py), logged."""
+    refiner = _refiner(vae_run, steps=2, block_trials=4)
+    assert refiner.generator.training_contexts() == ("forward", "gibbs", "block")
     (x, targets), box = _frame(vae_run, refiner)
     result = refiner.refine(x[None], targets[None], np.asarray(box).reshape(1, 3, 3), np.random.default_rng(0))
     row = result.log[0]
