@@ -491,7 +491,8 @@ class EnvironmentBuilder:
         atom indices (-1 padding), ``bead`` (B,) and ``predecessor`` (B,) global bead indices
         (-1: none), current ``positions`` (N, 3) and the ``placed`` mask of atoms that may be
         seen: (N,) for every unit alike, or (B, N) per unit (a block move: each unit sees its own
-        molecule's block up to itself, no other block). What depends only on the CG frame is computed once per frame and unit group.
+        molecule's block only up to itself). What depends only on the CG frame is computed once per
+        frame and unit group.
         ``compact``: neighbour lists cut to the widest row's visible atoms (same atoms in the same
         order, far less padding: the 1.1 nm candidate lists are ~4× wider than what is seen)."""
         key = (moltype, units_atoms.tobytes(), bead.tobytes())

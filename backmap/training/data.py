@@ -12,7 +12,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from backmap.errors import BackmapError
-
 from backmap.sampling.blocks import parse_blocks
 from backmap.sampling.environment import Channels
 from backmap.sampling.spec import EnvironmentSpec
