@@ -131,8 +131,9 @@ def test_trials_of_a_unit_see_the_other_units_where_they_are(vae_run):
     with torch.no_grad():
         now = units.log_target(current[:, None])[:, 0]
         got = units.log_target(trials)
-    assert float(got[0, 1]) == pytest.approx(float(now[0]), abs=1e-9)
-    assert float(got[0, 0]) == pytest.approx(float(now[0]), abs=1e-9)
+    # float64 energies of ~10³ kJ/mol: 1e-6 is rounding with margin; seeing the trial is off by 10⁴
+    assert float(got[0, 1]) == pytest.approx(float(now[0]), abs=1e-6)
+    assert float(got[0, 0]) == pytest.approx(float(now[0]), abs=1e-6)
 
 
 def test_refiner_moves_units_and_logs_acceptance(vae_run, tmp_path):

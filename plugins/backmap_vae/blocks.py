@@ -58,15 +58,21 @@ def merge_groups(groups: list[UnitGroup], moltype: str, step: int, rows: np.ndar
                      cat("frame"))
 
 
+def bead_distances(targets, beads: np.ndarray) -> np.ndarray:
+    """(B, B) smallest nearest-image distance (nm) between any bead of block i and any of block j,
+    for the blocks' global bead indices ``beads`` (B, S) in the frame the sampler holds."""
+    builder = targets.sampler.builder
+    pos = builder.beads[beads]  # (B, S, 3)
+    d = minimum_image(pos[:, None, :, None] - pos[None, :, None, :], box_dimensions(builder.box))
+    return np.linalg.norm(d, axis=-1).min((-1, -2))
+
+
 def block_moves(targets, block: Block, groups: list[UnitGroup], temperature: float) -> list["BlockMove"]:
     """The moves of a block for a frame, one per colour group of molecules: blocks in one group
     have no bead within the environment cut-off plus the wall of another's (none sees another's
     atoms, so each proposal depends on its own block only); they may still interact."""
     beads = np.stack([merge_groups(groups, block.moltype, s).bead for s in block.steps], 1)  # (B, S)
-    sampler = targets.sampler
-    pos = sampler.builder.beads[beads]  # (B, S, 3)
-    d = np.linalg.norm(minimum_image(pos[:, None, :, None] - pos[None, :, None, :],
-                                     box_dimensions(sampler.builder.box)), axis=-1).min((-1, -2))
+    d = bead_distances(targets, beads)
     graph = nx.Graph()
     graph.add_nodes_from(range(len(beads)))
     graph.add_edges_from(zip(*np.nonzero(np.triu(d < targets.separation(interacting=True), 1))))
@@ -92,7 +98,9 @@ class BlockMove:
                          self.steps[0].molecules, self.block_atoms.numpy(), self.steps[0].bead,
                          self.steps[0].predecessor, self.steps[0].frame)
         self.tables = {**targets.tables(flat), "label": block.label}
-        self.beads = np.stack([g.bead for g in self.steps], 1)  # (B, S) global bead indices
+        # blocks that may interact (sequential decisions), and what each unit sees, once per frame
+        self.near = bead_distances(targets, np.stack([g.bead for g in self.steps], 1)) < targets.interaction_range()
+        self.seen = [self._visible(targets.ff.n_atoms, s) for s in range(len(self.steps))]
 
     @property
     def label(self) -> str:
@@ -126,7 +134,7 @@ class BlockMove:
         outside = torch.zeros(len(self.block_atoms), dtype=torch.bool)
         zs = []
         for s, (group, atoms) in enumerate(zip(self.steps, self.atoms)):
-            env = sampler.environment(group, pos.to(torch.float32), self._visible(len(pos), s))
+            env = sampler.environment(group, pos.to(torch.float32), self.seen[s])
             local = (pos[atoms] - env.centre.double()[:, None]) @ env.rotation.double().transpose(1, 2)
             model = g.latent_model(env, self.temperature)
             z = model.encode(local, generator) if latents is None else latents[s]
@@ -148,8 +156,7 @@ class BlockMove:
         trial_pos = pos.expand(M, N, 3).clone()
         zs = []
         for s, (group, atoms) in enumerate(zip(self.steps, self.atoms)):
-            seen = self._visible(N, s)
-            env = EnvironmentBatch.concatenate([sampler.environment(group, trial_pos[m].to(torch.float32), seen)
+            env = EnvironmentBatch.concatenate([sampler.environment(group, trial_pos[m].to(torch.float32), self.seen[s])
                                                 for m in range(M)])
             env.meta = group.meta
             model = g.latent_model(env, self.temperature)
@@ -173,30 +180,22 @@ class BlockMove:
         target = self._log_target(configs, cg, vectors, torch.cat([out1[None], out2]))  # (1 + M, B)
         trials_lab = trial_pos[:, self.block_atoms].transpose(0, 1)  # (B, M, A, 3)
         return decide_sequentially(pos[self.block_atoms], target[0], model1, trials_lab, target[1:].T, model2.T,
-                                   self._coupling(cg, vectors), generator)
+                                   self._coupling(vectors), generator)
 
-    def _coupling(self, cg: torch.Tensor, vectors: np.ndarray):
+    def _coupling(self, vectors: np.ndarray):
         """ln π changes of block k's states when blocks moved before it in the scan stand at their
-        new places: −β Δ(non-bonded energy) with them (blocks of different molecules share no
-        bonded term); blocks whose beads are all farther apart than the cut-off plus two wall
-        radii cannot interact and are skipped."""
-        ff, beta = self.targets.ff, self.targets.beta
-        reach = self.targets.interaction_range()
-        beads = cg[torch.as_tensor(self.beads)].numpy()  # (B, S, 3)
-        d = beads[:, None, :, None] - beads[None, :, None, :]  # (B, B, S, S, 3)
-        box = None if vectors is None else np.asarray(vectors, np.float64).reshape(3, 3)
-        if box is not None:
-            d = d - np.rint(d @ np.linalg.inv(box)) @ box
-        near = np.linalg.norm(d, axis=-1).min((-1, -2)) < reach
+        new places (blocks of different molecules share no bonded term); blocks whose beads are
+        all farther apart than the cut-off plus two wall radii cannot interact and are skipped."""
         atoms = self.block_atoms.numpy()
+        box = None if vectors is None else np.asarray(vectors, np.float64).reshape(3, 3)
 
         def coupling(k: int, moved: dict, states: torch.Tensor) -> torch.Tensor:
-            delta = torch.zeros(len(states), dtype=torch.float64)
-            for j, (old, new) in moved.items():
-                if near[k, j]:
-                    delta -= beta * (ff.cross_energies(states, atoms[k], new, atoms[j], box)
-                                     - ff.cross_energies(states, atoms[k], old, atoms[j], box))
-            return delta
+            near = [j for j in moved if self.near[k, j]]
+            if not near:
+                return torch.zeros(len(states), dtype=torch.float64)
+            old, new = (torch.cat([moved[j][i] for j in near]) for i in (0, 1))
+            return self.targets.interaction_change(states, atoms[k], old, new, np.concatenate([atoms[j] for j in near]),
+                                                   box)
 
         return coupling
 
@@ -204,4 +203,3 @@ class BlockMove:
 def _beyond(local: torch.Tensor, extent: float) -> torch.Tensor:
     """Whether any atom of each placement (…, U, 3; local frame) lies beyond the wall."""
     return (local.double().norm(dim=-1) > extent).any(-1)
-

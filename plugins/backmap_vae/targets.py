@@ -79,7 +79,6 @@ class BoundUnits:
         near = [j for j in moved if self._apart(k, j) < reach]
         if not near:
             return delta
-        ff = self.targets.ff
         mine = self.index[k].numpy() >= 0  # padding slots hold no atom
         lab = self.to_lab_unit(k, states)[:, torch.as_tensor(mine)]
         atoms = self.index[k].numpy()[mine]
@@ -87,9 +86,7 @@ class BoundUnits:
         new = torch.cat([self.to_lab_unit(j, moved[j][1][None])[0][torch.as_tensor(m)] for j, m in zip(near, slots)])
         old = torch.cat([self.to_lab_unit(j, moved[j][0][None])[0][torch.as_tensor(m)] for j, m in zip(near, slots)])
         other = np.concatenate([self.index[j].numpy()[m] for j, m in zip(near, slots)])
-        e = ff.cross_energies(lab, atoms, new, other, self.vectors) - ff.cross_energies(lab, atoms, old, other,
-                                                                                       self.vectors)
-        return -self.targets.beta * e
+        return self.targets.interaction_change(lab, atoms, old, new, other, self.vectors)
 
     def _apart(self, k: int, j: int) -> float:
         """Nearest-image distance (nm) between the frames' centres of units k and j."""
@@ -169,6 +166,15 @@ class UnitTargets:
             if local.get(mt.name):
                 pairs.append(first + np.asarray(local[mt.name], np.int64))
         return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
+
+    def interaction_change(self, states: torch.Tensor, atoms: np.ndarray, old: torch.Tensor, new: torch.Tensor,
+                           others: np.ndarray, vectors: np.ndarray | None) -> torch.Tensor:
+        """Change of ln π (C,) of placements ``states`` (C, A, 3, lab) of ``atoms`` when the atoms
+        ``others`` move from ``old`` to ``new`` (P, 3): −β times the change of their non-bonded
+        energy (what joins units, or blocks, moved in one group: sequential decisions)."""
+        e = self.ff.cross_energies(states, atoms, new, others, vectors) - self.ff.cross_energies(states, atoms, old,
+                                                                                                 others, vectors)
+        return -self.beta * e
 
     def separation(self, interacting: bool = False) -> float:
         """Bead distance beyond which two units, each within ``extent`` of its bead, neither see
