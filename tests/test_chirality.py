@@ -110,3 +110,42 @@ def test_invert_flipped_gives_the_reference_handedness_and_keeps_bond_lengths(sy
         assert np.array_equal(out[heavy], start[heavy])
     same, inverted, _left = invert_flipped(centres, top, x)
     assert np.array_equal(same, x) and inverted == 0
+
+
+def test_inversions_count_the_flipped_triples_across_the_box(system):
+    """The target term of vae_mc's stereo reference: 0 at the reference, 4 triples per mirrored
+    molecule, 3 where only the hydrogen went through its carbon (the heavy triple stays right),
+    and the same counts with atoms wrapped into other periodic images (minimum image)."""
+    import torch
+
+    top, _cg, x = system
+    centres = chiral_centres(top, x)
+    molecules = np.arange(len(x)).reshape(27, 5)
+    rows, signs = centres.touching(top, molecules)
+    assert rows.shape == (27, 4, 4) and (signs != 0).all()
+    # a unit of the hydrogen alone can flip only the three triples that contain it
+    only_h, _ = centres.touching(top, molecules[:1, 1:2])
+    assert np.array_equal(only_h[0], rows[0][(rows[0] == 1).any(1)])
+    h_through = x.copy()
+    h_through[1::5] = 2 * x[0::5] - x[1::5]
+    mirror = x.copy()
+    mirror[:5 * 13] *= [-1, 1, 1]
+    wrapped = h_through.copy()
+    wrapped[2::5] += [BOX, 0, -BOX]  # the fluorines in other images
+    configs = torch.as_tensor(np.stack([x, mirror, h_through, wrapped]))
+    vectors = np.diag([BOX] * 3)
+    n = centres.inversions(configs, torch.as_tensor(rows), torch.as_tensor(signs), vectors).numpy()
+    assert (n[0] == 0).all()
+    assert (n[1, :13] == 4).all() and (n[1, 13:] == 0).all()
+    assert (n[2] == 3).all() and (n[3] == 3).all()
+    assert (n[1] == 0).mean() == pytest.approx(centres.kept(top, mirror))
+
+
+def test_centres_can_be_named_instead_of_perceived(system):
+    """``centres`` picks the atoms (here the bromine, which has one neighbour: no triple) instead
+    of RDKit's; an empty list keeps none."""
+    top, _cg, x = system
+    name = top.blocks[0].moltype.name
+    assert (chiral_centres(top, x, centres={name: []}).sign == 0).all()
+    named = chiral_centres(top, x, centres={name: [0]})
+    assert np.array_equal(named.sign, chiral_centres(top, x).sign)

@@ -14,6 +14,7 @@ from itertools import combinations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from backmap.errors import BackmapError
 from backmap.metrics.geometry import signed_volumes
@@ -47,6 +48,34 @@ class ChiralCentres:
                 slots.append(np.tile(self.slot[block.moltype.name], block.count))
         return np.concatenate(out), np.concatenate(slots)
 
+    def touching(self, topology: Topology, units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows (U, Q, 4) of the centres whose centre or neighbours include an atom of each unit
+        of ``units`` (U, A) global atom indices (-1 padding), and their reference signs (U, Q)
+        (-1 rows and 0 signs pad): the centres a move of that unit can invert."""
+        rows, slots = self.global_rows(topology)
+        sign = self.sign[rows[:, 0], slots] if len(rows) else np.zeros(0, np.int8)
+        picked = [np.flatnonzero(np.isin(rows, u[u >= 0]).any(1) & (sign != 0)) for u in np.atleast_2d(units)]
+        Q = max((len(p) for p in picked), default=0)
+        out = np.full((len(picked), Q, 4), -1, np.int64)
+        signs = np.zeros((len(picked), Q), np.int8)
+        for k, p in enumerate(picked):
+            out[k, :len(p)], signs[k, :len(p)] = rows[p], sign[p]
+        return out, signs
+
+    def inversions(self, configs: torch.Tensor, rows: torch.Tensor, signs: torch.Tensor,
+                   vectors: np.ndarray | None = None) -> torch.Tensor:
+        """Number of triples signed against the reference (C, U) in configurations (C, N, 3) for
+        the rows (U, Q, 4) and signs (U, Q) of :meth:`touching`; bond vectors by the minimum image
+        of the box ``vectors`` (3, 3), so molecules need not be whole. Times ``weight``, a term of
+        a target energy that keeps the reference's hands (a step: it has no gradient)."""
+        x = configs[:, rows.clamp(min=0)]  # (C, U, Q, 4, 3)
+        d = x[..., 1:, :] - x[..., :1, :]
+        if vectors is not None:
+            v = torch.as_tensor(np.asarray(vectors, np.float64).reshape(3, 3), dtype=d.dtype)
+            d = d - torch.round(d @ torch.linalg.inv(v)) @ v
+        vol = (d[..., 0, :] * torch.linalg.cross(d[..., 1, :], d[..., 2, :])).sum(-1)
+        return ((vol * signs.to(vol.dtype)) < 0).sum(-1).to(vol.dtype)
+
     def kept(self, topology: Topology, positions: np.ndarray) -> float:
         """Fraction of centres with the reference handedness in ``positions`` (N, 3), molecules
         whole: every triple of neighbours signed as in the reference."""
@@ -60,12 +89,14 @@ class ChiralCentres:
         return float(np.mean(flipped[centres] == 0))
 
 
-def centre_rows(mt: MoleculeType, x_nm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Local (centre, a, b, d) rows of a molecule type's tetrahedral stereocentres, one per triple
-    of each centre's bonded neighbours (sorted), and each row's triple index."""
-    centres, _bonds, _note = molecule_stereo(mt, x_nm)
+def centre_rows(mt: MoleculeType, x_nm: np.ndarray, centres: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Local (centre, a, b, d) rows of a molecule type's tetrahedral stereocentres (RDKit's, or the
+    local atoms ``centres``: e.g. prochiral CH₂ carbons whose hydrogens' labels should stay put),
+    one per triple of each centre's bonded neighbours (sorted), and each row's triple index."""
+    if centres is None:
+        centres = [int(c) for c in molecule_stereo(mt, x_nm)[0][:, 0]]
     rows, slots = [], []
-    for c, *_named in centres.tolist():
+    for c in centres:
         for k, triple in enumerate(combinations(sorted(mt.graph.neighbors(c)), 3)):
             rows.append([c, *triple])
             slots.append(k)
@@ -73,10 +104,11 @@ def centre_rows(mt: MoleculeType, x_nm: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def chiral_centres(topology: Topology, positions: np.ndarray, weight: float = 1e5,
-                   source: str | Path | None = None) -> ChiralCentres:
+                   source: str | Path | None = None, centres: dict[str, list[int]] | None = None) -> ChiralCentres:
     """Centres and their handedness in ``positions`` (N, 3) nm of the whole system, molecules
-    whole, per molecule (chains of one type may differ). A triple that is planar in the
-    reference (sign 0) is not restrained."""
+    whole, per molecule (chains of one type may differ). ``centres``: local centre atoms per
+    molecule type name instead of RDKit's. A triple that is planar in the reference (sign 0) is
+    not restrained."""
     x = np.asarray(positions, float)
     if x.shape != (topology.n_atoms, 3):
         raise BackmapError(f"the stereo reference has {len(x)} atoms, the system {topology.n_atoms}", source=source)
@@ -84,7 +116,8 @@ def chiral_centres(topology: Topology, positions: np.ndarray, weight: float = 1e
     for block in topology.blocks:
         mt = block.moltype
         if mt.name not in rows:
-            rows[mt.name], slots[mt.name] = centre_rows(mt, x[block.first_atom:block.first_atom + mt.n_atoms])
+            rows[mt.name], slots[mt.name] = centre_rows(mt, x[block.first_atom:block.first_atom + mt.n_atoms],
+                                                        None if centres is None else centres.get(mt.name, []))
     cc = ChiralCentres(rows, slots, np.zeros((topology.n_atoms, 4), np.int8), weight)
     g, k = cc.global_rows(topology)
     if len(g):

@@ -32,6 +32,7 @@ from backmap.refinement.latent_moves import vae_move, vae_move_sequential
 from backmap.refinement.restrained import (RefineParams, RefineResult, RestrainedSystem,
                                            resolve_constraints)
 from backmap.sampling.blocks import parse_blocks
+from backmap.sampling.chirality import load_chiral_centres
 from backmap.system.io import atomic_path
 from backmap.threads import torch_threads
 from backmap_vae.blocks import block_moves
@@ -55,6 +56,12 @@ class VAEMCParams(RefineParams):
                           "with the product of their densities — exact; for beads that whole-bead moves leave where "
                           "they started (chain ends packed badly; docs/vae.md). Default: the blocks the model was "
                           "trained on (its 'blocks' parameter); [] turns them off")
+    stereo_reference: Path | None = Field(
+        None, description="AA structure of the system (first frame) whose stereocentres' hands the target keeps: "
+                          "a triple of a centre's neighbours signed against it costs stereo_weight (the force field "
+                          "has no term that tells syndiotactic from atactic). A start with inverted centres then "
+                          "leaves them at the first move that redraws them with the right hand (docs/vae.md)")
+    stereo_weight: float = Field(1.0e5, gt=0, description="kJ/mol per inverted neighbour triple (stereo_reference)")
     block_trials: int | None = Field(None, ge=1, description="proposals per block move (default: trials)")
     closure_stiffness: float = Field(1.0e6, gt=0, description="k_c (kJ/mol/nm²) of the stiff spring on rigid bonds "
                                                                "the decoder does not hold exactly (between units, "
@@ -97,8 +104,11 @@ class VAEMCRefiner(Refiner):
         if not hasattr(gen, "latent_model"):
             raise BackmapError(f"vae_mc: the model in {p.model} is a {gen.name!r} generator; it needs a latent-variable "
                                "model with exact densities (plugin: vae)")
+        chirality = None
+        if p.stereo_reference is not None:
+            chirality = load_chiral_centres(system.topology, p.stereo_reference, p.stereo_weight)
         self.targets = UnitTargets(system, gen, model.channels, p.temperature, p.restraint, p.closure_stiffness,
-                                   p.extent, p.constraints)
+                                   p.extent, p.constraints, chirality=chirality)
         self.ff, self.sampler = self.targets.ff, self.targets.sampler
         specs = gen.params.blocks if p.blocks is None else p.blocks
         self.blocks = parse_blocks(specs, system.cg_topology, self.sampler.plans,

@@ -20,6 +20,7 @@ from backmap import BackmapError
 from backmap.engine.registry import default_registry
 from backmap.forcefield import ForceField
 from backmap.refinement.restrained import BOLTZMANN, RestrainedSystem
+from backmap.sampling.chirality import ChiralCentres
 from backmap.sampling.sampler import Sampler, SamplerOptions, UnitGroup
 from backmap.sampling.traversal import make_plans
 
@@ -115,11 +116,13 @@ class UnitTargets:
     """The system's units, their colour groups and local energies for a generator with unit =
     'bead' (a ``vae`` model), at ``temperature`` with restraint constant ``restraint``
     (kJ/mol/nm²), springs ``closure_stiffness`` on the rigid bonds ``constraints`` selects, and a
-    wall at ``extent`` nm from each unit's bead."""
+    wall at ``extent`` nm from each unit's bead; with ``chirality``, ``chirality.weight`` kJ/mol
+    per stereocentre triple signed against the reference (the target keeps its hands)."""
 
     def __init__(self, system: RestrainedSystem, generator, channels, temperature: float, restraint: float,
-                 closure_stiffness: float, extent: float, constraints: str, who: str = "vae_mc"):
-        self.system, self.generator = system, generator
+                 closure_stiffness: float, extent: float, constraints: str, who: str = "vae_mc",
+                 chirality: ChiralCentres | None = None):
+        self.system, self.generator, self.chirality = system, generator, chirality
         self.restraint, self.closure_stiffness, self.extent = restraint, closure_stiffness, extent
         self.beta = 1.0 / (BOLTZMANN * temperature)
         self.ff = ForceField(system.topology, system.nonbonded, torch.float64)
@@ -227,7 +230,11 @@ class UnitTargets:
         bond_idx = np.full((len(bonds), P), -1)
         for u, b in enumerate(bonds):
             bond_idx[u, :len(b)] = b
-        st = self._cache[key] = {
+        if self.chirality is not None:
+            rows, signs = self.chirality.touching(self.system.topology, group.atoms)
+        else:
+            rows, signs = np.zeros((len(group.atoms), 0, 4), np.int64), np.zeros((len(group.atoms), 0), np.int8)
+        st = self._cache[key] = {"chiral": torch.as_tensor(rows), "chiral_sign": torch.as_tensor(signs),
             "bead": torch.as_tensor(bead_idx), "bead_atoms": torch.as_tensor(atoms),
             "bead_weights": torch.as_tensor(weights), "bond": torch.as_tensor(bond_idx),
             "index": torch.as_tensor(group.atoms), "label": f"{group.moltype}:{self.labels[group.moltype][group.meta['bead']]}"}
@@ -255,7 +262,8 @@ class UnitTargets:
     def energies(self, configs: torch.Tensor, st: dict, cg: torch.Tensor, vectors: np.ndarray
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """(C, B) local force-field energies of the group's units in configurations (C, N, 3), and
-        (C, B) their CG restraint (the beads their atoms map to) plus the springs on their rigid bonds."""
+        (C, B) their CG restraint (the beads their atoms map to) plus the springs on their rigid bonds
+        and, with a stereo reference, the penalty on the centres they touch that are inverted."""
         ff = self.ff.group_energies(configs, vectors, st["index"], environment_fixed=True)
         bead = st["bead"]
         mapped = (configs[:, st["bead_atoms"]] * st["bead_weights"][None, ..., None]).sum(-2)  # (C, B, T, 3)
@@ -266,4 +274,7 @@ class UnitTargets:
             b0 = torch.as_tensor(self.rigid_lengths)[st["bond"].clamp(min=0)]
             r = (configs[:, pairs[..., 0]] - configs[:, pairs[..., 1]]).norm(dim=-1)
             bias = bias + 0.5 * self.closure_stiffness * (((r - b0) ** 2) * (st["bond"] >= 0)).sum(-1)
+        if st["chiral"].shape[1]:
+            flipped = self.chirality.inversions(configs, st["chiral"], st["chiral_sign"], vectors)
+            bias = bias + self.chirality.weight * flipped
         return ff, bias
