@@ -300,7 +300,7 @@ def test_stereo_reference_takes_inverted_centres_back(vae_run, monkeypatch):
     reference = Unwrapper(top)(aa.positions, aa.dimensions)
     centres = chiral_centres(top, reference, centres={mt.name: ch2})
     monkeypatch.setattr(vae_refiner, "load_chiral_centres", lambda *_a, **_k: centres)
-    refiner = _refiner(vae_run, blocks=[], stereo_reference=vae_run / "unused.gro")
+    refiner = _refiner(vae_run, blocks=[], stereo_reference=vae_run / "vae" / "backmap" / "aa.xtc")
     (x, targets), box = _frame(vae_run, refiner)
     swapped = x.copy()
     for block in top.blocks:
@@ -328,9 +328,14 @@ def test_stereo_reference_takes_inverted_centres_back(vae_run, monkeypatch):
     # than w), so not every centre comes back in 3 sweeps; 3 seeds: 1288–1362 flipped without,
     # 188–201 with, from 740
     after = {}
-    for reference in (None, vae_run / "unused.gro"):
+    for reference in (None, vae_run / "vae" / "backmap" / "aa.xtc"):
         refiner = _refiner(vae_run, steps=3, trials=16, blocks=[], stereo_reference=reference)
         result = refiner.refine(swapped[None], targets[None], vectors[None], np.random.default_rng(0))
         after[reference is not None] = flipped(result.positions[0])
     before = flipped(swapped)
     assert after[True] < 0.4 * before and after[False] > before, (before, after)
+
+
+def test_stereo_reference_must_exist(vae_run, tmp_path):
+    with pytest.raises(Exception, match="stereo_reference"):
+        _refiner(vae_run, stereo_reference=tmp_path / "missing.gro")

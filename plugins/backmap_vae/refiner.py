@@ -24,6 +24,7 @@ from pydantic import Field
 
 from backmap import BackmapError
 from backmap.engine.models import load_model
+from backmap.engine.recipe import InputPath
 from backmap.engine.plugin import Refiner
 from backmap.forcefield.minimize import minimize_restrained
 from backmap.refinement.bond_model import BondModel
@@ -56,7 +57,7 @@ class VAEMCParams(RefineParams):
                           "with the product of their densities — exact; for beads that whole-bead moves leave where "
                           "they started (chain ends packed badly; docs/vae.md). Default: the blocks the model was "
                           "trained on (its 'blocks' parameter); [] turns them off")
-    stereo_reference: Path | None = Field(
+    stereo_reference: InputPath | None = Field(
         None, description="AA structure of the system (first frame) whose stereocentres' hands the target keeps: "
                           "a triple of a centre's neighbours signed against it costs stereo_weight (the force field "
                           "has no term that tells syndiotactic from atactic). A start with inverted centres then "
