@@ -332,6 +332,7 @@ def test_stereo_reference_takes_inverted_centres_back(vae_run, monkeypatch):
         refiner = _refiner(vae_run, steps=3, trials=16, blocks=[], stereo_reference=reference)
         result = refiner.refine(swapped[None], targets[None], vectors[None], np.random.default_rng(0))
         after[reference is not None] = flipped(result.positions[0])
+        assert ("stereocentres_kept" in result.log[0]) == (reference is not None)
     before = flipped(swapped)
     assert after[True] < 0.4 * before and after[False] > before, (before, after)
 

@@ -35,6 +35,7 @@ from backmap.refinement.restrained import (RefineParams, RefineResult, Restraine
 from backmap.sampling.blocks import parse_blocks
 from backmap.sampling.chirality import load_chiral_centres
 from backmap.system.io import atomic_path
+from backmap.system.pbc import Unwrapper, box_dimensions
 from backmap.threads import torch_threads
 from backmap_vae.blocks import block_moves
 from backmap_vae.targets import UnitTargets
@@ -216,6 +217,9 @@ class VAEMCRefiner(Refiner):
         row = {"potential": float(e.total[0]),
                "restraint": float(self.system.restraint_energy(pos[None], target_t[None], p.restraint)[0]),
                "constraint_residual": float(self.constraints.residual(pos[None])[0])}
+        if self.targets.chirality is not None:  # whole molecules: the reference's rows need no box
+            whole = Unwrapper(self.system.topology)(x, box_dimensions(vectors))
+            row["stereocentres_kept"] = self.targets.chirality.kept(self.system.topology, whole)
         total = [sum(c[k] for c in counts.values()) for k in range(3)]
         row["acceptance"] = total[0] / max(total[1], 1)
         row["invalid"] = total[2]
