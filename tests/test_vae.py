@@ -172,7 +172,7 @@ def test_vae_generator_backmaps_like_any_generator(vae_run):
 
 def test_refine_step_gives_vae_mc_the_backmapped_model_inside_a_schedule(vae_run):
     """A run without a train step: the refine step offers ``vae_mc`` the model the backmap step used
-    (``steps.backmap.model``), also through a ``schedule`` (100 minimization steps — the small model
+    (``steps.backmap.model``) and its stereo reference, also through a ``schedule`` (100 minimization steps — the small model
     leaves clashes —, one vae_mc sweep, then three MALA steps);
     both stages log, and the structure stays on its CG input at the temperature."""
     import csv
@@ -192,12 +192,15 @@ def test_refine_step_gives_vae_mc_the_backmapped_model_inside_a_schedule(vae_run
                                {{plugin: mala, params: {{steps: 3, timestep: 0.0005}}}}]}}
         steps:
           - prepare: {{}}
-          - backmap: {{model: {vae_run / 'vae' / 'model'}, candidates: 2, gibbs_sweeps: 0}}
+          - backmap: {{model: {vae_run / 'vae' / 'model'}, candidates: 2, gibbs_sweeps: 0,
+                       stereo_reference: {HEXANE / 'conf.gro'}}}
           - refine: {{mdp: rf.mdp}}
         """))
     code, _, err = run_cli("run", recipe, catch_exceptions=False)
     assert code == 0, err
     (row,) = list(csv.DictReader(open(vae_run / "schedule" / "refine" / "aa.log.csv")))
+    # the backmap step's stereo reference reached vae_mc's target too (hexane: no centres, all kept)
+    assert float(row["0:vae_mc:stereocentres_kept"]) == 1.0
     for key in ("0:vae_mc:acceptance", "0:vae_mc:acceptance[Protein:B]", "1:mala:acceptance"):
         assert 0.0 <= float(row[key]) <= 1.0, key  # both stages ran and logged (this small model's
         # whole-bead moves are seldom accepted, and MALA rejects most steps on strained output)

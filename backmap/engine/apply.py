@@ -96,6 +96,14 @@ def make_backmapper(cg_topology: CGTopology, generator: Generator, settings: Bac
 BROKEN_BONDS_WARNING = 0.01
 
 
+def offer_inputs(refiner, model: Path, settings: BackmapSettings) -> None:
+    """What the backmapping used that a refiner may take (before its ``prepare``): the model and
+    the stereo reference whose hands the sampler kept."""
+    refiner.use_model(model)
+    if settings.stereo_reference is not None:
+        refiner.use_stereo_reference(settings.stereo_reference)
+
+
 @dataclass
 class BackmapJob(ProcessLocal):
     """Backmapping (and refining) blocks of CG frames, as one process or a Dask worker does it: the
@@ -123,7 +131,7 @@ class BackmapJob(ProcessLocal):
         if self.refiner is not None and getattr(self, "_local_refiner", None) is None:
             refiner = copy.deepcopy(self.refiner)
             limit_refiner_threads(refiner, threads)
-            refiner.use_model(self.model.directory)
+            offer_inputs(refiner, self.model.directory, self.settings)
             refiner.prepare(self.refine_system)
             self._local_refiner = refiner
 
@@ -203,7 +211,7 @@ def backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path,
     refine_seed = seed if refiner is None or getattr(refiner.params, "seed", None) is None else refiner.params.seed
     job = BackmapJob(model, cg_topology, settings, seed, copy.deepcopy(refiner), refine_system, refine_seed, where=where)
     if refiner is not None:  # here once: checks the settings, resolves defaults, says what it chose
-        refiner.use_model(model.directory)
+        offer_inputs(refiner, model.directory, settings)
         refiner.prepare(refine_system)
         if not cluster.distributed:  # this process runs the frames: with the refiner just prepared
             job._local_refiner = refiner

@@ -190,6 +190,11 @@ class Refiner(Plugin):
         in a recipe, ``backmap apply --model``): refiners that move units with a generator (``vae_mc``)
         take it unless their parameters name one; the others ignore it."""
 
+    def use_stereo_reference(self, path: Path) -> None:
+        """Offered before :meth:`prepare` the AA structure whose stereocentres' hands the backmapping
+        kept (``backmap apply --stereo-reference``, a recipe's backmap step): refiners whose target
+        can keep them (``vae_mc``) take it unless their parameters name one; the others ignore it."""
+
     def bond_model(self) -> Any:
         """After :meth:`prepare`: a :class:`backmap.refinement.bond_model.BondModel` when this
         refiner's target treats rigid bonds otherwise than as constraints of ``constraints``

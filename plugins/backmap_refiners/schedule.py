@@ -95,6 +95,10 @@ class ScheduleRefiner(Refiner):
         for stage in self.stages:
             stage.use_model(model)
 
+    def use_stereo_reference(self, path: Path) -> None:
+        for stage in self.stages:
+            stage.use_stereo_reference(path)
+
     def prepare(self, system: RestrainedSystem) -> None:
         self.params = resolve_constraints(self.params, system, self.name)
         for stage in self.stages:

@@ -96,5 +96,7 @@ class BackmapStep(Step):
             write_frames(declared["reference"], reference, ctx.topology.atom_names, ctx.topology.resnames,
                          ctx.topology.residue_numbers())
         ctx.outputs.declare("backmap", **declared)
+        # and the hands the backmapping kept (vae_mc's target keeps them); None forgets an earlier run's
+        ctx.outputs.declare("backmap", stereo_reference=p.stereo_reference)
         summary.update({f"output {k}": str(v) for k, v in declared.items()})
         return summary

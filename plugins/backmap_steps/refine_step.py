@@ -36,6 +36,8 @@ class RefineStep(Step):
         # the model whose output is refined (steps.backmap.model), else the one trained here
         if (model := ctx.outputs.find("backmap.model") or ctx.outputs.find("train.model")) is not None:
             refiner.use_model(model)
+        if (stereo := ctx.outputs.find("backmap.stereo_reference")) is not None:
+            refiner.use_stereo_reference(stereo)
         aa = resolve_step_input(p.aa, ctx.workdir, "steps.refine.aa") or ctx.outputs.get("backmap.aa", "steps.refine.aa")
         cg = resolve_step_input(p.cg, ctx.workdir, "steps.refine.cg") or ctx.outputs.get("backmap.cg", "steps.refine.cg")
         for path, key in ((aa, "aa"), (cg, "cg")):

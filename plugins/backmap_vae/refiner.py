@@ -93,6 +93,10 @@ class VAEMCRefiner(Refiner):
         if self.params.model is None:
             self.params = self.params.model_copy(update={"model": Path(model)})
 
+    def use_stereo_reference(self, path: Path) -> None:
+        if self.params.stereo_reference is None:
+            self.params = self.params.model_copy(update={"stereo_reference": Path(path)})
+
     def prepare(self, system: RestrainedSystem) -> None:
         if self.params.model is None:
             raise BackmapError("vae_mc: no model: give the refiner's 'model' parameter (a vae model folder, e.g. "
