@@ -343,3 +343,19 @@ def test_stereo_reference_takes_inverted_centres_back(vae_run, monkeypatch):
 def test_stereo_reference_must_exist(vae_run, tmp_path):
     with pytest.raises(Exception, match="stereo_reference"):
         _refiner(vae_run, stereo_reference=tmp_path / "missing.gro")
+
+
+def test_schedule_stage_paths_resolve_against_the_recipe(tmp_path):
+    """A stage's path parameters (vae_mc's model, stereo_reference) resolve against the recipe's
+    directory, as the top-level refiners' do; elsewhere (the CLI) against the working directory."""
+    from backmap_refiners.schedule import ScheduleParams
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "ref.gro").write_text("")
+    raw = {"stages": [{"plugin": "vae_mc", "params": {"model": "m", "stereo_reference": "ref.gro", "steps": 1}},
+                      {"plugin": "mala", "params": {"steps": 2}}]}
+    p = ScheduleParams.model_validate(raw, context={"base_dir": tmp_path, "check_files": True})
+    assert p.stages[0].params == {"model": str(tmp_path / "m"), "stereo_reference": str(tmp_path / "ref.gro"),
+                                  "steps": 1}
+    assert p.stages[1].params == {"steps": 2}
+    assert ScheduleParams.model_validate(raw).stages[0].params["model"] == "m"

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from backmap.engine.loaders import make_plugin
 from backmap.engine.plugin import Refiner
@@ -37,6 +37,26 @@ class Stage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     plugin: str = Field(description="a refiner plugin (vae_mc, mala, langevin, openmm, …)")
     params: dict[str, Any] = Field(default_factory=dict, description="its parameters (per cycle: steps, sweeps …)")
+
+    @field_validator("params")
+    @classmethod
+    def _recipe_paths(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """In a recipe, the stage's path parameters resolve against the recipe's directory, as the
+        top-level refiners' do (the stage itself is validated later, without the recipe)."""
+        if not (info.context or {}).get("base_dir") or "plugin" not in info.data:
+            return params
+        from backmap.engine.registry import default_registry
+
+        try:
+            stage_cls = default_registry().get("refiner", info.data["plugin"]).cls
+        except BackmapError:
+            return params  # an unknown plugin is reported where the stage is made
+        try:
+            checked = stage_cls.Params.model_validate(params, context=info.context)
+        except ValidationError:
+            return params  # reported, naming the key, where the stage is made
+        return {k: str(getattr(checked, k)) if isinstance(getattr(checked, k, None), Path) else v
+                for k, v in params.items()}
 
 
 class ScheduleParams(BaseModel):

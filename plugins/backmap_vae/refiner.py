@@ -42,7 +42,7 @@ from backmap_vae.targets import UnitTargets
 
 
 class VAEMCParams(RefineParams):
-    model: Path | None = Field(None, description="a trained vae model folder (e.g. models/sps-vae); default: the "
+    model: InputPath | None = Field(None, description="a trained vae model folder (e.g. models/sps-vae); default: the "
                                                  "model at hand (the run's trained model, backmap apply --model)")
     steps: int = Field(20, ge=0, description="Monte Carlo sweeps per frame (every unit is moved once per sweep)")
     trials: int = Field(1, ge=1, description="proposals per move (M): one is selected ∝ its importance weight and "
