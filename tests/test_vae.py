@@ -200,7 +200,7 @@ def test_refine_step_gives_vae_mc_the_backmapped_model_inside_a_schedule(vae_run
     assert code == 0, err
     (row,) = list(csv.DictReader(open(vae_run / "schedule" / "refine" / "aa.log.csv")))
     # the backmap step's stereo reference reached vae_mc's target too (hexane: no centres, all kept)
-    assert float(row["0:vae_mc:stereocentres_kept"]) == 1.0
+    assert float(row["0:vae_mc:stereocentres_kept_refined"]) == 1.0
     for key in ("0:vae_mc:acceptance", "0:vae_mc:acceptance[Protein:B]", "1:mala:acceptance"):
         assert 0.0 <= float(row[key]) <= 1.0, key  # both stages ran and logged (this small model's
         # whole-bead moves are seldom accepted, and MALA rejects most steps on strained output)
@@ -335,7 +335,7 @@ def test_stereo_reference_takes_inverted_centres_back(vae_run, monkeypatch):
         refiner = _refiner(vae_run, steps=3, trials=16, blocks=[], stereo_reference=reference)
         result = refiner.refine(swapped[None], targets[None], vectors[None], np.random.default_rng(0))
         after[reference is not None] = flipped(result.positions[0])
-        assert ("stereocentres_kept" in result.log[0]) == (reference is not None)
+        assert ("stereocentres_kept_refined" in result.log[0]) == (reference is not None)
     before = flipped(swapped)
     assert after[True] < 0.4 * before and after[False] > before, (before, after)
 

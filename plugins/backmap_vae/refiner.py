@@ -223,7 +223,7 @@ class VAEMCRefiner(Refiner):
                "constraint_residual": float(self.constraints.residual(pos[None])[0])}
         if self.targets.chirality is not None:  # whole molecules: the reference's rows need no box
             whole = Unwrapper(self.system.topology)(x, box_dimensions(vectors))
-            row["stereocentres_kept"] = self.targets.chirality.kept(self.system.topology, whole)
+            row["stereocentres_kept_refined"] = self.targets.chirality.kept(self.system.topology, whole)
         total = [sum(c[k] for c in counts.values()) for k in range(3)]
         row["acceptance"] = total[0] / max(total[1], 1)
         row["invalid"] = total[2]
