@@ -115,6 +115,7 @@ class VAEMCRefiner(Refiner):
             chirality = load_chiral_centres(system.topology, p.stereo_reference, p.stereo_weight)
         self.targets = UnitTargets(system, gen, model.channels, p.temperature, p.restraint, p.closure_stiffness,
                                    p.extent, p.constraints, chirality=chirality)
+        self.unwrap = Unwrapper(system.topology) if chirality is not None else None  # built once, not per frame
         self.ff, self.sampler = self.targets.ff, self.targets.sampler
         specs = gen.params.blocks if p.blocks is None else p.blocks
         self.blocks = parse_blocks(specs, system.cg_topology, self.sampler.plans,
@@ -222,7 +223,7 @@ class VAEMCRefiner(Refiner):
                "restraint": float(self.system.restraint_energy(pos[None], target_t[None], p.restraint)[0]),
                "constraint_residual": float(self.constraints.residual(pos[None])[0])}
         if self.targets.chirality is not None:  # whole molecules: the reference's rows need no box
-            whole = Unwrapper(self.system.topology)(x, box_dimensions(vectors))
+            whole = self.unwrap(x, box_dimensions(vectors))
             row["stereocentres_kept_refined"] = self.targets.chirality.kept(self.system.topology, whole)
         total = [sum(c[k] for c in counts.values()) for k in range(3)]
         row["acceptance"] = total[0] / max(total[1], 1)
