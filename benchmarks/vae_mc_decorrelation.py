@@ -60,6 +60,22 @@ def summarise(name: str, lj: np.ndarray, seconds: np.ndarray, burn: int) -> dict
             "lj_mean": round(float(lj.sum(1).mean()), 1), "lj_sd": round(float(lj.sum(1).std()), 1)}
 
 
+COMMON = {"temperature": 568, "constraints": "all-bonds", "restraint": 2.0e5, "minimize_steps": 0, "seed": 1}
+"""The refiners' shared settings: sPS at 568 K, all bonds rigid, k = 2·10⁵ kJ/mol/nm², no minimization."""
+
+
+def sps_frame(frame: int) -> tuple[RestrainedSystem, np.ndarray, np.ndarray, np.ndarray]:
+    """sPS test frame ``frame`` (../shared/data/sps/eval_t568): the restrained system, the AA
+    positions (N, 3), the CG targets and the box (1, 3, 3)."""
+    top = load_topology(SPS / "top" / "topol.top")
+    cg = load_mapping(MAPPING, top).cg_topology(top)
+    system = RestrainedSystem(cg, SPS / "top" / "topol.top", NonbondedSettings.from_mdp(SPS / "top" / "md.mdp"))
+    aa = list(read_frames(SPS / "eval_t568" / "aa.xtc", frames=[frame]))[0]
+    cgf = list(read_frames(SPS / "eval_t568" / "cg.xtc", frames=[frame]))[0]
+    x, targets = system.prepare(aa, cgf)
+    return system, x, targets, np.asarray(aa.box).reshape(1, 3, 3)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", required=True, help="a trained vae model folder")
@@ -73,18 +89,11 @@ def main() -> None:
     ap.add_argument("--out", default="vae_mc_decorrelation.npz")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    top = load_topology(SPS / "top" / "topol.top")
-    cg = load_mapping(MAPPING, top).cg_topology(top)
-    settings = NonbondedSettings.from_mdp(SPS / "top" / "md.mdp")
-    system = RestrainedSystem(cg, SPS / "top" / "topol.top", settings)
-    aa = list(read_frames(SPS / "eval_t568" / "aa.xtc", frames=[a.frame]))[0]
-    cgf = list(read_frames(SPS / "eval_t568" / "cg.xtc", frames=[a.frame]))[0]
-    x, targets = system.prepare(aa, cgf)
-    box = np.asarray(aa.box).reshape(1, 3, 3)
-    common = {"temperature": 568, "constraints": "all-bonds", "restraint": 2.0e5, "minimize_steps": 0, "seed": 1}
+    system, x, targets, box = sps_frame(a.frame)
+    common = dict(COMMON)
     rng = np.random.default_rng(0)
 
-    ff = ForceField(system.topology, settings, torch.float64)
+    ff = ForceField(system.topology, system.nonbonded, torch.float64)
     rings = ring_torsions(system.topology)
 
     def observe(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
