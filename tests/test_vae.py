@@ -359,3 +359,33 @@ def test_schedule_stage_paths_resolve_against_the_recipe(tmp_path):
                                   "steps": 1}
     assert p.stages[1].params == {"steps": 2}
     assert ScheduleParams.model_validate(raw).stages[0].params["model"] == "m"
+
+
+def test_minimize_after_relaxes_the_chain_mid_run_then_samples(vae_run, monkeypatch):
+    """``minimize_after: [1]`` minimizes the chain's state after sweep 1 (burn-in) and lowers its
+    restrained energy; the sweeps after it are the exact chain (``exact_sweeps`` in the log).
+    Sweeps outside 1 … steps − 1, or no minimization steps, are refused naming the key."""
+    refiner = _refiner(vae_run, steps=3, trials=4, blocks=[], minimize_steps=30, minimize_after=[1])
+    (x, targets), box = _frame(vae_run, refiner)
+    vectors = np.asarray(box, float).reshape(3, 3)
+    t = torch.as_tensor(targets, dtype=torch.float64)[None]
+    calls = []
+    relaxed = refiner._relaxed
+
+    def spy(y, *args):
+        out = relaxed(y, *args)
+        energy = [float(refiner.ff.energy(torch.as_tensor(np.asarray(z, np.float64))[None], vectors[None]).total[0]
+                        + refiner.system.restraint_energy(torch.as_tensor(np.asarray(z, np.float64))[None], t,
+                                                          0.5 * refiner.params.restraint)[0]) for z in (y, out)]
+        calls.append(energy)
+        return out
+
+    monkeypatch.setattr(refiner, "_relaxed", spy)
+    result = refiner.refine(x[None], targets[None], vectors[None], np.random.default_rng(0))
+    assert len(calls) == 2  # the start, and after sweep 1
+    assert calls[1][1] < calls[1][0] - 1.0, calls  # the mid-run minimization relaxed the chain's state
+    assert result.log[0]["exact_sweeps"] == 2
+    for bad, words in [({"minimize_after": [3]}, "minimize_after"), ({"minimize_after": [0]}, "minimize_after"),
+                       ({"minimize_after": [1], "minimize_steps": 0}, "minimize_steps")]:
+        with pytest.raises(Exception, match=words):
+            _refiner(vae_run, steps=3, **({"minimize_steps": 30} | bad))

@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from backmap import BackmapError
 from backmap.engine.models import load_model
@@ -74,6 +74,11 @@ class VAEMCParams(RefineParams):
                                                  "far a move reaches, so that units moved together never interact")
     minimize_steps: int = Field(300, ge=0, description="restrained minimization steps before sampling: whole-bead "
                                                        "moves relax clashes and strained angles slowly (docs/vae.md)")
+    minimize_after: list[int] = Field(
+        [], description="burn-in: sweeps (counted from 1) after which the frame is minimized again (restrained, "
+                        "minimize_steps), e.g. [10]: the clashes that whole-bead moves leave — those of stereocentres "
+                        "put right, of packing — are relaxed collectively, and the sweeps after the last one are the "
+                        "exact chain (docs/vae.md, 'Fidelity')")
     project_output: bool = Field(True, description="put the final structure's rigid bonds back at their lengths "
                                                    "(SHAKE; atoms move ~0.004 nm): the chain samples them as stiff "
                                                    "springs, the reference MD held them rigid")
@@ -82,6 +87,16 @@ class VAEMCParams(RefineParams):
                                                  "positions (float32) after every sweep, with the CPU seconds "
                                                  "(decorrelation analysis)")
     threads: int = Field(1, ge=1, description="torch threads")
+
+    @model_validator(mode="after")
+    def _burn_in(self) -> "VAEMCParams":
+        late = [s for s in self.minimize_after if not 1 <= s < self.steps]
+        if late:
+            raise ValueError(f"minimize_after: {late} must lie in 1 … steps − 1 = {self.steps - 1} (the chain ends "
+                             "with sweeps after the last minimization: a minimized structure is not a sample)")
+        if self.minimize_after and not self.minimize_steps:
+            raise ValueError("minimize_after needs minimize_steps > 0")
+        return self
 
 
 class VAEMCRefiner(Refiner):
@@ -162,10 +177,9 @@ class VAEMCRefiner(Refiner):
             self._write_trace()
         return RefineResult(out, rows)
 
-    def _refine_frame(self, x: np.ndarray, targets: np.ndarray, box: np.ndarray, rng: np.random.Generator,
-                      frame: int) -> tuple[np.ndarray, dict]:
+    def _relaxed(self, x: np.ndarray, targets: np.ndarray, box: np.ndarray) -> torch.Tensor:
+        """``x`` after ``minimize_steps`` of restrained minimization, on its rigid bonds (N, 3)."""
         p = self.params
-        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         if p.minimize_steps:
             with torch.enable_grad():
                 x = minimize_restrained(self.ff, x, box, self.system.cg_topology, targets,
@@ -181,7 +195,13 @@ class VAEMCRefiner(Refiner):
         if not bool(ok.all()):
             raise BackmapError("vae_mc: the start structure's rigid bonds could not be satisfied even after 200 "
                                "minimization steps (try minimize_steps)")
-        pos = xt[0].clone()
+        return xt[0].clone()
+
+    def _refine_frame(self, x: np.ndarray, targets: np.ndarray, box: np.ndarray, rng: np.random.Generator,
+                      frame: int) -> tuple[np.ndarray, dict]:
+        p = self.params
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        pos = self._relaxed(x, targets, box)
         vectors = np.asarray(box, np.float64).reshape(3, 3)
         target_t = torch.as_tensor(targets, dtype=torch.float64)
         sequential = p.decide == "sequential"
@@ -206,6 +226,8 @@ class VAEMCRefiner(Refiner):
                 if bool(move.accepted.any()):
                     pos[block.block_atoms[move.accepted]] = move.x[move.accepted]
                 _count(sweep_counts[block.label], move)
+            if sweep + 1 in p.minimize_after:  # burn-in: a collective relaxation, then the chain goes on
+                pos = self._relaxed(pos.numpy(), targets, box)
             if p.trace is not None:
                 self._record(frame, sweep, pos, vectors)
             for label, c in sweep_counts.items():
@@ -227,6 +249,8 @@ class VAEMCRefiner(Refiner):
             row["stereocentres_kept_refined"] = self.targets.chirality.kept(self.system.topology, whole)
         total = [sum(c[k] for c in counts.values()) for k in range(3)]
         row["acceptance"] = total[0] / max(total[1], 1)
+        if p.minimize_after:
+            row["exact_sweeps"] = p.steps - max(p.minimize_after)
         row["invalid"] = total[2]
         for label, c in sorted(counts.items()):
             row[f"acceptance[{label}]"] = c[0] / max(c[1], 1)
