@@ -431,6 +431,7 @@ def test_schedule_of_exact_kernels_samples_the_restrained_dimer_exactly():
 @pytest.mark.parametrize("stage, message", [
     ({"plugin": "mala", "params": {"temperature": 400.0}}, "params.temperature = 400.0 differs"),
     ({"plugin": "mala", "params": {"minimize_steps": 10}}, "params.minimize_steps: set it on the schedule"),
+    ({"plugin": "vae_mc", "params": {"minimize_after": [1]}}, "params.minimize_after: a minimization inside"),
     ({"plugin": "schedule", "params": {}}, "cannot contain a schedule"),
     ({"plugin": "nonesuch", "params": {}}, "nonesuch"),
     ({"plugin": "mala", "params": {"stepz": 3}}, "stepz"),

@@ -100,6 +100,9 @@ class ScheduleRefiner(Refiner):
             if key in stage.params:
                 raise BackmapError(f"{where}: params.{key}: set it on the schedule (it applies once, before the "
                                    "first cycle)")
+        if stage.params.get("minimize_after"):
+            raise BackmapError(f"{where}: params.minimize_after: a minimization inside a schedule would not leave its "
+                               "target invariant; the schedule minimizes once, before the first cycle (minimize_steps)")
         params = {**stage.params, "temperature": p.temperature, "restraint": p.restraint, "recentre": False,
                   "minimize_steps": 0, "on_failure": p.on_failure}
         if p.constraints is not None:

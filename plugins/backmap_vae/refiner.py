@@ -193,7 +193,7 @@ class VAEMCRefiner(Refiner):
             xt = torch.as_tensor(x, dtype=torch.float64)
             xt, ok = self.constraints.positions(xt[None], xt[None])
         if not bool(ok.all()):
-            raise BackmapError("vae_mc: the start structure's rigid bonds could not be satisfied even after 200 "
+            raise BackmapError("vae_mc: the structure's rigid bonds could not be satisfied even after 200 "
                                "minimization steps (try minimize_steps)")
         return xt[0].clone()
 
