@@ -13,6 +13,10 @@ chain's series (Sokal's automatic window) is averaged over chains and converted 
 Prints one JSON line per method and the ratio (openmm τ / vae_mc τ, > 1: vae_mc decorrelates faster).
 
     python benchmarks/vae_mc_decorrelation.py --model runs/sps-vae/model --sweeps 60 --openmm-ps 20
+
+With ``--chains F``, vae_mc runs F chains (reference frames --frame … --frame + F − 1) in lockstep,
+as ``backmap refine --batch F`` does: one network call per plan step and colour for all F, and the
+CPU time per chain is the batch's over F (openmm's cost per chain does not fall with F).
 """
 from __future__ import annotations
 
@@ -48,8 +52,9 @@ def integrated_time(x: np.ndarray, c: float = 5.0) -> float:
     return float(tau[m])
 
 
-def summarise(name: str, lj: np.ndarray, seconds: np.ndarray, burn: int) -> dict:
-    """lj: (T, chains) per recorded sample; seconds: CPU seconds at each sample."""
+def summarise(name: str, lj: np.ndarray, seconds: np.ndarray, burn: int, chains: int = 1) -> dict:
+    """lj: (T, series) per recorded sample (``chains`` Markov chains side by side: their means and
+    s.d. are per chain); seconds: CPU seconds per chain at each sample."""
     lj, seconds = lj[burn:], seconds[burn:]
     per_sample = float(np.diff(seconds).mean())
     taus = np.array([integrated_time(lj[:, k]) for k in range(lj.shape[1])])
@@ -57,7 +62,8 @@ def summarise(name: str, lj: np.ndarray, seconds: np.ndarray, burn: int) -> dict
     return {"method": name, "samples": len(lj), "cpu_seconds_per_sample": round(per_sample, 3),
             "tau_samples": round(tau, 2), "tau_cpu_seconds": round(tau * per_sample, 2),
             "tau_samples_median": round(float(np.nanmedian(taus)), 2),
-            "lj_mean": round(float(lj.sum(1).mean()), 1), "lj_sd": round(float(lj.sum(1).std()), 1)}
+            "lj_mean": round(float(lj.sum(1).mean()) / chains, 1),
+            "lj_sd": round(float(lj.reshape(len(lj), chains, -1).sum(2).std(0).mean()), 1)}
 
 
 COMMON = {"temperature": 568, "constraints": "all-bonds", "restraint": 2.0e5, "minimize_steps": 0, "seed": 1}
@@ -82,6 +88,9 @@ def main() -> None:
     ap.add_argument("--frame", type=int, default=1)
     ap.add_argument("--sweeps", type=int, default=60)
     ap.add_argument("--trials", type=int, default=32)
+    ap.add_argument("--chains", type=int, default=1,
+                    help="vae_mc chains run in lockstep (one per reference frame: --frame, --frame + 1, …); "
+                         "their CPU time is shared: per chain it is the sweep's over the number of chains")
     ap.add_argument("--decide", default="sequential", choices=["sequential", "independent"])
     ap.add_argument("--openmm-ps", type=float, default=20.0)
     ap.add_argument("--chunk", type=int, default=50, help="openmm steps (2 fs) between samples")
@@ -105,11 +114,18 @@ def main() -> None:
     vae = make_plugin("refiner", "vae_mc", {**common, "model": a.model, "steps": a.sweeps, "trials": a.trials,
                                             "decide": a.decide, "trace": "vae_mc_trace.npz"})
     vae.prepare(system)
-    vae.refine(x[None], targets[None], box, rng)
+    starts = [(x, targets, box)] + [sps_frame(a.frame + k)[1:] for k in range(1, a.chains)]
+    vae.refine(np.stack([c[0] for c in starts]), np.stack([c[1] for c in starts]), np.concatenate([c[2] for c in starts]),
+               rng)
     t = np.load("vae_mc_trace.npz")
-    v_lj = t["lj_per_molecule"]
-    v_ring = np.cos(np.stack([dihedrals(y.astype(np.float64), rings) for y in t["positions"]]))
-    v_sec = t["cpu_seconds"] - t["cpu_seconds"][0] + (t["cpu_seconds"][1] - t["cpu_seconds"][0])
+    order = np.lexsort((t["frame"], t["sweep"]))  # sweep-major: (sweeps, chains)
+    sweeps = len(order) // a.chains
+    # chains side by side: each chain's molecules are columns of their own (τ per chain and molecule)
+    v_lj = t["lj_per_molecule"][order].reshape(sweeps, a.chains, -1).reshape(sweeps, -1)
+    ring = np.cos(np.stack([dihedrals(y.astype(np.float64), rings) for y in t["positions"][order]]))
+    v_ring = ring.reshape(sweeps, -1)
+    cpu = t["cpu_seconds"][order].reshape(sweeps, a.chains)[:, -1] / a.chains  # per chain: shared by all
+    v_sec = cpu - cpu[0] + (cpu[1] - cpu[0])
     # openmm: one continuous trajectory, positions recorded every chunk steps with the CPU seconds
     # (no per-call set-up in the cost: a new seed makes new contexts, ~1.3 s per call on sPS)
     omm = make_plugin("refiner", "openmm", {**common, "steps": int(round(a.openmm_ps / 0.002)), "timestep": 0.002,
@@ -123,7 +139,7 @@ def main() -> None:
     o_sec = t["cpu_seconds"] - t["cpu_seconds"][0] + (t["cpu_seconds"][1] - t["cpu_seconds"][0])
     rows = []
     for what, v, o in (("lj_per_chain", v_lj, o_lj), ("ring_torsion_cos", v_ring, o_ring)):
-        rv, ro = summarise("vae_mc", v, v_sec, a.burn), summarise("openmm", o, o_sec, a.burn)
+        rv, ro = summarise("vae_mc", v, v_sec, a.burn, a.chains), summarise("openmm", o, o_sec, a.burn)
         for r in (rv, ro):
             rows.append({"observable": what, **r})
         rows.append({"observable": what, "ratio_openmm_over_vae_mc_tau_cpu":

@@ -574,8 +574,9 @@ class ForceField:
         out = np.zeros((C, G))
         tables, pair_params, exclusions = self._kernel_tables()
         placement_pair_energies(
-            np.ascontiguousarray(x[0].detach().to(torch.float64).numpy()), vectors, np.linalg.inv(vectors), periodic,
-            n_max, placements, np.ascontiguousarray(gfill, np.int64), np.ascontiguousarray(valid), in_group,
+            np.ascontiguousarray(x[0].detach().to(torch.float64).numpy()), vectors, np.linalg.inv(vectors),
+            np.asarray(heights if periodic else np.ones(3), np.float64), periodic, n_max, placements,
+            np.ascontiguousarray(gfill, np.int64), np.ascontiguousarray(valid), in_group,
             *tables, *pair_params, *exclusions, out)
         return torch.as_tensor(out, dtype=self.dtype)
 

@@ -56,15 +56,15 @@ def _excluded(i, j, ptr, partners):
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def placement_pair_energies(x, vectors, inverse, periodic, n_max, placements, atoms, valid, in_group,
+def placement_pair_energies(x, vectors, inverse, heights, periodic, n_max, placements, atoms, valid, in_group,
                             lj_type, charges, n_types, c6t, c12t, softt, shiftt, cutoff, rvdw, rcoulomb,
                             f_coulomb, k_rf, c_rf, r_min, ex_ptr, ex_partners, out):
     """Add to ``out`` (C, G) the non-bonded energies of ``placements`` (G, C, A, 3) of the groups'
     atoms ``atoms`` (G, A; ``valid`` marks real slots) with the other atoms ``x`` (N, 3) and with
     each other (per placement), skipping excluded pairs (CSR ``ex_ptr``/``ex_partners``, both
     directions) and atoms of the group itself (``in_group`` (N,) = its group, or -1).
-    ``vectors`` rows are the box vectors, ``inverse`` their inverse, ``n_max`` (3,) images per
-    axis to try (``periodic`` False: none)."""
+    ``vectors`` rows are the box vectors, ``inverse`` their inverse, ``heights`` (3,) the distances
+    between opposite faces, ``n_max`` (3,) images per axis to try (``periodic`` False: none)."""
     G, C, A = placements.shape[0], placements.shape[1], placements.shape[2]
     N = x.shape[0]
     cut2 = cutoff * cutoff
@@ -132,8 +132,16 @@ def placement_pair_energies(x, vectors, inverse, periodic, n_max, placements, at
                 f1 -= np.rint(f1)
                 f2 -= np.rint(f2)
             for o0 in range(-n_max[0], n_max[0] + 1):
+                # an image is at least |fraction| × height from the centre along each axis: most
+                # atoms are out of reach by one axis alone, before any Cartesian arithmetic
+                if periodic and abs(f0 + o0) * heights[0] >= reach:
+                    continue
                 for o1 in range(-n_max[1], n_max[1] + 1):
+                    if periodic and abs(f1 + o1) * heights[1] >= reach:
+                        continue
                     for o2 in range(-n_max[2], n_max[2] + 1):
+                        if periodic and abs(f2 + o2) * heights[2] >= reach:
+                            continue
                         if periodic:
                             g0, g1, g2 = f0 + o0, f1 + o1, f2 + o2
                             ex = g0 * vectors[0, 0] + g1 * vectors[1, 0] + g2 * vectors[2, 0]

@@ -216,11 +216,14 @@ class EnvironmentBatch:
 
     @classmethod
     def concatenate(cls, batches: list["EnvironmentBatch"]) -> "EnvironmentBatch":
-        """Batches of the same units one after the other (B₁ + B₂ + … rows), neighbour lists
-        padded to the widest (masked): e.g. several trial copies of a frame drawn in one call."""
+        """Batches of units of one plan step one after the other (B₁ + B₂ + … rows), neighbour
+        atom and bead lists padded to the widest (masked): e.g. several trial copies of a frame
+        drawn in one call, or the same step in several frames (``vae_mc`` in lockstep)."""
         width = max(b.atom_mask.shape[1] for b in batches)
+        bead_width = max(b.bead_mask.shape[1] for b in batches)
         neighbour_axis = {"atom_positions": 1, "atom_types": 1, "atom_mask": 1, "atom_index": 1,
                           "interaction": 2, "pair_params": 3}
+        bead_axis = {"bead_positions", "bead_types", "bead_mask"}
         out = {}
         for f in dataclass_fields(cls):
             if f.name == "meta":
@@ -232,6 +235,8 @@ class EnvironmentBatch:
             axis = neighbour_axis.get(f.name)
             if axis is not None:
                 parts = [_pad_axis(x, axis, width) for x in parts]
+            elif f.name in bead_axis:
+                parts = [_pad_axis(x, 1, bead_width) for x in parts]
             out[f.name] = torch.cat(parts)
         return cls(**out, meta=dict(batches[0].meta))
 

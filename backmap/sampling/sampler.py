@@ -9,6 +9,7 @@ do not overlap, so no unit is ever re-placed in the same step as one it sees.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -450,6 +451,18 @@ class Sampler:
         self._set_frame(cg_positions, box)
         return [UnitGroup(name, s, meta, g[0], g[1], g[2], g[3], g[4])
                 for steps in self._schedule() for name, s, meta, groups in steps for g in groups]
+
+    def keep_frame(self) -> EnvironmentBuilder:
+        """The frame set last (by :meth:`frame_groups`), kept for :meth:`use_frame`: a refiner that
+        runs several frames' chains in lockstep (``vae_mc``) switches between them without setting
+        each again. The sampler goes on with a copy, which the next frame set replaces."""
+        kept = self.builder
+        self.builder = copy.copy(kept)
+        return kept
+
+    def use_frame(self, kept: EnvironmentBuilder) -> None:
+        """Build environments (:meth:`environment`) in a frame kept by :meth:`keep_frame`."""
+        self.builder = kept
 
     def environment(self, group: UnitGroup, positions: torch.Tensor, placed: torch.Tensor | None = None
                     ) -> EnvironmentBatch:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -38,7 +39,8 @@ from backmap.system.io import atomic_path
 from backmap.system.pbc import Unwrapper, box_dimensions
 from backmap.threads import torch_threads
 from backmap_vae.blocks import block_moves
-from backmap_vae.targets import UnitTargets
+from backmap.sampling.sampler import UnitGroup
+from backmap_vae.targets import StackedUnits, UnitTargets
 
 
 class VAEMCParams(RefineParams):
@@ -164,12 +166,19 @@ class VAEMCRefiner(Refiner):
     # ------------------------------------------------------------------ sampling
     def refine(self, positions: np.ndarray, targets: np.ndarray, boxes: np.ndarray,
                rng: np.random.Generator) -> RefineResult:
+        """Refine F frames: one chain each, run in lockstep (``backmap refine --batch F``): the
+        units of a plan step in every frame move in one network call (:class:`StackedUnits`)."""
         # params.seed is the caller's business (refine_files, apply: a stream per frame drawn from it)
-        out, rows = np.array(positions, np.float64), []
+        out = np.array(positions, np.float64)
         with torch.no_grad(), torch_threads(self.params.threads):
-            for f in range(len(positions)):
-                out[f], row = self._refine_frame(out[f], targets[f], boxes[f], rng, self._frames)
-                self._frames += 1
+            chains = [self._start(out[f], targets[f], boxes[f], rng, self._frames + f) for f in range(len(out))]
+            self._frames += len(out)
+            gen = chains[0].generator
+            for sweep in range(self.params.steps):
+                self._sweep(chains, sweep, gen)
+            rows = []
+            for f, chain in enumerate(chains):
+                out[f], row = self._finish(chain)
                 rows.append(row)
         if self.params.sweep_log is not None:
             self._write_sweep_log()
@@ -197,44 +206,59 @@ class VAEMCRefiner(Refiner):
                                "minimization steps (try minimize_steps)")
         return xt[0].clone()
 
-    def _refine_frame(self, x: np.ndarray, targets: np.ndarray, box: np.ndarray, rng: np.random.Generator,
-                      frame: int) -> tuple[np.ndarray, dict]:
+    def _start(self, x: np.ndarray, targets: np.ndarray, box: np.ndarray, rng: np.random.Generator,
+               frame: int) -> "_Chain":
+        """A frame's chain: its relaxed start, colour groups, block moves and kept sampler frame."""
         p = self.params
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         pos = self._relaxed(x, targets, box)
-        vectors = np.asarray(box, np.float64).reshape(3, 3)
-        target_t = torch.as_tensor(targets, dtype=torch.float64)
-        sequential = p.decide == "sequential"
-        groups = self.targets.frame_groups(targets, box, interacting=sequential)
+        groups = self.targets.frame_groups(targets, box, interacting=p.decide == "sequential")
         moves = [move for block in self.blocks for move in block_moves(self.targets, block, groups, p.temperature)]
-        counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # accepted, proposed, invalid
-        for sweep in range(p.steps):
-            sweep_counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-            for group in groups:
-                units = self.targets.bind(group, pos, target_t, vectors)
-                model = self.generator.latent_model(units.env, p.temperature)  # a T-conditioned model at vae_mc's T
-                if sequential:
-                    move = vae_move_sequential(model, units.local(), units.log_target, units.coupling, gen, p.trials)
-                else:
-                    move = vae_move(model, units.local(), units.log_target, gen, p.trials)
+        return _Chain(frame, pos, targets, torch.as_tensor(targets, dtype=torch.float64), box,
+                      np.asarray(box, np.float64).reshape(3, 3), groups, moves, self.sampler.keep_frame(), gen)
+
+    def _sweep(self, chains: list["_Chain"], sweep: int, gen: torch.Generator) -> None:
+        """Move every unit of every chain once (one network call per plan step and colour for all
+        chains), then the block moves, the burn-in minimization and the trace."""
+        p = self.params
+        tallies = [defaultdict(lambda: [0, 0, 0]) for _ in chains]  # per chain: accepted, proposed, invalid
+        for batch in _lockstep([c.groups for c in chains]):
+            parts = []
+            for f, group in batch:
+                self.sampler.use_frame(chains[f].frame_state)
+                parts.append((f, self.targets.bind(group, chains[f].pos, chains[f].target_t, chains[f].vectors)))
+            units = StackedUnits(parts) if len(parts) > 1 else parts[0][1]
+            model = self.generator.latent_model(units.env, p.temperature)  # a T-conditioned model at vae_mc's T
+            if p.decide == "sequential":
+                move = vae_move_sequential(model, units.local(), units.log_target, units.coupling, gen, p.trials)
+            else:
+                move = vae_move(model, units.local(), units.log_target, gen, p.trials)
+            rows = units.slices() if len(parts) > 1 else [(parts[0][0], units, slice(None))]
+            for f, part, r in rows:
+                acc = move.accepted[r]
+                if bool(acc.any()):
+                    chains[f].pos[part.index[acc]] = part.to_lab(move.x[r])[acc]
+                _count(tallies[f][part.label], acc, move.invalid[r])
+        for f, chain in enumerate(chains):
+            self.sampler.use_frame(chain.frame_state)
+            for block in chain.moves:
+                move = block.move(chain.pos, chain.target_t, chain.vectors, gen, p.block_trials or p.trials)
                 if bool(move.accepted.any()):
-                    acc = move.accepted
-                    pos[units.index[acc]] = units.to_lab(move.x)[acc]
-                _count(sweep_counts[units.label], move)
-            for block in moves:
-                move = block.move(pos, target_t, vectors, gen, p.block_trials or p.trials)
-                if bool(move.accepted.any()):
-                    pos[block.block_atoms[move.accepted]] = move.x[move.accepted]
-                _count(sweep_counts[block.label], move)
+                    chain.pos[block.block_atoms[move.accepted]] = move.x[move.accepted]
+                _count(tallies[f][block.label], move.accepted, move.invalid)
             if sweep + 1 in p.minimize_after:  # burn-in: a collective relaxation, then the chain goes on
-                pos = self._relaxed(pos.numpy(), targets, box)
+                chain.pos = self._relaxed(chain.pos.numpy(), chain.targets, chain.box)
             if p.trace is not None:
-                self._record(frame, sweep, pos, vectors)
-            for label, c in sweep_counts.items():
-                self.sweep_rows.append({"frame": frame, "sweep": sweep, "unit": label, "accepted": c[0],
+                self._record(chain.frame, sweep, chain.pos, chain.vectors)
+            for label, c in tallies[f].items():
+                self.sweep_rows.append({"frame": chain.frame, "sweep": sweep, "unit": label, "accepted": c[0],
                                         "proposed": c[1], "invalid": c[2]})
                 for k in range(3):
-                    counts[label][k] += c[k]
+                    chain.counts[label][k] += c[k]
+
+    def _finish(self, chain: "_Chain") -> tuple[np.ndarray, dict]:
+        """The chain's final structure (rigid bonds projected) and its log row."""
+        p, pos, vectors = self.params, chain.pos, chain.vectors
         if p.project_output:
             projected, ok = self.constraints.positions(pos[None], pos[None])
             if bool(ok.all()):
@@ -242,11 +266,12 @@ class VAEMCRefiner(Refiner):
         x = pos.numpy()
         e = self.ff.energy(pos[None], vectors[None], whole=True)
         row = {"potential": float(e.total[0]),
-               "restraint": float(self.system.restraint_energy(pos[None], target_t[None], p.restraint)[0]),
+               "restraint": float(self.system.restraint_energy(pos[None], chain.target_t[None], p.restraint)[0]),
                "constraint_residual": float(self.constraints.residual(pos[None])[0])}
         if self.targets.chirality is not None:  # whole molecules: the reference's rows need no box
             whole = self.unwrap(x, box_dimensions(vectors))
             row["stereocentres_kept_refined"] = self.targets.chirality.kept(self.system.topology, whole)
+        counts = chain.counts
         total = [sum(c[k] for c in counts.values()) for k in range(3)]
         row["acceptance"] = total[0] / max(total[1], 1)
         if p.minimize_after:
@@ -280,8 +305,44 @@ class VAEMCRefiner(Refiner):
             writer.writerows(self.sweep_rows)
 
 
-def _count(counts: list[int], move) -> None:
-    """Add a move's accepted, proposed and invalid counts to ``counts``."""
-    counts[0] += int(move.accepted.sum())
-    counts[1] += len(move.accepted)
-    counts[2] += int(move.invalid.sum())
+def _count(counts: list[int], accepted: torch.Tensor, invalid: torch.Tensor) -> None:
+    """Add moves' accepted, proposed and invalid counts to ``counts``."""
+    counts[0] += int(accepted.sum())
+    counts[1] += len(accepted)
+    counts[2] += int(invalid.sum())
+
+
+@dataclass
+class _Chain:
+    """One frame's Markov chain in a lockstep batch: its frame number, positions (N, 3, float64),
+    CG targets, box, colour groups, block moves, the sampler's kept frame and acceptance counts."""
+
+    frame: int
+    pos: torch.Tensor
+    targets: np.ndarray
+    target_t: torch.Tensor
+    box: np.ndarray
+    vectors: np.ndarray
+    groups: list[UnitGroup]
+    moves: list
+    frame_state: object
+    generator: torch.Generator
+    counts: dict = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0]))
+
+
+def _lockstep(groups: list[list[UnitGroup]]) -> list[list[tuple[int, UnitGroup]]]:
+    """The moves of a sweep over several frames' colour groups: the k-th colour of a plan step in
+    every frame that has it, as (frame slot, group) lists, in plan order. One frame: its groups
+    as they are. (Any fixed order of exact updates is a valid scan.)"""
+    if len(groups) == 1:
+        return [[(0, g)] for g in groups[0]]
+    slots: dict[tuple, list[tuple[int, UnitGroup]]] = defaultdict(list)
+    first: dict[tuple, int] = {}
+    for f, frame_groups in enumerate(groups):
+        seen: dict[tuple, int] = defaultdict(int)
+        for g in frame_groups:
+            step = (g.moltype, g.step)
+            first.setdefault(step, len(first))
+            slots[(step, seen[step])].append((f, g))
+            seen[step] += 1
+    return [slots[key] for key in sorted(slots, key=lambda key: (first[key[0]], key[1]))]

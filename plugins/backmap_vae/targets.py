@@ -112,6 +112,42 @@ class BoundUnits:
         return torch.where(self.outside(local) > 0, torch.full_like(logp, -torch.inf), logp)
 
 
+class StackedUnits:
+    """The colour groups of one plan step in several frames, as one batch: one network call moves
+    the units of every frame (the per-call cost of the networks, most of a sweep's at 8 trials,
+    is shared). Each frame's units keep their own positions, energies and couplings; units of
+    different frames never interact. ``parts``: (frame slot, :class:`BoundUnits`)."""
+
+    def __init__(self, parts: list[tuple[int, BoundUnits]]):
+        from backmap.sampling.environment import EnvironmentBatch
+
+        self.parts = parts
+        sizes = [len(u.index) for _f, u in parts]
+        self.offsets = np.cumsum([0, *sizes])
+        self.env = EnvironmentBatch.concatenate([u.env for _f, u in parts])
+        self.label = parts[0][1].label
+
+    def slices(self) -> list[tuple[int, BoundUnits, slice]]:
+        """(frame slot, units, their rows of the batch)."""
+        return [(f, u, slice(int(self.offsets[k]), int(self.offsets[k + 1]))) for k, (f, u) in enumerate(self.parts)]
+
+    def local(self) -> torch.Tensor:
+        return torch.cat([u.local() for _f, u in self.parts])
+
+    def log_target(self, local: torch.Tensor) -> torch.Tensor:
+        return torch.cat([u.log_target(local[rows]) for _f, u, rows in self.slices()])
+
+    def coupling(self, k: int, moved: dict[int, tuple[torch.Tensor, torch.Tensor]], states: torch.Tensor
+                 ) -> torch.Tensor:
+        """:meth:`BoundUnits.coupling` of row k with the moved rows of its own frame."""
+        part = int(np.searchsorted(self.offsets, k, side="right")) - 1
+        lo, hi = int(self.offsets[part]), int(self.offsets[part + 1])
+        mine = {j - lo: m for j, m in moved.items() if lo <= j < hi}
+        if not mine:
+            return torch.zeros(len(states), dtype=torch.float64)
+        return self.parts[part][1].coupling(k - lo, mine, states)
+
+
 class UnitTargets:
     """The system's units, their colour groups and local energies for a generator with unit =
     'bead' (a ``vae`` model), at ``temperature`` with restraint constant ``restraint``
