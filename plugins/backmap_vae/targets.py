@@ -66,7 +66,8 @@ class BoundUnits:
         a unit from it, so that a unit's trials never see another unit's trials)."""
         lab = self.to_lab(local)
         configs = self.positions.expand(local.shape[1] + 1, -1, -1).clone()
-        configs[1:, self.index] = lab.transpose(0, 1)
+        real = self.index >= 0  # padding slots hold no atom
+        configs[1:, self.index[real]] = lab.transpose(0, 1)[:, real]
         ff, bias = self.targets.energies(configs, self.tables, self.cg, self.vectors)
         return ff[1:].T, bias[1:].T
 
