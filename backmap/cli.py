@@ -502,7 +502,9 @@ def convert_model(pickled: Path, out: Path) -> None:
               help="Refiner plugin: openmm (the default: OpenMM on the CPU, fastest), langevin or mala (torch, "
                    "batched; mala exact), …")
 @click.option("--frames", default=None, help="'start:stop:step' or '0,5,9'.")
-@click.option("--batch", type=int, default=1, show_default=True, help="Frames per call (torch refiners batch them).")
+@click.option("--batch", type=int, default=1, show_default=True,
+              help="Frames per call (the torch refiners batch them; vae_mc runs them as chains in lockstep: "
+                   "one network call per plan step for all, docs/vae.md).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @refine_options()
 @nonbonded_options

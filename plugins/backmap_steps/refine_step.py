@@ -21,7 +21,9 @@ class RefineStepParams(BaseModel):
     frames: str | None = Field(None, description="'start:stop:step' or '0,5,9'")
     mdp: InputPath | None = Field(None, description="GROMACS .mdp for cut-offs, electrostatics and (unless the "
                                                     "refiner sets them) bond constraints")
-    batch: int = Field(1, ge=1, description="frames per refiner call (the torch refiners batch them)")
+    batch: int = Field(1, ge=1, description="frames per refiner call (the torch refiners batch them; vae_mc runs "
+                                             "them as chains in lockstep: one network call per plan step for all, "
+                                             "docs/vae.md)")
     out: str = Field("refine/aa.xtc", description="refined trajectory in the work directory")
 
 
