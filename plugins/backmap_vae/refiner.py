@@ -35,11 +35,11 @@ from backmap.refinement.restrained import (RefineParams, RefineResult, Restraine
                                            resolve_constraints)
 from backmap.sampling.blocks import parse_blocks
 from backmap.sampling.chirality import load_chiral_centres
+from backmap.sampling.sampler import UnitGroup
 from backmap.system.io import atomic_path
 from backmap.system.pbc import Unwrapper, box_dimensions
 from backmap.threads import torch_threads
 from backmap_vae.blocks import block_moves
-from backmap.sampling.sampler import UnitGroup
 from backmap_vae.targets import StackedUnits, UnitTargets
 
 
@@ -173,7 +173,7 @@ class VAEMCRefiner(Refiner):
         with torch.no_grad(), torch_threads(self.params.threads):
             chains = [self._start(out[f], targets[f], boxes[f], rng, self._frames + f) for f in range(len(out))]
             self._frames += len(out)
-            gen = chains[0].generator
+            gen = chains[0].generator  # one random stream for the batch, the first frame's (one frame: as before)
             for sweep in range(self.params.steps):
                 self._sweep(chains, sweep, gen)
             rows = []
