@@ -7,6 +7,7 @@ first use, so that ``import backmap`` and the command line stay fast.
 from typing import Any
 
 from backmap._version import __version__
+from backmap.allocator import keep_freed_memory
 from backmap.engine.hooks import hookimpl
 from backmap.engine.plugin import (
     Generator,
@@ -20,6 +21,8 @@ from backmap.engine.plugin import (
     Traversal,
 )
 from backmap.errors import BackmapError
+
+keep_freed_memory()  # glibc: reuse freed blocks instead of zeroing fresh pages (backmap/allocator.py)
 
 #: public names loaded on first use: name -> module
 _LAZY = {
