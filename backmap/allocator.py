@@ -7,6 +7,10 @@ again on first touch: vae_mc on sPS at 32 trials spent 2100 s of system time aga
 user time (1.3·10⁹ page faults). A high mmap threshold and trim threshold keep those blocks in the
 heap for reuse: system time drops to a few per cent, results are bit for bit the same.
 
+Dask makes it worse: distributed's nanny starts every worker with ``MALLOC_TRIM_THRESHOLD_=65536``,
+which also pins the mmap threshold at 128 kB, so every block above that is a fresh mapping (the
+2 100 s above were on 2 workers). Setting both thresholds here overrides that.
+
 Applied once at ``import backmap`` (so Dask workers get it too); ``BACKMAP_MALLOC=system`` keeps
 the C library's defaults. Other platforms and C libraries are left alone.
 """

@@ -1,0 +1,87 @@
+"""CPU time of vae_mc with backmap's allocator setting against glibc's defaults, on sPS at 568 K.
+
+The same refinement (reference frames 1 … F in lockstep, ``--minimize`` restrained minimization
+steps, then ``--sweeps`` sweeps of ``--trials`` trials) runs in fresh processes: as backmap sets it
+up (freed memory kept in the heap, ``backmap/allocator.py``) and with ``BACKMAP_MALLOC=system``
+(glibc's defaults), each also in a Dask worker's environment (``MALLOC_TRIM_THRESHOLD_=65536``,
+which distributed's nanny sets). Prints one JSON line with the user and system CPU seconds, page
+faults and wall time of each, and the ratios of total CPU time (> 1: backmap's setting saves
+time). The structures must be identical.
+
+    python benchmarks/allocator_vae_mc.py --model models/sps-vae --frames 2 --sweeps 2 --trials 32 --minimize 300 \
+        --parallel 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CHILD = """
+import sys
+import numpy as np, torch
+sys.path.insert(0, {bench!r})
+from vae_mc_decorrelation import COMMON, sps_frame
+from backmap.engine.loaders import make_plugin
+torch.set_num_threads(1)
+starts = [sps_frame(f) for f in range(1, {frames} + 1)]
+refiner = make_plugin("refiner", "vae_mc", {{**COMMON, "model": {model!r}, "steps": {sweeps}, "trials": {trials},
+                                             "minimize_steps": {minimize}}})
+refiner.prepare(starts[0][0])
+out = refiner.refine(np.stack([s[1] for s in starts]), np.stack([s[2] for s in starts]),
+                     np.concatenate([s[3] for s in starts]), np.random.default_rng(0))
+np.save({out!r}, out.positions)
+"""
+
+
+def run(env: dict, out: Path, a) -> dict:
+    """Run the refinement in ``--parallel`` child processes at once (as Dask workers do); their
+    CPU seconds, page faults and the wall time."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    code = CHILD.format(bench=str(Path(__file__).resolve().parent), frames=a.frames, model=a.model,
+                        sweeps=a.sweeps, trials=a.trials, minimize=a.minimize, out=str(out))
+    children = [subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **env}) for _ in range(a.parallel)]
+    if any(child.wait() for child in children):
+        raise SystemExit("a refinement failed")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"user_s": round(after.ru_utime - before.ru_utime, 1), "system_s": round(after.ru_stime - before.ru_stime, 1),
+            "page_faults": after.ru_minflt - before.ru_minflt, "wall_s": round(time.perf_counter() - start, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", required=True, help="a trained vae model folder")
+    ap.add_argument("--frames", type=int, default=4)
+    ap.add_argument("--sweeps", type=int, default=2)
+    ap.add_argument("--trials", type=int, default=32)
+    ap.add_argument("--parallel", type=int, default=1, help="identical refinements run at once (2: like 2 workers)")
+    ap.add_argument("--minimize", type=int, default=300, help="restrained minimization steps first (vae_mc's default)")
+    a = ap.parse_args()
+    import numpy as np
+
+    variants = {"backmap": {}, "glibc_default": {"BACKMAP_MALLOC": "system"},
+                # a Dask worker's environment (distributed's nanny sets it): backmap overrides it ...
+                "backmap_in_dask_worker": {"MALLOC_TRIM_THRESHOLD_": "65536"},
+                # ... which without backmap's setting fixes the mmap threshold at 128 kB
+                "dask_worker_default": {"MALLOC_TRIM_THRESHOLD_": "65536", "BACKMAP_MALLOC": "system"}}
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = {name: run(env, Path(tmp) / f"{name}.npy", a) for name, env in variants.items()}
+        first = np.load(Path(tmp) / "backmap.npy")
+        same = all(np.array_equal(first, np.load(Path(tmp) / f"{name}.npy")) for name in variants)
+    total = lambda r: r["user_s"] + r["system_s"]  # noqa: E731
+    print(json.dumps({"benchmark": "allocator_vae_mc", "frames": a.frames, "minimize": a.minimize, "sweeps": a.sweeps,
+                      "trials": a.trials, "parallel": a.parallel, **rows, "identical_structures": same,
+                      "cpu_ratio_glibc_default_over_backmap": round(total(rows["glibc_default"]) / total(rows["backmap"]), 2),
+                      "cpu_ratio_dask_worker_default_over_backmap":
+                          round(total(rows["dask_worker_default"]) / total(rows["backmap_in_dask_worker"]), 2)}))
+
+
+if __name__ == "__main__":
+    main()
