@@ -128,7 +128,7 @@ def vae_move(model: LatentModel, x: torch.Tensor, log_target: Callable[[torch.Te
              generator: torch.Generator, trials: int = 1) -> MoveResult:
     """One VAE Monte Carlo move of every system of the batch from states ``x`` (B, …);
     ``log_target`` maps states (B, n, …) to ln π (B, n) (−βU, unnormalized)."""
-    x2, _z2, target, joint = _current_and_trials(model, x, log_target, generator, trials)
+    x2, target, joint = _current_and_trials(model, x, log_target, generator, trials)
     log_w = log_weight(target, joint)
     log_w1, log_w2 = log_w[:, 0], log_w[:, 1:]
     choice = select(log_w2, generator) if trials > 1 else torch.zeros(len(x), dtype=torch.long)
@@ -149,7 +149,7 @@ def vae_move_sequential(model: LatentModel, x: torch.Tensor, log_target: Callabl
     The proposals (encoder, prior, decoder draws and their densities) and ``log_target`` are
     computed for all B at once, against the state before the move; then the moves are decided by
     :func:`decide_sequentially`."""
-    x2, _z2, target, joint = _current_and_trials(model, x, log_target, generator, trials)
+    x2, target, joint = _current_and_trials(model, x, log_target, generator, trials)
     density = joint.model
     return decide_sequentially(x, target[:, 0], density[:, 0], x2, target[:, 1:], density[:, 1:], coupling,
                                generator)
@@ -157,16 +157,16 @@ def vae_move_sequential(model: LatentModel, x: torch.Tensor, log_target: Callabl
 
 def _current_and_trials(model: LatentModel, x: torch.Tensor, log_target: Callable[[torch.Tensor], torch.Tensor],
                         generator: torch.Generator, trials: int
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, JointLogDensity]:
-    """z₁ ~ q(z | x), M trial pairs (x₂, z₂) from the model, and ln π and the three densities of
-    the current pair and the trials together — (B, 1 + M), the current one first: one call of
+                        ) -> tuple[torch.Tensor, torch.Tensor, JointLogDensity]:
+    """z₁ ~ q(z | x), M trial pairs (x₂, z₂) from the model; the trials x₂, and ln π and the three
+    densities of the current pair and the trials together — (B, 1 + M), the current one first: one call of
     the target and of the networks for both (their per-call cost is most of a move's)."""
     z1 = model.encode(x, generator)
     x2, z2 = model.generate(trials, generator)
     precise = torch.promote_types(x.dtype, x2.dtype)  # the current state as it is (float64 for units)
     xs = torch.cat([x[:, None].to(precise), x2.to(precise)], 1)
     zs = torch.cat([z1[:, None].to(z2.dtype), z2], 1)
-    return x2, z2, log_target(xs), model.log_joint(xs, zs)
+    return x2, log_target(xs), model.log_joint(xs, zs)
 
 
 def decide_sequentially(x: torch.Tensor, target1: torch.Tensor, model1: torch.Tensor, x2: torch.Tensor,

@@ -171,9 +171,11 @@ class VAEMCRefiner(Refiner):
         # params.seed is the caller's business (refine_files, apply: a stream per frame drawn from it)
         out = np.array(positions, np.float64)
         with torch.no_grad(), torch_threads(self.params.threads):
-            chains = [self._start(out[f], targets[f], boxes[f], rng, self._frames + f) for f in range(len(out))]
+            # a seed per frame, as ever; the batch moves with the first frame's stream (one frame: as before)
+            seeds = [int(rng.integers(2**62)) for _ in range(len(out))]
+            gen = torch.Generator().manual_seed(seeds[0])
+            chains = [self._start(out[f], targets[f], boxes[f], self._frames + f) for f in range(len(out))]
             self._frames += len(out)
-            gen = chains[0].generator  # one random stream for the batch, the first frame's (one frame: as before)
             for sweep in range(self.params.steps):
                 self._sweep(chains, sweep, gen)
             rows = []
@@ -206,16 +208,14 @@ class VAEMCRefiner(Refiner):
                                "minimization steps (try minimize_steps)")
         return xt[0].clone()
 
-    def _start(self, x: np.ndarray, targets: np.ndarray, box: np.ndarray, rng: np.random.Generator,
-               frame: int) -> "_Chain":
+    def _start(self, x: np.ndarray, targets: np.ndarray, box: np.ndarray, frame: int) -> "_Chain":
         """A frame's chain: its relaxed start, colour groups, block moves and kept sampler frame."""
         p = self.params
-        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         pos = self._relaxed(x, targets, box)
         groups = self.targets.frame_groups(targets, box, interacting=p.decide == "sequential")
         moves = [move for block in self.blocks for move in block_moves(self.targets, block, groups, p.temperature)]
         return _Chain(frame, pos, targets, torch.as_tensor(targets, dtype=torch.float64), box,
-                      np.asarray(box, np.float64).reshape(3, 3), groups, moves, self.sampler.keep_frame(), gen)
+                      np.asarray(box, np.float64).reshape(3, 3), groups, moves, self.sampler.keep_frame())
 
     def _sweep(self, chains: list["_Chain"], sweep: int, gen: torch.Generator) -> None:
         """Move every unit of every chain once (one network call per plan step and colour for all
@@ -227,14 +227,13 @@ class VAEMCRefiner(Refiner):
             for f, group in batch:
                 self.sampler.use_frame(chains[f].frame_state)
                 parts.append((f, self.targets.bind(group, chains[f].pos, chains[f].target_t, chains[f].vectors)))
-            units = StackedUnits(parts) if len(parts) > 1 else parts[0][1]
+            units = StackedUnits(parts)
             model = self.generator.latent_model(units.env, p.temperature)  # a T-conditioned model at vae_mc's T
             if p.decide == "sequential":
                 move = vae_move_sequential(model, units.local(), units.log_target, units.coupling, gen, p.trials)
             else:
                 move = vae_move(model, units.local(), units.log_target, gen, p.trials)
-            rows = units.slices() if len(parts) > 1 else [(parts[0][0], units, slice(None))]
-            for f, part, r in rows:
+            for f, part, r in units.slices():
                 acc = move.accepted[r]
                 if bool(acc.any()):
                     chains[f].pos[part.index[acc]] = part.to_lab(move.x[r])[acc]
@@ -326,7 +325,6 @@ class _Chain:
     groups: list[UnitGroup]
     moves: list
     frame_state: object
-    generator: torch.Generator
     counts: dict = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0]))
 
 

@@ -21,6 +21,7 @@ from backmap.engine.registry import default_registry
 from backmap.forcefield import ForceField
 from backmap.refinement.restrained import BOLTZMANN, RestrainedSystem
 from backmap.sampling.chirality import ChiralCentres
+from backmap.sampling.environment import EnvironmentBatch
 from backmap.sampling.sampler import Sampler, SamplerOptions, UnitGroup
 from backmap.sampling.traversal import make_plans
 
@@ -117,15 +118,15 @@ class StackedUnits:
     """The colour groups of one plan step in several frames, as one batch: one network call moves
     the units of every frame (the per-call cost of the networks, most of a sweep's at 8 trials,
     is shared). Each frame's units keep their own positions, energies and couplings; units of
-    different frames never interact. ``parts``: (frame slot, :class:`BoundUnits`)."""
+    different frames never interact. ``parts``: (frame slot, :class:`BoundUnits`); one part (one
+    frame) is used as it is."""
 
     def __init__(self, parts: list[tuple[int, BoundUnits]]):
-        from backmap.sampling.environment import EnvironmentBatch
-
         self.parts = parts
         sizes = [len(u.index) for _f, u in parts]
         self.offsets = np.cumsum([0, *sizes])
-        self.env = EnvironmentBatch.concatenate([u.env for _f, u in parts])
+        envs = [u.env for _f, u in parts]
+        self.env = envs[0] if len(envs) == 1 else EnvironmentBatch.concatenate(envs)
         self.label = parts[0][1].label
 
     def slices(self) -> list[tuple[int, BoundUnits, slice]]:
