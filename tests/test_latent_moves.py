@@ -166,10 +166,12 @@ class _Renamed(dict):
 
 
 def _coupled_gaussian_chain(coupled: bool, replicas: int = 1500, units: int = 4, J: float = 0.45,
-                            moves: int = 8, seed: int = 5):
+                            moves: int = 8, seed: int = 5, near: str | None = None):
     """R replicas of ``units`` 2-D systems with π ∝ exp(−½Σ|x_k|² − J Σ x_k·x_{k+1}) (a Gaussian
     with precision A = tridiag(J, 1, J)), moved by vae_move_sequential with the perfect model of
-    the uncoupled part; ``coupled=False`` decides every move against the stale state."""
+    the uncoupled part; ``coupled=False`` decides every move against the stale state. ``near``:
+    None, or the mask of systems that may interact handed to the moves ("chain": the true
+    neighbours; "none": none, a false promise)."""
     A = np.eye(units) + J * (np.eye(units, k=1) + np.eye(units, k=-1))
     cov = np.linalg.inv(A)
     rng = np.random.default_rng(seed)
@@ -192,6 +194,10 @@ def _coupled_gaussian_chain(coupled: bool, replicas: int = 1500, units: int = 4,
                 delta = delta - J * (states * (new - old)).sum(-1)
         return delta
 
+    mask = None
+    if near is not None:  # in the decision order
+        r_s, u_s = replica[order], unit[order]
+        mask = (r_s[:, None] == r_s[None]) & (np.abs(u_s[:, None] - u_s[None]) == 1) & (near == "chain")
     gen = torch.Generator().manual_seed(seed)
     perm = torch.as_tensor(order)
     inverse = torch.as_tensor(np.argsort(order))
@@ -213,7 +219,7 @@ def _coupled_gaussian_chain(coupled: bool, replicas: int = 1500, units: int = 4,
             def coupling_sorted(k, moved, states):
                 return coupling(int(perm[k]), _Renamed(moved, order), states)
 
-            r = vae_move_sequential(model, y, batched, coupling_sorted, gen, trials=2)
+            r = vae_move_sequential(model, y, batched, coupling_sorted, gen, trials=2, near=mask)
             x = r.x[inverse]
             accepted += float(r.accepted.double().mean())
     return x.numpy().reshape(replicas, units, 2), cov, accepted / moves
@@ -237,3 +243,16 @@ def test_sequential_moves_of_interacting_systems_are_exact():
     assert errors(x, cov).max() < SIGMAS, errors(x, cov)
     stale, cov, _ = _coupled_gaussian_chain(coupled=False)
     assert errors(stale, cov).max() > SIGMAS, errors(stale, cov)
+
+
+def test_a_mask_of_interacting_systems_changes_no_decision():
+    """``near`` (which systems may interact) only saves coupling calls: with the true neighbours
+    every decision is the same as without a mask, bit for bit; a mask that promises no interaction
+    is the stale update (the coupling is never asked)."""
+    plain, _, _ = _coupled_gaussian_chain(coupled=True, replicas=200, moves=3)
+    masked, _, _ = _coupled_gaussian_chain(coupled=True, replicas=200, moves=3, near="chain")
+    np.testing.assert_array_equal(masked, plain)
+    empty, _, _ = _coupled_gaussian_chain(coupled=True, replicas=200, moves=3, near="none")
+    stale, _, _ = _coupled_gaussian_chain(coupled=False, replicas=200, moves=3)
+    np.testing.assert_array_equal(empty, stale)
+    assert np.abs(empty - plain).max() > 0.1

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+import numpy as np
 import torch
 
 
@@ -105,8 +106,17 @@ def metropolis(log_ratio: torch.Tensor, generator: torch.Generator) -> tuple[tor
 def select(log_w: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Index (B,) of one trial per row of ``log_w`` (B, M) drawn with probability ∝ w (Gumbel
     max); rows whose weights are all NaN/−inf pick trial 0 (then rejected as invalid)."""
-    g = -torch.log(-torch.log(torch.rand(log_w.shape, generator=generator, dtype=torch.float64).clamp(min=1e-300)))
-    score = torch.where(torch.isnan(log_w), torch.full_like(log_w, -torch.inf), log_w) + g
+    return select_with(log_w, gumbel_noise(log_w.shape, generator))
+
+
+def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Standard Gumbel draws (float64): the randomness of :func:`select`, drawn ahead of use."""
+    return -torch.log(-torch.log(torch.rand(shape, generator=generator, dtype=torch.float64).clamp(min=1e-300)))
+
+
+def select_with(log_w: torch.Tensor, gumbel: torch.Tensor) -> torch.Tensor:
+    """:func:`select` with its Gumbel draws ``gumbel`` (same shape as ``log_w``) given."""
+    score = torch.where(torch.isnan(log_w), torch.full_like(log_w, -torch.inf), log_w) + gumbel
     return score.argmax(-1)
 
 
@@ -143,16 +153,17 @@ Coupling = Callable[[int, dict[int, tuple[torch.Tensor, torch.Tensor]], torch.Te
 
 
 def vae_move_sequential(model: LatentModel, x: torch.Tensor, log_target: Callable[[torch.Tensor], torch.Tensor],
-                        coupling: Coupling, generator: torch.Generator, trials: int = 1) -> MoveResult:
+                        coupling: Coupling, generator: torch.Generator, trials: int = 1,
+                        near: np.ndarray | None = None) -> MoveResult:
     """One VAE Monte Carlo move of each of B systems that propose independently but may interact.
 
     The proposals (encoder, prior, decoder draws and their densities) and ``log_target`` are
     computed for all B at once, against the state before the move; then the moves are decided by
-    :func:`decide_sequentially`."""
+    :func:`decide_sequentially` (``near``: which systems may interact, see there)."""
     x2, target, joint = _current_and_trials(model, x, log_target, generator, trials)
     density = joint.model
     return decide_sequentially(x, target[:, 0], density[:, 0], x2, target[:, 1:], density[:, 1:], coupling,
-                               generator)
+                               generator, near)
 
 
 def _current_and_trials(model: LatentModel, x: torch.Tensor, log_target: Callable[[torch.Tensor], torch.Tensor],
@@ -171,7 +182,7 @@ def _current_and_trials(model: LatentModel, x: torch.Tensor, log_target: Callabl
 
 def decide_sequentially(x: torch.Tensor, target1: torch.Tensor, model1: torch.Tensor, x2: torch.Tensor,
                         target2: torch.Tensor, model2: torch.Tensor, coupling: Coupling,
-                        generator: torch.Generator) -> MoveResult:
+                        generator: torch.Generator, near: np.ndarray | None = None) -> MoveResult:
     """Decide the (multiple-try) moves of B systems one after the other, from their states ``x``
     (B, …) with ln π ``target1`` and proposal density ``model1`` (B,) to trials ``x2`` (B, M, …)
     with ``target2`` and ``model2`` (B, M), all computed against the state before the move.
@@ -182,26 +193,41 @@ def decide_sequentially(x: torch.Tensor, target1: torch.Tensor, model1: torch.Te
     (multiple-try) Metropolis–Hastings update of k given the current state, and a sweep over k is
     a systematic scan: exact, provided no system's proposal depends on another's state (the
     caller's guarantee: none sees another). ``model`` is ln P̃, the proposal density (a block of
-    units drawn one after the other: the sum of theirs)."""
+    units drawn one after the other: the sum of theirs).
+
+    ``near`` (B, B) bool, optional: ``near[k, j]`` False is the caller's promise that j's move
+    never changes ln π_k (its coupling would be zero); ``moved`` then holds only k's near systems.
+    The random draws (a Gumbel row per system when M > 1, a uniform per system) are made up front,
+    so every system is first decided at once as if none before it had moved, and only those with an
+    accepted near predecessor are decided again, one after the other, with their coupling: the same
+    decisions as one at a time, without a Python step per system."""
     B, trials = len(x), x2.shape[1]
-    target1, model1, target2, model2 = (t.double() for t in (target1, model1, target2, model2))
-    accepted = torch.zeros(B, dtype=torch.bool)
-    invalid = torch.zeros(B, dtype=torch.bool)
-    ratio = torch.zeros(B, dtype=torch.float64)
-    choice = torch.zeros(B, dtype=torch.long)
-    new = x.clone()
+    log_w1 = target1.double() - model1.double()
+    log_w2 = target2.double() - model2.double()
+    gumbel = gumbel_noise((B, trials), generator) if trials > 1 else None
+    log_u = torch.log(torch.rand(B, generator=generator, dtype=torch.float64))
+
+    def decide(w1: torch.Tensor, w2: torch.Tensor, rows: slice):
+        c = select_with(w2, gumbel[rows]) if trials > 1 else torch.zeros(len(w1), dtype=torch.long)
+        r = multiple_try_log_ratio(w2, w1, c)
+        bad = torch.isnan(r)
+        return (log_u[rows] < r) & ~bad, bad, r, c
+
+    accepted, invalid, ratio, choice = decide(log_w1, log_w2, slice(None))
+    acc, pick = accepted.numpy(), choice.numpy()  # views: the corrections below land in both
+    near = None if near is None else np.asarray(near, bool)
     moved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for k in range(B):
-        t1, t2 = target1[k:k + 1], target2[k:k + 1]
-        if moved:
-            delta = coupling(k, moved, torch.cat([x[k:k + 1], x2[k]])).double()
-            t1, t2 = t1 + delta[:1], t2 + delta[1:][None]
-        log_w1, log_w2 = t1 - model1[k:k + 1], t2 - model2[k:k + 1]
-        c = select(log_w2, generator) if trials > 1 else torch.zeros(1, dtype=torch.long)
-        r = multiple_try_log_ratio(log_w2, log_w1, c)
-        acc, bad = metropolis(r, generator)
-        accepted[k], invalid[k], ratio[k], choice[k] = acc[0], bad[0], r[0], c[0]
-        if bool(acc[0]):
-            new[k] = x2[k, c[0]].to(x.dtype)
-            moved[k] = (x[k], new[k])
+        before = list(moved) if near is None else np.flatnonzero(near[k, :k] & acc[:k]).tolist()
+        if before:
+            delta = coupling(k, {j: moved[j] for j in before}, torch.cat([x[k:k + 1], x2[k]])).double()
+            rows = slice(k, k + 1)
+            a, bad, r, c = decide(log_w1[rows] + delta[:1], log_w2[rows] + delta[1:][None], rows)
+            accepted[k], invalid[k], ratio[k], choice[k] = a[0], bad[0], r[0], c[0]
+        if acc[k]:
+            moved[k] = (x[k], x2[k, int(pick[k])].to(x.dtype))
+    new = x.clone()
+    if acc.any():
+        rows = torch.as_tensor(np.flatnonzero(acc))
+        new[rows] = x2[rows, choice[rows]].to(x.dtype)
     return MoveResult(new, accepted, invalid, ratio, choice)

@@ -230,7 +230,8 @@ class VAEMCRefiner(Refiner):
             units = StackedUnits(parts)
             model = self.generator.latent_model(units.env, p.temperature)  # a T-conditioned model at vae_mc's T
             if p.decide == "sequential":
-                move = vae_move_sequential(model, units.local(), units.log_target, units.coupling, gen, p.trials)
+                move = vae_move_sequential(model, units.local(), units.log_target, units.coupling, gen, p.trials,
+                                           units.near())
             else:
                 move = vae_move(model, units.local(), units.log_target, gen, p.trials)
             for f, part, r in units.slices():

@@ -40,6 +40,7 @@ class BoundUnits:
     positions: torch.Tensor
     cg: torch.Tensor
     vectors: np.ndarray
+    _near: np.ndarray | None = None
 
     @property
     def index(self) -> torch.Tensor:
@@ -78,8 +79,7 @@ class BoundUnits:
         new) local placements}) stand at their new placements instead of the old: −β times the
         change of their non-bonded energy with k (the only terms that join units of a group)."""
         delta = torch.zeros(len(states), dtype=torch.float64)
-        reach = self.targets.interaction_range()
-        near = [j for j in moved if self._apart(k, j) < reach]
+        near = [j for j in moved if self.near()[k, j]]
         if not near:
             return delta
         mine = self.index[k].numpy() >= 0  # padding slots hold no atom
@@ -91,13 +91,16 @@ class BoundUnits:
         other = np.concatenate([self.index[j].numpy()[m] for j, m in zip(near, slots)])
         return self.targets.interaction_change(lab, atoms, old, new, other, self.vectors)
 
-    def _apart(self, k: int, j: int) -> float:
-        """Nearest-image distance (nm) between the frames' centres of units k and j."""
-        d = (self.centre[k] - self.centre[j]).numpy()
-        if self.vectors is not None:
-            v = np.asarray(self.vectors, np.float64).reshape(3, 3)
-            d = d - np.rint(d @ np.linalg.inv(v)) @ v
-        return float(np.linalg.norm(d))
+    def near(self) -> np.ndarray:
+        """(B, B) bool: units whose centres lie within :meth:`UnitTargets.interaction_range` (nearest
+        image), the only pairs whose moves can change each other's energy."""
+        if self._near is None:
+            d = (self.centre[:, None] - self.centre[None]).numpy()
+            if self.vectors is not None:
+                v = np.asarray(self.vectors, np.float64).reshape(3, 3)
+                d = d - np.rint(d @ np.linalg.inv(v)) @ v
+            self._near = np.linalg.norm(d, axis=-1) < self.targets.interaction_range()
+        return self._near
 
     def to_lab_unit(self, k: int, local: torch.Tensor) -> torch.Tensor:
         """Unit k's local placements (n, U, 3) → lab positions (float64)."""
@@ -138,6 +141,13 @@ class StackedUnits:
 
     def log_target(self, local: torch.Tensor) -> torch.Tensor:
         return torch.cat([u.log_target(local[rows]) for _f, u, rows in self.slices()])
+
+    def near(self) -> np.ndarray:
+        """:meth:`BoundUnits.near` of every frame's units, block-diagonal: frames never interact."""
+        out = np.zeros((self.offsets[-1],) * 2, bool)
+        for _f, u, rows in self.slices():
+            out[rows, rows] = u.near()
+        return out
 
     def coupling(self, k: int, moved: dict[int, tuple[torch.Tensor, torch.Tensor]], states: torch.Tensor
                  ) -> torch.Tensor:
