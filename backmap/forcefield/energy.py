@@ -560,13 +560,7 @@ class ForceField:
             V = torch.as_tensor(vec, dtype=xa.dtype)
             xa = xa - torch.round((xa - xa[:1, :, :1]) @ torch.linalg.inv(V)) @ V
         placements = np.ascontiguousarray(xa.permute(1, 0, 2, 3).to(torch.float64).numpy())
-        s = self.settings
         periodic = vec is not None
-        n_max = np.zeros(3, np.int64)
-        if periodic:
-            centre = placements.reshape(G, C * A, 3)[:, :1]
-            radius = float(np.linalg.norm(placements.reshape(G, C * A, 3) - centre, axis=-1).max()) * 2
-            n_max = (np.ceil((s.cutoff + radius) / heights + 0.5) - 1).astype(np.int64)
         in_group = np.full(self.n_atoms, -1, np.int64)
         gid, slot = np.nonzero(valid)
         in_group[groups[gid, slot]] = gid
@@ -575,7 +569,7 @@ class ForceField:
         tables, pair_params, exclusions = self._kernel_tables()
         placement_pair_energies(
             np.ascontiguousarray(x[0].detach().to(torch.float64).numpy()), vectors, np.linalg.inv(vectors),
-            np.asarray(heights if periodic else np.ones(3), np.float64), periodic, n_max, placements,
+            np.asarray(heights if periodic else np.ones(3), np.float64), periodic, placements,
             np.ascontiguousarray(gfill, np.int64), np.ascontiguousarray(valid), in_group,
             *tables, *pair_params, *exclusions, out)
         return torch.as_tensor(out, dtype=self.dtype)
