@@ -14,6 +14,12 @@ Prints one JSON line per method and the ratio (openmm τ / vae_mc τ, > 1: vae_m
 
     python benchmarks/vae_mc_decorrelation.py --model runs/sps-vae/model --sweeps 60 --openmm-ps 20
 
+With ``--equilibrate-ps P`` both start from a draw of the target instead: each reference frame after
+P ps of openmm's restrained Langevin dynamics (the same target up to the rigid bonds' Fixman term).
+τ is a property of a chain at stationarity; from the reference frame itself vae_mc's series carry
+its slow relaxation towards the restrained target (docs/vae.md, "Stationarity"), and a drift
+inflates τ.
+
 With ``--chains F``, vae_mc runs F chains (reference frames --frame … --frame + F − 1) in lockstep,
 as ``backmap refine --batch F`` does: one network call per plan step and colour for all F, and the
 CPU time per chain is the batch's over F (openmm's cost per chain does not fall with F).
@@ -95,6 +101,9 @@ def main() -> None:
     ap.add_argument("--openmm-ps", type=float, default=20.0)
     ap.add_argument("--chunk", type=int, default=50, help="openmm steps (2 fs) between samples")
     ap.add_argument("--burn", type=int, default=5, help="samples left out at the start")
+    ap.add_argument("--equilibrate-ps", type=float, default=0.0,
+                    help="start both methods from each reference frame after this many ps of openmm (0: from the "
+                         "reference frames themselves)")
     ap.add_argument("--out", default="vae_mc_decorrelation.npz")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -115,6 +124,9 @@ def main() -> None:
                                             "decide": a.decide, "trace": "vae_mc_trace.npz"})
     vae.prepare(system)
     starts = [(x, targets, box)] + [sps_frame(a.frame + k)[1:] for k in range(1, a.chains)]
+    if a.equilibrate_ps > 0:
+        starts = equilibrated(system, starts, a.equilibrate_ps, rng)
+        x = starts[0][0]
     vae.refine(np.stack([c[0] for c in starts]), np.stack([c[1] for c in starts]), np.concatenate([c[2] for c in starts]),
                rng)
     t = np.load("vae_mc_trace.npz")
@@ -148,6 +160,17 @@ def main() -> None:
              openmm_seconds=o_sec)
     for r in rows:
         print(json.dumps(r))
+
+
+def equilibrated(system: RestrainedSystem, starts: list, ps: float, rng: np.random.Generator) -> list:
+    """Each (positions, CG targets, box) start after ``ps`` of openmm's restrained Langevin dynamics
+    at the shared settings: a draw of the restrained target."""
+    omm = make_plugin("refiner", "openmm", {**COMMON, "steps": int(round(ps / 0.002)), "timestep": 0.002,
+                                            "threads": 1, "warmup_steps": 0, "friction": 10.0})
+    omm.prepare(system)
+    out = omm.refine(np.stack([s[0] for s in starts]), np.stack([s[1] for s in starts]),
+                     np.concatenate([s[2] for s in starts]), rng)
+    return [(y, t, b) for y, (_x, t, b) in zip(out.positions, starts)]
 
 
 def ring_torsions(topology) -> np.ndarray:

@@ -87,3 +87,38 @@ def test_small_box_overlapping_groups_one_call(triclinic):
     with torch.no_grad():
         ours = ff.group_energies(torch.as_tensor(x[None]), box, _pad(groups, 48), environment_fixed=True)
     torch.testing.assert_close(ours, _reference(ff, x[None], box, groups), rtol=RTOL, atol=ATOL)
+
+
+def test_many_trials_and_a_group_of_over_64_atoms(triclinic):
+    """The kernel's other paths: a compact group of more than 64 atoms (those in the 0.9 nm cube
+    around the atom with most such, pieces of molecules excluded with atoms outside: clusters of at
+    most 64 atoms, one bit each in the exclusion masks) with nine placements (from six on, each
+    atom's own neighbours are copied out first), and with only the first two: each equals the
+    subset energy."""
+    ff, x, box = triclinic
+    inv = np.linalg.inv(box)
+
+    def cube(anchor):
+        frac = (x - x[anchor]) @ inv
+        frac -= np.rint(frac)
+        return np.flatnonzero((np.abs(frac @ box) < 0.45).all(1))
+
+    group = cube(max(range(ff.n_atoms), key=lambda a: len(cube(a))))
+    mol = ff.params.molecule
+    assert len(group) > 64 and not np.isin(np.flatnonzero(np.isin(mol, mol[group])), group).all()
+    xg = x.copy()
+    xg[group] -= np.rint((x[group] - x[group[0]]) @ inv) @ box  # one piece, as a unit is
+    rng = np.random.default_rng(13)
+    X = [xg] + [_displaced(xg, group, rng, s) for s in (0.01, 0.03, 0.1)]
+    for _ in range(5):
+        step = rng.normal(size=3)
+        moved = _displaced(xg, group, rng, 0.02)
+        moved[group] += 0.4 * step / np.linalg.norm(step)
+        X.append(moved)
+    X = np.stack(X)
+    ref = _reference(ff, X, box, [group])
+    for C in (len(X), 2):
+        with torch.no_grad():
+            ours = ff.group_energies(torch.as_tensor(X[:C]), box, _pad([group], len(group) + 3),
+                                     environment_fixed=True)
+        torch.testing.assert_close(ours, ref[:C], rtol=RTOL, atol=ATOL)
