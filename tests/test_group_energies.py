@@ -243,3 +243,21 @@ def test_fixed_environment_without_box_and_its_check(hexane):
         moved[1, 0] += 0.1  # an atom outside the group differs between configurations
         with pytest.raises(BackmapError, match="differ in atoms outside the groups"):
             sub.group_energies(moved, None, _pad([local[1:]]), environment_fixed=True, check=True)
+
+
+def test_group_index_kept_per_distinct_groups(hexane, monkeypatch):
+    """group_energies keeps what depends on the groups alone (touching terms, exclusions, self
+    terms) per distinct groups array: calls that reuse, interleave and evict those entries give
+    the energies of the known answer, each group's subset energy."""
+    import backmap.forcefield.energy as energy
+
+    monkeypatch.setattr(energy, "GROUP_INDEX_CACHE", 2)
+    ff, x, box = hexane
+    rng = np.random.default_rng(4)
+    sets = {"A": [np.arange(140, 160), [7]], "B": [np.arange(300, 318)], "C": [np.arange(20, 40), [900]]}  # C: the shape of A
+    X = torch.as_tensor(np.stack([x, _displaced(x, np.arange(ff.n_atoms), rng, 0.02)]))
+    expected = {k: _reference(ff, X.numpy(), box, g) for k, g in sets.items()}
+    with torch.no_grad():
+        for k in "ABACBCA":
+            torch.testing.assert_close(ff.group_energies(X, box, _pad(sets[k])), expected[k], rtol=RTOL, atol=ATOL)
+    assert len(ff._group_indices) == 2

@@ -7,7 +7,8 @@ docs/forcefield.md); forces come from autograd. Input: positions (B, N, 3) in nm
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Iterable
 
 import numpy as np
@@ -125,6 +126,30 @@ def _touching(table: dict, atoms: np.ndarray, gid: np.ndarray, member: np.ndarra
         raise BackmapError(f"groups interact: a bonded term ({what}) spans two groups")
     keep = in_g.argmax(1) == pos  # counted once, through its first atom in the group
     return term[keep], at[keep], g[keep]
+
+
+GROUP_INDEX_CACHE = 4096  # distinct groups whose index group_energies keeps (a few kB each)
+
+
+@dataclass
+class _GroupIndex:
+    """:meth:`ForceField._group_index` of one (G, A) array of groups: padding mask and fill, the
+    real atoms and their group, the bonded terms and excluded pairs touching each group (term,
+    atoms, group) and the groups' self energies (G,)."""
+
+    valid: np.ndarray
+    gfill: np.ndarray
+    atoms: np.ndarray
+    gid: np.ndarray
+    touching: dict = field(default_factory=dict)
+    excluded: tuple = ()
+    self_energies: torch.Tensor | None = None
+
+    def membership(self, n_atoms: int) -> tuple[np.ndarray, np.ndarray]:
+        """(G, N) atom in group, (N,) atom in some group (built on each call: not kept)."""
+        member = np.zeros((len(self.valid), n_atoms), bool)
+        member[self.gid, self.atoms] = True
+        return member, member.any(0)
 
 
 _SCREEN_MARGIN = 1e-4  # nm: neighbour screening is in float32; the exact cut-offs come after, in float64
@@ -307,6 +332,7 @@ class ForceField:
             self._ewald = beta, erfc / s.rcoulomb
         self._group_tables = None  # built by group_energies on first use
         self._kernel_args = None  # the compiled kernels' topology tables (_kernel_tables)
+        self._group_indices: OrderedDict[tuple, _GroupIndex] = OrderedDict()  # _group_index, least recent first
 
     def make_whole(self, positions: np.ndarray, dimensions: np.ndarray) -> np.ndarray:
         """``positions`` (N, 3) with every molecule whole (a subsystem's are assumed whole)."""
@@ -436,40 +462,33 @@ class ForceField:
         C, (G, A) = x.shape[0], gr.shape
         if G == 0 or A == 0:
             return torch.zeros(C, G, dtype=dt)
-        valid = gr >= 0
-        gfill = np.where(valid, gr, gr[np.arange(G), valid.argmax(1)][:, None]).clip(min=0)  # padding: 1st atom
-        atoms, gid = gr[valid], np.nonzero(valid)[0]
-        member = np.zeros((G, N), bool)
-        member[gid, atoms] = True
-        anywhere = member.any(0)
-        if check and len(atoms) and np.bincount(atoms).max() > 1:
-            raise BackmapError("groups overlap: an atom is in two groups, or twice in one")
         tables = self._group_index_tables()
+        index = self._group_index(gr, check)
+        valid, gfill = index.valid, index.gfill
         t = torch.from_numpy
         out = torch.zeros(C, G, dtype=dt)
 
         # bonded terms (lj14 and coulomb14 share the pair list)
-        touching = {}
         for name in BONDED:
             key = "pair" if name in ("lj14", "coulomb14") else name
-            if key not in tables["bonded"]:
+            if key not in index.touching:
                 continue
-            if key not in touching:
-                touching[key] = _touching(tables["bonded"][key], atoms, gid, member, anywhere, check, key)
-            term, idx, g = touching[key]
+            term, idx, g = index.touching[key]
             if len(term):
                 e = self._bonded_terms(name, x, t(idx), tables["bonded"][key]["params"][t(term)])
                 out = out.index_add(1, t(g), e)
         # excluded pairs and self terms (their reaction-field parts)
-        _, idx, g = _touching(tables["excluded"], atoms, gid, member, anywhere, False, "excluded pair")
+        idx, g = index.excluded
         cut = s.cutoff
         if len(idx):
             i_t, j_t = t(idx[:, 0]), t(idx[:, 1])
             r = geo.distance(x[:, i_t], x[:, j_t])
-            if check and ((r.detach() < cut).any(0).numpy() & (anywhere[idx] & ~member[g[:, None], idx]).any(1)).any():
-                raise BackmapError("groups interact: an excluded pair within the cut-off spans two groups")
+            if check:
+                member, anywhere = index.membership(N)
+                if ((r.detach() < cut).any(0).numpy() & (anywhere[idx] & ~member[g[:, None], idx]).any(1)).any():
+                    raise BackmapError("groups interact: an excluded pair within the cut-off spans two groups")
             out = out.index_add(1, t(g), self._excluded_energies(r, i_t, j_t))
-        out = out + torch.zeros(G, dtype=dt).index_add(0, t(gid), self._self_energies(t(atoms)))
+        out = out + index.self_energies[None]
 
         # non-excluded pairs within the cut-off
         gfill_t = t(gfill)
@@ -485,11 +504,15 @@ class ForceField:
             # half a box height; any image suits the screening bound)
             xa = xa - torch.round((xa - xa[:, :, :1]) @ torch.linalg.inv(V)) @ V
         if environment_fixed:
-            if check and C > 1 and bool((x[1:, ~anywhere] != x[:1, ~anywhere]).any()):
-                raise BackmapError("environment_fixed: the configurations differ in atoms outside the groups")
+            if check and C > 1:
+                outside = ~index.membership(N)[1]
+                if bool((x[1:, outside] != x[:1, outside]).any()):
+                    raise BackmapError("environment_fixed: the configurations differ in atoms outside the groups")
             if x.requires_grad and torch.is_grad_enabled():
-                return out + self._fixed_environment_pairs(x, xa, valid, gfill, member, tables, vec, heights)
+                return out + self._fixed_environment_pairs(x, xa, valid, gfill, index.membership(N)[0], tables, vec,
+                                                           heights)
             return out + self._compiled_fixed_environment_pairs(x, xa, gr, valid, gfill, vec, heights)
+        member, anywhere = index.membership(N)
         c_h, j_h, shift, block, slot, h = _group_pairs(
             x.detach().cpu().numpy(), xa.detach().cpu().numpy(), valid, gfill, member, self.params.molecule,
             tables["is_excluded"], cut, vec, heights)
@@ -507,6 +530,39 @@ class ForceField:
         e_lj, e_c = self._pair_energies(r, k, j_t)
         sums = torch.segment_reduce(e_lj + e_c, "sum", lengths=t(np.bincount(block, minlength=C * G)))
         return out + sums.reshape(C, G)
+
+    def _group_index(self, groups: np.ndarray, check: bool) -> "_GroupIndex":
+        """What :meth:`group_energies` needs of the groups' atoms alone (padding, bonded terms and
+        excluded pairs that touch each group, self terms): computed once per distinct ``groups``
+        and kept (a Monte Carlo sweep moves the same colour groups again and again). ``check``
+        verifies that no bonded term spans two groups (then nothing is kept: a check each time)."""
+        key = (groups.shape, groups.tobytes())
+        index = None if check else self._group_indices.get(key)
+        if index is not None:
+            self._group_indices.move_to_end(key)
+            return index
+        G, N = groups.shape[0], self.n_atoms
+        valid = groups >= 0
+        gfill = np.where(valid, groups, groups[np.arange(G), valid.argmax(1)][:, None]).clip(min=0)  # padding: 1st
+        atoms, gid = groups[valid], np.nonzero(valid)[0]
+        index = _GroupIndex(valid, gfill, atoms, gid)
+        member, anywhere = index.membership(N)
+        if check and len(atoms) and np.bincount(atoms).max() > 1:
+            raise BackmapError("groups overlap: an atom is in two groups, or twice in one")
+        tables = self._group_index_tables()
+        for name in BONDED:
+            key_b = "pair" if name in ("lj14", "coulomb14") else name
+            if key_b in tables["bonded"] and key_b not in index.touching:
+                index.touching[key_b] = _touching(tables["bonded"][key_b], atoms, gid, member, anywhere, check, key_b)
+        _, idx, g = _touching(tables["excluded"], atoms, gid, member, anywhere, False, "excluded pair")
+        index.excluded = idx, g
+        index.self_energies = torch.zeros(G, dtype=self.dtype).index_add(0, torch.from_numpy(gid),
+                                                                         self._self_energies(torch.from_numpy(atoms)))
+        if not check:
+            self._group_indices[key] = index
+            while len(self._group_indices) > GROUP_INDEX_CACHE:
+                self._group_indices.popitem(last=False)
+        return index
 
     def _fixed_environment_pairs(self, x: torch.Tensor, xa: torch.Tensor, valid: np.ndarray, gfill: np.ndarray,
                                  member: np.ndarray, tables: dict, vec: np.ndarray | None,
