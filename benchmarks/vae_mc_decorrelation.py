@@ -88,6 +88,14 @@ def sps_frame(frame: int) -> tuple[RestrainedSystem, np.ndarray, np.ndarray, np.
     return system, x, targets, np.asarray(aa.box).reshape(1, 3, 3)
 
 
+def sps_frames(first: int, count: int) -> tuple[RestrainedSystem, np.ndarray, np.ndarray, np.ndarray]:
+    """Test frames ``first`` … ``first + count − 1`` stacked as ``refine`` takes them: the restrained
+    system, positions (F, N, 3), CG targets (F, n, 3) and boxes (F, 3, 3)."""
+    frames = [sps_frame(f) for f in range(first, first + count)]
+    return (frames[0][0], np.stack([f[1] for f in frames]), np.stack([f[2] for f in frames]),
+            np.concatenate([f[3] for f in frames]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", required=True, help="a trained vae model folder")

@@ -20,7 +20,7 @@ import torch
 
 from backmap.engine.loaders import make_plugin
 
-from vae_mc_decorrelation import COMMON, sps_frame
+from vae_mc_decorrelation import COMMON, sps_frames
 
 
 def main() -> None:
@@ -31,11 +31,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=8)
     a = ap.parse_args()
     torch.set_num_threads(1)
-    starts = [sps_frame(f) for f in range(1, a.frames + 1)]
-    system = starts[0][0]
-    x = np.stack([s[1] for s in starts])
-    targets = np.stack([s[2] for s in starts])
-    boxes = np.concatenate([s[3] for s in starts])
+    system, x, targets, boxes = sps_frames(1, a.frames)
 
     def cpu(sweeps: int, lockstep: bool) -> float:
         refiner = make_plugin("refiner", "vae_mc", {**COMMON, "model": a.model, "steps": sweeps, "trials": a.trials,

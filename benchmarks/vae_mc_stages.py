@@ -34,7 +34,7 @@ from backmap_vae import generator as vae_generator
 from backmap_vae import refiner as vae_refiner
 from backmap_vae import targets as vae_targets
 
-from vae_mc_decorrelation import COMMON, sps_frame
+from vae_mc_decorrelation import COMMON, sps_frames
 
 SPENT: dict[str, float] = defaultdict(float)
 
@@ -79,10 +79,7 @@ def main() -> None:
     ap.add_argument("--sweeps", type=int, default=4)
     a = ap.parse_args()
     torch.set_num_threads(1)
-    starts = [sps_frame(f) for f in range(1, a.chains + 1)]
-    system = starts[0][0]
-    x, targets = np.stack([s[1] for s in starts]), np.stack([s[2] for s in starts])
-    boxes = np.concatenate([s[3] for s in starts])
+    system, x, targets, boxes = sps_frames(1, a.chains)
     instrument()
 
     refiner = make_plugin("refiner", "vae_mc", {**COMMON, "model": a.model, "steps": a.sweeps, "trials": a.trials})
