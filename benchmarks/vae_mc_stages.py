@@ -13,7 +13,8 @@ public pieces a sweep calls (no copy of the sweep's loop):
 - ``decisions``: the sequential decisions and their couplings (``decide_sequentially``).
 
 The first sweep (compilation, tables) is left out. Prints one JSON line: CPU ms per chain and
-sweep of each stage, the rest of the sweep (moving the accepted atoms, counts), and the total.
+sweep of each stage, the rest of the sweep (moving the accepted atoms, counts), the total and
+the mean acceptance over all sweeps (the first included).
 
     python benchmarks/vae_mc_stages.py --model models/sps-vae --chains 32 --trials 1 --sweeps 4
 """
@@ -84,13 +85,14 @@ def main() -> None:
 
     refiner = make_plugin("refiner", "vae_mc", {**COMMON, "model": a.model, "steps": a.sweeps, "trials": a.trials})
     refiner.prepare(system)
-    refiner.refine(x, targets, boxes, np.random.default_rng(0))
+    result = refiner.refine(x, targets, boxes, np.random.default_rng(0))
     per = 1e3 / ((a.sweeps - 1) * a.chains)  # ms per chain and sweep
     total = SPENT.pop("total") * per
     stages = {k: round(v * per, 1) for k, v in SPENT.items()}
     print(json.dumps({"benchmark": "vae_mc_stages", "chains": a.chains, "trials": a.trials,
                       "ms_per_chain_sweep": stages, "rest": round(total - sum(stages.values()), 1),
-                      "total": round(total, 1)}))
+                      "total": round(total, 1),
+                      "acceptance": round(float(np.mean([r["acceptance"] for r in result.log])), 3)}))
 
 
 if __name__ == "__main__":
