@@ -27,15 +27,14 @@ CHILD = """
 import sys
 import numpy as np, torch
 sys.path.insert(0, {bench!r})
-from vae_mc_decorrelation import COMMON, sps_frame
+from vae_mc_decorrelation import COMMON, sps_frames
 from backmap.engine.loaders import make_plugin
 torch.set_num_threads(1)
-starts = [sps_frame(f) for f in range(1, {frames} + 1)]
+system, x, targets, boxes = sps_frames(1, {frames})
 refiner = make_plugin("refiner", "vae_mc", {{**COMMON, "model": {model!r}, "steps": {sweeps}, "trials": {trials},
                                              "minimize_steps": {minimize}}})
-refiner.prepare(starts[0][0])
-out = refiner.refine(np.stack([s[1] for s in starts]), np.stack([s[2] for s in starts]),
-                     np.concatenate([s[3] for s in starts]), np.random.default_rng(0))
+refiner.prepare(system)
+out = refiner.refine(x, targets, boxes, np.random.default_rng(0))
 np.save({out!r}, out.positions)
 """
 

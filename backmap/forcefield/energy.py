@@ -550,10 +550,8 @@ class ForceField:
         if check and len(atoms) and np.bincount(atoms).max() > 1:
             raise BackmapError("groups overlap: an atom is in two groups, or twice in one")
         tables = self._group_index_tables()
-        for name in BONDED:
-            key_b = "pair" if name in ("lj14", "coulomb14") else name
-            if key_b in tables["bonded"] and key_b not in index.touching:
-                index.touching[key_b] = _touching(tables["bonded"][key_b], atoms, gid, member, anywhere, check, key_b)
+        for kind, table in tables["bonded"].items():
+            index.touching[kind] = _touching(table, atoms, gid, member, anywhere, check, kind)
         _, idx, g = _touching(tables["excluded"], atoms, gid, member, anywhere, False, "excluded pair")
         index.excluded = idx, g
         index.self_energies = torch.zeros(G, dtype=self.dtype).index_add(0, torch.from_numpy(gid),

@@ -96,11 +96,14 @@ def metropolis(log_ratio: torch.Tensor, generator: torch.Generator) -> tuple[tor
     """(accepted, invalid) for log ratios (B,): accept with min(1, r). NaN is invalid: rejected
     and counted. +inf (leaving a state of zero target probability, e.g. a start outside a hard
     wall, for a valid proposal) is accepted, −inf (a proposal of zero probability) rejected."""
+    return accept_with(log_ratio, torch.log(torch.rand(log_ratio.shape, generator=generator, dtype=torch.float64)))
+
+
+def accept_with(log_ratio: torch.Tensor, log_u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`metropolis` with its ln u (uniform draws, same shape) given."""
     log_ratio = log_ratio.double()
     invalid = torch.isnan(log_ratio)
-    u = torch.rand(log_ratio.shape, generator=generator, dtype=torch.float64)
-    accepted = (torch.log(u) < log_ratio) & ~invalid
-    return accepted, invalid
+    return (log_u < log_ratio) & ~invalid, invalid
 
 
 def select(log_w: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -210,8 +213,7 @@ def decide_sequentially(x: torch.Tensor, target1: torch.Tensor, model1: torch.Te
     def decide(w1: torch.Tensor, w2: torch.Tensor, rows: slice):
         c = select_with(w2, gumbel[rows]) if trials > 1 else torch.zeros(len(w1), dtype=torch.long)
         r = multiple_try_log_ratio(w2, w1, c)
-        bad = torch.isnan(r)
-        return (log_u[rows] < r) & ~bad, bad, r, c
+        return *accept_with(r, log_u[rows]), r, c
 
     accepted, invalid, ratio, choice = decide(log_w1, log_w2, slice(None))
     acc, pick = accepted.numpy(), choice.numpy()  # views: the corrections below land in both
