@@ -228,8 +228,10 @@ def main() -> None:
         rv, ro = summarise("vae_mc", v, v_sec, a.burn, a.chains), summarise("openmm", o, o_sec, a.burn)
         for r in (rv, ro):
             rows.append({"observable": what, **r})
+        corrected = [r["tau_samples_ar1_corrected"] * r["cpu_seconds_per_sample"] for r in (ro, rv)]
         rows.append({"observable": what, "ratio_openmm_over_vae_mc_tau_cpu":
-                     round(ro["tau_cpu_seconds"] / rv["tau_cpu_seconds"], 3)})
+                     round(ro["tau_cpu_seconds"] / rv["tau_cpu_seconds"], 3),
+                     "ratio_ar1_corrected": round(corrected[0] / corrected[1], 3)})
     phi_start = np.stack([dihedrals(np.asarray(c[0], np.float64), rings) for c in starts])
     flips_v = ring_flips("vae_mc", phi_start, v_phi[-1].reshape(a.chains, -1), float(v_sec[-1]))
     flips_o = ring_flips("openmm", phi_start[:1], dihedrals(t["positions"][-1].astype(np.float64), rings)[None],
