@@ -200,7 +200,7 @@ def main() -> None:
     if a.equilibrate_ps > 0:
         starts = equilibrated(system, starts, a.equilibrate_ps, rng)
         x = starts[0][0]
-    vae.refine(np.stack([c[0] for c in starts]), np.stack([c[1] for c in starts]), np.concatenate([c[2] for c in starts]),
+    result = vae.refine(np.stack([c[0] for c in starts]), np.stack([c[1] for c in starts]), np.concatenate([c[2] for c in starts]),
                rng)
     t = np.load("vae_mc_trace.npz")
     order = np.lexsort((t["frame"], t["sweep"]))  # sweep-major: (sweeps, chains)
@@ -208,7 +208,6 @@ def main() -> None:
     # chains side by side: each chain's molecules are columns of their own (τ per chain and molecule)
     v_lj = t["lj_per_molecule"][order].reshape(sweeps, a.chains, -1).reshape(sweeps, -1)
     v_phi = np.stack([dihedrals(y.astype(np.float64), rings) for y in t["positions"][order]]).reshape(sweeps, -1)
-    moved = bead_moves(system, t["positions"][order].reshape(sweeps, a.chains, -1, 3))
     v_ring = np.cos(v_phi)
     cpu = t["cpu_seconds"][order].reshape(sweeps, a.chains)[:, -1] / a.chains  # per chain: shared by all
     v_sec = cpu - cpu[0] + (cpu[1] - cpu[0])
@@ -242,7 +241,7 @@ def main() -> None:
                                 "is": {(False, False): "estimate", (False, True): "lower bound",
                                        (True, False): "upper bound"}.get((flips_v["upper_bound"], flips_o["upper_bound"]),
                                                                          "undetermined")}]
-    rows.append({"observable": "moved_per_sweep", "method": "vae_mc", **moved})
+    rows.append({"observable": "acceptance_per_unit_type", "method": "vae_mc", **acceptance_by_type(result.log)})
     np.savez(a.out, vae_lj=v_lj, vae_ring=v_ring, vae_seconds=v_sec, openmm_lj=o_lj, openmm_ring=o_ring,
              openmm_seconds=o_sec)
     for r in rows:
@@ -260,15 +259,11 @@ def equilibrated(system: RestrainedSystem, starts: list, ps: float, rng: np.rand
     return [(y, t, b) for y, (_x, t, b) in zip(out.positions, starts)]
 
 
-def bead_moves(system: RestrainedSystem, positions: np.ndarray) -> dict[str, float]:
-    """Per bead name, the fraction of sweeps in which a bead's atoms moved, averaged over beads
-    and chains (positions (sweeps, chains, N, 3)): the acceptance that sets τ, bead by bead."""
-    changed = np.any(np.diff(positions, axis=0) != 0, axis=-1)  # (sweeps − 1, chains, N)
-    names = [b.name for cb in system.cg_topology.blocks for _ in range(cb.block.count) for b in cb.mapping.beads]
-    out: dict[str, list[float]] = {}
-    for name, (atoms, _w) in zip(names, system.bead_groups()):
-        out.setdefault(name, []).append(float(changed[:, :, atoms].any(-1).mean()))
-    return {name: round(float(np.mean(v)), 4) for name, v in out.items()}
+def acceptance_by_type(log: list[dict]) -> dict[str, float]:
+    """The refiner's own acceptance per unit type (its ``acceptance[label]`` columns), averaged
+    over the frames of the run: the rates that set τ, bead by bead."""
+    keys = sorted({k for row in log for k in row if k.startswith("acceptance[")})
+    return {k[len("acceptance["):-1]: round(float(np.mean([row[k] for row in log if k in row])), 4) for k in keys}
 
 
 def ring_torsions(topology) -> np.ndarray:
