@@ -437,3 +437,46 @@ def test_lockstep_moves_every_group_of_every_frame_once_in_plan_order():
     assert steps == sorted(steps) and all(len({g.step for _, g in b}) == 1 for b in batches)
     single = groups([2, 1])
     assert [b[0][1] for b in _lockstep([single])] == single
+
+
+def _bond_lengths(x, pairs):
+    return np.linalg.norm(x[:, pairs[:, 0]] - x[:, pairs[:, 1]], axis=-1)
+
+
+def test_a_continued_chain_keeps_its_springs_where_a_new_one_projects_them(vae_run):
+    """With rigid bonds the hexane model (trained flexible) holds none: every bond is a spring of
+    the target. A new chain (start_projection: all) puts them at their lengths first; a continued
+    one (held: the input is a draw of the target) must not — projecting its springs would be a
+    step off the target (the LJ energy of sPS sits ~190 kJ/mol lower with springs than with
+    constraints, docs/vae.md)."""
+    new = _refiner(vae_run, steps=0, constraints="all-bonds", project_output=False)
+    kept = _refiner(vae_run, steps=0, constraints="all-bonds", project_output=False, start_projection="held")
+    bonds = new.bond_model()
+    assert len(bonds.held) == 0 and len(bonds.sprung) == len(new.system.constrained_bonds("all-bonds")[0]) > 0
+    (x, targets), box = _frame(vae_run, new)
+    y = (x + np.random.default_rng(0).normal(0, 0.003, x.shape))[None]
+    boxes = np.asarray(box, float).reshape(1, 3, 3)
+    stretched = np.abs(_bond_lengths(y, bonds.sprung) - bonds.sprung_lengths).max()
+    projected = new.refine(y, targets[None], boxes, np.random.default_rng(0)).positions
+    assert np.abs(_bond_lengths(projected, bonds.sprung) - bonds.sprung_lengths).max() < 1e-8 < 1e-3 < stretched
+    as_given = kept.refine(y, targets[None], boxes, np.random.default_rng(0)).positions
+    assert np.array_equal(as_given, y)
+
+
+def test_schedule_continues_vae_mc_chains_after_its_first_call(vae_run, monkeypatch):
+    """A schedule's first call meets the structure from elsewhere (vae_mc projects every rigid
+    bond); every later vae_mc call continues the shared target's chain (springs kept)."""
+    from backmap.engine.loaders import make_plugin
+
+    schedule = make_plugin("refiner", "schedule", {
+        "temperature": 300, "restraint": 2.0e4, "constraints": "all-bonds", "cycles": 2, "minimize_steps": 0,
+        "stages": [{"plugin": "vae_mc", "params": {"model": str(vae_run / "vae" / "model"), "steps": 0}},
+                   {"plugin": "mala", "params": {"steps": 1, "timestep": 0.0002}}]})
+    schedule.prepare(_system(vae_run))
+    seen = []
+    stage = schedule.stages[0]
+    real = type(stage).refine
+    monkeypatch.setattr(type(stage), "refine", lambda self, *a: seen.append(self.params.start_projection) or real(self, *a))
+    (x, targets), box = _frame(vae_run, stage)
+    schedule.refine(x[None], targets[None], np.asarray(box, float).reshape(1, 3, 3), np.random.default_rng(0))
+    assert seen == ["all", "held"]

@@ -176,6 +176,9 @@ class ScheduleRefiner(Refiner):
                 first = cycle == 0 and k == 0 and self.params.minimize_steps
                 if first:
                     stage.params = stage.params.model_copy(update={"minimize_steps": self.params.minimize_steps})
+                if (cycle or k) and self.bonds is not None and "start_projection" in type(stage.params).model_fields:
+                    # its input is a draw of the shared target: projecting the springs would leave it
+                    stage.params = stage.params.model_copy(update={"start_projection": "held"})
                 t0 = time.process_time()
                 try:
                     result = stage.refine(x, targets, boxes, rng)

@@ -81,6 +81,11 @@ class VAEMCParams(RefineParams):
                         "minimize_steps), e.g. [10]: the clashes that whole-bead moves leave — those of stereocentres "
                         "put right, of packing — are relaxed collectively, and the sweeps after the last one are the "
                         "exact chain (docs/vae.md, 'Fidelity')")
+    start_projection: Literal["all", "held"] = Field(
+        "all", description="at the start of a chain put every rigid bond at its length ('all': a structure from "
+                           "elsewhere, a generator's output) or only the bonds the decoder holds ('held': the input is "
+                           "already a draw of vae_mc's own target — a schedule's later stage, a continued chain — whose "
+                           "springs projecting would move off the target; a schedule sets it)")
     project_output: bool = Field(True, description="put the final structure's rigid bonds back at their lengths "
                                                    "(SHAKE; atoms move ~0.004 nm): the chain samples them as stiff "
                                                    "springs, the reference MD held them rigid")
@@ -140,6 +145,10 @@ class VAEMCRefiner(Refiner):
         pairs, lengths = system.constrained_bonds(p.constraints)
         self.constraints = BondConstraints(pairs, lengths, system.topology.masses, tolerance=1e-10,
                                            dtype=torch.float64)
+        bonds = self.bond_model()
+        self.held_constraints = (self.constraints if bonds is None else
+                                 BondConstraints(bonds.held, bonds.held_lengths, system.topology.masses,
+                                                 tolerance=1e-10, dtype=torch.float64))
         self.sweep_rows: list[dict] = []
         self._frames = 0  # frames refined so far (the sweep log's frame number)
         self.trace_rows: list[tuple] = []
@@ -189,20 +198,22 @@ class VAEMCRefiner(Refiner):
         return RefineResult(out, rows)
 
     def _relaxed(self, x: np.ndarray, targets: np.ndarray, box: np.ndarray) -> torch.Tensor:
-        """``x`` after ``minimize_steps`` of restrained minimization, on its rigid bonds (N, 3)."""
+        """``x`` after ``minimize_steps`` of restrained minimization, on its rigid bonds (N, 3): all
+        of them, or with ``start_projection: held`` those the decoder holds (the springs as they are)."""
         p = self.params
+        constraints = self.held_constraints if p.start_projection == "held" else self.constraints
         if p.minimize_steps:
             with torch.enable_grad():
                 x = minimize_restrained(self.ff, x, box, self.system.cg_topology, targets,
                                         restraint=0.5 * p.restraint, steps=p.minimize_steps).positions
         xt = torch.as_tensor(x, dtype=torch.float64)
-        xt, ok = self.constraints.positions(xt[None], xt[None])
+        xt, ok = constraints.positions(xt[None], xt[None])
         if not bool(ok.all()):  # a few badly stretched bonds: minimize first, then constrain
             with torch.enable_grad():
                 x = minimize_restrained(self.ff, x, box, self.system.cg_topology, targets,
                                         restraint=0.5 * p.restraint, steps=200).positions
             xt = torch.as_tensor(x, dtype=torch.float64)
-            xt, ok = self.constraints.positions(xt[None], xt[None])
+            xt, ok = constraints.positions(xt[None], xt[None])
         if not bool(ok.all()):
             raise BackmapError("vae_mc: the structure's rigid bonds could not be satisfied even after 200 "
                                "minimization steps (try minimize_steps)")
