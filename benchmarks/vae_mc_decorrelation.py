@@ -22,11 +22,15 @@ but the labelled torsion's equilibrium mean ⟨cos φ⟩ is 0 and only flips rea
     python benchmarks/vae_mc_decorrelation.py --model models/sps-vae --sweeps 200 --trials 1 --chains 8 \
         --openmm-ps 4 --chunk 10 --burn 3 --equilibrate-ps 2
 
-With ``--equilibrate-ps P`` both start from a draw of the target instead: each reference frame after
-P ps of openmm's restrained Langevin dynamics (the same target up to the rigid bonds' Fixman term).
-τ is a property of a chain at stationarity; from the reference frame itself vae_mc's series carry
-its slow relaxation towards the restrained target (docs/vae.md, "Stationarity"), and a drift
-inflates τ.
+With ``--equilibrate-ps P`` each starts from a draw of its own target instead. openmm: each
+reference frame after P ps of its restrained Langevin dynamics (every rigid bond a constraint).
+vae_mc: the same frame after P ps of openmm on vae_mc's target — the bonds its decoder builds held
+as constraints, the others (between beads, ring closures) springs of ``closure_stiffness`` (its
+``bond_model``), at a quarter of the time step — and the chain keeps those springs
+(``start_projection: held``). The two targets differ: with springs the LJ energy of a frame sits
+~170 kJ/mol lower (docs/vae.md, "The LJ gap"). The Fixman term that openmm leaves out moves it by
+< 3 kJ/mol. τ is a property of a chain at stationarity; a chain that is still relaxing towards its
+target carries a drift, which inflates τ.
 
 With ``--chains F``, vae_mc runs F chains (reference frames --frame … --frame + F − 1) in lockstep,
 as ``backmap refine --batch F`` does: one network call per plan step and colour for all F, and the
@@ -44,6 +48,7 @@ import torch
 from backmap.engine.loaders import load_mapping, load_topology, make_plugin
 from backmap.forcefield import ForceField
 from backmap.forcefield.settings import NonbondedSettings
+from backmap.refinement.bond_model import BondModel
 from backmap.refinement.restrained import RestrainedSystem
 from backmap.system.io import read_frames
 
@@ -198,10 +203,14 @@ def main() -> None:
     vae.prepare(system)
     starts = [(x, targets, box)] + [sps_frame(a.frame + k)[1:] for k in range(1, a.chains)]
     if a.equilibrate_ps > 0:
+        vae_starts = equilibrated(system, starts, a.equilibrate_ps, rng, bonds=vae.bond_model())
         starts = equilibrated(system, starts, a.equilibrate_ps, rng)
         x = starts[0][0]
-    result = vae.refine(np.stack([c[0] for c in starts]), np.stack([c[1] for c in starts]), np.concatenate([c[2] for c in starts]),
-               rng)
+        vae.params = vae.params.model_copy(update={"start_projection": "held"})
+    else:
+        vae_starts = starts
+    result = vae.refine(np.stack([c[0] for c in vae_starts]), np.stack([c[1] for c in vae_starts]),
+                        np.concatenate([c[2] for c in vae_starts]), rng)
     t = np.load("vae_mc_trace.npz")
     order = np.lexsort((t["frame"], t["sweep"]))  # sweep-major: (sweeps, chains)
     sweeps = len(order) // a.chains
@@ -231,7 +240,7 @@ def main() -> None:
         rows.append({"observable": what, "ratio_openmm_over_vae_mc_tau_cpu":
                      round(ro["tau_cpu_seconds"] / rv["tau_cpu_seconds"], 3),
                      "ratio_ar1_corrected": round(corrected[0] / corrected[1], 3)})
-    phi_start = np.stack([dihedrals(np.asarray(c[0], np.float64), rings) for c in starts])
+    phi_start = np.stack([dihedrals(np.asarray(c[0], np.float64), rings) for c in vae_starts])
     flips_v = ring_flips("vae_mc", phi_start, v_phi[-1].reshape(a.chains, -1), float(v_sec[-1]))
     flips_o = ring_flips("openmm", phi_start[:1], dihedrals(t["positions"][-1].astype(np.float64), rings)[None],
                          float(o_sec[-1]))
@@ -248,15 +257,57 @@ def main() -> None:
         print(json.dumps(r))
 
 
-def equilibrated(system: RestrainedSystem, starts: list, ps: float, rng: np.random.Generator) -> list:
+def equilibrated(system: RestrainedSystem, starts: list, ps: float, rng: np.random.Generator,
+                 bonds: BondModel | None = None) -> list:
     """Each (positions, CG targets, box) start after ``ps`` of openmm's restrained Langevin dynamics
-    at the shared settings: a draw of the restrained target."""
+    at the shared settings: a draw of openmm's restrained target, or with ``bonds`` (a refiner's
+    :class:`BondModel`) of that refiner's: its held bonds constrained, its sprung ones springs, at
+    a quarter of the time step (the Fixman term left out)."""
     omm = make_plugin("refiner", "openmm", {**COMMON, "steps": int(round(ps / 0.002)), "timestep": 0.002,
                                             "threads": 1, "warmup_steps": 0, "friction": 10.0})
     omm.prepare(system)
-    out = omm.refine(np.stack([s[0] for s in starts]), np.stack([s[1] for s in starts]),
-                     np.concatenate([s[2] for s in starts]), rng)
-    return [(y, t, b) for y, (_x, t, b) in zip(out.positions, starts)]
+    if bonds is None:
+        out = omm.refine(np.stack([s[0] for s in starts]), np.stack([s[1] for s in starts]),
+                         np.concatenate([s[2] for s in starts]), rng)
+        return [(y, t, b) for y, (_x, t, b) in zip(out.positions, starts)]
+    return [(_on_bond_model(omm, bonds, x, t, b.reshape(3, 3), ps, int(rng.integers(2**31))), t, b)
+            for x, t, b in starts]
+
+
+def _on_bond_model(omm, bonds: BondModel, x: np.ndarray, target: np.ndarray, box: np.ndarray, ps: float,
+                   seed: int) -> np.ndarray:
+    """``ps`` of restrained Langevin dynamics (0.5 fs) on the openmm refiner's system with the rigid
+    bonds of ``bonds``: held ones constrained, sprung ones harmonic (uses the refiner's internals:
+    a benchmark's set-up, not a sampler of the bond model's exact target)."""
+    import openmm as mm
+    import openmm.unit as u
+
+    omm._build(box)
+    system, restraint = omm._openmm_system(omm._top, None, omm.params.restraint, box)
+    held = {(int(min(i, j)), int(max(i, j))) for i, j in bonds.held}
+    for force in system.getForces():
+        if isinstance(force, mm.HarmonicBondForce):
+            for b in range(force.getNumBonds()):
+                i, j, length, _k = force.getBondParameters(b)
+                if (min(i, j), max(i, j)) in held:
+                    system.addConstraint(i, j, length)
+                    force.setBondParameters(b, i, j, length, 0.0)
+                else:
+                    force.setBondParameters(b, i, j, length, bonds.stiffness)
+    T = COMMON["temperature"]
+    integrator = mm.LangevinMiddleIntegrator(T * u.kelvin, 10.0 / u.picosecond, 0.0005 * u.picosecond)
+    integrator.setConstraintTolerance(1e-7)
+    integrator.setRandomNumberSeed(seed)
+    ctx = mm.Context(system, integrator, mm.Platform.getPlatformByName("CPU"), {"Threads": "1"})
+    ctx.setPeriodicBoxVectors(*(mm.Vec3(*row) * u.nanometer for row in box))
+    for k, r in enumerate(target):
+        restraint.setBondParameters(k, [k], [float(v) for v in r])
+    restraint.updateParametersInContext(ctx)
+    ctx.setPositions(x * u.nanometer)
+    ctx.applyConstraints(1e-7)
+    ctx.setVelocitiesToTemperature(T * u.kelvin, seed)
+    integrator.step(int(round(ps / 0.0005)))
+    return ctx.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
 
 
 def acceptance_by_type(log: list[dict]) -> dict[str, float]:
