@@ -270,32 +270,40 @@ def equilibrated(system: RestrainedSystem, starts: list, ps: float, rng: np.rand
         out = omm.refine(np.stack([s[0] for s in starts]), np.stack([s[1] for s in starts]),
                          np.concatenate([s[2] for s in starts]), rng)
         return [(y, t, b) for y, (_x, t, b) in zip(out.positions, starts)]
-    return [(_on_bond_model(omm, bonds, x, t, b.reshape(3, 3), ps, int(rng.integers(2**31))), t, b)
+    return [(restrained_run(omm, x, t, b.reshape(3, 3), ps, int(rng.integers(2**31)), bonds)[0], t, b)
             for x, t, b in starts]
 
 
-def _on_bond_model(omm, bonds: BondModel, x: np.ndarray, target: np.ndarray, box: np.ndarray, ps: float,
-                   seed: int) -> np.ndarray:
-    """``ps`` of restrained Langevin dynamics (0.5 fs) on the openmm refiner's system with the rigid
-    bonds of ``bonds``: held ones constrained, sprung ones harmonic (uses the refiner's internals:
-    a benchmark's set-up, not a sampler of the bond model's exact target)."""
+def restrained_run(omm, x: np.ndarray, target: np.ndarray, box: np.ndarray, ps: float, seed: int,
+                   bonds: BondModel | None = None, every: float | None = None, observe=None
+                   ) -> tuple[np.ndarray, list]:
+    """``ps`` of restrained Langevin dynamics at the shared settings on the openmm refiner's system
+    (``omm``, prepared): every rigid bond a constraint (2 fs), or with ``bonds`` (a refiner's
+    :class:`BondModel`) its held bonds constrained and its sprung ones harmonic (0.5 fs; the
+    Fixman term left out). Returns the last positions and ``observe(positions)`` every ``every``
+    ps. Uses the refiner's internals: a benchmark's set-up."""
     import openmm as mm
+    import openmm.app as app
     import openmm.unit as u
 
     omm._build(box)
-    system, restraint = omm._openmm_system(omm._top, None, omm.params.restraint, box)
-    held = {(int(min(i, j)), int(max(i, j))) for i, j in bonds.held}
-    for force in system.getForces():
-        if isinstance(force, mm.HarmonicBondForce):
-            for b in range(force.getNumBonds()):
-                i, j, length, _k = force.getBondParameters(b)
-                if (min(i, j), max(i, j)) in held:
-                    system.addConstraint(i, j, length)
-                    force.setBondParameters(b, i, j, length, 0.0)
-                else:
-                    force.setBondParameters(b, i, j, length, bonds.stiffness)
+    system, restraint = omm._openmm_system(omm._top, None if bonds is not None else app.AllBonds,
+                                           omm.params.restraint, box)
+    dt = 0.002
+    if bonds is not None:
+        dt = 0.0005
+        held = {(int(min(i, j)), int(max(i, j))) for i, j in bonds.held}
+        for force in system.getForces():
+            if isinstance(force, mm.HarmonicBondForce):
+                for b in range(force.getNumBonds()):
+                    i, j, length, _k = force.getBondParameters(b)
+                    if (min(i, j), max(i, j)) in held:
+                        system.addConstraint(i, j, length)
+                        force.setBondParameters(b, i, j, length, 0.0)
+                    else:
+                        force.setBondParameters(b, i, j, length, bonds.stiffness)
     T = COMMON["temperature"]
-    integrator = mm.LangevinMiddleIntegrator(T * u.kelvin, 10.0 / u.picosecond, 0.0005 * u.picosecond)
+    integrator = mm.LangevinMiddleIntegrator(T * u.kelvin, 10.0 / u.picosecond, dt * u.picosecond)
     integrator.setConstraintTolerance(1e-7)
     integrator.setRandomNumberSeed(seed)
     ctx = mm.Context(system, integrator, mm.Platform.getPlatformByName("CPU"), {"Threads": "1"})
@@ -306,8 +314,14 @@ def _on_bond_model(omm, bonds: BondModel, x: np.ndarray, target: np.ndarray, box
     ctx.setPositions(x * u.nanometer)
     ctx.applyConstraints(1e-7)
     ctx.setVelocitiesToTemperature(T * u.kelvin, seed)
-    integrator.step(int(round(ps / 0.0005)))
-    return ctx.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
+    positions = lambda: ctx.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)  # noqa: E731
+    seen = []
+    chunk = int(round((every or ps) / dt))
+    for _ in range(int(round(ps / dt)) // chunk):
+        integrator.step(chunk)
+        if observe is not None:
+            seen.append(observe(positions()))
+    return positions(), seen
 
 
 def acceptance_by_type(log: list[dict]) -> dict[str, float]:
