@@ -480,3 +480,58 @@ def test_schedule_continues_vae_mc_chains_after_its_first_call(vae_run, monkeypa
     (x, targets), box = _frame(vae_run, stage)
     schedule.refine(x[None], targets[None], np.asarray(box, float).reshape(1, 3, 3), np.random.default_rng(0))
     assert seen == ["all", "held"]
+
+
+def test_turn_moves_sample_the_turn_angle_by_quadrature(vae_run):
+    """A unit bonded to the rest by one bond turned rigidly about it (``turns``): with everything
+    else fixed, each unit's turn angle φ has the 1-D density ∝ π(x turned by φ), known by
+    quadrature on a grid. Pooled over the group's units the chain's probability-integral
+    transforms u = CDF(φ) must be uniform (each quartile's share within 5 standard errors of 0.25,
+    the errors from batch means);
+    the proposal is the uniform ±π turn, so the test sees the target's full circle."""
+    from backmap_vae.rotations import turn_axes, turn_move, turned
+
+    refiner = _refiner(vae_run)
+    (x, targets), box = _frame(vae_run, refiner)
+    vectors = np.asarray(box, np.float64).reshape(3, 3)
+    bonds = np.asarray(refiner.system.bonds[0]).reshape(-1, 2)
+    groups = [(g, a) for g in refiner.targets.frame_groups(targets, box, interacting=False)
+              if (a := turn_axes(g.atoms, bonds)) is not None]
+    assert groups, "hexane's chain-end beads hang on one bond"
+    group, axes = max(groups, key=lambda ga: len(ga[1]))
+    pos = torch.as_tensor(x, dtype=torch.float64)
+    cg = torch.as_tensor(targets, dtype=torch.float64)
+    start = refiner.targets.bind_unrotated(group, pos, cg, vectors)
+    local0 = start.local().double()
+    B, rows = len(axes), torch.arange(len(axes))
+    pivot = local0[rows, torch.as_tensor(axes[:, 0])]
+    outside = pos[torch.as_tensor(axes[:, 1])] - start.centre
+    axis = (pivot - outside) / (pivot - outside).norm(dim=-1, keepdim=True)
+    grid = torch.linspace(-np.pi, np.pi, 721, dtype=torch.float64)[:-1]
+    logp = torch.stack([start.log_target(turned(local0, pivot, axis, torch.full((B,), g))[:, None])[:, 0]
+                        for g in grid], 1)  # (B, G): the units do not interact, so each is its own 1-D target
+    cdf = torch.cumsum(torch.softmax(logp, 1), 1).numpy()
+    gen, phi, us, accepted = torch.Generator().manual_seed(0), torch.zeros(B, dtype=torch.float64), [], 0
+    for _ in range(600):
+        part = refiner.targets.bind_unrotated(group, pos, cg, vectors)
+        acc, new, invalid, angle = turn_move(part, axes, np.pi, gen)
+        assert not invalid.any()
+        pos[part.index[acc]] = part.to_lab(new)[acc]
+        phi = torch.where(acc, torch.remainder(phi + angle + np.pi, 2 * np.pi) - np.pi, phi)
+        k = np.clip(np.searchsorted(grid.numpy(), phi.numpy()), 1, len(grid) - 1)
+        us.append(cdf[np.arange(B), k - 1])
+        accepted += int(acc.sum())
+    quartile = np.minimum((np.stack(us) * 4).astype(int), 3)  # (steps, B)
+    share = np.stack([(quartile == q) for q in range(4)], -1).astype(float)  # (steps, B, 4)
+    batches = share.reshape(6, -1, B, 4).mean(1).reshape(-1, 4)  # batch means: 6 per unit
+    z = (share.mean((0, 1)) - 0.25) / (batches.std(0, ddof=1) / np.sqrt(len(batches)))
+    assert accepted > 100, accepted
+    assert np.abs(z).max() < 5, (share.mean((0, 1)), z)
+    # the turn kept every distance inside the units and the length of the bond it turns about
+    moved = part.index.numpy()
+    d = lambda p, i, j: (p[i] - p[j]).norm(dim=-1)  # noqa: E731
+    ref = torch.as_tensor(x, dtype=torch.float64)
+    for u_atoms, (slot, out) in zip(moved, axes):
+        i, j = torch.as_tensor(u_atoms[:, None]), torch.as_tensor(u_atoms[None, :])
+        assert torch.allclose(d(pos, i, j), d(ref, i, j), atol=1e-9)
+        assert abs(float(d(pos, u_atoms[slot], out) - d(ref, u_atoms[slot], out))) < 1e-9

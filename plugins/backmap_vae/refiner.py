@@ -40,6 +40,7 @@ from backmap.system.io import atomic_path
 from backmap.system.pbc import Unwrapper, box_dimensions
 from backmap.threads import torch_threads
 from backmap_vae.blocks import block_moves
+from backmap_vae.rotations import turn_axes, turn_move
 from backmap_vae.targets import StackedUnits, UnitTargets
 
 
@@ -67,6 +68,12 @@ class VAEMCParams(RefineParams):
                           "leaves them at the first move that redraws them with the right hand (docs/vae.md)")
     stereo_weight: float = Field(1.0e5, gt=0, description="kJ/mol per inverted neighbour triple (stereo_reference)")
     block_trials: int | None = Field(None, ge=1, description="proposals per block move (default: trials)")
+    turns: int = Field(0, ge=0, description="local moves per sweep of every unit bonded to the rest of its molecule by "
+                                            "one bond (sPS's phenyl rings): a rigid turn about that bond by an angle "
+                                            "uniform in ±turn_width, accepted with π(x')/π(x) — exact, and far more "
+                                            "acceptable than a whole-bead redraw in a packed melt (docs/vae.md, "
+                                            "'Ring turns'); 0: none")
+    turn_width: float = Field(0.5, gt=0, le=np.pi, description="largest turn angle (rad)")
     closure_stiffness: float = Field(1.0e6, gt=0, description="k_c (kJ/mol/nm²) of the stiff spring on rigid bonds "
                                                                "the decoder does not hold exactly (between units, "
                                                                "ring closures)")
@@ -225,8 +232,15 @@ class VAEMCRefiner(Refiner):
         pos = self._relaxed(x, targets, box)
         groups = self.targets.frame_groups(targets, box, interacting=p.decide == "sequential")
         moves = [move for block in self.blocks for move in block_moves(self.targets, block, groups, p.temperature)]
+        turns = []
+        if p.turns:  # units far enough apart to be decided at once; those with one bond to the rest
+            bonds = np.asarray(self.system.bonds[0], np.int64).reshape(-1, 2)
+            for group in self.targets.frame_groups(targets, box, interacting=False):
+                axes = turn_axes(group.atoms, bonds)
+                if axes is not None:
+                    turns.append((group, axes))
         return _Chain(frame, pos, targets, torch.as_tensor(targets, dtype=torch.float64), box,
-                      np.asarray(box, np.float64).reshape(3, 3), groups, moves, self.sampler.keep_frame())
+                      np.asarray(box, np.float64).reshape(3, 3), groups, moves, self.sampler.keep_frame(), turns)
 
     def _sweep(self, chains: list["_Chain"], sweep: int, gen: torch.Generator) -> None:
         """Move every unit of every chain once (one network call per plan step and colour for all
@@ -257,6 +271,13 @@ class VAEMCRefiner(Refiner):
                 if bool(move.accepted.any()):
                     chain.pos[block.block_atoms[move.accepted]] = move.x[move.accepted]
                 _count(tallies[f][block.label], move.accepted, move.invalid)
+            for _ in range(p.turns):
+                for group, axes in chain.turns:
+                    part = self.targets.bind_unrotated(group, chain.pos, chain.target_t, chain.vectors)
+                    acc, new, invalid, _angle = turn_move(part, axes, p.turn_width, gen)
+                    if bool(acc.any()):
+                        chain.pos[part.index[acc]] = part.to_lab(new)[acc]
+                    _count(tallies[f][f"{part.label} turn"], acc, invalid)
             if sweep + 1 in p.minimize_after:  # burn-in: a collective relaxation, then the chain goes on
                 chain.pos = self._relaxed(chain.pos.numpy(), chain.targets, chain.box)
             if p.trace is not None:
@@ -337,6 +358,7 @@ class _Chain:
     groups: list[UnitGroup]
     moves: list
     frame_state: object
+    turns: list = field(default_factory=list)  # (group, axes) of the units turned about their one bond
     counts: dict = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0]))
 
 

@@ -250,6 +250,15 @@ class UnitTargets:
         return BoundUnits(self, group, self.tables(group), env, env.rotation.double(), env.centre.double(),
                           positions, cg, vectors)
 
+    def bind_unrotated(self, group: UnitGroup, positions: torch.Tensor, cg: torch.Tensor, vectors: np.ndarray
+                       ) -> BoundUnits:
+        """A group's units with local frames that are only shifted (centre: each unit's bead, as the
+        environments take it, in float32; no rotation): for moves that need no network, whose
+        target — wall included — is then the one :meth:`bind` gives, without building environments."""
+        centre = cg[torch.as_tensor(group.bead)].to(torch.float32).double()
+        rotation = torch.eye(3, dtype=torch.float64).expand(len(centre), 3, 3)
+        return BoundUnits(self, group, self.tables(group), None, rotation, centre, positions, cg, vectors)
+
     def tables(self, group: UnitGroup) -> dict:
         """Touched beads (B, T) with their atoms and weights (B, T, A), rigid bonds (B, P, 2)
         touching each unit: the restraint and spring terms of the units' local energies."""
