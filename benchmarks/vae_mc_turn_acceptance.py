@@ -1,0 +1,73 @@
+"""Acceptance of vae_mc's local turns against the turn width, at stationarity on sPS.
+
+Each test frame is brought to a draw of vae_mc's own target (openmm with its bond model, as in
+``vae_mc_decorrelation.py --equilibrate-ps``); then every unit hanging on one bond (phenyl rings,
+the chain-start bead) is turned once per width, everything else where it is, and the mean
+Metropolis acceptance min(1, π(x')/π(x)) is printed per width and unit type (one JSON line each):
+
+    python benchmarks/vae_mc_turn_acceptance.py --model models/sps-vae --frames 2 --widths 5,10,20,45,180
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from backmap.engine.loaders import make_plugin
+from backmap_vae.rotations import turn_axes, turned
+from vae_mc_decorrelation import COMMON, equilibrated, sps_frames
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--first", type=int, default=1)
+    ap.add_argument("--frames", type=int, default=2)
+    ap.add_argument("--equilibrate-ps", type=float, default=2.0)
+    ap.add_argument("--widths", default="5,10,20,45,180", help="turn widths w (degrees): angles uniform in ±w")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    widths = [float(w) for w in a.widths.split(",")]
+    rng = np.random.default_rng(0)
+    gen = torch.Generator().manual_seed(0)
+    system, x, targets, boxes = sps_frames(a.first, a.frames)
+    vae = make_plugin("refiner", "vae_mc", {**COMMON, "model": a.model, "steps": 1, "start_projection": "held"})
+    vae.prepare(system)
+    starts = equilibrated(system, [(x[f], targets[f], boxes[f:f + 1]) for f in range(a.frames)], a.equilibrate_ps,
+                          rng, bonds=vae.bond_model())
+    bonds = np.asarray(system.bonds[0], np.int64).reshape(-1, 2)
+    seen: dict = defaultdict(list)
+    for y, target, box in starts:
+        pos = torch.as_tensor(y, dtype=torch.float64)
+        cg = torch.as_tensor(target, dtype=torch.float64)
+        vectors = np.asarray(box, np.float64).reshape(3, 3)
+        for group in vae.targets.frame_groups(target, vectors, interacting=False):
+            axes = turn_axes(group.atoms, bonds)
+            if axes is None:
+                continue
+            units = vae.targets.bind_unrotated(group, pos, cg, vectors)
+            local = units.local().double()
+            rows = torch.arange(len(axes))
+            pivot = local[rows, torch.as_tensor(axes[:, 0])]
+            axis = pivot - (pos[torch.as_tensor(axes[:, 1])] - units.centre)
+            axis = axis / axis.norm(dim=-1, keepdim=True)
+            real = torch.as_tensor(units.index.numpy() >= 0)[..., None]
+            now = units.log_target(local[:, None])[:, 0]
+            for w in widths:
+                angle = (2 * torch.rand(len(axes), generator=gen, dtype=torch.float64) - 1) * np.radians(w)
+                proposal = torch.where(real, turned(local, pivot, axis, angle), local)
+                ratio = units.log_target(proposal[:, None])[:, 0] - now
+                seen[(w, units.label)].append(torch.exp(ratio.clamp(max=0)).numpy())
+    for w in widths:
+        per_type = {label: round(float(np.concatenate(v).mean()), 3) for (ww, label), v in sorted(seen.items())
+                    if ww == w}
+        every = np.concatenate([np.concatenate(v) for (ww, _), v in seen.items() if ww == w])
+        print(json.dumps({"width_degrees": w, "acceptance": round(float(every.mean()), 3), "units": len(every),
+                          **per_type}))
+
+
+if __name__ == "__main__":
+    main()
