@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from backmap.engine.loaders import make_plugin
-from backmap_vae.rotations import turn_axes, turned
+from backmap_vae.rotations import turn_axes, turn_geometry, turned
 from vae_mc_decorrelation import COMMON, equilibrated, sps_frames
 
 
@@ -49,11 +49,7 @@ def main() -> None:
             if axes is None:
                 continue
             units = vae.targets.bind_unrotated(group, pos, cg, vectors)
-            local = units.local().double()
-            rows = torch.arange(len(axes))
-            pivot = local[rows, torch.as_tensor(axes[:, 0])]
-            axis = pivot - (pos[torch.as_tensor(axes[:, 1])] - units.centre)
-            axis = axis / axis.norm(dim=-1, keepdim=True)
+            local, pivot, axis = turn_geometry(units, axes)
             real = torch.as_tensor(units.index.numpy() >= 0)[..., None]
             now = units.log_target(local[:, None])[:, 0]
             for w in widths:

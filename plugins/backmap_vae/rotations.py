@@ -43,19 +43,24 @@ def turned(local: torch.Tensor, pivot: torch.Tensor, axis: torch.Tensor, angle: 
     return out + pivot[:, None]
 
 
+def turn_geometry(units: BoundUnits, axes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The units' placements (B, U, 3) in their local frames, the pivot atoms (B, 3) and the unit
+    vectors (B, 3) from each one's partner outside to it: what :func:`turned` turns about."""
+    local = units.local().double()
+    pivot = local[torch.arange(len(local)), torch.as_tensor(axes[:, 0])]
+    outside = units.positions[torch.as_tensor(axes[:, 1])].double()
+    outside = torch.einsum("bj,bkj->bk", outside - units.centre, units.rotation)  # lab → local frames
+    axis = pivot - outside
+    return local, pivot, axis / axis.norm(dim=-1, keepdim=True)
+
+
 def turn_move(units: BoundUnits, axes: np.ndarray, width: float, gen: torch.Generator
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One Metropolis turn of every unit of a group whose units neither see nor interact with
     each other (decided independently). Returns (accepted (B,), new placements (B, U, 3) local,
     invalid (B,): proposals whose ln π is NaN, rejected and counted; the angles proposed (B,))."""
-    local = units.local().double()
+    local, pivot, axis = turn_geometry(units, axes)
     B = len(local)
-    rows = torch.arange(B)
-    pivot = local[rows, torch.as_tensor(axes[:, 0])]
-    outside = units.positions[torch.as_tensor(axes[:, 1])].double()
-    outside = torch.einsum("bj,bkj->bk", outside - units.centre, units.rotation)  # lab → local frames
-    axis = pivot - outside
-    axis = axis / axis.norm(dim=-1, keepdim=True)
     angle = (2 * torch.rand(B, generator=gen, dtype=torch.float64) - 1) * width
     real = torch.as_tensor(units.index.numpy() >= 0)[..., None]
     proposal = torch.where(real, turned(local, pivot, axis, angle), local)
