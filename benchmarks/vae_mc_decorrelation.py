@@ -178,6 +178,8 @@ def main() -> None:
     ap.add_argument("--decide", default="sequential", choices=["sequential", "independent"])
     ap.add_argument("--turns", type=int, default=0, help="vae_mc's local turns per sweep of units hanging on one bond")
     ap.add_argument("--turn-width", type=float, default=0.5, help="largest turn (rad)")
+    ap.add_argument("--cranks", type=int, default=0, help="vae_mc's crankshaft moves per sweep of backbone clusters")
+    ap.add_argument("--crank-width", type=float, default=0.1, help="largest crank (rad)")
     ap.add_argument("--openmm-ps", type=float, default=20.0)
     ap.add_argument("--chunk", type=int, default=50, help="openmm steps (2 fs) between samples")
     ap.add_argument("--burn", type=int, default=5, help="samples left out at the start")
@@ -202,7 +204,8 @@ def main() -> None:
     # their lengths each time: a step outside the Markov chain); the trace records every sweep
     vae = make_plugin("refiner", "vae_mc", {**common, "model": a.model, "steps": a.sweeps, "trials": a.trials,
                                             "decide": a.decide, "trace": "vae_mc_trace.npz", "turns": a.turns,
-                                            "turn_width": a.turn_width})
+                                            "turn_width": a.turn_width, "cranks": a.cranks,
+                                            "crank_width": a.crank_width})
     vae.prepare(system)
     starts = [(x, targets, box)] + [sps_frame(a.frame + k)[1:] for k in range(1, a.chains)]
     if a.equilibrate_ps > 0:

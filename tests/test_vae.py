@@ -482,27 +482,16 @@ def test_schedule_continues_vae_mc_chains_after_its_first_call(vae_run, monkeypa
     assert seen == ["all", "held"]
 
 
-def test_turn_moves_sample_the_turn_angle_by_quadrature(vae_run):
-    """A unit bonded to the rest by one bond turned rigidly about it (``turns``): with everything
-    else fixed, each unit's turn angle φ has the 1-D density ∝ π(x turned by φ), known by
-    quadrature on a grid. Pooled over the group's units the chain's probability-integral
-    transforms u = CDF(φ) must be uniform (each quartile's share within 5 standard errors of 0.25,
-    the errors from batch means);
-    the proposal is the uniform ±π turn, so the test sees the target's full circle. At 1000 K seeds
-    0–9 give |z| ≤ 2.4; a kernel that accepts every turn fails at z = −69 (one that samples π^½
-    passes here: at this temperature the test cannot tell a factor 2 in T)."""
-    from backmap_vae.rotations import turn_axes, turn_geometry, turn_move, turned
+@torch.no_grad()  # as in the refiner
+def _rotation_samples_quadrature(refiner, x, targets, box, group, axes, seed: int = 0) -> np.ndarray:
+    """Rigid rotations of a group's units about ``axes`` (``turn_move``, uniform ±π proposals), all
+    else fixed: each unit's angle φ has the 1-D density ∝ π(x rotated by φ), known by quadrature on
+    720 angles. Pooled over the units the chain's probability-integral transforms u = CDF(φ) must
+    be uniform (each quartile's share within 5 standard errors of 0.25, errors from batch means);
+    every distance inside a unit and from it to its axis atoms must be kept (1e-9 nm)."""
+    from backmap_vae.rotations import turn_geometry, turn_move, turned
 
-    # hot (1000 K): more turns accepted, so the independence chain holds no state for long and the
-    # batch means measure its error (at 300 K a seed in ten put one quartile 6 errors off)
-    refiner = _refiner(vae_run, temperature=1000)
-    (x, targets), box = _frame(vae_run, refiner)
     vectors = np.asarray(box, np.float64).reshape(3, 3)
-    bonds = np.asarray(refiner.system.bonds[0]).reshape(-1, 2)
-    groups = [(g, a) for g in refiner.targets.frame_groups(targets, box, interacting=False)
-              if (a := turn_axes(g.atoms, bonds)) is not None]
-    assert groups, "hexane's chain-end beads hang on one bond"
-    group, axes = max(groups, key=lambda ga: len(ga[1]))
     pos = torch.as_tensor(x, dtype=torch.float64)
     cg = torch.as_tensor(targets, dtype=torch.float64)
     start = refiner.targets.bind_unrotated(group, pos, cg, vectors)
@@ -512,7 +501,7 @@ def test_turn_moves_sample_the_turn_angle_by_quadrature(vae_run):
     logp = torch.stack([start.log_target(turned(local0, pivot, axis, torch.full((B,), g))[:, None])[:, 0]
                         for g in grid], 1)  # (B, G): the units do not interact, so each is its own 1-D target
     cdf = torch.cumsum(torch.softmax(logp, 1), 1).numpy()
-    gen, phi, us, accepted = torch.Generator().manual_seed(0), torch.zeros(B, dtype=torch.float64), [], 0
+    gen, phi, us, accepted = torch.Generator().manual_seed(seed), torch.zeros(B, dtype=torch.float64), [], 0
     for _ in range(600):
         part = refiner.targets.bind_unrotated(group, pos, cg, vectors)
         acc, new, invalid, angle = turn_move(part, axes, np.pi, gen)
@@ -526,13 +515,66 @@ def test_turn_moves_sample_the_turn_angle_by_quadrature(vae_run):
     share = np.stack([(quartile == q) for q in range(4)], -1).astype(float)  # (steps, B, 4)
     batches = share.reshape(6, -1, B, 4).mean(1).reshape(-1, 4)  # batch means: 6 per unit
     z = (share.mean((0, 1)) - 0.25) / (batches.std(0, ddof=1) / np.sqrt(len(batches)))
-    assert accepted > 100, accepted  # seeds 0–5: 240–270 (this frame comes from the trained model)
+    assert accepted > 100, accepted
     assert np.abs(z).max() < 5, (share.mean((0, 1)), z)
-    # the turn kept every distance inside the units and the length of the bond it turns about
-    moved = part.index.numpy()
+    # the rotation kept every distance inside the units and to the atoms on their axes
     d = lambda p, i, j: (p[i] - p[j]).norm(dim=-1)  # noqa: E731
     ref = torch.as_tensor(x, dtype=torch.float64)
-    for u_atoms, (slot, out) in zip(moved, axes):
-        i, j = torch.as_tensor(u_atoms[:, None]), torch.as_tensor(u_atoms[None, :])
+    for row, ends in zip(part.index.numpy(), axes):
+        u_atoms = row[row >= 0]
+        i, j = torch.as_tensor(u_atoms[:, None]), torch.as_tensor(np.concatenate([u_atoms, ends])[None, :])
         assert torch.allclose(d(pos, i, j), d(ref, i, j), atol=1e-9)
-        assert abs(float(d(pos, u_atoms[slot], out) - d(ref, u_atoms[slot], out))) < 1e-9
+    return z
+
+
+def test_turn_moves_sample_the_turn_angle_by_quadrature(vae_run):
+    """A unit bonded to the rest by one bond turned rigidly about it (``turns``) samples its turn
+    angle's density (:func:`_rotation_samples_quadrature`). At 1000 K seeds 0–9 give |z| ≤ 2.4;
+    a kernel that accepts every turn fails at z = −69 (one that samples π^½ passes here: at this
+    temperature the test cannot tell a factor 2 in T)."""
+    from backmap_vae.rotations import turn_axes
+
+    # hot (1000 K): more turns accepted, so the independence chain holds no state for long and the
+    # batch means measure its error (at 300 K a seed in ten put one quartile 6 errors off)
+    refiner = _refiner(vae_run, temperature=1000)
+    (x, targets), box = _frame(vae_run, refiner)
+    bonds = np.asarray(refiner.system.bonds[0]).reshape(-1, 2)
+    groups = [(g, a) for g in refiner.targets.frame_groups(targets, box, interacting=False)
+              if (a := turn_axes(g.atoms, bonds)) is not None]
+    assert groups, "hexane's chain-end beads hang on one bond"
+    group, axes = max(groups, key=lambda ga: len(ga[1]))
+    _rotation_samples_quadrature(refiner, x, targets, box, group, axes)
+
+
+def test_crank_moves_sample_the_crank_angle_by_quadrature(vae_run):
+    """A unit held by two bonds (hexane's middle bead) rotated rigidly about the axis through the
+    two atoms outside it (``cranks``, a crankshaft) samples its angle's density, the wall kept at
+    each atom's own bead (:func:`_rotation_samples_quadrature`)."""
+    from backmap_vae.rotations import crank_groups
+
+    refiner = _refiner(vae_run, temperature=1000)
+    (x, targets), box = _frame(vae_run, refiner)
+    bonds = np.asarray(refiner.system.bonds[0]).reshape(-1, 2)
+    groups = refiner.targets.frame_groups(targets, box, interacting=True)
+    middle = [g for g in groups if refiner.targets.labels[g.moltype][g.meta["bead"]] == "B"]
+    cranks = crank_groups(refiner.targets, groups, bonds, [(middle[0].moltype, (middle[0].step,))])
+    crank = max(cranks, key=lambda c: len(c.axes))
+    assert len(crank.axes) >= 3 and (crank.axes[:, 0] != crank.axes[:, 1]).all()
+    _rotation_samples_quadrature(refiner, x, targets, box, crank.group, crank.axes)
+
+
+def test_crank_clusters_join_a_unit_and_the_units_hanging_on_it():
+    """A unit held by two or more bonds is cranked with the units hanging on it, where that cluster is
+    held by one bond (a turn about it) or two (a crankshaft); a lone hanger is the turns' business."""
+    from backmap.sampling.sampler import UnitGroup
+    from backmap_vae.rotations import crank_clusters, rotation_axis
+
+    # units s0 … s4 in a row, two atoms each, and s5 hanging on s2
+    atoms = [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9], [10, 11]]
+    bonds = np.array([[0, 1], [2, 3], [4, 5], [6, 7], [8, 9], [10, 11], [1, 2], [3, 4], [5, 6], [7, 8], [4, 10]])
+    groups = [UnitGroup("M", s, {"bead": s}, np.zeros(1, int), np.array([a]), np.array([s]), np.array([-1]), None)
+              for s, a in enumerate(atoms)]
+    assert crank_clusters(groups, bonds) == [("M", (1, 0)), ("M", (2, 5)), ("M", (3, 4))]
+    assert rotation_axis(np.array([4, 5, 10, 11]), bonds) == (3, 6)  # a crankshaft: the two atoms outside
+    assert rotation_axis(np.array([0, 1, 2, 3]), bonds) == (4, 3)  # one bond: (outside, inside)
+    assert rotation_axis(np.array([4, 5]), bonds) is None  # three bonds to the rest

@@ -40,7 +40,7 @@ from backmap.system.io import atomic_path
 from backmap.system.pbc import Unwrapper, box_dimensions
 from backmap.threads import torch_threads
 from backmap_vae.blocks import block_moves
-from backmap_vae.rotations import turn_axes, turn_move
+from backmap_vae.rotations import crank_clusters, crank_groups, turn_axes, turn_move
 from backmap_vae.targets import StackedUnits, UnitTargets
 
 
@@ -74,6 +74,13 @@ class VAEMCParams(RefineParams):
                                             "acceptable than a whole-bead redraw in a packed melt (docs/vae.md, "
                                             "'Ring turns'); 0: none")
     turn_width: float = Field(0.5, gt=0, le=np.pi, description="largest turn angle (rad)")
+    cranks: int = Field(0, ge=0, description="local moves per sweep of every unit bonded to the rest by two or more "
+                                             "bonds, together with the units hanging on it (sPS: a backbone bead and "
+                                             "its ring), where that cluster is held by two bonds (or one): a rigid "
+                                             "rotation about the axis through the two atoms outside (a crankshaft) "
+                                             "by an angle uniform in ±crank_width, accepted with π(x')/π(x) — exact; "
+                                             "for the beads no turn reaches (docs/vae.md, 'Cranks'); 0: none")
+    crank_width: float = Field(0.1, gt=0, le=np.pi, description="largest crank angle (rad)")
     closure_stiffness: float = Field(1.0e6, gt=0, description="k_c (kJ/mol/nm²) of the stiff spring on rigid bonds "
                                                                "the decoder does not hold exactly (between units, "
                                                                "ring closures)")
@@ -159,6 +166,7 @@ class VAEMCRefiner(Refiner):
         self.sweep_rows: list[dict] = []
         self._frames = 0  # frames refined so far (the sweep log's frame number)
         self.trace_rows: list[tuple] = []
+        self._clusters = None  # crank clusters (molecule type, plan steps), found once
         self._recording = 0.0  # CPU seconds spent in _record
 
     def bond_model(self) -> BondModel | None:
@@ -233,12 +241,17 @@ class VAEMCRefiner(Refiner):
         groups = self.targets.frame_groups(targets, box, interacting=p.decide == "sequential")
         moves = [move for block in self.blocks for move in block_moves(self.targets, block, groups, p.temperature)]
         turns = []
+        bonds = np.asarray(self.system.bonds[0], np.int64).reshape(-1, 2)
         if p.turns:  # units far enough apart to be decided at once; those with one bond to the rest
-            bonds = np.asarray(self.system.bonds[0], np.int64).reshape(-1, 2)
             for group in self.targets.frame_groups(targets, box, interacting=False):
                 axes = turn_axes(group.atoms, bonds)
                 if axes is not None:
-                    turns.append((group, axes))
+                    turns.append(_Rotations(group, axes, p.turn_width, p.turns, " turn"))
+        if p.cranks:  # clusters of a unit and the units hanging on it, held by one or two bonds
+            if self._clusters is None:
+                self._clusters = crank_clusters(groups, bonds)
+            turns += [_Rotations(c.group, c.axes, p.crank_width, p.cranks)
+                      for c in crank_groups(self.targets, groups, bonds, self._clusters)]
         return _Chain(frame, pos, targets, torch.as_tensor(targets, dtype=torch.float64), box,
                       np.asarray(box, np.float64).reshape(3, 3), groups, moves, self.sampler.keep_frame(), turns)
 
@@ -271,13 +284,15 @@ class VAEMCRefiner(Refiner):
                 if bool(move.accepted.any()):
                     chain.pos[block.block_atoms[move.accepted]] = move.x[move.accepted]
                 _count(tallies[f][block.label], move.accepted, move.invalid)
-            for _ in range(p.turns):
-                for group, axes in chain.turns:
-                    part = self.targets.bind_unrotated(group, chain.pos, chain.target_t, chain.vectors)
-                    acc, new, invalid, _angle = turn_move(part, axes, p.turn_width, gen)
+            for r in range(max(p.turns, p.cranks)):
+                for rot in chain.turns:
+                    if r >= rot.rounds:
+                        continue
+                    part = self.targets.bind_unrotated(rot.group, chain.pos, chain.target_t, chain.vectors)
+                    acc, new, invalid, _angle = turn_move(part, rot.axes, rot.width, gen)
                     if bool(acc.any()):
                         chain.pos[part.index[acc]] = part.to_lab(new)[acc]
-                    _count(tallies[f][f"{part.label} turn"], acc, invalid)
+                    _count(tallies[f][part.label + rot.suffix], acc, invalid)
             if sweep + 1 in p.minimize_after:  # burn-in: a collective relaxation, then the chain goes on
                 chain.pos = self._relaxed(chain.pos.numpy(), chain.targets, chain.box)
             if p.trace is not None:
@@ -358,8 +373,20 @@ class _Chain:
     groups: list[UnitGroup]
     moves: list
     frame_state: object
-    turns: list = field(default_factory=list)  # (group, axes) of the units turned about their one bond
+    turns: list["_Rotations"] = field(default_factory=list)  # units turned, clusters cranked
     counts: dict = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0]))
+
+
+@dataclass
+class _Rotations:
+    """A colour group of local rigid rotations (turns or cranks): the units (or clusters), the atom
+    pairs they rotate about, the largest angle, the rounds per sweep and the log label's suffix."""
+
+    group: UnitGroup
+    axes: np.ndarray
+    width: float
+    rounds: int
+    suffix: str = ""
 
 
 def _lockstep(groups: list[list[UnitGroup]]) -> list[list[tuple[int, UnitGroup]]]:

@@ -1,35 +1,62 @@
-"""Local Metropolis moves for ``vae_mc``: a unit bonded to the rest of its molecule by a single
-bond (sPS's phenyl beads) turned rigidly about that bond.
+"""Local Metropolis moves for ``vae_mc``: rigid rotations of a unit (or a cluster of units) about an
+axis through two atoms that stay where they are, so that every bond to the rest keeps its length.
 
-The angle is uniform in ±``width``, so the proposal is symmetric; a rigid turn of a subset of atoms
-keeps Lebesgue measure, every distance inside the unit (its held bonds) and the length of the axis
-bond, so the δ measure of vae_mc's target is kept too. The move is therefore exact with acceptance
-min(1, π(x')/π(x)), with π the same restrained target the VAE moves sample (springs, wall,
-restraint). Where a VAE move redraws a whole ring in a packed melt (accepted ~0.3 % of the time at
-stationarity on sPS), a turn of ±20° is accepted ~46 % of the time (docs/vae.md, "Ring turns").
+- **Turns**: a unit bonded to the rest of its molecule by one bond (sPS's phenyl beads) turned
+  about that bond.
+- **Cranks**: a unit together with the units hanging on it (sPS's backbone bead and its phenyl
+  ring) held by two bonds, rotated about the axis through the two atoms outside it (a crankshaft),
+  or by one bond, turned about it (sPS's chain ends).
+
+The angle is uniform in ±``width``, so the proposal is symmetric. A rigid rotation of a subset of
+atoms keeps Lebesgue measure and every distance inside the subset (its held bonds); the bonds to
+the rest end on the axis, so they keep their lengths too, and the δ measure of vae_mc's target is
+kept. The move is therefore exact with acceptance min(1, π(x')/π(x)), with π the same restrained
+target the VAE moves sample (springs, wall, restraint). Where a VAE move redraws a whole ring in a
+packed melt (accepted ~0.3 % of the time at stationarity on sPS), a turn of ±20° is accepted ~46 %
+of the time (docs/vae.md, "Ring turns").
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import networkx as nx
 import numpy as np
 import torch
 
+from backmap.sampling.sampler import UnitGroup
+from backmap_vae.blocks import bead_distances, merge_groups
 from backmap_vae.targets import BoundUnits
 
 
+def crossing_bonds(atoms: np.ndarray, bonds: np.ndarray) -> np.ndarray:
+    """(K, 2) the bonds from ``atoms`` to the rest of the molecule, each as (inside, outside)."""
+    inside = np.isin(bonds, atoms)
+    cross = bonds[inside.sum(1) == 1]
+    flip = ~np.isin(cross[:, 0], atoms)
+    return np.where(flip[:, None], cross[:, ::-1], cross)
+
+
+def rotation_axis(atoms: np.ndarray, bonds: np.ndarray) -> tuple[int, int] | None:
+    """The two atoms (global indices) the rigid rotation of ``atoms`` turns about: with one bond to
+    the rest (outside, inside), with two to different outside atoms those two (a crankshaft);
+    None otherwise (no rotation keeps every bond to the rest)."""
+    cross = crossing_bonds(atoms, bonds)
+    if len(cross) == 1:
+        return int(cross[0, 1]), int(cross[0, 0])
+    if len(cross) == 2 and cross[0, 1] != cross[1, 1]:
+        return int(cross[0, 1]), int(cross[1, 1])
+    return None
+
+
 def turn_axes(index: np.ndarray, bonds: np.ndarray) -> np.ndarray | None:
-    """(B, 2) per unit (atom index rows (B, U), −1 padding): the slot of the unit atom bonded to
-    the rest of the molecule and the global index of its partner outside; None unless every unit
-    of the group has exactly one bond to the outside (only then is a turn about it rigid)."""
+    """(B, 2) per unit (atom index rows (B, U), −1 padding) of a group whose units each hang on one
+    bond: the global atoms of that bond (outside, inside); None unless every unit does."""
     axes = np.zeros((len(index), 2), np.int64)
     for u, row in enumerate(index):
-        mine = row[row >= 0]
-        inside = np.isin(bonds, mine)
-        cross = bonds[inside.sum(1) == 1]
+        cross = crossing_bonds(row[row >= 0], bonds)
         if len(cross) != 1:
             return None
-        a, b = cross[0]
-        pivot, outside = (a, b) if a in mine else (b, a)
-        axes[u] = (int(np.flatnonzero(row == pivot)[0]), int(outside))
+        axes[u] = cross[0, 1], cross[0, 0]
     return axes
 
 
@@ -44,21 +71,21 @@ def turned(local: torch.Tensor, pivot: torch.Tensor, axis: torch.Tensor, angle: 
 
 
 def turn_geometry(units: BoundUnits, axes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The units' placements (B, U, 3) in their local frames, the pivot atoms (B, 3) and the unit
-    vectors (B, 3) from each one's partner outside to it: what :func:`turned` turns about."""
+    """The units' placements (B, U, 3) in their local frames, the first axis atoms (B, 3) and the
+    unit vectors (B, 3) from them to the second ones: what :func:`turned` turns about."""
     local = units.local().double()
-    pivot = local[torch.arange(len(local)), torch.as_tensor(axes[:, 0])]
-    outside = units.positions[torch.as_tensor(axes[:, 1])].double()
-    outside = torch.einsum("bj,bkj->bk", outside - units.centre, units.rotation)  # lab → local frames
-    axis = pivot - outside
-    return local, pivot, axis / axis.norm(dim=-1, keepdim=True)
+    ends = units.positions[torch.as_tensor(axes)].double()  # (B, 2, 3)
+    ends = torch.einsum("bej,bkj->bek", ends - units.centre[:, None], units.rotation)  # lab → local frames
+    axis = ends[:, 1] - ends[:, 0]
+    return local, ends[:, 0], axis / axis.norm(dim=-1, keepdim=True)
 
 
 def turn_move(units: BoundUnits, axes: np.ndarray, width: float, gen: torch.Generator
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One Metropolis turn of every unit of a group whose units neither see nor interact with
-    each other (decided independently). Returns (accepted (B,), new placements (B, U, 3) local,
-    invalid (B,): proposals whose ln π is NaN, rejected and counted; the angles proposed (B,))."""
+    """One Metropolis rotation of every unit of a group whose units neither see nor interact with
+    each other (decided independently), about the axes through the atom pairs ``axes`` (B, 2).
+    Returns (accepted (B,), new placements (B, U, 3) local, invalid (B,): proposals whose ln π is
+    NaN, rejected and counted; the angles proposed (B,))."""
     local, pivot, axis = turn_geometry(units, axes)
     B = len(local)
     angle = (2 * torch.rand(B, generator=gen, dtype=torch.float64) - 1) * width
@@ -70,3 +97,64 @@ def turn_move(units: BoundUnits, axes: np.ndarray, width: float, gen: torch.Gene
     u = torch.rand(B, generator=gen, dtype=torch.float64)
     accepted = ~invalid & (torch.log(u) < ratio)
     return accepted, proposal, invalid, angle
+
+
+@dataclass
+class CrankGroup:
+    """Clusters of one kind (the same plan steps of one molecule type), one per molecule of a
+    colour: far enough apart to be moved and decided at once. ``group`` holds each cluster's atoms
+    as one unit row (the wall of each atom at its own bead: ``meta['wall_beads']``), ``axes`` the
+    atoms each turns about."""
+
+    group: UnitGroup
+    axes: np.ndarray
+
+
+def crank_clusters(groups: list[UnitGroup], bonds: np.ndarray) -> list[tuple[str, tuple[int, ...]]]:
+    """The clusters a crank moves, as (molecule type, plan steps): each unit bonded to the rest by
+    two or more bonds together with the units hanging on it by one, where the cluster is held by one
+    or two bonds (a rotation keeps them); from each type's first molecule."""
+    out = []
+    for moltype in dict.fromkeys(g.moltype for g in groups):
+        first = min(int(m) for g in groups if g.moltype == moltype for m in g.molecules)
+        atoms = {g.step: row[row >= 0] for g in groups if g.moltype == moltype
+                 for m, row in zip(g.molecules, g.atoms) if m == first}
+        owner = {int(a): s for s, at in atoms.items() for a in at}
+        cross = {s: crossing_bonds(at, bonds) for s, at in atoms.items()}
+        hangers = {s: owner.get(int(c[0, 1])) for s, c in cross.items() if len(c) == 1}
+        for s in sorted(atoms):
+            if len(cross[s]) < 2:
+                continue
+            steps = (s, *sorted(h for h, parent in hangers.items() if parent == s))
+            if rotation_axis(np.concatenate([atoms[t] for t in steps]), bonds) is not None:
+                out.append((moltype, steps))
+    return out
+
+
+def crank_groups(targets, groups: list[UnitGroup], bonds: np.ndarray,
+                 clusters: list[tuple[str, tuple[int, ...]]]) -> list[CrankGroup]:
+    """The crank moves of a frame: each cluster kind's clusters in every molecule, coloured so that
+    no bead of one lies within :meth:`UnitTargets.separation` (interactions included) of a bead of
+    another in its group."""
+    out = []
+    for moltype, steps in clusters:
+        parts = [merge_groups(groups, moltype, s) for s in steps]
+        atoms = np.concatenate([p.atoms for p in parts], 1)  # (B, A), −1 padding
+        walls = np.concatenate([np.repeat(p.bead[:, None], p.atoms.shape[1], 1) for p in parts], 1)
+        beads = np.stack([p.bead for p in parts], 1)
+        near = bead_distances(targets, beads) < targets.separation(interacting=False)
+        graph = nx.Graph()
+        graph.add_nodes_from(range(len(beads)))
+        graph.add_edges_from(zip(*np.nonzero(np.triu(near, 1))))
+        colour = nx.greedy_color(graph, strategy="largest_first")
+        names = targets.labels[moltype]
+        label = f"{moltype}:{'+'.join(names[p.meta['bead']] for p in parts)} crank"
+        for c in sorted(set(colour.values())):
+            rows = np.array(sorted(k for k, v in colour.items() if v == c))
+            axes = np.array([rotation_axis(a[a >= 0], bonds) for a in atoms[rows]], np.int64)
+            first = parts[0]
+            flat = UnitGroup(moltype, -1000 - steps[0], {**first.meta, "label": label, "wall_beads": walls[rows]},
+                             first.molecules[rows], atoms[rows], first.bead[rows], first.predecessor[rows],
+                             None if first.frame is None else first.frame[rows])
+            out.append(CrankGroup(flat, axes))
+    return out

@@ -40,6 +40,7 @@ class BoundUnits:
     positions: torch.Tensor
     cg: torch.Tensor
     vectors: np.ndarray
+    anchor: torch.Tensor | None = None  # (B, U, 3) local: each atom's wall centre when not the unit's own
     _near: np.ndarray | None = None
 
     @property
@@ -108,7 +109,8 @@ class BoundUnits:
 
     def outside(self, local: torch.Tensor) -> torch.Tensor:
         """How far (nm, ≥ 0) the farthest atom of each placement lies beyond the wall ``extent``."""
-        return (local.double().norm(dim=-1) - self.targets.extent).clamp(min=0).amax(-1)
+        r = local.double() if self.anchor is None else local.double() - self.anchor.unsqueeze(-3)
+        return (r.norm(dim=-1) - self.targets.extent).clamp(min=0).amax(-1)
 
     def log_target(self, local: torch.Tensor) -> torch.Tensor:
         """ln π (B, n) up to a constant, with the hard wall (−inf beyond ``extent``)."""
@@ -254,10 +256,15 @@ class UnitTargets:
                        ) -> BoundUnits:
         """A group's units with local frames that are only shifted (centre: each unit's bead, as the
         environments take it, in float32; no rotation): for moves that need no network, whose
-        target — wall included — is then the one :meth:`bind` gives, without building environments."""
+        target — wall included — is then the one :meth:`bind` gives, without building environments.
+        A group whose rows join several units (cranks) names each atom's bead in
+        ``meta['wall_beads']`` (B, U): its wall stays around that bead."""
         centre = cg[torch.as_tensor(group.bead)].to(torch.float32).double()
         rotation = torch.eye(3, dtype=torch.float64).expand(len(centre), 3, 3)
-        return BoundUnits(self, group, self.tables(group), None, rotation, centre, positions, cg, vectors)
+        anchor = None
+        if "wall_beads" in group.meta:
+            anchor = cg[torch.as_tensor(group.meta["wall_beads"])].to(torch.float32).double() - centre[:, None]
+        return BoundUnits(self, group, self.tables(group), None, rotation, centre, positions, cg, vectors, anchor)
 
     def tables(self, group: UnitGroup) -> dict:
         """Touched beads (B, T) with their atoms and weights (B, T, A), rigid bonds (B, P, 2)
@@ -291,10 +298,11 @@ class UnitTargets:
             rows, signs = self.chirality.touching(self.system.topology, group.atoms)
         else:
             rows, signs = np.zeros((len(group.atoms), 0, 4), np.int64), np.zeros((len(group.atoms), 0), np.int8)
+        label = group.meta.get("label", f"{group.moltype}:{self.labels[group.moltype][group.meta['bead']]}")
         st = self._cache[key] = {"chiral": torch.as_tensor(rows), "chiral_sign": torch.as_tensor(signs),
             "bead": torch.as_tensor(bead_idx), "bead_atoms": torch.as_tensor(atoms),
             "bead_weights": torch.as_tensor(weights), "bond": torch.as_tensor(bond_idx),
-            "index": torch.as_tensor(group.atoms), "label": f"{group.moltype}:{self.labels[group.moltype][group.meta['bead']]}"}
+            "index": torch.as_tensor(group.atoms), "label": label}
         return st
 
     def _check_apart(self, group: UnitGroup, touched: list[list[int]]) -> None:
