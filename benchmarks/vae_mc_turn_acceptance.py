@@ -1,11 +1,12 @@
-"""Acceptance of vae_mc's local turns against the turn width, at stationarity on sPS.
+"""Acceptance of vae_mc's local turns and cranks against their width, at stationarity on sPS.
 
 Each test frame is brought to a draw of vae_mc's own target (openmm with its bond model, as in
 ``vae_mc_decorrelation.py --equilibrate-ps``); then every unit hanging on one bond (phenyl rings,
-the chain-start bead) is turned once per width, everything else where it is, and the mean
-Metropolis acceptance min(1, π(x')/π(x)) is printed per width and unit type (one JSON line each):
+the chain-start bead) is turned, and every crank cluster (a backbone bead with its ring) rotated,
+once per width, everything else where it is, and the mean Metropolis acceptance
+min(1, π(x')/π(x)) is printed per width and unit type (one JSON line each):
 
-    python benchmarks/vae_mc_turn_acceptance.py --model models/sps-vae --frames 2 --widths 5,10,20,45,180
+    python benchmarks/vae_mc_turn_acceptance.py --model models/sps-vae --frames 2 --widths 2,5,10,20,45,180
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from backmap.engine.loaders import make_plugin
-from backmap_vae.rotations import turn_axes, turn_geometry, turned
+from backmap_vae.rotations import crank_clusters, crank_groups, turn_axes, turn_geometry, turned
 from vae_mc_decorrelation import COMMON, equilibrated, sps_frames
 
 
@@ -44,10 +45,11 @@ def main() -> None:
         pos = torch.as_tensor(y, dtype=torch.float64)
         cg = torch.as_tensor(target, dtype=torch.float64)
         vectors = np.asarray(box, np.float64).reshape(3, 3)
-        for group in vae.targets.frame_groups(target, vectors, interacting=False):
-            axes = turn_axes(group.atoms, bonds)
-            if axes is None:
-                continue
+        moved = [(g, a) for g in vae.targets.frame_groups(target, vectors, interacting=False)
+                 if (a := turn_axes(g.atoms, bonds)) is not None]
+        groups = vae.targets.frame_groups(target, vectors, interacting=True)
+        moved += [(c.group, c.axes) for c in crank_groups(vae.targets, groups, bonds, crank_clusters(groups, bonds))]
+        for group, axes in moved:
             units = vae.targets.bind_unrotated(group, pos, cg, vectors)
             local, pivot, axis = turn_geometry(units, axes)
             real = torch.as_tensor(units.index.numpy() >= 0)[..., None]
@@ -60,9 +62,12 @@ def main() -> None:
     for w in widths:
         per_type = {label: round(float(np.concatenate(v).mean()), 3) for (ww, label), v in sorted(seen.items())
                     if ww == w}
-        every = np.concatenate([np.concatenate(v) for (ww, _), v in seen.items() if ww == w])
-        print(json.dumps({"width_degrees": w, "acceptance": round(float(every.mean()), 3), "units": len(every),
-                          **per_type}))
+        kinds = {}
+        for kind, is_crank in (("turns", False), ("cranks", True)):
+            every = np.concatenate([np.concatenate(v) for (ww, label), v in seen.items()
+                                    if ww == w and label.endswith("crank") == is_crank])
+            kinds[kind] = {"acceptance": round(float(every.mean()), 3), "units": len(every)}
+        print(json.dumps({"width_degrees": w, **kinds, **per_type}))
 
 
 if __name__ == "__main__":

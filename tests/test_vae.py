@@ -151,6 +151,25 @@ def test_refiner_moves_units_and_logs_acceptance(vae_run, tmp_path):
     assert lines[0] == "frame,sweep,unit,accepted,proposed,invalid" and len(lines) == 1 + 2 * 3
 
 
+def test_vae_every_leaves_the_network_moves_to_every_nth_sweep(vae_run, tmp_path):
+    """``vae_every: 2``: the whole-bead VAE moves in sweeps 0 and 2 only, the turns in every sweep;
+    without local moves the option is refused (the other sweeps would move nothing)."""
+    import csv
+
+    from pydantic import ValidationError
+
+    log = tmp_path / "sweeps.csv"
+    refiner = _refiner(vae_run, steps=4, sweep_log=log, blocks=[], turns=1, vae_every=2)
+    (x, targets), box = _frame(vae_run, refiner)
+    refiner.refine(x[None], targets[None], np.asarray(box).reshape(1, 3, 3), np.random.default_rng(0))
+    sweeps: dict[str, set[int]] = {}
+    for row in csv.DictReader(log.open()):
+        sweeps.setdefault("turn" if row["unit"].endswith(" turn") else "vae", set()).add(int(row["sweep"]))
+    assert sweeps == {"vae": {0, 2}, "turn": {0, 1, 2, 3}}
+    with pytest.raises(ValidationError, match="vae_every"):
+        VAEMCRefiner({"model": vae_run / "vae" / "model", "vae_every": 2})
+
+
 def test_refiner_refuses_what_it_cannot_sample_exactly(vae_run, tmp_path):
     from backmap import BackmapError
 

@@ -81,6 +81,8 @@ class VAEMCParams(RefineParams):
                                              "by an angle uniform in ±crank_width, accepted with π(x')/π(x) — exact; "
                                              "for the beads no turn reaches (docs/vae.md, 'Cranks'); 0: none")
     crank_width: float = Field(0.1, gt=0, le=np.pi, description="largest crank angle (rad)")
+    vae_every: int = Field(1, ge=1, description="make the VAE moves (and block moves) in every n-th sweep only, the "
+                                                "local turns and cranks in every sweep (they cost no network call)")
     closure_stiffness: float = Field(1.0e6, gt=0, description="k_c (kJ/mol/nm²) of the stiff spring on rigid bonds "
                                                                "the decoder does not hold exactly (between units, "
                                                                "ring closures)")
@@ -115,6 +117,8 @@ class VAEMCParams(RefineParams):
         if late:
             raise ValueError(f"minimize_after: {late} must lie in 1 … steps − 1 = {self.steps - 1} (the chain ends "
                              "with sweeps after the last minimization: a minimized structure is not a sample)")
+        if self.vae_every > 1 and not (self.turns or self.cranks):
+            raise ValueError("vae_every > 1 needs turns or cranks: the other sweeps would move nothing")
         if self.minimize_after and not self.minimize_steps:
             raise ValueError("minimize_after needs minimize_steps > 0")
         return self
@@ -260,7 +264,8 @@ class VAEMCRefiner(Refiner):
         chains), then the block moves, the burn-in minimization and the trace."""
         p = self.params
         tallies = [defaultdict(lambda: [0, 0, 0]) for _ in chains]  # per chain: accepted, proposed, invalid
-        for batch in _lockstep([c.groups for c in chains]):
+        network = sweep % p.vae_every == 0  # the VAE (and block) moves of this sweep; turns and cranks every sweep
+        for batch in _lockstep([c.groups for c in chains]) if network else []:
             parts = []
             for f, group in batch:
                 self.sampler.use_frame(chains[f].frame_state)
@@ -279,7 +284,7 @@ class VAEMCRefiner(Refiner):
                 _count(tallies[f][part.label], acc, move.invalid[r])
         for f, chain in enumerate(chains):
             self.sampler.use_frame(chain.frame_state)
-            for block in chain.moves:
+            for block in chain.moves if network else []:
                 move = block.move(chain.pos, chain.target_t, chain.vectors, gen, p.block_trials or p.trials)
                 if bool(move.accepted.any()):
                     chain.pos[block.block_atoms[move.accepted]] = move.x[move.accepted]
