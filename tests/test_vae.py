@@ -502,7 +502,8 @@ def test_schedule_continues_vae_mc_chains_after_its_first_call(vae_run, monkeypa
 
 
 @torch.no_grad()  # as in the refiner
-def _rotation_samples_quadrature(refiner, x, targets, box, group, axes, seed: int = 0) -> np.ndarray:
+def _rotation_samples_quadrature(refiner, x, targets, box, group, axes, seed: int = 0, candidates: int = 1
+                                 ) -> np.ndarray:
     """Rigid rotations of a group's units about ``axes`` (``turn_move``, uniform ±π proposals), all
     else fixed: each unit's angle φ has the 1-D density ∝ π(x rotated by φ), known by quadrature on
     720 angles. Pooled over the units the chain's probability-integral transforms u = CDF(φ) must
@@ -523,7 +524,7 @@ def _rotation_samples_quadrature(refiner, x, targets, box, group, axes, seed: in
     gen, phi, us, accepted = torch.Generator().manual_seed(seed), torch.zeros(B, dtype=torch.float64), [], 0
     for _ in range(600):
         part = refiner.targets.bind_unrotated(group, pos, cg, vectors)
-        acc, new, invalid, angle = turn_move(part, axes, np.pi, gen)
+        acc, new, invalid, angle = turn_move(part, axes, np.pi, gen, candidates)
         assert not invalid.any()
         pos[part.index[acc]] = part.to_lab(new)[acc]
         phi = torch.where(acc, torch.remainder(phi + angle + np.pi, 2 * np.pi) - np.pi, phi)
@@ -568,7 +569,9 @@ def test_turn_moves_sample_the_turn_angle_by_quadrature(vae_run):
 def test_crank_moves_sample_the_crank_angle_by_quadrature(vae_run):
     """A unit held by two bonds (hexane's middle bead) rotated rigidly about the axis through the
     two atoms outside it (``cranks``, a crankshaft) samples its angle's density, the wall kept at
-    each atom's own bead (:func:`_rotation_samples_quadrature`)."""
+    each atom's own bead (:func:`_rotation_samples_quadrature`), with the heat-bath choice among 8
+    angles (``rotation_candidates``). Seeds 0–5 give |z| ≤ 2.7; a choice that ignores π (uniform
+    among the candidates) fails at z = −86, one that accepts every Metropolis crank at −90."""
     from backmap_vae.rotations import crank_groups
 
     refiner = _refiner(vae_run, temperature=1000)
@@ -579,7 +582,7 @@ def test_crank_moves_sample_the_crank_angle_by_quadrature(vae_run):
     cranks = crank_groups(refiner.targets, groups, bonds, [(middle[0].moltype, (middle[0].step,))])
     crank = max(cranks, key=lambda c: len(c.axes))
     assert len(crank.axes) >= 3 and (crank.axes[:, 0] != crank.axes[:, 1]).all()
-    _rotation_samples_quadrature(refiner, x, targets, box, crank.group, crank.axes)
+    _rotation_samples_quadrature(refiner, x, targets, box, crank.group, crank.axes, candidates=8)
 
 
 def test_crank_clusters_join_a_unit_and_the_units_hanging_on_it():

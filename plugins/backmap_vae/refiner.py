@@ -81,6 +81,10 @@ class VAEMCParams(RefineParams):
                                              "by an angle uniform in ±crank_width, accepted with π(x')/π(x) — exact; "
                                              "for the beads no turn reaches (docs/vae.md, 'Cranks'); 0: none")
     crank_width: float = Field(0.1, gt=0, le=np.pi, description="largest crank angle (rad)")
+    rotation_candidates: int = Field(1, ge=1, description="angles scored per turn or crank: 1, Metropolis with one "
+                                                          "angle uniform in ±width; n > 1, a heat-bath choice among n "
+                                                          "angles a random spacing apart, the current one among them "
+                                                          "(exact; n placements cost little more than one)")
     vae_every: int = Field(1, ge=1, description="make the VAE moves (and block moves) in every n-th sweep only, the "
                                                 "local turns and cranks in every sweep (they cost no network call)")
     closure_stiffness: float = Field(1.0e6, gt=0, description="k_c (kJ/mol/nm²) of the stiff spring on rigid bonds "
@@ -294,7 +298,7 @@ class VAEMCRefiner(Refiner):
                     if r >= rot.rounds:
                         continue
                     part = self.targets.bind_unrotated(rot.group, chain.pos, chain.target_t, chain.vectors)
-                    acc, new, invalid, _angle = turn_move(part, rot.axes, rot.width, gen)
+                    acc, new, invalid, _angle = turn_move(part, rot.axes, rot.width, gen, p.rotation_candidates)
                     if bool(acc.any()):
                         chain.pos[part.index[acc]] = part.to_lab(new)[acc]
                     _count(tallies[f][part.label + rot.suffix], acc, invalid)

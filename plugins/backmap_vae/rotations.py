@@ -80,23 +80,41 @@ def turn_geometry(units: BoundUnits, axes: np.ndarray) -> tuple[torch.Tensor, to
     return local, ends[:, 0], axis / axis.norm(dim=-1, keepdim=True)
 
 
-def turn_move(units: BoundUnits, axes: np.ndarray, width: float, gen: torch.Generator
+def turn_move(units: BoundUnits, axes: np.ndarray, width: float, gen: torch.Generator, candidates: int = 1
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One Metropolis rotation of every unit of a group whose units neither see nor interact with
-    each other (decided independently), about the axes through the atom pairs ``axes`` (B, 2).
-    Returns (accepted (B,), new placements (B, U, 3) local, invalid (B,): proposals whose ln π is
-    NaN, rejected and counted; the angles proposed (B,))."""
+    """One rotation move of every unit of a group whose units neither see nor interact with each
+    other (decided independently), about the axes through the atom pairs ``axes`` (B, 2).
+
+    ``candidates`` = 1: Metropolis, the angle uniform in ±``width``. n > 1: a heat-bath choice among
+    n angles (j − K)·h, j = 0 … n − 1, with K uniform in 0 … n − 1 (the current state is one of
+    them) and the spacing h uniform in (0, 2·width/(n − 1)]: the same set of states arises from each
+    of its members with the same probability, so choosing one ∝ π is exact; the n placements are
+    scored in one call (the cost per call is mostly fixed). Returns (accepted (B,): moved, new
+    placements (B, U, 3) local, invalid (B,): proposals whose ln π is NaN, rejected and counted;
+    the angles (B,))."""
     local, pivot, axis = turn_geometry(units, axes)
     B = len(local)
-    angle = (2 * torch.rand(B, generator=gen, dtype=torch.float64) - 1) * width
     real = torch.as_tensor(units.index.numpy() >= 0)[..., None]
-    proposal = torch.where(real, turned(local, pivot, axis, angle), local)
-    logp = units.log_target(torch.stack([local, proposal], 1))  # (B, 2)
-    ratio = logp[:, 1] - logp[:, 0]
-    invalid = torch.isnan(ratio)
-    u = torch.rand(B, generator=gen, dtype=torch.float64)
-    accepted = ~invalid & (torch.log(u) < ratio)
-    return accepted, proposal, invalid, angle
+    if candidates == 1:
+        angles = torch.stack([torch.zeros(B, dtype=torch.float64),
+                              (2 * torch.rand(B, generator=gen, dtype=torch.float64) - 1) * width], 1)
+    else:
+        h = (1 - torch.rand(B, generator=gen, dtype=torch.float64)) * 2 * width / (candidates - 1)
+        k = torch.randint(candidates, (B,), generator=gen)
+        angles = (torch.arange(candidates)[None] - k[:, None]).double() * h[:, None]  # (B, n): 0 at slot k
+    placements = torch.stack([torch.where(real, turned(local, pivot, axis, a), local) for a in angles.T], 1)
+    logp = units.log_target(placements)  # (B, n)
+    invalid = torch.isnan(logp).any(1)
+    if candidates == 1:
+        ratio = logp[:, 1] - logp[:, 0]
+        u = torch.rand(B, generator=gen, dtype=torch.float64)
+        chosen = torch.where(~invalid & (torch.log(u) < ratio), 1, 0)
+    else:  # a NaN candidate rejects the move (counted); the current state is never NaN
+        weights = torch.softmax(torch.nan_to_num(logp, nan=-torch.inf), 1)
+        chosen = torch.where(invalid, k, torch.multinomial(weights, 1, generator=gen)[:, 0])
+    rows = torch.arange(B)
+    angle = angles[rows, chosen]
+    return angle != 0, placements[rows, chosen], invalid, angle
 
 
 @dataclass
