@@ -67,18 +67,24 @@ def bead_distances(targets, beads: np.ndarray) -> np.ndarray:
     return np.linalg.norm(d, axis=-1).min((-1, -2))
 
 
+def colour_apart(targets, beads: np.ndarray, separation: float) -> list[np.ndarray]:
+    """Rows of ``beads`` (B, S: global bead indices of B clusters) split into groups in which no
+    bead of one cluster lies within ``separation`` of a bead of another (greedy colouring)."""
+    d = bead_distances(targets, beads)
+    graph = nx.Graph()
+    graph.add_nodes_from(range(len(beads)))
+    graph.add_edges_from(zip(*np.nonzero(np.triu(d < separation, 1))))
+    colour = nx.greedy_color(graph, strategy="largest_first")
+    return [np.array(sorted(k for k, c in colour.items() if c == col)) for col in sorted(set(colour.values()))]
+
+
 def block_moves(targets, block: Block, groups: list[UnitGroup], temperature: float) -> list["BlockMove"]:
     """The moves of a block for a frame, one per colour group of molecules: blocks in one group
     have no bead within the environment cut-off plus the wall of another's (none sees another's
     atoms, so each proposal depends on its own block only); they may still interact."""
     beads = np.stack([merge_groups(groups, block.moltype, s).bead for s in block.steps], 1)  # (B, S)
-    d = bead_distances(targets, beads)
-    graph = nx.Graph()
-    graph.add_nodes_from(range(len(beads)))
-    graph.add_edges_from(zip(*np.nonzero(np.triu(d < targets.separation(interacting=True), 1))))
-    colour = nx.greedy_color(graph, strategy="largest_first")
-    return [BlockMove(targets, block, groups, temperature, np.array(sorted(k for k, c in colour.items() if c == col)))
-            for col in sorted(set(colour.values()))]
+    return [BlockMove(targets, block, groups, temperature, rows)
+            for rows in colour_apart(targets, beads, targets.separation(interacting=True))]
 
 
 class BlockMove:

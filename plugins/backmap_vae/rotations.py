@@ -19,12 +19,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import networkx as nx
 import numpy as np
 import torch
 
 from backmap.sampling.sampler import UnitGroup
-from backmap_vae.blocks import bead_distances, merge_groups
+from backmap_vae.blocks import colour_apart, merge_groups
 from backmap_vae.targets import BoundUnits
 
 
@@ -160,15 +159,9 @@ def crank_groups(targets, groups: list[UnitGroup], bonds: np.ndarray,
         atoms = np.concatenate([p.atoms for p in parts], 1)  # (B, A), −1 padding
         walls = np.concatenate([np.repeat(p.bead[:, None], p.atoms.shape[1], 1) for p in parts], 1)
         beads = np.stack([p.bead for p in parts], 1)
-        near = bead_distances(targets, beads) < targets.separation(interacting=False)
-        graph = nx.Graph()
-        graph.add_nodes_from(range(len(beads)))
-        graph.add_edges_from(zip(*np.nonzero(np.triu(near, 1))))
-        colour = nx.greedy_color(graph, strategy="largest_first")
         names = targets.labels[moltype]
         label = f"{moltype}:{'+'.join(names[p.meta['bead']] for p in parts)} crank"
-        for c in sorted(set(colour.values())):
-            rows = np.array(sorted(k for k, v in colour.items() if v == c))
+        for rows in colour_apart(targets, beads, targets.separation(interacting=False)):
             axes = np.array([rotation_axis(a[a >= 0], bonds) for a in atoms[rows]], np.int64)
             first = parts[0]
             flat = UnitGroup(moltype, -1000 - steps[0], {**first.meta, "label": label, "wall_beads": walls[rows]},
