@@ -1,0 +1,84 @@
+"""How much of its target's LJ variance a vae_mc chain visits: the per-molecule LJ energy of the
+chains in a vae_mc trace (``vae_mc_decorrelation.py`` writes ``vae_mc_trace.npz``) against the
+mean and variance of the same target sampled by openmm (vae_mc's bond model: its held bonds
+constrained, the others springs; the Fixman term, < 3 kJ/mol of LJ, left out).
+
+τ from a chain's own autocorrelation cannot see what the chain does not move during the run: a
+part of the variance that stays frozen shifts the chain's own mean and shrinks its own variance,
+and the estimate describes only the part that moves. Measured against the target's mean μ and
+variance σ² (per molecule, from openmm) instead:
+- ``explored``: the chains' variance over the run / σ² (1 for a chain that has forgotten its start);
+- ``rho``: ⟨(x_s − μ)(x_{s+L} − μ)⟩ / σ² at lag L (sweeps; for openmm in samples of ``--every`` ps),
+  whose slow decay is the memory the own-mean estimate leaves out.
+
+    python benchmarks/vae_mc_variance_explored.py --trace vae_mc_trace.npz --frames 8 --reference-ps 6
+
+Frame k of the trace is sPS test frame ``--first`` + k, as in ``vae_mc_decorrelation.py``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+from backmap.engine.loaders import make_plugin
+from backmap.forcefield import ForceField
+from vae_mc_decorrelation import COMMON, restrained_run, sps_frame
+
+LAGS = (1, 5, 10, 25, 50, 100, 150)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--trace", required=True, help="vae_mc_trace.npz of vae_mc_decorrelation.py")
+    ap.add_argument("--model", default="models/sps-vae", help="the vae model of the trace (its bond model)")
+    ap.add_argument("--first", type=int, default=1, help="the test frame of the trace's frame 0")
+    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--burn", type=int, default=3, help="sweeps left out at the start")
+    ap.add_argument("--equilibrate-ps", type=float, default=2.0)
+    ap.add_argument("--reference-ps", type=float, default=6.0)
+    ap.add_argument("--every", type=float, default=0.02, help="ps between openmm samples")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    trace = np.load(a.trace)
+    explored, rho, omm_rho = [], {L: [] for L in LAGS}, {L: [] for L in LAGS}
+    for k in range(a.frames):
+        system, x, targets, box = sps_frame(a.first + k)
+        vae = make_plugin("refiner", "vae_mc", {**COMMON, "model": a.model, "steps": 1})
+        vae.prepare(system)
+        ff = ForceField(system.topology, system.nonbonded, torch.float64)
+
+        def lj(y: np.ndarray) -> np.ndarray:
+            e = ff.energy(torch.as_tensor(y)[None], box[0], whole=True, per_molecule=True, terms=("lj",))
+            return e.per_molecule["lj"][0].numpy().copy()
+
+        omm = make_plugin("refiner", "openmm", {**COMMON, "steps": 10, "timestep": 0.002, "threads": 1,
+                                                "warmup_steps": 0, "friction": 10.0})
+        omm.prepare(system)
+        y, _ = restrained_run(omm, x, targets, box[0], a.equilibrate_ps, 11 + a.first + k, vae.bond_model())
+        _, seen = restrained_run(omm, y, targets, box[0], a.reference_ps, 100 + a.first + k, vae.bond_model(),
+                                 every=a.every, observe=lj)
+        ref = np.array(seen)  # (samples, molecules)
+        mu, sd = ref.mean(0), ref.std(0)
+        rows = trace["frame"] == k
+        chain = trace["lj_per_molecule"][rows][np.argsort(trace["sweep"][rows])][a.burn:]
+        explored.append(float((chain.var(0) / sd**2).mean()))
+        d, r = (chain - mu) / sd, (ref - mu) / sd
+        for L in LAGS:
+            if L < len(d):
+                rho[L].append(float((d[:-L] * d[L:]).mean()))
+            if L < len(r):
+                omm_rho[L].append(float((r[:-L] * r[L:]).mean()))
+        print(json.dumps({"frame": a.first + k, "explored": round(explored[-1], 3),
+                          "chain_minus_target_mean": round(float((chain.mean(0) - mu).mean()), 2),
+                          "target_sd_per_molecule": round(float(sd.mean()), 2)}), flush=True)
+    print(json.dumps({"method": "vae_mc", "frames": a.frames, "explored": round(float(np.mean(explored)), 3),
+                      "rho_at_lag_sweeps": {L: round(float(np.mean(v)), 3) for L, v in rho.items() if v}}))
+    print(json.dumps({"method": "openmm_on_vae_target", "sample_ps": a.every,
+                      "rho_at_lag_samples": {L: round(float(np.mean(v)), 3) for L, v in omm_rho.items() if v}}))
+
+
+if __name__ == "__main__":
+    main()
