@@ -11,6 +11,10 @@ every ``--chunk`` steps of one continuous trajectory) with the process CPU time 
 (the recording left out); the integrated autocorrelation time τ of the chains' series (one
 autocorrelation function pooled over them, Sokal's automatic window) is converted to CPU seconds.
 A series must be long against τ (``samples_per_tau`` ≳ 50): vae_mc needs ~200 sweeps.
+τ from a chain's own mean and variance cannot see the variance the chain does not move during the
+run: on sPS vae_mc's chains keep three quarters of it for ≥ 200 sweeps, so their τ here is a lower
+bound by a wide margin (``vae_mc_variance_explored.py`` measures against the target's own variance;
+docs/vae.md, "τ against the target's own variance").
 Prints one JSON line per method and the ratio (openmm τ / vae_mc τ, > 1: vae_mc decorrelates faster).
 
 Ring flips (a phenyl ring turned by 180° about its bond to the backbone: the ortho carbons trade
