@@ -9,7 +9,10 @@ and the estimate describes only the part that moves. Measured against the target
 variance σ² (per molecule, from openmm) instead:
 - ``explored``: the chains' variance over the run / σ² (1 for a chain that has forgotten its start);
 - ``rho``: ⟨(x_s − μ)(x_{s+L} − μ)⟩ / σ² at lag L (sweeps; for openmm in samples of ``--every`` ps),
-  whose slow decay is the memory the own-mean estimate leaves out.
+  whose slow decay is the memory the own-mean estimate leaves out;
+- ``inner_geometry_kept``: per bead type, the fraction of units whose every inner distance ends the
+  run within 0.002 nm of its start's (no accepted whole-bead redraw changed it; turns and cranks
+  keep it by construction).
 
     python benchmarks/vae_mc_variance_explored.py --trace vae_mc_trace.npz --frames 8 --reference-ps 6
 
@@ -44,6 +47,7 @@ def main() -> None:
     torch.set_num_threads(1)
     trace = np.load(a.trace)
     explored, rho, omm_rho = [], {L: [] for L in LAGS}, {L: [] for L in LAGS}
+    kept: dict[str, list[bool]] = {}
     for k in range(a.frames):
         system, x, targets, box = sps_frame(a.first + k)
         vae = make_plugin("refiner", "vae_mc", {**COMMON, "model": a.model, "steps": 1})
@@ -63,7 +67,15 @@ def main() -> None:
         ref = np.array(seen)  # (samples, molecules)
         mu, sd = ref.mean(0), ref.std(0)
         rows = trace["frame"] == k
-        chain = trace["lj_per_molecule"][rows][np.argsort(trace["sweep"][rows])][a.burn:]
+        order = np.argsort(trace["sweep"][rows])
+        chain = trace["lj_per_molecule"][rows][order][a.burn:]
+        first, last = (trace["positions"][rows][order][i].astype(np.float64) for i in (a.burn, -1))
+        for group in vae.targets.frame_groups(targets, box[0], interacting=False):
+            label = vae.targets.labels[group.moltype][group.meta["bead"]]
+            for atoms in group.atoms:
+                atoms = atoms[atoms >= 0]
+                inner = [np.linalg.norm(p[atoms][:, None] - p[atoms][None], axis=-1) for p in (first, last)]
+                kept.setdefault(label, []).append(bool(np.abs(inner[1] - inner[0]).max() < 0.002))
         explored.append(float((chain.var(0) / sd**2).mean()))
         d, r = (chain - mu) / sd, (ref - mu) / sd
         for L in LAGS:
@@ -75,7 +87,8 @@ def main() -> None:
                           "chain_minus_target_mean": round(float((chain.mean(0) - mu).mean()), 2),
                           "target_sd_per_molecule": round(float(sd.mean()), 2)}), flush=True)
     print(json.dumps({"method": "vae_mc", "frames": a.frames, "explored": round(float(np.mean(explored)), 3),
-                      "rho_at_lag_sweeps": {L: round(float(np.mean(v)), 3) for L, v in rho.items() if v}}))
+                      "rho_at_lag_sweeps": {L: round(float(np.mean(v)), 3) for L, v in rho.items() if v},
+                      "inner_geometry_kept": {b: round(float(np.mean(v)), 3) for b, v in sorted(kept.items())}}))
     print(json.dumps({"method": "openmm_on_vae_target", "sample_ps": a.every,
                       "rho_at_lag_samples": {L: round(float(np.mean(v)), 3) for L, v in omm_rho.items() if v}}))
 
