@@ -20,18 +20,8 @@ import numpy as np
 import torch
 
 from backmap.engine.loaders import make_plugin
-from backmap_vae.rotations import crank_clusters, crank_groups, turn_axes, turn_geometry, turned
+from backmap_vae.rotations import candidate_angles, rotation_groups, turn_geometry, turned
 from vae_mc_decorrelation import COMMON, equilibrated, sps_frames
-
-
-def candidate_angles(B: int, width: float, n: int, gen: torch.Generator) -> torch.Tensor:
-    """(B, n') angles of one move: [0, φ] for Metropolis (n = 1), the heat bath's n otherwise."""
-    if n == 1:
-        return torch.stack([torch.zeros(B, dtype=torch.float64),
-                            (2 * torch.rand(B, generator=gen, dtype=torch.float64) - 1) * width], 1)
-    h = (1 - torch.rand(B, generator=gen, dtype=torch.float64)) * 2 * width / (n - 1)
-    k = torch.randint(n, (B,), generator=gen)
-    return (torch.arange(n)[None] - k[:, None]).double() * h[:, None]
 
 
 def main() -> None:
@@ -52,10 +42,8 @@ def main() -> None:
     pos, cg = torch.as_tensor(y, dtype=torch.float64), torch.as_tensor(target, dtype=torch.float64)
     vectors = np.asarray(box, np.float64).reshape(3, 3)
     bonds = np.asarray(system.bonds[0], np.int64).reshape(-1, 2)
-    turns = [(g, ax) for g in T.frame_groups(target, vectors, interacting=False)
-             if (ax := turn_axes(g.atoms, bonds)) is not None]
-    groups = T.frame_groups(target, vectors, interacting=True)
-    cranks = [(c.group, c.axes) for c in crank_groups(T, groups, bonds, crank_clusters(groups, bonds))]
+    turns, crank_list = rotation_groups(T, target, vectors, bonds)
+    cranks = [(c.group, c.axes) for c in crank_list]
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for kind, moves in (("turns", turns), ("cranks", cranks)):

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from backmap.engine.loaders import make_plugin
-from backmap_vae.rotations import crank_clusters, crank_groups, turn_axes, turn_geometry, turned
+from backmap_vae.rotations import rotation_groups, turn_geometry, turned
 from vae_mc_decorrelation import COMMON, equilibrated, sps_frames
 
 
@@ -45,10 +45,8 @@ def main() -> None:
         pos = torch.as_tensor(y, dtype=torch.float64)
         cg = torch.as_tensor(target, dtype=torch.float64)
         vectors = np.asarray(box, np.float64).reshape(3, 3)
-        moved = [(g, a) for g in vae.targets.frame_groups(target, vectors, interacting=False)
-                 if (a := turn_axes(g.atoms, bonds)) is not None]
-        groups = vae.targets.frame_groups(target, vectors, interacting=True)
-        moved += [(c.group, c.axes) for c in crank_groups(vae.targets, groups, bonds, crank_clusters(groups, bonds))]
+        turns, cranks = rotation_groups(vae.targets, target, vectors, bonds)
+        moved = turns + [(c.group, c.axes) for c in cranks]
         for group, axes in moved:
             units = vae.targets.bind_unrotated(group, pos, cg, vectors)
             local, pivot, axis = turn_geometry(units, axes)

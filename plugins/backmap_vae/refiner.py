@@ -40,7 +40,7 @@ from backmap.system.io import atomic_path
 from backmap.system.pbc import Unwrapper, box_dimensions
 from backmap.threads import torch_threads
 from backmap_vae.blocks import block_moves
-from backmap_vae.rotations import crank_clusters, crank_groups, turn_axes, turn_move
+from backmap_vae.rotations import crank_clusters, rotation_groups, turn_move
 from backmap_vae.targets import StackedUnits, UnitTargets
 
 
@@ -248,20 +248,16 @@ class VAEMCRefiner(Refiner):
         pos = self._relaxed(x, targets, box)
         groups = self.targets.frame_groups(targets, box, interacting=p.decide == "sequential")
         moves = [move for block in self.blocks for move in block_moves(self.targets, block, groups, p.temperature)]
-        turns = []
-        bonds = np.asarray(self.system.bonds[0], np.int64).reshape(-1, 2)
-        if p.turns:  # units far enough apart to be decided at once; those with one bond to the rest
-            for group in self.targets.frame_groups(targets, box, interacting=False):
-                axes = turn_axes(group.atoms, bonds)
-                if axes is not None:
-                    turns.append(_Rotations(group, axes, p.turn_width, p.turns, " turn"))
-        if p.cranks:  # clusters of a unit and the units hanging on it, held by one or two bonds
+        rotations = []
+        if p.turns or p.cranks:  # local moves: turns of hanging units, cranks of clusters
+            bonds = np.asarray(self.system.bonds[0], np.int64).reshape(-1, 2)
             if self._clusters is None:
                 self._clusters = crank_clusters(groups, bonds)
-            turns += [_Rotations(c.group, c.axes, p.crank_width, p.cranks)
-                      for c in crank_groups(self.targets, groups, bonds, self._clusters)]
+            turns, cranks = rotation_groups(self.targets, targets, box, bonds, groups, self._clusters)
+            rotations = ([_Rotations(g, axes, p.turn_width, p.turns, " turn") for g, axes in turns if p.turns]
+                         + [_Rotations(c.group, c.axes, p.crank_width, p.cranks) for c in cranks if p.cranks])
         return _Chain(frame, pos, targets, torch.as_tensor(targets, dtype=torch.float64), box,
-                      np.asarray(box, np.float64).reshape(3, 3), groups, moves, self.sampler.keep_frame(), turns)
+                      np.asarray(box, np.float64).reshape(3, 3), groups, moves, self.sampler.keep_frame(), rotations)
 
     def _sweep(self, chains: list["_Chain"], sweep: int, gen: torch.Generator) -> None:
         """Move every unit of every chain once (one network call per plan step and colour for all
@@ -294,7 +290,7 @@ class VAEMCRefiner(Refiner):
                     chain.pos[block.block_atoms[move.accepted]] = move.x[move.accepted]
                 _count(tallies[f][block.label], move.accepted, move.invalid)
             for r in range(max(p.turns, p.cranks)):
-                for rot in chain.turns:
+                for rot in chain.rotations:
                     if r >= rot.rounds:
                         continue
                     part = self.targets.bind_unrotated(rot.group, chain.pos, chain.target_t, chain.vectors)
@@ -382,7 +378,7 @@ class _Chain:
     groups: list[UnitGroup]
     moves: list
     frame_state: object
-    turns: list["_Rotations"] = field(default_factory=list)  # units turned, clusters cranked
+    rotations: list["_Rotations"] = field(default_factory=list)  # units turned, clusters cranked
     counts: dict = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0]))
 
 

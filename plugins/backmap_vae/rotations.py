@@ -79,38 +79,43 @@ def turn_geometry(units: BoundUnits, axes: np.ndarray) -> tuple[torch.Tensor, to
     return local, ends[:, 0], axis / axis.norm(dim=-1, keepdim=True)
 
 
+def candidate_angles(B: int, width: float, n: int, gen: torch.Generator) -> torch.Tensor:
+    """(B, n') angles of one rotation move per unit, the current state's (0) among them: [0, φ]
+    with φ uniform in ±``width`` (Metropolis, n = 1), or the heat bath's (j − K)·h, j = 0 … n − 1,
+    with K uniform in 0 … n − 1 and h uniform in (0, 2·width/(n − 1)]."""
+    if n == 1:
+        return torch.stack([torch.zeros(B, dtype=torch.float64),
+                            (2 * torch.rand(B, generator=gen, dtype=torch.float64) - 1) * width], 1)
+    h = (1 - torch.rand(B, generator=gen, dtype=torch.float64)) * 2 * width / (n - 1)
+    k = torch.randint(n, (B,), generator=gen)
+    return (torch.arange(n)[None] - k[:, None]).double() * h[:, None]
+
+
 def turn_move(units: BoundUnits, axes: np.ndarray, width: float, gen: torch.Generator, candidates: int = 1
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One rotation move of every unit of a group whose units neither see nor interact with each
     other (decided independently), about the axes through the atom pairs ``axes`` (B, 2).
 
     ``candidates`` = 1: Metropolis, the angle uniform in ±``width``. n > 1: a heat-bath choice among
-    n angles (j − K)·h, j = 0 … n − 1, with K uniform in 0 … n − 1 (the current state is one of
-    them) and the spacing h uniform in (0, 2·width/(n − 1)]: the same set of states arises from each
-    of its members with the same probability, so choosing one ∝ π is exact; the n placements are
-    scored in one call (the cost per call is mostly fixed). Returns (accepted (B,): moved, new
-    placements (B, U, 3) local, invalid (B,): proposals whose ln π is NaN, rejected and counted;
-    the angles (B,))."""
+    the n angles of :func:`candidate_angles`: the same set of states arises from each of its members
+    with the same probability, so choosing one ∝ π is exact; the n placements are scored in one
+    call (the cost per call is mostly fixed). Returns (accepted (B,): moved, new placements
+    (B, U, 3) local, invalid (B,): proposals whose ln π is NaN, rejected and counted; the angles
+    (B,))."""
     local, pivot, axis = turn_geometry(units, axes)
     B = len(local)
     real = torch.as_tensor(units.index.numpy() >= 0)[..., None]
-    if candidates == 1:
-        angles = torch.stack([torch.zeros(B, dtype=torch.float64),
-                              (2 * torch.rand(B, generator=gen, dtype=torch.float64) - 1) * width], 1)
-    else:
-        h = (1 - torch.rand(B, generator=gen, dtype=torch.float64)) * 2 * width / (candidates - 1)
-        k = torch.randint(candidates, (B,), generator=gen)
-        angles = (torch.arange(candidates)[None] - k[:, None]).double() * h[:, None]  # (B, n): 0 at slot k
+    angles = candidate_angles(B, width, candidates, gen)
     placements = torch.stack([torch.where(real, turned(local, pivot, axis, a), local) for a in angles.T], 1)
     logp = units.log_target(placements)  # (B, n)
     invalid = torch.isnan(logp).any(1)
+    current = (angles == 0).int().argmax(1)
     if candidates == 1:
-        ratio = logp[:, 1] - logp[:, 0]
         u = torch.rand(B, generator=gen, dtype=torch.float64)
-        chosen = torch.where(~invalid & (torch.log(u) < ratio), 1, 0)
+        chosen = torch.where(~invalid & (torch.log(u) < logp[:, 1] - logp[:, 0]), 1, 0)
     else:  # a NaN candidate rejects the move (counted); the current state is never NaN
         weights = torch.softmax(torch.nan_to_num(logp, nan=-torch.inf), 1)
-        chosen = torch.where(invalid, k, torch.multinomial(weights, 1, generator=gen)[:, 0])
+        chosen = torch.where(invalid, current, torch.multinomial(weights, 1, generator=gen)[:, 0])
     rows = torch.arange(B)
     angle = angles[rows, chosen]
     return angle != 0, placements[rows, chosen], invalid, angle
@@ -169,3 +174,18 @@ def crank_groups(targets, groups: list[UnitGroup], bonds: np.ndarray,
                              None if first.frame is None else first.frame[rows])
             out.append(CrankGroup(flat, axes))
     return out
+
+
+def rotation_groups(targets, cg: np.ndarray, box, bonds: np.ndarray, groups: list[UnitGroup] | None = None,
+                    clusters: list[tuple[str, tuple[int, ...]]] | None = None
+                    ) -> tuple[list[tuple[UnitGroup, np.ndarray]], list[CrankGroup]]:
+    """A frame's turns — (colour group, axes) of the units hanging on one bond, in groups decided at
+    once — and its cranks (:func:`crank_groups` of ``clusters``, default :func:`crank_clusters`),
+    from the frame's colour groups ``groups`` (default: with interactions allowed)."""
+    turns = [(g, axes) for g in targets.frame_groups(cg, box, interacting=False)
+             if (axes := turn_axes(g.atoms, bonds)) is not None]
+    if groups is None:
+        groups = targets.frame_groups(cg, box, interacting=True)
+    if clusters is None:
+        clusters = crank_clusters(groups, bonds)
+    return turns, crank_groups(targets, groups, bonds, clusters)

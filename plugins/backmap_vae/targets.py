@@ -109,7 +109,9 @@ class BoundUnits:
 
     def outside(self, local: torch.Tensor) -> torch.Tensor:
         """How far (nm, ≥ 0) the farthest atom of each placement lies beyond the wall ``extent``."""
-        r = local.double() if self.anchor is None else local.double() - self.anchor.unsqueeze(-3)
+        r = local.double()
+        if self.anchor is not None:  # (B, U, 3) against placements (B, …, U, 3)
+            r = r - self.anchor.reshape(len(self.anchor), *[1] * (local.ndim - 3), *self.anchor.shape[1:])
         return (r.norm(dim=-1) - self.targets.extent).clamp(min=0).amax(-1)
 
     def log_target(self, local: torch.Tensor) -> torch.Tensor:
