@@ -40,6 +40,7 @@ from backmap.system.io import atomic_path
 from backmap.system.pbc import Unwrapper, box_dimensions
 from backmap.threads import torch_threads
 from backmap_vae.blocks import block_moves
+from backmap_vae.inner import InnerGroup, inner_group, inner_move, neighbours
 from backmap_vae.rotations import crank_clusters, rotation_groups, turn_move
 from backmap_vae.targets import StackedUnits, UnitTargets
 
@@ -81,7 +82,17 @@ class VAEMCParams(RefineParams):
                                              "by an angle uniform in ±crank_width, accepted with π(x')/π(x) — exact; "
                                              "for the beads no turn reaches (docs/vae.md, 'Cranks'); 0: none")
     crank_width: float = Field(0.1, gt=0, le=np.pi, description="largest crank angle (rad)")
-    rotation_candidates: int = Field(1, ge=1, description="angles scored per turn or crank: 1, Metropolis with one "
+    inner: int = Field(0, ge=0, description="local moves per sweep of the geometry inside every unit: a hydrogen (or "
+                                            "a group hanging on one bond) pivoted about the atom it hangs on, an atom "
+                                            "with its hydrogens cranked about the line through its two partners, a "
+                                            "unit hanging on one bond wobbled about its anchor — one kind drawn per "
+                                            "unit and move, accepted with π(x')/π(x): exact; for the bond angles and "
+                                            "hydrogens that only a whole-bead redraw moves otherwise (docs/vae.md, "
+                                            "'Inner moves'); 0: none")
+    inner_step: float = Field(0.01, gt=0, le=0.2, description="largest displacement (nm) of an inner move: the angle "
+                                                              "is uniform in ±inner_step/r, r the moved atoms' "
+                                                              "largest distance from the axis")
+    rotation_candidates: int = Field(1, ge=1, description="angles scored per turn, crank or inner move: 1, Metropolis with one "
                                                           "angle uniform in ±width; n > 1, a heat-bath choice among n "
                                                           "angles a random spacing apart, the current one among them "
                                                           "(exact; n placements cost little more than one)")
@@ -121,8 +132,8 @@ class VAEMCParams(RefineParams):
         if late:
             raise ValueError(f"minimize_after: {late} must lie in 1 … steps − 1 = {self.steps - 1} (the chain ends "
                              "with sweeps after the last minimization: a minimized structure is not a sample)")
-        if self.vae_every > 1 and not (self.turns or self.cranks):
-            raise ValueError("vae_every > 1 needs turns or cranks: the other sweeps would move nothing")
+        if self.vae_every > 1 and not (self.turns or self.cranks or self.inner):
+            raise ValueError("vae_every > 1 needs turns, cranks or inner: the other sweeps would move nothing")
         if self.minimize_after and not self.minimize_steps:
             raise ValueError("minimize_after needs minimize_steps > 0")
         return self
@@ -175,6 +186,7 @@ class VAEMCRefiner(Refiner):
         self._frames = 0  # frames refined so far (the sweep log's frame number)
         self.trace_rows: list[tuple] = []
         self._clusters = None  # crank clusters (molecule type, plan steps), found once
+        self._neighbours = None  # bonded partners per atom (inner moves), found once
         self._recording = 0.0  # CPU seconds spent in _record
 
     def bond_model(self) -> BondModel | None:
@@ -256,8 +268,15 @@ class VAEMCRefiner(Refiner):
             turns, cranks = rotation_groups(self.targets, targets, box, bonds, groups, self._clusters)
             rotations = ([_Rotations(g, axes, p.turn_width, p.turns, " turn") for g, axes in turns if p.turns]
                          + [_Rotations(c.group, c.axes, p.crank_width, p.cranks) for c in cranks if p.cranks])
+        inner = []
+        if p.inner:  # inner moves of every unit, in groups decided at once
+            if self._neighbours is None:
+                self._neighbours = neighbours(self.system.bonds[0], self.system.n_atoms)
+            inner = [m for g in self.targets.frame_groups(targets, box, interacting=False)
+                     if (m := inner_group(g, self._neighbours)) is not None]
         return _Chain(frame, pos, targets, torch.as_tensor(targets, dtype=torch.float64), box,
-                      np.asarray(box, np.float64).reshape(3, 3), groups, moves, self.sampler.keep_frame(), rotations)
+                      np.asarray(box, np.float64).reshape(3, 3), groups, moves, self.sampler.keep_frame(), rotations,
+                      inner)
 
     def _sweep(self, chains: list["_Chain"], sweep: int, gen: torch.Generator) -> None:
         """Move every unit of every chain once (one network call per plan step and colour for all
@@ -289,7 +308,7 @@ class VAEMCRefiner(Refiner):
                 if bool(move.accepted.any()):
                     chain.pos[block.block_atoms[move.accepted]] = move.x[move.accepted]
                 _count(tallies[f][block.label], move.accepted, move.invalid)
-            for r in range(max(p.turns, p.cranks)):
+            for r in range(max(p.turns, p.cranks, p.inner)):
                 for rot in chain.rotations:
                     if r >= rot.rounds:
                         continue
@@ -298,6 +317,13 @@ class VAEMCRefiner(Refiner):
                     if bool(acc.any()):
                         chain.pos[part.index[acc]] = part.to_lab(new)[acc]
                     _count(tallies[f][part.label + rot.suffix], acc, invalid)
+                for moves in chain.inner if r < p.inner else []:
+                    part = self.targets.bind_unrotated(moves.group, chain.pos, chain.target_t, chain.vectors)
+                    acc, new, invalid, _angle, _kind = inner_move(part, moves, p.inner_step, gen,
+                                                                  p.rotation_candidates)
+                    if bool(acc.any()):
+                        chain.pos[part.index[acc]] = part.to_lab(new)[acc]
+                    _count(tallies[f][part.label + " inner"], acc, invalid)
             if sweep + 1 in p.minimize_after:  # burn-in: a collective relaxation, then the chain goes on
                 chain.pos = self._relaxed(chain.pos.numpy(), chain.targets, chain.box)
             if p.trace is not None:
@@ -379,6 +405,7 @@ class _Chain:
     moves: list
     frame_state: object
     rotations: list["_Rotations"] = field(default_factory=list)  # units turned, clusters cranked
+    inner: list[InnerGroup] = field(default_factory=list)  # inner moves, per colour group
     counts: dict = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0]))
 
 

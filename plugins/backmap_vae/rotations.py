@@ -79,10 +79,10 @@ def turn_geometry(units: BoundUnits, axes: np.ndarray) -> tuple[torch.Tensor, to
     return local, ends[:, 0], axis / axis.norm(dim=-1, keepdim=True)
 
 
-def candidate_angles(B: int, width: float, n: int, gen: torch.Generator) -> torch.Tensor:
+def candidate_angles(B: int, width: float | torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
     """(B, n') angles of one rotation move per unit, the current state's (0) among them: [0, φ]
     with φ uniform in ±``width`` (Metropolis, n = 1), or the heat bath's (j − K)·h, j = 0 … n − 1,
-    with K uniform in 0 … n − 1 and h uniform in (0, 2·width/(n − 1)]."""
+    with K uniform in 0 … n − 1 and h uniform in (0, 2·width/(n − 1)]. ``width``: a float or (B,)."""
     if n == 1:
         return torch.stack([torch.zeros(B, dtype=torch.float64),
                             (2 * torch.rand(B, generator=gen, dtype=torch.float64) - 1) * width], 1)
@@ -94,7 +94,18 @@ def candidate_angles(B: int, width: float, n: int, gen: torch.Generator) -> torc
 def turn_move(units: BoundUnits, axes: np.ndarray, width: float, gen: torch.Generator, candidates: int = 1
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One rotation move of every unit of a group whose units neither see nor interact with each
-    other (decided independently), about the axes through the atom pairs ``axes`` (B, 2).
+    other (decided independently), about the axes through the atom pairs ``axes`` (B, 2): the
+    whole unit turns (:func:`rotation_move`)."""
+    local, pivot, axis = turn_geometry(units, axes)
+    return rotation_move(units, local, pivot, axis, units.index >= 0, width, gen, candidates)
+
+
+def rotation_move(units: BoundUnits, local: torch.Tensor, pivot: torch.Tensor, axis: torch.Tensor,
+                  moved: torch.Tensor, width: float | torch.Tensor, gen: torch.Generator, candidates: int = 1
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One rigid rotation of the atoms ``moved`` (B, U) of each unit's placement ``local`` (B, U, 3)
+    about the unit vector ``axis`` (B, 3) through ``pivot`` (B, 3), every other atom kept; the units
+    neither see nor interact with each other (decided independently). ``width``: a float or (B,).
 
     ``candidates`` = 1: Metropolis, the angle uniform in ±``width``. n > 1: a heat-bath choice among
     the n angles of :func:`candidate_angles`: the same set of states arises from each of its members
@@ -102,11 +113,10 @@ def turn_move(units: BoundUnits, axes: np.ndarray, width: float, gen: torch.Gene
     call (the cost per call is mostly fixed). Returns (accepted (B,): moved, new placements
     (B, U, 3) local, invalid (B,): proposals whose ln π is NaN, rejected and counted; the angles
     (B,))."""
-    local, pivot, axis = turn_geometry(units, axes)
     B = len(local)
-    real = torch.as_tensor(units.index.numpy() >= 0)[..., None]
+    moved = torch.as_tensor(moved)[..., None]
     angles = candidate_angles(B, width, candidates, gen)
-    placements = torch.stack([torch.where(real, turned(local, pivot, axis, a), local) for a in angles.T], 1)
+    placements = torch.stack([torch.where(moved, turned(local, pivot, axis, a), local) for a in angles.T], 1)
     logp = units.log_target(placements)  # (B, n)
     invalid = torch.isnan(logp).any(1)
     current = (angles == 0).int().argmax(1)

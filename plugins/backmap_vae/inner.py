@@ -1,0 +1,136 @@
+"""Exact local moves of the geometry *inside* a unit for ``vae_mc`` (``inner``): small rigid
+rotations of a few atoms of a bead that keep every held bond, so that the bond angles, the
+hydrogens and the ring's shape move as they do in MD, without a whole-bead redraw.
+
+On sPS at stationarity a whole-bead VAE redraw is accepted in 0.1–4 % of sweeps, and 80–90 % of
+the beads keep their start's inner geometry for 200 sweeps; that geometry holds three quarters of
+each molecule's Lennard-Jones variance (docs/vae.md, "τ against the target's own variance"). Turns
+and cranks move beads rigidly and cannot reach it.
+
+The kinds of move of a unit (:func:`inner_kinds`), for each of its atoms a:
+- **pivot**: a is bonded to one atom p (a hydrogen), or a with the atoms hanging on it only by
+  it is bonded to the rest by one bond, to p; or the whole unit hangs on one bond to p: the set
+  is rotated about a random axis (uniform on the sphere) through p;
+- **crank**: a with the atoms hanging on it only by it is bonded to the rest by two bonds, to p and
+  q: the set is rotated about the line p–q (a ring carbon and its hydrogen, a CH₂ of a chain).
+
+Every bond from the set to the rest ends on the axis (or at the pivot), every distance inside the
+set is kept: held bonds keep their lengths, Lebesgue measure is kept, so the δ measure of
+vae_mc's target is kept. The angle is uniform in ±``step``/r, with r the largest distance of a
+moved atom from the axis. A rotation about an axis keeps every atom's distance from it, so r —
+and the proposal's density — is the same forward and back: the proposal is symmetric and the
+acceptance is min(1, π(x')/π(x)) on the target the VAE moves sample. The kind is chosen
+uniformly among the unit's kinds, whatever the state.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from backmap.sampling.sampler import UnitGroup
+from backmap_vae.rotations import rotation_move
+from backmap_vae.targets import BoundUnits
+
+
+def neighbours(bonds: np.ndarray, n_atoms: int) -> list[list[int]]:
+    """Each atom's bonded partners, from (K, 2) bonds."""
+    out: list[list[int]] = [[] for _ in range(n_atoms)]
+    for i, j in np.asarray(bonds, np.int64).reshape(-1, 2):
+        out[i].append(int(j))
+        out[j].append(int(i))
+    return out
+
+
+def inner_kinds(row: np.ndarray, nbrs: list[list[int]]) -> list[tuple[np.ndarray, tuple[int, int]]]:
+    """The inner moves of one unit (atom row (U,), −1 padding): (moved slots (U,) bool, (p, q)),
+    with (p, q) the global atoms of a crank's axis, or (p, −1) for a pivot about atom p."""
+    atoms = [int(a) for a in row if a >= 0]
+    inside = set(atoms)
+    slot = {int(a): s for s, a in enumerate(row) if a >= 0}
+    out: list[tuple[np.ndarray, tuple[int, int]]] = []
+    seen: set[frozenset] = set()
+
+    def add(moved: set[int], axis: tuple[int, int]) -> None:
+        key = frozenset(moved)
+        if key in seen:
+            return
+        seen.add(key)
+        mask = np.zeros(len(row), bool)
+        mask[[slot[a] for a in moved]] = True
+        out.append((mask, axis))
+
+    for a in atoms:
+        if len(nbrs[a]) == 1:  # a hydrogen (or any terminal atom): it pivots about its partner
+            add({a}, (nbrs[a][0], -1))
+            continue
+        moved = {a} | {t for t in nbrs[a] if len(nbrs[t]) == 1 and t in inside}
+        outside = sorted({o for m in moved for o in nbrs[m]} - moved)
+        if len(outside) == 1:
+            add(moved, (outside[0], -1))
+        elif len(outside) == 2:
+            add(moved, (outside[0], outside[1]))
+    if len(atoms) > 1:  # the whole unit on one bond (sPS's phenyl): it wobbles about the atom it hangs on
+        outside = sorted({o for m in atoms for o in nbrs[m]} - inside)
+        if len(outside) == 1:
+            add(inside, (outside[0], -1))
+    return out
+
+
+@dataclass
+class InnerGroup:
+    """A colour group's inner moves: per unit its kinds' moved slots (B, K, U), their axes (B, K, 2)
+    as global atoms (q = −1: a pivot about p, the axis drawn per move) and its number of kinds (B,)."""
+
+    group: UnitGroup
+    masks: torch.Tensor
+    axes: torch.Tensor
+    kinds: torch.Tensor
+
+
+def inner_group(group: UnitGroup, nbrs: list[list[int]]) -> InnerGroup | None:
+    """The inner moves of a colour group's units; None if none of them has one."""
+    per_unit = [inner_kinds(row, nbrs) for row in group.atoms]
+    K = max(len(k) for k in per_unit)
+    if not K:
+        return None
+    B, U = group.atoms.shape
+    masks = np.zeros((B, K, U), bool)
+    axes = np.zeros((B, K, 2), np.int64)
+    for u, kinds in enumerate(per_unit):
+        for k, (mask, axis) in enumerate(kinds):
+            masks[u, k], axes[u, k] = mask, axis
+    return InnerGroup(group, torch.as_tensor(masks), torch.as_tensor(axes),
+                      torch.as_tensor([len(k) for k in per_unit]))
+
+
+def random_directions(B: int, gen: torch.Generator) -> torch.Tensor:
+    """(B, 3) unit vectors uniform on the sphere."""
+    v = torch.randn(B, 3, generator=gen, dtype=torch.float64)
+    return v / v.norm(dim=-1, keepdim=True)
+
+
+def inner_move(units: BoundUnits, moves: InnerGroup, step: float, gen: torch.Generator, candidates: int = 1
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One inner move of every unit of a group (bound with :meth:`UnitTargets.bind_unrotated`): a
+    kind drawn uniformly per unit, its atoms rotated by an angle uniform in ±``step``/r (r: their
+    largest distance from the axis, which the rotation keeps). Returns :func:`rotation_move`'s
+    (accepted, new local placements, invalid, angle) and the kind chosen per unit (B,)."""
+    B = len(moves.kinds)
+    kind = (torch.rand(B, generator=gen, dtype=torch.float64) * moves.kinds).long().clamp(max=moves.masks.shape[1] - 1)
+    rows = torch.arange(B)
+    moved = moves.masks[rows, kind] & (units.index >= 0)
+    p, q = moves.axes[rows, kind].unbind(-1)
+    local = units.local().double()
+    frame = lambda atoms: torch.einsum("bj,bkj->bk", units.positions[atoms] - units.centre, units.rotation)  # noqa: E731
+    pivot = frame(p)
+    crank = q >= 0
+    axis = torch.where(crank[:, None], frame(q.clamp(min=0)) - pivot, random_directions(B, gen))
+    axis = axis / axis.norm(dim=-1, keepdim=True)
+    r = local - pivot[:, None]
+    radius = (r - (r * axis[:, None]).sum(-1, keepdim=True) * axis[:, None]).norm(dim=-1)  # from the axis
+    reach = torch.where(moved, radius, torch.zeros_like(radius)).amax(-1).clamp(min=1e-3)
+    acc, new, invalid, angle = rotation_move(units, local, pivot, axis, moved, step / reach, gen, candidates)
+    return acc, new, invalid, angle, kind
+
