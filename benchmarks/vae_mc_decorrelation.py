@@ -184,7 +184,9 @@ def main() -> None:
     ap.add_argument("--turn-width", type=float, default=0.5, help="largest turn (rad)")
     ap.add_argument("--cranks", type=int, default=0, help="vae_mc's crankshaft moves per sweep of backbone clusters")
     ap.add_argument("--crank-width", type=float, default=0.1, help="largest crank (rad)")
-    ap.add_argument("--rotation-candidates", type=int, default=1, help="angles per turn or crank (heat-bath)")
+    ap.add_argument("--inner", type=int, default=0, help="vae_mc's inner moves per sweep of every unit")
+    ap.add_argument("--inner-step", type=float, default=0.01, help="largest inner displacement (nm)")
+    ap.add_argument("--rotation-candidates", type=int, default=1, help="angles per turn, crank or inner move (heat-bath)")
     ap.add_argument("--vae-every", type=int, default=1, help="vae_mc's VAE moves in every n-th sweep only")
     ap.add_argument("--openmm-ps", type=float, default=20.0)
     ap.add_argument("--chunk", type=int, default=50, help="openmm steps (2 fs) between samples")
@@ -212,7 +214,8 @@ def main() -> None:
                                             "decide": a.decide, "trace": "vae_mc_trace.npz", "turns": a.turns,
                                             "turn_width": a.turn_width, "cranks": a.cranks,
                                             "crank_width": a.crank_width, "vae_every": a.vae_every,
-                                            "rotation_candidates": a.rotation_candidates})
+                                            "rotation_candidates": a.rotation_candidates, "inner": a.inner,
+                                            "inner_step": a.inner_step})
     vae.prepare(system)
     starts = [(x, targets, box)] + [sps_frame(a.frame + k)[1:] for k in range(1, a.chains)]
     if a.equilibrate_ps > 0:

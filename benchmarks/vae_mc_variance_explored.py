@@ -14,7 +14,8 @@ variance σ² (per molecule, from openmm) instead:
   run within 0.002 nm of its start's (no accepted whole-bead redraw changed it; turns and cranks
   keep it by construction).
 
-    python benchmarks/vae_mc_variance_explored.py --trace vae_mc_trace.npz --frames 8 --reference-ps 6
+    python benchmarks/vae_mc_variance_explored.py --trace vae_mc_trace.npz --frames 8 --reference-ps 6 \
+        --reference-cache openmm_reference.npz
 
 Frame k of the trace is sPS test frame ``--first`` + k, as in ``vae_mc_decorrelation.py``.
 """
@@ -22,12 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from backmap.engine.loaders import make_plugin
 from backmap.forcefield import ForceField
+from backmap.system.io import atomic_path
 from vae_mc_decorrelation import COMMON, restrained_run, sps_frame
 
 LAGS = (1, 5, 10, 25, 50, 100, 150)
@@ -43,6 +46,9 @@ def main() -> None:
     ap.add_argument("--equilibrate-ps", type=float, default=2.0)
     ap.add_argument("--reference-ps", type=float, default=6.0)
     ap.add_argument("--every", type=float, default=0.02, help="ps between openmm samples")
+    ap.add_argument("--reference-cache", default=None,
+                    help=".npz of openmm's per-molecule LJ series per frame (key f<frame>, (samples, molecules)): "
+                         "read where it has the frame, else run and added; ~8 CPU-min per frame saved")
     a = ap.parse_args()
     torch.set_num_threads(1)
     trace = np.load(a.trace)
@@ -58,13 +64,7 @@ def main() -> None:
             e = ff.energy(torch.as_tensor(y)[None], box[0], whole=True, per_molecule=True, terms=("lj",))
             return e.per_molecule["lj"][0].numpy().copy()
 
-        omm = make_plugin("refiner", "openmm", {**COMMON, "steps": 10, "timestep": 0.002, "threads": 1,
-                                                "warmup_steps": 0, "friction": 10.0})
-        omm.prepare(system)
-        y, _ = restrained_run(omm, x, targets, box[0], a.equilibrate_ps, 11 + a.first + k, vae.bond_model())
-        _, seen = restrained_run(omm, y, targets, box[0], a.reference_ps, 100 + a.first + k, vae.bond_model(),
-                                 every=a.every, observe=lj)
-        ref = np.array(seen)  # (samples, molecules)
+        ref = reference(a, a.first + k, lambda: _openmm_reference(a, system, x, targets, box, vae, lj, k))
         mu, sd = ref.mean(0), ref.std(0)
         rows = trace["frame"] == k
         order = np.argsort(trace["sweep"][rows])
@@ -91,6 +91,34 @@ def main() -> None:
                       "inner_geometry_kept": {b: round(float(np.mean(v)), 3) for b, v in sorted(kept.items())}}))
     print(json.dumps({"method": "openmm_on_vae_target", "sample_ps": a.every,
                       "rho_at_lag_samples": {L: round(float(np.mean(v)), 3) for L, v in omm_rho.items() if v}}))
+
+
+def _openmm_reference(a, system, x, targets, box, vae, lj, k: int) -> np.ndarray:
+    """(samples, molecules) per-molecule LJ energies of openmm on vae_mc's target (its bond model)."""
+    omm = make_plugin("refiner", "openmm", {**COMMON, "steps": 10, "timestep": 0.002, "threads": 1,
+                                            "warmup_steps": 0, "friction": 10.0})
+    omm.prepare(system)
+    y, _ = restrained_run(omm, x, targets, box[0], a.equilibrate_ps, 11 + a.first + k, vae.bond_model())
+    _, seen = restrained_run(omm, y, targets, box[0], a.reference_ps, 100 + a.first + k, vae.bond_model(),
+                             every=a.every, observe=lj)
+    return np.array(seen)
+
+
+def reference(a, frame: int, run) -> np.ndarray:
+    """A frame's openmm reference series: from ``--reference-cache`` if it holds the frame with the
+    same settings, else ``run()`` (and stored there, written whole or not at all)."""
+    settings = np.array([a.equilibrate_ps, a.reference_ps, a.every])
+    path = Path(a.reference_cache) if a.reference_cache else None
+    cached = dict(np.load(path)) if path is not None and path.exists() else {}
+    key = f"f{frame}"
+    if key in cached and np.allclose(cached.get(f"{key}_settings", settings), settings):
+        return cached[key]
+    ref = run()
+    if path is not None:
+        cached.update({key: ref, f"{key}_settings": settings})
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **cached)
+    return ref
 
 
 if __name__ == "__main__":

@@ -170,6 +170,33 @@ def test_vae_every_leaves_the_network_moves_to_every_nth_sweep(vae_run, tmp_path
         VAEMCRefiner({"model": vae_run / "vae" / "model", "vae_every": 2})
 
 
+def test_inner_moves_keep_every_bond_and_move_every_bead_type(vae_run, tmp_path):
+    """``inner`` moves in the refiner: with the VAE moves in sweep 0 only, sweeps 1–3 make inner moves
+    alone. Those keep every bond length (hexane's bonds are flexible here, so only the moves' geometry
+    keeps them) while the bond angles change, and every bead type logs inner moves, some accepted."""
+    import csv
+
+    log, trace = tmp_path / "sweeps.csv", tmp_path / "trace.npz"
+    refiner = _refiner(vae_run, steps=4, sweep_log=log, trace=trace, blocks=[], inner=3, inner_step=0.02,
+                       vae_every=10, project_output=False)
+    (x, targets), box = _frame(vae_run, refiner)
+    refiner.refine(x[None], targets[None], np.asarray(box).reshape(1, 3, 3), np.random.default_rng(0))
+    accepted: dict[str, int] = {}
+    network = set()  # the bead types the VAE moved in sweep 0
+    for row in csv.DictReader(log.open()):
+        if row["unit"].endswith(" inner"):
+            accepted[row["unit"]] = accepted.get(row["unit"], 0) + int(row["accepted"])
+        else:
+            network.add(row["unit"])
+    assert set(accepted) == {f"{label} inner" for label in network} and len(network) == 3
+    assert all(n > 0 for n in accepted.values()), accepted
+    positions = np.load(trace)["positions"].astype(np.float64)  # after sweeps 0 … 3
+    bonds = np.asarray(refiner.system.bonds[0]).reshape(-1, 2)
+    length = lambda p: np.linalg.norm(p[bonds[:, 0]] - p[bonds[:, 1]], axis=-1)  # noqa: E731
+    assert np.abs(length(positions[3]) - length(positions[0])).max() < 1e-5
+    assert np.abs(positions[3] - positions[0]).max() > 1e-3  # and yet the atoms moved
+
+
 def test_refiner_refuses_what_it_cannot_sample_exactly(vae_run, tmp_path):
     from backmap import BackmapError
 

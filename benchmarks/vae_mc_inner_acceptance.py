@@ -1,0 +1,96 @@
+"""Acceptance of vae_mc's inner moves (``inner``) against their step, at stationarity on sPS.
+
+Each test frame is brought to a draw of vae_mc's own target (openmm with its bond model, as in
+``vae_mc_decorrelation.py --equilibrate-ps``). Then every inner move of every unit — hydrogen
+pivots, cranks of an atom with its hydrogens, pivots of a hanging group, wobbles of a unit hanging
+on one bond — is proposed once per step, everything else where it is, and the mean Metropolis
+acceptance min(1, π(x')/π(x)) (the share of proposals accepted) and the rms displacement of an accepted move's atoms are printed
+per step, kind and bead type (one JSON line per step):
+
+    python benchmarks/vae_mc_inner_acceptance.py --model models/sps-vae --frames 2 --steps 0.005,0.01,0.02,0.04
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from backmap.engine.loaders import make_plugin
+from backmap_vae.inner import InnerGroup, inner_group, inner_move, neighbours
+from vae_mc_decorrelation import COMMON, equilibrated, sps_frames
+
+
+def kind_name(moved: int, crank: bool, whole: bool) -> str:
+    """What an inner move is, from how many atoms it moves and about what."""
+    if crank:
+        return "crank"
+    if whole:
+        return "wobble"
+    return "hydrogen pivot" if moved == 1 else "group pivot"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--first", type=int, default=1)
+    ap.add_argument("--frames", type=int, default=2)
+    ap.add_argument("--equilibrate-ps", type=float, default=2.0)
+    ap.add_argument("--steps", default="0.005,0.01,0.02,0.04", help="inner_step values (nm)")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    steps = [float(s) for s in a.steps.split(",")]
+    rng = np.random.default_rng(0)
+    gen = torch.Generator().manual_seed(0)
+    system, x, targets, boxes = sps_frames(a.first, a.frames)
+    vae = make_plugin("refiner", "vae_mc", {**COMMON, "model": a.model, "steps": 1, "start_projection": "held"})
+    vae.prepare(system)
+    starts = equilibrated(system, [(x[f], targets[f], boxes[f:f + 1]) for f in range(a.frames)], a.equilibrate_ps,
+                          rng, bonds=vae.bond_model())
+    nbrs = neighbours(system.bonds[0], system.n_atoms)
+    seen: dict = defaultdict(list)  # (step, kind, label) → (acceptance, rms of accepted) arrays
+    with torch.no_grad():
+        for y, target, box in starts:
+            pos = torch.as_tensor(y, dtype=torch.float64)
+            cg = torch.as_tensor(target, dtype=torch.float64)
+            vectors = np.asarray(box, np.float64).reshape(3, 3)
+            for group in vae.targets.frame_groups(target, vectors, interacting=False):
+                moves = inner_group(group, nbrs)
+                if moves is None:
+                    continue
+                units = vae.targets.bind_unrotated(group, pos, cg, vectors)
+                real = units.index >= 0
+                local = units.local().double()
+                for k in range(int(moves.kinds.max())):
+                    has = moves.kinds > k
+                    mask = moves.masks[:, k] & has[:, None]
+                    one = InnerGroup(group, mask[:, None], moves.axes[:, k][:, None], torch.ones_like(moves.kinds))
+                    names = [kind_name(int(m.sum()), bool(ax[1] >= 0), bool((m == r).all()))
+                             for m, ax, r in zip(mask, moves.axes[:, k], real)]
+                    for step in steps:
+                        acc, new, _invalid, _angle, _kind = inner_move(units, one, step, gen)
+                        shift = (new - local).norm(dim=-1)  # the accepted moves' displacement (0 if rejected)
+                        rms = torch.sqrt((shift ** 2).sum(-1) / mask.sum(-1).clamp(min=1))
+                        for u in torch.nonzero(has)[:, 0].tolist():
+                            seen[(step, names[u], units.label)].append((bool(acc[u]), float(rms[u])))
+    for step in steps:
+        row: dict = {"inner_step_nm": step}
+        for kind in ("hydrogen pivot", "crank", "group pivot", "wobble"):
+            cells = [v for (s, k, _label), v in seen.items() if s == step and k == kind]
+            if not cells:
+                continue
+            vals = np.array([c for cell in cells for c in cell])
+            accepted = vals[:, 0] > 0
+            row[kind] = {"acceptance": round(float(accepted.mean()), 3), "moves": len(vals),
+                         "rms_accepted_nm": round(float(np.sqrt(np.mean(vals[accepted, 1] ** 2))), 4)
+                         if accepted.any() else None}
+        for (s, kind, label), cell in sorted(seen.items()):
+            if s == step:
+                row[f"{label} {kind}"] = round(float(np.mean([c[0] for c in cell])), 3)
+        print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()
