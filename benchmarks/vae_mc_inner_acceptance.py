@@ -3,9 +3,10 @@
 Each test frame is brought to a draw of vae_mc's own target (openmm with its bond model, as in
 ``vae_mc_decorrelation.py --equilibrate-ps``). Then every inner move of every unit — hydrogen
 pivots, cranks of an atom with its hydrogens, pivots of a hanging group, wobbles of a unit hanging
-on one bond — is proposed once per step, everything else where it is, and the mean Metropolis
-acceptance min(1, π(x')/π(x)) (the share of proposals accepted) and the rms displacement of an accepted move's atoms are printed
-per step, kind and bead type (one JSON line per step):
+on one bond, and the moves across a crank cluster's units (a CH with its ring about its two backbone
+partners) — is proposed once per step, everything else where it is, and the
+acceptance (the share of proposals accepted) and the rms displacement of an accepted move's atoms are
+printed per step, kind and bead type (one JSON line per step):
 
     python benchmarks/vae_mc_inner_acceptance.py --model models/sps-vae --frames 2 --steps 0.005,0.01,0.02,0.04
 """
@@ -20,6 +21,7 @@ import torch
 
 from backmap.engine.loaders import make_plugin
 from backmap_vae.inner import InnerGroup, inner_group, inner_move, neighbours
+from backmap_vae.rotations import rotation_groups
 from vae_mc_decorrelation import COMMON, equilibrated, sps_frames
 
 
@@ -49,15 +51,19 @@ def main() -> None:
     vae.prepare(system)
     starts = equilibrated(system, [(x[f], targets[f], boxes[f:f + 1]) for f in range(a.frames)], a.equilibrate_ps,
                           rng, bonds=vae.bond_model())
-    nbrs = neighbours(system.bonds[0], system.n_atoms)
+    bonds = np.asarray(system.bonds[0], np.int64).reshape(-1, 2)
+    nbrs = neighbours(bonds, system.n_atoms)
     seen: dict = defaultdict(list)  # (step, kind, label) → (acceptance, rms of accepted) arrays
     with torch.no_grad():
         for y, target, box in starts:
             pos = torch.as_tensor(y, dtype=torch.float64)
             cg = torch.as_tensor(target, dtype=torch.float64)
             vectors = np.asarray(box, np.float64).reshape(3, 3)
-            for group in vae.targets.frame_groups(target, vectors, interacting=False):
-                moves = inner_group(group, nbrs)
+            _, cranks = rotation_groups(vae.targets, target, vectors, bonds)
+            apart = vae.targets.frame_groups(target, vectors, interacting=False)
+            plain = [(g, inner_group(g, nbrs), "") for g in apart]
+            across = [(c.group, inner_group(c.group, nbrs, spanning=True), "across units ") for c in cranks]
+            for group, moves, prefix in plain + across:
                 if moves is None:
                     continue
                 units = vae.targets.bind_unrotated(group, pos, cg, vectors)
@@ -67,7 +73,7 @@ def main() -> None:
                     has = moves.kinds > k
                     mask = moves.masks[:, k] & has[:, None]
                     one = InnerGroup(group, mask[:, None], moves.axes[:, k][:, None], torch.ones_like(moves.kinds))
-                    names = [kind_name(int(m.sum()), bool(ax[1] >= 0), bool((m == r).all()))
+                    names = [prefix + kind_name(int(m.sum()), bool(ax[1] >= 0), bool((m == r).all()))
                              for m, ax, r in zip(mask, moves.axes[:, k], real)]
                     for step in steps:
                         acc, new, _invalid, _angle, _kind = inner_move(units, one, step, gen)
@@ -77,7 +83,8 @@ def main() -> None:
                             seen[(step, names[u], units.label)].append((bool(acc[u]), float(rms[u])))
     for step in steps:
         row: dict = {"inner_step_nm": step}
-        for kind in ("hydrogen pivot", "crank", "group pivot", "wobble"):
+        for kind in ("hydrogen pivot", "crank", "group pivot", "wobble", "across units crank", "across units group pivot",
+                     "across units wobble"):
             cells = [v for (s, k, _label), v in seen.items() if s == step and k == kind]
             if not cells:
                 continue

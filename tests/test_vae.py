@@ -731,6 +731,31 @@ def test_inner_cranks_sample_an_atom_and_its_hydrogens_about_their_partners_by_q
                                      moved=moves.masks[:, 0], move=lambda part, gen: inner_move(part, moves, 1.0, gen, 8))
 
 
+def test_inner_kinds_move_what_no_held_bond_holds():
+    """The inner moves of a unit: every hydrogen pivots about its carbon; an atom with its
+    hydrogens is pivoted (held by one bond) or cranked (by two); a branch that hangs on an atom goes
+    with it; a unit on one bond wobbles. Across a crank cluster's units only the moves that span
+    two units are made: a CH with its ring, about its two backbone partners."""
+    from backmap_vae.inner import inner_kinds, neighbours
+
+    def kinds(row, nbrs, units=None):
+        row = np.asarray(row)
+        return sorted((tuple(int(a) for a in row[mask]), axis) for mask, axis in inner_kinds(row, nbrs, units))
+
+    # a chain end: C0 (H 1–3) – C4 (H 5, 6) – C7 (outside the unit)
+    nbrs = neighbours(np.array([[0, 1], [0, 2], [0, 3], [0, 4], [4, 5], [4, 6], [4, 7]]), 8)
+    assert kinds([0, 1, 2, 3, 4, 5, 6, -1], nbrs) == sorted([
+        ((1,), (0, -1)), ((2,), (0, -1)), ((3,), (0, -1)), ((5,), (4, -1)), ((6,), (4, -1)),
+        ((0, 1, 2, 3), (4, -1)),  # the CH3 about C4
+        ((4, 5, 6), (0, 7)),  # the CH2 cranked about its partners
+        ((0, 1, 2, 3, 4, 5, 6), (7, -1))])  # the whole unit about the atom it hangs on
+    # a backbone CH (1, H 2) between C0 and C3 carrying a three-membered "ring" 4–5–6 on atom 4
+    nbrs = neighbours(np.array([[0, 1], [1, 3], [1, 2], [1, 4], [4, 5], [5, 6], [6, 4]]), 7)
+    assert kinds([1, 2], nbrs) == [((2,), (1, -1))]  # held by three bonds, the CH alone cannot move
+    cluster = kinds([1, 2, 4, 5, 6], nbrs, np.array([10, 10, 11, 11, 11]))
+    assert cluster == [((1, 2, 4, 5, 6), (0, 3))]
+
+
 def test_crank_clusters_join_a_unit_and_the_units_hanging_on_it():
     """A unit held by two or more bonds is cranked with the units hanging on it, where that cluster is
     held by one bond (a turn about it) or two (a crankshaft); a lone hanger is the turns' business."""

@@ -43,9 +43,32 @@ def neighbours(bonds: np.ndarray, n_atoms: int) -> list[list[int]]:
     return out
 
 
-def inner_kinds(row: np.ndarray, nbrs: list[list[int]]) -> list[tuple[np.ndarray, tuple[int, int]]]:
+def hanging(a: int, t: int, nbrs: list[list[int]], inside: set[int]) -> set[int] | None:
+    """The atoms reached from ``t`` without passing through ``a`` if they all lie ``inside`` (a
+    branch that hangs on a: a hydrogen, a ring on its CH), else None."""
+    seen, todo = {t}, [t]
+    while todo:
+        for n in nbrs[todo.pop()]:
+            if n == a or n in seen:
+                continue
+            if n not in inside:
+                return None
+            seen.add(n)
+            todo.append(n)
+    return seen
+
+
+def inner_kinds(row: np.ndarray, nbrs: list[list[int]], units: np.ndarray | None = None
+                ) -> list[tuple[np.ndarray, tuple[int, int]]]:
     """The inner moves of one unit (atom row (U,), −1 padding): (moved slots (U,) bool, (p, q)),
-    with (p, q) the global atoms of a crank's axis, or (p, −1) for a pivot about atom p."""
+    with (p, q) the global atoms of a crank's axis, or (p, −1) for a pivot about atom p.
+
+    For each atom a, the moved set is a with its terminal atoms (hydrogens), or a with every branch
+    that hangs on it inside the row; it is pivoted if the rest holds it by one bond, cranked if by
+    two. ``units`` (U,): the unit of each
+    slot of a row that joins several (a crank cluster): then only the moves whose atoms span two
+    or more units are kept (a CH with its ring, about its two backbone partners); the others are
+    each unit's own."""
     atoms = [int(a) for a in row if a >= 0]
     inside = set(atoms)
     slot = {int(a): s for s, a in enumerate(row) if a >= 0}
@@ -54,23 +77,23 @@ def inner_kinds(row: np.ndarray, nbrs: list[list[int]]) -> list[tuple[np.ndarray
 
     def add(moved: set[int], axis: tuple[int, int]) -> None:
         key = frozenset(moved)
-        if key in seen:
-            return
-        seen.add(key)
         mask = np.zeros(len(row), bool)
         mask[[slot[a] for a in moved]] = True
+        if key in seen or (units is not None and len(set(units[mask].tolist())) < 2):
+            return
+        seen.add(key)
         out.append((mask, axis))
 
     for a in atoms:
-        if len(nbrs[a]) == 1:  # a hydrogen (or any terminal atom): it pivots about its partner
-            add({a}, (nbrs[a][0], -1))
-            continue
-        moved = {a} | {t for t in nbrs[a] if len(nbrs[t]) == 1 and t in inside}
-        outside = sorted({o for m in moved for o in nbrs[m]} - moved)
-        if len(outside) == 1:
-            add(moved, (outside[0], -1))
-        elif len(outside) == 2:
-            add(moved, (outside[0], outside[1]))
+        branches = {t: hanging(a, t, nbrs, inside) if t in inside else None for t in nbrs[a]}
+        # a with its terminal atoms (a CH₂ between its partners), and a with every branch on it
+        for keep in (lambda b: len(b) == 1 and len(nbrs[next(iter(b))]) == 1, lambda b: True):
+            moved = {a}.union(*[b for b in branches.values() if b is not None and keep(b)])
+            outside = sorted({o for m in moved for o in nbrs[m]} - moved)
+            if len(outside) == 1:
+                add(moved, (outside[0], -1))
+            elif len(outside) == 2:
+                add(moved, (outside[0], outside[1]))
     if len(atoms) > 1:  # the whole unit on one bond (sPS's phenyl): it wobbles about the atom it hangs on
         outside = sorted({o for m in atoms for o in nbrs[m]} - inside)
         if len(outside) == 1:
@@ -89,9 +112,12 @@ class InnerGroup:
     kinds: torch.Tensor
 
 
-def inner_group(group: UnitGroup, nbrs: list[list[int]]) -> InnerGroup | None:
-    """The inner moves of a colour group's units; None if none of them has one."""
-    per_unit = [inner_kinds(row, nbrs) for row in group.atoms]
+def inner_group(group: UnitGroup, nbrs: list[list[int]], spanning: bool = False) -> InnerGroup | None:
+    """The inner moves of a colour group's units; None if none of them has one. ``spanning``: the
+    group's rows are crank clusters (``meta['wall_beads']`` names each slot's bead), and only the
+    moves across two or more of their units are made (:func:`inner_kinds`)."""
+    walls = group.meta["wall_beads"] if spanning else [None] * len(group.atoms)
+    per_unit = [inner_kinds(row, nbrs, w) for row, w in zip(group.atoms, walls)]
     K = max(len(k) for k in per_unit)
     if not K:
         return None

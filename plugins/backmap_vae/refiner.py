@@ -260,20 +260,20 @@ class VAEMCRefiner(Refiner):
         pos = self._relaxed(x, targets, box)
         groups = self.targets.frame_groups(targets, box, interacting=p.decide == "sequential")
         moves = [move for block in self.blocks for move in block_moves(self.targets, block, groups, p.temperature)]
-        rotations = []
-        if p.turns or p.cranks:  # local moves: turns of hanging units, cranks of clusters
+        rotations, inner = [], []
+        if p.turns or p.cranks or p.inner:  # local moves: turns of hanging units, cranks of clusters
             bonds = np.asarray(self.system.bonds[0], np.int64).reshape(-1, 2)
             if self._clusters is None:
                 self._clusters = crank_clusters(groups, bonds)
             turns, cranks = rotation_groups(self.targets, targets, box, bonds, groups, self._clusters)
             rotations = ([_Rotations(g, axes, p.turn_width, p.turns, " turn") for g, axes in turns if p.turns]
                          + [_Rotations(c.group, c.axes, p.crank_width, p.cranks) for c in cranks if p.cranks])
-        inner = []
-        if p.inner:  # inner moves of every unit, in groups decided at once
-            if self._neighbours is None:
-                self._neighbours = neighbours(self.system.bonds[0], self.system.n_atoms)
-            inner = [m for g in self.targets.frame_groups(targets, box, interacting=False)
-                     if (m := inner_group(g, self._neighbours)) is not None]
+            if p.inner:  # inner moves of every unit, and those across a crank cluster's units
+                if self._neighbours is None:
+                    self._neighbours = neighbours(bonds, self.system.n_atoms)
+                inner = [m for g in self.targets.frame_groups(targets, box, interacting=False)
+                         if (m := inner_group(g, self._neighbours)) is not None]
+                inner += [m for c in cranks if (m := inner_group(c.group, self._neighbours, spanning=True)) is not None]
         return _Chain(frame, pos, targets, torch.as_tensor(targets, dtype=torch.float64), box,
                       np.asarray(box, np.float64).reshape(3, 3), groups, moves, self.sampler.keep_frame(), rotations,
                       inner)
