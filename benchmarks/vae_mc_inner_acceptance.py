@@ -83,8 +83,8 @@ def main() -> None:
                             seen[(step, names[u], units.label)].append((bool(acc[u]), float(rms[u])))
     for step in steps:
         row: dict = {"inner_step_nm": step}
-        for kind in ("hydrogen pivot", "crank", "group pivot", "wobble", "across units crank", "across units group pivot",
-                     "across units wobble"):
+        kinds = ("hydrogen pivot", "crank", "group pivot", "wobble")
+        for kind in kinds + tuple(f"across units {k}" for k in kinds):
             cells = [v for (s, k, _label), v in seen.items() if s == step and k == kind]
             if not cells:
                 continue
