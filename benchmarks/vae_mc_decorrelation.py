@@ -186,7 +186,8 @@ def main() -> None:
     ap.add_argument("--crank-width", type=float, default=0.1, help="largest crank (rad)")
     ap.add_argument("--inner", type=int, default=0, help="vae_mc's inner moves per sweep of every unit")
     ap.add_argument("--inner-step", type=float, default=0.01, help="largest inner displacement (nm)")
-    ap.add_argument("--rotation-candidates", type=int, default=1, help="angles per turn, crank or inner move (heat-bath)")
+    ap.add_argument("--rotation-candidates", type=int, default=1,
+                    help="angles per turn, crank or inner move (heat-bath)")
     ap.add_argument("--vae-every", type=int, default=1, help="vae_mc's VAE moves in every n-th sweep only")
     ap.add_argument("--openmm-ps", type=float, default=20.0)
     ap.add_argument("--chunk", type=int, default=50, help="openmm steps (2 fs) between samples")
@@ -288,6 +289,30 @@ def equilibrated(system: RestrainedSystem, starts: list, ps: float, rng: np.rand
         return [(y, t, b) for y, (_x, t, b) in zip(out.positions, starts)]
     return [(restrained_run(omm, x, t, b.reshape(3, 3), ps, int(rng.integers(2**31)), bonds)[0], t, b)
             for x, t, b in starts]
+
+
+def stationary_args(description: str) -> argparse.ArgumentParser:
+    """The arguments of the benchmarks that move units of frames drawn from vae_mc's own target:
+    the model, the test frames and the openmm time that brings them there."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--first", type=int, default=1)
+    ap.add_argument("--frames", type=int, default=2)
+    ap.add_argument("--equilibrate-ps", type=float, default=2.0)
+    return ap
+
+
+def stationary_starts(a: argparse.Namespace) -> tuple[RestrainedSystem, object, list]:
+    """The system, a prepared vae_mc refiner of ``a.model`` and test frames ``a.first`` …
+    brought to draws of its own target (``a.equilibrate_ps`` of openmm on its bond model), as
+    (positions, CG targets, box) each."""
+    torch.set_num_threads(1)
+    system, x, targets, boxes = sps_frames(a.first, a.frames)
+    vae = make_plugin("refiner", "vae_mc", {**COMMON, "model": a.model, "steps": 1, "start_projection": "held"})
+    vae.prepare(system)
+    starts = equilibrated(system, [(x[f], targets[f], boxes[f:f + 1]) for f in range(a.frames)], a.equilibrate_ps,
+                          np.random.default_rng(0), bonds=vae.bond_model())
+    return system, vae, starts
 
 
 def restrained_run(omm, x: np.ndarray, target: np.ndarray, box: np.ndarray, ps: float, seed: int,

@@ -12,17 +12,15 @@ printed per step, kind and bead type (one JSON line per step):
 """
 from __future__ import annotations
 
-import argparse
 import json
 from collections import defaultdict
 
 import numpy as np
 import torch
 
-from backmap.engine.loaders import make_plugin
 from backmap_vae.inner import InnerGroup, inner_group, inner_move, neighbours
 from backmap_vae.rotations import rotation_groups
-from vae_mc_decorrelation import COMMON, equilibrated, sps_frames
+from vae_mc_decorrelation import stationary_args, stationary_starts
 
 
 def kind_name(moved: int, crank: bool, whole: bool) -> str:
@@ -35,22 +33,12 @@ def kind_name(moved: int, crank: bool, whole: bool) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--first", type=int, default=1)
-    ap.add_argument("--frames", type=int, default=2)
-    ap.add_argument("--equilibrate-ps", type=float, default=2.0)
+    ap = stationary_args(__doc__)
     ap.add_argument("--steps", default="0.005,0.01,0.02,0.04", help="inner_step values (nm)")
     a = ap.parse_args()
-    torch.set_num_threads(1)
     steps = [float(s) for s in a.steps.split(",")]
-    rng = np.random.default_rng(0)
     gen = torch.Generator().manual_seed(0)
-    system, x, targets, boxes = sps_frames(a.first, a.frames)
-    vae = make_plugin("refiner", "vae_mc", {**COMMON, "model": a.model, "steps": 1, "start_projection": "held"})
-    vae.prepare(system)
-    starts = equilibrated(system, [(x[f], targets[f], boxes[f:f + 1]) for f in range(a.frames)], a.equilibrate_ps,
-                          rng, bonds=vae.bond_model())
+    system, vae, starts = stationary_starts(a)
     bonds = np.asarray(system.bonds[0], np.int64).reshape(-1, 2)
     nbrs = neighbours(bonds, system.n_atoms)
     seen: dict = defaultdict(list)  # (step, kind, label) → (acceptance, rms of accepted) arrays

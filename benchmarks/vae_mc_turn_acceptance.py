@@ -10,35 +10,23 @@ min(1, π(x')/π(x)) is printed per width and unit type (one JSON line each):
 """
 from __future__ import annotations
 
-import argparse
 import json
 from collections import defaultdict
 
 import numpy as np
 import torch
 
-from backmap.engine.loaders import make_plugin
 from backmap_vae.rotations import rotation_groups, turn_geometry, turned
-from vae_mc_decorrelation import COMMON, equilibrated, sps_frames
+from vae_mc_decorrelation import stationary_args, stationary_starts
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--first", type=int, default=1)
-    ap.add_argument("--frames", type=int, default=2)
-    ap.add_argument("--equilibrate-ps", type=float, default=2.0)
+    ap = stationary_args(__doc__)
     ap.add_argument("--widths", default="5,10,20,45,180", help="turn widths w (degrees): angles uniform in ±w")
     a = ap.parse_args()
-    torch.set_num_threads(1)
     widths = [float(w) for w in a.widths.split(",")]
-    rng = np.random.default_rng(0)
     gen = torch.Generator().manual_seed(0)
-    system, x, targets, boxes = sps_frames(a.first, a.frames)
-    vae = make_plugin("refiner", "vae_mc", {**COMMON, "model": a.model, "steps": 1, "start_projection": "held"})
-    vae.prepare(system)
-    starts = equilibrated(system, [(x[f], targets[f], boxes[f:f + 1]) for f in range(a.frames)], a.equilibrate_ps,
-                          rng, bonds=vae.bond_model())
+    system, vae, starts = stationary_starts(a)
     bonds = np.asarray(system.bonds[0], np.int64).reshape(-1, 2)
     seen: dict = defaultdict(list)
     for y, target, box in starts:
