@@ -185,7 +185,7 @@ def main() -> None:
     ap.add_argument("--cranks", type=int, default=0, help="vae_mc's crankshaft moves per sweep of backbone clusters")
     ap.add_argument("--crank-width", type=float, default=0.1, help="largest crank (rad)")
     ap.add_argument("--inner", type=int, default=0, help="vae_mc's inner moves per sweep of every unit")
-    ap.add_argument("--inner-step", type=float, default=0.01, help="largest inner displacement (nm)")
+    ap.add_argument("--inner-step", type=float, default=0.04, help="largest inner displacement (nm)")
     ap.add_argument("--rotation-candidates", type=int, default=1,
                     help="angles per turn, crank or inner move (heat-bath)")
     ap.add_argument("--vae-every", type=int, default=1, help="vae_mc's VAE moves in every n-th sweep only")

@@ -89,7 +89,7 @@ class VAEMCParams(RefineParams):
                                             "unit and move, accepted with π(x')/π(x): exact; for the bond angles and "
                                             "hydrogens that only a whole-bead redraw moves otherwise (docs/vae.md, "
                                             "'Inner moves'); 0: none")
-    inner_step: float = Field(0.01, gt=0, le=0.2, description="largest displacement (nm) of an inner move: the angle "
+    inner_step: float = Field(0.04, gt=0, le=0.2, description="largest displacement (nm) of an inner move: the angle "
                                                               "is uniform in ±inner_step/r, r the moved atoms' "
                                                               "largest distance from the axis")
     rotation_candidates: int = Field(1, ge=1, description="angles scored per turn, crank or inner move: 1, Metropolis with one "
