@@ -158,5 +158,5 @@ def inner_move(units: BoundUnits, moves: InnerGroup, step: float, gen: torch.Gen
     radius = (r - (r * axis[:, None]).sum(-1, keepdim=True) * axis[:, None]).norm(dim=-1)  # from the axis
     reach = torch.where(moved, radius, torch.zeros_like(radius)).amax(-1).clamp(min=1e-3)
     acc, new, invalid, angle = rotation_move(units, local, pivot, axis, moved, step / reach, gen, candidates)
-    return acc, new, invalid, angle, kind
+    return acc & (moves.kinds > 0), new, invalid, angle, kind  # a unit without a kind has moved nothing
 
