@@ -416,7 +416,8 @@ class ForceField:
         return e, -grad
 
     def group_energies(self, positions: torch.Tensor, vectors: np.ndarray | None, groups: torch.Tensor,
-                       *, check: bool = False, environment_fixed: bool = False) -> torch.Tensor:
+                       *, check: bool = False, environment_fixed: bool = False, keep_index: bool = True
+                       ) -> torch.Tensor:
         """(C, G) energies of every interaction that involves at least one atom of group g, in each
         of C configurations: for one group, ``energy(positions, box, subset=group).total``.
 
@@ -441,6 +442,9 @@ class ForceField:
         fraction of the cost when C is large. Gradients reach the other atoms through
         configuration 0 only.
 
+        ``keep_index=False``: ``groups`` is a one-off (e.g. the atoms a local move happens to
+        move); its index tables are not kept for the next call.
+
         Neighbours: brute force from each group to all atoms (a sphere around the group's centre,
         then its atoms), vectorized (index bookkeeping in numpy, energies in torch), with per-
         topology lookups built once; periodic images are exact in any triclinic box whose smallest
@@ -463,7 +467,7 @@ class ForceField:
         if G == 0 or A == 0:
             return torch.zeros(C, G, dtype=dt)
         tables = self._group_index_tables()
-        index = self._group_index(gr, check)
+        index = self._group_index(gr, check, keep_index)
         valid, gfill = index.valid, index.gfill
         t = torch.from_numpy
         out = torch.zeros(C, G, dtype=dt)
@@ -531,13 +535,14 @@ class ForceField:
         sums = torch.segment_reduce(e_lj + e_c, "sum", lengths=t(np.bincount(block, minlength=C * G)))
         return out + sums.reshape(C, G)
 
-    def _group_index(self, groups: np.ndarray, check: bool) -> "_GroupIndex":
+    def _group_index(self, groups: np.ndarray, check: bool, keep: bool = True) -> "_GroupIndex":
         """What :meth:`group_energies` needs of the groups' atoms alone (padding, bonded terms and
         excluded pairs that touch each group, self terms): computed once per distinct ``groups``
         and kept (a Monte Carlo sweep moves the same colour groups again and again). ``check``
-        verifies that no bonded term spans two groups (then nothing is kept: a check each time)."""
+        verifies that no bonded term spans two groups (then nothing is kept: a check each time), and
+        nothing is kept unless ``keep``."""
         key = (groups.shape, groups.tobytes())
-        index = None if check else self._group_indices.get(key)
+        index = None if check or not keep else self._group_indices.get(key)
         if index is not None:
             self._group_indices.move_to_end(key)
             return index
@@ -556,7 +561,7 @@ class ForceField:
         index.excluded = idx, g
         index.self_energies = torch.zeros(G, dtype=self.dtype).index_add(0, torch.from_numpy(gid),
                                                                          self._self_energies(torch.from_numpy(atoms)))
-        if not check:
+        if keep and not check:
             self._group_indices[key] = index
             while len(self._group_indices) > GROUP_INDEX_CACHE:
                 self._group_indices.popitem(last=False)
@@ -665,6 +670,30 @@ class ForceField:
                             np.ascontiguousarray(other_atoms, np.int64), vec, np.linalg.inv(vec), periodic,
                             *tables, *pair_params, *exclusions, out)
         return torch.as_tensor(out, dtype=self.dtype)
+
+    def sequential_metropolis(self, states: torch.Tensor, atoms: np.ndarray, moved: np.ndarray,
+                              log_ratio: torch.Tensor, log_u: torch.Tensor, beta: float,
+                              vectors: np.ndarray | None) -> torch.Tensor:
+        """Metropolis decisions (G,) bool of G local moves made one after the other, compiled: move
+        g takes its atoms ``atoms`` (G, A) from ``states[g, 0]`` to ``states[g, 1]`` ((G, 2, A, 3)
+        nm; only those ``moved`` (G, A) change), ln π′/π = ``log_ratio`` (G,) against the state
+        before any move; it is accepted if ln u (``log_u``) is below that ratio corrected by −β
+        times the change of its moved atoms' non-bonded energy with those of every move accepted
+        before it. Exact (a systematic scan of Metropolis updates) when no two units share a
+        bonded term, an excluded pair or another term of the target, and no proposal depends on
+        another unit's atoms. NaN ratios are rejected."""
+        from backmap.forcefield.placement_kernel import sequential_metropolis
+
+        periodic = vectors is not None
+        vec = np.asarray(vectors if periodic else np.eye(3), np.float64).reshape(3, 3)
+        accepted = np.zeros(len(states), np.bool_)
+        tables, pair_params, exclusions = self._kernel_tables()
+        sequential_metropolis(np.ascontiguousarray(states.detach().to(torch.float64).numpy()),
+                              np.ascontiguousarray(atoms, np.int64), np.ascontiguousarray(moved, np.bool_),
+                              np.ascontiguousarray(log_ratio.detach().to(torch.float64).numpy()),
+                              np.ascontiguousarray(log_u.detach().to(torch.float64).numpy()), float(beta), vec,
+                              np.linalg.inv(vec), periodic, *tables, *pair_params, *exclusions, accepted)
+        return torch.as_tensor(accepted)
 
     def _inside_pairs(self, valid: np.ndarray, gfill: np.ndarray, is_excluded) -> tuple[np.ndarray, ...]:
         """(group, slot a, slot b), a < b, of the non-excluded atom pairs inside each group."""

@@ -70,6 +70,20 @@ def _excluded(i, j, ptr, partners):
     return False
 
 
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _nearest_d2(dx, dy, dz, periodic, vectors, inverse):
+    """Squared length of the difference (dx, dy, dz) at its nearest image (rounded fractional
+    coordinates: exact within half a box height, which bounds the cut-off)."""
+    if periodic:
+        f0 = np.rint(dx * inverse[0, 0] + dy * inverse[1, 0] + dz * inverse[2, 0])
+        f1 = np.rint(dx * inverse[0, 1] + dy * inverse[1, 1] + dz * inverse[2, 1])
+        f2 = np.rint(dx * inverse[0, 2] + dy * inverse[1, 2] + dz * inverse[2, 2])
+        dx -= f0 * vectors[0, 0] + f1 * vectors[1, 0] + f2 * vectors[2, 0]
+        dy -= f0 * vectors[0, 1] + f1 * vectors[1, 1] + f2 * vectors[2, 1]
+        dz -= f0 * vectors[0, 2] + f1 * vectors[1, 2] + f2 * vectors[2, 2]
+    return dx * dx + dy * dy + dz * dz
+
+
 CELL_WIDTH = 0.5  # nm, about: the grid's cell edge (0.3 and 0.4 nm are slower for sPS, 0.6 and 0.7 as fast)
 CLUSTER_WIDTH = 1.0  # nm: the longest a cluster of a group's atoms gets along the group's longest axis
 CLUSTER_ATOMS = 64  # at most: one bit per cluster atom in the exclusion masks (int64)
@@ -461,17 +475,9 @@ def placement_pair_energies(x, vectors, inverse, heights, periodic, placements, 
                 c6, c12, rs, sh = c6t[tt], c12t[tt], softt[tt], shiftt[tt]
                 qq = f_coulomb * charges[i] * charges[j]
                 for c in range(C):
-                    dx = placements[g, c, a, 0] - placements[g, c, b, 0]
-                    dy = placements[g, c, a, 1] - placements[g, c, b, 1]
-                    dz = placements[g, c, a, 2] - placements[g, c, b, 2]
-                    if periodic:  # the nearest image: unique within the cut-off (at most half a box height)
-                        f0 = np.rint(dx * inverse[0, 0] + dy * inverse[1, 0] + dz * inverse[2, 0])
-                        f1 = np.rint(dx * inverse[0, 1] + dy * inverse[1, 1] + dz * inverse[2, 1])
-                        f2 = np.rint(dx * inverse[0, 2] + dy * inverse[1, 2] + dz * inverse[2, 2])
-                        dx -= f0 * vectors[0, 0] + f1 * vectors[1, 0] + f2 * vectors[2, 0]
-                        dy -= f0 * vectors[0, 1] + f1 * vectors[1, 1] + f2 * vectors[2, 1]
-                        dz -= f0 * vectors[0, 2] + f1 * vectors[1, 2] + f2 * vectors[2, 2]
-                    d2 = dx * dx + dy * dy + dz * dz
+                    d2 = _nearest_d2(placements[g, c, a, 0] - placements[g, c, b, 0],
+                                     placements[g, c, a, 1] - placements[g, c, b, 1],
+                                     placements[g, c, a, 2] - placements[g, c, b, 2], periodic, vectors, inverse)
                     if d2 < cut2:
                         r = np.sqrt(d2 + EPS2)
                         out[c, g] += _pair(r, c6, c12, rs, sh, qq, rvdw, rcoulomb, k_rf, c_rf, r_min)
@@ -496,16 +502,92 @@ def cross_pair_energies(placements, atoms, others, other_atoms, vectors, inverse
             c6, c12, rs, sh = c6t[tt], c12t[tt], softt[tt], shiftt[tt]
             qq = f_coulomb * charges[i] * charges[j]
             for c in range(C):
-                dx = placements[c, a, 0] - others[p, 0]
-                dy = placements[c, a, 1] - others[p, 1]
-                dz = placements[c, a, 2] - others[p, 2]
-                if periodic:
-                    f0 = np.rint(dx * inverse[0, 0] + dy * inverse[1, 0] + dz * inverse[2, 0])
-                    f1 = np.rint(dx * inverse[0, 1] + dy * inverse[1, 1] + dz * inverse[2, 1])
-                    f2 = np.rint(dx * inverse[0, 2] + dy * inverse[1, 2] + dz * inverse[2, 2])
-                    dx -= f0 * vectors[0, 0] + f1 * vectors[1, 0] + f2 * vectors[2, 0]
-                    dy -= f0 * vectors[0, 1] + f1 * vectors[1, 1] + f2 * vectors[2, 1]
-                    dz -= f0 * vectors[0, 2] + f1 * vectors[1, 2] + f2 * vectors[2, 2]
-                d2 = dx * dx + dy * dy + dz * dz
+                d2 = _nearest_d2(placements[c, a, 0] - others[p, 0], placements[c, a, 1] - others[p, 1],
+                                 placements[c, a, 2] - others[p, 2], periodic, vectors, inverse)
                 if d2 < cut2:
                     out[c] += _pair(np.sqrt(d2 + EPS2), c6, c12, rs, sh, qq, rvdw, rcoulomb, k_rf, c_rf, r_min)
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def sequential_metropolis(states, atoms, moved, log_ratio, log_u, beta, vectors, inverse, periodic, lj_type, charges,
+                          n_types, c6t, c12t, softt, shiftt, cutoff, rvdw, rcoulomb, f_coulomb, k_rf, c_rf, r_min,
+                          ex_ptr, ex_partners, accepted):
+    """Decide G local moves one after the other (Metropolis): move g, from state 0 to state 1 of
+    ``states`` (G, 2, A, 3) of the atoms ``atoms`` (G, A) of which ``moved`` (G, A) move, with
+    ln π′/π = ``log_ratio`` (G,) against the state before any move, is accepted (``accepted``
+    (G,) bool, written) if ``log_u`` (G,) < its ratio plus −``beta`` times the change, for each
+    move h < g already accepted, of the non-bonded energy between their moved atoms:
+    U(g′, h′) − U(g′, h) − U(g, h′) + U(g, h) (the only terms joining the units: they share no
+    bead or bonded term). NaN ratios are rejected. Pairs of units, and of atoms, that stay beyond
+    the cut-off in every state are skipped by bounding spheres (an atom's: around its state 0, as
+    wide as its move); nearest images, excluded pairs skipped."""
+    G, A = states.shape[0], states.shape[2]
+    cut2 = cutoff * cutoff
+    centre = np.zeros((G, 3))
+    radius = np.zeros(G)
+    spread = np.zeros((G, A))
+    for g in range(G):
+        count = 0
+        for a in range(A):
+            if moved[g, a]:
+                count += 1
+                d2 = 0.0
+                for k in range(3):
+                    centre[g, k] += states[g, 0, a, k]
+                    d = states[g, 1, a, k] - states[g, 0, a, k]
+                    d2 += d * d
+                spread[g, a] = np.sqrt(d2)
+        if count:
+            for k in range(3):
+                centre[g, k] /= count
+            for a in range(A):
+                if moved[g, a]:
+                    d2 = 0.0
+                    for k in range(3):
+                        d = states[g, 0, a, k] - centre[g, k]
+                        d2 += d * d
+                    radius[g] = max(radius[g], np.sqrt(d2) + spread[g, a])
+    done = np.zeros(G, np.int64)  # the accepted moves so far
+    n_done = 0
+    for g in range(G):
+        accepted[g] = False
+        ratio = log_ratio[g]
+        if np.isnan(ratio):
+            continue
+        change = 0.0
+        for q in range(n_done):
+            h = done[q]
+            reach = cutoff + radius[g] + radius[h]
+            if _nearest_d2(centre[g, 0] - centre[h, 0], centre[g, 1] - centre[h, 1], centre[g, 2] - centre[h, 2],
+                           periodic, vectors, inverse) >= reach * reach:
+                continue
+            for a in range(A):
+                if not moved[g, a]:
+                    continue
+                i = atoms[g, a]
+                for b in range(A):
+                    if not moved[h, b]:
+                        continue
+                    near = cutoff + spread[g, a] + spread[h, b]
+                    if _nearest_d2(states[g, 0, a, 0] - states[h, 0, b, 0], states[g, 0, a, 1] - states[h, 0, b, 1],
+                                   states[g, 0, a, 2] - states[h, 0, b, 2], periodic, vectors,
+                                   inverse) >= near * near:
+                        continue
+                    j = atoms[h, b]
+                    if _excluded(i, j, ex_ptr, ex_partners):
+                        continue
+                    tt = lj_type[i] * n_types + lj_type[j]
+                    c6, c12, rs, sh = c6t[tt], c12t[tt], softt[tt], shiftt[tt]
+                    qq = f_coulomb * charges[i] * charges[j]
+                    for s in range(2):
+                        for t in range(2):
+                            d2 = _nearest_d2(states[g, s, a, 0] - states[h, t, b, 0],
+                                             states[g, s, a, 1] - states[h, t, b, 1],
+                                             states[g, s, a, 2] - states[h, t, b, 2], periodic, vectors, inverse)
+                            if d2 < cut2:
+                                e = _pair(np.sqrt(d2 + EPS2), c6, c12, rs, sh, qq, rvdw, rcoulomb, k_rf, c_rf, r_min)
+                                change += e if s == t else -e
+        if log_u[g] < ratio - beta * change:
+            accepted[g] = True
+            done[n_done] = g
+            n_done += 1

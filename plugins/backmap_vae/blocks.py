@@ -58,6 +58,12 @@ def merge_groups(groups: list[UnitGroup], moltype: str, step: int, rows: np.ndar
                      cat("frame"))
 
 
+def step_groups(groups: list[UnitGroup]) -> list[UnitGroup]:
+    """Each plan step's units of every molecule as one group, in plan order: units that share no
+    bead or bonded term (they lie in different molecules) but may interact."""
+    return [merge_groups(groups, moltype, step) for moltype, step in dict.fromkeys((g.moltype, g.step) for g in groups)]
+
+
 def bead_distances(targets, beads: np.ndarray) -> np.ndarray:
     """(B, B) smallest nearest-image distance (nm) between any bead of block i and any of block j,
     for the blocks' global bead indices ``beads`` (B, S) in the frame the sampler holds."""

@@ -137,12 +137,12 @@ def random_directions(B: int, gen: torch.Generator) -> torch.Tensor:
     return v / v.norm(dim=-1, keepdim=True)
 
 
-def inner_move(units: BoundUnits, moves: InnerGroup, step: float, gen: torch.Generator, candidates: int = 1
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One inner move of every unit of a group (bound with :meth:`UnitTargets.bind_unrotated`): a
-    kind drawn uniformly per unit, its atoms rotated by an angle uniform in ±``step``/r (r: their
-    largest distance from the axis, which the rotation keeps). Returns :func:`rotation_move`'s
-    (accepted, new local placements, invalid, angle) and the kind chosen per unit (B,)."""
+def inner_rotation(units: BoundUnits, moves: InnerGroup, step: float, gen: torch.Generator
+                   ) -> tuple[torch.Tensor, ...]:
+    """The rotation of one inner move of every unit (bound with :meth:`UnitTargets.bind_unrotated`):
+    a kind drawn uniformly per unit; (local placements (B, U, 3), pivots (B, 3), unit axes (B, 3),
+    moved atoms (B, U), largest angles step/r (B,): r the moved atoms' largest distance from the
+    axis, which the rotation keeps, and the kind (B,))."""
     B = len(moves.kinds)
     kind = (torch.rand(B, generator=gen, dtype=torch.float64) * moves.kinds).long().clamp(max=moves.masks.shape[1] - 1)
     rows = torch.arange(B)
@@ -157,6 +157,14 @@ def inner_move(units: BoundUnits, moves: InnerGroup, step: float, gen: torch.Gen
     r = local - pivot[:, None]
     radius = (r - (r * axis[:, None]).sum(-1, keepdim=True) * axis[:, None]).norm(dim=-1)  # from the axis
     reach = torch.where(moved, radius, torch.zeros_like(radius)).amax(-1).clamp(min=1e-3)
-    acc, new, invalid, angle = rotation_move(units, local, pivot, axis, moved, step / reach, gen, candidates)
-    return acc & (moves.kinds > 0), new, invalid, angle, kind  # a unit without a kind has moved nothing
+    return local, pivot, axis, moved, step / reach, kind
 
+
+def inner_move(units: BoundUnits, moves: InnerGroup, step: float, gen: torch.Generator, candidates: int = 1,
+               sequential: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One inner move of every unit of a group (:func:`inner_rotation`), decided by
+    :func:`rotation_move` (``sequential``: see there). Returns its (accepted, new local placements,
+    invalid, angle) and the kind chosen per unit (B,)."""
+    local, pivot, axis, moved, width, kind = inner_rotation(units, moves, step, gen)
+    acc, new, invalid, angle = rotation_move(units, local, pivot, axis, moved, width, gen, candidates, sequential)
+    return acc & (moves.kinds > 0), new, invalid, angle, kind  # a unit without a kind has moved nothing

@@ -39,7 +39,8 @@ from backmap.sampling.sampler import UnitGroup
 from backmap.system.io import atomic_path
 from backmap.system.pbc import Unwrapper, box_dimensions
 from backmap.threads import torch_threads
-from backmap_vae.blocks import block_moves
+from backmap_vae.blocks import block_moves, step_groups
+from backmap_vae.local_groups import coloured_groups
 from backmap_vae.inner import InnerGroup, inner_group, inner_move, neighbours
 from backmap_vae.rotations import crank_clusters, rotation_groups, turn_move
 from backmap_vae.targets import StackedUnits, UnitTargets
@@ -96,6 +97,13 @@ class VAEMCParams(RefineParams):
                                                           "angle uniform in ±width; n > 1, a heat-bath choice among n "
                                                           "angles a random spacing apart, the current one among them "
                                                           "(exact; n placements cost little more than one)")
+    local_decide: Literal["sequential", "independent"] = Field(
+        "sequential", description="turns, cranks and inner moves: sequential (default): one group per plan step (or "
+                                  "crank kind) with the units of every molecule, decided one after the other, each "
+                                  "with the energy changes of those accepted before it (exact; ~10× fewer, larger "
+                                  "groups than independent on sPS: the cost per sweep is mostly per group); "
+                                  "independent: groups of units beyond each other's cut-off, decided at once (needed "
+                                  "for rotation_candidates > 1)")
     vae_every: int = Field(1, ge=1, description="make the VAE moves (and block moves) in every n-th sweep only, the "
                                                 "local turns and cranks in every sweep (they cost no network call)")
     closure_stiffness: float = Field(1.0e6, gt=0, description="k_c (kJ/mol/nm²) of the stiff spring on rigid bonds "
@@ -134,6 +142,8 @@ class VAEMCParams(RefineParams):
                              "with sweeps after the last minimization: a minimized structure is not a sample)")
         if self.vae_every > 1 and not (self.turns or self.cranks or self.inner):
             raise ValueError("vae_every > 1 needs turns, cranks or inner: the other sweeps would move nothing")
+        if self.rotation_candidates > 1 and self.local_decide == "sequential":
+            raise ValueError("rotation_candidates > 1 (a heat-bath choice) needs local_decide: independent")
         if self.minimize_after and not self.minimize_steps:
             raise ValueError("minimize_after needs minimize_steps > 0")
         return self
@@ -265,14 +275,16 @@ class VAEMCRefiner(Refiner):
             bonds = np.asarray(self.system.bonds[0], np.int64).reshape(-1, 2)
             if self._clusters is None:
                 self._clusters = crank_clusters(groups, bonds)
-            turns, cranks = rotation_groups(self.targets, targets, box, bonds, groups, self._clusters)
+            apart = p.local_decide == "independent"
+            turns, cranks = rotation_groups(self.targets, targets, box, bonds, groups, self._clusters, apart)
             rotations = ([_Rotations(g, axes, p.turn_width, p.turns, " turn") for g, axes in turns if p.turns]
                          + [_Rotations(c.group, c.axes, p.crank_width, p.cranks) for c in cranks if p.cranks])
             if p.inner:  # inner moves of every unit, and those across a crank cluster's units
                 if self._neighbours is None:
                     self._neighbours = neighbours(bonds, self.system.n_atoms)
-                inner = [m for g in self.targets.frame_groups(targets, box, interacting=False)
-                         if (m := inner_group(g, self._neighbours)) is not None]
+                moved = (self.targets.frame_groups(targets, box, interacting=False) if apart
+                         else [g for g, _ in coloured_groups(self.targets, step_groups(groups))])
+                inner = [m for g in moved if (m := inner_group(g, self._neighbours)) is not None]
                 inner += [m for c in cranks if (m := inner_group(c.group, self._neighbours, spanning=True)) is not None]
         return _Chain(frame, pos, targets, torch.as_tensor(targets, dtype=torch.float64), box,
                       np.asarray(box, np.float64).reshape(3, 3), groups, moves, self.sampler.keep_frame(), rotations,
@@ -284,6 +296,7 @@ class VAEMCRefiner(Refiner):
         p = self.params
         tallies = [defaultdict(lambda: [0, 0, 0]) for _ in chains]  # per chain: accepted, proposed, invalid
         network = sweep % p.vae_every == 0  # the VAE (and block) moves of this sweep; turns and cranks every sweep
+        sequential = p.local_decide == "sequential"
         for batch in _lockstep([c.groups for c in chains]) if network else []:
             parts = []
             for f, group in batch:
@@ -313,17 +326,16 @@ class VAEMCRefiner(Refiner):
                     if r >= rot.rounds:
                         continue
                     part = self.targets.bind_unrotated(rot.group, chain.pos, chain.target_t, chain.vectors)
-                    acc, new, invalid, _angle = turn_move(part, rot.axes, rot.width, gen, p.rotation_candidates)
-                    if bool(acc.any()):
-                        chain.pos[part.index[acc]] = part.to_lab(new)[acc]
-                    _count(tallies[f][part.label + rot.suffix], acc, invalid)
+                    acc, new, invalid, _angle = turn_move(part, rot.axes, rot.width, gen, p.rotation_candidates,
+                                                          sequential)
+                    _keep(chain.pos, part, new, acc)
+                    _tally(tallies[f], part, rot.suffix, acc, invalid)
                 for moves in chain.inner if r < p.inner else []:
                     part = self.targets.bind_unrotated(moves.group, chain.pos, chain.target_t, chain.vectors)
                     acc, new, invalid, _angle, _kind = inner_move(part, moves, p.inner_step, gen,
-                                                                  p.rotation_candidates)
-                    if bool(acc.any()):
-                        chain.pos[part.index[acc]] = part.to_lab(new)[acc]
-                    _count(tallies[f][part.label + " inner"], acc, invalid)
+                                                                  p.rotation_candidates, sequential)
+                    _keep(chain.pos, part, new, acc)
+                    _tally(tallies[f], part, " inner", acc, invalid)
             if sweep + 1 in p.minimize_after:  # burn-in: a collective relaxation, then the chain goes on
                 chain.pos = self._relaxed(chain.pos.numpy(), chain.targets, chain.box)
             if p.trace is not None:
@@ -381,6 +393,26 @@ class VAEMCRefiner(Refiner):
             writer = csv.DictWriter(fh, fieldnames=["frame", "sweep", "unit", "accepted", "proposed", "invalid"])
             writer.writeheader()
             writer.writerows(self.sweep_rows)
+
+
+def _keep(pos: torch.Tensor, part, new: torch.Tensor, accepted: torch.Tensor) -> None:
+    """Write the accepted units' new local placements (B, U, 3) into ``pos`` (their atoms only:
+    rows of a stacked group are padded)."""
+    if bool(accepted.any()):
+        slots = accepted[:, None] & (part.index >= 0)
+        pos[part.index[slots]] = part.to_lab(new)[slots]
+
+
+def _tally(tallies: dict, part, suffix: str, accepted: torch.Tensor, invalid: torch.Tensor) -> None:
+    """Count a group's moves under its unit type's label (plus ``suffix``), or each row's when the
+    group stacks several types (``meta['row_labels']``, :mod:`backmap_vae.local_groups`)."""
+    labels = part.group.meta.get("row_labels")
+    if labels is None:
+        _count(tallies[part.label + suffix], accepted, invalid)
+        return
+    for label in dict.fromkeys(labels):
+        rows = torch.as_tensor(labels == label)
+        _count(tallies[label + suffix], accepted[rows], invalid[rows])
 
 
 def _count(counts: list[int], accepted: torch.Tensor, invalid: torch.Tensor) -> None:

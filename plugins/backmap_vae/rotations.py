@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from backmap.sampling.sampler import UnitGroup
-from backmap_vae.blocks import colour_apart, merge_groups
+from backmap_vae.blocks import colour_apart, merge_groups, step_groups
+from backmap_vae.local_groups import coloured_groups
 from backmap_vae.targets import BoundUnits
 
 
@@ -91,21 +92,33 @@ def candidate_angles(B: int, width: float | torch.Tensor, n: int, gen: torch.Gen
     return (torch.arange(n)[None] - k[:, None]).double() * h[:, None]
 
 
-def turn_move(units: BoundUnits, axes: np.ndarray, width: float, gen: torch.Generator, candidates: int = 1
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One rotation move of every unit of a group whose units neither see nor interact with each
-    other (decided independently), about the axes through the atom pairs ``axes`` (B, 2): the
-    whole unit turns (:func:`rotation_move`)."""
+def turn_move(units: BoundUnits, axes: np.ndarray, width: float, gen: torch.Generator, candidates: int = 1,
+              sequential: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One rotation move of every unit of a group about the axes through the atom pairs ``axes``
+    (B, 2): the whole unit turns (:func:`rotation_move`)."""
     local, pivot, axis = turn_geometry(units, axes)
-    return rotation_move(units, local, pivot, axis, units.index >= 0, width, gen, candidates)
+    return rotation_move(units, local, pivot, axis, units.index >= 0, width, gen, candidates, sequential)
+
+
+def rotation_proposals(local: torch.Tensor, pivot: torch.Tensor, axis: torch.Tensor, moved: torch.Tensor,
+                       width: float | torch.Tensor, gen: torch.Generator, candidates: int = 1
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The angles (B, n) of :func:`candidate_angles` and the placements (B, n, U, 3) they give when
+    the atoms ``moved`` (B, U) of ``local`` are turned about ``axis`` through ``pivot``."""
+    angles = candidate_angles(len(local), width, candidates, gen)
+    moved = torch.as_tensor(moved)[..., None]
+    return angles, torch.stack([torch.where(moved, turned(local, pivot, axis, a), local) for a in angles.T], 1)
 
 
 def rotation_move(units: BoundUnits, local: torch.Tensor, pivot: torch.Tensor, axis: torch.Tensor,
-                  moved: torch.Tensor, width: float | torch.Tensor, gen: torch.Generator, candidates: int = 1
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                  moved: torch.Tensor, width: float | torch.Tensor, gen: torch.Generator, candidates: int = 1,
+                  sequential: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One rigid rotation of the atoms ``moved`` (B, U) of each unit's placement ``local`` (B, U, 3)
-    about the unit vector ``axis`` (B, 3) through ``pivot`` (B, 3), every other atom kept; the units
-    neither see nor interact with each other (decided independently). ``width``: a float or (B,).
+    about the unit vector ``axis`` (B, 3) through ``pivot`` (B, 3), every other atom kept.
+    ``width``: a float or (B,). The units share no bonded term, bead or axis atom; they neither
+    interact (decided independently) or, ``sequential``, may interact: then they are decided one
+    after the other, each with the energy changes of those accepted before it
+    (:meth:`BoundUnits.decide_in_turn`; Metropolis only).
 
     ``candidates`` = 1: Metropolis, the angle uniform in ±``width``. n > 1: a heat-bath choice among
     the n angles of :func:`candidate_angles`: the same set of states arises from each of its members
@@ -115,12 +128,17 @@ def rotation_move(units: BoundUnits, local: torch.Tensor, pivot: torch.Tensor, a
     (B,))."""
     B = len(local)
     moved = torch.as_tensor(moved)[..., None]
-    angles = candidate_angles(B, width, candidates, gen)
-    placements = torch.stack([torch.where(moved, turned(local, pivot, axis, a), local) for a in angles.T], 1)
-    logp = units.log_target(placements)  # (B, n)
+    angles, placements = rotation_proposals(local, pivot, axis, moved[..., 0], width, gen, candidates)
+    some = None if bool((moved[..., 0] == (units.index >= 0)).all()) else moved[..., 0]  # not whole units
+    logp = units.log_target(placements, some)  # (B, n), up to a constant per unit
     invalid = torch.isnan(logp).any(1)
     current = (angles == 0).int().argmax(1)
-    if candidates == 1:
+    if sequential:
+        if candidates != 1:
+            raise ValueError("sequential rotation moves are Metropolis moves (candidates = 1)")
+        accepted, invalid = units.decide_in_turn(local, placements[:, 1], moved[..., 0], logp[:, 1] - logp[:, 0], gen)
+        chosen = accepted.long()
+    elif candidates == 1:
         u = torch.rand(B, generator=gen, dtype=torch.float64)
         chosen = torch.where(~invalid & (torch.log(u) < logp[:, 1] - logp[:, 0]), 1, 0)
     else:  # a NaN candidate rejects the move (counted); the current state is never NaN
@@ -164,10 +182,10 @@ def crank_clusters(groups: list[UnitGroup], bonds: np.ndarray) -> list[tuple[str
 
 
 def crank_groups(targets, groups: list[UnitGroup], bonds: np.ndarray,
-                 clusters: list[tuple[str, tuple[int, ...]]]) -> list[CrankGroup]:
+                 clusters: list[tuple[str, tuple[int, ...]]], apart: bool = True) -> list[CrankGroup]:
     """The crank moves of a frame: each cluster kind's clusters in every molecule, coloured so that
     no bead of one lies within :meth:`UnitTargets.separation` (interactions included) of a bead of
-    another in its group."""
+    another in its group; not ``apart``: one group per kind (decided one after the other)."""
     out = []
     for moltype, steps in clusters:
         parts = [merge_groups(groups, moltype, s) for s in steps]
@@ -176,7 +194,9 @@ def crank_groups(targets, groups: list[UnitGroup], bonds: np.ndarray,
         beads = np.stack([p.bead for p in parts], 1)
         names = targets.labels[moltype]
         label = f"{moltype}:{'+'.join(names[p.meta['bead']] for p in parts)} crank"
-        for rows in colour_apart(targets, beads, targets.separation(interacting=False)):
+        colours = (colour_apart(targets, beads, targets.separation(interacting=False)) if apart
+                   else [np.arange(len(beads))])
+        for rows in colours:
             axes = np.array([rotation_axis(a[a >= 0], bonds) for a in atoms[rows]], np.int64)
             first = parts[0]
             flat = UnitGroup(moltype, -1000 - steps[0], {**first.meta, "label": label, "wall_beads": walls[rows]},
@@ -187,15 +207,25 @@ def crank_groups(targets, groups: list[UnitGroup], bonds: np.ndarray,
 
 
 def rotation_groups(targets, cg: np.ndarray, box, bonds: np.ndarray, groups: list[UnitGroup] | None = None,
-                    clusters: list[tuple[str, tuple[int, ...]]] | None = None
+                    clusters: list[tuple[str, tuple[int, ...]]] | None = None, apart: bool = True
                     ) -> tuple[list[tuple[UnitGroup, np.ndarray]], list[CrankGroup]]:
-    """A frame's turns — (colour group, axes) of the units hanging on one bond, in groups decided at
-    once — and its cranks (:func:`crank_groups` of ``clusters``, default :func:`crank_clusters`),
-    from the frame's colour groups ``groups`` (default: with interactions allowed)."""
-    turns = [(g, axes) for g in targets.frame_groups(cg, box, interacting=False)
-             if (axes := turn_axes(g.atoms, bonds)) is not None]
+    """A frame's turns — (colour group, axes) of the units hanging on one bond — and its cranks
+    (:func:`crank_groups` of ``clusters``, default :func:`crank_clusters`), from the frame's colour
+    groups ``groups`` (default: with interactions allowed). ``apart``: groups whose units never
+    interact (decided at once); else the plan steps or cluster kinds that share no bead or bonded
+    term, with the units of every molecule, in one group (decided one after the other,
+    :func:`rotation_move`; :mod:`backmap_vae.local_groups`)."""
     if groups is None:
         groups = targets.frame_groups(cg, box, interacting=True)
     if clusters is None:
         clusters = crank_clusters(groups, bonds)
-    return turns, crank_groups(targets, groups, bonds, clusters)
+    if apart:
+        turns = [(g, axes) for g in targets.frame_groups(cg, box, interacting=False)
+                 if (axes := turn_axes(g.atoms, bonds)) is not None]
+        return turns, crank_groups(targets, groups, bonds, clusters)
+    turns = [(g, axes) for g in step_groups(groups) if (axes := turn_axes(g.atoms, bonds)) is not None]
+    cranks = crank_groups(targets, groups, bonds, clusters, apart=False)
+    return ([(g, np.concatenate([turns[k][1] for k in members]))
+             for g, members in coloured_groups(targets, [g for g, _ in turns])],
+            [CrankGroup(g, np.concatenate([cranks[k].axes for k in members]))
+             for g, members in coloured_groups(targets, [c.group for c in cranks])])

@@ -62,16 +62,18 @@ class BoundUnits:
         centre = self.centre.reshape(self.centre.shape[0], *[1] * extra, 1, 3)
         return local.double() @ rot + centre
 
-    def energies(self, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def energies(self, local: torch.Tensor, moved: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(force field, restraint + springs) in kJ/mol, each (B, n), of placements (B, n, U, 3),
         differentiable in them; every other atom — the other units of the group included — where
         it is now (configuration 0 is the current state: the force field takes the atoms outside
-        a unit from it, so that a unit's trials never see another unit's trials)."""
+        a unit from it, so that a unit's trials never see another unit's trials). ``moved``
+        (B, U): the only atoms in which a unit's placements differ (local moves); the force-field
+        terms that involve none of them, the same for every placement, are left out."""
         lab = self.to_lab(local)
         configs = self.positions.expand(local.shape[1] + 1, -1, -1).clone()
         real = self.index >= 0  # padding slots hold no atom
         configs[1:, self.index[real]] = lab.transpose(0, 1)[:, real]
-        ff, bias = self.targets.energies(configs, self.tables, self.cg, self.vectors)
+        ff, bias = self.targets.energies(configs, self.tables, self.cg, self.vectors, moved)
         return ff[1:].T, bias[1:].T
 
     def coupling(self, k: int, moved: dict[int, tuple[torch.Tensor, torch.Tensor]], states: torch.Tensor
@@ -91,6 +93,21 @@ class BoundUnits:
         old = torch.cat([self.to_lab_unit(j, moved[j][0][None])[0][torch.as_tensor(m)] for j, m in zip(near, slots)])
         other = np.concatenate([self.index[j].numpy()[m] for j, m in zip(near, slots)])
         return self.targets.interaction_change(lab, atoms, old, new, other, self.vectors)
+
+    def decide_in_turn(self, old: torch.Tensor, new: torch.Tensor, moved: torch.Tensor, log_ratio: torch.Tensor,
+                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Metropolis decisions of local moves of the units from placements ``old`` to ``new``
+        (B, U, 3, local) that move the atoms ``moved`` (B, U), with ln π′/π ``log_ratio`` (B,)
+        against the state before any of them: one after the other, each corrected by the
+        non-bonded energy changes with the moves accepted before it (the only terms that join
+        units of a group; :meth:`ForceField.sequential_metropolis`). Returns (accepted (B,),
+        invalid (B,): NaN ratios, rejected)."""
+        log_u = torch.log(torch.rand(len(old), generator=generator, dtype=torch.float64))
+        index = self.index.numpy()
+        accepted = self.targets.ff.sequential_metropolis(
+            self.to_lab(torch.stack([old, new], 1)), index.clip(min=0), moved.numpy() & (index >= 0), log_ratio,
+            log_u, self.targets.beta, self.vectors)
+        return accepted, torch.isnan(log_ratio)
 
     def near(self) -> np.ndarray:
         """(B, B) bool: units whose centres lie within :meth:`UnitTargets.interaction_range` (nearest
@@ -112,11 +129,14 @@ class BoundUnits:
         r = local.double()
         if self.anchor is not None:  # (B, U, 3) against placements (B, …, U, 3)
             r = r - self.anchor.reshape(len(self.anchor), *[1] * (local.ndim - 3), *self.anchor.shape[1:])
-        return (r.norm(dim=-1) - self.targets.extent).clamp(min=0).amax(-1)
+        beyond = (r.norm(dim=-1) - self.targets.extent).clamp(min=0)
+        real = (self.index >= 0).reshape(len(self.index), *[1] * (local.ndim - 3), self.index.shape[1])
+        return torch.where(real, beyond, torch.zeros_like(beyond)).amax(-1)  # padding slots hold no atom
 
-    def log_target(self, local: torch.Tensor) -> torch.Tensor:
-        """ln π (B, n) up to a constant, with the hard wall (−inf beyond ``extent``)."""
-        ff, bias = self.energies(local)
+    def log_target(self, local: torch.Tensor, moved: torch.Tensor | None = None) -> torch.Tensor:
+        """ln π (B, n) up to a constant (per unit, with ``moved``: :meth:`energies`), with the hard
+        wall (−inf beyond ``extent``)."""
+        ff, bias = self.energies(local, moved)
         logp = -self.targets.beta * (ff + bias)
         return torch.where(self.outside(local) > 0, torch.full_like(logp, -torch.inf), logp)
 
@@ -326,12 +346,17 @@ class UnitTargets:
                     raise BackmapError(f"{group.moltype}: units moved together are bonded to each other (atoms {a} "
                                        f"and {int(j)}): extent or the environment cut-off is too small")
 
-    def energies(self, configs: torch.Tensor, st: dict, cg: torch.Tensor, vectors: np.ndarray
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    def energies(self, configs: torch.Tensor, st: dict, cg: torch.Tensor, vectors: np.ndarray,
+                 moved: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(C, B) local force-field energies of the group's units in configurations (C, N, 3), and
         (C, B) their CG restraint (the beads their atoms map to) plus the springs on their rigid bonds
-        and, with a stereo reference, the penalty on the centres they touch that are inverted."""
-        ff = self.ff.group_energies(configs, vectors, st["index"], environment_fixed=True)
+        and, with a stereo reference, the penalty on the centres they touch that are inverted.
+        ``moved`` (B, U): the force field's terms only of these atoms (:meth:`BoundUnits.energies`)."""
+        if moved is None:
+            ff = self.ff.group_energies(configs, vectors, st["index"], environment_fixed=True)
+        else:  # only the terms that involve a moved atom: the same up to a constant per unit
+            ff = self.ff.group_energies(configs, vectors, torch.where(moved, st["index"], -1), environment_fixed=True,
+                                        keep_index=False)
         bead = st["bead"]
         mapped = (configs[:, st["bead_atoms"]] * st["bead_weights"][None, ..., None]).sum(-2)  # (C, B, T, 3)
         d = (mapped - cg[bead.clamp(min=0)][None]) * (bead >= 0)[None, ..., None]
