@@ -189,6 +189,8 @@ def main() -> None:
     ap.add_argument("--rotation-candidates", type=int, default=1,
                     help="angles per turn, crank or inner move (heat-bath)")
     ap.add_argument("--vae-every", type=int, default=1, help="vae_mc's VAE moves in every n-th sweep only")
+    ap.add_argument("--local-decide", default="sequential", choices=["sequential", "independent"],
+                    help="vae_mc's local moves: molecule-wide groups decided in turn, or groups beyond the cut-off")
     ap.add_argument("--openmm-ps", type=float, default=20.0)
     ap.add_argument("--chunk", type=int, default=50, help="openmm steps (2 fs) between samples")
     ap.add_argument("--burn", type=int, default=5, help="samples left out at the start")
@@ -216,7 +218,7 @@ def main() -> None:
                                             "turn_width": a.turn_width, "cranks": a.cranks,
                                             "crank_width": a.crank_width, "vae_every": a.vae_every,
                                             "rotation_candidates": a.rotation_candidates, "inner": a.inner,
-                                            "inner_step": a.inner_step})
+                                            "inner_step": a.inner_step, "local_decide": a.local_decide})
     vae.prepare(system)
     starts = [(x, targets, box)] + [sps_frame(a.frame + k)[1:] for k in range(1, a.chains)]
     if a.equilibrate_ps > 0:

@@ -168,17 +168,23 @@ def test_vae_every_leaves_the_network_moves_to_every_nth_sweep(vae_run, tmp_path
     assert sweeps == {"vae": {0, 2}, "turn": {0, 1, 2, 3}}
     with pytest.raises(ValidationError, match="vae_every"):
         VAEMCRefiner({"model": vae_run / "vae" / "model", "vae_every": 2})
+    with pytest.raises(ValidationError, match="local_decide: independent"):  # a heat bath is decided at once
+        VAEMCRefiner({"model": vae_run / "vae" / "model", "turns": 1, "rotation_candidates": 4})
 
 
-def test_inner_moves_keep_every_bond_and_move_every_bead_type(vae_run, tmp_path):
+@pytest.mark.parametrize("local", [{"local_decide": "sequential"},
+                                   {"local_decide": "independent", "rotation_candidates": 3}])
+def test_inner_moves_keep_every_bond_and_move_every_bead_type(vae_run, tmp_path, local):
     """``inner`` moves in the refiner: with the VAE moves in sweep 0 only, sweeps 1–3 make inner moves
     alone. Those keep every bond length (hexane's bonds are flexible here, so only the moves' geometry
-    keeps them) while the bond angles change, and every bead type logs inner moves, some accepted."""
+    keeps them) while the bond angles change, and every bead type logs inner moves, some accepted:
+    in molecule-wide groups decided in turn (their rows stacked from several bead types, padded) and
+    in groups beyond the cut-off with a heat bath."""
     import csv
 
     log, trace = tmp_path / "sweeps.csv", tmp_path / "trace.npz"
     refiner = _refiner(vae_run, steps=4, sweep_log=log, trace=trace, blocks=[], inner=3, inner_step=0.02,
-                       vae_every=10, project_output=False)
+                       vae_every=10, project_output=False, **local)
     (x, targets), box = _frame(vae_run, refiner)
     refiner.refine(x[None], targets[None], np.asarray(box).reshape(1, 3, 3), np.random.default_rng(0))
     accepted: dict[str, int] = {}
@@ -860,3 +866,57 @@ def test_sequential_local_decisions_are_those_of_one_unit_at_a_time(vae_run):
             if kind == "turn":
                 differ += int(((log_u < logp[:, 1] - logp[:, 0]) != accepted).sum())
     assert differ >= 5, f"{differ} decisions depended on a coupling: too few to test them"
+
+
+@torch.no_grad()
+def test_a_stacked_group_of_two_bead_types_moves_only_its_atoms_and_logs_each_type(vae_run):
+    """Rows of two bead types of different widths in one group (sPS stacks its beads so; on hexane:
+    the end bead of even molecules with the middle bead of odd ones): inner moves decided in turn
+    move only the rows' own atoms (the padding never writes), keep every bond, and are logged per
+    bead type."""
+    from collections import defaultdict
+    from dataclasses import replace
+
+    from backmap_vae.blocks import step_groups
+    from backmap_vae.inner import inner_group, inner_move, neighbours
+    from backmap_vae.local_groups import label_of, stack
+    from backmap_vae.refiner import _keep, _tally
+
+    refiner = _refiner(vae_run, temperature=1000)
+    (x, targets), box = _frame(vae_run, refiner)
+    groups = refiner.targets.frame_groups(targets, box, interacting=True)
+    end, middle = [g for g in step_groups(groups) if label_of(refiner.targets, g).endswith((":A1", ":B"))]
+
+    def pick(g, parity):  # the group's units in molecules of one parity
+        rows = g.molecules % 2 == parity
+        return replace(g, molecules=g.molecules[rows], atoms=g.atoms[rows], bead=g.bead[rows],
+                       predecessor=g.predecessor[rows], frame=None)
+
+    group = stack([pick(end, 0), pick(middle, 1)], -1,
+                  [label_of(refiner.targets, end), label_of(refiner.targets, middle)])
+    widths = {end.atoms.shape[1], middle.atoms.shape[1]}
+    assert len(widths) == 2 and (group.atoms == -1).any()  # padded rows
+    moves = inner_group(group, neighbours(refiner.system.bonds[0], refiner.system.n_atoms))
+    pos = torch.as_tensor(x, dtype=torch.float64)
+    start = pos.clone()
+    cg = torch.as_tensor(targets, dtype=torch.float64)
+    vectors = np.asarray(box, np.float64).reshape(3, 3)
+    gen = torch.Generator().manual_seed(0)
+    tallies = defaultdict(lambda: [0, 0, 0])
+    for _ in range(3):
+        part = refiner.targets.bind_unrotated(group, pos, cg, vectors)
+        acc, new, invalid, _angle, _kind = inner_move(part, moves, 0.05, gen, sequential=True)
+        _keep(pos, part, new, acc)
+        _tally(tallies, part, " inner", acc, invalid)
+    mine = np.zeros(len(pos), bool)
+    mine[group.atoms[group.atoms >= 0]] = True
+    assert torch.equal(pos[~torch.as_tensor(mine)], start[~torch.as_tensor(mine)])
+    assert (pos[torch.as_tensor(mine)] != start[torch.as_tensor(mine)]).any()
+    bonds = np.asarray(refiner.system.bonds[0]).reshape(-1, 2)
+    length = lambda p: (p[bonds[:, 0]] - p[bonds[:, 1]]).norm(dim=-1)  # noqa: E731
+    assert float((length(pos) - length(start)).abs().max()) < 1e-9
+    labels = [label_of(refiner.targets, end) + " inner", label_of(refiner.targets, middle) + " inner"]
+    assert sorted(tallies) == sorted(labels)
+    assert [tallies[lab][1] for lab in labels] == [3 * int((end.molecules % 2 == 0).sum()),
+                                                   3 * int((middle.molecules % 2 == 1).sum())]
+    assert all(tallies[lab][0] > 0 for lab in labels)
