@@ -920,3 +920,7 @@ def test_a_stacked_group_of_two_bead_types_moves_only_its_atoms_and_logs_each_ty
     assert [tallies[lab][1] for lab in labels] == [3 * int((end.molecules % 2 == 0).sum()),
                                                    3 * int((middle.molecules % 2 == 1).sum())]
     assert all(tallies[lab][0] > 0 for lab in labels)
+    first = torch.arange(len(acc)) < int((end.molecules % 2 == 0).sum())  # only the end beads' rows made a move
+    some = defaultdict(lambda: [0, 0, 0])
+    _tally(some, part, " inner", acc, invalid, first)
+    assert list(some) == labels[:1] and some[labels[0]][1] == int(first.sum())

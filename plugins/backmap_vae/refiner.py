@@ -335,7 +335,7 @@ class VAEMCRefiner(Refiner):
                     acc, new, invalid, _angle, _kind = inner_move(part, moves, p.inner_step, gen,
                                                                   p.rotation_candidates, sequential)
                     _keep(chain.pos, part, new, acc)
-                    _tally(tallies[f], part, " inner", acc, invalid)
+                    _tally(tallies[f], part, " inner", acc, invalid, moves.kinds > 0)
             if sweep + 1 in p.minimize_after:  # burn-in: a collective relaxation, then the chain goes on
                 chain.pos = self._relaxed(chain.pos.numpy(), chain.targets, chain.box)
             if p.trace is not None:
@@ -403,15 +403,18 @@ def _keep(pos: torch.Tensor, part, new: torch.Tensor, accepted: torch.Tensor) ->
         pos[part.index[slots]] = part.to_lab(new)[slots]
 
 
-def _tally(tallies: dict, part, suffix: str, accepted: torch.Tensor, invalid: torch.Tensor) -> None:
+def _tally(tallies: dict, part, suffix: str, accepted: torch.Tensor, invalid: torch.Tensor,
+           made: torch.Tensor | None = None) -> None:
     """Count a group's moves under its unit type's label (plus ``suffix``), or each row's when the
-    group stacks several types (``meta['row_labels']``, :mod:`backmap_vae.local_groups`)."""
+    group stacks several types (``meta['row_labels']``, :mod:`backmap_vae.local_groups`); only the
+    rows ``made`` (B,) bool, if given (a stacked group's rows without a move of the kind are not
+    counted)."""
     labels = part.group.meta.get("row_labels")
     if labels is None:
-        _count(tallies[part.label + suffix], accepted, invalid)
-        return
-    for label in dict.fromkeys(labels):
-        rows = torch.as_tensor(labels == label)
+        labels = np.full(len(accepted), part.label, dtype=object)
+    made = np.ones(len(accepted), bool) if made is None else np.asarray(made, bool)
+    for label in dict.fromkeys(labels[made]):
+        rows = torch.as_tensor((labels == label) & made)
         _count(tallies[label + suffix], accepted[rows], invalid[rows])
 
 
