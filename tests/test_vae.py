@@ -536,18 +536,20 @@ def test_schedule_continues_vae_mc_chains_after_its_first_call(vae_run, monkeypa
 
 @torch.no_grad()  # as in the refiner
 def _rotation_samples_quadrature(refiner, x, targets, box, group, axes, seed: int = 0, candidates: int = 1,
-                                 moved=None, move=None) -> np.ndarray:
+                                 moved=None, move=None, orbit=None) -> np.ndarray:
     """Rigid rotations of a group's units about ``axes`` (``turn_move``, uniform ±π proposals), all
     else fixed: each unit's angle φ has the 1-D density ∝ π(x rotated by φ), known by quadrature on
     720 angles. Pooled over the units the chain's probability-integral transforms u = CDF(φ) must
     be uniform (each quartile's share within 5 standard errors of 0.25, errors from batch means);
     every distance inside a unit and from it to its axis atoms must be kept (1e-9 nm). ``moved``
     (B, U): the atoms that rotate (default: the whole unit); ``move(part, gen)``: the move, giving
-    (accepted, new, invalid, angle) (default: ``turn_move`` by up to ±π)."""
+    (accepted, new, invalid, angle) (default: ``turn_move`` by up to ±π); ``orbit(local, pivot,
+    axis, φ)``: the placements (B, U, 3) at angle φ from ``local`` (default: ``moved`` turned; a
+    shift's carried atoms follow; the distance check is then the caller's)."""
     from backmap_vae.rotations import turn_geometry, turn_move, turned
 
     vectors = np.asarray(box, np.float64).reshape(3, 3)
-    pos = torch.as_tensor(x, dtype=torch.float64)
+    pos = torch.tensor(np.asarray(x), dtype=torch.float64)  # a copy: x is the reference below
     cg = torch.as_tensor(targets, dtype=torch.float64)
     start = refiner.targets.bind_unrotated(group, pos, cg, vectors)
     local0, pivot, axis = turn_geometry(start, axes)
@@ -556,7 +558,11 @@ def _rotation_samples_quadrature(refiner, x, targets, box, group, axes, seed: in
     if move is None:
         move = lambda part, gen: turn_move(part, axes, np.pi, gen, candidates)  # noqa: E731
     grid = torch.linspace(-np.pi, np.pi, 721, dtype=torch.float64)[:-1]
-    at = lambda g: torch.where(moved[..., None], turned(local0, pivot, axis, torch.full((B,), g)), local0)  # noqa: E731
+    rigid = orbit is None  # then every distance among the moved atoms is kept (checked below)
+    if rigid:
+        orbit = lambda local, pivot, axis, g: torch.where(  # noqa: E731
+            moved[..., None], turned(local, pivot, axis, torch.full((B,), g)), local)
+    at = lambda g: orbit(local0, pivot, axis, g)  # noqa: E731
     logp = torch.stack([start.log_target(at(g)[:, None])[:, 0] for g in grid], 1)  # (B, G): the units do not interact, so each is its own 1-D target
     cdf = torch.cumsum(torch.softmax(logp, 1), 1).numpy()
     gen, phi, us, accepted = torch.Generator().manual_seed(seed), torch.zeros(B, dtype=torch.float64), [], 0
@@ -575,6 +581,11 @@ def _rotation_samples_quadrature(refiner, x, targets, box, group, axes, seed: in
     z = (share.mean((0, 1)) - 0.25) / (batches.std(0, ddof=1) / np.sqrt(len(batches)))
     assert accepted > 100, accepted
     assert np.abs(z).max() < 5, (share.mean((0, 1)), z)
+    if not rigid:  # a shift: every bond keeps its length
+        bonds = torch.as_tensor(np.asarray(refiner.system.bonds[0]).reshape(-1, 2))
+        length = lambda p: (p[bonds[:, 0]] - p[bonds[:, 1]]).norm(dim=-1)  # noqa: E731
+        assert torch.allclose(length(pos), length(torch.as_tensor(x, dtype=torch.float64)), atol=1e-9)
+        return z
     # the rotation kept every distance among the atoms it moved and to the atoms on their axes
     d = lambda p, i, j: (p[i] - p[j]).norm(dim=-1)  # noqa: E731
     ref = torch.as_tensor(x, dtype=torch.float64)
@@ -740,26 +751,34 @@ def test_inner_cranks_sample_an_atom_and_its_hydrogens_about_their_partners_by_q
 def test_inner_kinds_move_what_no_held_bond_holds():
     """The inner moves of a unit: every hydrogen pivots about its carbon; an atom with its
     hydrogens is pivoted (held by one bond) or cranked (by two); a branch that hangs on an atom goes
-    with it; a unit on one bond wobbles. Across a crank cluster's units only the moves that span
-    two units are made: a CH with its ring, about its two backbone partners."""
+    with it, or is carried along (a shift: the atom with its hydrogens rotated, the branch translated
+    with it); a unit on one bond wobbles. Across a crank cluster's units only the moves that span
+    two units are made: a CH with its ring, about its two backbone partners, rotated together or
+    the ring carried. Kinds as (rotated atoms, axis, carried atoms)."""
     from backmap_vae.inner import inner_kinds, neighbours
 
     def kinds(row, nbrs, units=None):
         row = np.asarray(row)
-        return sorted((tuple(int(a) for a in row[mask]), axis) for mask, axis in inner_kinds(row, nbrs, units))
+        out = []
+        for mask, axis, carried, anchor in inner_kinds(row, nbrs, units):
+            assert mask[anchor]  # the atom whose displacement a shift's branch follows is rotated
+            out.append((tuple(int(a) for a in row[mask]), axis,
+                        () if carried is None else tuple(int(a) for a in row[carried])))
+        return sorted(out)
 
     # a chain end: C0 (H 1–3) – C4 (H 5, 6) – C7 (outside the unit)
     nbrs = neighbours(np.array([[0, 1], [0, 2], [0, 3], [0, 4], [4, 5], [4, 6], [4, 7]]), 8)
     assert kinds([0, 1, 2, 3, 4, 5, 6, -1], nbrs) == sorted([
-        ((1,), (0, -1)), ((2,), (0, -1)), ((3,), (0, -1)), ((5,), (4, -1)), ((6,), (4, -1)),
-        ((0, 1, 2, 3), (4, -1)),  # the CH3 about C4
-        ((4, 5, 6), (0, 7)),  # the CH2 cranked about its partners
-        ((0, 1, 2, 3, 4, 5, 6), (7, -1))])  # the whole unit about the atom it hangs on
+        ((1,), (0, -1), ()), ((2,), (0, -1), ()), ((3,), (0, -1), ()), ((5,), (4, -1), ()), ((6,), (4, -1), ()),
+        ((0, 1, 2, 3), (4, -1), ()),  # the CH3 about C4
+        ((4, 5, 6), (0, 7), ()),  # the CH2 cranked about its partners
+        ((4, 5, 6), (7, -1), (0, 1, 2, 3)),  # the CH2 pivoted about C7, its CH3 carried along
+        ((0, 1, 2, 3, 4, 5, 6), (7, -1), ())])  # the whole unit about the atom it hangs on
     # a backbone CH (1, H 2) between C0 and C3 carrying a three-membered "ring" 4–5–6 on atom 4
     nbrs = neighbours(np.array([[0, 1], [1, 3], [1, 2], [1, 4], [4, 5], [5, 6], [6, 4]]), 7)
-    assert kinds([1, 2], nbrs) == [((2,), (1, -1))]  # held by three bonds, the CH alone cannot move
+    assert kinds([1, 2], nbrs) == [((2,), (1, -1), ())]  # held by three bonds, the CH alone cannot move
     cluster = kinds([1, 2, 4, 5, 6], nbrs, np.array([10, 10, 11, 11, 11]))
-    assert cluster == [((1, 2, 4, 5, 6), (0, 3))]
+    assert cluster == [((1, 2), (0, 3), (4, 5, 6)), ((1, 2, 4, 5, 6), (0, 3), ())]
 
 
 def test_crank_clusters_join_a_unit_and_the_units_hanging_on_it():
@@ -924,3 +943,54 @@ def test_a_stacked_group_of_two_bead_types_moves_only_its_atoms_and_logs_each_ty
     some = defaultdict(lambda: [0, 0, 0])
     _tally(some, part, " inner", acc, invalid, first)
     assert list(some) == labels[:1] and some[labels[0]][1] == int(first.sum())
+
+
+def test_inner_shifts_sample_their_angle_by_quadrature(vae_run):
+    """A shift: hexane's CH₂ of an end bead with its hydrogens turned about a fixed line through the
+    next carbon (and the one after), its CH₃ carried along by the CH₂'s displacement. The family is
+    a one-parameter group that keeps volume, so the angle has the 1-D density ∝ π along the orbit
+    (:func:`_rotation_samples_quadrature`, heat bath among 8 angles); every bond is kept. Seeds 0–5
+    give |z| ≤ 3.1; carrying the CH₃ by the wrong atom's displacement (a hydrogen's) fails the bond
+    check, and ignoring π in the choice fails at z = −170."""
+    _shift_quadrature(vae_run, seed=0)
+
+
+def _shift_quadrature(vae_run, seed: int, anchor_of=None) -> np.ndarray:
+    """:func:`test_inner_shifts_sample_their_angle_by_quadrature` with a seed; its quartile z."""
+    from backmap_vae.inner import InnerGroup, inner_group, inner_move, neighbours
+    from backmap_vae.rotations import turned
+
+    refiner = _refiner(vae_run, temperature=1000)
+    (x, targets), box = _frame(vae_run, refiner)
+    nbrs = neighbours(refiner.system.bonds[0], refiner.system.n_atoms)
+    heavy = refiner.system.topology.masses > 2
+    best = None
+    for g in refiner.targets.frame_groups(targets, box, interacting=False):
+        moves = inner_group(g, nbrs)
+        if moves is None or moves.carried is None:
+            continue
+        rows, kinds = np.nonzero(moves.carried.any(-1).numpy())
+        if len(set(rows.tolist())) == len(g.atoms) and (best is None or len(g.atoms) > len(best[0].atoms)):
+            best = (g, moves, kinds[np.unique(rows, return_index=True)[1]])
+    assert best is not None
+    group, moves, kind = best
+    rows = torch.arange(len(group.atoms))
+    kind = torch.as_tensor(kind)
+    masks, carried, anchors = moves.masks[rows, kind], moves.carried[rows, kind], moves.anchors[rows, kind]
+    if anchor_of is not None:  # a mutant's anchor
+        anchors = anchor_of(masks, anchors)
+    axes = moves.axes[rows, kind].clone()
+    assert (axes[:, 1] < 0).all()  # on hexane a pivot about the next carbon: fix its line through the one after
+    axes[:, 1] = torch.as_tensor([next(n for n in nbrs[int(p)] if heavy[n] and n not in group.atoms[u])
+                                  for u, p in enumerate(axes[:, 0])])
+    one = InnerGroup(group, masks[:, None], axes[:, None], torch.ones(len(rows), dtype=torch.long), carried[:, None],
+                     anchors[:, None])
+
+    def orbit(local, pivot, axis, g):
+        new = turned(local, pivot, axis, torch.full((len(local),), g))
+        shift = (new[rows, anchors] - local[rows, anchors])[:, None]
+        return torch.where(masks[..., None], new, torch.where(carried[..., None], local + shift, local))
+
+    with torch.no_grad():
+        return _rotation_samples_quadrature(refiner, x, targets, box, group, axes.numpy(), seed, orbit=orbit,
+                                            move=lambda part, gen: inner_move(part, one, 1.0, gen, 8))

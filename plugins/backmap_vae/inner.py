@@ -59,57 +59,69 @@ def hanging(a: int, t: int, nbrs: list[list[int]], inside: set[int]) -> set[int]
 
 
 def inner_kinds(row: np.ndarray, nbrs: list[list[int]], units: np.ndarray | None = None
-                ) -> list[tuple[np.ndarray, tuple[int, int]]]:
-    """The inner moves of one unit (atom row (U,), −1 padding): (moved slots (U,) bool, (p, q)),
-    with (p, q) the global atoms of a crank's axis, or (p, −1) for a pivot about atom p.
+                ) -> list[tuple[np.ndarray, tuple[int, int], np.ndarray | None, int]]:
+    """The inner moves of one unit (atom row (U,), −1 padding): (rotated slots (U,) bool, (p, q),
+    carried slots (U,) bool or None, the slot of the atom a the move is built on), with (p, q) the
+    global atoms of a crank's axis, or (p, −1) for a pivot about atom p.
 
-    For each atom a, the moved set is a with its terminal atoms (hydrogens), or a with every branch
-    that hangs on it inside the row; it is pivoted if the rest holds it by one bond, cranked if by
-    two. ``units`` (U,): the unit of each
+    For each atom a, the rotated set is a with its terminal atoms (hydrogens), or a with every
+    branch that hangs on it inside the row; it is pivoted if the rest holds it by one bond,
+    cranked if by two. Where a carries branches that are more than one atom (a CH its ring, a CH₂
+    its CH₃), a **shift** rotates a with its terminal atoms only and translates those branches
+    rigidly by a's displacement, about the axis of a with every branch: a moves as far as the
+    step allows, the branch's shape and its bond to a are kept. ``units`` (U,): the unit of each
     slot of a row that joins several (a crank cluster): then only the moves whose atoms span two
     or more units are kept (a CH with its ring, about its two backbone partners); the others are
     each unit's own."""
     atoms = [int(a) for a in row if a >= 0]
     inside = set(atoms)
     slot = {int(a): s for s, a in enumerate(row) if a >= 0}
-    out: list[tuple[np.ndarray, tuple[int, int]]] = []
-    seen: set[frozenset] = set()
+    out: list[tuple[np.ndarray, tuple[int, int], np.ndarray | None, int]] = []
+    seen: set[tuple[frozenset, frozenset]] = set()
 
-    def add(moved: set[int], axis: tuple[int, int]) -> None:
-        key = frozenset(moved)
+    def mask_of(members: set[int]) -> np.ndarray:
         mask = np.zeros(len(row), bool)
-        mask[[slot[a] for a in moved]] = True
-        if key in seen or (units is not None and len(set(units[mask].tolist())) < 2):
+        mask[[slot[m] for m in members]] = True
+        return mask
+
+    def axis_of(members: set[int]) -> tuple[int, int] | None:
+        outside = sorted({o for m in members for o in nbrs[m]} - members)
+        return (outside[0], -1) if len(outside) == 1 else (outside[0], outside[1]) if len(outside) == 2 else None
+
+    def add(rotated: set[int], axis: tuple[int, int] | None, a: int, carried: set[int] = frozenset()) -> None:
+        key = (frozenset(rotated), frozenset(carried))
+        every = mask_of(rotated | carried)
+        if axis is None or key in seen or (units is not None and len(set(units[every].tolist())) < 2):
             return
         seen.add(key)
-        out.append((mask, axis))
+        out.append((mask_of(rotated), axis, mask_of(carried) if carried else None, slot[a]))
 
     for a in atoms:
-        branches = {t: hanging(a, t, nbrs, inside) if t in inside else None for t in nbrs[a]}
-        # a with its terminal atoms (a CH₂ between its partners), and a with every branch on it
-        for keep in (lambda b: len(b) == 1 and len(nbrs[next(iter(b))]) == 1, lambda b: True):
-            moved = {a}.union(*[b for b in branches.values() if b is not None and keep(b)])
-            outside = sorted({o for m in moved for o in nbrs[m]} - moved)
-            if len(outside) == 1:
-                add(moved, (outside[0], -1))
-            elif len(outside) == 2:
-                add(moved, (outside[0], outside[1]))
+        branches = [b for t in nbrs[a] if t in inside and (b := hanging(a, t, nbrs, inside)) is not None]
+        terminal = {a}.union(*[b for b in branches if len(b) == 1 and len(nbrs[next(iter(b))]) == 1])
+        whole = {a}.union(*branches)
+        add(terminal, axis_of(terminal), a)  # a with its hydrogens (a CH₂ between its partners)
+        add(whole, axis_of(whole), a)  # a with every branch on it
+        if whole != terminal:  # a with its hydrogens rotated, its larger branches carried along
+            add(terminal, axis_of(whole), a, whole - terminal)
     if len(atoms) > 1:  # the whole unit on one bond (sPS's phenyl): it wobbles about the atom it hangs on
-        outside = sorted({o for m in atoms for o in nbrs[m]} - inside)
-        if len(outside) == 1:
-            add(inside, (outside[0], -1))
+        add(inside, axis_of(inside), atoms[0])
     return out
 
 
 @dataclass
 class InnerGroup:
-    """A colour group's inner moves: per unit its kinds' moved slots (B, K, U), their axes (B, K, 2)
-    as global atoms (q = −1: a pivot about p, the axis drawn per move) and its number of kinds (B,)."""
+    """A colour group's inner moves: per unit its kinds' rotated slots (B, K, U), their axes
+    (B, K, 2) as global atoms (q = −1: a pivot about p, the axis drawn per move) and its number of
+    kinds (B,); for shifts the slots carried along (B, K, U) and the slot of the atom whose
+    displacement they follow (B, K) (None: no shifts)."""
 
     group: UnitGroup
     masks: torch.Tensor
     axes: torch.Tensor
     kinds: torch.Tensor
+    carried: torch.Tensor | None = None
+    anchors: torch.Tensor | None = None
 
 
 def inner_group(group: UnitGroup, nbrs: list[list[int]], spanning: bool = False) -> InnerGroup | None:
@@ -123,12 +135,16 @@ def inner_group(group: UnitGroup, nbrs: list[list[int]], spanning: bool = False)
         return None
     B, U = group.atoms.shape
     masks = np.zeros((B, K, U), bool)
+    carried = np.zeros((B, K, U), bool)
+    anchors = np.zeros((B, K), np.int64)
     axes = np.zeros((B, K, 2), np.int64)
     for u, kinds in enumerate(per_unit):
-        for k, (mask, axis) in enumerate(kinds):
-            masks[u, k], axes[u, k] = mask, axis
-    return InnerGroup(group, torch.as_tensor(masks), torch.as_tensor(axes),
-                      torch.as_tensor([len(k) for k in per_unit]))
+        for k, (mask, axis, carry, anchor) in enumerate(kinds):
+            masks[u, k], axes[u, k], anchors[u, k] = mask, axis, anchor
+            if carry is not None:
+                carried[u, k] = carry
+    return InnerGroup(group, torch.as_tensor(masks), torch.as_tensor(axes), torch.as_tensor([len(k) for k in per_unit]),
+                      torch.as_tensor(carried) if carried.any() else None, torch.as_tensor(anchors))
 
 
 def random_directions(B: int, gen: torch.Generator) -> torch.Tensor:
@@ -141,12 +157,15 @@ def inner_rotation(units: BoundUnits, moves: InnerGroup, step: float, gen: torch
                    ) -> tuple[torch.Tensor, ...]:
     """The rotation of one inner move of every unit (bound with :meth:`UnitTargets.bind_unrotated`):
     a kind drawn uniformly per unit; (local placements (B, U, 3), pivots (B, 3), unit axes (B, 3),
-    moved atoms (B, U), largest angles step/r (B,): r the moved atoms' largest distance from the
-    axis, which the rotation keeps, and the kind (B,))."""
+    rotated atoms (B, U), largest angles step/r (B,): r the rotated atoms' largest distance from
+    the axis, which the rotation keeps, the kind (B,), the atoms carried along (B, U) or None,
+    and the slot (B,) whose displacement they follow)."""
     B = len(moves.kinds)
     kind = (torch.rand(B, generator=gen, dtype=torch.float64) * moves.kinds).long().clamp(max=moves.masks.shape[1] - 1)
     rows = torch.arange(B)
-    moved = moves.masks[rows, kind] & (units.index >= 0)
+    real = units.index >= 0
+    moved = moves.masks[rows, kind] & real
+    carried = None if moves.carried is None else moves.carried[rows, kind] & real
     p, q = moves.axes[rows, kind].unbind(-1)
     local = units.local().double()
     frame = lambda atoms: torch.einsum("bj,bkj->bk", units.positions[atoms] - units.centre, units.rotation)  # noqa: E731
@@ -157,7 +176,8 @@ def inner_rotation(units: BoundUnits, moves: InnerGroup, step: float, gen: torch
     r = local - pivot[:, None]
     radius = (r - (r * axis[:, None]).sum(-1, keepdim=True) * axis[:, None]).norm(dim=-1)  # from the axis
     reach = torch.where(moved, radius, torch.zeros_like(radius)).amax(-1).clamp(min=1e-3)
-    return local, pivot, axis, moved, step / reach, kind
+    anchor = None if moves.anchors is None else moves.anchors[rows, kind]
+    return local, pivot, axis, moved, step / reach, kind, carried, anchor
 
 
 def inner_move(units: BoundUnits, moves: InnerGroup, step: float, gen: torch.Generator, candidates: int = 1,
@@ -165,6 +185,7 @@ def inner_move(units: BoundUnits, moves: InnerGroup, step: float, gen: torch.Gen
     """One inner move of every unit of a group (:func:`inner_rotation`), decided by
     :func:`rotation_move` (``sequential``: see there). Returns its (accepted, new local placements,
     invalid, angle) and the kind chosen per unit (B,)."""
-    local, pivot, axis, moved, width, kind = inner_rotation(units, moves, step, gen)
-    acc, new, invalid, angle = rotation_move(units, local, pivot, axis, moved, width, gen, candidates, sequential)
+    local, pivot, axis, moved, width, kind, carried, anchor = inner_rotation(units, moves, step, gen)
+    acc, new, invalid, angle = rotation_move(units, local, pivot, axis, moved, width, gen, candidates, sequential,
+                                             carried, anchor)
     return acc & (moves.kinds > 0), new, invalid, angle, kind  # a unit without a kind has moved nothing

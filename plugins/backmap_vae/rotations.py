@@ -101,21 +101,35 @@ def turn_move(units: BoundUnits, axes: np.ndarray, width: float, gen: torch.Gene
 
 
 def rotation_proposals(local: torch.Tensor, pivot: torch.Tensor, axis: torch.Tensor, moved: torch.Tensor,
-                       width: float | torch.Tensor, gen: torch.Generator, candidates: int = 1
+                       width: float | torch.Tensor, gen: torch.Generator, candidates: int = 1,
+                       carried: torch.Tensor | None = None, anchor: torch.Tensor | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """The angles (B, n) of :func:`candidate_angles` and the placements (B, n, U, 3) they give when
-    the atoms ``moved`` (B, U) of ``local`` are turned about ``axis`` through ``pivot``."""
+    the atoms ``moved`` (B, U) of ``local`` are turned about ``axis`` through ``pivot``, and the
+    atoms ``carried`` (B, U), if any, translated by the displacement of the turned atom in slot
+    ``anchor`` (B,). Turning by φ then by ψ is turning by φ + ψ, carried atoms included, and the
+    map keeps volume: the family is a one-parameter group, as a plain rotation's."""
     angles = candidate_angles(len(local), width, candidates, gen)
     moved = torch.as_tensor(moved)[..., None]
-    return angles, torch.stack([torch.where(moved, turned(local, pivot, axis, a), local) for a in angles.T], 1)
+    rows = torch.arange(len(local))
+    out = []
+    for a in angles.T:
+        new = turned(local, pivot, axis, a)
+        placed = torch.where(moved, new, local)
+        if carried is not None:
+            shift = (new[rows, anchor] - local[rows, anchor])[:, None]
+            placed = torch.where(carried[..., None], local + shift, placed)
+        out.append(placed)
+    return angles, torch.stack(out, 1)
 
 
 def rotation_move(units: BoundUnits, local: torch.Tensor, pivot: torch.Tensor, axis: torch.Tensor,
                   moved: torch.Tensor, width: float | torch.Tensor, gen: torch.Generator, candidates: int = 1,
-                  sequential: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                  sequential: bool = False, carried: torch.Tensor | None = None, anchor: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One rigid rotation of the atoms ``moved`` (B, U) of each unit's placement ``local`` (B, U, 3)
-    about the unit vector ``axis`` (B, 3) through ``pivot`` (B, 3), every other atom kept.
-    ``width``: a float or (B,). The units share no bonded term, bead or axis atom; they neither
+    about the unit vector ``axis`` (B, 3) through ``pivot`` (B, 3), every other atom kept but the
+    ``carried`` ones (:func:`rotation_proposals`). ``width``: a float or (B,). The units share no bonded term, bead or axis atom; they neither
     interact (decided independently) or, ``sequential``, may interact: then they are decided one
     after the other, each with the energy changes of those accepted before it
     (:meth:`BoundUnits.decide_in_turn`; Metropolis only).
@@ -127,10 +141,11 @@ def rotation_move(units: BoundUnits, local: torch.Tensor, pivot: torch.Tensor, a
     (B, U, 3) local, invalid (B,): proposals whose ln π is NaN, rejected and counted; the angles
     (B,))."""
     B = len(local)
-    moved = torch.as_tensor(moved)[..., None]
-    angles, placements = rotation_proposals(local, pivot, axis, moved[..., 0], width, gen, candidates)
-    some = None if bool((moved[..., 0] == (units.index >= 0)).all()) else moved[..., 0]  # not whole units
+    angles, placements = rotation_proposals(local, pivot, axis, moved, width, gen, candidates, carried, anchor)
+    moved = torch.as_tensor(moved) if carried is None else torch.as_tensor(moved) | carried  # every atom that moves
+    some = None if bool((moved == (units.index >= 0)).all()) else moved  # not whole units
     logp = units.log_target(placements, some)  # (B, n), up to a constant per unit
+    moved = moved[..., None]
     invalid = torch.isnan(logp).any(1)
     current = (angles == 0).int().argmax(1)
     if sequential:
