@@ -3,8 +3,9 @@
 Each test frame is brought to a draw of vae_mc's own target (openmm with its bond model, as in
 ``vae_mc_decorrelation.py --equilibrate-ps``). Then every inner move of every unit — hydrogen
 pivots, cranks of an atom with its hydrogens, pivots of a hanging group, wobbles of a unit hanging
-on one bond, and the moves across a crank cluster's units (a CH with its ring about its two backbone
-partners) — is proposed once per step, everything else where it is, and the
+on one bond, shifts (an atom with its hydrogens rotated, its larger branches carried along), and the
+moves across a crank cluster's units (a CH with its ring about its two backbone partners, rotated
+together or the ring carried) — is proposed once per step, everything else where it is, and the
 acceptance (the share of proposals accepted) and the rms displacement of an accepted move's atoms are
 printed per step, kind and bead type (one JSON line per step):
 
@@ -23,8 +24,10 @@ from backmap_vae.rotations import rotation_groups
 from vae_mc_decorrelation import stationary_args, stationary_starts
 
 
-def kind_name(moved: int, crank: bool, whole: bool) -> str:
+def kind_name(moved: int, crank: bool, whole: bool, carries: bool = False) -> str:
     """What an inner move is, from how many atoms it moves and about what."""
+    if carries:
+        return "shift"
     if crank:
         return "crank"
     if whole:
@@ -60,18 +63,21 @@ def main() -> None:
                 for k in range(int(moves.kinds.max())):
                     has = moves.kinds > k
                     mask = moves.masks[:, k] & has[:, None]
-                    one = InnerGroup(group, mask[:, None], moves.axes[:, k][:, None], torch.ones_like(moves.kinds))
-                    names = [prefix + kind_name(int(m.sum()), bool(ax[1] >= 0), bool((m == r).all()))
-                             for m, ax, r in zip(mask, moves.axes[:, k], real)]
+                    carried = (torch.zeros_like(mask) if moves.carried is None
+                               else moves.carried[:, k] & has[:, None])
+                    one = InnerGroup(group, mask[:, None], moves.axes[:, k][:, None], torch.ones_like(moves.kinds),
+                                     carried[:, None], moves.anchors[:, k][:, None])
+                    names = [prefix + kind_name(int(m.sum()), bool(ax[1] >= 0), bool((m == r).all()), bool(c.any()))
+                             for m, ax, r, c in zip(mask, moves.axes[:, k], real, carried)]
                     for step in steps:
                         acc, new, _invalid, _angle, _kind = inner_move(units, one, step, gen)
                         shift = (new - local).norm(dim=-1)  # the accepted moves' displacement (0 if rejected)
-                        rms = torch.sqrt((shift ** 2).sum(-1) / mask.sum(-1).clamp(min=1))
+                        rms = torch.sqrt((shift ** 2).sum(-1) / (mask | carried).sum(-1).clamp(min=1))
                         for u in torch.nonzero(has)[:, 0].tolist():
                             seen[(step, names[u], units.label)].append((bool(acc[u]), float(rms[u])))
     for step in steps:
         row: dict = {"inner_step_nm": step}
-        kinds = ("hydrogen pivot", "crank", "group pivot", "wobble")
+        kinds = ("hydrogen pivot", "crank", "group pivot", "wobble", "shift")
         for kind in kinds + tuple(f"across units {k}" for k in kinds):
             cells = [v for (s, k, _label), v in seen.items() if s == step and k == kind]
             if not cells:
