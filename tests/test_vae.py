@@ -863,9 +863,11 @@ def test_sequential_local_decisions_are_those_of_one_unit_at_a_time(vae_run):
             gen = torch.Generator().manual_seed(seed)
             if kind == "turn":
                 (local, pivot, axis), moved, width = turn_geometry(part, how), part.index >= 0, 1.0
-            else:
-                local, pivot, axis, moved, width, _kind = inner_rotation(part, how, 0.15, gen)
-            _angles, placements = rotation_proposals(local, pivot, axis, moved, width, gen)
+                carried = anchor = None
+            else:  # shifts among them: their carried atoms move too
+                local, pivot, axis, moved, width, _kind, carried, anchor = inner_rotation(part, how, 0.15, gen)
+            _angles, placements = rotation_proposals(local, pivot, axis, moved, width, gen, 1, carried, anchor)
+            moved = moved if carried is None else moved | carried
             logp = part.log_target(placements, None if kind == "turn" else moved)
             state = gen.get_state()
             accepted, invalid = part.decide_in_turn(local, placements[:, 1], moved, logp[:, 1] - logp[:, 0], gen)

@@ -129,10 +129,10 @@ def rotation_move(units: BoundUnits, local: torch.Tensor, pivot: torch.Tensor, a
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One rigid rotation of the atoms ``moved`` (B, U) of each unit's placement ``local`` (B, U, 3)
     about the unit vector ``axis`` (B, 3) through ``pivot`` (B, 3), every other atom kept but the
-    ``carried`` ones (:func:`rotation_proposals`). ``width``: a float or (B,). The units share no bonded term, bead or axis atom; they neither
-    interact (decided independently) or, ``sequential``, may interact: then they are decided one
-    after the other, each with the energy changes of those accepted before it
-    (:meth:`BoundUnits.decide_in_turn`; Metropolis only).
+    ``carried`` ones (:func:`rotation_proposals`). ``width``: a float or (B,). The units share no
+    bonded term, bead or axis atom; they do not interact (decided independently) or, with
+    ``sequential``, may: then they are decided one after the other, each with the energy changes
+    of those accepted before it (:meth:`BoundUnits.decide_in_turn`; Metropolis only).
 
     ``candidates`` = 1: Metropolis, the angle uniform in ±``width``. n > 1: a heat-bath choice among
     the n angles of :func:`candidate_angles`: the same set of states arises from each of its members
