@@ -900,13 +900,13 @@ def test_a_stacked_group_of_two_bead_types_moves_only_its_atoms_and_logs_each_ty
 
     from backmap_vae.blocks import step_groups
     from backmap_vae.inner import inner_group, inner_move, neighbours
-    from backmap_vae.local_groups import label_of, stack
+    from backmap_vae.local_groups import stack
     from backmap_vae.refiner import _keep, _tally
 
     refiner = _refiner(vae_run, temperature=1000)
     (x, targets), box = _frame(vae_run, refiner)
     groups = refiner.targets.frame_groups(targets, box, interacting=True)
-    end, middle = [g for g in step_groups(groups) if label_of(refiner.targets, g).endswith((":A1", ":B"))]
+    end, middle = [g for g in step_groups(groups) if refiner.targets.label(g).endswith((":A1", ":B"))]
 
     def pick(g, parity):  # the group's units in molecules of one parity
         rows = g.molecules % 2 == parity
@@ -914,7 +914,7 @@ def test_a_stacked_group_of_two_bead_types_moves_only_its_atoms_and_logs_each_ty
                        predecessor=g.predecessor[rows], frame=None)
 
     group = stack([pick(end, 0), pick(middle, 1)], -1,
-                  [label_of(refiner.targets, end), label_of(refiner.targets, middle)])
+                  [refiner.targets.label(end), refiner.targets.label(middle)])
     widths = {end.atoms.shape[1], middle.atoms.shape[1]}
     assert len(widths) == 2 and (group.atoms == -1).any()  # padded rows
     moves = inner_group(group, neighbours(refiner.system.bonds[0], refiner.system.n_atoms))
@@ -936,7 +936,7 @@ def test_a_stacked_group_of_two_bead_types_moves_only_its_atoms_and_logs_each_ty
     bonds = np.asarray(refiner.system.bonds[0]).reshape(-1, 2)
     length = lambda p: (p[bonds[:, 0]] - p[bonds[:, 1]]).norm(dim=-1)  # noqa: E731
     assert float((length(pos) - length(start)).abs().max()) < 1e-9
-    labels = [label_of(refiner.targets, end) + " inner", label_of(refiner.targets, middle) + " inner"]
+    labels = [refiner.targets.label(end) + " inner", refiner.targets.label(middle) + " inner"]
     assert sorted(tallies) == sorted(labels)
     assert [tallies[lab][1] for lab in labels] == [3 * int((end.molecules % 2 == 0).sum()),
                                                    3 * int((middle.molecules % 2 == 1).sum())]

@@ -76,12 +76,17 @@ def bead_distances(targets, beads: np.ndarray) -> np.ndarray:
 def colour_apart(targets, beads: np.ndarray, separation: float) -> list[np.ndarray]:
     """Rows of ``beads`` (B, S: global bead indices of B clusters) split into groups in which no
     bead of one cluster lies within ``separation`` of a bead of another (greedy colouring)."""
-    d = bead_distances(targets, beads)
+    return [np.array(rows) for rows in colours(bead_distances(targets, beads) < separation)]
+
+
+def colours(conflicts: np.ndarray) -> list[list[int]]:
+    """Greedy colouring of a (R, R) conflict matrix: lists of rows no two of which conflict, in
+    row order."""
     graph = nx.Graph()
-    graph.add_nodes_from(range(len(beads)))
-    graph.add_edges_from(zip(*np.nonzero(np.triu(d < separation, 1))))
+    graph.add_nodes_from(range(len(conflicts)))
+    graph.add_edges_from(zip(*np.nonzero(np.triu(conflicts, 1))))
     colour = nx.greedy_color(graph, strategy="largest_first")
-    return [np.array(sorted(k for k, c in colour.items() if c == col)) for col in sorted(set(colour.values()))]
+    return [sorted(k for k, c in colour.items() if c == col) for col in sorted(set(colour.values()))]
 
 
 def block_moves(targets, block: Block, groups: list[UnitGroup], temperature: float) -> list["BlockMove"]:

@@ -9,15 +9,15 @@ not depend on another's atoms (a crank's axis atoms are its bonded partners). Un
 molecules never do. Within a molecule the plan steps (or crank clusters) are coloured so that no
 two of a colour do, on the first molecule of each type (every molecule of a type has the same
 topology): each colour's steps in every molecule make one group. On sPS: 3 groups for the inner
-moves of the 20 beads, 1 for the turns of the 10 rings, 2 for the cranks of the 10 backbone beads
-with their rings (against ~300 groups of units beyond each other's cut-off).
+moves of the 20 beads, 2 for the turns of the 10 rings and the chain-end bead, 3 for the cranks of
+the backbone beads with their rings (against ~300 groups of units beyond each other's cut-off).
 """
 from __future__ import annotations
 
-import networkx as nx
 import numpy as np
 
 from backmap.sampling.sampler import UnitGroup
+from backmap_vae.blocks import colours
 
 
 def row_conflicts(targets, rows: list[np.ndarray]) -> np.ndarray:
@@ -51,15 +51,6 @@ def row_conflicts(targets, rows: list[np.ndarray]) -> np.ndarray:
     return out | out.T
 
 
-def colours(conflicts: np.ndarray) -> list[list[int]]:
-    """Greedy colouring of a conflict matrix: lists of rows no two of which conflict, in row order."""
-    graph = nx.Graph()
-    graph.add_nodes_from(range(len(conflicts)))
-    graph.add_edges_from(zip(*np.nonzero(np.triu(conflicts, 1))))
-    colour = nx.greedy_color(graph, strategy="largest_first")
-    return [sorted(k for k, c in colour.items() if c == col) for col in sorted(set(colour.values()))]
-
-
 def first_molecule_rows(group: UnitGroup) -> np.ndarray:
     """The atom row of a group's unit in the lowest-numbered molecule it holds."""
     return group.atoms[int(np.argmin(group.molecules))]
@@ -84,11 +75,6 @@ def stack(parts: list[UnitGroup], key: int, labels: list[str], extra: dict | Non
                      np.concatenate([p.predecessor for p in parts]), None)
 
 
-def label_of(targets, group: UnitGroup) -> str:
-    """A group's log label (its unit type), as :meth:`UnitTargets.tables` names it."""
-    return group.meta.get("label", f"{group.moltype}:{targets.labels[group.moltype][group.meta['bead']]}")
-
-
 def coloured_groups(targets, groups: list[UnitGroup]) -> list[tuple[UnitGroup, list[int]]]:
     """``groups`` (each one plan step's — or one crank kind's — units of every molecule) stacked per
     molecule type and colour (:func:`row_conflicts` on the first molecule): (stacked group, the
@@ -101,5 +87,5 @@ def coloured_groups(targets, groups: list[UnitGroup]) -> list[tuple[UnitGroup, l
             members = [mine[c] for c in colour]
             parts = [groups[k] for k in members]
             extra = {"wall_beads": [p.meta["wall_beads"] for p in parts]} if "wall_beads" in parts[0].meta else None
-            out.append((stack(parts, -3000 - len(out), [label_of(targets, p) for p in parts], extra), members))
+            out.append((stack(parts, -3000 - len(out), [targets.label(p) for p in parts], extra), members))
     return out

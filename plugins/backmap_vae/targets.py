@@ -288,6 +288,10 @@ class UnitTargets:
             anchor = cg[torch.as_tensor(group.meta["wall_beads"])].to(torch.float32).double() - centre[:, None]
         return BoundUnits(self, group, self.tables(group), None, rotation, centre, positions, cg, vectors, anchor)
 
+    def label(self, group: UnitGroup) -> str:
+        """A group's log label: its unit type ('moltype:bead'), or the one its ``meta`` names."""
+        return group.meta.get("label", f"{group.moltype}:{self.labels[group.moltype][group.meta['bead']]}")
+
     def tables(self, group: UnitGroup) -> dict:
         """Touched beads (B, T) with their atoms and weights (B, T, A), rigid bonds (B, P, 2)
         touching each unit: the restraint and spring terms of the units' local energies."""
@@ -320,7 +324,7 @@ class UnitTargets:
             rows, signs = self.chirality.touching(self.system.topology, group.atoms)
         else:
             rows, signs = np.zeros((len(group.atoms), 0, 4), np.int64), np.zeros((len(group.atoms), 0), np.int8)
-        label = group.meta.get("label", f"{group.moltype}:{self.labels[group.moltype][group.meta['bead']]}")
+        label = self.label(group)
         st = self._cache[key] = {"chiral": torch.as_tensor(rows), "chiral_sign": torch.as_tensor(signs),
             "bead": torch.as_tensor(bead_idx), "bead_atoms": torch.as_tensor(atoms),
             "bead_weights": torch.as_tensor(weights), "bond": torch.as_tensor(bond_idx),
