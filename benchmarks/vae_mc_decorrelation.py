@@ -191,6 +191,8 @@ def main() -> None:
     ap.add_argument("--vae-every", type=int, default=1, help="vae_mc's VAE moves in every n-th sweep only")
     ap.add_argument("--local-decide", default="sequential", choices=["sequential", "independent"],
                     help="vae_mc's local moves: molecule-wide groups decided in turn, or groups beyond the cut-off")
+    ap.add_argument("--local-scoring", default="compiled", choices=["compiled", "torch"],
+                    help="vae_mc's local moves decided in turn: scored in one compiled loop, or in torch (reference)")
     ap.add_argument("--openmm-ps", type=float, default=20.0)
     ap.add_argument("--chunk", type=int, default=50, help="openmm steps (2 fs) between samples")
     ap.add_argument("--burn", type=int, default=5, help="samples left out at the start")
@@ -218,7 +220,8 @@ def main() -> None:
                                             "turn_width": a.turn_width, "cranks": a.cranks,
                                             "crank_width": a.crank_width, "vae_every": a.vae_every,
                                             "rotation_candidates": a.rotation_candidates, "inner": a.inner,
-                                            "inner_step": a.inner_step, "local_decide": a.local_decide})
+                                            "inner_step": a.inner_step, "local_decide": a.local_decide,
+                                            "local_scoring": a.local_scoring})
     vae.prepare(system)
     starts = [(x, targets, box)] + [sps_frame(a.frame + k)[1:] for k in range(1, a.chains)]
     if a.equilibrate_ps > 0:

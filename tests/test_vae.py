@@ -874,6 +874,9 @@ def test_sequential_local_decisions_are_those_of_one_unit_at_a_time(vae_run):
             log_u = torch.log(torch.rand(len(local), generator=torch.Generator().set_state(state),
                                          dtype=torch.float64))
             assert not invalid.any() and 0.1 < float(accepted.double().mean()) < 0.9
+            # the compiled scan, against the current state: the same decisions from the same uniforms
+            compiled, compiled_invalid = part.scan_in_turn(placements[:, 1], moved, torch.Generator().set_state(state))
+            assert torch.equal(compiled, accepted) and not compiled_invalid.any()
             scan = pos.clone()
             for k in range(len(local)):  # the reference: one unit at a time, full local energies
                 one = UnitGroup(group.moltype, group.step, {**group.meta}, group.molecules[k:k + 1],

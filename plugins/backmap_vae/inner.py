@@ -181,11 +181,12 @@ def inner_rotation(units: BoundUnits, moves: InnerGroup, step: float, gen: torch
 
 
 def inner_move(units: BoundUnits, moves: InnerGroup, step: float, gen: torch.Generator, candidates: int = 1,
-               sequential: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+               sequential: bool = False, compiled: bool = True
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One inner move of every unit of a group (:func:`inner_rotation`), decided by
     :func:`rotation_move` (``sequential``: see there). Returns its (accepted, new local placements,
     invalid, angle) and the kind chosen per unit (B,)."""
     local, pivot, axis, moved, width, kind, carried, anchor = inner_rotation(units, moves, step, gen)
     acc, new, invalid, angle = rotation_move(units, local, pivot, axis, moved, width, gen, candidates, sequential,
-                                             carried, anchor)
+                                             carried, anchor, compiled)
     return acc & (moves.kinds > 0), new, invalid, angle, kind  # a unit without a kind has moved nothing

@@ -104,6 +104,11 @@ class VAEMCParams(RefineParams):
                                   "groups than independent on sPS: the cost per sweep is mostly per group); "
                                   "independent: groups of units beyond each other's cut-off, decided at once (needed "
                                   "for rotation_candidates > 1)")
+    local_scoring: Literal["compiled", "torch"] = Field(
+        "compiled", description="local_decide: sequential: compiled (default): each move scored and decided in one "
+                                "compiled loop against the state the moves before it left; torch: the group scored "
+                                "in torch against the state before it, then decided with the pair couplings — the "
+                                "same decisions up to rounding, several times slower (a reference for checks)")
     vae_every: int = Field(1, ge=1, description="make the VAE moves (and block moves) in every n-th sweep only, the "
                                                 "local turns and cranks in every sweep (they cost no network call)")
     closure_stiffness: float = Field(1.0e6, gt=0, description="k_c (kJ/mol/nm²) of the stiff spring on rigid bonds "
@@ -297,6 +302,7 @@ class VAEMCRefiner(Refiner):
         tallies = [defaultdict(lambda: [0, 0, 0]) for _ in chains]  # per chain: accepted, proposed, invalid
         network = sweep % p.vae_every == 0  # the VAE (and block) moves of this sweep; turns and cranks every sweep
         sequential = p.local_decide == "sequential"
+        compiled = p.local_scoring == "compiled"
         for batch in _lockstep([c.groups for c in chains]) if network else []:
             parts = []
             for f, group in batch:
@@ -327,13 +333,13 @@ class VAEMCRefiner(Refiner):
                         continue
                     part = self.targets.bind_unrotated(rot.group, chain.pos, chain.target_t, chain.vectors)
                     acc, new, invalid, _angle = turn_move(part, rot.axes, rot.width, gen, p.rotation_candidates,
-                                                          sequential)
+                                                          sequential, compiled)
                     _keep(chain.pos, part, new, acc)
                     _tally(tallies[f], part, rot.suffix, acc, invalid)
                 for moves in chain.inner if r < p.inner else []:
                     part = self.targets.bind_unrotated(moves.group, chain.pos, chain.target_t, chain.vectors)
                     acc, new, invalid, _angle, _kind = inner_move(part, moves, p.inner_step, gen,
-                                                                  p.rotation_candidates, sequential)
+                                                                  p.rotation_candidates, sequential, compiled)
                     _keep(chain.pos, part, new, acc)
                     _tally(tallies[f], part, " inner", acc, invalid, moves.kinds > 0)
             if sweep + 1 in p.minimize_after:  # burn-in: a collective relaxation, then the chain goes on

@@ -93,11 +93,13 @@ def candidate_angles(B: int, width: float | torch.Tensor, n: int, gen: torch.Gen
 
 
 def turn_move(units: BoundUnits, axes: np.ndarray, width: float, gen: torch.Generator, candidates: int = 1,
-              sequential: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+              sequential: bool = False, compiled: bool = True
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One rotation move of every unit of a group about the axes through the atom pairs ``axes``
     (B, 2): the whole unit turns (:func:`rotation_move`)."""
     local, pivot, axis = turn_geometry(units, axes)
-    return rotation_move(units, local, pivot, axis, units.index >= 0, width, gen, candidates, sequential)
+    return rotation_move(units, local, pivot, axis, units.index >= 0, width, gen, candidates, sequential,
+                         compiled=compiled)
 
 
 def rotation_proposals(local: torch.Tensor, pivot: torch.Tensor, axis: torch.Tensor, moved: torch.Tensor,
@@ -125,14 +127,17 @@ def rotation_proposals(local: torch.Tensor, pivot: torch.Tensor, axis: torch.Ten
 
 def rotation_move(units: BoundUnits, local: torch.Tensor, pivot: torch.Tensor, axis: torch.Tensor,
                   moved: torch.Tensor, width: float | torch.Tensor, gen: torch.Generator, candidates: int = 1,
-                  sequential: bool = False, carried: torch.Tensor | None = None, anchor: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                  sequential: bool = False, carried: torch.Tensor | None = None, anchor: torch.Tensor | None = None,
+                  compiled: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One rigid rotation of the atoms ``moved`` (B, U) of each unit's placement ``local`` (B, U, 3)
     about the unit vector ``axis`` (B, 3) through ``pivot`` (B, 3), every other atom kept but the
     ``carried`` ones (:func:`rotation_proposals`). ``width``: a float or (B,). The units share no
     bonded term, bead or axis atom; they do not interact (decided independently) or, with
     ``sequential``, may: then they are decided one after the other, each with the energy changes
-    of those accepted before it (:meth:`BoundUnits.decide_in_turn`; Metropolis only).
+    of those accepted before it (Metropolis only): ``compiled`` (default), scored and decided in one
+    compiled loop against the state the moves before it left (:meth:`BoundUnits.scan_in_turn`),
+    else scored in torch against the state before the group and decided with the couplings
+    (:meth:`BoundUnits.decide_in_turn`) — the same decisions up to rounding.
 
     ``candidates`` = 1: Metropolis, the angle uniform in ±``width``. n > 1: a heat-bath choice among
     the n angles of :func:`candidate_angles`: the same set of states arises from each of its members
@@ -143,14 +148,19 @@ def rotation_move(units: BoundUnits, local: torch.Tensor, pivot: torch.Tensor, a
     B = len(local)
     angles, placements = rotation_proposals(local, pivot, axis, moved, width, gen, candidates, carried, anchor)
     moved = torch.as_tensor(moved) if carried is None else torch.as_tensor(moved) | carried  # every atom that moves
+    if sequential and candidates != 1:
+        raise ValueError("sequential rotation moves are Metropolis moves (candidates = 1)")
+    decided = units.scan_in_turn(placements[:, 1], moved, gen) if sequential and compiled else None
+    if decided is not None:  # scored and decided in one compiled loop
+        rows = torch.arange(B)
+        chosen = decided[0].long()
+        return chosen.bool(), placements[rows, chosen], decided[1], angles[rows, chosen]
     some = None if bool((moved == (units.index >= 0)).all()) else moved  # not whole units
     logp = units.log_target(placements, some)  # (B, n), up to a constant per unit
     moved = moved[..., None]
     invalid = torch.isnan(logp).any(1)
     current = (angles == 0).int().argmax(1)
     if sequential:
-        if candidates != 1:
-            raise ValueError("sequential rotation moves are Metropolis moves (candidates = 1)")
         accepted, invalid = units.decide_in_turn(local, placements[:, 1], moved[..., 0], logp[:, 1] - logp[:, 0], gen)
         chosen = accepted.long()
     elif candidates == 1:

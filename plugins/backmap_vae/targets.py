@@ -19,6 +19,7 @@ import torch
 from backmap import BackmapError
 from backmap.engine.registry import default_registry
 from backmap.forcefield import ForceField
+from backmap.forcefield.local_mc import LocalMetropolis
 from backmap.refinement.restrained import BOLTZMANN, RestrainedSystem
 from backmap.sampling.chirality import ChiralCentres
 from backmap.sampling.environment import EnvironmentBatch
@@ -108,6 +109,24 @@ class BoundUnits:
             self.to_lab(torch.stack([old, new], 1)), index.clip(min=0), moved.numpy() & (index >= 0), log_ratio,
             log_u, self.targets.beta, self.vectors)
         return accepted, torch.isnan(log_ratio)
+
+    def scan_in_turn(self, new: torch.Tensor, moved: torch.Tensor, generator: torch.Generator
+                     ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """:meth:`decide_in_turn` compiled end to end (:class:`LocalMetropolis`): the units' moves to
+        placements ``new`` (B, U, 3, local) of the atoms ``moved`` (B, U), each scored against the
+        state the moves accepted before it left — no couplings, and no energies of the state before
+        the group in torch. The same random numbers as :meth:`decide_in_turn`, the same decisions
+        up to rounding. None where it does not apply (a stereo reference's penalty is not compiled)."""
+        local_mc = self.targets.local_metropolis()
+        if local_mc is None:
+            return None
+        log_u = torch.log(torch.rand(len(new), generator=generator, dtype=torch.float64))
+        index = self.index.numpy()
+        walls = self.to_lab(torch.zeros_like(new) if self.anchor is None else self.anchor)
+        accepted, invalid, _delta, _x = local_mc.scan(self.positions, index, moved.numpy() & (index >= 0),
+                                              self.to_lab(new).numpy(), log_u.numpy(), self.targets.beta,
+                                              self.vectors, walls.numpy(), self.targets.extent, self.cg.numpy())
+        return torch.as_tensor(accepted), torch.as_tensor(invalid)
 
     def near(self) -> np.ndarray:
         """(B, B) bool: units whose centres lie within :meth:`UnitTargets.interaction_range` (nearest
@@ -219,6 +238,17 @@ class UnitTargets:
         self.labels = {cb.block.moltype.name: [bead.name for bead in cb.mapping.beads]
                        for cb in system.cg_topology.blocks}
         self._cache: dict = {}
+        self._local_mc: LocalMetropolis | None = None
+
+    def local_metropolis(self) -> LocalMetropolis | None:
+        """The compiled local moves' target (:class:`LocalMetropolis`: force field, restraints,
+        springs), built once; None with a stereo reference (its penalty is not compiled)."""
+        if self.chirality is not None:
+            return None
+        if self._local_mc is None:
+            self._local_mc = LocalMetropolis(self.ff, self.beads, self.restraint, self.rigid_pairs,
+                                             self.rigid_lengths, self.closure_stiffness)
+        return self._local_mc
 
     def held_bonds(self) -> np.ndarray:
         """(H, 2) global atom pairs the decoder builds at their topology length when every other

@@ -1,0 +1,372 @@
+"""Local Monte Carlo moves decided one after the other, each against the current state, as one
+compiled loop: the whole energy change of a move (bonded terms, non-bonded pairs, the reaction
+field of excluded pairs, centroid restraints, springs, a hard wall) without leaving the loop.
+
+The inner loop of ``vae_mc``'s turns, cranks and inner moves. Before it, a group's moves were
+scored against the state before the group in torch (a dozen passes over index tables per call)
+and then decided in turn with their pair couplings (:func:`placement_kernel.sequential_metropolis`);
+the fixed cost of those passes was most of a round. Here move g is scored against the state the
+moves before it left, so no couplings are needed, and the same random numbers give the same
+decisions (up to rounding).
+
+Per call, a cell grid of the box is built once (:func:`placement_kernel._cell_grid`). Per move:
+the images within reach of its moved atoms are gathered from the grid (reach widened by the
+largest displacement of the group, since the grid's positions are updated in place but its cells
+are not), each moved atom's non-bonded energy is summed over them, type by type, branch-free
+(:func:`placement_kernel._block_energy`), in the old and the new state; pairs among the moved
+atoms, their excluded pairs, the bonded terms, restraints and springs that touch them are summed
+directly. Energies are GROMACS's functional forms as in :mod:`backmap.forcefield.energy`.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from backmap.forcefield.placement_kernel import (
+    CELL_WIDTH,
+    EPS2,
+    SLAB_WIDTH,
+    _block_energy,
+    _cell_grid,
+    _cell_spans,
+    _gather,
+    _lj,
+    _nearest_d2,
+    _pair,
+)
+
+#: bonded term kinds of the compiled table (see ForceField.local_tables)
+BOND, ANGLE, PROPER, RB, IMPROPER, LJ14, COULOMB14 = range(7)
+MAX_MOVED = 63  # moved atoms per move: one bit each in the exclusion masks (int64)
+
+
+@njit(cache=True, nogil=True, fastmath=False, inline="always")
+def _dist(x, i, j):
+    dx, dy, dz = x[j, 0] - x[i, 0], x[j, 1] - x[i, 1], x[j, 2] - x[i, 2]
+    return np.sqrt(dx * dx + dy * dy + dz * dz + EPS2)
+
+
+@njit(cache=True, nogil=True)
+def _angle(x, i, j, k):
+    ax, ay, az = x[i, 0] - x[j, 0], x[i, 1] - x[j, 1], x[i, 2] - x[j, 2]
+    bx, by, bz = x[k, 0] - x[j, 0], x[k, 1] - x[j, 1], x[k, 2] - x[j, 2]
+    cx, cy, cz = ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx
+    return np.arctan2(np.sqrt(cx * cx + cy * cy + cz * cz + EPS2), ax * bx + ay * by + az * bz)
+
+
+@njit(cache=True, nogil=True)
+def _dihedral(x, i, j, k, m):
+    b1x, b1y, b1z = x[j, 0] - x[i, 0], x[j, 1] - x[i, 1], x[j, 2] - x[i, 2]
+    b2x, b2y, b2z = x[k, 0] - x[j, 0], x[k, 1] - x[j, 1], x[k, 2] - x[j, 2]
+    b3x, b3y, b3z = x[m, 0] - x[k, 0], x[m, 1] - x[k, 1], x[m, 2] - x[k, 2]
+    n1x, n1y, n1z = b1y * b2z - b1z * b2y, b1z * b2x - b1x * b2z, b1x * b2y - b1y * b2x
+    n2x, n2y, n2z = b2y * b3z - b2z * b3y, b2z * b3x - b2x * b3z, b2x * b3y - b2y * b3x
+    y = np.sqrt(b2x * b2x + b2y * b2y + b2z * b2z + EPS2) * (b1x * n2x + b1y * n2y + b1z * n2z)
+    return np.arctan2(y, n1x * n2x + n1y * n2y + n1z * n2z + 1e-30)
+
+
+@njit(cache=True, nogil=True)
+def _term_energy(x, kind, at, par, charges, f14, r_min):
+    """Energy of one bonded term (kind, atoms ``at`` (4,), parameters ``par``) at positions x."""
+    if kind == BOND:
+        d = _dist(x, at[0], at[1]) - par[0]
+        return 0.5 * par[1] * d * d
+    if kind == ANGLE:
+        d = _angle(x, at[0], at[1], at[2]) - par[0]
+        return 0.5 * par[1] * d * d
+    if kind == PROPER:
+        return par[1] * (1.0 + np.cos(par[2] * _dihedral(x, at[0], at[1], at[2], at[3]) - par[0]))
+    if kind == RB:
+        c = np.cos(_dihedral(x, at[0], at[1], at[2], at[3]) - np.pi)
+        e, cn = 0.0, 1.0
+        for n in range(6):
+            e += par[n] * cn
+            cn *= c
+        return e
+    if kind == IMPROPER:
+        d = _dihedral(x, at[0], at[1], at[2], at[3]) - par[0] + np.pi
+        d = d - 2.0 * np.pi * np.floor(d / (2.0 * np.pi)) - np.pi
+        return 0.5 * par[1] * d * d
+    r = _dist(x, at[0], at[1])
+    if kind == LJ14:
+        sig, eps = par[0], par[1]
+        rs = 0.6 * sig  # energy.SOFT_FRACTION
+        if r < rs:
+            s6 = (sig / rs) ** 6
+            return 4.0 * eps * (s6 * s6 - s6) + 4.0 * eps * (-12.0 * s6 * s6 + 6.0 * s6) / rs * (r - rs)
+        s6 = (sig / r) ** 6
+        return 4.0 * eps * (s6 * s6 - s6)
+    qq = charges[at[0]] * charges[at[1]] * par[2] * f14  # COULOMB14
+    if r < r_min:
+        return qq / r_min - qq / (r_min * r_min) * (r - r_min)
+    return qq / r
+
+
+@njit(cache=True, nogil=True)  # (no fastmath: NaN must stay NaN)
+def metropolis_scan(x, atoms, moved, new, walls, extent, log_u, beta, vectors, inverse, heights, periodic,
+                    lj_type, charges, n_types, c6t, c12t, softt, shiftt, cutoff, rvdw, rcoulomb, f_coulomb, k_rf,
+                    c_rf, r_min, ex_ptr, ex_partners, term_kind, term_atoms, term_params, term_ptr, term_ids, f14,
+                    bead_ptr, bead_atoms, bead_weights, bead_targets, k_bead, atom_bead_ptr, atom_beads,
+                    spring_pairs, spring_lengths, k_spring, atom_spring_ptr, atom_springs, accepted, invalid, delta):
+    """Metropolis decisions of G local moves made one after the other; ``x`` (N, 3) is updated in
+    place with each accepted one. Move g takes the atoms of ``atoms[g]`` (A,; −1 padding) marked
+    ``moved[g]`` to ``new[g]`` (A, 3, lab); it is accepted (``accepted[g]``) if
+    ``log_u[g]`` < −``beta`` ΔE, ΔE the change of every term with a moved atom: bonded terms
+    (``term_*``, CSR atom → terms ``term_ptr``/``term_ids``), non-bonded pairs within the cut-off
+    (nearest images) and the reaction field of excluded pairs, the restraints ½ k |Σ w x − R|² of
+    the beads the moved atoms map to (``bead_*``) and the springs ½ k (|r| − b)² on pairs
+    (``spring_*``). A state with an atom of the unit's row farther than ``extent`` from its wall
+    centre (``walls[g]``, lab) has zero probability: if the current one has (or ΔE is NaN) the
+    move is rejected and counted ``invalid``. ``delta[g]``: ΔE (kJ/mol; +inf beyond the wall, NaN
+    if invalid), written."""
+    G, A = atoms.shape
+    N = x.shape[0]
+    cut2 = cutoff * cutoff
+    e_soft = np.zeros(c6t.shape[0])
+    slope_soft = np.zeros(c6t.shape[0])
+    for tt in range(c6t.shape[0]):
+        rs = softt[tt]
+        if rs > 0.0:
+            rs6 = rs * rs * rs * rs * rs * rs
+            slope_soft[tt] = (-12.0 * c12t[tt] / (rs6 * rs6 * rs)) + 6.0 * c6t[tt] / (rs6 * rs)
+            e_soft[tt] = _lj(rs, c6t[tt], c12t[tt], shiftt[tt])
+    q0 = q1 = 0.0
+    if r_min > 0.0:
+        q0 = 1.0 / r_min + k_rf * r_min * r_min - c_rf
+        q1 = -1.0 / (r_min * r_min) + 2.0 * k_rf * r_min
+    # the largest displacement of any move: the grid's cells may be this stale
+    skin = 0.0
+    for g in range(G):
+        for a in range(A):
+            if moved[g, a]:
+                d2 = 0.0
+                for k in range(3):
+                    d = new[g, a, k] - x[atoms[g, a], k]
+                    d2 += d * d
+                skin = max(skin, np.sqrt(d2))
+    spans = np.zeros((1, 2), np.int64)
+    shifts = np.zeros((1, 3))
+    rcell = 0.0
+    if periodic:
+        n, start, ids, pos = _cell_grid(x, vectors, inverse, heights, CELL_WIDTH)
+        for s1 in (-1.0, 1.0):
+            for s2 in (-1.0, 1.0):
+                d2 = 0.0
+                for k in range(3):
+                    d = vectors[0, k] / n[0] + s1 * vectors[1, k] / n[1] + s2 * vectors[2, k] / n[2]
+                    d2 += d * d
+                rcell = max(rcell, 0.5 * np.sqrt(d2))
+    else:
+        n = np.ones(3, np.int64)
+        start = np.zeros(2, np.int64)
+        ids = np.arange(N)
+        pos = x.copy()
+        spans[0, 1] = N
+    slot_of = np.empty(N, np.int64)  # each atom's row in the grid's copy (updated when it moves)
+    for p in range(N):
+        slot_of[ids[p]] = p
+    in_move = np.full(N, -1, np.int64)
+    exmask = np.zeros(N, np.int64)
+    term_seen = np.full(term_kind.shape[0], -1, np.int64)
+    bead_seen = np.full(max(bead_ptr.shape[0] - 1, 1), -1, np.int64)
+    spring_seen = np.full(max(spring_pairs.shape[0], 1), -1, np.int64)
+    fbuf = np.empty((8, 0))
+    ibuf = np.empty((4, 0), np.int64)
+    mv = np.empty(A, np.int64)  # the move's moved atoms
+    old = np.empty((A, 3))
+    terms = np.empty(64, np.int64)
+    beads = np.empty(16, np.int64)
+    springs = np.empty(16, np.int64)
+    e = np.zeros(2)
+    lo_t = np.empty(n_types, np.int64)
+    hi_t = np.empty(n_types, np.int64)
+    for g in range(G):
+        accepted[g] = False
+        invalid[g] = False
+        delta[g] = 0.0
+        n_mv = 0
+        for a in range(A):
+            if moved[g, a] and atoms[g, a] >= 0:
+                mv[n_mv] = atoms[g, a]
+                for k in range(3):
+                    old[n_mv, k] = x[atoms[g, a], k]
+                n_mv += 1
+        if n_mv == 0:
+            continue
+        # the wall, in the current state and the proposed one
+        outside_old = outside_new = False
+        for a in range(A):
+            i = atoms[g, a]
+            if i < 0:
+                continue
+            d_old = d_new = 0.0
+            for k in range(3):
+                d = x[i, k] - walls[g, a, k]
+                d_old += d * d
+                if moved[g, a]:
+                    d = new[g, a, k] - walls[g, a, k]
+                d_new += d * d
+            outside_old |= np.sqrt(d_old) > extent
+            outside_new |= np.sqrt(d_new) > extent
+        if outside_old:
+            invalid[g] = True
+            delta[g] = np.nan
+            continue
+        if outside_new:
+            delta[g] = np.inf
+            continue
+        # the terms that touch a moved atom, each once
+        n_terms = n_beads = n_springs = 0
+        for b in range(n_mv):
+            i = mv[b]
+            in_move[i] = g
+            for q in range(term_ptr[i], term_ptr[i + 1]):
+                t = term_ids[q]
+                if term_seen[t] != g:
+                    term_seen[t] = g
+                    if n_terms == terms.shape[0]:
+                        terms = np.concatenate((terms, np.empty(n_terms, np.int64)))
+                    terms[n_terms] = t
+                    n_terms += 1
+            for q in range(atom_bead_ptr[i], atom_bead_ptr[i + 1]):
+                t = atom_beads[q]
+                if bead_seen[t] != g:
+                    bead_seen[t] = g
+                    if n_beads == beads.shape[0]:
+                        beads = np.concatenate((beads, np.empty(n_beads, np.int64)))
+                    beads[n_beads] = t
+                    n_beads += 1
+            for q in range(atom_spring_ptr[i], atom_spring_ptr[i + 1]):
+                t = atom_springs[q]
+                if spring_seen[t] != g:
+                    spring_seen[t] = g
+                    if n_springs == springs.shape[0]:
+                        springs = np.concatenate((springs, np.empty(n_springs, np.int64)))
+                    springs[n_springs] = t
+                    n_springs += 1
+        # the images within reach of the moved atoms, old and new, but themselves
+        cx = cy = cz = 0.0
+        for a in range(A):
+            if moved[g, a] and atoms[g, a] >= 0:
+                cx += x[atoms[g, a], 0] + new[g, a, 0]
+                cy += x[atoms[g, a], 1] + new[g, a, 1]
+                cz += x[atoms[g, a], 2] + new[g, a, 2]
+        cx /= 2 * n_mv
+        cy /= 2 * n_mv
+        cz /= 2 * n_mv
+        rad = 0.0
+        ext = np.zeros(3)
+        for a in range(A):
+            if not moved[g, a] or atoms[g, a] < 0:
+                continue
+            for s in range(2):
+                dx = (x[atoms[g, a], 0] if s == 0 else new[g, a, 0]) - cx
+                dy = (x[atoms[g, a], 1] if s == 0 else new[g, a, 1]) - cy
+                dz = (x[atoms[g, a], 2] if s == 0 else new[g, a, 2]) - cz
+                rad = max(rad, np.sqrt(dx * dx + dy * dy + dz * dz))
+                ext[0], ext[1], ext[2] = max(ext[0], abs(dx)), max(ext[1], abs(dy)), max(ext[2], abs(dz))
+        reach = cutoff + rad + 1e-4  # (the gathered positions are current; their cells may be stale by skin)
+        axis = np.argmax(ext)
+        n_spans = 1
+        if periodic:
+            spans, shifts, n_spans = _cell_spans(cx, cy, cz, reach + skin, vectors, inverse, heights, n, start,
+                                                 rcell, spans, shifts)
+        bound = 1
+        for v in range(n_spans):
+            bound += spans[v, 1] - spans[v, 0]
+        if bound > fbuf.shape[1]:
+            fbuf = np.empty((8, max(bound, 2 * fbuf.shape[1])))
+            ibuf = np.empty((4, fbuf.shape[1]), np.int64)
+        M, n_slabs, off = _gather(cx, cy, cz, reach, axis, spans, shifts, n_spans, pos, ids, lj_type, charges,
+                                  in_move, g, n_types, fbuf, ibuf)
+        nx, ny, nz, nq, nid, nex = fbuf[3], fbuf[4], fbuf[5], fbuf[6], ibuf[2], ibuf[3]
+        for b in range(n_mv):
+            for q in range(ex_ptr[mv[b]], ex_ptr[mv[b] + 1]):
+                exmask[ex_partners[q]] |= 1 << b
+        for m in range(M):
+            nex[m] = exmask[nid[m]]
+        for b in range(n_mv):
+            for q in range(ex_ptr[mv[b]], ex_ptr[mv[b] + 1]):
+                exmask[ex_partners[q]] = 0
+        base = (cx if axis == 0 else cy if axis == 1 else cz) - reach
+        for s in range(2):  # 0: the current state; 1: the proposal (written into x, taken back if rejected)
+            if s == 1:
+                for a in range(A):
+                    if moved[g, a] and atoms[g, a] >= 0:
+                        for k in range(3):
+                            x[atoms[g, a], k] = new[g, a, k]
+            total = 0.0
+            for b in range(n_mv):
+                i = mv[b]
+                px, py, pz = x[i, 0], x[i, 1], x[i, 2]
+                h = (px if axis == 0 else py if axis == 1 else pz) - base
+                r_a = cutoff + 1e-4
+                s0 = min(max(int(np.floor((h - r_a) / SLAB_WIDTH)), 0), n_slabs - 1)
+                s1 = min(max(int(np.floor((h + r_a) / SLAB_WIDTH)), 0), n_slabs - 1)
+                row = lj_type[i] * n_types
+                qi = f_coulomb * charges[i]
+                for t in range(n_types):
+                    lo_t[t], hi_t[t] = off[t * n_slabs + s0], off[t * n_slabs + s1 + 1]
+                    if lo_t[t] < hi_t[t]:
+                        tt = row + t
+                        total += _block_energy(px, py, pz, lo_t[t], hi_t[t], nx, ny, nz, nq, nex, b, qi, c6t[tt],
+                                               c12t[tt], shiftt[tt], softt[tt], e_soft[tt], slope_soft[tt], cut2,
+                                               rvdw, rcoulomb, k_rf, c_rf, r_min, q0, q1)
+                # pairs among the moved atoms (once), and the reaction field of excluded pairs
+                for c in range(b + 1, n_mv):
+                    j = mv[c]
+                    excluded = False
+                    for q in range(ex_ptr[i], ex_ptr[i + 1]):
+                        excluded |= ex_partners[q] == j
+                    if excluded:
+                        continue
+                    d2 = _nearest_d2(x[i, 0] - x[j, 0], x[i, 1] - x[j, 1], x[i, 2] - x[j, 2], periodic, vectors,
+                                     inverse)
+                    if d2 < cut2:
+                        tt = row + lj_type[j]
+                        total += _pair(np.sqrt(d2 + EPS2), c6t[tt], c12t[tt], softt[tt], shiftt[tt],
+                                       qi * charges[j], rvdw, rcoulomb, k_rf, c_rf, r_min)
+                for q in range(ex_ptr[i], ex_ptr[i + 1]):
+                    j = ex_partners[q]
+                    if in_move[j] == g and j < i:
+                        continue  # a pair of moved atoms: counted from its lower one
+                    r = _dist(x, i, j)
+                    if r < rcoulomb:
+                        total += qi * charges[j] * (k_rf * r * r - c_rf)
+            for q in range(n_terms):
+                t = terms[q]
+                total += _term_energy(x, term_kind[t], term_atoms[t], term_params[t], charges, f14, r_min)
+            for q in range(n_beads):
+                t = beads[q]
+                mx = my = mz = 0.0
+                for p in range(bead_ptr[t], bead_ptr[t + 1]):
+                    w, j = bead_weights[p], bead_atoms[p]
+                    mx += w * x[j, 0]
+                    my += w * x[j, 1]
+                    mz += w * x[j, 2]
+                dx, dy, dz = mx - bead_targets[t, 0], my - bead_targets[t, 1], mz - bead_targets[t, 2]
+                total += 0.5 * k_bead * (dx * dx + dy * dy + dz * dz)
+            for q in range(n_springs):
+                t = springs[q]
+                i, j = spring_pairs[t, 0], spring_pairs[t, 1]
+                dx, dy, dz = x[i, 0] - x[j, 0], x[i, 1] - x[j, 1], x[i, 2] - x[j, 2]
+                d = np.sqrt(dx * dx + dy * dy + dz * dz) - spring_lengths[t]
+                total += 0.5 * k_spring * d * d
+            e[s] = total
+        delta[g] = e[1] - e[0]
+        ratio = -beta * delta[g]
+        if np.isnan(ratio):
+            invalid[g] = True
+        elif log_u[g] < ratio:
+            accepted[g] = True
+        if accepted[g]:
+            for b in range(n_mv):
+                p = slot_of[mv[b]]
+                for k in range(3):
+                    pos[p, k] += x[mv[b], k] - old[b, k]
+        else:
+            for b in range(n_mv):
+                for k in range(3):
+                    x[mv[b], k] = old[b, k]
+        for b in range(n_mv):
+            in_move[mv[b]] = -1
