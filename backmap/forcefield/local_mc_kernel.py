@@ -25,11 +25,9 @@ from numba import njit
 from backmap.forcefield.placement_kernel import (
     CELL_WIDTH,
     EPS2,
-    SLAB_WIDTH,
     _block_energy,
     _cell_grid,
     _cell_spans,
-    _gather,
     _lj,
     _nearest_d2,
     _pair,
@@ -63,6 +61,27 @@ def _dihedral(x, i, j, k, m):
     n2x, n2y, n2z = b2y * b3z - b2z * b3y, b2z * b3x - b2x * b3z, b2x * b3y - b2y * b3x
     y = np.sqrt(b2x * b2x + b2y * b2y + b2z * b2z + EPS2) * (b1x * n2x + b1y * n2y + b1z * n2z)
     return np.arctan2(y, n1x * n2x + n1y * n2y + n1z * n2z + 1e-30)
+
+
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+def _gather_by_type(cx, cy, cz, reach, spans, shifts, n_spans, pos, ids, lj_type, charges, in_move, g, bx, by, bz,
+                    bq, bid, counts):
+    """The images in ``spans`` (of the grid's order: ``pos``, ``ids``) within ``reach`` of
+    (cx, cy, cz), except the atoms of move g, into the rows of their LJ type t: positions
+    ``bx[t, :counts[t]]`` …, charges ``bq``, atom indices ``bid``. One pass, without a branch: each
+    candidate is written and kept by counting it (rows must hold every candidate + 1)."""
+    reach2 = reach * reach
+    counts[:] = 0
+    for v in range(n_spans):
+        tx, ty, tz = shifts[v, 0], shifts[v, 1], shifts[v, 2]
+        for p in range(spans[v, 0], spans[v, 1]):
+            j = ids[p]
+            t = lj_type[j]
+            k = counts[t]
+            jx, jy, jz = pos[p, 0] + tx, pos[p, 1] + ty, pos[p, 2] + tz
+            bx[t, k], by[t, k], bz[t, k], bq[t, k], bid[t, k] = jx, jy, jz, charges[j], j
+            dx, dy, dz = jx - cx, jy - cy, jz - cz
+            counts[t] = k + ((dx * dx + dy * dy + dz * dz < reach2) & (in_move[j] != g))
 
 
 @njit(cache=True, nogil=True)
@@ -170,16 +189,18 @@ def metropolis_scan(x, atoms, moved, new, walls, extent, log_u, beta, vectors, i
     term_seen = np.full(term_kind.shape[0], -1, np.int64)
     bead_seen = np.full(max(bead_ptr.shape[0] - 1, 1), -1, np.int64)
     spring_seen = np.full(max(spring_pairs.shape[0], 1), -1, np.int64)
-    fbuf = np.empty((8, 0))
-    ibuf = np.empty((4, 0), np.int64)
+    cap = 0  # the neighbour buffers, per LJ type (regrown as needed)
+    bx = np.empty((n_types, 0))
+    by, bz, bq = bx.copy(), bx.copy(), bx.copy()
+    bid = np.empty((n_types, 0), np.int64)
+    bex = bid.copy()
+    counts = np.zeros(n_types, np.int64)
     mv = np.empty(A, np.int64)  # the move's moved atoms
     old = np.empty((A, 3))
     terms = np.empty(64, np.int64)
     beads = np.empty(16, np.int64)
     springs = np.empty(16, np.int64)
     e = np.zeros(2)
-    lo_t = np.empty(n_types, np.int64)
-    hi_t = np.empty(n_types, np.int64)
     for g in range(G):
         accepted[g] = False
         invalid[g] = False
@@ -255,7 +276,6 @@ def metropolis_scan(x, atoms, moved, new, walls, extent, log_u, beta, vectors, i
         cy /= 2 * n_mv
         cz /= 2 * n_mv
         rad = 0.0
-        ext = np.zeros(3)
         for a in range(A):
             if not moved[g, a] or atoms[g, a] < 0:
                 continue
@@ -264,9 +284,7 @@ def metropolis_scan(x, atoms, moved, new, walls, extent, log_u, beta, vectors, i
                 dy = (x[atoms[g, a], 1] if s == 0 else new[g, a, 1]) - cy
                 dz = (x[atoms[g, a], 2] if s == 0 else new[g, a, 2]) - cz
                 rad = max(rad, np.sqrt(dx * dx + dy * dy + dz * dz))
-                ext[0], ext[1], ext[2] = max(ext[0], abs(dx)), max(ext[1], abs(dy)), max(ext[2], abs(dz))
         reach = cutoff + rad + 1e-4  # (the gathered positions are current; their cells may be stale by skin)
-        axis = np.argmax(ext)
         n_spans = 1
         if periodic:
             spans, shifts, n_spans = _cell_spans(cx, cy, cz, reach + skin, vectors, inverse, heights, n, start,
@@ -274,21 +292,22 @@ def metropolis_scan(x, atoms, moved, new, walls, extent, log_u, beta, vectors, i
         bound = 1
         for v in range(n_spans):
             bound += spans[v, 1] - spans[v, 0]
-        if bound > fbuf.shape[1]:
-            fbuf = np.empty((8, max(bound, 2 * fbuf.shape[1])))
-            ibuf = np.empty((4, fbuf.shape[1]), np.int64)
-        M, n_slabs, off = _gather(cx, cy, cz, reach, axis, spans, shifts, n_spans, pos, ids, lj_type, charges,
-                                  in_move, g, n_types, fbuf, ibuf)
-        nx, ny, nz, nq, nid, nex = fbuf[3], fbuf[4], fbuf[5], fbuf[6], ibuf[2], ibuf[3]
-        for b in range(n_mv):
+        if bound > cap:
+            cap = max(bound, 2 * cap)
+            bx, by, bz, bq = (np.empty((n_types, cap)), np.empty((n_types, cap)), np.empty((n_types, cap)),
+                              np.empty((n_types, cap)))
+            bid, bex = np.empty((n_types, cap), np.int64), np.empty((n_types, cap), np.int64)
+        _gather_by_type(cx, cy, cz, reach, spans, shifts, n_spans, pos, ids, lj_type, charges, in_move, g, bx, by, bz,
+                        bq, bid, counts)
+        for b in range(n_mv):  # bit b of bex: excluded with moved atom b
             for q in range(ex_ptr[mv[b]], ex_ptr[mv[b] + 1]):
                 exmask[ex_partners[q]] |= 1 << b
-        for m in range(M):
-            nex[m] = exmask[nid[m]]
+        for t in range(n_types):
+            for m in range(counts[t]):
+                bex[t, m] = exmask[bid[t, m]]
         for b in range(n_mv):
             for q in range(ex_ptr[mv[b]], ex_ptr[mv[b] + 1]):
                 exmask[ex_partners[q]] = 0
-        base = (cx if axis == 0 else cy if axis == 1 else cz) - reach
         for s in range(2):  # 0: the current state; 1: the proposal (written into x, taken back if rejected)
             if s == 1:
                 for a in range(A):
@@ -299,19 +318,14 @@ def metropolis_scan(x, atoms, moved, new, walls, extent, log_u, beta, vectors, i
             for b in range(n_mv):
                 i = mv[b]
                 px, py, pz = x[i, 0], x[i, 1], x[i, 2]
-                h = (px if axis == 0 else py if axis == 1 else pz) - base
-                r_a = cutoff + 1e-4
-                s0 = min(max(int(np.floor((h - r_a) / SLAB_WIDTH)), 0), n_slabs - 1)
-                s1 = min(max(int(np.floor((h + r_a) / SLAB_WIDTH)), 0), n_slabs - 1)
                 row = lj_type[i] * n_types
                 qi = f_coulomb * charges[i]
                 for t in range(n_types):
-                    lo_t[t], hi_t[t] = off[t * n_slabs + s0], off[t * n_slabs + s1 + 1]
-                    if lo_t[t] < hi_t[t]:
+                    if counts[t]:
                         tt = row + t
-                        total += _block_energy(px, py, pz, lo_t[t], hi_t[t], nx, ny, nz, nq, nex, b, qi, c6t[tt],
-                                               c12t[tt], shiftt[tt], softt[tt], e_soft[tt], slope_soft[tt], cut2,
-                                               rvdw, rcoulomb, k_rf, c_rf, r_min, q0, q1)
+                        total += _block_energy(px, py, pz, 0, counts[t], bx[t], by[t], bz[t], bq[t], bex[t], b, qi,
+                                               c6t[tt], c12t[tt], shiftt[tt], softt[tt], e_soft[tt], slope_soft[tt],
+                                               cut2, rvdw, rcoulomb, k_rf, c_rf, r_min, q0, q1)
                 # pairs among the moved atoms (once), and the reaction field of excluded pairs
                 for c in range(b + 1, n_mv):
                     j = mv[c]
