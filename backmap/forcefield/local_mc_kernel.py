@@ -64,24 +64,46 @@ def _dihedral(x, i, j, k, m):
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _gather_by_type(cx, cy, cz, reach, spans, shifts, n_spans, pos, ids, lj_type, charges, in_move, g, bx, by, bz,
-                    bq, bid, counts):
-    """The images in ``spans`` (of the grid's order: ``pos``, ``ids``) within ``reach`` of
-    (cx, cy, cz), except the atoms of move g, into the rows of their LJ type t: positions
-    ``bx[t, :counts[t]]`` …, charges ``bq``, atom indices ``bid``. One pass, without a branch: each
-    candidate is written and kept by counting it (rows must hold every candidate + 1)."""
+def _gather_by_type(cx, cy, cz, reach, spans, shifts, n_spans, pos, ids, types, charges, in_move, g, kept, bx, by,
+                    bz, bq, bid, counts):
+    """The images in ``spans`` of the grid (its order: positions ``pos``, atoms ``ids``, LJ types
+    ``types``, charges ``charges``, move ``in_move``) within ``reach`` of (cx, cy, cz), except the
+    atoms of move g, into the rows of their LJ type t: positions ``bx[t, :counts[t]]`` …, charges
+    ``bq``, atom indices ``bid``. First the rows within reach are listed (``kept``: grid row and
+    span; branch-free, with the count in a register), then copied out by type."""
     reach2 = reach * reach
-    counts[:] = 0
+    n_kept = 0
     for v in range(n_spans):
         tx, ty, tz = shifts[v, 0], shifts[v, 1], shifts[v, 2]
         for p in range(spans[v, 0], spans[v, 1]):
-            j = ids[p]
-            t = lj_type[j]
-            k = counts[t]
-            jx, jy, jz = pos[p, 0] + tx, pos[p, 1] + ty, pos[p, 2] + tz
-            bx[t, k], by[t, k], bz[t, k], bq[t, k], bid[t, k] = jx, jy, jz, charges[j], j
-            dx, dy, dz = jx - cx, jy - cy, jz - cz
-            counts[t] = k + ((dx * dx + dy * dy + dz * dz < reach2) & (in_move[j] != g))
+            dx, dy, dz = pos[p, 0] + tx - cx, pos[p, 1] + ty - cy, pos[p, 2] + tz - cz
+            kept[0, n_kept] = p
+            kept[1, n_kept] = v
+            n_kept += (dx * dx + dy * dy + dz * dz < reach2) & (in_move[p] != g)
+    counts[:] = 0
+    for m in range(n_kept):
+        p, v = kept[0, m], kept[1, m]
+        t = types[p]
+        k = counts[t]
+        bx[t, k], by[t, k], bz[t, k] = pos[p, 0] + shifts[v, 0], pos[p, 1] + shifts[v, 1], pos[p, 2] + shifts[v, 2]
+        bq[t, k], bid[t, k] = charges[p], ids[p]
+        counts[t] = k + 1
+
+
+@njit(cache=True, nogil=True)
+def _merge_spans(spans, shifts, n_spans):
+    """Join spans that continue each other in the grid's order with the same image (neighbouring
+    cells along the last axis): fewer, longer runs for the gather's loop. Returns the new count."""
+    m = 0
+    for v in range(n_spans):
+        if (m > 0 and spans[v, 0] == spans[m - 1, 1] and shifts[v, 0] == shifts[m - 1, 0]
+                and shifts[v, 1] == shifts[m - 1, 1] and shifts[v, 2] == shifts[m - 1, 2]):
+            spans[m - 1, 1] = spans[v, 1]
+            continue
+        spans[m, 0], spans[m, 1] = spans[v, 0], spans[v, 1]
+        shifts[m, 0], shifts[m, 1], shifts[m, 2] = shifts[v, 0], shifts[v, 1], shifts[v, 2]
+        m += 1
+    return m
 
 
 @njit(cache=True, nogil=True)
@@ -182,9 +204,13 @@ def metropolis_scan(x, atoms, moved, new, walls, extent, log_u, beta, vectors, i
         pos = x.copy()
         spans[0, 1] = N
     slot_of = np.empty(N, np.int64)  # each atom's row in the grid's copy (updated when it moves)
+    types_s = np.empty(N, np.int64)  # the grid's copy of the LJ types and charges
+    charges_s = np.empty(N)
     for p in range(N):
         slot_of[ids[p]] = p
-    in_move = np.full(N, -1, np.int64)
+        types_s[p] = lj_type[ids[p]]
+        charges_s[p] = charges[ids[p]]
+    in_move = np.full(N, -1, np.int64)  # per grid row: the move its atom is in
     exmask = np.zeros(N, np.int64)
     term_seen = np.full(term_kind.shape[0], -1, np.int64)
     bead_seen = np.full(max(bead_ptr.shape[0] - 1, 1), -1, np.int64)
@@ -194,6 +220,7 @@ def metropolis_scan(x, atoms, moved, new, walls, extent, log_u, beta, vectors, i
     by, bz, bq = bx.copy(), bx.copy(), bx.copy()
     bid = np.empty((n_types, 0), np.int64)
     bex = bid.copy()
+    kept = np.empty((2, 0), np.int64)
     counts = np.zeros(n_types, np.int64)
     mv = np.empty(A, np.int64)  # the move's moved atoms
     old = np.empty((A, 3))
@@ -240,7 +267,7 @@ def metropolis_scan(x, atoms, moved, new, walls, extent, log_u, beta, vectors, i
         n_terms = n_beads = n_springs = 0
         for b in range(n_mv):
             i = mv[b]
-            in_move[i] = g
+            in_move[slot_of[i]] = g
             for q in range(term_ptr[i], term_ptr[i + 1]):
                 t = term_ids[q]
                 if term_seen[t] != g:
@@ -289,6 +316,7 @@ def metropolis_scan(x, atoms, moved, new, walls, extent, log_u, beta, vectors, i
         if periodic:
             spans, shifts, n_spans = _cell_spans(cx, cy, cz, reach + skin, vectors, inverse, heights, n, start,
                                                  rcell, spans, shifts)
+            n_spans = _merge_spans(spans, shifts, n_spans)
         bound = 1
         for v in range(n_spans):
             bound += spans[v, 1] - spans[v, 0]
@@ -297,8 +325,9 @@ def metropolis_scan(x, atoms, moved, new, walls, extent, log_u, beta, vectors, i
             bx, by, bz, bq = (np.empty((n_types, cap)), np.empty((n_types, cap)), np.empty((n_types, cap)),
                               np.empty((n_types, cap)))
             bid, bex = np.empty((n_types, cap), np.int64), np.empty((n_types, cap), np.int64)
-        _gather_by_type(cx, cy, cz, reach, spans, shifts, n_spans, pos, ids, lj_type, charges, in_move, g, bx, by, bz,
-                        bq, bid, counts)
+            kept = np.empty((2, cap), np.int64)
+        _gather_by_type(cx, cy, cz, reach, spans, shifts, n_spans, pos, ids, types_s, charges_s, in_move, g, kept, bx,
+                        by, bz, bq, bid, counts)
         for b in range(n_mv):  # bit b of bex: excluded with moved atom b
             for q in range(ex_ptr[mv[b]], ex_ptr[mv[b] + 1]):
                 exmask[ex_partners[q]] |= 1 << b
@@ -342,7 +371,7 @@ def metropolis_scan(x, atoms, moved, new, walls, extent, log_u, beta, vectors, i
                                        qi * charges[j], rvdw, rcoulomb, k_rf, c_rf, r_min)
                 for q in range(ex_ptr[i], ex_ptr[i + 1]):
                     j = ex_partners[q]
-                    if in_move[j] == g and j < i:
+                    if in_move[slot_of[j]] == g and j < i:
                         continue  # a pair of moved atoms: counted from its lower one
                     r = _dist(x, i, j)
                     if r < rcoulomb:
@@ -383,4 +412,4 @@ def metropolis_scan(x, atoms, moved, new, walls, extent, log_u, beta, vectors, i
                 for k in range(3):
                     x[mv[b], k] = old[b, k]
         for b in range(n_mv):
-            in_move[mv[b]] = -1
+            in_move[slot_of[mv[b]]] = -1
