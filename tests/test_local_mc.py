@@ -118,3 +118,36 @@ def test_the_wall_rejects_and_a_state_beyond_it_is_invalid(hexane):
                                              targets)
     assert not accepted.any() and list(invalid) == [False, True]
     assert delta[0] == np.inf and np.isnan(delta[1]) and np.array_equal(y, x)
+
+
+def test_rigid_bodies_leave_out_only_what_does_not_change(triclinic):
+    """Moves of 12 atoms: 8 turned about their centroid together (body 1), 4 translated together
+    (body 2), labelled so: the terms and pairs inside each body are skipped, and ΔE is still the total
+    energy change (and the unlabelled ΔE)."""
+    ff, x, box = triclinic
+    rng = np.random.default_rng(6)
+    local, targets, total = _target(ff, x, rng)
+    G = 12
+    rows = np.stack([np.arange(a, a + 12) for a in rng.choice(ff.n_atoms - 12, G, replace=False)])
+    moved = np.ones((G, 12), bool)
+    bodies = np.repeat([[1] * 8 + [2] * 4], G, 0)
+    new = x[rows].copy()
+    for g in range(G):
+        axis = rng.normal(size=3)
+        axis /= np.linalg.norm(axis)
+        angle = rng.uniform(-0.3, 0.3)
+        k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+        turn = np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+        centre = new[g, :8].mean(0)
+        new[g, :8] = (new[g, :8] - centre) @ turn.T + centre
+        new[g, 8:] += rng.normal(0, 0.03, 3)
+    walls = x[rows].copy()
+    args = (x, rows, moved, new, np.full(G, np.inf), 1.0, box, walls, 10.0, targets)
+    _acc, _inv, labelled, _y = local.scan(*args, rigid=bodies)
+    _acc, _inv, plain, _y = local.scan(*args)
+    e0 = total(x, box)
+    for g in range(G):
+        z = x.copy()
+        z[rows[g]] = new[g]
+        assert abs(labelled[g] - (total(z, box) - e0)) < ATOL, f"move {g}"
+    np.testing.assert_allclose(labelled, plain, rtol=0, atol=ATOL)

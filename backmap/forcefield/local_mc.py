@@ -85,12 +85,15 @@ class LocalMetropolis:
 
     def scan(self, positions: torch.Tensor | np.ndarray, atoms: np.ndarray, moved: np.ndarray, new: np.ndarray,
              log_u: np.ndarray, beta: float, vectors: np.ndarray | None, walls: np.ndarray, extent: float,
-             bead_targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+             bead_targets: np.ndarray, rigid: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Decide G moves one after the other: move g takes the atoms ``atoms[g]`` (A,; −1
         padding) marked ``moved[g]`` to ``new[g]`` (A, 3, lab, nm) from ``positions`` (N, 3, every
         molecule whole) as the moves accepted before it left them, and is accepted if ln u
         (``log_u[g]``) < −``beta`` ΔE. Every atom of a row must lie within ``extent`` of its wall
         centre (``walls`` (G, A, 3)); ``bead_targets`` (n_beads, 3) are the restraints' centres R_I.
+        ``rigid`` (G, A) int, optional: moved atoms of a move with one label k > 0 move as one rigid
+        body (turned or translated together), so the terms among them are skipped (unchanged).
         Returns (accepted (G,), invalid (G,): NaN energies or a current state beyond the wall,
         rejected; ΔE (G,) kJ/mol of each move against the state it was proposed from (+inf beyond the
         wall); the positions after the accepted moves (a copy))."""
@@ -111,7 +114,8 @@ class LocalMetropolis:
         accepted = np.zeros(G, np.bool_)
         invalid = np.zeros(G, np.bool_)
         delta = np.zeros(G)
-        metropolis_scan(x, atoms, moved, np.ascontiguousarray(new, np.float64),
+        rigid = np.zeros((G, atoms.shape[1]), np.int64) if rigid is None else np.ascontiguousarray(rigid, np.int64)
+        metropolis_scan(x, atoms, moved, rigid, np.ascontiguousarray(new, np.float64),
                         np.ascontiguousarray(walls, np.float64), float(extent),
                         np.ascontiguousarray(log_u, np.float64), float(beta), vec, np.linalg.inv(vec), heights,
                         periodic, *tables, *pair_params, *exclusions, self.term_kind, self.term_atoms,

@@ -144,7 +144,7 @@ def _term_energy(x, kind, at, par, charges, f14, r_min):
 
 
 @njit(cache=True, nogil=True)  # (no fastmath: NaN must stay NaN)
-def metropolis_scan(x, atoms, moved, new, walls, extent, log_u, beta, vectors, inverse, heights, periodic,
+def metropolis_scan(x, atoms, moved, rigid, new, walls, extent, log_u, beta, vectors, inverse, heights, periodic,
                     lj_type, charges, n_types, c6t, c12t, softt, shiftt, cutoff, rvdw, rcoulomb, f_coulomb, k_rf,
                     c_rf, r_min, ex_ptr, ex_partners, term_kind, term_atoms, term_params, term_ptr, term_ids, f14,
                     bead_ptr, bead_atoms, bead_weights, bead_targets, k_bead, atom_bead_ptr, atom_beads,
@@ -156,7 +156,9 @@ def metropolis_scan(x, atoms, moved, new, walls, extent, log_u, beta, vectors, i
     (``term_*``, CSR atom → terms ``term_ptr``/``term_ids``), non-bonded pairs within the cut-off
     (nearest images) and the reaction field of excluded pairs, the restraints ½ k |Σ w x − R|² of
     the beads the moved atoms map to (``bead_*``) and the springs ½ k (|r| − b)² on pairs
-    (``spring_*``). A state with an atom of the unit's row farther than ``extent`` from its wall
+    (``spring_*``). ``rigid`` (G, A): the moved atoms with one label k > 0 move as a rigid body
+    (turned, or translated, together): the terms and pairs among them do not change and are skipped
+    (0: no such promise). A state with an atom of the unit's row farther than ``extent`` from its wall
     centre (``walls[g]``, lab) has zero probability: if the current one has (or ΔE is NaN) the
     move is rejected and counted ``invalid``. ``delta[g]``: ΔE (kJ/mol; +inf beyond the wall, NaN
     if invalid), written."""
@@ -176,6 +178,7 @@ def metropolis_scan(x, atoms, moved, new, walls, extent, log_u, beta, vectors, i
         q0 = 1.0 / r_min + k_rf * r_min * r_min - c_rf
         q1 = -1.0 / (r_min * r_min) + 2.0 * k_rf * r_min
     # the largest displacement of any move: the grid's cells may be this stale
+    half_h2 = 0.25 * min(heights[0], heights[1], heights[2]) ** 2 if periodic else np.inf
     skin = 0.0
     for g in range(G):
         for a in range(A):
@@ -211,6 +214,9 @@ def metropolis_scan(x, atoms, moved, new, walls, extent, log_u, beta, vectors, i
         types_s[p] = lj_type[ids[p]]
         charges_s[p] = charges[ids[p]]
     in_move = np.full(N, -1, np.int64)  # per grid row: the move its atom is in
+    mslot = np.full(N, -1, np.int64)  # per atom: its place in the move's moved atoms
+    body = np.zeros(N, np.int64)  # per atom: its rigid body in the move (0: none)
+    exbits = np.zeros(A, np.int64)  # per moved atom b, bit c: excluded with moved atom c
     exmask = np.zeros(N, np.int64)
     term_seen = np.full(term_kind.shape[0], -1, np.int64)
     bead_seen = np.full(max(bead_ptr.shape[0] - 1, 1), -1, np.int64)
@@ -265,13 +271,31 @@ def metropolis_scan(x, atoms, moved, new, walls, extent, log_u, beta, vectors, i
             continue
         # the terms that touch a moved atom, each once
         n_terms = n_beads = n_springs = 0
+        n_mv = 0
+        for a in range(A):
+            if moved[g, a] and atoms[g, a] >= 0:
+                body[atoms[g, a]] = rigid[g, a]
+                mslot[atoms[g, a]] = n_mv
+                n_mv += 1
         for b in range(n_mv):
             i = mv[b]
             in_move[slot_of[i]] = g
+            exbits[b] = 0
+            for q in range(ex_ptr[i], ex_ptr[i + 1]):
+                c = mslot[ex_partners[q]]
+                if c >= 0:
+                    exbits[b] |= 1 << c
             for q in range(term_ptr[i], term_ptr[i + 1]):
                 t = term_ids[q]
                 if term_seen[t] != g:
                     term_seen[t] = g
+                    k = body[term_atoms[t, 0]]
+                    same = k > 0
+                    for c in range(1, 4):
+                        j = term_atoms[t, c]
+                        same &= (j < 0) or (body[j] == k)
+                    if same:
+                        continue  # inside one rigid body: unchanged
                     if n_terms == terms.shape[0]:
                         terms = np.concatenate((terms, np.empty(n_terms, np.int64)))
                     terms[n_terms] = t
@@ -288,6 +312,8 @@ def metropolis_scan(x, atoms, moved, new, walls, extent, log_u, beta, vectors, i
                 t = atom_springs[q]
                 if spring_seen[t] != g:
                     spring_seen[t] = g
+                    if body[spring_pairs[t, 0]] > 0 and body[spring_pairs[t, 0]] == body[spring_pairs[t, 1]]:
+                        continue
                     if n_springs == springs.shape[0]:
                         springs = np.concatenate((springs, np.empty(n_springs, np.int64)))
                     springs[n_springs] = t
@@ -358,11 +384,12 @@ def metropolis_scan(x, atoms, moved, new, walls, extent, log_u, beta, vectors, i
                 # pairs among the moved atoms (once), and the reaction field of excluded pairs
                 for c in range(b + 1, n_mv):
                     j = mv[c]
-                    excluded = False
-                    for q in range(ex_ptr[i], ex_ptr[i + 1]):
-                        excluded |= ex_partners[q] == j
-                    if excluded:
+                    if (exbits[b] >> c) & 1:
                         continue
+                    if body[i] > 0 and body[i] == body[j]:  # unchanged if its plain distance is the nearest image's
+                        dx, dy, dz = x[i, 0] - x[j, 0], x[i, 1] - x[j, 1], x[i, 2] - x[j, 2]
+                        if dx * dx + dy * dy + dz * dz < half_h2:
+                            continue
                     d2 = _nearest_d2(x[i, 0] - x[j, 0], x[i, 1] - x[j, 1], x[i, 2] - x[j, 2], periodic, vectors,
                                      inverse)
                     if d2 < cut2:
@@ -371,8 +398,8 @@ def metropolis_scan(x, atoms, moved, new, walls, extent, log_u, beta, vectors, i
                                        qi * charges[j], rvdw, rcoulomb, k_rf, c_rf, r_min)
                 for q in range(ex_ptr[i], ex_ptr[i + 1]):
                     j = ex_partners[q]
-                    if in_move[slot_of[j]] == g and j < i:
-                        continue  # a pair of moved atoms: counted from its lower one
+                    if mslot[j] >= 0 and (j < i or (body[i] > 0 and body[i] == body[j])):
+                        continue  # a pair of moved atoms: counted from its lower one, unless in one body
                     r = _dist(x, i, j)
                     if r < rcoulomb:
                         total += qi * charges[j] * (k_rf * r * r - c_rf)
@@ -413,3 +440,5 @@ def metropolis_scan(x, atoms, moved, new, walls, extent, log_u, beta, vectors, i
                     x[mv[b], k] = old[b, k]
         for b in range(n_mv):
             in_move[slot_of[mv[b]]] = -1
+            mslot[mv[b]] = -1
+            body[mv[b]] = 0

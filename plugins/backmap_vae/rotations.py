@@ -147,10 +147,14 @@ def rotation_move(units: BoundUnits, local: torch.Tensor, pivot: torch.Tensor, a
     (B,))."""
     B = len(local)
     angles, placements = rotation_proposals(local, pivot, axis, moved, width, gen, candidates, carried, anchor)
-    moved = torch.as_tensor(moved) if carried is None else torch.as_tensor(moved) | carried  # every atom that moves
+    turned_atoms = torch.as_tensor(moved)
+    moved = turned_atoms if carried is None else turned_atoms | carried  # every atom that moves
     if sequential and candidates != 1:
         raise ValueError("sequential rotation moves are Metropolis moves (candidates = 1)")
-    decided = units.scan_in_turn(placements[:, 1], moved, gen) if sequential and compiled else None
+    decided = None
+    if sequential and compiled:  # two rigid bodies: the turned atoms, the carried ones
+        bodies = turned_atoms.long() if carried is None else turned_atoms.long() + 2 * carried.long()
+        decided = units.scan_in_turn(placements[:, 1], moved, gen, bodies)
     if decided is not None:  # scored and decided in one compiled loop
         rows = torch.arange(B)
         chosen = decided[0].long()

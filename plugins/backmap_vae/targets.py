@@ -110,13 +110,15 @@ class BoundUnits:
             log_u, self.targets.beta, self.vectors)
         return accepted, torch.isnan(log_ratio)
 
-    def scan_in_turn(self, new: torch.Tensor, moved: torch.Tensor, generator: torch.Generator
-                     ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def scan_in_turn(self, new: torch.Tensor, moved: torch.Tensor, generator: torch.Generator,
+                     rigid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
         """:meth:`decide_in_turn` compiled end to end (:class:`LocalMetropolis`): the units' moves to
         placements ``new`` (B, U, 3, local) of the atoms ``moved`` (B, U), each scored against the
         state the moves accepted before it left — no couplings, and no energies of the state before
         the group in torch. The same random numbers as :meth:`decide_in_turn`, the same decisions
-        up to rounding. None where it does not apply (a stereo reference's penalty is not compiled)."""
+        up to rounding. ``rigid`` (B, U) int: atoms with one label k > 0 move as one rigid body
+        (:meth:`LocalMetropolis.scan`). None where it does not apply (a stereo reference's penalty
+        is not compiled)."""
         local_mc = self.targets.local_metropolis()
         if local_mc is None:
             return None
@@ -125,7 +127,8 @@ class BoundUnits:
         walls = self.to_lab(torch.zeros_like(new) if self.anchor is None else self.anchor)
         accepted, invalid, _delta, _x = local_mc.scan(self.positions, index, moved.numpy() & (index >= 0),
                                               self.to_lab(new).numpy(), log_u.numpy(), self.targets.beta,
-                                              self.vectors, walls.numpy(), self.targets.extent, self.cg.numpy())
+                                              self.vectors, walls.numpy(), self.targets.extent, self.cg.numpy(),
+                                              None if rigid is None else rigid.numpy())
         return torch.as_tensor(accepted), torch.as_tensor(invalid)
 
     def near(self) -> np.ndarray:
