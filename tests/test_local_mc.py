@@ -2,28 +2,15 @@
 against the total energy of the whole system, restraints and springs included."""
 import numpy as np
 import pytest
+import test_group_energies
 import torch
-from conftest import HEXANE, TRICLINIC
-from test_group_energies import _system
 
-from backmap.forcefield import NonbondedSettings
 from backmap.forcefield.local_mc import LocalMetropolis
+
+hexane, triclinic = test_group_energies.hexane, test_group_energies.triclinic  # their systems (fixtures)
 
 ATOL = 1e-6  # kJ/mol: float64 round-off of a difference of two total energies (~1e4 kJ/mol)
 K_BEAD, K_SPRING = 2.0e4, 5.0e5
-
-
-@pytest.fixture(scope="module")
-def hexane():
-    settings = NonbondedSettings.from_mdp(HEXANE / "grompp.mdp").model_copy(
-        update={"coulomb": "reaction-field", "epsilon_rf": 0.0, "vdw_modifier": "potential-shift"})
-    return _system(HEXANE, settings)
-
-
-@pytest.fixture(scope="module")
-def triclinic():
-    settings = NonbondedSettings.from_mdp(TRICLINIC / "grompp.mdp").model_copy(update={"coulomb": "cutoff"})
-    return _system(TRICLINIC, settings, frame=1)
 
 
 def _target(ff, x, rng):

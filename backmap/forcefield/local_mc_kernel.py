@@ -27,13 +27,15 @@ from backmap.forcefield.placement_kernel import (
     EPS2,
     _block_energy,
     _cell_grid,
+    _cell_radius,
     _cell_spans,
-    _lj,
+    _coulomb_tangent,
     _nearest_d2,
     _pair,
+    _soft_tangents,
 )
 
-#: bonded term kinds of the compiled table (see ForceField.local_tables)
+#: bonded term kinds of the compiled table (built by local_mc.LocalMetropolis)
 BOND, ANGLE, PROPER, RB, IMPROPER, LJ14, COULOMB14 = range(7)
 MAX_MOVED = 63  # moved atoms per move: one bit each in the exclusion masks (int64)
 
@@ -88,6 +90,18 @@ def _gather_by_type(cx, cy, cz, reach, spans, shifts, n_spans, pos, ids, types, 
         bx[t, k], by[t, k], bz[t, k] = pos[p, 0] + shifts[v, 0], pos[p, 1] + shifts[v, 1], pos[p, 2] + shifts[v, 2]
         bq[t, k], bid[t, k] = charges[p], ids[p]
         counts[t] = k + 1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _add_once(items, n, seen, t, g):
+    """Append t to ``items[:n]`` (regrown as needed) unless ``seen[t]`` is g already: (items, n)."""
+    if seen[t] == g:
+        return items, n
+    seen[t] = g
+    if n == items.shape[0]:
+        items = np.concatenate((items, np.empty(n, np.int64)))
+    items[n] = t
+    return items, n + 1
 
 
 @njit(cache=True, nogil=True)
@@ -165,18 +179,8 @@ def metropolis_scan(x, atoms, moved, rigid, new, walls, extent, log_u, beta, vec
     G, A = atoms.shape
     N = x.shape[0]
     cut2 = cutoff * cutoff
-    e_soft = np.zeros(c6t.shape[0])
-    slope_soft = np.zeros(c6t.shape[0])
-    for tt in range(c6t.shape[0]):
-        rs = softt[tt]
-        if rs > 0.0:
-            rs6 = rs * rs * rs * rs * rs * rs
-            slope_soft[tt] = (-12.0 * c12t[tt] / (rs6 * rs6 * rs)) + 6.0 * c6t[tt] / (rs6 * rs)
-            e_soft[tt] = _lj(rs, c6t[tt], c12t[tt], shiftt[tt])
-    q0 = q1 = 0.0
-    if r_min > 0.0:
-        q0 = 1.0 / r_min + k_rf * r_min * r_min - c_rf
-        q1 = -1.0 / (r_min * r_min) + 2.0 * k_rf * r_min
+    e_soft, slope_soft = _soft_tangents(c6t, c12t, softt, shiftt)
+    q0, q1 = _coulomb_tangent(r_min, k_rf, c_rf)
     # the largest displacement of any move: the grid's cells may be this stale
     half_h2 = 0.25 * min(heights[0], heights[1], heights[2]) ** 2 if periodic else np.inf
     skin = 0.0
@@ -193,13 +197,7 @@ def metropolis_scan(x, atoms, moved, rigid, new, walls, extent, log_u, beta, vec
     rcell = 0.0
     if periodic:
         n, start, ids, pos = _cell_grid(x, vectors, inverse, heights, CELL_WIDTH)
-        for s1 in (-1.0, 1.0):
-            for s2 in (-1.0, 1.0):
-                d2 = 0.0
-                for k in range(3):
-                    d = vectors[0, k] / n[0] + s1 * vectors[1, k] / n[1] + s2 * vectors[2, k] / n[2]
-                    d2 += d * d
-                rcell = max(rcell, 0.5 * np.sqrt(d2))
+        rcell = _cell_radius(vectors, n)
     else:
         n = np.ones(3, np.int64)
         start = np.zeros(2, np.int64)
@@ -287,37 +285,19 @@ def metropolis_scan(x, atoms, moved, rigid, new, walls, extent, log_u, beta, vec
                     exbits[b] |= 1 << c
             for q in range(term_ptr[i], term_ptr[i + 1]):
                 t = term_ids[q]
-                if term_seen[t] != g:
-                    term_seen[t] = g
-                    k = body[term_atoms[t, 0]]
-                    same = k > 0
-                    for c in range(1, 4):
-                        j = term_atoms[t, c]
-                        same &= (j < 0) or (body[j] == k)
-                    if same:
-                        continue  # inside one rigid body: unchanged
-                    if n_terms == terms.shape[0]:
-                        terms = np.concatenate((terms, np.empty(n_terms, np.int64)))
-                    terms[n_terms] = t
-                    n_terms += 1
+                k = body[term_atoms[t, 0]]
+                same = k > 0
+                for c in range(1, 4):
+                    j = term_atoms[t, c]
+                    same &= (j < 0) or (body[j] == k)
+                if not same:  # (a term inside one rigid body is unchanged)
+                    terms, n_terms = _add_once(terms, n_terms, term_seen, t, g)
             for q in range(atom_bead_ptr[i], atom_bead_ptr[i + 1]):
-                t = atom_beads[q]
-                if bead_seen[t] != g:
-                    bead_seen[t] = g
-                    if n_beads == beads.shape[0]:
-                        beads = np.concatenate((beads, np.empty(n_beads, np.int64)))
-                    beads[n_beads] = t
-                    n_beads += 1
+                beads, n_beads = _add_once(beads, n_beads, bead_seen, atom_beads[q], g)
             for q in range(atom_spring_ptr[i], atom_spring_ptr[i + 1]):
                 t = atom_springs[q]
-                if spring_seen[t] != g:
-                    spring_seen[t] = g
-                    if body[spring_pairs[t, 0]] > 0 and body[spring_pairs[t, 0]] == body[spring_pairs[t, 1]]:
-                        continue
-                    if n_springs == springs.shape[0]:
-                        springs = np.concatenate((springs, np.empty(n_springs, np.int64)))
-                    springs[n_springs] = t
-                    n_springs += 1
+                if not (body[spring_pairs[t, 0]] > 0 and body[spring_pairs[t, 0]] == body[spring_pairs[t, 1]]):
+                    springs, n_springs = _add_once(springs, n_springs, spring_seen, t, g)
         # the images within reach of the moved atoms, old and new, but themselves
         cx = cy = cz = 0.0
         for a in range(A):

@@ -91,6 +91,43 @@ SLAB_WIDTH = 0.1  # nm: a cluster's neighbours are binned in slabs this thick al
 OWN_NEIGHBOURS_FROM = 6  # placements: from this many on, each atom's own neighbours are copied out first
 
 
+@njit(cache=True, nogil=True)
+def _soft_tangents(c6t, c12t, softt, shiftt):
+    """Per LJ type pair, the tangent line below the soft core r_s: (energy at r_s, slope)."""
+    e_soft = np.zeros(c6t.shape[0])
+    slope_soft = np.zeros(c6t.shape[0])
+    for tt in range(c6t.shape[0]):
+        rs = softt[tt]
+        if rs > 0.0:
+            rs6 = rs * rs * rs * rs * rs * rs
+            slope_soft[tt] = (-12.0 * c12t[tt] / (rs6 * rs6 * rs)) + 6.0 * c6t[tt] / (rs6 * rs)
+            e_soft[tt] = _lj(rs, c6t[tt], c12t[tt], shiftt[tt])
+    return e_soft, slope_soft
+
+
+@njit(cache=True, nogil=True)
+def _coulomb_tangent(r_min, k_rf, c_rf):
+    """The Coulomb tangent below r_min, qq · (q0 + q1 · (r − r_min)): (q0, q1)."""
+    if r_min > 0.0:
+        return 1.0 / r_min + k_rf * r_min * r_min - c_rf, -1.0 / (r_min * r_min) + 2.0 * k_rf * r_min
+    return 0.0, 0.0
+
+
+@njit(cache=True, nogil=True)
+def _cell_radius(vectors, n):
+    """A grid cell's circumradius (half its longest diagonal): a cell whose centre is further than
+    reach + this from a point holds no atom within reach of it."""
+    rcell = 0.0
+    for s1 in (-1.0, 1.0):
+        for s2 in (-1.0, 1.0):
+            d2 = 0.0
+            for k in range(3):
+                d = vectors[0, k] / n[0] + s1 * vectors[1, k] / n[1] + s2 * vectors[2, k] / n[2]
+                d2 += d * d
+            rcell = max(rcell, 0.5 * np.sqrt(d2))
+    return rcell
+
+
 @njit(cache=True, nogil=True)  # (no fastmath: both passes must compute the same s, bit for bit)
 def _cell_grid(x, vectors, inverse, heights, width):
     """The atoms binned into n[0] × n[1] × n[2] cells of the unit cell (fractional coordinates in
@@ -293,34 +330,13 @@ def placement_pair_energies(x, vectors, inverse, heights, periodic, placements, 
         return
     N = x.shape[0]
     cut2 = cutoff * cutoff
-    # per type pair, the tangent line below the soft core: e_soft + slope_soft · (r - rs)
-    e_soft = np.zeros(c6t.shape[0])
-    slope_soft = np.zeros(c6t.shape[0])
-    for tt in range(c6t.shape[0]):
-        rs = softt[tt]
-        if rs > 0.0:
-            rs6 = rs * rs * rs * rs * rs * rs
-            slope_soft[tt] = (-12.0 * c12t[tt] / (rs6 * rs6 * rs)) + 6.0 * c6t[tt] / (rs6 * rs)
-            e_soft[tt] = _lj(rs, c6t[tt], c12t[tt], shiftt[tt])
-    # the Coulomb tangent below r_min: qq · (q0 + q1 · (r - r_min))
-    q0 = q1 = 0.0
-    if r_min > 0.0:
-        q0 = 1.0 / r_min + k_rf * r_min * r_min - c_rf
-        q1 = -1.0 / (r_min * r_min) + 2.0 * k_rf * r_min
+    e_soft, slope_soft = _soft_tangents(c6t, c12t, softt, shiftt)  # e_soft + slope_soft · (r - rs) below rs
+    q0, q1 = _coulomb_tangent(r_min, k_rf, c_rf)
     spans = np.zeros((1, 2), np.int64)
     shifts = np.zeros((1, 3))
     if periodic:
         n, start, ids, pos = _cell_grid(x, vectors, inverse, heights, CELL_WIDTH)
-        # a cell's circumradius (half its longest diagonal): a cell whose centre is further than
-        # reach + this from a cluster's centre holds no atom within reach
-        rcell = 0.0
-        for s1 in (-1.0, 1.0):
-            for s2 in (-1.0, 1.0):
-                d2 = 0.0
-                for k in range(3):
-                    d = vectors[0, k] / n[0] + s1 * vectors[1, k] / n[1] + s2 * vectors[2, k] / n[2]
-                    d2 += d * d
-                rcell = max(rcell, 0.5 * np.sqrt(d2))
+        rcell = _cell_radius(vectors, n)
     else:  # all atoms as they are: one span
         ids = np.arange(N)
         pos = np.ascontiguousarray(x)
