@@ -10,8 +10,7 @@ sweep only (``vae_every`` > sweeps); the sampler's CPU time from the end of the 
 end of the last (its trace), over ``--rounds`` and F, is the CPU time of one round per chain. A
 first run compiles and warms up. Prints one JSON line per kind: CPU seconds per round and chain of
 each, the ratios of the others to the compiled one (> 1: compiled is cheaper) and the acceptance of
-each over its rounds (compiled and
-torch make the same decisions: the same acceptance).
+each over its rounds (compiled and torch make the same decisions: the same acceptance).
 
     python benchmarks/vae_mc_local_cost.py --model models/sps-vae --frames 1 --rounds 16
 """
@@ -24,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from vae_mc_decorrelation import COMMON, sps_frames
 
 from backmap.engine.loaders import make_plugin
-
-from vae_mc_decorrelation import COMMON, sps_frames
 
 
 def main() -> None:

@@ -227,6 +227,7 @@ def metropolis_scan(x, atoms, moved, rigid, new, walls, extent, log_u, beta, vec
     kept = np.empty((2, 0), np.int64)
     counts = np.zeros(n_types, np.int64)
     mv = np.empty(A, np.int64)  # the move's moved atoms
+    mv_slot = np.empty(A, np.int64)  # their slots in the row
     old = np.empty((A, 3))
     terms = np.empty(64, np.int64)
     beads = np.empty(16, np.int64)
@@ -240,6 +241,7 @@ def metropolis_scan(x, atoms, moved, rigid, new, walls, extent, log_u, beta, vec
         for a in range(A):
             if moved[g, a] and atoms[g, a] >= 0:
                 mv[n_mv] = atoms[g, a]
+                mv_slot[n_mv] = a
                 for k in range(3):
                     old[n_mv, k] = x[atoms[g, a], k]
                 n_mv += 1
@@ -269,12 +271,9 @@ def metropolis_scan(x, atoms, moved, rigid, new, walls, extent, log_u, beta, vec
             continue
         # the terms that touch a moved atom, each once
         n_terms = n_beads = n_springs = 0
-        n_mv = 0
-        for a in range(A):
-            if moved[g, a] and atoms[g, a] >= 0:
-                body[atoms[g, a]] = rigid[g, a]
-                mslot[atoms[g, a]] = n_mv
-                n_mv += 1
+        for b in range(n_mv):
+            body[mv[b]] = rigid[g, mv_slot[b]]
+            mslot[mv[b]] = b
         for b in range(n_mv):
             i = mv[b]
             in_move[slot_of[i]] = g
