@@ -1,7 +1,7 @@
 """Whole-bead vae_mc acceptance at a fixed state, split by whether the stereocentre the bead holds
 has the reference's hand: for each bead type asked for, 8 moves of every bead of that type (32
 trials, sequential decisions, the state not updated), per frame. How the stickiness of inverted
-centres on sPS was measured (docs/vae.md, "From the voxel GAN's output").
+centres on sPS was measured (docs/vae-sps.md, "From the voxel GAN's output").
 
     .venv/bin/python benchmarks/acceptance_by_stereo.py --model models/sps-vae \\
         --topology ../shared/data/sps/top/topol.top --mapping recipes/sps/sps.xml \\

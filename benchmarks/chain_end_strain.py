@@ -1,7 +1,7 @@
 """Where along the chain a backmapped or refined structure is strained: per bead of the mapping,
 the LJ energy of the interactions that involve that bead's atoms (kJ/mol per molecule, mean over
 frames), and per carbon the mean and s.d. of its H–C–H angles, for the reference and each
-trajectory. This is how the vae_mc stall at the sPS chain ends was found (docs/vae.md, "From the
+trajectory. This is how the vae_mc stall at the sPS chain ends was found (docs/vae-sps.md, "From the
 voxel GAN's output as its recipe makes it").
 
     .venv/bin/python benchmarks/chain_end_strain.py --topology ../shared/data/sps/top/topol.top \\

@@ -14,7 +14,7 @@ A series must be long against τ (``samples_per_tau`` ≳ 50): vae_mc needs ~200
 τ from a chain's own mean and variance cannot see the variance the chain does not move during the
 run: on sPS vae_mc's chains keep three quarters of it for ≥ 200 sweeps, so their τ here is a lower
 bound by a wide margin (``vae_mc_variance_explored.py`` measures against the target's own variance;
-docs/vae.md, "τ against the target's own variance").
+docs/vae-sps.md, "τ against the target's own variance").
 Prints one JSON line per method and the ratio (openmm τ / vae_mc τ, > 1: vae_mc decorrelates faster).
 
 Ring flips (a phenyl ring turned by 180° about its bond to the backbone: the ortho carbons trade
@@ -32,7 +32,7 @@ vae_mc: the same frame after P ps of openmm on vae_mc's target — the bonds its
 as constraints, the others (between beads, ring closures) springs of ``closure_stiffness`` (its
 ``bond_model``), at a quarter of the time step — and the chain keeps those springs
 (``start_projection: held``). The two targets differ: with springs the LJ energy of a frame sits
-~170 kJ/mol lower (docs/vae.md, "The LJ gap"). The Fixman term that openmm leaves out moves it by
+~170 kJ/mol lower (docs/vae-sps.md, "The LJ gap"). The Fixman term that openmm leaves out moves it by
 < 3 kJ/mol. τ is a property of a chain at stationarity; a chain that is still relaxing towards its
 target carries a drift, which inflates τ.
 

@@ -19,7 +19,7 @@ Prints one JSON line per frame and a summary (mean ± standard error over frames
 
     python benchmarks/vae_mc_own_target.py --model models/sps-vae --frames 8 --sweeps 200
 
-(~20 min of openmm and ~20 min of vae_mc on one core for 8 frames; docs/vae.md, "The LJ gap".)
+(~20 min of openmm and ~20 min of vae_mc on one core for 8 frames; docs/vae-sps.md, "The LJ gap".)
 """
 from __future__ import annotations
 

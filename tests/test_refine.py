@@ -273,7 +273,7 @@ def test_openmm_frame_depends_only_on_its_own_stream(system, frame):
 
 
 def test_stalled_unit_types_names_the_types_that_almost_never_move():
-    """The vae_mc log of the voxel GAN's sPS output (docs/vae.md): B10 accepted 0.005 of its moves;
+    """The vae_mc log of the voxel GAN's sPS output (docs/vae-sps.md): B10 accepted 0.005 of its moves;
     the warning names it (and a schedule stage's), not the types that move, and skips failed frames."""
     from backmap.refinement.restrained import STALLED_ACCEPTANCE, stalled_unit_types
 

@@ -4,7 +4,7 @@ hydrogens and the ring's shape move as they do in MD, without a whole-bead redra
 
 On sPS at stationarity a whole-bead VAE redraw is accepted in 0.1–4 % of sweeps, and 80–90 % of
 the beads keep their start's inner geometry for 200 sweeps; that geometry holds three quarters of
-each molecule's Lennard-Jones variance (docs/vae.md, "τ against the target's own variance"). Turns
+each molecule's Lennard-Jones variance (docs/vae-sps.md, "τ against the target's own variance"). Turns
 and cranks move beads rigidly and cannot reach it.
 
 The kinds of move of a unit (:func:`inner_kinds`), for each of its atoms a:

@@ -73,7 +73,7 @@ class VAEMCParams(RefineParams):
     turns: int = Field(0, ge=0, description="local moves per sweep of every unit bonded to the rest of its molecule by "
                                             "one bond (sPS's phenyl rings): a rigid turn about that bond by an angle "
                                             "uniform in ±turn_width, accepted with π(x')/π(x) — exact, and far more "
-                                            "acceptable than a whole-bead redraw in a packed melt (docs/vae.md, "
+                                            "acceptable than a whole-bead redraw in a packed melt (docs/vae-sps.md, "
                                             "'Ring turns'); 0: none")
     turn_width: float = Field(0.5, gt=0, le=np.pi, description="largest turn angle (rad)")
     cranks: int = Field(0, ge=0, description="local moves per sweep of every unit bonded to the rest by two or more "
@@ -81,14 +81,14 @@ class VAEMCParams(RefineParams):
                                              "its ring), where that cluster is held by two bonds (or one): a rigid "
                                              "rotation about the axis through the two atoms outside (a crankshaft) "
                                              "by an angle uniform in ±crank_width, accepted with π(x')/π(x) — exact; "
-                                             "for the beads no turn reaches (docs/vae.md, 'Cranks'); 0: none")
+                                             "for the beads no turn reaches (docs/vae-sps.md, 'Cranks'); 0: none")
     crank_width: float = Field(0.1, gt=0, le=np.pi, description="largest crank angle (rad)")
     inner: int = Field(0, ge=0, description="local moves per sweep of the geometry inside every unit: a hydrogen (or "
                                             "a group hanging on one bond) pivoted about the atom it hangs on, an atom "
                                             "with its hydrogens cranked about the line through its two partners, a "
                                             "unit hanging on one bond wobbled about its anchor — one kind drawn per "
                                             "unit and move, accepted with π(x')/π(x): exact; for the bond angles and "
-                                            "hydrogens that only a whole-bead redraw moves otherwise (docs/vae.md, "
+                                            "hydrogens that only a whole-bead redraw moves otherwise (docs/vae-sps.md, "
                                             "'Inner moves'); 0: none")
     inner_step: float = Field(0.04, gt=0, le=0.2, description="largest displacement (nm) of an inner move: the angle "
                                                               "is uniform in ±inner_step/r, r the moved atoms' "
@@ -124,7 +124,7 @@ class VAEMCParams(RefineParams):
         [], description="burn-in: sweeps (counted from 1) after which the frame is minimized again (restrained, "
                         "minimize_steps), e.g. [10]: the clashes that whole-bead moves leave — those of stereocentres "
                         "put right, of packing — are relaxed collectively, and the sweeps after the last one are the "
-                        "exact chain (docs/vae.md, 'Fidelity')")
+                        "exact chain (docs/vae-sps.md, 'Fidelity')")
     start_projection: Literal["all", "held"] = Field(
         "all", description="at the start of a chain put every rigid bond at its length ('all': a structure from "
                            "elsewhere, a generator's output) or only the bonds the decoder holds ('held': the input is "

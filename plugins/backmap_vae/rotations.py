@@ -13,7 +13,7 @@ the rest end on the axis, so they keep their lengths too, and the δ measure of 
 kept. The move is therefore exact with acceptance min(1, π(x')/π(x)), with π the same restrained
 target the VAE moves sample (springs, wall, restraint). Where a VAE move redraws a whole ring in a
 packed melt (accepted ~0.3 % of the time at stationarity on sPS), a turn of ±20° is accepted ~46 %
-of the time (docs/vae.md, "Ring turns").
+of the time (docs/vae-sps.md, "Ring turns").
 """
 from __future__ import annotations
 
