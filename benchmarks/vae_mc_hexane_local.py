@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "vae-mc-hexane")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--only", default=",".join(VARIANTS), help="comma-separated variants")
+    ap.add_argument("--seed", type=int, default=None, help="the runs' seed (the recipe's, 11, if unset): other "
+                    "generator output and other chains; the model is the same")
     args = ap.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -48,15 +50,16 @@ def main() -> None:
     if not (model / "model").exists():
         backmap_run(RECIPE, model, common + [f"steps.train.epochs={args.epochs}"], "prepare,train", out / "model.log")
     for name in args.only.split(","):
-        workdir = out / name
+        workdir = out / (name if args.seed is None else f"{name}-seed{args.seed}")
         if not (workdir / "evaluate" / "metrics.json").exists():
             backmap_run(RECIPE, workdir, common + [
                 f"steps.backmap.model={model / 'model'}", f"refiners=[{VARIANTS[name]}]",
-                "steps.evaluate.candidates={vae: 'output:backmap.aa', refined: 'output:refine.aa'}"],
+                "steps.evaluate.candidates={vae: 'output:backmap.aa', refined: 'output:refine.aa'}",
+                *([f"seed={args.seed}"] if args.seed is not None else [])],
                 "prepare,backmap,refine,evaluate", out / f"{name}.log")
         refined, generated = headline(workdir, "refined"), headline(workdir, "vae")
-        print(json.dumps({"benchmark": "vae_mc_hexane_local", "variant": name, "mean_jsd": refined["mean"],
-                          "generator_mean_jsd": generated["mean"], "noise_floor": refined["floor"],
+        print(json.dumps({"benchmark": "vae_mc_hexane_local", "variant": name, "seed": args.seed or 11,
+                          "mean_jsd": refined["mean"], "generator_mean_jsd": generated["mean"], "noise_floor": refined["floor"],
                           "refine_s": step_seconds(workdir, "refine"),
                           "jsd": {k: round(refined["per"][k], 4) for k in SHOWN}}), flush=True)
 

@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # The test suite on a fresh machine: set up (GROMACS, VOTCA, .venv), then pytest.
+# The test files run on min(cores, 4) processes (pytest-xdist, one file per process at a time, so a
+# file's module fixtures are built once); BACKMAP_TEST_WORKERS=N overrides, 0 runs in this process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/system-deps.sh
 bash scripts/setup.sh
-exec .venv/bin/python -m pytest -q -rs -p no:cacheprovider "$@"
+cores=$(nproc 2>/dev/null || echo 1)
+workers=${BACKMAP_TEST_WORKERS:-$(( cores < 4 ? cores : 4 ))}
+[ "$workers" -le 1 ] && workers=0
+exec .venv/bin/python -m pytest -q -rs -p no:cacheprovider -n "$workers" --dist loadfile "$@"
