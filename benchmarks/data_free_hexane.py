@@ -30,13 +30,19 @@ import argparse
 import json
 from pathlib import Path
 
-from recipe_runs import REPO, backmap_run, data_overrides, headline, step_seconds
+from recipe_runs import (
+    HEXANE_OPENMM,
+    HEXANE_VAE_GENERATOR,
+    REPO,
+    backmap_run,
+    data_overrides,
+    headline,
+    step_seconds,
+)
 
 RECIPES = {"data": REPO / "recipes" / "hexane-vae.yaml", "data-free": REPO / "recipes" / "hexane-data-free.yaml"}
-GENERATOR = "{constraints: none, latent: 2, width: 8, hidden: 32, context: mixed, threads: 1}"
-#: the refinement both models' output gets with --refine: recipes/hexane.yaml's restrained Langevin (1 ps, 300 K)
-OPENMM = ("refiners=[{plugin: openmm, params: {temperature: 300, constraints: none, timestep: 0.001, steps: 1000, "
-          "restraint: 2.0e+5, threads: 1, on_failure: keep}}]")
+#: the refinement both models' output gets with --refine
+OPENMM = f"refiners=[{HEXANE_OPENMM}]"
 
 
 def main() -> None:
@@ -44,7 +50,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=REPO / "tests" / "data" / "hexane")
     ap.add_argument("--frames", default="0:21:2", help="frames of the trajectory (the last quarter is held out)")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "data-free-hexane")
-    ap.add_argument("--generator", default=GENERATOR, help="the vae generator's params (YAML mapping), both models")
+    ap.add_argument("--generator", default=HEXANE_VAE_GENERATOR, help="the vae generator's params (YAML mapping), both models")
     ap.add_argument("--epochs", type=int, default=20, help="maximum-likelihood epochs of the data-trained model")
     ap.add_argument("--final-steps", type=int, default=None, help="reverse-KL steps at the target β (recipe's if unset)")
     ap.add_argument("--max-steps", type=int, default=None,

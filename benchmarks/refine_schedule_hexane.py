@@ -28,10 +28,16 @@ import csv
 import json
 from pathlib import Path
 
-from recipe_runs import REPO, backmap_run, data_overrides, headline, step_seconds
+from recipe_runs import (
+    HEXANE_VAE_GENERATOR,
+    REPO,
+    backmap_run,
+    data_overrides,
+    headline,
+    step_seconds,
+)
 
 RECIPE = REPO / "recipes" / "hexane-vae.yaml"
-GENERATOR = "{constraints: none, latent: 2, width: 8, hidden: 32, context: mixed, threads: 1}"
 
 
 def refiners(variant: str, a: argparse.Namespace) -> str:
@@ -66,7 +72,7 @@ def log_means(workdir: Path) -> dict[str, float]:
     if not path.exists():
         return {}
     rows = list(csv.DictReader(path.open()))
-    keys = [k for k in rows[0] if k.endswith("acceptance") or k.endswith("cpu_seconds")]
+    keys = [k for k in rows[0] if k.endswith(("acceptance", "cpu_seconds"))]
     return {k: round(sum(float(r[k]) for r in rows if r[k]) / len(rows), 3) for k in keys}
 
 
@@ -88,7 +94,7 @@ def main() -> None:
     data = a.data.resolve()
     a.out.mkdir(parents=True, exist_ok=True)
     log = a.out / "runs.log"
-    common = data_overrides(data, a.frames) + [f"generator.params={GENERATOR}"]
+    common = data_overrides(data, a.frames) + [f"generator.params={HEXANE_VAE_GENERATOR}"]
     model = a.model.resolve() if a.model else (a.out / "train").resolve() / "model"
     if a.model is None and step_seconds(model.parent, "train") is None:
         backmap_run(RECIPE, model.parent, common + ["steps.train.epochs=20"], "prepare,train", log)

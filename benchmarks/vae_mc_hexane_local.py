@@ -17,18 +17,24 @@ import argparse
 import json
 from pathlib import Path
 
-from recipe_runs import REPO, backmap_run, data_overrides, headline, step_seconds
+from recipe_runs import (
+    HEXANE_OPENMM,
+    HEXANE_VAE_GENERATOR,
+    REPO,
+    backmap_run,
+    data_overrides,
+    headline,
+    step_seconds,
+)
 
 RECIPE = REPO / "recipes" / "hexane-vae.yaml"
-GENERATOR = "{constraints: none, latent: 2, width: 8, hidden: 32, context: mixed, threads: 1}"
 VAE_MC = "temperature: 300, constraints: none, restraint: 2.0e+4, minimize_steps: 0"
 VARIANTS = {
     "base": f"{{plugin: vae_mc, params: {{{VAE_MC}, steps: 10, trials: 32}}}}",
     "local10": f"{{plugin: vae_mc, params: {{{VAE_MC}, steps: 10, trials: 32, inner: 8, turns: 1}}}}",
     "local20": f"{{plugin: vae_mc, params: {{{VAE_MC}, steps: 20, trials: 32, inner: 8, turns: 1}}}}",
     "local20t8": f"{{plugin: vae_mc, params: {{{VAE_MC}, steps: 20, trials: 8, inner: 8, turns: 1}}}}",
-    "openmm": ("{plugin: openmm, params: {temperature: 300, constraints: none, timestep: 0.001, steps: 1000, "
-               "restraint: 2.0e+5, threads: 1, on_failure: keep}}"),
+    "openmm": HEXANE_OPENMM,
 }
 SHOWN = ["angle:opls_135-opls_136-opls_136", "angle:opls_136-opls_136-opls_136",
          "dihedral:opls_136-opls_136-opls_136-opls_136", "lj_per_molecule"]
@@ -45,7 +51,7 @@ def main() -> None:
     args = ap.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    common = data_overrides(args.data.resolve(), "0:21:2") + [f"generator.params={GENERATOR}"]
+    common = data_overrides(args.data.resolve(), "0:21:2") + [f"generator.params={HEXANE_VAE_GENERATOR}"]
     model = out / "model-run"
     if not (model / "model").exists():
         backmap_run(RECIPE, model, common + [f"steps.train.epochs={args.epochs}"], "prepare,train", out / "model.log")
@@ -59,7 +65,8 @@ def main() -> None:
                 "prepare,backmap,refine,evaluate", out / f"{name}.log")
         refined, generated = headline(workdir, "refined"), headline(workdir, "vae")
         print(json.dumps({"benchmark": "vae_mc_hexane_local", "variant": name, "seed": args.seed or 11,
-                          "mean_jsd": refined["mean"], "generator_mean_jsd": generated["mean"], "noise_floor": refined["floor"],
+                          "mean_jsd": refined["mean"], "generator_mean_jsd": generated["mean"],
+                          "noise_floor": refined["floor"],
                           "refine_s": step_seconds(workdir, "refine"),
                           "jsd": {k: round(refined["per"][k], 4) for k in SHOWN}}), flush=True)
 
