@@ -172,6 +172,19 @@ def test_vae_every_leaves_the_network_moves_to_every_nth_sweep(vae_run, tmp_path
         VAEMCRefiner({"model": vae_run / "vae" / "model", "turns": 1, "rotation_candidates": 4})
 
 
+def test_a_local_move_kind_with_nothing_to_move_is_named_once(vae_run, caplog):
+    """hexane has turns (its end beads hang on one bond) but no crank cluster (the middle bead with
+    both ends is the whole molecule, held by no bond): ``cranks`` then does nothing, and the refiner
+    says so once, naming the parameter — not per frame, and not for the kinds that do move."""
+    refiner = _refiner(vae_run, steps=1, blocks=[], turns=1, cranks=2)
+    (x, targets), box = _frame(vae_run, refiner)
+    with caplog.at_level("WARNING", logger="backmap"):
+        for seed in (0, 1):
+            refiner.refine(x[None], targets[None], np.asarray(box).reshape(1, 3, 3), np.random.default_rng(seed))
+    said = [r.getMessage() for r in caplog.records if "does nothing" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("vae_mc: cranks = 2 does nothing"), said
+
+
 @pytest.mark.parametrize("local", [{"local_decide": "sequential"},
                                    {"local_decide": "independent", "rotation_candidates": 3}])
 def test_inner_moves_keep_every_bond_and_move_every_bead_type(vae_run, tmp_path, local):

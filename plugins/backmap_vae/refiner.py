@@ -13,6 +13,7 @@ accepted independently. Energies are local (:meth:`ForceField.group_energies`, f
 from __future__ import annotations
 
 import csv
+import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ from backmap_vae.local_groups import coloured_groups
 from backmap_vae.inner import InnerGroup, inner_group, inner_move, neighbours
 from backmap_vae.rotations import crank_clusters, rotation_groups, turn_move
 from backmap_vae.targets import StackedUnits, UnitTargets
+
+log = logging.getLogger("backmap")
 
 
 class VAEMCParams(RefineParams):
@@ -202,6 +205,7 @@ class VAEMCRefiner(Refiner):
         self.trace_rows: list[tuple] = []
         self._clusters = None  # crank clusters (molecule type, plan steps), found once
         self._neighbours = None  # bonded partners per atom (inner moves), found once
+        self._idle_warned = False  # a local move kind asked for that finds nothing to move: said once
         self._recording = 0.0  # CPU seconds spent in _record
 
     def bond_model(self) -> BondModel | None:
@@ -291,9 +295,24 @@ class VAEMCRefiner(Refiner):
                          else [g for g, _ in coloured_groups(self.targets, step_groups(groups))])
                 inner = [m for g in moved if (m := inner_group(g, self._neighbours)) is not None]
                 inner += [m for c in cranks if (m := inner_group(c.group, self._neighbours, spanning=True)) is not None]
+            self._warn_idle(turns, cranks, inner)
         return _Chain(frame, pos, targets, torch.as_tensor(targets, dtype=torch.float64), box,
                       np.asarray(box, np.float64).reshape(3, 3), groups, moves, self.sampler.keep_frame(), rotations,
                       inner)
+
+    def _warn_idle(self, turns: list, cranks: list, inner: list) -> None:
+        """Say once when a local move kind the recipe asks for finds no unit in this system (hexane has
+        no crank cluster): the parameter then costs nothing and does nothing, which a user should know."""
+        if self._idle_warned:
+            return
+        p = self.params
+        idle = [(name, why) for name, asked, found, why in (
+            ("turns", p.turns, turns, "no unit is bonded to the rest of its molecule by exactly one bond"),
+            ("cranks", p.cranks, cranks, "no unit (with the units hanging on it) is held by one or two bonds"),
+            ("inner", p.inner, inner, "no unit has a hydrogen or an atom to pivot or crank")) if asked and not found]
+        for name, why in idle:
+            log.warning("vae_mc: %s = %d does nothing on this system: %s", name, getattr(p, name), why)
+        self._idle_warned = True
 
     def _sweep(self, chains: list["_Chain"], sweep: int, gen: torch.Generator) -> None:
         """Move every unit of every chain once (one network call per plan step and colour for all
