@@ -1,0 +1,185 @@
+"""The shipped sPS generators at temperatures they were not trained on (EVALUATION.md: the generator
+alone "on the 568 K frames *and* on data the generator was not trained on (other temperatures and
+phases)"); docs/temperatures.md.
+
+    .venv/bin/python benchmarks/sps_temperatures.py --data data/sps-T450 [data/sps-T650 …] \
+        [--generators equivariant,equivariant_polish,vae,voxel_gan] [--frames 20] [--out runs/temperatures]
+
+``--data`` takes folders made by ``scripts/make_sps_temperature_data.sh T`` (aa.xtc, cg.xtc, md.mdp,
+topol.top) or DBM's ``../shared/data/sps/eval_t568`` (the training temperature, as the same command's
+baseline; its frames identical to training snapshots are left out). The temperature is read from the
+folder's name (``sps-T450``, ``eval_t568``). Per temperature: the reference is up to 2 × ``--frames``
+clean frames evenly spread, so that the noise floor (its two halves) compares as many frames as each
+candidate has; every generator backmaps every second of them (``backmap apply`` with the model's own
+sampling settings); each output is refined by ``backmap refine`` (openmm, 1 ps of restrained Langevin
+at the folder's temperature, all bonds constrained: refine.md's sPS command); then one ``backmap
+evaluate`` scores every candidate on EVALUATION.md's 11 headline observables.
+
+Every step is skipped when its output exists (a killed run resumes). One JSON line per (temperature,
+candidate): mean JSD, the floor, CG RMSD, stereocentres kept, clashes, broken bonds, seconds per frame.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import MDAnalysis as mda
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "data" / "sps"
+BACKMAP = str(Path(sys.executable).parent / "backmap")
+MAPPING = REPO / "recipes" / "sps" / "sps.xml"
+#: DBM's 568 K frames that are copies of training snapshots (shared/data/README.md)
+EVAL_T568_SKIP = {9, 19, 41, 55, 62, 70, 76}
+HEADLINE = ["bond:C-C", "bond:C_AR-C_AR", "angle:C-C-C", "angle:C-C-H", "angle:H-C-H", "angle:C_AR-C_AR-C_AR",
+            "angle:C_AR-C_AR-H_AR", "dihedral:C-C-C-C", "improper:C_AR-C_AR-C_AR-C_AR", "lj_per_molecule",
+            "rdf:C-C"]
+#: each generator: its model and the options of its shipped setting (docs/equivariant.md, vae.md, voxel-gan.md)
+GENERATORS = {
+    "equivariant": ["--model", str(REPO / "models" / "sps-equivariant")],
+    "equivariant_polish": ["--model", str(REPO / "models" / "sps-equivariant"), "--polish", "15",
+                           "--polish-sweeps", "all"],
+    "vae": ["--model", str(REPO / "models" / "sps-vae")],
+    "voxel_gan": ["--model", str(REPO / "models" / "sps-voxel-gan"),
+                  "--stereo-reference", str(SHARED / "train" / "aa" / "100.gro")],
+}
+
+
+def temperature_of(folder: Path) -> float:
+    """The temperature a data folder is at, from its name (sps-T450, eval_t568)."""
+    match = re.search(r"[tT](\d+)$", folder.name)
+    if not match:
+        sys.exit(f"error: {folder}: cannot read a temperature from the folder's name (expected e.g. sps-T450)")
+    return float(match.group(1))
+
+
+def clean_frames(folder: Path, n: int) -> list[int]:
+    """Up to ``n`` frame indices of the folder's aa.xtc, evenly spread, none a training copy."""
+    total = len(mda.coordinates.XTC.XTCReader(str(folder / "aa.xtc")))
+    skip = EVAL_T568_SKIP if folder.name == "eval_t568" else set()
+    clean = [i for i in range(total) if i not in skip]
+    picks = np.linspace(0, len(clean) - 1, min(n, len(clean))).round().astype(int)
+    return [clean[i] for i in sorted(set(picks))]
+
+
+def files_of(folder: Path) -> tuple[Path, Path]:
+    """The topology and .mdp to use: the folder's own, or the shared ones for DBM's eval_t568 (whose
+    own md.mdp GROMACS 2022 rejects)."""
+    if folder.name == "eval_t568":
+        return SHARED / "top" / "topol.top", SHARED / "top" / "md.mdp"
+    return folder / "topol.top", folder / "md.mdp"
+
+
+def backmap(args: list[str], log: Path) -> float:
+    """One ``backmap`` command, its output appended to ``log``; wall seconds."""
+    print("backmap " + " ".join(args), file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    with open(log, "a") as out:
+        done = subprocess.run([BACKMAP, *args], stdout=out, stderr=subprocess.STDOUT,
+                              env=dict(os.environ, BACKMAP_NO_PROGRESS="1"))
+    if done.returncode:
+        sys.exit(f"error: backmap {args[0]} failed (exit {done.returncode}); see {log}")
+    return time.perf_counter() - t0
+
+
+def write_reference(folder: Path, frames: list[int], out: Path) -> None:
+    """The reference frames as their own trajectory (evaluate's --frames would select the candidates'
+    frames too)."""
+    if out.exists():
+        return
+    u = mda.Universe(str(folder / "aa.gro" if (folder / "aa.gro").exists() else folder / "aa.xtc"),
+                     str(folder / "aa.xtc"))
+    part = out.with_suffix(".part.xtc")
+    with mda.Writer(str(part), u.atoms.n_atoms) as w:
+        for ts in u.trajectory[frames]:
+            w.write(u.atoms)
+    part.rename(out)
+
+
+def run_temperature(folder: Path, generators: list[str], n_frames: int, out: Path, refine_steps: int) -> list[dict]:
+    temperature = temperature_of(folder)
+    topology, mdp = files_of(folder)
+    work = out / f"T{temperature:g}"
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "commands.log"
+    reference_frames = clean_frames(folder, 2 * n_frames)
+    frames = reference_frames[1::2]  # the candidates': every second reference frame
+    write_reference(folder, reference_frames, work / "reference.xtc")
+    seconds: dict[str, float] = {}
+    timing = work / "seconds.json"
+    if timing.exists():
+        seconds = json.loads(timing.read_text())
+    labels = []
+    for name in generators:
+        aa = work / f"{name}.xtc"
+        if not aa.exists():
+            seconds[name] = backmap(["apply", *GENERATORS[name], "--cg", str(folder / "cg.xtc"), "--frames",
+                                     ",".join(map(str, frames)), "--out", str(aa), "--seed", "1"], log) / len(frames)
+        refined = work / f"{name}+refine.xtc"
+        if refine_steps and not refined.exists():
+            seconds[f"{name} + refine"] = backmap([
+                "refine", "--topology", str(topology), "--mapping", str(MAPPING), "--cg", str(work / f"{name}_cg.trr"),
+                "--traj", str(aa), "--out", str(refined), "--mdp", str(mdp), "--temperature", f"{temperature:g}",
+                "--constraints", "all-bonds", "--timestep", "0.002", "--steps", str(refine_steps),
+                "--restraint", "2e5"], log) / len(frames)
+        timing.write_text(json.dumps(seconds, indent=1))
+        labels += [name] + ([f"{name} + refine"] if refine_steps else [])
+    evaluated = work / "evaluate" / "metrics.json"
+    if not evaluated.exists() or set(json.loads(evaluated.read_text())["summary"]["mean_jsd_headline"]["candidates"]) != set(labels):
+        trajectories = [str(work / (f"{lab.split(' ')[0]}+refine.xtc" if lab.endswith("refine") else f"{lab}.xtc"))
+                        for lab in labels]
+        label_args = [a for lab in labels for a in ("--label", lab)]
+        backmap(["evaluate", "--topology", str(topology), "--reference", str(work / "reference.xtc"),
+                 "--mapping", str(MAPPING), "--cg", str(work / f"{generators[0]}_cg.trr"), "--mdp", str(mdp),
+                 "--no-lj-shift", "--headline", ",".join(HEADLINE), "--workers", "1", "--out", str(work / "evaluate"),
+                 *label_args, *trajectories], log)
+    metrics = json.loads(evaluated.read_text())
+    summary = metrics["summary"]["mean_jsd_headline"]
+    obs = metrics["observables"]
+    rows = []
+    for label in labels:
+        def score(key: str, field: str = "mean"):
+            value = obs.get(key, {}).get("candidates", {}).get(label, {}).get(field)
+            return None if value is None else round(float(value), 5)
+        rows.append({"temperature": temperature, "candidate": label, "frames": len(frames),
+                     "reference_frames": len(reference_frames),
+                     "mean_jsd": round(summary["candidates"][label], 4), "noise_floor": round(summary["noise_floor"], 4),
+                     "cg_rmsd_nm": score("cg_rmsd"), "stereo_kept": score("stereo:chirality", "preserved"),
+                     "clashes_per_atom": score("clash_fraction"), "broken_bonds": score("broken_bond_fraction"),
+                     "seconds_per_frame": round(seconds.get(label, float("nan")), 2),
+                     "per_observable": {o: round(obs[o]["candidates"][label]["jsd"], 4) for o in HEADLINE}})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", nargs="+", type=Path, required=True,
+                        help="folders from scripts/make_sps_temperature_data.sh, or ../shared/data/sps/eval_t568")
+    parser.add_argument("--generators", default="equivariant,equivariant_polish,vae,voxel_gan",
+                        help=f"comma-separated, of {', '.join(GENERATORS)}")
+    parser.add_argument("--frames", type=int, default=20, help="frames each generator backmaps per temperature")
+    parser.add_argument("--refine-steps", type=int, default=500, help="openmm steps of 2 fs per frame (0: no refinement)")
+    parser.add_argument("--out", type=Path, default=Path("runs/temperatures"))
+    args = parser.parse_args()
+    generators = [g for g in args.generators.split(",") if g]
+    unknown = [g for g in generators if g not in GENERATORS]
+    if unknown:
+        parser.error(f"--generators: unknown {unknown}; known: {list(GENERATORS)}")
+    for folder in args.data:
+        for f in ("aa.xtc", "cg.xtc"):
+            if not (folder / f).is_file():
+                parser.error(f"--data {folder}: {f} missing (make it with scripts/make_sps_temperature_data.sh)")
+    for folder in args.data:
+        for row in run_temperature(folder.resolve(), generators, args.frames, args.out.resolve(), args.refine_steps):
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# make_sps_temperature_data.sh -- the sPS melt at a temperature the shipped models were not trained on:
+# reference AA frames and their CG mapping, to measure how each generator generalizes
+# (EVALUATION.md: "on data the generator was not trained on (other temperatures and phases)";
+# docs/temperatures.md).
+#
+#   data/sps-T<T>/   NOT committed (cache; ~7 MB): topol.top + PS1.itp (../shared/data/sps/top),
+#                    aa.xtc (production frames), aa.gro (first of them), cg.xtc (backmap map with
+#                    recipes/sps/sps.xml), anneal/equil/prod .mdp, md.mdp (the production settings with
+#                    frame output off: for evaluate and the refiners), energies.txt, README.md
+#
+# The start is DBM's 568 K evaluation structure (../shared/data/sps/eval_t568/aa.gro, positions and
+# velocities; no model was trained on it). The force field is the shipped Mueller-Plathe topology
+# (../shared/data/sps/top), with every bond constrained as in the reference MD (shared/data/README:
+# sPS's bonds are rigid), reaction field eps_rf 2.5 and 1.0 nm cut-offs as DBM's md.mdp, 2 fs steps:
+#   1. ANNEAL_PS ps NPT, the thermostat's reference going linearly from 568 K to T (v-rescale 0.2 ps,
+#      Berendsen anisotropic 2 ps: the box relaxes to T's density without Parrinello-Rahman's swings);
+#   2. EQUIL_PS ps NPT at T, same couplings (not saved);
+#   3. PROD_PS ps NPT at T, v-rescale + Parrinello-Rahman anisotropic (tau_p 10 ps, DBM's), a frame
+#      every EVERY_PS ps.
+# The box angles are kept (off-diagonal compressibilities 0). Local structure (bonds, angles, dihedrals,
+# packing) relaxes in ps; the chains' large-scale shape does not in this time, and the frames share the
+# 568 K frame's chain paths: what the frames test is the local structure at T, which is what the
+# generators produce.
+#
+# Usage:  scripts/make_sps_temperature_data.sh T [T ...]      e.g. 450 650
+# Env:    GMX=gmx  NT=1 (mdrun threads; -reprod results depend on it)  ANNEAL_PS=50  EQUIL_PS=150
+#         PROD_PS=200  EVERY_PS=5  SEED=568  PYTHON=<repo>/.venv/bin/python  OUT_DIR=<repo>/data
+#         KEEP_WORK=1
+# Deterministic: ld-seed fixed, mdrun -ntmpi 1 -ntomp NT -reprod (same build and hardware: same files).
+# Cost: ~24 ns/day on one core of this machine, so the default 400 ps take ~25 min per temperature.
+set -euo pipefail
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$SCRIPT_DIR/.." && pwd)
+GMX=${GMX:-gmx}
+NT=${NT:-1}
+if [[ -z "${PYTHON:-}" ]]; then
+    if [[ -x "$REPO/.venv/bin/python" ]]; then PYTHON=$REPO/.venv/bin/python; else PYTHON=python3; fi
+fi
+SPS=${SPS:-$REPO/../shared/data/sps}
+OUT_DIR=${OUT_DIR:-$REPO/data}
+ANNEAL_PS=${ANNEAL_PS:-50}
+EQUIL_PS=${EQUIL_PS:-150}
+PROD_PS=${PROD_PS:-200}
+EVERY_PS=${EVERY_PS:-5}
+SEED=${SEED:-568}
+DT=0.002
+T0=568
+
+[[ $# -ge 1 ]] || { echo "usage: $0 T [T ...]   (kelvin, e.g. 450 650)" >&2; exit 2; }
+for T in "$@"; do
+    [[ "$T" =~ ^[0-9]+$ && "$T" -ge 200 && "$T" -le 1000 ]] \
+        || { echo "error: temperature '$T' is not an integer between 200 and 1000 K" >&2; exit 2; }
+done
+export GMX_MAXBACKUP=-1 OMP_NUM_THREADS=$NT
+command -v "$GMX" >/dev/null || { echo "error: $GMX not found (bash scripts/system-deps.sh)" >&2; exit 1; }
+for f in top/topol.top top/PS1.itp eval_t568/aa.gro; do
+    [[ -r "$SPS/$f" ]] || { echo "error: $SPS/$f missing (the shared sPS data)" >&2; exit 1; }
+done
+[[ -x "$REPO/.venv/bin/backmap" ]] || { echo "error: $REPO/.venv/bin/backmap missing (bash scripts/setup.sh)" >&2; exit 1; }
+
+steps() { awk -v ps="$1" -v dt="$DT" 'BEGIN { printf "%d", ps / dt + 0.5 }'; }
+
+# the interactions of every stage: DBM's md.mdp (reaction field, 1.0 nm), bonds constrained
+interactions() {
+    cat <<EOF
+cutoff-scheme            = Verlet
+nstlist                  = 10
+pbc                      = xyz
+coulombtype              = Reaction-Field
+rcoulomb                 = 1.0
+epsilon-rf               = 2.5
+epsilon-r                = 1.0
+vdwtype                  = Cut-off
+rvdw                     = 1.0
+DispCorr                 = EnerPres
+constraints              = all-bonds
+constraint-algorithm     = Lincs
+lincs-order              = 4
+lincs-iter               = 1
+comm-mode                = Linear
+nstcomm                  = 100
+tcoupl                   = v-rescale
+tc-grps                  = System
+tau-t                    = 0.2
+ld-seed                  = $SEED
+compressibility          = 4.5e-5 4.5e-5 4.5e-5 0 0 0
+ref-p                    = 1.01325 1.01325 1.01325 0 0 0
+EOF
+}
+
+source "$SCRIPT_DIR/lib/work.sh"
+for T in "$@"; do
+    OUT=$OUT_DIR/sps-T$T
+    if [[ -s "$OUT/cg.xtc" && -s "$OUT/README.md" ]]; then
+        echo "sps-T$T: cached in $OUT (remove it to make it again)"
+        continue
+    fi
+    start_work "make_sps_T$T"
+    cd "$WORK"
+    cp "$SPS/top/topol.top" "$SPS/top/PS1.itp" .
+    cp "$SPS/eval_t568/aa.gro" start.gro
+
+    { cat <<EOF
+; 1. anneal ${T0} K -> ${T} K over ${ANNEAL_PS} ps, NPT (Berendsen), from DBM's evaluation structure
+integrator               = md
+dt                       = ${DT}
+nsteps                   = $(steps "$ANNEAL_PS")
+continuation             = no
+gen-vel                  = no
+nstxout-compressed       = 0
+nstenergy                = 500
+nstlog                   = 5000
+annealing                = single
+annealing-npoints        = 2
+annealing-time           = 0 ${ANNEAL_PS}
+annealing-temp           = ${T0} ${T}
+ref-t                    = ${T0}
+pcoupl                   = Berendsen
+pcoupltype               = anisotropic
+tau-p                    = 2.0
+EOF
+      interactions; } >anneal.mdp
+    { cat <<EOF
+; 2. equilibrate at ${T} K for ${EQUIL_PS} ps, NPT (Berendsen)
+integrator               = md
+dt                       = ${DT}
+nsteps                   = $(steps "$EQUIL_PS")
+continuation             = yes
+nstxout-compressed       = 0
+nstenergy                = 500
+nstlog                   = 5000
+ref-t                    = ${T}
+pcoupl                   = Berendsen
+pcoupltype               = anisotropic
+tau-p                    = 2.0
+EOF
+      interactions; } >equil.mdp
+    { cat <<EOF
+; 3. production at ${T} K, ${PROD_PS} ps, NPT (Parrinello-Rahman, DBM's tau-p), a frame every ${EVERY_PS} ps
+integrator               = md
+dt                       = ${DT}
+nsteps                   = $(steps "$PROD_PS")
+continuation             = yes
+nstxout-compressed       = $(steps "$EVERY_PS")
+compressed-x-precision   = 1000
+nstenergy                = 500
+nstlog                   = 5000
+ref-t                    = ${T}
+pcoupl                   = Parrinello-Rahman
+pcoupltype               = anisotropic
+tau-p                    = 10.0
+EOF
+      interactions; } >prod.mdp
+
+    log "sps-T$T: anneal ${T0} -> ${T} K (${ANNEAL_PS} ps)"
+    run grompp_anneal.log "$GMX" grompp -f anneal.mdp -c start.gro -p topol.top -o anneal.tpr -maxwarn 1
+    run mdrun_anneal.log "$GMX" mdrun -s anneal.tpr -deffnm anneal -ntmpi 1 -ntomp "$NT" -nb cpu -reprod
+    log "sps-T$T: equilibrate (${EQUIL_PS} ps)"
+    run grompp_equil.log "$GMX" grompp -f equil.mdp -c anneal.gro -t anneal.cpt -p topol.top -o equil.tpr -maxwarn 1
+    run mdrun_equil.log "$GMX" mdrun -s equil.tpr -deffnm equil -ntmpi 1 -ntomp "$NT" -nb cpu -reprod
+    log "sps-T$T: production (${PROD_PS} ps, a frame every ${EVERY_PS} ps)"
+    run grompp_prod.log "$GMX" grompp -f prod.mdp -c equil.gro -t equil.cpt -p topol.top -o prod.tpr
+    run mdrun_prod.log "$GMX" mdrun -s prod.tpr -deffnm prod -ntmpi 1 -ntomp "$NT" -nb cpu -reprod
+    speed=$(awk '/^Performance:/ {print $2}' prod.log)
+
+    # the frames: the production's compressed trajectory without its t = 0 frame (= the equilibrated start)
+    echo 0 | run trjconv.log "$GMX" trjconv -f prod.xtc -s prod.tpr -o aa.xtc -b "$EVERY_PS"
+    echo 0 | run dump.log "$GMX" trjconv -f aa.xtc -s prod.tpr -o aa.gro -dump "$EVERY_PS"
+    for stage in equil prod; do
+        printf 'Temperature\nDensity\nPotential\n' | run "energy_$stage.log" "$GMX" energy -f "$stage.edr" -o "energy_$stage.xvg"
+    done
+    { echo "# stage  observable  average  err.est.  rmsd  drift (GROMACS gmx energy)"
+      for stage in equil prod; do
+          awk -v s="$stage" '/^(Temperature|Density|Potential) / {print s, $0}' "energy_$stage.log"
+      done; } >energies.txt
+    run map.log "$REPO/.venv/bin/backmap" map --topology topol.top --traj aa.xtc \
+        --mapping "$REPO/recipes/sps/sps.xml" --out cg.xtc
+    # evaluate's and the refiners' settings: the production's interactions, no output
+    sed -e 's/^nstxout-compressed .*/nstxout-compressed       = 0/' prod.mdp >md.mdp
+    n_frames=$(awk -v p="$PROD_PS" -v e="$EVERY_PS" 'BEGIN { printf "%d", p / e }')
+
+    cat >README.md <<EOF
+# sPS melt at ${T} K (made by scripts/make_sps_temperature_data.sh)
+
+- Start: DBM's 568 K evaluation structure (shared/data/sps/eval_t568/aa.gro, with its velocities).
+- Force field: Mueller-Plathe sPS (shared/data/sps/top/topol.top, PS1.itp), all bonds constrained
+  (LINCS), reaction field eps_rf 2.5, 1.0 nm cut-offs, dispersion correction, 2 fs steps.
+- ${ANNEAL_PS} ps NPT annealing ${T0} -> ${T} K, ${EQUIL_PS} ps NPT at ${T} K (v-rescale 0.2 ps,
+  Berendsen anisotropic 2 ps), then ${PROD_PS} ps NPT (Parrinello-Rahman anisotropic 10 ps):
+  anneal.mdp, equil.mdp, prod.mdp; ld-seed ${SEED}; GROMACS $("$GMX" --version 2>/dev/null | awk '/GROMACS version/ {print $3}'),
+  mdrun -ntomp ${NT} -reprod.
+- aa.xtc: ${n_frames} frames, one every ${EVERY_PS} ps of the production; aa.gro its first; cg.xtc the same
+  frames mapped by \`backmap map\` with recipes/sps/sps.xml; md.mdp the production's settings (for
+  evaluate and the refiners).
+- Production speed ${speed} ns/day; the whole script took $((SECONDS - START)) s for this temperature.
+
+Averages (\`gmx energy\`):
+
+\`\`\`
+$(cat energies.txt)
+\`\`\`
+EOF
+    mkdir -p "$OUT.tmp"
+    cp topol.top PS1.itp aa.xtc aa.gro cg.xtc anneal.mdp equil.mdp prod.mdp md.mdp energies.txt README.md "$OUT.tmp/"
+    rm -rf "$OUT" && mv "$OUT.tmp" "$OUT"
+    log "sps-T$T: written to $OUT"
+    cd "$REPO"
+    _finish_work
+    trap - EXIT
+done
