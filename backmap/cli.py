@@ -333,6 +333,8 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
 @click.option("--frames", default=None, help="'start:stop:step' or '0,5,9'.")
 @click.option("--selector", default="lowest_energy", show_default=True,
               help="Selector plugin choosing one of the candidates (lowest_energy, boltzmann, random).")
+@click.option("--selector-param", "selector_params", multiple=True, metavar="KEY=VALUE",
+              help="A parameter of the selector (repeatable), e.g. temperature=568 for boltzmann (default 300 K).")
 @click.option("--candidates", type=int, default=8, show_default=True, help="Candidates proposed per unit (K).")
 @click.option("--gibbs", "gibbs_sweeps", type=int, default=2, show_default=True,
               help="Gibbs sweeps after the forward pass (each unit re-placed seeing all others).")
@@ -389,7 +391,7 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
 @refine_options(minimize=False)
 @cluster_options
 def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Path | None, mapping: tuple[Path, ...],
-          frames: str | None, selector: str, candidates: int, gibbs_sweeps: int, minimize_steps: int,
+          frames: str | None, selector: str, selector_params: tuple[str, ...], candidates: int, gibbs_sweeps: int, minimize_steps: int,
           project_cg: bool | None, cg_restraint: float, colouring: bool, polish_steps: int, polish_sweeps: str,
           stereo_reference: Path | None, regrow: str | None, regrow_candidates: int, regrow_trials: int, repair_clashes: int,
           orient_units: bool, dock: str | None, cutoff: float | None, traversal: str | None, frame_by_frame: bool, generator_params: tuple[str, ...],
@@ -432,7 +434,9 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
     check_bead_names(cg_path, cg_top)
     idx = select_frames(frames, [], count_frames(source), str(source))
     try:
-        settings = BackmapSettings(selector=selector, candidates=candidates, gibbs_sweeps=gibbs_sweeps,
+        settings = BackmapSettings(selector=selector,
+                                   selector_params=_key_values(selector_params, "--selector-param"),
+                                   candidates=candidates, gibbs_sweeps=gibbs_sweeps,
                                    minimize_steps=minimize_steps, project_cg=project_cg, cg_restraint=cg_restraint,
                                    colouring=colouring, polish_steps=polish_steps, polish_sweeps=polish_sweeps,
                                    energy=Path(top_path).suffix == ".top",

@@ -1,6 +1,7 @@
 """Trajectory input in any format MDAnalysis reads: LAMMPS dumps and data files, DCD, … made here
 from the project's hexane data (AA → CG with the shipped mapping) and read back against the originals."""
 import gzip
+import json
 import shutil
 import warnings
 
@@ -13,7 +14,7 @@ from backmap.errors import BackmapError
 from backmap.system.io import Frame, read_formats, read_frames, trajectory_info, write_lammps_dump
 from backmap.system.projection import map_frames
 
-from conftest import HEXANE, TRICLINIC
+from conftest import HEXANE, TRICLINIC, one_line_error
 
 DECIMALS = 5  # digits after the point (Å) write_lammps_dump prints here
 
@@ -251,3 +252,12 @@ def test_cli_apply_reads_a_cg_lammps_dump(tmp_path, cli):
     assert code == 0, err
     same = np.stack([f.positions for f in read_frames(tmp_path / "from_xtc.xtc", topo.n_atoms)])
     assert np.abs(np.stack([f.positions for f in frames]) - same).max() < 0.0021
+    # the selector's parameters reach it (the Boltzmann selector's temperature), a wrong one is named
+    code, _, err = cli("apply", "--model", tmp_path / "run", "--cg", cg_xtc, "--frames", "0:1", "--candidates", 4,
+                       "--gibbs", 0, "--selector", "boltzmann", "--selector-param", "temperature=568",
+                       "--out", tmp_path / "hot.gro")
+    assert code == 0, err
+    assert json.loads((tmp_path / "hot.json").read_text())["settings"]["selector_params"] == {"temperature": 568}
+    code, _, err = cli("apply", "--model", tmp_path / "run", "--cg", cg_xtc, "--frames", "0:1", "--selector",
+                       "boltzmann", "--selector-param", "temprature=568", "--out", tmp_path / "bad.gro")
+    assert "selector_params" in one_line_error(code, err) and "temprature" in err and not (tmp_path / "bad.gro").exists()
