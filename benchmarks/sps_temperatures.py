@@ -3,7 +3,8 @@ alone "on the 568 K frames *and* on data the generator was not trained on (other
 phases)"); docs/temperatures.md.
 
     .venv/bin/python benchmarks/sps_temperatures.py --data data/sps-T450 [data/sps-T650 …] \
-        [--generators equivariant,equivariant_polish,vae,voxel_gan] [--frames 20] [--out runs/temperatures]
+        [--generators equivariant,equivariant_polish,vae,voxel_gan] [--refine equivariant] [--frames 20] \
+        [--refine-steps 500] [--out runs/temperatures]
 
 ``--data`` takes folders made by ``scripts/make_sps_temperature_data.sh T`` (aa.xtc, cg.xtc, md.mdp,
 topol.top) or DBM's ``../shared/data/sps/eval_t568`` (the training temperature, as the same command's
@@ -12,7 +13,8 @@ folder's name (``sps-T450``, ``eval_t568``). Per temperature: the reference is u
 clean frames evenly spread, so that the noise floor (its two halves) compares as many frames as each
 candidate has; every generator backmaps every second of them (``backmap apply`` with the model's own
 sampling settings); each output is refined by ``backmap refine`` (openmm, 1 ps of restrained Langevin
-at the folder's temperature, all bonds constrained: refine.md's sPS command); then one ``backmap
+at the folder's temperature, all bonds constrained: refine.md's sPS command; one OpenMM thread, as
+OpenMM's threads wait on each other when other jobs share the cores); then one ``backmap
 evaluate`` scores every candidate on EVALUATION.md's 11 headline observables.
 
 Every step is skipped when its output exists (a killed run resumes). One JSON line per (temperature,
@@ -21,12 +23,12 @@ candidate): mean JSD, the floor, CG RMSD, stereocentres kept, clashes, broken bo
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import MDAnalysis as mda
@@ -77,16 +79,14 @@ def files_of(folder: Path) -> tuple[Path, Path]:
     return folder / "topol.top", folder / "md.mdp"
 
 
-def backmap(args: list[str], log: Path) -> float:
-    """One ``backmap`` command, its output appended to ``log``; wall seconds."""
+def backmap(args: list[str], log: Path) -> None:
+    """One ``backmap`` command, its output appended to ``log``."""
     print("backmap " + " ".join(args), file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
     with open(log, "a") as out:
-        done = subprocess.run([BACKMAP, *args], stdout=out, stderr=subprocess.STDOUT,
+        done = subprocess.run([BACKMAP, *args], check=False, stdout=out, stderr=subprocess.STDOUT,
                               env=dict(os.environ, BACKMAP_NO_PROGRESS="1"))
     if done.returncode:
         sys.exit(f"error: backmap {args[0]} failed (exit {done.returncode}); see {log}")
-    return time.perf_counter() - t0
 
 
 def write_reference(folder: Path, frames: list[int], out: Path) -> None:
@@ -103,7 +103,16 @@ def write_reference(folder: Path, frames: list[int], out: Path) -> None:
     part.rename(out)
 
 
-def run_temperature(folder: Path, generators: list[str], n_frames: int, out: Path, refine_steps: int) -> list[dict]:
+def seconds_per_frame(work: Path, label: str) -> float:
+    """The generator's seconds per frame (apply's summary) or the refiner's (mean of its log)."""
+    if label.endswith(" + refine"):
+        with open(work / f"{label.split(' ')[0]}+refine.log.csv") as f:
+            return round(float(np.mean([float(row["seconds"]) for row in csv.DictReader(f)])), 2)
+    return json.loads((work / f"{label}.json").read_text())["summary"]["seconds per frame"]
+
+
+def run_temperature(folder: Path, generators: list[str], n_frames: int, out: Path, refine_steps: int,
+                    refined_generators: list[str]) -> list[dict]:
     temperature = temperature_of(folder)
     topology, mdp = files_of(folder)
     work = out / f"T{temperature:g}"
@@ -112,25 +121,20 @@ def run_temperature(folder: Path, generators: list[str], n_frames: int, out: Pat
     reference_frames = clean_frames(folder, 2 * n_frames)
     frames = reference_frames[1::2]  # the candidates': every second reference frame
     write_reference(folder, reference_frames, work / "reference.xtc")
-    seconds: dict[str, float] = {}
-    timing = work / "seconds.json"
-    if timing.exists():
-        seconds = json.loads(timing.read_text())
     labels = []
     for name in generators:
         aa = work / f"{name}.xtc"
         if not aa.exists():
-            seconds[name] = backmap(["apply", *GENERATORS[name], "--cg", str(folder / "cg.xtc"), "--frames",
-                                     ",".join(map(str, frames)), "--out", str(aa), "--seed", "1"], log) / len(frames)
+            backmap(["apply", *GENERATORS[name], "--cg", str(folder / "cg.xtc"), "--frames", ",".join(map(str, frames)),
+                     "--out", str(aa), "--seed", "1"], log)
         refined = work / f"{name}+refine.xtc"
-        if refine_steps and not refined.exists():
-            seconds[f"{name} + refine"] = backmap([
-                "refine", "--topology", str(topology), "--mapping", str(MAPPING), "--cg", str(work / f"{name}_cg.trr"),
-                "--traj", str(aa), "--out", str(refined), "--mdp", str(mdp), "--temperature", f"{temperature:g}",
-                "--constraints", "all-bonds", "--timestep", "0.002", "--steps", str(refine_steps),
-                "--restraint", "2e5"], log) / len(frames)
-        timing.write_text(json.dumps(seconds, indent=1))
-        labels += [name] + ([f"{name} + refine"] if refine_steps else [])
+        refine = bool(refine_steps) and name in refined_generators
+        if refine and not refined.exists():
+            backmap(["refine", "--topology", str(topology), "--mapping", str(MAPPING), "--cg", str(work / f"{name}_cg.trr"),
+                     "--traj", str(aa), "--out", str(refined), "--mdp", str(mdp), "--temperature", f"{temperature:g}",
+                     "--constraints", "all-bonds", "--timestep", "0.002", "--steps", str(refine_steps),
+                     "--restraint", "2e5", "--param", "threads=1"], log)
+        labels += [name] + ([f"{name} + refine"] if refine else [])
     evaluated = work / "evaluate" / "metrics.json"
     if not evaluated.exists() or set(json.loads(evaluated.read_text())["summary"]["mean_jsd_headline"]["candidates"]) != set(labels):
         trajectories = [str(work / (f"{lab.split(' ')[0]}+refine.xtc" if lab.endswith("refine") else f"{lab}.xtc"))
@@ -145,7 +149,7 @@ def run_temperature(folder: Path, generators: list[str], n_frames: int, out: Pat
     obs = metrics["observables"]
     rows = []
     for label in labels:
-        def score(key: str, field: str = "mean"):
+        def score(key: str, field: str = "mean", label: str = label):
             value = obs.get(key, {}).get("candidates", {}).get(label, {}).get(field)
             return None if value is None else round(float(value), 5)
         rows.append({"temperature": temperature, "candidate": label, "frames": len(frames),
@@ -153,7 +157,7 @@ def run_temperature(folder: Path, generators: list[str], n_frames: int, out: Pat
                      "mean_jsd": round(summary["candidates"][label], 4), "noise_floor": round(summary["noise_floor"], 4),
                      "cg_rmsd_nm": score("cg_rmsd"), "stereo_kept": score("stereo:chirality", "preserved"),
                      "clashes_per_atom": score("clash_fraction"), "broken_bonds": score("broken_bond_fraction"),
-                     "seconds_per_frame": round(seconds.get(label, float("nan")), 2),
+                     "seconds_per_frame": seconds_per_frame(work, label),
                      "per_observable": {o: round(obs[o]["candidates"][label]["jsd"], 4) for o in HEADLINE}})
     return rows
 
@@ -166,6 +170,8 @@ def main() -> None:
                         help=f"comma-separated, of {', '.join(GENERATORS)}")
     parser.add_argument("--frames", type=int, default=20, help="frames each generator backmaps per temperature")
     parser.add_argument("--refine-steps", type=int, default=500, help="openmm steps of 2 fs per frame (0: no refinement)")
+    parser.add_argument("--refine", default=None, help="comma-separated: the generators whose output is refined "
+                                                       "(default: every one of --generators)")
     parser.add_argument("--out", type=Path, default=Path("runs/temperatures"))
     args = parser.parse_args()
     generators = [g for g in args.generators.split(",") if g]
@@ -176,8 +182,12 @@ def main() -> None:
         for f in ("aa.xtc", "cg.xtc"):
             if not (folder / f).is_file():
                 parser.error(f"--data {folder}: {f} missing (make it with scripts/make_sps_temperature_data.sh)")
+    refined = generators if args.refine is None else [g for g in args.refine.split(",") if g]
+    if set(refined) - set(generators):
+        parser.error(f"--refine: {sorted(set(refined) - set(generators))} not among --generators")
     for folder in args.data:
-        for row in run_temperature(folder.resolve(), generators, args.frames, args.out.resolve(), args.refine_steps):
+        for row in run_temperature(folder.resolve(), generators, args.frames, args.out.resolve(), args.refine_steps,
+                                   refined):
             print(json.dumps(row), flush=True)
 
 
