@@ -90,6 +90,29 @@ ref-p                    = 1.01325 1.01325 1.01325 0 0 0
 EOF
 }
 
+# the run control every stage shares: stage COMMENT PS CONTINUATION XTC_EVERY_STEPS
+stage() {
+    cat <<EOF
+; $1
+integrator               = md
+dt                       = ${DT}
+nsteps                   = $(steps "$2")
+continuation             = $3
+nstxout-compressed       = $4
+nstenergy                = 500
+nstlog                   = 5000
+EOF
+}
+
+# the annealing's and equilibration's barostat: relaxes the box to T's density without swings
+berendsen() {
+    cat <<EOF
+pcoupl                   = Berendsen
+pcoupltype               = anisotropic
+tau-p                    = 2.0
+EOF
+}
+
 source "$SCRIPT_DIR/lib/work.sh"
 for T in "$@"; do
     OUT=$OUT_DIR/sps-T$T
@@ -102,51 +125,24 @@ for T in "$@"; do
     cp "$SPS/top/topol.top" "$SPS/top/PS1.itp" .
     cp "$SPS/eval_t568/aa.gro" start.gro
 
-    { cat <<EOF
-; 1. anneal ${T0} K -> ${T} K over ${ANNEAL_PS} ps, NPT (Berendsen), from DBM's evaluation structure
-integrator               = md
-dt                       = ${DT}
-nsteps                   = $(steps "$ANNEAL_PS")
-continuation             = no
+    { stage "1. anneal ${T0} K -> ${T} K over ${ANNEAL_PS} ps, NPT (Berendsen), from DBM's evaluation structure" \
+          "$ANNEAL_PS" no 0
+      cat <<EOF
 gen-vel                  = no
-nstxout-compressed       = 0
-nstenergy                = 500
-nstlog                   = 5000
 annealing                = single
 annealing-npoints        = 2
 annealing-time           = 0 ${ANNEAL_PS}
 annealing-temp           = ${T0} ${T}
 ref-t                    = ${T0}
-pcoupl                   = Berendsen
-pcoupltype               = anisotropic
-tau-p                    = 2.0
 EOF
-      interactions; } >anneal.mdp
-    { cat <<EOF
-; 2. equilibrate at ${T} K for ${EQUIL_PS} ps, NPT (Berendsen)
-integrator               = md
-dt                       = ${DT}
-nsteps                   = $(steps "$EQUIL_PS")
-continuation             = yes
-nstxout-compressed       = 0
-nstenergy                = 500
-nstlog                   = 5000
-ref-t                    = ${T}
-pcoupl                   = Berendsen
-pcoupltype               = anisotropic
-tau-p                    = 2.0
-EOF
-      interactions; } >equil.mdp
-    { cat <<EOF
-; 3. production at ${T} K, ${PROD_PS} ps, NPT (Parrinello-Rahman, DBM's tau-p), a frame every ${EVERY_PS} ps
-integrator               = md
-dt                       = ${DT}
-nsteps                   = $(steps "$PROD_PS")
-continuation             = yes
-nstxout-compressed       = $(steps "$EVERY_PS")
+      berendsen; interactions; } >anneal.mdp
+    { stage "2. equilibrate at ${T} K for ${EQUIL_PS} ps, NPT (Berendsen)" "$EQUIL_PS" yes 0
+      echo "ref-t                    = ${T}"
+      berendsen; interactions; } >equil.mdp
+    { stage "3. production at ${T} K, ${PROD_PS} ps, NPT (Parrinello-Rahman, DBM's tau-p), a frame every ${EVERY_PS} ps" \
+          "$PROD_PS" yes "$(steps "$EVERY_PS")"
+      cat <<EOF
 compressed-x-precision   = 1000
-nstenergy                = 500
-nstlog                   = 5000
 ref-t                    = ${T}
 pcoupl                   = Parrinello-Rahman
 pcoupltype               = anisotropic
