@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -320,7 +321,8 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
 
 @cli.command()
 @click.option("--model", required=True, type=click.Path(path_type=Path),
-              help="A model folder (model.json + weights.safetensors), or a run directory whose train step wrote one.")
+              help="A model: a registered name (backmap models list), a model folder or archive (.bmz), or a run "
+                   "directory whose train step wrote one.")
 @click.option("--cg", "cg_path", required=True, type=click.Path(path_type=Path),
               help="CG structure or trajectory in the mapping's bead order (any format MDAnalysis reads: .gro, "
                    ".xtc, .trr, .pdb, .dcd, LAMMPS dump, …).")
@@ -387,7 +389,8 @@ def energy(topology: Path, traj: Path, mapping: tuple[Path, ...], frames: str | 
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--refine", "refiner_name", default=None,
               help="Refine every frame with this refiner (openmm, langevin, mala) under the CG restraint.")
-@click.option("--mdp", type=click.Path(path_type=Path), default=None, help="Cut-offs/electrostatics for --refine.")
+@click.option("--mdp", type=click.Path(path_type=Path), default=None,
+              help="Cut-offs/electrostatics for --refine (default: the .mdp the model carries, if any).")
 @refine_options(minimize=False)
 @cluster_options
 def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Path | None, mapping: tuple[Path, ...],
@@ -461,7 +464,7 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
 
         refiner = _refiner(refiner_name, temperature, n_steps, restraint, constraints, timestep, friction, None,
                            extra, seed)
-        system = RestrainedSystem(cg_top, Path(top_path), _settings(mdp, None, None, None, None))
+        system = RestrainedSystem(cg_top, Path(top_path), _settings(mdp or loaded.mdp, None, None, None, None))
     summary = backmap_to_files(loaded, cg_top, Path(top_path), list(read_cg(cg_top, source, idx)), out, settings,
                                seed=seed, refiner=refiner, refine_system=system, cluster=cluster,
                                provenance={"cg": str(source), "frames": frames}, where="apply")
@@ -483,15 +486,109 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
 
 
 @cli.command(name="convert-model")
-@click.argument("pickled", type=click.Path(path_type=Path))
+@click.argument("source", type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Model folder to write.")
-def convert_model(pickled: Path, out: Path) -> None:
-    """Convert a pickled model of backmap 0.1 (generator.pkl + generator.json) into a model folder
-    (model.json + weights.safetensors). Unpickling can run code: convert only files you trust."""
-    from backmap.engine.legacy import convert_pickled_model
+@click.option("--topology", type=click.Path(path_type=Path), default=None,
+              help="Format-1 model: the topology, if it is no longer where the model says.")
+@click.option("--mapping", multiple=True, type=click.Path(path_type=Path),
+              help="Format-1 model: the mapping file(s), if no longer where the model says.")
+@click.option("--mdp", type=click.Path(path_type=Path), default=None,
+              help="Format-1 model: an .mdp to carry, whose non-bonded settings refinement uses.")
+def convert_model(source: Path, out: Path, topology: Path | None, mapping: tuple[Path, ...], mdp: Path | None) -> None:
+    """Make a model of an older backmap current. SOURCE is a model folder of format 1 (its topology
+    and mapping were paths, often outside it): they are read this one time and copied into a
+    self-contained package OUT (OUT may be SOURCE: repackaged in place). Or SOURCE is a pickled
+    model of backmap 0.1 (generator.pkl + generator.json): unpickling can run code, convert only
+    files you trust."""
+    from backmap.engine.legacy import convert_pickled_model, repackage_model
 
-    directory = convert_pickled_model(pickled, out)
-    click.echo(f"wrote {directory / 'model.json'} and {directory / 'weights.safetensors'}")
+    if source.suffix == ".pkl":
+        directory = convert_pickled_model(source, out)
+    else:
+        directory = repackage_model(source, out, topology, list(mapping) or None, mdp)
+    click.echo(f"wrote the model package {directory} (model.json, weights.safetensors, system/)")
+
+
+@cli.command(name="export-model")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="NAME.bmz (one file) or a new folder.")
+def export_model(source: Path, out: Path) -> None:
+    """Export the model of SOURCE (a run directory, a model folder, an archive or a registered
+    name) as one file (NAME.bmz) or a folder, checked first: every file it names is inside it with
+    the recorded hash. `--model NAME.bmz` and `--model FOLDER` both load it."""
+    from backmap.engine.model_archive import ARCHIVE_SUFFIX, copy_package, write_archive
+    from backmap.engine.models import load_model, model_directory
+
+    directory = model_directory(source)
+    load_model(directory)  # a package that would not load is not exported
+    if out.resolve() == directory.resolve() or directory.resolve() in out.resolve().parents:
+        raise BackmapError("--out lies inside the model being exported", source=out)
+    if out.suffix.lower() == ARCHIVE_SUFFIX:
+        write_archive(directory, out)
+    else:
+        copy_package(directory, out)
+    click.echo(f"wrote {out}")
+
+
+@cli.group()
+def models() -> None:
+    """Models known by name: the shipped ones and those of installed model packs."""
+
+
+@models.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def models_list(as_json: bool) -> None:
+    """Every registered model: name, generator, pack, best evaluation on its card."""
+    import json
+
+    from backmap.engine.model_card import read_card
+    from backmap.engine.model_registry import registered_models
+    from backmap.engine.models import model_directory, read_description
+
+    rows = []
+    for m in registered_models():
+        row = {"name": m.name, "pack": m.pack, "package": m.distribution, "path": str(m.path)}
+        try:
+            directory = model_directory(m.path)
+            row["generator"] = read_description(directory)["plugin"]
+            card = read_card(directory) or {}
+            row["summary"] = card.get("summary", "")
+            evals = card.get("evaluations") or []
+            if evals:
+                e = evals[0]
+                row["mean JSD"] = e.get("mean JSD")
+                row["noise floor"] = e.get("noise floor")
+        except BackmapError as exc:
+            row["error"] = str(exc)
+        rows.append(row)
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    table = Table("name", "generator", "pack (package)", "summary", box=None)
+    for r in rows:
+        table.add_row(r["name"], r.get("generator", "[red]unreadable[/red]"), f"{r['pack']} ({r['package']})",
+                      r.get("summary") or r.get("error", ""))
+    Console().print(table)
+
+
+@models.command(name="show")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the card as JSON.")
+def models_show(model: Path, as_json: bool) -> None:
+    """Print MODEL's card (a registered name, a model folder, an archive or a run directory):
+    training data, generator and settings, training time and hardware, evaluations, licence."""
+    import json
+
+    from backmap.engine.model_card import read_card, render_card, system_fingerprint
+    from backmap.engine.models import load_model
+
+    loaded = load_model(model)  # checks the package, too
+    card = read_card(loaded.directory) or {
+        "name": loaded.directory.name, "generator": {"plugin": loaded.description["plugin"]},
+        "system": {"fingerprint": system_fingerprint(loaded.description["system"].get("molecules", {}))},
+        "notes": "This model has no card (it was packaged without one): nothing is recorded of its training."}
+    click.echo(json.dumps(card, indent=1) if as_json else render_card(card))
 
 
 @cli.command()
@@ -597,6 +694,9 @@ def _time_step_option(values: tuple[str, ...]) -> float | dict[str, float] | Non
                    "dask-jobqueue cluster (slurm, pbs, …) instead of local processes.")
 @click.option("--batch-size", type=int, default=6, show_default=True, help="Frames per batch.")
 @click.option("--save-samples", is_flag=True, help="Also write every sample to samples.npz.")
+@click.option("--model-card", type=click.Path(path_type=Path), default=None, metavar="MODEL",
+              help="Record this evaluation on MODEL's card (a model folder or run directory that made the "
+                   "candidates), replacing its earlier entry for the same reference file.")
 @click.option("--dt", "dt_values", multiple=True, metavar="[LABEL=]PS",
               help="Time between consecutive frames of the files (ps) for the dynamics metrics, instead of the "
                    "frame times they store; LABEL=PS for one trajectory ('reference' or a candidate label). "
@@ -605,8 +705,8 @@ def _time_step_option(values: tuple[str, ...]) -> float | dict[str, float] | Non
 def evaluate(topology: Path, reference: Path, candidates: tuple[Path, ...], out: Path, labels: tuple[str, ...],
              frames: str | None, skip_frames: str | None, mapping: tuple[Path, ...], cg: Path | None,
              metric_names: str | None, headline: str | None, workers: int | None, scheduler: str | None,
-             batch_size: int, save_samples: bool, dt_values: tuple[str, ...], mdp, cutoff, coulomb, epsilon_rf,
-             lj_shift) -> None:
+             batch_size: int, save_samples: bool, model_card: Path | None, dt_values: tuple[str, ...], mdp, cutoff,
+             coulomb, epsilon_rf, lj_shift) -> None:
     """Compare CANDIDATES (backmapped AA trajectories) with a reference: per observable the
     Jensen–Shannon divergence and Wasserstein-1; writes metrics.json, report.md and figures/."""
     from backmap.metrics.evaluate import EvaluationSpec, run_evaluation
@@ -637,6 +737,26 @@ def evaluate(topology: Path, reference: Path, candidates: tuple[Path, ...], out:
     table.add_row("noise floor", f"{head['noise_floor']:.4f}")
     Console().print(table)
     click.echo(f"wrote {out / 'metrics.json'} and {out / 'report.md'} ({result['timing']['total_s']:.1f} s)")
+    if model_card is not None:
+        from backmap.engine.model_card import evaluation_entry, record_evaluation
+
+        directory = _card_folder(model_card)
+        record_evaluation(directory, evaluation_entry(result, reference, "backmap " + " ".join(sys.argv[1:])))
+        click.echo(f"recorded on the model card {directory / 'card.json'}")
+
+
+def _card_folder(model: Path) -> Path:
+    """The folder of a model whose card may be written: a model folder or run directory, not an
+    archive (read-only) nor a registered name (shipped with a package)."""
+    from backmap.engine.models import model_directory
+
+    if not Path(model).exists():
+        raise BackmapError("--model-card takes a model folder or run directory (a registered model's card is "
+                           "kept by its package: copy the model to record on its card)", source=model)
+    directory = model_directory(model)
+    if directory.suffix == ".bmz" or not os.access(directory, os.W_OK):
+        raise BackmapError("--model-card: the model folder is not writable", source=model)
+    return directory
 
 
 @cli.command()

@@ -1,9 +1,11 @@
-"""Converting the pickled models of backmap 0.1 (``generator.pkl`` + ``generator.json``) into model
-folders. The only place that unpickles: a user asks for it, for a file they trust."""
+"""Models of older backmaps made current: the pickled models of backmap 0.1 (``generator.pkl`` +
+``generator.json``; the only place that unpickles: a user asks for it, for a file they trust), and
+model folders of format 1, whose system files lay outside them (repackaged self-contained)."""
 from __future__ import annotations
 
 import json
 import pickle
+import shutil
 from pathlib import Path
 
 from backmap.engine.loaders import load_mapping, load_topology
@@ -53,3 +55,59 @@ def convert_pickled_model(pickled: Path | str, out: Path | str, registry: Regist
         channels = Channels.from_system(cg_topology)
     return save_model(out, generator, channels, topology, mapping, cg_topology, seed=info.get("seed"),
                       training={"converted from": str(pickled), "trained": info.get("trained")})
+
+
+def repackage_model(source: Path | str, out: Path | str, topology: Path | None = None,
+                    mapping: list[Path] | None = None, mdp: Path | None = None,
+                    registry: Registry | None = None) -> Path:
+    """Write the self-contained package ``out`` for a model folder of format 1, whose topology and
+    mapping were paths relative to it (possibly outside it). Those files are read this one time
+    (``topology``/``mapping`` replace them where they moved) and checked against the molecules the
+    model recorded; weights, settings and training record are kept as they are."""
+    from backmap.engine.model_card import read_card, write_card
+    from backmap.engine.models import LEGACY_FORMATS, MODEL_FILE, model_directory, model_from_description
+
+    directory = model_directory(source)
+    out = Path(out)
+    registry = registry or default_registry()
+    try:
+        description = json.loads((directory / MODEL_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BackmapError(f"cannot read the model description: {exc}", source=directory / MODEL_FILE) from None
+    if description.get("format") not in LEGACY_FORMATS:
+        raise BackmapError("not a model of an older format: it is a package already (copy it, or `backmap "
+                           "export-model` it)", source=directory / MODEL_FILE)
+    system = description.get("system") or {}
+    top = Path(topology) if topology else (directory / system["topology"]).resolve() if system.get("topology") else None
+    maps = [Path(m) for m in mapping] if mapping else [(directory / m).resolve() for m in system.get("mapping", [])]
+    if top is None or not maps:
+        raise BackmapError("the model records no topology or mapping: give --topology and --mapping", source=directory)
+    for path, what in ((top, "--topology"), *((m, "--mapping") for m in maps)):
+        if not path.is_file():
+            raise BackmapError(f"the model's file is not there (moved?): give it with {what}", source=path)
+    model = model_from_description(directory, description, registry, check_files=False)
+    topo = load_topology(top, registry)
+    cg_topology = load_mapping(maps, topo, registry).cg_topology(topo)
+    model.check_system(cg_topology)
+    extra = {k: v for k, v in description.items()
+             if k not in ("format", "backmap", "plugin", "params", "environment", "channels", "system", "state",
+                          "weights")}
+    same = out.resolve() == directory.resolve()
+    target = out.with_name(f".{out.name}.repackaging") if same else out
+    if target.exists() and any(target.iterdir()):
+        raise BackmapError("exists already and is not empty: give a new folder as --out", source=out)
+    save_model(target, model.generator, model.channels, top, maps, cg_topology, mdp=mdp, card={"name": out.name},
+               **extra)
+    for f in directory.iterdir():  # what else the folder held (training log, card)
+        if f.is_file() and f.name not in (MODEL_FILE, "weights.safetensors") and not f.name.startswith("."):
+            shutil.copyfile(f, target / f.name)
+    card = read_card(target)
+    if card is not None:  # the system it now carries
+        card.setdefault("system", {})["files"] = json.loads((target / MODEL_FILE).read_text())["system"]["files"]
+        write_card(target, card)
+    if same:
+        backup = directory.with_name(f".{directory.name}.old")
+        directory.rename(backup)
+        target.rename(directory)
+        shutil.rmtree(backup)
+    return out

@@ -5,13 +5,16 @@ spec, feature channels, the system it was trained on, how it was trained) and
 Nothing is unpickled, so opening a model file cannot run code. A generator's ``state_dict`` is a
 tree of dicts and lists whose leaves are tensors, numpy arrays or JSON values: the tensors go to
 safetensors under their path in the tree, the rest stays in the JSON with a reference in their place.
-Paths to the system's files are stored relative to the model's folder, so a model shipped beside
-its data keeps working wherever the repository is.
+The system the model was trained on (topology with its includes inlined, mapping, ``.mdp``) is
+copied into the folder's ``system/`` with content hashes (:mod:`backmap.engine.model_system`): a
+model folder, or its single-file archive (``.bmz``, :mod:`backmap.engine.model_archive`), works
+wherever it is put. ``card.json`` (:mod:`backmap.engine.model_card`) says what the model is for and
+how well it did; it is not part of the hashed content, so evaluating a model does not change it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +27,15 @@ from backmap.engine.plugin import Generator
 from backmap.engine.registry import Registry, default_registry
 from backmap.errors import BackmapError
 from backmap.sampling.environment import Channels
+from backmap.engine.model_system import package_system, sha256, verify_system
 from backmap.system.io import atomic_path
 from backmap.system.mapping import CGTopology
 
 MODEL_FILE = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
-MODEL_FORMAT = 1
+MODEL_FORMAT = 2
+#: format 1 recorded the system as paths that could lead outside the folder
+LEGACY_FORMATS = (1,)
 
 
 @dataclass
@@ -50,6 +56,12 @@ class Model:
     @property
     def mapping(self) -> list[Path]:
         return [Path(m) for m in self.description["system"].get("mapping", [])]
+
+    @property
+    def mdp(self) -> Path | None:
+        """The ``.mdp`` whose non-bonded settings the model's refinement uses (if it carries one)."""
+        m = self.description["system"].get("mdp")
+        return Path(m) if m else None
 
     @property
     def sampling(self) -> dict[str, Any]:
@@ -139,14 +151,13 @@ def join_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
-def _relative(path: Path | str, directory: Path) -> str:
-    return os.path.relpath(Path(path).resolve(), directory.resolve())
-
-
 def save_model(directory: Path, generator: Generator, channels: Channels, topology: Path | None,
-               mapping: list[Path], cg_topology: CGTopology | None = None, **extra: Any) -> Path:
-    """Write the model folder: weights first, ``model.json`` last (each atomically), so a folder
-    with a ``model.json`` is always complete. ``extra`` (seed, training summary, …) is recorded.
+               mapping: list[Path], cg_topology: CGTopology | None = None, *, mdp: Path | None = None,
+               card: dict[str, Any] | None = None, **extra: Any) -> Path:
+    """Write the model package: weights and ``system/`` first, ``model.json`` last (each
+    atomically), so a folder with a ``model.json`` is always complete; then its card (``card``:
+    what :func:`backmap.engine.model_card.new_card` takes). ``extra`` (seed, training summary, …)
+    is recorded.
 
     Identical content gives identical bytes (checksums and diffs of model folders mean something):
     no creation time (when a model was trained is in the run's ``run.json``), no safetensors
@@ -157,18 +168,23 @@ def save_model(directory: Path, generator: Generator, channels: Channels, topolo
     directory.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     state = split_state(generator.state_dict(), tensors)
+    weights = save(dict(sorted(tensors.items())))
+    system = package_system(directory, topology, list(mapping), mdp)
     with atomic_path(directory / WEIGHTS_FILE) as tmp:
-        tmp.write_bytes(save(dict(sorted(tensors.items()))))
+        tmp.write_bytes(weights)
     description = {
         "format": MODEL_FORMAT, "backmap": __version__,
         "plugin": generator.name, "params": generator.params.model_dump(mode="json"),
         "environment": generator.environment.model_dump(mode="json"), "channels": channels.to_json(),
-        "system": {"topology": _relative(topology, directory) if topology else None,
-                   "mapping": [_relative(m, directory) for m in mapping],
-                   "molecules": molecules_fingerprint(cg_topology) if cg_topology is not None else {}},
+        "weights": {"file": WEIGHTS_FILE, "sha256": hashlib.sha256(weights).hexdigest()},
+        "system": {**system, "molecules": molecules_fingerprint(cg_topology) if cg_topology is not None else {}},
         **extra, "state": state}
     with atomic_path(directory / MODEL_FILE) as tmp:
         tmp.write_text(json.dumps(description, indent=1, default=_json_default))
+    if card is not None:
+        from backmap.engine.model_card import new_card, write_card
+
+        write_card(directory, new_card(description, cg_topology, **card))
     return directory
 
 
@@ -181,10 +197,20 @@ def _json_default(obj: Any) -> Any:
 
 
 def model_directory(path: Path | str) -> Path:
-    """The model folder for ``path``: the folder itself, its ``model.json``, or a run's work
-    directory (its ``model/``). A pickled model of older versions is refused with the command
-    that converts it."""
+    """The model folder for ``path``: the folder itself, its ``model.json``, a run's work directory
+    (its ``model/``), a model archive (``.bmz``, unpacked once into the cache) or the name of a
+    registered model (``backmap models list``). A pickled model of older versions is refused with
+    the command that converts it."""
+    from backmap.engine.model_archive import ARCHIVE_SUFFIX, unpacked_archive
+    from backmap.engine.model_registry import find_registered
+
     path = Path(path)
+    if not path.exists() and len(path.parts) == 1 and path.suffix.lower() != ARCHIVE_SUFFIX:
+        registered = find_registered(str(path))
+        if registered is not None:
+            path = registered.path
+    if path.suffix.lower() == ARCHIVE_SUFFIX and path.is_file():
+        return unpacked_archive(path)
     if path.suffix == ".pkl" or (path.is_dir() and not (path / MODEL_FILE).is_file()
                                  and any(path.glob("*.pkl")) and not (path / "model" / MODEL_FILE).is_file()):
         pkl = path if path.suffix == ".pkl" else next(iter(sorted(path.glob("*.pkl"))))
@@ -196,36 +222,65 @@ def model_directory(path: Path | str) -> Path:
     if path.is_dir() and not (path / MODEL_FILE).is_file() and (path / "model" / MODEL_FILE).is_file():
         path = path / "model"
     if not (path / MODEL_FILE).is_file():
-        raise BackmapError(f"no trained model here (expected a model folder with {MODEL_FILE}, or a run "
-                           "directory whose train step wrote model/)", source=path)
+        if not path.exists() and len(path.parts) == 1:
+            raise BackmapError("no such model folder or archive, and no registered model of this name (see "
+                               "`backmap models list`)", source=path)
+        raise BackmapError(f"no trained model here (expected a model folder with {MODEL_FILE}, a model archive "
+                           f"({ARCHIVE_SUFFIX}), or a run directory whose train step wrote model/)", source=path)
     return path
 
 
-def load_model(path: Path | str, registry: Registry | None = None) -> Model:
-    """A trained model from its folder (see :func:`model_directory`), never unpickling anything."""
-    from safetensors.torch import load_file
-
-    directory = model_directory(path)
-    registry = registry or default_registry()
+def read_description(directory: Path) -> dict[str, Any]:
+    """``model.json`` as written (paths relative to the package), its format checked; a model of
+    an older format is refused with the command that repackages it."""
     try:
         description = json.loads((directory / MODEL_FILE).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BackmapError(f"cannot read the model description: {exc}", source=directory / MODEL_FILE) from None
-    if not isinstance(description, dict) or description.get("format") != MODEL_FORMAT:
-        raise BackmapError(f"not a backmap model description (format {description.get('format')!r} where "
-                           f"{MODEL_FORMAT} is expected)" if isinstance(description, dict) else
-                           "not a backmap model description", source=directory / MODEL_FILE)
+    fmt = description.get("format") if isinstance(description, dict) else None
+    if fmt in LEGACY_FORMATS:
+        raise BackmapError(f"a model of an older backmap (format {fmt}): it names its topology and mapping by paths "
+                           "that may lead outside its folder, and a model only reads files inside its package now. "
+                           f"Repackage it once (it reads those files this one time): backmap convert-model "
+                           f"{directory} --out NEW_FOLDER", source=directory / MODEL_FILE)
+    if not isinstance(description, dict) or fmt != MODEL_FORMAT:
+        raise BackmapError(f"not a backmap model description (format {fmt!r} where {MODEL_FORMAT} is expected)"
+                           if isinstance(description, dict) else "not a backmap model description",
+                           source=directory / MODEL_FILE)
+    return description
+
+
+def load_model(path: Path | str, registry: Registry | None = None) -> Model:
+    """A trained model from its package (see :func:`model_directory`), never unpickling anything
+    and never reading a file outside the package."""
+    directory = model_directory(path)
+    return model_from_description(directory, read_description(directory), registry)
+
+
+def model_from_description(directory: Path, description: dict[str, Any], registry: Registry | None = None,
+                           check_files: bool = True) -> Model:
+    """The generator of a model description whose weights lie in ``directory``. ``check_files``:
+    the system files are the package's own, hashed (off only for repackaging an older model, whose
+    ``system`` paths the caller has resolved)."""
+    from safetensors.torch import load as load_tensors
+
+    registry = registry or default_registry()
+    where = directory / MODEL_FILE
     try:
-        tensors = load_file(str(directory / WEIGHTS_FILE))
+        weights = (directory / WEIGHTS_FILE).read_bytes()
     except FileNotFoundError:
         raise BackmapError(f"the model has no {WEIGHTS_FILE}", source=directory) from None
+    recorded = (description.get("weights") or {}).get("sha256")
+    if recorded is not None and hashlib.sha256(weights).hexdigest() != recorded:
+        raise BackmapError(f"{WEIGHTS_FILE} was changed after the model was made (its SHA-256 differs from the one "
+                           "in model.json)", source=directory)
+    try:
+        tensors = load_tensors(weights)
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise BackmapError(f"cannot read the weights: {exc}", source=directory / WEIGHTS_FILE) from None
-    system = description.setdefault("system", {})
-    if system.get("topology"):
-        system["topology"] = str((directory / system["topology"]).resolve())
-    system["mapping"] = [str((directory / m).resolve()) for m in system.get("mapping", [])]
-    cls = registry.get("generator", description["plugin"], where=str(directory / MODEL_FILE)).cls
+    if check_files:
+        description["system"] = verify_system(directory, description.setdefault("system", {}), where)
+    cls = registry.get("generator", description["plugin"], where=str(where)).cls
     if description["environment"].get("temporal"):  # trajectory-mode models made before the option existed
         description["environment"].setdefault("temporal_alignment", "frame")
     try:

@@ -102,6 +102,12 @@ class EvaluateStep(Step):
             headline=p.headline, workers=p.workers or ctx.recipe.cluster.workers, batch_size=p.batch_size,
             title=ctx.recipe.name, scheduler=ctx.recipe.cluster.scheduler, dt=p.dt)
         result = run_evaluation(spec, ctx.registry, ctx.console)
+        model = ctx.outputs.find("train.model")
+        if model is not None and self.params.candidates is None:  # this run's model made them: its card says so
+            from backmap.engine.model_card import evaluation_entry, record_evaluation
+
+            command = f"backmap run {ctx.recipe.path.name if ctx.recipe.path else 'recipe'}"
+            record_evaluation(model, evaluation_entry(result, p.reference, command))
         head = result["summary"]["mean_jsd_headline"]
         summary: dict[str, Any] = {"report": f"{p.out}/report.md", "frames": result["frames"]["reference"],
                                    "seconds (sampling)": result["timing"]["sampling_s"]}

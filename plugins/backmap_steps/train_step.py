@@ -6,12 +6,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from backmap import BackmapError, Step
 from backmap.engine.models import save_model
 from backmap.engine.recipe import InputPath
-from backmap.system.io import atomic_path
 from backmap.forcefield import NonbondedSettings
 from backmap.refinement.restrained import RestrainedSystem
 from backmap.sampling.environment import Channels
@@ -25,6 +24,17 @@ from backmap.training.distributed import current_group
 from backmap.training.energies import LocalEnergies
 
 
+class ModelCardInfo(BaseModel):
+    """The model card's free-text fields (docs/models.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    summary: str = Field("", description="one line: what the model backmaps, at which state point")
+    temperature: float | None = Field(None, gt=0, description="temperature (K) of the training data")
+    licence: str | None = Field(None, description="licence of the model (default: MIT, as backmap)")
+    citation: str | None = Field(None, description="how to cite the model")
+    notes: str = Field("", description="anything else a user should know (limits, intended use)")
+
+
 class TrainParams(TrainOptions):
     out: str = Field("model", description="model folder in the work directory (model.json + weights.safetensors)")
     log_dir: str = Field("training", description="folder in the work directory for checkpoints and the training log")
@@ -34,8 +44,12 @@ class TrainParams(TrainOptions):
                                   "CG frames alone (docs/reverse-kl.md; the vae generator)")
     reverse_kl: ReverseKLOptions = Field(default_factory=ReverseKLOptions,
                                          description="tempering and target of objective: reverse_kl")
-    mdp: InputPath | None = Field(None, description="objective reverse_kl: GROMACS .mdp for cut-offs and "
-                                                    "electrostatics (short-ranged: reaction-field or cut-off)")
+    mdp: InputPath | None = Field(None, description="GROMACS .mdp the model carries in its package: the cut-offs "
+                                                    "and electrostatics of its refinement (apply --refine) and of "
+                                                    "objective reverse_kl (short-ranged: reaction-field or cut-off); "
+                                                    "default: the first mdp another step of the recipe names")
+    card: ModelCardInfo = Field(default_factory=lambda: ModelCardInfo(),
+                                description="what the model card says beyond what training records")
     sampling: dict = Field(default_factory=dict, description="backmap settings the model is best used with (e.g. "
                                                              "regrow, regrow_trials), recorded in model.json: apply "
                                                              "and the backmap step take them unless given")
@@ -106,13 +120,14 @@ class TrainStep(Step):
         # what the model records of its training: no wall times (those are in run.json), so that
         # identical runs write identical model files
         training = {k: v for k, v in summary.items() if k not in ("markdown", "training log") and not _is_timing(k)}
-        mapping_files = ctx.mapping_files
-        if ctx.recipe.system.bottleneck is not None:  # generated: travels inside the model
-            mapping_files = [_copy(m, out / m.name) for m in mapping_files]
-        save_model(out, generator, channels, ctx.recipe.system.topology, mapping_files, cg,
-                   **({"sampling": self.params.sampling} if self.params.sampling else {}), seed=ctx.seed, training={"recipe": ctx.recipe.name, "options": options.model_dump(),
-                                            "train frames": data.n_train_frames, "summary": training,
-                                            **_trained_on(ctx), **_time_step(data)})
+        mapping_files = ctx.mapping_files  # copied into the package, generated (bottleneck) or not
+        card = {"name": ctx.recipe.name, **self.params.card.model_dump(), "data": _training_files(ctx),
+                "frames": data.n_train_frames, "seconds": seconds}
+        save_model(out, generator, channels, ctx.recipe.system.topology, mapping_files, cg, mdp=self._mdp(ctx),
+                   card=card, **({"sampling": self.params.sampling} if self.params.sampling else {}), seed=ctx.seed,
+                   training={"recipe": ctx.recipe.name, "options": options.model_dump(),
+                             "train frames": data.n_train_frames, "summary": training,
+                             **_trained_on(ctx), **_time_step(data)})
         ctx.outputs.declare("train", model=out, log=log_dir if any(log_dir.iterdir()) else None)
         report = {"generator": ref.plugin, "train frames": data.n_train_frames, "fit seconds": round(seconds, 2),
                   "model": str(out), **chosen, **summary}
@@ -125,6 +140,19 @@ class TrainStep(Step):
                                   f"\n\n![reverse KL]({rel}/reverse_kl.png)").strip()
         return report
 
+
+    def _mdp(self, ctx) -> Path | None:
+        """The .mdp the model carries: the step's own, else the first another step names."""
+        if self.params.mdp is not None:
+            return Path(self.params.mdp)
+        for entry in ctx.recipe.steps:
+            for params in entry.values():
+                mdp = (params or {}).get("mdp") if isinstance(params, dict) else None
+                if isinstance(mdp, str) and not mdp.startswith("workdir:"):
+                    path = Path(mdp) if Path(mdp).is_absolute() else ctx.recipe.base_dir / mdp
+                    if path.is_file():
+                        return path
+        return None
 
     def _fit_reverse_kl(self, ctx, generator, data: TrainingData, fit: FitContext) -> dict:
         """Data-free training: the generator sees the CG frames and the force field only — the
@@ -142,6 +170,16 @@ class TrainStep(Step):
         summary = generator.fit_reverse_kl(cg_only, system, p.reverse_kl, fit) or {}
         summary["objective"] = "reverse_kl (no AA coordinates read)"
         return summary
+
+
+def _training_files(ctx) -> list[Path]:
+    """The files the training pairs came from (the card records their hashes)."""
+    out = []
+    for c in ctx.training_contexts():
+        spec = c.recipe.data
+        if spec is not None:
+            out.append(Path(spec.trajectory if spec.trajectory is not None else spec.pairs))
+    return out
 
 
 def _trained_on(ctx) -> dict:
@@ -163,10 +201,3 @@ def _time_step(data) -> dict:
 def _is_timing(key: str) -> bool:
     """A summary entry that measures time (differs between identical runs)."""
     return "second" in key or key.endswith("/s")
-
-
-def _copy(src: Path, dst: Path) -> Path:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(dst) as tmp:
-        tmp.write_bytes(Path(src).read_bytes())
-    return dst
