@@ -108,13 +108,15 @@ def test_conformance_kit_catches_a_lossy_state(runs, monkeypatch):
 
 def test_model_files_hold_the_environment_and_no_pickle(runs):
     folder = runs["voxel_gan"] / "model"
-    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "weights.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "card.json", "model.json", "system",
+                                                        "weights.safetensors"]
+    assert sorted(p.name for p in (folder / "system").iterdir()) == ["hexane.xml", "topol.top"]
     description = json.loads((folder / "model.json").read_text())
     assert description["environment"] == {"unit": "atom", "cutoff": 0.7, "traversal": "dfs", "heavy_first": True,
                                           "strip_hydrogens": True, "channels": "types", "temporal": False,
                                               "temporal_alignment": "beads", "temporal_twist": None}
-    assert description["system"]["mapping"] == ["../../../../" + str(HEXANE / "hexane.xml")[1:]] or \
-        (folder / description["system"]["mapping"][0]).resolve() == (HEXANE / "hexane.xml").resolve()
+    assert description["system"]["mapping"] == ["system/hexane.xml"]  # inside the package, whatever the run's paths
+    assert (folder / "system" / "hexane.xml").read_bytes() == (HEXANE / "hexane.xml").read_bytes()
     # the run directory, the model folder and its model.json all name the model
     for path in (runs["voxel_gan"], folder, folder / "model.json"):
         assert load_model(path).generator.name == "voxel_gan"

@@ -29,9 +29,10 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _run(python: Path, *args, cwd: Path) -> subprocess.CompletedProcess:
+def _run(python: Path, *args, cwd: Path, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``python ARGS`` in ``cwd`` — never the repository, whose folder ``-m`` would put on sys.path."""
-    return subprocess.run([str(python), *map(str, args)], cwd=cwd, env=_env(), capture_output=True, text=True)
+    return subprocess.run([str(python), *map(str, args)], cwd=cwd, env={**_env(), **(extra_env or {})},
+                          capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +157,39 @@ def test_example_plugin_installs_trains_backmaps_and_evaluates(toy_python, tmp_p
                    tmp_path / "refused.gro", "--frames", "0", "--candidates", "1", "--gibbs", "0", cwd=tmp_path)
     assert applied.returncode == 2, applied.stdout + applied.stderr
     assert "toy_mean_offset: no mean for a bead of type channel 0" in applied.stderr
+
+
+def test_a_model_pack_installed_with_pip_is_listed_and_applies_by_name(toy_python, tmp_path):
+    """A model pack (docs/examples/backmap-example-models) with a freshly trained model exported
+    into it, installed from a local folder with pip: ``backmap models list`` shows it and
+    ``--model NAME`` applies it, writing what the model folder itself writes."""
+    recipe = tmp_path / "toy.yaml"
+    recipe.write_text(RECIPE.format(hexane=HEXANE))
+    ran = _run(toy_python, "-m", "backmap.cli", "run", recipe, "--steps", "prepare,train,backmap", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    work = tmp_path / "work"
+    pack = tmp_path / "pack"
+    shutil.copytree(REPO / "docs" / "examples" / "backmap-example-models", pack)
+    exported = _run(toy_python, "-m", "backmap.cli", "export-model", work, "--out",
+                    pack / "backmap_example_models" / "hexane-toy.bmz", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    installed = _run(toy_python, "-m", "pip", "install", "--no-index", "--no-deps", "--no-build-isolation",
+                     "--no-cache-dir", "--disable-pip-version-check", "--quiet", pack, cwd=tmp_path)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    listed = _run(toy_python, "-m", "backmap.cli", "models", "list", "--json", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    rows = {r["name"]: r for r in json.loads(listed.stdout)}
+    assert rows["hexane-toy"]["pack"] == "example" and rows["hexane-toy"]["package"] == "backmap-example-models"
+    assert rows["hexane-toy"]["generator"] == "toy_mean_offset" and "sps-equivariant" in rows
+    outputs = {}
+    for model in ("hexane-toy", work / "model"):
+        out = tmp_path / f"{Path(model).name}.xtc"
+        applied = _run(toy_python, "-m", "backmap.cli", "apply", "--model", model, "--cg",
+                       work / "backmap" / "aa_cg.trr", "--out", out, "--candidates", "2", "--gibbs", "0",
+                       cwd=tmp_path, extra_env={"BACKMAP_CACHE": str(tmp_path / "cache")})
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        outputs[str(model)] = out.read_bytes()
+    assert len(set(outputs.values())) == 1
+    shown = _run(toy_python, "-m", "backmap.cli", "models", "show", "hexane-toy", cwd=tmp_path,
+                 extra_env={"BACKMAP_CACHE": str(tmp_path / "cache")})
+    assert shown.returncode == 0 and shown.stdout.startswith("# toy"), shown.stdout + shown.stderr

@@ -27,7 +27,7 @@ from backmap.engine.plugin import Generator
 from backmap.engine.registry import Registry, default_registry
 from backmap.errors import BackmapError
 from backmap.sampling.environment import Channels
-from backmap.engine.model_system import package_system, sha256, verify_system
+from backmap.engine.model_system import package_system, verify_system
 from backmap.system.io import atomic_path
 from backmap.system.mapping import CGTopology
 
