@@ -111,8 +111,26 @@ def seconds_per_frame(work: Path, label: str) -> float:
     return json.loads((work / f"{label}.json").read_text())["summary"]["seconds per frame"]
 
 
+def record_on_cards(metrics: dict, labels: list[str], reference: Path) -> None:
+    """Each shipped model's candidates of this evaluation, on its model card (one entry per model:
+    alone, with its other settings, refined)."""
+    from backmap.engine.model_card import evaluation_entry, record_evaluation
+
+    names = {"equivariant_polish": "energy guidance (--polish 15 --polish-sweeps all)"}
+    by_model: dict[str, dict[str, str]] = {}
+    for label in labels:
+        name = label.split(" ")[0]
+        model = GENERATORS[name][GENERATORS[name].index("--model") + 1]
+        by_model.setdefault(model, {})[label] = ("refined (openmm 1 ps)" if label.endswith("refine")
+                                                 else names.get(name, "alone"))
+    command = "python benchmarks/sps_temperatures.py " + " ".join(sys.argv[1:])
+    for model, kept in by_model.items():
+        record_evaluation(Path(model), evaluation_entry(metrics, reference, command, kept))
+        print(f"recorded on {model}/card.json", file=sys.stderr)
+
+
 def run_temperature(folder: Path, generators: list[str], n_frames: int, out: Path, refine_steps: int,
-                    refined_generators: list[str]) -> list[dict]:
+                    refined_generators: list[str], model_cards: bool = False) -> list[dict]:
     temperature = temperature_of(folder)
     topology, mdp = files_of(folder)
     work = out / f"T{temperature:g}"
@@ -145,6 +163,8 @@ def run_temperature(folder: Path, generators: list[str], n_frames: int, out: Pat
                  "--no-lj-shift", "--headline", ",".join(HEADLINE), "--workers", "1", "--out", str(work / "evaluate"),
                  *label_args, *trajectories], log)
     metrics = json.loads(evaluated.read_text())
+    if model_cards:
+        record_on_cards(metrics, labels, work / "reference.xtc")
     summary = metrics["summary"]["mean_jsd_headline"]
     obs = metrics["observables"]
     rows = []
@@ -173,6 +193,8 @@ def main() -> None:
     parser.add_argument("--refine", default=None, help="comma-separated: the generators whose output is refined "
                                                        "(default: every one of --generators)")
     parser.add_argument("--out", type=Path, default=Path("runs/temperatures"))
+    parser.add_argument("--model-cards", action="store_true",
+                        help="record each model's result on its card (models/*/card.json; docs/models.md)")
     args = parser.parse_args()
     generators = [g for g in args.generators.split(",") if g]
     unknown = [g for g in generators if g not in GENERATORS]
@@ -187,7 +209,7 @@ def main() -> None:
         parser.error(f"--refine: {sorted(set(refined) - set(generators))} not among --generators")
     for folder in args.data:
         for row in run_temperature(folder.resolve(), generators, args.frames, args.out.resolve(), args.refine_steps,
-                                   refined):
+                                   refined, args.model_cards):
             print(json.dumps(row), flush=True)
 
 

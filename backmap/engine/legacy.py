@@ -102,8 +102,10 @@ def repackage_model(source: Path | str, out: Path | str, topology: Path | None =
         if f.is_file() and f.name not in (MODEL_FILE, "weights.safetensors") and not f.name.startswith("."):
             shutil.copyfile(f, target / f.name)
     card = read_card(target)
-    if card is not None:  # the system it now carries
-        card.setdefault("system", {})["files"] = json.loads((target / MODEL_FILE).read_text())["system"]["files"]
+    if card is not None:  # what is known of its training is in model.json: no date or machine of today
+        card["training"].update(hardware=None, date=None, frames=(description.get("training") or {}).get("train frames"))
+        card["notes"] = (card.get("notes", "") + f" Repackaged from a format-1 model ({directory.name}) by "
+                         "`backmap convert-model`.").strip()
         write_card(target, card)
     if same:
         backup = directory.with_name(f".{directory.name}.old")

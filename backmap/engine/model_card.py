@@ -117,13 +117,14 @@ def evaluation_entry(result: dict[str, Any], reference: Path, command: str = "",
                      labels: dict[str, str] | None = None) -> dict[str, Any]:
     """What a card keeps of ``evaluate``'s ``metrics.json`` content: the headline mean JSD per
     candidate and the noise floor, the per-observable JSD, and the CG RMSD, stereocentres and
-    clashes where measured. ``labels`` renames candidates (e.g. to "alone", "refined")."""
-    labels = labels or {}
+    clashes where measured. ``labels``: the candidates to keep, under new names (e.g. "alone",
+    "refined"); all, under their own names, if None."""
     head = result["summary"]["mean_jsd_headline"]
+    labels = labels if labels is not None else {k: k for k in head["candidates"]}
     entry: dict[str, Any] = {
         "date": datetime.date.today().isoformat(), "backmap": __version__, "reference": file_record(reference),
         "frames": result.get("frames", {}).get("reference"),
-        "mean JSD": {labels.get(k, k): round(float(v), 5) for k, v in head["candidates"].items()},
+        "mean JSD": {labels[k]: round(float(v), 5) for k, v in head["candidates"].items() if k in labels},
         "noise floor": round(float(head["noise_floor"]), 5),
         "observables": list(head.get("observables", [])),
     }
@@ -135,10 +136,10 @@ def evaluation_entry(result: dict[str, Any], reference: Path, command: str = "",
         if not isinstance(cands, dict):
             continue
         if obs in headline:
-            per[obs] = {labels.get(k, k): _round(v.get("jsd")) for k, v in cands.items()}
+            per[obs] = {labels[k]: _round(v.get("jsd")) for k, v in cands.items() if k in labels}
         elif obs in SCORES:  # CG RMSD, clashes, broken bonds (means); stereocentres (fraction kept)
             key = "preserved" if row.get("kind") == "state" else "mean"
-            scores[SCORES[obs]] = {labels.get(k, k): _round(v.get(key)) for k, v in cands.items()}
+            scores[SCORES[obs]] = {labels[k]: _round(v.get(key)) for k, v in cands.items() if k in labels}
     if per:
         entry["per observable (JSD)"] = per
     entry.update(scores)
@@ -203,9 +204,11 @@ def render_card(card: dict[str, Any]) -> str:
               f"| training time (s) | {_fmt(t.get('seconds'))} |"]
     hw = t.get("hardware") or {}
     if hw:
-        lines.append(f"| trained on | {hw.get('cpu')}, {hw.get('cores')} cores, {hw.get('torch threads')} torch "
-                     f"threads{', GPU ' + hw['gpu'] if hw.get('gpu') else ''}; torch {hw.get('torch')}, backmap "
-                     f"{hw.get('backmap')}, {t.get('date', '')} |")
+        parts = [hw.get("cpu"), hw.get("cores") and f"{hw['cores']} cores",
+                 hw.get("torch threads") and f"{hw['torch threads']} torch threads", hw.get("gpu") and f"GPU {hw['gpu']}",
+                 hw.get("torch") and f"torch {hw['torch']}", hw.get("backmap") and f"backmap {hw['backmap']}",
+                 t.get("date")]
+        lines.append("| trained on | " + ", ".join(str(x) for x in parts if x) + " |")
     lines += [f"| licence | {card.get('licence', '')} |", f"| citation | {card.get('citation', '')} |", ""]
     evals = card.get("evaluations") or []
     lines += ["## Evaluations", ""]
