@@ -4,14 +4,16 @@
 # (EVALUATION.md: "on data the generator was not trained on (other temperatures and phases)";
 # docs/temperatures.md).
 #
-#   data/sps-T<T>/   NOT committed (cache; ~7 MB): topol.top + PS1.itp (../shared/data/sps/top),
+#   data/sps-T<T>/   NOT committed (cache; ~7 MB): topol.top + the .itp files beside it that it
+#                    #includes (from TOP, default ../shared/data/sps/top: PS1.itp),
 #                    aa.xtc (production frames), aa.gro (first of them), cg.xtc (backmap map with
 #                    recipes/sps/sps.xml), anneal/equil/prod .mdp, md.mdp (the production settings with
 #                    frame output off: for evaluate and the refiners), energies.txt, README.md
 #
 # The start is DBM's 568 K evaluation structure (../shared/data/sps/eval_t568/aa.gro, positions and
 # velocities; no model was trained on it). The force field is the shipped Mueller-Plathe topology
-# (../shared/data/sps/top), with every bond constrained as in the reference MD (shared/data/README:
+# (../shared/data/sps/top; or TOP, e.g. the one scripts/make_sps_topology.py writes, which is
+# equivalent term by term), with every bond constrained as in the reference MD (shared/data/README:
 # sPS's bonds are rigid), reaction field eps_rf 2.5 and 1.0 nm cut-offs as DBM's md.mdp, 2 fs steps:
 #   1. ANNEAL_PS ps NPT, the thermostat's reference going linearly from 568 K to T (v-rescale 0.2 ps,
 #      Berendsen anisotropic 2 ps: the box relaxes to T's density without Parrinello-Rahman's swings);
@@ -26,7 +28,8 @@
 # Usage:  scripts/make_sps_temperature_data.sh T [T ...]      e.g. 450 650
 # Env:    GMX=gmx  NT=1 (mdrun threads; -reprod results depend on it)  ANNEAL_PS=50  EQUIL_PS=150
 #         PROD_PS=200  EVERY_PS=5  SEED=568  PYTHON=<repo>/.venv/bin/python  OUT_DIR=<repo>/data
-#         KEEP_WORK=1
+#         KEEP_WORK=1  TOP=<SPS>/top (a folder with topol.top; the *.itp files beside it that
+#         topol.top #includes are copied with it)
 # Deterministic: ld-seed fixed, mdrun -ntmpi 1 -ntomp NT -reprod (same build and hardware: same files).
 # Cost: ~24 ns/day on one core of this machine, so the default 400 ps take ~25 min per temperature.
 set -euo pipefail
@@ -39,6 +42,7 @@ if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x "$REPO/.venv/bin/python" ]]; then PYTHON=$REPO/.venv/bin/python; else PYTHON=python3; fi
 fi
 SPS=${SPS:-$REPO/../shared/data/sps}
+TOP=${TOP:-$SPS/top}
 OUT_DIR=${OUT_DIR:-$REPO/data}
 ANNEAL_PS=${ANNEAL_PS:-50}
 EQUIL_PS=${EQUIL_PS:-150}
@@ -55,9 +59,20 @@ for T in "$@"; do
 done
 export GMX_MAXBACKUP=-1 OMP_NUM_THREADS=$NT
 command -v "$GMX" >/dev/null || { echo "error: $GMX not found (bash scripts/system-deps.sh)" >&2; exit 1; }
-for f in top/topol.top top/PS1.itp eval_t568/aa.gro; do
-    [[ -r "$SPS/$f" ]] || { echo "error: $SPS/$f missing (the shared sPS data)" >&2; exit 1; }
-done
+[[ -r "$SPS/eval_t568/aa.gro" ]] || { echo "error: $SPS/eval_t568/aa.gro missing (the shared sPS data)" >&2; exit 1; }
+[[ -r "$TOP/topol.top" ]] || { echo "error: $TOP/topol.top missing (TOP: the topology folder)" >&2; exit 1; }
+# the .itp files beside topol.top that it #includes (force-field folders are left to grompp's search path)
+ITPS=()
+while read -r inc; do
+    [[ "$inc" == */* || "$inc" != *.itp ]] && continue
+    [[ -r "$TOP/$inc" ]] || { echo "error: $TOP/$inc (included by $TOP/topol.top) missing" >&2; exit 1; }
+    ITPS+=("$inc")
+done < <(sed -n 's/^[[:space:]]*#include[[:space:]]*"\([^"]*\)".*/\1/p' "$TOP/topol.top")
+if [[ "$TOP" -ef "$SPS/top" ]]; then
+    TOP_DESC="shared/data/sps/top/topol.top${ITPS[*]:+, ${ITPS[*]}}"
+else
+    TOP_DESC="$TOP/topol.top${ITPS[*]:+ + ${ITPS[*]}}"
+fi
 [[ -x "$REPO/.venv/bin/backmap" ]] || { echo "error: $REPO/.venv/bin/backmap missing (bash scripts/setup.sh)" >&2; exit 1; }
 
 steps() { awk -v ps="$1" -v dt="$DT" 'BEGIN { printf "%d", ps / dt + 0.5 }'; }
@@ -122,7 +137,8 @@ for T in "$@"; do
     fi
     start_work "make_sps_T$T"
     cd "$WORK"
-    cp "$SPS/top/topol.top" "$SPS/top/PS1.itp" .
+    cp "$TOP/topol.top" .
+    for itp in ${ITPS[@]+"${ITPS[@]}"}; do cp "$TOP/$itp" .; done
     cp "$SPS/eval_t568/aa.gro" start.gro
 
     { stage "1. anneal ${T0} K -> ${T} K over ${ANNEAL_PS} ps, NPT (Berendsen), from DBM's evaluation structure" \
@@ -181,7 +197,7 @@ EOF
 # sPS melt at ${T} K (made by scripts/make_sps_temperature_data.sh)
 
 - Start: DBM's 568 K evaluation structure (shared/data/sps/eval_t568/aa.gro, with its velocities).
-- Force field: Mueller-Plathe sPS (shared/data/sps/top/topol.top, PS1.itp), all bonds constrained
+- Force field: Mueller-Plathe sPS (${TOP_DESC}), all bonds constrained
   (LINCS), reaction field eps_rf 2.5, 1.0 nm cut-offs, dispersion correction, 2 fs steps.
 - ${ANNEAL_PS} ps NPT annealing ${T0} -> ${T} K, ${EQUIL_PS} ps NPT at ${T} K (v-rescale 0.2 ps,
   Berendsen anisotropic 2 ps), then ${PROD_PS} ps NPT (Parrinello-Rahman anisotropic 10 ps):
@@ -199,7 +215,7 @@ $(cat energies.txt)
 \`\`\`
 EOF
     mkdir -p "$OUT.tmp"
-    cp topol.top PS1.itp aa.xtc aa.gro cg.xtc anneal.mdp equil.mdp prod.mdp md.mdp energies.txt README.md "$OUT.tmp/"
+    cp topol.top ${ITPS[@]+"${ITPS[@]}"} aa.xtc aa.gro cg.xtc anneal.mdp equil.mdp prod.mdp md.mdp energies.txt README.md "$OUT.tmp/"
     rm -rf "$OUT" && mv "$OUT.tmp" "$OUT"
     log "sps-T$T: written to $OUT"
     cd "$REPO"
