@@ -4,13 +4,13 @@ archives. ``--model NAME.bmz`` unpacks it once into the cache (keyed by the arch
 loads it from there."""
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from backmap.engine.model_system import sha256
 from backmap.errors import BackmapError
 from backmap.system.io import atomic_path
 
@@ -73,20 +73,12 @@ def copy_package(directory: Path, out: Path) -> Path:
     return out
 
 
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def unpacked_archive(archive: Path) -> Path:
     """The folder an archive unpacks into, in the cache; unpacked now if it is not there yet.
     Member names that would leave the folder, links and oversized contents are refused."""
     archive = Path(archive)
     try:
-        key = _digest(archive)[:24]
+        key = sha256(archive)[:24]
         target = cache_dir() / "models" / f"{archive.stem}-{key}"
         if (target / "model.json").is_file():
             return target
