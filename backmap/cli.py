@@ -741,7 +741,9 @@ def evaluate(topology: Path, reference: Path, candidates: tuple[Path, ...], out:
         from backmap.engine.model_card import evaluation_entry, record_evaluation
 
         directory = _card_folder(model_card)
-        record_evaluation(directory, evaluation_entry(result, reference, "backmap " + " ".join(sys.argv[1:])))
+        command = (f"backmap evaluate --reference {reference.name} " + " ".join(Path(c).name for c in candidates)
+                   + (f" --headline {headline}" if headline else ""))
+        record_evaluation(directory, evaluation_entry(result, reference, command))
         click.echo(f"recorded on the model card {directory / 'card.json'}")
 
 
