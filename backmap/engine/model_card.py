@@ -160,7 +160,7 @@ def _round(v: Any) -> float | None:
 def record_evaluation(directory: Path, entry: dict[str, Any]) -> dict[str, Any]:
     """Put ``entry`` on the model's card, replacing the one on the same reference data; a model
     without a card gets a minimal one. Returns the card."""
-    from backmap.engine.models import MODEL_FILE
+    from backmap.engine.model_system import MODEL_FILE
 
     directory = Path(directory)
     card = read_card(directory)

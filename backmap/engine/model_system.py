@@ -17,6 +17,8 @@ from backmap.errors import BackmapError
 from backmap.system.io import atomic_path
 
 SYSTEM_DIR = "system"
+MODEL_FILE = "model.json"
+WEIGHTS_FILE = "weights.safetensors"
 _INCLUDE = re.compile(r'^\s*#\s*include\s+["<]([^">]+)[">]')
 _OPEN = re.compile(r"^\s*#\s*if(n?def)?\b")
 _CLOSE = re.compile(r"^\s*#\s*endif\b")

@@ -27,12 +27,13 @@ from backmap.engine.plugin import Generator
 from backmap.engine.registry import Registry, default_registry
 from backmap.errors import BackmapError
 from backmap.sampling.environment import Channels
-from backmap.engine.model_system import package_system, verify_system
+from backmap.engine.model_archive import ARCHIVE_SUFFIX, unpacked_archive
+from backmap.engine.model_card import new_card, write_card
+from backmap.engine.model_registry import find_registered
+from backmap.engine.model_system import MODEL_FILE, WEIGHTS_FILE, package_system, verify_system
 from backmap.system.io import atomic_path
 from backmap.system.mapping import CGTopology
 
-MODEL_FILE = "model.json"
-WEIGHTS_FILE = "weights.safetensors"
 MODEL_FORMAT = 2
 #: format 1 recorded the system as paths that could lead outside the folder
 LEGACY_FORMATS = (1,)
@@ -182,8 +183,6 @@ def save_model(directory: Path, generator: Generator, channels: Channels, topolo
     with atomic_path(directory / MODEL_FILE) as tmp:
         tmp.write_text(json.dumps(description, indent=1, default=_json_default))
     if card is not None:
-        from backmap.engine.model_card import new_card, write_card
-
         write_card(directory, new_card(description, cg_topology, **card))
     return directory
 
@@ -201,9 +200,6 @@ def model_directory(path: Path | str) -> Path:
     (its ``model/``), a model archive (``.bmz``, unpacked once into the cache) or the name of a
     registered model (``backmap models list``). A pickled model of older versions is refused with
     the command that converts it."""
-    from backmap.engine.model_archive import ARCHIVE_SUFFIX, unpacked_archive
-    from backmap.engine.model_registry import find_registered
-
     path = Path(path)
     if not path.exists() and len(path.parts) == 1 and path.suffix.lower() != ARCHIVE_SUFFIX:
         registered = find_registered(str(path))
