@@ -185,7 +185,7 @@ def test_corrupt_model_files_give_one_line_errors(runs, cli, tmp_path):
     (bad / "weights.safetensors").write_bytes(b"\x00" * 10)
     cg = runs["template"] / "backmap" / "aa_cg.trr"
     code, _, err = cli("apply", "--model", bad, "--cg", cg, "--out", tmp_path / "x.gro")
-    assert code == 2 and "cannot read the weights" in err and "Traceback" not in err
+    assert code == 2 and "weights.safetensors was changed after the model was made" in err and "Traceback" not in err
     (bad / "model.json").write_text("{not json")
     code, _, err = cli("apply", "--model", bad, "--cg", cg, "--out", tmp_path / "x.gro")
     assert code == 2 and "cannot read the model description" in err
