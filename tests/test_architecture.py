@@ -59,6 +59,17 @@ def test_the_core_never_imports_a_plugin(graph):
     assert not problems, _fail("core modules importing plugin packages", problems)
 
 
+def test_no_plugin_imports_another_plugin(tmp_path):
+    """Rule 5: built-in plugins use the core's public API only; a new cross-import is caught."""
+    assert check.cross_plugin_violations() == []
+    for name in ("backmap_a", "backmap_b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text("")
+    (tmp_path / "backmap_a" / "step.py").write_text("def f():\n    from backmap_b.x import y\n")
+    (found,) = check.cross_plugin_violations(tmp_path)
+    assert found.endswith("step.py:2: plugin backmap_a imports plugin backmap_b")
+
+
 def test_no_core_module_imports_the_package_root(graph):
     problems = check.root_violations(graph)
     assert not problems, _fail("core modules importing the package root backmap", problems)

@@ -115,6 +115,22 @@ class RunContext:
                                source=self.recipe.path.name if self.recipe.path else None)
         return self.registry.get(kind, ref.plugin, where=key).cls(ref.params)
 
+    def refiner(self, choice: int | str, key: str) -> Any:
+        """The recipe's refiner at index ``choice`` or named ``choice`` (of its ``refiners``),
+        instantiated; errors name ``key`` (e.g. ``steps.backmap.refiner``)."""
+        refs = self.recipe.refiners
+        if not refs:
+            raise BackmapError(f"{key}: the recipe has no 'refiners' section", source=self.where(key))
+        if isinstance(choice, int):
+            if not 0 <= choice < len(refs):
+                raise BackmapError(f"{key}: index {choice} but {len(refs)} refiners", source=self.where(key))
+            return self.plugin("refiner", refs[choice], "refiners")
+        named = [r for r in refs if r.plugin == choice]
+        if not named:
+            raise BackmapError(f"{key}: no refiner {choice!r} in 'refiners' ({', '.join(r.plugin for r in refs)})",
+                               source=self.where(key))
+        return self.plugin("refiner", named[0], "refiners")
+
     def pairs(self) -> "PairSet":
         """The training pairs made by the ``prepare`` step (with its train/test split)."""
         from backmap.system.pairs import PairSet

@@ -40,15 +40,13 @@ class AssessStep(Step):
     Params = AssessParams
 
     def run(self, ctx) -> dict:
-        from backmap_steps.backmap_step import pick_refiner
-
         p = self.params
         model = resolve_step_input(p.model, ctx.workdir, "steps.assess.model") if p.model else \
             ctx.outputs.get("train.model", "steps.assess.model")
         sets = dict(p.cg) if isinstance(p.cg, dict) else labels_from_paths(list(p.cg))
         settings = step_settings(p.mdp, p.nonbonded, "steps.assess.nonbonded",
                                  ctx.recipe.path.name if ctx.recipe.path else None)
-        refiner = None if p.refiner is None else pick_refiner(ctx, p.refiner, "steps.assess.refiner")
+        refiner = None if p.refiner is None else ctx.refiner(p.refiner, "steps.assess.refiner")
         spec = AssessmentSpec(
             model=model, reference=p.reference, cg=sets, out=ctx.path(p.out, "metrics.json").parent,
             topology=ctx.recipe.system.topology, mapping=ctx.mapping_files, reference_frames=p.frames,

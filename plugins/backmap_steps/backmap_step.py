@@ -32,22 +32,6 @@ class BackmapParams(BackmapSettings):
                                                                  "snapshot) whose stereocentres the sampler keeps")
 
 
-def pick_refiner(ctx, choice: int | str, key: str):
-    """The recipe's refiner at index ``choice`` or named ``choice``, instantiated."""
-    refs = ctx.recipe.refiners
-    if not refs:
-        raise BackmapError(f"{key}: the recipe has no 'refiners' section", source=ctx.where(key))
-    if isinstance(choice, int):
-        if not 0 <= choice < len(refs):
-            raise BackmapError(f"{key}: index {choice} but {len(refs)} refiners", source=ctx.where(key))
-        return ctx.plugin("refiner", refs[choice], "refiners")
-    named = [r for r in refs if r.plugin == choice]
-    if not named:
-        raise BackmapError(f"{key}: no refiner {choice!r} in 'refiners' ({', '.join(r.plugin for r in refs)})",
-                           source=ctx.where(key))
-    return ctx.plugin("refiner", named[0], "refiners")
-
-
 class BackmapStep(Step):
     name = "backmap"
     summary = "backmap CG frames with the trained model (forward pass + Gibbs sweeps, optional refinement)"
@@ -75,7 +59,7 @@ class BackmapStep(Step):
                          for k in range(len(test))]
         refiner = system = None
         if p.refiner is not None:
-            refiner = pick_refiner(ctx, p.refiner, "steps.backmap.refiner")
+            refiner = ctx.refiner(p.refiner, "steps.backmap.refiner")
             settings = NonbondedSettings.from_mdp(p.mdp) if p.mdp else NonbondedSettings()
             system = RestrainedSystem(cg_top, Path(ctx.recipe.system.topology), settings)
         settings, taken = BackmapSettings(**{k: getattr(p, k) for k in BackmapSettings.model_fields}).recommended(

@@ -9,7 +9,6 @@ from backmap import BackmapError, Step
 from backmap.forcefield import NonbondedSettings
 from backmap.engine.recipe import InputPath, StepInput, resolve_step_input
 from backmap.refinement.restrained import RestrainedSystem, refine_files
-from backmap_steps.backmap_step import pick_refiner
 
 
 class RefineStepParams(BaseModel):
@@ -34,7 +33,7 @@ class RefineStep(Step):
 
     def run(self, ctx) -> dict:
         p = self.params
-        refiner = pick_refiner(ctx, p.refiner, "steps.refine.refiner")
+        refiner = ctx.refiner(p.refiner, "steps.refine.refiner")
         # the model whose output is refined (steps.backmap.model), else the one trained here
         if (model := ctx.outputs.find("backmap.model") or ctx.outputs.find("train.model")) is not None:
             refiner.use_model(model)

@@ -1,0 +1,90 @@
+"""Results unchanged by a refactoring (issue 58's "done when"): the SHA-256 of what the generators
+write for a fixed seed, recorded before a change and checked after it.
+
+    .venv/bin/python benchmarks/results_unchanged.py --record benchmarks/results_unchanged.json
+    .venv/bin/python benchmarks/results_unchanged.py --check benchmarks/results_unchanged.json
+
+Cases: the quickstart recipe's generator output (``backmap/aa_unrefined.xtc``: byte-identical; the
+refined frames are compared by their mean JSD within 0.002, as OpenMM on 2 threads is not
+bit-reproducible), and each shipped sPS model on frames 0-3 of ``../shared/data/sps/eval_t568``
+with and without energy guidance (``--polish 15 --polish-sweeps all``), seed 1. Hashes are those
+of this machine's CPU and library versions (recorded with them): check on the machine that
+recorded. One JSON line: every case, and ``"unchanged": true|false``. ~10 min on 2 cores (the
+voxel GAN takes most of it).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "data" / "sps"
+BACKMAP = str(Path(sys.executable).parent / "backmap")
+MODELS = {"sps-equivariant": [], "sps-vae": [],
+          "sps-voxel-gan": ["--stereo-reference", str(SHARED / "train" / "aa" / "100.gro")]}
+POLISH = ["--polish", "15", "--polish-sweeps", "all"]
+JSD_TOLERANCE = 0.002
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def backmap(*args: str) -> None:
+    done = subprocess.run([BACKMAP, *args], capture_output=True, text=True,
+                          env=dict(os.environ, BACKMAP_NO_PROGRESS="1"))
+    if done.returncode:
+        sys.exit(f"error: backmap {' '.join(args)} failed:\n{done.stderr[-2000:]}")
+
+
+def measure(work: Path) -> dict:
+    cases: dict = {}
+    run = work / "quickstart"
+    backmap("run", str(REPO / "recipes" / "quickstart.yaml"), "--workdir", str(run))
+    metrics = json.loads((run / "evaluate" / "metrics.json").read_text())["summary"]["mean_jsd_headline"]
+    cases["quickstart aa_unrefined.xtc"] = sha(run / "backmap" / "aa_unrefined.xtc")
+    cases["quickstart refined mean JSD"] = round(metrics["candidates"]["generator + refine"], 5)
+    for model, extra in MODELS.items():
+        for label, options in (("alone", []), ("polish", POLISH)):
+            out = work / f"{model}-{label}.xtc"
+            backmap("apply", "--model", model, "--cg", str(SHARED / "eval_t568" / "cg.xtc"), "--frames", "0:4",
+                    "--seed", "1", "--out", str(out), *extra, *options)
+            cases[f"{model} {label}"] = sha(out)
+    return cases
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--record", type=Path, help="write the baseline here")
+    mode.add_argument("--check", type=Path, help="compare with this baseline")
+    args = parser.parse_args()
+    if not (SHARED / "eval_t568" / "cg.xtc").is_file():
+        sys.exit(f"error: {SHARED} missing (the shared sPS data)")
+    with tempfile.TemporaryDirectory(prefix="unchanged-") as tmp:
+        cases = measure(Path(tmp))
+    machine = {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()}
+    if args.record:
+        args.record.write_text(json.dumps({"machine": machine, "cases": cases}, indent=1) + "\n")
+        print(json.dumps({"recorded": str(args.record), **cases}))
+        return
+    base = json.loads(args.check.read_text())["cases"]
+    changed = {}
+    for key, value in cases.items():
+        old = base.get(key)
+        same = abs(value - old) <= JSD_TOLERANCE if isinstance(value, float) and old is not None else value == old
+        if not same:
+            changed[key] = {"before": old, "after": value}
+    print(json.dumps({"unchanged": not changed, "changed": changed, "cases": len(cases)}))
+    sys.exit(1 if changed else 0)
+
+
+if __name__ == "__main__":
+    main()
