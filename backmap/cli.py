@@ -565,10 +565,11 @@ def models_list(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=1))
         return
-    table = Table("name", "generator", "pack (package)", "summary", box=None)
+    table = Table("name", "generator", "pack (package)", "mean JSD (card)", "summary", box=None)
     for r in rows:
+        jsd = ", ".join(f"{k} {v:.3g}" for k, v in (r.get("mean JSD") or {}).items())
         table.add_row(r["name"], r.get("generator", "[red]unreadable[/red]"), f"{r['pack']} ({r['package']})",
-                      r.get("summary") or r.get("error", ""))
+                      f"{jsd} (floor {r['noise floor']:.2g})" if jsd else "—", r.get("summary") or r.get("error", ""))
     Console().print(table)
 
 
