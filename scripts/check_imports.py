@@ -17,9 +17,11 @@ re-exporting its submodules forms a pair with one of them. An import of a module
    ``backmap.progress`` and ``backmap._version``;
 3. the core never imports a plugin package (the packages under ``plugins/``);
 4. no core module imports the package root ``backmap`` (it re-exports the plugin API), except
-   ``backmap/__init__.py`` and ``backmap/cli.py``;
+   ``backmap/__init__.py``, ``backmap/cli.py`` and ``backmap/api/__init__.py`` (which extends it);
 5. no plugin package imports another (a plugin uses the core's public API, as a third-party one
-   would), except the pairs in ``KNOWN_CROSS_IMPORTS``, which issue 58 removes.
+   would), except the pairs in ``KNOWN_CROSS_IMPORTS``, which issue 58 removes;
+6. plugins (``plugins/`` and the examples in ``docs/examples/``) import of backmap only
+   ``backmap.api`` and its modules; the core never imports ``backmap.api`` (it re-exports the core).
 
 Prints the circles and every violation as ``path:line: message``; exits with 1 if there is any.
 ``tests/test_architecture.py`` runs the same code.
@@ -37,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ROOT_PACKAGE = "backmap"
 LEAVES = frozenset({"backmap.errors", "backmap.progress", "backmap._version"})
 DATA_MODEL = "backmap.system"
-MAY_IMPORT_ROOT = frozenset({"backmap", "backmap.cli"})
+MAY_IMPORT_ROOT = frozenset({"backmap", "backmap.cli", "backmap.api"})
 #: (importer, imported) plugin packages that still share code directly: the vae generator is built on
 #: the equivariant one's encoder and internal-coordinate head (to move into the core's public API)
 KNOWN_CROSS_IMPORTS = frozenset({("backmap_vae", "backmap_equivariant")})
@@ -183,25 +185,54 @@ def root_violations(graph: ImportGraph) -> list[str]:
             if imp.target == ROOT_PACKAGE and imp.source not in MAY_IMPORT_ROOT and not imp.package_side]
 
 
+API = "backmap.api"
+EXAMPLES = ROOT / "docs" / "examples"
+
+
+def _imported(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every absolute import statement of a file, function-local too."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            out.append((node.lineno, node.module))
+    return out
+
+
 def cross_plugin_violations(plugins_dir: Path = ROOT / "plugins") -> list[str]:
     """Imports of one plugin package by another (every import statement, function-local too)."""
     plugins = plugin_packages(plugins_dir)
     found = []
     for path in sorted(plugins_dir.glob("*/**/*.py")):
         owner = path.relative_to(plugins_dir).parts[0]
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
-            for name in names:
-                top = name.split(".")[0]
-                if top in plugins and top != owner and (owner, top) not in KNOWN_CROSS_IMPORTS:
-                    found.append(f"{_display(path)}:{node.lineno}: plugin {owner} imports plugin {top}")
+        for line, name in _imported(path):
+            top = name.split(".")[0]
+            if top in plugins and top != owner and (owner, top) not in KNOWN_CROSS_IMPORTS:
+                found.append(f"{_display(path)}:{line}: plugin {owner} imports plugin {top}")
     return found
+
+
+def api_violations(folders: tuple[Path, ...] = (ROOT / "plugins", EXAMPLES)) -> list[str]:
+    """Imports of backmap by plugins that do not go through ``backmap.api``."""
+    found = []
+    for folder in folders:
+        for path in sorted(folder.rglob("*.py")):
+            for line, name in _imported(path):
+                if name.split(".")[0] == ROOT_PACKAGE and name != API and not name.startswith(API + "."):
+                    found.append(f"{_display(path)}:{line}: plugin code imports {name} (use {API})")
+    return found
+
+
+def core_api_violations(graph: ImportGraph) -> list[str]:
+    return [f"{imp.where()}: core module {imp.source} imports {imp.target} (the plugins' surface)"
+            for imp in graph.imports
+            if (imp.target == API or imp.target.startswith(API + ".")) and not imp.source.startswith(API)]
 
 
 def violations(graph: ImportGraph, plugins: frozenset[str]) -> list[str]:
     return (circle_violations(graph) + data_model_violations(graph)
-            + plugin_violations(graph, plugins) + root_violations(graph))
+            + plugin_violations(graph, plugins) + root_violations(graph) + core_api_violations(graph))
 
 
 def main() -> int:
@@ -209,7 +240,7 @@ def main() -> int:
     found = circles(graph)
     print(f"{len(graph.modules)} modules, {graph.graph().number_of_edges()} imports between them")
     print(f"circles: {len(found)}" + "".join(f"\n  {describe(graph, c)}" for c in found))
-    problems = violations(graph, plugin_packages()) + cross_plugin_violations()
+    problems = violations(graph, plugin_packages()) + cross_plugin_violations() + api_violations()
     print(f"violations: {len(problems)}" + "".join(f"\n  {p}" for p in problems))
     return 1 if problems else 0
 

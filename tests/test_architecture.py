@@ -70,6 +70,14 @@ def test_no_plugin_imports_another_plugin(tmp_path):
     assert found.endswith("step.py:2: plugin backmap_a imports plugin backmap_b")
 
 
+def test_plugins_import_backmap_only_through_its_api(tmp_path):
+    """Rule 6: built-in and example plugins reach backmap only through ``backmap.api``."""
+    assert check.api_violations() == []
+    (tmp_path / "p.py").write_text("from backmap.api.io import atomic_path\n\ndef f():\n    import backmap.engine.models\n")
+    (found,) = check.api_violations((tmp_path,))
+    assert found.endswith("p.py:4: plugin code imports backmap.engine.models (use backmap.api)")
+
+
 def test_no_core_module_imports_the_package_root(graph):
     problems = check.root_violations(graph)
     assert not problems, _fail("core modules importing the package root backmap", problems)

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from backmap import BackmapError, Generator
-from backmap.system.superpose import kabsch
+from backmap.api import BackmapError, Generator
+from backmap.api.system import kabsch
 
 
 class TemplateParams(BaseModel):

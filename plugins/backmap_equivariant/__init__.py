@@ -2,7 +2,7 @@
 environment and an autoregressive internal-coordinate head placing a whole bead per call, with
 exact rigid bonds, signed dihedrals (stereocentres from the environment) and an exact log-density.
 See docs/equivariant.md."""
-from backmap import hookimpl
+from backmap.api import hookimpl
 from backmap_equivariant.generator import EquivariantGenerator
 
 

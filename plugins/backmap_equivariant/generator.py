@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from backmap import BackmapError, NetworkGenerator
-from backmap.refinement.constraints import BondConstraints
-from backmap.sampling.environment import EnvironmentBatch
-from backmap.threads import torch_threads
+from backmap.api import BackmapError, NetworkGenerator
+from backmap.api.io import torch_threads
+from backmap.api.refinement import BondConstraints
+from backmap.api.sampling import EnvironmentBatch
 from backmap_equivariant.encoder import Encoder
 from backmap_equivariant.head import Head, ICDistribution
 from backmap_equivariant.nerf import frame, internal, place

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import torch
 
-from backmap.training.von_mises import sample_von_mises
+from backmap.api.training import sample_von_mises
 from backmap_equivariant.encoder import mlp
 
 N_ANGLE, N_DIHEDRAL = 1, 4  # bond angles are unimodal; a second component only drifted

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 
-from backmap.errors import BackmapError
+from backmap.api import BackmapError
 
 VIRTUAL = ("origin", "z", "x")
 #: local-frame positions of the virtual points (nm)
@@ -74,7 +74,7 @@ class UnitTable:
 def bond_lengths(moltype) -> dict[tuple[int, int], float]:
     """Equilibrium length of every bond of a molecule type (nm), from its force field; none for a
     topology without parameters (.tpr/.gro), whose bonds are then all sampled (constraints: none)."""
-    from backmap.forcefield.parameters import molecule_terms
+    from backmap.api.forcefield import molecule_terms
 
     if moltype.parameters is None:
         return {}

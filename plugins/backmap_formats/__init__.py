@@ -1,6 +1,6 @@
 """Built-in readers: GROMACS topologies (.top via parmed, .tpr/.gro/.pdb via MDAnalysis) and
 mappings (VOTCA XML, DeepBackmap .map). Registered through the public ``backmap_readers`` hook."""
-from backmap import hookimpl
+from backmap.api import hookimpl
 
 from backmap_formats.dbm_map import DeepBackmapMapReader
 from backmap_formats.gromacs import CoordinateTopologyReader, GromacsTopReader, TprReader

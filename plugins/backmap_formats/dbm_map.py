@@ -8,10 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from backmap import BackmapError, Reader
-from backmap.system.dbm_sections import read_sections
-from backmap.system.mapping import Bead, Mapping, MoleculeMapping
-from backmap.system.topology import Topology
+from backmap.api import BackmapError, Reader
+from backmap.api.system import Bead, Mapping, MoleculeMapping, Topology, read_sections
 
 
 class DeepBackmapMapReader(Reader):

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from backmap import BackmapError, Reader
-from backmap.system.gmx import gromacs_topdir
-from backmap.system.topology import MoleculeBlock, MoleculeType, Topology, element_from_mass
+from backmap.api import BackmapError, Reader
+from backmap.api.system import MoleculeBlock, MoleculeType, Topology, element_from_mass, gromacs_topdir
 
 
 def _blocks(moltypes: list[MoleculeType], counts: list[int]) -> list[MoleculeBlock]:
@@ -210,7 +209,7 @@ class CoordinateTopologyReader(Reader):
     def read(self, path: Path, topology=None) -> Topology:
         import MDAnalysis as mda
 
-        from backmap.system.io import check_gro_complete
+        from backmap.api.io import check_gro_complete
 
         if path.suffix.lower() == ".gro":  # MDAnalysis' own error on a cut-off .gro names no cause
             check_gro_complete(path)

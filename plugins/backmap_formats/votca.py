@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from backmap import BackmapError, Reader
-from backmap.system.mapping import Bead, Mapping, MoleculeMapping
-from backmap.system.topology import Topology
+from backmap.api import BackmapError, Reader
+from backmap.api.system import Bead, Mapping, MoleculeMapping, Topology
 
 
 def _text(node: ET.Element, tag: str, where: str, path: Path) -> str:

@@ -1,6 +1,6 @@
 """Built-in metrics (one plugin per observable family) and the ``evaluate`` and ``assess`` recipe steps.
 Registered through the public ``backmap_metrics`` and ``backmap_steps`` hooks."""
-from backmap import hookimpl
+from backmap.api import hookimpl
 from backmap_metrics.assess_step import AssessStep
 from backmap_metrics.bonded import Angles, Bonds, BrokenBonds, Dihedrals, Impropers
 from backmap_metrics.chains import Chains

@@ -5,11 +5,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backmap import Step
-from backmap.engine.recipe import InputPath, StepInput, resolve_step_input
-from backmap.metrics.assess import AssessmentSpec, labels_from_paths, run_assessment
-from backmap.metrics.evaluate import step_settings
-from backmap.sampling.backmapper import BackmapSettings
+from backmap.api import Step
+from backmap.api.recipes import InputPath, StepInput, resolve_step_input
+from backmap.api.sampling import BackmapSettings
+from backmap.api.usecases import AssessmentSpec, labels_from_paths, run_assessment, step_settings
 
 
 class AssessParams(BaseModel):

@@ -12,9 +12,9 @@ from typing import ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from backmap import Metric
-from backmap.forcefield.bond_check import TOLERANCE
-from backmap.metrics import Binning, EvalContext, FrameBatch, Observable, geometry, terms
+from backmap.api import Metric
+from backmap.api.forcefield import TOLERANCE
+from backmap.api.metrics import Binning, EvalContext, FrameBatch, Observable, geometry, terms
 
 
 class _Family(Metric):

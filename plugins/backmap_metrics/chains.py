@@ -9,8 +9,8 @@ import networkx as nx
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from backmap import Metric
-from backmap.metrics import Binning, EvalContext, FrameBatch, Observable
+from backmap.api import Metric
+from backmap.api.metrics import Binning, EvalContext, FrameBatch, Observable
 
 
 class ChainParams(BaseModel):

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from backmap import Metric
-from backmap.metrics import EvalContext, FrameBatch, Observable
-from backmap.system.pbc import minimum_image
+from backmap.api import Metric
+from backmap.api.metrics import EvalContext, FrameBatch, Observable
+from backmap.api.system import minimum_image
 
 
 class CGRmsd(Metric):

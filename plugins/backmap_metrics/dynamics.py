@@ -16,11 +16,23 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from backmap import Metric
-from backmap.metrics import Analysis, Binning, EvalContext, FrameBatch, Observable, geometry, terms
-from backmap.system.superpose import internal_displacements
-from backmap.metrics.msm import (assign_states, dihedral_features, fit_states, have_deeptime,
-                                 implied_timescales, lag_steps)
+from backmap.api import Metric
+from backmap.api.metrics import (
+    Analysis,
+    Binning,
+    EvalContext,
+    FrameBatch,
+    Observable,
+    assign_states,
+    dihedral_features,
+    fit_states,
+    geometry,
+    have_deeptime,
+    implied_timescales,
+    lag_steps,
+    terms,
+)
+from backmap.api.system import internal_displacements
 
 REFERENCE = "reference"
 
@@ -210,7 +222,7 @@ class MarkovTimescales(Metric):
         return lines
 
     def _figure(self, fitted: dict, result: dict):
-        from backmap.metrics.report import COLORS, REFERENCE_COLOR, _plt
+        from backmap.api.metrics import COLORS, REFERENCE_COLOR, _plt
 
         plt = _plt()  # selects the Agg backend before anything else of matplotlib is imported
         from matplotlib.ticker import ScalarFormatter

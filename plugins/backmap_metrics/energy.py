@@ -13,8 +13,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from backmap import Metric
-from backmap.metrics import Binning, EvalContext, FrameBatch, Observable
+from backmap.api import Metric
+from backmap.api.metrics import Binning, EvalContext, FrameBatch, Observable
 
 
 class EnergyParams(BaseModel):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from backmap import Metric
-from backmap.metrics import Binning, EvalContext, FrameBatch, Observable
+from backmap.api import Metric
+from backmap.api.metrics import Binning, EvalContext, FrameBatch, Observable
 
 
 class BeadForceParams(BaseModel):

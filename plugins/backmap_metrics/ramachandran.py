@@ -7,10 +7,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from backmap import Metric
-from backmap.constants import BOLTZMANN
-from backmap.metrics import Analysis, Binning, EvalContext, FrameBatch, Observable, geometry, terms
-from backmap.metrics.divergence import histogram2d
+from backmap.api import Metric
+from backmap.api.forcefield import BOLTZMANN
+from backmap.api.metrics import Analysis, Binning, EvalContext, FrameBatch, Observable, geometry, histogram2d, terms
 
 #: Boltzmann's constant times Avogadro's, kJ/mol/K
 
@@ -100,7 +99,7 @@ class Ramachandran(Metric):
 
 
 def _fes_figure(fes: dict[str, np.ndarray], edges: np.ndarray):
-    from backmap.metrics.report import _plt
+    from backmap.api.metrics import _plt
 
     plt = _plt()
     fig, axes = plt.subplots(1, len(fes), figsize=(3.3 * len(fes) + 0.6, 3.2), squeeze=False)

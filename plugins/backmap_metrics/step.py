@@ -5,9 +5,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator
 
-from backmap import BackmapError, Step
-from backmap.metrics.evaluate import EvaluationSpec, run_evaluation, step_settings
-from backmap.engine.recipe import InputPath, StepInput, resolve_step_input
+from backmap.api import BackmapError, Step
+from backmap.api.recipes import InputPath, StepInput, resolve_step_input
+from backmap.api.usecases import EvaluationSpec, run_evaluation, step_settings
 
 
 class MetricChoice(BaseModel):
@@ -44,8 +44,8 @@ class EvaluateParams(BaseModel):
     @classmethod
     def _known_metrics(cls, value):
         """Metric names and parameters are checked when the recipe is loaded (``backmap check``)."""
-        from backmap.engine.recipe import format_errors
-        from backmap.engine.registry import default_registry
+        from backmap.api.recipes import format_errors
+        from backmap.api.recipes import default_registry
 
         for item in value or []:
             name, params = (item, {}) if isinstance(item, str) else (item.plugin, item.params)
@@ -104,7 +104,7 @@ class EvaluateStep(Step):
         result = run_evaluation(spec, ctx.registry, ctx.console)
         model = ctx.outputs.find("train.model")
         if model is not None and self.params.candidates is None:  # this run's model made them: its card says so
-            from backmap.engine.model_card import evaluation_entry, record_evaluation
+            from backmap.api.recipes import evaluation_entry, record_evaluation
 
             command = f"backmap run {ctx.recipe.path.name if ctx.recipe.path else 'recipe'}"
             record_evaluation(model, evaluation_entry(result, p.reference, command))

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from backmap import Metric
-from backmap.metrics import EvalContext, FrameBatch, Observable, stereo
+from backmap.api import Metric
+from backmap.api.metrics import EvalContext, FrameBatch, Observable, stereo
 
 
 class Stereo(Metric):

@@ -6,8 +6,8 @@ import itertools
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from backmap import Metric
-from backmap.metrics import Binning, EvalContext, FrameBatch, Histogram, Observable, terms
+from backmap.api import Metric
+from backmap.api.metrics import Binning, EvalContext, FrameBatch, Histogram, Observable, terms
 
 
 class RdfParams(BaseModel):

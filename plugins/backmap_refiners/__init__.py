@@ -1,5 +1,5 @@
 """Built-in refiners: restrained Boltzmann sampling of the AA structure given the CG input."""
-from backmap import hookimpl
+from backmap.api import hookimpl
 
 
 @hookimpl

@@ -25,8 +25,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from backmap.refinement.constraints import BondConstraints, Factorization
-from backmap.refinement.restrained import BOLTZMANN
+from backmap.api.forcefield import BOLTZMANN
+from backmap.api.refinement import BondConstraints, Factorization
 from backmap_refiners.torch_potential import Evaluation
 
 

@@ -19,9 +19,10 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from backmap import BackmapError, Refiner
-from backmap.system.io import atomic_path
-from backmap.refinement.restrained import BOLTZMANN, RefineParams, RefineResult, RestrainedSystem, resolve_constraints
+from backmap.api import BackmapError, Refiner
+from backmap.api.forcefield import BOLTZMANN
+from backmap.api.io import atomic_path
+from backmap.api.refinement import RefineParams, RefineResult, RestrainedSystem, resolve_constraints
 
 
 class OpenMMParams(RefineParams):
@@ -129,7 +130,7 @@ class OpenMMRefiner(Refiner):
         import openmm.app as app
         import openmm.unit as u
 
-        from backmap.system.gmx import gromacs_topdir
+        from backmap.api.system import gromacs_topdir
 
         p = self.params
         topdir = gromacs_topdir()
@@ -150,7 +151,7 @@ class OpenMMRefiner(Refiner):
         if p.relax_steps:
             self._build_flexible()
         if p.constraints != "none":
-            from backmap.refinement.constraints import BondConstraints
+            from backmap.api.refinement import BondConstraints
 
             pairs, lengths = self.system.constrained_bonds(p.constraints)
             self._projector = BondConstraints(pairs, lengths, self.system.topology.masses)

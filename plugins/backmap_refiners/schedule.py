@@ -21,12 +21,16 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from backmap.engine.loaders import make_plugin
-from backmap.engine.plugin import Refiner
-from backmap.errors import BackmapError
-from backmap.refinement.bond_model import BondModel
-from backmap.refinement.constraints import BondConstraints
-from backmap.refinement.restrained import Constraints, RefineResult, RestrainedSystem, resolve_constraints
+from backmap.api import BackmapError, Refiner
+from backmap.api.recipes import make_plugin
+from backmap.api.refinement import (
+    BondConstraints,
+    BondModel,
+    Constraints,
+    RefineResult,
+    RestrainedSystem,
+    resolve_constraints,
+)
 
 log = logging.getLogger("backmap")
 
@@ -45,7 +49,7 @@ class Stage(BaseModel):
         top-level refiners' do (the stage itself is validated later, without the recipe)."""
         if not (info.context or {}).get("base_dir") or "plugin" not in info.data:
             return params
-        from backmap.engine.registry import default_registry
+        from backmap.api.recipes import default_registry
 
         try:
             stage_cls = default_registry().get("refiner", info.data["plugin"]).cls

@@ -15,9 +15,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from backmap.forcefield import BONDED, TERMS, ForceField
-from backmap.forcefield.neighbors import box_heights
-from backmap.refinement.restrained import RestrainedSystem
+from backmap.api.forcefield import BONDED, ForceField, TERMS, box_heights
+from backmap.api.refinement import RestrainedSystem
 
 
 @dataclass

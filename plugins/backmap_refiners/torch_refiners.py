@@ -13,13 +13,16 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from backmap.refinement.constraints import BondConstraints
-from backmap.errors import BackmapError
-from backmap.forcefield.minimize import minimize_restrained
-from backmap.engine.plugin import Refiner
-from backmap.refinement.bond_model import BondModel
-from backmap.refinement.restrained import (BOLTZMANN, RefineParams, RefineResult, RestrainedSystem,
-                                           resolve_constraints)
+from backmap.api import BackmapError, Refiner
+from backmap.api.forcefield import BOLTZMANN, minimize_restrained
+from backmap.api.refinement import (
+    BondConstraints,
+    BondModel,
+    RefineParams,
+    RefineResult,
+    RestrainedSystem,
+    resolve_constraints,
+)
 from backmap_refiners.integrators import Dynamics, State
 from backmap_refiners.torch_potential import RestrainedPotential
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from backmap import Regularizer
-from backmap.forcefield import TERMS
-from backmap.training.regularization import RegularizerSample, Schedule
+from backmap.api import Regularizer
+from backmap.api.forcefield import TERMS
+from backmap.api.training import RegularizerSample, Schedule
 
 #: DBM's default: bonded terms weighted 1, Lennard-Jones 0.1 (its bonded/non-bonded ratio)
 DEFAULT_TERMS = {"bond": 1.0, "angle": 1.0, "proper": 1.0, "rb": 1.0, "improper": 1.0, "lj": 0.1}

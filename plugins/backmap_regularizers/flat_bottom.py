@@ -7,10 +7,10 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from backmap import BackmapError, Regularizer
-from backmap.forcefield import geometry as geo
-from backmap.sampling.flat_bottom import FlatBottomLimits, type_key
-from backmap.training.regularization import RegularizerSample, Schedule
+from backmap.api import BackmapError, Regularizer
+from backmap.api.forcefield import geometry as geo
+from backmap.api.sampling import FlatBottomLimits, type_key
+from backmap.api.training import RegularizerSample, Schedule
 
 
 class FlatBottomParams(BaseModel):

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from backmap import Selector, hookimpl
-from backmap.constants import BOLTZMANN
+from backmap.api import Selector, hookimpl
+from backmap.api.forcefield import BOLTZMANN
 
 
 

@@ -1,7 +1,7 @@
 """Built-in recipe steps: ``prepare`` (training pairs), ``map`` (AA → CG trajectory), ``train``
 (fit the recipe's generator), ``backmap`` (CG → AA) and ``refine`` (restrained sampling) and ``morph`` (top-down structures through a resolution
 bottleneck). Registered through ``backmap_steps``."""
-from backmap import hookimpl
+from backmap.api import hookimpl
 
 from backmap_steps.backmap_step import BackmapStep
 from backmap_steps.map_step import MapStep

@@ -7,15 +7,14 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from backmap import BackmapError, Step
-from backmap.engine.apply import backmap_to_files
-from backmap.engine.models import load_model
-from backmap.engine.recipe import InputPath, StepInput, resolve_step_input
-from backmap.forcefield import NonbondedSettings
-from backmap.refinement.restrained import RestrainedSystem
-from backmap.sampling.backmapper import BackmapSettings, read_cg
-from backmap.system.io import Frame, write_frames
-from backmap.system.pairs import count_frames, select_frames
+from backmap.api import BackmapError, Step
+from backmap.api.forcefield import NonbondedSettings
+from backmap.api.io import Frame, write_frames
+from backmap.api.recipes import InputPath, StepInput, load_model, resolve_step_input
+from backmap.api.refinement import RestrainedSystem
+from backmap.api.sampling import BackmapSettings, read_cg
+from backmap.api.system import count_frames, select_frames
+from backmap.api.usecases import backmap_to_files
 
 
 class BackmapParams(BackmapSettings):

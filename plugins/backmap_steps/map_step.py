@@ -5,11 +5,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backmap import BackmapError, Step
-from backmap.system.pairs import count_frames, select_frames
-from backmap.system.io import write_frames
-from backmap.system.projection import map_trajectory
-from backmap.engine.recipe import InputPath
+from backmap.api import BackmapError, Step
+from backmap.api.io import write_frames
+from backmap.api.recipes import InputPath
+from backmap.api.system import count_frames, map_trajectory, select_frames
 
 
 class MapParams(BaseModel):
@@ -36,7 +35,7 @@ class MapStep(Step):
         n = map_trajectory(cg_top, Path(traj), out, frames)
         summary = {"trajectory": str(traj), "frames": n, "beads": cg_top.n_beads, "output": str(out)}
         if self.params.structure:
-            from backmap.system.projection import map_frames
+            from backmap.api.system import map_frames
 
             first = next(map_frames(cg_top, Path(traj), frames[:1]))
             structure = ctx.path(self.params.structure)

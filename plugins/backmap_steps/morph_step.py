@@ -7,13 +7,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from backmap import Step
-from backmap.engine.models import load_model
-from backmap.engine.morph import fit_ibi, morph_to_files, write_tables
-from backmap.engine.recipe import InputPath, StepInput, resolve_step_input
-from backmap.sampling.backmapper import BackmapSettings
-from backmap.sampling.flat_bottom import FlatBottomLimits
-from backmap.system.pairs import count_frames, select_frames
+from backmap.api import Step
+from backmap.api.recipes import InputPath, StepInput, load_model, resolve_step_input
+from backmap.api.sampling import BackmapSettings, FlatBottomLimits
+from backmap.api.system import count_frames, select_frames
+from backmap.api.usecases import fit_ibi, morph_to_files, write_tables
 
 
 class MorphParams(BackmapSettings):

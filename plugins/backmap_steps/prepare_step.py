@@ -7,8 +7,9 @@ import time
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from backmap import BackmapError, Step
-from backmap.system.pairs import (
+from backmap.api import BackmapError, Step
+from backmap.api.io import write_text
+from backmap.api.system import (
     PairSet,
     count_frames,
     file_digest,
@@ -18,7 +19,6 @@ from backmap.system.pairs import (
     select_frames,
     split_frames,
 )
-from backmap.engine.pipeline import write_text
 
 
 class PrepareParams(BaseModel):
@@ -145,7 +145,7 @@ def plot_cg_distributions(cg_top, pairs: PairSet, path):
         ax.set_xlabel(unit)
     axes[0][0].set_ylabel("density")
     fig.tight_layout()
-    from backmap.system.io import atomic_path
+    from backmap.api.io import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

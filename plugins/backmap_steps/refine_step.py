@@ -5,10 +5,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backmap import BackmapError, Step
-from backmap.forcefield import NonbondedSettings
-from backmap.engine.recipe import InputPath, StepInput, resolve_step_input
-from backmap.refinement.restrained import RestrainedSystem, refine_files
+from backmap.api import BackmapError, Step
+from backmap.api.forcefield import NonbondedSettings
+from backmap.api.recipes import InputPath, StepInput, resolve_step_input
+from backmap.api.refinement import RestrainedSystem
+from backmap.api.usecases import refine_files
 
 
 class RefineStepParams(BaseModel):

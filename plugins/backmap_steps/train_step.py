@@ -8,20 +8,21 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from backmap import BackmapError, Step
-from backmap.engine.models import save_model
-from backmap.engine.recipe import InputPath
-from backmap.forcefield import NonbondedSettings
-from backmap.refinement.restrained import RestrainedSystem
-from backmap.sampling.environment import Channels
-from backmap.sampling.backmapper import BackmapSettings
-from backmap.system.pairs import PairSet
-from backmap.training.reverse_kl import ReverseKLOptions
-from backmap.sampling.traversal import make_plans
-from backmap.training.temporal_twist import choose_twist
-from backmap.training.data import FitContext, TrainingData, TrainOptions
-from backmap.training.distributed import current_group
-from backmap.training.energies import LocalEnergies
+from backmap.api import BackmapError, Step
+from backmap.api.forcefield import NonbondedSettings
+from backmap.api.recipes import InputPath, save_model
+from backmap.api.refinement import RestrainedSystem
+from backmap.api.sampling import BackmapSettings, Channels, make_plans
+from backmap.api.system import PairSet
+from backmap.api.training import (
+    FitContext,
+    LocalEnergies,
+    ReverseKLOptions,
+    TrainingData,
+    TrainOptions,
+    choose_twist,
+    current_group,
+)
 
 
 class ModelCardInfo(BaseModel):

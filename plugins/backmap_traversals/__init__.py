@@ -5,7 +5,7 @@ from __future__ import annotations
 import networkx as nx
 import numpy as np
 
-from backmap import Traversal, hookimpl
+from backmap.api import Traversal, hookimpl
 
 
 class DepthFirst(Traversal):

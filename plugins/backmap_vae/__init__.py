@@ -1,7 +1,7 @@
 """The VAE sampler family (``vae`` generator, ``vae_mc`` refiner): a generator with exact
 encoder, prior and decoder densities, and a refiner that moves units by exact VAE Monte Carlo
 (Monroe & Shen 2022). See docs/vae.md."""
-from backmap import hookimpl
+from backmap.api import hookimpl
 
 
 @hookimpl

@@ -34,12 +34,10 @@ import networkx as nx
 import numpy as np
 import torch
 
-from backmap import BackmapError
-from backmap.refinement.latent_moves import MoveResult, decide_sequentially
-from backmap.sampling.blocks import Block
-from backmap.sampling.environment import EnvironmentBatch
-from backmap.sampling.sampler import UnitGroup
-from backmap.system.pbc import box_dimensions, minimum_image
+from backmap.api import BackmapError
+from backmap.api.refinement import MoveResult, decide_sequentially
+from backmap.api.sampling import Block, EnvironmentBatch, UnitGroup
+from backmap.api.system import box_dimensions, minimum_image
 
 
 def merge_groups(groups: list[UnitGroup], moltype: str, step: int, rows: np.ndarray | None = None) -> UnitGroup:

@@ -28,11 +28,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from backmap.forcefield.parameters import molecule_terms
-from backmap.sampling.chirality import invert_flipped, load_chiral_centres
-from backmap.constants import BOLTZMANN
-from backmap.system.io import atomic_path
-from backmap.training.reverse_kl import ReverseKLOptions, Target
+from backmap.api.forcefield import BOLTZMANN, molecule_terms
+from backmap.api.io import atomic_path
+from backmap.api.sampling import invert_flipped, load_chiral_centres
+from backmap.api.training import ReverseKLOptions, Target
 from backmap_vae.targets import BoundUnits, UnitTargets
 
 if TYPE_CHECKING:
@@ -111,10 +110,10 @@ def starting_pool(targets: UnitTargets, cg: np.ndarray, dimensions: np.ndarray, 
     The untrained model's draws of one unit barely differ in their torsions, so choosing among
     candidates (the backmap step's way) cannot set a centre; a force field without impropers on
     its stereocentres (sPS) never does: its pool would be atactic."""
-    from backmap.forcefield.minimize import minimize_restrained
-    from backmap.progress import progress
-    from backmap.system.io import Frame
-    from backmap.system.pbc import box_vectors
+    from backmap.api.forcefield import minimize_restrained
+    from backmap.api.io import progress
+    from backmap.api.io import Frame
+    from backmap.api.system import box_vectors
 
     out = []
     for c, d in progress(list(zip(cg, dimensions)), description="starting pool: forward pass + minimization"):
@@ -169,7 +168,7 @@ def cached_pool(directory, key: dict, make) -> list[np.ndarray]:
 def pool_refiner(options: ReverseKLOptions, system, temperature: float | None = None):
     """The ``thermalize`` refiner (recipe key steps.train.reverse_kl.thermalize), prepared for the
     system, at ``temperature`` if given (else its own, by default the target's)."""
-    from backmap.engine.registry import default_registry
+    from backmap.api.recipes import default_registry
 
     ref = options.thermalize
     params = dict(ref.params) if temperature is None else {**ref.params, "temperature": float(temperature)}
@@ -222,8 +221,8 @@ def pretrain_on_pool(generator: "VAEGenerator", data, train, pool: list[np.ndarr
     of steps (the untrained decoder's raw draws sit 0.2 nm off their beads). ``temperatures``: the
     temperature each frame of the pool was thermalized at, the networks' input for its units (a
     temperature-conditioned model); else every unit is at the model's reference temperature."""
-    from backmap.system.pairs import PairSet
-    from backmap.training.data import FitContext, TrainingData, TrainOptions
+    from backmap.api.system import PairSet
+    from backmap.api.training import FitContext, TrainingData, TrainOptions
 
     pseudo = PairSet(np.stack(pool).astype(train.aa.dtype), train.cg, train.dimensions, train.frames,
                      np.zeros(len(train), bool), dict(train.info), train.times)
@@ -288,7 +287,7 @@ class UnitProblem:
 
     def __init__(self, generator: "VAEGenerator", targets: UnitTargets, cg: np.ndarray, dimensions: np.ndarray,
                  options: ReverseKLOptions, pool: list[np.ndarray]):
-        from backmap.system.pbc import box_vectors
+        from backmap.api.system import box_vectors
 
         self.g, self.targets, self.options = generator, targets, options
         self.beta = targets.beta

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from backmap import BackmapError
-from backmap.refinement.latent_moves import JointLogDensity
-from backmap.sampling.environment import EnvironmentBatch
-from backmap.threads import torch_threads
+from backmap.api import BackmapError
+from backmap.api.io import torch_threads
+from backmap.api.refinement import JointLogDensity
+from backmap.api.sampling import EnvironmentBatch
 from backmap_equivariant.encoder import mlp
 from backmap_equivariant.generator import EquivariantGenerator, repeat_rows
 from backmap_equivariant.params import EquivariantParams
@@ -250,7 +250,7 @@ class VAEGenerator(EquivariantGenerator):
     def fit_reverse_kl(self, data, system, options, context) -> dict[str, Any]:
         """Data-free training (docs/reverse-kl.md): the networks learn exp(−U/kT) under the CG
         restraint from the force field and the training CG frames (:mod:`backmap_vae.data_free`)."""
-        from backmap.training.reverse_kl import ReverseKLTrainer
+        from backmap.api.training import ReverseKLTrainer
         from backmap_vae.data_free import UnitProblem, data_free_pool, forcefield_reference_ics, pretrain_on_pool
         from backmap_vae.targets import UnitTargets
 

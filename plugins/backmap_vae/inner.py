@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from backmap.sampling.sampler import UnitGroup
+from backmap.api.sampling import UnitGroup
 from backmap_vae.rotations import rotation_move
 from backmap_vae.targets import BoundUnits
 

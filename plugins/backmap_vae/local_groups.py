@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from backmap.sampling.sampler import UnitGroup
+from backmap.api.sampling import UnitGroup
 from backmap_vae.blocks import colours
 
 

@@ -30,8 +30,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from backmap.refinement.latent_moves import IndependentChains, JointLogDensity
-from backmap.training.von_mises import sample_von_mises
+from backmap.api.refinement import IndependentChains, JointLogDensity
+from backmap.api.training import sample_von_mises
 
 LOG_2PI = math.log(2 * math.pi)
 TWO_PI = 2 * math.pi
@@ -104,7 +104,7 @@ class ZMatrix:
             raise ValueError("a Z-matrix needs one connected molecule of at least 3 atoms")
         heavy = [i for i in range(n) if str(moltype.elements[i]) != "H"]
         if b0 is None:
-            from backmap.forcefield.parameters import molecule_terms
+            from backmap.api.forcefield import molecule_terms
 
             atoms, params = molecule_terms(moltype)["bond"]
             b0 = {tuple(sorted(a)): float(p[0]) for a, p in zip(atoms, params)}

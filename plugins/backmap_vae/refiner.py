@@ -24,22 +24,22 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from backmap import BackmapError
-from backmap.engine.models import load_model
-from backmap.engine.recipe import InputPath
-from backmap.engine.plugin import Refiner
-from backmap.forcefield.minimize import minimize_restrained
-from backmap.refinement.bond_model import BondModel
-from backmap.refinement.constraints import BondConstraints
-from backmap.refinement.latent_moves import vae_move, vae_move_sequential
-from backmap.refinement.restrained import (RefineParams, RefineResult, RestrainedSystem,
-                                           resolve_constraints)
-from backmap.sampling.blocks import parse_blocks
-from backmap.sampling.chirality import load_chiral_centres
-from backmap.sampling.sampler import UnitGroup
-from backmap.system.io import atomic_path
-from backmap.system.pbc import Unwrapper, box_dimensions
-from backmap.threads import torch_threads
+from backmap.api import BackmapError, Refiner
+from backmap.api.forcefield import minimize_restrained
+from backmap.api.io import atomic_path, torch_threads
+from backmap.api.recipes import InputPath, load_model
+from backmap.api.refinement import (
+    BondConstraints,
+    BondModel,
+    RefineParams,
+    RefineResult,
+    RestrainedSystem,
+    resolve_constraints,
+    vae_move,
+    vae_move_sequential,
+)
+from backmap.api.sampling import UnitGroup, load_chiral_centres, parse_blocks
+from backmap.api.system import Unwrapper, box_dimensions
 from backmap_vae.blocks import block_moves, step_groups
 from backmap_vae.local_groups import coloured_groups
 from backmap_vae.inner import InnerGroup, inner_group, inner_move, neighbours

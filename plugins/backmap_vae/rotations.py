@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from backmap.sampling.sampler import UnitGroup
+from backmap.api.sampling import UnitGroup
 from backmap_vae.blocks import colour_apart, merge_groups, step_groups
 from backmap_vae.local_groups import coloured_groups
 from backmap_vae.targets import BoundUnits

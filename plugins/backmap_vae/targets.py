@@ -16,15 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from backmap import BackmapError
-from backmap.engine.registry import default_registry
-from backmap.forcefield import ForceField
-from backmap.forcefield.local_mc import LocalMetropolis
-from backmap.refinement.restrained import BOLTZMANN, RestrainedSystem
-from backmap.sampling.chirality import ChiralCentres
-from backmap.sampling.environment import EnvironmentBatch
-from backmap.sampling.sampler import Sampler, SamplerOptions, UnitGroup
-from backmap.sampling.traversal import make_plans
+from backmap.api import BackmapError
+from backmap.api.forcefield import BOLTZMANN, ForceField, LocalMetropolis
+from backmap.api.recipes import default_registry
+from backmap.api.refinement import RestrainedSystem
+from backmap.api.sampling import ChiralCentres, EnvironmentBatch, Sampler, SamplerOptions, UnitGroup, make_plans
 
 
 @dataclass

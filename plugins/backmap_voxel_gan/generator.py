@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from backmap import BackmapError, NetworkGenerator
-from backmap.sampling.environment import EnvironmentBatch
-from backmap.threads import torch_threads
-from backmap.training.sequences import BeadSequences
+from backmap.api import BackmapError, NetworkGenerator
+from backmap.api.io import torch_threads
+from backmap.api.sampling import EnvironmentBatch
+from backmap.api.training import BeadSequences
 from backmap_voxel_gan.features import ChannelLayout, compact, rotation_z
 from backmap_voxel_gan.model import VoxelGANModel, rotate_batch
 from backmap_voxel_gan.networks import flops_per_call

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from backmap.training.sequences import BeadSequences
+from backmap.api.training import BeadSequences
 from backmap_voxel_gan.features import ChannelLayout, Featurizer, rotation_z
 from backmap_voxel_gan.networks import VoxelCritic, VoxelGenerator
 from backmap_voxel_gan.params import VoxelGANParams

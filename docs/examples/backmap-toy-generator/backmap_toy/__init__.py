@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from backmap import BackmapError, Generator, hookimpl
+from backmap.api import BackmapError, Generator, hookimpl
 
 if TYPE_CHECKING:  # types only: the plugin module stays light to import
-    from backmap import EnvironmentBatch, EnvironmentSpec, FitContext, TrainingData
+    from backmap.api import EnvironmentBatch, EnvironmentSpec, FitContext, TrainingData
 
 
 class ToyParams(BaseModel):

@@ -1,0 +1,11 @@
+"""Files, progress and threads: atomic writes, trajectory frames, progress bars, torch threads.
+
+Part of :mod:`backmap.api`, the one surface plugins import."""
+from __future__ import annotations
+
+from backmap.system.io import Frame, atomic_path, check_gro_complete, write_frames  # noqa: F401
+from backmap.engine.pipeline import write_text  # noqa: F401
+from backmap.progress import progress  # noqa: F401
+from backmap.threads import torch_threads  # noqa: F401
+
+__all__ = ['Frame', 'atomic_path', 'check_gro_complete', 'progress', 'torch_threads', 'write_frames', 'write_text']

@@ -1,0 +1,15 @@
+"""The sampler's data and settings: environments, feature channels, traversal plans, stereocentres, blocks.
+
+Part of :mod:`backmap.api`, the one surface plugins import."""
+from __future__ import annotations
+
+from backmap.sampling.environment import Channels, EnvironmentBatch  # noqa: F401
+from backmap.sampling.spec import EnvironmentSpec  # noqa: F401
+from backmap.sampling.sampler import Sampler, SamplerOptions, UnitGroup  # noqa: F401
+from backmap.sampling.backmapper import BackmapSettings, read_cg  # noqa: F401
+from backmap.sampling.chirality import ChiralCentres, invert_flipped, load_chiral_centres  # noqa: F401
+from backmap.sampling.flat_bottom import FlatBottomLimits, type_key  # noqa: F401
+from backmap.sampling.traversal import make_plans  # noqa: F401
+from backmap.sampling.blocks import Block, parse_blocks  # noqa: F401
+
+__all__ = ['BackmapSettings', 'Block', 'Channels', 'ChiralCentres', 'EnvironmentBatch', 'EnvironmentSpec', 'FlatBottomLimits', 'Sampler', 'SamplerOptions', 'UnitGroup', 'invert_flipped', 'load_chiral_centres', 'make_plans', 'parse_blocks', 'read_cg', 'type_key']
