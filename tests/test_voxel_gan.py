@@ -271,7 +271,7 @@ def test_propose_is_seeded_and_in_the_unit_frame():
 
 def test_shipped_sps_model_loads():
     """The sPS model in models/ loads without unpickling anything (its networks' state matches the
-    classes), from its folder, and its description names the repository's mapping relative to itself."""
+    classes), from its folder, and carries the repository's mapping inside its package."""
     from backmap.engine.models import load_model
 
     folder = Path(__file__).resolve().parent.parent / "models" / "sps-voxel-gan"
@@ -279,8 +279,8 @@ def test_shipped_sps_model_loads():
     generator = model.generator
     assert generator.name == "voxel_gan" and generator.params.preset == "cpu"
     assert generator.environment.cutoff == 0.7 and generator.environment.traversal == "dfs"
-    assert model.mapping[0].resolve() == (folder.parent.parent / "recipes" / "sps" / "sps.xml").resolve()
-    assert model.mapping[0].is_file()
+    assert model.mapping[0] == folder / "system" / "sps.xml"
+    assert model.mapping[0].read_bytes() == (folder.parent.parent / "recipes" / "sps" / "sps.xml").read_bytes()
     assert not list(folder.glob("*.pkl"))
     n = sum(p.numel() for p in generator.model.generator.parameters())
     assert 50_000 < n < 5_000_000

@@ -102,8 +102,8 @@ class EvaluateStep(Step):
             headline=p.headline, workers=p.workers or ctx.recipe.cluster.workers, batch_size=p.batch_size,
             title=ctx.recipe.name, scheduler=ctx.recipe.cluster.scheduler, dt=p.dt)
         result = run_evaluation(spec, ctx.registry, ctx.console)
-        model = ctx.outputs.find("train.model")
-        if model is not None and self.params.candidates is None:  # this run's model made them: its card says so
+        model = ctx.outputs.find("train.model") if self.params.candidates is None else None
+        if model is not None:  # this run's model made the candidates: its card says how well
             from backmap.api.recipes import evaluation_entry, record_evaluation
 
             command = f"backmap run {ctx.recipe.path.name if ctx.recipe.path else 'recipe'}"
