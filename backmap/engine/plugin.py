@@ -24,6 +24,11 @@ if TYPE_CHECKING:
     from backmap.system.mapping import CGTopology, Mapping
     from backmap.engine.pipeline import RunContext
     from backmap.system.topology import Topology
+    from backmap.refinement.bond_model import BondModel
+    from backmap.refinement.restrained import RefineResult, RestrainedSystem
+    from backmap.training.regularization import RegularizerSample
+    from backmap.metrics.context import EvalContext, FrameBatch
+    from backmap.metrics.spec import Histogram, Observable
 
 
 class NoParams(BaseModel):
@@ -182,7 +187,7 @@ class Refiner(Plugin):
 
     kind = "refiner"
 
-    def prepare(self, system: Any) -> None:
+    def prepare(self, system: RestrainedSystem) -> None:
         """Called once before the first frame."""
 
     def use_model(self, model: Path) -> None:
@@ -195,21 +200,21 @@ class Refiner(Plugin):
         kept (``backmap apply --stereo-reference``, a recipe's backmap step): refiners whose target
         can keep them (``vae_mc``) take it unless their parameters name one; the others ignore it."""
 
-    def bond_model(self) -> Any:
+    def bond_model(self) -> BondModel | None:
         """After :meth:`prepare`: a :class:`backmap.refinement.bond_model.BondModel` when this
         refiner's target treats rigid bonds otherwise than as constraints of ``constraints``
         (``vae_mc``: the bonds its decoder builds inside a bead held, the others stiff springs);
         None (default) when it holds them all. A ``schedule`` hands it to its other stages."""
         return None
 
-    def use_bond_model(self, bonds: Any) -> bool:
+    def use_bond_model(self, bonds: BondModel) -> bool:
         """Before :meth:`prepare`: sample the target of ``bonds`` (held bonds as constraints with
         the δ measure, sprung ones as springs) so as to share another refiner's target. Returns
         whether this refiner can (default: no; ``mala`` and ``langevin`` can)."""
         return False
 
     def refine(self, positions: np.ndarray, targets: np.ndarray, boxes: np.ndarray,
-               rng: np.random.Generator) -> Any:
+               rng: np.random.Generator) -> RefineResult:
         raise NotImplementedError
 
 
@@ -222,10 +227,10 @@ class Regularizer(Plugin):
 
     kind = "regularizer"
 
-    def prepare(self, context: Any) -> None:
+    def prepare(self, context: RunContext) -> None:
         """Called once before training with the run context."""
 
-    def loss(self, sample: Any, epoch: float) -> Any:
+    def loss(self, sample: RegularizerSample, epoch: float) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -257,11 +262,11 @@ class Metric(Plugin):
     #: why this metric produced nothing (shown in the report); set by ``prepare``
     skipped: str | None = None
 
-    def prepare(self, context: Any) -> list[Any]:
+    def prepare(self, context: EvalContext) -> list[Observable]:
         """The observables this metric will produce for the system in ``context``."""
         raise NotImplementedError
 
-    def samples(self, batch: Any, context: Any) -> dict[str, Any]:
+    def samples(self, batch: FrameBatch, context: EvalContext) -> dict[str, np.ndarray | Histogram]:
         """Per-frame samples of each observable for one batch of frames."""
         raise NotImplementedError
 
