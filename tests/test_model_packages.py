@@ -248,3 +248,16 @@ def test_shipped_sps_models_are_listed_shown_and_apply_from_anywhere(tmp_path, m
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")
     assert apply(copy, tmp_path / "copied.gro") == reference
+
+
+def test_unknown_names_and_bad_exports_are_one_line_errors(run, tmp_path):
+    code, out, err = run_cli("models", "show", "no-such-model")
+    assert code == 2 and "no registered model of this name (see `backmap models list`)" in err, out + err
+    code, out, err = run_cli("export-model", run, "--out", run / "model" / "inside.bmz")
+    assert code == 2 and "inside the model being exported" in err and not (run / "model" / "inside.bmz").exists()
+    (tmp_path / "taken").mkdir()
+    code, out, err = run_cli("export-model", run, "--out", tmp_path / "taken")
+    assert code == 2 and "exists already" in err
+    (tmp_path / "junk.bmz").write_bytes(b"not a zip")
+    code, out, err = run_cli("models", "show", tmp_path / "junk.bmz")
+    assert code == 2 and "not a model archive" in err and "Traceback" not in err
