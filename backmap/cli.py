@@ -565,12 +565,19 @@ def models_list(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=1))
         return
-    table = Table("name", "generator", "pack (package)", "mean JSD (card)", "summary", box=None)
+    cells = []
     for r in rows:
         jsd = ", ".join(f"{k} {v:.3g}" for k, v in (r.get("mean JSD") or {}).items())
-        table.add_row(r["name"], r.get("generator", "[red]unreadable[/red]"), f"{r['pack']} ({r['package']})",
-                      f"{jsd} (floor {r['noise floor']:.2g})" if jsd else "—", r.get("summary") or r.get("error", ""))
-    Console().print(table)
+        cells.append([r["name"], r.get("generator", "unreadable"), f"{r['pack']} ({r['package']})",
+                      f"{jsd} (floor {r['noise floor']:.2g})" if jsd else "—", r.get("summary") or r.get("error", "")])
+    import shutil
+
+    head = ["name", "generator", "pack (package)", "mean JSD (card)", "summary"]
+    widths = [max(len(r[i]) for r in [head, *cells]) for i in range(4)]
+    room = max(20, shutil.get_terminal_size((120, 24)).columns - sum(widths) - 8)
+    for r in [head, *cells]:  # the columns that identify a model are never cut; the summary is
+        summary = r[4] if len(r[4]) <= room else r[4][:room - 1] + "…"
+        click.echo("  ".join(f"{v:<{w}}" for v, w in zip(r, widths)) + "  " + summary)
 
 
 @models.command(name="show")
