@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared" / "data" / "sps"
+SHARED = Path(os.environ.get("BACKMAP_SHARED_SPS", REPO.parent / "shared" / "data" / "sps"))  # overridable
 BACKMAP = str(Path(sys.executable).parent / "backmap")
 MODELS = {"sps-equivariant": [], "sps-vae": [],
           "sps-voxel-gan": ["--stereo-reference", str(SHARED / "train" / "aa" / "100.gro")]}
