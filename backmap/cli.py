@@ -420,6 +420,7 @@ def apply(model: Path, cg_path: Path, traj: Path | None, out: Path, topology: Pa
                            source=model)
     source = traj or cg_path
     check_output(out, [source, cg_path, top_path, *maps, stereo_reference, mdp])
+    loaded.refuse_output_inside(out)
     topo = load_topology(top_path)
     given = load_mapping(maps, topo)
     if mapping and loaded.mapping and all(Path(p).is_file() for p in loaded.mapping):
@@ -921,6 +922,7 @@ def morph(model: Path, source: Path, out: Path, scheme: str, topology: Path | No
     if loaded.topology is None or not loaded.mapping:
         raise BackmapError("the model does not record its topology and bottleneck mapping", source=model)
     check_output(out, [source, topology, target, loaded.topology, *loaded.mapping])
+    loaded.refuse_output_inside(out)
     topo = load_topology(loaded.topology)
     cg_top = load_mapping(loaded.mapping, topo).cg_topology(topo)
     if topology is not None and load_topology(topology).n_atoms != topo.n_atoms:

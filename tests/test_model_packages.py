@@ -261,3 +261,14 @@ def test_unknown_names_and_bad_exports_are_one_line_errors(run, tmp_path):
     (tmp_path / "junk.bmz").write_bytes(b"not a zip")
     code, out, err = run_cli("models", "show", tmp_path / "junk.bmz")
     assert code == 2 and "not a model archive" in err and "Traceback" not in err
+
+
+def test_apply_never_writes_into_the_model_package(run, tmp_path):
+    """(issue 60) apply's output and its sidecars (OUT.json, OUT.gro, OUT_cg.trr) would replace or
+    join the package's files: refused, nothing written."""
+    model = tmp_path / "model"
+    shutil.copytree(run / "model", model)
+    before = {p.name: p.read_bytes() for p in model.rglob("*") if p.is_file()}
+    code, out, err = run_cli("apply", "--model", model, "--cg", run / CG, "--frames", "0", "--out", model / "model.xtc")
+    assert code == 2 and "lies inside the model package" in err, out + err
+    assert {p.name: p.read_bytes() for p in model.rglob("*") if p.is_file()} == before

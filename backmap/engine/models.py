@@ -70,6 +70,13 @@ class Model:
         the train step's ``sampling``): apply and the backmap step take them where nothing is given."""
         return dict(self.description.get("sampling") or {})
 
+    def refuse_output_inside(self, out: Path, option: str = "--out") -> None:
+        """Outputs never go into the model package (they would replace its files or be taken for
+        part of it by a later export)."""
+        if self.directory.resolve() in Path(out).resolve().parents:
+            raise BackmapError(f"{option} lies inside the model package {self.directory}: write it elsewhere",
+                               source=out)
+
     def check_system(self, cg_topology: CGTopology) -> None:
         """Refuse a system that is not the one the model was trained on, naming the difference. A
         generator that adapts to new chemistry (``Generator.adapt``) may meet molecule types under
