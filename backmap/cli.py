@@ -568,7 +568,7 @@ def models_list(as_json: bool) -> None:
         return
     cells = []
     for r in rows:
-        jsd = ", ".join(f"{k} {v:.3g}" for k, v in (r.get("mean JSD") or {}).items())
+        jsd = ", ".join(f"{k.split(' (')[0]} {v:.3g}" for k, v in (r.get("mean JSD") or {}).items())
         cells.append([r["name"], r.get("generator", "unreadable"), f"{r['pack']} ({r['package']})",
                       f"{jsd} (floor {r['noise floor']:.2g})" if jsd else "—", r.get("summary") or r.get("error", "")])
     import shutil

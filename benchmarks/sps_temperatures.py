@@ -111,7 +111,7 @@ def seconds_per_frame(work: Path, label: str) -> float:
     return json.loads((work / f"{label}.json").read_text())["summary"]["seconds per frame"]
 
 
-def record_on_cards(metrics: dict, labels: list[str], reference: Path) -> None:
+def record_on_cards(metrics: dict, labels: list[str], reference: Path, description: str) -> None:
     """Each shipped model's candidates of this evaluation, on its model card (one entry per model:
     alone, with its other settings, refined)."""
     from backmap.engine.model_card import evaluation_entry, record_evaluation
@@ -125,7 +125,7 @@ def record_on_cards(metrics: dict, labels: list[str], reference: Path) -> None:
                                                  else names.get(name, "alone"))
     command = "python benchmarks/sps_temperatures.py " + " ".join(sys.argv[1:])
     for model, kept in by_model.items():
-        record_evaluation(Path(model), evaluation_entry(metrics, reference, command, kept))
+        record_evaluation(Path(model), evaluation_entry(metrics, reference, command, kept, description))
         print(f"recorded on {model}/card.json", file=sys.stderr)
 
 
@@ -164,7 +164,11 @@ def run_temperature(folder: Path, generators: list[str], n_frames: int, out: Pat
                  *label_args, *trajectories], log)
     metrics = json.loads(evaluated.read_text())
     if model_cards:
-        record_on_cards(metrics, labels, work / "reference.xtc")
+        source = "DeepBackmap's sPS evaluation set (eval_t568, training copies left out)" \
+            if folder.name == "eval_t568" else f"the sPS melt of {folder.name} (scripts/make_sps_temperature_data.sh)"
+        record_on_cards(metrics, labels, work / "reference.xtc",
+                        f"{source} at {temperature:g} K: {len(reference_frames)} reference frames, every second "
+                        f"backmapped (seed 1), 11 headline observables")
     summary = metrics["summary"]["mean_jsd_headline"]
     obs = metrics["observables"]
     rows = []

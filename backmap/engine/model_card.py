@@ -114,7 +114,7 @@ def write_card(directory: Path, card: dict[str, Any]) -> None:
 
 
 def evaluation_entry(result: dict[str, Any], reference: Path, command: str = "",
-                     labels: dict[str, str] | None = None) -> dict[str, Any]:
+                     labels: dict[str, str] | None = None, description: str = "") -> dict[str, Any]:
     """What a card keeps of ``evaluate``'s ``metrics.json`` content: the headline mean JSD per
     candidate and the noise floor, the per-observable JSD, and the CG RMSD, stereocentres and
     clashes where measured. ``labels``: the candidates to keep, under new names (e.g. "alone",
@@ -123,6 +123,7 @@ def evaluation_entry(result: dict[str, Any], reference: Path, command: str = "",
     labels = labels if labels is not None else {k: k for k in head["candidates"]}
     entry: dict[str, Any] = {
         "date": datetime.date.today().isoformat(), "backmap": __version__, "reference": file_record(reference),
+        "data": description,
         "frames": result.get("frames", {}).get("reference"),
         "mean JSD": {labels[k]: round(float(v), 5) for k, v in head["candidates"].items() if k in labels},
         "noise floor": round(float(head["noise_floor"]), 5),
@@ -216,7 +217,7 @@ def render_card(card: dict[str, Any]) -> str:
         lines += ["None recorded yet (`backmap evaluate … --model-card MODEL` records one).", ""]
     for e in evals:
         ref = e.get("reference", {})
-        lines += [f"**{ref.get('file')}** ({_fmt(e.get('frames'))} frames, {e.get('date', '')}, backmap "
+        lines += [f"**{e.get('data') or ref.get('file')}** ({_fmt(e.get('frames'))} reference frames, {e.get('date', '')}, backmap "
                   f"{e.get('backmap', '')}): mean JSD over {len(e.get('observables', [])) or 'the headline'} "
                   f"observables, noise floor {_fmt(e.get('noise floor'))}", ""]
         labels = list(e.get("mean JSD", {}))
