@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -571,8 +572,6 @@ def models_list(as_json: bool) -> None:
         jsd = ", ".join(f"{k.split(' (')[0]} {v:.3g}" for k, v in (r.get("mean JSD") or {}).items())
         cells.append([r["name"], r.get("generator", "unreadable"), f"{r['pack']} ({r['package']})",
                       f"{jsd} (floor {r['noise floor']:.2g})" if jsd else "—", r.get("summary") or r.get("error", "")])
-    import shutil
-
     head = ["name", "generator", "pack (package)", "mean JSD (card)", "summary"]
     widths = [max(len(r[i]) for r in [head, *cells]) for i in range(4)]
     room = max(20, shutil.get_terminal_size((120, 24)).columns - sum(widths) - 8)
@@ -738,6 +737,7 @@ def evaluate(topology: Path, reference: Path, candidates: tuple[Path, ...], out:
         settings=_settings(mdp, cutoff, coulomb, epsilon_rf, lj_shift), metrics=split(metric_names),
         headline=split(headline), workers=workers, batch_size=batch_size, save_samples=save_samples,
         scheduler=scheduler, dt=_time_step_option(dt_values))
+    card_folder = _card_folder(model_card) if model_card is not None else None  # refused before the work
     result = run_evaluation(spec, console=console)
     head = result["summary"]["mean_jsd_headline"]
     table = Table("candidate", f"mean JSD ({len(head['observables'])} headline observables)", box=None)
@@ -746,14 +746,13 @@ def evaluate(topology: Path, reference: Path, candidates: tuple[Path, ...], out:
     table.add_row("noise floor", f"{head['noise_floor']:.4f}")
     Console().print(table)
     click.echo(f"wrote {out / 'metrics.json'} and {out / 'report.md'} ({result['timing']['total_s']:.1f} s)")
-    if model_card is not None:
+    if card_folder is not None:
         from backmap.engine.model_card import evaluation_entry, record_evaluation
 
-        directory = _card_folder(model_card)
         command = (f"backmap evaluate --reference {reference.name} " + " ".join(Path(c).name for c in candidates)
                    + (f" --headline {headline}" if headline else ""))
-        record_evaluation(directory, evaluation_entry(result, reference, command))
-        click.echo(f"recorded on the model card {directory / 'card.json'}")
+        record_evaluation(card_folder, evaluation_entry(result, reference, command))
+        click.echo(f"recorded on the model card {card_folder / 'card.json'}")
 
 
 def _card_folder(model: Path) -> Path:
@@ -764,8 +763,11 @@ def _card_folder(model: Path) -> Path:
     if not Path(model).exists():
         raise BackmapError("--model-card takes a model folder or run directory (a registered model's card is "
                            "kept by its package: copy the model to record on its card)", source=model)
+    if Path(model).suffix.lower() == ".bmz":
+        raise BackmapError("--model-card takes a model folder, not an archive (unpack it with `backmap export-model "
+                           "ARCHIVE --out FOLDER`)", source=model)
     directory = model_directory(model)
-    if directory.suffix == ".bmz" or not os.access(directory, os.W_OK):
+    if not os.access(directory, os.W_OK):
         raise BackmapError("--model-card: the model folder is not writable", source=model)
     return directory
 

@@ -272,3 +272,14 @@ def test_apply_never_writes_into_the_model_package(run, tmp_path):
     code, out, err = run_cli("apply", "--model", model, "--cg", run / CG, "--frames", "0", "--out", model / "model.xtc")
     assert code == 2 and "lies inside the model package" in err, out + err
     assert {p.name: p.read_bytes() for p in model.rglob("*") if p.is_file()} == before
+
+
+def test_a_model_card_that_cannot_be_written_is_refused_before_evaluating(run, tmp_path):
+    """--model-card naming an archive (its folder is the cache's) is refused before any work."""
+    code, out, err = run_cli("export-model", run, "--out", tmp_path / "m.bmz")
+    assert code == 0, err
+    code, out, err = run_cli("evaluate", "--topology", HEXANE / "topol.top", "--reference", HEXANE / "traj.xtc",
+                             run / "backmap" / "aa.xtc", "--out", tmp_path / "ev", "--metrics", "bonds",
+                             "--model-card", tmp_path / "m.bmz")
+    assert code == 2 and "not an archive" in err, out + err
+    assert not (tmp_path / "ev").exists()
