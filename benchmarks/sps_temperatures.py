@@ -123,7 +123,9 @@ def record_on_cards(metrics: dict, labels: list[str], reference: Path, descripti
         model = GENERATORS[name][GENERATORS[name].index("--model") + 1]
         by_model.setdefault(model, {})[label] = ("refined (openmm 1 ps)" if label.endswith("refine")
                                                  else names.get(name, "alone"))
-    command = "python benchmarks/sps_temperatures.py " + " ".join(sys.argv[1:])
+    # the card travels without ../shared: the data folder is named, not pointed at
+    command = "python benchmarks/sps_temperatures.py " + " ".join(
+        "DBM_SPS/" + Path(a).name if Path(a).resolve().parent == SHARED.resolve() else a for a in sys.argv[1:])
     for model, kept in by_model.items():
         record_evaluation(Path(model), evaluation_entry(metrics, reference, command, kept, description))
         print(f"recorded on {model}/card.json", file=sys.stderr)
@@ -164,7 +166,8 @@ def run_temperature(folder: Path, generators: list[str], n_frames: int, out: Pat
                  *label_args, *trajectories], log)
     metrics = json.loads(evaluated.read_text())
     if model_cards:
-        source = "DeepBackmap's sPS evaluation set (eval_t568, training copies left out)" \
+        source = "DeepBackmap's sPS evaluation set (DBM_SPS/eval_t568: its published sPS data, not shipped; " \
+            "training copies left out)" \
             if folder.name == "eval_t568" else f"the sPS melt of {folder.name} (scripts/make_sps_temperature_data.sh)"
         record_on_cards(metrics, labels, work / "reference.xtc",
                         f"{source} at {temperature:g} K: {len(reference_frames)} reference frames, every second "
