@@ -32,7 +32,7 @@ def mirror(frame):
 
 
 def main() -> None:
-    from backmap.engine.apply import make_backmapper
+    from backmap.engine.assembly import make_backmapper
     from backmap.engine.loaders import load_mapping, load_topology
     from backmap.engine.models import load_model
     from backmap.sampling.backmapper import BackmapSettings

@@ -28,7 +28,7 @@ CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
 import torch
-from backmap.engine.apply import make_backmapper
+from backmap.engine.assembly import make_backmapper
 from backmap.engine.loaders import load_mapping, load_topology
 from backmap.engine.models import load_model
 from backmap.sampling.backmapper import BackmapSettings, read_cg

@@ -77,7 +77,8 @@ def main() -> None:
     from backmap.engine.loaders import load_mapping
     from backmap.metrics.evaluate import EvaluationSpec, run_evaluation
     from backmap.engine.loaders import make_plugin
-    from backmap.refinement.restrained import RestrainedSystem, refine_files
+    from backmap.app.refine import refine_files
+    from backmap.refinement.restrained import RestrainedSystem
     from backmap.engine.loaders import load_topology
 
     ev = SPS / "eval_t568"
@@ -116,7 +117,7 @@ def main() -> None:
                                    batch=args.batch)
             timing[name] = {"seconds_per_frame": (time.perf_counter() - t0) / len(idx),
                             "cpu_seconds_per_frame": (time.process_time() - c0) / len(idx), "input": label, **cfg,
-                            "cg_rmsd_log": summary["CG RMSD after (nm)"], "failed_frames": summary["failed frames"]}
+                            "cg_rmsd_log": summary.cg_rmsd_after, "failed_frames": summary.failed_frames}
             candidates[name] = dst
     spec = EvaluationSpec(topology=SPS / "top" / "topol.top", reference=out / "reference.xtc",
                           candidates=list(candidates.values()), labels=list(candidates), out=out / "evaluate",

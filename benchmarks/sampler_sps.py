@@ -23,7 +23,7 @@ CHILD = r"""
 import json, resource, sys, time
 import numpy as np
 from pathlib import Path
-from backmap.engine.apply import make_backmapper
+from backmap.engine.assembly import make_backmapper
 from backmap.sampling.backmapper import BackmapSettings, read_cg
 from backmap.engine.loaders import load_mapping
 from backmap.engine.registry import default_registry

@@ -44,21 +44,21 @@ SELECTION = {"candidates": 4, "selector": "boltzmann"}
 
 
 def backmap(model, cg_top, frames, out: Path, **settings) -> dict:
-    from backmap.engine.apply import backmap_to_files
+    from backmap.app.backmapping import backmap_to_files
     from backmap.sampling.backmapper import BackmapSettings
 
     t0 = time.perf_counter()
     chosen = BackmapSettings(gibbs_sweeps=1, **SELECTION, **settings)
     summary = backmap_to_files(model, cg_top, TOP, frames, out, chosen, seed=11)
     seconds = time.perf_counter() - t0
-    return {"frames": summary["frames"], "seconds": round(seconds, 1),
-            "generator seconds per frame": summary["generator seconds per frame"]}
+    return {"frames": summary.frames, "seconds": round(seconds, 1),
+            "generator seconds per frame": summary.generator_seconds_per_frame}
 
 
 def speed(temporal, framewise, cg_top, frames, rounds: int = 4, n: int = 50) -> dict:
     """Seconds per frame of trajectory mode and of the frame-wise model, timed in alternating rounds
     of ``n`` frames (ABAB…) so that other load on the machine hits both alike."""
-    from backmap.engine.apply import make_backmapper
+    from backmap.engine.assembly import make_backmapper
     from backmap.sampling.backmapper import BackmapSettings
 
     settings = BackmapSettings(gibbs_sweeps=1, **SELECTION)

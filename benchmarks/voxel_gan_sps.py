@@ -71,7 +71,7 @@ print(json.dumps({"seconds": dt, "iterations": iterations, "sequences": iteratio
 """
 
 INFER = COMMON + r"""
-from backmap.engine.apply import make_backmapper
+from backmap.engine.assembly import make_backmapper
 from backmap.engine.models import load_model
 from backmap.sampling.backmapper import BackmapSettings, read_cg
 from backmap.engine.registry import default_registry

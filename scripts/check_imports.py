@@ -19,9 +19,13 @@ re-exporting its submodules forms a pair with one of them. An import of a module
 4. no core module imports the package root ``backmap`` (it re-exports the plugin API), except
    ``backmap/__init__.py``, ``backmap/cli.py`` and ``backmap/api/__init__.py`` (which extends it);
 5. no plugin package imports another (a plugin uses the core's public API, as a third-party one
-   would), except the pairs in ``KNOWN_CROSS_IMPORTS``, which issue 58 removes;
+   would);
 6. plugins (``plugins/`` and the examples in ``docs/examples/``) import of backmap only
-   ``backmap.api`` and its modules; the core never imports ``backmap.api`` (it re-exports the core).
+   ``backmap.api`` and its modules; the core never imports ``backmap.api`` (it re-exports the core);
+7. no module below the use-case layer ``backmap.app`` imports it (only ``backmap.app`` itself,
+   ``backmap.api`` and the command line ``backmap.cli*`` may);
+8. no import circle inside a plugin package either (rule 1, for every package under ``plugins/``
+   and every example plugin).
 
 Prints the circles and every violation as ``path:line: message``; exits with 1 if there is any.
 ``tests/test_architecture.py`` runs the same code.
@@ -40,9 +44,9 @@ ROOT_PACKAGE = "backmap"
 LEAVES = frozenset({"backmap.errors", "backmap.progress", "backmap._version"})
 DATA_MODEL = "backmap.system"
 MAY_IMPORT_ROOT = frozenset({"backmap", "backmap.cli", "backmap.api"})
-#: (importer, imported) plugin packages that still share code directly: the vae generator is built on
-#: the equivariant one's encoder and internal-coordinate head (to move into the core's public API)
-KNOWN_CROSS_IMPORTS = frozenset({("backmap_vae", "backmap_equivariant")})
+#: (importer, imported) plugin packages allowed to share code directly: none (shared building blocks
+#: belong in the core's public API, e.g. ``backmap.api.icgen``)
+KNOWN_CROSS_IMPORTS: frozenset[tuple[str, str]] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -102,8 +106,9 @@ def _resolve_from(node: ast.ImportFrom, source: str, is_package: bool) -> str:
 
 
 def _known(name: str, modules: dict[str, Path]) -> str:
-    """The longest prefix of ``name`` that is a core module (``name`` itself if it is not core)."""
-    if not name.startswith(ROOT_PACKAGE + ".") and name != ROOT_PACKAGE:
+    """The longest prefix of ``name`` that is one of ``modules`` (``name`` itself if it lies outside
+    their packages)."""
+    if name.split(".")[0] not in {m.split(".")[0] for m in modules}:
         return name
     parts = name.split(".")
     while parts and ".".join(parts) not in modules:
@@ -230,9 +235,35 @@ def core_api_violations(graph: ImportGraph) -> list[str]:
             if (imp.target == API or imp.target.startswith(API + ".")) and not imp.source.startswith(API)]
 
 
+APP = "backmap.app"
+#: the faces above the use-case layer: they may import it
+ABOVE_APP = ("backmap.app", "backmap.api", "backmap.cli")
+
+
+def app_layer_violations(graph: ImportGraph) -> list[str]:
+    """Imports of the use-case layer from below it (function-local imports included)."""
+    return [f"{imp.where()}: {imp.source} imports the use-case layer {imp.target} (it lies above)"
+            for imp in graph.imports
+            if (imp.target == APP or imp.target.startswith(APP + ".")) and not imp.package_side
+            and not any(imp.source == a or imp.source.startswith(a + ".") or imp.source.startswith(a + "_")
+                        for a in ABOVE_APP)]
+
+
+def plugin_graphs(plugins_dir: Path = ROOT / "plugins") -> list[ImportGraph]:
+    """The import graph of each plugin package (and of each example plugin under docs/examples)."""
+    dirs = [p.parent for p in sorted(plugins_dir.glob("*/__init__.py"))]
+    dirs += [p.parent for p in sorted(EXAMPLES.glob("*/*/__init__.py")) if p.parent.name != "tests"]
+    return [build(d) for d in dirs]
+
+
+def plugin_circle_violations(plugins_dir: Path = ROOT / "plugins") -> list[str]:
+    return [v for g in plugin_graphs(plugins_dir) for v in circle_violations(g)]
+
+
 def violations(graph: ImportGraph, plugins: frozenset[str]) -> list[str]:
     return (circle_violations(graph) + data_model_violations(graph)
-            + plugin_violations(graph, plugins) + root_violations(graph) + core_api_violations(graph))
+            + plugin_violations(graph, plugins) + root_violations(graph) + core_api_violations(graph)
+            + app_layer_violations(graph))
 
 
 def main() -> int:
@@ -240,7 +271,8 @@ def main() -> int:
     found = circles(graph)
     print(f"{len(graph.modules)} modules, {graph.graph().number_of_edges()} imports between them")
     print(f"circles: {len(found)}" + "".join(f"\n  {describe(graph, c)}" for c in found))
-    problems = violations(graph, plugin_packages()) + cross_plugin_violations() + api_violations()
+    problems = (violations(graph, plugin_packages()) + cross_plugin_violations() + api_violations()
+                + plugin_circle_violations())
     print(f"violations: {len(problems)}" + "".join(f"\n  {p}" for p in problems))
     return 1 if problems else 0
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from conftest import DATA
 
-from backmap.engine.apply import make_backmapper
+from backmap.engine.assembly import make_backmapper
 from backmap.sampling.backmapper import BackmapSettings
 from backmap.sampling.chirality import centre_rows, chiral_centres, load_chiral_centres
 from backmap.errors import BackmapError

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from backmap_equivariant.encoder import Encoder
-from backmap_equivariant.nerf import internal, place
-from backmap_equivariant.tables import bond_lengths
+from backmap.api.icgen import Encoder
+from backmap.api.icgen import internal, place
+from backmap.api.icgen import bond_lengths
 from conftest import DATA, HEXANE, run_cli
 
-from backmap.engine.apply import make_backmapper
+from backmap.engine.assembly import make_backmapper
 from backmap.engine.loaders import load_mapping, load_topology
 from backmap.engine.models import load_model
 from backmap.sampling.backmapper import BackmapSettings

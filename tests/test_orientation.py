@@ -135,7 +135,7 @@ def test_dock_in_the_sampler_draws_blind_and_bonds_at_b0(hexane, monkeypatch):
     """Through the sampler: the docked beads' units are proposed with no atom in their
     environment, and come out bonded to their placed partner at b0 (the bead-centre generator
     alone puts them anywhere within its spread)."""
-    from backmap.engine.apply import make_backmapper
+    from backmap.engine.assembly import make_backmapper
     from backmap.sampling.backmapper import BackmapSettings
     from backmap.forcefield.parameters import molecule_terms
 
@@ -198,7 +198,7 @@ def test_dock_names_an_unknown_bead_type(hexane):
 def test_a_blind_environment_has_the_same_local_frame(hexane):
     """Docking draws in an environment without atoms and places in the full one: both must share
     the local frame (it is built from CG beads only), or the drawn unit would be turned."""
-    from backmap.engine.apply import make_backmapper
+    from backmap.engine.assembly import make_backmapper
     from backmap.sampling.backmapper import BackmapSettings
 
     topo, cg, x, fr, plan = hexane

@@ -136,7 +136,7 @@ def test_von_mises_mixture_gradients_match_quadrature():
     """d/dθ E[f(φ)] by implicit reparameterization of draws from a von Mises mixture (weights,
     means and concentrations all differentiable) against the exact gradient of the quadrature
     ∫ f p_θ; tolerance: 5 standard errors of the per-sample gradients."""
-    from backmap_equivariant.head import N_OUT, ICDistribution
+    from backmap.api.icgen import N_OUT, ICDistribution
 
     torch.manual_seed(0)
     out = (torch.randn(N_OUT) * torch.tensor([0.] * 3 + [1.] * 12 + [1.5] * 4 + [0., 0.])).requires_grad_()
@@ -163,7 +163,7 @@ def test_von_mises_mixture_gradients_match_quadrature():
 
 
 def test_reparameterized_draws_have_the_same_values():
-    from backmap_equivariant.head import N_OUT, ICDistribution
+    from backmap.api.icgen import N_OUT, ICDistribution
 
     out = torch.randn(64, N_OUT)
     d = ICDistribution(out, torch.full((64,), 1.9), torch.full((64,), 0.1), torch.full((64,), 0.15))
@@ -365,7 +365,7 @@ def test_bounded_spreads_keep_draws_off_the_clamps():
     and bond-length clamps with probability < 1e-4 per draw (4 σ: 3e-5), so the draws' densities
     are the densities they were drawn with; unbounded, such outputs pile draws up on the clamps
     (what reverse KL exploited)."""
-    from backmap_equivariant.head import N_OUT, ICDistribution
+    from backmap.api.icgen import N_OUT, ICDistribution
 
     n = 20_000
     out = torch.zeros(n, N_OUT)

@@ -144,7 +144,7 @@ def test_forward_environment_sees_only_placed_atoms(hexane):
 
 
 def _backmapper(cg, seed=3, **kw):
-    from backmap.engine.apply import make_backmapper
+    from backmap.engine.assembly import make_backmapper
     from backmap.sampling.backmapper import BackmapSettings
 
     gen = default_registry().get("generator", "bead_centre").cls({"spread": 0.05})
@@ -424,7 +424,7 @@ def test_clash_repair_redraws_the_clashing_units(hexane):
     per frame over 10 seeds); the repair redraws their units one at a time (28–55 units). One round
     left 0–4 atoms clashing, two left none in all 10 seeds; 3 rounds are asserted to leave none.
     The clash search agrees with a brute-force minimum-image search over all pairs > 3 bonds apart."""
-    from backmap.engine.apply import make_backmapper
+    from backmap.engine.assembly import make_backmapper
     from backmap.metrics.terms import pairs_within
     from backmap.sampling.backmapper import BackmapSettings
     from backmap.system.pbc import minimum_image

@@ -13,7 +13,7 @@ from scipy.spatial.transform import Rotation
 
 from conftest import run_cli
 
-from backmap.engine.apply import backmap_to_files
+from backmap.app.backmapping import backmap_to_files
 from backmap.engine.loaders import load_mapping, load_topology
 from backmap.engine.models import load_model
 from backmap.parallel import ClusterOptions
@@ -159,7 +159,7 @@ def test_a_temporal_model_refuses_nothing_frame_wise_and_torch_sees_the_previous
     model = load_model(temporal_model)
     _top, cg_top = _system()
     frames = _cg_frames(cg_top, 2)
-    from backmap.engine.apply import make_backmapper
+    from backmap.engine.assembly import make_backmapper
 
     bm = make_backmapper(cg_top, model.generator, BackmapSettings(candidates=2, gibbs_sweeps=1), seed=1)
     prev = list(read_frames(DIP / "traj.xtc", frames=[240]))[0].positions

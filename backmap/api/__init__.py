@@ -13,6 +13,8 @@ data plugins exchange (``EnvironmentBatch``, ``EnvironmentSpec``, ``TrainingData
 - :mod:`backmap.api.refinement` — refiner inputs and results, constraints, latent moves
 - :mod:`backmap.api.metrics` — observables, binnings, the evaluation context
 - :mod:`backmap.api.recipes` — recipe inputs, the registry, model files and cards
+- :mod:`backmap.api.icgen` — the internal-coordinate generator and its e3nn encoder and head
+  (what the ``equivariant`` and ``vae`` generators are built on)
 - :mod:`backmap.api.usecases` — apply, morph, refine, evaluate, assess (what recipe steps run)
 
 Everything else in ``backmap`` is an implementation detail that may change between versions.

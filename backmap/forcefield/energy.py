@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from backmap.errors import BackmapError
-from backmap.forcefield import geometry as geo
+import backmap.forcefield.geometry as geo
 from backmap.forcefield.neighbors import box_heights, neighbour_pairs
 from backmap.forcefield.parameters import Parameters, build_parameters
 from backmap.forcefield.pme import PME

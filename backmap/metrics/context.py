@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 import numpy as np
 
 from backmap.errors import BackmapError
-from backmap.metrics import terms
+import backmap.metrics.terms as terms
 from backmap.system.pbc import Unwrapper, box_vectors, minimum_image
 from backmap.system.topology import Topology
 

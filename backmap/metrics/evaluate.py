@@ -75,20 +75,6 @@ class Trajectory:
 
 # --------------------------------------------------------------------------- inputs
 
-def settings_from_options(mdp: Path | None = None, cutoff: float | None = None, lj_shift: bool | None = None,
-                          epsilon_rf: float | None = None) -> NonbondedSettings:
-    """Non-bonded settings: an .mdp file's (or the defaults), then explicit options on top."""
-    s = NonbondedSettings.from_mdp(mdp) if mdp is not None else NonbondedSettings()
-    update: dict[str, Any] = {}
-    if cutoff is not None:
-        update.update(rvdw=cutoff, rcoulomb=cutoff)
-    if lj_shift is not None:
-        update["vdw_modifier"] = "potential-shift" if lj_shift else "none"
-    if epsilon_rf is not None:
-        update["epsilon_rf"] = epsilon_rf
-    return NonbondedSettings.model_validate({**s.model_dump(), **update}) if update else s
-
-
 def _labels(spec: EvaluationSpec) -> list[str]:
     if spec.labels is not None:
         if len(spec.labels) != len(spec.candidates):
@@ -109,7 +95,7 @@ def step_settings(mdp: Path | None, nonbonded: dict[str, Any], where: str, sourc
                   ) -> NonbondedSettings:
     """A recipe step's non-bonded settings: its ``mdp``, then its ``nonbonded`` fields on top; a bad
     field is a one-line error naming the recipe key ``where``."""
-    settings = settings_from_options(mdp)
+    settings = NonbondedSettings.from_mdp(mdp) if mdp is not None else NonbondedSettings()
     if not nonbonded:
         return settings
     try:

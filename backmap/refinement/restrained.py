@@ -8,8 +8,7 @@ in the same periodic image, so it never has to know about the mapping's file for
 
 This module is the public API refiner plugins build on: :class:`RefineParams` (shared settings),
 :class:`RestrainedSystem` (restraint groups, constraints, restraint energy, CG deviation) and
-:func:`refine_frames` (the driver used by the ``refine`` step, ``backmap refine`` and
-``backmap apply --refine``).
+:func:`refine_frames` (the driver of refinement; :mod:`backmap.app.refine` runs it over files).
 """
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Sequence
+from typing import Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +27,6 @@ from backmap.forcefield.settings import NonbondedSettings
 from backmap.system.io import Frame
 from backmap.system.mapping import CGTopology
 from backmap.system.pbc import Unwrapper, minimum_image
-from backmap.parallel.tasks import ProcessLocal
 from backmap.progress import progress, say
 from backmap.system.topology import Topology
 
@@ -425,98 +423,3 @@ def limit_refiner_threads(refiner, threads: int | None) -> None:
     worker's share of the cores: N workers with all cores each would fight over them."""
     if threads is not None and getattr(refiner.params, "threads", None) not in (None, threads):
         refiner.params = refiner.params.model_copy(update={"threads": threads})
-
-
-@dataclass
-class RefineJob(ProcessLocal):
-    """Refining blocks of (AA, CG) frame pairs, in this process or on a Dask worker (the refiner is
-    prepared once per process); each call of the refiner draws from the stream of its first frame."""
-
-    refiner: Any
-    system: RestrainedSystem
-    seed: int
-    batch: int = 1
-
-    def setup(self, threads: int | None = None) -> None:
-        """Prepare a copy of the refiner (``refiner`` stays the unprepared template)."""
-        if getattr(self, "_local_refiner", None) is None:
-            import copy
-
-            refiner = copy.deepcopy(self.refiner)
-            limit_refiner_threads(refiner, threads)
-            refiner.prepare(self.system)
-            self._local_refiner = refiner
-
-    def run_block(self, pairs: Sequence[tuple[Frame, Frame]]) -> dict[str, Any]:
-        from backmap.parallel import frame_rng
-
-        out: list[tuple[Frame, dict]] = []
-        for i in range(0, len(pairs), self.batch):
-            chunk = pairs[i:i + self.batch]
-            first = chunk[0][0].index if chunk[0][0].index is not None else i
-            out += refine_batch(self._local_refiner, self.system, [p[0] for p in chunk], [p[1] for p in chunk],
-                                frame_rng(self.seed, first, stream=1))
-        return {"aa": np.stack([f.positions.astype(np.float32) for f, _ in out]), "rows": [r for _, r in out]}
-
-
-def refine_files(refiner, system: RestrainedSystem, aa_path: Path, cg_path: Path, out: Path,
-                 frames: str | None = None, seed: int = 0, batch: int = 1, cluster: Any = None) -> dict:
-    """Refine the AA trajectory ``aa_path`` against ``cg_path`` (same frames) into ``out``, with
-    ``out``'s ``.log.csv`` and ``.log.png`` beside it; blocks of ``batch`` frames run here or on
-    the Dask cluster of ``cluster`` (:class:`backmap.parallel.ClusterOptions`), finished blocks kept
-    beside ``out`` until it is written (a killed run resumes). Returns a summary for reports."""
-    import copy
-
-    from backmap.parallel import ClusterOptions, PartStore, blocks_of, file_identity, run_blocks
-    from backmap.system.pairs import count_frames, select_frames
-    from backmap.system.io import read_frames, write_frames
-
-    cluster = cluster or ClusterOptions()
-    n_aa, n_cg = count_frames(aa_path), count_frames(cg_path)
-    if n_aa != n_cg:
-        raise BackmapError(f"{n_aa} AA frames but {n_cg} CG frames in {cg_path}; refinement pairs them "
-                           "frame by frame", source=aa_path)
-    idx = select_frames(frames, [], n_aa, str(aa_path))
-    job = RefineJob(copy.deepcopy(refiner), system,
-                    seed if getattr(refiner.params, "seed", None) is None else refiner.params.seed, batch)
-    refiner.prepare(system)  # here once: checks the settings, resolves defaults, says what it chose
-    if not cluster.distributed:  # this process runs the frames: with the refiner just prepared
-        job._local_refiner = refiner
-    aa = read_frames(aa_path, system.n_atoms, idx)
-    cg = read_frames(cg_path, system.n_beads, idx, expect="CG system of the mapping")
-    pairs = list(zip(aa, cg))
-    blocks = blocks_of(pairs, batch * cluster.frames_per_task)
-    store = PartStore.beside(out, {"aa": file_identity(aa_path), "cg": file_identity(cg_path), "frames": list(idx),
-                                   "refiner": [refiner.name, refiner.params.model_dump(mode="json")],
-                                   "seed": job.seed, "batch": batch, "per_task": cluster.frames_per_task}, len(blocks))
-    t0 = time.perf_counter()
-    rows = [r for block in run_blocks(job, blocks, cluster, store, f"refining ({refiner.name})") for r in block["rows"]]
-    spread = BondSpread.of(refiner, system)
-
-    def stream():
-        k = 0
-        for block in store.blocks():
-            for x in block["aa"]:
-                fr = pairs[k][0]
-                if spread is not None and not rows[k].get("failed"):
-                    spread.add(x)
-                k += 1
-                yield Frame(x.astype(float), fr.dimensions, fr.time, fr.index)
-
-    top = system.topology
-    n = write_frames(out, stream(), top.atom_names, top.resnames, top.residue_numbers())
-    seconds = time.perf_counter() - t0
-    log_path = out.with_name(out.stem + ".log.csv")
-    write_log(log_path, rows)
-    plot_log(out.with_name(out.stem + ".log.png"), rows, f"{refiner.name}: {aa_path.name}")
-    store.remove()
-    summary = {"refiner": refiner.name, "frames": n, "seconds per frame": round(seconds / max(n, 1), 2),
-               "CG RMSD before (nm)": round(float(np.mean([r["cg_rmsd_before"] for r in rows])), 5),
-               "CG RMSD after (nm)": round(float(np.mean([r["cg_rmsd"] for r in rows])), 5),
-               "failed frames": sum(1 for r in rows if r.get("failed")), "output": str(out), "log": str(log_path)}
-    if temperatures := [r["temperature"] for r in rows if "temperature" in r]:
-        summary["kinetic temperature (K)"] = round(float(np.mean(temperatures)), 1)
-    if spread is not None:
-        summary["constraints"] = refiner.params.constraints
-    summary.update(report_after_refinement(refiner, spread, rows))
-    return summary

@@ -11,6 +11,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from backmap.errors import BackmapError
+from backmap.fields import CommaList, KeyValues, option
 from backmap.system.io import Frame, atomic_path, read_frames, write_frames
 from backmap.system.mapping import CGTopology
 from backmap.system.pbc import Unwrapper
@@ -29,61 +30,62 @@ class BackmapSettings(BaseModel):
     here they must equal the model's (:meth:`EnvironmentSpec.check_against`)."""
 
     model_config = ConfigDict(extra="forbid")
-    selector: str = Field("lowest_energy", description="selector plugin: lowest_energy, boltzmann, random")
-    selector_params: dict = Field(default_factory=dict, description="the selector's parameters "
-                                                                    "(boltzmann: temperature)")
-    generator_params: dict = Field(default_factory=dict, description="sampling parameters of the trained generator "
-                                                                     "to change for this run (only its "
-                                                                     "inference_params, e.g. equivariant: "
-                                                                     "recentre_by)")
-    candidates: int = Field(8, ge=1, description="candidates per unit (K)")
-    gibbs_sweeps: int = Field(2, ge=0)
-    colouring: bool = Field(False, description="never update two units with overlapping environments together")
-    batch_molecules: bool = Field(True, description="all molecules of a type advance together")
-    energy: bool = Field(True, description="score candidates with the force field (needs a .top)")
-    project_cg: bool | None = Field(None, description="move each sampled frame the least onto its CG input "
-                                                     "(M(x) = R exactly, bond lengths kept; "
-                                                     "backmap.sampling.cg_projection); default: the generator's "
-                                                     "choice (Generator.projects_cg)")
-    cg_restraint: float = Field(0.0, ge=0, description="CG restraint in the candidates' selection energy (kJ/mol/nm²): "
-                                                      "each unit is chosen to meet its CG beads too, "
-                                                      "½k|M(x) − R|² (0 = off), added to whichever scorer is used "
-                                                      "(force field, flat bottom, IBI tables, or none)")
-    polish_steps: int = Field(0, ge=0, description="energy guidance: steepest-descent steps on each chosen placement's "
-                                                  "selection energy in its rotatable bonds, bond lengths and angles "
-                                                  "kept (backmap.sampling.polish; 0 = off)")
-    polish_sweeps: Literal["all", "last"] = Field("last", description="polish placements only in the frame's last "
-                                                                      "sweep (then the closing pass), or in every "
-                                                                      "sweep including the forward pass")
-    regrow: list[str] = Field(default_factory=list, description="a block move after the sweeps: these beads' units "
-                                                                "(bead names) are hidden, placed again in plan order "
-                                                                "with the rest of the molecule in place, then drawn "
-                                                                "once more in Gibbs mode (e.g. a chain's first beads, "
-                                                                "whose stereocentres were chosen with little around them)")
-    regrow_candidates: int = Field(0, ge=0, description="candidates per unit in the regrow block move "
-                                                        "(0 = candidates)")
-    regrow_trials: int = Field(1, ge=1, description="the regrow block is grown this many times; each molecule keeps "
-                                                   "the trial whose units' selection energies sum lowest")
-    repair_clashes: int = Field(0, ge=0, description="rounds of clash repair at the end of sampling: units with an "
-                                                     "atom closer than 0.1 nm to one more than three bonds away "
-                                                     "are drawn again one at a time (0 = off)")
-    orient_units: bool = Field(False, description="forward pass: turn each unit with no bond to a placed atom about its "
-                                                 "mapped centre so that its atoms bonded to unplaced ones point where "
-                                                 "the CG input puts their partners (backmap.sampling.orientation; "
-                                                 "for chemical transfer)")
-    dock: list[str] = Field(default_factory=list, description="forward pass: units of these bead types are drawn "
-                                                              "seeing no placed atom, as a unit built first is, and "
-                                                              "docked rigidly onto the one placed atom they bond to "
-                                                              "(backmap.sampling.orientation; for chemical transfer)")
-    minimize_steps: int = Field(0, ge=0, description="restrained energy-minimization steps after sampling "
-                                                     "(the EM baseline; 0 = none)")
+    selector: str = option("lowest_energy", "Selector plugin choosing one of the candidates (lowest_energy, "
+                                             "boltzmann, random).")
+    selector_params: KeyValues = option(default_factory=dict, name="--selector-param", metavar="KEY=VALUE",
+                                        description="A parameter of the selector (repeatable), e.g. temperature=568 "
+                                                    "for boltzmann (default 300 K).")
+    generator_params: KeyValues = option(default_factory=dict, name="--generator-param", metavar="KEY=VALUE",
+                                         description="A sampling parameter of the trained generator for this run "
+                                                     "(repeatable; only its inference_params), e.g. temperature=350 "
+                                                     "(a vae model trained over a range of temperatures), "
+                                                     "recentre_by=rotation+shift (equivariant).")
+    candidates: int = option(8, "Candidates proposed per unit (K).", ge=1)
+    gibbs_sweeps: int = option(2, "Gibbs sweeps after the forward pass (each unit re-placed seeing all others).",
+                               name="--gibbs", ge=0)
+    colouring: bool = option(False, "Never place two units whose environments overlap in the same step (molecules of "
+                                    "a step split into groups): no unit is placed blind to a neighbour moving with it.")
+    batch_molecules: bool = option(True, "All molecules of a type advance together.", cli=False)
+    energy: bool = option(True, "Score candidates with the force field (needs a .top).", cli=False)
+    project_cg: bool | None = option(None, "Move every sampled frame the least onto its CG input (mapped centres "
+                                           "exact, bond lengths kept; no energy). Default: the model's choice (on for "
+                                           "equivariant and vae models).")
+    cg_restraint: float = option(0.0, "CG restraint (kJ/mol/nm²) added to the candidates' selection energy: each unit "
+                                      "is also chosen to meet its CG beads, ½k|M(x) − R|², so chains do not drift from "
+                                      "their CG trace (0 = off).", ge=0)
+    polish_steps: int = option(0, "Energy guidance: steepest-descent steps on each chosen placement's selection "
+                                  "energy, turning it about its rotatable bonds (bond lengths and angles kept), "
+                                  "e.g. 15; 0 = off.", name="--polish", ge=0)
+    polish_sweeps: Literal["all", "last"] = option("last", "Polish only in the frame's last sweep (then a closing "
+                                                           "pass), or in every sweep including the forward pass (where "
+                                                           "a chain's growing end swings freely).")
+    regrow: CommaList = option(default_factory=list, metavar="BEADS",
+                               description="Block move after the sweeps: hide these beads' units (comma-separated "
+                                           "bead names, e.g. S1,S2,B1,B2 for a chain's start) and place them again "
+                                           "with the rest of the molecule in place.")
+    regrow_candidates: int = option(0, "Candidates per unit in the --regrow block move (0: --candidates).", ge=0)
+    regrow_trials: int = option(1, "Grow the --regrow block this many times; each molecule keeps its lowest-energy "
+                                   "trial.", ge=1)
+    repair_clashes: int = option(0, "Rounds of clash repair after sampling: units with an atom closer than 0.1 nm to "
+                                    "one more than three bonds away are drawn again, one at a time (0 = off).", ge=0)
+    orient_units: bool = option(False, "Forward pass: turn each unit with no bond to a placed atom (e.g. a ring placed "
+                                       "before its backbone) so that its atoms bonded to unplaced ones point where the "
+                                       "CG input puts their partners. For models applied to chemistry they were not "
+                                       "trained on.")
+    dock: CommaList = option(default_factory=list, metavar="TYPES",
+                             description="Forward pass: draw the units of these bead types (comma-separated, e.g. S) "
+                                         "seeing no placed atom, as a unit built first is, and dock each rigidly onto "
+                                         "the one placed atom it bonds to. For models applied to chemistry they were "
+                                         "not trained on.")
+    minimize_steps: int = option(0, "Restrained energy-minimization steps after sampling (the EM baseline; 0 = none).",
+                                 name="--minimize", ge=0)
     restraint: float = Field(1000.0, ge=0, description="CG restraint constant for minimization (kJ/mol/nm²)")
-    stereo_reference: Path | None = Field(None, description="AA structure of the system (first frame used) whose "
-                                                           "stereocentres' handedness the sampler keeps")
-    frame_by_frame: bool = Field(False, description="with a model trained in trajectory mode (environment.temporal): "
-                                                    "every frame on its own, as a trajectory's first (the frame-wise "
-                                                    "baseline); otherwise frames run in order, each conditioned on "
-                                                    "the AA frame written before it")
+    stereo_reference: Path | None = option(None, "AA structure of the system (first frame used) whose stereocentres' "
+                                                 "handedness the sampler keeps.")
+    frame_by_frame: bool = option(False, "With a model trained in trajectory mode (environment.temporal): backmap "
+                                         "every frame on its own, as if it were a trajectory's first (the frame-wise "
+                                         "baseline). Without it such a model runs the frames in order, each "
+                                         "conditioned on the AA frame written before it.")
     stereo_weight: float = Field(1e5, ge=0, description="selection penalty per flipped neighbour triple of a stereocentre (kJ/mol); "
                                                          "the default outweighs any candidate's other energy")
     flat_bottom: FlatBottomLimits | None = Field(None, description="score candidates with flat-bottom penalties whose "
@@ -93,8 +95,8 @@ class BackmapSettings(BaseModel):
                                                     "distributions added to the flat-bottom selection energy "
                                                     "(morphing; backmap.sampling.ibi)")
     # the model's environment: optional, and refused if it differs
-    cutoff: float | None = Field(None, gt=0, description="the model's environment radius (nm); only to assert it")
-    traversal: str | None = Field(None, description="the model's traversal; only to assert it")
+    cutoff: float | None = option(None, "Assert the model's environment radius (nm); it is the model's.", gt=0)
+    traversal: str | None = option(None, "Assert the model's traversal; it is the model's.")
     heavy_first: bool | None = Field(None, description="the model's heavy-first order; only to assert it")
     strip_hydrogens: bool | None = Field(None, description="the model's hydrogen stripping; only to assert it")
 

@@ -1,5 +1,5 @@
 """The ``backmap`` step: CG frames + the trained model → AA trajectory, structure and topology
-(optionally refined), through the same path as ``backmap apply`` (:mod:`backmap.engine.apply`)."""
+(optionally refined), through the same path as ``backmap apply`` (:mod:`backmap.app.backmapping`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -66,12 +66,12 @@ class BackmapStep(Step):
         if taken:
             ctx.console.print("backmap: the model's sampling settings: "
                               + ", ".join(f"{k}={v}" for k, v in taken.items()))
-        summary = backmap_to_files(model, cg_top, ctx.recipe.system.topology, frames, ctx.path(p.out), settings,
+        result = backmap_to_files(model, cg_top, ctx.recipe.system.topology, frames, ctx.path(p.out), settings,
                                    seed=ctx.seed, registry=ctx.registry, refiner=refiner, refine_system=system,
                                    structure=p.structure, provenance={"recipe": str(ctx.recipe.path)},
                                    cluster=ctx.recipe.cluster,
                                    where=ctx.where("steps.backmap"))
-        files = summary.pop("files")
+        summary, files = result.report(), result.files
         declared = {k: Path(v) for k, v in files.as_dict().items()}
         declared["model"] = Path(model_dir)  # the refine step offers it to refiners that move with a model (vae_mc)
         if reference is not None:

@@ -1,6 +1,6 @@
 """The ``morph`` step (thesis ch. 7): structures of a top-down model, mapped through the bottleneck
 of the trained model (``system.bottleneck``), get the target's local detail back — scheme A (forward
-pass + Gibbs) or B (Gibbs only from the original structure); :mod:`backmap.engine.morph`."""
+pass + Gibbs) or B (Gibbs only from the original structure); :mod:`backmap.app.morph`."""
 from __future__ import annotations
 
 from typing import Literal
@@ -63,10 +63,10 @@ class MorphStep(Step):
                              p.scheme, settings, seed=ctx.seed, where=where)
             settings.ibi = tables
             ibi_log = write_tables(tables, ctx.path(f"morph/{label}_ibi.json"))
-        summary = morph_to_files(model, ctx.cg_topology, p.input,
-                                 ctx.path(p.out or f"morph/{label}.xtc"), p.scheme, idx, settings, seed=ctx.seed,
-                                 output_topology=p.topology, cluster=ctx.recipe.cluster, where=where)
-        files = summary.pop("files")
+        result = morph_to_files(model, ctx.cg_topology, p.input,
+                                ctx.path(p.out or f"morph/{label}.xtc"), p.scheme, idx, settings, seed=ctx.seed,
+                                output_topology=p.topology, cluster=ctx.recipe.cluster, where=where)
+        summary, files = result.report() | {"scheme": p.scheme}, result.files
         if ibi_log is not None:
             summary["IBI tables"] = str(ibi_log)
             summary["IBI rounds (JSD bond/angle/non-bonded)"] = [

@@ -49,7 +49,7 @@ class RefineStep(Step):
         settings = NonbondedSettings.from_mdp(p.mdp) if p.mdp else NonbondedSettings()
         system = RestrainedSystem(ctx.cg_topology, Path(ctx.recipe.system.topology), settings)
         out = ctx.path(p.out)
-        summary = refine_files(refiner, system, aa, cg, out, frames=p.frames, seed=ctx.seed, batch=p.batch,
+        refined = refine_files(refiner, system, aa, cg, out, frames=p.frames, seed=ctx.seed, batch=p.batch,
                                cluster=ctx.recipe.cluster)
         ctx.outputs.declare("refine", aa=out)
-        return summary
+        return refined.report()

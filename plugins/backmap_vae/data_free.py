@@ -23,7 +23,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -34,8 +34,29 @@ from backmap.api.sampling import invert_flipped, load_chiral_centres
 from backmap.api.training import ReverseKLOptions, Target
 from backmap_vae.targets import BoundUnits, UnitTargets
 
-if TYPE_CHECKING:
-    from backmap_vae.generator import BoundLatentModel, VAEGenerator
+
+
+class VAEGenerator(Protocol):
+    """What data-free training uses of :class:`backmap_vae.generator.VAEGenerator` (a protocol:
+    the generator module imports this one)."""
+
+    tables: Any
+    params: Any
+    conditions_on_temperature: bool
+    frame_temperatures: torch.Tensor | None
+
+    def fit(self, data: Any, context: Any) -> dict[str, Any]: ...
+
+
+class BoundLatentModel(Protocol):
+    """A latent model bound to units (:class:`backmap_vae.generator.BoundLatentModel`)."""
+
+    def generate(self, n: int, generator: torch.Generator, raw: bool = False,
+                 reparameterized: bool = False) -> Any: ...
+
+    def log_joint(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor: ...
+
+    def encode(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...
 
 #: draws from one training frame before the next is chosen
 FRAME_STEPS = 10

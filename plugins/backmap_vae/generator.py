@@ -22,9 +22,7 @@ from backmap.api import BackmapError
 from backmap.api.io import torch_threads
 from backmap.api.refinement import JointLogDensity
 from backmap.api.sampling import EnvironmentBatch
-from backmap_equivariant.encoder import mlp
-from backmap_equivariant.generator import EquivariantGenerator, repeat_rows
-from backmap_equivariant.params import EquivariantParams
+from backmap.api.icgen import EquivariantParams, InternalCoordinateGenerator, mlp, repeat_rows
 
 STATE_FORMAT = 1
 LOG_2PI = math.log(2 * math.pi)
@@ -104,14 +102,14 @@ def gaussian_kl(mq, lq, mp, lp) -> torch.Tensor:
     return (lp - lq + 0.5 * (torch.exp(2 * (lq - lp)) + ((mq - mp) * torch.exp(-lp)) ** 2) - 0.5).sum(-1)
 
 
-class VAEGenerator(EquivariantGenerator):
+class VAEGenerator(InternalCoordinateGenerator):
     name = "vae"
     summary = ("VAE on the equivariant generator: encoder q(z|x,env), prior P(z|env), autoregressive "
                "internal-coordinate decoder P(x|z,env) — exact densities for VAE Monte Carlo (vae_mc)")
     Params = VAEParams
     progress_columns = ("loss", "nll", "kl", "kl_weight")
 
-    inference_params = EquivariantGenerator.inference_params | {"temperature"}
+    inference_params = InternalCoordinateGenerator.inference_params | {"temperature"}
 
     def __init__(self, params=None, environment=None):
         super().__init__(params, environment)

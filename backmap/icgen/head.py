@@ -9,8 +9,8 @@ import math
 import numpy as np
 import torch
 
-from backmap.api.training import sample_von_mises
-from backmap_equivariant.encoder import mlp
+from backmap.training.von_mises import sample_von_mises
+from backmap.icgen.encoder import mlp
 
 N_ANGLE, N_DIHEDRAL = 1, 4  # bond angles are unimodal; a second component only drifted
 N_OUT = 3 * N_ANGLE + 4 * N_DIHEDRAL + 2

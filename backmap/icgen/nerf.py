@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from backmap.api.forcefield import angle, dihedral, norm
+from backmap.forcefield.geometry import angle, dihedral, norm
 
 
 def place(d: torch.Tensor, g: torch.Tensor, p: torch.Tensor, r: torch.Tensor, theta: torch.Tensor,

@@ -36,7 +36,19 @@ from backmap.forcefield import NonbondedSettings
 from backmap.metrics.divergence import histogram, jsd
 from backmap.parallel import ClusterOptions
 from backmap.progress import say
-from backmap.system.io import atomic_path, read_frames, trajectory_info
+from backmap.app.options import Seeded, ClusterFields, NonbondedOptions, RefinerOptions, Request, skip_list
+from backmap.fields import option
+from backmap.system.io import atomic_path, read_frames, refuse_overwriting_inputs, trajectory_info
+from backmap.app.backmapping import BackmapOutputs, backmap_to_files
+from backmap.engine.loaders import load_mapping, load_topology
+from backmap.engine.models import load_model
+from backmap.engine.registry import default_registry
+from backmap.metrics.cg_level import cg_terms, compare_cg, plot_cg, sample_cg
+from backmap.metrics.evaluate import EvaluationSpec, json_default, run_evaluation
+from backmap.refinement.restrained import RestrainedSystem
+from backmap.sampling.backmapper import BackmapSettings, read_cg
+from backmap.system.pairs import select_frames
+from backmap.system.projection import map_trajectory
 
 IN_DISTRIBUTION = "in-distribution"
 #: the metric plugins an assessment runs (all atomistic observables of the thesis' chapter 6)
@@ -92,17 +104,6 @@ def _digest(obj: Any) -> str:
 
 def run_assessment(spec: AssessmentSpec, registry=None, console=None) -> dict[str, Any]:
     """Assess the CG sets of ``spec``; returns the contents of ``metrics.json``."""
-    from backmap.engine.apply import BackmapOutputs, backmap_to_files
-    from backmap.engine.loaders import load_mapping, load_topology
-    from backmap.engine.models import load_model
-    from backmap.engine.registry import default_registry
-    from backmap.metrics.cg_level import cg_terms, compare_cg, plot_cg, sample_cg
-    from backmap.metrics.evaluate import EvaluationSpec, json_default, run_evaluation
-    from backmap.refinement.restrained import RestrainedSystem
-    from backmap.sampling.backmapper import BackmapSettings
-    from backmap.system.pairs import select_frames
-    from backmap.system.projection import map_trajectory
-
     t0 = time.perf_counter()
     registry = registry or default_registry()
     out = Path(spec.out)
@@ -147,35 +148,7 @@ def run_assessment(spec: AssessmentSpec, registry=None, console=None) -> dict[st
     sets = {IN_DISTRIBUTION: mapped, **{k: Path(v) for k, v in spec.cg.items()}}
 
     # 2. backmap (and refine) every set with the same model and seed
-    refine_system = None
-    if spec.refiner is not None:
-        refine_system = RestrainedSystem(cg_top, top_path, spec.settings)
-    outputs: dict[str, BackmapOutputs] = {}
-    seconds: dict[str, float] = {}
-    for label, path in sets.items():
-        n = trajectory_info(path)[1]
-        idx = np.arange(n) if label == IN_DISTRIBUTION else select_frames(spec.cg_frames, [], n, str(path))
-        target = out / "backmapped" / f"{_slug(label)}.xtc"
-        files = BackmapOutputs.beside(target, False, False, spec.refiner is not None, len(idx))
-        outputs[label] = files
-        marker = {"cg": str(path.resolve()), "size": path.stat().st_size, "frames": idx.tolist(),
-                  "model": str(loaded.directory.resolve()), "settings": settings.model_dump(mode="json"),
-                  "seed": spec.seed, "refiner": None if spec.refiner is None else
-                  [spec.refiner.name, spec.refiner.params.model_dump(mode="json")]}
-        if _done(target, marker):
-            say(f"assess: {label}: backmapped already ({target}); reusing it")
-            continue
-        from backmap.sampling.backmapper import read_cg
-
-        say(f"assess: backmapping {label} ({len(idx)} frames of {path})")
-        t = time.perf_counter()
-        backmap_to_files(loaded, cg_top, top_path, list(read_cg(cg_top, path, idx)), target, settings,
-                         seed=spec.seed, registry=registry, refiner=copy.deepcopy(spec.refiner),
-                         refine_system=refine_system, structure=False, cluster=spec.cluster,
-                         provenance={"cg": str(path), "assess": label}, where=f"assess ({label})",
-                         identity={"cg_file": str(path.resolve())})
-        seconds[label] = round(time.perf_counter() - t, 1)
-        _mark(target, marker)
+    outputs, seconds = _backmap_sets(spec, loaded, cg_top, top_path, sets, settings, registry)
 
     # 3. atomistic evaluation of every backmapped set against the reference
     candidates, candidate_cg, cand_labels = [], [], []
@@ -211,6 +184,67 @@ def run_assessment(spec: AssessmentSpec, registry=None, console=None) -> dict[st
 
     # 5. ranking by the bead-force JSD, its spread over random halves, restraint energies
     force_obs = [k for k in ev["observables"] if k.startswith("bead_force:")]
+    ranking = _rank_sets(spec, ev, samples, force_obs, cand_labels, cg_compared, outputs, cg_top)
+    _plot_forces(samples, force_obs, cand_labels, figures / "bead_forces.png")
+    order = _rank([lab for lab in cand_labels if lab.removesuffix(" +refine") != IN_DISTRIBUTION
+                   and lab.endswith(" +refine") == (spec.refiner is not None)], ranking)
+    result = {
+        "backmap": __version__, "title": spec.title,
+        "inputs": {"model": str(spec.model), "topology": str(top_path), "mapping": [str(m) for m in maps],
+                   "reference": str(spec.reference), "skip_frames": list(map(int, spec.skip_frames)),
+                   "cg": {k: str(v) for k, v in spec.cg.items()}},
+        "frames": ev["frames"],
+        "refiner": None if spec.refiner is None else {"plugin": spec.refiner.name,
+                                                      "params": spec.refiner.params.model_dump(mode="json")},
+        "ranking": order, "sets": ranking, "cg_level": cg_compared,
+        "summary": _summary(order, ranking, spec.refiner is not None),
+        "timing": {"backmap_s": seconds, "evaluate_s": ev["timing"]["total_s"],
+                   "total_s": round(time.perf_counter() - t0, 1)},
+    }
+    with atomic_path(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=1, default=json_default, allow_nan=True))
+    _write_report(out, result)
+    return result
+
+
+def _backmap_sets(spec: AssessmentSpec, loaded, cg_top, top_path: Path, sets: dict[str, Path],
+                  settings: BackmapSettings, registry) -> tuple[dict[str, BackmapOutputs], dict[str, float]]:
+    """Backmap (and refine) every CG set with the same model and seed; a set done before is reused."""
+    refine_system = None
+    if spec.refiner is not None:
+        refine_system = RestrainedSystem(cg_top, top_path, spec.settings)
+    outputs: dict[str, BackmapOutputs] = {}
+    seconds: dict[str, float] = {}
+    for label, path in sets.items():
+        n = trajectory_info(path)[1]
+        idx = np.arange(n) if label == IN_DISTRIBUTION else select_frames(spec.cg_frames, [], n, str(path))
+        target = Path(spec.out) / "backmapped" / f"{_slug(label)}.xtc"
+        files = BackmapOutputs.beside(target, False, False, spec.refiner is not None, len(idx))
+        outputs[label] = files
+        marker = {"cg": str(path.resolve()), "size": path.stat().st_size, "frames": idx.tolist(),
+                  "model": str(loaded.directory.resolve()), "settings": settings.model_dump(mode="json"),
+                  "seed": spec.seed, "refiner": None if spec.refiner is None else
+                  [spec.refiner.name, spec.refiner.params.model_dump(mode="json")]}
+        if _done(target, marker):
+            say(f"assess: {label}: backmapped already ({target}); reusing it")
+            continue
+        say(f"assess: backmapping {label} ({len(idx)} frames of {path})")
+        t = time.perf_counter()
+        backmap_to_files(loaded, cg_top, top_path, list(read_cg(cg_top, path, idx)), target, settings,
+                         seed=spec.seed, registry=registry, refiner=copy.deepcopy(spec.refiner),
+                         refine_system=refine_system, structure=False, cluster=spec.cluster,
+                         provenance={"cg": str(path), "assess": label}, where=f"assess ({label})",
+                         identity={"cg_file": str(path.resolve())})
+        seconds[label] = round(time.perf_counter() - t, 1)
+        _mark(target, marker)
+
+    return outputs, seconds
+
+
+def _rank_sets(spec: AssessmentSpec, ev: dict[str, Any], samples, force_obs: list[str], cand_labels: list[str],
+               cg_compared: dict, outputs: dict[str, BackmapOutputs], cg_top) -> dict[str, dict[str, Any]]:
+    """Per candidate: the bead-force JSD, its spread over random halves of the frames, the CG-level
+    JSD and, when refined, the restraint energy per bead."""
     rng = np.random.default_rng(spec.seed)
     # the bins of the full comparison (the metric's own), so that halves and whole are measured alike
     edges = {o: np.linspace(b["lo"], b["hi"], b["n"] + 1)
@@ -243,26 +277,7 @@ def run_assessment(spec: AssessmentSpec, registry=None, console=None) -> dict[st
             ranking[f"{label} +refine"]["restraint_energy_per_bead"] = {
                 "mean": float(e.mean()), "p99": float(np.percentile(e, 99)), "max": float(e.max()),
                 "mean_over_kT": float(e.mean() / kT), "fraction_above_5kT": float(np.mean(e > 5 * kT))}
-    _plot_forces(samples, force_obs, cand_labels, figures / "bead_forces.png")
-    order = _rank([lab for lab in cand_labels if lab.removesuffix(" +refine") != IN_DISTRIBUTION
-                   and lab.endswith(" +refine") == (spec.refiner is not None)], ranking)
-    result = {
-        "backmap": __version__, "title": spec.title,
-        "inputs": {"model": str(spec.model), "topology": str(top_path), "mapping": [str(m) for m in maps],
-                   "reference": str(spec.reference), "skip_frames": list(map(int, spec.skip_frames)),
-                   "cg": {k: str(v) for k, v in spec.cg.items()}},
-        "frames": ev["frames"],
-        "refiner": None if spec.refiner is None else {"plugin": spec.refiner.name,
-                                                      "params": spec.refiner.params.model_dump(mode="json")},
-        "ranking": order, "sets": ranking, "cg_level": cg_compared,
-        "summary": _summary(order, ranking, spec.refiner is not None),
-        "timing": {"backmap_s": seconds, "evaluate_s": ev["timing"]["total_s"],
-                   "total_s": round(time.perf_counter() - t0, 1)},
-    }
-    with atomic_path(out / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=1, default=json_default, allow_nan=True))
-    _write_report(out, result)
-    return result
+    return ranking
 
 
 def _done(path: Path, marker: dict) -> bool:
@@ -400,3 +415,62 @@ def _write_report(out: Path, result: dict[str, Any]) -> None:
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text("\n".join(lines))
 
+
+
+#: the sampling settings ``backmap assess`` takes as options
+ASSESS_SAMPLING = ("candidates", "gibbs_sweeps")
+
+
+class AssessRequest(Seeded, RefinerOptions, NonbondedOptions, ClusterFields, Request):
+    """Rank the CG models whose trajectories are ``cg`` by backmapping them with ``model``."""
+
+    model: Path = option(description="A trained model folder (or a run directory whose train step wrote one).")
+    reference: Path = option(description="AA reference trajectory (the topology's atoms): mapped to CG it is the "
+                                         "in-distribution set.")
+    cg: list[Path] = option(default_factory=list,
+                            description="CG trajectory of a CG model, in the mapping's bead order (any format "
+                                        "MDAnalysis reads: .xtc, .trr, LAMMPS dump, …); labels from the file names. "
+                                        "Several: --cg A.xtc B.xtc C.xtc.")
+    more_cg: list[Path] = option(default_factory=list, argument=True, description="More CG trajectories.")
+    out: Path = option(description="Output folder (metrics.json, report.md, figures/, backmapped/, atomistic/).")
+    label: list[str] = option(default_factory=list, description="Name of each CG set, in order (default: file "
+                                                                "names).")
+    topology: Path | None = option(None, "AA topology (default: the model's).")
+    mapping: list[Path] = option(default_factory=list, description="Mapping (default: the model's).")
+    frames: str | None = option(None, "Reference frames, 'start:stop:step' or '0,5,9'.")
+    skip_frames: str | None = option(None, "Reference frames left out, e.g. 9,19,41 (training frames).")
+    cg_frames: str | None = option(None, "Frames of every CG set, 'start:stop:step' or '0,5,9'.")
+    sampling: BackmapSettings = option(default_factory=BackmapSettings, flatten=ASSESS_SAMPLING,
+                                       description="How the frames are sampled.")
+    refiner: str | None = option(None, "Also refine every backmapped frame with this refiner (openmm, langevin, "
+                                       "mala) under the CG restraint; both the generator's and the refined "
+                                       "structures are assessed.", name="--refine")
+    bootstrap: int = option(20, "Random halves of the frames drawn for the spread of the force JSD.", ge=0)
+    batch_size: int = option(6, "Frames per evaluation batch.", ge=1)
+
+
+def assess_models(request: AssessRequest) -> dict[str, Any]:
+    """``backmap assess``: the CG sets named and checked, then :func:`run_assessment`; returns the
+    contents of ``metrics.json``."""
+    r = request.model_copy(update={"cg": [*request.cg, *request.more_cg], "more_cg": []})
+    if not r.cg:
+        raise BackmapError("assess: give the CG trajectories of the models to assess (--cg A.xtc B.xtc …)")
+    for p in [r.reference, *r.cg]:
+        if not Path(p).is_file():
+            raise BackmapError("no such file", source=p)
+    if r.label:
+        if len(r.label) != len(r.cg):
+            raise BackmapError(f"{len(r.label)} labels for {len(r.cg)} CG trajectories")
+        sets = dict(zip(r.label, r.cg))
+        if len(sets) != len(r.cg):
+            raise BackmapError("--label: two CG sets have the same label")
+    else:
+        sets = labels_from_paths(list(r.cg))
+    refuse_overwriting_inputs(r.out, [r.model, r.reference, *r.cg, r.topology, *r.mapping, r.mdp])
+    spec = AssessmentSpec(model=r.model, reference=r.reference, cg=sets, out=r.out, topology=r.topology,
+                          mapping=list(r.mapping), reference_frames=r.frames, skip_frames=skip_list(r.skip_frames),
+                          cg_frames=r.cg_frames, backmap=r.sampling,
+                          refiner=r.make_refiner(r.refiner, r.seed) if r.refiner else None,
+                          settings=r.nonbonded(), seed=r.seed, cluster=r.cluster(), bootstrap=r.bootstrap,
+                          batch_size=r.batch_size, workers=r.workers)
+    return run_assessment(spec)

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 
 import networkx as nx
 import numpy as np
+import torch
 
-from backmap.api import BackmapError
+from backmap.errors import BackmapError
+from backmap.refinement.constraints import BondConstraints
 
 VIRTUAL = ("origin", "z", "x")
 #: local-frame positions of the virtual points (nm)
@@ -74,7 +76,7 @@ class UnitTable:
 def bond_lengths(moltype) -> dict[tuple[int, int], float]:
     """Equilibrium length of every bond of a molecule type (nm), from its force field; none for a
     topology without parameters (.tpr/.gro), whose bonds are then all sampled (constraints: none)."""
-    from backmap.api.forcefield import molecule_terms
+    from backmap.forcefield.parameters import molecule_terms
 
     if moltype.parameters is None:
         return {}
@@ -220,3 +222,110 @@ def bead_keys(cg_topology, tables: list[UnitTable]) -> np.ndarray:
             for b in range(n):
                 out[cb.first_bead + m * n + b] = index.get((cb.block.moltype.name, b), -1)
     return out
+
+
+class Tables:
+    """The unit tables packed into padded tensors (pool layout: U_max unit slots, E_max external
+    atoms, 3 virtual points), shared by training and inference."""
+
+    def __init__(self, tables: list[UnitTable], U: int | None = None, E: int | None = None,
+                 signatures: list[str] | None = None):
+        """``U``, ``E``: the pool's unit and external slots (the networks' widths depend on them;
+        default: what ``tables`` need); ``signatures``: the slot vocabulary in order (default:
+        the tables' signatures, sorted), which must hold every signature of ``tables``."""
+        self.tables = tables
+        self.index = {(t.moltype, t.bead): k for k, t in enumerate(tables)}
+        N = len(tables)
+        need_u, need_e = max(len(t.atoms) for t in tables), max(max(len(t.external) for t in tables), 1)
+        if (U is not None and need_u > U) or (E is not None and need_e > E):
+            worst = max(tables, key=lambda t: (len(t.atoms) > (U or need_u), len(t.external)))
+            raise BackmapError(f"equivariant: bead {worst.bead} of {worst.moltype} has {len(worst.atoms)} atoms and "
+                               f"{len(worst.external)} bonded atoms of other beads; the model has room for {U} and {E} "
+                               "(train it with larger max_unit_atoms / max_external_atoms)")
+        self.U = U = U or need_u
+        self.E = E = E or need_e
+        self.R = R = tables[0].triples.shape[1]
+        self.P = U + E + 3
+        self.triples = torch.full((N, U, R, 3), -1, dtype=torch.long)
+        self.bond = torch.zeros(N, U, R)
+        self.constrained = torch.zeros(N, U, R, dtype=torch.bool)
+        self.external = torch.full((N, E), -1, dtype=torch.long)
+        self.first = torch.zeros(N, dtype=torch.long)
+        self.order = torch.arange(U).repeat(N, 1)  # build position -> plan slot (padding: itself)
+        self.rank = torch.full((N, U), U, dtype=torch.long)  # plan slot -> build position (padding: never built)
+        for k, t in enumerate(tables):
+            self.order[k, :len(t.atoms)] = torch.as_tensor(t.order)
+            self.rank[k, torch.as_tensor(t.order)] = torch.arange(len(t.atoms))
+            u, e = len(t.atoms), len(t.external)
+            codes = torch.as_tensor(t.triples)
+            remap = torch.cat([torch.arange(u), U + torch.arange(e), U + E + torch.arange(3)])
+            self.triples[k, :u] = torch.where(codes >= 0, remap[codes.clamp(min=0)], codes)
+            self.bond[k, :u] = torch.as_tensor(t.bond, dtype=torch.float32)
+            self.constrained[k, :u] = torch.as_tensor(t.constrained)
+            self.external[k, :e] = torch.as_tensor(t.external)
+            self.first[k] = t.atoms[0]
+        # rows of equal chemistry share one slot (embedding, reference angle): the ten phenyl
+        # beads of a chain, both ends of hexane, every ring hydrogen's row of the same kind
+        self.signatures = list(signatures) if signatures is not None else \
+            sorted({str(x) for t in tables for x in t.signature.ravel() if x})
+        vocab = {sig: i for i, sig in enumerate(self.signatures)}
+        self.slot = torch.zeros(N, U, R, dtype=torch.long)
+        for k, t in enumerate(tables):
+            for (a, r), sig in np.ndenumerate(t.signature):
+                if sig:
+                    self.slot[k, a, r] = vocab[str(sig)]
+        self.n_slots = len(self.signatures)
+        self.virtual = torch.as_tensor(VIRTUAL_POSITIONS, dtype=torch.float32)
+        self._projections: dict = {}
+
+    def key(self, moltype: str, bead: int) -> int:
+        k = self.index.get((moltype, int(bead)))
+        if k is None:
+            raise BackmapError(f"equivariant: the model has no table for bead {bead} of molecule type {moltype!r} "
+                               "(trained on another system or plan?)")
+        return k
+
+    def external_positions(self, keys, target_atoms, atom_index, atom_mask, atom_positions, atom_types=None):
+        """(B, E, 3) positions and (B, E) found-flags of each unit's external reference atoms in
+        its environment (placed and visible); with ``atom_types`` also their (B, E) type channels."""
+        first = target_atoms[:, 0] - self.first[keys]
+        ext = self.external[keys]
+        glob = torch.where(ext >= 0, first[:, None] + ext, torch.full_like(ext, -2))
+        match = (atom_index[:, None, :] == glob[:, :, None]) & atom_mask[:, None, :]
+        out = match.to(atom_positions.dtype) @ atom_positions, match.any(-1)
+        if atom_types is None:
+            return out
+        return (*out, (match.long() * atom_types[:, None, :]).sum(-1))
+
+    def choose(self, keys, found):
+        """Per unit atom the first reference triple whose points are known: codes (B, U, 3),
+        slot ids, bond lengths and rigid flags (B, U)."""
+        B = keys.shape[0]
+        avail = torch.cat([torch.ones(B, self.U, dtype=torch.bool), found, torch.ones(B, 3, dtype=torch.bool)], 1)
+        codes = self.triples[keys]
+        ok = (codes >= 0).all(-1) & avail.gather(1, codes.clamp(min=0).view(B, -1)).view(codes.shape).all(-1)
+        row = ok.to(torch.int8).argmax(-1)  # (B, U): first usable row (the last, all-virtual one always is)
+
+        def pick(x):
+            xk = x[keys]
+            if xk.ndim == 3:
+                return xk.gather(2, row[..., None])[..., 0]
+            return xk.gather(2, row[..., None, None].expand(-1, -1, 1, xk.shape[-1]))[:, :, 0]
+
+        return pick(self.triples).clamp(min=0), pick(self.slot), pick(self.bond), pick(self.constrained)  # padding atoms: any point
+
+    def projection(self, key: int, active: np.ndarray) -> tuple[BondConstraints, np.ndarray] | None:
+        """The SHAKE solver of table ``key``'s rigid closures whose ends are known (``active``)."""
+        cache_key = (key, active.tobytes())
+        if cache_key not in self._projections:
+            t = self.tables[key]
+            u = len(t.atoms)
+            codes = np.where(t.closures < u, t.closures, t.closures - u + self.U)[active]
+            if not len(codes):
+                self._projections[cache_key] = None
+            else:
+                masses = np.full(self.P, np.inf)
+                masses[:u] = t.masses
+                self._projections[cache_key] = (BondConstraints(codes, t.closure_length[active], masses,
+                                                                tolerance=1e-9, max_iterations=30), codes)
+        return self._projections[cache_key]

@@ -23,10 +23,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from backmap.engine.loaders import make_plugin
 from backmap.forcefield.bond_check import TOLERANCE, BondCheck
 from backmap.engine.models import Model
-from backmap.engine.plugin import Generator
+from backmap.engine.assembly import make_backmapper
 from backmap.engine.pipeline import plugin_versions
 from backmap.engine.registry import Registry, default_registry
 from backmap.errors import BackmapError
@@ -34,9 +33,8 @@ from backmap.parallel import ClusterOptions, PartStore, ProcessLocal, blocks_of,
 from backmap.progress import say
 from backmap.refinement.restrained import (BondSpread, RestrainedSystem, limit_refiner_threads, plot_log, refine_batch,
                                           report_after_refinement, write_log)
-from backmap.sampling.backmapper import Backmapper, BackmapSettings, trajectory_mode, write_aa, write_topology
+from backmap.sampling.backmapper import BackmapSettings, trajectory_mode, write_aa, write_topology
 from backmap.system.io import Frame, atomic_path, write_frames
-from backmap.sampling.environment import Channels
 from backmap.system.mapping import CGTopology
 
 
@@ -68,28 +66,92 @@ class BackmapOutputs:
         return {k: str(v) for k, v in self.__dict__.items() if v is not None}
 
 
+@dataclass(frozen=True)
+class ClashRepairReport:
+    rounds: int
+    units_redrawn: int
+    frames_with_clashes: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {"rounds": self.rounds, "units redrawn": self.units_redrawn,
+                "frames with clashes": self.frames_with_clashes}
+
+
+@dataclass(frozen=True)
+class GuidanceReport:
+    steps: int
+    placements_polished: int
+    mean_energy_drop: float  # kJ/mol per placement
+
+    def as_dict(self) -> dict[str, float]:
+        return {"steps": self.steps, "placements polished": self.placements_polished,
+                "mean energy drop per placement (kJ/mol)": self.mean_energy_drop}
+
+
+@dataclass(frozen=True)
+class ProjectionReport:
+    cg_rmsd_before: float  # nm
+    cg_rmsd_after: float  # nm
+    largest_move: float  # nm
+    frames_left_unprojected: int
+    molecules_left_unprojected: int
+
+    def as_dict(self) -> dict[str, float]:
+        return {"CG RMSD before (nm)": self.cg_rmsd_before, "CG RMSD after (nm)": self.cg_rmsd_after,
+                "largest move (nm)": self.largest_move, "frames left unprojected": self.frames_left_unprojected,
+                "molecules left unprojected": self.molecules_left_unprojected}
+
+
+@dataclass
+class Backmapped:
+    """What one backmapping run wrote and measured; :meth:`report` is its run-report form."""
+
+    files: BackmapOutputs
+    frames: int
+    atoms: int
+    generator: str
+    seconds_per_frame: float
+    generator_seconds_per_frame: float
+    placements_per_second: float
+    transfer: Any = None
+    chained: bool = False
+    cluster: dict[str, Any] | None = None
+    stereocentres_kept: float | None = None  # share of neighbour triples signed as in the reference
+    broken_bonds: float | None = None  # share of the generator's bonds off the force field's length
+    clash_repair: ClashRepairReport | None = None
+    guidance: GuidanceReport | None = None
+    cg_projection: ProjectionReport | None = None
+    refinement: dict[str, Any] | None = None
+
+    def report(self) -> dict[str, Any]:
+        """Human-readable rows for run reports and the provenance file ``OUT.json``."""
+        out: dict[str, Any] = {"frames": self.frames, "atoms": self.atoms, "generator": self.generator,
+                               "seconds per frame": self.seconds_per_frame,
+                               "generator seconds per frame": self.generator_seconds_per_frame,
+                               "placements per second": self.placements_per_second}
+        if self.transfer:
+            out["transfer"] = self.transfer
+        if self.chained:
+            out["trajectory mode"] = "frames in order, each conditioned on the AA frame written before it"
+        if self.cluster is not None:
+            out["cluster"] = self.cluster
+        if self.stereocentres_kept is not None:
+            out["stereocentres kept"] = self.stereocentres_kept
+        if self.broken_bonds is not None:
+            out["broken bonds"] = self.broken_bonds
+        for key, part in (("clash repair", self.clash_repair), ("energy guidance", self.guidance),
+                          ("CG projection", self.cg_projection)):
+            if part is not None:
+                out[key] = part.as_dict()
+        return out | (self.refinement or {})
+
+
 def check_output(out: Path, inputs: Sequence[Path]) -> None:
     """Refuse an output that would overwrite one of the inputs; the one check every command shares
     lives in the data model (:func:`backmap.system.io.refuse_overwriting_inputs`)."""
     from backmap.system.io import refuse_overwriting_inputs
 
     refuse_overwriting_inputs(out, inputs)
-
-
-def make_backmapper(cg_topology: CGTopology, generator: Generator, settings: BackmapSettings | None = None,
-                    seed: int = 0, channels: Channels | None = None, registry: Registry | None = None,
-                    where: str = "backmap") -> Backmapper:
-    """A :class:`Backmapper` with the traversal plugin of the generator's spec and the selector
-    plugin of ``settings`` (channels: the model's; default derived from the topology)."""
-    registry = registry or default_registry()
-    settings = settings or BackmapSettings()
-    spec = generator.environment
-    traversal = registry.get("traversal", spec.traversal, where="environment.traversal").cls()
-    selector = make_plugin("selector", settings.selector, settings.selector_params, registry,
-                           where=f"{where}.selector_params")
-    generator = generator.for_inference(settings.generator_params, where=f"{where}.generator_params")
-    channels = channels or Channels.for_spec(cg_topology, spec.channels)
-    return Backmapper(cg_topology, generator, channels, traversal, selector, settings, seed=seed)
 
 
 #: share of broken bonds in the generator's output above which apply warns (DBM's own sPS output: 0.1 %)
@@ -190,13 +252,13 @@ def backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path,
                      settings: BackmapSettings | None = None, seed: int = 0, registry: Registry | None = None,
                      refiner: Any = None, refine_system: RestrainedSystem | None = None, structure: bool = True,
                      provenance: dict[str, Any] | None = None, where: str = "backmap",
-                     cluster: ClusterOptions | None = None, identity: dict[str, Any] | None = None) -> dict[str, Any]:
+                     cluster: ClusterOptions | None = None, identity: dict[str, Any] | None = None) -> "Backmapped":
     """Backmap ``frames`` (CG, the mapping's bead order) with ``model`` into ``out`` and the files
     beside it; with ``refiner`` (not yet prepared: it is prepared here, against ``refine_system``),
     every frame is refined under the CG restraint after the generator. Frames run in blocks, here
     or on the Dask cluster of ``cluster``; finished blocks wait in a hidden store beside ``out``, so
     a killed run resumes (``identity``: what else, beside model, frames and settings, must match
-    for that, e.g. the CG file). Returns a summary (also for run reports)."""
+    for that, e.g. the CG file). Returns what was written and measured (:class:`Backmapped`)."""
     registry = registry or default_registry()
     settings = settings or BackmapSettings()
     cluster = cluster or ClusterOptions()
@@ -248,49 +310,41 @@ def backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path,
     if files.topology is not None:
         write_topology(topology_path, files.topology)
     generator_seconds = sum(r["generator_seconds"] for r in rows)
-    summary: dict[str, Any] = {"frames": n, "atoms": topo.n_atoms, "generator": generator.name,
-                               "seconds per frame": round(seconds / max(n, 1), 3),
-                               "generator seconds per frame": round(generator_seconds / max(n, 1), 3),
-                               "placements per second": round(sum(r["placements"] for r in rows)
-                                                              / max(generator_seconds, 1e-9))}
-    if bm.adaptation:
-        summary["transfer"] = bm.adaptation
-    if job.chained:
-        summary["trajectory mode"] = "frames in order, each conditioned on the AA frame written before it"
-    if cluster.distributed:
-        summary["cluster"] = cluster.model_dump(mode="json", exclude_none=True)
+    result = Backmapped(files=files, frames=n, atoms=topo.n_atoms, generator=generator.name,
+                        seconds_per_frame=round(seconds / max(n, 1), 3),
+                        generator_seconds_per_frame=round(generator_seconds / max(n, 1), 3),
+                        placements_per_second=round(sum(r["placements"] for r in rows) / max(generator_seconds, 1e-9)),
+                        transfer=bm.adaptation or None, chained=job.chained,
+                        cluster=cluster.model_dump(mode="json", exclude_none=True) if cluster.distributed else None)
     kept = [r["stereocentres_kept"] for r in rows if "stereocentres_kept" in r]
     if kept:
-        summary["stereocentres kept"] = round(float(np.mean(kept)), 4)
+        result.stereocentres_kept = round(float(np.mean(kept)), 4)
     broken = [r["broken_bonds"] for r in rows if "broken_bonds" in r]
     if broken:  # of the generator's output, before any refinement
-        summary["broken bonds"] = round(float(np.mean(broken)), 5)
+        result.broken_bonds = round(float(np.mean(broken)), 5)
     redrawn = [r["clash_units_redrawn"] for r in rows if "clash_units_redrawn" in r]
     if redrawn:
-        summary["clash repair"] = {"rounds": bm.settings.repair_clashes, "units redrawn": int(sum(redrawn)),
-                                   "frames with clashes": int(sum(1 for r in redrawn if r))}
+        result.clash_repair = ClashRepairReport(bm.settings.repair_clashes, int(sum(redrawn)),
+                                                int(sum(1 for r in redrawn if r)))
     polished = [r for r in rows if "polish_placements" in r]
     if polished:
         n_polished = sum(r["polish_placements"] for r in polished)
-        summary["energy guidance"] = {
-            "steps": bm.settings.polish_steps, "placements polished": n_polished,
-            "mean energy drop per placement (kJ/mol)": round(sum(r["polish_energy_drop"] for r in polished)
-                                                             / max(n_polished, 1), 2)}
+        result.guidance = GuidanceReport(bm.settings.polish_steps, n_polished,
+                                         round(sum(r["polish_energy_drop"] for r in polished) / max(n_polished, 1), 2))
     projected = [r for r in rows if "projection_converged" in r]
     if projected:
-        summary["CG projection"] = {
-            "CG RMSD before (nm)": round(float(np.mean([r["projection_cg_rmsd_before"] for r in projected])), 5),
-            "CG RMSD after (nm)": float(f"{np.mean([r['projection_cg_rmsd_after'] for r in projected]):.2e}"),
-            "largest move (nm)": round(float(max(r["projection_largest_move_nm"] for r in projected)), 4),
-            "frames left unprojected": sum(1 for r in projected if not r["projection_converged"]),
-            "molecules left unprojected": sum(int(r.get("projection_molecules_unprojected", 0)) for r in projected)}
-        if summary["CG projection"]["frames left unprojected"]:
-            p = summary["CG projection"]
-            say(f"warning: {where}: in {p['frames left unprojected']} of {len(projected)} frames, "
-                f"{p['molecules left unprojected']} molecules could not be projected onto their CG input "
+        p = result.cg_projection = ProjectionReport(
+            round(float(np.mean([r["projection_cg_rmsd_before"] for r in projected])), 5),
+            float(f"{np.mean([r['projection_cg_rmsd_after'] for r in projected]):.2e}"),
+            round(float(max(r["projection_largest_move_nm"] for r in projected)), 4),
+            sum(1 for r in projected if not r["projection_converged"]),
+            sum(int(r.get("projection_molecules_unprojected", 0)) for r in projected))
+        if p.frames_left_unprojected:
+            say(f"warning: {where}: in {p.frames_left_unprojected} of {len(projected)} frames, "
+                f"{p.molecules_left_unprojected} molecules could not be projected onto their CG input "
                 "(no convergence, or an atom would move > 0.3 nm); they are written as sampled")
-    if summary.get("broken bonds", 0.0) > BROKEN_BONDS_WARNING:
-        say(f"warning: {where}: {summary['broken bonds']:.1%} of the bonds the generator wrote are more than "
+    if (result.broken_bonds or 0.0) > BROKEN_BONDS_WARNING:
+        say(f"warning: {where}: {result.broken_bonds:.1%} of the bonds the generator wrote are more than "
             f"{TOLERANCE:.0%} off the force field's length (torn molecules; see docs/transfer.md)")
     if refiner is not None:
         log = [{k: v for k, v in r.items() if k not in ("generator_seconds", "placements", "stereocentres_kept",
@@ -298,16 +352,17 @@ def backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path,
                 and not k.startswith(("projection_", "polish_"))} for r in rows]
         write_log(files.refine_log, log)
         plot_log(files.refine_log.with_suffix(".png"), log, f"{refiner.name}: {files.aa.name}")
-        summary.update({"refiner": refiner.name,
-                        "CG RMSD before refinement (nm)": round(float(np.mean([r["cg_rmsd_before"] for r in rows])), 5),
-                        "CG RMSD after refinement (nm)": round(float(np.mean([r["cg_rmsd"] for r in rows])), 5),
-                        "failed refinements": sum(1 for r in rows if r.get("failed"))})
+        refined = {"refiner": refiner.name,
+                   "CG RMSD before refinement (nm)": round(float(np.mean([r["cg_rmsd_before"] for r in rows])), 5),
+                   "CG RMSD after refinement (nm)": round(float(np.mean([r["cg_rmsd"] for r in rows])), 5),
+                   "failed refinements": sum(1 for r in rows if r.get("failed"))}
         spread = BondSpread.of(refiner, refine_system)
         if spread is not None:
             for r, x in zip(rows, frames_of("aa")):
                 if not r.get("failed"):
                     spread.add(x.positions)
-        summary.update(report_after_refinement(refiner, spread, rows))
+        result.refinement = refined | report_after_refinement(refiner, spread, rows)
+    summary = result.report()
     record = {"model": str(model.directory), "plugin": generator.name,
               "environment": spec.model_dump(mode="json"), "settings": settings.model_dump(mode="json"),
               "seed": seed, "refiner": {"plugin": refiner.name, "params": refiner.params.model_dump(mode="json")}
@@ -316,8 +371,7 @@ def backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path,
     with atomic_path(files.provenance) as tmp:
         tmp.write_text(json.dumps(record, indent=1, default=str))
     store.remove()
-    summary["files"] = files
-    return summary
+    return result
 
 
 def check_time_step(model: Model, frames: Sequence[Frame], where: str) -> None:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Sequence
+from typing import Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 
-from backmap.engine.apply import backmap_to_files
+from backmap.app.backmapping import Backmapped, backmap_to_files
+from backmap.app.options import ClusterFields, Request, Seeded
+from backmap.fields import option
 from backmap.engine.models import Model
 from backmap.errors import BackmapError
 from backmap.parallel import ClusterOptions
@@ -72,7 +74,7 @@ def fit_ibi(model: Model, cg_topology: CGTopology, source: Path, tables: IBITabl
     ``source`` reproduce the bond, angle and non-bonded distributions of the ``target`` frames
     (whole molecules, the fine resolution): ``tables.iterations`` rounds of morphing the fit frames
     (in memory, one process) and correcting the tables."""
-    from backmap.engine.apply import make_backmapper
+    from backmap.engine.assembly import make_backmapper
     from backmap.progress import progress
     from backmap.system.pairs import count_frames, select_frames
 
@@ -98,7 +100,7 @@ def fit_ibi(model: Model, cg_topology: CGTopology, source: Path, tables: IBITabl
 def morph_to_files(model: Model, cg_topology: CGTopology, source: Path, out: Path, scheme: Scheme = "A",
                    frames: Sequence[int] | None = None, settings: BackmapSettings | None = None, seed: int = 0,
                    output_topology: Path | None = None, cluster: ClusterOptions | None = None,
-                   where: str = "morph") -> dict[str, Any]:
+                   where: str = "morph") -> Backmapped:
     """Morph the frames of ``source`` (the fine resolution, in ``cg_topology.topology``'s particle
     order) with ``model`` into ``out`` and the files beside it (:func:`backmap_to_files`; the
     topology copied beside ``out`` is ``output_topology``, X's own ``.top``, when given)."""
@@ -109,11 +111,9 @@ def morph_to_files(model: Model, cg_topology: CGTopology, source: Path, out: Pat
     fine = read_frames(source, topo.n_atoms, frames, expect=f"topology {Path(topo.source).name}")
     started = list(bottleneck_frames(cg_topology, fine, scheme))
     topology_path = Path(output_topology or topo.source)
-    summary = backmap_to_files(model, cg_topology, topology_path, started, out, settings, seed=seed, cluster=cluster,
-                               provenance={"input": str(source), "scheme": scheme, "scheme means": SCHEMES[scheme]},
-                               where=where, identity={"scheme": scheme})
-    summary["scheme"] = scheme
-    return summary
+    return backmap_to_files(model, cg_topology, topology_path, started, out, settings, seed=seed, cluster=cluster,
+                            provenance={"input": str(source), "scheme": scheme, "scheme means": SCHEMES[scheme]},
+                            where=where, identity={"scheme": scheme})
 
 
 def write_tables(tables: IBITables, path: Path) -> Path:
@@ -160,3 +160,95 @@ def write_tables(tables: IBITables, path: Path) -> Path:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
+
+
+#: the sampling settings ``backmap morph`` takes as options
+MORPH_SAMPLING = ("candidates", "gibbs_sweeps", "cg_restraint", "generator_params")
+
+
+class MorphRequest(Seeded, ClusterFields, Request):
+    """Morph the structures of ``input`` through the bottleneck of ``model`` into ``out``."""
+
+    model: Path = option(description="A model trained on the target at the bottleneck (recipe key system.bottleneck: "
+                                     "s), or a run directory whose train step wrote one.")
+    input: Path = option(description="Structures of the top-down model (any format MDAnalysis reads) in the model "
+                                     "topology's particle order.")
+    out: Path = option(description="Morphed output (.xtc, .gro, .trr, .pdb).")
+    scheme: Scheme = option("A", "A: forward pass + Gibbs sweeps from the bottleneck; B: Gibbs sweeps only, from the "
+                                 "original structure.")
+    topology: Path | None = option(None, "The top-down model's .top, copied beside the output (default: the model's "
+                                         "topology).")
+    frames: str | None = option(None, "'start:stop:step' or '0,5,9' of --input.")
+    sampling: BackmapSettings = option(default_factory=lambda: BackmapSettings(energy=False), flatten=MORPH_SAMPLING,
+                                       description="How the frames are sampled.")
+    flat_bottom: Path | None = option(None, "Target trajectory (model topology) whose bond, angle and closest "
+                                            "non-bonded distances give flat-bottom limits that score the candidates "
+                                            "(thesis eqs. 7.2-7.3).")
+    target_frames: str | None = option(None, "'start:stop:step' of --flat-bottom's frames.")
+    quantile: float = option(0.0, "Flat-bottom limits at this quantile of the target's values (0: its extremes, as "
+                                  "eqs. 7.2-7.3).", ge=0, le=1)
+    ibi: Path | None = option(None, "IBI tables (JSON, as a recipe's morph step writes them) added to the selection "
+                                    "energy.")
+    ibi_rounds: int = option(0, "Fit IBI tables first: this many rounds of morphing --ibi-frames and correcting the "
+                                "tables toward --flat-bottom's distributions (written to OUT_ibi.json/.png).", ge=0)
+    ibi_frames: str | None = option(None, "'start:stop:step' of --input morphed in each IBI round (default: every "
+                                          "4th of the first half).")
+    temperature: float | None = option(None, "K: the IBI tables' kT (with --ibi-rounds).")
+
+
+def morph_structures(request: MorphRequest) -> Backmapped:
+    """``backmap morph``: flat-bottom limits and IBI tables as asked (fitted first with
+    ``ibi_rounds``), then :func:`morph_to_files`."""
+    from backmap.engine.loaders import load_mapping, load_topology
+    from backmap.engine.models import load_model
+    from backmap.sampling.flat_bottom import FlatBottomLimits
+    from backmap.system.io import refuse_overwriting_inputs
+    from backmap.system.pairs import count_frames, select_frames
+
+    r = request
+    loaded = load_model(r.model)
+    if loaded.topology is None or not loaded.mapping:
+        raise BackmapError("the model does not record its topology and bottleneck mapping", source=r.model)
+    refuse_overwriting_inputs(r.out, [r.input, r.topology, r.flat_bottom, loaded.topology, *loaded.mapping])
+    loaded.refuse_output_inside(r.out)
+    topo = load_topology(loaded.topology)
+    cg_top = load_mapping(loaded.mapping, topo).cg_topology(topo)
+    if r.topology is not None and load_topology(r.topology).n_atoms != topo.n_atoms:
+        raise BackmapError(f"--topology has {load_topology(r.topology).n_atoms} particles, the model's system "
+                           f"{topo.n_atoms}", source=r.topology)
+    idx = select_frames(r.frames, [], count_frames(r.input), str(r.input))
+    if r.ibi_rounds and (r.flat_bottom is None or r.temperature is None or r.ibi is not None):
+        raise BackmapError("--ibi-rounds fits tables to --flat-bottom's target at --temperature (both needed; "
+                           "not with --ibi)")
+
+    def target():
+        tidx = select_frames(r.target_frames, [], count_frames(r.flat_bottom), str(r.flat_bottom))
+        return ((f.positions, f.dimensions) for f in read_frames(r.flat_bottom, topo.n_atoms, tidx,
+                                                                 expect="model topology"))
+
+    update: dict = {"energy": False, "ibi": read_tables(r.ibi) if r.ibi is not None else None}
+    if r.flat_bottom is not None:
+        update["flat_bottom"] = FlatBottomLimits.from_frames(topo, target(), source=str(r.flat_bottom),
+                                                             quantile=r.quantile)
+    settings = r.sampling.model_copy(update=update)
+    loaded.generator.for_inference(settings.generator_params, where="--generator-param")  # refused here, early
+    if r.ibi_rounds:
+        tables = fit_ibi(loaded, cg_top, r.input, IBITables(temperature=r.temperature, iterations=r.ibi_rounds,
+                                                            fit_frames=r.ibi_frames),
+                         target(), r.scheme, settings, seed=r.seed, where="backmap morph")
+        write_tables(tables, Path(f"{r.out.with_suffix('')}_ibi.json"))
+        settings = settings.model_copy(update={"ibi": tables})
+    return morph_to_files(loaded, cg_top, r.input, r.out, r.scheme, idx, settings, seed=r.seed,
+                          output_topology=r.topology, cluster=r.cluster())
+
+
+def read_tables(path: Path) -> IBITables:
+    """IBI tables as :func:`write_tables` wrote them."""
+    from pydantic import ValidationError
+
+    if not path.is_file():
+        raise BackmapError("no such file", source=path)
+    try:
+        return IBITables.model_validate_json(path.read_text())
+    except ValidationError as exc:
+        raise BackmapError(f"not IBI tables: {str(exc).splitlines()[0]}", source=path) from None

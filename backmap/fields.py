@@ -1,0 +1,66 @@
+"""Field types and metadata shared by settings and requests, so that an option is declared once.
+
+A pydantic field is the single declaration of an option: its default, its constraints and its help
+text (``description``). The command line is derived from the fields (:mod:`backmap.cli.derive`);
+recipes validate against the same fields. Two value shapes the command line writes as text get a
+type of their own here: ``CommaList`` (``S1,S2``) and ``KeyValues`` (``KEY=VALUE``, repeatable).
+``option(...)`` adds what only the command line needs: another option name, a metavar, or
+"positional argument".
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BeforeValidator, Field
+
+
+def _comma_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _key_values(value: Any) -> Any:
+    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}`` (values read as YAML scalars); dicts pass."""
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, (list, tuple)):
+        out = {}
+        for item in value:
+            key, sep, text = str(item).partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"{item!r}: expected key=value")
+            out[key.strip()] = yaml.safe_load(text)
+        return out
+    return value
+
+
+#: marks a field the command line takes as one comma-separated word (``--dock S,B``)
+COMMA_LIST = BeforeValidator(_comma_list)
+#: marks a field the command line takes as repeated ``KEY=VALUE`` words
+KEY_VALUES = BeforeValidator(_key_values)
+
+CommaList = Annotated[list[str], COMMA_LIST]
+KeyValues = Annotated[dict[str, Any], KEY_VALUES]
+
+
+def option(default: Any = ..., description: str | None = None, *, name: str | None = None,
+           metavar: str | None = None, argument: bool = False, cli: bool = True,
+           flatten: tuple[str, ...] | None = None, **constraints: Any) -> Any:
+    """A pydantic ``Field`` with its command-line face: ``name`` (``--gibbs`` for ``gibbs_sweeps``),
+    ``metavar``, ``argument`` (positional; a list field takes any number), ``cli=False`` (recipe only),
+    ``flatten`` (a nested settings model: these of its fields are options of their own)."""
+    extra: dict[str, Any] = {k: v for k, v in (("cli_name", name), ("metavar", metavar)) if v is not None}
+    if flatten:
+        extra["flatten"] = list(flatten)
+    if argument:
+        extra["argument"] = True
+    if not cli:
+        extra["cli"] = False
+    if "default_factory" in constraints:
+        return Field(description=description, json_schema_extra=extra or None, **constraints)
+    return Field(default, description=description, json_schema_extra=extra or None, **constraints)
+
+
+__all__ = ["COMMA_LIST", "CommaList", "KEY_VALUES", "KeyValues", "option"]

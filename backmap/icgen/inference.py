@@ -1,0 +1,309 @@
+"""Inference of an internal-coordinate generator: proposals, exact log-densities, chemical
+transfer to molecule types it was not trained on, and its saved state (a mixin of
+:class:`backmap.icgen.generator.InternalCoordinateGenerator`, kept apart from its training)."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from backmap.errors import BackmapError
+from backmap.icgen.head import ICDistribution
+from backmap.icgen.nerf import place
+from backmap.icgen.tables import VIRTUAL, Tables, UnitTable, system_tables
+from backmap.sampling.environment import EnvironmentBatch
+from backmap.threads import torch_threads
+
+STATE_FORMAT = 1
+#: neighbour beads the head sees explicitly (nearest first)
+NEAR_BEADS = 4
+
+
+class ICInference:
+    """Proposing, scoring, adapting and saving: the half of the generator that runs after training."""
+
+    # ------------------------------------------------------------------ inference
+    def _require(self) -> None:
+        if self.encoder is None:
+            raise BackmapError("equivariant: the generator is not trained (run the train step first)")
+
+    def _view_batch(self, batch: EnvironmentBatch) -> dict:
+        meta = batch.meta or {}
+        if "moltype" not in meta:
+            raise BackmapError("equivariant: the environment batch carries no molecule type (meta)")
+        key = self.tables.key(meta["moltype"], meta["bead"])
+        U = len(self.tables.tables[key].atoms)
+        if batch.target_atoms.shape[1] != U:
+            raise BackmapError(f"equivariant places whole beads (unit = 'bead'); got units of "
+                               f"{batch.target_atoms.shape[1]} atoms for a bead of {U}")
+        lay = self.layout
+        if _top(batch.interaction) >= lay["n_interactions"] or _top(batch.atom_types) >= lay["n_atom_types"]:
+            raise BackmapError("equivariant: the environment has channels the model was not trained with")
+        return {"keys": torch.full((batch.size,), key, dtype=torch.long), "atom_positions": batch.atom_positions,
+                "atom_types": batch.atom_types, "atom_index": batch.atom_index, "atom_mask": batch.atom_mask,
+                "interaction": batch.interaction, "bead_positions": batch.bead_positions,
+                "bead_types": batch.bead_types, "bead_mask": batch.bead_mask, "target_atoms": batch.target_atoms,
+                "target_mask": batch.target_mask, "target_types": batch.target_types,
+                **self._previous_frame(batch.previous_positions, batch.previous_mask, batch.target_mask)}
+
+    def propose(self, batch: EnvironmentBatch, n_candidates: int, rng: np.random.Generator) -> torch.Tensor:
+        self._require()
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        with torch.no_grad(), torch_threads(self.params.threads):
+            return self._sample(self._view_batch(batch), n_candidates, gen)
+
+    def _sample(self, v: dict, K: int, gen: torch.Generator, with_log_prob: bool = False, raw: bool = False,
+                reparameterized: bool = False):
+        """(B, K, U, 3) candidates; with ``with_log_prob`` also the log density (B, K) of each draw
+        as it was drawn (before the projection): the known answer :meth:`log_prob` must give.
+        ``raw``: the internal-coordinate draws as they are (no recentring, no projection), whose
+        density is exact. ``reparameterized``: the draws are differentiable in the networks'
+        parameters (Gaussian angles and lengths directly, von Mises dihedrals implicitly), for
+        training by reverse KL against a force field."""
+        t = self.tables
+        B = v["keys"].shape[0]
+        U = v["target_atoms"].shape[1]
+        ext, found, ext_types = t.external_positions(v["keys"], v["target_atoms"], v["atom_index"], v["atom_mask"],
+                                                     v["atom_positions"], v["atom_types"])
+        codes, slot, bond, rigid = t.choose(v["keys"], found)
+        pool_types = self._pool_types(v, ext_types).repeat_interleave(K, 0)
+        scalars, vectors = self._encode(v)
+        near, near_types = self._near_beads(v)
+        rep = lambda x: x.repeat_interleave(K, 0)
+        scalars, vectors, codes, slot, bond, rigid, near, near_types = map(
+            rep, (scalars, vectors, codes, slot, bond, rigid, near, near_types.flatten(1)))
+        scalars = self._decoder_context(scalars, v)  # per candidate (B·K rows)
+        pool = torch.cat([torch.zeros(B, t.U, 3), ext, t.virtual.expand(B, 3, 3)], 1).repeat_interleave(K, 0)
+        prev = torch.zeros(B * K, 5)
+        rows = torch.arange(B * K)
+        logp = torch.zeros(B * K)
+        order = t.order[v["keys"][0]].tolist()  # one table per batch at inference
+        rank = t.rank[v["keys"][0]]
+        ext_ok = found.repeat_interleave(K, 0)
+        near_types = near_types.view(B * K, NEAR_BEADS, -1)
+        for a in range(U):
+            c = codes[:, a]
+            p, g, d = pool[rows, c[:, 0]], pool[rows, c[:, 1]], pool[rows, c[:, 2]]
+            known, known_ok = self._known(pool[:, :t.U + t.E], torch.cat([(rank < a).expand(B * K, -1), ext_ok], -1),
+                                          v, K)
+            feats = self._features(vectors, near, near_types, known, known_ok, d, g, p, pool_types)
+            prev_ic = self._previous_ics(v, torch.full((B * K,), order[a], dtype=torch.long), d, g, p, K)
+            if prev_ic is not None:
+                feats = torch.cat([feats, prev_ic], -1)
+            h = self.head.features(scalars, slot[:, a], prev, feats)
+            r_ref = self.r_ref[slot[:, a]]
+            refs = (self.theta_ref[slot[:, a]], self.theta_std[slot[:, a]], r_ref, self.bounded_ics)
+            r, theta = ICDistribution(self.head.outputs(h, None), *refs).sample_angle(gen)
+            dist = ICDistribution(self.head.outputs(h, theta), *refs)
+            phi = dist.sample_dihedral(gen, reparameterized)
+            r = torch.where(rigid[:, a], bond[:, a], r)
+            placed = place(d, g, p, r, theta, phi)
+            if reparameterized:  # out of place: earlier views of the pool are saved for the backward pass
+                pool = pool.index_copy(1, torch.tensor([order[a]]), placed[:, None])
+            else:
+                pool[:, order[a]] = placed
+            if with_log_prob:
+                lp_a, lp_d, lp_r = dist.log_prob(r, theta, phi)
+                free = (~rigid[:, a]).to(r.dtype)
+                logp += lp_a + lp_d + (lp_r - 2 * torch.log(r)) * free - torch.log(torch.sin(theta))
+            prev = torch.stack([torch.cos(theta), torch.sin(theta), torch.cos(phi), torch.sin(phi),
+                                (r - r_ref) * 10], -1)
+        if self.params.recentre and not raw:
+            pool = self._recentre(pool, v["keys"][0].item(), codes[:, 0, 0], U)
+        if self.params.project and not raw:
+            pool = self._project(pool, v["keys"][0].item(), found.repeat_interleave(K, 0), U)
+        out = pool[:, :U].reshape(B, K, U, 3)
+        return (out, logp.view(B, K)) if with_log_prob else out
+
+    def _recentre(self, pool: torch.Tensor, key: int, anchor_code: torch.Tensor, U: int) -> torch.Tensor:
+        """Make the unit map onto its bead (the local origin) where its mapping lies wholly in it:
+        rotate it about the placed atom its first atom is bonded to, the smallest rotation that
+        points its mapped centre at the bead (bonds to that atom and within the unit unchanged);
+        a unit built from virtual points only (or every unit, with ``recentre_by: shift``) is
+        shifted instead; ``rotation+shift`` shifts the turned unit by what is left (its radial miss)."""
+        w = torch.as_tensor(self.tables.tables[key].centre_weights, dtype=pool.dtype)
+        if not bool(w.any()):
+            return pool
+        x = pool[:, :U]
+        com = (w[None, :, None] * x).sum(1) / w.sum()
+        rows = torch.arange(len(pool))
+        anchor = pool[rows, anchor_code]
+        virtual = anchor_code >= self.tables.U + self.tables.E  # no placed atom to turn about
+        mode = self.params.recentre_by
+        if mode == "shift":
+            virtual = torch.ones_like(virtual)
+        u, v = com - anchor, -anchor
+        u_hat = u / u.norm(dim=-1, keepdim=True).clamp(min=1e-9)
+        v_hat = v / v.norm(dim=-1, keepdim=True).clamp(min=1e-9)
+        axis = torch.linalg.cross(u_hat, v_hat)
+        sin, cos = axis.norm(dim=-1), (u_hat * v_hat).sum(-1)
+        k = axis / sin[:, None].clamp(min=1e-9)
+        kx = torch.zeros(len(pool), 3, 3, dtype=pool.dtype)
+        kx[:, 0, 1], kx[:, 0, 2], kx[:, 1, 2] = -k[:, 2], k[:, 1], -k[:, 0]
+        kx = kx - kx.transpose(1, 2)
+        rot = torch.eye(3) + sin[:, None, None] * kx + (1 - cos)[:, None, None] * (kx @ kx)  # Rodrigues
+        turned = anchor[:, None] + (x - anchor[:, None]) @ rot.transpose(1, 2)
+        shifted = x - com[:, None]
+        out = pool.clone()
+        if mode == "rotation+shift":  # what the rotation left: the centre's radial miss
+            turned = turned - ((w[None, :, None] * turned).sum(1) / w.sum())[:, None]
+        out[:, :U] = torch.where(virtual[:, None, None], shifted, turned)
+        return out
+
+    def _project(self, pool: torch.Tensor, key: int, found: torch.Tensor, U: int) -> torch.Tensor:
+        """Rigid bonds the tree left open (ring closures, second bonds to placed atoms) to their
+        lengths, moving only the unit's atoms (SHAKE; placed atoms have infinite mass)."""
+        table = self.tables.tables[key]
+        if not len(table.closures):
+            return pool
+        ends = torch.as_tensor(table.closures)
+        active = torch.ones(found.shape[0], len(ends), dtype=torch.bool)
+        is_ext = ends[:, 1] >= U
+        active[:, is_ext] = found[:, ends[is_ext, 1] - U]
+        out = pool.clone()
+        patterns, inverse = torch.unique(active, dim=0, return_inverse=True)
+        for k, pattern in enumerate(patterns):
+            solver = self.tables.projection(key, pattern.numpy())
+            if solver is None:
+                continue
+            rows = torch.nonzero(inverse == k)[:, 0]
+            x = pool[rows].double()
+            y, ok = solver[0].positions(x, x)
+            out[rows] = torch.where(ok[:, None, None], y.float(), pool[rows])
+        return out
+
+    @property
+    def rigid_bonds(self) -> str:
+        return self.params.constraints
+
+    @property
+    def projects_cg(self) -> bool:
+        return self.params.project_cg
+
+    def log_prob(self, batch: EnvironmentBatch, positions: torch.Tensor) -> torch.Tensor:
+        """Log density (B, K) of local-frame placements: Σ over the unit's atoms of the head's
+        densities of their angles, dihedrals and non-rigid bond lengths, minus log(r² sin θ) of
+        the free coordinates (the Cartesian Jacobian; a rigid bond contributes sin θ only)."""
+        self._require()
+        v = self._view_batch(batch)
+        B, K, U = positions.shape[:3]
+        rep = repeat_rows(v, K)
+        rep["targets"] = positions.reshape(B * K, U, 3).float()
+        with torch.no_grad(), torch_threads(self.params.threads):
+            return self._log_density(rep).view(B, K)
+
+    def _log_density(self, v: dict) -> torch.Tensor:
+        """Log density (rows,) of the placements ``v["targets"]`` under the head (see :meth:`log_prob`)."""
+        dist, (r, theta, phi), rigid = self._teacher_pass(v)
+        lp_a, lp_d, lp_r = dist.log_prob(r, theta, phi)
+        free = (~rigid).to(lp_a.dtype)
+        jac = torch.log(torch.sin(theta).clamp(min=1e-6)) + 2 * torch.log(r.clamp(min=1e-6)) * free
+        return (lp_a + lp_d + lp_r * free - jac).sum(-1)
+
+    # ------------------------------------------------------------------ transfer
+    def adapt(self, cg_topology, plans) -> dict[str, Any]:
+        """Unit tables for molecule types the model was not trained on (chemical transfer). Every
+        row's chemistry signature takes the slot trained for it, or, where none was, a new slot
+        whose embedding, reference angle and distance are the mean of the trained slots matching
+        it at the first level of :func:`coarser_signatures` that has any."""
+        self._require()
+        needed = {(cb.block.moltype.name, unit.bead) for cb in cg_topology.blocks
+                  for unit in plans[cb.block.moltype.name].units}
+        if needed <= set(self.tables.index):
+            return {}
+        fresh = [t for t in system_tables(cg_topology, plans, self.params.constraints)
+                 if (t.moltype, t.bead) in needed - set(self.tables.index)]
+        n_trained = len(self.theta_ref) if self.trained_slots is None else self.trained_slots
+        self.trained_slots = n_trained
+        vocabulary = list(self.tables.signatures)
+        slot_of = {sig: i for i, sig in enumerate(vocabulary)}
+        by_level: list[dict[str, list[int]]] = [{} for _ in COARSER_LEVELS]
+        for i, sig in enumerate(vocabulary[:n_trained]):
+            for level, key in enumerate(coarser_signatures(sig)):
+                by_level[level].setdefault(key, []).append(i)
+        sources: list[list[int]] = []
+        # rows per outcome: a trained slot, one made earlier in this call, or a coarser level
+        matched = dict.fromkeys(("exact", "earlier", *COARSER_LEVELS, "none"), 0)
+        for t in fresh:
+            for sig in (str(x) for x in t.signature.ravel() if x):
+                if sig in slot_of:
+                    matched["exact" if slot_of[sig] < n_trained else "earlier"] += 1
+                    continue
+                level, ids = next(((COARSER_LEVELS[k], by_level[k][key]) for k, key in enumerate(coarser_signatures(sig))
+                                   if key in by_level[k]), ("none", list(range(n_trained))))
+                matched[level] += 1
+                slot_of[sig] = len(vocabulary)
+                vocabulary.append(sig)
+                sources.append(ids)
+        self.tables = Tables(self.tables.tables + fresh, self.tables.U, self.tables.E, vocabulary)
+        if sources:
+            with torch.no_grad():
+                def extend(x: torch.Tensor) -> torch.Tensor:
+                    return torch.cat([x, torch.stack([x[ids].mean(0) for ids in sources])])
+
+                self.head.slot = torch.nn.Embedding.from_pretrained(extend(self.head.slot.weight), freeze=True)
+                self.theta_ref, self.r_ref, self.theta_std = map(extend, (self.theta_ref, self.r_ref, self.theta_std))
+        return {"molecule types": sorted({t.moltype for t in fresh}), "units": len(fresh),
+                "chemistry rows": {k: v for k, v in matched.items() if v}}
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        self._require()
+        return {"format": STATE_FORMAT, "layout": dict(self.layout), "bounded_ics": self.bounded_ics,
+                "tables": [t.to_json() for t in self.tables.tables],
+                "theta_ref": self.theta_ref.clone(), "theta_std": self.theta_std.clone(), "r_ref": self.r_ref.clone(),
+                "encoder": {k: v.clone() for k, v in self.encoder.state_dict().items()},
+                "head": {k: v.clone() for k, v in self.head.state_dict().items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("format") != STATE_FORMAT:
+            raise BackmapError(f"equivariant: unknown state format {state.get('format')!r}")
+        layout = state["layout"]
+        self.tables = Tables([UnitTable.from_json(t) for t in state["tables"]], layout.get("unit_slots"),
+                             layout.get("external_slots"))
+        self.bounded_ics = bool(state.get("bounded_ics", False))  # absent in models made before it existed
+        self._build({k: int(v) for k, v in state["layout"].items()})
+        self.theta_ref = torch.as_tensor(state["theta_ref"])
+        self.r_ref = torch.as_tensor(state["r_ref"])
+        self.theta_std = torch.as_tensor(state["theta_std"])
+        self.encoder.load_state_dict(state["encoder"])
+        self.head.load_state_dict(state["head"])
+        self.encoder.eval()
+        self.head.eval()
+
+
+def repeat_rows(v: dict, K: int) -> dict:
+    """Every tensor of a batch view (and of its tuples: the encoding) with each row repeated K
+    times (K candidates per unit)."""
+    def rep(x):
+        if torch.is_tensor(x):
+            return x.repeat_interleave(K, 0)
+        return tuple(rep(y) for y in x) if isinstance(x, tuple) else x
+
+    return {k: rep(x) for k, x in v.items()}
+
+
+def _top(x: torch.Tensor) -> int:
+    return int(x.max()) if x.numel() else -1
+
+
+#: what :func:`coarser_signatures` drops, level by level
+COARSER_LEVELS = ("reference kinds", "bead type", "bead type and reference kinds", "dihedral atom's type",
+                  "angle atom's type", "all references")
+
+
+def coarser_signatures(signature: str) -> list[str]:
+    """Coarser forms of a row's chemistry signature (``bead type|atom type|parent|angle atom|dihedral
+    atom``, each reference ``unit:TYPE``, ``ext:TYPE`` or a virtual point), one per
+    :data:`COARSER_LEVELS`: for a molecule type the model was not trained on, its rows take what was
+    learned for the most specific form that occurs in training."""
+    bead, atom, *refs = signature.split("|")
+    plain = [r.split(":")[-1] for r in refs]
+
+    def shape(r: str) -> str:  # a real atom or which virtual point
+        return r if r in VIRTUAL else "atom"
+
+    return [f"{bead}|{atom}|" + "|".join(plain), f"*|{atom}|" + "|".join(refs), f"*|{atom}|" + "|".join(plain),
+            f"*|{atom}|{plain[0]}|{plain[1]}|{shape(plain[2])}", f"*|{atom}|{plain[0]}|{shape(plain[1])}|{shape(plain[2])}",
+            f"*|{atom}"]
