@@ -12,6 +12,8 @@ from backmap.engine.hooks import hookimpl
 from backmap.engine.plugin import (
     Generator,
     Metric,
+    Move,
+    MoveFrame,
     Plugin,
     Reader,
     Refiner,
@@ -57,6 +59,8 @@ __all__ = [
     "BackmapError",
     "Generator",
     "Metric",
+    "Move",
+    "MoveFrame",
     "Plugin",
     "Reader",
     "Refiner",

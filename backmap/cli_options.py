@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from backmap.errors import BackmapError
-from backmap.fields import COMMA_LIST, KEY_VALUES
+from backmap.fields import COMMA_LIST, KEY_VALUES, TEXT
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -76,8 +76,10 @@ def click_parameter(name: str, info: FieldInfo) -> click.Parameter:
         metadata += more
     kind: Any = None
     multiple = False
-    if KEY_VALUES in metadata:
+    if KEY_VALUES in metadata or (TEXT in metadata and typing.get_origin(annotation) is list):
         multiple = True
+    elif TEXT in metadata:
+        pass
     elif COMMA_LIST in metadata:
         pass
     elif typing.get_origin(annotation) in (list, tuple):

@@ -23,6 +23,8 @@ def show_backmapped(result: Any) -> None:
     if (g := result.guidance) is not None:
         kept += (f"; energy guidance lowered {g.placements_polished} placements' energies by "
                  f"{g.mean_energy_drop:.1f} kJ/mol on average")
+    for name, summary in (result.moves or {}).items():
+        kept += f"; move {name}: " + ", ".join(f"{k} {v:g}" for k, v in summary.items() if k != "frames")
     files = result.files
     beside = ", ".join(str(f) for f in (files.structure, files.topology, files.unrefined) if f is not None)
     click.echo(f"wrote {files.aa} ({beside}): {result.frames} frames of {result.atoms} atoms "

@@ -41,6 +41,16 @@ COMMA_LIST = BeforeValidator(_comma_list)
 #: marks a field the command line takes as repeated ``KEY=VALUE`` words
 KEY_VALUES = BeforeValidator(_key_values)
 
+class _Text:
+    """Marks a field the command line gives as text (repeatable for a list), parsed by its model."""
+
+    def __repr__(self) -> str:
+        return "TEXT"
+
+
+#: marks a structured field the command line takes as words its validator parses (``--move name:k=v``)
+TEXT = _Text()
+
 CommaList = Annotated[list[str], COMMA_LIST]
 KeyValues = Annotated[dict[str, Any], KEY_VALUES]
 
@@ -63,4 +73,4 @@ def option(default: Any = ..., description: str | None = None, *, name: str | No
     return Field(default, description=description, json_schema_extra=extra or None, **constraints)
 
 
-__all__ = ["COMMA_LIST", "CommaList", "KEY_VALUES", "KeyValues", "option"]
+__all__ = ["COMMA_LIST", "CommaList", "KEY_VALUES", "KeyValues", "TEXT", "option"]

@@ -14,6 +14,7 @@ Writes a figure of the histograms and the training log beside ``--out``.
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import time
 from pathlib import Path
@@ -23,7 +24,8 @@ import torch
 
 from backmap.refinement.latent_moves import IndependentChains, vae_move
 from backmap.threads import torch_threads
-from backmap.toys import GaussianVAE, double_well_box_wall, double_well_energy, double_well_quadrature
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the toy targets are test scaffolding
+from toys import GaussianVAE, double_well_box_wall, double_well_energy, double_well_quadrature  # noqa: E402
 from backmap.training.reverse_kl import FixedProblem, ReverseKLTrainer, Target, TemperingParams
 
 

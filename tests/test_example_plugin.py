@@ -193,3 +193,46 @@ def test_a_model_pack_installed_with_pip_is_listed_and_applies_by_name(toy_pytho
     shown = _run(toy_python, "-m", "backmap.cli", "models", "show", "hexane-toy", cwd=tmp_path,
                  extra_env={"BACKMAP_CACHE": str(tmp_path / "cache")})
     assert shown.returncode == 0 and shown.stdout.startswith("# toy"), shown.stdout + shown.stderr
+
+
+def test_a_move_plugin_installed_with_pip_moves_every_frame(toy_python, tmp_path):
+    """The documented move plugin (docs/examples/backmap-example-move, docs/moves.md), installed
+    with pip: listed as a move, chosen with ``--move NAME:KEY=VALUE``, made on every frame (each
+    molecule's centre wrapped into the cell: the frames differ from the unmoved ones by whole box
+    vectors per molecule), and reported."""
+    from backmap.engine.loaders import load_topology
+    from backmap.system.io import read_frames
+    from backmap.system.pbc import box_vectors
+
+    source = tmp_path / "backmap-example-move"
+    shutil.copytree(REPO / "docs" / "examples" / "backmap-example-move", source)
+    installed = _run(toy_python, "-m", "pip", "install", "--no-index", "--no-deps", "--no-build-isolation",
+                     "--no-cache-dir", "--disable-pip-version-check", "--quiet", source, cwd=tmp_path)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    listed = _run(toy_python, "-m", "backmap.cli", "plugins", "--kind", "move", cwd=tmp_path)
+    assert ["move", "wrap_molecules", "backmap-example-move"] in [r.split()[:3] for r in listed.stdout.splitlines()]
+    recipe = tmp_path / "toy.yaml"
+    recipe.write_text(RECIPE.format(hexane=HEXANE))
+    ran = _run(toy_python, "-m", "backmap.cli", "run", recipe, "--steps", "prepare,train,backmap", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    cg = tmp_path / "work" / "backmap" / "aa_cg.trr"
+    common = ["--model", tmp_path / "work" / "model", "--cg", cg, "--candidates", "2", "--gibbs", "0"]
+    plain = _run(toy_python, "-m", "backmap.cli", "apply", *common, "--out", tmp_path / "plain.trr", cwd=tmp_path)
+    moved = _run(toy_python, "-m", "backmap.cli", "apply", *common, "--out", tmp_path / "moved.trr",
+                 "--move", "wrap_molecules:origin=-0.5", cwd=tmp_path)
+    assert plain.returncode == 0 and moved.returncode == 0, plain.stderr + moved.stderr
+    assert "move wrap_molecules: molecules_shifted" in moved.stdout
+    topology = load_topology(HEXANE / "topol.top")
+    molecule = topology.molecule_index
+    for a, b in zip(read_frames(tmp_path / "plain.trr", topology.n_atoms),
+                    read_frames(tmp_path / "moved.trr", topology.n_atoms), strict=True):
+        vectors = box_vectors(b.dimensions).reshape(3, 3)
+        n = (b.positions - a.positions) @ np.linalg.inv(vectors)  # whole cells, the same for a molecule's atoms
+        assert np.allclose(n, np.round(n), atol=1e-4)
+        assert all(np.ptp(n[molecule == m], axis=0).max() < 1e-4 for m in np.unique(molecule))
+        centres = np.stack([np.bincount(molecule, b.positions[:, k]) for k in range(3)], 1) / np.bincount(molecule)[:, None]
+        fractional = centres @ np.linalg.inv(vectors)
+        assert (fractional >= -0.5 - 1e-5).all() and (fractional < 0.5 + 1e-5).all()
+    bad = _run(toy_python, "-m", "backmap.cli", "apply", *common, "--out", tmp_path / "bad.trr",
+               "--move", "wrap_molecules:oirgin=1", cwd=tmp_path)
+    assert bad.returncode == 2 and "moves (wrap_molecules)" in bad.stderr and "oirgin" in bad.stderr, bad.stderr

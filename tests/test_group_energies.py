@@ -260,4 +260,4 @@ def test_group_index_kept_per_distinct_groups(hexane, monkeypatch):
     with torch.no_grad():
         for k in "ABACBCA":
             torch.testing.assert_close(ff.group_energies(X, box, _pad(sets[k])), expected[k], rtol=RTOL, atol=ATOL)
-    assert len(ff._group_indices) == 2
+    assert len(ff._groups._group_indices) == 2

@@ -16,7 +16,7 @@ import torch
 from backmap.threads import torch_threads
 from backmap.refinement.latent_moves import (IndependentChains, JointLogDensity, metropolis, multiple_try_log_ratio,
                                              vae_move, vae_move_sequential)
-from backmap.toys import (GaussianVAE, PerfectHarmonicVAE, double_well_energy,
+from toys import (GaussianVAE, PerfectHarmonicVAE, double_well_energy,
                           double_well_quadrature, double_well_samples)
 
 CHAINS = 4000

@@ -5,7 +5,7 @@ import pytest
 import test_group_energies
 import torch
 
-from backmap.forcefield.local_mc import LocalMetropolis
+from backmap.sampling.local_mc import LocalMetropolis
 
 hexane, triclinic = test_group_energies.hexane, test_group_energies.triclinic  # their systems (fixtures)
 

@@ -12,7 +12,7 @@ import torch
 
 from backmap.refinement.latent_moves import IndependentChains, vae_move
 from backmap.threads import torch_threads
-from backmap.toys import GaussianVAE, PerfectHarmonicVAE, double_well_energy, double_well_quadrature
+from toys import GaussianVAE, PerfectHarmonicVAE, double_well_energy, double_well_quadrature
 from backmap.training.reverse_kl import (FixedProblem, ReverseKLTrainer, Target, TemperingParams, kl_estimate,
                                          log_marginal_bound, log_z_ratio, reverse_kl_batch)
 
@@ -266,7 +266,7 @@ MAJOR_MEAN, MAJOR_STD = -2.4809, 0.2899
 def data_free_vae():
     """A Gaussian VAE (1-D latent) trained on the double well by reverse KL with tempering, no
     samples of it (a fast schedule: 100 increments of β, 1300 steps, ~10 s)."""
-    from backmap.toys import double_well_box_wall
+    from toys import double_well_box_wall
 
     torch.manual_seed(0)
     vae = GaussianVAE(dim=2, latent=1, hidden=64)
@@ -298,7 +298,7 @@ def test_double_well_reverse_kl_learns_the_major_mode_without_data(data_free_vae
 def test_double_well_vae_mc_with_the_data_free_model_is_exact(data_free_vae):
     """VAE Monte Carlo moves with the data-free model keep the exact distribution (chains started
     from exact samples; 4 standard errors, as tests/test_latent_moves.py)."""
-    from backmap.toys import double_well_samples
+    from toys import double_well_samples
 
     vae, _summary = data_free_vae
     exact = double_well_quadrature()[0]
@@ -321,7 +321,7 @@ def test_double_well_vae_mc_with_the_data_free_model_is_exact(data_free_vae):
 @pytest.fixture(scope="module")
 def mixture_prior_vae():
     """As ``data_free_vae`` with a learned two-component mixture prior (docs/reverse-kl.md)."""
-    from backmap.toys import double_well_box_wall
+    from toys import double_well_box_wall
 
     torch.manual_seed(0)
     vae = GaussianVAE(dim=2, latent=1, hidden=64, prior_components=2)
@@ -391,7 +391,7 @@ def test_double_well_calibrated_mixture_weights_give_the_minor_mass(mixture_prio
     modes better, to within 2.7 % and 0.3 %: docs/reverse-kl.md)."""
     import copy
 
-    from backmap.toys import double_well_box_wall
+    from toys import double_well_box_wall
 
     exact = double_well_quadrature()[0]
     vae = copy.deepcopy(mixture_prior_vae[0])

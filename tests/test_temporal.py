@@ -135,7 +135,7 @@ def test_trajectory_mode_goes_on_from_the_previous_frame_and_resumes_identically
     # the first frame has no previous one either way (same random stream); the others differ
     assert np.array_equal(whole[0], single[0]) and not np.allclose(whole[1:], single[1:], atol=1e-3)
     # killed in the third block of three frames, then run again: the same trajectory
-    from backmap.engine import apply as apply_module
+    from backmap.app import backmapping as apply_module
 
     original, calls = apply_module.BackmapJob.run_block, []
 

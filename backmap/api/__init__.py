@@ -28,6 +28,8 @@ from backmap import (  # noqa: F401
     BackmapError,
     Generator,
     Metric,
+    Move,
+    MoveFrame,
     Plugin,
     Reader,
     Refiner,

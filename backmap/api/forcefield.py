@@ -9,7 +9,7 @@ from backmap.forcefield.parameters import molecule_terms  # noqa: F401
 from backmap.forcefield.minimize import minimize_restrained  # noqa: F401
 from backmap.forcefield.bond_check import TOLERANCE  # noqa: F401
 from backmap.forcefield.neighbors import box_heights  # noqa: F401
-from backmap.forcefield.local_mc import LocalMetropolis  # noqa: F401
+
 from backmap.forcefield.geometry import angle, dihedral, norm  # noqa: F401
 
-__all__ = ['BOLTZMANN', 'BONDED', 'ForceField', 'LocalMetropolis', 'NonbondedSettings', 'TERMS', 'TOLERANCE', 'angle', 'box_heights', 'dihedral', 'geometry', 'minimize_restrained', 'molecule_terms', 'norm']
+__all__ = ['BOLTZMANN', 'BONDED', 'ForceField', 'NonbondedSettings', 'TERMS', 'TOLERANCE', 'angle', 'box_heights', 'dihedral', 'geometry', 'minimize_restrained', 'molecule_terms', 'norm']

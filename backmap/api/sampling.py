@@ -1,4 +1,5 @@
-"""The sampler's data and settings: environments, feature channels, traversal plans, stereocentres, blocks.
+"""The sampler's data and settings: environments, feature channels, traversal plans, stereocentres, blocks,
+and the compiled Monte Carlo decisions over the force field's tables.
 
 Part of :mod:`backmap.api`, the one surface plugins import."""
 from __future__ import annotations
@@ -11,5 +12,9 @@ from backmap.sampling.chirality import ChiralCentres, invert_flipped, load_chira
 from backmap.sampling.flat_bottom import FlatBottomLimits, type_key  # noqa: F401
 from backmap.sampling.traversal import make_plans  # noqa: F401
 from backmap.sampling.blocks import Block, parse_blocks  # noqa: F401
+from backmap.sampling.local_mc import LocalMetropolis  # noqa: F401
+from backmap.sampling.metropolis import cross_energies, sequential_metropolis  # noqa: F401
 
-__all__ = ['BackmapSettings', 'Block', 'Channels', 'ChiralCentres', 'EnvironmentBatch', 'EnvironmentSpec', 'FlatBottomLimits', 'Sampler', 'SamplerOptions', 'UnitGroup', 'invert_flipped', 'load_chiral_centres', 'make_plans', 'parse_blocks', 'read_cg', 'type_key']
+__all__ = ['BackmapSettings', 'Block', 'Channels', 'ChiralCentres', 'EnvironmentBatch', 'EnvironmentSpec', 'FlatBottomLimits',
+           'LocalMetropolis', 'Sampler', 'SamplerOptions', 'UnitGroup', 'cross_energies', 'invert_flipped',
+           'load_chiral_centres', 'make_plans', 'parse_blocks', 'read_cg', 'sequential_metropolis', 'type_key']

@@ -20,7 +20,7 @@ from backmap.system.pairs import count_frames, select_frames
 APPLY_SAMPLING = ("selector", "selector_params", "candidates", "gibbs_sweeps", "minimize_steps", "project_cg",
                   "cg_restraint", "colouring", "polish_steps", "polish_sweeps", "stereo_reference", "regrow",
                   "regrow_candidates", "regrow_trials", "repair_clashes", "orient_units", "dock", "cutoff",
-                  "traversal", "frame_by_frame", "generator_params")
+                  "traversal", "frame_by_frame", "generator_params", "moves")
 
 
 class ApplyRequest(FrameSelection, Seeded, RefinerOptions, ClusterFields, Request):

@@ -121,6 +121,7 @@ class Backmapped:
     clash_repair: ClashRepairReport | None = None
     guidance: GuidanceReport | None = None
     cg_projection: ProjectionReport | None = None
+    moves: dict[str, dict[str, Any]] | None = None  # per move plugin: its summary over the frames
     refinement: dict[str, Any] | None = None
 
     def report(self) -> dict[str, Any]:
@@ -143,6 +144,8 @@ class Backmapped:
                           ("CG projection", self.cg_projection)):
             if part is not None:
                 out[key] = part.as_dict()
+        for name, summary in (self.moves or {}).items():
+            out[f"move {name}"] = summary
         return out | (self.refinement or {})
 
 
@@ -229,6 +232,8 @@ class BackmapJob(ProcessLocal):
                 row.update({f"polish_{k}": v - polished[k] for k, v in bm.sampler.polish_log.items()})
             if bm.projection is not None:
                 row.update({f"projection_{k}": v for k, v in bm.projection_log[-1].items() if k != "frame"})
+            if bm.moves:
+                row["moves"] = bm.move_reports[-1]
             raw.append(aa.positions.astype(np.float32))
             if self.refiner is not None:
                 (done, log), = refine_batch(self._local_refiner, self.refine_system, [aa], [cg],
@@ -343,12 +348,14 @@ def backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path,
             say(f"warning: {where}: in {p.frames_left_unprojected} of {len(projected)} frames, "
                 f"{p.molecules_left_unprojected} molecules could not be projected onto their CG input "
                 "(no convergence, or an atom would move > 0.3 nm); they are written as sampled")
+    if bm.moves:
+        result.moves = {m.name: m.summarize([r["moves"][m.name] for r in rows]) for m in bm.moves}
     if (result.broken_bonds or 0.0) > BROKEN_BONDS_WARNING:
         say(f"warning: {where}: {result.broken_bonds:.1%} of the bonds the generator wrote are more than "
             f"{TOLERANCE:.0%} off the force field's length (torn molecules; see docs/transfer.md)")
     if refiner is not None:
         log = [{k: v for k, v in r.items() if k not in ("generator_seconds", "placements", "stereocentres_kept",
-                                                          "clash_units_redrawn", "broken_bonds")
+                                                          "clash_units_redrawn", "broken_bonds", "moves")
                 and not k.startswith(("projection_", "polish_"))} for r in rows]
         write_log(files.refine_log, log)
         plot_log(files.refine_log.with_suffix(".png"), log, f"{refiner.name}: {files.aa.name}")

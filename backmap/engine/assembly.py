@@ -14,7 +14,7 @@ def make_backmapper(cg_topology: CGTopology, generator: Generator, settings: Bac
                     seed: int = 0, channels: Channels | None = None, registry: Registry | None = None,
                     where: str = "backmap") -> Backmapper:
     """A :class:`Backmapper` with the traversal plugin of the generator's spec and the selector
-    plugin of ``settings`` (channels: the model's; default derived from the topology)."""
+    plugin and move plugins of ``settings`` (channels: the model's; default derived from the topology)."""
     registry = registry or default_registry()
     settings = settings or BackmapSettings()
     spec = generator.environment
@@ -23,4 +23,5 @@ def make_backmapper(cg_topology: CGTopology, generator: Generator, settings: Bac
                            where=f"{where}.selector_params")
     generator = generator.for_inference(settings.generator_params, where=f"{where}.generator_params")
     channels = channels or Channels.for_spec(cg_topology, spec.channels)
-    return Backmapper(cg_topology, generator, channels, traversal, selector, settings, seed=seed)
+    moves = [make_plugin("move", m.name, m.params, registry, where=f"{where}.moves ({m.name})") for m in settings.moves]
+    return Backmapper(cg_topology, generator, channels, traversal, selector, settings, seed=seed, moves=moves)

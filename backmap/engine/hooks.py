@@ -70,6 +70,12 @@ def backmap_readers() -> list[type]:
     Return :class:`backmap.engine.plugin.Reader` subclasses."""
 
 
+@hookspec
+def backmap_moves() -> list[type]:
+    """Moves made on each backmapped frame after the forward pass and the Gibbs sweeps.
+    Return :class:`backmap.engine.plugin.Move` subclasses."""
+
+
 #: hook name for each plugin kind, in the order `backmap plugins` lists them
 KIND_HOOKS: dict[str, str] = {
     "generator": "backmap_generators",
@@ -77,6 +83,7 @@ KIND_HOOKS: dict[str, str] = {
     "refiner": "backmap_refiners",
     "regularizer": "backmap_regularizers",
     "selector": "backmap_selectors",
+    "move": "backmap_moves",
     "metric": "backmap_metrics",
     "step": "backmap_steps",
     "reader": "backmap_readers",

@@ -6,6 +6,7 @@ the contract the core relies on; anything else is the plugin's own business.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Sequence
 
@@ -241,6 +242,45 @@ class Selector(Plugin):
 
     def select(self, energies: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         raise NotImplementedError
+
+
+@dataclass
+class MoveFrame:
+    """One backmapped frame as a :class:`Move` sees it: ``positions`` (N, 3) nm in the AA
+    topology's atom order with every molecule whole, the CG input it was made from (``beads``
+    (B, 3) nm, whole molecules too), the box, the CG topology (whose ``.topology`` is the AA
+    one) and the frame's own random stream (so the frame's result does not depend on the process)."""
+
+    positions: np.ndarray
+    beads: np.ndarray
+    dimensions: np.ndarray  # (a, b, c, α, β, γ): nm, degrees
+    cg_topology: Any
+    rng: np.random.Generator
+    index: int | None = None
+
+
+class Move(Plugin):
+    """A move made on each whole backmapped frame after the forward pass and the Gibbs sweeps
+    (after the built-in CG projection, energy guidance and clash repair; before a restrained
+    minimization and refinement), chosen with ``--move NAME[:KEY=VALUE,...]`` or the recipe key
+    ``moves`` of the ``backmap`` step, in the order given.
+
+    ``apply(frame)`` returns the new positions (N, 3) and a report: an instance of the move's
+    ``Report`` dataclass (or a dict), kept per frame as a dict of its fields; :meth:`summarize`
+    adds the numeric ones up over the frames for the run's report (override it for others). When frames are projected onto their CG input,
+    they are projected once more after the moves. Example: docs/moves.md."""
+
+    kind = "move"
+    Report: ClassVar[type] = dict
+
+    def apply(self, frame: MoveFrame) -> tuple[np.ndarray, Any]:
+        raise NotImplementedError
+
+    def summarize(self, reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """The run's summary of the frames' reports (default: every numeric field summed)."""
+        rows = list(reports)
+        keys = [k for k in (rows[0] if rows else {}) if all(isinstance(r.get(k), (int, float)) for r in rows)]
+        return {"frames": len(rows), **{k: sum(r[k] for r in rows) for k in keys}}
 
 
 class Metric(Plugin):

@@ -13,6 +13,11 @@ import numpy as np
 from backmap.errors import BackmapError
 from backmap.system.topology import MoleculeType, Topology
 
+#: the bonded and non-bonded energy terms, in GROMACS's order of reporting
+BONDED = ("bond", "angle", "urey_bradley", "proper", "rb", "improper", "lj14", "coulomb14")
+NONBONDED = ("lj", "coulomb")
+TERMS = BONDED + NONBONDED
+
 KCAL = 4.184  # kJ per kcal
 NM = 0.1  # nm per Å
 

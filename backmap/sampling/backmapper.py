@@ -3,15 +3,15 @@ streamed to disk, with a GROMACS topology written beside the output."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Literal
+from typing import Annotated, Iterable, Iterator, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from backmap.errors import BackmapError
-from backmap.fields import CommaList, KeyValues, option
+from backmap.fields import KEY_VALUES, TEXT, CommaList, KeyValues, option
 from backmap.system.io import Frame, atomic_path, read_frames, write_frames
 from backmap.system.mapping import CGTopology
 from backmap.system.pbc import Unwrapper
@@ -22,6 +22,29 @@ from backmap.sampling.flat_bottom import FlatBottomLimits
 from backmap.sampling.ibi import IBITables
 from backmap.sampling.sampler import Sampler, SamplerOptions
 from backmap.sampling.traversal import Traversal, make_plans
+
+
+class MoveChoice(BaseModel):
+    """A move plugin and its parameters (``NAME`` or ``NAME:KEY=VALUE,...`` on the command line)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    params: dict = Field(default_factory=dict)
+
+
+def _move_choices(value: object) -> object:
+    """``["wrap_molecules", "jitter:sigma=0.01,steps=2"]`` -> move choices; dicts pass."""
+    if not isinstance(value, (list, tuple)):
+        return value
+    out = []
+    for item in value:
+        if isinstance(item, str):
+            name, _, rest = item.partition(":")
+            params = KEY_VALUES.func([p for p in rest.split(",") if p.strip()]) if rest.strip() else {}
+            out.append({"name": name.strip(), "params": params})
+        else:
+            out.append(item)
+    return out
 
 
 class BackmapSettings(BaseModel):
@@ -77,6 +100,10 @@ class BackmapSettings(BaseModel):
                                          "seeing no placed atom, as a unit built first is, and dock each rigidly onto "
                                          "the one placed atom it bonds to. For models applied to chemistry they were "
                                          "not trained on.")
+    moves: Annotated[list[MoveChoice], TEXT, BeforeValidator(_move_choices)] = option(
+        default_factory=list, name="--move", metavar="NAME[:KEY=VALUE,...]",
+        description="A move plugin made on every frame after the sweeps (repeatable, in order; backmap plugins "
+                    "--kind move), e.g. wrap_molecules.")
     minimize_steps: int = option(0, "Restrained energy-minimization steps after sampling (the EM baseline; 0 = none).",
                                  name="--minimize", ge=0)
     restraint: float = Field(1000.0, ge=0, description="CG restraint constant for minimization (kJ/mol/nm²)")
@@ -133,6 +160,8 @@ class Backmapper:
     selector: Selector
     settings: BackmapSettings = field(default_factory=BackmapSettings)
     seed: int = 0
+    #: Move plugin instances, made on every frame in order (:class:`backmap.engine.plugin.Move`)
+    moves: list = field(default_factory=list)
 
     def __post_init__(self):
         rng = np.random.default_rng(self.seed)
@@ -175,6 +204,7 @@ class Backmapper:
         self._whole_cg = Unwrapper.for_cg(self.cg_topology)
         self.projection = None
         self.projection_log: list[dict] = []
+        self.move_reports: list[dict] = []  # per frame: move name -> its report
         if self.project_cg:
             from backmap.sampling.cg_projection import CGProjection
 
@@ -235,6 +265,8 @@ class Backmapper:
                 if not n:
                     break
                 x = self._project_again(repaired, beads, cg.dimensions)
+        if self.moves:
+            x = self._make_moves(x, beads, cg)
         if self.forcefield is not None:
             from backmap.forcefield.minimize import minimize_restrained
 
@@ -242,6 +274,22 @@ class Backmapper:
                                     restraint=self.settings.restraint, steps=self.settings.minimize_steps).positions
         kept = self.chirality.kept(self.cg_topology.topology, x) if self.chirality is not None else None
         return Frame(x, cg.dimensions, cg.time, cg.index), kept
+
+    def _make_moves(self, x: np.ndarray, beads: np.ndarray, cg: Frame) -> np.ndarray:
+        """The frame after every move plugin in turn (then onto its CG input again, if projected);
+        each move's report is kept in ``move_reports``."""
+        from backmap.engine.plugin import MoveFrame
+
+        frame = MoveFrame(x, beads, cg.dimensions, self.cg_topology, self.sampler.rng, cg.index)
+        reports = {}
+        for move in self.moves:
+            moved, report = move.apply(frame)
+            reports[move.name] = asdict(report) if is_dataclass(report) else dict(report)  # kept as JSON
+            frame.positions = np.asarray(moved, dtype=x.dtype).reshape(x.shape)
+        self.move_reports.append(reports)
+        if self.projection is not None:
+            return self._project_again(frame.positions, beads, cg.dimensions)
+        return frame.positions
 
     def _project_again(self, x: np.ndarray, beads: np.ndarray, dimensions: np.ndarray) -> np.ndarray:
         """The frame moved after its projection (guidance, clash repair): onto its CG input once more,

@@ -2,7 +2,7 @@
 (``local_decide: sequential``): as few and as large as exactness allows.
 
 A local move's cost is mostly per group (the energy call's fixed cost, Python), not per unit. Units
-decided one after the other may interact (:meth:`ForceField.sequential_metropolis` adds the
+decided one after the other may interact (:func:`sequential_metropolis` adds the
 energy changes of the moves accepted before), but two units of one group must not share a restrained bead, a
 bonded term or an excluded pair: those terms are not in the couplings, and a unit's proposal must
 not depend on another's atoms (a crank's axis atoms are its bonded partners). Units of different

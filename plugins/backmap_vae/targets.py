@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from backmap.api import BackmapError
-from backmap.api.forcefield import BOLTZMANN, ForceField, LocalMetropolis
+from backmap.api.forcefield import BOLTZMANN, ForceField
+from backmap.api.sampling import LocalMetropolis, cross_energies, sequential_metropolis
 from backmap.api.recipes import default_registry
 from backmap.api.refinement import RestrainedSystem
 from backmap.api.sampling import ChiralCentres, EnvironmentBatch, Sampler, SamplerOptions, UnitGroup, make_plans
@@ -97,12 +98,12 @@ class BoundUnits:
         (B, U, 3, local) that move the atoms ``moved`` (B, U), with ln π′/π ``log_ratio`` (B,)
         against the state before any of them: one after the other, each corrected by the
         non-bonded energy changes with the moves accepted before it (the only terms that join
-        units of a group; :meth:`ForceField.sequential_metropolis`). Returns (accepted (B,),
+        units of a group; :func:`backmap.api.sampling.sequential_metropolis`). Returns (accepted (B,),
         invalid (B,): NaN ratios, rejected)."""
         log_u = torch.log(torch.rand(len(old), generator=generator, dtype=torch.float64))
         index = self.index.numpy()
-        accepted = self.targets.ff.sequential_metropolis(
-            self.to_lab(torch.stack([old, new], 1)), index.clip(min=0), moved.numpy() & (index >= 0), log_ratio,
+        accepted = sequential_metropolis(
+            self.targets.ff, self.to_lab(torch.stack([old, new], 1)), index.clip(min=0), moved.numpy() & (index >= 0), log_ratio,
             log_u, self.targets.beta, self.vectors)
         return accepted, torch.isnan(log_ratio)
 
@@ -276,7 +277,7 @@ class UnitTargets:
         """Change of ln π (C,) of placements ``states`` (C, A, 3, lab) of ``atoms`` when the atoms
         ``others`` move from ``old`` to ``new`` (P, 3): −β times the change of their non-bonded
         energy (what joins units, or blocks, moved in one group: sequential decisions)."""
-        e = self.ff.cross_energies(states, atoms, new, others, vectors) - self.ff.cross_energies(states, atoms, old,
+        e = cross_energies(self.ff, states, atoms, new, others, vectors) - cross_energies(self.ff, states, atoms, old,
                                                                                                  others, vectors)
         return -self.beta * e
 
@@ -372,7 +373,7 @@ class UnitTargets:
             for b in bs:
                 if beads.setdefault(b, u) != u:
                     raise BackmapError(f"{group.moltype}: two units moved together map to bead {b} (extent too small?)")
-        (ptr, partners) = self.ff._kernel_tables()[2]
+        (ptr, partners) = self.ff.kernel_tables()[2]
         for a, u in owner.items():
             for j in partners[ptr[a]:ptr[a + 1]]:
                 if owner.get(int(j), u) != u:

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from backmap.refinement.latent_moves import JointLogDensity
-from backmap.training.mixture_prior import MixturePrior
+from backmap.api.refinement import JointLogDensity
+from backmap.training.mixture_prior import MixturePrior  # (core: the api does not export it)
 
 LOG_2PI = math.log(2 * math.pi)
 

@@ -1,5 +1,5 @@
 """Local Monte Carlo moves decided in turn against the current state, compiled
-(:mod:`backmap.forcefield.local_mc_kernel`): for samplers whose target is a force field plus
+(:mod:`backmap.sampling.local_mc_kernel`): for samplers whose target is a force field plus
 centroid restraints on beads and springs on atom pairs, and whose moves each displace a few atoms.
 
 :class:`LocalMetropolis` builds the topology's tables once (bonded terms, exclusions, which terms
@@ -13,7 +13,7 @@ import torch
 
 from backmap.errors import BackmapError
 from backmap.forcefield.energy import ForceField
-from backmap.forcefield.local_mc_kernel import (
+from backmap.sampling.local_mc_kernel import (
     ANGLE,
     BOND,
     COULOMB14,
@@ -110,7 +110,7 @@ class LocalMetropolis:
         if periodic and ff.settings.cutoff > 0.5 * heights.min():
             raise BackmapError(f"cut-off {ff.settings.cutoff} nm is more than half the box height "
                                f"({heights.min():.3f} nm)")
-        tables, pair_params, exclusions = ff._kernel_tables()
+        tables, pair_params, exclusions = ff.kernel_tables()
         accepted = np.zeros(G, np.bool_)
         invalid = np.zeros(G, np.bool_)
         delta = np.zeros(G)
