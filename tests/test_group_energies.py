@@ -249,7 +249,7 @@ def test_group_index_kept_per_distinct_groups(hexane, monkeypatch):
     """group_energies keeps what depends on the groups alone (touching terms, exclusions, self
     terms) per distinct groups array: calls that reuse, interleave and evict those entries give
     the energies of the known answer, each group's subset energy."""
-    import backmap.forcefield.energy as energy
+    import backmap.forcefield.group_energy as energy
 
     monkeypatch.setattr(energy, "GROUP_INDEX_CACHE", 2)
     ff, x, box = hexane
