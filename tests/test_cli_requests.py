@@ -99,3 +99,16 @@ def test_a_bad_value_names_its_option(args, message, tmp_path):
                                       "--out", str(tmp_path / "o.xtc"), *args])
     assert result.exit_code == 2
     assert f"error: {message}" in result.output
+
+
+def test_moves_are_read_from_words_and_from_recipe_mappings():
+    from pydantic import ValidationError
+
+    from backmap.sampling.backmapper import BackmapSettings
+
+    words = BackmapSettings(moves=["wrap_molecules", "jitter:sigma=0.01,mode=fast"])
+    mapping = BackmapSettings(moves=[{"name": "jitter", "params": {"sigma": 0.01, "mode": "fast"}}])
+    assert [m.name for m in words.moves] == ["wrap_molecules", "jitter"] and words.moves[0].params == {}
+    assert words.moves[1] == mapping.moves[0]
+    with pytest.raises(ValidationError, match="expected key=value"):
+        BackmapSettings(moves=["jitter:sigma"])

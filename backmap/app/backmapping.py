@@ -26,6 +26,7 @@ import numpy as np
 from backmap.forcefield.bond_check import TOLERANCE, BondCheck
 from backmap.engine.models import Model
 from backmap.engine.assembly import make_backmapper
+from backmap.engine.plugin import RefineInputs, offer_refine_inputs
 from backmap.engine.pipeline import plugin_versions
 from backmap.engine.registry import Registry, default_registry
 from backmap.errors import BackmapError
@@ -164,9 +165,7 @@ BROKEN_BONDS_WARNING = 0.01
 def offer_inputs(refiner, model: Path, settings: BackmapSettings) -> None:
     """What the backmapping used that a refiner may take (before its ``prepare``): the model and
     the stereo reference whose hands the sampler kept."""
-    refiner.use_model(model)
-    if settings.stereo_reference is not None:
-        refiner.use_stereo_reference(settings.stereo_reference)
+    offer_refine_inputs(refiner, RefineInputs(Path(model), settings.stereo_reference))
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -191,32 +191,52 @@ class Refiner(Plugin):
     def prepare(self, system: RestrainedSystem) -> None:
         """Called once before the first frame."""
 
-    def use_model(self, model: Path) -> None:
-        """Offered the trained model folder at hand before :meth:`prepare` (the run's ``train.model``
-        in a recipe, ``backmap apply --model``): refiners that move units with a generator (``vae_mc``)
-        take it unless their parameters name one; the others ignore it."""
-
-    def use_stereo_reference(self, path: Path) -> None:
-        """Offered before :meth:`prepare` the AA structure whose stereocentres' hands the backmapping
-        kept (``backmap apply --stereo-reference``, a recipe's backmap step): refiners whose target
-        can keep them (``vae_mc``) take it unless their parameters name one; the others ignore it."""
-
-    def bond_model(self) -> BondModel | None:
-        """After :meth:`prepare`: a :class:`backmap.refinement.bond_model.BondModel` when this
-        refiner's target treats rigid bonds otherwise than as constraints of ``constraints``
-        (``vae_mc``: the bonds its decoder builds inside a bead held, the others stiff springs);
-        None (default) when it holds them all. A ``schedule`` hands it to its other stages."""
-        return None
-
-    def use_bond_model(self, bonds: BondModel) -> bool:
-        """Before :meth:`prepare`: sample the target of ``bonds`` (held bonds as constraints with
-        the δ measure, sprung ones as springs) so as to share another refiner's target. Returns
-        whether this refiner can (default: no; ``mala`` and ``langevin`` can)."""
-        return False
-
     def refine(self, positions: np.ndarray, targets: np.ndarray, boxes: np.ndarray,
                rng: np.random.Generator) -> RefineResult:
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class RefineInputs:
+    """What a backmapping used that a refiner may take before :meth:`Refiner.prepare`: the trained
+    model at hand (the run's ``train.model``, ``backmap apply --model``) and the AA structure whose
+    stereocentres' hands the backmapping kept (``--stereo-reference``)."""
+
+    model: Path | None = None
+    stereo_reference: Path | None = None
+
+
+@runtime_checkable
+class TakesRefineInputs(Protocol):
+    """A refiner that takes :class:`RefineInputs` (``vae_mc``: the model whose generator moves
+    units, the reference its target keeps), unless its parameters name them; the core offers
+    them to any refiner that has ``take_inputs``."""
+
+    def take_inputs(self, inputs: RefineInputs) -> None: ...
+
+
+@runtime_checkable
+class DefinesBondModel(Protocol):
+    """A refiner whose target treats rigid bonds otherwise than as constraints (``vae_mc``: the bonds
+    its decoder builds inside a bead held, the others stiff springs): after ``prepare`` its
+    :class:`backmap.refinement.bond_model.BondModel`, or None when it holds them all. A
+    ``schedule`` hands it to its other stages."""
+
+    def bond_model(self) -> BondModel | None: ...
+
+
+@runtime_checkable
+class TakesBondModel(Protocol):
+    """A refiner that can sample another's bond model before ``prepare`` (held bonds as constraints
+    with the δ measure, sprung ones as springs; ``mala``, ``langevin``); returns whether it can."""
+
+    def use_bond_model(self, bonds: BondModel) -> bool: ...
+
+
+def offer_refine_inputs(refiner: Refiner, inputs: RefineInputs) -> None:
+    """Hand ``inputs`` to a refiner that takes them (the others need none)."""
+    if isinstance(refiner, TakesRefineInputs):
+        refiner.take_inputs(inputs)
 
 
 class Regularizer(Plugin):

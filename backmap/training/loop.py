@@ -15,7 +15,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -38,6 +38,17 @@ if TYPE_CHECKING:
     from backmap.training.reverse_kl import ReverseKLOptions
 
 CHECKPOINT_FORMAT = 2
+
+
+@runtime_checkable
+class TrainsWithoutData(Protocol):
+    """A generator that trains without atomistic data, by reverse KL against the force field and
+    the CG restraint (:mod:`backmap.training.reverse_kl`; ``steps.train.objective: reverse_kl``):
+    ``data`` holds the CG frames (its AA coordinates are NaN), ``system`` the force field. It needs
+    exact densities and reparameterized samples (the ``vae`` generator)."""
+
+    def fit_reverse_kl(self, data: "TrainingData", system: "RestrainedSystem", options: "ReverseKLOptions",
+                       context: FitContext) -> dict[str, Any]: ...
 
 
 class NetworkGenerator(Generator):
@@ -86,15 +97,6 @@ class NetworkGenerator(Generator):
         params = self.params.model_dump(mode="json")
         return {"params": {k: v for k, v in params.items() if k not in self.runtime_params},
                 "environment": self.environment.model_dump(mode="json")}
-
-    def fit_reverse_kl(self, data: "TrainingData", system: "RestrainedSystem", options: "ReverseKLOptions",
-                       context: FitContext) -> dict[str, Any]:
-        """Train without atomistic data, by reverse KL against the force field and the CG restraint
-        (:mod:`backmap.training.reverse_kl`): ``data`` holds the CG frames (its AA coordinates are
-        NaN), ``system`` the force field. Generators with exact densities and reparameterized
-        samples override this."""
-        raise BackmapError(f"steps.train.objective: reverse_kl needs a generator with exact densities and "
-                           f"reparameterized samples (plugin: vae); {self.name!r} has none")
 
     def fit(self, data: "TrainingData", context: FitContext) -> dict[str, Any]:
         group = context.group

@@ -27,8 +27,12 @@ from backmap.api.refinement import (
     BondConstraints,
     BondModel,
     Constraints,
+    DefinesBondModel,
+    RefineInputs,
     RefineResult,
     RestrainedSystem,
+    TakesBondModel,
+    offer_refine_inputs,
     resolve_constraints,
 )
 
@@ -118,13 +122,9 @@ class ScheduleRefiner(Refiner):
                                "cannot take part in a schedule")
         return refiner
 
-    def use_model(self, model: Path) -> None:
+    def take_inputs(self, inputs: RefineInputs) -> None:
         for stage in self.stages:
-            stage.use_model(model)
-
-    def use_stereo_reference(self, path: Path) -> None:
-        for stage in self.stages:
-            stage.use_stereo_reference(path)
+            offer_refine_inputs(stage, inputs)
 
     def prepare(self, system: RestrainedSystem) -> None:
         self.params = resolve_constraints(self.params, system, self.name)
@@ -143,7 +143,8 @@ class ScheduleRefiner(Refiner):
         constraints (vae_mc: springs between beads) hands its bond model to the others, which are
         prepared again with it; a stage that cannot take it is named in a warning (the schedule
         is then not exact)."""
-        defined = [(k, bonds) for k, stage in enumerate(self.stages) if (bonds := stage.bond_model()) is not None]
+        defined = [(k, bonds) for k, stage in enumerate(self.stages)
+                   if isinstance(stage, DefinesBondModel) and (bonds := stage.bond_model()) is not None]
         if not defined:
             return None
         if len(defined) > 1:
@@ -154,7 +155,7 @@ class ScheduleRefiner(Refiner):
         for k, stage in enumerate(self.stages):
             if k == owner:
                 continue
-            if stage.use_bond_model(bonds):
+            if isinstance(stage, TakesBondModel) and stage.use_bond_model(bonds):
                 stage.prepare(system)
             else:
                 log.warning("schedule stages.%d (%s) holds every rigid bond by a constraint, %s samples %d of them "

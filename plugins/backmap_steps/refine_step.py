@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from backmap.api import BackmapError, Step
 from backmap.api.forcefield import NonbondedSettings
 from backmap.api.recipes import InputPath, StepInput, resolve_step_input
-from backmap.api.refinement import RestrainedSystem
+from backmap.api.refinement import RefineInputs, RestrainedSystem, offer_refine_inputs
 from backmap.api.usecases import refine_files
 
 
@@ -36,10 +36,8 @@ class RefineStep(Step):
         p = self.params
         refiner = ctx.refiner(p.refiner, "steps.refine.refiner")
         # the model whose output is refined (steps.backmap.model), else the one trained here
-        if (model := ctx.outputs.find("backmap.model") or ctx.outputs.find("train.model")) is not None:
-            refiner.use_model(model)
-        if (stereo := ctx.outputs.find("backmap.stereo_reference")) is not None:
-            refiner.use_stereo_reference(stereo)
+        offer_refine_inputs(refiner, RefineInputs(ctx.outputs.find("backmap.model") or ctx.outputs.find("train.model"),
+                                                  ctx.outputs.find("backmap.stereo_reference")))
         aa = resolve_step_input(p.aa, ctx.workdir, "steps.refine.aa") or ctx.outputs.get("backmap.aa", "steps.refine.aa")
         cg = resolve_step_input(p.cg, ctx.workdir, "steps.refine.cg") or ctx.outputs.get("backmap.cg", "steps.refine.cg")
         for path, key in ((aa, "aa"), (cg, "cg")):

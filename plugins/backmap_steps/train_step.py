@@ -20,6 +20,7 @@ from backmap.api.training import (
     ReverseKLOptions,
     TrainingData,
     TrainOptions,
+    TrainsWithoutData,
     choose_twist,
     current_group,
 )
@@ -168,6 +169,9 @@ class TrainStep(Step):
         blind = PairSet(np.full_like(pairs.aa, np.nan), pairs.cg, pairs.dimensions, pairs.frames, pairs.is_test,
                         dict(pairs.info), pairs.times)
         cg_only = TrainingData(blind, data.cg_topology, data.spec, data.channels, data.plans, seed=data.seed)
+        if not isinstance(generator, TrainsWithoutData):
+            raise BackmapError(f"steps.train.objective: reverse_kl needs a generator with exact densities and "
+                               f"reparameterized samples (plugin: vae); {generator.name!r} has none")
         summary = generator.fit_reverse_kl(cg_only, system, p.reverse_kl, fit) or {}
         summary["objective"] = "reverse_kl (no AA coordinates read)"
         return summary

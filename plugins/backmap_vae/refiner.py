@@ -31,6 +31,7 @@ from backmap.api.recipes import InputPath, load_model
 from backmap.api.refinement import (
     BondConstraints,
     BondModel,
+    RefineInputs,
     RefineParams,
     RefineResult,
     RestrainedSystem,
@@ -162,13 +163,12 @@ class VAEMCRefiner(Refiner):
     summary = "exact VAE Monte Carlo moves of whole beads with a trained vae model (restrained Boltzmann target)"
     Params = VAEMCParams
 
-    def use_model(self, model: Path) -> None:
-        if self.params.model is None:
-            self.params = self.params.model_copy(update={"model": Path(model)})
-
-    def use_stereo_reference(self, path: Path) -> None:
-        if self.params.stereo_reference is None:
-            self.params = self.params.model_copy(update={"stereo_reference": Path(path)})
+    def take_inputs(self, inputs: RefineInputs) -> None:
+        """The model and stereo reference at hand, where the parameters name none."""
+        update = {k: Path(v) for k, v in (("model", inputs.model), ("stereo_reference", inputs.stereo_reference))
+                  if v is not None and getattr(self.params, k) is None}
+        if update:
+            self.params = self.params.model_copy(update=update)
 
     def prepare(self, system: RestrainedSystem) -> None:
         if self.params.model is None:
