@@ -49,8 +49,21 @@ class _Group(click.Group):
             ctx.exit(2)
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """``backmap --version``: the version, and every package that provides plugins with its own."""
+    if not value or ctx.resilient_parsing:
+        return
+    from backmap.engine.registry import default_registry
+
+    click.echo(f"backmap {backmap.__version__}")
+    for package, version in sorted({(info.package, info.version) for info in default_registry()}):
+        click.echo(f"  plugins: {package} {version}")
+    ctx.exit()
+
+
 @click.group(cls=_Group)
-@click.version_option(backmap.__version__, prog_name="backmap")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version and the installed plugin packages' versions, and exit.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:

@@ -274,7 +274,7 @@ class MoveFrame:
     positions: np.ndarray
     beads: np.ndarray
     dimensions: np.ndarray  # (a, b, c, α, β, γ): nm, degrees
-    cg_topology: Any
+    cg_topology: CGTopology
     rng: np.random.Generator
     index: int | None = None
 
