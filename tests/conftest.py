@@ -83,3 +83,148 @@ def one_line_error(code: int, err: str) -> str:
     errors = [line for line in lines if line.startswith("error: ")]
     assert errors == lines[-1:] and "Traceback" not in err, err
     return errors[0]
+
+
+#: tests left out of the fast tier (`bash scripts/test.sh`; `--all` runs them): each took 8 s or more
+#: with --durations=0 on 2 busy cores; per file, the test functions (every parametrization)
+SLOW: dict[str, frozenset[str]] = {
+    "test_assess.py": frozenset({
+        "test_assess_ranks_the_good_model_first_beyond_the_spread_over_halves",
+        "test_the_command_reuses_finished_sets_and_gives_the_same_numbers",
+    }),
+    "test_bond_check.py": frozenset({
+        "test_no_check_without_bond_parameters",
+    }),
+    "test_contract.py": frozenset({
+        "test_conformance_kit_passes_on_built_in_generators",
+        "test_refined_multi_frame_structure_output_refines_every_frame",
+    }),
+    "test_data_free.py": frozenset({
+        "test_data_free_run_trains_tempers_and_backmaps",
+        "test_importance_weighted_entropy_runs_on_the_vae_generator",
+        "test_temperature_is_an_input_of_a_model_trained_over_a_range",
+        "test_thermalize_runs_the_refiner_on_the_minimized_starting_pool",
+    }),
+    "test_distributed_training.py": frozenset({
+        "test_two_processes_follow_the_one_process_loss_curve",
+    }),
+    "test_equivariant.py": frozenset({
+        "test_a_hexane_model_backmaps_tetracosane",
+        "test_conformance_kit_passes",
+        "test_energy_guidance_lowers_the_energy_and_keeps_bonds_and_cg",
+        "test_the_hand_comes_from_the_training_data",
+        "test_the_models_sampling_settings_apply_unless_given",
+    }),
+    "test_evaluate.py": frozenset({
+        "test_perturbed_candidate_scores_worse_than_the_reference",
+    }),
+    "test_example_plugin.py": frozenset({
+        "test_a_model_pack_installed_with_pip_is_listed_and_applies_by_name",
+        "test_a_move_plugin_installed_with_pip_moves_every_frame",
+        "test_example_plugin_installs_trains_backmaps_and_evaluates",
+    }),
+    "test_forcefield.py": frozenset({
+        "test_forces_are_the_gradient",
+        "test_hexane_opls_matches_gromacs",
+        "test_hexane_pme_matches_gromacs",
+        "test_triclinic_plain_cutoff_matches_gromacs",
+    }),
+    "test_fuzz.py": frozenset({
+        "test_fuzz_check",
+        "test_fuzz_run_prepare",
+    }),
+    "test_group_energies.py": frozenset({
+        "test_non_interacting_groups_add_up_and_give_the_energy_change",
+    }),
+    "test_hardening_files.py": frozenset({
+        "test_corrupt_pairs_cache_is_rebuilt_with_a_note",
+    }),
+    "test_hardening_refine.py": frozenset({
+        "test_openmm_refiner_runs_pme_from_the_mdp",
+    }),
+    "test_latent_moves.py": frozenset({
+        "test_chain_from_the_wrong_well_reaches_the_target",
+        "test_sequential_moves_of_interacting_systems_are_exact",
+    }),
+    "test_local_mc.py": frozenset({
+        "test_each_move_changes_the_total_energy_by_its_delta",
+        "test_moves_accepted_in_turn_see_the_moves_before_them",
+    }),
+    "test_model_packages.py": frozenset({
+        "test_shipped_sps_models_are_listed_shown_and_apply_from_anywhere",
+        "test_the_card_is_written_at_training_and_kept_by_evaluate",
+    }),
+    "test_molecule_vae.py": frozenset({
+        "test_vae_monte_carlo",
+    }),
+    "test_parallel.py": frozenset({
+        "test_a_worker_killed_mid_frame_loses_and_duplicates_nothing",
+        "test_an_interrupted_apply_resumes_from_the_frames_already_written",
+        "test_apply_and_evaluate_on_a_running_scheduler",
+        "test_output_is_byte_identical_with_one_and_two_workers",
+        "test_recipe_cluster_key_runs_the_backmap_step_on_workers",
+        "test_refine_on_workers_equals_one_worker",
+        "test_the_serial_path_gives_the_workers_result",
+    }),
+    "test_refine.py": frozenset({
+        "test_openmm_escalates_until_a_badly_damaged_frame_survives",
+        "test_openmm_frame_depends_only_on_its_own_stream",
+        "test_openmm_repairs_clashes_and_misplaced_molecules",
+        "test_openmm_stiff_bond_sampling_ends_on_the_constraints",
+        "test_refine_command_writes_trajectory_log_and_plot",
+        "test_refine_step_in_a_recipe",
+        "test_restraint_holds_beads_with_thermal_spread",
+    }),
+    "test_refine_exact.py": frozenset({
+        "test_constrained_trimer_samples_the_mass_weighted_surface_measure",
+        "test_fixman_potential_gives_the_stiff_spring_measure",
+        "test_ghmc_samples_the_constrained_chain_angle_measure",
+        "test_rigid_dimer_orientation_uniform_and_centre_gaussian",
+        "test_sprung_bond_has_the_spring_density",
+    }),
+    "test_reverse_kl.py": frozenset({
+        "test_a_killed_run_resumes_bit_identically",
+        "test_double_well_mixture_prior_keeps_the_minor_mode",
+        "test_double_well_reverse_kl_learns_the_major_mode_without_data",
+    }),
+    "test_sampler.py": frozenset({
+        "test_regrow_trials_keep_each_molecules_lowest_energy",
+    }),
+    "test_temporal.py": frozenset({
+        "test_trajectory_mode_goes_on_from_the_previous_frame_and_resumes_identically",
+    }),
+    "test_topology.py": frozenset({
+        "test_gro_topology_guesses_bonds_and_molecules",
+    }),
+    "test_training_systems.py": frozenset({
+        "test_a_recipe_trains_on_two_systems_and_backmaps_another",
+    }),
+    "test_vae.py": frozenset({
+        "test_a_local_move_kind_with_nothing_to_move_is_named_once",
+        "test_decoder_density_is_the_density_of_its_draws",
+        "test_frames_in_lockstep_each_sample_their_own_frame",
+        "test_inner_cranks_sample_an_atom_and_its_hydrogens_about_their_partners_by_quadrature",
+        "test_inner_moves_keep_every_bond_and_move_every_bead_type",
+        "test_inner_pivots_sample_a_hydrogen_on_its_sphere_by_quadrature",
+        "test_local_target_is_the_restrained_energy_difference",
+        "test_minimize_after_relaxes_the_chain_mid_run_then_samples",
+        "test_refine_step_gives_vae_mc_the_backmapped_model_inside_a_schedule",
+        "test_refiner_moves_blocks_and_names_bad_ones",
+        "test_refiner_moves_units_and_logs_acceptance",
+        "test_sequential_local_decisions_are_those_of_one_unit_at_a_time",
+        "test_stereo_reference_takes_inverted_centres_back",
+        "test_turn_moves_sample_the_turn_angle_by_quadrature",
+        "test_vae_every_leaves_the_network_moves_to_every_nth_sweep",
+    }),
+    "test_voxel_gan.py": frozenset({
+        "test_recipe_trains_and_backmaps_hexane",
+        "test_tiny_training_lowers_the_wasserstein_estimate",
+    }),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests of :data:`SLOW` ``slow`` (the fast tier deselects them with ``-m "not slow"``)."""
+    for item in items:
+        if getattr(item, "originalname", item.name) in SLOW.get(item.path.name, ()):
+            item.add_marker(pytest.mark.slow)

@@ -112,3 +112,10 @@ def test_moves_are_read_from_words_and_from_recipe_mappings():
     assert words.moves[1] == mapping.moves[0]
     with pytest.raises(ValidationError, match="expected key=value"):
         BackmapSettings(moves=["jitter:sigma"])
+
+
+def test_every_option_has_help_text():
+    for name, command in _commands():
+        for param in command.get_params(click.Context(command)):
+            if isinstance(param, click.Option):
+                assert param.help and param.help.strip(), f"backmap {name} {param.opts[0]} has no help text"
