@@ -4,7 +4,8 @@ write for a fixed seed, recorded before a change and checked after it.
     .venv/bin/python benchmarks/results_unchanged.py --record benchmarks/results_unchanged.json
     .venv/bin/python benchmarks/results_unchanged.py --check benchmarks/results_unchanged.json
 
-Cases: the quickstart recipe's generator output (``backmap/aa_unrefined.xtc``: byte-identical; the
+Cases: the template recipe's generator output (``recipes/hexane-template.yaml``, the quickstart of
+issue 58's baseline) (``backmap/aa_unrefined.xtc``: byte-identical; the
 refined frames are compared by their mean JSD within 0.002, as OpenMM on 2 threads is not
 bit-reproducible), and each shipped sPS model on frames 0-3 of ``../shared/data/sps/eval_t568``
 with and without energy guidance (``--polish 15 --polish-sweeps all``), seed 1. Hashes are those
@@ -46,8 +47,8 @@ def backmap(*args: str) -> None:
 
 def measure(work: Path, models: list[str]) -> dict:
     cases: dict = {}
-    run = work / "quickstart"
-    backmap("run", str(REPO / "recipes" / "quickstart.yaml"), "--workdir", str(run))
+    run = work / "quickstart"  # the recipe that was the quickstart until 2026-11-28 (same output)
+    backmap("run", str(REPO / "recipes" / "hexane-template.yaml"), "--workdir", str(run))
     metrics = json.loads((run / "evaluate" / "metrics.json").read_text())["summary"]["mean_jsd_headline"]
     cases["quickstart aa_unrefined.xtc"] = sha(run / "backmap" / "aa_unrefined.xtc")
     cases["quickstart refined mean JSD"] = round(metrics["candidates"]["generator + refine"], 5)
