@@ -9,6 +9,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from backmap.metrics.verdict import verdict
+
 
 def show_backmapped(result: Any) -> None:
     """The line ``backmap apply`` ends with: files, frames, speed, and what the moves did."""
@@ -56,6 +58,7 @@ def show_evaluation(ev: Any) -> None:
         table.add_row(label, f"{value:.4f}")
     table.add_row("noise floor", f"{ev.noise_floor:.4f}")
     Console().print(table)
+    click.echo(verdict({"candidates": ev.headline, "noise_floor": ev.noise_floor}))
     click.echo(f"wrote {ev.out / 'metrics.json'} and {ev.out / 'report.md'} ({ev.seconds:.1f} s)")
     if ev.card is not None:
         click.echo(f"recorded on the model card {ev.card}")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates .venv with backmap installed (editable) and its test dependencies.
+# Creates .venv with backmap installed (editable), its test and documentation dependencies.
 # Idempotent: re-installs only when pyproject.toml changed. Usage: bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip setuptools wheel
   # the CPU build of torch first (an unpinned torch would pull the multi-GB CUDA build)
   .venv/bin/python -m pip install --quiet "torch==2.13.0"
-  .venv/bin/python -m pip install --quiet -e '.[test]'
+  .venv/bin/python -m pip install --quiet -e '.[test,docs]'
   echo "$want" > "$stamp"
 fi

@@ -85,6 +85,26 @@ def one_line_error(code: int, err: str) -> str:
     return errors[0]
 
 
+def tcs_in_hexane_beads(path: Path) -> Path:
+    """Tetracosane in hexane's beads: 12 beads of two carbons and their hydrogens, the chain ends
+    type A (CH3–CH2, as hexane's ends), the rest type B (CH2–CH2, as hexane's middle)."""
+    beads = []
+    for k in range(12):
+        carbons = (2 * k + 1, 2 * k + 2)
+        hydrogens = [f"H{c}{x}" for c in carbons for x in ("ABC" if c in (1, 24) else "AB")]
+        atoms = " ".join(f"1:TCS:{a}" for a in [f"C{c}" for c in carbons] + hydrogens)
+        kind = "A" if k in (0, 11) else "B"
+        beads.append(f"<cg_bead><name>P{k + 1}</name><type>{kind}</type><mapping>{kind}{len(hydrogens)}</mapping>"
+                     f"<beads>{atoms}</beads></cg_bead>")
+    maps = "".join(f"<map><name>{kind}{n}</name><weights>{' '.join(['12.011'] * 2 + ['1.008'] * n)}</weights></map>"
+                   for kind, n in (("A", 5), ("B", 4)))
+    bonds = " ".join(f"P{k + 1} P{k + 2}" for k in range(11))
+    path.write_text(f"<cg_molecule><name>TCS</name><ident>TCS</ident><topology><cg_beads>{''.join(beads)}</cg_beads>"
+                    f"<cg_bonded><bond><name>b</name><beads>{bonds}</beads></bond></cg_bonded></topology>"
+                    f"<maps>{maps}</maps></cg_molecule>")
+    return path
+
+
 #: tests left out of the fast tier (`bash scripts/test.sh`; `--all` runs them): each took 8 s or more
 #: with --durations=0 on 2 busy cores; per file, the test functions (every parametrization)
 SLOW: dict[str, frozenset[str]] = {

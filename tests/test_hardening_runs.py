@@ -14,7 +14,7 @@ from backmap.training.data import TrainOptions
 from backmap.training.loop import TrainingLoop
 
 from conftest import HEXANE, REPO
-from test_voxel_gan import toy_gan, toy_sequences
+from toys import toy_gan, toy_sequences
 
 
 def _recipe(tmp_path: Path) -> Path:

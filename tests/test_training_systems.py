@@ -5,8 +5,7 @@ import json
 import textwrap
 
 import numpy as np
-from conftest import DATA, HEXANE, REPO, run_cli
-from test_equivariant import _tcs_in_hexane_beads
+from conftest import DATA, HEXANE, REPO, run_cli, tcs_in_hexane_beads
 
 from backmap.engine.loaders import load_mapping, load_topology
 from backmap.engine.models import load_model
@@ -28,7 +27,7 @@ def _system(topology, mapping, trajectory, frames):
 
 def test_sequences_of_two_systems_are_numbered_as_the_joined_topology(tmp_path):
     hexane = _system(HEXANE / "topol.top", HEXANE / "hexane.xml", HEXANE / "traj.xtc", [0, 1])
-    tcs = _system(TCS / "topol.top", _tcs_in_hexane_beads(tmp_path / "tcs2.xml"), TCS / "traj.xtc", [0])
+    tcs = _system(TCS / "topol.top", tcs_in_hexane_beads(tmp_path / "tcs2.xml"), TCS / "traj.xtc", [0])
     spec = EnvironmentSpec(unit="bead", strip_hydrogens=False)
     traversal = default_registry().get("traversal", spec.traversal).cls()
     data = TrainingData.several([hexane, tcs], spec, lambda cg: make_plans(cg, traversal, spec, np.random.default_rng(0)),
@@ -62,7 +61,7 @@ def test_sequences_of_two_systems_are_numbered_as_the_joined_topology(tmp_path):
 
 
 def test_a_recipe_trains_on_two_systems_and_backmaps_another(tmp_path):
-    tcs_map = _tcs_in_hexane_beads(tmp_path / "tcs2.xml")
+    tcs_map = tcs_in_hexane_beads(tmp_path / "tcs2.xml")
     recipe = tmp_path / "transfer.yaml"
     recipe.write_text(textwrap.dedent(f"""
         name: transfer

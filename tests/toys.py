@@ -1,7 +1,8 @@
 """Toy targets with known answers and a small Gaussian VAE, for exactness checks of samplers and
 training objectives (VAE Monte Carlo, reverse-KL training): the 2D double well of Schöberl et al.
 (seed ``003``) whose moments come from quadrature, and a harmonic well with an analytically
-perfect VAE (acceptance 1)."""
+perfect VAE (acceptance 1); and a two-atom placement toy with a tiny voxel GAN for it (training
+loop, checkpoints)."""
 from __future__ import annotations
 
 import math
@@ -12,6 +13,7 @@ import torch
 
 from backmap.api.refinement import JointLogDensity
 from backmap.training.mixture_prior import MixturePrior  # (core: the api does not export it)
+from backmap.training.sequences import BeadSequences
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -172,3 +174,52 @@ def double_well_box_wall(x: torch.Tensor, half_width: float = 5.0, slope: float 
     """The paper's U_aux (eq. 47) as an untempered wall in kT: slope·(|xᵢ| − b) outside the box
     [−b, b]², so that the target stays normalizable as β → 0 (at β = 1 it removes < 1e-6 of the mass)."""
     return (slope * (x.abs() - half_width).clamp(min=0)).sum(-1)
+
+
+# --------------------------------------------------------------------------- voxel GAN toy
+
+def toy_sequences(n: int, seed: int = 0, steps: int = 2) -> BeadSequences:
+    """A bead at the origin, an anchor atom anywhere within 0.2 nm of it, and two atoms to place:
+    A bonded to the anchor, 0.15 nm above it (z); B 0.12 nm from A along x. Step 1 sees the atom of
+    step 0 (slot 0). ``steps=1``: only A."""
+    if steps == 1:
+        return _first_step(toy_sequences(n, seed))
+    g = np.random.default_rng(seed)
+    u = g.normal(size=(n, 3))
+    anchor = 0.2 * u / np.linalg.norm(u, axis=1, keepdims=True) * g.uniform(0, 1, (n, 1)) ** (1 / 3)
+    a = anchor + np.array([0.0, 0.0, 0.15]) + 0.01 * g.normal(size=(n, 3))
+    b = a + np.array([0.12, 0.0, 0.0]) + 0.01 * g.normal(size=(n, 3))
+    f = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32)  # noqa: E731
+    return BeadSequences(
+        atom_positions=f(np.stack([anchor, a], 1)), atom_types=torch.tensor([[0, 1]]).repeat(n, 1),
+        atom_index=torch.tensor([[0, 1]]).repeat(n, 1), slot=torch.tensor([[-1, 0]]).repeat(n, 1),
+        visible=torch.tensor([[[True, False], [True, True]]]).repeat(n, 1, 1),
+        interaction=torch.tensor([[[0, 3], [1, 0]]], dtype=torch.uint8).repeat(n, 1, 1),
+        bead_positions=torch.zeros(n, 1, 3), bead_types=torch.zeros(n, 1, dtype=torch.long),
+        bead_mask=torch.ones(n, 1, dtype=torch.bool), target_positions=f(np.stack([a, b], 1)),
+        target_types=torch.ones(n, 2, dtype=torch.long), target_atoms=torch.tensor([[1, 2]]).repeat(n, 1),
+        target_mask=torch.ones(n, 2, dtype=torch.bool), frame=torch.zeros(n, dtype=torch.long),
+        bead=torch.arange(n), context=torch.zeros(n, dtype=torch.long))
+
+
+def _first_step(s: BeadSequences) -> BeadSequences:
+    return BeadSequences(s.atom_positions[:, :1], s.atom_types[:, :1], s.atom_index[:, :1], s.slot[:, :1],
+                         s.visible[:, :1, :1], s.interaction[:, :1, :1], s.bead_positions, s.bead_types, s.bead_mask,
+                         s.target_positions[:, :1], s.target_types[:, :1], s.target_atoms[:, :1],
+                         s.target_mask[:, :1], s.frame, s.bead, s.context)
+
+
+def toy_layout():
+    """The voxel GAN's channel layout of :func:`toy_sequences`: 2 atom types, 4 interactions, 1 bead type."""
+    from backmap_voxel_gan.features import ChannelLayout
+
+    return ChannelLayout(n_atom_types=2, n_interactions=4, n_bead_types=1)
+
+
+def toy_gan(seed: int = 0, **params):
+    """A tiny voxel GAN with fresh networks for the toy layout."""
+    from backmap_voxel_gan.generator import VoxelGAN
+
+    gen = VoxelGAN({"preset": "tiny", **params})
+    gen.setup_layout(toy_layout(), seed)
+    return gen

@@ -7,5 +7,6 @@ from backmap.metrics import Analysis, Binning, EvalContext, FrameBatch, Histogra
 from backmap.metrics.divergence import histogram2d  # noqa: F401
 from backmap.metrics.msm import assign_states, dihedral_features, fit_states, have_deeptime, implied_timescales, lag_steps  # noqa: F401
 from backmap.metrics.report import COLORS, REFERENCE_COLOR, _plt  # noqa: F401
+from backmap.metrics.verdict import GOOD_FACTOR, verdict  # noqa: F401
 
-__all__ = ['Analysis', 'Binning', 'COLORS', 'EvalContext', 'FrameBatch', 'Histogram', 'Observable', 'REFERENCE_COLOR', '_plt', 'assign_states', 'dihedral_features', 'fit_states', 'geometry', 'have_deeptime', 'histogram2d', 'implied_timescales', 'lag_steps', 'stereo', 'terms']
+__all__ = ['Analysis', 'Binning', 'COLORS', 'EvalContext', 'GOOD_FACTOR', 'FrameBatch', 'Histogram', 'Observable', 'REFERENCE_COLOR', '_plt', 'assign_states', 'dihedral_features', 'fit_states', 'geometry', 'have_deeptime', 'histogram2d', 'implied_timescales', 'lag_steps', 'stereo', 'terms', 'verdict']

@@ -113,7 +113,7 @@ class SystemSpec(Strict):
 class SplitSpec(Strict):
     """How frames are divided into training and test sets."""
 
-    test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="share of the frames held out for testing")
     mode: Literal["tail", "random"] = Field("tail", description="tail: the last frames (time-correlated data)")
     test_frames: list[int] | None = Field(None, description="explicit test frames (overrides test_fraction)")
 
@@ -122,11 +122,12 @@ class DataSpec(Strict):
     """Where (CG, AA) training pairs come from: an AA trajectory mapped on the fly, or
     DeepBackmap-style folders of paired ``aa/N.gro`` and ``cg/N.gro``."""
 
-    trajectory: InputPath | None = None
-    pairs: InputPath | None = None
+    trajectory: InputPath | None = Field(None, description="AA trajectory (.xtc/.trr/…) of the system, mapped to "
+                                                            "CG on the fly by the prepare step")
+    pairs: InputPath | None = Field(None, description="DeepBackmap-style folder of paired aa/N.gro and cg/N.gro")
     frames: str | None = Field(None, description="'start:stop:step' or '0,5,9' (trajectory only)")
     skip_frames: list[int] = Field(default_factory=list, description="frames left out entirely")
-    split: SplitSpec = Field(default_factory=SplitSpec)
+    split: SplitSpec = Field(default_factory=SplitSpec, description="training and test frames")
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataSpec":
@@ -141,15 +142,16 @@ class TrainingSystem(Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="folder of its pairs in the work directory "
                                                                 "(systems/NAME)")
-    system: SystemSpec
-    data: DataSpec
+    system: SystemSpec = Field(description="its AA topology and mapping")
+    data: DataSpec = Field(description="its training pairs")
 
 
 class PluginRef(Strict):
     """A plugin chosen by name with its parameters."""
 
-    plugin: str
-    params: dict[str, Any] = Field(default_factory=dict)
+    plugin: str = Field(description="the plugin's name (backmap plugins lists them)")
+    params: dict[str, Any] = Field(default_factory=dict, description="the plugin's parameters (Reference: plugin "
+                                                                     "parameters)")
 
 
 class GeneratorRef(PluginRef):
@@ -162,23 +164,27 @@ class GeneratorRef(PluginRef):
 class Recipe(Strict):
     """A whole run: the system, the data, the plugins, and the steps in order."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    description: str = ""
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="the run's name (default work folder runs/NAME)")
+    description: str = Field("", description="one line for the run's report")
     seed: int = Field(0, ge=0, lt=2**63, description="numpy and torch take seeds in [0, 2**63)")
     workdir: RecipePath | None = Field(None, description="relative to the recipe; default: runs/<name> in the "
                                                           "current directory")
-    system: SystemSpec
-    data: DataSpec | None = None
+    system: SystemSpec = Field(description="the AA system and its mapping")
+    data: DataSpec | None = Field(None, description="where training pairs come from (steps prepare and train)")
     training_systems: list[TrainingSystem] = Field(
         default_factory=list, description="train on these systems instead of system/data (chemical transfer; "
                                           "a generator that keys its parameters by chemistry, e.g. equivariant)")
-    generator: GeneratorRef | None = None
-    refiners: list[PluginRef] = Field(default_factory=list)
-    regularizers: list[PluginRef] = Field(default_factory=list)
+    generator: GeneratorRef | None = Field(None, description="the generator plugin: trained by the train step, "
+                                                             "used by backmap")
+    refiners: list[PluginRef] = Field(default_factory=list, description="refiners a backmap or refine step picks "
+                                                                       "by index (refiner: 0)")
+    regularizers: list[PluginRef] = Field(default_factory=list, description="energy regularizers added to the "
+                                                                           "generator's training loss")
     cluster: ClusterOptions = Field(default_factory=ClusterOptions,
                                     description="where the frames of backmap, refine and evaluate steps run "
                                                 "(workers: N, scheduler: tcp://… or slurm); default: this process")
-    steps: list[dict[str, dict[str, Any] | None]] = Field(min_length=1)
+    steps: list[dict[str, dict[str, Any] | None]] = Field(min_length=1, description="the steps in order, each "
+                                                         "'- NAME: {its parameters}' (Reference: plugin parameters)")
 
     # the recipe file, set by load_recipe (not a recipe key)
     _path: Path | None = PrivateAttr(None)

@@ -10,7 +10,7 @@ from backmap.forcefield.geometry import angle, dihedral, norm
 
 def place(d: torch.Tensor, g: torch.Tensor, p: torch.Tensor, r: torch.Tensor, theta: torch.Tensor,
           phi: torch.Tensor) -> torch.Tensor:
-    """The atom x with |x − p| = r, angle(x, p, g) = θ and dihedral(d, g, p, x) = φ (GROMACS sign)."""
+    """The atom x with ‖x − p‖ = r, angle(x, p, g) = θ and dihedral(d, g, p, x) = φ (GROMACS sign)."""
     bc = p - g
     bc = bc / norm(bc)[..., None]
     n = torch.linalg.cross(g - d, bc)

@@ -11,6 +11,7 @@ import numpy as np
 from backmap.system.io import atomic_path
 from backmap.metrics.compare import Compared
 from backmap.metrics.spec import Analysis
+from backmap.metrics.verdict import verdict
 
 FAMILY_TITLES = {"bond": "Bond lengths", "angle": "Angles", "dihedral": "Proper dihedrals",
                  "improper": "Improper dihedrals", "rama": "Backbone (φ, ψ)", "energy": "Energies per molecule",
@@ -55,6 +56,8 @@ def write_report(out: Path, result: dict[str, Any], compared: list[Compared], la
     (metric name → its :class:`Analysis`) get a section each, after the tables."""
     figures = _figures(out / "figures", compared, labels)
     lines = [f"# Evaluation{': ' + result['title'] if result.get('title') else ''}", ""]
+    if "mean_jsd_headline" in result.get("summary", {}):
+        lines += [f"**{verdict(result['summary']['mean_jsd_headline'])}**", ""]
     inp = result["inputs"]
     steps = result.get("time_steps", {})
 

@@ -58,7 +58,7 @@ class BondModel:
         return 0.5 * self.stiffness * ((r - b) ** 2).sum(-1)
 
     def log_det_gram(self, x: torch.Tensor, masses: np.ndarray) -> torch.Tensor:
-        """ln det G, G = J M⁻¹ Jᵀ of the held bonds ξ = |x_i − x_j| − b, per frame (F,)."""
+        """ln det G, G = J M⁻¹ Jᵀ of the held bonds ξ = ‖x_i − x_j‖ − b, per frame (F,)."""
         if not len(self.held):
             return torch.zeros(x.shape[0], dtype=x.dtype)
         t = self._fixman_tables(masses)

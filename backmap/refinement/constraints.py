@@ -9,7 +9,7 @@ group, factorized and solved for all frames and all groups of the same size at o
 
 * :meth:`BondConstraints.positions` — SHAKE: move unconstrained positions ``x`` along the constraint
   gradients at the reference positions ``x_ref`` (the previous, constrained ones) until every
-  relative residual |σ_c| / d_c² is below the tolerance. The Newton matrix G(x_ref) is factorized
+  relative residual abs(σ_c) / d_c² is below the tolerance. The Newton matrix G(x_ref) is factorized
   once per reference point (simplified Newton; it is also the projection matrix at that point),
   with a refactorized full-Newton fallback when the step is large.
 * :meth:`BondConstraints.velocities` — RATTLE: the mass-weighted projection of velocities onto the
@@ -131,7 +131,7 @@ class BondConstraints:
         return x.index_select(1, self.i) - x.index_select(1, self.j)  # faster than x[:, i] on small frames
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
-        """Largest relative residual |σ_c| / d_c² per frame (F,)."""
+        """Largest relative residual abs(σ_c) / d_c² per frame (F,)."""
         if not self.n_constraints:
             return x.new_zeros(x.shape[0])
         r = self.bond_vectors(x)

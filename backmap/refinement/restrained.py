@@ -161,12 +161,12 @@ class RestrainedSystem:
         return self.cg_topology.apply(x)
 
     def cg_rmsd(self, x: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        """RMS over beads of |M(x) − R| (nm), per frame for (..., n_atoms, 3)."""
+        """RMS over beads of ‖M(x) − R‖ (nm), per frame for (..., n_atoms, 3)."""
         d = self.mapped(x) - targets
         return np.sqrt((d ** 2).sum(-1).mean(-1))
 
     def restraint_energy(self, x: torch.Tensor, targets: torch.Tensor, k: float) -> torch.Tensor:
-        """½ k Σ_I |M_I(x) − R_I|² for positions (F, N, 3), targets (F, M, 3) → (F,)."""
+        """½ k Σ_I ‖M_I(x) − R_I‖² for positions (F, N, 3), targets (F, M, 3) → (F,)."""
         d = self.mapped_torch(x) - targets
         return 0.5 * k * (d ** 2).sum(dim=(1, 2))
 

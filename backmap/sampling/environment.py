@@ -37,7 +37,7 @@ class Channels:
     bead_types: dict[str, int]
     interactions: dict[tuple, int]
     split: bool = False
-    #: from a channel map: keys are ("bond"|"angle"|"dihedral"|"lj", *atom types along the path)
+    #: from a channel map: keys are ("bond"|"angle"|"dihedral"|"lj", then the atom types along the path)
     by_path: bool = False
 
     @classmethod

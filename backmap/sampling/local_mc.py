@@ -44,7 +44,7 @@ def _csr(items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class LocalMetropolis:
-    """The target π(x) ∝ exp(−β [U(x) + ½ k_bead Σ_I |Σ_a w_Ia x_a − R_I|² + ½ k_spring Σ_p (|r_p| − b_p)²])
+    """The target π(x) ∝ exp(−β [U(x) + ½ k_bead Σ_I ‖Σ_a w_Ia x_a − R_I‖² + ½ k_spring Σ_p (‖r_p‖ − b_p)²])
     of ``ff``'s force field (reaction field or plain cut-off Coulomb: local), the centroid restraints
     of ``beads`` ((atoms, weights) per bead) and the springs on ``spring_pairs`` (S, 2) at
     ``spring_lengths``, for local moves (:meth:`scan`)."""

@@ -24,7 +24,7 @@ GMX_TERMS = {
 
 
 def gromacs_topdir() -> Path | None:
-    """GROMACS's force-field library (``share/gromacs/top``), where ``#include``s resolve."""
+    """GROMACS's force-field library (``share/gromacs/top``), where ``#include`` files resolve."""
     candidates = []
     if os.environ.get("GMXDATA"):
         candidates.append(Path(os.environ["GMXDATA"]) / "top")

@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationErro
 
 from backmap.api import BackmapError, Step
 from backmap.api.recipes import InputPath, StepInput, resolve_step_input
+from backmap.api.metrics import verdict
 from backmap.api.usecases import EvaluationSpec, run_evaluation, step_settings
 
 
@@ -114,4 +115,7 @@ class EvaluateStep(Step):
         for label, v in head["candidates"].items():
             summary[f"mean JSD {label}"] = round(v, 4)
         summary["mean JSD noise floor"] = round(head["noise_floor"], 4)
+        summary["verdict"] = verdict(head)
+        if ctx.console is not None:  # a recipe run says it last
+            ctx.console.print(summary["verdict"])
         return summary

@@ -11,48 +11,17 @@ import torch
 from backmap.training.data import TrainOptions
 from backmap.training.loop import TrainingLoop
 from backmap.training.sequences import BeadSequences
-from backmap_voxel_gan.features import ChannelLayout
 from backmap_voxel_gan.generator import VoxelGAN
 from backmap_voxel_gan.model import VoxelGANModel
 from backmap_voxel_gan.params import VoxelGANParams
 from backmap_voxel_gan.voxel import VoxelGrid
 
-from conftest import HEXANE
+from conftest import HEXANE, REPO
+from toys import toy_gan, toy_layout, toy_sequences
 
 torch.set_num_threads(1)
 
-LAYOUT = ChannelLayout(n_atom_types=2, n_interactions=4, n_bead_types=1)
-
-
-def toy_sequences(n: int, seed: int = 0, steps: int = 2) -> BeadSequences:
-    """A bead at the origin, an anchor atom anywhere within 0.2 nm of it, and two atoms to place:
-    A bonded to the anchor, 0.15 nm above it (z); B 0.12 nm from A along x. Step 1 sees the atom of
-    step 0 (slot 0). ``steps=1``: only A."""
-    if steps == 1:
-        return _first_step(toy_sequences(n, seed))
-    g = np.random.default_rng(seed)
-    u = g.normal(size=(n, 3))
-    anchor = 0.2 * u / np.linalg.norm(u, axis=1, keepdims=True) * g.uniform(0, 1, (n, 1)) ** (1 / 3)
-    a = anchor + np.array([0.0, 0.0, 0.15]) + 0.01 * g.normal(size=(n, 3))
-    b = a + np.array([0.12, 0.0, 0.0]) + 0.01 * g.normal(size=(n, 3))
-    f = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32)  # noqa: E731
-    return BeadSequences(
-        atom_positions=f(np.stack([anchor, a], 1)), atom_types=torch.tensor([[0, 1]]).repeat(n, 1),
-        atom_index=torch.tensor([[0, 1]]).repeat(n, 1), slot=torch.tensor([[-1, 0]]).repeat(n, 1),
-        visible=torch.tensor([[[True, False], [True, True]]]).repeat(n, 1, 1),
-        interaction=torch.tensor([[[0, 3], [1, 0]]], dtype=torch.uint8).repeat(n, 1, 1),
-        bead_positions=torch.zeros(n, 1, 3), bead_types=torch.zeros(n, 1, dtype=torch.long),
-        bead_mask=torch.ones(n, 1, dtype=torch.bool), target_positions=f(np.stack([a, b], 1)),
-        target_types=torch.ones(n, 2, dtype=torch.long), target_atoms=torch.tensor([[1, 2]]).repeat(n, 1),
-        target_mask=torch.ones(n, 2, dtype=torch.bool), frame=torch.zeros(n, dtype=torch.long),
-        bead=torch.arange(n), context=torch.zeros(n, dtype=torch.long))
-
-
-def _first_step(s: BeadSequences) -> BeadSequences:
-    return BeadSequences(s.atom_positions[:, :1], s.atom_types[:, :1], s.atom_index[:, :1], s.slot[:, :1],
-                         s.visible[:, :1, :1], s.interaction[:, :1, :1], s.bead_positions, s.bead_types, s.bead_mask,
-                         s.target_positions[:, :1], s.target_types[:, :1], s.target_atoms[:, :1],
-                         s.target_mask[:, :1], s.frame, s.bead, s.context)
+LAYOUT = toy_layout()
 
 
 def tiny(**kw) -> VoxelGANParams:
@@ -99,13 +68,6 @@ def test_unrolled_training_backpropagates_into_earlier_steps():
             assert first.grad is None or float(first.grad.abs().sum()) == 0.0
             grads_cut = [p.grad.clone() for p in model.generator.parameters()]
     assert any(not torch.allclose(a, b) for a, b in zip(grads_unrolled, grads_cut))
-
-
-def toy_gan(seed: int = 0, **params) -> VoxelGAN:
-    """A tiny voxel GAN with fresh networks for the toy layout."""
-    gen = VoxelGAN({"preset": "tiny", **params})
-    gen.setup_layout(LAYOUT, seed)
-    return gen
 
 
 def train_toy(seed: int, iterations: int = 100) -> tuple[VoxelGAN, TrainingLoop, BeadSequences]:
@@ -274,7 +236,7 @@ def test_shipped_sps_model_loads():
     classes), from its folder, and carries the repository's mapping inside its package."""
     from backmap.engine.models import load_model
 
-    folder = Path(__file__).resolve().parent.parent / "models" / "sps-voxel-gan"
+    folder = REPO.resolve() / "models" / "sps-voxel-gan"
     model = load_model(folder)
     generator = model.generator
     assert generator.name == "voxel_gan" and generator.params.preset == "cpu"

@@ -12,7 +12,7 @@ import torch
 from backmap.api.icgen import Encoder
 from backmap.api.icgen import internal, place
 from backmap.api.icgen import bond_lengths
-from conftest import DATA, HEXANE, run_cli
+from conftest import DATA, HEXANE, run_cli, tcs_in_hexane_beads
 
 from backmap.engine.assembly import make_backmapper
 from backmap.engine.loaders import load_mapping, load_topology
@@ -274,26 +274,6 @@ def test_the_hand_comes_from_the_training_data(chiral_run):
 TCS = DATA / "tcs" / "aa"
 
 
-def _tcs_in_hexane_beads(path):
-    """Tetracosane in hexane's beads: 12 beads of two carbons and their hydrogens, the chain ends
-    type A (CH3–CH2, as hexane's ends), the rest type B (CH2–CH2, as hexane's middle)."""
-    beads = []
-    for k in range(12):
-        carbons = (2 * k + 1, 2 * k + 2)
-        hydrogens = [f"H{c}{x}" for c in carbons for x in ("ABC" if c in (1, 24) else "AB")]
-        atoms = " ".join(f"1:TCS:{a}" for a in [f"C{c}" for c in carbons] + hydrogens)
-        kind = "A" if k in (0, 11) else "B"
-        beads.append(f"<cg_bead><name>P{k + 1}</name><type>{kind}</type><mapping>{kind}{len(hydrogens)}</mapping>"
-                     f"<beads>{atoms}</beads></cg_bead>")
-    maps = "".join(f"<map><name>{kind}{n}</name><weights>{' '.join(['12.011'] * 2 + ['1.008'] * n)}</weights></map>"
-                   for kind, n in (("A", 5), ("B", 4)))
-    bonds = " ".join(f"P{k + 1} P{k + 2}" for k in range(11))
-    path.write_text(f"<cg_molecule><name>TCS</name><ident>TCS</ident><topology><cg_beads>{''.join(beads)}</cg_beads>"
-                    f"<cg_bonded><bond><name>b</name><beads>{bonds}</beads></bond></cg_bonded></topology>"
-                    f"<maps>{maps}</maps></cg_molecule>")
-    return path
-
-
 def _backmap_mapped(model, topology, mapping, trajectory):
     """Map the last AA frame of ``trajectory`` and backmap it: (backmapper, positions, reference, CG frame)."""
     from backmap.system.pbc import Unwrapper
@@ -329,7 +309,7 @@ def test_a_hexane_model_backmaps_tetracosane(run, request, tmp_path):
     _bm, hexane, hexane_ref, _f, htop, _cg = _backmap_mapped(load_model(hexane_run), HEXANE / "topol.top",
                                                             HEXANE / "hexane.xml", HEXANE / "traj.xtc")
     bm, x, ref, frame, top, cg = _backmap_mapped(load_model(hexane_run), TCS / "topol.top",
-                                                 _tcs_in_hexane_beads(tmp_path / "tcs2.xml"), TCS / "traj.xtc")
+                                                 tcs_in_hexane_beads(tmp_path / "tcs2.xml"), TCS / "traj.xtc")
     assert bm.adaptation["molecule types"] == ["TCS"] and bm.adaptation["units"] == 12, bm.adaptation
     rows = bm.adaptation["chemistry rows"]
     # the tables do not depend on training: 564 of 636 rows take a hexane slot as they are, 68 a
