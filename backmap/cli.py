@@ -67,7 +67,10 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
-    """backmap: atomistic structures from coarse-grained simulations."""
+    """backmap: atomistic structures from coarse-grained simulations.
+
+    'thesis' in help texts is M. Stieffenhofer, Multiscale Modeling and Deep Learning: Reverse-mapping
+    of Condensed-phase Molecular Structures, PhD thesis, Johannes Gutenberg-Universität Mainz (2022)."""
     ctx.obj = {"debug": debug}
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s: %(message)s")
     if not debug:  # MDAnalysis reports optional extras it does not need here
@@ -226,7 +229,7 @@ def evaluate(**_) -> None:
 @command("assess", "assess:AssessRequest")
 def assess(**_) -> None:
     """Rank CG models by backmapping their trajectories and measuring them with the AA force field
-    (thesis ch. 6): AA forces summed per bead against the reference's (JSD, with its spread over
+    (Stieffenhofer, PhD thesis, JGU Mainz 2022, ch. 6): AA forces summed per bead against the reference's (JSD, with its spread over
     random halves of the frames), RDFs and bonded distributions, CG RMSD, clashes, restraint energy
     per bead after refinement, and the CG-level distributions against the mapped reference."""
     from backmap.app.assess import assess_models
@@ -237,7 +240,8 @@ def assess(**_) -> None:
 
 @command("morph", "morph:MorphRequest")
 def morph(**_) -> None:
-    """Morph structures of a top-down CG model (thesis ch. 7): map them through the resolution
+    """Morph structures of a top-down CG model through a resolution bottleneck (Stieffenhofer, PhD
+    thesis, JGU Mainz 2022, ch. 7): map them through the resolution
     bottleneck of a model trained only on the target and let its generator reinsert the target's
     local statistics. Writes OUT (the top-down model's particles, names and box), OUT.gro, a copy of
     its .top, the bottleneck frames (OUT_cg.trr) and the provenance (OUT.json). With --ibi-rounds,

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from backmap.metrics.verdict import verdict
+from backmap.references import THESIS_NOTE
 
 
 def show_backmapped(result: Any) -> None:
@@ -101,3 +102,4 @@ def show_plugins(registry: Any, kind: str | None) -> None:
         if kind is None or info.kind == kind:
             table.add_row(info.kind, info.name, info.package, info.version, info.module, info.cls.summary)
     Console(width=200).print(table)
+    click.echo(THESIS_NOTE)

@@ -19,6 +19,11 @@ evaluate`` scores every candidate on EVALUATION.md's 11 headline observables.
 
 Every step is skipped when its output exists (a killed run resumes). One JSON line per (temperature,
 candidate): mean JSD, the floor, CG RMSD, stereocentres kept, clashes, broken bonds, seconds per frame.
+
+``--quick``: the same pipeline on DBM's 568 K set, small: the equivariant model (K = 2, forward pass
+only) on two frames (four reference frames), not refined (``backmap refine`` costs ~10 s per frame
+even for a few steps), into a temporary folder (a smoke test, ~40 s); without ../shared it prints
+``{"skipped": ...}``.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import MDAnalysis as mda
@@ -191,7 +197,7 @@ def run_temperature(folder: Path, generators: list[str], n_frames: int, out: Pat
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", nargs="+", type=Path, required=True,
+    parser.add_argument("--data", nargs="+", type=Path, required="--quick" not in sys.argv,
                         help="folders from scripts/make_sps_temperature_data.sh, or ../shared/data/sps/eval_t568")
     parser.add_argument("--generators", default="equivariant,equivariant_polish,vae,voxel_gan",
                         help=f"comma-separated, of {', '.join(GENERATORS)}")
@@ -202,7 +208,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/temperatures"))
     parser.add_argument("--model-cards", action="store_true",
                         help="record each model's result on its card (models/*/card.json; docs/models.md)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: the equivariant model on two 568 K frames, not refined, "
+                             "a temporary --out")
     args = parser.parse_args()
+    if args.quick:
+        if not (SHARED / "eval_t568" / "aa.xtc").is_file():
+            print(json.dumps({"skipped": f"{SHARED} not present (DBM's 568 K set)"}))
+            return
+        tmp = tempfile.TemporaryDirectory()
+        args.data, args.generators, args.refine, args.frames = [SHARED / "eval_t568"], "equivariant", None, 2
+        args.refine_steps, args.out, args.model_cards = 0, Path(tmp.name), False
+        # K = 2, forward pass only, no block move or repair: the same commands, cheap
+        GENERATORS["equivariant"] = GENERATORS["equivariant"] + ["--candidates", "2", "--gibbs", "0", "--regrow", "",
+                                                                 "--repair-clashes", "0"]
     generators = [g for g in args.generators.split(",") if g]
     unknown = [g for g in generators if g not in GENERATORS]
     if unknown:

@@ -7,11 +7,15 @@ flips of the sPS equivariant model were found (docs/equivariant.md, "Stereocentr
         --reference ../shared/data/sps/eval_t568/aa.xtc [--skip-frames 9,19,41,55,62,70,76] OUT.xtc [...]
 
 One JSON line per trajectory.
+
+``--quick``: the same count on the first two frames of DBM's ``deepbackmap.xtc`` against
+``../shared/data/sps`` (a smoke test, ~10 s); without ../shared it prints ``{"skipped": ...}``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -21,14 +25,27 @@ from backmap.sampling.chirality import load_chiral_centres
 from backmap.system.io import read_frames
 from backmap.system.pbc import Unwrapper
 
+SPS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "sps"
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--topology", required=True)
-    ap.add_argument("--reference", required=True, help="AA structure or trajectory (first frame used)")
+    ap.add_argument("--topology", required=False, help="required unless --quick")
+    ap.add_argument("--reference", required=False, help="AA structure or trajectory (first frame used)")
     ap.add_argument("--skip-frames", default="", help="frames left out, e.g. 9,19,41")
-    ap.add_argument("trajectories", nargs="+")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke test: DBM's deepbackmap.xtc (first two frames) against ../shared/data/sps")
+    ap.add_argument("trajectories", nargs="*")
     args = ap.parse_args()
+    max_frames = None
+    if args.quick:
+        if not (SPS / "eval_t568" / "deepbackmap.xtc").is_file():
+            print(json.dumps({"skipped": f"{SPS} not present (an sPS topology, reference and trajectory)"}))
+            return
+        args.topology, args.reference = str(SPS / "top" / "topol.top"), str(SPS / "eval_t568" / "aa.xtc")
+        args.trajectories, max_frames = [str(SPS / "eval_t568" / "deepbackmap.xtc")], 2
+    elif not (args.topology and args.reference and args.trajectories):
+        ap.error("--topology, --reference and at least one trajectory are required (or --quick)")
     top = load_topology(args.topology)
     centres = load_chiral_centres(top, args.reference)
     rows, slots = centres.global_rows(top)
@@ -41,6 +58,8 @@ def main() -> None:
     for path in args.trajectories:
         kept, by_position = [], []
         for k, frame in enumerate(read_frames(path, top.n_atoms)):
+            if max_frames is not None and k >= max_frames:
+                break
             if k in skip:
                 continue
             vol = signed_volumes(whole(frame.positions, frame.dimensions)[None], rows)[0]

@@ -31,11 +31,10 @@ html_static_path: list[str] = []
 
 def _write_reference(app) -> None:  # noqa: ANN001 - sphinx's callback signature
     """Regenerate the recipe-key and plugin-parameter pages (kept out of git: .gitignore)."""
-    from backmap.app.reference import plugin_params_markdown, recipe_keys_markdown
+    from backmap.app.reference import reference_pages
     from backmap.engine.registry import default_registry
 
-    for name, text in (("reference-recipe.md", recipe_keys_markdown()),
-                       ("reference-plugins.md", plugin_params_markdown(default_registry()))):
+    for name, text in reference_pages(default_registry()).items():
         path = HERE / name
         if not path.exists() or path.read_text() != text:
             path.write_text(text)

@@ -1,6 +1,6 @@
 """The generated Reference pages (docs/conf.py builds them): every recipe key and every installed
 plugin's parameters appear, each recipe key says what it is, and tables stay tables."""
-from backmap.app.reference import field_rows, plugin_params_markdown, recipe_keys_markdown, type_name
+from backmap.app.reference import field_rows, recipe_keys_markdown, reference_pages, type_name
 from backmap.engine.recipe import Recipe
 from backmap.engine.registry import default_registry
 
@@ -15,9 +15,11 @@ def test_every_recipe_key_is_listed_with_a_meaning():
         assert meaning.strip(), f"recipe key {key} has no description"
 
 
-def test_every_plugin_and_parameter_is_listed():
+def test_every_plugin_and_parameter_is_listed_on_pages_under_40_kb():
     registry = default_registry()
-    text = plugin_params_markdown(registry)
+    pages = reference_pages(registry)
+    assert max(len(p.encode()) for p in pages.values()) <= 40 * 1024
+    text = "\n".join(pages.values())
     for info in registry:
         assert f"### `{info.name}` ({info.kind})" in text
         for key, *_ in field_rows(info.cls.Params):

@@ -49,6 +49,7 @@ from backmap.refinement.restrained import RestrainedSystem
 from backmap.sampling.backmapper import BackmapSettings, read_cg
 from backmap.system.pairs import select_frames
 from backmap.system.projection import map_trajectory
+from backmap.references import THESIS_NOTE
 
 IN_DISTRIBUTION = "in-distribution"
 #: the metric plugins an assessment runs (all atomistic observables of the thesis' chapter 6)
@@ -411,7 +412,7 @@ def _write_report(out: Path, result: dict[str, Any]) -> None:
     lines += ["", "![CG distributions](figures/cg_distributions.png)", "",
               "The atomistic evaluation of every backmapped set (bonded distributions, RDFs, energies, "
               "per-observable JSDs): [atomistic/report.md](atomistic/report.md).", "",
-              f"Timing: {result['timing']}", ""]
+              f"Timing: {result['timing']}", "", THESIS_NOTE, ""]
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text("\n".join(lines))
 

@@ -14,6 +14,7 @@ from pydantic_core import PydanticUndefined
 from backmap.engine.hooks import KIND_HOOKS
 from backmap.engine.recipe import Recipe
 from backmap.engine.registry import Registry
+from backmap.references import THESIS_NOTE
 
 
 def type_name(annotation: Any) -> str:
@@ -88,18 +89,33 @@ def recipe_keys_markdown() -> str:
     """The keys of a recipe file, from :class:`backmap.engine.recipe.Recipe`."""
     lines = ["# Recipe keys", "",
              "Generated from the models `backmap check` validates a recipe with. A step's keys are its "
-             "plugin's parameters: see [plugin parameters](reference-plugins.md).", ""]
+             "plugin's parameters: see [recipe steps](reference-steps.md); the plugins' parameters are in "
+             "[generator and sampling plugins](reference-plugins.md) and "
+             "[refiner, metric and reader plugins](reference-refiners.md).", ""]
     doc = " ".join((Recipe.__doc__ or "").split())
     lines += [doc, ""] + table(field_rows(Recipe))
     return "\n".join(lines)
 
 
-def plugin_params_markdown(registry: Registry) -> str:
-    """Every installed plugin's parameters (its ``Params`` model), by kind."""
-    lines = ["# Plugin parameters", "",
+#: the generated plugin-parameter pages: file → (title, plugin kinds), each page well under 40 KB
+PLUGIN_PAGES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "reference-steps.md": ("Recipe steps", ("step",)),
+    "reference-plugins.md": ("Generator and sampling plugins", ("generator", "traversal", "selector", "move",
+                                                               "regularizer")),
+    "reference-refiners.md": ("Refiner, metric and reader plugins", ("refiner", "metric", "reader")),
+}
+
+
+def plugin_params_markdown(registry: Registry, title: str = "Plugin parameters",
+                           kinds: tuple[str, ...] | None = None) -> str:
+    """The parameters (``Params`` model) of every installed plugin of ``kinds`` (default: all)."""
+    lines = [f"# {title}", "",
              "Generated from each installed plugin's `Params` model: what a recipe gives under `params:` "
-             "(generators, refiners, regularizers, moves) or under the step's name (steps).", ""]
+             "(generators, refiners, regularizers, moves) or under the step's name (steps). "
+             f"{THESIS_NOTE}", ""]
     for kind in KIND_HOOKS:
+        if kinds is not None and kind not in kinds:
+            continue
         infos = sorted((i for i in registry if i.kind == kind), key=lambda i: i.name)
         if not infos:
             continue
@@ -111,3 +127,11 @@ def plugin_params_markdown(registry: Registry) -> str:
             params = getattr(info.cls, "Params", None)
             lines += table(field_rows(params)) if params is not None else ["No parameters.", ""]
     return "\n".join(lines)
+
+
+def reference_pages(registry: Registry) -> dict[str, str]:
+    """Every generated Reference page: file name → Markdown."""
+    pages = {"reference-recipe.md": recipe_keys_markdown()}
+    pages.update({name: plugin_params_markdown(registry, title, kinds)
+                  for name, (title, kinds) in PLUGIN_PAGES.items()})
+    return pages

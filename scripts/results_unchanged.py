@@ -1,11 +1,11 @@
-"""Results unchanged by a refactoring (issue 58's "done when"): the SHA-256 of what the generators
-write for a fixed seed, recorded before a change and checked after it.
+"""Results unchanged by a refactoring: the SHA-256 of what the generators write for a fixed seed,
+recorded before a change and checked after it (a maintainer's tool, not a benchmark).
 
-    .venv/bin/python benchmarks/results_unchanged.py --record benchmarks/results_unchanged.json
-    .venv/bin/python benchmarks/results_unchanged.py --check benchmarks/results_unchanged.json
+    .venv/bin/python scripts/results_unchanged.py --record scripts/results_unchanged.json
+    .venv/bin/python scripts/results_unchanged.py --check scripts/results_unchanged.json
 
-Cases: the template recipe's generator output (``recipes/hexane-template.yaml``, the quickstart of
-issue 58's baseline) (``backmap/aa_unrefined.xtc``: byte-identical; the
+Cases: the template recipe's generator output (``recipes/hexane-template.yaml``)
+(``backmap/aa_unrefined.xtc``: byte-identical; the
 refined frames are compared by their mean JSD within 0.002, as OpenMM on 2 threads is not
 bit-reproducible), and each shipped sPS model on frames 0-3 of ``../shared/data/sps/eval_t568``
 with and without energy guidance (``--polish 15 --polish-sweeps all``), seed 1. Hashes are those
@@ -47,7 +47,7 @@ def backmap(*args: str) -> None:
 
 def measure(work: Path, models: list[str]) -> dict:
     cases: dict = {}
-    run = work / "quickstart"  # the recipe that was the quickstart until 2026-11-28 (same output)
+    run = work / "quickstart"  # the template baseline's recipe
     backmap("run", str(REPO / "recipes" / "hexane-template.yaml"), "--workdir", str(run))
     metrics = json.loads((run / "evaluate" / "metrics.json").read_text())["summary"]["mean_jsd_headline"]
     cases["quickstart aa_unrefined.xtc"] = sha(run / "backmap" / "aa_unrefined.xtc")
