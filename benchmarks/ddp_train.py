@@ -1,4 +1,4 @@
-"""Data-parallel training on 2 processes (issue 19, item 5): the same loss curve as one process at
+"""Data-parallel training on 2 processes (docs/scale-out.md): the same loss curve as one process at
 the same global batch, and the speed of 2 processes against 1 process with 1 and with 2 threads.
 
 The recipe's prepare step runs once; then its train step runs for ``--iterations`` iterations
@@ -8,6 +8,8 @@ The recipe's prepare step runs once; then its train step runs for ``--iterations
     torchrun --standalone --nproc-per-node 2 backmap run RECIPE --steps train     (threads 1 each)
 
     .venv/bin/python benchmarks/ddp_train.py [--recipe recipes/sps-equivariant.yaml] [--iterations 40]
+    .venv/bin/python benchmarks/ddp_train.py --quick    # the same path: a small equivariant model on the
+                                                        # committed hexane data (tests/data/hexane), 5 iterations
 
 Prints one JSON line per run (seconds of the training loop and of the train step, iterations/s) and
 one with the speed-ups and the "curve gap": the largest difference between a run's loss curve and
@@ -30,6 +32,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 ENV = dict(os.environ, BACKMAP_NO_PROGRESS="1")
+HEXANE = REPO / "tests" / "data" / "hexane"
+#: --quick: a small equivariant generator on 3 frames of the committed hexane data
+QUICK_RECIPE = f"""name: ddp-quick
+seed: 3
+system: {{topology: {HEXANE / 'topol.top'}, mapping: {HEXANE / 'hexane.xml'}}}
+data: {{trajectory: {HEXANE / 'traj.xtc'}, frames: '0:3', split: {{test_fraction: 0.34, mode: tail}}}}
+generator: {{plugin: equivariant, params: {{constraints: all-bonds, width: 8, vectors: 4, tensors: 2, hidden: 32,
+                                        lr: 4.0e-3, threads: 1}}}}
+steps:
+  - prepare: {{}}
+  - train: {{epochs: 2, batch_size: 64}}
+"""
 
 
 def backmap(recipe: Path, workdir: Path, steps: str, overrides: list[str], processes: int = 1) -> float:
@@ -60,8 +74,14 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--column", default="nll", help="training-log column compared")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run of the same path: a small model on the committed hexane data, 5 iterations")
     args = ap.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="backmap-ddp-"))
+    if args.quick:
+        args.recipe = folder / "quick.yaml"
+        args.recipe.write_text(QUICK_RECIPE)
+        args.iterations, args.batch_size = 5, 16
     prepared = folder / "prepared"
     backmap(args.recipe, prepared, "prepare", [])
     common = [f"steps.train.max_iterations={args.iterations}", "steps.train.log_every=1",

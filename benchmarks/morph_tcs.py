@@ -1,5 +1,5 @@
-"""Morphing Martini 2 tetracosane toward OPLS-AA (issue 17, thesis ch. 7), end to end: the recipe
-recipes/tcs-morph.yaml at the bottleneck s = 2 and s = 3 (schemes A and B each), then the issue's
+"""Morphing Martini 2 tetracosane toward OPLS-AA (docs/morph.md), end to end: the recipe
+recipes/tcs-morph.yaml at the bottleneck s = 2 and s = 3 (schemes A and B each), then the target
 numbers — the mean JSD (bond, angle, RDF) to the target before and after morphing and its ratio,
 √⟨R_e²⟩ and √⟨R_g²⟩ of every morph against the unmorphed Martini structures, the bond distribution's
 peaks — and the time of a 1000-frame morph on 2 workers (the Martini frames five times over), against
@@ -8,6 +8,8 @@ unwrapping, mapping and writing, without the generator).
 
     bash scripts/make_tcs_data.sh                      # once: data/tcs
     .venv/bin/python benchmarks/morph_tcs.py [--s 2 3] [--reuse] [--workers 2] [--timing-frames 1000]
+    .venv/bin/python benchmarks/morph_tcs.py --quick [--timing-frames 4]   # the same path on the committed
+                                       # tests/data/tcs: a small model, 3 Martini frames morphed (timing: 1 worker)
 
 Prints one JSON line per bottleneck, one for the IBI morph (`morph B+IBI`) on the Martini frames
 its tables were not fitted on (`--held-out-from`), and one for the timing.
@@ -28,6 +30,32 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 TCS = REPO / "data" / "tcs"
 RECIPE = REPO / "recipes" / "tcs-morph.yaml"
+TARGET = TCS / "analysis" / "mapped.xtc"   # Y mapped onto the Martini beads
+MARTINI = TCS / "analysis" / "cg.xtc"      # X: the Martini production
+TPR = TCS / "martini" / "topol.tpr"
+#: --quick: the recipe's steps, small, on the committed subset of the data (tests/data/tcs)
+QUICK_RECIPE = """name: tcs-morph-quick
+seed: 5
+system: {{topology: {tpr}, bottleneck: 2}}
+data: {{trajectory: {target}, split: {{test_fraction: 0.2}}}}
+generator:
+  plugin: equivariant
+  params: {{constraints: none, width: 8, vectors: 4, tensors: 2, hidden: 16, recentre_by: rotation, threads: 1}}
+  environment: {{cutoff: 0.7}}
+steps:
+  - prepare: {{}}
+  - train: {{epochs: 1, batch_size: 64}}
+  - morph: {{input: {martini}, frames: '0:3', topology: {top}, scheme: A, candidates: 4, flat_bottom: {{quantile: 0.01}}}}
+  - morph: {{input: {martini}, frames: '0:3', topology: {top}, scheme: B, candidates: 4, flat_bottom: {{quantile: 0.01}}}}
+  - morph: {{input: {martini}, frames: '0:3', topology: {top}, scheme: B, candidates: 4, flat_bottom: {{quantile: 0.01}},
+            ibi: {{temperature: 400, iterations: 2, fit_frames: '0:2'}}, generator_params: {{recentre_by: rotation+shift}},
+            label: B_ibi}}
+  - evaluate:
+      reference: {target}
+      metrics: [bonds, angles, rdf, chains]
+      candidates: {{martini: {martini}, morph A: "output:morph_A.aa", morph B: "output:morph_B.aa",
+                   morph B+IBI: "output:morph_B_ibi.aa"}}
+"""
 BACKMAP = str(Path(sys.executable).parent / "backmap")
 ENV = dict(os.environ, BACKMAP_NO_PROGRESS="1")
 
@@ -52,7 +80,7 @@ def bonds(path: Path) -> np.ndarray:
     from backmap.system.io import read_frames
     from backmap.system.pbc import Unwrapper
 
-    top = load_topology(TCS / "martini" / "topol.tpr")
+    top = load_topology(TPR)
     whole = Unwrapper(top)
     x = np.stack([whole(f.positions, f.dimensions) for f in read_frames(path)])
     x = x.reshape(len(x), -1, 6, 3)
@@ -83,7 +111,7 @@ def summarise(workdir: Path, s: int, metrics: Path | None = None) -> dict:
         within = all(abs(v - 1) <= 0.02 for k, v in sizes.items() if "target" not in k)
         out[label] = {"JSD ratio martini / this": round(ratio, 2), **sizes,
                       "target met (≥ 3x, sizes within 2 %)": bool(ratio >= 3 and within)}
-    files = {"target": TCS / "analysis" / "mapped.xtc", "martini": TCS / "analysis" / "cg.xtc",
+    files = {"target": TARGET, "martini": MARTINI,
              "morph A": workdir / "morph" / "A.xtc", "morph B": workdir / "morph" / "B.xtc",
              "morph B+IBI": workdir / "morph" / "B_ibi.xtc"}
     out["bond peaks (nm)"] = {k: peaks(bonds(p)) for k, p in files.items() if p.is_file()}
@@ -96,10 +124,10 @@ def held_out(workdir: Path, start: int) -> dict:
     from backmap.engine.loaders import load_topology
     from backmap.system.io import read_frames, write_frames
 
-    top = load_topology(TCS / "martini" / "topol.tpr")
+    top = load_topology(TPR)
     tmp = Path(tempfile.mkdtemp(prefix="backmap-morph-held-out-"))
     labels, paths = [], []
-    for label, path in (("martini", TCS / "analysis" / "cg.xtc"), ("morph B", workdir / "morph" / "B.xtc"),
+    for label, path in (("martini", MARTINI), ("morph B", workdir / "morph" / "B.xtc"),
                         ("morph B+IBI", workdir / "morph" / "B_ibi.xtc")):
         if path.is_file():
             part = tmp / f"{label.replace(' ', '_').replace('+', '_')}.xtc"
@@ -107,7 +135,7 @@ def held_out(workdir: Path, start: int) -> dict:
             labels.append(label)
             paths.append(part)
     out = tmp / "evaluate"
-    run([BACKMAP, "evaluate", "--topology", TCS / "martini" / "topol.tpr", "--reference", TCS / "analysis" / "mapped.xtc",
+    run([BACKMAP, "evaluate", "--topology", TPR, "--reference", TARGET,
          "--out", out, "--metrics", "bonds,angles,rdf,chains", *[a for lb in labels for a in ("--label", lb)], *paths])
     summary = summarise(out.parent, 2, metrics=out / "metrics.json")
     summary["benchmark"] = "morph_tcs held-out"
@@ -119,17 +147,18 @@ def timing(workdir: Path, n: int, workers: int) -> dict:
     from backmap.system.io import read_frames, write_frames
     from backmap.engine.loaders import load_topology
 
-    top = load_topology(TCS / "martini" / "topol.tpr")
-    frames = list(read_frames(TCS / "analysis" / "cg.xtc"))
+    top = load_topology(TPR)
+    frames = list(read_frames(MARTINI))
     tmp = Path(tempfile.mkdtemp(prefix="backmap-morph-"))
     many = tmp / "many.xtc"
     reps = [frames[k % len(frames)] for k in range(n)]
     for k, f in enumerate(reps):
         f.index, f.time = k, float(k)
     write_frames(many, reps, top.atom_names, top.resnames, top.residue_numbers())
-    target = TCS / "analysis" / "mapped.xtc"
-    base = run([BACKMAP, "map", "--topology", TCS / "martini" / "topol.tpr", "--traj", many,
-                "--mapping", workdir / "model" / "e2.xml", "--out", tmp / "mapped.xtc"])
+    target = TARGET
+    base = run([BACKMAP, "map", "--topology", TPR, "--traj", many,
+                "--mapping", next(p for p in (workdir / "model" / "system" / "e2.xml", workdir / "model" / "e2.xml")
+                                   if p.is_file()), "--out", tmp / "mapped.xtc"])
     t = run([BACKMAP, "morph", "--model", workdir / "model", "--input", many, "--out", tmp / "morphed.xtc",
              "--scheme", "A", "--candidates", "16", "--flat-bottom", target, "--quantile", "0.01",
              "--workers", str(workers)])
@@ -156,12 +185,26 @@ def main() -> None:
     ap.add_argument("--timing-frames", type=int, default=1000, help="0: no timing")
     ap.add_argument("--held-out-from", type=int, default=100,
                     help="the IBI morph is also judged on the Martini frames from this one on (not fitted on)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run of the same path on tests/data/tcs: a small model (1 epoch), 3 Martini frames "
+                         "morphed by A, B and B with 2 IBI rounds; no timing unless --timing-frames is given (1 worker)")
     args = ap.parse_args()
-    if not (TCS / "analysis" / "mapped.xtc").is_file():
+    global RECIPE, TARGET, MARTINI, TPR
+    quick = None
+    if args.quick:
+        small = REPO / "tests" / "data" / "tcs"
+        TARGET, MARTINI, TPR = small / "mapped.xtc", small / "martini" / "traj.xtc", small / "martini" / "topol.tpr"
+        quick = Path(tempfile.mkdtemp(prefix="backmap-morph-quick-"))
+        RECIPE = quick / "quick.yaml"
+        RECIPE.write_text(QUICK_RECIPE.format(tpr=TPR, target=TARGET, martini=MARTINI, top=small / "martini" / "topol.top"))
+        args.s, args.reuse, args.workers, args.held_out_from = [2], False, 1, 1
+        if "--timing-frames" not in sys.argv:  # the timing (3 more processes) only when asked: --timing-frames 4
+            args.timing_frames = 0
+    if not TARGET.is_file():
         sys.exit(f"{TCS}/analysis/mapped.xtc missing: run scripts/make_tcs_data.sh first")
     first = None
     for s in args.s:
-        workdir = REPO / "runs" / ("tcs-morph" if s == 2 else f"tcs-morph-s{s}")
+        workdir = quick / "w" if quick else REPO / "runs" / ("tcs-morph" if s == 2 else f"tcs-morph-s{s}")
         if not (args.reuse and (workdir / "evaluate" / "metrics.json").is_file()):
             run([BACKMAP, "run", RECIPE, f"system.bottleneck={s}", "--workdir", workdir])
         print(json.dumps(summarise(workdir, s)), flush=True)

@@ -8,6 +8,7 @@ observables, plain cut-off LJ), on the clean frames (training snapshots left out
     .venv/bin/python benchmarks/refine_sps.py --every 3 \\
         --input DBM=deepbackmap.xtc --input EM=baseline.xtc \\
         --config openmm:500:2e5:0.002 --config openmm:250:2e5:0.002 [--threads 2] [--out DIR]
+    .venv/bin/python benchmarks/refine_sps.py --quick    # the same path: 2 DBM frames, 10 steps (≈ 30 s)
 
 A configuration is ``refiner:steps:restraint[:timestep[:friction]]`` (all bonds constrained, 568 K).
 Prints one JSON line per (input, configuration) and writes ``DIR/table.md``: mean and per-observable
@@ -67,7 +68,19 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--param", action="append", default=[], help="extra refiner parameter key=value (all configs)")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "refine-sps")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run of the same path: 2 DBM frames, openmm 10 steps, into a temporary folder")
     args = ap.parse_args()
+    if args.quick:
+        if not SPS.is_dir():
+            print(json.dumps({"skipped": f"needs the sPS data in {SPS}"}))
+            return
+        import tempfile
+
+        args.every, args.threads, args.input = 36, 1, ["DBM=deepbackmap.xtc"]
+        args.config = ["openmm:10:2e5:0.002"]
+        args.param = [*args.param, "minimize_steps=5", "warmup_steps=5", "on_failure=keep"]
+        args.out = Path(tempfile.mkdtemp(prefix="backmap-refine-sps-quick-"))
     if not SPS.is_dir():
         sys.exit(f"needs the sPS data in {SPS}")
     import torch

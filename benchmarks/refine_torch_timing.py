@@ -7,6 +7,7 @@ potential energy: right after the start, energy pours from kinetic into potentia
 test sees that transient); every measurement starts from the relaxed structure.
 
     .venv/bin/python benchmarks/refine_torch_timing.py [--input aa.xtc] [--steps 20] [--relax 200] [--profile]
+    .venv/bin/python benchmarks/refine_torch_timing.py --quick   # the same path: 2 steps, one MALA time step
 
 Prints one JSON line per measurement.
 """
@@ -35,7 +36,15 @@ def main() -> None:
     ap.add_argument("--relax", type=int, default=200)
     ap.add_argument("--timesteps", default="0.0005,0.001,0.002", help="MALA time steps (ps)")
     ap.add_argument("--profile", action="store_true", help="cProfile one Langevin run")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run of the same path: 2 relaxation steps, 2 steps per measurement, one MALA "
+                         "time step, 2 minimization steps")
     args = ap.parse_args()
+    if args.quick:
+        if not SPS.is_dir():
+            print(json.dumps({"skipped": f"needs the sPS data in {SPS}"}))
+            return
+        args.steps, args.relax, args.timesteps, args.profile = 2, 2, "0.001", False
     torch.set_num_threads(1)
 
     from backmap.forcefield import NonbondedSettings
@@ -53,6 +62,8 @@ def main() -> None:
     x, targets = system.prepare(aa, cg)
     x, targets, boxes = x[None], targets[None], aa.box[None]
     common = {"temperature": 568.0, "restraint": 2e5, "constraints": "all-bonds", "seed": 1}
+    if args.quick:
+        common["minimize_steps"] = 2
 
     def run(cls, steps: int, **params):
         refiner = cls({**common, "steps": steps, **params})

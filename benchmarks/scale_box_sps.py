@@ -1,5 +1,5 @@
-"""Cost against system size (issue 19: a 2×2×2 sPS box, 46 656 atoms, backmapped in one frame in ≤ 9× the
-time and ≤ 8× the peak memory of the single box).
+"""Cost against system size (docs/scale-out.md; target: a 2×2×2 sPS box, 46 656 atoms, backmapped in one
+frame in ≤ 9× the time and ≤ 8× the peak memory of the single box).
 
 Builds the replicated box once (cached in ``data/sps-replicated/``): ``gmx genconf -nbox 2 2 2`` of
 the 568 K structure (``eval_t568/aa.gro``, triclinic), a topology with 8 × 36 chains, and both boxes
@@ -9,6 +9,7 @@ process's peak memory (``ru_maxrss`` from ``wait4``), its wall time and the per-
 records (``aa.json``: the frame's work without start-up). Repeats are interleaved; medians.
 
     .venv/bin/python benchmarks/scale_box_sps.py [--nbox 2] [--repeats 1] [--threads 1]
+    .venv/bin/python benchmarks/scale_box_sps.py --quick   # the same path on 1 chain against its 2×2×2 copy
 
 One JSON line per (box, repeat), then one with the ratios against the single box.
 """
@@ -32,21 +33,27 @@ MAPPING = REPO / "recipes" / "sps" / "sps.xml"
 MODEL = REPO / "models" / "sps-equivariant"
 
 
-def build(nbox: int, cache: Path) -> dict[int, tuple[Path, Path]]:
-    """(topology, CG structure) of the single and the replicated box."""
+def build(nbox: int, cache: Path, chains: int = 36) -> dict[int, tuple[Path, Path]]:
+    """(topology, CG structure) of the single and the replicated box (of its first ``chains`` chains)."""
     cache.mkdir(parents=True, exist_ok=True)
+    source = SPS / "eval_t568" / "aa.gro"
+    if chains != 36:  # --quick: the first chains of the box, in the same box
+        lines = source.read_text().splitlines()
+        n_atoms = chains * (int(lines[1]) // 36)
+        source = cache / "aa_source.gro"
+        source.write_text("\n".join([lines[0], f"{n_atoms:5d}", *lines[2:2 + n_atoms], lines[-1]]) + "\n")
     out = {}
     for n in (1, nbox):
         top, aa, cg = cache / f"topol_{n}.top", cache / f"aa_{n}.gro", cache / f"cg_{n}.gro"
         if not cg.is_file():
             text = (SPS / "top" / "topol.top").read_text()
             text = text.replace('#include "PS1.itp"', f'#include "{SPS / "top" / "PS1.itp"}"')
-            text = re.sub(r"PS1\s+36\s*$", f"PS1       {36 * n ** 3}\n", text.rstrip() + "\n", flags=re.M)
+            text = re.sub(r"PS1\s+36\s*$", f"PS1       {chains * n ** 3}\n", text.rstrip() + "\n", flags=re.M)
             top.write_text(text)
             if n == 1:
-                aa.write_bytes((SPS / "eval_t568" / "aa.gro").read_bytes())
+                aa.write_bytes(source.read_bytes())
             else:
-                subprocess.run(["gmx", "-quiet", "genconf", "-f", str(SPS / "eval_t568" / "aa.gro"), "-o", str(aa),
+                subprocess.run(["gmx", "-quiet", "genconf", "-f", str(source), "-o", str(aa),
                                 "-nbox", str(n), str(n), str(n)], check=True, capture_output=True)
             subprocess.run([BACKMAP, "map", "--topology", str(top), "--traj", str(aa), "--mapping", str(MAPPING),
                             "--out", str(cg)], check=True, capture_output=True)
@@ -76,9 +83,17 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (OMP_NUM_THREADS) of each run")
     ap.add_argument("--cache", type=Path, default=REPO / "data" / "sps-replicated")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run of the same path: the first chain of the box and its 2×2×2 copy")
     args = ap.parse_args()
-    systems = build(args.nbox, args.cache)
     folder = Path(tempfile.mkdtemp(prefix="backmap-box-"))
+    chains = 36
+    if args.quick:
+        if not SPS.is_dir():
+            print(json.dumps({"skipped": f"needs the sPS data in {SPS}"}))
+            return
+        args.nbox, args.repeats, args.cache, chains = 2, 1, folder / "systems", 1
+    systems = build(args.nbox, args.cache, chains)
     runs: dict[int, list[dict]] = {n: [] for n in systems}
     for r in range(args.repeats):
         for n, (top, cg) in systems.items():
