@@ -1,4 +1,4 @@
-"""Backmapping hexane without atomistic training data (issue 15, docs/reverse-kl.md), end to end.
+"""Backmapping hexane without atomistic training data (docs/reverse-kl.md, "Status"), end to end.
 
 Trains the same ``vae`` generator twice on the same frames and split, then backmaps the held-out CG
 frames with each and evaluates them against the AA reference:
@@ -23,14 +23,19 @@ temperatures (``--temperatures 280 360``) then samples at ``--test-temperature``
 Prints one JSON line: the mean JSD over evaluate's headline observables (the noise floor beside it)
 of every (model, projection, data) evaluated, the ratios data-free / data, the training seconds of
 each model, and the five observables where the data-free generator is worst.
+
+``--quick``: the same code path on frames 0:4 (2 held out), one epoch of each model (a starting pool
+of 10 minimization steps and 10 + 10 + 10 openmm steps), 2 candidates, without the no-projection
+variants, in a temporary folder.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 
-from recipe_runs import (
+from _recipe_runs import (
     HEXANE_OPENMM,
     HEXANE_VAE_GENERATOR,
     REPO,
@@ -62,13 +67,22 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a recipe override for the data-free model only (repeatable), e.g. "
                          "steps.train.reverse_kl.lr=1e-4")
-    ap.add_argument("--refine", action="store_true", help="also refine both models' output with vae_mc (slow)")
+    ap.add_argument("--refine", action="store_true", help="also refine both models' output (openmm, 1 ps)")
     ap.add_argument("--reuse", action="store_true", help="keep runs whose evaluation exists")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke test: frames 0:4, one epoch each, a tiny starting pool, in a temporary folder")
     args = ap.parse_args()
+    small = []
+    if args.quick:
+        args.out, args.frames, args.epochs = Path(tempfile.mkdtemp(prefix="backmap-data-free-hexane-quick-")), "0:4", 1
+        pool = "steps.train.reverse_kl"
+        args.set = args.set + [f"{pool}.pretrain_epochs=1", f"{pool}.minimize_steps=10",
+                               *(f"{pool}.thermalize.params.{k}=10" for k in ("steps", "minimize_steps", "warmup_steps"))]
+        small = ["data.split.test_fraction=0.5", "steps.backmap.candidates=2", "steps.backmap.gibbs_sweeps=1"]
 
     data = args.data.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
-    common = data_overrides(data, args.frames) + [f"generator.params={args.generator}"]
+    common = data_overrides(data, args.frames) + [f"generator.params={args.generator}", *small]
     label = "vae"
     only_generator = f"steps.evaluate.candidates={{{label}: 'output:backmap.aa'}}"
     extra = {"data": [f"steps.train.epochs={args.epochs}"], "data-free": []}
@@ -94,7 +108,7 @@ def main() -> None:
         line[f"train_s_{model}"] = step_seconds(workdir, "train")
         if model == "data-free":
             line["reverse_kl_s"] = step_seconds(workdir, "train", "train seconds")
-        variants = [("noproj", data, ["steps.backmap.project_cg=false"])]
+        variants = [] if args.quick else [("noproj", data, ["steps.backmap.project_cg=false"])]
         if args.test_data is not None:
             test = args.test_data.resolve()
             temp = [f"steps.backmap.generator_params={{temperature: {args.test_temperature}}}"] \
@@ -104,7 +118,7 @@ def main() -> None:
         for name, where, more in variants:
             vdir = (args.out / f"{model}-{name}").resolve()
             if not (args.reuse and (vdir / "evaluate" / "metrics.json").exists()):
-                backmap_run(RECIPES["data"], vdir, data_overrides(where, args.frames) + [
+                backmap_run(RECIPES["data"], vdir, data_overrides(where, args.frames) + small + [
                     f"generator.params={args.generator}", f"steps.backmap.model={workdir / 'model'}",
                     only_generator, *more], "prepare,backmap,evaluate", log)
             results[f"{model}-{name}"] = headline(vdir, label)

@@ -10,6 +10,10 @@ Writes a figure of the histograms and the training log beside ``--out``.
     python benchmarks/double_well_reverse_kl.py --out runs/double-well     # ~2 min on one core
     python benchmarks/double_well_reverse_kl.py --prior-components 2 --final-steps 4000 --calibrate 100000 \
         --chains 100000 --moves 200 --out runs/double-well-calibrated      # the docs' table
+
+``--quick``: the same code path (a two-component mixture prior, calibrated) with 200 samples per
+step, Δβ_max 0.05, 2 steps per β, 20 final steps, 2 000 calibration draws and 1 000 chains of 10
+moves (~10 s; far from converged).
 """
 from __future__ import annotations
 
@@ -116,7 +120,11 @@ def main() -> None:
                          "(GaussianVAE.calibrate_mixture; needs --prior-components > 1)")
     ap.add_argument("--chains", type=int, default=20000)
     ap.add_argument("--moves", type=int, default=200)
+    ap.add_argument("--quick", action="store_true", help="smoke test: a short schedule, few samples and chains")
     a = ap.parse_args()
+    if a.quick:
+        a.prior_components, a.samples, a.dbeta_max, a.steps_per_beta, a.final_steps = 2, 200, 0.05, 2, 20
+        a.calibrate, a.chains, a.moves = 2000, 1000, 10
     params = TemperingParams(samples=a.samples, dbeta_max=a.dbeta_max, steps_per_beta=a.steps_per_beta,
                              final_steps=a.final_steps, log_every=100, checkpoint_every=1000,
                              entropy_samples=a.entropy_samples)

@@ -1,4 +1,4 @@
-"""Refiner schedules on hexane (issue 14, docs/refine-schedule.md): whole-bead ``vae_mc`` moves,
+"""Refiner schedules on hexane (docs/refine-schedule.md): whole-bead ``vae_mc`` moves,
 local ``mala`` moves, both in turn (``schedule``), and ``openmm``'s restrained Langevin, each from
 the same generator output and for the same target (300 K, restraint k, no rigid bonds).
 
@@ -20,15 +20,19 @@ Prints one JSON line: per variant the mean JSD over evaluate's 22 headline obser
 own beside it, and the noise floor), the LJ energy per molecule's and the three worst observables'
 JSDs (generator → refined), the refine step's wall seconds per frame and each stage's acceptance and
 CPU seconds.
+
+``--quick``: the same code path on frames 0:4 (2 held out), a model trained for one epoch, and the
+``schedule`` variant only, one cycle of one sweep and 5 MALA steps, in a temporary folder.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import tempfile
 from pathlib import Path
 
-from recipe_runs import (
+from _recipe_runs import (
     HEXANE_VAE_GENERATOR,
     REPO,
     backmap_run,
@@ -89,15 +93,22 @@ def main() -> None:
     ap.add_argument("--restraint", type=float, default=2.0e4, help="CG restraint k (kJ/mol/nm²), every variant")
     ap.add_argument("--only", default="vae_mc,mala,schedule,openmm", help="variants to run (comma-separated)")
     ap.add_argument("--reuse", action="store_true", help="keep runs whose evaluation exists")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke test: frames 0:4, one epoch, the schedule of one cycle only, in a temporary folder")
     a = ap.parse_args()
+    small, epochs = [], 20
+    if a.quick:
+        a.out, a.frames, a.only = Path(tempfile.mkdtemp(prefix="backmap-refine-schedule-quick-")), "0:4", "schedule"
+        a.cycles, a.sweeps, a.mala_steps, epochs = 1, 1, 5, 1
+        small = ["data.split.test_fraction=0.5", "steps.backmap.candidates=2", "steps.backmap.gibbs_sweeps=1"]
 
     data = a.data.resolve()
     a.out.mkdir(parents=True, exist_ok=True)
     log = a.out / "runs.log"
-    common = data_overrides(data, a.frames) + [f"generator.params={HEXANE_VAE_GENERATOR}"]
+    common = data_overrides(data, a.frames) + [f"generator.params={HEXANE_VAE_GENERATOR}", *small]
     model = a.model.resolve() if a.model else (a.out / "train").resolve() / "model"
     if a.model is None and step_seconds(model.parent, "train") is None:
-        backmap_run(RECIPE, model.parent, common + ["steps.train.epochs=20"], "prepare,train", log)
+        backmap_run(RECIPE, model.parent, common + [f"steps.train.epochs={epochs}"], "prepare,train", log)
 
     line: dict = {"benchmark": "refine_schedule_hexane", "data": str(data), "model": str(model),
                   "cycles": a.cycles, "sweeps_per_cycle": a.sweeps, "mala_steps_per_cycle": a.mala_steps,

@@ -191,7 +191,7 @@ WIDE_SHARE = 0.01
 #: constraints (sPS: k_b = 10⁴ kJ/mol/nm², 0.022 nm at 568 K; ordinary C–C/C–H bonds: 0.003–0.005 nm)
 SOFT_BOND_NM = 0.01
 #: a unit type whose moves are accepted less often than this over a run is named as stalled
-#: (docs/vae.md: the chain-end bead of the voxel GAN's sPS output, 0.005, keeps its start's overlaps)
+#: (docs/vae-sps.md, "Why whole-bead moves stall": the chain-end bead of the voxel GAN's sPS output, 0.005, keeps its start's overlaps)
 STALLED_ACCEPTANCE = 0.01
 
 
