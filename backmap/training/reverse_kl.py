@@ -321,7 +321,7 @@ class TemperingState:
 class ReverseKLTrainer:
     """Trains ``module`` (whose parameters the problem's models' samples depend on) on
     ``problem`` by the reverse-KL objective with tempering. ``sample_dims``: trailing dimensions of one state (for
-    per-sample clipping; x is (B, n, \*state)). ``directory``: checkpoints, log and plot."""
+    per-sample clipping; x is (B, n, …state)). ``directory``: checkpoints, log and plot."""
 
     def __init__(self, problem: ReverseKLProblem, module: torch.nn.Module, params: TemperingParams | None = None,
                  seed: int = 0, sample_dims: int = 1, directory: Path | None = None,
