@@ -20,6 +20,7 @@ from backmap.engine.plugin import (
     Regularizer,
     Selector,
     Step,
+    StepContext,
     Traversal,
 )
 from backmap.errors import BackmapError
@@ -67,6 +68,7 @@ __all__ = [
     "Regularizer",
     "Selector",
     "Step",
+    "StepContext",
     "Traversal",
     "hookimpl",
     "__version__",

@@ -74,3 +74,24 @@ def test_without_the_package_the_plugin_is_unknown(tmp_path, cli):
         """))
     code, _, err = cli("check", recipe)
     assert code == 2 and "unknown generator plugin 'toy_mean_offset'" in err
+
+
+def test_run_context_has_every_member_of_the_step_context_protocol():
+    """Steps are typed against backmap.api.StepContext; the core's RunContext must offer all of it."""
+    from backmap.api import StepContext
+    from backmap.engine.pipeline import RunContext
+
+    members = {n for n in vars(StepContext) if not n.startswith("_")} | set(StepContext.__annotations__)
+    assert {"recipe", "workdir", "path", "where", "cg_topology", "pairs", "outputs"} <= members
+    for name in members:
+        assert hasattr(RunContext, name) or name in RunContext.__init__.__code__.co_names, name
+
+
+def test_every_hookspec_names_the_base_class_of_its_kind():
+    import backmap.api as api
+    from backmap.engine import hooks
+
+    for kind, hook in hooks.KIND_HOOKS.items():
+        annotation = getattr(hooks, hook).__annotations__["return"]
+        base = annotation.removeprefix("list[type[").removesuffix("]]")
+        assert getattr(api, base).kind == kind, (hook, annotation)

@@ -36,6 +36,7 @@ from backmap import (  # noqa: F401
     Regularizer,
     Selector,
     Step,
+    StepContext,
     Traversal,
     __version__,
     hookimpl,

@@ -23,13 +23,65 @@ if TYPE_CHECKING:
 
     from backmap.sampling.traversal import Plan
     from backmap.system.mapping import CGTopology, Mapping
-    from backmap.engine.pipeline import RunContext
     from backmap.system.topology import Topology
     from backmap.refinement.bond_model import BondModel
     from backmap.refinement.restrained import RefineResult, RestrainedSystem
     from backmap.training.regularization import RegularizerSample
     from backmap.metrics.context import EvalContext, FrameBatch
     from backmap.metrics.spec import Histogram, Observable
+
+
+class StepContext(Protocol):
+    """What a recipe step (and a regularizer's ``prepare``) is handed: the validated recipe, its work
+    directory and seed, the installed plugins, and the system it describes. The core's
+    implementation is ``backmap.engine.pipeline.RunContext``; a test may pass any object with
+    these members."""
+
+    #: the validated recipe (``backmap.engine.recipe.Recipe``)
+    recipe: Any
+    #: the run's work directory; every step's files are under it
+    workdir: Path
+    #: the installed plugins (``backmap.engine.registry.Registry``)
+    registry: Any
+    #: where steps print progress and summaries (a ``rich`` console)
+    console: Any
+    seed: int
+    rng: np.random.Generator
+    #: files steps declare for later steps (``outputs.declare``, ``outputs.get``, ``outputs.find``)
+    outputs: Any
+
+    @property
+    def topology(self) -> Topology: ...
+
+    @property
+    def mapping_files(self) -> list[Path]: ...
+
+    @property
+    def mapping(self) -> Mapping: ...
+
+    @property
+    def cg_topology(self) -> CGTopology: ...
+
+    def channels_for(self, spec: EnvironmentSpec) -> Any:
+        """The feature channels of the recipe's system for a generator's environment spec."""
+
+    def training_contexts(self) -> Sequence[StepContext]:
+        """One context per system the generator trains on (the recipe's own, or ``training_systems``)."""
+
+    def where(self, key: str) -> str:
+        """``recipe.yaml: key`` for error messages that name the recipe key."""
+
+    def path(self, *parts: str) -> Path:
+        """A path in the work directory."""
+
+    def pairs(self) -> Any:
+        """The prepared (CG, AA) training pairs of the recipe's system (``.train()``, ``.test()``)."""
+
+    def plugin(self, kind: str, ref: Any, key: str) -> Any:
+        """The plugin a recipe entry (``PluginRef``) names, constructed with its parameters."""
+
+    def refiner(self, choice: int | str, key: str) -> Any:
+        """The recipe's refiner chosen by index or plugin name."""
 
 
 class NoParams(BaseModel):
@@ -248,7 +300,7 @@ class Regularizer(Plugin):
 
     kind = "regularizer"
 
-    def prepare(self, context: RunContext) -> None:
+    def prepare(self, context: StepContext) -> None:
         """Called once before training with the run context."""
 
     def loss(self, sample: RegularizerSample, epoch: float) -> torch.Tensor:
@@ -336,7 +388,7 @@ class Step(Plugin):
 
     kind = "step"
 
-    def run(self, ctx: "RunContext") -> dict[str, Any]:
+    def run(self, ctx: StepContext) -> dict[str, Any]:
         """Do the work; return a summary (shown in the run report)."""
         raise NotImplementedError
 
