@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make_dipeptide_cg_data.sh -- a 6-bead CG alanine dipeptide: force field by (iterative) Boltzmann
 # inversion of the mapped 100 ns AA run, and a CG Langevin trajectory with it (OpenMM), for the
-# generalization tests of temporally coherent trajectory backmapping (issue 16, thesis ch. 8)
+# generalization tests of temporally coherent trajectory backmapping (Stieffenhofer, PhD thesis, JGU Mainz 2022, ch. 8)
 #
 #   tests/data/dipeptide_cg/   committed (< 1 MB): cg.gro, cg.xtc = the first COMMIT_NS ns of the CG run
 #                              (a frame every 1 ps), cg_system.xml (the CG force field, OpenMM XML),

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make_dipeptide_obc_data.sh -- alanine dipeptide in OBC implicit water, AMBER ff99SB-ILDN, 300 K, a
 # frame every 1 ps: the solvated counterpart of scripts/make_dipeptide_data.sh for trajectory-mode
-# backmapping (issue 16, thesis ch. 8, whose dipeptide is in explicit water).
+# backmapping (Stieffenhofer, PhD thesis, JGU Mainz 2022, ch. 8, whose dipeptide is in explicit water).
 #
 #   data/dipeptide-obc/   NOT committed (cache): topol.top, conf.gro, traj.xtc (PROD_NS ns), energies.csv,
 #                         md_info.json, basins.json, README.md, commands.log
