@@ -20,13 +20,13 @@ extensions = ["myst_parser", "sphinx_click", "sphinx.ext.autodoc", "sphinx.ext.m
 myst_enable_extensions = ["dollarmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
 exclude_patterns = ["_build", "examples/*/README.md", "examples/**/*.md"]
-
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_default_options = {"members": True, "show-inheritance": True}
 html_theme = "furo"
 html_title = f"backmap {release}"
 html_static_path: list[str] = []
+
 
 def _write_reference(app) -> None:  # noqa: ANN001 - sphinx's callback signature
     """Regenerate the recipe-key and plugin-parameter pages (kept out of git: .gitignore)."""
@@ -37,6 +37,7 @@ def _write_reference(app) -> None:  # noqa: ANN001 - sphinx's callback signature
         path = HERE / name
         if not path.exists() or path.read_text() != text:
             path.write_text(text)
+
 
 def setup(app):  # noqa: ANN001, ANN201
     app.connect("builder-inited", _write_reference)
