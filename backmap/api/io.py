@@ -1,11 +1,13 @@
-"""Files, progress and threads: atomic writes, trajectory frames, progress bars, torch threads.
+"""Files, progress and threads: outputs checked and locked before writing, atomic writes, trajectory frames, progress bars, torch threads.
 
 Part of :mod:`backmap.api`, the one surface plugins import."""
 from __future__ import annotations
 
+from backmap.system.claim import OutputLock, check_outputs, claim_outputs  # noqa: F401
 from backmap.system.io import Frame, atomic_path, check_gro_complete, write_frames  # noqa: F401
 from backmap.engine.pipeline import write_text  # noqa: F401
 from backmap.progress import progress  # noqa: F401
 from backmap.threads import torch_threads  # noqa: F401
 
-__all__ = ['Frame', 'atomic_path', 'check_gro_complete', 'progress', 'torch_threads', 'write_frames', 'write_text']
+__all__ = ['Frame', 'OutputLock', 'atomic_path', 'check_gro_complete', 'check_outputs', 'claim_outputs', 'progress',
+           'torch_threads', 'write_frames', 'write_text']

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backmap.app.backmapping import Backmapped, backmap_to_files, check_output
+from backmap.app.backmapping import Backmapped, backmap_to_files
 from backmap.app.options import ClusterFields, FrameSelection, RefinerOptions, Request, Seeded
 from backmap.engine.checks import check_bead_names, placement_order_changes
 from backmap.engine.loaders import load_mapping, load_topology
@@ -14,6 +14,7 @@ from backmap.fields import option
 from backmap.forcefield.settings import NonbondedSettings
 from backmap.progress import say
 from backmap.sampling.backmapper import BackmapSettings, read_cg
+from backmap.system.claim import check_outputs
 from backmap.system.pairs import count_frames, select_frames
 
 #: the sampling settings ``backmap apply`` takes as options (the rest are the recipe's)
@@ -55,8 +56,8 @@ def apply_model(request: ApplyRequest) -> Backmapped:
         raise BackmapError("the model does not record its topology and mapping: give --topology and --mapping",
                            source=r.model)
     source = r.traj or r.cg
-    check_output(r.out, [source, r.cg, top_path, *maps, r.sampling.stereo_reference, r.mdp])
-    loaded.refuse_output_inside(r.out)
+    reads = [*r.read_paths(), ("the model's topology", top_path), *(("the model's mapping", m) for m in maps)]
+    check_outputs([("--out", r.out)], [("the model package", loaded.directory), *reads], "apply")  # early; all at the writing
     topo = load_topology(top_path)
     given = load_mapping(maps, topo)
     if r.mapping and loaded.mapping and all(Path(p).is_file() for p in loaded.mapping):
@@ -80,7 +81,7 @@ def apply_model(request: ApplyRequest) -> Backmapped:
         system = RestrainedSystem(cg_top, Path(top_path), NonbondedSettings.from_mdp(mdp) if mdp else NonbondedSettings())
     return backmap_to_files(loaded, cg_top, Path(top_path), list(read_cg(cg_top, source, idx)), r.out, settings,
                             seed=r.seed, refiner=refiner, refine_system=system, cluster=cluster,
-                            provenance={"cg": str(source), "frames": r.frames}, where="apply")
+                            provenance={"cg": str(source), "frames": r.frames}, where="apply", reads=reads)
 
 
 def _warn_placement_order(given, model_mapping: list[Path], topo) -> None:

@@ -38,7 +38,8 @@ from backmap.parallel import ClusterOptions
 from backmap.progress import say
 from backmap.app.options import Seeded, ClusterFields, NonbondedOptions, RefinerOptions, Request, skip_list
 from backmap.fields import option
-from backmap.system.io import atomic_path, read_frames, refuse_overwriting_inputs, trajectory_info
+from backmap.system.claim import OutputLock, check_outputs
+from backmap.system.io import atomic_path, read_frames, trajectory_info
 from backmap.app.backmapping import BackmapOutputs, backmap_to_files
 from backmap.engine.loaders import load_mapping, load_topology
 from backmap.engine.models import load_model
@@ -467,11 +468,12 @@ def assess_models(request: AssessRequest) -> dict[str, Any]:
             raise BackmapError("--label: two CG sets have the same label")
     else:
         sets = labels_from_paths(list(r.cg))
-    refuse_overwriting_inputs(r.out, [r.model, r.reference, *r.cg, r.topology, *r.mapping, r.mdp])
+    check_outputs(r.written_paths(), r.read_paths(), "assess", folders=("--out",))
     spec = AssessmentSpec(model=r.model, reference=r.reference, cg=sets, out=r.out, topology=r.topology,
                           mapping=list(r.mapping), reference_frames=r.frames, skip_frames=skip_list(r.skip_frames),
                           cg_frames=r.cg_frames, backmap=r.sampling,
                           refiner=r.make_refiner(r.refiner, r.seed) if r.refiner else None,
                           settings=r.nonbonded(), seed=r.seed, cluster=r.cluster(), bootstrap=r.bootstrap,
                           batch_size=r.batch_size, workers=r.workers)
-    return run_assessment(spec)
+    with OutputLock(r.out, where="assess"):
+        return run_assessment(spec)

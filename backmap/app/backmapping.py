@@ -35,6 +35,7 @@ from backmap.progress import say
 from backmap.refinement.restrained import (BondSpread, RestrainedSystem, limit_refiner_threads, plot_log, refine_batch,
                                           report_after_refinement, write_log)
 from backmap.sampling.backmapper import BackmapSettings, trajectory_mode, write_aa, write_topology
+from backmap.system.claim import claim_outputs
 from backmap.system.io import Frame, atomic_path, write_frames
 from backmap.system.mapping import CGTopology
 
@@ -65,6 +66,23 @@ class BackmapOutputs:
 
     def as_dict(self) -> dict[str, str]:
         return {k: str(v) for k, v in self.__dict__.items() if v is not None}
+
+    def written(self) -> list[tuple[str, Path]]:
+        """Every file (and the one folder) the run writes, labelled for errors; the output given
+        comes first (it is the one locked, :func:`backmap.system.claim.claim_outputs`)."""
+        rows = [(_WRITTEN[k], v) for k, v in self.__dict__.items() if v is not None]
+        if self.refine_log is not None:
+            rows.append(("the refinement log's plot", self.refine_log.with_suffix(".png")))
+        return rows + [(PARTS, PartStore.folder_of(self.aa))]
+
+
+#: how errors name the files a backmapping run writes beside its output
+_WRITTEN = {"aa": "--out", "cg": "the CG frames as used, beside --out",
+            "provenance": "the provenance file beside --out", "structure": "the first frame's structure beside --out",
+            "topology": "the topology copied beside --out", "unrefined": "the generator's output beside --out",
+            "refine_log": "the refinement log beside --out"}
+#: the hidden folder of finished blocks (a killed run resumes from it)
+PARTS = "the parts folder of a resumable run"
 
 
 @dataclass(frozen=True)
@@ -148,14 +166,6 @@ class Backmapped:
         for name, summary in (self.moves or {}).items():
             out[f"move {name}"] = summary
         return out | (self.refinement or {})
-
-
-def check_output(out: Path, inputs: Sequence[Path]) -> None:
-    """Refuse an output that would overwrite one of the inputs; the one check every command shares
-    lives in the data model (:func:`backmap.system.io.refuse_overwriting_inputs`)."""
-    from backmap.system.io import refuse_overwriting_inputs
-
-    refuse_overwriting_inputs(out, inputs)
 
 
 #: share of broken bonds in the generator's output above which apply warns (DBM's own sPS output: 0.1 %)
@@ -256,13 +266,28 @@ def backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path,
                      settings: BackmapSettings | None = None, seed: int = 0, registry: Registry | None = None,
                      refiner: Any = None, refine_system: RestrainedSystem | None = None, structure: bool = True,
                      provenance: dict[str, Any] | None = None, where: str = "backmap",
-                     cluster: ClusterOptions | None = None, identity: dict[str, Any] | None = None) -> "Backmapped":
+                     cluster: ClusterOptions | None = None, identity: dict[str, Any] | None = None,
+                     reads: Sequence[tuple[str, Path | None]] = ()) -> "Backmapped":
     """Backmap ``frames`` (CG, the mapping's bead order) with ``model`` into ``out`` and the files
     beside it; with ``refiner`` (not yet prepared: it is prepared here, against ``refine_system``),
     every frame is refined under the CG restraint after the generator. Frames run in blocks, here
     or on the Dask cluster of ``cluster``; finished blocks wait in a hidden store beside ``out``, so
     a killed run resumes (``identity``: what else, beside model, frames and settings, must match
-    for that, e.g. the CG file). Returns what was written and measured (:class:`Backmapped`)."""
+    for that, e.g. the CG file). Every file written is first checked against the model, the
+    topology and ``reads`` (labelled input files), and ``out`` is locked for the run
+    (:func:`backmap.system.claim.claim_outputs`). Returns what was written and measured
+    (:class:`Backmapped`)."""
+    files = BackmapOutputs.beside(out, structure, Path(topology_path).suffix == ".top", refiner is not None, len(frames))
+    inputs = [("the model package", model.directory), ("the topology", Path(topology_path)), *reads]
+    with claim_outputs(files.written(), inputs, where, folders=(PARTS,)):
+        return _backmap_to_files(model, cg_topology, topology_path, frames, files, settings, seed, registry, refiner,
+                                 refine_system, provenance, where, cluster, identity)
+
+
+def _backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path, frames: Sequence[Frame],
+                      files: BackmapOutputs, settings: BackmapSettings | None, seed: int, registry: Registry | None,
+                      refiner: Any, refine_system: RestrainedSystem | None, provenance: dict[str, Any] | None,
+                      where: str, cluster: ClusterOptions | None, identity: dict[str, Any] | None) -> "Backmapped":
     registry = registry or default_registry()
     settings = settings or BackmapSettings()
     cluster = cluster or ClusterOptions()
@@ -273,7 +298,6 @@ def backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path,
         raise BackmapError(f"{where}: no CG frames to backmap")
     spec = generator.environment
     topo = cg_topology.topology
-    files = BackmapOutputs.beside(out, structure, Path(topology_path).suffix == ".top", refiner is not None, len(frames))
     refine_seed = seed if refiner is None or getattr(refiner.params, "seed", None) is None else refiner.params.seed
     job = BackmapJob(model, cg_topology, settings, seed, copy.deepcopy(refiner), refine_system, refine_seed, where=where)
     if refiner is not None:  # here once: checks the settings, resolves defaults, says what it chose

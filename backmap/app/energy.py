@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -15,6 +15,7 @@ from backmap.fields import option
 from backmap.forcefield import ForceField, NonbondedSettings
 from backmap.forcefield.trajectory import rerun_trajectory
 from backmap.progress import progress
+from backmap.system.claim import claim_outputs
 from backmap.system.io import Frame, write_frames
 from backmap.system.pairs import count_frames, select_frames
 
@@ -27,6 +28,7 @@ class EnergyRequest(FrameSelection, NonbondedOptions, Request):
     mapping: list[Path] = option(default_factory=list, description="Mapping: also report the AA forces summed per "
                                                                     "CG bead.")
     forces_out: Path | None = option(None, "Write CG positions and summed bead forces to this .trr (needs --mapping).")
+    WRITES: ClassVar[tuple[str, ...]] = ("forces_out",)
 
 
 @dataclass
@@ -51,8 +53,15 @@ class Energies:
 
 def compute_energies(request: EnergyRequest) -> Energies:
     r = request
-    if r.forces_out and not r.mapping:
+    if r.forces_out is None:
+        return _energies(r)
+    if not r.mapping:
         raise BackmapError("--forces-out needs --mapping")
+    with claim_outputs(r.written_paths(), r.read_paths(), "energy", option="--forces-out"):
+        return _energies(r)
+
+
+def _energies(r: EnergyRequest) -> Energies:
     settings = r.nonbonded()
     topo = load_topology(r.topology)
     ff = ForceField(topo, settings)

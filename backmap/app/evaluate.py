@@ -11,7 +11,7 @@ from backmap.app.options import NonbondedOptions, Request, skip_list
 from backmap.errors import BackmapError
 from backmap.fields import CommaList, option
 from backmap.metrics.evaluate import EvaluationSpec, run_evaluation
-from backmap.system.io import refuse_overwriting_inputs
+from backmap.system.claim import check_outputs, claim_outputs
 
 
 class EvaluateRequest(NonbondedOptions, Request):
@@ -60,10 +60,15 @@ class Evaluation:
 
 def evaluate_candidates(request: EvaluateRequest) -> Evaluation:
     r = request
-    refuse_overwriting_inputs(r.out, [r.topology, r.reference, *r.candidates, *r.mapping, r.cg, r.mdp])
+    check_outputs(r.written_paths(), r.read_paths(), "evaluate", folders=("--out",))
     if r.out.exists() and not r.out.is_dir():
         raise BackmapError("--out is an existing file; evaluate writes a folder (metrics.json, report.md)",
                            source=r.out)
+    with claim_outputs(r.written_paths(), r.read_paths(), "evaluate", folders=("--out",)):
+        return _evaluate(r)
+
+
+def _evaluate(r: EvaluateRequest) -> Evaluation:
     spec = EvaluationSpec(
         topology=r.topology, reference=r.reference, candidates=list(r.candidates), out=r.out,
         labels=list(r.label) or None, frames=r.frames, skip_frames=skip_list(r.skip_frames), mapping=list(r.mapping),

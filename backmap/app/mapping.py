@@ -9,7 +9,7 @@ from backmap.app.energy import TRAJECTORY_HELP
 from backmap.app.options import FrameSelection, Request
 from backmap.engine.loaders import load_mapping, load_topology
 from backmap.fields import option
-from backmap.system.io import refuse_overwriting_inputs
+from backmap.system.claim import claim_outputs
 from backmap.system.pairs import count_frames, select_frames
 from backmap.system.projection import map_trajectory
 
@@ -33,10 +33,10 @@ class Mapped:
 def map_to_cg(request: MapRequest) -> Mapped:
     """Molecules are made whole first; every bead is its mapping's weighted centre."""
     r = request
-    refuse_overwriting_inputs(r.out, [r.topology, r.traj, *r.mapping])
-    t0 = time.perf_counter()
-    topo = load_topology(r.topology)
-    cg_top = load_mapping(list(r.mapping), topo).cg_topology(topo)
-    idx = select_frames(r.frames, [], count_frames(r.traj), str(r.traj))
-    n = map_trajectory(cg_top, r.traj, r.out, idx)
+    with claim_outputs(r.written_paths(), r.read_paths(), "map"):
+        t0 = time.perf_counter()
+        topo = load_topology(r.topology)
+        cg_top = load_mapping(list(r.mapping), topo).cg_topology(topo)
+        idx = select_frames(r.frames, [], count_frames(r.traj), str(r.traj))
+        n = map_trajectory(cg_top, r.traj, r.out, idx)
     return Mapped(r.out, n, cg_top.n_beads, time.perf_counter() - t0)

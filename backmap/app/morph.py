@@ -100,10 +100,11 @@ def fit_ibi(model: Model, cg_topology: CGTopology, source: Path, tables: IBITabl
 def morph_to_files(model: Model, cg_topology: CGTopology, source: Path, out: Path, scheme: Scheme = "A",
                    frames: Sequence[int] | None = None, settings: BackmapSettings | None = None, seed: int = 0,
                    output_topology: Path | None = None, cluster: ClusterOptions | None = None,
-                   where: str = "morph") -> Backmapped:
+                   where: str = "morph", reads: Sequence[tuple[str, Path | None]] = ()) -> Backmapped:
     """Morph the frames of ``source`` (the fine resolution, in ``cg_topology.topology``'s particle
     order) with ``model`` into ``out`` and the files beside it (:func:`backmap_to_files`; the
-    topology copied beside ``out`` is ``output_topology``, X's own ``.top``, when given)."""
+    topology copied beside ``out`` is ``output_topology``, X's own ``.top``, when given; ``reads``:
+    labelled files the outputs must not be)."""
     settings = morph_settings(settings)
     if scheme == "B" and settings.gibbs_sweeps < 1:
         raise BackmapError(f"{where}: scheme B is Gibbs sweeps only — gibbs_sweeps must be ≥ 1")
@@ -113,7 +114,7 @@ def morph_to_files(model: Model, cg_topology: CGTopology, source: Path, out: Pat
     topology_path = Path(output_topology or topo.source)
     return backmap_to_files(model, cg_topology, topology_path, started, out, settings, seed=seed, cluster=cluster,
                             provenance={"input": str(source), "scheme": scheme, "scheme means": SCHEMES[scheme]},
-                            where=where, identity={"scheme": scheme})
+                            where=where, identity={"scheme": scheme}, reads=[("the input", source), *reads])
 
 
 def write_tables(tables: IBITables, path: Path) -> Path:
@@ -202,15 +203,17 @@ def morph_structures(request: MorphRequest) -> Backmapped:
     from backmap.engine.loaders import load_mapping, load_topology
     from backmap.engine.models import load_model
     from backmap.sampling.flat_bottom import FlatBottomLimits
-    from backmap.system.io import refuse_overwriting_inputs
+    from backmap.system.claim import check_outputs
     from backmap.system.pairs import count_frames, select_frames
 
     r = request
     loaded = load_model(r.model)
     if loaded.topology is None or not loaded.mapping:
         raise BackmapError("the model does not record its topology and bottleneck mapping", source=r.model)
-    refuse_overwriting_inputs(r.out, [r.input, r.topology, r.flat_bottom, loaded.topology, *loaded.mapping])
-    loaded.refuse_output_inside(r.out)
+    reads = [*r.read_paths(), ("the model's topology", loaded.topology),
+             *(("the model's mapping", m) for m in loaded.mapping)]
+    check_outputs([("--out", r.out), ("the IBI tables beside --out", _ibi_tables_of(r.out) if r.ibi_rounds else None)],
+                  [("the model package", loaded.directory), *reads], "morph")  # early; all at the writing
     topo = load_topology(loaded.topology)
     cg_top = load_mapping(loaded.mapping, topo).cg_topology(topo)
     if r.topology is not None and load_topology(r.topology).n_atoms != topo.n_atoms:
@@ -236,10 +239,14 @@ def morph_structures(request: MorphRequest) -> Backmapped:
         tables = fit_ibi(loaded, cg_top, r.input, IBITables(temperature=r.temperature, iterations=r.ibi_rounds,
                                                             fit_frames=r.ibi_frames),
                          target(), r.scheme, settings, seed=r.seed, where="backmap morph")
-        write_tables(tables, Path(f"{r.out.with_suffix('')}_ibi.json"))
+        write_tables(tables, _ibi_tables_of(r.out))
         settings = settings.model_copy(update={"ibi": tables})
     return morph_to_files(loaded, cg_top, r.input, r.out, r.scheme, idx, settings, seed=r.seed,
-                          output_topology=r.topology, cluster=r.cluster())
+                          output_topology=r.topology, cluster=r.cluster(), reads=reads)
+
+
+def _ibi_tables_of(out: Path) -> Path:
+    return Path(f"{out.with_suffix('')}_ibi.json")
 
 
 def read_tables(path: Path) -> IBITables:

@@ -3,7 +3,7 @@ frames run. A request inherits the fragments it needs, so each option is declare
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -18,6 +18,30 @@ class Request(BaseModel):
     ``model_fields_set`` (a model's recommended settings fill the others)."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    #: the path fields naming what the use case writes; every other path field names a file it reads
+    WRITES: ClassVar[tuple[str, ...]] = ("out",)
+
+    def read_paths(self) -> list[tuple[str, Path]]:
+        """Every file the request reads, labelled with its option (``--cg``): what its outputs are
+        checked against (:func:`backmap.system.claim.check_outputs`)."""
+        return [(label, p) for name, label, p in _paths(self) if name not in self.WRITES]
+
+    def written_paths(self) -> list[tuple[str, Path]]:
+        """The files the request names as outputs, labelled with their options."""
+        return [(label, p) for name, label, p in _paths(self) if name in self.WRITES]
+
+
+def _paths(model: BaseModel) -> Iterator[tuple[str, str, Path]]:
+    """(field, option, path) of every path a model's fields hold, nested settings included."""
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        label = str(extra.get("cli_name") or "--" + name.replace("_", "-"))
+        if isinstance(value, BaseModel):
+            yield from _paths(value)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, Path):
+                yield name, label, item
 
 
 class Seeded(BaseModel):

@@ -31,7 +31,7 @@ class RunRequest(CheckRequest):
 def check_recipe_file(request: CheckRequest, only: list[str] | None = None) -> tuple[Recipe, list[Any]]:
     """The recipe and its steps, every key, plugin parameter and input file checked."""
     recipe, steps = load_recipe(request.recipe, list(request.overrides))
-    check_recipe(recipe, steps, only)
+    check_recipe(recipe, steps, only, getattr(request, "workdir", None))
     return recipe, steps
 
 

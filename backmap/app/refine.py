@@ -17,7 +17,8 @@ from backmap.forcefield.settings import NonbondedSettings
 from backmap.parallel import ClusterOptions, PartStore, ProcessLocal, blocks_of, file_identity, frame_rng, run_blocks
 from backmap.refinement.restrained import (BondSpread, RestrainedSystem, limit_refiner_threads, plot_log,
                                            refine_batch, report_after_refinement, write_log)
-from backmap.system.io import Frame, read_frames, refuse_overwriting_inputs, write_frames
+from backmap.system.claim import check_outputs, claim_outputs
+from backmap.system.io import Frame, read_frames, write_frames
 from backmap.system.pairs import count_frames, select_frames
 
 
@@ -78,11 +79,27 @@ class RefineJob(ProcessLocal):
 
 
 def refine_files(refiner, system: RestrainedSystem, aa_path: Path, cg_path: Path, out: Path,
-                 frames: str | None = None, seed: int = 0, batch: int = 1, cluster: Any = None) -> "Refined":
+                 frames: str | None = None, seed: int = 0, batch: int = 1, cluster: Any = None,
+                 reads: Sequence[tuple[str, Path | None]] = ()) -> "Refined":
     """Refine the AA trajectory ``aa_path`` against ``cg_path`` (same frames) into ``out``, with
     ``out``'s ``.log.csv`` and ``.log.png`` beside it; blocks of ``batch`` frames run here or on
     the Dask cluster of ``cluster`` (:class:`backmap.parallel.ClusterOptions`), finished blocks kept
-    beside ``out`` until it is written (a killed run resumes)."""
+    beside ``out`` until it is written (a killed run resumes). Every file written is first checked
+    against the inputs and ``reads``, and ``out`` is locked (:func:`backmap.system.claim.claim_outputs`)."""
+    written = [("--out", out), ("the refinement log beside --out", _log_of(out)),
+               ("the refinement log's plot beside --out", _log_of(out).with_suffix(".png")),
+               ("the parts folder of a resumable run", PartStore.folder_of(out))]
+    with claim_outputs(written, [("--traj", aa_path), ("--cg", cg_path), *reads], "refine",
+                       folders=(written[-1][0],)):
+        return _refine_files(refiner, system, aa_path, cg_path, out, frames, seed, batch, cluster)
+
+
+def _log_of(out: Path) -> Path:
+    return out.with_name(out.stem + ".log.csv")
+
+
+def _refine_files(refiner, system: RestrainedSystem, aa_path: Path, cg_path: Path, out: Path, frames: str | None,
+                  seed: int, batch: int, cluster: Any) -> "Refined":
     cluster = cluster or ClusterOptions()
     n_aa, n_cg = count_frames(aa_path), count_frames(cg_path)
     if n_aa != n_cg:
@@ -118,9 +135,9 @@ def refine_files(refiner, system: RestrainedSystem, aa_path: Path, cg_path: Path
     top = system.topology
     n = write_frames(out, stream(), top.atom_names, top.resnames, top.residue_numbers())
     seconds = time.perf_counter() - t0
-    log_path = out.with_name(out.stem + ".log.csv")
+    log_path = _log_of(out)
     write_log(log_path, rows)
-    plot_log(out.with_name(out.stem + ".log.png"), rows, f"{refiner.name}: {aa_path.name}")
+    plot_log(log_path.with_suffix(".png"), rows, f"{refiner.name}: {aa_path.name}")
     store.remove()
     result = Refined(refiner.name, n, round(seconds / max(n, 1), 2),
                      round(float(np.mean([r["cg_rmsd_before"] for r in rows])), 5),
@@ -155,12 +172,11 @@ class RefineRequest(FrameSelection, RefinerOptions, NonbondedOptions, ClusterFie
 def refine_structures(request: RefineRequest) -> Refined:
     """``backmap refine``: checked inputs, the refiner and its restrained system, then :func:`refine_files`."""
     r = request
-    for written in (r.out, r.out.with_name(r.out.stem + ".log.csv"), r.out.with_name(r.out.stem + ".log.png")):
-        refuse_overwriting_inputs(written, [r.topology, *r.mapping, r.cg, r.traj, r.mdp])
+    check_outputs(r.written_paths(), r.read_paths(), "refine")  # early; every file at the writing
     refiner = r.make_refiner(r.refiner, r.seed, r.minimize_steps)
     system = restrained_system(r.topology, r.mapping, r.nonbonded())
     return refine_files(refiner, system, r.traj, r.cg, r.out, frames=r.frames, seed=r.seed, batch=r.batch,
-                        cluster=r.cluster())
+                        cluster=r.cluster(), reads=r.read_paths())
 
 
 def restrained_system(topology: Path, mapping: Sequence[Path], settings: NonbondedSettings) -> RestrainedSystem:

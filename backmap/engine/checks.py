@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from backmap.engine.recipe import OUTPUT_PREFIX, WORKDIR_PREFIX, Recipe, ValidatedStep
+from backmap.engine.recipe import OUTPUT_PREFIX, WORKDIR_PREFIX, Recipe, ValidatedStep, recipe_input_files
 from backmap.errors import BackmapError
 from backmap.system.mapping import CGTopology
 
@@ -95,9 +95,11 @@ def _input_files(value: Any) -> list[tuple[str, Path]]:
             if not str(v).startswith((WORKDIR_PREFIX, OUTPUT_PREFIX))]
 
 
-def check_recipe(recipe: Recipe, steps: Sequence[ValidatedStep], only: Sequence[str] | None = None) -> None:
+def check_recipe(recipe: Recipe, steps: Sequence[ValidatedStep], only: Sequence[str] | None = None,
+                 workdir: Path | None = None) -> None:
     """Check what ``steps`` of ``recipe`` (those named in ``only``, as ``backmap run --steps``)
-    read before they run; raise one :class:`BackmapError` with a line ``recipe.yaml: key: message``
+    read before they run, and that no step writes onto a file the recipe reads (in ``workdir``,
+    default the recipe's); raise one :class:`BackmapError` with a line ``recipe.yaml: key: message``
     per problem."""
     from backmap.engine.loaders import load_mapping, load_topology
 
@@ -176,8 +178,26 @@ def check_recipe(recipe: Recipe, steps: Sequence[ValidatedStep], only: Sequence[
             for suffix, path in _input_files(getattr(step.params, param, None)):
                 check_file(f"{key}.{param}{suffix}", f"{key}.frames", path, system, n_expected,
                            cg if system == "cg" else None, *(frames if framed else (None, ())))
+    for key, message in _written_inputs(recipe, steps, Path(workdir or recipe.default_workdir())):
+        report(key, message)
     if problems:
         raise BackmapError("\n".join(problems))
+
+
+def _written_inputs(recipe: Recipe, steps: Sequence[ValidatedStep], workdir: Path) -> Iterator[tuple[str, str]]:
+    """(key, why) for every step whose output (``out``: a file, and the files written beside it,
+    named after it; or a folder) is a file the recipe reads."""
+    inputs = [(label, p.resolve()) for label, p in recipe_input_files(recipe, steps)]
+    for step in steps:
+        out = getattr(step.params, "out", None)
+        if not isinstance(out, (str, Path)):
+            continue
+        written = (workdir / out).resolve()
+        for label, p in inputs:
+            beside = p.parent == written.parent and p.name.startswith((f"{written.stem}.", f"{written.stem}_"))
+            if p == written or written in p.parents or beside:
+                what = "writes" if p == written else "writes into" if written in p.parents else "writes beside"
+                yield f"steps.{step.name}.out", f"{what} {written}, which holds {label} ({p}); choose another out"
 
 
 def _check_data(recipe: Recipe, report, n_atoms: int | None) -> None:

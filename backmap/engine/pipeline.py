@@ -22,7 +22,8 @@ from backmap.system.io import atomic_path
 from backmap.system.mapping import CGTopology, Mapping
 from backmap.engine.loaders import load_mapping
 from backmap.engine.outputs import Outputs
-from backmap.engine.recipe import PluginRef, Recipe, ValidatedStep
+from backmap.engine.recipe import PluginRef, Recipe, ValidatedStep, recipe_input_files
+from backmap.system.claim import OutputLock
 from backmap.engine.registry import Registry, default_registry
 from backmap.system.topology import Topology
 from backmap.engine.loaders import load_topology
@@ -43,8 +44,10 @@ class RunContext:
     """What a step sees: the recipe, the work directory, the system and the plugins."""
 
     def __init__(self, recipe: Recipe, workdir: Path, registry: Registry | None = None,
-                 console: Console | None = None):
+                 console: Console | None = None, steps: Sequence[ValidatedStep] = ()):
         self.recipe = recipe
+        #: the recipe's validated steps (all of them, also those not run)
+        self.steps = list(steps)
         self.workdir = workdir
         self.registry = registry or default_registry()
         self.console = console or Console(stderr=True)
@@ -96,8 +99,13 @@ class RunContext:
         for ts in self.recipe.training_systems:
             recipe = self.recipe.model_copy(update={"system": ts.system, "data": ts.data, "training_systems": []})
             recipe._path = self.recipe.path
-            out.append(RunContext(recipe, self.workdir / "systems" / ts.name, self.registry, self.console))
+            out.append(RunContext(recipe, self.workdir / "systems" / ts.name, self.registry, self.console, self.steps))
         return out
+
+    @cached_property
+    def read_files(self) -> list[tuple[str, Path]]:
+        """Every file the recipe reads, labelled with its key: what no step may write onto."""
+        return recipe_input_files(self.recipe, self.steps)
 
     def where(self, key: str) -> str:
         """``recipe.yaml: key`` for error messages."""
@@ -168,7 +176,22 @@ def run_recipe(recipe: Recipe, steps: Sequence[ValidatedStep], workdir: Path | N
                                f"(it has: {', '.join(s.name for s in steps)})")
         steps = [s for s in steps if s.name in only]
     workdir.mkdir(parents=True, exist_ok=True)
+    with OutputLock(workdir, option="--workdir", where="run", folder=True):  # one run per work folder
+        return _run_locked(recipe, all_steps, steps, workdir, only, registry, console)
+
+
+def _run_locked(recipe: Recipe, all_steps: list[ValidatedStep], steps: Sequence[ValidatedStep], workdir: Path,
+                only: Sequence[str] | None, registry: Registry, console: Console) -> Path:
     history = load_history(workdir)
+    for earlier in history["invocations"]:  # its process is gone (it would hold the lock): killed outright
+        if earlier.get("status") == "running":
+            earlier["status"] = "killed"
+            earlier["error"] = KILLED
+            for step in earlier.get("steps", []):
+                if step.get("status") == "running":
+                    step["status"] = "killed"
+            console.print(f"[yellow]warning:[/] run {earlier.get('number')} of this work folder "
+                          f"({earlier.get('command') or 'command unknown'}) {KILLED}")
     number = len(history["invocations"]) + 1
     # the whole resolved recipe (every step, not only those run), so that recipe.yaml stays a
     # complete description of the work directory after a `--steps` invocation
@@ -193,7 +216,7 @@ def run_recipe(recipe: Recipe, steps: Sequence[ValidatedStep], workdir: Path | N
         "steps": [],
     }
     history["invocations"].append(invocation)
-    ctx = RunContext(recipe, workdir, registry, console)
+    ctx = RunContext(recipe, workdir, registry, console, all_steps)
     for step in steps:
         console.rule(f"[bold]{step.name}")
         entry: dict[str, Any] = {"name": step.name, "started": _now(), "status": "running"}
@@ -217,13 +240,18 @@ def run_recipe(recipe: Recipe, steps: Sequence[ValidatedStep], workdir: Path | N
     return workdir
 
 
+#: what the history says of a run whose process ended without recording it
+KILLED = ("ended without a word: its process was killed (kill -9, out of memory, or the machine stopped); "
+          "finished steps are kept")
+
+
 def run_steps(recipe: Recipe, steps: Sequence[ValidatedStep], workdir: Path | None, only: Sequence[str],
               registry: Registry | None = None, console: Console | None = None) -> None:
     """Run the steps named in ``only`` without touching the work directory's history: for the
     helper processes of data-parallel training, whose main process runs :func:`run_recipe`."""
     registry = registry or default_registry()
     workdir = Path(workdir or recipe.default_workdir()).resolve()
-    ctx = RunContext(recipe, workdir, registry, console)
+    ctx = RunContext(recipe, workdir, registry, console, steps)
     for step in steps:
         if step.name in only:
             registry.get("step", step.name).cls(step.params).run(ctx)

@@ -68,6 +68,11 @@ class StepContext(Protocol):
     def training_contexts(self) -> Sequence[StepContext]:
         """One context per system the generator trains on (the recipe's own, or ``training_systems``)."""
 
+    @property
+    def read_files(self) -> list[tuple[str, Path]]:
+        """Every file the recipe reads, labelled with its key (``data.trajectory``): what a step's
+        outputs are checked against (``backmap.api.io.check_outputs``)."""
+
     def where(self, key: str) -> str:
         """``recipe.yaml: key`` for error messages that name the recipe key."""
 

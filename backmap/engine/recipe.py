@@ -9,7 +9,7 @@ import difflib
 import re
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Iterator, Literal, Sequence
 
 import yaml
 from pydantic import (
@@ -204,6 +204,31 @@ class Recipe(Strict):
 class ValidatedStep(BaseModel):
     name: str
     params: Any
+
+
+def recipe_input_files(recipe: Recipe, steps: Sequence[ValidatedStep] = ()) -> list[tuple[str, Path]]:
+    """Every file the recipe reads, labelled with its key (``data.trajectory``,
+    ``steps.backmap.cg``): the system, the data, the training systems and the steps' input keys —
+    never files of the run itself (``workdir:``, ``output:``). No step may write onto one."""
+    out = [row for name in type(recipe).model_fields if name not in ("workdir", "steps")
+           for row in _labelled_paths(getattr(recipe, name), f"{name}.")]
+    for step in steps:
+        out += _labelled_paths(step.params, f"steps.{step.name}.")
+    return out
+
+
+def _labelled_paths(value: Any, key: str) -> Iterator[tuple[str, Path]]:
+    if isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _labelled_paths(getattr(value, name), f"{key}{name}.")
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            yield from _labelled_paths(item, f"{key}{name}.")
+    elif isinstance(value, (list, tuple)):
+        for k, item in enumerate(value):
+            yield from _labelled_paths(item, f"{key.rstrip('.')}[{k}].")
+    elif isinstance(value, Path) and not str(value).startswith((WORKDIR_PREFIX, OUTPUT_PREFIX)):
+        yield key.rstrip("."), value
 
 
 # --------------------------------------------------------------------------- error messages

@@ -70,9 +70,14 @@ class PartStore:
 
     @classmethod
     def beside(cls, output: str | Path, identity: dict[str, Any], n_blocks: int) -> "PartStore":
-        """The store of ``output``: ``.NAME.parts`` in the output's folder."""
+        """The store of ``output``: :meth:`folder_of` it."""
+        return cls(cls.folder_of(output), identity, n_blocks)
+
+    @staticmethod
+    def folder_of(output: str | Path) -> Path:
+        """Where the store of ``output`` lives: ``.NAME.parts`` in the output's folder."""
         out = Path(output)
-        return cls(out.with_name(f".{out.name}.parts"), identity, n_blocks)
+        return out.with_name(f".{out.name}.parts")
 
     def _path(self, block: int) -> Path:
         return self.directory / f"block_{block:06d}.npz"

@@ -110,15 +110,11 @@ def _process_alive(pid: int) -> bool:
 
 
 def refuse_overwriting_inputs(out: str | Path, inputs: Iterable[str | Path | None], option: str = "--out") -> None:
-    """Refuse an output that is one of the inputs (same path, symbolic or hard link): writing it
-    would replace the input, and it would be read while being written. Call before any work."""
-    out = Path(out)
-    for p in inputs:
-        if p is None:
-            continue
-        p = Path(p)
-        if out.resolve() == p.resolve() or (out.exists() and p.exists() and os.path.samefile(out, p)):
-            raise BackmapError(f"the output is the same file as an input ({p}); choose another {option}", source=out)
+    """Refuse an output that is one of the inputs (same path, symbolic or hard link), a device file
+    or a folder: :func:`backmap.system.claim.check_outputs` for one output. Call before any work."""
+    from backmap.system.claim import check_outputs
+
+    check_outputs([(option, out)], [("input", p) for p in inputs], option=option)
 
 
 def check_finite(positions: np.ndarray, dimensions: np.ndarray | None, frame: int, source: str | Path,

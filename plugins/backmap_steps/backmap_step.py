@@ -69,7 +69,7 @@ class BackmapStep(Step):
         result = backmap_to_files(model, cg_top, ctx.recipe.system.topology, frames, ctx.path(p.out), settings,
                                    seed=ctx.seed, registry=ctx.registry, refiner=refiner, refine_system=system,
                                    structure=p.structure, provenance={"recipe": str(ctx.recipe.path)},
-                                   cluster=ctx.recipe.cluster,
+                                   cluster=ctx.recipe.cluster, reads=ctx.read_files,
                                    where=ctx.where("steps.backmap"))
         summary, files = result.report(), result.files
         declared = {k: Path(v) for k, v in files.as_dict().items()}

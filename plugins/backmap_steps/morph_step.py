@@ -65,7 +65,8 @@ class MorphStep(Step):
             ibi_log = write_tables(tables, ctx.path(f"morph/{label}_ibi.json"))
         result = morph_to_files(model, ctx.cg_topology, p.input,
                                 ctx.path(p.out or f"morph/{label}.xtc"), p.scheme, idx, settings, seed=ctx.seed,
-                                output_topology=p.topology, cluster=ctx.recipe.cluster, where=where)
+                                output_topology=p.topology, cluster=ctx.recipe.cluster, where=where,
+                                reads=ctx.read_files)
         summary, files = result.report() | {"scheme": p.scheme}, result.files
         if ibi_log is not None:
             summary["IBI tables"] = str(ibi_log)
