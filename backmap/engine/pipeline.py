@@ -283,9 +283,6 @@ def load_history(workdir: Path) -> dict[str, Any]:
         path.replace(workdir / "history" / "run-unreadable.json")
         return {"invocations": []}
     if isinstance(data.get("invocations"), list):
-        for inv in data["invocations"]:  # a run killed outright (kill -9) could not record its end
-            if inv.get("status") == "running":
-                inv["status"] = "interrupted"
         return {"invocations": data["invocations"]}
     old = dict(data, number=1, status="ok", recipe_file=None,
                steps=[dict(s, status="ok", started=data.get("started")) for s in data.get("steps", [])])
