@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from backmap.errors import BackmapError
-from backmap.fields import COMMA_LIST, KEY_VALUES, TEXT
+from backmap.fields import COMMA_LIST, KEY_VALUES, TEXT, error_reason, given_value
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -150,4 +150,5 @@ def request_from(model: type[R] | None = None, ctx: click.Context | None = None)
         err = exc.errors()[0]
         loc = tuple(str(part) for part in err["loc"] if not isinstance(part, int))
         key = where.get(loc[:2]) or where.get(loc[:1]) or (loc[0] if loc else type(model).__name__)
-        raise BackmapError(f"{key}: {err['msg'].removeprefix('Value error, ')}") from None
+        raise BackmapError(f"{key}{given_value(err)}: {error_reason(err)}") from None
+

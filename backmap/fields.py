@@ -73,4 +73,24 @@ def option(default: Any = ..., description: str | None = None, *, name: str | No
     return Field(default, description=description, json_schema_extra=extra or None, **constraints)
 
 
-__all__ = ["COMMA_LIST", "CommaList", "KEY_VALUES", "KeyValues", "TEXT", "option"]
+def given_value(err: dict[str, Any]) -> str:
+    """`` VALUE`` of a pydantic error on a scalar the user gave (empty for anything else)."""
+    value = err.get("input")
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool) and len(str(value)) <= 60:
+        return f" {value}"
+    return ""
+
+
+def error_reason(err: dict[str, Any]) -> str:
+    """A pydantic error's message as a sentence about the value: "must be a number ≥ 1"."""
+    msg = err["msg"].removeprefix("Value error, ")
+    limit = err.get("ctx") or {}
+    for kind, sign in (("greater_than_equal", "≥"), ("greater_than", ">"), ("less_than_equal", "≤"),
+                       ("less_than", "<")):
+        if err.get("type") == kind:
+            bound = next(iter(limit.values()), None)
+            return f"must be a number {sign} {bound}" if bound is not None else msg
+    return msg.replace("Input should be", "should be")
+
+
+__all__ = ["COMMA_LIST", "CommaList", "KEY_VALUES", "KeyValues", "TEXT", "error_reason", "given_value", "option"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,26 @@ def run_cli(*args, catch_exceptions: bool = True) -> tuple[int, str, str]:
 def cli():
     """:func:`run_cli` as a fixture."""
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def template_model(tmp_path_factory) -> Path:
+    """A run folder with the template baseline trained on the shipped hexane frames (``model/``)
+    and its backmapped test frames (``backmap/aa_cg.trr`` is CG input of the mapping)."""
+    tmp = tmp_path_factory.mktemp("template")
+    recipe = tmp / "r.yaml"
+    recipe.write_text(textwrap.dedent(f"""
+        name: tpl
+        seed: 3
+        workdir: run
+        system: {{topology: {HEXANE / 'topol.top'}, mapping: {HEXANE / 'hexane.xml'}}}
+        data: {{trajectory: {HEXANE / 'traj.xtc'}, frames: '0:10', split: {{test_fraction: 0.2, mode: tail}}}}
+        generator: {{plugin: template}}
+        steps: [{{prepare: {{}}}}, {{train: {{}}}}, {{backmap: {{candidates: 2, gibbs_sweeps: 0}}}}]
+        """))
+    code, _, err = run_cli("run", recipe, catch_exceptions=False)
+    assert code == 0, err
+    return tmp / "run"
 
 
 def one_line_error(code: int, err: str) -> str:

@@ -90,9 +90,9 @@ def test_fields_given_are_the_fields_set():
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--candidates", "0"], "--candidates: Input should be greater than or equal to 1"),
+    (["--candidates", "0"], "--candidates 0: must be a number ≥ 1"),
     (["--selector-param", "nokey"], "--selector-param: 'nokey': expected key=value"),
-    (["--threads-per-worker", "0"], "--threads-per-worker: Input should be greater than or equal to 1"),
+    (["--threads-per-worker", "0"], "--threads-per-worker 0: must be a number ≥ 1"),
 ])
 def test_a_bad_value_names_its_option(args, message, tmp_path):
     result = CliRunner().invoke(cli, ["apply", "--model", "sps-equivariant", "--cg", str(tmp_path / "x.gro"),

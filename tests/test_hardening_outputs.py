@@ -21,25 +21,6 @@ from conftest import HEXANE, one_line_error, run_cli
 BACKMAP = str(Path(sys.executable).parent / "backmap")
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    """The template baseline trained on the shipped hexane frames (its run folder)."""
-    tmp = tmp_path_factory.mktemp("outputs")
-    recipe = tmp / "r.yaml"
-    recipe.write_text(textwrap.dedent(f"""
-        name: out
-        seed: 3
-        workdir: run
-        system: {{topology: {HEXANE / 'topol.top'}, mapping: {HEXANE / 'hexane.xml'}}}
-        data: {{trajectory: {HEXANE / 'traj.xtc'}, frames: '0:10', split: {{test_fraction: 0.2, mode: tail}}}}
-        generator: {{plugin: template}}
-        steps: [{{prepare: {{}}}}, {{train: {{}}}}, {{backmap: {{candidates: 2, gibbs_sweeps: 0}}}}]
-        """))
-    code, _, err = run_cli("run", recipe, catch_exceptions=False)
-    assert code == 0, err
-    return tmp / "run"
-
-
 def _snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` (hidden ones too) with its bytes, but MDAnalysis' offset caches
     (``.NAME_offsets.npz``, written by reading an .xtc/.trr)."""
@@ -60,10 +41,11 @@ def _apply(model: Path, cg: Path, out: Path, *extra) -> list:
 
 
 @pytest.mark.parametrize("case", ["structure beside --out", "CG frames beside --out", "inside the model"])
-def test_apply_refuses_a_sidecar_that_is_an_input(model, tmp_path, case):
+def test_apply_refuses_a_sidecar_that_is_an_input(template_model, tmp_path, case):
     """``apply --cg mycg.gro --out mycg.xtc`` would write the first frame onto mycg.gro,
     ``--cg run_cg.trr --out run.xtc`` the CG frames onto run_cg.trr, ``--out MODEL/model.xtc`` the
     provenance onto the model's model.json: refused, naming both files, nothing written."""
+    model = template_model
     if case == "structure beside --out":
         cg, out, victim = (c := _cg_gro(tmp_path, "mycg.gro")), tmp_path / "mycg.xtc", c
     elif case == "CG frames beside --out":
@@ -140,10 +122,11 @@ def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 300) -> None:
     assert path.exists(), "the first run never took its lock"
 
 
-def test_a_second_apply_on_one_out_is_refused_and_a_killed_first_does_not_block(model, tmp_path):
+def test_a_second_apply_on_one_out_is_refused_and_a_killed_first_does_not_block(template_model, tmp_path):
     """The first `backmap apply` is frozen (SIGSTOP) while it holds its output: a second one on the
     same --out is refused in one line naming the first's PID and command, and writes nothing; after
     kill -9 of the first, the rerun runs (its lock file left behind is taken over)."""
+    model = template_model
     env = dict(os.environ, BACKMAP_NO_PROGRESS="1")
     out = tmp_path / "aa.xtc"
     first = subprocess.Popen([BACKMAP, *map(str, _apply(model, model / "backmap" / "aa_cg.trr", out, "--seed", "1"))],

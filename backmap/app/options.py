@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Iterator, Literal
 from pydantic import BaseModel, ConfigDict
 
 from backmap.errors import BackmapError
-from backmap.fields import KeyValues, option
+from backmap.fields import KeyValues, error_reason, given_value, option
 from backmap.forcefield.settings import NonbondedSettings
 from backmap.parallel import ClusterOptions
 
@@ -123,7 +123,7 @@ class ClusterFields(BaseModel):
         except ValidationError as exc:
             err = exc.errors()[0]
             key = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "--workers/--scheduler"
-            raise BackmapError(f"{key}: {err['msg'].removeprefix('Value error, ')}") from None
+            raise BackmapError(f"{key}{given_value(err) if err['loc'] else ''}: {error_reason(err)}") from None
 
 
 def skip_list(text: str | None, key: str = "--skip-frames") -> list[int]:

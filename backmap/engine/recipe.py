@@ -380,9 +380,38 @@ class RecipeLoader(yaml.SafeLoader):
     yaml_implicit_resolvers = _no_base_60(yaml.SafeLoader)
 
 
+#: a recipe expands to at most this many values (YAML aliases can make a few lines expand to 10⁹)
+MAX_VALUES = 100_000
+#: and nests at most this deep (deeper is a mistake, and Python's recursion would end in a traceback)
+MAX_DEPTH = 50
+
+
 def load_yaml(text: str) -> Any:
-    """Parse recipe text or an override value with :class:`RecipeLoader`."""
-    return yaml.load(text, Loader=RecipeLoader)  # a SafeLoader subclass: safe
+    """Parse recipe text or an override value with :class:`RecipeLoader`; refuse a document that
+    expands to more than :data:`MAX_VALUES` values or nests deeper than :data:`MAX_DEPTH`."""
+    try:
+        value = yaml.load(text, Loader=RecipeLoader)  # a SafeLoader subclass: safe
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise yaml.YAMLError(f"the document nests deeper than {MAX_DEPTH} levels") from None
+    _check_size(value)
+    return value
+
+
+def _check_size(value: Any) -> None:
+    """Count the values of ``value`` as they would be expanded (shared ones each time), iteratively."""
+    count, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise yaml.YAMLError(f"the document expands to more than {MAX_VALUES:,} values (YAML aliases "
+                                 "referring to aliases?); write the values out")
+        if depth > MAX_DEPTH:
+            raise yaml.YAMLError(f"the document nests deeper than {MAX_DEPTH} levels")
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
 
 
 def _list_index(target: list, part: str, key: str, source: str) -> int:

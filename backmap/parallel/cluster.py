@@ -44,11 +44,24 @@ class ClusterOptions(BaseModel):
     def _one_kind(self) -> "ClusterOptions":
         if self.scheduler is not None and self.scheduler.lower() not in JOBQUEUE and self.workers is not None:
             raise ValueError("give either 'workers' (a local cluster) or 'scheduler' (a running one), not both")
+        cores = usable_cores()
+        if self.scheduler is None and self.workers is not None and self.workers * self.threads_per_worker > cores:
+            raise ValueError(f"{self.workers} local workers × {self.threads_per_worker} threads > the {cores} cores "
+                             "this process may use: a local cluster runs at most one thread per core (give a "
+                             "'scheduler' for more processes than that)")
         return self
 
     @property
     def distributed(self) -> bool:
         return self.workers is not None or self.scheduler is not None
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, else the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 @contextlib.contextmanager

@@ -178,6 +178,8 @@ class Backmapper:
                                  regrow_candidates=s.regrow_candidates, regrow_trials=s.regrow_trials,
                                  repair_clashes=s.repair_clashes, orient_units=s.orient_units,
                                  dock=tuple(s.dock))
+        check_candidate_memory(self.cg_topology, self.plans, max(s.candidates, s.regrow_candidates) * s.regrow_trials,
+                               spec.cutoff)
         known = set(self.cg_topology.bead_names)
         unknown = [b for b in s.regrow if b not in known]
         if unknown:
@@ -313,6 +315,43 @@ class Backmapper:
             if self.temporal:
                 previous = aa.positions
             yield aa
+
+
+#: bytes per candidate atom and environment atom while candidates are scored (float32 distances,
+#: pair terms and their intermediates; measured peak on sPS ≈ 20)
+_BYTES_PER_PAIR = 32
+#: environment atoms counted per placed atom at most (a dense liquid within 1 nm holds ~ 300)
+_ENVIRONMENT_ATOMS = 400
+
+
+def check_candidate_memory(cg_topology: CGTopology, plans: dict, candidates: int, cutoff: float) -> None:
+    """Refuse, before sampling, a number of candidates whose scoring would not fit in the memory
+    this machine has available: one plan step scores candidates × molecules × unit atoms ×
+    environment atoms pairs at once."""
+    available = available_memory()
+    if available is None:
+        return
+    largest = max((cb.block.count * max((len(u.atoms) for u in plans[cb.block.moltype.name].units), default=1)
+                   for cb in cg_topology.blocks), default=1)
+    env = min(cg_topology.topology.n_atoms, _ENVIRONMENT_ATOMS)
+    need = candidates * largest * env * _BYTES_PER_PAIR
+    if need > 0.8 * available:
+        fits = max(1, int(0.8 * available / (largest * env * _BYTES_PER_PAIR)))
+        raise BackmapError(f"candidates: {candidates} candidates for {largest} atoms placed at once would need about "
+                           f"{need / 2**30:.0f} GiB to score, more than the {available / 2**30:.0f} GiB available; "
+                           f"use at most {fits}")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``), None where unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def trajectory_mode(generator: Generator, settings: BackmapSettings) -> bool:
