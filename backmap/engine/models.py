@@ -30,6 +30,7 @@ from backmap.sampling.environment import Channels
 from backmap.engine.model_archive import ARCHIVE_SUFFIX, unpacked_archive
 from backmap.engine.model_card import new_card, write_card
 from backmap.engine.model_registry import find_registered
+from backmap.engine.model_schema import check_tensors_finite, validate_description
 from backmap.engine.model_system import MODEL_FILE, WEIGHTS_FILE, package_system, verify_system
 from backmap.system.io import atomic_path
 from backmap.system.mapping import CGTopology
@@ -250,6 +251,7 @@ def read_description(directory: Path) -> dict[str, Any]:
         raise BackmapError(f"not a backmap model description (format {fmt!r} where {MODEL_FORMAT} is expected)"
                            if isinstance(description, dict) else "not a backmap model description",
                            source=directory / MODEL_FILE)
+    validate_description(description, directory / MODEL_FILE)
     return description
 
 
@@ -281,6 +283,7 @@ def model_from_description(directory: Path, description: dict[str, Any], registr
         tensors = load_tensors(weights)
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise BackmapError(f"cannot read the weights: {exc}", source=directory / WEIGHTS_FILE) from None
+    check_tensors_finite(tensors, directory / WEIGHTS_FILE)
     if check_files:
         description["system"] = verify_system(directory, description.setdefault("system", {}), where)
     cls = registry.get("generator", description["plugin"], where=str(where)).cls
@@ -289,7 +292,11 @@ def model_from_description(directory: Path, description: dict[str, Any], registr
     try:
         generator = cls(description["params"], environment=description["environment"])
         generator.load_state_dict(join_state(description["state"], tensors))
-    except (KeyError, ValueError, RuntimeError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:  # a damaged state
         raise BackmapError(f"the model does not fit its plugin {description['plugin']!r}: {exc}",
                            source=directory) from None
-    return Model(generator, Channels.from_json(description["channels"]), description, directory)
+    try:
+        channels = Channels.from_json(description["channels"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BackmapError(f"key channels: not a channel map ({type(exc).__name__}: {exc})", source=where) from None
+    return Model(generator, channels, description, directory)
