@@ -216,9 +216,9 @@ def test_a_failure_before_any_block_leaves_nothing_behind(tmp_path):
 
 @pytest.mark.parametrize("extra, message", [
     (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "--workers/--scheduler: give either"),
-    (["--workers", "0"], "--workers: Input should be greater than or equal to 1"),
+    (["--workers", "0"], "--workers 0: must be a number ≥ 1"),
     (["--scheduler", "nowhere.json"], "no Dask scheduler file nowhere.json"),
-    (["--frames-per-task", "0"], "--frames-per-task: Input should be greater than or equal to 1"),
+    (["--frames-per-task", "0"], "--frames-per-task 0: must be a number ≥ 1"),
 ])
 def test_bad_cluster_options_are_one_line(model, tmp_path, extra, message):
     code, _, err = run_cli(*_apply(model, tmp_path / "o" / "aa.xtc", *extra, refine=False))

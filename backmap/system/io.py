@@ -15,6 +15,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from backmap.errors import BackmapError
+from backmap.system.frame_checks import check_box, check_near_box, check_xdr_frames
 from backmap.system.pbc import box_dimensions, box_vectors
 
 WRITE_SUFFIXES = (".gro", ".pdb", ".xtc", ".trr")
@@ -240,6 +241,8 @@ def read_frames(path: str | Path, n_atoms: int | None = None, frames: Sequence[i
     #4788; a rigid translation, which backmapping does not mind), and a dump's time is its step
     number (the file has no time step). Data files keep their coordinates as they are."""
     path = Path(path)
+    if path.suffix.lower() in (".xtc", ".trr"):  # complete frames, one atom count (MDAnalysis reads past both)
+        check_xdr_frames(path)
     r, fmt = _reader(path), _format(path)
     try:
         if n_atoms is not None and r.n_atoms != n_atoms:
@@ -257,9 +260,13 @@ def read_frames(path: str | Path, n_atoms: int | None = None, frames: Sequence[i
             # MDAnalysis: positions in Å, forces in kJ/mol/Å
             forces = ts.forces.astype(np.float64) * 10.0 * _FORCE_TO_KJ.get(fmt, 1.0) \
                 if getattr(ts, "has_forces", False) else None
+            positions = ts.positions.astype(np.float64) / 10.0
+            dimensions = np.r_[ts.dimensions[:3] / 10.0, ts.dimensions[3:]].astype(np.float64)
+            check_box(dimensions, len(positions), ts.frame, path)
+            check_near_box(positions, dimensions, ts.frame, path)
             yield Frame(
-                positions=ts.positions.astype(np.float64) / 10.0,
-                dimensions=np.r_[ts.dimensions[:3] / 10.0, ts.dimensions[3:]].astype(np.float64),
+                positions=positions,
+                dimensions=dimensions,
                 time=time,
                 index=int(ts.frame),
                 forces=forces,
