@@ -56,10 +56,11 @@ class NonbondedOptions(BaseModel):
     """Cut-offs and electrostatics of the commands that compute energies."""
 
     mdp: Path | None = option(None, "Take cut-offs and Coulomb settings from a GROMACS .mdp file.")
-    cutoff: float | None = option(None, "LJ and Coulomb cut-off in nm (default 1.0).")
+    cutoff: float | None = option(None, "LJ and Coulomb cut-off in nm (default 1.0).", gt=0)
     coulomb: Literal["reaction-field", "cutoff", "none"] | None = option(
         None, "Coulomb treatment (default reaction-field; cutoff = GROMACS Verlet plain cut-off).")
-    epsilon_rf: float | None = option(None, "Reaction-field dielectric (0 = infinity).")
+    epsilon_rf: float | None = option(None, "Reaction-field dielectric (0 = infinity; else ≥ epsilon-r, as GROMACS "
+                                            "requires).", ge=0)
     lj_shift: bool | None = option(None, "Shift LJ to zero at the cut-off (GROMACS Verlet default: on).")
 
     def nonbonded(self) -> NonbondedSettings:
@@ -74,7 +75,11 @@ class NonbondedOptions(BaseModel):
             changes["epsilon_rf"] = self.epsilon_rf
         if self.lj_shift is not None:
             changes["vdw_modifier"] = "potential-shift" if self.lj_shift else "none"
-        return base.model_copy(update=changes)
+        try:
+            return NonbondedSettings.model_validate(base.model_dump() | changes)
+        except ValueError as exc:
+            raise BackmapError(f"--epsilon-rf: {exc.errors()[0]['msg'].removeprefix('Value error, ')}"
+                               if hasattr(exc, "errors") else str(exc)) from None
 
 
 class RefinerOptions(BaseModel):

@@ -134,12 +134,42 @@ def molecule_terms(mt: MoleculeType) -> dict[str, tuple[list, list]]:
     for d in p.impropers:
         t = _require(d, "improper dihedral", mt)
         add("improper", _idx(d), [np.radians(t.psi_eq), 2 * t.psi_k * KCAL])
+    defaults = getattr(p, "defaults", None)
+    c6_c12 = getattr(defaults, "comb_rule", 2) == 1
     for pair in p.adjusts:
         t = _require(pair, "pair", mt)
         if t.epsilon == 0 and t.chgscale == 0:
             continue  # parmed's placeholder for 1-4 pairs the topology does not list
-        add("pair", _idx(pair), [t.sigma * NM, t.epsilon * KCAL, t.chgscale])
+        sigma, epsilon = _pair_from_c6_c12(pair, t, defaults, mt) if c6_c12 else (t.sigma * NM, t.epsilon * KCAL)
+        add("pair", _idx(pair), [sigma, epsilon, t.chgscale])
     return out
+
+
+def _pair_from_c6_c12(pair, t, defaults, mt: MoleculeType) -> tuple[float, float]:
+    """σ, ε of a 1-4 pair of a combination-rule-1 topology (GROMOS), whose ``[ pairtypes ]`` and
+    atom types hold C6 and C12: parmed reads them into its σ and ε fields unchanged. A pair that
+    gen-pairs made from the atom types, parmed scales only in C12; GROMACS scales both by fudgeLJ."""
+    c6, c12 = t.sigma * NM, t.epsilon * KCAL
+    a, b = pair.atom1, pair.atom2
+    generated_c6 = np.sqrt(a.sigma * b.sigma) * NM
+    generated_c12 = defaults.fudgeLJ * np.sqrt(a.epsilon * b.epsilon) * KCAL
+    if defaults.gen_pairs == "yes" and np.isclose(c6, generated_c6, rtol=1e-9, atol=0) \
+            and np.isclose(c12, generated_c12, rtol=1e-9, atol=0):
+        c6 *= defaults.fudgeLJ
+    if c6 > 0 and c12 > 0:
+        return (c12 / c6) ** (1 / 6), c6 * c6 / (4 * c12)
+    if c6 == 0 and c12 == 0:
+        return 1.0, 0.0  # no LJ: the pair's Coulomb only
+    raise BackmapError(f"molecule type {mt.name}: the 1-4 pair {a.idx + 1}-{b.idx + 1} has C6 = {c6:g}, C12 = {c12:g}: "
+                       "one of them zero cannot be written as σ and ε (not supported yet)")
+
+
+def pair_list(topology: Topology) -> np.ndarray:
+    """(n, 2) system atom indices of the 1-4 pairs the topology lists (``[ pairs ]``, or those
+    ``gen-pairs`` gives parameters): the only pairs GROMACS computes 1-4 interactions for."""
+    rows = [block.global_rows(np.asarray(atoms, int).reshape(-1, 2))
+            for block in topology.blocks for atoms in [molecule_terms(block.moltype)["pair"][0]] if atoms]
+    return np.sort(np.concatenate(rows), axis=1) if rows else np.zeros((0, 2), int)
 
 
 _WIDTH = {"bond": (2, 2), "angle": (3, 2), "urey_bradley": (2, 2), "proper": (4, 3), "rb": (4, 6),
@@ -183,17 +213,19 @@ def build_parameters(topology: Topology) -> Parameters:
     sigma, epsilon = np.concatenate(sig), np.concatenate(eps)
     kinds, lj_type = np.unique(np.stack([sigma, epsilon], 1), axis=0, return_inverse=True)
     s, e = kinds[:, 0], kinds[:, 1]
-    if d["comb_rule"] == 2:
-        s_ij = 0.5 * (s[:, None] + s[None, :])
-    else:  # rules 1 and 3: geometric means (of C6/C12, equivalently of σ and ε)
-        s_ij = np.sqrt(s[:, None] * s[None, :])
-    e_ij = np.sqrt(e[:, None] * e[None, :])
+    if d["comb_rule"] == 1:  # the atom types hold C6 and C12 (parmed reads them into σ and ε): geometric means
+        c6, c12 = np.sqrt(s[:, None] * s[None, :]), np.sqrt(e[:, None] * e[None, :])
+    else:
+        # rule 2: arithmetic σ; rule 3: geometric σ (then C6/C12 are geometric means too)
+        s_ij = 0.5 * (s[:, None] + s[None, :]) if d["comb_rule"] == 2 else np.sqrt(s[:, None] * s[None, :])
+        e_ij = np.sqrt(e[:, None] * e[None, :])
+        c6, c12 = 4 * e_ij * s_ij**6, 4 * e_ij * s_ij**12
     return Parameters(
         bonded=terms,
         charges=np.concatenate(charges),
         lj_type=lj_type.ravel(),
-        c6=4 * e_ij * s_ij**6,
-        c12=4 * e_ij * s_ij**12,
+        c6=c6,
+        c12=c12,
         exclusions=np.concatenate(excl),
         molecule=topology.molecule_index,
         n_molecules=topology.n_molecules,

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from backmap.errors import BackmapError
 
@@ -33,6 +33,13 @@ class NonbondedSettings(BaseModel):
     fourier_n: tuple[int, int, int] = Field((0, 0, 0), description="PME grid fourier-nx/ny/nz (0: from spacing)")
     pme_order: int = Field(4, ge=3, le=12, description="PME B-spline order (GROMACS pme-order)")
     ewald_rtol: float = Field(1e-5, gt=0, lt=1, description="erfc(β r_c), GROMACS ewald-rtol")
+
+    @model_validator(mode="after")
+    def _as_gromacs(self) -> "NonbondedSettings":
+        if self.epsilon_rf != 0 and self.epsilon_rf < self.epsilon_r:
+            raise ValueError(f"epsilon-rf = {self.epsilon_rf:g}: GROMACS requires epsilon-rf ≥ epsilon-r "
+                             f"({self.epsilon_r:g}), or 0 for infinity")
+        return self
 
     @property
     def cutoff(self) -> float:
@@ -70,8 +77,12 @@ class NonbondedSettings(BaseModel):
         def get(key, default):
             return values.get(key, (default, 0))[0]
 
+        def choice(key, default):  # GROMACS compares enumerated values ignoring case, '-' and '_'
+            return get(key, default).replace("-", "").replace("_", "")
+
         where = lambda key: f"{path.name}:{values[key][1]}" if key in values else str(path)  # noqa: E731
-        coulomb = get("coulombtype", "cut-off").replace("_", "-")
+        coulomb = {"reactionfield": "reaction-field", "cutoff": "cut-off"}.get(choice("coulombtype", "cutoff"),
+                                                                            choice("coulombtype", "cutoff"))
         if coulomb not in ("reaction-field", "cut-off", "pme"):
             raise BackmapError(f"coulombtype = {coulomb} is not supported (use reaction-field, cut-off or pme)",
                                source=where("coulombtype"))
@@ -79,21 +90,20 @@ class NonbondedSettings(BaseModel):
         if coulomb == "pme":
             for key, ok, what in (("ewaldgeometry", "3d", "ewald-geometry = 3d"),
                                   ("epsilonsurface", "0", "epsilon-surface = 0"),
-                                  ("coulombmodifier", "potential-shift", "coulomb-modifier = potential-shift")):
-                value = get(key, ok)
+                                  ("coulombmodifier", "potentialshift", "coulomb-modifier = potential-shift")):
+                value = choice(key, ok)
                 if value != ok and not (key == "epsilonsurface" and float(value) == 0) and not (
-                        key == "coulombmodifier" and value == "potential-shift-verlet"):
+                        key == "coulombmodifier" and value == "potentialshiftverlet"):
                     raise BackmapError(f"{key} = {value} is not supported with PME (only {what})", source=where(key))
             pme = {"fourier_spacing": float(get("fourierspacing", 0.12)), "pme_order": int(get("pmeorder", 4)),
                    "ewald_rtol": float(get("ewaldrtol", 1e-5)),
                    "fourier_n": tuple(int(get(f"fourier{d}", 0)) for d in ("nx", "ny", "nz"))}
-        vdw = get("vdwtype", "cut-off").replace("_", "-")
-        if vdw != "cut-off":
-            raise BackmapError(f"vdwtype = {vdw} is not supported (use cut-off)", source=where("vdwtype"))
-        modifier = get("vdwmodifier", "potential-shift")
-        if modifier not in ("potential-shift", "none", "potential-shift-verlet"):
-            raise BackmapError(f"vdw-modifier = {modifier} is not supported", source=where("vdwmodifier"))
-        if get("cutoffscheme", "verlet") != "verlet":
+        if choice("vdwtype", "cutoff") != "cutoff":
+            raise BackmapError(f"vdwtype = {get('vdwtype', '')} is not supported (use cut-off)", source=where("vdwtype"))
+        modifier = choice("vdwmodifier", "potentialshift")
+        if modifier not in ("potentialshift", "none", "potentialshiftverlet"):
+            raise BackmapError(f"vdw-modifier = {get('vdwmodifier', '')} is not supported", source=where("vdwmodifier"))
+        if choice("cutoffscheme", "verlet") != "verlet":
             raise BackmapError("only cutoff-scheme = Verlet is supported", source=where("cutoffscheme"))
         # constraints: GROMACS compares values ignoring case, '-' and '_'; the refiners refuse angles
         constraints = None
@@ -103,12 +113,20 @@ class NonbondedSettings(BaseModel):
             if constraints is None:
                 raise BackmapError(f"constraints = {get('constraints', '')} is not a GROMACS choice (none, h-bonds, "
                                    "all-bonds, h-angles, all-angles)", source=where("constraints"))
-        return cls(
-            constraints=constraints, rvdw=float(get("rvdw", 1.0)), rcoulomb=float(get("rcoulomb", 1.0)),
-            coulomb={"cut-off": "cutoff", "pme": "pme"}.get(coulomb, "reaction-field"), **pme,
-            epsilon_r=float(get("epsilonr", 1.0)), epsilon_rf=float(get("epsilonrf", 1.0)),
-            vdw_modifier="none" if modifier == "none" else "potential-shift",
-        )
+        try:
+            return cls(
+                constraints=constraints, rvdw=float(get("rvdw", 1.0)), rcoulomb=float(get("rcoulomb", 1.0)),
+                coulomb={"cut-off": "cutoff", "pme": "pme"}.get(coulomb, "reaction-field"), **pme,
+                epsilon_r=float(get("epsilonr", 1.0)), epsilon_rf=float(get("epsilonrf", 1.0)),
+                vdw_modifier="none" if modifier == "none" else "potential-shift",
+            )
+        except ValueError as exc:  # also pydantic's ValidationError: a value GROMACS refuses too
+            errors = getattr(exc, "errors", None)
+            err = errors()[0] if errors else {"loc": (), "msg": str(exc)}
+            key = {"rvdw": "rvdw", "rcoulomb": "rcoulomb", "epsilon_rf": "epsilonrf", "epsilon_r": "epsilonr"}.get(
+                str(err["loc"][0]) if err["loc"] else "", "")
+            raise BackmapError(f"{err['msg'].removeprefix('Value error, ')}", source=where(key) if key else path) \
+                from None
 
     def mdp(self) -> dict[str, object]:
         """The same settings as mdp keys (for ``gmx grompp``)."""

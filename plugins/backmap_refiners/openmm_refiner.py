@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import Field
 
 from backmap.api import BackmapError, Refiner
-from backmap.api.forcefield import BOLTZMANN
+from backmap.api.forcefield import BOLTZMANN, pair_list
 from backmap.api.io import atomic_path
 from backmap.api.refinement import RefineParams, RefineResult, RestrainedSystem, resolve_constraints
 
@@ -63,6 +63,29 @@ class OpenMMParams(RefineParams):
     trace_every: int = Field(25, ge=1, description="sampling steps between trace records")
 
 
+def zero_unlisted_pairs(omm, listed: np.ndarray) -> int:
+    """GROMACS computes 1-4 interactions only for the pairs the topology lists; OpenMM's
+    ``GromacsTopFile`` with ``gen-pairs = yes`` makes them for every 1-4 pair of the bonds, also in
+    molecule types without ``[ pairs ]``. Those are zeroed (Coulomb and LJ); returns how many."""
+    import openmm as mm
+
+    keep = {(int(i), int(j)) for i, j in listed}
+    zeroed = 0
+    for force in omm.getForces():
+        if isinstance(force, mm.NonbondedForce):
+            for k in range(force.getNumExceptions()):
+                i, j, q, sigma, eps = force.getExceptionParameters(k)
+                if (min(i, j), max(i, j)) not in keep and (q._value != 0 or eps._value != 0):
+                    force.setExceptionParameters(k, i, j, 0.0, sigma, 0.0)
+                    zeroed += 1
+        elif isinstance(force, mm.CustomBondForce) and "r^12" in force.getEnergyFunction():  # 1-4 LJ, rules 1/3
+            for k in range(force.getNumBonds()):
+                i, j, values = force.getBondParameters(k)
+                if (min(i, j), max(i, j)) not in keep:
+                    force.setBondParameters(k, i, j, [0.0] * len(values))
+    return zeroed
+
+
 class OpenMMRefiner(Refiner):
     name = "openmm"
     summary = "restrained Langevin dynamics in OpenMM (GROMACS topology, CPU)"
@@ -97,6 +120,7 @@ class OpenMMRefiner(Refiner):
         if omm.getNumParticles() != self.system.n_atoms:
             raise BackmapError(f"OpenMM built {omm.getNumParticles()} particles, the topology has "
                                f"{self.system.n_atoms}", source=self.system.topology_path)
+        zero_unlisted_pairs(omm, pair_list(self.system.topology))
         for force in omm.getForces():
             if isinstance(force, mm.CustomNonbondedForce):  # e.g. geometric LJ combination; constant in NVT
                 force.setUseLongRangeCorrection(False)
