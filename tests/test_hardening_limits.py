@@ -75,3 +75,28 @@ steps: [{{map: {{}}}}]
 """)
     code, _, err = run_cli("check", recipe)
     assert code == 0, err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--cutoff", "-1"], "--cutoff -1.0: must be a number > 0"),
+    (["--epsilon-rf", "-1"], "--epsilon-rf -1.0: must be a number ≥ 0"),
+    (["--epsilon-rf", "0.5"], "GROMACS requires epsilon-rf ≥ epsilon-r"),
+])
+def test_energy_refuses_what_gromacs_refuses(args, message):
+    """Before, `--cutoff -1` silently dropped the LJ column and `--epsilon-rf -1` was used."""
+    code, _, err = run_cli("energy", "--topology", HEXANE / "topol.top", "--traj", HEXANE / "conf.gro", *args)
+    assert message in one_line_error(code, err)
+
+
+@pytest.mark.parametrize("spelling", ["cutoff", "Cut_Off", "CUT-OFF"])
+def test_the_mdp_reader_takes_every_spelling_gromacs_takes(tmp_path, spelling):
+    from backmap.forcefield import NonbondedSettings
+
+    mdp = tmp_path / "md.mdp"
+    mdp.write_text(f"vdw_type = {spelling}\ncoulombtype = Reaction_Field\nvdw-modifier = Potential_Shift\n"
+                   "epsilon_rf = 0\n")
+    settings = NonbondedSettings.from_mdp(mdp)
+    assert settings.coulomb == "reaction-field" and settings.epsilon_rf == 0
+    mdp.write_text("epsilon-rf = 0.5\n")
+    with pytest.raises(Exception, match="GROMACS requires epsilon-rf ≥ epsilon-r"):
+        NonbondedSettings.from_mdp(mdp)

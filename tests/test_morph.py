@@ -18,7 +18,7 @@ from backmap.errors import BackmapError
 from backmap.forcefield import NonbondedSettings
 from backmap.sampling.flat_bottom import FlatBottomEnergy, FlatBottomLimits
 from backmap.system.bottleneck import bottleneck_mapping, chain_order, write_votca_mapping
-from backmap.system.io import read_frames
+from backmap.system.io import read_frames, write_frames
 from backmap.system.pbc import Unwrapper
 
 TCS = Path(__file__).parent / "data" / "tcs"
@@ -332,3 +332,18 @@ def test_check_names_a_morph_input_of_the_wrong_resolution(tmp_path):
         """))
     code, _, err = run_cli("check", recipe)
     assert code == 2 and "steps[1].morph.input" in err and "3552 atoms in the file but 288" in err
+
+
+def test_morph_refuses_a_file_it_writes_beside_out_that_is_its_input(morph_run, tmp_path):
+    """``--input run_cg.trr --out run.xtc`` would write the frames as used onto the input."""
+    frames = list(read_frames(TCS / "martini" / "traj.xtc"))[:2]
+    n = len(frames[0].positions)
+    source = tmp_path / "run_cg.trr"
+    write_frames(source, frames, ["C"] * n, ["X"] * n, list(range(1, n + 1)))
+    before = source.read_bytes()
+    code, _, err = run_cli("morph", "--model", morph_run / "model", "--input", source, "--out", tmp_path / "run.xtc",
+                           "--candidates", "2")
+    line = one_line_error(code, err)
+    assert "run_cg.trr" in line and "same file as an input" in line
+    left = sorted(p.name for p in tmp_path.iterdir() if "_offsets." not in p.name)  # MDAnalysis' read cache
+    assert source.read_bytes() == before and left == ["run_cg.trr"]
