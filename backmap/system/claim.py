@@ -2,8 +2,8 @@
 
 Every file a command or step will write — the output it was given and every file it writes beside
 it (``OUT.gro``, ``OUT.json``, ``OUT_cg.trr``, logs, the hidden parts folder) — is checked against
-every file it reads (by resolved path and by inode, so symbolic and hard links count; a folder read,
-such as a model, counts with every file in it) and against device files and folders: a collision is
+every file it reads (by resolved path and by inode, so symbolic and hard links count; a folder read
+counts with every file in it, and nothing may be written inside a model package) and against device files and folders: a collision is
 one line naming both, and nothing is written. The main output is then locked (an advisory
 ``flock`` on ``.NAME.lock`` beside it) so that a second run writing the same output, or working in
 the same run folder, is refused in one line naming the first run's PID and command. The kernel drops
@@ -70,12 +70,14 @@ def _kind(path: Path) -> str | None:
 def check_outputs(outputs: Iterable[Labelled], inputs: Iterable[Labelled], where: str = "",
                   option: str = "--out", folders: Sequence[str] = ()) -> None:
     """Refuse, before anything is written, an output that is (a link to) an input, lies inside a
-    folder read as input, is a device file, pipe or folder (unless its label is in ``folders``:
+    model package read as input (a folder with ``model.json``), is a device file, pipe or folder (unless its label is in ``folders``:
     outputs that are folders), or is another output as well. ``option``: what the user changes to
     fix it. The error names both files."""
     prefix = f"{where}: " if where else ""
     ins = [(label, f) for label, p in inputs if p is not None for label, f in _files_of(label, Path(p))]
-    dirs = [(label, Path(p).resolve()) for label, p in inputs if p is not None and Path(p).is_dir()]
+    # a model package (a folder with model.json) is read as a whole: nothing may be written into it
+    dirs = [(label, Path(p).resolve()) for label, p in inputs
+            if p is not None and Path(p).is_dir() and (Path(p) / "model.json").is_file()]
     seen: list[tuple[str, Path]] = []
     for label, out in outputs:
         if out is None:
