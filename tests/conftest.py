@@ -80,7 +80,7 @@ def cli():
 @pytest.fixture(scope="session")
 def template_model(tmp_path_factory) -> Path:
     """A run folder with the template baseline trained on the shipped hexane frames (``model/``)
-    and its backmapped test frames (``backmap/aa_cg.trr`` is CG input of the mapping)."""
+    and its 4 backmapped test frames (``backmap/aa_cg.trr`` is CG input of the mapping)."""
     tmp = tmp_path_factory.mktemp("template")
     recipe = tmp / "r.yaml"
     recipe.write_text(textwrap.dedent(f"""
@@ -88,8 +88,8 @@ def template_model(tmp_path_factory) -> Path:
         seed: 3
         workdir: run
         system: {{topology: {HEXANE / 'topol.top'}, mapping: {HEXANE / 'hexane.xml'}}}
-        data: {{trajectory: {HEXANE / 'traj.xtc'}, frames: '0:10', split: {{test_fraction: 0.2, mode: tail}}}}
-        generator: {{plugin: template}}
+        data: {{trajectory: {HEXANE / 'traj.xtc'}, frames: '0:20', split: {{test_fraction: 0.2, mode: tail}}}}
+        generator: {{plugin: template, params: {{kick: 0.004}}}}
         steps: [{{prepare: {{}}}}, {{train: {{}}}}, {{backmap: {{candidates: 2, gibbs_sweeps: 0}}}}]
         """))
     code, _, err = run_cli("run", recipe, catch_exceptions=False)

@@ -16,31 +16,21 @@ import numpy as np
 import pytest
 
 from backmap.parallel import ClusterOptions, PartStore, ProcessLocal, frame_rng, run_blocks
+from backmap.parallel.cluster import usable_cores
 from backmap.system.io import read_frames
 
 from conftest import HEXANE, one_line_error, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
+#: a local cluster runs at most one single-threaded worker per core (ClusterOptions refuses more)
+TWO_CORES = pytest.mark.skipif(usable_cores() < 2, reason="two local workers need two cores")
 BACKMAP = [str(Path(sys.executable).parent / "backmap")]
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
+def model(template_model) -> Path:
     """The template baseline trained on the shipped hexane frames, and 4 held-out CG frames."""
-    tmp = tmp_path_factory.mktemp("parallel")
-    recipe = tmp / "r.yaml"
-    recipe.write_text(textwrap.dedent(f"""
-        name: par
-        seed: 3
-        workdir: run
-        system: {{topology: {HEXANE / 'topol.top'}, mapping: {HEXANE / 'hexane.xml'}}}
-        data: {{trajectory: {HEXANE / 'traj.xtc'}, frames: '0:20', split: {{test_fraction: 0.2, mode: tail}}}}
-        generator: {{plugin: template, params: {{kick: 0.004}}}}
-        steps: [{{prepare: {{}}}}, {{train: {{}}}}, {{backmap: {{candidates: 2, gibbs_sweeps: 0}}}}]
-        """))
-    code, _, err = run_cli("run", recipe, catch_exceptions=False)
-    assert code == 0, err
-    return tmp / "run"
+    return template_model
 
 
 def _apply(model: Path, out: Path, *extra, refine: bool = True) -> list[str]:
@@ -55,6 +45,7 @@ def _positions(path: Path) -> np.ndarray:
     return np.stack([f.positions for f in read_frames(path)])
 
 
+@TWO_CORES
 def test_output_is_byte_identical_with_one_and_two_workers(model, tmp_path):
     """Per-frame random streams: which worker ran a frame, and how many there are, changes nothing."""
     for name, extra in (("one", ["--workers", "1"]), ("two", ["--workers", "2"])):
@@ -71,6 +62,7 @@ def test_output_is_byte_identical_with_one_and_two_workers(model, tmp_path):
     assert not any(p.name.endswith(".parts") for p in (tmp_path / "two").iterdir())  # the store is gone
 
 
+@TWO_CORES
 def test_the_serial_path_gives_the_workers_result(model, tmp_path):
     """This process (torch on all threads) against two single-threaded workers: the same frames,
     but for the odd coordinate on the other side of an .xtc rounding boundary."""
@@ -143,6 +135,7 @@ class _SlowJob(ProcessLocal):
         return {"value": np.array(items) * 10, "rows": [{"pid": os.getpid()}]}
 
 
+@TWO_CORES
 def test_a_worker_killed_mid_frame_loses_and_duplicates_nothing(tmp_path):
     """kill -9 of a worker process while it runs a block: Dask runs the block again elsewhere; every
     block is stored once, in order."""
@@ -266,6 +259,7 @@ def test_apply_and_evaluate_on_a_running_scheduler(model, scheduler, tmp_path):
     assert local == dask
 
 
+@TWO_CORES
 def test_refine_on_workers_equals_one_worker(model, tmp_path):
     """`backmap refine` splits frames the same way: 1 and 2 workers, byte-identical."""
     aa = model / "backmap" / "aa.xtc"
@@ -313,6 +307,7 @@ def test_a_new_store_has_its_manifest_and_drops_torn_block_files(tmp_path):
     assert again.get(0)["rows"] == [{"frame": 0}] and list(again.get(0)["x"]) == [0, 1, 2]
 
 
+@TWO_CORES
 def test_recipe_cluster_key_runs_the_backmap_step_on_workers(model, cli, tmp_path):
     """`cluster: {workers: 2}` in a recipe: the backmap step's frames on a local cluster, the output
     that of `backmap apply --workers 1` with the recipe's seed."""

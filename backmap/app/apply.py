@@ -57,7 +57,8 @@ def apply_model(request: ApplyRequest) -> Backmapped:
                            source=r.model)
     source = r.traj or r.cg
     reads = [*r.read_paths(), ("the model's topology", top_path), *(("the model's mapping", m) for m in maps)]
-    check_outputs([("--out", r.out)], [("the model package", loaded.directory), *reads], "apply")  # early; all at the writing
+    # --out alone, early (before the model's system is loaded); every file written, when writing
+    check_outputs([("--out", r.out)], [("the model package", loaded.directory), *reads], "apply")
     topo = load_topology(top_path)
     given = load_mapping(maps, topo)
     if r.mapping and loaded.mapping and all(Path(p).is_file() for p in loaded.mapping):

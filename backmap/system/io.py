@@ -110,14 +110,6 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def refuse_overwriting_inputs(out: str | Path, inputs: Iterable[str | Path | None], option: str = "--out") -> None:
-    """Refuse an output that is one of the inputs (same path, symbolic or hard link), a device file
-    or a folder: :func:`backmap.system.claim.check_outputs` for one output. Call before any work."""
-    from backmap.system.claim import check_outputs
-
-    check_outputs([(option, out)], [("input", p) for p in inputs], option=option)
-
-
 def check_finite(positions: np.ndarray, dimensions: np.ndarray | None, frame: int, source: str | Path,
                  names: Sequence[str] | None = None) -> None:
     """Refuse a frame with a NaN or infinite coordinate or box value: MDAnalysis, the SVD of the
@@ -434,7 +426,7 @@ def _set(u, frame: Frame) -> None:
 
 
 __all__ = ["Frame", "atomic_path", "box_dimensions", "check_finite", "parse_frames", "read_formats", "read_frames",
-           "refuse_overwriting_inputs", "trajectory_info", "write_frames", "write_lammps_dump"]
+           "trajectory_info", "write_frames", "write_lammps_dump"]
 
 
 def check_gro_complete(path: Path) -> None:
