@@ -10,10 +10,12 @@ from backmap._version import __version__
 from backmap.allocator import keep_freed_memory
 from backmap.engine.hooks import hookimpl
 from backmap.engine.plugin import (
+    FrameSampler,
     Generator,
     Metric,
     Move,
     MoveFrame,
+    MoveSetup,
     Plugin,
     Reader,
     Refiner,
@@ -58,10 +60,12 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "BackmapError",
+    "FrameSampler",
     "Generator",
     "Metric",
     "Move",
     "MoveFrame",
+    "MoveSetup",
     "Plugin",
     "Reader",
     "Refiner",

@@ -143,6 +143,13 @@ def test_forward_environment_sees_only_placed_atoms(hexane):
     assert not (gibbs.atom_index == own[:, None])[gibbs.atom_mask].any()
 
 
+def _frame(bm, R, fr):
+    """One frame backmapped with its moves (regrow, clash repair, …), as ``backmap apply`` makes it."""
+    from backmap.system.io import Frame
+
+    return bm.backmap_frame(Frame(R, fr.dimensions, index=0))[0].positions
+
+
 def _backmapper(cg, seed=3, **kw):
     from backmap.engine.assembly import make_backmapper
     from backmap.sampling.backmapper import BackmapSettings
@@ -381,8 +388,8 @@ def test_regrow_moves_only_the_named_beads(hexane):
     beads' atoms is where the run without it put them."""
     topo, cg, x, fr = hexane
     R = cg.apply(x)
-    plain = _backmapper(cg, 5).sampler.backmap(R, fr.box)
-    regrown = _backmapper(cg, 5, regrow=["A1"]).sampler.backmap(R, fr.box)
+    plain = _frame(_backmapper(cg, 5), R, fr)
+    regrown = _frame(_backmapper(cg, 5, regrow=["A1"]), R, fr)
     mm = cg.blocks[0].mapping
     a1 = [b.name for b in mm.beads].index("A1")
     plan = next(iter(_backmapper(cg, 5).plans.values()))
@@ -406,7 +413,7 @@ def test_regrow_trials_keep_each_molecules_lowest_energy(hexane):
     for seed in (0, 1):
         e = {}
         for t in (1, 8):
-            y = _backmapper(cg, seed, regrow=["A1"], regrow_trials=t).sampler.backmap(R, fr.box)
+            y = _frame(_backmapper(cg, seed, regrow=["A1"], regrow_trials=t), R, fr)
             e[t] = ff.energy(y[None], fr.box[None]).total.item()
         assert e[8] < 0.97 * e[1], (seed, e)
 
@@ -435,8 +442,7 @@ def test_clash_repair_redraws_the_clashing_units(hexane):
     def run(seed, rounds):
         gen = default_registry().get("generator", "bead_centre").cls({"spread": 0.12})
         bm = make_backmapper(cg, gen, BackmapSettings(candidates=4, gibbs_sweeps=0, repair_clashes=rounds), seed=seed)
-        y = bm.sampler.backmap(R, fr.box)
-        return bm.sampler, y
+        return bm.sampler, _frame(bm, R, fr)
 
     sampler, y = run(0, 0)
     found = sampler.clashing_atoms(torch.as_tensor(y, dtype=torch.float32))
@@ -466,7 +472,8 @@ def test_clashes_the_cg_projection_makes_are_repaired(hexane):
 
     topo, cg, x, fr = hexane
     bm = _backmapper(cg, seed=2, project_cg=True, repair_clashes=2)
-    real = bm.projection
+    move = next(m for m in bm.moves if m.name == "project_cg")
+    real = move._projection
     calls = []
 
     def clashing_projection(y, beads, dims):
@@ -478,7 +485,7 @@ def test_clashes_the_cg_projection_makes_are_repaired(hexane):
             return ProjectionResult(z, out.cg_rmsd_before, out.cg_rmsd_after, out.largest_move, out.converged)
         return out
 
-    bm.projection = clashing_projection
+    move._projection = clashing_projection
     y = next(bm.run([Frame(cg.apply(x), fr.dimensions)])).positions
     assert len(calls) >= 2 and bm.sampler.repaired_units >= 1
     assert len(bm.sampler.clashing_atoms(torch.as_tensor(y, dtype=torch.float32))) == 0

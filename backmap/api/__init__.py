@@ -26,10 +26,12 @@ from typing import Any
 import backmap as _root
 from backmap import (  # noqa: F401
     BackmapError,
+    FrameSampler,
     Generator,
     Metric,
     Move,
     MoveFrame,
+    MoveSetup,
     Plugin,
     Reader,
     Refiner,

@@ -8,6 +8,7 @@ from backmap.sampling.environment import Channels, EnvironmentBatch  # noqa: F40
 from backmap.sampling.spec import EnvironmentSpec  # noqa: F401
 from backmap.sampling.sampler import Sampler, SamplerOptions, UnitGroup  # noqa: F401
 from backmap.sampling.backmapper import BackmapSettings, read_cg  # noqa: F401
+from backmap.sampling.cg_projection import CGProjection, ProjectionResult  # noqa: F401
 from backmap.sampling.chirality import ChiralCentres, invert_flipped, load_chiral_centres  # noqa: F401
 from backmap.sampling.flat_bottom import FlatBottomLimits, type_key  # noqa: F401
 from backmap.sampling.traversal import make_plans  # noqa: F401
@@ -15,6 +16,6 @@ from backmap.sampling.blocks import Block, parse_blocks  # noqa: F401
 from backmap.sampling.local_mc import LocalMetropolis  # noqa: F401
 from backmap.sampling.metropolis import cross_energies, sequential_metropolis  # noqa: F401
 
-__all__ = ['BackmapSettings', 'Block', 'Channels', 'ChiralCentres', 'EnvironmentBatch', 'EnvironmentSpec', 'FlatBottomLimits',
-           'LocalMetropolis', 'Sampler', 'SamplerOptions', 'UnitGroup', 'cross_energies', 'invert_flipped',
+__all__ = ['BackmapSettings', 'Block', 'CGProjection', 'Channels', 'ChiralCentres', 'EnvironmentBatch', 'EnvironmentSpec', 'FlatBottomLimits',
+           'LocalMetropolis', 'ProjectionResult', 'Sampler', 'SamplerOptions', 'UnitGroup', 'cross_energies', 'invert_flipped',
            'load_chiral_centres', 'make_plans', 'parse_blocks', 'read_cg', 'sequential_metropolis', 'type_key']

@@ -11,6 +11,6 @@ from backmap.training.von_mises import sample_von_mises  # noqa: F401
 from backmap.training.temporal_twist import choose_twist  # noqa: F401
 from backmap.training.distributed import current_group  # noqa: F401
 from backmap.training.energies import LocalEnergies  # noqa: F401
-from backmap.training.loop import TrainsWithoutData  # noqa: F401
+from backmap.training.loop import TrainingBatch, TrainingLoop, TrainsWithoutData  # noqa: F401
 
-__all__ = ['BeadSequences', 'FitContext', 'LocalEnergies', 'RegularizerSample', 'ReverseKLOptions', 'ReverseKLTrainer', 'Schedule', 'Target', 'TrainOptions', 'TrainingData', 'TrainsWithoutData', 'choose_twist', 'current_group', 'sample_von_mises']
+__all__ = ['BeadSequences', 'FitContext', 'LocalEnergies', 'RegularizerSample', 'ReverseKLOptions', 'ReverseKLTrainer', 'Schedule', 'Target', 'TrainOptions', 'TrainingBatch', 'TrainingData', 'TrainingLoop', 'TrainsWithoutData', 'choose_twist', 'current_group', 'sample_von_mises']

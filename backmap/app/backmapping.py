@@ -168,6 +168,9 @@ class Backmapped:
         return out | (self.refinement or {})
 
 
+#: the built-in moves whose run summary is a section of its own (:class:`Backmapped`), not a "move" row
+SECTIONS = ("repair_clashes", "polish", "project_cg")
+
 #: share of broken bonds in the generator's output above which apply warns (DBM's own sPS output: 0.1 %)
 BROKEN_BONDS_WARNING = 0.01
 
@@ -235,14 +238,16 @@ class BackmapJob(ProcessLocal):
                 row["stereocentres_kept"] = kept
             if self._local_bonds is not None:
                 row["broken_bonds"] = self._local_bonds.broken_fraction(aa.positions, cg.dimensions)
-            if bm.settings.repair_clashes:
+            reports = bm.move_reports[-1] if bm.moves else {}
+            if "repair_clashes" in reports:
                 row["clash_units_redrawn"] = bm.sampler.repaired_units - repaired
-            if bm.sampler.polish is not None:
+            if bm.sampler.polish is not None or "polish" in reports:
                 row.update({f"polish_{k}": v - polished[k] for k, v in bm.sampler.polish_log.items()})
-            if bm.projection is not None:
-                row.update({f"projection_{k}": v for k, v in bm.projection_log[-1].items() if k != "frame"})
-            if bm.moves:
-                row["moves"] = bm.move_reports[-1]
+            if "project_cg" in reports:
+                row.update({f"projection_{k}": v for k, v in reports["project_cg"].items()})
+            moves = {name: r for name, r in reports.items() if name not in SECTIONS}
+            if moves:
+                row["moves"] = moves
             raw.append(aa.positions.astype(np.float32))
             if self.refiner is not None:
                 (done, log), = refine_batch(self._local_refiner, self.refine_system, [aa], [cg],
@@ -352,12 +357,14 @@ def _backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path
         result.broken_bonds = round(float(np.mean(broken)), 5)
     redrawn = [r["clash_units_redrawn"] for r in rows if "clash_units_redrawn" in r]
     if redrawn:
-        result.clash_repair = ClashRepairReport(bm.settings.repair_clashes, int(sum(redrawn)),
+        rounds = bm.settings.repair_clashes or sum(1 for m in bm.moves if m.name == "repair_clashes")
+        result.clash_repair = ClashRepairReport(rounds, int(sum(redrawn)),
                                                 int(sum(1 for r in redrawn if r)))
     polished = [r for r in rows if "polish_placements" in r]
     if polished:
         n_polished = sum(r["polish_placements"] for r in polished)
-        result.guidance = GuidanceReport(bm.settings.polish_steps, n_polished,
+        steps = bm.settings.polish_steps or max(m.params.steps for m in bm.moves if m.name == "polish")
+        result.guidance = GuidanceReport(steps, n_polished,
                                          round(sum(r["polish_energy_drop"] for r in polished) / max(n_polished, 1), 2))
     projected = [r for r in rows if "projection_converged" in r]
     if projected:
@@ -371,8 +378,9 @@ def _backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path
             say(f"warning: {where}: in {p.frames_left_unprojected} of {len(projected)} frames, "
                 f"{p.molecules_left_unprojected} molecules could not be projected onto their CG input "
                 "(no convergence, or an atom would move > 0.3 nm); they are written as sampled")
-    if bm.moves:
-        result.moves = {m.name: m.summarize([r["moves"][m.name] for r in rows]) for m in bm.moves}
+    summarized = {m.name: m for m in bm.moves if m.name not in SECTIONS}
+    if summarized:
+        result.moves = {name: m.summarize([r["moves"][name] for r in rows]) for name, m in summarized.items()}
     if (result.broken_bonds or 0.0) > BROKEN_BONDS_WARNING:
         say(f"warning: {where}: {result.broken_bonds:.1%} of the bonds the generator wrote are more than "
             f"{TOLERANCE:.0%} off the force field's length (torn molecules; see docs/transfer.md)")

@@ -23,5 +23,7 @@ def make_backmapper(cg_topology: CGTopology, generator: Generator, settings: Bac
                            where=f"{where}.selector_params")
     generator = generator.for_inference(settings.generator_params, where=f"{where}.generator_params")
     channels = channels or Channels.for_spec(cg_topology, spec.channels)
-    moves = [make_plugin("move", m.name, m.params, registry, where=f"{where}.moves ({m.name})") for m in settings.moves]
-    return Backmapper(cg_topology, generator, channels, traversal, selector, settings, seed=seed, moves=moves)
+    moves = [make_plugin("move", m.name, m.params, registry, where=f"{where}.moves ({m.name})")
+             for m in settings.move_choices(generator.projects_cg)]
+    return Backmapper(cg_topology, generator, channels, traversal, selector, settings, seed=seed, moves=moves,
+                      where=where)

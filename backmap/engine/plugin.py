@@ -6,7 +6,7 @@ the contract the core relies on; anything else is the plugin's own business.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, Sequence, runtime_checkable
 
@@ -17,7 +17,11 @@ if TYPE_CHECKING:
     import networkx as nx
     import torch
 
-    from backmap.sampling.environment import EnvironmentBatch
+    from rich.console import Console
+
+    from backmap.engine.outputs import Outputs
+    from backmap.sampling.environment import Channels, EnvironmentBatch
+    from backmap.system.pairs import PairSet
     from backmap.sampling.spec import EnvironmentSpec
     from backmap.training.data import FitContext, TrainingData
 
@@ -31,6 +35,21 @@ if TYPE_CHECKING:
     from backmap.metrics.spec import Histogram, Observable
 
 
+class PluginEntry(Protocol):
+    """An installed plugin as the registry lists it."""
+
+    kind: str
+    name: str
+    cls: type[Plugin]
+
+
+class PluginLookup(Protocol):
+    """The installed plugins by kind and name (the core's ``backmap.engine.registry.Registry``)."""
+
+    def get(self, kind: str, name: str, where: str | None = None) -> PluginEntry:
+        """The plugin of ``kind`` named ``name``; an error naming ``where`` and the known names if none."""
+
+
 class StepContext(Protocol):
     """What a recipe step (and a regularizer's ``prepare``) is handed: the validated recipe, its work
     directory and seed, the installed plugins, and the system it describes. The core's
@@ -41,14 +60,14 @@ class StepContext(Protocol):
     recipe: Any
     #: the run's work directory; every step's files are under it
     workdir: Path
-    #: the installed plugins (``backmap.engine.registry.Registry``)
-    registry: Any
-    #: where steps print progress and summaries (a ``rich`` console)
-    console: Any
+    #: the installed plugins
+    registry: PluginLookup
+    #: where steps print progress and summaries
+    console: Console
     seed: int
     rng: np.random.Generator
     #: files steps declare for later steps (``outputs.declare``, ``outputs.get``, ``outputs.find``)
-    outputs: Any
+    outputs: Outputs
 
     @property
     def topology(self) -> Topology: ...
@@ -62,7 +81,7 @@ class StepContext(Protocol):
     @property
     def cg_topology(self) -> CGTopology: ...
 
-    def channels_for(self, spec: EnvironmentSpec) -> Any:
+    def channels_for(self, spec: EnvironmentSpec) -> Channels:
         """The feature channels of the recipe's system for a generator's environment spec."""
 
     def training_contexts(self) -> Sequence[StepContext]:
@@ -79,13 +98,13 @@ class StepContext(Protocol):
     def path(self, *parts: str) -> Path:
         """A path in the work directory."""
 
-    def pairs(self) -> Any:
+    def pairs(self) -> PairSet:
         """The prepared (CG, AA) training pairs of the recipe's system (``.train()``, ``.test()``)."""
 
-    def plugin(self, kind: str, ref: Any, key: str) -> Any:
+    def plugin(self, kind: str, ref: Any, key: str) -> Plugin:
         """The plugin a recipe entry (``PluginRef``) names, constructed with its parameters."""
 
-    def refiner(self, choice: int | str, key: str) -> Any:
+    def refiner(self, choice: int | str, key: str) -> Refiner:
         """The recipe's refiner chosen by index or plugin name."""
 
 
@@ -321,12 +340,36 @@ class Selector(Plugin):
         raise NotImplementedError
 
 
+class FrameSampler(Protocol):
+    """What a :class:`Move` may ask of the sampler that drew its frame (the core's
+    :class:`backmap.api.sampling.Sampler`): units drawn again, or guided, with the run's generator,
+    plans and selection energy. Each takes and returns positions (N, 3) nm of that frame."""
+
+    #: energy guidance so far: ``placements`` polished, their summed ``energy_drop`` (kJ/mol), ``accepted``
+    polish_log: dict[str, float]
+
+    def regrow_frame(self, positions: np.ndarray, beads: Sequence[str], candidates: int = 0, trials: int = 1
+                     ) -> np.ndarray:
+        """The units of the named beads hidden and drawn again with the rest of each molecule in place."""
+        ...
+
+    def repair_frame(self, positions: np.ndarray) -> tuple[np.ndarray, int]:
+        """One round of clash repair; ``positions`` itself and 0 when nothing clashed."""
+        ...
+
+    def polish_frame(self, positions: np.ndarray, steps: int | None = None) -> np.ndarray:
+        """Every unit turned about its rotatable bonds down its selection energy, ``steps`` steps."""
+        ...
+
+
 @dataclass
 class MoveFrame:
     """One backmapped frame as a :class:`Move` sees it: ``positions`` (N, 3) nm in the AA
     topology's atom order with every molecule whole, the CG input it was made from (``beads``
     (B, 3) nm, whole molecules too), the box, the CG topology (whose ``.topology`` is the AA
-    one) and the frame's own random stream (so the frame's result does not depend on the process)."""
+    one) and the frame's own random stream (so the frame's result does not depend on the process).
+    ``sampler``: the sampler that drew the frame (:class:`FrameSampler`), for moves that draw units
+    again with the run's generator, plans and selection energy."""
 
     positions: np.ndarray
     beads: np.ndarray
@@ -334,24 +377,52 @@ class MoveFrame:
     cg_topology: CGTopology
     rng: np.random.Generator
     index: int | None = None
+    sampler: FrameSampler | None = None
+
+
+@dataclass(frozen=True)
+class MoveSetup:
+    """What a :class:`Move` is prepared with, once before the frames: the system, the generator
+    that draws them (its ``rigid_bonds``, ``projects_cg``, …) and where its settings came from
+    (for errors, e.g. ``backmap.moves (regrow)``)."""
+
+    cg_topology: CGTopology
+    generator: Generator
+    where: str = "moves"
 
 
 class Move(Plugin):
-    """A move made on each whole backmapped frame after the forward pass and the Gibbs sweeps
-    (after the built-in CG projection, energy guidance and clash repair; before a restrained
-    minimization and refinement), chosen with ``--move NAME[:KEY=VALUE,...]`` or the recipe key
-    ``moves`` of the ``backmap`` step, in the order given.
+    """A move made on each whole backmapped frame after the forward pass and the Gibbs sweeps,
+    chosen with ``--move NAME[:KEY=VALUE,...]`` or the recipe key ``moves`` of the ``backmap``
+    step, in the order given, after the built-in ones the settings ask for (``--regrow``,
+    ``--repair-clashes``, ``--project-cg``, ``--polish``: moves too) and before a restrained
+    minimization and refinement.
 
-    ``apply(frame)`` returns the new positions (N, 3) and a report: an instance of the move's
-    ``Report`` dataclass (or a dict), kept per frame as a dict of its fields; :meth:`summarize`
-    adds the numeric ones up over the frames for the run's report (override it for others). When frames are projected onto their CG input,
-    they are projected once more after the moves. Example: docs/moves.md."""
+    ``prepare(setup)`` runs once before the frames (check the system, build tables); ``apply(frame)``
+    returns the new positions (``frame.positions`` itself when nothing moved) and a report: an
+    instance of the move's ``Report`` dataclass (or a dict), kept per frame as a dict of its
+    fields (a move made twice on a frame adds its numbers up); :meth:`summarize` adds the numeric
+    ones up over the frames for the run's report. A ``constraint`` move (the CG projection) is
+    made again, by :meth:`restore`, after every later move that returns new positions, so no
+    later move costs what it holds. Example: docs/moves.md."""
 
     kind = "move"
     Report: ClassVar[type] = dict
+    #: made again after every later move that changed the frame (:meth:`restore`)
+    constraint: ClassVar[bool] = False
+
+    def prepare(self, setup: MoveSetup) -> None:
+        """Called once before the frames; raise :class:`backmap.api.BackmapError` naming
+        ``setup.where`` when the move cannot work on this system."""
 
     def apply(self, frame: MoveFrame) -> tuple[np.ndarray, Any]:
         raise NotImplementedError
+
+    def restore(self, frame: MoveFrame) -> tuple[np.ndarray, dict[str, Any]]:
+        """For a ``constraint`` move: the frame under the constraint again after a later move, and
+        the fields of this frame's report that change (default: :meth:`apply` again, its report)."""
+        positions, report = self.apply(frame)
+        return positions, asdict(report) if is_dataclass(report) else dict(report)
 
     def summarize(self, reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """The run's summary of the frames' reports (default: every numeric field summed)."""

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from backmap.errors import BackmapError
-from backmap.training.loop import NetworkGenerator
+from backmap.training.loop import NetworkGenerator, TrainingBatch, TrainingLoop
 from backmap.threads import torch_threads
 from backmap.icgen.encoder import Encoder
 from backmap.icgen.head import Head, ICDistribution
@@ -318,16 +318,15 @@ class InternalCoordinateGenerator(ICInference, NetworkGenerator):
         return loss, {"nll": float(loss.detach()), "nll_angle": float(nll_a.detach()),
                       "nll_dihedral": float(nll_d.detach()), "nll_bond": float(nll_r.detach())}
 
-    def train_step(self, beads: np.ndarray, loop) -> dict[str, float]:
+    def train_step(self, batch: TrainingBatch, loop: TrainingLoop) -> dict[str, float]:
         p = self.params
-        scale = p.lr_end_fraction + (1 - p.lr_end_fraction) * 0.5 * (1 + math.cos(math.pi * loop.fraction))
-        scale *= min(1.0, (loop.iteration + 1) / WARMUP)  # a linear warm-up: the first steps sharpen σ too fast
+        scale = p.lr_end_fraction + (1 - p.lr_end_fraction) * 0.5 * (1 + math.cos(math.pi * batch.fraction))
+        scale *= min(1.0, (batch.iteration + 1) / WARMUP)  # a linear warm-up: the first steps sharpen σ too fast
         for group in self.optimizer.param_groups:
             group["lr"] = p.lr * scale
-        _ids, seqs = loop.batch(beads)
-        v = self._view_sequences(seqs)
+        v = self._view_sequences(batch.sequences)
         if p.mirror_augment:  # mirror half of the batch: y → −y in the local frame (a right-handed frame stays one)
-            flip = torch.as_tensor(loop.local(loop.np_rng.random(len(beads)) < 0.5))
+            flip = torch.as_tensor(loop.local(loop.np_rng.random(len(batch)) < 0.5))
             sign = torch.where(flip, -1.0, 1.0)[:, None]
             for k in ("atom_positions", "bead_positions", "targets", "previous_frame"):
                 if k not in v:
@@ -335,17 +334,13 @@ class InternalCoordinateGenerator(ICInference, NetworkGenerator):
                 v[k] = v[k].clone()
                 v[k][..., 1] *= sign
         if "previous_frame" in v and p.previous_dropout > 0:  # some frames without one: the first frame of a trajectory
-            drop = torch.as_tensor(loop.local(loop.np_rng.random(len(beads)) < p.previous_dropout))
+            drop = torch.as_tensor(loop.local(loop.np_rng.random(len(batch)) < p.previous_dropout))
             v["previous_frame_ok"] = v["previous_frame_ok"] & ~drop[:, None]
-        loss, stats = self._training_loss(v, loop)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        loop.reduce_gradients(self.parameters(), float(v["target_mask"].sum()))  # the loss is a mean per atom
-        torch.nn.utils.clip_grad_norm_(self.parameters(), 10.0)
-        self.optimizer.step()
+        loss, stats = self._training_loss(v, batch, loop)
+        loop.optimizer_step(self.optimizer, loss, float(v["target_mask"].sum()), clip=10.0)  # a mean per atom
         return stats
 
-    def _training_loss(self, v: dict, loop) -> tuple[torch.Tensor, dict[str, float]]:
+    def _training_loss(self, v: dict, batch: TrainingBatch, loop: TrainingLoop) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss of one (augmented) training batch and its logged statistics."""
         return self.nll(v)
 

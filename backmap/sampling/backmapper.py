@@ -15,7 +15,7 @@ from backmap.fields import KEY_VALUES, TEXT, CommaList, KeyValues, option
 from backmap.system.io import Frame, atomic_path, read_frames, write_frames
 from backmap.system.mapping import CGTopology
 from backmap.system.pbc import Unwrapper
-from backmap.engine.plugin import Generator, Selector
+from backmap.engine.plugin import Generator, Move, MoveFrame, MoveSetup, Selector
 from backmap.progress import progress
 from backmap.sampling.environment import Channels
 from backmap.sampling.flat_bottom import FlatBottomLimits
@@ -144,6 +144,26 @@ class BackmapSettings(BaseModel):
         except ValueError as exc:
             raise BackmapError(f"sampling: {str(exc).splitlines()[-1].strip()}", source=source) from None
 
+    def move_choices(self, projects_cg: bool = False) -> list[MoveChoice]:
+        """The moves these settings make on every frame, in order: the built-in ones their keys ask
+        for (``regrow``; ``repair_clashes`` rounds; the CG projection, with ``project_cg`` or, when it
+        is not given, ``projects_cg``: the generator's default; the closing pass of ``polish_steps``;
+        the repair rounds again on the projected frame), then ``moves``."""
+        chosen: list[MoveChoice] = []
+        if self.regrow:
+            chosen.append(MoveChoice(name="regrow", params={"beads": list(self.regrow), "trials": self.regrow_trials,
+                                                            "candidates": self.regrow_candidates}))
+        repair = [MoveChoice(name="repair_clashes") for _ in range(self.repair_clashes)]  # one round each
+        project = projects_cg if self.project_cg is None else self.project_cg
+        chosen += repair
+        if project:
+            chosen.append(MoveChoice(name="project_cg"))
+        if self.polish_steps:
+            chosen.append(MoveChoice(name="polish", params={"steps": self.polish_steps}))
+        if project:  # the projection moves atoms without looking at contacts
+            chosen += repair
+        return chosen + list(self.moves)
+
     def environment_keys(self) -> dict:
         return {k: getattr(self, k) for k in ("cutoff", "traversal", "heavy_first", "strip_hydrogens")}
 
@@ -160,8 +180,10 @@ class Backmapper:
     selector: Selector
     settings: BackmapSettings = field(default_factory=BackmapSettings)
     seed: int = 0
-    #: Move plugin instances, made on every frame in order (:class:`backmap.engine.plugin.Move`)
-    moves: list = field(default_factory=list)
+    #: Move plugin instances made on every frame in order (:class:`backmap.engine.plugin.Move`):
+    #: those of ``settings.move_choices`` (:func:`backmap.engine.assembly.make_backmapper` makes them)
+    moves: list[Move] = field(default_factory=list)
+    where: str = "backmap"
 
     def __post_init__(self):
         rng = np.random.default_rng(self.seed)
@@ -174,17 +196,9 @@ class Backmapper:
                                  colouring=s.colouring, batch_molecules=s.batch_molecules,
                                  strip_hydrogens=spec.strip_hydrogens, energy=s.energy,
                                  cg_restraint=s.cg_restraint, polish_steps=s.polish_steps,
-                                 polish_sweeps=s.polish_sweeps, regrow=tuple(s.regrow),
-                                 regrow_candidates=s.regrow_candidates, regrow_trials=s.regrow_trials,
-                                 repair_clashes=s.repair_clashes, orient_units=s.orient_units,
-                                 dock=tuple(s.dock))
+                                 polish_sweeps=s.polish_sweeps, orient_units=s.orient_units, dock=tuple(s.dock))
         check_candidate_memory(self.cg_topology, self.plans, max(s.candidates, s.regrow_candidates) * s.regrow_trials,
                                spec.cutoff)
-        known = set(self.cg_topology.bead_names)
-        unknown = [b for b in s.regrow if b not in known]
-        if unknown:
-            raise BackmapError(f"regrow: no bead named {', '.join(unknown)} in the mapping "
-                               f"(its beads: {', '.join(sorted(known)[:30])})")
         self.chirality = None
         if s.stereo_reference is not None:
             if not s.energy:
@@ -204,18 +218,10 @@ class Backmapper:
         self.sampler = Sampler(self.cg_topology, self.plans, self.generator, self.selector, options,
                                channels=self.channels, rng=rng, chirality=self.chirality, energy=scorer)
         self._whole_cg = Unwrapper.for_cg(self.cg_topology)
-        self.projection = None
-        self.projection_log: list[dict] = []
         self.move_reports: list[dict] = []  # per frame: move name -> its report
-        if self.project_cg:
-            from backmap.sampling.cg_projection import CGProjection
-
-            try:
-                self.projection = CGProjection(self.cg_topology, self.generator.rigid_bonds)
-            except (KeyError, ValueError, BackmapError) as exc:
-                why = "" if self.settings.project_cg else f" (generator {self.generator.name!r}'s default)"
-                raise BackmapError(f"project_cg{why}: the topology's bond parameters are needed ({exc}); give a "
-                                   ".top or set project_cg: false") from None
+        setup = MoveSetup(self.cg_topology, self.generator, self.where)
+        for move in self.moves:
+            move.prepare(setup)
         self.forcefield = None
         if s.minimize_steps:
             import torch
@@ -223,12 +229,6 @@ class Backmapper:
             from backmap.forcefield import ForceField
 
             self.forcefield = ForceField(self.cg_topology.topology, dtype=torch.float32)
-
-    @property
-    def project_cg(self) -> bool:
-        """Frames are projected onto their CG input (the setting, else the generator's choice)."""
-        chosen = self.settings.project_cg
-        return self.generator.projects_cg if chosen is None else chosen
 
     @property
     def temporal(self) -> bool:
@@ -249,26 +249,9 @@ class Backmapper:
         self.sampler.rng = rng if rng is not None else frame_rng(self.seed, cg.index if cg.index is not None else 0)
         beads = self._whole_cg(cg.positions, cg.dimensions)
         x = self.sampler.backmap(beads, cg.box, start=start, previous=previous)
-        if self.projection is not None:
-            projected = self.projection(x, beads, cg.dimensions)
-            x = projected.positions.astype(x.dtype)
-            self.projection_log.append({"frame": cg.index, "cg_rmsd_before": projected.cg_rmsd_before,
-                                        "cg_rmsd_after": projected.cg_rmsd_after,
-                                        "largest_move_nm": projected.largest_move, "converged": projected.converged,
-                                        "closest": projected.closest,
-                                        "molecules_unprojected": projected.molecules_unprojected})
-        if self.sampler.polish is not None:  # energy guidance again: the projection does not look at energies
-            x = self.sampler.polish_frame(x)
-            if self.projection is not None:  # a ring turned about its bond moves its centre a little: project again
-                x = self._project_again(x, beads, cg.dimensions)
-        if self.projection is not None:  # the projection moves atoms without looking at contacts
-            for _ in range(self.settings.repair_clashes):
-                repaired, n = self.sampler.repair_frame(x)
-                if not n:
-                    break
-                x = self._project_again(repaired, beads, cg.dimensions)
         if self.moves:
-            x = self._make_moves(x, beads, cg)
+            x = self._make_moves(MoveFrame(x, beads, cg.dimensions, self.cg_topology, self.sampler.rng, cg.index,
+                                           self.sampler))
         if self.forcefield is not None:
             from backmap.forcefield.minimize import minimize_restrained
 
@@ -277,28 +260,29 @@ class Backmapper:
         kept = self.chirality.kept(self.cg_topology.topology, x) if self.chirality is not None else None
         return Frame(x, cg.dimensions, cg.time, cg.index), kept
 
-    def _make_moves(self, x: np.ndarray, beads: np.ndarray, cg: Frame) -> np.ndarray:
-        """The frame after every move plugin in turn (then onto its CG input again, if projected);
-        each move's report is kept in ``move_reports``."""
-        from backmap.engine.plugin import MoveFrame
-
-        frame = MoveFrame(x, beads, cg.dimensions, self.cg_topology, self.sampler.rng, cg.index)
-        reports = {}
+    def _make_moves(self, frame: MoveFrame) -> np.ndarray:
+        """The frame after every move in turn; after a move that returns new positions, every
+        constraint move made before it restores its constraint. The frame's reports (a move made
+        twice adds its numbers up) are kept in ``move_reports``."""
+        reports: dict[str, dict] = {}
+        constraints: list[Move] = []
         for move in self.moves:
+            before = frame.positions
             moved, report = move.apply(frame)
-            reports[move.name] = asdict(report) if is_dataclass(report) else dict(report)  # kept as JSON
-            frame.positions = np.asarray(moved, dtype=x.dtype).reshape(x.shape)
+            _add_report(reports, move.name, asdict(report) if is_dataclass(report) else dict(report))
+            if move.constraint:
+                constraints.append(move)
+            if moved is before:
+                continue
+            frame.positions = np.asarray(moved, dtype=before.dtype).reshape(before.shape)
+            if move.constraint:
+                continue
+            for held in constraints:
+                restored, changed = held.restore(frame)
+                frame.positions = np.asarray(restored, dtype=before.dtype).reshape(before.shape)
+                reports[held.name].update(changed)
         self.move_reports.append(reports)
-        if self.projection is not None:
-            return self._project_again(frame.positions, beads, cg.dimensions)
         return frame.positions
-
-    def _project_again(self, x: np.ndarray, beads: np.ndarray, dimensions: np.ndarray) -> np.ndarray:
-        """The frame moved after its projection (guidance, clash repair): onto its CG input once more,
-        the frame's log keeping the final CG RMSD."""
-        again = self.projection(x, beads, dimensions)
-        self.projection_log[-1]["cg_rmsd_after"] = again.cg_rmsd_after
-        return again.positions.astype(x.dtype)
 
     def run(self, frames: Iterable[Frame], total: int | None = None) -> Iterator[Frame]:
         """AA frames, one per CG frame (:meth:`backmap_frame`; a frame without an index draws as
@@ -322,6 +306,19 @@ class Backmapper:
 _BYTES_PER_PAIR = 32
 #: environment atoms counted per placed atom at most (a dense liquid within 1 nm holds ~ 300)
 _ENVIRONMENT_ATOMS = 400
+
+
+def _add_report(reports: dict[str, dict], name: str, report: dict) -> None:
+    """A move's report for a frame into the frame's reports: numbers added up when the move was
+    made before on the frame (clash repair's rounds), other fields replaced."""
+    if name not in reports:
+        reports[name] = report
+        return
+    kept = reports[name]
+    for key, value in report.items():
+        old = kept.get(key)
+        both = isinstance(value, (int, float)) and isinstance(old, (int, float))
+        kept[key] = old + value if both and not isinstance(value, bool) else value
 
 
 def check_candidate_memory(cg_topology: CGTopology, plans: dict, candidates: int, cutoff: float) -> None:

@@ -41,7 +41,7 @@ CLOSEST_STEPS = 8
 @dataclass
 class ProjectionResult:
     positions: np.ndarray
-    #: RMS of |M(x) − R| before and after (nm)
+    #: RMS distance between the mapped centres M(x) and the beads R, before and after (nm)
     cg_rmsd_before: float
     cg_rmsd_after: float
     #: largest displacement of an atom (nm)

@@ -4,7 +4,7 @@ field of excluded pairs, centroid restraints, springs, a hard wall) without leav
 
 The inner loop of ``vae_mc``'s turns, cranks and inner moves. Before it, a group's moves were
 scored against the state before the group in torch (a dozen passes over index tables per call)
-and then decided in turn with their pair couplings (:func:`placement_kernel.sequential_metropolis`);
+and then decided in turn with their pair couplings (:func:`backmap.sampling.metropolis_kernel.sequential_metropolis`);
 the fixed cost of those passes was most of a round. Here move g is scored against the state the
 moves before it left, so no couplings are needed, and the same random numbers give the same
 decisions (up to rounding).

@@ -1,6 +1,7 @@
 """Monte Carlo decisions compiled over the force field's tables (:meth:`ForceField.kernel_tables`):
 the cross energies a local move changes and a systematic scan of Metropolis tests, as the ``vae_mc``
-refiner makes them (the kernels are :mod:`backmap.forcefield.placement_kernel`)."""
+refiner makes them (the kernels: :mod:`backmap.forcefield.placement_kernel` for the energies,
+:mod:`backmap.sampling.metropolis_kernel` for the decisions)."""
 from __future__ import annotations
 
 import numpy as np
@@ -39,7 +40,7 @@ def sequential_metropolis(ff: ForceField, states: torch.Tensor, atoms: np.ndarra
     before it. Exact (a systematic scan of Metropolis updates) when no two units share a
     bonded term, an excluded pair or another term of the target, and no proposal depends on
     another unit's atoms. NaN ratios are rejected."""
-    from backmap.forcefield.placement_kernel import sequential_metropolis
+    from backmap.sampling.metropolis_kernel import sequential_metropolis
 
     periodic = vectors is not None
     vec = np.asarray(vectors if periodic else np.eye(3), np.float64).reshape(3, 3)

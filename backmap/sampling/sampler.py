@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import networkx as nx
 import numpy as np
@@ -58,19 +58,6 @@ class SamplerOptions:
     #: in which sweeps placements are polished: "last" (the frame's last sweep; then the closing
     #: pass) or "all" (the forward pass too, where a chain's growing end swings freely)
     polish_sweeps: str = "last"
-    #: a block move after the sweeps: the units of these beads (by name, in every molecule type
-    #: that has them) are hidden, placed again in plan order with the rest of the molecule where it
-    #: is, then drawn once more in Gibbs mode — for units that chose badly when they were placed
-    #: with little around them (a chain's start: the hands of its first stereocentres)
-    regrow: tuple[str, ...] = ()
-    #: candidates per unit in the block move (0 = ``candidates``)
-    regrow_candidates: int = 0
-    #: the block is grown this many times; each molecule keeps its lowest-energy trial
-    regrow_trials: int = 1
-    #: rounds of clash repair at the end: every unit with an atom closer than ``clash_distance``
-    #: to an atom more than three bonds away is drawn again in Gibbs mode, one unit at a time
-    #: (units of one step move together and do not see each other's new places; 0 = off)
-    repair_clashes: int = 0
     clash_distance: float = 0.1
     #: forward pass: turn each unit with no bond to a placed atom about its mapped centre so that
     #: its atoms bonded to unplaced atoms point where the CG puts their partners
@@ -384,16 +371,21 @@ class Sampler:
         self._near_keys: np.ndarray | None = None  # atom pairs ≤ 3 bonds apart, for the clash search
         self.polish = None
         self.polish_log = {"placements": 0, "energy_drop": 0.0, "accepted": 0}
+        self._rotors: dict = {}
         if self.options.polish_steps:
             if self.options.polish_sweeps not in ("all", "last"):
                 raise ValueError(f"polish_sweeps {self.options.polish_sweeps!r}: expected all or last")
-            scorer = self.energy.scorer if isinstance(self.energy, RestrainedScorer) else self.energy
-            if not isinstance(scorer, UnitEnergy):
-                raise ValueError("polishing placements needs the force field's energies (a .top topology, "
-                                 "energy scoring on, no flat-bottom or IBI scorer)")
-            self.polish = PlacementPolish(self.options.polish_steps)
-            self._polish_graphs = {mt.name: mt.graph for mt in cg_topology.topology.moltypes.values()}
-            self._rotors: dict = {}
+            self.polish = self.guidance(self.options.polish_steps)
+
+    def guidance(self, steps: int) -> PlacementPolish:
+        """The energy guidance of ``steps`` descent steps on this sampler's selection energy (which
+        must be the force field's: a flat-bottom or IBI scorer has no rotor energies to descend)."""
+        scorer = self.energy.scorer if isinstance(self.energy, RestrainedScorer) else self.energy
+        if not isinstance(scorer, UnitEnergy):
+            raise ValueError("polishing placements needs the force field's energies (a .top topology, "
+                             "energy scoring on, no flat-bottom or IBI scorer)")
+        self._polish_graphs = {mt.name: mt.graph for mt in self.cg.topology.moltypes.values()}
+        return PlacementPolish(steps)
 
     def _unit_arrays(self, cb, plan: Plan, step: int):
         unit = plan.units[step]
@@ -512,54 +504,72 @@ class Sampler:
                     placed[:] = True
                 polish = self.polish is not None and (self.options.polish_sweeps == "all" or k == len(sweeps) - 1)
                 self._step(step, positions, placed, all_placed=sweep == "gibbs", polish=polish)
-            if self.options.regrow:
-                self._regrow(schedule, positions, placed)
-            for _ in range(self.options.repair_clashes):
-                if not self._repair_clashes(schedule, positions, placed):
-                    break
         self._last_schedule = schedule
         return positions.numpy().astype(np.float64)
 
-    def polish_frame(self, positions: np.ndarray) -> np.ndarray:
-        """The closing pass of energy guidance over the frame last backmapped (N, 3): every unit
-        polished where it stands, in plan order. Units placed after a polished one may have moved
-        into it, and the CG projection moves atoms without looking at energies — so the
-        backmapper runs this last. Without ``polish_steps`` the positions are returned as given."""
-        if self.polish is None:
+    def polish_frame(self, positions: np.ndarray, steps: int | None = None) -> np.ndarray:
+        """A pass of energy guidance over the frame last backmapped (N, 3): every unit polished
+        where it stands, in plan order, with ``steps`` descent steps (default: ``polish_steps``;
+        the ``polish`` move's closing pass — units placed after a polished one may have moved into
+        it, and the CG projection moves atoms without looking at energies). Without steps the
+        positions are returned as given."""
+        steps = self.options.polish_steps if steps is None else steps
+        if not steps:
             return positions
+        guide, self.polish = self.polish, self.polish if self.polish is not None and self.polish.steps == steps \
+            else self.guidance(steps)
         x = torch.as_tensor(positions, dtype=torch.float32).clone()
         placed = torch.ones(len(x), dtype=torch.bool)
-        with torch.no_grad(), torch_threads(1):
-            for block in self._last_schedule:
-                for step in block:
-                    self._polish_step(step, x, placed)
+        try:
+            with torch.no_grad(), torch_threads(1):
+                for block in self._last_schedule:
+                    for step in block:
+                        self._polish_step(step, x, placed)
+        finally:
+            self.polish = guide
         return x.numpy().astype(np.float64)
 
     def repair_frame(self, positions: np.ndarray) -> tuple[np.ndarray, int]:
-        """One round of clash repair on the frame last backmapped as it stands now (N, 3) — after
-        the CG projection, which moves atoms without looking at contacts. Returns the positions
-        and the number of units redrawn (0: no clash)."""
+        """One round of clash repair on the frame last backmapped as it stands now (N, 3): every
+        unit with an atom closer than ``clash_distance`` to an atom more than three bonds away is
+        drawn again in Gibbs mode, one unit at a time, in plan order (units of one step do not see
+        each other's new places). Returns the positions (``positions`` itself when nothing clashed)
+        and the number of units redrawn."""
         x = torch.as_tensor(positions, dtype=torch.float32).clone()
         placed = torch.ones(len(x), dtype=torch.bool)
         with torch.no_grad(), torch_threads(1):
             n = self._repair_clashes(self._last_schedule, x, placed)
         return (x.numpy().astype(np.float64) if n else positions), n
 
-    def _regrow(self, schedule: list, positions: torch.Tensor, placed: torch.Tensor) -> None:
-        """The block move of ``options.regrow``: hide the named beads' units, place them again in
-        plan order (forward mode), then once more with everything placed (Gibbs mode). With
-        ``regrow_trials`` > 1 the block is grown that many times (the trials' environments drawn
-        in one batch per step) and each molecule keeps the trial whose units' Gibbs-mode
-        selection energies sum lowest."""
-        names = set(self.options.regrow)
+    def regrow_frame(self, positions: np.ndarray, beads: Sequence[str], candidates: int = 0, trials: int = 1
+                     ) -> np.ndarray:
+        """The block move on the frame last backmapped (N, 3): the units of the ``beads`` named
+        (in every molecule type that has them) hidden, placed again in plan order with the rest of
+        the molecule where it is, then drawn once more in Gibbs mode — for units that chose badly
+        when they were placed with little around them (a chain's start: the hands of its first
+        stereocentres). ``candidates`` per unit (0: the sampler's); with ``trials`` > 1 each
+        molecule keeps its lowest-energy trial. Positions returned as given if no unit is named."""
+        x = torch.as_tensor(positions, dtype=torch.float32).clone()
+        placed = torch.ones(len(x), dtype=torch.bool)
+        with torch.no_grad(), torch_threads(1):
+            if not self._regrow(self._last_schedule, x, placed, set(beads), candidates or self.options.candidates,
+                                max(1, trials)):
+                return positions
+        return x.numpy().astype(np.float64)
+
+    def _regrow(self, schedule: list, positions: torch.Tensor, placed: torch.Tensor, names: set[str], k: int,
+                n_trials: int) -> bool:
+        """Hide the named beads' units, place them again in plan order (forward mode), then once
+        more with everything placed (Gibbs mode); with ``n_trials`` > 1 the block is grown that
+        many times (the trials' environments drawn in one batch per step) and each molecule keeps
+        the trial whose units' Gibbs-mode selection energies sum lowest. False: no unit named."""
         steps = [step for block in schedule for step in block
                  if self.plans[step[0]].mapping.beads[step[2]["bead"]].name in names]
         if not steps:
-            return
+            return False
         hidden = torch.cat([g[6].reshape(-1) for step in steps for g in step[3]])
         owner = torch.cat([g[5][:, None].expand_as(g[6]).reshape(-1) for step in steps for g in step[3]])
-        k = self.options.regrow_candidates or self.options.candidates
-        trials = [positions.clone() for _ in range(max(1, self.options.regrow_trials))]
+        trials = [positions.clone() for _ in range(n_trials)]
         placed[:] = True
         placed[hidden] = False
         for step in steps:
@@ -576,6 +586,7 @@ class Sampler:
         best = energy.argmin(0)[owner]  # the trial each hidden atom's molecule keeps
         positions[hidden] = torch.stack([x[hidden] for x in trials])[best, torch.arange(len(hidden))]
         placed[:] = True
+        return True
 
     def clashing_atoms(self, positions: torch.Tensor) -> np.ndarray:
         """Atoms closer than ``clash_distance`` to an atom more than three bonds away."""

@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol, Sequence, runtime_checkable
 
@@ -40,6 +41,24 @@ if TYPE_CHECKING:
 CHECKPOINT_FORMAT = 2
 
 
+@dataclass(frozen=True)
+class TrainingBatch:
+    """One iteration's batch as the loop draws it for :meth:`NetworkGenerator.train_step`: the
+    bead-frames, their sequences (each in a random context, trimmed to the batch's largest sizes;
+    on several processes, this process's rows) and where training stands."""
+
+    beads: np.ndarray  # bead-frames of the whole batch
+    ids: np.ndarray  # global sequence ids of this process's rows (bead-frame i in context c: c·n + i)
+    sequences: BeadSequences
+    iteration: int
+    fraction: float  # share of the whole training done before this iteration (learning-rate schedules)
+    epoch: float  # epochs done before this iteration (the regularizers' schedule clock)
+    log: bool  # this iteration's numbers are logged (regularizers then log energy terms too)
+
+    def __len__(self) -> int:
+        return len(self.beads)
+
+
 @runtime_checkable
 class TrainsWithoutData(Protocol):
     """A generator that trains without atomistic data, by reverse KL against the force field and
@@ -63,7 +82,7 @@ class NetworkGenerator(Generator):
     #: parameters that do not change what is trained (left out of the checkpoint fingerprint)
     runtime_params: ClassVar[tuple[str, ...]] = ("threads",)
     #: ``train_step`` follows the data-parallel rules (:mod:`backmap.training.distributed`): random
-    #: draws per sequence through ``loop.local``, ``loop.reduce_gradients`` before each optimizer step
+    #: draws per sequence through ``loop.local``, every optimizer step through ``loop.optimizer_step``
     data_parallel: ClassVar[bool] = False
 
     def training_contexts(self) -> tuple[str, ...]:
@@ -78,10 +97,14 @@ class NetworkGenerator(Generator):
         """Build fresh networks and optimizers for ``data`` (channels, spec), initialized from ``seed``."""
         raise NotImplementedError
 
-    def train_step(self, beads: np.ndarray, loop: "TrainingLoop") -> dict[str, float]:
-        """One iteration on the bead-frames ``beads`` (``loop.batch(beads)`` gives their sequences):
-        losses, backward passes and optimizer steps. Returns numbers for the training log
-        (``loop.record`` adds more, e.g. per inner step)."""
+    def train_step(self, batch: TrainingBatch, loop: "TrainingLoop") -> dict[str, float]:
+        """One iteration on ``batch``: losses, then :meth:`TrainingLoop.optimizer_step` for each
+        optimizer step (the loop does the backward pass, the gradient reduction over processes and
+        clipping). What the loop offers besides: ``loop.draw()`` (another batch, e.g. a critic's),
+        ``loop.regularize`` (the recipe's regularizers), ``loop.record`` (more log numbers, e.g. per
+        inner step), the random streams ``loop.np_rng`` / ``loop.torch_rng`` and, for per-sequence
+        draws on several processes, ``loop.local`` / ``loop.local_randn``. Returns numbers for the
+        training log."""
         raise NotImplementedError
 
     def training_state(self) -> dict[str, Any]:
@@ -134,8 +157,8 @@ class TrainingLoop:
     ``np_rng`` (batches, contexts, augmentations) and ``torch_rng`` (noise), saved in checkpoints.
 
     On several processes (``group``) every process draws the same global batch and keeps its rows
-    of it (:meth:`batch`, :meth:`local`); ``train_step`` calls :meth:`reduce_gradients` before
-    each optimizer step; only the main process writes and prints."""
+    of it (:meth:`draw`, :meth:`local`); :meth:`optimizer_step` reduces the gradients before each
+    optimizer step; only the main process writes and prints."""
 
     def __init__(self, generator: NetworkGenerator, seqs: BeadSequences, n_contexts: int, options: TrainOptions,
                  seed: int, regularizers: Sequence["Regularizer"] = (), energies: LocalEnergies | None = None,
@@ -182,17 +205,29 @@ class TrainingLoop:
         """Share of the whole training done before this iteration (for learning-rate schedules)."""
         return self.iteration / max(self.total, 1)
 
-    def random_beads(self) -> np.ndarray:
-        """A random batch of bead-frames, drawn without replacement (e.g. for extra critic steps)."""
-        return self.np_rng.choice(self.n, self.batch_size, replace=False)
-
-    def batch(self, beads: np.ndarray) -> tuple[np.ndarray, BeadSequences]:
-        """Global sequence ids and the sequences of bead-frames ``beads``, each in a random
-        context, trimmed to the batch's largest sizes (on several processes: this process's rows)."""
+    def draw(self, beads: np.ndarray | None = None) -> TrainingBatch:
+        """The batch of bead-frames ``beads`` (default: ``batch_size`` drawn at random without
+        replacement, e.g. for a critic's extra steps), each in a random context."""
+        if beads is None:
+            beads = self.np_rng.choice(self.n, self.batch_size, replace=False)
         ctx = self.np_rng.integers(0, self.n_contexts, len(beads))
         self._batch_rows = len(beads)
         ids = self.local(ctx * self.n + beads)
-        return ids, trim(self.seqs.select(torch.as_tensor(ids)))
+        return TrainingBatch(beads, ids, trim(self.seqs.select(torch.as_tensor(ids))), self.iteration, self.fraction,
+                             self.epoch, self.logging)
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, weight: float = 1.0,
+                       clip: float | None = None) -> None:
+        """One optimizer step on ``loss``: gradients, their weighted mean over processes
+        (:meth:`reduce_gradients`; ``weight``: this process's share of the loss normaliser, e.g.
+        its atoms), norm clipping at ``clip``, the step."""
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.reduce_gradients(parameters, weight)
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(parameters, clip)
+        optimizer.step()
 
     def local(self, values):
         """This process's rows of ``values`` drawn for a whole batch (per-sequence random draws:
@@ -218,11 +253,12 @@ class TrainingLoop:
         self.group.reduce_gradients(parameters, weight)
         self._step_weight = weight
 
-    def regularize(self, ids: np.ndarray, seqs: BeadSequences, coords: torch.Tensor, n_samples: int,
-                   log_energies: bool = False) -> tuple[torch.Tensor | float, dict[str, float]]:
-        """The recipe's regularizers on the first ``n_samples`` sequences of a batch with their
+    def regularize(self, batch: TrainingBatch, coords: torch.Tensor, n_samples: int
+                   ) -> tuple[torch.Tensor | float, dict[str, float]]:
+        """The recipe's regularizers on the first ``n_samples`` sequences of ``batch`` with their
         bead's atoms at ``coords`` (S, T, 3), at their scheduled weights (inactive ones skipped);
-        with ``log_energies``, also the energy terms of generated vs reference atoms for the log."""
+        in a logged iteration, also the energy terms of generated vs reference atoms for the log."""
+        ids, seqs, log_energies = batch.ids, batch.sequences, batch.log
         n_reg = min(n_samples, len(ids)) if self.energies is not None else 0
         active = [r for r in self.regularizers if _weight(r, self.epoch) != 0.0]
         samples = [self.energies.sample(int(ids[s]), seqs, s, coords[s]) for s in range(n_reg)] \
@@ -274,7 +310,7 @@ class TrainingLoop:
                 self.position += len(beads)
                 next_it = self.iteration + 1
                 self.logging = next_it % o.log_every == 0 or next_it == self.total
-                self._accumulate(self._reduced(self.generator.train_step(beads, self)))
+                self._accumulate(self._reduced(self.generator.train_step(self.draw(beads), self)))
                 self._accumulate(self._energy_stats())
                 self.iteration = next_it
                 self.seconds = seconds0 + time.perf_counter() - t0
@@ -306,7 +342,7 @@ class TrainingLoop:
         if not self.group.active:
             return stats
         if self._step_weight is None:
-            raise BackmapError(f"{self.generator.name}: train_step did not call loop.reduce_gradients "
+            raise BackmapError(f"{self.generator.name}: train_step made no loop.optimizer_step "
                                f"(needed on several processes)")
         stats, self._step_weight = self.group.average(stats, self._step_weight), None
         return stats

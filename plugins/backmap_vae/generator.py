@@ -228,10 +228,10 @@ class VAEGenerator(InternalCoordinateGenerator):
         return nll, m, gaussian_kl(mq, lq, mp, lp)
 
     # ------------------------------------------------------------------ training
-    def _training_loss(self, v: dict, loop) -> tuple[torch.Tensor, dict[str, float]]:
+    def _training_loss(self, v: dict, batch, loop) -> tuple[torch.Tensor, dict[str, float]]:
         """Negative ELBO per atom with the KL weight annealed in over ``kl_anneal`` of training."""
         p = self.params
-        kl_weight = p.kl_weight * (min(1.0, loop.fraction / p.kl_anneal) if p.kl_anneal > 0 else 1.0)
+        kl_weight = p.kl_weight * (min(1.0, batch.fraction / p.kl_anneal) if p.kl_anneal > 0 else 1.0)
         gen = torch.Generator().manual_seed(int(loop.np_rng.integers(2**62)))
         nll, m, kl = self._terms(v, gen, loop)
         n = m.sum().clamp(min=1)

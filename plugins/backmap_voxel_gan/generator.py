@@ -9,6 +9,7 @@ unit sees its environment rotated about the local z axis by a random angle and g
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 from backmap.api import BackmapError, NetworkGenerator
 from backmap.api.io import torch_threads
 from backmap.api.sampling import EnvironmentBatch
-from backmap.api.training import BeadSequences
+from backmap.api.training import BeadSequences, TrainingBatch, TrainingLoop
 from backmap_voxel_gan.features import ChannelLayout, compact, rotation_z
 from backmap_voxel_gan.model import VoxelGANModel, rotate_batch
 from backmap_voxel_gan.networks import flops_per_call
@@ -62,38 +63,33 @@ class VoxelGAN(NetworkGenerator):
         summary["generator MFLOP per placement"] = round(self.flops() / 1e6, 1)
         return summary
 
-    def _batch(self, beads: np.ndarray, loop) -> tuple[np.ndarray, BeadSequences]:
-        """The loop's batch, rotated about the local z axis (augmentation)."""
-        ids, seqs = loop.batch(beads)
-        angles = loop.np_rng.uniform(0, 2 * np.pi, len(beads)) if self.params.rotate else np.zeros(len(beads))
-        return ids, rotate_batch(seqs, torch.as_tensor(angles, dtype=torch.float32))
+    def _rotated(self, batch: TrainingBatch, loop: TrainingLoop) -> BeadSequences:
+        """The batch's sequences rotated about the local z axis (augmentation)."""
+        angles = loop.np_rng.uniform(0, 2 * np.pi, len(batch)) if self.params.rotate else np.zeros(len(batch))
+        return rotate_batch(batch.sequences, torch.as_tensor(angles, dtype=torch.float32))
 
-    def _noise(self, seqs: BeadSequences, loop) -> torch.Tensor:
+    def _noise(self, seqs: BeadSequences, loop: TrainingLoop) -> torch.Tensor:
         S, T = seqs.target_mask.shape
         return torch.randn(S, T, self.model.noise_dim, generator=loop.torch_rng)
 
-    def train_step(self, beads: np.ndarray, loop) -> dict[str, float]:
+    def train_step(self, batch: TrainingBatch, loop: TrainingLoop) -> dict[str, float]:
         p, model = self.params, self._require()
-        scale = 1.0 - (1.0 - p.lr_end_fraction) * loop.fraction  # linear decay to lr_end_fraction
+        scale = 1.0 - (1.0 - p.lr_end_fraction) * batch.fraction  # linear decay to lr_end_fraction
         for opt, lr in ((self.opt_g, p.lr_generator), (self.opt_c, p.lr_critic)):
             for group in opt.param_groups:
                 group["lr"] = lr * scale
         for _ in range(p.n_critic):
-            _, seqs = self._batch(loop.random_beads(), loop)
+            seqs = self._rotated(loop.draw(), loop)
             with torch.no_grad():
                 fake = model.generate(seqs, self._noise(seqs, loop))
             loss, stats = model.critic_loss(seqs, fake, p.gp_weight, loop.torch_rng, p.critic_fraction)
-            self.opt_c.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt_c.step()
+            loop.optimizer_step(self.opt_c, loss)
             loop.record(stats)
-        ids, seqs = self._batch(beads, loop)
+        seqs = self._rotated(batch, loop)
         fake = model.generate(seqs, self._noise(seqs, loop), unroll=p.unroll)
         adversarial = model.generator_loss(seqs, fake)
-        regularization, stats = loop.regularize(ids, seqs, fake.coords, p.regularizer_samples, log_energies=loop.logging)
-        self.opt_g.zero_grad(set_to_none=True)
-        (adversarial + regularization).backward()
-        self.opt_g.step()
+        regularization, stats = loop.regularize(replace(batch, sequences=seqs), fake.coords, p.regularizer_samples)
+        loop.optimizer_step(self.opt_g, adversarial + regularization)
         return {"generator_loss": float(adversarial.detach()), **stats}
 
     def training_state(self) -> dict[str, Any]:
