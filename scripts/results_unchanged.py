@@ -34,6 +34,26 @@ POLISH = ["--polish", "15", "--polish-sweeps", "all"]
 JSD_TOLERANCE = 0.002
 
 
+def cpu_model() -> str:
+    """The CPU's model name (float results can differ between CPUs of one architecture)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "absent"
+
+
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -76,12 +96,18 @@ def main() -> None:
         sys.exit(f"error: {SHARED} missing (the shared sPS data)")
     with tempfile.TemporaryDirectory(prefix="unchanged-") as tmp:
         cases = measure(Path(tmp), models)
-    machine = {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()}
+    machine = {"cpu": cpu_model(), "python": platform.python_version(), "torch": _version("torch"),
+               "numpy": _version("numpy")}
     if args.record:
         args.record.write_text(json.dumps({"machine": machine, "cases": cases}, indent=1) + "\n")
         print(json.dumps({"recorded": str(args.record), **cases}))
         return
-    base = json.loads(args.check.read_text())["cases"]
+    recorded = json.loads(args.check.read_text())
+    base = recorded["cases"]
+    if recorded.get("machine") != machine:
+        print(f"warning: recorded on {recorded.get('machine')}, checked on {machine}: hashes may differ for that "
+              "reason alone; record a baseline here (git worktree of the base commit) before trusting a change",
+              file=sys.stderr)
     changed = {}
     for key, value in cases.items():
         old = base.get(key)
