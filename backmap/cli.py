@@ -50,20 +50,26 @@ class _Group(click.Group):
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    """``backmap --version``: the version, and every package that provides plugins with its own."""
+    """``backmap --version``: the version, every package that provides plugins with its own, and
+    the torch devices and OpenMM platforms this machine offers."""
     if not value or ctx.resilient_parsing:
         return
     from backmap.engine.registry import default_registry
 
+    from backmap.devices import openmm_platforms, torch_devices
+
     click.echo(f"backmap {backmap.__version__}")
     for package, version in sorted({(info.package, info.version) for info in default_registry()}):
         click.echo(f"  plugins: {package} {version}")
+    click.echo(f"  devices: {', '.join(torch_devices())}")
+    click.echo(f"  OpenMM platforms: {', '.join(openmm_platforms()) or 'none (openmm not importable)'}")
     ctx.exit()
 
 
 @click.group(cls=_Group)
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
-              help="Show the version and the installed plugin packages' versions, and exit.")
+              help="Show the version, the installed plugin packages' versions, the devices and OpenMM "
+                   "platforms, and exit.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:

@@ -8,6 +8,7 @@ from backmap.system.io import Frame, atomic_path, check_gro_complete, write_fram
 from backmap.engine.pipeline import write_text  # noqa: F401
 from backmap.progress import progress  # noqa: F401
 from backmap.threads import torch_threads  # noqa: F401
+from backmap.devices import openmm_platform_for, openmm_platforms, resolve_device, torch_devices  # noqa: F401
 
-__all__ = ['Frame', 'OutputLock', 'atomic_path', 'check_gro_complete', 'check_outputs', 'claim_outputs', 'progress',
+__all__ = ['Frame', 'OutputLock', 'atomic_path', 'check_gro_complete', 'check_outputs', 'claim_outputs', 'openmm_platform_for', 'openmm_platforms', 'resolve_device', 'torch_devices', 'progress',
            'torch_threads', 'write_frames', 'write_text']

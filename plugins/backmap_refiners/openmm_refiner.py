@@ -21,7 +21,7 @@ from pydantic import Field
 
 from backmap.api import BackmapError, Refiner
 from backmap.api.forcefield import BOLTZMANN, pair_list
-from backmap.api.io import atomic_path
+from backmap.api.io import atomic_path, openmm_platform_for
 from backmap.api.refinement import RefineParams, RefineResult, RestrainedSystem, resolve_constraints
 
 
@@ -33,7 +33,9 @@ class OpenMMParams(RefineParams):
                                 "(exact for the restrained, constrained Boltzmann distribution at any time step; "
                                 "the log gains ghmc_acceptance)")
     threads: int = Field(0, ge=0, description="CPU threads for OpenMM (0: OpenMM's default, all cores)")
-    platform: str = Field("CPU", description="OpenMM platform (CPU or Reference)")
+    platform: Literal["auto", "CPU", "Reference", "CUDA", "OpenCL"] = Field(
+        "auto", description="OpenMM platform: auto (CUDA, else OpenCL, in mixed precision when torch sees a GPU; "
+                            "else CPU), or one by name (backmap --version lists those installed)")
     max_displacement: float = Field(0.002, gt=0, description="largest move of an atom per minimization step (nm)")
     minimize_restraint: float = Field(1.0e4, ge=0, description="restraint k while minimizing the flexible copy "
                                                                "(relax_steps), capped at 'restraint': softer than "
@@ -163,8 +165,10 @@ class OpenMMRefiner(Refiner):
                                      includeDir=str(topdir) if topdir else None)
         except Exception as exc:  # OpenMM raises ValueError/Exception for unsupported directives
             raise BackmapError(f"OpenMM cannot read the topology: {exc}", source=self.system.topology_path) from exc
-        platform = mm.Platform.getPlatformByName(p.platform)
-        props = {"Threads": str(p.threads)} if p.threads and p.platform == "CPU" else {}
+        name, props = openmm_platform_for(p.platform, where=f"{self.name}: platform")
+        platform = mm.Platform.getPlatformByName(name)
+        if p.threads and name == "CPU":
+            props["Threads"] = str(p.threads)
         constraints = {"none": None, "h-bonds": app.HBonds, "all-bonds": app.AllBonds}[p.constraints]
         omm, restraint = self._openmm_system(top, constraints, p.restraint, box)
         self._top, self._platform, self._props, self._box = top, platform, props, box
