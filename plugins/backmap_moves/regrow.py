@@ -27,7 +27,7 @@ class RegrowParams(BaseModel):
 
 @dataclass
 class RegrowReport:
-    units_named: int  # molecule units the named beads hold in this frame
+    beads_regrown: int  # beads whose units were drawn again in this frame
 
 
 class Regrow(Move):
@@ -47,10 +47,10 @@ class Regrow(Move):
             raise BackmapError(f"regrow: no bead named {', '.join(unknown)} in the mapping "
                                f"(its beads: {', '.join(sorted(known)[:30])})")
         names = np.asarray(setup.cg_topology.bead_names)
-        self._units = int(np.isin(names, self.params.beads).sum())
+        self._beads = int(np.isin(names, self.params.beads).sum())
 
     def apply(self, frame: MoveFrame) -> tuple[np.ndarray, RegrowReport]:
         if frame.sampler is None:
             raise BackmapError("regrow: the frame has no sampler to draw units with")
         x = frame.sampler.regrow_frame(frame.positions, self.params.beads, self.params.candidates, self.params.trials)
-        return x, RegrowReport(self._units)
+        return x, RegrowReport(self._beads)
