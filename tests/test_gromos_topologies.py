@@ -17,7 +17,7 @@ import torch
 from backmap.errors import BackmapError
 from backmap.engine.loaders import load_topology
 from backmap.forcefield import ForceField, NonbondedSettings
-from backmap.forcefield.parameters import pair_list
+from backmap.forcefield.parameters import excluded_pair_list, pair_list
 from backmap.system.io import read_frames
 
 from conftest import HEXANE
@@ -89,7 +89,8 @@ def _openmm_system(top: Path):
     box = next(read_frames(HEXANE / "conf.gro")).box
     gmx = app.GromacsTopFile(str(top), periodicBoxVectors=box * u.nanometer, includeDir=str(gromacs_topdir()))
     system = gmx.createSystem(nonbondedMethod=app.CutoffPeriodic, nonbondedCutoff=1.0 * u.nanometer)
-    return system, zero_unlisted_pairs(system, pair_list(load_topology(top)))
+    topology = load_topology(top)
+    return system, zero_unlisted_pairs(system, pair_list(topology), excluded_pair_list(topology))
 
 
 def _nonzero_pairs(system) -> int:
@@ -111,6 +112,19 @@ def test_the_openmm_refiner_computes_the_pairs_gromacs_computes(tmp_path, varian
     listed = len(pair_list(load_topology(top)))
     assert _nonzero_pairs(system) == listed
     assert zeroed == (9000 if variant.endswith("no pairs") else 0)
+
+
+def test_a_1_4_pair_beyond_nrexcl_keeps_its_interaction(tmp_path):
+    """With nrexcl = 2 (as DeepBackmap's sPS topology has) a 1-4 pair is not excluded: GROMACS
+    computes it as an ordinary non-bonded pair, so the refiner keeps OpenMM's 9 000 1-4
+    interactions (zeroing them, as a refiner that zeroed every unlisted pair did, removed the
+    1-4 repulsion of every sPS dihedral)."""
+    pytest.importorskip("openmm")
+    top = gromos_style(tmp_path, pairs=False)
+    top.write_text(re.sub(r"(\[ moleculetype \]\n;[^\n]*\n\S+\s+)3", r"\g<1>2", top.read_text()))
+    assert load_topology(top).blocks[0].moltype.nrexcl == 2
+    system, zeroed = _openmm_system(top)
+    assert zeroed == 0 and _nonzero_pairs(system) == 9000
 
 
 def test_a_pair_with_only_c12_is_refused_by_name(tmp_path):

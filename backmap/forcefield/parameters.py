@@ -172,6 +172,15 @@ def pair_list(topology: Topology) -> np.ndarray:
     return np.sort(np.concatenate(rows), axis=1) if rows else np.zeros((0, 2), int)
 
 
+def excluded_pair_list(topology: Topology) -> np.ndarray:
+    """(n, 2) system atom indices (i < j) of the pairs GROMACS excludes from the non-bonded
+    interactions: within ``nrexcl`` bonds of their molecule type, or in its ``[ exclusions ]``. A
+    1-4 pair beyond ``nrexcl`` (e.g. ``nrexcl = 2``) is an ordinary non-bonded pair."""
+    rows = [block.global_rows(excluded_pairs(block.moltype)) for block in topology.blocks]
+    rows = [r for r in rows if len(r)]
+    return np.sort(np.concatenate(rows), axis=1) if rows else np.zeros((0, 2), int)
+
+
 _WIDTH = {"bond": (2, 2), "angle": (3, 2), "urey_bradley": (2, 2), "proper": (4, 3), "rb": (4, 6),
           "improper": (4, 2), "pair": (2, 3)}
 

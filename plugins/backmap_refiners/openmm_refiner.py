@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import Field
 
 from backmap.api import BackmapError, Refiner
-from backmap.api.forcefield import BOLTZMANN, pair_list
+from backmap.api.forcefield import BOLTZMANN, excluded_pair_list, pair_list
 from backmap.api.io import atomic_path, openmm_platform_for
 from backmap.api.refinement import RefineParams, RefineResult, RestrainedSystem, resolve_constraints
 
@@ -65,25 +65,29 @@ class OpenMMParams(RefineParams):
     trace_every: int = Field(25, ge=1, description="sampling steps between trace records")
 
 
-def zero_unlisted_pairs(omm, listed: np.ndarray) -> int:
-    """GROMACS computes 1-4 interactions only for the pairs the topology lists; OpenMM's
-    ``GromacsTopFile`` with ``gen-pairs = yes`` makes them for every 1-4 pair of the bonds, also in
-    molecule types without ``[ pairs ]``. Those are zeroed (Coulomb and LJ); returns how many."""
+def zero_unlisted_pairs(omm, listed: np.ndarray, excluded: np.ndarray) -> int:
+    """GROMACS computes nothing for an excluded pair (within ``nrexcl`` bonds, or in
+    ``[ exclusions ]``) unless the topology lists it as a 1-4 pair; OpenMM's ``GromacsTopFile``
+    makes 1-4 interactions for every 1-4 pair of the bonds, also in molecule types without
+    ``[ pairs ]``. Those excluded and unlisted are zeroed (Coulomb and LJ); a 1-4 pair beyond
+    ``nrexcl`` (``nrexcl = 2``) is an ordinary pair in GROMACS and keeps OpenMM's interaction.
+    Returns how many were zeroed."""
     import openmm as mm
 
     keep = {(int(i), int(j)) for i, j in listed}
+    drop = {(int(i), int(j)) for i, j in excluded} - keep
     zeroed = 0
     for force in omm.getForces():
         if isinstance(force, mm.NonbondedForce):
             for k in range(force.getNumExceptions()):
                 i, j, q, sigma, eps = force.getExceptionParameters(k)
-                if (min(i, j), max(i, j)) not in keep and (q._value != 0 or eps._value != 0):
+                if (min(i, j), max(i, j)) in drop and (q._value != 0 or eps._value != 0):
                     force.setExceptionParameters(k, i, j, 0.0, sigma, 0.0)
                     zeroed += 1
         elif isinstance(force, mm.CustomBondForce) and "r^12" in force.getEnergyFunction():  # 1-4 LJ, rules 1/3
             for k in range(force.getNumBonds()):
                 i, j, values = force.getBondParameters(k)
-                if (min(i, j), max(i, j)) not in keep:
+                if (min(i, j), max(i, j)) in drop:
                     force.setBondParameters(k, i, j, [0.0] * len(values))
     return zeroed
 
@@ -122,7 +126,7 @@ class OpenMMRefiner(Refiner):
         if omm.getNumParticles() != self.system.n_atoms:
             raise BackmapError(f"OpenMM built {omm.getNumParticles()} particles, the topology has "
                                f"{self.system.n_atoms}", source=self.system.topology_path)
-        zero_unlisted_pairs(omm, pair_list(self.system.topology))
+        zero_unlisted_pairs(omm, pair_list(self.system.topology), excluded_pair_list(self.system.topology))
         for force in omm.getForces():
             if isinstance(force, mm.CustomNonbondedForce):  # e.g. geometric LJ combination; constant in NVT
                 force.setUseLongRangeCorrection(False)
