@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, Sequence, ru
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from backmap.errors import BackmapError
+
 if TYPE_CHECKING:
     import networkx as nx
     import torch
@@ -378,6 +380,13 @@ class MoveFrame:
     rng: np.random.Generator
     index: int | None = None
     sampler: FrameSampler | None = None
+
+    def sampler_for(self, move: str) -> FrameSampler:
+        """The frame's sampler, for a move that draws units again; an error naming ``move`` when the
+        frame came without one (a move applied outside a backmapping run)."""
+        if self.sampler is None:
+            raise BackmapError(f"{move}: the frame has no sampler to draw units with")
+        return self.sampler
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from backmap.api import BackmapError, Move, MoveFrame
+from backmap.api import Move, MoveFrame
 
 
 class RepairParams(BaseModel):
@@ -30,7 +30,5 @@ class RepairClashes(Move):
     Report = RepairReport
 
     def apply(self, frame: MoveFrame) -> tuple[np.ndarray, RepairReport]:
-        if frame.sampler is None:
-            raise BackmapError("repair_clashes: the frame has no sampler to draw units with")
-        x, n = frame.sampler.repair_frame(frame.positions)
+        x, n = frame.sampler_for(self.name).repair_frame(frame.positions)
         return x, RepairReport(1, n)

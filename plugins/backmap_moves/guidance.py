@@ -32,12 +32,11 @@ class Polish(Move):
     Report = PolishReport
 
     def apply(self, frame: MoveFrame) -> tuple[np.ndarray, PolishReport]:
-        if frame.sampler is None:
-            raise BackmapError("polish: the frame has no sampler whose selection energy it descends")
-        log = frame.sampler.polish_log
+        sampler = frame.sampler_for(self.name)
+        log = sampler.polish_log
         before = log["placements"], log["energy_drop"]
         try:
-            x = frame.sampler.polish_frame(frame.positions, self.params.steps)
+            x = sampler.polish_frame(frame.positions, self.params.steps)
         except ValueError as exc:
             raise BackmapError(f"polish: {exc}") from None
         return x, PolishReport(log["placements"] - before[0], log["energy_drop"] - before[1])

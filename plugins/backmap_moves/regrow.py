@@ -50,7 +50,6 @@ class Regrow(Move):
         self._beads = int(np.isin(names, self.params.beads).sum())
 
     def apply(self, frame: MoveFrame) -> tuple[np.ndarray, RegrowReport]:
-        if frame.sampler is None:
-            raise BackmapError("regrow: the frame has no sampler to draw units with")
-        x = frame.sampler.regrow_frame(frame.positions, self.params.beads, self.params.candidates, self.params.trials)
+        sampler = frame.sampler_for(self.name)
+        x = sampler.regrow_frame(frame.positions, self.params.beads, self.params.candidates, self.params.trials)
         return x, RegrowReport(self._beads)
