@@ -40,6 +40,18 @@ def progress(items: Iterable[T], total: int | None = None, description: str = ""
             bar.advance(task)
 
 
+def heartbeat(items: Iterable[T], total: int | None = None, description: str = "") -> Iterator[T]:
+    """Iterate ``items`` with plain lines only (every :data:`PLAIN_EVERY` seconds, once the loop has
+    run that long), also on a terminal: progress *inside* one item of an outer :func:`progress`
+    (e.g. the dynamics of one large frame), which a second bar would fight with."""
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    if os.environ.get("BACKMAP_NO_PROGRESS"):
+        yield from items
+        return
+    yield from _plain(items, total, description)
+
+
 def _plain(items: Iterable[T], total: int | None, description: str) -> Iterator[T]:
     """Iterate ``items``, printing ``description: done/total (%), s/item, time left`` to stderr at
     most every :data:`PLAIN_EVERY` seconds and once at the end if the loop took longer than that:

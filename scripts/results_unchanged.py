@@ -65,10 +65,11 @@ def backmap(*args: str) -> None:
         sys.exit(f"error: backmap {' '.join(args)} failed:\n{done.stderr[-2000:]}")
 
 
-def measure(work: Path, models: list[str]) -> dict:
+def measure(work: Path, models: list[str], device: list[str] = ()) -> dict:
     cases: dict = {}
     run = work / "quickstart"  # the template baseline's recipe
-    backmap("run", str(REPO / "recipes" / "hexane-template.yaml"), "--workdir", str(run))
+    backmap("run", str(REPO / "recipes" / "hexane-template.yaml"), "--workdir", str(run),
+            *(f"device={d}" for d in device[1:]))
     metrics = json.loads((run / "evaluate" / "metrics.json").read_text())["summary"]["mean_jsd_headline"]
     cases["quickstart aa_unrefined.xtc"] = sha(run / "backmap" / "aa_unrefined.xtc")
     cases["quickstart refined mean JSD"] = round(metrics["candidates"]["generator + refine"], 5)
@@ -77,7 +78,7 @@ def measure(work: Path, models: list[str]) -> dict:
         for label, options in (("alone", []), ("polish", POLISH)):
             out = work / f"{model}-{label}.xtc"
             backmap("apply", "--model", model, "--cg", str(SHARED / "eval_t568" / "cg.xtc"), "--frames", "0:4",
-                    "--seed", "1", "--out", str(out), *extra, *options)
+                    "--seed", "1", "--out", str(out), *extra, *options, *device)
             cases[f"{model} {label}"] = sha(out)
     return cases
 
@@ -88,6 +89,8 @@ def main() -> None:
     mode.add_argument("--record", type=Path, help="write the baseline here")
     mode.add_argument("--check", type=Path, help="compare with this baseline")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated shipped models to apply")
+    parser.add_argument("--device", help="run with this --device (a baseline recorded before devices existed "
+                                         "ran on the CPU)")
     args = parser.parse_args()
     models = [m for m in args.models.split(",") if m]
     if set(models) - set(MODELS):
@@ -95,7 +98,7 @@ def main() -> None:
     if not (SHARED / "eval_t568" / "cg.xtc").is_file():
         sys.exit(f"error: {SHARED} missing (the shared sPS data)")
     with tempfile.TemporaryDirectory(prefix="unchanged-") as tmp:
-        cases = measure(Path(tmp), models)
+        cases = measure(Path(tmp), models, ["--device", args.device] if args.device else [])
     machine = {"cpu": cpu_model(), "python": platform.python_version(), "torch": _version("torch"),
                "numpy": _version("numpy")}
     if args.record:

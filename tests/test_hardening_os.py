@@ -234,6 +234,30 @@ def test_progress_is_quiet_for_short_loops_and_when_turned_off(monkeypatch, caps
     assert list(progress(range(3))) == [0, 1, 2] and capsys.readouterr().err == ""
 
 
+def test_progress_inside_a_long_item_prints_plain_lines_also_on_a_terminal(monkeypatch, capsys):
+    """A long frame (the openmm refiner's dynamics of a 40 000-atom PME system take minutes) says
+    how far it got even while the frames' progress bar owns the terminal: ``heartbeat`` prints plain
+    lines only, and stays quiet with ``BACKMAP_NO_PROGRESS``."""
+    from backmap import progress as module
+
+    clock = [1000.0]
+    monkeypatch.setattr(module.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(module, "enabled", lambda: True)  # a terminal: progress() would draw a bar
+    monkeypatch.delenv("BACKMAP_NO_PROGRESS", raising=False)
+
+    def chunks():
+        for i in range(40):
+            clock[0] += 20.0  # 25 steps of a large system
+            yield i
+
+    assert list(module.heartbeat(chunks(), 40, "openmm: the frame's dynamics")) == list(range(40))
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "openmm: the frame's dynamics: 2/40 (5 %), 20 s/item, about 13 min left", lines
+    assert lines[-1] == "openmm: the frame's dynamics: 40/40 (100 %), 20 s/item" and len(lines) == 20, lines
+    monkeypatch.setenv("BACKMAP_NO_PROGRESS", "1")
+    assert list(module.heartbeat(range(3))) == [0, 1, 2] and capsys.readouterr().err == ""
+
+
 def test_a_full_disk_names_any_atomic_output(tmp_path):
     """A write error without a file name (Python's ENOSPC from a plain write) names the output that
     was being written, for every output written through atomic_path (pair caches, metrics, …)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from backmap.app.backmapping import Backmapped, backmap_to_files
-from backmap.app.options import ClusterFields, FrameSelection, RefinerOptions, Request, Seeded
+from backmap.app.options import ClusterFields, DeviceField, FrameSelection, RefinerOptions, Request, Seeded
 from backmap.engine.checks import check_bead_names, placement_order_changes
 from backmap.engine.loaders import load_mapping, load_topology
 from backmap.engine.models import load_model
@@ -24,7 +24,7 @@ APPLY_SAMPLING = ("selector", "selector_params", "candidates", "gibbs_sweeps", "
                   "traversal", "frame_by_frame", "generator_params", "moves")
 
 
-class ApplyRequest(FrameSelection, Seeded, RefinerOptions, ClusterFields, Request):
+class ApplyRequest(FrameSelection, Seeded, RefinerOptions, ClusterFields, DeviceField, Request):
     """Backmap ``cg`` (or the frames of ``traj``) with ``model`` into ``out``."""
 
     model: Path = option(description="A model: a registered name (backmap models list), a model folder or archive "
@@ -82,7 +82,8 @@ def apply_model(request: ApplyRequest) -> Backmapped:
         system = RestrainedSystem(cg_top, Path(top_path), NonbondedSettings.from_mdp(mdp) if mdp else NonbondedSettings())
     return backmap_to_files(loaded, cg_top, Path(top_path), list(read_cg(cg_top, source, idx)), r.out, settings,
                             seed=r.seed, refiner=refiner, refine_system=system, cluster=cluster,
-                            provenance={"cg": str(source), "frames": r.frames}, where="apply", reads=reads)
+                            provenance={"cg": str(source), "frames": r.frames}, where="apply", reads=reads,
+                            device=r.device)
 
 
 def _warn_placement_order(given, model_mapping: list[Path], topo) -> None:

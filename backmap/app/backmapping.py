@@ -29,6 +29,7 @@ from backmap.engine.assembly import make_backmapper
 from backmap.engine.plugin import RefineInputs, offer_refine_inputs
 from backmap.engine.pipeline import plugin_versions
 from backmap.engine.registry import Registry, default_registry
+from backmap.devices import on_device, resolve_device
 from backmap.errors import BackmapError
 from backmap.parallel import ClusterOptions, PartStore, ProcessLocal, blocks_of, frame_rng, run_blocks
 from backmap.progress import say
@@ -196,20 +197,27 @@ class BackmapJob(ProcessLocal):
     refine_system: RestrainedSystem | None = None
     refine_seed: int = 0
     where: str = "backmap"
+    device: str = "auto"
 
     def setup(self, threads: int | None = None) -> None:
         """Build the backmapper and prepare a copy of the refiner (``refiner`` stays the unprepared
         template: a job moved between workers carries no live state)."""
+        if getattr(self, "_local_device", None) is None:
+            self._local_device = resolve_device(self.device)
         if getattr(self, "_local_backmapper", None) is None:
-            self._local_backmapper = make_backmapper(self.cg_topology, self.model.generator, self.settings,
-                                                     self.seed, self.model.channels, default_registry(), self.where)
+            self.model.generator.to(self._local_device)
+            with on_device(self._local_device):
+                self._local_backmapper = make_backmapper(self.cg_topology, self.model.generator, self.settings,
+                                                         self.seed, self.model.channels, default_registry(),
+                                                         self.where)
         if not hasattr(self, "_local_bonds"):
             self._local_bonds = BondCheck.of(self.cg_topology.topology)
         if self.refiner is not None and getattr(self, "_local_refiner", None) is None:
-            refiner = copy.deepcopy(self.refiner)
+            refiner = copy.deepcopy(self.refiner).to(self._local_device)
             limit_refiner_threads(refiner, threads)
             offer_inputs(refiner, self.model.directory, self.settings)
-            refiner.prepare(self.refine_system)
+            with on_device(self._local_device):
+                refiner.prepare(self.refine_system)
             self._local_refiner = refiner
 
     @property
@@ -222,6 +230,10 @@ class BackmapJob(ProcessLocal):
         self._local_previous = None if before is None else np.asarray(before["aa"][-1], np.float64)
 
     def run_block(self, frames: Sequence[Frame]) -> dict[str, Any]:
+        with on_device(self._local_device):
+            return self._run_block(frames)
+
+    def _run_block(self, frames: Sequence[Frame]) -> dict[str, Any]:
         bm = self._local_backmapper
         raw, refined, rows = [], [], []
         for k, cg in enumerate(frames):
@@ -272,7 +284,7 @@ def backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path,
                      refiner: Any = None, refine_system: RestrainedSystem | None = None, structure: bool = True,
                      provenance: dict[str, Any] | None = None, where: str = "backmap",
                      cluster: ClusterOptions | None = None, identity: dict[str, Any] | None = None,
-                     reads: Sequence[tuple[str, Path | None]] = ()) -> "Backmapped":
+                     reads: Sequence[tuple[str, Path | None]] = (), device: str = "auto") -> "Backmapped":
     """Backmap ``frames`` (CG, the mapping's bead order) with ``model`` into ``out`` and the files
     beside it; with ``refiner`` (not yet prepared: it is prepared here, against ``refine_system``),
     every frame is refined under the CG restraint after the generator. Frames run in blocks, here
@@ -280,19 +292,21 @@ def backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path,
     a killed run resumes (``identity``: what else, beside model, frames and settings, must match
     for that, e.g. the CG file). Every file written is first checked against the model, the
     topology and ``reads`` (labelled input files), and ``out`` is locked for the run
-    (:func:`backmap.system.claim.claim_outputs`). Returns what was written and measured
+    (:func:`backmap.system.claim.claim_outputs`). The generator, the sampler and the refiner run on
+    ``device`` (:func:`backmap.devices.resolve_device`). Returns what was written and measured
     (:class:`Backmapped`)."""
     files = BackmapOutputs.beside(out, structure, Path(topology_path).suffix == ".top", refiner is not None, len(frames))
     inputs = [("the model package", model.directory), ("the topology", Path(topology_path)), *reads]
     with claim_outputs(files.written(), inputs, where, folders=(PARTS,)):
         return _backmap_to_files(model, cg_topology, topology_path, frames, files, settings, seed, registry, refiner,
-                                 refine_system, provenance, where, cluster, identity)
+                                 refine_system, provenance, where, cluster, identity, device)
 
 
 def _backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path, frames: Sequence[Frame],
                       files: BackmapOutputs, settings: BackmapSettings | None, seed: int, registry: Registry | None,
                       refiner: Any, refine_system: RestrainedSystem | None, provenance: dict[str, Any] | None,
-                      where: str, cluster: ClusterOptions | None, identity: dict[str, Any] | None) -> "Backmapped":
+                      where: str, cluster: ClusterOptions | None, identity: dict[str, Any] | None,
+                      device: str) -> "Backmapped":
     registry = registry or default_registry()
     settings = settings or BackmapSettings()
     cluster = cluster or ClusterOptions()
@@ -304,13 +318,24 @@ def _backmap_to_files(model: Model, cg_topology: CGTopology, topology_path: Path
     spec = generator.environment
     topo = cg_topology.topology
     refine_seed = seed if refiner is None or getattr(refiner.params, "seed", None) is None else refiner.params.seed
-    job = BackmapJob(model, cg_topology, settings, seed, copy.deepcopy(refiner), refine_system, refine_seed, where=where)
+    job = BackmapJob(model, cg_topology, settings, seed, copy.deepcopy(refiner), refine_system, refine_seed, where=where,
+                     device=device)
+    # the frames run here on the device; a Dask worker resolves it for itself (this process checks on the CPU)
+    here = resolve_device("cpu" if cluster.distributed else device)
+    if not cluster.distributed:
+        job._local_device = here
+    if device != "cpu" and str(here) != "cpu":  # a GPU run's blocks are not resumed on the CPU, nor the other way
+        identity = {**(identity or {}), "device": str(here)}
     if refiner is not None:  # here once: checks the settings, resolves defaults, says what it chose
+        refiner.to(here)
         offer_inputs(refiner, model.directory, settings)
-        refiner.prepare(refine_system)
+        with on_device(here):
+            refiner.prepare(refine_system)
         if not cluster.distributed:  # this process runs the frames: with the refiner just prepared
             job._local_refiner = refiner
-    bm = make_backmapper(cg_topology, generator, settings, seed, model.channels, registry, where)  # checks plugins
+    generator.to(here)
+    with on_device(here):
+        bm = make_backmapper(cg_topology, generator, settings, seed, model.channels, registry, where)  # checks plugins
     if not cluster.distributed:  # built once: this process runs the frames
         job._local_backmapper = bm
     if job.chained:

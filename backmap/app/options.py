@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from backmap.errors import BackmapError
 from backmap.fields import KeyValues, error_reason, given_value, option
@@ -42,6 +42,18 @@ def _paths(model: BaseModel) -> Iterator[tuple[str, str, Path]]:
         for item in value if isinstance(value, (list, tuple)) else [value]:
             if isinstance(item, Path):
                 yield name, label, item
+
+
+class DeviceField(BaseModel):
+    device: str = option("auto", "Where the torch work (and OpenMM's, platform auto) runs: auto (the first GPU "
+                                 "torch sees, else the CPU), cpu, cuda or cuda:N.")
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, value: str) -> str:
+        from backmap.devices import check_device_name
+
+        return check_device_name(value)
 
 
 class Seeded(BaseModel):

@@ -10,7 +10,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from backmap.app.options import FrameSelection, ClusterFields, NonbondedOptions, RefinerOptions, Request
+from backmap.app.options import ClusterFields, DeviceField, FrameSelection, NonbondedOptions, RefinerOptions, Request
+from backmap.devices import on_device, resolve_device
 from backmap.errors import BackmapError
 from backmap.fields import option
 from backmap.forcefield.settings import NonbondedSettings
@@ -59,16 +60,22 @@ class RefineJob(ProcessLocal):
     system: RestrainedSystem
     seed: int
     batch: int = 1
+    device: str = "auto"
 
     def setup(self, threads: int | None = None) -> None:
         """Prepare a copy of the refiner (``refiner`` stays the unprepared template)."""
         if getattr(self, "_local_refiner", None) is None:
-            refiner = copy.deepcopy(self.refiner)
+            refiner = copy.deepcopy(self.refiner).to(resolve_device(self.device))
             limit_refiner_threads(refiner, threads)
-            refiner.prepare(self.system)
+            with on_device(refiner.device):
+                refiner.prepare(self.system)
             self._local_refiner = refiner
 
     def run_block(self, pairs: Sequence[tuple[Frame, Frame]]) -> dict[str, Any]:
+        with on_device(self._local_refiner.device):
+            return self._run_block(pairs)
+
+    def _run_block(self, pairs: Sequence[tuple[Frame, Frame]]) -> dict[str, Any]:
         out: list[tuple[Frame, dict]] = []
         for i in range(0, len(pairs), self.batch):
             chunk = pairs[i:i + self.batch]
@@ -80,18 +87,19 @@ class RefineJob(ProcessLocal):
 
 def refine_files(refiner, system: RestrainedSystem, aa_path: Path, cg_path: Path, out: Path,
                  frames: str | None = None, seed: int = 0, batch: int = 1, cluster: Any = None,
-                 reads: Sequence[tuple[str, Path | None]] = ()) -> "Refined":
+                 reads: Sequence[tuple[str, Path | None]] = (), device: str = "auto") -> "Refined":
     """Refine the AA trajectory ``aa_path`` against ``cg_path`` (same frames) into ``out``, with
     ``out``'s ``.log.csv`` and ``.log.png`` beside it; blocks of ``batch`` frames run here or on
     the Dask cluster of ``cluster`` (:class:`backmap.parallel.ClusterOptions`), finished blocks kept
-    beside ``out`` until it is written (a killed run resumes). Every file written is first checked
-    against the inputs and ``reads``, and ``out`` is locked (:func:`backmap.system.claim.claim_outputs`)."""
+    beside ``out`` until it is written (a killed run resumes); the refiner runs on ``device``. Every
+    file written is first checked against the inputs and ``reads``, and ``out`` is locked
+    (:func:`backmap.system.claim.claim_outputs`)."""
     written = [("--out", out), ("the refinement log beside --out", _log_of(out)),
                ("the refinement log's plot beside --out", _log_of(out).with_suffix(".png")),
                ("the parts folder of a resumable run", PartStore.folder_of(out))]
     with claim_outputs(written, [("--traj", aa_path), ("--cg", cg_path), *reads], "refine",
                        folders=(written[-1][0],)):
-        return _refine_files(refiner, system, aa_path, cg_path, out, frames, seed, batch, cluster)
+        return _refine_files(refiner, system, aa_path, cg_path, out, frames, seed, batch, cluster, device)
 
 
 def _log_of(out: Path) -> Path:
@@ -99,7 +107,7 @@ def _log_of(out: Path) -> Path:
 
 
 def _refine_files(refiner, system: RestrainedSystem, aa_path: Path, cg_path: Path, out: Path, frames: str | None,
-                  seed: int, batch: int, cluster: Any) -> "Refined":
+                  seed: int, batch: int, cluster: Any, device: str) -> "Refined":
     cluster = cluster or ClusterOptions()
     n_aa, n_cg = count_frames(aa_path), count_frames(cg_path)
     if n_aa != n_cg:
@@ -107,8 +115,9 @@ def _refine_files(refiner, system: RestrainedSystem, aa_path: Path, cg_path: Pat
                            "frame by frame", source=aa_path)
     idx = select_frames(frames, [], n_aa, str(aa_path))
     job = RefineJob(copy.deepcopy(refiner), system,
-                    seed if getattr(refiner.params, "seed", None) is None else refiner.params.seed, batch)
-    refiner.prepare(system)  # here once: checks the settings, resolves defaults, says what it chose
+                    seed if getattr(refiner.params, "seed", None) is None else refiner.params.seed, batch, device)
+    with on_device(resolve_device("cpu" if cluster.distributed else device)) as here:  # a worker resolves its own
+        refiner.to(here).prepare(system)  # here once: checks the settings, resolves defaults, says what it chose
     if not cluster.distributed:  # this process runs the frames: with the refiner just prepared
         job._local_refiner = refiner
     aa = read_frames(aa_path, system.n_atoms, idx)
@@ -117,7 +126,9 @@ def _refine_files(refiner, system: RestrainedSystem, aa_path: Path, cg_path: Pat
     blocks = blocks_of(pairs, batch * cluster.frames_per_task)
     store = PartStore.beside(out, {"aa": file_identity(aa_path), "cg": file_identity(cg_path), "frames": list(idx),
                                    "refiner": [refiner.name, refiner.params.model_dump(mode="json")],
-                                   "seed": job.seed, "batch": batch, "per_task": cluster.frames_per_task}, len(blocks))
+                                   "seed": job.seed, "batch": batch, "per_task": cluster.frames_per_task,
+                                   **({} if str(refiner.device) == "cpu" else {"device": str(refiner.device)})},
+                             len(blocks))
     t0 = time.perf_counter()
     rows = [r for block in run_blocks(job, blocks, cluster, store, f"refining ({refiner.name})") for r in block["rows"]]
     spread = BondSpread.of(refiner, system)
@@ -151,7 +162,7 @@ def _refine_files(refiner, system: RestrainedSystem, aa_path: Path, cg_path: Pat
     return result
 
 
-class RefineRequest(FrameSelection, RefinerOptions, NonbondedOptions, ClusterFields, Request):
+class RefineRequest(FrameSelection, RefinerOptions, NonbondedOptions, ClusterFields, DeviceField, Request):
     """Refine the AA frames of ``traj`` against the CG frames of ``cg`` into ``out``."""
 
     topology: Path = option(description="AA topology with parameters (.top).")
@@ -162,7 +173,8 @@ class RefineRequest(FrameSelection, RefinerOptions, NonbondedOptions, ClusterFie
     out: Path = option(description="Refined AA output (.xtc, .gro, .pdb, .trr).")
     refiner: str = option("openmm", "Refiner plugin: openmm (the default: OpenMM on the CPU, fastest), langevin or "
                                     "mala (torch, batched; mala exact), …")
-    batch: int = option(1, "Frames per call (the torch refiners batch them; vae_mc runs them as chains in "
+    batch: int = option(1, "Frames per call (the torch refiners batch them; openmm builds its contexts once per "
+                           "call, its noise going on from the call's first frame; vae_mc runs them as chains in "
                            "lockstep: one network call per plan step for all, docs/vae.md).", ge=1)
     seed: int = option(0, "Seed of the refiner's random streams (each frame draws from its own).")
     minimize_steps: int | None = option(None, "Restrained minimization steps before sampling (default 100, every "
@@ -176,7 +188,7 @@ def refine_structures(request: RefineRequest) -> Refined:
     refiner = r.make_refiner(r.refiner, r.seed, r.minimize_steps)
     system = restrained_system(r.topology, r.mapping, r.nonbonded())
     return refine_files(refiner, system, r.traj, r.cg, r.out, frames=r.frames, seed=r.seed, batch=r.batch,
-                        cluster=r.cluster(), reads=r.read_paths())
+                        cluster=r.cluster(), reads=r.read_paths(), device=r.device)
 
 
 def restrained_system(topology: Path, mapping: Sequence[Path], settings: NonbondedSettings) -> RestrainedSystem:

@@ -52,6 +52,8 @@ class RunContext:
         self.registry = registry or default_registry()
         self.console = console or Console(stderr=True)
         self.seed = recipe.seed
+        #: the recipe's ``device`` (auto, cpu, cuda, cuda:N): :func:`backmap.api.io.resolve_device` makes it a torch device
+        self.device = recipe.device
         self.rng = np.random.default_rng(recipe.seed)
         #: files the steps declared by name (``outputs.json``): how steps find each other's outputs
         self.outputs = Outputs(workdir)

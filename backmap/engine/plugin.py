@@ -67,6 +67,8 @@ class StepContext(Protocol):
     #: where steps print progress and summaries
     console: Console
     seed: int
+    #: the recipe's ``device`` (auto, cpu, cuda, cuda:N; ``backmap.api.io.resolve_device``)
+    device: str
     rng: np.random.Generator
     #: files steps declare for later steps (``outputs.declare``, ``outputs.get``, ``outputs.find``)
     outputs: Outputs
@@ -125,10 +127,34 @@ class Plugin:
     #: one line shown by ``backmap plugins``
     summary: ClassVar[str] = ""
 
+    #: where the plugin's torch work runs (set by :meth:`to`; the run's ``--device``)
+    device: Any = "cpu"
+
     def __init__(self, params: BaseModel | dict[str, Any] | None = None):
         if params is None or isinstance(params, dict):
             params = self.Params.model_validate(params or {})
         self.params = params
+
+    def to(self, device: Any) -> "Plugin":
+        """Run on ``device`` (a ``torch.device``): records it as ``self.device`` and moves every
+        ``torch.nn.Module`` and tensor the plugin holds (:func:`backmap.devices.move_tensors`:
+        in attributes, containers and backmap's own objects). The core calls it before a stage; the stage's torch factory calls without
+        ``device=`` make their tensors there too (:func:`backmap.api.io.on_device`). A plugin that
+        keeps tensors elsewhere overrides it (and calls ``super().to``); state dicts are written
+        from CPU copies whatever the device."""
+        import torch
+
+        from backmap.devices import move_tensors
+
+        device = torch.device(device)
+        if device == torch.device(self.device) == torch.device("cpu"):  # nothing moves (and nothing is copied)
+            self.device = device
+            return self
+        for key, value in list(vars(self).items()):
+            if key != "params":
+                setattr(self, key, move_tensors(value, device))
+        self.device = device
+        return self
 
 
 class Generator(Plugin):

@@ -20,10 +20,12 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 
 from backmap.parallel.cluster import ClusterOptions
+from backmap.devices import check_device_name
 from backmap.errors import BackmapError
 
 
@@ -167,6 +169,8 @@ class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="the run's name (default work folder runs/NAME)")
     description: str = Field("", description="one line for the run's report")
     seed: int = Field(0, ge=0, lt=2**63, description="numpy and torch take seeds in [0, 2**63)")
+    device: str = Field("auto", description="where every step's torch work (and OpenMM's, platform auto) runs: auto "
+                                            "(the first GPU torch sees, else the CPU), cpu, cuda or cuda:N")
     workdir: RecipePath | None = Field(None, description="relative to the recipe; default: runs/<name> in the "
                                                           "current directory")
     system: SystemSpec = Field(description="the AA system and its mapping")
@@ -185,6 +189,11 @@ class Recipe(Strict):
                                                 "(workers: N, scheduler: tcp://… or slurm); default: this process")
     steps: list[dict[str, dict[str, Any] | None]] = Field(min_length=1, description="the steps in order, each "
                                                          "'- NAME: {its parameters}' (Reference: plugin parameters)")
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, value: str) -> str:
+        return check_device_name(value)
 
     # the recipe file, set by load_recipe (not a recipe key)
     _path: Path | None = PrivateAttr(None)

@@ -16,6 +16,7 @@ import torch
 from backmap.forcefield import ForceField
 from backmap.system.mapping import CGTopology
 from backmap.system.pbc import box_dimensions
+from backmap.devices import to_host
 
 
 @dataclass
@@ -62,7 +63,7 @@ def minimize_restrained(ff: ForceField, positions: np.ndarray, box: np.ndarray, 
 
     def evaluate(y: torch.Tensor):
         nonlocal lists, anchor
-        yd = y.detach().numpy()
+        yd = to_host(y)
         if lists is None or np.abs(yd - anchor).max() > skin / 2:
             lists, anchor = [ff.pairs(yd, np.asarray(box), skin=skin)], yd.copy()
         y = y.detach().clone().requires_grad_(True)
@@ -87,5 +88,5 @@ def minimize_restrained(ff: ForceField, positions: np.ndarray, box: np.ndarray, 
             h *= 0.2
             if h < 1e-7:
                 break
-    return MinimizeResult(x.detach().numpy().astype(np.float64), u, r,
+    return MinimizeResult(to_host(x).astype(np.float64), u, r,
                           float(torch.linalg.norm(force, dim=1).max()), done)

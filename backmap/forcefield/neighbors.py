@@ -13,6 +13,7 @@ import itertools
 import numpy as np
 import torch
 
+from backmap.devices import to_host
 from backmap.errors import BackmapError
 
 # half shell: the own cell and 13 of the 26 neighbours; each cell pair (with its image) is visited once
@@ -79,9 +80,9 @@ def neighbour_pairs(positions: np.ndarray, vectors: np.ndarray, cutoff: float,
             if same_cell:
                 ok &= a[:, :, None] < b[:, None, :]
             ci, ai, bi = torch.nonzero(ok, as_tuple=True)
-            found_i.append(a[ci, ai].numpy())
-            found_j.append(b[ci, bi].numpy())
-            found_l.append(lattice[c0:c1][ci.numpy()])
+            found_i.append(to_host(a[ci, ai]))
+            found_j.append(to_host(b[ci, bi]))
+            found_l.append(lattice[c0:c1][to_host(ci)])
     i = np.concatenate(found_i)
     j = np.concatenate(found_j)
     lat = np.concatenate(found_l).astype(np.float64)

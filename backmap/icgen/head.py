@@ -9,6 +9,7 @@ import math
 import numpy as np
 import torch
 
+from backmap.devices import host_random
 from backmap.training.von_mises import sample_von_mises
 from backmap.icgen.encoder import mlp
 
@@ -61,11 +62,11 @@ class ICDistribution:
     def sample_angle(self, generator: torch.Generator):
         """(r, θ) drawn: the bond length and angle (they do not depend on the dihedral)."""
         shape = self.a_mean.shape[:-1]
-        ia = torch.multinomial(self.a_logit.exp().reshape(-1, N_ANGLE), 1, generator=generator).view(shape)
+        ia = host_random(torch.multinomial, self.a_logit.exp().reshape(-1, N_ANGLE), 1, generator=generator).view(shape)
         mean = self.a_mean.gather(-1, ia[..., None])[..., 0]
         sig = self.a_sigma.gather(-1, ia[..., None])[..., 0]
-        theta = (mean + sig * torch.randn(shape, generator=generator)).clamp(0.05, math.pi - 0.05)
-        r = (self.r_mean + self.r_sigma * torch.randn(shape, generator=generator)).clamp(min=0.01)
+        theta = (mean + sig * host_random(torch.randn, shape, generator=generator)).clamp(0.05, math.pi - 0.05)
+        r = (self.r_mean + self.r_sigma * host_random(torch.randn, shape, generator=generator)).clamp(min=0.01)
         return r, theta
 
     def sample_dihedral(self, generator: torch.Generator, reparameterized: bool = False) -> torch.Tensor:
@@ -73,7 +74,8 @@ class ICDistribution:
         parameters by implicit reparameterization (:func:`implicit_reparameterization`)."""
         shape = self.d_mean.shape[:-1]
         with torch.no_grad():
-            idd = torch.multinomial(self.d_logit.exp().reshape(-1, N_DIHEDRAL), 1, generator=generator).view(shape)
+            idd = host_random(torch.multinomial, self.d_logit.exp().reshape(-1, N_DIHEDRAL), 1,
+                              generator=generator).view(shape)
             mu = self.d_mean.gather(-1, idd[..., None])[..., 0]
             kappa = self.d_kappa.gather(-1, idd[..., None])[..., 0]
             phi = torch.remainder(mu + sample_von_mises(kappa, generator) + math.pi, 2 * math.pi) - math.pi

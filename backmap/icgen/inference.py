@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from backmap.devices import to_host
 from backmap.errors import BackmapError
 from backmap.icgen.head import ICDistribution
 from backmap.icgen.nerf import place
@@ -164,7 +165,7 @@ class ICInference:
         out = pool.clone()
         patterns, inverse = torch.unique(active, dim=0, return_inverse=True)
         for k, pattern in enumerate(patterns):
-            solver = self.tables.projection(key, pattern.numpy())
+            solver = self.tables.projection(key, to_host(pattern))
             if solver is None:
                 continue
             rows = torch.nonzero(inverse == k)[:, 0]

@@ -28,6 +28,8 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
+from backmap.devices import host_random
+
 
 @dataclass
 class JointLogDensity:
@@ -96,7 +98,8 @@ def metropolis(log_ratio: torch.Tensor, generator: torch.Generator) -> tuple[tor
     """(accepted, invalid) for log ratios (B,): accept with min(1, r). NaN is invalid: rejected
     and counted. +inf (leaving a state of zero target probability, e.g. a start outside a hard
     wall, for a valid proposal) is accepted, −inf (a proposal of zero probability) rejected."""
-    return accept_with(log_ratio, torch.log(torch.rand(log_ratio.shape, generator=generator, dtype=torch.float64)))
+    return accept_with(log_ratio, torch.log(host_random(torch.rand, log_ratio.shape, generator=generator,
+                                                        dtype=torch.float64)))
 
 
 def accept_with(log_ratio: torch.Tensor, log_u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,7 +117,8 @@ def select(log_w: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
     """Standard Gumbel draws (float64): the randomness of :func:`select`, drawn ahead of use."""
-    return -torch.log(-torch.log(torch.rand(shape, generator=generator, dtype=torch.float64).clamp(min=1e-300)))
+    return -torch.log(-torch.log(host_random(torch.rand, shape, generator=generator,
+                                             dtype=torch.float64).clamp(min=1e-300)))
 
 
 def select_with(log_w: torch.Tensor, gumbel: torch.Tensor) -> torch.Tensor:
@@ -208,7 +212,7 @@ def decide_sequentially(x: torch.Tensor, target1: torch.Tensor, model1: torch.Te
     log_w1 = target1.double() - model1.double()
     log_w2 = target2.double() - model2.double()
     gumbel = gumbel_noise((B, trials), generator) if trials > 1 else None
-    log_u = torch.log(torch.rand(B, generator=generator, dtype=torch.float64))
+    log_u = torch.log(host_random(torch.rand, B, generator=generator, dtype=torch.float64))
 
     def decide(w1: torch.Tensor, w2: torch.Tensor, rows: slice):
         c = select_with(w2, gumbel[rows]) if trials > 1 else torch.zeros(len(w1), dtype=torch.long)

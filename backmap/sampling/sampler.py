@@ -17,6 +17,7 @@ import networkx as nx
 import numpy as np
 import torch
 
+from backmap.devices import to_host
 from backmap.sampling.environment import Channels, EnvironmentBatch, EnvironmentBuilder
 from backmap.forcefield.energy import bonded_energy
 from backmap.forcefield.neighbors import neighbour_pairs
@@ -177,7 +178,7 @@ class UnitEnergy:
         """Index tables of one step's bonded terms, all kinds fused: one gather of every term
         atom (B, A), the candidate slot that replaces each and each kind's span. They depend only
         on the topology and the unit group, so they are cached across frames."""
-        key = (moltype, step, first_atom.numpy().tobytes())
+        key = (moltype, step, to_host(first_atom).tobytes())
         st = self._cache.get(key)
         if st is not None:
             return st
@@ -505,7 +506,7 @@ class Sampler:
                 polish = self.polish is not None and (self.options.polish_sweeps == "all" or k == len(sweeps) - 1)
                 self._step(step, positions, placed, all_placed=sweep == "gibbs", polish=polish)
         self._last_schedule = schedule
-        return positions.numpy().astype(np.float64)
+        return to_host(positions).astype(np.float64)
 
     def polish_frame(self, positions: np.ndarray, steps: int | None = None) -> np.ndarray:
         """A pass of energy guidance over the frame last backmapped (N, 3): every unit polished
@@ -527,7 +528,7 @@ class Sampler:
                         self._polish_step(step, x, placed)
         finally:
             self.polish = guide
-        return x.numpy().astype(np.float64)
+        return to_host(x).astype(np.float64)
 
     def repair_frame(self, positions: np.ndarray) -> tuple[np.ndarray, int]:
         """One round of clash repair on the frame last backmapped as it stands now (N, 3): every
@@ -555,7 +556,7 @@ class Sampler:
             if not self._regrow(self._last_schedule, x, placed, set(beads), candidates or self.options.candidates,
                                 max(1, trials)):
                 return positions
-        return x.numpy().astype(np.float64)
+        return to_host(x).astype(np.float64)
 
     def _regrow(self, schedule: list, positions: torch.Tensor, placed: torch.Tensor, names: set[str], k: int,
                 n_trials: int) -> bool:
@@ -594,7 +595,7 @@ class Sampler:
             from backmap.metrics.terms import pairs_within
 
             self._near_keys = pairs_within(self.cg.topology, 3)
-        x = positions.numpy().astype(np.float64)
+        x = to_host(positions).astype(np.float64)
         i, j, shift = neighbour_pairs(x, self.builder.box, self.options.clash_distance, self._near_keys)
         close = np.linalg.norm(x[j] + shift - x[i], axis=-1) < self.options.clash_distance  # the search has a skin
         return np.unique(np.concatenate([i[close], j[close]]))
@@ -653,7 +654,7 @@ class Sampler:
                                            all_placed=all_placed)
                 else:
                     energies = torch.zeros(lab.shape[:2])
-                pick = torch.as_tensor(self.selector.select(energies.numpy(), self.rng))
+                pick = torch.as_tensor(self.selector.select(to_host(energies), self.rng))
                 chosen_energies[t].append((first_atom, energies.gather(1, pick.view(-1, 1))[:, 0].float()))
                 chosen = lab.gather(1, pick.view(-1, 1, 1, 1).expand(-1, 1, *lab.shape[2:]))[:, 0]  # (B, U, 3)
                 if polish:
@@ -681,14 +682,15 @@ class Sampler:
         pattern each molecule has."""
         graph = self._polish_graphs[name]
         n = graph.number_of_nodes()
-        unit_atoms = (idx[0] - first_atom[0]).numpy()
+        unit_atoms = to_host(idx[0] - first_atom[0])
         mol_placed = placed[first_atom[:, None] + torch.arange(n)[None]]  # (B, n)
         patterns, inverse = torch.unique(mol_placed, dim=0, return_inverse=True)
         found = []
         for pattern in patterns:
-            key = (name, s, pattern.numpy().tobytes())
+            pattern = to_host(pattern)
+            key = (name, s, pattern.tobytes())
             if key not in self._rotors:
-                self._rotors[key] = find_rotors(graph, unit_atoms, pattern.numpy())
+                self._rotors[key] = find_rotors(graph, unit_atoms, pattern)
             found.append(self._rotors[key])
         return found, inverse
 

@@ -129,3 +129,5 @@ class FitContext:
     say: Callable[[str], None] = lambda _msg: None
     #: the training processes (torchrun; :mod:`backmap.training.distributed`), serial by default
     group: ProcessGroup = SERIAL
+    #: where the networks train (a ``torch.device``; the train step gives the recipe's ``device``)
+    device: Any = "cpu"

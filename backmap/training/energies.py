@@ -12,6 +12,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
+from backmap.devices import to_host
 from backmap.forcefield import ForceField
 from backmap.training.sequences import BeadSequences
 from backmap.system.topology import Topology
@@ -39,9 +40,9 @@ class LocalEnergies:
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
-        targets = seqs.target_mask[s].numpy()
-        env = ((seqs.atom_index[s] >= 0) & (seqs.slot[s] < 0) & seqs.visible[s].any(0)).numpy()
-        atoms = np.concatenate([seqs.target_atoms[s].numpy()[targets], seqs.atom_index[s].numpy()[env]])
+        targets = to_host(seqs.target_mask[s])
+        env = to_host((seqs.atom_index[s] >= 0) & (seqs.slot[s] < 0) & seqs.visible[s].any(0))
+        atoms = np.concatenate([to_host(seqs.target_atoms[s])[targets], to_host(seqs.atom_index[s])[env]])
         entry = (self.ff.subsystem(atoms), np.flatnonzero(env), atoms)
         self._cache[key] = entry
         if len(self._cache) > self.cache_size:

@@ -31,6 +31,7 @@ from backmap.training.sequences import BeadSequences
 
 from backmap.training.data import FitContext, TrainOptions
 from backmap.training.distributed import SERIAL, ProcessGroup
+from backmap.devices import host_random, on_device
 
 if TYPE_CHECKING:
     from backmap.engine.plugin import Regularizer
@@ -131,13 +132,15 @@ class NetworkGenerator(Generator):
                                "torchrun or drop the recipe's regularizers")
         contexts = self.training_contexts()
         seqs = data.sequences(contexts, self.training_blocks())
-        self.setup(data, context.seed)
+        self.setup(data, context.seed)  # built on the CPU (initialization is the same on every device), then moved
+        self.to(context.device)
         if group.active:
             group.broadcast_parameters(self.parameters())
-        loop = TrainingLoop(self, seqs, len(contexts), context.options, context.seed,
-                            regularizers=context.regularizers, energies=context.energies,
-                            directory=context.directory, say=context.say, group=group)
-        summary = loop.run()
+        with on_device(self.device):
+            loop = TrainingLoop(self, seqs, len(contexts), context.options, context.seed,
+                                regularizers=context.regularizers, energies=context.energies,
+                                directory=context.directory, say=context.say, group=group)
+            summary = loop.run()
         summary["training sequences"] = f"{loop.n} beads x frames x {len(contexts)} context(s)"
         if group.active:
             summary["processes"] = group.size
@@ -213,8 +216,8 @@ class TrainingLoop:
         ctx = self.np_rng.integers(0, self.n_contexts, len(beads))
         self._batch_rows = len(beads)
         ids = self.local(ctx * self.n + beads)
-        return TrainingBatch(beads, ids, trim(self.seqs.select(torch.as_tensor(ids))), self.iteration, self.fraction,
-                             self.epoch, self.logging)
+        seqs = trim(self.seqs.select(torch.as_tensor(ids))).to(self.generator.device)
+        return TrainingBatch(beads, ids, seqs, self.iteration, self.fraction, self.epoch, self.logging)
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, weight: float = 1.0,
                        clip: float | None = None) -> None:
@@ -242,8 +245,8 @@ class TrainingLoop:
         rows of the whole batch (whose size the latest :meth:`batch` set) so that the draws match a
         one-process run."""
         if not self.group.active:
-            return torch.randn(tuple(shape), generator=generator)
-        return self.local(torch.randn((self._batch_rows, *shape[1:]), generator=generator))
+            return host_random(torch.randn, tuple(shape), generator=generator)
+        return self.local(host_random(torch.randn, (self._batch_rows, *shape[1:]), generator=generator))
 
     def reduce_gradients(self, parameters, weight: float) -> None:
         """Before an optimizer step: the gradients averaged over processes, each weighted by

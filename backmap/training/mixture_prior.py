@@ -14,6 +14,8 @@ import math
 
 import torch
 
+from backmap.devices import host_random
+
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -55,9 +57,9 @@ class MixturePrior(torch.nn.Module):
         n = math.prod(shape)
         with torch.no_grad():
             w = torch.softmax(self.logits, -1)  # (latent, K)
-            k = torch.multinomial(w, n, replacement=True, generator=generator).T  # (n, latent)
+            k = host_random(torch.multinomial, w, n, replacement=True, generator=generator).T  # (n, latent)
             d = torch.arange(latent)
-            eps = torch.randn(n, latent, generator=generator, dtype=torch.float64)
+            eps = host_random(torch.randn, n, latent, generator=generator, dtype=torch.float64)
             z0 = self.means[d, k] + torch.exp(self.log_stds[d, k]) * eps
         if not torch.is_grad_enabled() or not self.means.requires_grad:
             return z0.view(*shape, latent)
@@ -79,9 +81,10 @@ class MixturePrior(torch.nn.Module):
         latent)."""
         latent, K = self.means.shape
         n = math.prod(shape)
-        k = torch.stack([torch.randperm(n, generator=generator) % K for _ in range(latent)], 1)  # (n, latent)
+        k = torch.stack([host_random(torch.randperm, n, generator=generator) % K for _ in range(latent)],
+                        1)  # (n, latent)
         d = torch.arange(latent)
-        eps = torch.randn(n, latent, generator=generator, dtype=torch.float64)
+        eps = host_random(torch.randn, n, latent, generator=generator, dtype=torch.float64)
         z = self.means[d, k] + torch.exp(self.log_stds[d, k]) * eps
         log_s = (torch.log_softmax(self.logits, -1)[d, k] + math.log(K)).sum(-1)
         return z.view(*shape, latent), log_s.view(shape), k.view(*shape, latent)

@@ -71,6 +71,13 @@ class BeadSequences:
         return BeadSequences(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
                                 for f in fields(self)})
 
+    def to(self, device) -> "BeadSequences":
+        """The sequences on ``device`` (the same object where they already are)."""
+        if all(t is None or t.device == torch.device(device) for t in (getattr(self, f.name) for f in fields(self))):
+            return self
+        return BeadSequences(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+                                for f in fields(self)})
+
     @property
     def lengths(self) -> torch.Tensor:
         return self.target_mask.sum(1)

@@ -7,6 +7,8 @@ import math
 
 import torch
 
+from backmap.devices import host_random
+
 
 #: proposals drawn per round are about this many (each open draw gets several when few are open)
 PROPOSALS_PER_ROUND = 1024
@@ -29,7 +31,7 @@ def sample_von_mises(kappa: torch.Tensor, generator: torch.Generator) -> torch.T
         if not len(open_):
             break
         tries = max(1, min(8, PROPOSALS_PER_ROUND // len(open_)))
-        u1, u2, u3 = torch.rand((3, tries, len(open_)), generator=generator, dtype=k.dtype)
+        u1, u2, u3 = host_random(torch.rand, (3, tries, len(open_)), generator=generator, dtype=k.dtype)
         z = torch.cos(math.pi * u1)
         f = (1 + r * z) / (r + z)
         c = k * (r - f)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from backmap.api.forcefield import BOLTZMANN
+from backmap.api.io import host_random
 from backmap.api.refinement import BondConstraints, Factorization
 from backmap_refiners.torch_potential import Evaluation
 
@@ -65,7 +66,7 @@ class Dynamics:
 
     # ------------------------------------------------------------------ helpers
     def noise(self, like: torch.Tensor) -> torch.Tensor:
-        return torch.randn(like.shape, generator=self.generator, dtype=self.dtype)
+        return host_random(torch.randn, like.shape, generator=self.generator, dtype=self.dtype)
 
     def kinetic(self, v: torch.Tensor) -> torch.Tensor:
         """½ Σ m v² per frame (kJ/mol)."""
@@ -136,7 +137,7 @@ class Dynamics:
                 ok = ok & self._reversible(cur, nxt, h, reversibility_tolerance)
             cur = nxt
         h1 = cur.ev.total + self.kinetic(cur.v)
-        log_u = torch.log(torch.rand(h1.shape, generator=self.generator, dtype=self.dtype))
+        log_u = torch.log(host_random(torch.rand, h1.shape, generator=self.generator, dtype=self.dtype))
         accept = ok & torch.isfinite(h1) & (log_u < -(h1 - h0) / self.kT)
         flipped = State(start.x, -start.v, start.ev, start.fac)
         return cur.where(accept, flipped), accept

@@ -21,7 +21,7 @@ from pydantic import Field
 
 from backmap.api import BackmapError, Refiner
 from backmap.api.forcefield import BOLTZMANN, excluded_pair_list, pair_list
-from backmap.api.io import atomic_path, openmm_platform_for
+from backmap.api.io import atomic_path, heartbeat, openmm_platform_for, to_host
 from backmap.api.refinement import RefineParams, RefineResult, RestrainedSystem, resolve_constraints
 
 
@@ -34,8 +34,13 @@ class OpenMMParams(RefineParams):
                                 "the log gains ghmc_acceptance)")
     threads: int = Field(0, ge=0, description="CPU threads for OpenMM (0: OpenMM's default, all cores)")
     platform: Literal["auto", "CPU", "Reference", "CUDA", "OpenCL"] = Field(
-        "auto", description="OpenMM platform: auto (CUDA, else OpenCL, in mixed precision when torch sees a GPU; "
+        "auto", description="OpenMM platform: auto (CUDA, else OpenCL, in mixed precision on the run's GPU device; "
                             "else CPU), or one by name (backmap --version lists those installed)")
+    hydrogen_mass: float | None = Field(None, gt=0, description="hydrogen mass in amu (repartitioned from the bonded "
+                                                                "heavy atom; None: the topology's): the positions' "
+                                                                "Boltzmann distribution does not depend on masses, "
+                                                                "and heavier hydrogens allow a longer time step "
+                                                                "(3–4 amu with 3–4 fs)")
     max_displacement: float = Field(0.002, gt=0, description="largest move of an atom per minimization step (nm)")
     minimize_restraint: float = Field(1.0e4, ge=0, description="restraint k while minimizing the flexible copy "
                                                                "(relax_steps), capped at 'restraint': softer than "
@@ -121,7 +126,7 @@ class OpenMMRefiner(Refiner):
         pme = nb is not None and nb.coulomb == "pme"
         omm = top.createSystem(nonbondedMethod=app.PME if pme else app.CutoffPeriodic,
                                nonbondedCutoff=cutoff * u.nanometer, constraints=constraints,
-                               rigidWater=constraints is not None,
+                               rigidWater=constraints is not None, hydrogenMass=self._hydrogen_mass(),
                                **({"ewaldErrorTolerance": nb.ewald_rtol} if pme else {}))
         if omm.getNumParticles() != self.system.n_atoms:
             raise BackmapError(f"OpenMM built {omm.getNumParticles()} particles, the topology has "
@@ -155,6 +160,11 @@ class OpenMMRefiner(Refiner):
         omm.addForce(restraint)
         return omm, restraint
 
+    def _hydrogen_mass(self):
+        import openmm.unit as u
+
+        return None if self.params.hydrogen_mass is None else self.params.hydrogen_mass * u.amu
+
     def _build(self, box: np.ndarray) -> None:
         import openmm as mm
         import openmm.app as app
@@ -169,7 +179,7 @@ class OpenMMRefiner(Refiner):
                                      includeDir=str(topdir) if topdir else None)
         except Exception as exc:  # OpenMM raises ValueError/Exception for unsupported directives
             raise BackmapError(f"OpenMM cannot read the topology: {exc}", source=self.system.topology_path) from exc
-        name, props = openmm_platform_for(p.platform, where=f"{self.name}: platform")
+        name, props = openmm_platform_for(p.platform, self.device, where=f"{self.name}: platform")
         platform = mm.Platform.getPlatformByName(name)
         if p.threads and name == "CPU":
             props["Threads"] = str(p.threads)
@@ -290,7 +300,6 @@ class OpenMMRefiner(Refiner):
         import openmm.unit as u
 
         p = self.params
-        self._reseed(seed)
         k_soft = min(p.minimize_restraint, p.restraint) or p.restraint
         relax_steps = p.relax_steps if relax_steps is None else relax_steps
         minimize_steps = p.minimize_steps if minimize_steps is None else minimize_steps
@@ -367,7 +376,7 @@ class OpenMMRefiner(Refiner):
         import torch
 
         projected, ok = self._projector.positions(torch.as_tensor(x[None]), torch.as_tensor(x[None]))
-        return projected[0].numpy() if bool(ok.all()) else None
+        return to_host(projected[0]) if bool(ok.all()) else None
 
     def _result(self, ctx, dof: int) -> tuple[np.ndarray, dict]:
         """Positions of a context after sampling and the log row (energies, kinetic temperature)."""
@@ -391,6 +400,8 @@ class OpenMMRefiner(Refiner):
         out, log = np.empty_like(positions), []
         for k, (x, target, box) in enumerate(zip(positions, targets, boxes)):
             seed = int(rng.integers(1, 2**31 - 1))
+            if k == 0:  # new contexts (1–2 s for a constrained system) once per call; a frame after the
+                self._reseed(seed)  # first draws its velocities from its own seed, its noise continues the call's
             attempts = [{"stiff": True} if self.params.stiff_bonds else {}]
             # escalating: as given; half the time step; flexible relaxation first; stiff bonds
             if self.params.retry and not self.params.stiff_bonds:
@@ -430,7 +441,7 @@ def _guarded_steps(integrator, ctx, n: int, box: np.ndarray, chunk: int = 25, re
 
     bound = 10.0 * float(np.abs(box).max())
     done = 0
-    while done < n:
+    for _ in heartbeat(range(-(-n // chunk)), description=f"openmm: the frame's dynamics, chunks of {chunk} steps"):
         m = min(chunk, n - done)
         integrator.step(m)
         done += m

@@ -17,6 +17,7 @@ import torch
 
 from backmap.api.forcefield import BONDED, ForceField, TERMS, box_heights
 from backmap.api.refinement import RestrainedSystem
+from backmap.api.io import to_host
 
 
 @dataclass
@@ -118,7 +119,7 @@ class RestrainedPotential:
     def __call__(self, x: torch.Tensor) -> Evaluation:
         """Energies and forces at ``x`` (F, N, 3), returned in the dtype of ``x``."""
         out_dtype = x.dtype
-        xd = x.detach().numpy()
+        xd = to_host(x)
         lists = [pl.at(xd[f]) for f, pl in enumerate(self._lists)] if self.nonbonded else None
         x = x.detach().to(self.dtype).requires_grad_(True)
         if self.nonbonded:

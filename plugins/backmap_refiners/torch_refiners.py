@@ -25,6 +25,7 @@ from backmap.api.refinement import (
 )
 from backmap_refiners.integrators import Dynamics, State
 from backmap_refiners.torch_potential import RestrainedPotential
+from backmap.api.io import to_host
 
 
 class TorchRefineParams(RefineParams):
@@ -105,10 +106,10 @@ class _TorchRefiner(Refiner):
         generator = torch.Generator().manual_seed(int(rng.integers(2**63 - 1)))
         failures: dict[int, str] = {}
         x, ok = self._initial(positions, targets, boxes)
-        self._fail(failures, np.arange(len(x)), ~ok.numpy(),
+        self._fail(failures, np.arange(len(x)), ~to_host(ok),
                    "bond constraints could not be satisfied (bond lengths too far off or redundant constraints; "
                    "try minimize_steps)")
-        live = np.flatnonzero(ok.numpy())  # frames that are sampled
+        live = np.flatnonzero(to_host(ok))  # frames that are sampled
         out = np.array(positions, np.float64)
         rows: list[dict] = [{"failed": failures[f]} if f in failures else {} for f in range(len(out))]
         if len(live):
@@ -121,7 +122,7 @@ class _TorchRefiner(Refiner):
                 if f in failures:
                     rows[f] = {"failed": failures[f]}
                 else:
-                    out[f] = state.x[k].numpy()
+                    out[f] = to_host(state.x[k])
                     rows[f] = self._row(state, extra, k)
         return RefineResult(out, rows)
 
@@ -159,12 +160,12 @@ class LangevinRefiner(_TorchRefiner):
         for step in range(p.steps):
             new, ok = dyn.baoab(state, p.timestep, p.friction)
             if not bool(ok.all()):
-                fail(~ok.numpy(), f"bond constraints did not converge at step {step + 1}: reduce the timestep")
+                fail(~to_host(ok), f"bond constraints did not converge at step {step + 1}: reduce the timestep")
                 new = new.where(ok, state)  # failed frames stay where they were; they are not returned
             state = new
             if step >= p.steps // 2:
                 t_sum += dyn.temperature(state.v)
-        return state, {"temperature": (t_sum / max(p.steps - p.steps // 2, 1)).numpy()}
+        return state, {"temperature": to_host(t_sum / max(p.steps - p.steps // 2, 1))}
 
 
 class MALARefiner(_TorchRefiner):
@@ -187,5 +188,5 @@ class MALARefiner(_TorchRefiner):
             if step >= p.steps // 2:
                 t_sum += dyn.temperature(state.v)
         n = max(p.steps, 1)
-        return state, {"acceptance": (accepted / n).numpy(),
-                       "temperature": (t_sum / max(p.steps - p.steps // 2, 1)).numpy()}
+        return state, {"acceptance": to_host(accepted / n),
+                       "temperature": to_host(t_sum / max(p.steps - p.steps // 2, 1))}

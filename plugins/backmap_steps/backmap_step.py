@@ -70,7 +70,7 @@ class BackmapStep(Step):
                                    seed=ctx.seed, registry=ctx.registry, refiner=refiner, refine_system=system,
                                    structure=p.structure, provenance={"recipe": str(ctx.recipe.path)},
                                    cluster=ctx.recipe.cluster, reads=ctx.read_files,
-                                   where=ctx.where("steps.backmap"))
+                                   where=ctx.where("steps.backmap"), device=ctx.device)
         summary, files = result.report(), result.files
         declared = {k: Path(v) for k, v in files.as_dict().items()}
         declared["model"] = Path(model_dir)  # the refine step offers it to refiners that move with a model (vae_mc)

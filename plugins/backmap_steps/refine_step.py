@@ -48,6 +48,6 @@ class RefineStep(Step):
         system = RestrainedSystem(ctx.cg_topology, Path(ctx.recipe.system.topology), settings)
         out = ctx.path(p.out)
         refined = refine_files(refiner, system, aa, cg, out, frames=p.frames, seed=ctx.seed, batch=p.batch,
-                               cluster=ctx.recipe.cluster, reads=ctx.read_files)
+                               cluster=ctx.recipe.cluster, reads=ctx.read_files, device=ctx.device)
         ctx.outputs.declare("refine", aa=out)
         return refined.report()

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from backmap.api import BackmapError, Step
 from backmap.api.forcefield import NonbondedSettings
+from backmap.api.io import resolve_device
 from backmap.api.recipes import InputPath, save_model
 from backmap.api.refinement import RestrainedSystem
 from backmap.api.sampling import BackmapSettings, Channels, make_plans
@@ -106,7 +107,8 @@ class TrainStep(Step):
         options = TrainOptions(**{k: getattr(self.params, k) for k in TrainOptions.model_fields})
         log_dir = ctx.path(self.params.log_dir, generator.name, "checkpoint.pt").parent
         group = current_group()  # several processes under torchrun (backmap.training.distributed)
-        fit = FitContext(options, regularizers, energies, log_dir, ctx.seed, ctx.console.print, group=group)
+        fit = FitContext(options, regularizers, energies, log_dir, ctx.seed, ctx.console.print, group=group,
+                         device=resolve_device(ctx.device, "device"))
         t0 = time.perf_counter()
         if self.params.objective == "reverse_kl":
             if group.active:

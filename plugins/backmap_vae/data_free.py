@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from backmap.api.forcefield import BOLTZMANN, molecule_terms
-from backmap.api.io import atomic_path
+from backmap.api.io import atomic_path, host_random
 from backmap.api.sampling import invert_flipped, load_chiral_centres
 from backmap.api.training import ReverseKLOptions, Target
 from backmap_vae.targets import BoundUnits, UnitTargets
@@ -325,7 +325,7 @@ class UnitProblem:
         every ``FRAME_STEPS`` draws (the sampler's environment builder holds one frame at a time,
         and setting it up costs as much as a step)."""
         if self._frame < 0 or self._draws % FRAME_STEPS == 0:
-            f = int(torch.randint(len(self.cg), (1,), generator=generator))
+            f = int(host_random(torch.randint, len(self.cg), (1,), generator=generator))
             if f != self._frame:
                 self._groups = self.targets.frame_groups(self.cg[f].numpy(), self.vectors[f])
                 self._frame = f
@@ -333,7 +333,7 @@ class UnitProblem:
         f = self._frame
         pairs, self._drawn, n = [], [], 0
         while n < self.options.units:
-            group = self._groups[int(torch.randint(len(self._groups), (1,), generator=generator))]
+            group = self._groups[int(host_random(torch.randint, len(self._groups), (1,), generator=generator))]
             units = self.targets.bind(group, self.pool[f], self.cg[f], self.vectors[f])
             temperature, scale = self._temperatures(len(group.atoms), generator)
             pairs.append((_Units(self.g.latent_model(units.env, temperature)),
@@ -350,7 +350,7 @@ class UnitProblem:
         if not self.g.conditions_on_temperature:
             return None, None
         lo, hi = self.g.params.temperatures
-        beta = 1 / hi + (1 / lo - 1 / hi) * torch.rand(n, generator=generator, dtype=torch.float64)
+        beta = 1 / hi + (1 / lo - 1 / hi) * host_random(torch.rand, n, generator=generator, dtype=torch.float64)
         return 1 / beta, beta * self.g.reference_temperature
 
     def observe(self, xs: list[torch.Tensor], generator: torch.Generator) -> None:

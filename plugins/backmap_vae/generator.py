@@ -19,7 +19,7 @@ import torch
 from pydantic import Field, model_validator
 
 from backmap.api import BackmapError
-from backmap.api.io import torch_threads
+from backmap.api.io import host_random, torch_threads
 from backmap.api.refinement import JointLogDensity
 from backmap.api.sampling import EnvironmentBatch
 from backmap.api.icgen import EquivariantParams, InternalCoordinateGenerator, mlp, repeat_rows
@@ -218,7 +218,10 @@ class VAEGenerator(InternalCoordinateGenerator):
         v = {**v, "encoded": enc}
         mq, lq = self._posterior(v, enc[0])
         mp, lp = self.latent_nets.p(enc[0])
-        noise = torch.randn(mq.shape, generator=generator) if loop is None else loop.local_randn(mq.shape, generator)
+        if loop is None:
+            noise = host_random(torch.randn, mq.shape, generator=generator)
+        else:
+            noise = loop.local_randn(mq.shape, generator)
         z = mq + torch.exp(lq) * noise
         v["latent"] = z
         dist, (r, theta, phi), rigid = self._teacher_pass(v)
@@ -365,7 +368,7 @@ class BoundLatentModel:
         v = self._rows(n)
         v["targets"] = x.reshape(B * n, U, 3).to(torch.float32)
         mq, lq = self.g._posterior(v, v["encoded"][0])
-        z = mq + torch.exp(lq) * torch.randn(mq.shape, generator=generator)
+        z = mq + torch.exp(lq) * host_random(torch.randn, mq.shape, generator=generator)
         return z.view(B, n, -1) if x.ndim == 4 else z
 
     def generate(self, n: int, generator: torch.Generator, raw: bool = True, reparameterized: bool = False
@@ -374,7 +377,8 @@ class BoundLatentModel:
         (for Monte Carlo): the decoder's draws as they are; else recentred and projected.
         ``reparameterized`` (for reverse-KL training): x and z differentiable in the parameters."""
         mp, lp = self.prior_params
-        z = mp[:, None] + torch.exp(lp)[:, None] * torch.randn(self.B, n, mp.shape[-1], generator=generator)
+        z = mp[:, None] + torch.exp(lp)[:, None] * host_random(torch.randn, self.B, n, mp.shape[-1],
+                                                               generator=generator)
         v = dict(self.v)
         v["latent"] = z.reshape(self.B * n, -1)
         return self.g._sample(v, n, generator, raw=raw, reparameterized=reparameterized), z

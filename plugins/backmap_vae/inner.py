@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from backmap.api.io import host_random
 from backmap.api.sampling import UnitGroup
 from backmap_vae.rotations import rotation_move
 from backmap_vae.targets import BoundUnits
@@ -149,7 +150,7 @@ def inner_group(group: UnitGroup, nbrs: list[list[int]], spanning: bool = False)
 
 def random_directions(B: int, gen: torch.Generator) -> torch.Tensor:
     """(B, 3) unit vectors uniform on the sphere."""
-    v = torch.randn(B, 3, generator=gen, dtype=torch.float64)
+    v = host_random(torch.randn, B, 3, generator=gen, dtype=torch.float64)
     return v / v.norm(dim=-1, keepdim=True)
 
 
@@ -161,7 +162,8 @@ def inner_rotation(units: BoundUnits, moves: InnerGroup, step: float, gen: torch
     the axis, which the rotation keeps, the kind (B,), the atoms carried along (B, U) or None,
     and the slot (B,) whose displacement they follow)."""
     B = len(moves.kinds)
-    kind = (torch.rand(B, generator=gen, dtype=torch.float64) * moves.kinds).long().clamp(max=moves.masks.shape[1] - 1)
+    kind = (host_random(torch.rand, B, generator=gen,
+                        dtype=torch.float64) * moves.kinds).long().clamp(max=moves.masks.shape[1] - 1)
     rows = torch.arange(B)
     real = units.index >= 0
     moved = moves.masks[rows, kind] & real

@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from backmap.api.io import host_random
 from backmap.api.refinement import IndependentChains, JointLogDensity
 from backmap.api.training import sample_von_mises
 
@@ -463,7 +464,7 @@ class MoleculeVAE(torch.nn.Module):
                 c = o.unflatten(-1, (4, K))
                 logits = torch.log_softmax(c[:, 0], -1)
                 mu, kappa = torch.atan2(c[:, 1], c[:, 2]), torch.exp(c[:, 3].clamp(-5.0, 9.5))
-                k = torch.multinomial(torch.exp(logits), 1, generator=generator)
+                k = host_random(torch.multinomial, torch.exp(logits), 1, generator=generator)
                 t = von_mises_sample(mu.gather(1, k)[:, 0], kappa.gather(1, k)[:, 0], generator).to(dt)
                 q[:, i] = t
                 logp += self._vm_log_prob(t[:, None], logits[:, None], mu[:, None], kappa[:, None])[:, 0]
@@ -471,7 +472,7 @@ class MoleculeVAE(torch.nn.Module):
             else:
                 g = i - nc
                 mean, log_std = o[:, 0], o[:, 1].clamp(-9.0, 3.0)
-                y = mean + torch.exp(log_std) * torch.randn(M, generator=generator, dtype=dt)
+                y = mean + torch.exp(log_std) * host_random(torch.randn, M, generator=generator, dtype=dt)
                 q[:, i] = self.loc[g] + self.scale[g] * y
                 e = (y - mean) * torch.exp(-log_std)
                 logp += -0.5 * e * e - log_std - 0.5 * LOG_2PI - torch.log(self.scale[g])
@@ -483,11 +484,12 @@ class MoleculeVAE(torch.nn.Module):
         """z ~ q(z | x) for states x (…, D)."""
         with torch.no_grad():
             mean, log_std = self._posterior(self.features(x))
-            return mean + torch.exp(log_std) * torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+            return mean + torch.exp(log_std) * host_random(torch.randn, mean.shape, generator=generator,
+                                                           dtype=mean.dtype)
 
     def generate(self, n: int, generator: torch.Generator, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """(q (batch, n, D), z (batch, n, L)) with z ~ N(0, I), q ~ P(q | z)."""
-        z = torch.randn(batch * n, self.latent, generator=generator, dtype=torch.float64)
+        z = host_random(torch.randn, batch * n, self.latent, generator=generator, dtype=torch.float64)
         q, _ = self.sample(z, generator)
         return q.view(batch, n, -1), z.view(batch, n, -1)
 
@@ -509,7 +511,7 @@ class MoleculeVAE(torch.nn.Module):
         """(−ln P(q | z) with z ~ q(z | q) reparameterized, KL(q(z | q) ‖ N(0, I))), each (n,)."""
         feats = self.features(q)
         mean, log_std = self._posterior(feats)
-        z = mean + torch.exp(log_std) * torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+        z = mean + torch.exp(log_std) * host_random(torch.randn, mean.shape, generator=generator, dtype=mean.dtype)
         logits, mu, kappa, m, ls = self._split(self._params(feats, z))
         rec = -(self._vm_log_prob(q[..., :self.n_circ], logits, mu, kappa).sum(-1)
                 + self._gauss_log_prob(feats[..., 2 * self.n_circ:], m, ls).sum(-1))
@@ -542,7 +544,7 @@ class MoleculeVAE(torch.nn.Module):
         if q.ndim == 3:
             q = self.zmatrix.q_from_x(q)
         gen = torch.Generator().manual_seed(seed)
-        perm = torch.randperm(len(q), generator=gen)
+        perm = host_random(torch.randperm, len(q), generator=gen)
         n_val = int(round(validation * len(q)))
         val, train = q[perm[:n_val]], q[perm[n_val:]]
         self.set_scale(train)
@@ -554,7 +556,7 @@ class MoleculeVAE(torch.nn.Module):
         hist = {"epoch": [], "train_loss": [], "val": [], "seconds": [], "kl_weight": []}
         step, t0 = 0, time.perf_counter()
         for epoch in range(epochs):
-            order = torch.randperm(len(train), generator=gen)
+            order = host_random(torch.randperm, len(train), generator=gen)
             run = 0.0
             for s in range(steps_per_epoch):
                 frac = step / total

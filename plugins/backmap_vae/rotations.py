@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from backmap.api.io import host_random
 from backmap.api.sampling import UnitGroup
 from backmap_vae.blocks import colour_apart, merge_groups, step_groups
 from backmap_vae.local_groups import coloured_groups
@@ -86,9 +87,9 @@ def candidate_angles(B: int, width: float | torch.Tensor, n: int, gen: torch.Gen
     with K uniform in 0 … n − 1 and h uniform in (0, 2·width/(n − 1)]. ``width``: a float or (B,)."""
     if n == 1:
         return torch.stack([torch.zeros(B, dtype=torch.float64),
-                            (2 * torch.rand(B, generator=gen, dtype=torch.float64) - 1) * width], 1)
-    h = (1 - torch.rand(B, generator=gen, dtype=torch.float64)) * 2 * width / (n - 1)
-    k = torch.randint(n, (B,), generator=gen)
+                            (2 * host_random(torch.rand, B, generator=gen, dtype=torch.float64) - 1) * width], 1)
+    h = (1 - host_random(torch.rand, B, generator=gen, dtype=torch.float64)) * 2 * width / (n - 1)
+    k = host_random(torch.randint, n, (B,), generator=gen)
     return (torch.arange(n)[None] - k[:, None]).double() * h[:, None]
 
 
@@ -168,11 +169,11 @@ def rotation_move(units: BoundUnits, local: torch.Tensor, pivot: torch.Tensor, a
         accepted, invalid = units.decide_in_turn(local, placements[:, 1], moved[..., 0], logp[:, 1] - logp[:, 0], gen)
         chosen = accepted.long()
     elif candidates == 1:
-        u = torch.rand(B, generator=gen, dtype=torch.float64)
+        u = host_random(torch.rand, B, generator=gen, dtype=torch.float64)
         chosen = torch.where(~invalid & (torch.log(u) < logp[:, 1] - logp[:, 0]), 1, 0)
     else:  # a NaN candidate rejects the move (counted); the current state is never NaN
         weights = torch.softmax(torch.nan_to_num(logp, nan=-torch.inf), 1)
-        chosen = torch.where(invalid, current, torch.multinomial(weights, 1, generator=gen)[:, 0])
+        chosen = torch.where(invalid, current, host_random(torch.multinomial, weights, 1, generator=gen)[:, 0])
     rows = torch.arange(B)
     angle = angles[rows, chosen]
     return angle != 0, placements[rows, chosen], invalid, angle

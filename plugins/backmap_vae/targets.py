@@ -18,6 +18,7 @@ import torch
 
 from backmap.api import BackmapError
 from backmap.api.forcefield import BOLTZMANN, ForceField
+from backmap.api.io import host_random
 from backmap.api.sampling import LocalMetropolis, cross_energies, sequential_metropolis
 from backmap.api.recipes import default_registry
 from backmap.api.refinement import RestrainedSystem
@@ -100,7 +101,7 @@ class BoundUnits:
         non-bonded energy changes with the moves accepted before it (the only terms that join
         units of a group; :func:`backmap.api.sampling.sequential_metropolis`). Returns (accepted (B,),
         invalid (B,): NaN ratios, rejected)."""
-        log_u = torch.log(torch.rand(len(old), generator=generator, dtype=torch.float64))
+        log_u = torch.log(host_random(torch.rand, len(old), generator=generator, dtype=torch.float64))
         index = self.index.numpy()
         accepted = sequential_metropolis(
             self.targets.ff, self.to_lab(torch.stack([old, new], 1)), index.clip(min=0), moved.numpy() & (index >= 0), log_ratio,
@@ -119,7 +120,7 @@ class BoundUnits:
         local_mc = self.targets.local_metropolis()
         if local_mc is None:
             return None
-        log_u = torch.log(torch.rand(len(new), generator=generator, dtype=torch.float64))
+        log_u = torch.log(host_random(torch.rand, len(new), generator=generator, dtype=torch.float64))
         index = self.index.numpy()
         walls = self.to_lab(torch.zeros_like(new) if self.anchor is None else self.anchor)
         accepted, invalid, _delta, _x = local_mc.scan(self.positions, index, moved.numpy() & (index >= 0),

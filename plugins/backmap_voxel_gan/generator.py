@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from backmap.api import BackmapError, NetworkGenerator
-from backmap.api.io import torch_threads
+from backmap.api.io import host_random, on_device, torch_threads
 from backmap.api.sampling import EnvironmentBatch
 from backmap.api.training import BeadSequences, TrainingBatch, TrainingLoop
 from backmap_voxel_gan.features import ChannelLayout, compact, rotation_z
@@ -70,7 +70,7 @@ class VoxelGAN(NetworkGenerator):
 
     def _noise(self, seqs: BeadSequences, loop: TrainingLoop) -> torch.Tensor:
         S, T = seqs.target_mask.shape
-        return torch.randn(S, T, self.model.noise_dim, generator=loop.torch_rng)
+        return host_random(torch.randn, S, T, self.model.noise_dim, generator=loop.torch_rng)
 
     def train_step(self, batch: TrainingBatch, loop: TrainingLoop) -> dict[str, float]:
         p, model = self.params, self._require()
@@ -108,8 +108,9 @@ class VoxelGAN(NetworkGenerator):
         """FLOPs of one generator call (one candidate placement)."""
         m = self._require()
         n, lay = self.params.grid, m.layout
-        return flops_per_call(m.generator, torch.zeros(1, lay.env_channels, n, n, n),
-                              torch.zeros(1, self.params.noise_dim), torch.zeros(1, lay.n_atom_types))
+        with on_device(self.device):  # the probe's inputs where the network is
+            return flops_per_call(m.generator, torch.zeros(1, lay.env_channels, n, n, n),
+                                  torch.zeros(1, self.params.noise_dim), torch.zeros(1, lay.n_atom_types))
 
     # ------------------------------------------------------------------ inference
     def _require(self) -> VoxelGANModel:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from backmap.api.io import host_random
 from backmap.api.training import BeadSequences
 from backmap_voxel_gan.features import ChannelLayout, Featurizer, rotation_z
 from backmap_voxel_gan.networks import VoxelCritic, VoxelGenerator
@@ -123,7 +124,7 @@ class VoxelGANModel(nn.Module):
         sequence is not guaranteed; the step weights are renormalized over the subset)."""
         mask, types = seqs.target_mask, seqs.target_types
         if fraction < 1.0:
-            mask = mask & (torch.rand(mask.shape, generator=rng) < fraction)
+            mask = mask & (host_random(torch.rand, mask.shape, generator=rng) < fraction)
             if not bool(mask.any()):
                 mask = seqs.target_mask
         w = step_weights(seqs.target_mask)[mask]
@@ -133,7 +134,7 @@ class VoxelGANModel(nn.Module):
         onehot = self.features.target_type(types[mask])
         s_real = self.critic(re, ra, onehot)
         s_fake = self.critic(fe, fa, onehot)
-        alpha = torch.rand(len(w), generator=rng)
+        alpha = host_random(torch.rand, len(w), generator=rng)
         a5 = alpha[:, None, None, None, None]
         ie = (a5 * re + (1 - a5) * fe).requires_grad_(True)
         ia = (a5[:, 0] * ra + (1 - a5[:, 0]) * fa).requires_grad_(True)

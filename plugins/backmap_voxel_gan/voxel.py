@@ -24,7 +24,7 @@ class VoxelGrid:
 
     def _axis_gaussians(self, positions: torch.Tensor) -> torch.Tensor:
         """(..., 3) → (..., 3, n): the 1-D Gaussian of each coordinate on the grid axis."""
-        d = positions[..., None] - self.axis.to(positions.dtype)
+        d = positions[..., None] - self.axis.to(positions)  # dtype and device
         return torch.exp(-0.5 * (d / self.sigma) ** 2)
 
     def density(self, positions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -45,4 +45,4 @@ class VoxelGrid:
     def coordinate(self, density: torch.Tensor) -> torch.Tensor:
         """Weighted average of the grid points (eq. 4.11): (B, n, n, n) → (B, 3)."""
         w = density.reshape(density.shape[0], -1)
-        return (w @ self.points.to(w.dtype)) / w.sum(-1, keepdim=True).clamp(min=1e-12)
+        return (w @ self.points.to(w)) / w.sum(-1, keepdim=True).clamp(min=1e-12)
