@@ -37,6 +37,7 @@ _LAZY = {
     "FitContext": "backmap.training.data",
     "TrainOptions": "backmap.training.data",
     "BeadSequences": "backmap.training.sequences",
+    "SequenceStore": "backmap.training.sequence_store",
     "EnvironmentBatch": "backmap.sampling.environment",
     "EnvironmentSpec": "backmap.sampling.spec",
     "Channels": "backmap.sampling.environment",

@@ -80,6 +80,7 @@ def _train(recipe: Path, workdir: Path, processes: int, *overrides: str) -> list
     done = subprocess.run(cmd, env=dict(os.environ, BACKMAP_NO_PROGRESS="1"), capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert not list(workdir.glob("training/*/sequences"))  # the streamed sequences are removed after training
     with next(workdir.glob("training/*/train_log.csv")).open() as fh:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 

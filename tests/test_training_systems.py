@@ -36,8 +36,8 @@ def test_sequences_of_two_systems_are_numbered_as_the_joined_topology(tmp_path):
     assert [b.block.moltype.name for b in joined.blocks] == [b.block.moltype.name for s in (hexane, tcs)
                                                              for b in s[1].blocks]
     assert data.n_train_frames == 3
-    seqs = data.sequences(("forward", "gibbs"))
-    parts = [p.sequences(("forward", "gibbs")) for p in data.parts]
+    seqs = data.sequences(("forward", "gibbs")).all()
+    parts = [p.sequences(("forward", "gibbs")).all() for p in data.parts]
     assert len(seqs) == sum(len(p) for p in parts)
     # context-major: both contexts hold the same bead-frames in the same order
     n = len(seqs) // 2

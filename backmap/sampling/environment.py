@@ -396,6 +396,15 @@ class EnvironmentBuilder:
             self._adjacent_h = torch.as_tensor(
                 adjacent[np.arange(m)[:, None], self.home[c]] & ~self.heavy[c] & (self._cand >= 0))
 
+    def forget_units(self) -> None:
+        """Drop what was kept of the units built so far in this frame (their frames, candidate
+        lists and masks; rebuilt when asked again): bounds memory when a large frame's units are
+        built a part at a time."""
+        self._cache.clear()
+        self._bead_cache.clear()
+        if getattr(self, "_previous_cache", None):
+            self._previous_cache.clear()
+
     def set_previous(self, positions: np.ndarray | None, alignment: str = "beads", twist: float = 0.0) -> None:
         """The previous AA frame (N, 3) of a trajectory, molecules whole, or None (its first frame,
         or frame-wise backmapping): environments built from now on until the next :meth:`set_frame`

@@ -3,12 +3,11 @@ same plans, channels and environment builder the sampler uses at inference — a
 options, regularizers and folders of the run."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import torch
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from backmap.errors import BackmapError
@@ -20,7 +19,8 @@ from backmap.system.mapping import CGTopology
 from backmap.system.pairs import PairSet
 from backmap.training.distributed import SERIAL, ProcessGroup
 from backmap.training.energies import LocalEnergies
-from backmap.training.sequences import BeadSequences, build_sequences, concatenate_sequences
+from backmap.training.sequence_store import SequenceStore, build_store, existing_shards, frame_key, store_key
+from backmap.training.sequences import frame_sequences
 
 
 @dataclass
@@ -41,7 +41,9 @@ class TrainingData:
     #: training on several systems (:meth:`several`): each system's own data; ``cg_topology``,
     #: ``plans`` and ``channels`` then describe them all, numbered one after the other
     parts: list["TrainingData"] = field(default_factory=list)
-    _sequences: dict[tuple[str, ...], BeadSequences] = field(default_factory=dict, repr=False)
+    #: where :meth:`sequences` keeps its shards (:mod:`backmap.training.sequence_store`); None: in memory
+    cache: Path | None = None
+    _sequences: dict[tuple, SequenceStore] = field(default_factory=dict, repr=False)
 
     @classmethod
     def several(cls, systems: Sequence[tuple[PairSet, CGTopology]], spec: EnvironmentSpec,
@@ -70,37 +72,46 @@ class TrainingData:
     def n_train_frames(self) -> int:
         return sum(p.n_train_frames for p in self.parts) if self.parts else len(self.train())
 
-    def sequences(self, contexts: tuple[str, ...] = ("forward",), blocks: tuple[str, ...] = ()) -> BeadSequences:
+    def sequences(self, contexts: tuple[str, ...] = ("forward",), blocks: tuple[str, ...] = ()) -> SequenceStore:
         """Sequences of the training frames in each of ``contexts`` (``forward``: only atoms placed
         before are seen; ``gibbs``: all others; ``block``: all but the later beads of the bead's
         block among ``blocks``, specs as :func:`backmap.sampling.blocks.parse_blocks` reads them),
-        context-major; built once and kept."""
+        context-major; built once and kept, in shards under :attr:`cache` (streamed from disk) or
+        in memory."""
         key = (tuple(contexts), tuple(blocks))
         if key not in self._sequences and self.parts:
-            self._sequences[key] = concatenate_sequences(self._shifted_parts(*key))
+            shifts, beads, atoms, frames = [], 0, 0, 0
+            for k, part in enumerate(self.parts):
+                if self.cache is not None and part.cache is None:
+                    part.cache = self.cache / f"system{k}"
+                shifts.append({"beads": beads, "atoms": atoms, "frames": frames})
+                beads += part.cg_topology.n_beads
+                atoms += part.cg_topology.topology.n_atoms
+                frames += part.n_train_frames
+            self._sequences[key] = SequenceStore.concatenate([p.sequences(contexts, blocks) for p in self.parts],
+                                                             shifts)
         if key not in self._sequences:
-            parsed = parse_blocks(blocks, self.cg_topology, self.plans, "generator.params.blocks") if blocks else None
-            self._sequences[key] = build_sequences(self.cg_topology, self.plans, self.train(), self.channels,
-                                                   tuple(contexts), cutoff=self.spec.cutoff,
-                                                   strip_hydrogens=self.spec.strip_hydrogens,
-                                                   temporal=self.spec.temporal,
-                                                   temporal_alignment=self.spec.temporal_alignment,
-                                                   temporal_twist=self.spec.temporal_twist or 0.0, blocks=parsed)
+            self._sequences[key] = self._build(tuple(contexts), tuple(blocks))
         return self._sequences[key]
 
-    def _shifted_parts(self, contexts: tuple[str, ...], blocks: tuple[str, ...] = ()) -> list[BeadSequences]:
-        """Each system's sequences with its beads, atoms and frames numbered after the systems before it."""
-        out, beads, atoms, frames = [], 0, 0, 0
-        for part in self.parts:
-            seqs = part.sequences(contexts, blocks)
-            shifted = {"bead": seqs.bead + beads, "frame": seqs.frame + frames,
-                       "atom_index": torch.where(seqs.atom_index >= 0, seqs.atom_index + atoms, seqs.atom_index),
-                       "target_atoms": torch.where(seqs.target_atoms >= 0, seqs.target_atoms + atoms, seqs.target_atoms)}
-            out.append(dataclasses.replace(seqs, **shifted))
-            beads += part.cg_topology.n_beads
-            atoms += part.cg_topology.topology.n_atoms
-            frames += part.n_train_frames
-        return out
+    def _build(self, contexts: tuple[str, ...], blocks: tuple[str, ...]) -> SequenceStore:
+        parsed = parse_blocks(blocks, self.cg_topology, self.plans, "generator.params.blocks") if blocks else None
+        pairs, spec = self.train(), self.spec
+        options = dict(cutoff=spec.cutoff, strip_hydrogens=spec.strip_hydrogens, temporal=spec.temporal,
+                       temporal_alignment=spec.temporal_alignment, temporal_twist=spec.temporal_twist or 0.0,
+                       blocks=parsed)
+        previous = pairs.previous_index() if spec.temporal else np.full(len(pairs), -1)
+        keys = {f: frame_key(pairs.aa[f], pairs.cg[f], pairs.dimensions[f],
+                             pairs.aa[previous[f]] if previous[f] >= 0 else None) for f in range(len(pairs))}
+        folder = None if self.cache is None else self.cache / store_key(
+            contexts, blocks, spec.model_dump(mode="json"), options, self.plans, self.channels,
+            self.cg_topology.n_beads, self.cg_topology.topology.n_atoms)
+        done = existing_shards(folder, keys, len(contexts))
+        todo = [f for f in range(len(pairs)) if f not in done]
+        built = iter(frame_sequences(self.cg_topology, self.plans, pairs, self.channels, contexts, frames=todo,
+                                     **options))
+        stream = ((f, keys[f], None if f in done else next(built)) for f in range(len(pairs)))
+        return build_store(stream, len(contexts), folder, done)
 
 
 class TrainOptions(BaseModel):

@@ -28,6 +28,7 @@ from backmap.training.energies import LocalEnergies
 from backmap.training.log import TrainingLog
 from backmap.training.progress import TrainingProgress
 from backmap.training.sequences import BeadSequences
+from backmap.training.sequence_store import SequenceStore
 
 from backmap.training.data import FitContext, TrainOptions
 from backmap.training.distributed import SERIAL, ProcessGroup
@@ -142,6 +143,7 @@ class NetworkGenerator(Generator):
                                 directory=context.directory, say=context.say, group=group)
             summary = loop.run()
         summary["training sequences"] = f"{loop.n} beads x frames x {len(contexts)} context(s)"
+        summary["training sequences (MB)"] = round(seqs.nbytes() / 1e6, 1)
         if group.active:
             summary["processes"] = group.size
         return summary
@@ -163,7 +165,7 @@ class TrainingLoop:
     of it (:meth:`draw`, :meth:`local`); :meth:`optimizer_step` reduces the gradients before each
     optimizer step; only the main process writes and prints."""
 
-    def __init__(self, generator: NetworkGenerator, seqs: BeadSequences, n_contexts: int, options: TrainOptions,
+    def __init__(self, generator: NetworkGenerator, seqs: "BeadSequences | SequenceStore", n_contexts: int, options: TrainOptions,
                  seed: int, regularizers: Sequence["Regularizer"] = (), energies: LocalEnergies | None = None,
                  directory: Path | None = None, say: Callable[[str], None] | None = None,
                  group: ProcessGroup = SERIAL):
@@ -429,10 +431,13 @@ def trim(seqs: BeadSequences) -> BeadSequences:
         previous_mask=None if seqs.previous_mask is None else seqs.previous_mask[:, :T])
 
 
-def _fingerprint(generator: NetworkGenerator, seqs: BeadSequences, seed: int, batch_size: int) -> str:
+def _fingerprint(generator: NetworkGenerator, seqs: "BeadSequences | SequenceStore", seed: int, batch_size: int) -> str:
     h = hashlib.sha256(json.dumps(generator.fingerprint(), sort_keys=True, default=list).encode())
     h.update(f"{generator.name}/{seed}/{batch_size}/{len(seqs)}".encode())
-    h.update(seqs.target_positions.numpy().tobytes())
+    if isinstance(seqs, BeadSequences):
+        h.update(seqs.target_positions.numpy().tobytes())
+    else:
+        h.update(seqs.digest().encode())
     return h.hexdigest()[:16]
 
 

@@ -19,6 +19,7 @@ bead's own atoms, which an autoregressive generator replaces by what it generate
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -133,63 +134,75 @@ def build_sequences(cg_topology: CGTopology, plans: dict[str, Plan], pairs: Pair
     carries its atoms' positions in the pair one frame spacing earlier
     (:meth:`PairSet.previous_index`; a frame without one has ``previous_mask`` False), carried into
     the present frame as ``temporal_alignment`` and ``temporal_twist`` say
-    (:meth:`EnvironmentBuilder.set_previous`). ``blocks``: what the ``block`` context hides."""
+    (:meth:`EnvironmentBuilder.set_previous`). ``blocks``: what the ``block`` context hides.
+    All in memory: training streams them from disk instead (:mod:`backmap.training.sequence_store`)."""
+    frames = list(frame_sequences(cg_topology, plans, pairs, channels, contexts, cutoff, strip_hydrogens, label,
+                                  temporal, temporal_alignment, temporal_twist, blocks))
+    if not frames:
+        raise BackmapError("no training sequences: the pair set has no frames")
+    flat = [p for c in range(len(contexts)) for parts in frames for p in parts[c]]
+    return BeadSequences(**{name: torch.as_tensor(_pad_cat([p[name] for p in flat], axes, fill)).to(dtype)
+                            for name, (axes, fill, dtype) in _FIELDS.items()})
+
+
+#: molecules whose environments are built together: bounds the memory of building a frame of a
+#: large system (the candidate lists of 12 000 water molecules at once took 2 GB)
+MOLECULE_CHUNK = 1024
+
+
+def frame_sequences(cg_topology: CGTopology, plans: dict[str, Plan], pairs: PairSet, channels: Channels,
+                    contexts: tuple[str, ...] = ("forward",), cutoff: float = 0.7, strip_hydrogens: bool = True,
+                    label: str | None = "training environments", temporal: bool = False,
+                    temporal_alignment: str = "beads", temporal_twist: float = 0.0,
+                    blocks: list[Block] | None = None, frames: Iterable[int] | None = None
+                    ) -> Iterator[list[list[dict[str, np.ndarray]]]]:
+    """The sequences of each frame of ``pairs`` (or of ``frames``), one frame at a time: for each
+    context, the parts (row blocks, each padded to its own sizes) in the order
+    :func:`build_sequences` joins them. Arguments as there."""
     unknown = set(contexts) - set(CONTEXTS)
     if unknown:
         raise BackmapError(f"unknown training context {sorted(unknown)[0]!r} (known: {', '.join(CONTEXTS)})")
-    with torch_threads(1):  # many small tensors (backmap.threads)
-        return _build_sequences(cg_topology, plans, pairs, channels, contexts, cutoff, strip_hydrogens, label,
-                                temporal, temporal_alignment, temporal_twist, list(blocks or ()))
-
-
-def _build_sequences(cg_topology, plans, pairs, channels, contexts, cutoff, strip_hydrogens, label,
-                     temporal, temporal_alignment, temporal_twist, blocks) -> BeadSequences:
+    blocks = list(blocks or ())
     builder = EnvironmentBuilder(cg_topology, plans, channels, cutoff=cutoff, strip_hydrogens=strip_hydrogens)
     n_atoms = cg_topology.topology.n_atoms
     previous = pairs.previous_index() if temporal else np.full(len(pairs), -1)
-    parts: dict[str, list[dict[str, np.ndarray]]] = {c: [] for c in contexts}
-    for f in progress(range(len(pairs)), total=len(pairs), description=label or ""):
-        builder.set_frame(pairs.cg[f].astype(np.float64), box_vectors(pairs.dimensions[f]))
-        builder.set_previous(pairs.aa[previous[f]] if previous[f] >= 0 else None, temporal_alignment, temporal_twist)
-        positions = torch.as_tensor(pairs.aa[f], dtype=torch.float32)
-        for context in contexts:
-            done_blocks = np.zeros(n_atoms, bool)
+    todo = list(range(len(pairs))) if frames is None else list(frames)
+    for f in progress(todo, total=len(todo), description=label or ""):
+        with torch_threads(1):  # many small tensors (backmap.threads)
+            builder.set_frame(pairs.cg[f].astype(np.float64), box_vectors(pairs.dimensions[f]))
+            builder.set_previous(pairs.aa[previous[f]] if previous[f] >= 0 else None, temporal_alignment,
+                                 temporal_twist)
+            positions = torch.as_tensor(pairs.aa[f], dtype=torch.float32)
+            done_blocks = {c: np.zeros(n_atoms, bool) for c in contexts}
+            out: dict[str, list[dict[str, np.ndarray]]] = {c: [] for c in contexts}
             for cb in cg_topology.blocks:
                 plan = plans[cb.block.moltype.name]
                 for steps in _bead_groups(plan):
-                    part = _bead_group(builder, cb, plan, steps, positions, done_blocks, context, blocks)
-                    part["frame"] = np.full(len(part["bead"]), f)
-                    part["context"] = np.full(len(part["bead"]), CONTEXTS.index(context))
-                    parts[context].append(part)
-                done_blocks[cb.block.atom_slice] = True
-    flat = [p for c in contexts for p in parts[c]]
-    if not flat:
-        raise BackmapError("no training sequences: the pair set has no frames")
-    out = {name: torch.as_tensor(_pad_cat([p[name] for p in flat], axes, fill)).to(dtype)
-           for name, (axes, fill, dtype) in _FIELDS.items()}
-    return BeadSequences(**out)
-
-
-def concatenate_sequences(parts: list[BeadSequences]) -> BeadSequences:
-    """One set of sequences from several (padded to the widest), kept context-major: every
-    context's rows of the first part, then of the next, in the same order in every context."""
-    if len(parts) == 1:
-        return parts[0]
-    flat = [{name: getattr(p, name).numpy() for name in _FIELDS if getattr(p, name) is not None} for p in parts]
-    names = set.intersection(*(set(f) for f in flat))
-    out = {name: torch.as_tensor(_pad_cat([f[name] for f in flat], axes, fill)).to(dtype)
-           for name, (axes, fill, dtype) in _FIELDS.items() if name in names}
-    order = torch.argsort(out["context"], stable=True)
-    return BeadSequences(**{name: x[order] for name, x in out.items()})
+                    for lo in range(0, cb.block.count, MOLECULE_CHUNK):
+                        molecules = np.arange(lo, min(lo + MOLECULE_CHUNK, cb.block.count))
+                        for context in contexts:  # the contexts share the chunk's cached environments
+                            part = _bead_group(builder, cb, plan, steps, positions, done_blocks[context], context,
+                                               blocks, molecules)
+                            part["frame"] = np.full(len(part["bead"]), f)
+                            part["context"] = np.full(len(part["bead"]), CONTEXTS.index(context))
+                            out[context].append(part)
+                        if cb.block.count > MOLECULE_CHUNK:
+                            builder.forget_units()
+                for context in contexts:
+                    done_blocks[context][cb.block.atom_slice] = True
+        yield [out[c] for c in contexts]
 
 
 def _bead_group(builder: EnvironmentBuilder, cb, plan: Plan, steps: list[int], positions: torch.Tensor,
-                done_blocks: np.ndarray, context: str, blocks: list[Block] = ()) -> dict[str, np.ndarray]:
-    """The sequences of one bead of every molecule of a block: environments of its steps,
-    compacted to the neighbours seen in at least one step."""
-    mt, mm, count = cb.block.moltype, cb.mapping, cb.block.count
-    first_atom = cb.block.first_atom + mt.n_atoms * np.arange(count)
-    first_bead = cb.first_bead + mm.n_beads * np.arange(count)
+                done_blocks: np.ndarray, context: str, blocks: list[Block] = (),
+                molecules: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The sequences of one bead of the ``molecules`` of a block (default: all): environments of
+    its steps, compacted to the neighbours seen in at least one step."""
+    mt, mm = cb.block.moltype, cb.mapping
+    molecules = np.arange(cb.block.count) if molecules is None else molecules
+    count = len(molecules)
+    first_atom = cb.block.first_atom + mt.n_atoms * molecules
+    first_bead = cb.first_bead + mm.n_beads * molecules
     unit0 = plan.units[steps[0]]
     bead = first_bead + unit0.bead
     pred = np.where(unit0.predecessor >= 0, first_bead + unit0.predecessor, -1)
@@ -208,7 +221,7 @@ def _bead_group(builder: EnvironmentBuilder, cb, plan: Plan, steps: list[int], p
                 placed[np.arange(count)[:, None], first_atom[:, None] + np.asarray(plan.units[t].atoms)[None]] = False
         else:  # the sampler's forward pass: earlier blocks complete, this block up to the unit
             placed = done_blocks.copy()
-            placed[cb.block.atom_slice] = np.tile(rank < rank[unit_atoms].min(), count)
+            placed[cb.block.atom_slice] = np.tile(rank < rank[unit_atoms].min(), cb.block.count)
         env = builder.build(mt.name, atoms, bead, pred, positions, torch.as_tensor(placed), frame_beads=frame_beads)
         if env0 is None:
             env0 = env

@@ -1,6 +1,7 @@
 """The ``train`` step: fit the recipe's generator on the prepared pairs and save the model."""
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Literal
@@ -53,6 +54,10 @@ class TrainParams(TrainOptions):
                                                     "default: the first mdp another step of the recipe names")
     card: ModelCardInfo = Field(default_factory=lambda: ModelCardInfo(),
                                 description="what the model card says beyond what training records")
+    sequences: Literal["disk", "memory"] = Field(
+        "disk", description="where the teacher-forced training sequences are kept: disk (shards in the training "
+                            "folder, read a batch at a time: memory bounded by the batch; removed after training) "
+                            "or memory (all of them: faster for small data)")
     sampling: dict = Field(default_factory=dict, description="backmap settings the model is best used with (e.g. "
                                                              "regrow, regrow_trials), recorded in model.json: apply "
                                                              "and the backmap step take them unless given")
@@ -90,6 +95,10 @@ class TrainStep(Step):
             lambda system: make_plans(system, traversal, spec, np.random.default_rng(ctx.seed)),
             lambda system: Channels.for_spec(system, spec.channels, ctx.recipe.system.channels), seed=ctx.seed)
         channels = data.channels
+        # training sequences are streamed from shards on disk (memory bounded by the batch); a killed
+        # run reuses the shards it wrote; removed when training has finished
+        data.cache = ctx.path(self.params.log_dir, generator.name, "sequences") \
+            if self.params.sequences == "disk" else None
         if data.n_train_frames == 0:
             raise BackmapError("steps.train: the prepared pairs have no training frames", source=ctx.where("data.split"))
         regularizers = []
@@ -118,6 +127,8 @@ class TrainStep(Step):
         else:
             summary = generator.fit(data, fit) or {}
         seconds = time.perf_counter() - t0
+        if group.is_main and data.cache is not None:
+            shutil.rmtree(data.cache, ignore_errors=True)
         if not group.is_main:  # the main process writes the model
             return {}
         out = ctx.path(self.params.out, "model.json").parent
