@@ -127,3 +127,12 @@ print(store.shards[0].path)
                           env=dict(os.environ, BACKMAP_NO_PROGRESS="1"))
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == str(store.shards[0].path)
+
+
+def test_a_plugin_reading_fields_gets_the_whole_set(hexane):
+    """Plugins written for the in-memory sequences (``data.sequences().bead_types``) still work."""
+    store = _data(hexane).sequences(CONTEXTS)
+    whole = store.all()
+    assert torch.equal(store.bead_types, whole.bead_types) and torch.equal(store.lengths, whole.lengths)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        store.nothing

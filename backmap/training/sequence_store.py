@@ -28,6 +28,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from backmap.devices import to_host
 from backmap.errors import BackmapError
 from backmap.system.io import atomic_path
 from backmap.training.sequences import _FIELDS, BeadSequences
@@ -155,7 +156,8 @@ class SequenceStore:
     def select(self, index) -> BeadSequences:
         """The sequences at ``index`` (ids: tensor, array or slice), padded to the widest shard
         (:func:`~backmap.training.loop.trim` cuts a batch to its own sizes)."""
-        ids = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(torch.as_tensor(index))
+        ids = np.arange(len(self))[index] if isinstance(index, slice) else \
+            to_host(index) if torch.is_tensor(index) else np.asarray(index)
         ids = ids.reshape(-1).astype(np.int64)
         if len(ids) and (ids.min() < 0 or ids.max() >= len(self)):
             raise IndexError(f"sequence id out of range (0..{len(self) - 1})")
@@ -175,6 +177,15 @@ class SequenceStore:
     def all(self) -> BeadSequences:
         """Every sequence in memory (small sets; tests)."""
         return self.select(slice(None))
+
+    def __getattr__(self, name: str):
+        """A plugin written for the in-memory sequences reads their fields (``seqs.bead_types``):
+        the whole set is then read into memory, once. :meth:`select` reads only what it asks for."""
+        if name in _FIELDS or name == "lengths":
+            if self.__dict__.get("_all") is None:
+                self.__dict__["_all"] = self.all()
+            return getattr(self.__dict__["_all"], name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def digest(self) -> str:
         """What the sequences are (their shards' reference positions), for checkpoint fingerprints."""
@@ -208,13 +219,16 @@ def _shifted(records: np.ndarray, shift: dict[str, int]) -> dict[str, np.ndarray
     return out
 
 
+_NUMPY_TYPES = {torch.float32: np.float32, torch.long: np.int64, torch.bool: np.bool_, torch.uint8: np.uint8}
+
+
 def _gather(pieces: list[tuple[np.ndarray, dict[str, np.ndarray]]], n: int,
             shapes: dict[str, tuple[int, ...]]) -> BeadSequences:
     """Records of several shards into one batch in id order, each field padded to ``shapes``
     (the widest shard's: the arrays the in-memory sequences give, strides included)."""
     out = {}
     for name, (_axes, fill, dtype) in _FIELDS.items():
-        arr = torch.full((n, *shapes[name]), fill, dtype=dtype).numpy()
+        arr = np.full((n, *shapes[name]), fill, dtype=_NUMPY_TYPES[dtype])  # on the host (the loop moves batches)
         for at, rec in pieces:
             x = rec[name]
             arr[(at,) + tuple(slice(0, k) for k in x.shape[1:])] = x
