@@ -18,9 +18,12 @@
 # The frames are close in time (0.5 ps): enough for memory and speed measurements and for local
 # structure, correlated for statistics.
 #
+# The small box the tests use (tests/data/water, committed: 3 nm cube, 50 frames 2 ps apart, ~1 min):
+#   BOX=3.0 NFRAMES=50 EVERY_PS=2 OUT_DIR=tests/data NAME=water scripts/make_spce_data.sh
+#
 # Usage:  scripts/make_spce_data.sh
 # Env:    GMX=gmx  NT=2 (mdrun threads; -reprod results depend on it)  NFRAMES=110  EVERY_PS=0.5
-#         EQUIL_PS=20  EM_STEPS=500  SEED=300  OUT_DIR=<repo>/data
+#         EQUIL_PS=20  EM_STEPS=500  SEED=300  BOX=7.4 (nm, cube edge)  OUT_DIR=<repo>/data  NAME=spce
 # Time:   30 min on 2 cores of an AMD EPYC (GROMACS 2022.5; 7.7 ns/day), 18 MB of output.
 set -euo pipefail
 
@@ -34,7 +37,8 @@ EVERY_PS=${EVERY_PS:-0.5}
 EQUIL_PS=${EQUIL_PS:-20}
 EM_STEPS=${EM_STEPS:-500}
 SEED=${SEED:-300}
-OUT=${OUT_DIR:-$REPO/data}/spce
+BOX=${BOX:-7.4}
+OUT=$(realpath -m "${OUT_DIR:-$REPO/data}")/${NAME:-spce}
 export GMX_MAXBACKUP=-1
 
 [[ -r "$TUT/water.xml" ]] || { echo "error: $TUT/water.xml not found (Debian package votca-tutorials?)" >&2; exit 1; }
@@ -91,8 +95,8 @@ compressibility = 4.5e-5
 MDP
 }
 
-log "solvating a 7.4 nm cube with spc216 water"
-run solvate.log "$GMX" solvate -cs spc216.gro -box 7.4 7.4 7.4 -o box.gro
+log "solvating a $BOX nm cube with spc216 water"
+run solvate.log "$GMX" solvate -cs spc216.gro -box "$BOX" "$BOX" "$BOX" -o box.gro
 N=$(awk 'NR == 2 {print $1 / 3}' box.gro)
 printf 'SOL %d\n' "$N" >> topol.top
 log "$N molecules; energy minimization ($EM_STEPS steps)"
@@ -110,8 +114,7 @@ log "NVT production: $NFRAMES frames every $EVERY_PS ps ($prod_steps steps)"
 mdp prod sd "$prod_steps" "$every"
 run grompp_prod.log "$GMX" grompp -f prod.mdp -c equil.gro -t equil.cpt -p topol.top -o prod.tpr -maxwarn 0
 run mdrun_prod.log "$GMX" mdrun -deffnm prod -nt "$NT" -reprod
-echo -e "Potential\nTemperature\nPressure\n" | run energy.log "$GMX" energy -f prod.edr -o energies.xvg
-grep -E "^(Potential|Temperature|Pressure) " energy.log > energies.txt || true
+gmx_energies prod.edr
 
 mkdir -p "$OUT.tmp"
 cp topol.top "$OUT.tmp/"
@@ -130,6 +133,4 @@ sd thermostat at 300 K. Mapping: VOTCA's spce tutorial (one bead per molecule, m
 
 $(cat energies.txt)
 README
-rm -rf "$OUT"
-mv "$OUT.tmp" "$OUT"
-log "done: $OUT"
+publish "$OUT"

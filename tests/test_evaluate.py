@@ -54,6 +54,8 @@ def test_perturbed_candidate_scores_worse_than_the_reference(hexane_inputs, tmp_
     assert bond["candidates"]["noisy"]["std"] > 3 * bond["reference"]["std"]
     head = result["summary"]["mean_jsd_headline"]
     assert head["candidates"]["self"] == 0 < head["noise_floor"] < head["candidates"]["noisy"]
+    # OPLS-AA hexane carries charges: its potential energy per molecule is in the headline
+    assert "potential_per_molecule" in head["observables"] and "lj_per_molecule" in head["observables"]
     # CG consistency: the reference maps onto its own CG trajectory to .xtc precision
     rmsd = obs["cg_rmsd"]
     assert rmsd["reference"]["mean"] < 1e-3 and rmsd["candidates"]["self"]["mean"] < 1e-3
@@ -68,6 +70,21 @@ def test_perturbed_candidate_scores_worse_than_the_reference(hexane_inputs, tmp_
     assert figures == ["angle.png", "bond.png", "dihedral.png", "energy.png", "rdf.png", "scores.png"]
     for name in figures:
         assert f"figures/{name}" in report
+
+
+def test_default_headline_takes_what_a_metric_puts_there():
+    """Bonded families, LJ and RDFs by default; the potential energy only where its metric says so
+    (the energy metric: when the topology has charges), never scores."""
+    from backmap.api.metrics import Binning, Observable
+    from backmap.metrics.evaluate import default_headline
+
+    b = Binning(n_bins=10)
+    obs = [Observable("bond:C-C", "distribution", "bond", "nm", b), Observable("lj_per_molecule", "distribution", "energy",
+           "kJ/mol", b), Observable("potential_per_molecule", "distribution", "energy", "kJ/mol", b),
+           Observable("clashes", "score", "clashes")]
+    assert default_headline(obs) == ["bond:C-C", "lj_per_molecule"]
+    obs[2] = Observable("potential_per_molecule", "distribution", "energy", "kJ/mol", b, headline=True)
+    assert default_headline(obs) == ["bond:C-C", "lj_per_molecule", "potential_per_molecule"]
 
 
 def test_cli_end_to_end(cli, tmp_path):

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from backmap.forcefield.bond_check import TOLERANCE, BondCheck
+from backmap.forcefield.settings import model_epsilon_rf
 from backmap.engine.models import Model
 from backmap.engine.assembly import make_backmapper
 from backmap.engine.plugin import RefineInputs, offer_refine_inputs
@@ -207,7 +208,10 @@ class BackmapJob(ProcessLocal):
         if getattr(self, "_local_backmapper", None) is None:
             self.model.generator.to(self._local_device)
             with on_device(self._local_device):
-                self._local_backmapper = make_backmapper(self.cg_topology, self.model.generator, self.settings,
+                settings = self.settings
+                if settings.epsilon_rf is None and self.model.mdp is not None:  # the model's reaction field
+                    settings = settings.model_copy(update={"epsilon_rf": model_epsilon_rf(self.model.mdp)})
+                self._local_backmapper = make_backmapper(self.cg_topology, self.model.generator, settings,
                                                          self.seed, self.model.channels, default_registry(),
                                                          self.where)
         if not hasattr(self, "_local_bonds"):

@@ -137,3 +137,11 @@ class NonbondedSettings(BaseModel):
                 "rcoulomb": self.rcoulomb, "rvdw": self.rvdw, "epsilon-r": self.epsilon_r,
                 "epsilon-rf": self.epsilon_rf, "vdw-modifier": "Potential-shift" if self.vdw_modifier != "none"
                 else "None"}
+
+
+def model_epsilon_rf(mdp: str | Path) -> float:
+    """The reaction-field dielectric a model's ``.mdp`` implies for local (cut-off) Coulomb:
+    its ``epsilon-rf`` with reaction field, 1 with a plain cut-off, 0 (∞, conducting: Ewald's
+    tin-foil boundary) with PME."""
+    s = NonbondedSettings.from_mdp(mdp)
+    return {"reaction-field": s.epsilon_rf, "cutoff": 1.0}.get(s.coulomb, 0.0)

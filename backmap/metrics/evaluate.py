@@ -472,10 +472,12 @@ def _save_samples(path: Path, samples: dict[str, dict[str, Any]]) -> None:
 
 def default_headline(observables: Sequence[Observable]) -> list[str]:
     """The observables EVALUATION.md's mean JSD is over, by family: bonded distributions, LJ energy
-    per molecule and RDFs (not the total potential energy, which double-counts the bonded terms)."""
+    per molecule and RDFs, and those a metric puts there (``Observable.headline``: the potential
+    energy per molecule when the topology has charges — else it would double-count the bonded
+    terms, but with charges it is the only observable that sees the electrostatics)."""
     fams = {"bond", "angle", "dihedral", "improper", "rdf", "rama"}
     return [o.name for o in observables if o.kind in ("distribution", "histogram")
-            and (o.family in fams or o.name.startswith("lj_per_molecule"))]
+            and (o.family in fams or o.name.startswith("lj_per_molecule") or o.headline)]
 
 
 def json_default(o: Any) -> Any:

@@ -45,6 +45,9 @@ class Observable:
     description: str = ""
     #: for scores: which direction is better ("lower": clashes, RMSD; "higher": fractions preserved)
     better: Literal["lower", "higher"] = "lower"
+    #: in the default headline mean whatever its family (e.g. the potential energy per molecule of
+    #: a system with charges, which the LJ energy does not see)
+    headline: bool = False
 
     def __post_init__(self) -> None:
         if self.kind in ("distribution", "histogram") and self.binning is None:

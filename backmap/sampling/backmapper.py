@@ -68,6 +68,9 @@ class BackmapSettings(BaseModel):
                                name="--gibbs", ge=0)
     colouring: bool = option(False, "Never place two units whose environments overlap in the same step (molecules of "
                                     "a step split into groups): no unit is placed blind to a neighbour moving with it.")
+    separation: float = option(0.0, "With colouring: units moved together are at least this far apart (nm, bead to "
+                                     "bead); 0 = two environment reaches, 2·(cutoff + 0.4). For one-bead molecules "
+                                     "cutoff + 0.1 keeps every unit out of the others' environments.", ge=0)
     batch_molecules: bool = option(True, "All molecules of a type advance together.", cli=False)
     energy: bool = option(True, "Score candidates with the force field (needs a .top).", cli=False)
     project_cg: bool | None = option(None, "Move every sampled frame the least onto its CG input (mapped centres "
@@ -100,6 +103,13 @@ class BackmapSettings(BaseModel):
                                          "seeing no placed atom, as a unit built first is, and dock each rigidly onto "
                                          "the one placed atom it bonds to. For models applied to chemistry they were "
                                          "not trained on.")
+    electrostatics: Literal["auto", "on", "off"] = option(
+        "auto", "Coulomb in the selection energy and guidance (reaction field at the environment radius): auto = on "
+                "when the topology has charged atoms without Lennard-Jones (the hydrogens of SPC/E, TIP3P, OPLS "
+                "alcohols), whose overlaps and hydrogen bonds LJ alone cannot see.")
+    epsilon_rf: float | None = option(None, "Reaction-field dielectric of that Coulomb term (0 = infinity). Default: the "
+                                            "model's .mdp (its epsilon-rf with reaction-field, infinity with PME).",
+                                      ge=0)
     moves: Annotated[list[MoveChoice], TEXT, BeforeValidator(_move_choices)] = option(
         default_factory=list, name="--move", metavar="NAME[:KEY=VALUE,...]",
         description="A move plugin made on every frame after the sweeps (repeatable, in order; backmap plugins "
@@ -193,10 +203,11 @@ class Backmapper:
         self.adaptation = self.generator.adapt(self.cg_topology, self.plans)
         s = self.settings
         options = SamplerOptions(candidates=s.candidates, gibbs_sweeps=s.gibbs_sweeps, cutoff=spec.cutoff,
-                                 colouring=s.colouring, batch_molecules=s.batch_molecules,
+                                 colouring=s.colouring, separation=s.separation, batch_molecules=s.batch_molecules,
                                  strip_hydrogens=spec.strip_hydrogens, energy=s.energy,
                                  cg_restraint=s.cg_restraint, polish_steps=s.polish_steps,
-                                 polish_sweeps=s.polish_sweeps, orient_units=s.orient_units, dock=tuple(s.dock))
+                                 polish_sweeps=s.polish_sweeps, orient_units=s.orient_units, dock=tuple(s.dock),
+                                 electrostatics=s.electrostatics, epsilon_rf=s.epsilon_rf or 0.0)
         check_candidate_memory(self.cg_topology, self.plans, max(s.candidates, s.regrow_candidates) * s.regrow_trials,
                                spec.cutoff)
         self.chirality = None

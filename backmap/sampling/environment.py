@@ -336,6 +336,13 @@ class EnvironmentBuilder:
         self.atom_type = torch.as_tensor(np.concatenate(types))
         self.local_index = np.concatenate(local)
         self.heavy = np.concatenate(heavy)
+        # beads that are whole molecules (framed by their nearest beads: _frames)
+        n_beads = sum(cb.mapping.n_beads * cb.block.count for cb in cg_topology.blocks)
+        lone = np.zeros(n_beads, bool)
+        for cb in cg_topology.blocks:
+            if cb.mapping.n_beads == 1:
+                lone[cb.first_bead:cb.first_bead + cb.block.count] = True
+        self._lone = lone if lone.any() else None
         self.molecule = topo.molecule_index
         self.bead_type = torch.as_tensor([channels.bead_types[str(t)] for t in cg_topology.bead_types])
         # intramolecular interaction channel of every atom pair of each molecule type; LJ between molecules
@@ -447,19 +454,42 @@ class EnvironmentBuilder:
     def _frames(self, beads: np.ndarray, bead: np.ndarray, predecessor: np.ndarray,
                 frame_beads: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Centres (B, 3) and rotations (B, 3, 3) of the local frames of ``bead`` in the CG
-        positions ``beads``: z towards the predecessor, x towards another bonded bead."""
+        positions ``beads``: z towards the predecessor, x towards another bonded bead. A lone bead
+        (a molecule of one bead: water, methanol) has neither: z points to its nearest bead, x to
+        the second nearest — so its atoms' orientation is learnt relative to its neighbours, not
+        to the lab axes (where no hydrogen bond can be learnt)."""
         centre = torch.as_tensor(beads[bead], dtype=self.dtype)
         pred = np.where(predecessor >= 0, predecessor, bead)
-        axis = torch.as_tensor(minimum_image(beads[pred] - beads[bead], self._box_dims), dtype=self.dtype)
-        towards = None
+        vec_z = minimum_image(beads[pred] - beads[bead], self._box_dims)
+        vec_x = np.zeros_like(vec_z)
+        has_x = np.zeros(len(bead), bool)
         if frame_beads is not None and frame_beads.shape[1] > 1:  # a bonded bead other than the unit's own and its predecessor
             others = np.where(frame_beads[:, 1:] == pred[:, None], -1, frame_beads[:, 1:])
             pick = np.argmax(others >= 0, axis=1)
             second = others[np.arange(len(others)), pick]
-            if (second >= 0).any():
-                vec = minimum_image(beads[np.where(second >= 0, second, bead)] - beads[bead], self._box_dims)
-                towards = torch.as_tensor(vec, dtype=self.dtype)
+            has_x = second >= 0
+            vec_x = minimum_image(beads[np.where(has_x, second, bead)] - beads[bead], self._box_dims)
+        lone = (predecessor < 0) & ~has_x & (self._lone[bead] if self._lone is not None else False)
+        if lone.any():
+            near = self._nearest_beads(beads, bead[lone])
+            vec_z[lone], vec_x[lone] = near[:, 0], near[:, 1]
+            has_x = has_x | lone
+        axis = torch.as_tensor(vec_z, dtype=self.dtype)
+        towards = torch.as_tensor(vec_x, dtype=self.dtype) if has_x.any() else None
         return centre, frame_rotation(axis, towards)
+
+    def _nearest_beads(self, beads: np.ndarray, bead: np.ndarray) -> np.ndarray:
+        """(B, 2, 3) vectors from each bead to its nearest and second-nearest other bead of the
+        frame's neighbour lists, in the CG positions ``beads`` (zero where there are fewer)."""
+        nb = self._bead_nb[bead]
+        rel = minimum_image(beads[np.clip(nb, 0, None)] - beads[bead][:, None], self._box_dims)
+        d = np.where((nb >= 0) & (nb != bead[:, None]), np.linalg.norm(rel, axis=-1), np.inf)
+        order = np.argsort(d, axis=1, kind="stable")[:, :2]
+        out = np.take_along_axis(rel, order[:, :, None], 1)
+        out[~np.isfinite(np.take_along_axis(d, order, 1))] = 0.0
+        if out.shape[1] < 2:
+            out = np.concatenate([out, np.zeros((len(bead), 2 - out.shape[1], 3))], 1)
+        return out
 
     # ------------------------------------------------------------------ per step
     def prepare(self, moltype: str, groups: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]],

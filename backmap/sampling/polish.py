@@ -43,19 +43,28 @@ class Rotors:
     b: list[int]
     moves: torch.Tensor
     external: np.ndarray  # molecule-local atoms outside the unit that axes start from
+    #: a unit that is a whole molecule (water, methanol) turns rigidly about its mapped centre:
+    #: the unit atoms' weights in it (U,), and three more angles (a rotation vector) after the bonds'
+    centre: torch.Tensor | None = None
 
     def __len__(self) -> int:
-        return len(self.a)
+        return len(self.a) + (3 if self.centre is not None else 0)
 
 
-def find_rotors(graph: nx.Graph, unit_atoms: np.ndarray, placed: np.ndarray) -> Rotors:
+def find_rotors(graph: nx.Graph, unit_atoms: np.ndarray, placed: np.ndarray,
+                centre_weights: np.ndarray | None = None) -> Rotors:
     """Rotors of a unit (molecule-local ``unit_atoms``) in the molecule's bond ``graph``, given
     which atoms of the molecule are ``placed`` (bool per atom; the unit's own need not be). A bond
     (a, b) with b in the unit qualifies when cutting it leaves b's side without a and without any
     placed atom outside the unit, a's side holds a placed atom outside the unit (the turn is
-    relative to the environment), and b's side moves at least one unit atom besides b."""
+    relative to the environment), and b's side moves at least one unit atom besides b. A unit that
+    holds its whole molecule (given ``centre_weights``: its atoms' mapping weights) turns rigidly
+    about that centre (the CG position stays met). Its own torsions are left as drawn: descending
+    them cools their distribution (methanol's H–O–C–H dihedral JSD 0.003 → 0.12 when its hydroxyl
+    hydrogen also turned; potential energy per molecule 0.006 → 0.017)."""
     unit = set(int(u) for u in unit_atoms)
     slot = {u: k for k, u in enumerate(unit_atoms.tolist())}
+    whole = centre_weights is not None and len(unit) == graph.number_of_nodes() and len(unit) > 1
     found = []
     for b in unit:
         for a in graph.neighbors(b):
@@ -80,13 +89,18 @@ def find_rotors(graph: nx.Graph, unit_atoms: np.ndarray, placed: np.ndarray) -> 
         moves[r, moving] = True
         a_slots.append(slot[a] if a in unit else -1 - ext_slot[a])
         b_slots.append(slot[b])
-    return Rotors(a_slots, b_slots, moves, external)
+    centre = None
+    if whole:
+        w = np.asarray(centre_weights, float)
+        centre = torch.as_tensor(w / w.sum(), dtype=torch.float32)
+    return Rotors(a_slots, b_slots, moves, external, centre)
 
 
 def rotate(x: torch.Tensor, rotors: Rotors, angles: torch.Tensor, external: torch.Tensor | None) -> torch.Tensor:
     """Unit positions ``x`` (B, U, 3) with each rotor turned by ``angles`` (B, R) (radians),
-    in order; differentiable in both."""
-    for r in range(len(rotors)):
+    in order, then (a whole-molecule unit) the rigid turn of its last three angles about the
+    centre; differentiable in both."""
+    for r in range(len(rotors.a)):
         a, b = rotors.a[r], rotors.b[r]
         p = x[:, a] if a >= 0 else external[:, -1 - a]
         u = x[:, b] - p
@@ -98,7 +112,21 @@ def rotate(x: torch.Tensor, rotors: Rotors, angles: torch.Tensor, external: torc
         turned = d * torch.cos(t) + torch.linalg.cross(ud.expand_as(d), d) * torch.sin(t) + \
             ud * (d * ud).sum(-1, keepdim=True) * (1 - torch.cos(t))
         x = torch.where(rotors.moves[r][None, :, None], p[:, None] + turned, x)
+    if rotors.centre is not None:
+        c = (rotors.centre.to(x.dtype)[None, :, None] * x).sum(1, keepdim=True)
+        x = c + (x - c) @ rotation_matrices(angles[:, -3:]).transpose(1, 2)
     return x
+
+
+def rotation_matrices(v: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 3) rotations by the rotation vectors ``v`` (B, 3) (axis × angle in radians), by
+    Rodrigues' formula; the identity at 0, differentiable."""
+    t = v.norm(dim=-1).clamp(min=1e-12)[:, None, None]
+    k = v / t[..., 0]
+    zero = torch.zeros_like(k[:, 0])
+    kx = torch.stack([zero, -k[:, 2], k[:, 1], k[:, 2], zero, -k[:, 0], -k[:, 1], k[:, 0], zero], -1).view(-1, 3, 3)
+    eye = torch.eye(3, dtype=v.dtype).expand_as(kx)
+    return eye + torch.sin(t) * kx + (1 - torch.cos(t)) * (kx @ kx)
 
 
 class PlacementPolish:

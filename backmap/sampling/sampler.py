@@ -68,6 +68,35 @@ class SamplerOptions:
     #: first is) and docked rigidly onto the one placed atom they bond to (the selection energy
     #: still sees everything; :mod:`backmap.sampling.orientation`)
     dock: tuple[str, ...] = ()
+    #: Coulomb in the selection energy: "auto" (when the topology has charged atoms without LJ,
+    #: e.g. water's and alcohols' hydrogens), "on" or "off"; reaction field at ``cutoff`` with
+    #: ``epsilon_rf`` (0 = ∞, conducting, as PME's tin-foil boundary)
+    electrostatics: str = "auto"
+    epsilon_rf: float = 0.0
+
+
+def needs_electrostatics(params) -> bool:
+    """Whether a topology's LJ leaves charged atoms bare (ε = 0 with charge, as the hydrogens of
+    SPC/E, TIP3P or OPLS alcohols): selection on LJ alone lets them overlap anything and cannot
+    orient them into hydrogen bonds, so ``electrostatics: auto`` turns Coulomb on."""
+    bare = (np.diagonal(np.asarray(params.c6))[params.lj_type] == 0) & (np.diagonal(np.asarray(params.c12))[params.lj_type] == 0)
+    return bool((bare & (np.abs(np.asarray(params.charges)) > 1e-6)).any())
+
+
+@dataclass
+class SelectionCoulomb:
+    """Reaction-field Coulomb of a unit with its environment, cut at the environment's radius:
+    q_i q_j f (1/r + k_rf r² − c_rf), zero at the cut-off; distances below ``r_min`` count as
+    ``r_min`` (a finite energy for overlapping candidates — LJ and the geometry keep them out)."""
+
+    cutoff: float
+    epsilon_rf: float = 0.0  # 0 = ∞
+    r_min: float = 0.05
+
+    def constants(self) -> tuple[float, float]:
+        rc, erf = self.cutoff, self.epsilon_rf
+        k = 1.0 / (2 * rc**3) if erf == 0 else (erf - 1.0) / ((2 * erf + 1.0) * rc**3)
+        return k, 1.0 / rc + k * rc**2
 
 
 @dataclass
@@ -93,10 +122,19 @@ class UnitEnergy:
     angle, dihedral, LJ); with ``chirality``, a penalty per neighbour triple of a stereocentre
     that a candidate flips (a term like the bonded ones, counted once its four atoms are placed)."""
 
-    def __init__(self, cg_topology: CGTopology, plans: dict[str, Plan], chirality: ChiralCentres | None = None):
+    def __init__(self, cg_topology: CGTopology, plans: dict[str, Plan], chirality: ChiralCentres | None = None,
+                 coulomb: SelectionCoulomb | None = None):
+        """``coulomb``: add reaction-field Coulomb with the environment (the pair parameters then
+        carry f·q_i·q_j as a third row)."""
         topo = cg_topology.topology
         self.params = build_parameters(topo)
         p = self.params
+        self.coulomb = coulomb
+        if coulomb is not None:
+            from backmap.forcefield.settings import ONE_4PI_EPS0
+
+            self.scaled_charge = torch.as_tensor(np.asarray(p.charges) * np.sqrt(ONE_4PI_EPS0), dtype=torch.float32)
+            self.k_rf, self.c_rf = coulomb.constants()
         self.c6 = torch.as_tensor(p.c6, dtype=torch.float32)
         self.c12 = torch.as_tensor(p.c12, dtype=torch.float32)
         self.lj_type = torch.as_tensor(p.lj_type)
@@ -155,8 +193,9 @@ class UnitEnergy:
     def pair_params(self, moltype: str, units: torch.Tensor, neighbours: torch.Tensor,
                     mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 2, U, K) LJ c6, c12 of every unit atom with every neighbour (global indices, -1
-        padding), zero for padding, excluded pairs and neighbours outside ``mask`` (B, K). Flat
-        index_select lookups: cheaper than advanced indexing at these sizes."""
+        padding), zero for padding, excluded pairs and neighbours outside ``mask`` (B, K); with
+        Coulomb (B, 3, U, K), f·q_i·q_j third. Flat index_select lookups: cheaper than advanced
+        indexing at these sizes."""
         u, nb = units.clamp(min=0), neighbours.clamp(min=0)
         flat = nb.reshape(-1)
         n_types = self.c6.shape[1]
@@ -171,8 +210,12 @@ class UnitEnergy:
         ok = (units >= 0)[:, :, None] & (neighbours >= 0)[:, None, :] & ~excl
         if mask is not None:
             ok &= mask[:, None, :]
-        pair = torch.stack([self.c6.view(-1).index_select(0, pair_index), self.c12.view(-1).index_select(0, pair_index)])
-        return pair.view(2, *excl.shape).transpose(0, 1) * ok[:, None]
+        rows = [self.c6.view(-1).index_select(0, pair_index), self.c12.view(-1).index_select(0, pair_index)]
+        if self.coulomb is not None:
+            q = self.scaled_charge
+            rows.append((q[u][:, :, None] * q.index_select(0, flat).view(nb.shape)[:, None, :]).reshape(-1))
+        pair = torch.stack(rows)
+        return pair.view(len(rows), *excl.shape).transpose(0, 1) * ok[:, None]
 
     def prepare(self, moltype: str, step: int, first_atom: torch.Tensor, units: torch.Tensor) -> dict:
         """Index tables of one step's bonded terms, all kinds fused: one gather of every term
@@ -248,11 +291,22 @@ class UnitEnergy:
         ex = env.atom_positions
         ex2 = torch.addcmul(torch.addcmul(ex[..., 0] * ex[..., 0], ex[..., 1], ex[..., 1]), ex[..., 2], ex[..., 2])
         r2 = torch.baddbmm((lc * lc).sum(-1)[:, :, None] + ex2[:, None, :], lc, ex.transpose(1, 2), alpha=-2.0)
+        if pp.shape[1] == 3:  # reaction-field Coulomb, before r2 is overwritten
+            total = self._coulomb(r2, pp[:, 2], B, K) if total is None else total + self._coulomb(r2, pp[:, 2], B, K)
         inv6 = r2.clamp_(min=1e-4).pow_(3).reciprocal_().view(B, K, U * N)  # nothing differentiates it: in place
         c6, c12 = pp[:, 0].reshape(B, 1, U * N), pp[:, 1].reshape(B, 1, U * N)
         lj = (inv6 * (c12 * inv6 - c6)).sum(-1)
         total = lj if total is None else total + lj
         return total
+
+    def _coulomb(self, r2: torch.Tensor, qq: torch.Tensor, B: int, K: int) -> torch.Tensor:
+        """(B, K) reaction-field Coulomb of squared distances ``r2`` (B, K·U, N) with the charge
+        products ``qq`` (B, U, N), pairs beyond the cut-off left out."""
+        c = self.coulomb
+        r2 = r2.view(B, K, -1)
+        r = r2.clamp(min=c.r_min**2).sqrt()
+        e = torch.where(r2 < c.cutoff**2, r.reciprocal() + self.k_rf * r2 - self.c_rf, 0.0)
+        return (e * qq.reshape(B, 1, -1)).sum(-1)
 
 
 class CGRestraint:
@@ -359,7 +413,7 @@ class Sampler:
         if energy is not None and chirality is not None:
             raise ValueError("keeping stereocentres needs the force field's energies, not another scorer")
         self.energy = energy if energy is not None else \
-            UnitEnergy(cg_topology, plans, chirality) if self.options.energy else None
+            UnitEnergy(cg_topology, plans, chirality, self._coulomb()) if self.options.energy else None
         if self.options.cg_restraint > 0:
             self.energy = RestrainedScorer(self.energy, CGRestraint(cg_topology, plans, self.options.cg_restraint))
         self.builder = EnvironmentBuilder(cg_topology, plans, self.channels, cutoff=self.options.cutoff,
@@ -377,6 +431,15 @@ class Sampler:
             if self.options.polish_sweeps not in ("all", "last"):
                 raise ValueError(f"polish_sweeps {self.options.polish_sweeps!r}: expected all or last")
             self.polish = self.guidance(self.options.polish_steps)
+
+    def _coulomb(self) -> SelectionCoulomb | None:
+        """The selection energy's Coulomb term as ``options.electrostatics`` asks (None: off)."""
+        choice = self.options.electrostatics
+        if choice not in ("auto", "on", "off"):
+            raise ValueError(f"electrostatics {choice!r}: expected auto, on or off")
+        if choice == "off" or (choice == "auto" and not needs_electrostatics(build_parameters(self.cg.topology))):
+            return None
+        return SelectionCoulomb(self.options.cutoff, self.options.epsilon_rf)
 
     def guidance(self, steps: int) -> PlacementPolish:
         """The energy guidance of ``steps`` descent steps on this sampler's selection energy (which
@@ -690,9 +753,16 @@ class Sampler:
             pattern = to_host(pattern)
             key = (name, s, pattern.tobytes())
             if key not in self._rotors:
-                self._rotors[key] = find_rotors(graph, unit_atoms, pattern)
+                self._rotors[key] = find_rotors(graph, unit_atoms, pattern, self._centre_weights(name, s))
             found.append(self._rotors[key])
         return found, inverse
+
+    def _centre_weights(self, moltype: str, step: int) -> np.ndarray:
+        """The mapping weights of a unit's atoms in its bead (the centre a rigid turn keeps)."""
+        cb = next(cb for cb in self.cg.blocks if cb.block.moltype.name == moltype)
+        unit = self.plans[moltype].units[step]
+        w = np.abs(np.asarray(cb.mapping.weight_matrix)[unit.bead, np.asarray(unit.atoms)])
+        return w if w.sum() > 0 else np.ones(len(unit.atoms))
 
     def _polish(self, name: str, s: int, first_atom: torch.Tensor, idx: torch.Tensor, chosen: torch.Tensor, env,
                 positions: torch.Tensor, placed: torch.Tensor, est, all_placed: bool, known=None) -> torch.Tensor:

@@ -118,3 +118,64 @@ def rerun(topology: Path, structure: Path, positions: np.ndarray, boxes: np.ndar
         with TRRFile(str(wd / "rerun.trr")) as trr:
             forces = np.stack([frame.f.astype(np.float64) for frame in trr if frame.hasf])
         return Rerun(energies, forces)
+
+
+@dataclass
+class MDCheck:
+    """What ``gmx grompp`` + a short ``gmx mdrun`` made of a structure: GROMACS's warnings and notes,
+    whether the run finished, the potential energy at its first and last step (kJ/mol) and the
+    largest temperature it reached (K)."""
+
+    warnings: list[str]
+    notes: list[str]
+    finished: bool
+    potential: tuple[float, float]
+    max_temperature: float
+    log: str
+
+
+def md_check(topology: Path, structure: Path, mdp: Path, steps: int = 1000, threads: int = 1) -> MDCheck:
+    """Start ``steps`` MD steps of ``mdp``'s settings (velocities drawn at its ``ref-t``, no
+    minimization, ``continuation = no``) from ``structure`` (.gro) with ``grompp -maxwarn 0``: the
+    test that a backmapped structure can be simulated as it is. Raises a BackmapError (with
+    GROMACS's text) if grompp refuses it; a crash of mdrun is ``finished = False``."""
+
+    keep = {"integrator", "dt", "cutoff-scheme", "nstlist", "pbc", "coulombtype", "rcoulomb", "epsilon-rf", "epsilon-r",
+            "vdw-type", "vdwtype", "rvdw", "dispcorr", "constraints", "constraint-algorithm", "tc-grps", "tau-t",
+            "ref-t", "fourierspacing", "pme-order", "ewald-rtol", "vdw-modifier", "coulomb-modifier", "tcoupl"}
+    settings: dict[str, object] = {}
+    for line in Path(mdp).read_text().splitlines():
+        line = line.split(";")[0]
+        if "=" in line:
+            k, v = (s.strip() for s in line.split("=", 1))
+            if k.lower().replace("_", "-") in keep:
+                settings[k.lower().replace("_", "-")] = v
+    temperature = str(settings.get("ref-t", "300")).split()[0]
+    settings |= {"nsteps": steps, "gen-vel": "yes", "gen-temp": temperature, "gen-seed": 1, "ld-seed": 1,
+                 "continuation": "no", "nstenergy": max(1, steps // 20), "nstcalcenergy": max(1, steps // 20),
+                 "nstlog": steps, "nstxout-compressed": 0, "nstxout": 0, "nstvout": 0, "nstfout": 0}
+    settings.setdefault("integrator", "md")
+    with tempfile.TemporaryDirectory(prefix="backmap-md-") as tmp:
+        wd = Path(tmp)
+        write_mdp(wd / "md.mdp", settings)
+        top = Path(topology).resolve()
+        for inc in top.parent.glob("*.itp"):  # includes beside the topology
+            shutil.copy(inc, wd / inc.name)
+        shutil.copy(top, wd / "topol.top")
+        out = run(["grompp", "-f", "md.mdp", "-p", "topol.top", "-c", str(Path(structure).resolve()),
+                   "-o", "md.tpr", "-maxwarn", "0"], wd)
+        warnings = re.findall(r"WARNING \d+ \[.*?\]:\s*(.*?)\n\n", out, re.S)
+        notes = [" ".join(n.split()) for n in re.findall(r"NOTE \d+ \[.*?\]:\s*(.*?)\n\n", out, re.S)]
+        proc = subprocess.run([gmx_binary(), "mdrun", "-deffnm", "md", "-nt", str(threads)], cwd=wd,
+                              capture_output=True, text=True)
+        text = proc.stdout + proc.stderr
+        finished = proc.returncode == 0 and (wd / "md.gro").is_file()
+        pot, temp = (float("nan"), float("nan")), float("nan")
+        if (wd / "md.edr").is_file():
+            run(["energy", "-f", "md.edr", "-o", "e.xvg"], wd, stdin="Potential\nTemperature\n\n", check=False)
+            if (wd / "e.xvg").is_file():
+                rows = np.array([ln.split() for ln in (wd / "e.xvg").read_text().splitlines()
+                                 if ln and ln[0] not in "#@"], float)
+                if len(rows):
+                    pot, temp = (float(rows[0, 1]), float(rows[-1, 1])), float(rows[:, 2].max())
+        return MDCheck([" ".join(w.split()) for w in warnings], notes, finished, pot, temp, text[-3000:])

@@ -44,6 +44,7 @@ class Energy(Metric):
                                                 for k, b in enumerate(blocks) if b.moltype.name == t])
         suffix = (lambda t: "") if len(types) == 1 else (lambda t: f":{t}")  # noqa: E731
         binning = Binning(n_bins=self.params.n_bins, widen=self.params.widen)
+        charged = bool(np.any(np.abs(context.parameters.charges) > 1e-6))  # then the potential is headline
         out = []
         for t in types:
             out.append(Observable(f"lj_per_molecule{suffix(t)}", "distribution", "energy", "kJ/mol", binning,
@@ -52,7 +53,7 @@ class Energy(Metric):
                                               "environment (pairs split half/half)"))
             out.append(Observable(f"potential_per_molecule{suffix(t)}", "distribution", "energy", "kJ/mol",
                                   binning, label=f"potential per molecule {t} (kJ/mol)",
-                                  description="all force-field terms, per molecule"))
+                                  description="all force-field terms, per molecule", headline=charged))
         self.suffix = {t: suffix(t) for t in types}
         return out
 

@@ -136,8 +136,10 @@ class TrainStep(Step):
         # identical runs write identical model files
         training = {k: v for k, v in summary.items() if k not in ("markdown", "training log") and not _is_timing(k)}
         mapping_files = ctx.mapping_files  # copied into the package, generated (bottleneck) or not
+        # a run that resumed a finished training spent seconds; the loop counts its runs' total
+        total = summary.get("train seconds (total)")
         card = {"name": ctx.recipe.name, **self.params.card.model_dump(), "data": _training_files(ctx),
-                "frames": data.n_train_frames, "seconds": seconds}
+                "frames": data.n_train_frames, "seconds": seconds if total is None else max(seconds, float(total))}
         save_model(out, generator, channels, ctx.recipe.system.topology, mapping_files, cg, mdp=self._mdp(ctx),
                    card=card, **({"sampling": self.params.sampling} if self.params.sampling else {}), seed=ctx.seed,
                    training={"recipe": ctx.recipe.name, "options": options.model_dump(),

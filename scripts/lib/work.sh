@@ -31,3 +31,16 @@ run() {
         exit 1
     fi
 }
+
+# gmx_energies EDR: the mean potential energy, temperature and pressure of EDR into energies.txt
+gmx_energies() {
+    echo -e "Potential\nTemperature\nPressure\n" | run energy.log "$GMX" energy -f "$1" -o energies.xvg
+    grep -E "^(Potential|Temperature|Pressure) " energy.log > energies.txt || true
+}
+
+# publish OUT: the finished $OUT.tmp becomes OUT (a failed run never leaves a half-written OUT)
+publish() {
+    rm -rf "$1"
+    mv "$1.tmp" "$1"
+    log "done: $1"
+}
