@@ -42,17 +42,23 @@ def hexane_topology():
     return load_topology(HEXANE / "topol.top")
 
 
-@pytest.fixture(scope="session")
-def hexane_frame():
-    """The hexane topology, its CG topology, the first frame whole (N, 3) and the frame itself."""
+def system_frame(folder: Path, mapping: str, trajectory: str, index: int = 0):
+    """A committed system's topology, its CG topology, frame ``index`` of ``trajectory`` whole
+    (N, 3) and the frame itself."""
     from backmap.engine.loaders import load_mapping, load_topology
     from backmap.system.io import read_frames
     from backmap.system.pbc import Unwrapper
 
-    topo = load_topology(HEXANE / "topol.top")
-    cg = load_mapping(HEXANE / "hexane.xml", topo).cg_topology(topo)
-    fr = next(read_frames(HEXANE / "traj.xtc"))
+    topo = load_topology(folder / "topol.top")
+    cg = load_mapping(folder / mapping, topo).cg_topology(topo)
+    fr = list(read_frames(folder / trajectory))[index]
     return topo, cg, Unwrapper(topo)(fr.positions, fr.dimensions), fr
+
+
+@pytest.fixture(scope="session")
+def hexane_frame():
+    """The hexane topology, its CG topology, the first frame whole (N, 3) and the frame itself."""
+    return system_frame(HEXANE, "hexane.xml", "traj.xtc")
 
 
 @pytest.fixture(scope="session")

@@ -4,28 +4,22 @@ molecule in the energy guidance keeps its mapped centre and its shape."""
 import numpy as np
 import pytest
 import torch
-from conftest import DATA, HEXANE
+from conftest import DATA, system_frame
 
 from backmap.engine.assembly import make_backmapper
-from backmap.engine.loaders import load_mapping, load_topology
 from backmap.engine.registry import default_registry
 from backmap.forcefield.parameters import build_parameters
 from backmap.forcefield.settings import ONE_4PI_EPS0
 from backmap.sampling.backmapper import BackmapSettings
 from backmap.sampling.polish import PlacementPolish, find_rotors, rotate, rotation_matrices
 from backmap.sampling.sampler import needs_electrostatics
-from backmap.system.io import read_frames
-from backmap.system.pbc import Unwrapper
 
 WATER = DATA / "water"
 
 
 @pytest.fixture(scope="module")
 def water():
-    topo = load_topology(WATER / "topol.top")
-    cg = load_mapping(WATER / "water.xml", topo).cg_topology(topo)
-    fr = next(read_frames(WATER / "aa.xtc"))
-    return topo, cg, Unwrapper(topo)(fr.positions, fr.dimensions), fr
+    return system_frame(WATER, "water.xml", "aa.xtc")
 
 
 def _sampler(cg, **kw):

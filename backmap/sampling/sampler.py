@@ -123,11 +123,12 @@ class UnitEnergy:
     that a candidate flips (a term like the bonded ones, counted once its four atoms are placed)."""
 
     def __init__(self, cg_topology: CGTopology, plans: dict[str, Plan], chirality: ChiralCentres | None = None,
-                 coulomb: SelectionCoulomb | None = None):
+                 coulomb: SelectionCoulomb | None = None, params=None):
         """``coulomb``: add reaction-field Coulomb with the environment (the pair parameters then
-        carry f·q_i·q_j as a third row)."""
+        carry f·q_i·q_j as a third row); ``params``: the topology's force-field parameters, if
+        already built."""
         topo = cg_topology.topology
-        self.params = build_parameters(topo)
+        self.params = params if params is not None else build_parameters(topo)
         p = self.params
         self.coulomb = coulomb
         if coulomb is not None:
@@ -412,8 +413,10 @@ class Sampler:
             raise ValueError("keeping stereocentres needs the candidates' energies (options.energy)")
         if energy is not None and chirality is not None:
             raise ValueError("keeping stereocentres needs the force field's energies, not another scorer")
-        self.energy = energy if energy is not None else \
-            UnitEnergy(cg_topology, plans, chirality, self._coulomb()) if self.options.energy else None
+        self.energy = energy
+        if energy is None and self.options.energy:
+            params = build_parameters(cg_topology.topology)
+            self.energy = UnitEnergy(cg_topology, plans, chirality, self._coulomb(params), params)
         if self.options.cg_restraint > 0:
             self.energy = RestrainedScorer(self.energy, CGRestraint(cg_topology, plans, self.options.cg_restraint))
         self.builder = EnvironmentBuilder(cg_topology, plans, self.channels, cutoff=self.options.cutoff,
@@ -432,12 +435,13 @@ class Sampler:
                 raise ValueError(f"polish_sweeps {self.options.polish_sweeps!r}: expected all or last")
             self.polish = self.guidance(self.options.polish_steps)
 
-    def _coulomb(self) -> SelectionCoulomb | None:
-        """The selection energy's Coulomb term as ``options.electrostatics`` asks (None: off)."""
+    def _coulomb(self, params) -> SelectionCoulomb | None:
+        """The selection energy's Coulomb term as ``options.electrostatics`` asks for the force-field
+        ``params`` (None: off)."""
         choice = self.options.electrostatics
         if choice not in ("auto", "on", "off"):
             raise ValueError(f"electrostatics {choice!r}: expected auto, on or off")
-        if choice == "off" or (choice == "auto" and not needs_electrostatics(build_parameters(self.cg.topology))):
+        if choice == "off" or (choice == "auto" and not needs_electrostatics(params)):
             return None
         return SelectionCoulomb(self.options.cutoff, self.options.epsilon_rf)
 
