@@ -179,6 +179,8 @@ def test_sps_reference_numbers(shared, tmp_path):
     chir = obs["stereo:chirality"]
     assert "324 stereocentres" in chir["description"]  # 9 backbone CH per chain × 36
     assert chir["candidates"]["DBM"]["preserved"] > 0.95 > 0.8 > chir["candidates"]["baseline"]["preserved"]
+    dyads = obs["stereo:dyads"]  # 8 per chain; DBM keeps the syndiotactic pattern
+    assert "288 meso/racemo dyads" in dyads["description"] and dyads["candidates"]["DBM"]["preserved"] > 0.95
     rmsd = obs["cg_rmsd"]
     assert rmsd["reference"]["mean"] < 0.002 and rmsd["candidates"]["DBM"]["mean"] < 0.01
     assert rmsd["candidates"]["baseline"]["mean"] > 0.02

@@ -19,7 +19,8 @@ from backmap.system.pairs import count_frames, select_frames
 
 #: the sampling settings ``backmap apply`` takes as options (the rest are the recipe's)
 APPLY_SAMPLING = ("selector", "selector_params", "candidates", "gibbs_sweeps", "minimize_steps", "project_cg",
-                  "cg_restraint", "colouring", "separation", "electrostatics", "epsilon_rf", "polish_steps", "polish_sweeps", "stereo_reference", "regrow",
+                  "cg_restraint", "colouring", "separation", "electrostatics", "epsilon_rf", "polish_steps", "polish_sweeps", "stereo_reference", "tacticity",
+                  "invert_stereo", "regrow",
                   "regrow_candidates", "regrow_trials", "repair_clashes", "orient_units", "dock", "cutoff",
                   "traversal", "frame_by_frame", "generator_params", "moves")
 

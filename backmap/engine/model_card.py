@@ -150,7 +150,8 @@ def evaluation_entry(result: dict[str, Any], reference: Path, command: str = "",
 
 
 #: observables a card reports beside the JSDs: name -> row label
-SCORES = {"cg_rmsd": "CG RMSD (nm)", "stereo:chirality": "stereocentres kept", "clash_fraction": "clashes per atom",
+SCORES = {"cg_rmsd": "CG RMSD (nm)", "stereo:chirality": "stereocentres kept",
+          "stereo:dyads": "tacticity (dyads) kept", "clash_fraction": "clashes per atom",
           "broken_bond_fraction": "broken bonds"}
 
 

@@ -375,6 +375,9 @@ class FrameSampler(Protocol):
 
     #: energy guidance so far: ``placements`` polished, their summed ``energy_drop`` (kJ/mol), ``accepted``
     polish_log: dict[str, float]
+    #: the stereocentres whose hands the run keeps (:class:`backmap.api.sampling.ChiralCentres`, from the
+    #: ``stereo_reference``), None without one
+    chirality: Any
 
     def regrow_frame(self, positions: np.ndarray, beads: Sequence[str], candidates: int = 0, trials: int = 1
                      ) -> np.ndarray:

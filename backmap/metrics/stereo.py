@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import networkx as nx
 import numpy as np
 
 from backmap.metrics.geometry import dihedrals, signed_volumes
@@ -118,3 +119,57 @@ def chirality(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
 def cis_trans(x: np.ndarray, bonds: np.ndarray) -> np.ndarray:
     """+1 (cis, |dihedral| < 90°) or −1 (trans) for every stereo double bond, as int8 (B, n)."""
     return np.where(np.abs(dihedrals(x, bonds)) < 90.0, 1, -1).astype(np.int8)
+
+
+def backbone_centres(mt: MoleculeType, x_nm: np.ndarray) -> np.ndarray:
+    """Local rows (centre, previous, next, side, hydrogen) of a molecule type's tetrahedral
+    stereocentres on its backbone, in chain order: the backbone is the longest path through its
+    heavy atoms outside rings; ``side`` is the centre's heavy neighbour off it, ``hydrogen`` its
+    fourth neighbour. Empty if the molecule has no such centre."""
+    graph = mt.graph
+    heavy = [i for i in graph.nodes if mt.elements[i] != "H"]
+    in_ring = {i for cycle in nx.cycle_basis(graph.subgraph(heavy)) for i in cycle}
+    chain = graph.subgraph([i for i in heavy if i not in in_ring])
+    path: list[int] = []
+    for part in nx.connected_components(chain):  # a forest: the longest path by two sweeps
+        tree = chain.subgraph(part)
+        end = max(nx.single_source_shortest_path_length(tree, min(part)).items(), key=lambda kv: (kv[1], -kv[0]))[0]
+        longest = nx.single_source_shortest_path(tree, end)
+        far = max(longest, key=lambda k: (len(longest[k]), -k))
+        if len(longest[far]) > len(path):
+            path = longest[far]
+    stereo = {int(c) for c in molecule_stereo(mt, x_nm)[0][:, 0]}
+    rows = []
+    for k in range(1, len(path) - 1):
+        c = path[k]
+        if c not in stereo:
+            continue
+        others = [n for n in graph.neighbors(c) if n not in (path[k - 1], path[k + 1])]
+        side = [n for n in others if mt.elements[n] != "H"]
+        hyd = [n for n in others if mt.elements[n] == "H"]
+        if len(side) == 1 and len(hyd) == 1:
+            rows.append([c, path[k - 1], path[k + 1], side[0], hyd[0]])
+    return np.array(rows, int).reshape(-1, 5)
+
+
+def backbone_dyads(topology: Topology, whole_positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Global rows (centre, previous, next, side) of every molecule's backbone stereocentres
+    (:func:`backbone_centres`) and the pairs (m, 2) of row indices of neighbouring centres on one
+    chain: a polymer's dyads, whose relative configuration (meso or racemo) is its tacticity."""
+    rows, pairs, n = [], [], 0
+    for block in topology.blocks:
+        mt = block.moltype
+        local = backbone_centres(mt, whole_positions[block.first_atom:block.first_atom + mt.n_atoms])[:, :4]
+        for m in range(block.count if len(local) else 0):
+            rows.append(local + block.first_atom + m * mt.n_atoms)
+            pairs += [(n + k, n + k + 1) for k in range(len(local) - 1)]
+            n += len(local)
+    return (np.concatenate(rows) if rows else np.zeros((0, 4), int)), np.array(pairs, int).reshape(-1, 2)
+
+
+def dyads(x: np.ndarray, rows: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """+1 (meso: the two centres with the same hand seen along the chain) or −1 (racemo) for every
+    dyad of :func:`backbone_dyads` in frames ``x`` (B, N, 3), as int8 (B, m); isotactic chains are
+    all meso, syndiotactic all racemo, whichever their phase."""
+    hand = np.sign(signed_volumes(x, rows))
+    return (hand[:, pairs[:, 0]] * hand[:, pairs[:, 1]]).astype(np.int8)

@@ -119,6 +119,13 @@ class BackmapSettings(BaseModel):
     restraint: float = Field(1000.0, ge=0, description="CG restraint constant for minimization (kJ/mol/nm²)")
     stereo_reference: Path | None = option(None, "AA structure of the system (first frame used) whose stereocentres' "
                                                  "handedness the sampler keeps.")
+    tacticity: Literal["isotactic", "syndiotactic"] | None = option(
+        None, "Hands of the backbone stereocentres (one per repeat unit, as in vinyl polymers) by this pattern, "
+              "instead of a --stereo-reference: after sampling, each chain's centres are set to the pattern in the "
+              "phase most of them came out in.")
+    invert_stereo: bool = option(True, "With a --stereo-reference or --tacticity: after sampling, reflect every "
+                                       "stereocentre still inverted through its heavy neighbours' plane "
+                                       "(move invert_stereocentres).")
     frame_by_frame: bool = option(False, "With a model trained in trajectory mode (environment.temporal): backmap "
                                          "every frame on its own, as if it were a trajectory's first (the frame-wise "
                                          "baseline). Without it such a model runs the frames in order, each "
@@ -156,7 +163,8 @@ class BackmapSettings(BaseModel):
 
     def move_choices(self, projects_cg: bool = False) -> list[MoveChoice]:
         """The moves these settings make on every frame, in order: the built-in ones their keys ask
-        for (``regrow``; ``repair_clashes`` rounds; the CG projection, with ``project_cg`` or, when it
+        for (``regrow``; ``repair_clashes`` rounds; the stereocentres' inversion, with a
+        ``stereo_reference`` or ``tacticity``; the CG projection, with ``project_cg`` or, when it
         is not given, ``projects_cg``: the generator's default; the closing pass of ``polish_steps``;
         the repair rounds again on the projected frame), then ``moves``."""
         chosen: list[MoveChoice] = []
@@ -166,6 +174,10 @@ class BackmapSettings(BaseModel):
         repair = [MoveChoice(name="repair_clashes") for _ in range(self.repair_clashes)]  # one round each
         project = projects_cg if self.project_cg is None else self.project_cg
         chosen += repair
+        if self.invert_stereo and self.tacticity is not None:  # before the moves that relax it
+            chosen.append(MoveChoice(name="invert_stereocentres", params={"tacticity": self.tacticity}))
+        elif self.invert_stereo and self.stereo_reference is not None:
+            chosen.append(MoveChoice(name="invert_stereocentres"))
         if project:
             chosen.append(MoveChoice(name="project_cg"))
         if self.polish_steps:
@@ -211,6 +223,9 @@ class Backmapper:
         check_candidate_memory(self.cg_topology, self.plans, max(s.candidates, s.regrow_candidates) * s.regrow_trials,
                                spec.cutoff)
         self.chirality = None
+        if s.stereo_reference is not None and s.tacticity is not None:
+            raise BackmapError("give the stereocentres' hands once: stereo_reference or tacticity, not both",
+                               source=s.stereo_reference)
         if s.stereo_reference is not None:
             if not s.energy:
                 raise BackmapError("stereo_reference: keeping stereocentres needs energy scoring (a .top topology)",

@@ -18,7 +18,7 @@ import torch
 
 from backmap.errors import BackmapError
 from backmap.metrics.geometry import signed_volumes
-from backmap.metrics.stereo import molecule_stereo
+from backmap.metrics.stereo import backbone_centres, molecule_stereo  # noqa: F401 (re-exported)
 from backmap.system.pbc import Unwrapper, minimum_image
 from backmap.system.topology import MoleculeType, Topology
 
@@ -204,3 +204,56 @@ def _inversion_atoms(topology: Topology) -> dict[int, tuple[tuple[int, int, int]
             for c, (plane, h, slot) in local.items():
                 out[first + c] = (tuple(first + k for k in plane), first + h, slot)
     return out
+
+
+#: the stereoregular patterns a ``tacticity`` setting names (one stereocentre per repeat unit, as in
+#: vinyl polymers): isotactic, every backbone centre with the same hand seen along the chain;
+#: syndiotactic, alternating hands
+TACTICITIES = ("isotactic", "syndiotactic")
+
+
+def tacticity_centres(topology: Topology, positions: np.ndarray, tacticity: str,
+                      weight: float = 1e5) -> tuple[ChiralCentres, int]:
+    """The backbone stereocentres of every molecule (:func:`backbone_centres`) with the hands of
+    ``tacticity``. A pattern has two phases, mirror images of each other (which hand the first
+    centre has); each molecule takes the phase most of its centres have in ``positions`` (N, 3)
+    nm, molecules whole. Returns the centres and how many molecules have any."""
+    if tacticity not in TACTICITIES:
+        raise BackmapError(f"tacticity: {tacticity!r} is not one of {', '.join(TACTICITIES)}")
+    x = np.asarray(positions, float)
+    rows: dict[str, np.ndarray] = {}
+    slots: dict[str, np.ndarray] = {}
+    backbone: dict[str, np.ndarray] = {}
+    for block in topology.blocks:
+        mt = block.moltype
+        if mt.name not in backbone:
+            backbone[mt.name] = backbone_centres(mt, x[block.first_atom:block.first_atom + mt.n_atoms])
+            rows[mt.name], slots[mt.name] = centre_rows(mt, x[:0], backbone[mt.name][:, 0].tolist())
+    cc = ChiralCentres(rows, slots, np.zeros((topology.n_atoms, 4), np.int8), weight)
+    pattern = {"isotactic": 1, "syndiotactic": -1}[tacticity]
+    molecules = 0
+    for block in topology.blocks:
+        local = backbone[block.moltype.name]
+        if not len(local):
+            continue
+        step = pattern ** np.arange(len(local))  # +1 for every centre, or alternating
+        for m in range(block.count):
+            g = local + block.first_atom + m * block.moltype.n_atoms
+            d = x[g[:, 1:4]] - x[g[:, :1]]
+            hand = np.sign(np.einsum("ij,ij->i", d[:, 0], np.cross(d[:, 1], d[:, 2])))
+            want = step * (1 if (hand * step).sum() >= 0 else -1)  # the phase most centres have
+            for (c, prev, nxt, side, h), w in zip(g.tolist(), want.tolist()):
+                cc.sign[c] = _triple_signs(c, prev, nxt, side, h, w)
+            molecules += 1
+    return cc, molecules
+
+
+def _triple_signs(c: int, prev: int, nxt: int, side: int, h: int, hand: int) -> np.ndarray:
+    """The signs of :func:`centre_rows`' four triples (sorted neighbours) of a regular tetrahedron
+    whose (previous, next, side) triple has the sign ``hand``."""
+    corners = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], float)
+    if np.sign(np.linalg.det(corners[:3])) != hand:
+        corners[[0, 1]] = corners[[1, 0]]
+    at = dict(zip((prev, nxt, side, h), corners))
+    return np.array([np.sign(np.linalg.det(np.array([at[a], at[b], at[d]])))
+                     for a, b, d in combinations(sorted(at), 3)], np.int8)

@@ -409,6 +409,7 @@ class Sampler:
         self.options = options or SamplerOptions()
         self.channels = channels or Channels.from_system(cg_topology)
         self.rng = rng or np.random.default_rng(0)
+        self.chirality = chirality  #: the stereocentres whose hands the selection keeps (moves read it)
         if chirality is not None and not self.options.energy:
             raise ValueError("keeping stereocentres needs the candidates' energies (options.energy)")
         if energy is not None and chirality is not None:
