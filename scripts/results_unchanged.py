@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("BACKMAP_SHARED_SPS", REPO.parent / "shared" / "data" / "sps"))  # overridable
 BACKMAP = str(Path(sys.executable).parent / "backmap")
 MODELS = {"sps-equivariant": [], "sps-vae": [],
-          "sps-voxel-gan": ["--stereo-reference", str(SHARED / "train" / "aa" / "100.gro")]}
+          # the selection's stereo penalty as recorded; the inversion after sampling (invert_stereo) came later
+          "sps-voxel-gan": ["--stereo-reference", str(SHARED / "train" / "aa" / "100.gro"), "--no-invert-stereo"]}
 POLISH = ["--polish", "15", "--polish-sweeps", "all"]
 JSD_TOLERANCE = 0.002
 

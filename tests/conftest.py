@@ -42,6 +42,22 @@ def hexane_topology():
     return load_topology(HEXANE / "topol.top")
 
 
+def chiral_molecules(seed: int = 2):
+    """tests/data/chiral's 27 CHFClBr molecules, one enantiomer, on a 3×3×3 grid in a 3 nm box, each
+    randomly rotated (rotations keep the hand): positions (135, 3) nm."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    t = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]]) / np.sqrt(3)
+    lengths = np.array([0.109, 0.135, 0.177, 0.194])[:, None]
+    mols = []
+    for centre in np.stack(np.meshgrid(*[np.arange(3)] * 3, indexing="ij"), -1).reshape(-1, 3):
+        q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+        q *= np.sign(np.linalg.det(q))  # a proper rotation
+        mols.append(0.5 + centre + np.vstack([[0, 0, 0], t * lengths]) @ q.T)
+    return np.concatenate(mols)
+
+
 def system_frame(folder: Path, mapping: str, trajectory: str, index: int = 0):
     """A committed system's topology, its CG topology, frame ``index`` of ``trajectory`` whole
     (N, 3) and the frame itself."""

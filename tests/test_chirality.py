@@ -2,7 +2,7 @@
 penalty for candidates that invert a centre (tests/data/chiral: 27 CHFClBr molecules)."""
 import numpy as np
 import pytest
-from conftest import DATA
+from conftest import DATA, chiral_molecules
 
 from backmap.engine.assembly import make_backmapper
 from backmap.sampling.backmapper import BackmapSettings
@@ -21,16 +21,7 @@ BOX = 3.0
 def system():
     top = load_topology(CHIRAL / "chiral.top")
     cg = load_mapping(CHIRAL / "chiral.xml", top).cg_topology(top)
-    # one enantiomer on a 3×3×3 grid, each molecule randomly rotated (rotations keep handedness)
-    rng = np.random.default_rng(2)
-    t = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]]) / np.sqrt(3)
-    lengths = np.array([0.109, 0.135, 0.177, 0.194])[:, None]
-    mols = []
-    for k, centre in enumerate(np.stack(np.meshgrid(*[np.arange(3)] * 3, indexing="ij"), -1).reshape(-1, 3)):
-        q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-        q *= np.sign(np.linalg.det(q))  # a proper rotation
-        mols.append(0.5 + centre + np.vstack([[0, 0, 0], t * lengths]) @ q.T)
-    x = np.concatenate(mols)
+    x = chiral_molecules()
     return top, cg, x
 
 
@@ -77,7 +68,8 @@ def test_sampler_keeps_the_reference_handedness(system, tmp_path):
     kept = {}
     for restrained in (False, True):
         generator = default_registry().get("generator", "bead_centre").cls({"spread": 0.08})
-        settings = BackmapSettings(candidates=128, gibbs_sweeps=1, stereo_reference=ref if restrained else None)
+        settings = BackmapSettings(candidates=128, gibbs_sweeps=1, stereo_reference=ref if restrained else None,
+                                   invert_stereo=False)  # the selection alone (the inversion: test_tacticity)
         bm = make_backmapper(cg, generator, settings, seed=4)
         out = list(bm.run([Frame(beads, np.array([BOX, BOX, BOX, 90, 90, 90.0]))]))[0].positions
         kept[restrained] = chiral_centres(top, x).kept(top, out)

@@ -22,7 +22,8 @@ from pydantic import Field
 from backmap.api import BackmapError, Refiner
 from backmap.api.forcefield import BOLTZMANN, excluded_pair_list, pair_list
 from backmap.api.io import atomic_path, heartbeat, openmm_platform_for, to_host
-from backmap.api.refinement import RefineParams, RefineResult, RestrainedSystem, resolve_constraints
+from backmap.api.recipes import InputPath
+from backmap.api.refinement import RefineInputs, RefineParams, RefineResult, RestrainedSystem, resolve_constraints
 
 
 class OpenMMParams(RefineParams):
@@ -68,6 +69,12 @@ class OpenMMParams(RefineParams):
                                                  "with the process's CPU seconds (decorrelation analysis; the "
                                                  "first frame refined only)")
     trace_every: int = Field(25, ge=1, description="sampling steps between trace records")
+    stereo_reference: InputPath | None = Field(
+        None, description="AA structure of the system whose stereocentres' hands the dynamics keep: a one-sided "
+                          "restraint on one improper per centre, and each centre still inverted at the end reflected "
+                          "back (log: centres_reinverted); in a recipe, the backmap step's stereo reference")
+    stereo_k: float = Field(200.0, ge=0, description="kJ/mol of that restraint: zero while the improper has the "
+                                                      "reference's sign, k·sin²(improper) beyond")
 
 
 def zero_unlisted_pairs(omm, listed: np.ndarray, excluded: np.ndarray) -> int:
@@ -102,6 +109,11 @@ class OpenMMRefiner(Refiner):
     summary = "restrained Langevin dynamics in OpenMM (GROMACS topology, CPU)"
     Params = OpenMMParams
 
+    def take_inputs(self, inputs: RefineInputs) -> None:
+        """The backmapping's stereo reference, where the parameters name none."""
+        if inputs.stereo_reference is not None and self.params.stereo_reference is None:
+            self.params = self.params.model_copy(update={"stereo_reference": Path(inputs.stereo_reference)})
+
     def prepare(self, system: RestrainedSystem) -> None:
         if system.topology_path is None or system.topology_path.suffix != ".top":
             raise BackmapError("the openmm refiner reads the GROMACS .top file of the system; "
@@ -109,6 +121,11 @@ class OpenMMRefiner(Refiner):
         self.system = system
         self.params = resolve_constraints(self.params, system, self.name)
         self.groups = system.bead_groups()
+        self._centres = None
+        if self.params.stereo_reference is not None:
+            from backmap.api.sampling import load_chiral_centres
+
+            self._centres = load_chiral_centres(system.topology, self.params.stereo_reference)
         self._contexts = None
         self._traced = False
 
@@ -158,7 +175,38 @@ class OpenMMRefiner(Refiner):
             restraint.addBond([g], [0.0, 0.0, 0.0])
         restraint.setForceGroup(1)
         omm.addForce(restraint)
+        if self._centres is not None and self.params.stereo_k > 0:
+            omm.addForce(self._stereo_force())
         return omm, restraint
+
+    def _stereo_force(self):
+        """Each stereocentre's hand held: for its heaviest neighbour triple (a, b, d) — forces on
+        hydrogens would need a shorter time step — the improper (c, a, b, d) pushed back where its
+        sign is not the one the reference's hand gives, by k·sin²(θ) on that side and nothing on
+        the other: bounded and smooth, so a distorted centre of the input is not kicked (force
+        group 0: part of the target, as a bond is)."""
+        import openmm as mm
+
+        topology, centres = self.system.topology, self._centres
+        rows, slots = centres.global_rows(topology)
+        sign = centres.sign[rows[:, 0], slots]
+        lightest = topology.masses[rows[:, 1:]].min(1)
+        best = {}
+        for k in np.lexsort((-lightest, rows[:, 0])):  # per centre, the row whose lightest atom is heaviest
+            best.setdefault(int(rows[k, 0]), k)
+        # the improper's sign against the signed volume (a−c)·((b−c)×(d−c)): fixed for any four points
+        ideal = np.array([[0, 0, 0], [1, 1, 1], [1, -1, -1], [-1, 1, -1]], float)
+        volume = np.dot(ideal[1] - ideal[0], np.cross(ideal[2] - ideal[0], ideal[3] - ideal[0]))
+        relative = np.sign(_dihedral(*ideal) * volume)
+        force = mm.CustomTorsionForce("k_stereo*min(0, sin(s*theta))^2")
+        force.addGlobalParameter("k_stereo", self.params.stereo_k)
+        force.addPerTorsionParameter("s")
+        for k in best.values():
+            if sign[k] != 0:
+                force.addTorsion(*map(int, rows[k]), [float(sign[k] * relative)])
+        force.setUsesPeriodicBoundaryConditions(True)  # frames may come wrapped into the box
+        force.setForceGroup(0)
+        return force
 
     def _hydrogen_mass(self):
         import openmm.unit as u
@@ -427,6 +475,13 @@ class OpenMMRefiner(Refiner):
                     raise BackmapError(f"openmm refiner: the dynamics blew up ({exc}); use a smaller timestep, "
                                        "more minimize_steps, warmup_steps or relax_steps, or on_failure: keep") from exc
                 out[k], row = x, {"failed": str(exc).split(".")[0]}
+            if self._centres is not None:  # what the dynamics inverted (distorted input) put back
+                from MDAnalysis.lib.mdamath import triclinic_box
+
+                from backmap.api.sampling import invert_flipped
+
+                out[k], row["centres_reinverted"], _ = invert_flipped(self._centres, self.system.topology, out[k],
+                                                                      triclinic_box(*box))
             log.append(row)
         return RefineResult(out, log)
 
@@ -542,3 +597,10 @@ def _steepest_descent(max_displacement: float, constrained: bool = False):
     sd.addComputeGlobal("h", "select(accept, min(1.2*h, 1.0), 0.2*h)")
     sd.addComputePerDof("v", "0")
     return sd
+
+
+def _dihedral(p0: np.ndarray, p1: np.ndarray, p2: np.ndarray, p3: np.ndarray) -> float:
+    """The dihedral p0–p1–p2–p3 in radians, OpenMM's (IUPAC) sign."""
+    b0, b1, b2 = p1 - p0, p2 - p1, p3 - p2
+    n0, n1 = np.cross(b0, b1), np.cross(b1, b2)
+    return float(np.arctan2(np.dot(np.cross(n0, n1), b1) / np.linalg.norm(b1), np.dot(n0, n1)))
