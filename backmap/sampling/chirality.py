@@ -18,7 +18,7 @@ import torch
 
 from backmap.errors import BackmapError
 from backmap.metrics.geometry import signed_volumes
-from backmap.metrics.stereo import backbone_centres, molecule_stereo  # noqa: F401 (re-exported)
+from backmap.metrics.stereo import backbone_centres, molecule_stereo
 from backmap.system.pbc import Unwrapper, minimum_image
 from backmap.system.topology import MoleculeType, Topology
 
@@ -212,22 +212,25 @@ def _inversion_atoms(topology: Topology) -> dict[int, tuple[tuple[int, int, int]
 TACTICITIES = ("isotactic", "syndiotactic")
 
 
-def tacticity_centres(topology: Topology, positions: np.ndarray, tacticity: str,
-                      weight: float = 1e5) -> tuple[ChiralCentres, int]:
+def tacticity_centres(topology: Topology, positions: np.ndarray, tacticity: str, weight: float = 1e5,
+                      backbone: dict[str, np.ndarray] | None = None) -> tuple[ChiralCentres, int]:
     """The backbone stereocentres of every molecule (:func:`backbone_centres`) with the hands of
     ``tacticity``. A pattern has two phases, mirror images of each other (which hand the first
     centre has); each molecule takes the phase most of its centres have in ``positions`` (N, 3)
-    nm, molecules whole. Returns the centres and how many molecules have any."""
+    nm, molecules whole. ``backbone``: :func:`backbone_centres` per molecule type name, filled in
+    where missing (pass the same dict for every frame: RDKit perceives each type once). Returns
+    the centres and how many molecules have any."""
     if tacticity not in TACTICITIES:
         raise BackmapError(f"tacticity: {tacticity!r} is not one of {', '.join(TACTICITIES)}")
     x = np.asarray(positions, float)
     rows: dict[str, np.ndarray] = {}
     slots: dict[str, np.ndarray] = {}
-    backbone: dict[str, np.ndarray] = {}
+    backbone = {} if backbone is None else backbone
     for block in topology.blocks:
         mt = block.moltype
         if mt.name not in backbone:
             backbone[mt.name] = backbone_centres(mt, x[block.first_atom:block.first_atom + mt.n_atoms])
+        if mt.name not in rows:
             rows[mt.name], slots[mt.name] = centre_rows(mt, x[:0], backbone[mt.name][:, 0].tolist())
     cc = ChiralCentres(rows, slots, np.zeros((topology.n_atoms, 4), np.int8), weight)
     pattern = {"isotactic": 1, "syndiotactic": -1}[tacticity]

@@ -38,7 +38,8 @@ class InvertStereocentres(Move):
     def apply(self, frame: MoveFrame) -> tuple[np.ndarray, InvertReport]:
         topology = frame.cg_topology.topology
         if self.params.tacticity is not None:
-            centres, _ = tacticity_centres(topology, frame.positions, self.params.tacticity)
+            centres, _ = tacticity_centres(topology, frame.positions, self.params.tacticity,
+                                           backbone=self.__dict__.setdefault("backbone", {}))  # perceived once
         else:
             centres = getattr(frame.sampler, "chirality", None)
             if centres is None:
