@@ -75,6 +75,11 @@ class OpenMMParams(RefineParams):
                           "back (log: centres_reinverted); in a recipe, the backmap step's stereo reference")
     stereo_k: float = Field(200.0, ge=0, description="kJ/mol of that restraint: zero while the improper has the "
                                                       "reference's sign, k·sin²(improper) beyond")
+    stereo_relax_steps: int = Field(100, ge=0, description="dynamics steps after centres were reflected back, "
+                                                           "the restraint on: a reflected centre's hydrogen and "
+                                                           "neighbours relax instead of staying where the mirror "
+                                                           "put them; centres inverted again are reflected once "
+                                                           "more (log: centres_reinverted_after_relax)")
 
 
 def zero_unlisted_pairs(omm, listed: np.ndarray, excluded: np.ndarray) -> int:
@@ -480,10 +485,39 @@ class OpenMMRefiner(Refiner):
 
                 from backmap.api.sampling import invert_flipped
 
+                dims = triclinic_box(*box)
                 out[k], row["centres_reinverted"], _ = invert_flipped(self._centres, self.system.topology, out[k],
-                                                                      triclinic_box(*box))
+                                                                      dims)
+                if row["centres_reinverted"] and self.params.stereo_relax_steps and "failed" not in row:
+                    relaxed = self._relax_reflected(out[k], target, box, seed)
+                    if relaxed is not None:
+                        out[k], row["centres_reinverted_after_relax"], _ = invert_flipped(
+                            self._centres, self.system.topology, relaxed, dims)
             log.append(row)
         return RefineResult(out, log)
+
+
+    def _relax_reflected(self, x: np.ndarray, target: np.ndarray, box: np.ndarray, seed: int) -> np.ndarray | None:
+        """``stereo_relax_steps`` of the sampling dynamics (the first quarter at a quarter of the time
+        step) from a frame whose centres were reflected back, new velocities; None where they blow up
+        (the reflected frame is kept)."""
+        import openmm as mm
+        import openmm.unit as u
+
+        ctx = self._load("dynamics", x, target, box)
+        try:
+            if self.params.constraints != "none":
+                ctx.applyConstraints(1e-6)
+            ctx.setVelocitiesToTemperature(self.params.temperature * u.kelvin, seed + 1)
+            self._integrator.setCurrentIntegrator(0)
+            n = self.params.stereo_relax_steps
+            self._dynamics.setStepSize(self.params.timestep / 4)  # a mirrored hydrogen may start close to
+            _guarded_steps(self._dynamics, ctx, n // 4, box)        # a neighbour: gentle steps first
+            self._dynamics.setStepSize(self.params.timestep)
+            _guarded_steps(self._dynamics, ctx, n - n // 4, box)
+            return self._result(ctx, self._dof)[0]
+        except mm.OpenMMException:
+            return None
 
 
 def _guarded_steps(integrator, ctx, n: int, box: np.ndarray, chunk: int = 25, record=None) -> None:

@@ -64,3 +64,20 @@ def test_refinement_ends_with_every_centre_of_the_reference(chiral):
     held = _refiner(system, reference).refine(mirrored[None], targets[None], BOX[None], np.random.default_rng(0))
     assert centres.kept(top, held.positions[0]) == 1.0
     assert held.log[0]["centres_reinverted"] == 14
+
+
+def test_reflected_centres_relax_with_the_restraint_on(chiral):
+    """After the reflection, stereo_relax_steps of dynamics move the mirrored hydrogens off the
+    mirror's positions and no centre inverts again (the restraint holds it)."""
+    system, top, x, mirrored, reference = chiral
+    centres = chiral_centres(top, x)
+    targets = system.mapped(mirrored)
+    runs = {n: _refiner(system, reference, stereo_relax_steps=n).refine(mirrored[None], targets[None], BOX[None],
+                                                                         np.random.default_rng(0))
+            for n in (0, 100)}
+    assert "centres_reinverted_after_relax" not in runs[0].log[0]
+    assert runs[100].log[0]["centres_reinverted"] == 14
+    assert runs[100].log[0]["centres_reinverted_after_relax"] == 0
+    assert centres.kept(top, runs[100].positions[0]) == 1.0
+    moved = np.linalg.norm(runs[100].positions[0] - runs[0].positions[0], axis=1)
+    assert moved.mean() > 0.005  # 0.1 ps at 300 K: thermal displacements of ~0.02 nm
