@@ -3,7 +3,7 @@ alone "on the 568 K frames *and* on data the generator was not trained on (other
 phases)"); docs/temperatures.md.
 
     .venv/bin/python benchmarks/sps_temperatures.py --data data/sps-T450 [data/sps-T650 …] \
-        [--generators equivariant,equivariant_polish,vae,voxel_gan] [--refine equivariant] [--frames 20] \
+        [--generators equivariant,equivariant_polish,equivariant_dense,vae,voxel_gan] [--refine equivariant] [--frames 20] \
         [--refine-steps 500] [--out runs/temperatures]
 
 ``--data`` takes folders made by ``scripts/make_sps_temperature_data.sh T`` (aa.xtc, cg.xtc, md.mdp,
@@ -54,6 +54,8 @@ GENERATORS = {
     "equivariant": ["--model", str(REPO / "models" / "sps-equivariant")],
     "equivariant_polish": ["--model", str(REPO / "models" / "sps-equivariant"), "--polish", "15",
                            "--polish-sweeps", "all"],
+    "equivariant_dense": ["--model", str(REPO / "models" / "sps-equivariant"), "--polish", "15",
+                          "--polish-sweeps", "all", "--candidates", "32", "--clash-distance", "0.13"],
     "vae": ["--model", str(REPO / "models" / "sps-vae")],
     "voxel_gan": ["--model", str(REPO / "models" / "sps-voxel-gan"),
                   "--stereo-reference", str(SHARED / "train" / "aa" / "100.gro")],
@@ -122,7 +124,8 @@ def record_on_cards(metrics: dict, labels: list[str], reference: Path, descripti
     alone, with its other settings, refined)."""
     from backmap.engine.model_card import evaluation_entry, record_evaluation
 
-    names = {"equivariant_polish": "energy guidance (--polish 15 --polish-sweeps all)"}
+    names = {"equivariant_polish": "energy guidance (--polish 15 --polish-sweeps all)",
+             "equivariant_dense": "guidance, K = 32, clashes from 0.13 nm (--candidates 32 --clash-distance 0.13)"}
     by_model: dict[str, dict[str, str]] = {}
     for label in labels:
         name = label.split(" ")[0]

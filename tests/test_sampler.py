@@ -456,6 +456,12 @@ def test_clash_repair_redraws_the_clashing_units(hexane):
             if a * n + b not in near:
                 brute.update((a, int(b)))
     assert set(found.tolist()) == brute
+    # --clash-distance widens what counts: the 0.1 nm clashes and more
+    wider = make_backmapper(cg, default_registry().get("generator", "bead_centre").cls({"spread": 0.12}),
+                            BackmapSettings(candidates=4, gibbs_sweeps=0, clash_distance=0.13), seed=0).sampler
+    assert wider.options.clash_distance == 0.13
+    sampler.options.clash_distance = 0.13
+    assert set(sampler.clashing_atoms(torch.as_tensor(y, dtype=torch.float32)).tolist()) > brute
     for seed in (0, 1):
         sampler, y = run(seed, 3)
         assert sampler.repaired_units >= 20
