@@ -12,7 +12,8 @@ baseline; its frames identical to training snapshots are left out). The temperat
 folder's name (``sps-T450``, ``eval_t568``). Per temperature: the reference is up to 2 × ``--frames``
 clean frames evenly spread, so that the noise floor (its two halves) compares as many frames as each
 candidate has; every generator backmaps every second of them (``backmap apply`` with the model's own
-sampling settings); each output is refined by ``backmap refine`` (openmm, 1 ps of restrained Langevin
+sampling settings, plus the options GENERATORS gives: ``equivariant_dense`` is the setting for dense
+phases, docs/temperatures.md); each output is refined by ``backmap refine`` (openmm, 1 ps of restrained Langevin
 at the folder's temperature, all bonds constrained: refine.md's sPS command; one OpenMM thread, as
 OpenMM's threads wait on each other when other jobs share the cores); then one ``backmap
 evaluate`` scores every candidate on EVALUATION.md's 11 headline observables.
@@ -55,7 +56,11 @@ GENERATORS = {
     "equivariant_polish": ["--model", str(REPO / "models" / "sps-equivariant"), "--polish", "15",
                            "--polish-sweeps", "all"],
     "equivariant_dense": ["--model", str(REPO / "models" / "sps-equivariant"), "--polish", "15",
-                          "--polish-sweeps", "all", "--candidates", "32", "--clash-distance", "0.13"],
+                          "--polish-sweeps", "all", "--candidates", "32", "--clash-distance", "0.13",
+                          "--clash-energy", "50"],
+    "equivariant_dense64": ["--model", str(REPO / "models" / "sps-equivariant"), "--polish", "15",
+                            "--polish-sweeps", "all", "--candidates", "64", "--clash-distance", "0.13",
+                            "--clash-energy", "50"],
     "vae": ["--model", str(REPO / "models" / "sps-vae")],
     "voxel_gan": ["--model", str(REPO / "models" / "sps-voxel-gan"),
                   "--stereo-reference", str(SHARED / "train" / "aa" / "100.gro")],
@@ -125,7 +130,9 @@ def record_on_cards(metrics: dict, labels: list[str], reference: Path, descripti
     from backmap.engine.model_card import evaluation_entry, record_evaluation
 
     names = {"equivariant_polish": "energy guidance (--polish 15 --polish-sweeps all)",
-             "equivariant_dense": "guidance, K = 32, clashes from 0.13 nm (--candidates 32 --clash-distance 0.13)"}
+             "equivariant_dense": "guidance for dense phases (--polish 15 --polish-sweeps all --candidates 32 "
+                                  "--clash-distance 0.13 --clash-energy 50)",
+             "equivariant_dense64": "the same with --candidates 64"}
     by_model: dict[str, dict[str, str]] = {}
     for label in labels:
         name = label.split(" ")[0]

@@ -458,10 +458,30 @@ def test_clash_repair_redraws_the_clashing_units(hexane):
     assert set(found.tolist()) == brute
     # --clash-distance widens what counts: the 0.1 nm clashes and more
     wider = make_backmapper(cg, default_registry().get("generator", "bead_centre").cls({"spread": 0.12}),
-                            BackmapSettings(candidates=4, gibbs_sweeps=0, clash_distance=0.13), seed=0).sampler
-    assert wider.options.clash_distance == 0.13
+                            BackmapSettings(candidates=4, gibbs_sweeps=0, clash_distance=0.13, clash_energy=50),
+                            seed=0).sampler
+    assert wider.options.clash_distance == 0.13 and wider.options.clash_energy == 50
     sampler.options.clash_distance = 0.13
     assert set(sampler.clashing_atoms(torch.as_tensor(y, dtype=torch.float32)).tolist()) > brute
+    # --clash-energy: the atoms of every pair the force field does not exclude (1-4 pairs too) whose
+    # LJ energy is above it, against a brute-force search over all pairs
+    from backmap.forcefield.parameters import excluded_pairs
+
+    sampler.options.clash_distance, sampler.options.clash_energy = 1e-6, 50.0
+    block = topo.blocks[0]
+    excluded = {tuple(r) for r in block.global_rows(excluded_pairs(block.moltype).reshape(-1, 2)).tolist()}
+    lj_type, c6, c12 = sampler.energy.lj_type.numpy(), sampler.energy.c6.numpy(), sampler.energy.c12.numpy()
+    hot = set()
+    for a in range(n):
+        r = np.linalg.norm(minimum_image(y[a + 1:] - y[a], fr.dimensions), axis=-1)
+        for b in np.flatnonzero(r < 0.3) + a + 1:
+            t, u = lj_type[a], lj_type[b]
+            e = c12[t, u] / r[b - a - 1] ** 12 - c6[t, u] / r[b - a - 1] ** 6
+            if (a, int(b)) not in excluded and (int(b), a) not in excluded and e > 50.0:
+                hot.update((a, int(b)))
+    assert len(hot) > 10
+    assert set(sampler.clashing_atoms(torch.as_tensor(y, dtype=torch.float32)).tolist()) == hot
+    sampler.options.clash_distance, sampler.options.clash_energy = 0.1, 0.0
     for seed in (0, 1):
         sampler, y = run(seed, 3)
         assert sampler.repaired_units >= 20

@@ -21,7 +21,8 @@ from backmap.system.pairs import count_frames, select_frames
 APPLY_SAMPLING = ("selector", "selector_params", "candidates", "gibbs_sweeps", "minimize_steps", "project_cg",
                   "cg_restraint", "colouring", "separation", "electrostatics", "epsilon_rf", "polish_steps", "polish_sweeps", "stereo_reference", "tacticity",
                   "invert_stereo", "regrow",
-                  "regrow_candidates", "regrow_trials", "repair_clashes", "clash_distance", "orient_units", "dock", "cutoff",
+                  "regrow_candidates", "regrow_trials", "repair_clashes", "clash_distance",
+                  "clash_energy", "orient_units", "dock", "cutoff",
                   "traversal", "frame_by_frame", "generator_params", "moves")
 
 

@@ -96,6 +96,9 @@ class BackmapSettings(BaseModel):
                                     "--clash-distance to one more than three bonds away are drawn again, one at a "
                                     "time (0 = off).", ge=0)
     clash_distance: float = option(0.1, "What clash repair counts as a clash (nm).", gt=0)
+    clash_energy: float = option(0.0, "Clash repair also redraws units with a pair of atoms (not excluded by the force "
+                                      "field, 1-4 pairs included) whose LJ energy exceeds this, in kJ/mol (sPS MD: "
+                                      "≤ 21; 0 = off).", ge=0)
     orient_units: bool = option(False, "Forward pass: turn each unit with no bond to a placed atom (e.g. a ring placed "
                                        "before its backbone) so that its atoms bonded to unplaced ones point where the "
                                        "CG input puts their partners. For models applied to chemistry they were not "
@@ -220,7 +223,8 @@ class Backmapper:
                                  colouring=s.colouring, separation=s.separation, batch_molecules=s.batch_molecules,
                                  strip_hydrogens=spec.strip_hydrogens, energy=s.energy,
                                  cg_restraint=s.cg_restraint, polish_steps=s.polish_steps,
-                                 polish_sweeps=s.polish_sweeps, clash_distance=s.clash_distance, orient_units=s.orient_units, dock=tuple(s.dock),
+                                 polish_sweeps=s.polish_sweeps, clash_distance=s.clash_distance, clash_energy=s.clash_energy,
+                                 orient_units=s.orient_units, dock=tuple(s.dock),
                                  electrostatics=s.electrostatics, epsilon_rf=s.epsilon_rf or 0.0)
         check_candidate_memory(self.cg_topology, self.plans, max(s.candidates, s.regrow_candidates) * s.regrow_trials,
                                spec.cutoff)

@@ -60,6 +60,9 @@ class SamplerOptions:
     #: pass) or "all" (the forward pass too, where a chain's growing end swings freely)
     polish_sweeps: str = "last"
     clash_distance: float = 0.1
+    #: > 0: clash repair also redraws units holding an atom of a pair whose LJ energy exceeds this
+    #: (kJ/mol; pairs the force field does not exclude, 1-4 pairs included)
+    clash_energy: float = 0.0
     #: forward pass: turn each unit with no bond to a placed atom about its mapped centre so that
     #: its atoms bonded to unplaced atoms point where the CG puts their partners
     #: (:mod:`backmap.sampling.orientation`; for transfer, where drawn orientations are unreliable)
@@ -431,6 +434,7 @@ class Sampler:
         self.polish = None
         self.polish_log = {"placements": 0, "energy_drop": 0.0, "accepted": 0}
         self._rotors: dict = {}
+        self._lj_excluded_keys: np.ndarray | None = None
         if self.options.polish_steps:
             if self.options.polish_sweeps not in ("all", "last"):
                 raise ValueError(f"polish_sweeps {self.options.polish_sweeps!r}: expected all or last")
@@ -666,7 +670,37 @@ class Sampler:
         x = to_host(positions).astype(np.float64)
         i, j, shift = neighbour_pairs(x, self.builder.box, self.options.clash_distance, self._near_keys)
         close = np.linalg.norm(x[j] + shift - x[i], axis=-1) < self.options.clash_distance  # the search has a skin
-        return np.unique(np.concatenate([i[close], j[close]]))
+        found = [i[close], j[close]]
+        if self.options.clash_energy > 0:
+            found += self._lj_clashes(x)
+        return np.unique(np.concatenate(found))
+
+    #: how far an LJ clash is searched for (nm): beyond it no pair of the supported force fields
+    #: comes near the energies a clash threshold is set to
+    LJ_CLASH_REACH = 0.3
+
+    def _lj_clashes(self, x: np.ndarray) -> list[np.ndarray]:
+        """Both atoms of every pair (not excluded by the force field) whose LJ energy exceeds
+        ``clash_energy``."""
+        scorer = self.energy.scorer if isinstance(self.energy, RestrainedScorer) else self.energy
+        if not isinstance(scorer, UnitEnergy):
+            raise ValueError("clash_energy needs the force field's energies (a .top topology, energy scoring on)")
+        if self._lj_excluded_keys is None:
+            from backmap.forcefield.parameters import excluded_pairs
+
+            topo, keys = self.cg.topology, []
+            for block in topo.blocks:
+                glob = block.global_rows(excluded_pairs(block.moltype).reshape(-1, 2))
+                lo, hi = glob.min(1).astype(np.int64), glob.max(1).astype(np.int64)
+                keys.append(lo * topo.n_atoms + hi)
+            self._lj_excluded_keys = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
+        i, j, shift = neighbour_pairs(x, self.builder.box, self.LJ_CLASH_REACH, self._lj_excluded_keys)
+        r2 = torch.as_tensor(((x[j] + shift - x[i]) ** 2).sum(-1))
+        ti, tj = scorer.lj_type[torch.as_tensor(i)], scorer.lj_type[torch.as_tensor(j)]
+        inv6 = r2.clamp(min=1e-6) ** -3
+        e = inv6 * (scorer.c12[ti, tj].double() * inv6 - scorer.c6[ti, tj].double())
+        hot = (e > self.options.clash_energy).numpy()
+        return [i[hot], j[hot]]
 
     def _repair_clashes(self, schedule: list, positions: torch.Tensor, placed: torch.Tensor) -> int:
         """One round of clash repair: the units holding a clashing atom, drawn again in Gibbs mode

@@ -79,7 +79,8 @@ class OpenMMParams(RefineParams):
                                                            "the restraint on: a reflected centre's hydrogen and "
                                                            "neighbours relax instead of staying where the mirror "
                                                            "put them; centres inverted again are reflected once "
-                                                           "more (log: centres_reinverted_after_relax)")
+                                                           "more (log: centres_reinverted_after_relax; "
+                                                           "stereo_relax_failed where the steps blew up)")
 
 
 def zero_unlisted_pairs(omm, listed: np.ndarray, excluded: np.ndarray) -> int:
@@ -468,6 +469,7 @@ class OpenMMRefiner(Refiner):
             try:
                 for n, attempt in enumerate(attempts):
                     try:
+                        slower = attempt.get("slower", 1)
                         out[k], row = self._refine_one(x, target, box, seed, **attempt)
                         if n:
                             row["retried"] = n
@@ -489,31 +491,40 @@ class OpenMMRefiner(Refiner):
                 out[k], row["centres_reinverted"], _ = invert_flipped(self._centres, self.system.topology, out[k],
                                                                       dims)
                 if row["centres_reinverted"] and self.params.stereo_relax_steps and "failed" not in row:
-                    relaxed = self._relax_reflected(out[k], target, box, seed)
-                    if relaxed is not None:
+                    relaxed = self._relax_reflected(out[k], target, box, seed, slower)
+                    if relaxed is None:
+                        row["stereo_relax_failed"] = 1
+                    else:
                         out[k], row["centres_reinverted_after_relax"], _ = invert_flipped(
                             self._centres, self.system.topology, relaxed, dims)
             log.append(row)
         return RefineResult(out, log)
 
-
-    def _relax_reflected(self, x: np.ndarray, target: np.ndarray, box: np.ndarray, seed: int) -> np.ndarray | None:
-        """``stereo_relax_steps`` of the sampling dynamics (the first quarter at a quarter of the time
-        step) from a frame whose centres were reflected back, new velocities; None where they blow up
-        (the reflected frame is kept)."""
+    def _relax_reflected(self, x: np.ndarray, target: np.ndarray, box: np.ndarray, seed: int,
+                         slower: int = 1) -> np.ndarray | None:
+        """From a frame whose centres were reflected back: 20 steps of the constrained steepest
+        descent (a mirrored hydrogen may sit on a neighbour), then ``stereo_relax_steps`` of the
+        sampling dynamics at the time step the frame's dynamics needed (÷ ``slower``), the first
+        quarter at a quarter of it, new velocities; None where they blow up (log
+        stereo_relax_failed; the reflected frame is kept)."""
         import openmm as mm
         import openmm.unit as u
 
+        p = self.params
         ctx = self._load("dynamics", x, target, box)
         try:
-            if self.params.constraints != "none":
+            if p.constraints != "none":
                 ctx.applyConstraints(1e-6)
-            ctx.setVelocitiesToTemperature(self.params.temperature * u.kelvin, seed + 1)
+            ctx.setParameter("k_restraint", p.restraint)
+            self._integrator.setCurrentIntegrator(1)
+            _reset_steepest_descent(self._integrator.getIntegrator(1), p.max_displacement)
+            self._integrator.step(20)
             self._integrator.setCurrentIntegrator(0)
-            n = self.params.stereo_relax_steps
-            self._dynamics.setStepSize(self.params.timestep / 4)  # a mirrored hydrogen may start close to
-            _guarded_steps(self._dynamics, ctx, n // 4, box)        # a neighbour: gentle steps first
-            self._dynamics.setStepSize(self.params.timestep)
+            ctx.setVelocitiesToTemperature(p.temperature * u.kelvin, seed + 1)
+            n, dt = p.stereo_relax_steps, p.timestep / slower
+            self._dynamics.setStepSize(dt / 4)
+            _guarded_steps(self._dynamics, ctx, n // 4, box)
+            self._dynamics.setStepSize(dt)
             _guarded_steps(self._dynamics, ctx, n - n // 4, box)
             return self._result(ctx, self._dof)[0]
         except mm.OpenMMException:
