@@ -685,15 +685,9 @@ class Sampler:
         scorer = self.energy.scorer if isinstance(self.energy, RestrainedScorer) else self.energy
         if not isinstance(scorer, UnitEnergy):
             raise ValueError("clash_energy needs the force field's energies (a .top topology, energy scoring on)")
-        if self._lj_excluded_keys is None:
-            from backmap.forcefield.parameters import excluded_pairs
-
-            topo, keys = self.cg.topology, []
-            for block in topo.blocks:
-                glob = block.global_rows(excluded_pairs(block.moltype).reshape(-1, 2))
-                lo, hi = glob.min(1).astype(np.int64), glob.max(1).astype(np.int64)
-                keys.append(lo * topo.n_atoms + hi)
-            self._lj_excluded_keys = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
+        if self._lj_excluded_keys is None:  # the force field's exclusions, global i < j, as ForceField keys them
+            ex = np.asarray(scorer.params.exclusions, np.int64).reshape(-1, 2)
+            self._lj_excluded_keys = np.unique(ex[:, 0] * self.cg.topology.n_atoms + ex[:, 1])
         i, j, shift = neighbour_pairs(x, self.builder.box, self.LJ_CLASH_REACH, self._lj_excluded_keys)
         r2 = torch.as_tensor(((x[j] + shift - x[i]) ** 2).sum(-1))
         ti, tj = scorer.lj_type[torch.as_tensor(i)], scorer.lj_type[torch.as_tensor(j)]
