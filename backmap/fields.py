@@ -52,6 +52,7 @@ class _Text:
 TEXT = _Text()
 
 CommaList = Annotated[list[str], COMMA_LIST]
+CommaInts = Annotated[list[Annotated[int, Field(ge=1)]], COMMA_LIST]  # positive integers: ``8,8``
 KeyValues = Annotated[dict[str, Any], KEY_VALUES]
 
 

@@ -3,7 +3,7 @@ alone "on the 568 K frames *and* on data the generator was not trained on (other
 phases)"); docs/temperatures.md.
 
     .venv/bin/python benchmarks/sps_temperatures.py --data data/sps-T450 [data/sps-T650 …] \
-        [--generators equivariant,equivariant_polish,equivariant_dense,vae,voxel_gan] [--refine equivariant] [--frames 20] \
+        [--generators equivariant,equivariant_k8,equivariant_polish,vae,voxel_gan] [--refine equivariant] [--frames 20] \
         [--refine-steps 500] [--out runs/temperatures]
 
 ``--data`` takes folders made by ``scripts/make_sps_temperature_data.sh T`` (aa.xtc, cg.xtc, md.mdp,
@@ -12,8 +12,9 @@ baseline; its frames identical to training snapshots are left out). The temperat
 folder's name (``sps-T450``, ``eval_t568``). Per temperature: the reference is up to 2 × ``--frames``
 clean frames evenly spread, so that the noise floor (its two halves) compares as many frames as each
 candidate has; every generator backmaps every second of them (``backmap apply`` with the model's own
-sampling settings, plus the options GENERATORS gives: ``equivariant_dense`` is the setting for dense
-phases, docs/temperatures.md); each output is refined by ``backmap refine`` (openmm, 1 ps of restrained Langevin
+sampling settings, plus the options GENERATORS gives: ``equivariant_k8`` is the equivariant model with
+the settings it shipped with before its dense-phase ones, docs/temperatures.md); each output is refined
+by ``backmap refine`` (openmm, 1 ps of restrained Langevin
 at the folder's temperature, all bonds constrained: refine.md's sPS command; one OpenMM thread, as
 OpenMM's threads wait on each other when other jobs share the cores); then one ``backmap
 evaluate`` scores every candidate on EVALUATION.md's 11 headline observables.
@@ -50,17 +51,17 @@ EVAL_T568_SKIP = {9, 19, 41, 55, 62, 70, 76}
 HEADLINE = ["bond:C-C", "bond:C_AR-C_AR", "angle:C-C-C", "angle:C-C-H", "angle:H-C-H", "angle:C_AR-C_AR-C_AR",
             "angle:C_AR-C_AR-H_AR", "dihedral:C-C-C-C", "improper:C_AR-C_AR-C_AR-C_AR", "lj_per_molecule",
             "rdf:C-C"]
-#: each generator: its model and the options of its shipped setting (docs/equivariant.md, vae.md, voxel-gan.md)
+#: the equivariant model's sampling as shipped before its dense-phase settings (options equal to the
+#: defaults override the model's recorded ones)
+K8 = ["--candidates", "8", "--sweep-candidates", "", "--regrow-candidates", "0", "--polish", "0",
+      "--clash-distance", "0.1", "--clash-energy", "0"]
+#: each generator: its model and the options of its shipped setting ("{T}": the data set's temperature;
+#: docs/equivariant.md, vae.md, voxel-gan.md)
 GENERATORS = {
-    "equivariant": ["--model", str(REPO / "models" / "sps-equivariant")],
-    "equivariant_polish": ["--model", str(REPO / "models" / "sps-equivariant"), "--polish", "15",
-                           "--polish-sweeps", "all"],
-    "equivariant_dense": ["--model", str(REPO / "models" / "sps-equivariant"), "--polish", "15",
-                          "--polish-sweeps", "all", "--candidates", "32", "--clash-distance", "0.13",
-                          "--clash-energy", "50"],
-    "equivariant_dense64": ["--model", str(REPO / "models" / "sps-equivariant"), "--polish", "15",
-                            "--polish-sweeps", "all", "--candidates", "64", "--clash-distance", "0.13",
-                            "--clash-energy", "50"],
+    "equivariant": ["--model", str(REPO / "models" / "sps-equivariant"), "--temperature", "{T}"],
+    # the settings shipped before the dense-phase ones: K = 8 in every sweep, no guidance, clashes by distance
+    "equivariant_k8": ["--model", str(REPO / "models" / "sps-equivariant"), *K8],
+    "equivariant_polish": ["--model", str(REPO / "models" / "sps-equivariant"), *K8, "--polish", "15", "--polish-sweeps", "all"],
     "vae": ["--model", str(REPO / "models" / "sps-vae")],
     "voxel_gan": ["--model", str(REPO / "models" / "sps-voxel-gan"),
                   "--stereo-reference", str(SHARED / "train" / "aa" / "100.gro")],
@@ -129,10 +130,8 @@ def record_on_cards(metrics: dict, labels: list[str], reference: Path, descripti
     alone, with its other settings, refined)."""
     from backmap.engine.model_card import evaluation_entry, record_evaluation
 
-    names = {"equivariant_polish": "energy guidance (--polish 15 --polish-sweeps all)",
-             "equivariant_dense": "guidance for dense phases (--polish 15 --polish-sweeps all --candidates 32 "
-                                  "--clash-distance 0.13 --clash-energy 50)",
-             "equivariant_dense64": "the same with --candidates 64"}
+    names = {"equivariant_k8": "settings shipped before (K = 8, no guidance)",
+             "equivariant_polish": "settings shipped before + energy guidance (--polish 15 --polish-sweeps all)"}
     by_model: dict[str, dict[str, str]] = {}
     for label in labels:
         name = label.split(" ")[0]
@@ -161,7 +160,8 @@ def run_temperature(folder: Path, generators: list[str], n_frames: int, out: Pat
     for name in generators:
         aa = work / f"{name}.xtc"
         if not aa.exists():
-            backmap(["apply", *GENERATORS[name], "--cg", str(folder / "cg.xtc"), "--frames", ",".join(map(str, frames)),
+            options = [a.replace("{T}", f"{temperature:g}") for a in GENERATORS[name]]  # the set's temperature
+            backmap(["apply", *options, "--cg", str(folder / "cg.xtc"), "--frames", ",".join(map(str, frames)),
                      "--out", str(aa), "--seed", "1"], log)
         refined = work / f"{name}+refine.xtc"
         refine = bool(refine_steps) and name in refined_generators
@@ -230,8 +230,8 @@ def main() -> None:
         args.data, args.generators, args.refine, args.frames = [SHARED / "eval_t568"], "equivariant", None, 2
         args.refine_steps, args.out, args.model_cards = 0, Path(tmp.name), False
         # K = 2, forward pass only, no block move or repair: the same commands, cheap
-        GENERATORS["equivariant"] = GENERATORS["equivariant"] + ["--candidates", "2", "--gibbs", "0", "--regrow", "",
-                                                                 "--repair-clashes", "0"]
+        GENERATORS["equivariant"] = GENERATORS["equivariant"] + ["--candidates", "2", "--sweep-candidates", "",
+                                                                 "--gibbs", "0", "--regrow", "", "--repair-clashes", "0"]
     generators = [g for g in args.generators.split(",") if g]
     unknown = [g for g in generators if g not in GENERATORS]
     if unknown:

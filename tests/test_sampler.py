@@ -155,7 +155,7 @@ def _backmapper(cg, seed=3, **kw):
     from backmap.sampling.backmapper import BackmapSettings
 
     gen = default_registry().get("generator", "bead_centre").cls({"spread": 0.05})
-    return make_backmapper(cg, gen, BackmapSettings(candidates=4, gibbs_sweeps=1, **kw), seed=seed)
+    return make_backmapper(cg, gen, BackmapSettings(**{"candidates": 4, "gibbs_sweeps": 1, **kw}), seed=seed)
 
 
 def test_seeded_and_repeatable(hexane):
@@ -551,3 +551,21 @@ def test_concatenated_environments_keep_every_row(hexane):
         assert torch.equal(both.atom_positions[rows, :k][m], part.atom_positions[m])
         assert torch.equal(both.interaction[rows, :, :k], part.interaction)
         assert torch.equal(both.centre[rows], part.centre) and torch.equal(both.bead_positions[rows], part.bead_positions)
+
+
+@pytest.mark.parametrize("listed, start", [([2], False), ([2, 3], False), ([2, 3], True)])
+def test_sweep_candidates_set_each_sweeps_k(hexane, listed, start):
+    """The first sweeps draw as many candidates as ``sweep_candidates`` lists (the forward pass
+    first; a frame started from a structure begins at its first Gibbs sweep), the rest ``candidates``."""
+    topo, cg, x, fr = hexane
+    bm = _backmapper(cg, candidates=4, sweep_candidates=listed, gibbs_sweeps=2)
+    seen = []
+    propose = bm.generator.propose
+    bm.generator.propose = lambda batch, k, rng: seen.append(k) or propose(batch, k, rng)
+    from backmap.system.io import Frame
+
+    bm.backmap_frame(Frame(cg.apply(x), fr.dimensions, index=0), start=x if start else None)
+    sweeps = ([] if start else ["forward"]) + ["gibbs", "gibbs"]
+    expected = [listed[i] if i < len(listed) else 4 for i in range(1 if start else 0, 3)]
+    per_sweep = len(seen) // len(sweeps)
+    assert [seen[i * per_sweep:(i + 1) * per_sweep] for i in range(len(sweeps))] == [[k] * per_sweep for k in expected]

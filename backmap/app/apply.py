@@ -18,7 +18,7 @@ from backmap.system.claim import check_outputs
 from backmap.system.pairs import count_frames, select_frames
 
 #: the sampling settings ``backmap apply`` takes as options (the rest are the recipe's)
-APPLY_SAMPLING = ("selector", "selector_params", "candidates", "gibbs_sweeps", "minimize_steps", "project_cg",
+APPLY_SAMPLING = ("selector", "selector_params", "candidates", "sweep_candidates", "gibbs_sweeps", "minimize_steps", "project_cg",
                   "cg_restraint", "colouring", "separation", "electrostatics", "epsilon_rf", "polish_steps", "polish_sweeps", "stereo_reference", "tacticity",
                   "invert_stereo", "regrow",
                   "regrow_candidates", "regrow_trials", "repair_clashes", "clash_distance",
@@ -74,6 +74,8 @@ def apply_model(request: ApplyRequest) -> Backmapped:
     if taken:
         say("apply: the model's sampling settings: " + ", ".join(f"{k}={v}" for k, v in taken.items())
             + " (the options of the same names change them)")
+    if r.temperature is not None:
+        settings = _at_temperature(loaded, settings, r.temperature)
     loaded.generator.for_inference(settings.generator_params, where="--generator-param")  # refused here, early
     refiner = system = None
     if r.refiner:
@@ -86,6 +88,20 @@ def apply_model(request: ApplyRequest) -> Backmapped:
                             seed=r.seed, refiner=refiner, refine_system=system, cluster=cluster,
                             provenance={"cg": str(source), "frames": r.frames}, where="apply", reads=reads,
                             device=r.device)
+
+
+def _at_temperature(loaded, settings: BackmapSettings, temperature: float) -> BackmapSettings:
+    """``settings`` with the generator parameters for a system at ``temperature`` that the user did
+    not give (``Generator.at_temperature``)."""
+    trained_at = loaded.trained_at
+    extra = {k: v for k, v in loaded.generator.at_temperature(temperature, trained_at).items()
+             if k not in settings.generator_params}
+    if not extra:
+        return settings
+    say(f"apply: at {temperature:g} K (the model was trained at {trained_at:g} K): "
+        + ", ".join(f"{k}={v}" for k, v in extra.items()) if trained_at else
+        f"apply: at {temperature:g} K: " + ", ".join(f"{k}={v}" for k, v in extra.items()))
+    return settings.model_copy(update={"generator_params": {**settings.generator_params, **extra}})
 
 
 def _warn_placement_order(given, model_mapping: list[Path], topo) -> None:

@@ -97,7 +97,9 @@ class NonbondedOptions(BaseModel):
 class RefinerOptions(BaseModel):
     """The restrained refiner's parameters (unset: the refiner's defaults)."""
 
-    temperature: float | None = option(None, "Temperature in K (default 300).")
+    temperature: float | None = option(None, "The system's temperature in K: the refiner's (default 300) and, "
+                                             "for apply, the generator's (a model whose card records its "
+                                             "training temperature draws its bond angles as wide as at this one).")
     n_steps: int | None = option(None, "Steps per frame (default 1000).", name="--steps")
     restraint: float | None = option(None, "k of ½k|M(x) − R|² per bead, kJ/mol/nm² (default 2e5: RMS ≈ √(3kT/k)).")
     constraints: Literal["none", "h-bonds", "all-bonds"] | None = option(

@@ -71,6 +71,18 @@ class Model:
         the train step's ``sampling``): apply and the backmap step take them where nothing is given."""
         return dict(self.description.get("sampling") or {})
 
+    @property
+    def trained_at(self) -> float | None:
+        """The temperature (K) of the model's training data, as its card records it (None if not)."""
+        from backmap.engine.model_card import read_card
+
+        try:
+            card = read_card(self.directory)
+        except BackmapError:
+            return None
+        t = ((card or {}).get("training") or {}).get("temperature (K)")
+        return float(t) if t else None
+
     def refuse_output_inside(self, out: Path, option: str = "--out") -> None:
         """Outputs never go into the model package (they would replace its files or be taken for
         part of it by a later export)."""

@@ -222,6 +222,12 @@ class Generator(Plugin):
         out.params = params
         return out
 
+    def at_temperature(self, temperature: float, trained_at: float | None) -> dict[str, Any]:
+        """The :attr:`inference_params` that backmap a system at ``temperature`` (K) with this model,
+        trained at ``trained_at`` (K, its card's; None if it does not say): ``backmap apply
+        --temperature`` sets them unless given. None by default (a generator that cannot follow T)."""
+        return {}
+
     def fit(self, data: "TrainingData", context: "FitContext") -> dict[str, Any]:
         """Train on ``data.train()`` (or ``data.sequences(...)``); return a small summary (losses,
         timings) for the run report."""

@@ -44,7 +44,7 @@ class InternalCoordinateGenerator(ICInference, NetworkGenerator):
     Params = EquivariantParams
     unit = "bead"
     #: read at each proposal only: how a drawn unit is made to meet its bead, and the SHAKE closure
-    inference_params = frozenset({"recentre", "recentre_by", "project"})
+    inference_params = frozenset({"recentre", "recentre_by", "project", "angle_spread"})
     #: a whole bead — heavy atoms and hydrogens — is placed at once, so it must see the hydrogens of
     #: the beads bonded to it (hiding them let rings and backbone hydrogens overlap: LJ per molecule
     #: +519 instead of −192 kJ/mol)
@@ -78,6 +78,14 @@ class InternalCoordinateGenerator(ICInference, NetworkGenerator):
         n_frame += len(KNOWN_SHELLS) * 4 * layout["n_atom_types"] if p.transferable else 4 * known
         n_frame += N_PREVIOUS_IC if layout.get("temporal") else 0
         self.head = Head(n_context, self.tables.n_slots, n_frame, hidden=p.hidden)
+
+    def at_temperature(self, temperature: float, trained_at: float | None) -> dict:
+        """Bond angles (and free bond lengths) drawn √(T/T₀) as wide as trained: their terms are
+        harmonic, so their spread goes as √T (sPS at 330 K from a 568 K model: LJ per chain JSD 0.22 →
+        0.14, docs/temperatures.md). Dihedrals, which are not harmonic, are left as trained."""
+        if not trained_at:
+            return {}
+        return {"angle_spread": round(math.sqrt(temperature / trained_at), 4)}
 
     def _extra_context_width(self) -> int:
         """Inputs the head takes beside the encoder's scalars (a subclass's latent variables)."""

@@ -22,7 +22,8 @@ class ICDistribution:
     """The head's output for a batch of atoms (..., N_OUT), as distributions."""
 
     def __init__(self, out: torch.Tensor, theta_ref: torch.Tensor, theta_std: torch.Tensor, r_ref: torch.Tensor,
-                 bounded: bool = False):
+                 bounded: bool = False, dihedral: bool = True):
+        """``dihedral`` False: only the angle and bond length (all :meth:`sample_angle` needs)."""
         a, d = N_ANGLE, N_DIHEDRAL
         self.a_logit = torch.log_softmax(out[..., :a], -1)
         self.a_mean = theta_ref[..., None] + 1.5 * torch.tanh(out[..., a:2 * a])  # bounded: a bad step cannot fling it
@@ -38,10 +39,11 @@ class ICDistribution:
             room = torch.minimum(self.a_mean - 0.05, math.pi - 0.05 - self.a_mean) / 4
             self.a_sigma = torch.minimum(self.a_sigma, room)
         o = 3 * a
-        self.d_logit = torch.log_softmax(out[..., o:o + d], -1)
-        c, s = out[..., o + d:o + 2 * d], out[..., o + 2 * d:o + 3 * d]
-        self.d_mean = torch.atan2(s, c + 1e-9)
-        self.d_kappa = torch.exp((out[..., o + 3 * d:o + 4 * d] + 1.5).clamp(-3.0, 6.5)) + 1e-2  # σ ≥ 2°
+        if dihedral:
+            self.d_logit = torch.log_softmax(out[..., o:o + d], -1)
+            c, s = out[..., o + d:o + 2 * d], out[..., o + 2 * d:o + 3 * d]
+            self.d_mean = torch.atan2(s, c + 1e-9)
+            self.d_kappa = torch.exp((out[..., o + 3 * d:o + 4 * d] + 1.5).clamp(-3.0, 6.5)) + 1e-2  # σ ≥ 2°
         o += 4 * d
         self.r_mean = r_ref + 0.1 * torch.tanh(out[..., o])
         self.r_sigma = torch.exp((out[..., o + 1] - 4.0).clamp(-9.0, -1.0)) + 1e-4  # starts at 0.02 nm, inside the clamp
@@ -62,9 +64,12 @@ class ICDistribution:
     def sample_angle(self, generator: torch.Generator):
         """(r, θ) drawn: the bond length and angle (they do not depend on the dihedral)."""
         shape = self.a_mean.shape[:-1]
-        ia = host_random(torch.multinomial, self.a_logit.exp().reshape(-1, N_ANGLE), 1, generator=generator).view(shape)
-        mean = self.a_mean.gather(-1, ia[..., None])[..., 0]
-        sig = self.a_sigma.gather(-1, ia[..., None])[..., 0]
+        if N_ANGLE == 1:  # one component: nothing to choose
+            mean, sig = self.a_mean[..., 0], self.a_sigma[..., 0]
+        else:
+            ia = _component(self.a_logit, generator)
+            mean = self.a_mean.gather(-1, ia[..., None])[..., 0]
+            sig = self.a_sigma.gather(-1, ia[..., None])[..., 0]
         theta = (mean + sig * host_random(torch.randn, shape, generator=generator)).clamp(0.05, math.pi - 0.05)
         r = (self.r_mean + self.r_sigma * host_random(torch.randn, shape, generator=generator)).clamp(min=0.01)
         return r, theta
@@ -72,10 +77,8 @@ class ICDistribution:
     def sample_dihedral(self, generator: torch.Generator, reparameterized: bool = False) -> torch.Tensor:
         """φ drawn from the von Mises mixture; ``reparameterized``: differentiable in the mixture's
         parameters by implicit reparameterization (:func:`implicit_reparameterization`)."""
-        shape = self.d_mean.shape[:-1]
         with torch.no_grad():
-            idd = host_random(torch.multinomial, self.d_logit.exp().reshape(-1, N_DIHEDRAL), 1,
-                              generator=generator).view(shape)
+            idd = _component(self.d_logit, generator)
             mu = self.d_mean.gather(-1, idd[..., None])[..., 0]
             kappa = self.d_kappa.gather(-1, idd[..., None])[..., 0]
             phi = torch.remainder(mu + sample_von_mises(kappa, generator) + math.pi, 2 * math.pi) - math.pi
@@ -86,6 +89,14 @@ class ICDistribution:
         log_p = torch.logsumexp(self.d_logit + k * (torch.cos(phi[..., None] - self.d_mean) - 1)
                                 - torch.log(2 * math.pi * torch.special.i0e(k)), -1)
         return implicit_reparameterization(phi, cdf, log_p)
+
+
+def _component(log_weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A mixture component per row of ``log_weights`` (..., C), by inverse CDF (one uniform per
+    row; for thousands of rows several times faster than ``torch.multinomial``)."""
+    cdf = log_weights.exp().cumsum(-1)
+    u = host_random(torch.rand, log_weights.shape[:-1], generator=generator, dtype=cdf.dtype)[..., None] * cdf[..., -1:]
+    return (cdf[..., :-1] <= u).sum(-1)
 
 
 def implicit_reparameterization(sample: torch.Tensor, cdf: torch.Tensor, log_density: torch.Tensor) -> torch.Tensor:
@@ -143,10 +154,27 @@ class Head(torch.nn.Module):
     def features(self, context: torch.Tensor, slot: torch.Tensor, previous: torch.Tensor, frame: torch.Tensor):
         return self.trunk(torch.cat([self.context(context), self.slot(slot), previous, frame], -1))
 
-    def outputs(self, h: torch.Tensor, theta: torch.Tensor | None) -> torch.Tensor:
+    def unit_features(self, context: torch.Tensor):
+        """:meth:`features` for drawing a unit atom by atom: (slot, previous, frame) → features,
+        with the trunk's first layer's share of ``context`` and of every slot computed once here
+        instead of once per atom (the same numbers up to rounding)."""
+        first = self.trunk[0][0]
+        c, s = self.context.out_features, self.slot.embedding_dim
+        fixed = torch.nn.functional.linear(self.context(context), first.weight[:, :c], first.bias)
+        by_slot = self.slot.weight @ first.weight[:, c:c + s].T
+        rest = first.weight[:, c + s:].contiguous()
+
+        def features(slot: torch.Tensor, previous: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+            x = fixed + by_slot[slot] + torch.nn.functional.linear(torch.cat([previous, frame], -1), rest)
+            return self.trunk[1](self.trunk[0][2](self.trunk[0][1](x)))
+
+        return features
+
+    def outputs(self, h: torch.Tensor, theta: torch.Tensor | None, angle: torch.Tensor | None = None) -> torch.Tensor:
         """The parameter vector of :class:`ICDistribution`; ``theta`` None: the dihedral part
-        is not yet known (zeros) — only the angle and bond length may be drawn from it."""
-        a = self.angle(h)
+        is not yet known (zeros) — only the angle and bond length may be drawn from it.
+        ``angle``: ``self.angle(h)`` if already computed."""
+        a = self.angle(h) if angle is None else angle
         if theta is None:
             d = torch.zeros(*h.shape[:-1], 4 * N_DIHEDRAL, dtype=h.dtype)
         else:

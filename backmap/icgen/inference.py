@@ -83,6 +83,7 @@ class ICInference:
         rank = t.rank[v["keys"][0]]
         ext_ok = found.repeat_interleave(K, 0)
         near_types = near_types.view(B * K, NEAR_BEADS, -1)
+        head_features = self.head.unit_features(scalars)
         for a in range(U):
             c = codes[:, a]
             p, g, d = pool[rows, c[:, 0]], pool[rows, c[:, 1]], pool[rows, c[:, 2]]
@@ -92,11 +93,13 @@ class ICInference:
             prev_ic = self._previous_ics(v, torch.full((B * K,), order[a], dtype=torch.long), d, g, p, K)
             if prev_ic is not None:
                 feats = torch.cat([feats, prev_ic], -1)
-            h = self.head.features(scalars, slot[:, a], prev, feats)
+            h = head_features(slot[:, a], prev, feats)
             r_ref = self.r_ref[slot[:, a]]
             refs = (self.theta_ref[slot[:, a]], self.theta_std[slot[:, a]], r_ref, self.bounded_ics)
-            r, theta = ICDistribution(self.head.outputs(h, None), *refs).sample_angle(gen)
-            dist = ICDistribution(self.head.outputs(h, theta), *refs)
+            angle = self.head.angle(h)
+            r, theta = self._spread(ICDistribution(self.head.outputs(h, None, angle), *refs, dihedral=False)
+                                    ).sample_angle(gen)
+            dist = self._spread(ICDistribution(self.head.outputs(h, theta, angle), *refs))
             phi = dist.sample_dihedral(gen, reparameterized)
             r = torch.where(rigid[:, a], bond[:, a], r)
             placed = place(d, g, p, r, theta, phi)
@@ -116,6 +119,13 @@ class ICInference:
             pool = self._project(pool, v["keys"][0].item(), found.repeat_interleave(K, 0), U)
         out = pool[:, :U].reshape(B, K, U, 3)
         return (out, logp.view(B, K)) if with_log_prob else out
+
+    def _spread(self, dist: ICDistribution) -> ICDistribution:
+        """``dist`` with its angles' and bond lengths' spread times ``angle_spread``."""
+        scale = self.params.angle_spread
+        if scale != 1.0:
+            dist.a_sigma, dist.r_sigma = dist.a_sigma * scale, dist.r_sigma * scale
+        return dist
 
     def _recentre(self, pool: torch.Tensor, key: int, anchor_code: torch.Tensor, U: int) -> torch.Tensor:
         """Make the unit map onto its bead (the local origin) where its mapping lies wholly in it:
@@ -169,9 +179,10 @@ class ICInference:
             if solver is None:
                 continue
             rows = torch.nonzero(inverse == k)[:, 0]
-            x = pool[rows].double()
-            y, ok = solver[0].positions(x, x)
-            out[rows] = torch.where(ok[:, None, None], y.float(), pool[rows])
+            constraints, points = solver
+            x = pool[rows[:, None], points].double()
+            y, ok = constraints.positions(x, x)
+            out[rows[:, None], points] = torch.where(ok[:, None, None], y.float(), x.float())
         return out
 
     @property

@@ -56,4 +56,8 @@ class EquivariantParams(BaseModel):
     max_external_atoms: int | None = Field(None, ge=1, description="room for bonded atoms of other beads a bead's "
                                                                    "atoms are built from (default: the training "
                                                                    "system's most; sPS needs 15)")
+    angle_spread: float = Field(
+        1.0, gt=0, description="multiplies the spread of every drawn bond angle (and free bond length): "
+                               "√(T/T₀) backmaps a system at T with a model trained at T₀ (harmonic terms "
+                               "spread as √T; dihedrals are not scaled)")
     threads: int = Field(1, ge=1, description="torch threads")

@@ -314,8 +314,9 @@ class Tables:
 
         return pick(self.triples).clamp(min=0), pick(self.slot), pick(self.bond), pick(self.constrained)  # padding atoms: any point
 
-    def projection(self, key: int, active: np.ndarray) -> tuple[BondConstraints, np.ndarray] | None:
-        """The SHAKE solver of table ``key``'s rigid closures whose ends are known (``active``)."""
+    def projection(self, key: int, active: np.ndarray) -> tuple[BondConstraints, torch.Tensor] | None:
+        """The SHAKE solver of table ``key``'s rigid closures whose ends are known (``active``), on
+        just the pool points they involve, and those points' pool indices."""
         cache_key = (key, active.tobytes())
         if cache_key not in self._projections:
             t = self.tables[key]
@@ -324,8 +325,10 @@ class Tables:
             if not len(codes):
                 self._projections[cache_key] = None
             else:
-                masses = np.full(self.P, np.inf)
-                masses[:u] = t.masses
-                self._projections[cache_key] = (BondConstraints(codes, t.closure_length[active], masses,
-                                                                tolerance=1e-9, max_iterations=30), codes)
+                points = np.unique(codes)
+                masses = np.where(points < u, np.asarray(t.masses)[np.minimum(points, u - 1)], np.inf)
+                # relative tolerance 1e-7 on r²: below what float32 positions resolve
+                solver = BondConstraints(np.searchsorted(points, codes), t.closure_length[active], masses,
+                                         tolerance=1e-7, max_iterations=30)
+                self._projections[cache_key] = (solver, torch.as_tensor(points))
         return self._projections[cache_key]

@@ -11,7 +11,7 @@ import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from backmap.errors import BackmapError
-from backmap.fields import KEY_VALUES, TEXT, CommaList, KeyValues, option
+from backmap.fields import KEY_VALUES, TEXT, CommaInts, CommaList, KeyValues, option
 from backmap.system.io import Frame, atomic_path, read_frames, write_frames
 from backmap.system.mapping import CGTopology
 from backmap.system.pbc import Unwrapper
@@ -64,6 +64,11 @@ class BackmapSettings(BaseModel):
                                                      "(a vae model trained over a range of temperatures), "
                                                      "recentre_by=rotation+shift (equivariant).")
     candidates: int = option(8, "Candidates proposed per unit (K).", ge=1)
+    sweep_candidates: CommaInts = option(default_factory=list, metavar="K,K,…",
+                                         description="Candidates per unit of the first sweeps, in order (the forward "
+                                                     "pass first; comma-separated, e.g. 8,8); the sweeps after them "
+                                                     "take --candidates. Each sweep places every unit again, so the "
+                                                     "earlier ones need fewer.")
     gibbs_sweeps: int = option(2, "Gibbs sweeps after the forward pass (each unit re-placed seeing all others).",
                                name="--gibbs", ge=0)
     colouring: bool = option(False, "Never place two units whose environments overlap in the same step (molecules of "
@@ -171,7 +176,8 @@ class BackmapSettings(BaseModel):
         for (``regrow``; ``repair_clashes`` rounds; the stereocentres' inversion, with a
         ``stereo_reference`` or ``tacticity``; the CG projection, with ``project_cg`` or, when it
         is not given, ``projects_cg``: the generator's default; the closing pass of ``polish_steps``;
-        the repair rounds again on the projected frame), then ``moves``."""
+        the repair rounds again on the projected frame, and after them the inversion again), then
+        ``moves``."""
         chosen: list[MoveChoice] = []
         if self.regrow:
             chosen.append(MoveChoice(name="regrow", params={"beads": list(self.regrow), "trials": self.regrow_trials,
@@ -179,16 +185,21 @@ class BackmapSettings(BaseModel):
         repair = [MoveChoice(name="repair_clashes") for _ in range(self.repair_clashes)]  # one round each
         project = projects_cg if self.project_cg is None else self.project_cg
         chosen += repair
-        if self.invert_stereo and self.tacticity is not None:  # before the moves that relax it
-            chosen.append(MoveChoice(name="invert_stereocentres", params={"tacticity": self.tacticity}))
+        invert = []
+        if self.invert_stereo and self.tacticity is not None:
+            invert = [MoveChoice(name="invert_stereocentres", params={"tacticity": self.tacticity})]
         elif self.invert_stereo and self.stereo_reference is not None:
-            chosen.append(MoveChoice(name="invert_stereocentres"))
+            invert = [MoveChoice(name="invert_stereocentres")]
+        chosen += invert  # before the moves that relax it
         if project:
             chosen.append(MoveChoice(name="project_cg"))
         if self.polish_steps:
             chosen.append(MoveChoice(name="polish", params={"steps": self.polish_steps}))
         if project:  # the projection moves atoms without looking at contacts
             chosen += repair
+            # a unit the repair drew again has the generator's hand, not the one asked for (with
+            # clash_energy a reflected centre's hydrogens often count as a clash): put it right again
+            chosen += invert if repair else []
         return chosen + list(self.moves)
 
     def environment_keys(self) -> dict:
@@ -219,14 +230,16 @@ class Backmapper:
         #: what the generator did to fit a system it was not trained on (chemical transfer)
         self.adaptation = self.generator.adapt(self.cg_topology, self.plans)
         s = self.settings
-        options = SamplerOptions(candidates=s.candidates, gibbs_sweeps=s.gibbs_sweeps, cutoff=spec.cutoff,
+        options = SamplerOptions(candidates=s.candidates, sweep_candidates=tuple(s.sweep_candidates),
+                                 gibbs_sweeps=s.gibbs_sweeps, cutoff=spec.cutoff,
                                  colouring=s.colouring, separation=s.separation, batch_molecules=s.batch_molecules,
                                  strip_hydrogens=spec.strip_hydrogens, energy=s.energy,
                                  cg_restraint=s.cg_restraint, polish_steps=s.polish_steps,
                                  polish_sweeps=s.polish_sweeps, clash_distance=s.clash_distance, clash_energy=s.clash_energy,
                                  orient_units=s.orient_units, dock=tuple(s.dock),
                                  electrostatics=s.electrostatics, epsilon_rf=s.epsilon_rf or 0.0)
-        check_candidate_memory(self.cg_topology, self.plans, max(s.candidates, s.regrow_candidates) * s.regrow_trials,
+        check_candidate_memory(self.cg_topology, self.plans,
+                               max(s.candidates, *s.sweep_candidates, s.regrow_candidates) * s.regrow_trials,
                                spec.cutoff)
         self.chirality = None
         if s.stereo_reference is not None and s.tacticity is not None:

@@ -40,6 +40,8 @@ _BONDED = ("bond", "angle", "proper", "rb", "improper")
 @dataclass
 class SamplerOptions:
     candidates: int = 8
+    #: candidates per unit of the first sweeps in order (forward pass first); later ones: ``candidates``
+    sweep_candidates: tuple[int, ...] = ()
     gibbs_sweeps: int = 2
     cutoff: float = 0.7
     colouring: bool = False
@@ -576,9 +578,17 @@ class Sampler:
                 if sweep == "gibbs":
                     placed[:] = True
                 polish = self.polish is not None and (self.options.polish_sweeps == "all" or k == len(sweeps) - 1)
-                self._step(step, positions, placed, all_placed=sweep == "gibbs", polish=polish)
+                self._step(step, positions, placed, all_placed=sweep == "gibbs", polish=polish,
+                           candidates=self._sweep_candidates(k, start is None))
         self._last_schedule = schedule
         return to_host(positions).astype(np.float64)
+
+    def _sweep_candidates(self, k: int, forward: bool) -> int:
+        """Candidates per unit in sweep ``k`` of a frame (``forward``: its sweep 0 is the forward
+        pass; a frame started from a structure counts its first Gibbs sweep as sweep 1)."""
+        k += 0 if forward else 1
+        listed = self.options.sweep_candidates
+        return listed[k] if k < len(listed) else self.options.candidates
 
     def polish_frame(self, positions: np.ndarray, steps: int | None = None) -> np.ndarray:
         """A pass of energy guidance over the frame last backmapped (N, 3): every unit polished

@@ -11,7 +11,7 @@ from backmap.devices import host_random
 
 
 #: proposals drawn per round are about this many (each open draw gets several when few are open)
-PROPOSALS_PER_ROUND = 1024
+PROPOSALS_PER_ROUND = 4096
 
 
 def sample_von_mises(kappa: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -120,6 +120,13 @@ class VAEGenerator(InternalCoordinateGenerator):
         #: training frame's temperature (K), the networks' temperature input for its units
         self.frame_temperatures: torch.Tensor | None = None
 
+    def at_temperature(self, temperature: float, trained_at: float | None) -> dict:
+        """A model trained over a range of temperatures takes T as its input; others widen their
+        angles as the equivariant generator does."""
+        if self.conditions_on_temperature:
+            return {"temperature": temperature}
+        return super().at_temperature(temperature, trained_at)
+
     @property
     def conditions_on_temperature(self) -> bool:
         return self.params.temperatures is not None
