@@ -491,7 +491,7 @@ class OpenMMRefiner(Refiner):
                 out[k], row["centres_reinverted"], _ = invert_flipped(self._centres, self.system.topology, out[k],
                                                                       dims)
                 if row["centres_reinverted"] and self.params.stereo_relax_steps and "failed" not in row:
-                    relaxed = self._relax_reflected(out[k], target, box, seed, slower)
+                    relaxed, row["stereo_relax_tries"] = self._relax_reflected(out[k], target, box, seed, slower)
                     if relaxed is None:
                         row["stereo_relax_failed"] = 1
                     else:
@@ -501,34 +501,38 @@ class OpenMMRefiner(Refiner):
         return RefineResult(out, log)
 
     def _relax_reflected(self, x: np.ndarray, target: np.ndarray, box: np.ndarray, seed: int,
-                         slower: int = 1) -> np.ndarray | None:
+                         slower: int = 1) -> tuple[np.ndarray | None, int]:
         """From a frame whose centres were reflected back: 20 steps of the constrained steepest
         descent (a mirrored hydrogen may sit on a neighbour), then ``stereo_relax_steps`` of the
         sampling dynamics at the time step the frame's dynamics needed (÷ ``slower``), the first
-        quarter at a quarter of it, new velocities; None where they blow up (log
-        stereo_relax_failed; the reflected frame is kept)."""
+        quarter at a quarter of it, new velocities; where that blows up, once more from the
+        reflected frame with 200 descent steps and a quarter of that time step. Returns the
+        positions (None where both blow up: log stereo_relax_failed, the reflected frame is kept)
+        and the tries made (log stereo_relax_tries)."""
         import openmm as mm
         import openmm.unit as u
 
         p = self.params
-        ctx = self._load("dynamics", x, target, box)
-        try:
-            if p.constraints != "none":
-                ctx.applyConstraints(1e-6)
-            ctx.setParameter("k_restraint", p.restraint)
-            self._integrator.setCurrentIntegrator(1)
-            _reset_steepest_descent(self._integrator.getIntegrator(1), p.max_displacement)
-            self._integrator.step(20)
-            self._integrator.setCurrentIntegrator(0)
-            ctx.setVelocitiesToTemperature(p.temperature * u.kelvin, seed + 1)
-            n, dt = p.stereo_relax_steps, p.timestep / slower
-            self._dynamics.setStepSize(dt / 4)
-            _guarded_steps(self._dynamics, ctx, n // 4, box)
-            self._dynamics.setStepSize(dt)
-            _guarded_steps(self._dynamics, ctx, n - n // 4, box)
-            return self._result(ctx, self._dof)[0]
-        except mm.OpenMMException:
-            return None
+        for tries, (descent, gentler) in enumerate(((20, 1), (200, 4)), 1):
+            ctx = self._load("dynamics", x, target, box)
+            try:
+                if p.constraints != "none":
+                    ctx.applyConstraints(1e-6)
+                ctx.setParameter("k_restraint", p.restraint)
+                self._integrator.setCurrentIntegrator(1)
+                _reset_steepest_descent(self._integrator.getIntegrator(1), p.max_displacement)
+                self._integrator.step(descent)
+                self._integrator.setCurrentIntegrator(0)
+                ctx.setVelocitiesToTemperature(p.temperature * u.kelvin, seed + 1)
+                n, dt = p.stereo_relax_steps, p.timestep / (slower * gentler)
+                self._dynamics.setStepSize(dt / 4)
+                _guarded_steps(self._dynamics, ctx, n // 4, box)
+                self._dynamics.setStepSize(dt)
+                _guarded_steps(self._dynamics, ctx, n - n // 4, box)
+                return self._result(ctx, self._dof)[0], tries
+            except mm.OpenMMException:
+                continue
+        return None, tries
 
 
 def _guarded_steps(integrator, ctx, n: int, box: np.ndarray, chunk: int = 25, record=None) -> None:
