@@ -98,9 +98,8 @@ def _at_temperature(loaded, settings: BackmapSettings, temperature: float) -> Ba
              if k not in settings.generator_params}
     if not extra:
         return settings
-    say(f"apply: at {temperature:g} K (the model was trained at {trained_at:g} K): "
-        + ", ".join(f"{k}={v}" for k, v in extra.items()) if trained_at else
-        f"apply: at {temperature:g} K: " + ", ".join(f"{k}={v}" for k, v in extra.items()))
+    trained = f" (the model was trained at {trained_at:g} K)" if trained_at else ""
+    say(f"apply: at {temperature:g} K{trained}: " + ", ".join(f"{k}={v}" for k, v in extra.items()))
     return settings.model_copy(update={"generator_params": {**settings.generator_params, **extra}})
 
 

@@ -306,7 +306,8 @@ class InternalCoordinateGenerator(ICInference, NetworkGenerator):
         h = self.head.features(over_t(self._decoder_context(scalars, v)), slot, self._previous(r, theta, phi, r_ref),
                                feats)
         out = self.head.outputs(h, theta)
-        return ICDistribution(out, self.theta_ref[slot], self.theta_std[slot], r_ref, self.bounded_ics), \
+        # angle_spread as the draws have it (1 in training: an inference parameter), so log_prob is their density
+        return self._spread(ICDistribution(out, self.theta_ref[slot], self.theta_std[slot], r_ref, self.bounded_ics)), \
             (r, theta, phi), rigid
 
     def _previous(self, r, theta, phi, r_ref):

@@ -197,10 +197,13 @@ def _captured_batch(model, cg_path):
     return seen
 
 
-def test_log_prob_is_the_density_of_the_draws(hexane_run):
+@pytest.mark.parametrize("spread", [1.0, 0.7])
+def test_log_prob_is_the_density_of_the_draws(hexane_run, spread):
+    """Also for draws narrowed by angle_spread (apply --temperature): vae_mc's acceptance reads it."""
     model = load_model(hexane_run)
     gen = model.generator
-    gen.params = gen.params.model_copy(update={"project": False, "recentre": False})  # the density of the IC draws
+    gen.params = gen.params.model_copy(update={"project": False, "recentre": False,  # the density of the IC draws
+                                                "angle_spread": spread})
     batches = _captured_batch(model, hexane_run / "backmap" / "aa_cg.trr")
     assert gen.has_log_prob
     for batch in (batches[0], batches[-1]):  # a forward-pass and a Gibbs-sweep environment
