@@ -116,7 +116,7 @@ class ICInference:
         if self.params.recentre and not raw:
             pool = self._recentre(pool, v["keys"][0].item(), codes[:, 0, 0], U)
         if self.params.project and not raw:
-            pool = self._project(pool, v["keys"][0].item(), found.repeat_interleave(K, 0), U)
+            pool = self._project(pool, v["keys"][0].item(), found, U, K)
         out = pool[:, :U].reshape(B, K, U, 3)
         return (out, logp.view(B, K)) if with_log_prob else out
 
@@ -162,9 +162,10 @@ class ICInference:
         out[:, :U] = torch.where(virtual[:, None, None], shifted, turned)
         return out
 
-    def _project(self, pool: torch.Tensor, key: int, found: torch.Tensor, U: int) -> torch.Tensor:
+    def _project(self, pool: torch.Tensor, key: int, found: torch.Tensor, U: int, K: int = 1) -> torch.Tensor:
         """Rigid bonds the tree left open (ring closures, second bonds to placed atoms) to their
-        lengths, moving only the unit's atoms (SHAKE; placed atoms have infinite mass)."""
+        lengths, moving only the unit's atoms (SHAKE; placed atoms have infinite mass). ``pool``
+        holds K rows per row of ``found`` (the candidates of one environment share its pattern)."""
         table = self.tables.tables[key]
         if not len(table.closures):
             return pool
@@ -173,7 +174,8 @@ class ICInference:
         is_ext = ends[:, 1] >= U
         active[:, is_ext] = found[:, ends[is_ext, 1] - U]
         out = pool.clone()
-        patterns, inverse = torch.unique(active, dim=0, return_inverse=True)
+        patterns, inverse = torch.unique(active, dim=0, return_inverse=True)  # on B rows, not B·K: a row sort
+        inverse = inverse.repeat_interleave(K)
         for k, pattern in enumerate(patterns):
             solver = self.tables.projection(key, to_host(pattern))
             if solver is None:

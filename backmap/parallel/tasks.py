@@ -10,6 +10,7 @@ block run again elsewhere; a block is stored once, whichever attempt finishes it
 from __future__ import annotations
 
 import time
+import warnings
 import weakref
 from typing import Any, Iterator, Protocol, Sequence
 
@@ -114,9 +115,11 @@ def _run_on_cluster(job: FrameJob, blocks, todo: list[int], cluster: ClusterOpti
     with open_client(cluster, where) as client:
         shared = client.scatter(job, broadcast=True, hash=False)  # the job travels once per worker
         tag = f"backmap-{time.time_ns():x}"
-        futures = client.map(_run_block, [shared] * len(todo), [list(blocks[b]) for b in todo],
-                             [cluster.threads_per_worker] * len(todo), key=[f"{tag}-block-{b}" for b in todo],
-                             retries=0)
+        with warnings.catch_warnings():  # the frames are the tasks' inputs: they travel with them by design
+            warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
+            futures = client.map(_run_block, [shared] * len(todo), [list(blocks[b]) for b in todo],
+                                 [cluster.threads_per_worker] * len(todo), key=[f"{tag}-block-{b}" for b in todo],
+                                 retries=0)
         block_of = {f.key: b for f, b in zip(futures, todo)}
         stored: set[int] = set()
         try:

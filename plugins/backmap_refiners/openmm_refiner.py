@@ -378,19 +378,8 @@ class OpenMMRefiner(Refiner):
             projected = self._project(x)
             if projected is not None:  # else OpenMM's own solver below gets the structure as it is
                 x = projected
-        ctx = self._load("dynamics", x, target, box)
-        if p.constraints != "none":
-            ctx.applyConstraints(1e-6)
-        if minimize_steps:  # bonds are constrained here: the full restraint cannot pull them apart
-            ctx.setParameter("k_restraint", p.restraint)
-            self._integrator.setCurrentIntegrator(1)
-            _reset_steepest_descent(self._integrator.getIntegrator(1), p.max_displacement)
-            self._integrator.step(minimize_steps)
-            self._integrator.setCurrentIntegrator(0)
-        ctx.setVelocitiesToTemperature(p.temperature * u.kelvin, seed)
-        if p.warmup_steps:
-            self._dynamics.setStepSize(p.timestep / 4)
-            _guarded_steps(self._dynamics, ctx, p.warmup_steps, box)
+        ctx = self._start_dynamics(x, target, box, minimize_steps, seed)
+        self._warm_up(ctx, p.warmup_steps, p.timestep / 4, box)
         self._dynamics.setStepSize(p.timestep / slower)
         if p.integrator == "ghmc":  # count the sampling steps' decisions only
             self._dynamics.setGlobalVariableByName("n_trials", 0.0)
@@ -510,29 +499,45 @@ class OpenMMRefiner(Refiner):
         positions (None where both blow up: log stereo_relax_failed, the reflected frame is kept)
         and the tries made (log stereo_relax_tries)."""
         import openmm as mm
-        import openmm.unit as u
 
         p = self.params
         for tries, (descent, gentler) in enumerate(((20, 1), (200, 4)), 1):
-            ctx = self._load("dynamics", x, target, box)
             try:
-                if p.constraints != "none":
-                    ctx.applyConstraints(1e-6)
-                ctx.setParameter("k_restraint", p.restraint)
-                self._integrator.setCurrentIntegrator(1)
-                _reset_steepest_descent(self._integrator.getIntegrator(1), p.max_displacement)
-                self._integrator.step(descent)
-                self._integrator.setCurrentIntegrator(0)
-                ctx.setVelocitiesToTemperature(p.temperature * u.kelvin, seed + 1)
+                ctx = self._start_dynamics(x, target, box, descent, seed + 1)
                 n, dt = p.stereo_relax_steps, p.timestep / (slower * gentler)
-                self._dynamics.setStepSize(dt / 4)
-                _guarded_steps(self._dynamics, ctx, n // 4, box)
+                self._warm_up(ctx, n // 4, dt / 4, box)
                 self._dynamics.setStepSize(dt)
                 _guarded_steps(self._dynamics, ctx, n - n // 4, box)
                 return self._result(ctx, self._dof)[0], tries
             except mm.OpenMMException:
                 continue
         return None, tries
+
+    def _start_dynamics(self, x: np.ndarray, target: np.ndarray, box: np.ndarray, descent: int, seed: int):
+        """The dynamics context holding ``x``: constraints applied, ``descent`` steps of the
+        constrained steepest descent under the full restraint (bonds constrained: the restraint
+        cannot pull them apart), velocities drawn at the temperature from ``seed``."""
+        import openmm.unit as u
+
+        p = self.params
+        ctx = self._load("dynamics", x, target, box)
+        if p.constraints != "none":
+            ctx.applyConstraints(1e-6)
+        if descent:
+            ctx.setParameter("k_restraint", p.restraint)
+            self._integrator.setCurrentIntegrator(1)
+            _reset_steepest_descent(self._integrator.getIntegrator(1), p.max_displacement)
+            self._integrator.step(descent)
+            self._integrator.setCurrentIntegrator(0)
+        ctx.setVelocitiesToTemperature(p.temperature * u.kelvin, seed)
+        return ctx
+
+    def _warm_up(self, ctx, steps: int, timestep: float, box: np.ndarray) -> None:
+        """``steps`` of the sampling dynamics at a reduced ``timestep`` (fresh velocities meet the
+        strain a descent left)."""
+        if steps:
+            self._dynamics.setStepSize(timestep)
+            _guarded_steps(self._dynamics, ctx, steps, box)
 
 
 def _guarded_steps(integrator, ctx, n: int, box: np.ndarray, chunk: int = 25, record=None) -> None:
