@@ -6,10 +6,11 @@ phases)"); docs/temperatures.md.
         [--generators equivariant,equivariant_k8,equivariant_polish,vae,voxel_gan] [--refine equivariant] [--frames 20] \
         [--refine-steps 500] [--out runs/temperatures]
 
-``--data`` takes folders made by ``scripts/make_sps_temperature_data.sh T`` (aa.xtc, cg.xtc, md.mdp,
-topol.top) or DBM's ``../shared/data/sps/eval_t568`` (the training temperature, as the same command's
-baseline; its frames identical to training snapshots are left out). The temperature is read from the
-folder's name (``sps-T450``, ``eval_t568``). Per temperature: the reference is up to 2 × ``--frames``
+``--data`` takes folders made by ``scripts/make_sps_temperature_data.sh T`` or
+``scripts/make_sps_crystal_data.sh`` (aa.xtc, cg.xtc, md.mdp, topol.top) or DBM's
+``../shared/data/sps/eval_t568`` (the training temperature, as the same command's baseline; its
+frames identical to training snapshots are left out). The temperature is read from the folder's name
+(``sps-T450``, ``eval_t568``, ``sps-crystal-T300``). Per data set: the reference is up to 2 × ``--frames``
 clean frames evenly spread, so that the noise floor (its two halves) compares as many frames as each
 candidate has; every generator backmaps every second of them (``backmap apply`` with the model's own
 sampling settings, plus the options GENERATORS gives: ``equivariant_k8`` is the equivariant model with
@@ -69,11 +70,27 @@ GENERATORS = {
 
 
 def temperature_of(folder: Path) -> float:
-    """The temperature a data folder is at, from its name (sps-T450, eval_t568)."""
+    """The temperature a data folder is at, from its name (sps-T450, eval_t568, sps-crystal-T300)."""
     match = re.search(r"[tT](\d+)$", folder.name)
     if not match:
         sys.exit(f"error: {folder}: cannot read a temperature from the folder's name (expected e.g. sps-T450)")
     return float(match.group(1))
+
+
+def is_melt(folder: Path) -> bool:
+    """A melt of scripts/make_sps_temperature_data.sh or DBM's 568 K set (else e.g. the ordered state
+    of scripts/make_sps_crystal_data.sh, sps-crystal-T300)."""
+    return re.fullmatch(r"sps-T\d+|eval_t568", folder.name) is not None
+
+
+def description_of(folder: Path) -> str:
+    """What a data folder holds, for the model cards."""
+    if folder.name == "eval_t568":
+        return "DeepBackmap's sPS evaluation set (DBM_SPS/eval_t568: its published sPS data, not shipped; " \
+            "training copies left out)"
+    if is_melt(folder):
+        return f"the sPS melt of {folder.name} (scripts/make_sps_temperature_data.sh)"
+    return f"the sPS state of {folder.name} (its README.md)"
 
 
 def clean_frames(folder: Path, n: int) -> list[int]:
@@ -150,7 +167,7 @@ def run_temperature(folder: Path, generators: list[str], n_frames: int, out: Pat
                     refined_generators: list[str], model_cards: bool = False) -> list[dict]:
     temperature = temperature_of(folder)
     topology, mdp = files_of(folder)
-    work = out / f"T{temperature:g}"
+    work = out / (f"T{temperature:g}" if is_melt(folder) else folder.name)
     work.mkdir(parents=True, exist_ok=True)
     log = work / "commands.log"
     reference_frames = clean_frames(folder, 2 * n_frames)
@@ -182,11 +199,8 @@ def run_temperature(folder: Path, generators: list[str], n_frames: int, out: Pat
                  *label_args, *trajectories], log)
     metrics = json.loads(evaluated.read_text())
     if model_cards:
-        source = "DeepBackmap's sPS evaluation set (DBM_SPS/eval_t568: its published sPS data, not shipped; " \
-            "training copies left out)" \
-            if folder.name == "eval_t568" else f"the sPS melt of {folder.name} (scripts/make_sps_temperature_data.sh)"
         record_on_cards(metrics, labels, work / "reference.xtc",
-                        f"{source} at {temperature:g} K: {len(reference_frames)} reference frames, every second "
+                        f"{description_of(folder)} at {temperature:g} K: {len(reference_frames)} reference frames, every second "
                         f"backmapped (seed 1), 11 headline observables")
     summary = metrics["summary"]["mean_jsd_headline"]
     obs = metrics["observables"]
@@ -195,7 +209,7 @@ def run_temperature(folder: Path, generators: list[str], n_frames: int, out: Pat
         def score(key: str, field: str = "mean", label: str = label):
             value = obs.get(key, {}).get("candidates", {}).get(label, {}).get(field)
             return None if value is None else round(float(value), 5)
-        rows.append({"temperature": temperature, "candidate": label, "frames": len(frames),
+        rows.append({"set": folder.name, "temperature": temperature, "candidate": label, "frames": len(frames),
                      "reference_frames": len(reference_frames),
                      "mean_jsd": round(summary["candidates"][label], 4), "noise_floor": round(summary["noise_floor"], 4),
                      "cg_rmsd_nm": score("cg_rmsd"), "stereo_kept": score("stereo:chirality", "preserved"),
@@ -208,7 +222,8 @@ def run_temperature(folder: Path, generators: list[str], n_frames: int, out: Pat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", nargs="+", type=Path, required="--quick" not in sys.argv,
-                        help="folders from scripts/make_sps_temperature_data.sh, or ../shared/data/sps/eval_t568")
+                        help="folders from scripts/make_sps_temperature_data.sh or make_sps_crystal_data.sh, "
+                             "or ../shared/data/sps/eval_t568")
     parser.add_argument("--generators", default="equivariant,equivariant_polish,vae,voxel_gan",
                         help=f"comma-separated, of {', '.join(GENERATORS)}")
     parser.add_argument("--frames", type=int, default=20, help="frames each generator backmaps per temperature")

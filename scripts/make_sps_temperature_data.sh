@@ -61,72 +61,9 @@ export GMX_MAXBACKUP=-1 OMP_NUM_THREADS=$NT
 command -v "$GMX" >/dev/null || { echo "error: $GMX not found (bash scripts/system-deps.sh)" >&2; exit 1; }
 [[ -r "$SPS/eval_t568/aa.gro" ]] || { echo "error: $SPS/eval_t568/aa.gro missing (the shared sPS data)" >&2; exit 1; }
 [[ -r "$TOP/topol.top" ]] || { echo "error: $TOP/topol.top missing (TOP: the topology folder)" >&2; exit 1; }
-# the .itp files beside topol.top that it #includes (force-field folders are left to grompp's search path)
-ITPS=()
-while read -r inc; do
-    [[ "$inc" == */* || "$inc" != *.itp ]] && continue
-    [[ -r "$TOP/$inc" ]] || { echo "error: $TOP/$inc (included by $TOP/topol.top) missing" >&2; exit 1; }
-    ITPS+=("$inc")
-done < <(sed -n 's/^[[:space:]]*#include[[:space:]]*"\([^"]*\)".*/\1/p' "$TOP/topol.top")
-if [[ "$TOP" -ef "$SPS/top" ]]; then
-    TOP_DESC="shared/data/sps/top/topol.top${ITPS[*]:+, ${ITPS[*]}}"
-else
-    TOP_DESC="$TOP/topol.top${ITPS[*]:+ + ${ITPS[*]}}"
-fi
+source "$SCRIPT_DIR/lib/sps_md.sh"  # steps, interactions, stage, berendsen, sps_includes
+sps_includes
 [[ -x "$REPO/.venv/bin/backmap" ]] || { echo "error: $REPO/.venv/bin/backmap missing (bash scripts/setup.sh)" >&2; exit 1; }
-
-steps() { awk -v ps="$1" -v dt="$DT" 'BEGIN { printf "%d", ps / dt + 0.5 }'; }
-
-# the interactions of every stage: DBM's md.mdp (reaction field, 1.0 nm), bonds constrained
-interactions() {
-    cat <<EOF
-cutoff-scheme            = Verlet
-nstlist                  = 10
-pbc                      = xyz
-coulombtype              = Reaction-Field
-rcoulomb                 = 1.0
-epsilon-rf               = 2.5
-epsilon-r                = 1.0
-vdwtype                  = Cut-off
-rvdw                     = 1.0
-DispCorr                 = EnerPres
-constraints              = all-bonds
-constraint-algorithm     = Lincs
-lincs-order              = 4
-lincs-iter               = 1
-comm-mode                = Linear
-nstcomm                  = 100
-tcoupl                   = v-rescale
-tc-grps                  = System
-tau-t                    = 0.2
-ld-seed                  = $SEED
-compressibility          = 4.5e-5 4.5e-5 4.5e-5 0 0 0
-ref-p                    = 1.01325 1.01325 1.01325 0 0 0
-EOF
-}
-
-# the run control every stage shares: stage COMMENT PS CONTINUATION XTC_EVERY_STEPS
-stage() {
-    cat <<EOF
-; $1
-integrator               = md
-dt                       = ${DT}
-nsteps                   = $(steps "$2")
-continuation             = $3
-nstxout-compressed       = $4
-nstenergy                = 500
-nstlog                   = 5000
-EOF
-}
-
-# the annealing's and equilibration's barostat: relaxes the box to T's density without swings
-berendsen() {
-    cat <<EOF
-pcoupl                   = Berendsen
-pcoupltype               = anisotropic
-tau-p                    = 2.0
-EOF
-}
 
 source "$SCRIPT_DIR/lib/work.sh"
 for T in "$@"; do

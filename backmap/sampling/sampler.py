@@ -225,12 +225,16 @@ class UnitEnergy:
 
     def prepare(self, moltype: str, step: int, first_atom: torch.Tensor, units: torch.Tensor) -> dict:
         """Index tables of one step's bonded terms, all kinds fused: one gather of every term
-        atom (B, A), the candidate slot that replaces each and each kind's span. They depend only
-        on the topology and the unit group, so they are cached across frames."""
-        key = (moltype, step, to_host(first_atom).tobytes())
+        atom (B, A), the candidate slot that replaces each and each kind's span. All but the
+        gather depend only on the topology and the step, so they are cached across frames and
+        molecule groups (any subset of a step's molecules costs one addition)."""
+        key = (moltype, step)
         st = self._cache.get(key)
-        if st is not None:
-            return st
+        if st is None:
+            st = self._cache[key] = self._prepare_step(moltype, step, first_atom, units)
+        return st if st["local_all"] is None else {**st, "glob": first_atom[:, None] + st["local_all"][None]}
+
+    def _prepare_step(self, moltype: str, step: int, first_atom: torch.Tensor, units: torch.Tensor) -> dict:
         terms = self.local[moltype][step]
         unit_atoms = [int(a) for a in (units[0] - first_atom[0]).tolist()]
         local, spans, params, offset = [], [], [], 0
@@ -240,7 +244,7 @@ class UnitEnergy:
             spans.append((name, offset, T, k))
             params.append(par)
             offset += T * k
-        st = {"glob": None, "pair": None}
+        st = {"glob": None, "pair": None, "local_all": None}
         if local:
             local_all = torch.cat(local)
             slot = torch.full_like(local_all, -1)
@@ -253,9 +257,8 @@ class UnitEnergy:
             for _name, _off, T, k in spans:
                 member[row + torch.arange(T * k), col + torch.arange(T).repeat_interleave(k)] = 1.0
                 row, col = row + T * k, col + T
-            st.update(glob=first_atom[:, None] + local_all[None], spans=spans, params=params, is_unit=is_unit,
+            st.update(local_all=local_all, spans=spans, params=params, is_unit=is_unit,
                       unit_cols=torch.nonzero(is_unit)[:, 0], unit_slot=slot[is_unit], member=member)
-        self._cache[key] = st
         return st
 
     def __call__(self, moltype: str, step: int, first_atom: torch.Tensor, candidates: torch.Tensor,
@@ -707,8 +710,10 @@ class Sampler:
         return [i[hot], j[hot]]
 
     def _repair_clashes(self, schedule: list, positions: torch.Tensor, placed: torch.Tensor) -> int:
-        """One round of clash repair: the units holding a clashing atom, drawn again in Gibbs mode
-        one at a time, in plan order. Returns how many units there were."""
+        """One round of clash repair: the units holding a clashing atom drawn again in Gibbs mode,
+        in plan order, those of one step together (as a sweep places them: a step's units in two
+        molecules do not see each other's new places; what they leave, the next round finds).
+        Returns how many units there were."""
         bad = np.zeros(len(positions), bool)
         bad[self.clashing_atoms(positions)] = True
         n = 0
@@ -716,11 +721,13 @@ class Sampler:
         for block in schedule:
             for name, s, meta, groups in block:
                 for g, atoms, bead, pred, frame, first_atom, idx, _est in groups:
-                    for r in np.flatnonzero(bad[np.clip(atoms, 0, None)].any(1)):
-                        one = (g[r:r + 1], atoms[r:r + 1], bead[r:r + 1], pred[r:r + 1], frame[r:r + 1],
-                               first_atom[r:r + 1], idx[r:r + 1], None)
-                        self._step((name, s, meta, [one]), positions, placed, all_placed=True)
-                        n += 1
+                    rows = np.flatnonzero(bad[np.clip(atoms, 0, None)].any(1))
+                    if not len(rows):
+                        continue
+                    held = torch.as_tensor(rows)
+                    units = (g[rows], atoms[rows], bead[rows], pred[rows], frame[rows], first_atom[held], idx[held], None)
+                    self._step((name, s, meta, [units]), positions, placed, all_placed=True)
+                    n += len(rows)
         self.repaired_units += n
         return n
 

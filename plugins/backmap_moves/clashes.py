@@ -21,11 +21,11 @@ class RepairReport:
 
 class RepairClashes(Move):
     """One round of clash repair: every unit holding an atom closer than 0.1 nm to an atom more
-    than three bonds away is drawn again in Gibbs mode, one unit at a time, in plan order
+    than three bonds away is drawn again in Gibbs mode, in plan order, a step's units together
     (``--repair-clashes N`` makes N rounds, and N more after the CG projection)."""
 
     name = "repair_clashes"
-    summary = "draw again, one at a time, the units holding an atom closer than 0.1 nm to a non-bonded one"
+    summary = "draw again the units holding an atom closer than 0.1 nm to a non-bonded one"
     Params = RepairParams
     Report = RepairReport
 
