@@ -275,6 +275,30 @@ def test_prepared_statics_equal_lazy_ones(hexane):
             assert torch.equal(getattr(a, f), getattr(b, f)), f
 
 
+def test_unit_energy_of_some_molecules_equals_those_rows_of_the_group(hexane):
+    """Clash repair scores a subset of a step's molecules: the energy tables prepared for the subset
+    (cached once per step) give exactly those molecules' rows of the whole group's energies."""
+    topo, cg, x, fr = hexane
+    s = _backmapper(cg).sampler
+    pos = torch.as_tensor(x, dtype=torch.float32)
+    placed = torch.ones(len(x), dtype=torch.bool)
+    s.builder.set_frame(cg.apply(x), fr.box)
+    name, st, meta, groups = s._schedule()[0][2]
+    g, atoms, bead, pred, frame, first_atom, idx, est = groups[0]
+    gen = torch.Generator().manual_seed(0)
+    cand = pos[idx][:, None] + 0.02 * torch.randn(len(idx), 3, *idx.shape[1:], 3, generator=gen)
+    env = s.builder.build(name, atoms, bead, pred, pos, placed, frame_beads=frame, compact=True)
+    whole = s.energy(name, st, first_atom, cand, env, pos, placed, static=est, all_placed=True)
+    cached = len(s.energy._cache)  # one entry per step (the schedule prepared them all)
+    rows = np.array([1, len(g) - 1])
+    held = torch.as_tensor(rows)
+    sub_env = s.builder.build(name, atoms[rows], bead[rows], pred[rows], pos, placed, frame_beads=frame[rows],
+                              compact=True)
+    some = s.energy(name, st, first_atom[held], cand[held], sub_env, pos, placed, all_placed=True)
+    assert torch.allclose(some, whole[held], rtol=1e-5, atol=1e-3)
+    assert len(s.energy._cache) == cached == len(s._schedule()[0])  # per step, whatever molecules are asked for
+
+
 def test_unit_energy_on_compacted_lists(hexane):
     """Candidate energies do not depend on the neighbour-list layout, the Gibbs shortcut
     (``all_placed``) changes nothing when everything is placed, and in the forward pass bonded
