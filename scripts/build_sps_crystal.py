@@ -3,9 +3,9 @@
 
 Used by scripts/make_sps_crystal_data.sh.
 
-  build ITP OUT.gro [--nx 6 --ny 6]
+  build TOP OUT.gro [--nx 6 --ny 6]
       NX x NY all-trans (TTTT) syndiotactic 10-mers of molecule type PS1 (atom names and order from
-      ITP), chain axes along z, packed side by side in a rectangular box. Pure geometry and a grid
+      TOP), chain axes along z, packed side by side in a rectangular box. Pure geometry and a grid
       search, no random numbers: the same file every run (~1 min).
   order GRO XTC [--label L]
       The order of a trajectory: tacticity of the CH stereocentres, fraction of trans backbone
@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 
 import numpy as np
@@ -58,31 +57,12 @@ MASS = {"C": 12.011, "H": 1.008}
 H_INDEX = {o + k for o in range(0, N_MON * PER_MON, PER_MON) for k in (0, 2, 3, 7, 9, 11, 13, 15)} | {160, 161}
 
 
-def itp_atoms(itp: str) -> list[str]:
-    """The atom names of the first [atoms] section of ITP, in order."""
-    names, on = [], False
-    for line in open(itp):
-        line = line.split(";")[0].strip()
-        if line.startswith("["):
-            on = re.sub(r"\s", "", line) == "[atoms]"
-            continue
-        if on and line:
-            names.append(line.split()[4])
-    return names
+def chain_topology(top: str) -> tuple[list[str], list[tuple[int, int]]]:
+    """Atom names and bonds (0-based pairs) of TOP's first molecule type, by backmap's reader."""
+    from backmap.engine.loaders import load_topology
 
-
-def itp_bonds(itp: str) -> list[tuple[int, int]]:
-    """The bonds (0-based atom pairs) of the first [bonds] section of ITP."""
-    bonds, on = [], False
-    for line in open(itp):
-        line = line.split(";")[0].strip()
-        if line.startswith("["):
-            on = re.sub(r"\s", "", line) == "[bonds]"
-            continue
-        if on and line:
-            i, j = sorted(int(x) - 1 for x in line.split()[:2])
-            bonds.append((i, j))
-    return bonds
+    moltype = load_topology(top).blocks[0].moltype
+    return [str(n) for n in moltype.atom_names], [tuple(sorted(int(i) for i in b)) for b in moltype.bonds]
 
 
 def backbone_index() -> list[int]:
@@ -209,13 +189,12 @@ def write_gro(path: str, names: list[str], xyz: np.ndarray, box: np.ndarray, tit
 
 
 def cmd_build(args) -> None:
-    names = itp_atoms(args.itp)
+    names, bonds = chain_topology(args.top)
     assert len(names) == N_MON * PER_MON + 2 and names[1] == "C2" and names[148] == "C149", names[:5]
     chain = build_chain()
     xyz, box, lattice = pack(chain, args.nx, args.ny)
     # no overlaps: within a chain, every pair closer than 0.2 nm must be bonded or angle-bonded
     # (1-2 or 1-3), and no two chains may come closer than 0.15 nm
-    bonds = itp_bonds(args.itp)
     nbr = {i: set() for i in range(len(names))}
     for i, j in bonds:
         nbr[i].add(j)
@@ -302,7 +281,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build")
-    b.add_argument("itp")
+    b.add_argument("top", help="GROMACS topology whose first molecule type is PS1 (topol.top)")
     b.add_argument("out")
     b.add_argument("--nx", type=int, default=6)
     b.add_argument("--ny", type=int, default=6)

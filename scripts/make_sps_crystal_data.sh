@@ -93,7 +93,7 @@ cp "$TOP/topol.top" .
 for itp in ${ITPS[@]+"${ITPS[@]}"}; do cp "$TOP/$itp" .; done
 
 log "sps-crystal: build the ordered start (all-trans syndiotactic chains on a lattice)"
-run build.log "$PYTHON" "$SCRIPT_DIR/build_sps_crystal.py" build "$TOP/PS1.itp" start.gro
+run build.log "$PYTHON" "$SCRIPT_DIR/build_sps_crystal.py" build "$TOP/topol.top" start.gro
 build_info=$(tail -n 1 build.log)
 n_mol=$(awk 'NR == 2 { printf "%d", $1 / 162 }' start.gro)
 [[ "$n_mol" -eq 36 ]] || { echo "error: the start has $n_mol chains, topol.top 36" >&2; exit 1; }
