@@ -473,12 +473,17 @@ def test_clash_repair_redraws_the_clashing_units(hexane):
     assert len(found) > 10 and sampler.repaired_units == 0
     near = set(pairs_within(topo, 3).tolist())
     n = len(y)
-    brute = set()
-    for a in range(n):
-        r = np.linalg.norm(minimum_image(y[a + 1:] - y[a], fr.dimensions), axis=-1)
-        for b in np.flatnonzero(r < 0.1) + a + 1:
-            if a * n + b not in near:
-                brute.update((a, int(b)))
+
+    def brute_force(distance):
+        atoms = set()
+        for a in range(n):
+            r = np.linalg.norm(minimum_image(y[a + 1:] - y[a], fr.dimensions), axis=-1)
+            for b in np.flatnonzero(r < distance) + a + 1:
+                if a * n + b not in near:
+                    atoms.update((a, int(b)))
+        return atoms
+
+    brute = brute_force(0.1)
     assert set(found.tolist()) == brute
     # --clash-distance widens what counts: the 0.1 nm clashes and more
     wider = make_backmapper(cg, default_registry().get("generator", "bead_centre").cls({"spread": 0.12}),
@@ -495,16 +500,26 @@ def test_clash_repair_redraws_the_clashing_units(hexane):
     block = topo.blocks[0]
     excluded = {tuple(r) for r in block.global_rows(excluded_pairs(block.moltype).reshape(-1, 2)).tolist()}
     lj_type, c6, c12 = sampler.energy.lj_type.numpy(), sampler.energy.c6.numpy(), sampler.energy.c12.numpy()
-    hot = set()
+    pair_energy = {}
     for a in range(n):
         r = np.linalg.norm(minimum_image(y[a + 1:] - y[a], fr.dimensions), axis=-1)
         for b in np.flatnonzero(r < 0.3) + a + 1:
             t, u = lj_type[a], lj_type[b]
             e = c12[t, u] / r[b - a - 1] ** 12 - c6[t, u] / r[b - a - 1] ** 6
-            if (a, int(b)) not in excluded and (int(b), a) not in excluded and e > 50.0:
-                hot.update((a, int(b)))
+            if (a, int(b)) not in excluded and (int(b), a) not in excluded:
+                pair_energy[a, int(b)] = e
+
+    def hot_above(energy):
+        return {atom for pair, e in pair_energy.items() if e > energy for atom in pair}
+
+    hot = hot_above(50.0)
     assert len(hot) > 10
     assert set(sampler.clashing_atoms(torch.as_tensor(y, dtype=torch.float32)).tolist()) == hot
+    # both at once (one search to the farther reach): the union of the two
+    sampler.options.clash_distance, sampler.options.clash_energy = 0.13, 5000.0
+    wide, hotter = brute_force(0.13), hot_above(5000.0)
+    assert wide - hotter and hotter - wide  # each finds atoms the other does not
+    assert set(sampler.clashing_atoms(torch.as_tensor(y, dtype=torch.float32)).tolist()) == hotter | wide
     sampler.options.clash_distance, sampler.options.clash_energy = 0.1, 0.0
     for seed in (0, 1):
         sampler, y = run(seed, 3)

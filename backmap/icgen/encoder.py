@@ -30,6 +30,17 @@ def mlp(*sizes: int) -> torch.nn.Sequential:
     return torch.nn.Sequential(*layers[:-1])
 
 
+def weighted_sums(net: torch.nn.Sequential, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Σ_n mask_n net(x_n)_c y_n,d (B, C, D) for neighbours x (B, N, F), mask (B, N), y (B, N, D)
+    and an :func:`mlp` ``net``: its last layer is linear, so it is applied once to the sum over
+    neighbours instead of once per neighbour (the same numbers up to rounding; the widest layer
+    is the last, 152 channels against 48 on sPS)."""
+    last = net[-1]
+    z = net[:-1](x) * mask[..., None]  # (B, N, H)
+    summed = y.transpose(1, 2) @ z  # (B, D, H): 6x faster than zᵀ y (B, H, D) on CPU
+    return (summed @ last.weight.T + (mask[..., None] * y).sum(1)[..., None] * last.bias).transpose(1, 2)
+
+
 class Encoder(torch.nn.Module):
     """Local environment → (scalars (B, n_scalars), vectors (B, n_vectors, 3))."""
 
@@ -96,8 +107,11 @@ class Encoder(torch.nn.Module):
         bead directions are first summed with each channel's weights (one batched matmul), then
         coupled with h1 once per environment instead of once per bead — the same numbers
         (tested against ``tp``), 70× fewer tensor products on sPS."""
+        return self._coupled(h1, w.transpose(1, 2) @ y)
+
+    def _coupled(self, h1: torch.Tensor, summed: torch.Tensor) -> torch.Tensor:
+        """:meth:`bead_messages` from ``summed`` (B, W, 9) = Σ_L w_L,c Y_L."""
         B = h1.shape[0]
-        summed = w.transpose(1, 2) @ y  # (B, W, 9): Σ_L w_L,c Y_L
         out = []
         for s1, mul, d1, s2, first, name in self._paths:
             x1 = h1[:, s1].reshape(B, mul, d1, 1)
@@ -114,11 +128,13 @@ class Encoder(torch.nn.Module):
         beads (B, L, 3), (B, L), (B, L). Positions in the unit's local frame (nm)."""
         B = atom_positions.shape[0]
         U = interaction.shape[1]
-        # per-neighbour scalar features: atom type + Σ_u relation to unit atom u
+        # per-neighbour scalar features: atom type + Σ_u relation to unit atom u (one bag per neighbour)
         key = target_types[:, :, None] if self.relations_by_type else torch.arange(U)[None, :, None]
-        inter = interaction.long() + self.n_interactions * key
-        rel = (self.inter_embed(inter) * target_mask[:, :, None, None]).sum(1)  # (B, K, emb)
-        f_atom = self.atom_embed(atom_types) + rel
+        inter = (interaction.long() + self.n_interactions * key).transpose(1, 2)  # (B, K, U)
+        weights = target_mask.to(self.inter_embed.weight.dtype)[:, None, :].expand_as(inter)
+        rel = torch.nn.functional.embedding_bag(inter.reshape(-1, U), self.inter_embed.weight, mode="sum",
+                                                per_sample_weights=weights.reshape(-1, U))
+        f_atom = self.atom_embed(atom_types) + rel.view(*inter.shape[:2], self.inter_embed.embedding_dim)
         f_bead = self.bead_embed(bead_types)
         pos = torch.cat([atom_positions, bead_positions], 1)
         feat = torch.cat([f_atom, f_bead], 1)
@@ -127,16 +143,16 @@ class Encoder(torch.nn.Module):
         basis = self._basis(r)
         y = o3.spherical_harmonics(self.sh, pos, normalize=True, normalization="component")
         y = torch.where((r > 1e-6)[..., None], y, torch.zeros_like(y))
-        w = self.radial1(torch.cat([basis, feat], -1)) * mask[..., None]
         W, V = self.width, self.vectors
-        h1 = torch.cat([w[..., :W].sum(1),
-                        torch.einsum("bnc,bni->bci", w[..., W:W + V], y[..., 1:4]).flatten(1),
-                        torch.einsum("bnc,bni->bci", w[..., W + V:], y[..., 4:9]).flatten(1)], -1)
+        # first layer: Σ_n w_n,c (1 | Y_1 | Y_2), the scalar channels summed plain
+        ones_y = torch.cat([torch.ones_like(y[..., :1]), y[..., 1:]], -1)
+        s1 = weighted_sums(self.radial1, torch.cat([basis, feat], -1), mask, ones_y)  # (B, W + V + T, 9)
+        h1 = torch.cat([s1[:, :W, 0], s1[:, W:W + V, 1:4].flatten(1), s1[:, W + V:, 4:9].flatten(1)], -1)
         h1 = h1 / 8.0
         # second layer: tensor products with the neighbour beads' directions
         nb = atom_positions.shape[1]
-        w2 = self.radial2(torch.cat([basis[:, nb:], f_bead], -1)) * mask[:, nb:, None]
-        m2 = self.bead_messages(h1, y[:, nb:], w2) / 4.0
+        summed = weighted_sums(self.radial2, torch.cat([basis[:, nb:], f_bead], -1), mask[:, nb:], y[:, nb:])
+        m2 = self._coupled(h1, summed) / 4.0
         h = torch.cat([m2[:, self.perm], h1], -1)
         h = self.gate(self.linear(h))
         s = self.pre(h)

@@ -20,6 +20,7 @@ Positions are (F, N, 3) tensors, usually float64 (the tolerance 1e-10 needs it).
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -189,25 +190,30 @@ class BondConstraints:
         if not self.n_constraints:
             return x, torch.ones(x.shape[0], dtype=torch.bool)
         fac = x_ref if isinstance(x_ref, Factorization) else self.factorize(x_ref)
-        r_ref = fac.bonds
-        factors = fac.factors
         F = x.shape[0]
         quasi = True
-        previous = None
+        previous = x.new_full((F,), math.inf)
         failed = ~fac.ok
+        x = x.clone()
+        open_ = torch.arange(F)  # the frames still iterating: converged ones leave the batch
+        r_ref, factors = fac.bonds, fac.factors
         for it in range(self.max_iterations):
-            r = self.bond_vectors(x)
+            xo = x[open_]
+            r = self.bond_vectors(xo)
             sigma = (r * r).sum(-1) - self.d2
             err = (sigma / self.d2).abs().amax(-1)
             done = err <= self.tolerance
             # no root along the constraint forces (step too large): Newton wanders or diverges
-            failed |= ~done & ((err > 1.0) & (it >= 3) | (err > 1e-4) & (it >= 15) | ~torch.isfinite(err))
-            active = ~done & ~failed
-            if not bool(active.any()):
+            failed[open_] |= ~done & ((err > 1.0) & (it >= 3) | (err > 1e-4) & (it >= 15) | ~torch.isfinite(err))
+            keep = ~done & ~failed[open_]
+            if not bool(keep.any()):
                 break
-            if quasi and it >= 1 and bool((err[active] > 0.25 * previous[active]).any()):
+            if quasi and it >= 1 and bool((err[keep] > 0.25 * previous[open_][keep]).any()):
                 quasi = False  # simplified Newton is slow on a large step: full Newton from here
-            previous = err
+            previous[open_] = err
+            if not bool(keep.all()):
+                open_, xo, r, sigma = open_[keep], xo[keep], r[keep], sigma[keep]
+                r_ref, factors = fac.bonds[open_], [chol[open_] for chol in fac.factors]
             parts = []
             for g, chol in zip(self.groups, factors):
                 rhs = -sigma[:, g.ids]
@@ -216,14 +222,14 @@ class BondConstraints:
                 else:
                     matrix = self._matrix(g, r, r_ref)
                     finite = torch.isfinite(matrix).all(-1).all(-1) & torch.isfinite(rhs).all(-1)  # (F, K)
-                    failed |= ~finite.all(-1)  # LAPACK never sees NaN/inf: such frames fail
+                    failed[open_] |= ~finite.all(-1)  # LAPACK never sees NaN/inf: such frames fail
                     matrix = torch.where(finite[..., None, None], matrix, torch.eye(matrix.shape[-1], dtype=matrix.dtype))
                     sol, info = torch.linalg.solve_ex(matrix, torch.where(finite[..., None], rhs, 0.0))
-                    failed |= (info != 0).any(-1)  # singular Jacobian
+                    failed[open_] |= (info != 0).any(-1)  # singular Jacobian
                     parts.append(sol)
-            lam = torch.nan_to_num(self._scatter(parts, F), nan=0.0, posinf=0.0, neginf=0.0)
-            move = active & ~failed
-            x = self._displace(x, r_ref, torch.where(move[:, None], lam, torch.zeros_like(lam)))
+            lam = torch.nan_to_num(self._scatter(parts, len(open_)), nan=0.0, posinf=0.0, neginf=0.0)
+            move = ~failed[open_]
+            x[open_] = self._displace(xo, r_ref, torch.where(move[:, None], lam, torch.zeros_like(lam)))
         return x, (self.residual(x) <= self.tolerance) & fac.ok
 
     @_one_thread

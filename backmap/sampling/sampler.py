@@ -675,39 +675,48 @@ class Sampler:
         return True
 
     def clashing_atoms(self, positions: torch.Tensor) -> np.ndarray:
-        """Atoms closer than ``clash_distance`` to an atom more than three bonds away."""
+        """Atoms closer than ``clash_distance`` to an atom more than three bonds away, and (with
+        ``clash_energy``) both atoms of every pair the force field does not exclude whose LJ energy
+        exceeds it — from one neighbour search out to the farther of the two reaches."""
         if self._near_keys is None:
             from backmap.metrics.terms import pairs_within
 
             self._near_keys = pairs_within(self.cg.topology, 3)
         x = to_host(positions).astype(np.float64)
-        i, j, shift = neighbour_pairs(x, self.builder.box, self.options.clash_distance, self._near_keys)
-        close = np.linalg.norm(x[j] + shift - x[i], axis=-1) < self.options.clash_distance  # the search has a skin
-        found = [i[close], j[close]]
-        if self.options.clash_energy > 0:
-            found += self._lj_clashes(x)
-        return np.unique(np.concatenate(found))
+        d = self.options.clash_distance
+        lj = self.options.clash_energy > 0
+        excluded = np.intersect1d(self._near_keys, self._lj_exclusions()) if lj else self._near_keys
+        i, j, shift = neighbour_pairs(x, self.builder.box, max(d, self.LJ_CLASH_REACH) if lj else d, excluded)
+        r2 = ((x[j] + shift - x[i]) ** 2).sum(-1)
+        keys = i * len(x) + j
+        close = (r2 < d * d) & ~_sorted_member(keys, self._near_keys)  # the search has a skin
+        if lj:
+            close |= (self._lj_energies(i, j, r2) > self.options.clash_energy) & ~_sorted_member(keys, self._lj_exclusions())
+        return np.unique(np.concatenate([i[close], j[close]]))
 
     #: how far an LJ clash is searched for (nm): beyond it no pair of the supported force fields
     #: comes near the energies a clash threshold is set to
     LJ_CLASH_REACH = 0.3
 
-    def _lj_clashes(self, x: np.ndarray) -> list[np.ndarray]:
-        """Both atoms of every pair (not excluded by the force field) whose LJ energy exceeds
-        ``clash_energy``."""
+    def _lj_exclusions(self) -> np.ndarray:
+        """The force field's excluded pairs as sorted keys i·N + j (i < j), as the clash search keys them."""
+        if self._lj_excluded_keys is None:
+            ex = np.sort(np.asarray(self._clash_scorer().params.exclusions, np.int64).reshape(-1, 2), axis=1)
+            self._lj_excluded_keys = np.unique(ex[:, 0] * self.cg.topology.n_atoms + ex[:, 1])
+        return self._lj_excluded_keys
+
+    def _clash_scorer(self) -> "UnitEnergy":
         scorer = self.energy.scorer if isinstance(self.energy, RestrainedScorer) else self.energy
         if not isinstance(scorer, UnitEnergy):
             raise ValueError("clash_energy needs the force field's energies (a .top topology, energy scoring on)")
-        if self._lj_excluded_keys is None:  # the force field's exclusions, global i < j, as ForceField keys them
-            ex = np.asarray(scorer.params.exclusions, np.int64).reshape(-1, 2)
-            self._lj_excluded_keys = np.unique(ex[:, 0] * self.cg.topology.n_atoms + ex[:, 1])
-        i, j, shift = neighbour_pairs(x, self.builder.box, self.LJ_CLASH_REACH, self._lj_excluded_keys)
-        r2 = torch.as_tensor(((x[j] + shift - x[i]) ** 2).sum(-1))
+        return scorer
+
+    def _lj_energies(self, i: np.ndarray, j: np.ndarray, r2: np.ndarray) -> np.ndarray:
+        """LJ energies (kJ/mol) of atom pairs at squared distances ``r2``."""
+        scorer = self._clash_scorer()
         ti, tj = scorer.lj_type[torch.as_tensor(i)], scorer.lj_type[torch.as_tensor(j)]
-        inv6 = r2.clamp(min=1e-6) ** -3
-        e = inv6 * (scorer.c12[ti, tj].double() * inv6 - scorer.c6[ti, tj].double())
-        hot = (e > self.options.clash_energy).numpy()
-        return [i[hot], j[hot]]
+        inv6 = torch.as_tensor(r2).clamp(min=1e-6) ** -3
+        return (inv6 * (scorer.c12[ti, tj].double() * inv6 - scorer.c6[ti, tj].double())).numpy()
 
     def _repair_clashes(self, schedule: list, positions: torch.Tensor, placed: torch.Tensor) -> int:
         """One round of clash repair: the units holding a clashing atom drawn again in Gibbs mode,
@@ -836,3 +845,11 @@ class Sampler:
                 self.polish_log["energy_drop"] += float((log["e_before"] - log["e_after"])[rows].sum())
                 self.polish_log["accepted"] += log["accepted"]
         return out
+
+
+def _sorted_member(keys: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Which ``keys`` occur in the sorted array ``table``."""
+    if not len(table):
+        return np.zeros(len(keys), bool)
+    at = np.minimum(np.searchsorted(table, keys), len(table) - 1)
+    return table[at] == keys

@@ -100,6 +100,61 @@ def test_bead_messages_are_e3nns_tensor_product_summed_over_beads(parity):
     assert want.abs().max() > 1.0  # not vacuous
 
 
+def _direct_encoding(encoder, env):
+    """The encoder's two layers as their formulas read: every neighbour's radial-MLP weights
+    computed in full, then summed with its Y_l (what the encoder reorders for speed)."""
+    from e3nn import o3
+    U = env["interaction"].shape[1]
+    key = env["target_types"][:, :, None] if encoder.relations_by_type else torch.arange(U)[None, :, None]
+    inter = env["interaction"].long() + encoder.n_interactions * key
+    rel = (encoder.inter_embed(inter) * env["target_mask"][:, :, None, None]).sum(1)
+    f_bead = encoder.bead_embed(env["bead_types"])
+    feat = torch.cat([encoder.atom_embed(env["atom_types"]) + rel, f_bead], 1)
+    pos = torch.cat([env["atom_positions"], env["bead_positions"]], 1)
+    mask = torch.cat([env["atom_mask"], env["bead_mask"]], 1).to(pos.dtype)
+    r = pos.norm(dim=-1)
+    basis = encoder._basis(r)
+    y = o3.spherical_harmonics(encoder.sh, pos, normalize=True, normalization="component")
+    y = torch.where((r > 1e-6)[..., None], y, torch.zeros_like(y))
+    w = encoder.radial1(torch.cat([basis, feat], -1)) * mask[..., None]
+    W, V = encoder.width, encoder.vectors
+    h1 = torch.cat([w[..., :W].sum(1), torch.einsum("bnc,bni->bci", w[..., W:W + V], y[..., 1:4]).flatten(1),
+                    torch.einsum("bnc,bni->bci", w[..., W + V:], y[..., 4:9]).flatten(1)], -1) / 8.0
+    nb = env["atom_positions"].shape[1]
+    w2 = encoder.radial2(torch.cat([basis[:, nb:], f_bead], -1)) * mask[:, nb:, None]
+    h = torch.cat([(encoder.bead_messages(h1, y[:, nb:], w2) / 4.0)[:, encoder.perm], h1], -1)
+    h = encoder.gate(encoder.linear(h))
+    s = encoder.pre(h)
+    return torch.cat([encoder.readout(s, s), h[:, :W]], -1), h[:, W:].reshape(len(h), V, 3)
+
+
+@pytest.mark.parametrize("by_type", [False, True])
+def test_encoder_sums_neighbours_as_the_direct_formula(by_type):
+    """The encoder applies its radial MLPs' last layers after the sum over neighbours and bags the
+    relation embeddings (Encoder.forward, weighted_sums): it must give the numbers of the formula
+    computed neighbour by neighbour, masks and relations by atom type included."""
+    torch.manual_seed(11)
+    encoder = Encoder(3, 4, 2, 3, relations_by_type=by_type).double()
+    env = _environment(2)
+    env["atom_positions"], env["bead_positions"] = env["atom_positions"].double(), env["bead_positions"].double()
+    env["target_mask"][1, 2] = False  # a padded unit slot
+    env["atom_positions"][0, 3] = 0.0  # a neighbour at the origin: no direction
+    env["target_types"] = torch.randint(0, 3, env["target_mask"].shape, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        got, want = encoder(**env), _direct_encoding(encoder, env)
+    for a, b in zip(got, want):
+        assert (a - b).abs().max() < 1e-6 * b.abs().max(), (a - b).abs().max()
+        assert b.abs().max() > 1e-2  # not vacuous
+    with torch.no_grad():  # no neighbour atoms at all (a unit alone with its beads)
+        bare = dict(env, atom_positions=env["atom_positions"][:, :0], atom_types=env["atom_types"][:, :0],
+                    atom_mask=env["atom_mask"][:, :0], interaction=env["interaction"][:, :, :0])
+        for a, b in zip(encoder(**bare), _direct_encoding(encoder, bare)):
+            assert (a - b).abs().max() < 1e-6 * b.abs().max()
+    with torch.no_grad():  # the masks matter: a neighbour masked off changes nothing of the formula's
+        env["atom_mask"][0, 5] = not env["atom_mask"][0, 5]
+        assert (encoder(**env)[0] - got[0]).abs().max() > 1e-9
+
+
 def _train_hexane(tmp, extra: str = "") -> Path:
     """A small equivariant model trained on hexane with every bond rigid, backmapped once."""
     recipe = tmp / "eq.yaml"
