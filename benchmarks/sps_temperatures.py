@@ -54,7 +54,7 @@ HEADLINE = ["bond:C-C", "bond:C_AR-C_AR", "angle:C-C-C", "angle:C-C-H", "angle:H
             "rdf:C-C"]
 #: the equivariant model's sampling as shipped before its dense-phase settings (options equal to the
 #: defaults override the model's recorded ones)
-K8 = ["--candidates", "8", "--sweep-candidates", "", "--regrow-candidates", "0", "--polish", "0",
+K8 = ["--candidates", "8", "--sweep-candidates", "", "--gibbs", "2", "--regrow-candidates", "0", "--polish", "0",
       "--clash-distance", "0.1", "--clash-energy", "0"]
 #: each generator: its model and the options of its shipped setting ("{T}": the data set's temperature;
 #: docs/equivariant.md, vae.md, voxel-gan.md)

@@ -125,3 +125,26 @@ def test_an_impossible_molecule_is_left_as_drawn_and_the_others_projected(hexane
     every[3::3] += 1.0  # one impossible bead in every molecule: nothing can be projected
     whole = CGProjection(cg, "none", max_move=0.3)(drawn, every, box)
     assert not whole.converged and np.array_equal(whole.positions, drawn)
+
+
+def test_projecting_some_molecules_moves_them_as_the_whole_frame_does(hexane):
+    """Molecules are independent: the projection of two molecules alone (CGProjection.molecules,
+    what the projection move does again after a move that changed only those) gives them the
+    places the whole frame's projection gives them, and the whole frame's leaves the others."""
+    cg, system, x, box = hexane
+    beads = system.mapped(x)
+    proj = CGProjection(cg, "h-bonds")
+    on = proj(_perturbed(x, 3), beads, box).positions
+    chosen = np.array([2, 5])
+    part, atoms, bead_rows = proj.molecules(chosen)
+    assert set(np.unique(proj.molecule[atoms]).tolist()) == {2, 5} and part.n_molecules == 2
+    kicked = on.copy()
+    kicked[atoms] = _perturbed(on[atoms], 4)
+    whole = proj(kicked, beads, box)
+    alone = part(kicked[atoms], beads[bead_rows], box)
+    assert whole.converged and alone.converged
+    assert np.abs(alone.positions - whole.positions[atoms]).max() < 1e-6
+    others = np.setdiff1d(np.arange(len(x)), atoms)
+    assert np.abs(whole.positions[others] - on[others]).max() < 1e-6
+    assert np.abs(whole.positions[atoms] - kicked[atoms]).max() > 1e-3  # not vacuous
+

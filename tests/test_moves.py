@@ -10,6 +10,7 @@ from backmap.engine.plugin import Move, MoveFrame
 from backmap.engine.registry import default_registry
 from backmap.errors import BackmapError
 from backmap.sampling.backmapper import BackmapSettings
+from backmap.sampling.cg_projection import CGProjection
 from backmap.system.io import Frame
 from backmap.system.pbc import minimum_image
 
@@ -67,7 +68,7 @@ class Kick(Move):
         return x, KickReport(1)
 
 
-def test_a_constraint_is_made_again_after_a_later_move(system):
+def test_a_constraint_is_made_again_after_a_later_move(system, monkeypatch):
     """The CG projection is a constraint: a move after it that moves an atom off the CG input is
     followed by the projection again, so the frame's beads meet their input exactly where they do
     without that move (molecules the projection leaves as drawn — 28–42 of 200 with this crude
@@ -75,24 +76,26 @@ def test_a_constraint_is_made_again_after_a_later_move(system):
     themselves costs no projection."""
     cg, frame = system
 
+    real = CGProjection.__call__
+
     def run(*extra):
         bm = make_backmapper(cg, _scattering(), BackmapSettings(candidates=4, gibbs_sweeps=0, project_cg=True), seed=2)
-        projection = next(m for m in bm.moves if m.name == "project_cg")
-        calls, real = [], projection._projection
+        calls = []
 
-        def counted(*args):
-            calls.append(1)
-            return real(*args)
+        def counted(self, *args):
+            calls.append(len(self.molecule))  # the atoms projected
+            return real(self, *args)
 
-        projection._projection = counted
+        monkeypatch.setattr(CGProjection, "__call__", counted)
         bm.moves += list(extra)
         y = bm.backmap_frame(frame)[0].positions
         on_beads = np.abs(minimum_image(cg.apply(y) - frame.positions, frame.dimensions)).max(1) < 1e-6
-        return len(calls), on_beads, bm.move_reports[0]
+        return calls, on_beads, bm.move_reports[0]
 
     plain_calls, plain, _ = run()
     calls, kicked, report = run(Kick(still=True), Kick())
-    assert (plain_calls, calls) == (1, 2)  # once more after the kick, not after the still move
+    assert (len(plain_calls), len(calls)) == (1, 2)  # once more after the kick, not after the still move
+    assert calls[0] == cg.topology.n_atoms and 0 < calls[1] < cg.topology.n_atoms  # again: only the kicked atom's molecule
     assert report["kick"] == {"kicked": 1}  # made twice on the frame: the numbers add up
     assert plain.mean() > 0.5
     np.testing.assert_array_equal(kicked, plain)

@@ -527,6 +527,29 @@ def test_clash_repair_redraws_the_clashing_units(hexane):
         assert len(sampler.clashing_atoms(torch.as_tensor(y, dtype=torch.float32))) == 0
 
 
+def test_clash_kt_is_the_clash_energy_at_the_systems_temperature(hexane):
+    """``clash_kt`` is --clash-energy in kT: resolved at the temperature given (apply), a clash
+    energy the user gives explicitly wins, and without a temperature the backmapper refuses it."""
+    from backmap.constants import BOLTZMANN
+    from backmap.engine.assembly import make_backmapper
+    from backmap.errors import BackmapError
+    from backmap.sampling.backmapper import BackmapSettings
+
+    s = BackmapSettings(clash_kt=4.0)
+    cold, changed = s.at_temperature(300.0, {"clash_kt"})
+    assert cold.clash_energy == changed["clash_energy"] == round(4.0 * BOLTZMANN * 300.0, 2) and cold.clash_kt == 0
+    hot = s.at_temperature(568.0, set())[0]
+    assert abs(hot.clash_energy / cold.clash_energy - 568.0 / 300.0) < 1e-3
+    mine = BackmapSettings(clash_kt=4.0, clash_energy=50.0).at_temperature(300.0, {"clash_energy"})[0]
+    assert mine.clash_energy == 50.0 and mine.clash_kt == 0  # the user's kJ/mol
+    assert BackmapSettings(clash_energy=50.0).at_temperature(300.0, set()) == (BackmapSettings(clash_energy=50.0), {})
+    _topo, cg, _x, _fr = hexane
+    gen = default_registry().get("generator", "bead_centre").cls({"spread": 0.12})
+    with pytest.raises(BackmapError, match="clash_kt needs the system's temperature"):
+        make_backmapper(cg, gen, BackmapSettings(clash_kt=4.0), seed=0)
+    assert make_backmapper(cg, gen, cold, seed=0).sampler.options.clash_energy == cold.clash_energy
+
+
 def test_clashes_the_cg_projection_makes_are_repaired(hexane):
     """The CG projection moves atoms without looking at contacts (on sPS it made 2 clashes in 78
     frames). Here a projection that first moves an atom 0.05 nm from a hydrogen of another molecule;

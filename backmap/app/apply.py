@@ -22,7 +22,7 @@ APPLY_SAMPLING = ("selector", "selector_params", "candidates", "sweep_candidates
                   "cg_restraint", "colouring", "separation", "electrostatics", "epsilon_rf", "polish_steps", "polish_sweeps", "stereo_reference", "tacticity",
                   "invert_stereo", "regrow",
                   "regrow_candidates", "regrow_trials", "repair_clashes", "clash_distance",
-                  "clash_energy", "orient_units", "dock", "cutoff",
+                  "clash_energy", "clash_kt", "orient_units", "dock", "cutoff",
                   "traversal", "frame_by_frame", "generator_params", "moves")
 
 
@@ -76,6 +76,9 @@ def apply_model(request: ApplyRequest) -> Backmapped:
             + " (the options of the same names change them)")
     if r.temperature is not None:
         settings = _at_temperature(loaded, settings, r.temperature)
+    settings, resolved = settings.at_temperature(r.temperature or loaded.trained_at, r.sampling.model_fields_set)
+    if resolved:
+        say(f"apply: clash_kt at {r.temperature or loaded.trained_at:g} K: clash_energy={resolved['clash_energy']:g} kJ/mol")
     loaded.generator.for_inference(settings.generator_params, where="--generator-param")  # refused here, early
     refiner = system = None
     if r.refiner:

@@ -22,9 +22,14 @@ class ICDistribution:
     """The head's output for a batch of atoms (..., N_OUT), as distributions."""
 
     def __init__(self, out: torch.Tensor, theta_ref: torch.Tensor, theta_std: torch.Tensor, r_ref: torch.Tensor,
-                 bounded: bool = False, dihedral: bool = True):
-        """``dihedral`` False: only the angle and bond length (all :meth:`sample_angle` needs)."""
+                 bounded: bool = False, dihedral: bool = True, angle: bool = True):
+        """``dihedral`` False: only the angle and bond length (all :meth:`sample_angle` needs);
+        ``angle`` False: only the dihedral (all :meth:`sample_dihedral` needs, once θ is drawn)."""
         a, d = N_ANGLE, N_DIHEDRAL
+        if not angle:
+            o = 3 * a
+            self._dihedral(out[..., o:o + 4 * d])
+            return
         self.a_logit = torch.log_softmax(out[..., :a], -1)
         self.a_mean = theta_ref[..., None] + 1.5 * torch.tanh(out[..., a:2 * a])  # bounded: a bad step cannot fling it
         # relative to the data's spread of that row: Adam moves a log-width by ~lr per step, so
@@ -40,15 +45,18 @@ class ICDistribution:
             self.a_sigma = torch.minimum(self.a_sigma, room)
         o = 3 * a
         if dihedral:
-            self.d_logit = torch.log_softmax(out[..., o:o + d], -1)
-            c, s = out[..., o + d:o + 2 * d], out[..., o + 2 * d:o + 3 * d]
-            self.d_mean = torch.atan2(s, c + 1e-9)
-            self.d_kappa = torch.exp((out[..., o + 3 * d:o + 4 * d] + 1.5).clamp(-3.0, 6.5)) + 1e-2  # σ ≥ 2°
+            self._dihedral(out[..., o:o + 4 * d])
         o += 4 * d
         self.r_mean = r_ref + 0.1 * torch.tanh(out[..., o])
         self.r_sigma = torch.exp((out[..., o + 1] - 4.0).clamp(-9.0, -1.0)) + 1e-4  # starts at 0.02 nm, inside the clamp
         if bounded:  # at most a quarter of the mean (the draw's clamp at 0.01 nm), as for angles
             self.r_sigma = torch.minimum(self.r_sigma, (self.r_mean / 4).clamp(min=1e-4))
+
+    def _dihedral(self, out: torch.Tensor) -> None:
+        d = N_DIHEDRAL
+        self.d_logit = torch.log_softmax(out[..., :d], -1)
+        self.d_mean = torch.atan2(out[..., 2 * d:3 * d], out[..., d:2 * d] + 1e-9)
+        self.d_kappa = torch.exp((out[..., 3 * d:4 * d] + 1.5).clamp(-3.0, 6.5)) + 1e-2  # σ ≥ 2°
 
     def log_prob(self, r: torch.Tensor, theta: torch.Tensor, phi: torch.Tensor):
         """Log densities of the angle, the dihedral and the bond length (each (...))."""

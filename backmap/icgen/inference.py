@@ -99,7 +99,9 @@ class ICInference:
             angle = self.head.angle(h)
             r, theta = self._spread(ICDistribution(self.head.outputs(h, None, angle), *refs, dihedral=False)
                                     ).sample_angle(gen)
-            dist = self._spread(ICDistribution(self.head.outputs(h, theta, angle), *refs))
+            out = self.head.outputs(h, theta, angle)
+            # only the dihedral is still to draw: the angle's share is built again only for its density
+            dist = self._spread(ICDistribution(out, *refs)) if with_log_prob else ICDistribution(out, *refs, angle=False)
             phi = dist.sample_dihedral(gen, reparameterized)
             r = torch.where(rigid[:, a], bond[:, a], r)
             placed = place(d, g, p, r, theta, phi)

@@ -10,6 +10,7 @@ from typing import Annotated, Iterable, Iterator, Literal
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from backmap.constants import BOLTZMANN
 from backmap.errors import BackmapError
 from backmap.fields import KEY_VALUES, TEXT, CommaInts, CommaList, KeyValues, option
 from backmap.system.io import Frame, atomic_path, read_frames, write_frames
@@ -104,6 +105,9 @@ class BackmapSettings(BaseModel):
     clash_energy: float = option(0.0, "Clash repair also redraws units with a pair of atoms (not excluded by the force "
                                       "field, 1-4 pairs included) whose LJ energy exceeds this, in kJ/mol (sPS MD: "
                                       "≤ 21; 0 = off).", ge=0)
+    clash_kt: float = option(0.0, "--clash-energy in units of kT at the system's temperature (apply --temperature, "
+                                  "else the temperature the model was trained at): one threshold for a glass and a "
+                                  "melt alike (0 = off; --clash-energy given explicitly wins).", ge=0)
     orient_units: bool = option(False, "Forward pass: turn each unit with no bond to a placed atom (e.g. a ring placed "
                                        "before its backbone) so that its atoms bonded to unplaced ones point where the "
                                        "CG input puts their partners. For models applied to chemistry they were not "
@@ -171,6 +175,19 @@ class BackmapSettings(BaseModel):
         except ValueError as exc:
             raise BackmapError(f"sampling: {str(exc).splitlines()[-1].strip()}", source=source) from None
 
+    def at_temperature(self, temperature: float | None, given: set[str]) -> tuple["BackmapSettings", dict]:
+        """These settings with ``clash_kt`` turned into ``clash_energy`` (kJ/mol) at ``temperature``
+        (K), and what changed; ``given``: the keys the user set (a ``clash_energy`` given
+        explicitly, and not ``clash_kt``, keeps its value)."""
+        if not self.clash_kt:
+            return self, {}
+        if "clash_energy" in given and "clash_kt" not in given:
+            return self.model_copy(update={"clash_kt": 0.0}), {}
+        if temperature is None:
+            return self, {}  # refused with its reason when the sampler is built
+        energy = round(self.clash_kt * BOLTZMANN * temperature, 2)
+        return self.model_copy(update={"clash_energy": energy, "clash_kt": 0.0}), {"clash_energy": energy}
+
     def move_choices(self, projects_cg: bool = False) -> list[MoveChoice]:
         """The moves these settings make on every frame, in order: the built-in ones their keys ask
         for (``regrow``; ``repair_clashes`` rounds; the stereocentres' inversion, with a
@@ -230,6 +247,9 @@ class Backmapper:
         #: what the generator did to fit a system it was not trained on (chemical transfer)
         self.adaptation = self.generator.adapt(self.cg_topology, self.plans)
         s = self.settings
+        if s.clash_kt > 0:
+            raise BackmapError("clash_kt needs the system's temperature (backmap apply --temperature, or a model "
+                               "whose card records its training temperature); give clash_energy in kJ/mol instead")
         options = SamplerOptions(candidates=s.candidates, sweep_candidates=tuple(s.sweep_candidates),
                                  gibbs_sweeps=s.gibbs_sweeps, cutoff=spec.cutoff,
                                  colouring=s.colouring, separation=s.separation, batch_molecules=s.batch_molecules,

@@ -72,24 +72,34 @@ class CGProjection:
         self.cg_topology = cg_topology
         self.tolerance, self.max_iterations, self.max_move = tolerance, max_iterations, max_move
         pairs, b0, _k, _labels = system.bonds
-        self.pairs = pairs
-        self.rigid = system.constrained_mask(rigid)
-        self.b0 = b0
-        n, nb = system.n_atoms, system.n_beads
         rows, cols, weights = [], [], []
         for bead, (idx, w) in enumerate(system.bead_groups()):
             rows.append(np.full(len(idx), bead))
             cols.append(idx)
             weights.append(w / w.sum())
         rows, cols, weights = map(np.concatenate, (rows, cols, weights))
-        self.mapping = sp.csr_matrix((weights, (rows, cols)), shape=(nb, n))
-        # the CG rows of the Jacobian: M acting on each Cartesian component
-        self._cg_jacobian = sp.csr_matrix(
-            (np.tile(weights, 3), (np.concatenate([3 * rows + c for c in range(3)]),
-                                   np.concatenate([3 * cols + c for c in range(3)]))), shape=(3 * nb, 3 * n))
         topo = cg_topology.topology
         masses = np.concatenate([np.tile(b.moltype.masses, b.count) for b in topo.blocks]).astype(float)
         hydrogen = np.concatenate([np.tile(b.moltype.elements == "H", b.count) for b in topo.blocks])
+        molecule = np.asarray(topo.molecule_index)
+        # per-molecule bookkeeping needs the system's atoms in topology order; else one block
+        molecule = molecule if len(molecule) == system.n_atoms else np.zeros(system.n_atoms, np.int64)
+        self._build(pairs, system.constrained_mask(rigid), b0,
+                    sp.csr_matrix((weights, (rows, cols)), shape=(system.n_beads, system.n_atoms)),
+                    masses, hydrogen, molecule)
+
+    def _build(self, pairs: np.ndarray, rigid: np.ndarray, b0: np.ndarray, mapping: sp.csr_matrix,
+               masses: np.ndarray, hydrogen: np.ndarray, molecule: np.ndarray) -> None:
+        """The projection's matrices for these bonds, bead map (n_beads × n_atoms, rows summing
+        to 1), atoms and molecules (each atom's molecule, numbered from 0 without gaps)."""
+        self.pairs, self.rigid, self.b0, self.mapping = pairs, rigid, b0, mapping.tocsr()
+        self._masses, self._hydrogen = masses, hydrogen
+        nb, n = mapping.shape
+        coo = mapping.tocoo()
+        # the CG rows of the Jacobian: M acting on each Cartesian component
+        self._cg_jacobian = sp.csr_matrix(
+            (np.tile(coo.data, 3), (np.concatenate([3 * coo.row + c for c in range(3)]),
+                                    np.concatenate([3 * coo.col + c for c in range(3)]))), shape=(3 * nb, 3 * n))
         self._metric, self._inverse_metric, self._metric_scale = _riding_metric(masses, hydrogen, pairs)
         m = len(pairs)
         # where a bond's curvature ∇²(½|x_a − x_b|²) = [[I, −I], [−I, I]] sits in the 3N × 3N Hessian
@@ -101,11 +111,26 @@ class CGProjection:
         self._bond_cols = np.stack([3 * pairs[:, 0] + c for c in range(3)] + [3 * pairs[:, 1] + c for c in range(3)],
                                    axis=1).ravel()
         self.n_atoms, self.n_beads = n, nb
-        molecule = np.asarray(topo.molecule_index)
-        # per-molecule bookkeeping needs the system's atoms in topology order; else one block
-        self.molecule = molecule if len(molecule) == n else np.zeros(n, np.int64)
-        self.bead_molecule = self.molecule[self.mapping.indices[self.mapping.indptr[:-1]]]
-        self.n_molecules = int(self.molecule.max()) + 1 if n else 0
+        self.molecule = molecule
+        self.bead_molecule = molecule[self.mapping.indices[self.mapping.indptr[:-1]]]
+        self.n_molecules = int(molecule.max()) + 1 if n else 0
+
+    def molecules(self, which: np.ndarray) -> tuple["CGProjection", np.ndarray, np.ndarray]:
+        """The projection of just the molecules ``which`` (their indices), with the atoms and
+        beads it covers (indices into this one's). Molecules are independent, so projecting them
+        alone moves them as projecting the whole frame would, at the cost of their size."""
+        atoms = np.flatnonzero(np.isin(self.molecule, which))
+        beads = np.flatnonzero(np.isin(self.bead_molecule, which))
+        new = np.full(self.n_atoms, -1)
+        new[atoms] = np.arange(len(atoms))
+        bonds = np.flatnonzero(new[self.pairs[:, 0]] >= 0)
+        part = object.__new__(type(self))
+        part.cg_topology = self.cg_topology
+        part.tolerance, part.max_iterations, part.max_move = self.tolerance, self.max_iterations, self.max_move
+        _, molecule = np.unique(self.molecule[atoms], return_inverse=True)
+        part._build(new[self.pairs[bonds]], self.rigid[bonds], self.b0[bonds], self.mapping[beads][:, atoms],
+                    self._masses[atoms], self._hydrogen[atoms], molecule.reshape(-1))
+        return part, atoms, beads
 
     def _residuals(self, x: np.ndarray, lengths2: np.ndarray, targets: np.ndarray):
         """Constraint values C(x) (bonds, then beads) and their Jacobian J (sparse)."""

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict
 
 from backmap.api import BackmapError, Move, MoveFrame, MoveSetup
 from backmap.api.sampling import CGProjection
+from backmap.api.system import minimum_image
 
 
 class ProjectParams(BaseModel):
@@ -44,7 +45,9 @@ class ProjectCG(Move):
 
     def _project(self, frame: MoveFrame):
         done = self._projection(frame.positions, frame.beads, frame.dimensions)
-        return done.positions.astype(frame.positions.dtype), done
+        x = done.positions.astype(frame.positions.dtype)
+        self._last = ((id(frame), frame.index), frame.positions.shape, x.copy())
+        return x, done
 
     def apply(self, frame: MoveFrame) -> tuple[np.ndarray, ProjectionReport]:
         x, done = self._project(frame)
@@ -52,5 +55,20 @@ class ProjectCG(Move):
                                    done.closest, done.molecules_unprojected)
 
     def restore(self, frame: MoveFrame) -> tuple[np.ndarray, dict]:
-        x, done = self._project(frame)
-        return x, {"cg_rmsd_after": done.cg_rmsd_after}
+        """The projection made again after a later move: of the molecules that move changed only
+        (the others are where this move left them), else of the whole frame."""
+        index, shape, last = getattr(self, "_last", (None, None, None))
+        proj = self._projection
+        if index != (id(frame), frame.index) or shape != frame.positions.shape:
+            x, done = self._project(frame)
+            return x, {"cg_rmsd_after": done.cg_rmsd_after}
+        changed = np.unique(proj.molecule[(frame.positions != last).any(1)])
+        x = frame.positions.copy()
+        if len(changed):
+            part, atoms, beads = proj.molecules(changed)
+            done = part(frame.positions[atoms], frame.beads[beads], frame.dimensions)
+            x[atoms] = done.positions
+        self._last = ((id(frame), frame.index), x.shape, x.copy())
+        mapped = proj.mapped(x.astype(np.float64))
+        miss = minimum_image(np.asarray(frame.beads, np.float64) - mapped, frame.dimensions)
+        return x, {"cg_rmsd_after": float(np.sqrt((miss ** 2).sum(-1).mean()))}

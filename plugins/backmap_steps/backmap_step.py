@@ -66,6 +66,10 @@ class BackmapStep(Step):
         if taken:
             ctx.console.print("backmap: the model's sampling settings: "
                               + ", ".join(f"{k}={v}" for k, v in taken.items()))
+        settings, resolved = settings.at_temperature(model.trained_at, p.model_fields_set)
+        if resolved:
+            ctx.console.print(f"backmap: clash_kt at the model's {model.trained_at:g} K: "
+                              f"clash_energy={resolved['clash_energy']:g} kJ/mol")
         result = backmap_to_files(model, cg_top, ctx.recipe.system.topology, frames, ctx.path(p.out), settings,
                                    seed=ctx.seed, registry=ctx.registry, refiner=refiner, refine_system=system,
                                    structure=p.structure, provenance={"recipe": str(ctx.recipe.path)},
