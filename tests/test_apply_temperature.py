@@ -1,4 +1,4 @@
-"""A system at another temperature than the model's: ``apply --temperature`` and ``angle_spread``."""
+"""A system at another temperature than the model's: ``apply --temperature``, ``angle_spread`` and ``clash_kt``."""
 import math
 
 import numpy as np
@@ -21,11 +21,14 @@ def test_apply_temperature_sets_the_spread_from_the_card_unless_given(tmp_path):
                                "--out", tmp_path / "a.gro", "--temperature", "330", *CHEAP)
     assert code == 0, err
     assert "at 330 K (the model was trained at 568 K): angle_spread=0.7622" in err + shown
+    # the model's clash threshold is 4 kT: at 330 K, 4 × 0.0083145 × 330 kJ/mol
+    assert "clash_kt at 330 K: clash_energy=10.98 kJ/mol" in err + shown
     code, shown, err = run_cli("apply", "--model", "sps-equivariant", "--cg", DATA / "sps" / "cg.gro",
-                               "--out", tmp_path / "b.gro", "--temperature", "330",
+                               "--out", tmp_path / "b.gro", "--temperature", "330", "--clash-energy", "50",
                                "--generator-param", "angle_spread=0.9", *CHEAP)
     assert code == 0, err
-    assert "angle_spread=0.7622" not in err + shown  # the user's value stays
+    assert "angle_spread=0.7622" not in err + shown  # the user's values stay
+    assert "clash_kt" not in err + shown
 
 
 def test_angle_spread_narrows_the_drawn_angles(tmp_path):
