@@ -255,21 +255,24 @@ class InternalCoordinateGenerator(ICInference, NetworkGenerator):
             types = torch.cat([types, types.new_zeros(types.shape[0], NEAR_BEADS - n, types.shape[2])], 1)
         return near, types.to(near.dtype)
 
-    def _features(self, vectors, near, near_types, known, known_ok, d, g, p, known_types=None):
+    def _features(self, vectors, near, near_types, known, known_ok, d, g, p, known_types=None, axes=None):
         """What the head sees of the environment, from each atom's own NeRF frame (invariant
         numbers that carry directions): the encoder's vectors, the local frame's origin and axes,
         the nearest CG beads, and every point already known — the unit's atoms built before this
         one and the placed atoms of other beads it may be built from (zero where not known). The
         last is what lets a CH₂'s second hydrogen go to the free tetrahedral site rather than a
-        mirror-ambiguous ±120°."""
-        ft = frame(d, g, p).transpose(-1, -2)
-        axes = torch.eye(3)[[2, 0]].expand(*p.shape[:-1], 2, 3)
-        fixed = torch.cat([(-p)[..., None, :], axes, near - p[..., None, :]], -2) @ ft
-        seen = ((known - p[..., None, :]) @ ft) * known_ok[..., None]
+        mirror-ambiguous ±120°. ``axes``: ``frame(d, g, p)``, if already computed."""
+        ft = (frame(d, g, p) if axes is None else axes).transpose(-1, -2)
+        lab = torch.eye(3)[[2, 0]].expand(*p.shape[:-1], 2, 3)
+        nv, nn = vectors.shape[-2], near.shape[-2]
+        # every point and direction into the atom's frame by one batched product
+        turned = torch.cat([vectors, (-p)[..., None, :], lab, near - p[..., None, :], known - p[..., None, :]], -2) @ ft
+        fixed = turned[..., nv:nv + 3 + nn, :]
+        seen = turned[..., nv + 3 + nn:, :] * known_ok[..., None]
         if self.params.transferable:  # the known atoms by type and distance: no slot order (chemical transfer)
-            return torch.cat([(vectors @ ft).flatten(-2), fixed.flatten(-2), near_types.flatten(-2),
+            return torch.cat([turned[..., :nv, :].flatten(-2), fixed.flatten(-2), near_types.flatten(-2),
                               self._known_shells(seen, known_ok, known_types)], -1)
-        return torch.cat([(vectors @ ft).flatten(-2), fixed.flatten(-2), near_types.flatten(-2), seen.flatten(-2),
+        return torch.cat([turned[..., :nv, :].flatten(-2), fixed.flatten(-2), near_types.flatten(-2), seen.flatten(-2),
                           known_ok.to(p.dtype)], -1)
 
     def _known_shells(self, seen: torch.Tensor, ok: torch.Tensor, types: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 from backmap.devices import to_host
 from backmap.errors import BackmapError
 from backmap.icgen.head import ICDistribution
-from backmap.icgen.nerf import place
+from backmap.icgen.nerf import frame, place_in_frame
 from backmap.icgen.tables import VIRTUAL, Tables, UnitTable, system_tables
 from backmap.sampling.environment import EnvironmentBatch
 from backmap.threads import torch_threads
@@ -84,18 +84,22 @@ class ICInference:
         ext_ok = found.repeat_interleave(K, 0)
         near_types = near_types.view(B * K, NEAR_BEADS, -1)
         head_features = self.head.unit_features(scalars)
+        # per atom a: which pool points are known (unit atoms built before it, external atoms found)
+        known_ok_by_atom = torch.cat([(rank[None, :] < torch.arange(U)[:, None])[:, None].expand(-1, B * K, -1),
+                                      ext_ok[None].expand(U, -1, -1)], -1)
+        theta_refs, theta_stds, r_refs = self.theta_ref[slot], self.theta_std[slot], self.r_ref[slot]
+        temporal = "previous_frame" in v
         for a in range(U):
-            c = codes[:, a]
-            p, g, d = pool[rows, c[:, 0]], pool[rows, c[:, 1]], pool[rows, c[:, 2]]
-            known, known_ok = self._known(pool[:, :t.U + t.E], torch.cat([(rank < a).expand(B * K, -1), ext_ok], -1),
-                                          v, K)
-            feats = self._features(vectors, near, near_types, known, known_ok, d, g, p, pool_types)
-            prev_ic = self._previous_ics(v, torch.full((B * K,), order[a], dtype=torch.long), d, g, p, K)
-            if prev_ic is not None:
+            p, g, d = pool[rows[:, None], codes[:, a]].unbind(1)
+            axes = frame(d, g, p)
+            known, known_ok = self._known(pool[:, :t.U + t.E], known_ok_by_atom[a], v, K)
+            feats = self._features(vectors, near, near_types, known, known_ok, d, g, p, pool_types, axes=axes)
+            if temporal:
+                prev_ic = self._previous_ics(v, torch.full((B * K,), order[a], dtype=torch.long), d, g, p, K)
                 feats = torch.cat([feats, prev_ic], -1)
             h = head_features(slot[:, a], prev, feats)
-            r_ref = self.r_ref[slot[:, a]]
-            refs = (self.theta_ref[slot[:, a]], self.theta_std[slot[:, a]], r_ref, self.bounded_ics)
+            r_ref = r_refs[:, a]
+            refs = (theta_refs[:, a], theta_stds[:, a], r_ref, self.bounded_ics)
             angle = self.head.angle(h)
             r, theta = self._spread(ICDistribution(self.head.outputs(h, None, angle), *refs, dihedral=False)
                                     ).sample_angle(gen)
@@ -104,7 +108,7 @@ class ICInference:
             dist = self._spread(ICDistribution(out, *refs)) if with_log_prob else ICDistribution(out, *refs, angle=False)
             phi = dist.sample_dihedral(gen, reparameterized)
             r = torch.where(rigid[:, a], bond[:, a], r)
-            placed = place(d, g, p, r, theta, phi)
+            placed = place_in_frame(axes, p, r, theta, phi)
             if reparameterized:  # out of place: earlier views of the pool are saved for the backward pass
                 pool = pool.index_copy(1, torch.tensor([order[a]]), placed[:, None])
             else:

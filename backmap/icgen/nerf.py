@@ -11,11 +11,14 @@ from backmap.forcefield.geometry import angle, dihedral, norm
 def place(d: torch.Tensor, g: torch.Tensor, p: torch.Tensor, r: torch.Tensor, theta: torch.Tensor,
           phi: torch.Tensor) -> torch.Tensor:
     """The atom x with ‖x − p‖ = r, angle(x, p, g) = θ and dihedral(d, g, p, x) = φ (GROMACS sign)."""
-    bc = p - g
-    bc = bc / norm(bc)[..., None]
-    n = torch.linalg.cross(g - d, bc)
-    n = n / norm(n)[..., None]
-    m = torch.linalg.cross(n, bc)
+    return place_in_frame(frame(d, g, p), p, r, theta, phi)
+
+
+def place_in_frame(axes: torch.Tensor, p: torch.Tensor, r: torch.Tensor, theta: torch.Tensor,
+                   phi: torch.Tensor) -> torch.Tensor:
+    """:func:`place` given the frame ``axes`` = :func:`frame` (d, g, p) (computed once for both
+    what the head sees and where the atom goes)."""
+    bc, m, n = axes.unbind(-2)
     st = torch.sin(theta)
     local = torch.stack([-torch.cos(theta), st * torch.cos(phi), st * torch.sin(phi)], -1)
     return p + r[..., None] * (local[..., :1] * bc + local[..., 1:2] * m + local[..., 2:] * n)
