@@ -49,14 +49,8 @@ set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$SCRIPT_DIR/.." && pwd)
-GMX=${GMX:-gmx}
-NT=${NT:-1}
-if [[ -z "${PYTHON:-}" ]]; then
-    if [[ -x "$REPO/.venv/bin/python" ]]; then PYTHON=$REPO/.venv/bin/python; else PYTHON=python3; fi
-fi
-SPS=${SPS:-$REPO/../shared/data/sps}
-TOP=${TOP:-$SPS/top}
-OUT_DIR=${OUT_DIR:-$REPO/data}
+source "$SCRIPT_DIR/lib/sps_md.sh"  # sps_environment, steps, interactions, stage, berendsen, sps_includes
+sps_environment
 T=${T:-300}
 NVT_PS=${NVT_PS:-20}
 EQUIL_PS=${EQUIL_PS:-100}
@@ -73,7 +67,6 @@ export GMX_MAXBACKUP=-1 OMP_NUM_THREADS=$NT
 command -v "$GMX" >/dev/null || { echo "error: $GMX not found (bash scripts/system-deps.sh)" >&2; exit 1; }
 [[ -r "$TOP/topol.top" && -r "$TOP/PS1.itp" ]] \
     || { echo "error: $TOP/topol.top or $TOP/PS1.itp missing (TOP: the topology folder)" >&2; exit 1; }
-source "$SCRIPT_DIR/lib/sps_md.sh"
 sps_includes
 [[ -x "$REPO/.venv/bin/backmap" ]] || { echo "error: $REPO/.venv/bin/backmap missing (bash scripts/setup.sh)" >&2; exit 1; }
 MELT=$SPS/eval_t568  # for the comparison in the README only (skipped if absent)

@@ -36,14 +36,8 @@ set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$SCRIPT_DIR/.." && pwd)
-GMX=${GMX:-gmx}
-NT=${NT:-1}
-if [[ -z "${PYTHON:-}" ]]; then
-    if [[ -x "$REPO/.venv/bin/python" ]]; then PYTHON=$REPO/.venv/bin/python; else PYTHON=python3; fi
-fi
-SPS=${SPS:-$REPO/../shared/data/sps}
-TOP=${TOP:-$SPS/top}
-OUT_DIR=${OUT_DIR:-$REPO/data}
+source "$SCRIPT_DIR/lib/sps_md.sh"  # sps_environment, steps, interactions, stage, berendsen, sps_includes
+sps_environment
 ANNEAL_PS=${ANNEAL_PS:-50}
 EQUIL_PS=${EQUIL_PS:-150}
 PROD_PS=${PROD_PS:-200}
@@ -61,7 +55,6 @@ export GMX_MAXBACKUP=-1 OMP_NUM_THREADS=$NT
 command -v "$GMX" >/dev/null || { echo "error: $GMX not found (bash scripts/system-deps.sh)" >&2; exit 1; }
 [[ -r "$SPS/eval_t568/aa.gro" ]] || { echo "error: $SPS/eval_t568/aa.gro missing (the shared sPS data)" >&2; exit 1; }
 [[ -r "$TOP/topol.top" ]] || { echo "error: $TOP/topol.top missing (TOP: the topology folder)" >&2; exit 1; }
-source "$SCRIPT_DIR/lib/sps_md.sh"  # steps, interactions, stage, berendsen, sps_includes
 sps_includes
 [[ -x "$REPO/.venv/bin/backmap" ]] || { echo "error: $REPO/.venv/bin/backmap missing (bash scripts/setup.sh)" >&2; exit 1; }
 

@@ -1,5 +1,6 @@
 # sps_md.sh -- the GROMACS settings the sPS data scripts share (make_sps_temperature_data.sh,
-# make_sps_crystal_data.sh); source it after setting DT (ps) and SEED, then:
+# make_sps_crystal_data.sh); source it after setting REPO (DT and SEED are read when its functions run):
+#   - sps_environment: GMX, NT, PYTHON, SPS, TOP, OUT_DIR from the environment or their defaults;
 #   - sps_includes: ITPS (the .itp files beside $TOP/topol.top that it #includes; force-field
 #     folders are left to grompp's search path) and TOP_DESC (the topology, for the README);
 #   - steps PS [DT]: the number of steps of PS ps;
@@ -8,6 +9,17 @@
 #     angles kept (off-diagonal compressibilities 0);
 #   - stage COMMENT PS CONTINUATION XTC_EVERY_STEPS [DT]: the run control of one MD stage;
 #   - berendsen: the barostat that relaxes a box without Parrinello-Rahman's swings.
+
+sps_environment() {
+    GMX=${GMX:-gmx}
+    NT=${NT:-1}
+    if [[ -z "${PYTHON:-}" ]]; then
+        if [[ -x "$REPO/.venv/bin/python" ]]; then PYTHON=$REPO/.venv/bin/python; else PYTHON=python3; fi
+    fi
+    SPS=${SPS:-$REPO/../shared/data/sps}
+    TOP=${TOP:-$SPS/top}
+    OUT_DIR=${OUT_DIR:-$REPO/data}
+}
 
 sps_includes() {
     ITPS=()
