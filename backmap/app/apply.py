@@ -71,8 +71,6 @@ def apply_model(request: ApplyRequest) -> Backmapped:
     chosen = r.sampling.model_copy(update={"energy": Path(top_path).suffix == ".top"})
     settings, taken = chosen.recommended(loaded.sampling, r.sampling.model_fields_set,
                                          loaded.directory / "model.json", cg_top)
-    if "clash_energy" in r.sampling.model_fields_set:  # the user's threshold in kJ/mol replaces the model's in kT
-        taken.pop("clash_kt", None)
     if taken:
         say("apply: the model's sampling settings: " + ", ".join(f"{k}={v}" for k, v in taken.items())
             + " (the options of the same names change them)")

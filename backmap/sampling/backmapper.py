@@ -167,6 +167,8 @@ class BackmapSettings(BaseModel):
         if unknown:
             raise BackmapError(f"sampling: {unknown[0]!r} is not a backmap setting", source=source)
         taken = {k: v for k, v in sampling.items() if k not in given}
+        if "clash_energy" in given:  # the user's threshold in kJ/mol replaces the model's in kT
+            taken.pop("clash_kt", None)
         if cg_topology is not None and "regrow" in taken:
             known = set(cg_topology.bead_names)
             taken["regrow"] = [b for b in taken["regrow"] if b in known]
@@ -178,10 +180,10 @@ class BackmapSettings(BaseModel):
     def at_temperature(self, temperature: float | None, given: set[str]) -> tuple["BackmapSettings", dict]:
         """These settings with ``clash_kt`` turned into ``clash_energy`` (kJ/mol) at ``temperature``
         (K), and what changed; ``given``: the keys the user set (a ``clash_energy`` given
-        explicitly, and not ``clash_kt``, keeps its value)."""
+        explicitly keeps its value)."""
         if not self.clash_kt:
             return self, {}
-        if "clash_energy" in given and "clash_kt" not in given:
+        if "clash_energy" in given:  # given explicitly, it wins
             return self.model_copy(update={"clash_kt": 0.0}), {}
         if temperature is None:
             return self, {}  # refused with its reason when the sampler is built

@@ -440,6 +440,7 @@ class Sampler:
         self.polish_log = {"placements": 0, "energy_drop": 0.0, "accepted": 0}
         self._rotors: dict = {}
         self._lj_excluded_keys: np.ndarray | None = None
+        self._clash_excluded: np.ndarray | None = None
         if self.options.polish_steps:
             if self.options.polish_sweeps not in ("all", "last"):
                 raise ValueError(f"polish_sweeps {self.options.polish_sweeps!r}: expected all or last")
@@ -685,7 +686,9 @@ class Sampler:
         x = to_host(positions).astype(np.float64)
         d = self.options.clash_distance
         lj = self.options.clash_energy > 0
-        excluded = np.intersect1d(self._near_keys, self._lj_exclusions()) if lj else self._near_keys
+        if lj and self._clash_excluded is None:  # pairs neither criterion counts: left out of the search
+            self._clash_excluded = np.intersect1d(self._near_keys, self._lj_exclusions())
+        excluded = self._clash_excluded if lj else self._near_keys
         i, j, shift = neighbour_pairs(x, self.builder.box, max(d, self.LJ_CLASH_REACH) if lj else d, excluded)
         r2 = ((x[j] + shift - x[i]) ** 2).sum(-1)
         keys = i * len(x) + j
