@@ -142,20 +142,7 @@ run grompp_prod.log "$GMX" grompp -f prod.mdp -c equil.gro -t equil.cpt -p topol
 mdrun prod
 speed=$(awk '/^Performance:/ {print $2}' prod.log)
 
-# the frames: the production's compressed trajectory without its t = 0 frame (= the equilibrated start)
-echo 0 | run trjconv.log "$GMX" trjconv -f prod.xtc -s prod.tpr -o aa.xtc -b "$EVERY_PS"
-echo 0 | run dump.log "$GMX" trjconv -f aa.xtc -s prod.tpr -o aa.gro -dump "$EVERY_PS"
-for stage in equil prod; do
-    printf 'Temperature\nDensity\nPotential\n' | run "energy_$stage.log" "$GMX" energy -f "$stage.edr" -o "energy_$stage.xvg"
-done
-{ echo "# stage  observable  average  err.est.  rmsd  drift (GROMACS gmx energy)"
-  for stage in equil prod; do
-      awk -v s="$stage" '/^(Temperature|Density|Potential) / {print s, $0}' "energy_$stage.log"
-  done; } >energies.txt
-run map.log "$REPO/.venv/bin/backmap" map --topology topol.top --traj aa.xtc \
-    --mapping "$REPO/recipes/sps/sps.xml" --out cg.xtc
-# evaluate's and the refiners' settings: the production's interactions, no output
-sed -e 's/^nstxout-compressed .*/nstxout-compressed       = 0/' prod.mdp >md.mdp
+sps_outputs  # aa.xtc, aa.gro, energies.txt, cg.xtc, md.mdp
 n_frames=$(awk -v p="$PROD_PS" -v e="$EVERY_PS" 'BEGIN { printf "%d", p / e }')
 
 # the order: built start, end of the equilibration, production frames; DBM's melt for comparison

@@ -8,7 +8,9 @@
 #     every bond constrained (shared/data/README: sPS's bonds are rigid), v-rescale 0.2 ps, the box
 #     angles kept (off-diagonal compressibilities 0);
 #   - stage COMMENT PS CONTINUATION XTC_EVERY_STEPS [DT]: the run control of one MD stage;
-#   - berendsen: the barostat that relaxes a box without Parrinello-Rahman's swings.
+#   - berendsen: the barostat that relaxes a box without Parrinello-Rahman's swings;
+#   - sps_outputs: after the equil and prod stages (in the work folder, with work.sh's run): the
+#     frames aa.xtc/aa.gro, energies.txt, the mapped cg.xtc and md.mdp.
 
 sps_environment() {
     GMX=${GMX:-gmx}
@@ -84,4 +86,22 @@ pcoupl                   = Berendsen
 pcoupltype               = anisotropic
 tau-p                    = 2.0
 MDP
+}
+
+sps_outputs() {
+    # the frames: the production's compressed trajectory without its t = 0 frame (= the equilibrated start)
+    echo 0 | run trjconv.log "$GMX" trjconv -f prod.xtc -s prod.tpr -o aa.xtc -b "$EVERY_PS"
+    echo 0 | run dump.log "$GMX" trjconv -f aa.xtc -s prod.tpr -o aa.gro -dump "$EVERY_PS"
+    local stage
+    for stage in equil prod; do
+        printf 'Temperature\nDensity\nPotential\n' | run "energy_$stage.log" "$GMX" energy -f "$stage.edr" -o "energy_$stage.xvg"
+    done
+    { echo "# stage  observable  average  err.est.  rmsd  drift (GROMACS gmx energy)"
+      for stage in equil prod; do
+          awk -v s="$stage" '/^(Temperature|Density|Potential) / {print s, $0}' "energy_$stage.log"
+      done; } >energies.txt
+    run map.log "$REPO/.venv/bin/backmap" map --topology topol.top --traj aa.xtc \
+        --mapping "$REPO/recipes/sps/sps.xml" --out cg.xtc
+    # evaluate's and the refiners' settings: the production's interactions, no output
+    sed -e 's/^nstxout-compressed .*/nstxout-compressed       = 0/' prod.mdp >md.mdp
 }
