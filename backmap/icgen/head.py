@@ -188,3 +188,65 @@ class Head(torch.nn.Module):
         else:
             d = self.dihedral(torch.cat([h, torch.cos(theta)[..., None], torch.sin(theta)[..., None]], -1))
         return torch.cat([a[..., :3 * N_ANGLE], d, a[..., 3 * N_ANGLE:]], -1)
+
+
+class AtomwiseFirstLayer:
+    """The trunk's first layer for drawing a unit atom by atom (inference with slot-ordered known
+    points, :meth:`InternalCoordinateGenerator._features`' layout), split by what changes when.
+    Once per unit: the context's share, the near beads' types' and the external atoms'
+    known-flags'. Per atom: the previous atom's ICs and the points seen from the atom's NeRF frame,
+    taken coordinate-major — (rows, 3, points), turned by three broadcast multiply-adds over
+    contiguous rows, 4× faster on a CPU than the point-major (points, 3)·(3, 3) batched product — and
+    only over the points known at that
+    atom: a unit atom not placed yet is seen as zeros with a zero flag, so its columns add nothing.
+    The same numbers as :meth:`Head.features` up to rounding."""
+
+    def __init__(self, head: Head, n_vectors: int, n_near: int, n_bead_types: int, n_unit: int, n_external: int):
+        first = head.trunk[0][0]
+        c, s = head.context.out_features, head.slot.embedding_dim
+        w = first.weight.detach()
+        self.head, self.U, self.E = head, n_unit, n_external
+        self.n_fixed = n_vectors + 3 + n_near  # points seen from every atom: encoder vectors, origin, 2 lab axes, beads
+        o1 = c + s + 5 + 3 * self.n_fixed
+        o2 = o1 + n_near * n_bead_types
+        o3 = o2 + 3 * (n_unit + n_external)
+        self.w_context, self.bias = w[:, :c], first.bias.detach()
+        self.by_slot = head.slot.weight.detach() @ w[:, c:c + s].T
+        self.w_previous = w[:, c + s:c + s + 5]
+        self.w_fixed = w[:, c + s + 5:o1].reshape(len(w), self.n_fixed, 3)
+        self.w_types = w[:, o1:o2]
+        self.w_seen = w[:, o2:o3].reshape(len(w), n_unit + n_external, 3)
+        self.w_flags = w[:, o3:o3 + n_unit + n_external]
+        self._per_atom: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def unit_share(self, context: torch.Tensor, near_types: torch.Tensor, external_ok: torch.Tensor) -> torch.Tensor:
+        """(rows, hidden): the parts that stay the same for every atom of a unit."""
+        x = torch.nn.functional.linear(self.head.context(context), self.w_context, self.bias)
+        x = torch.addmm(x, near_types.flatten(1), self.w_types.T)
+        return torch.addmm(x, external_ok.to(x.dtype), self.w_flags[:, self.U:].T)
+
+    def atom_weights(self, known: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """For an atom whose unit atoms ``known`` (unit slots) are placed: the weight over
+        (previous ICs, coordinate-major points: the fixed ones, the external slots, ``known``) and
+        the known atoms' flags' share (hidden,)."""
+        if known not in self._per_atom:
+            seen = self.w_seen[:, [*range(self.U, self.U + self.E), *known]]
+            points = torch.cat([self.w_fixed, seen], 1)  # (hidden, P, 3)
+            w = torch.cat([self.w_previous, points.transpose(1, 2).flatten(1)], 1).contiguous()
+            self._per_atom[known] = (w, self.w_flags[:, list(known)].sum(1))
+        return self._per_atom[known]
+
+    def features(self, unit_share: torch.Tensor, slot: torch.Tensor, previous: torch.Tensor, points: torch.Tensor,
+                 axes: torch.Tensor, known: tuple[int, ...]) -> torch.Tensor:
+        """The trunk's output (rows, hidden) for one atom: ``points`` (rows, 3, P) in the lab frame
+        relative to the atom's parent, in :meth:`atom_weights`' order, turned into its frame ``axes``."""
+        w, flags = self.atom_weights(known)
+        # axes @ points as three broadcast multiply-adds: MKL's batched 3×3 product fell to a quarter
+        # of that speed for fewer than ~46 points, which most atoms have
+        turned = axes[:, :, 0:1] * points[:, 0:1]
+        turned.addcmul_(axes[:, :, 1:2], points[:, 1:2]).addcmul_(axes[:, :, 2:3], points[:, 2:3])
+        turned = turned.flatten(1)
+        x = torch.nn.functional.linear(torch.cat([previous, turned], 1), w)
+        x = x + (unit_share + self.by_slot[slot] + flags)
+        trunk = self.head.trunk
+        return trunk[1](trunk[0][2](trunk[0][1](x)))

@@ -10,7 +10,7 @@ import torch
 
 from backmap.devices import to_host
 from backmap.errors import BackmapError
-from backmap.icgen.head import ICDistribution
+from backmap.icgen.head import AtomwiseFirstLayer, ICDistribution
 from backmap.icgen.nerf import frame, place_in_frame
 from backmap.icgen.tables import VIRTUAL, Tables, UnitTable, system_tables
 from backmap.sampling.environment import EnvironmentBatch
@@ -76,55 +76,130 @@ class ICInference:
             rep, (scalars, vectors, codes, slot, bond, rigid, near, near_types.flatten(1)))
         scalars = self._decoder_context(scalars, v)  # per candidate (B·K rows)
         pool = torch.cat([torch.zeros(B, t.U, 3), ext, t.virtual.expand(B, 3, 3)], 1).repeat_interleave(K, 0)
-        prev = torch.zeros(B * K, 5)
-        rows = torch.arange(B * K)
         logp = torch.zeros(B * K)
-        order = t.order[v["keys"][0]].tolist()  # one table per batch at inference
-        rank = t.rank[v["keys"][0]]
         ext_ok = found.repeat_interleave(K, 0)
         near_types = near_types.view(B * K, NEAR_BEADS, -1)
-        head_features = self.head.unit_features(scalars)
-        # per atom a: which pool points are known (unit atoms built before it, external atoms found)
-        known_ok_by_atom = torch.cat([(rank[None, :] < torch.arange(U)[:, None])[:, None].expand(-1, B * K, -1),
-                                      ext_ok[None].expand(U, -1, -1)], -1)
-        theta_refs, theta_stds, r_refs = self.theta_ref[slot], self.theta_std[slot], self.r_ref[slot]
         temporal = "previous_frame" in v
-        for a in range(U):
-            p, g, d = pool[rows[:, None], codes[:, a]].unbind(1)
-            axes = frame(d, g, p)
-            known, known_ok = self._known(pool[:, :t.U + t.E], known_ok_by_atom[a], v, K)
-            feats = self._features(vectors, near, near_types, known, known_ok, d, g, p, pool_types, axes=axes)
-            if temporal:
-                prev_ic = self._previous_ics(v, torch.full((B * K,), order[a], dtype=torch.long), d, g, p, K)
-                feats = torch.cat([feats, prev_ic], -1)
-            h = head_features(slot[:, a], prev, feats)
-            r_ref = r_refs[:, a]
-            refs = (theta_refs[:, a], theta_stds[:, a], r_ref, self.bounded_ics)
-            angle = self.head.angle(h)
-            r, theta = self._spread(ICDistribution(self.head.outputs(h, None, angle), *refs, dihedral=False)
-                                    ).sample_angle(gen)
-            out = self.head.outputs(h, theta, angle)
-            # only the dihedral is still to draw: the angle's share is built again only for its density
-            dist = self._spread(ICDistribution(out, *refs)) if with_log_prob else ICDistribution(out, *refs, angle=False)
-            phi = dist.sample_dihedral(gen, reparameterized)
-            r = torch.where(rigid[:, a], bond[:, a], r)
-            placed = place_in_frame(axes, p, r, theta, phi)
-            if reparameterized:  # out of place: earlier views of the pool are saved for the backward pass
-                pool = pool.index_copy(1, torch.tensor([order[a]]), placed[:, None])
-            else:
-                pool[:, order[a]] = placed
-            if with_log_prob:
-                lp_a, lp_d, lp_r = dist.log_prob(r, theta, phi)
-                free = (~rigid[:, a]).to(r.dtype)
-                logp += lp_a + lp_d + (lp_r - 2 * torch.log(r)) * free - torch.log(torch.sin(theta))
-            prev = torch.stack([torch.cos(theta), torch.sin(theta), torch.cos(phi), torch.sin(phi),
-                                (r - r_ref) * 10], -1)
+        if not (temporal or self.params.transferable or reparameterized or torch.is_grad_enabled()):
+            pool = self._draw_atomwise(pool, v, K, U, codes, slot, bond, rigid, scalars, vectors, near, near_types,
+                                       ext_ok, gen, logp if with_log_prob else None)
+        else:
+            pool = self._draw_by_features(pool, v, K, U, codes, slot, bond, rigid, scalars, vectors, near, near_types,
+                                          ext_ok, pool_types, gen, logp if with_log_prob else None, reparameterized)
         if self.params.recentre and not raw:
             pool = self._recentre(pool, v["keys"][0].item(), codes[:, 0, 0], U)
         if self.params.project and not raw:
             pool = self._project(pool, v["keys"][0].item(), found, U, K)
         out = pool[:, :U].reshape(B, K, U, 3)
         return (out, logp.view(B, K)) if with_log_prob else out
+
+    def _draw_by_features(self, pool, v, K, U, codes, slot, bond, rigid, scalars, vectors, near, near_types, ext_ok,
+                          pool_types, gen, logp, reparameterized):
+        """The unit's atoms drawn one by one into ``pool`` (rows, slots, 3) through
+        :meth:`_features` (the training-time path: gradients, trajectory mode, chemical transfer);
+        ``logp`` (rows,), if given, gets each draw's log density added."""
+        t = self.tables
+        rows = torch.arange(len(pool))
+        order = t.order[v["keys"][0]].tolist()  # one table per batch at inference
+        rank = t.rank[v["keys"][0]]
+        head_features = self.head.unit_features(scalars)
+        # per atom a: which pool points are known (unit atoms built before it, external atoms found)
+        known_ok_by_atom = torch.cat([(rank[None, :] < torch.arange(U)[:, None])[:, None].expand(-1, len(pool), -1),
+                                      ext_ok[None].expand(U, -1, -1)], -1)
+        prev = torch.zeros(len(pool), 5)
+        for a in range(U):
+            p, g, d = pool[rows[:, None], codes[:, a]].unbind(1)
+            axes = frame(d, g, p)
+            known, known_ok = self._known(pool[:, :t.U + t.E], known_ok_by_atom[a], v, K)
+            feats = self._features(vectors, near, near_types, known, known_ok, d, g, p, pool_types, axes=axes)
+            if "previous_frame" in v:
+                prev_ic = self._previous_ics(v, torch.full((len(pool),), order[a], dtype=torch.long), d, g, p, K)
+                feats = torch.cat([feats, prev_ic], -1)
+            placed, prev = self._draw_atom(head_features(slot[:, a], prev, feats), axes, p, slot[:, a], bond[:, a],
+                                           rigid[:, a], gen, logp, reparameterized)
+            if reparameterized:  # out of place: earlier views of the pool are saved for the backward pass
+                pool = pool.index_copy(1, torch.tensor([order[a]]), placed[:, None])
+            else:
+                pool[:, order[a]] = placed
+        return pool
+
+    def _draw_atomwise(self, pool, v, K, U, codes, slot, bond, rigid, scalars, vectors, near, near_types, ext_ok,
+                       gen, logp):
+        """:meth:`_draw_by_features` for inference without gradients, faster: the head's first layer
+        split by what changes when (:class:`AtomwiseFirstLayer`), the unit's atoms kept in the order
+        they are built (the atoms known to the a-th are the first a: a slice), and the reference
+        points gathered by one ``index_select`` where every row uses the same ones (a whole batch
+        of one bead type, the usual case). The same numbers up to rounding."""
+        t = self.tables
+        R = len(pool)
+        key = v["keys"][0]
+        order = t.order[key].tolist()
+        rank = t.rank[key]
+        first = self._atomwise_first_layer(vectors.shape[1])
+        unit_share = first.unit_share(scalars, near_types.view(R, NEAR_BEADS, -1), ext_ok)
+        # coordinate-major points (rows, 3, P) every atom sees — encoder vectors, the lab origin and
+        # z, x axes, the near beads — then the external slots and the unit's atoms built so far:
+        # ``shift`` marks the points taken relative to the atom's parent, ``seen`` hides external
+        # atoms not found
+        n_fixed = first.n_fixed
+        fixed_points = torch.cat([vectors.transpose(1, 2), torch.zeros(R, 3, 1), torch.eye(3)[:, [2, 0]].expand(R, 3, 2),
+                                  near.transpose(1, 2)], 2)
+        shift = torch.ones(n_fixed + t.E + U)
+        shift[:n_fixed - NEAR_BEADS] = 0.0
+        shift[n_fixed - NEAR_BEADS - 3] = 1.0  # the lab origin
+        seen = torch.cat([torch.ones(R, n_fixed), ext_ok.to(pool.dtype), torch.ones(R, U)], 1)[:, None]
+        # the pool with the unit's slots in build order: a code q < U becomes rank[q]
+        unit = codes < t.U
+        codes = torch.where(unit, rank[codes.clamp(max=t.U - 1)], codes)
+        same = bool((codes == codes[:1]).all()) and bool((slot == slot[:1]).all())
+        pool_t = pool.transpose(1, 2)  # a view of the pool: it follows the atoms placed
+        ext_t = pool_t[:, :, t.U:t.U + t.E]
+        rows = torch.arange(R)
+        prev = torch.zeros(R, 5)
+        for a in range(U):
+            if same:
+                p, g, d = pool.index_select(1, codes[0, a]).unbind(1)
+            else:
+                p, g, d = pool[rows[:, None], codes[:, a]].unbind(1)
+            axes = frame(d, g, p)
+            n = n_fixed + t.E + a
+            points = torch.cat([fixed_points, ext_t, pool_t[:, :, :a]], 2)
+            points = torch.addcmul(points, p[:, :, None], shift[:n], value=-1.0) * seen[..., :n]
+            h = first.features(unit_share, int(slot[0, a]) if same else slot[:, a], prev, points, axes, tuple(order[:a]))
+            pool[:, a], prev = self._draw_atom(h, axes, p, slot[:, a], bond[:, a], rigid[:, a], gen, logp)
+        out = pool.clone()
+        out[:, :U] = pool[:, rank[:U]]  # back to slot order
+        return out
+
+    def _draw_atom(self, h, axes, p, slot, bond, rigid, gen, logp=None, reparameterized=False):
+        """One atom drawn from the head's features ``h``: its place (rows, 3) in the frame ``axes``
+        about its parent ``p``, and its ICs as the next atom's "previous" input (rows, 5)."""
+        r_ref = self.r_ref[slot]
+        refs = (self.theta_ref[slot], self.theta_std[slot], r_ref, self.bounded_ics)
+        angle = self.head.angle(h)
+        r, theta = self._spread(ICDistribution(self.head.outputs(h, None, angle), *refs, dihedral=False)
+                                ).sample_angle(gen)
+        out = self.head.outputs(h, theta, angle)
+        # only the dihedral is still to draw: the angle's share is built again only for its density
+        dist = self._spread(ICDistribution(out, *refs)) if logp is not None else ICDistribution(out, *refs, angle=False)
+        phi = dist.sample_dihedral(gen, reparameterized)
+        r = torch.where(rigid, bond, r)
+        if logp is not None:
+            lp_a, lp_d, lp_r = dist.log_prob(r, theta, phi)
+            free = (~rigid).to(r.dtype)
+            logp += lp_a + lp_d + (lp_r - 2 * torch.log(r)) * free - torch.log(torch.sin(theta))
+        prev = torch.stack([torch.cos(theta), torch.sin(theta), torch.cos(phi), torch.sin(phi), (r - r_ref) * 10], -1)
+        return place_in_frame(axes, p, r, theta, phi), prev
+
+    def _atomwise_first_layer(self, n_vectors: int) -> AtomwiseFirstLayer:
+        """The head's first layer split for drawing atom by atom (made again whenever its weights change)."""
+        state = (id(self.head), n_vectors, self.tables.U, self.tables.E, *(x._version for x in self.head.parameters()))
+        kept = getattr(self, "_atomwise", None)
+        if kept is None or kept[0] != state:  # new weights (loaded, adapted or trained in place): split again
+            kept = (state, AtomwiseFirstLayer(self.head, n_vectors, NEAR_BEADS, self.layout["n_bead_types"],
+                                              self.tables.U, self.tables.E))
+            self._atomwise = kept
+        return kept[1]
 
     def _spread(self, dist: ICDistribution) -> ICDistribution:
         """``dist`` with its angles' and bond lengths' spread times ``angle_spread``."""

@@ -11,7 +11,7 @@ from backmap.devices import host_random
 
 
 #: proposals drawn per round are about this many (each open draw gets several when few are open)
-PROPOSALS_PER_ROUND = 4096
+PROPOSALS_PER_ROUND = 16384
 
 
 def sample_von_mises(kappa: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -35,10 +35,11 @@ def sample_von_mises(kappa: torch.Tensor, generator: torch.Generator) -> torch.T
         z = torch.cos(math.pi * u1)
         f = (1 + r * z) / (r + z)
         c = k * (r - f)
-        ok = (c * (2 - c) - u2 > 0) | (torch.log(c / u2) + 1 - c >= 0)  # (tries, open)
-        first = (ok.cumsum(0) == 0).sum(0, keepdim=True).clamp(max=tries - 1)  # the first accepted proposal (4x faster than argmax)
-        value = (torch.sign(u3 - 0.5) * torch.acos(f.clamp(-1, 1))).gather(0, first)[0]
-        accepted = ok.any(0)
+        ok = (c * (2 - c) > u2) | (torch.log(c / u2) + 1 - c >= 0)  # (tries, open)
+        first = (ok.cumsum(0) == 0).sum(0, keepdim=True)  # the first accepted proposal (4x faster than argmax)
+        accepted = first[0] < tries
+        first = first.clamp_(max=tries - 1)
+        value = torch.sign(u3.gather(0, first)[0] - 0.5) * torch.acos(f.gather(0, first)[0].clamp_(-1, 1))
         if len(open_) == len(out) and bool(accepted.all()):  # the usual case: every draw in the first round
             return value.view(kappa.shape)
         out[open_[accepted]] = value[accepted]
