@@ -36,13 +36,15 @@ def run(options: list[str], cg: Path, frames: str, temperature: float, out: Path
         checkout: Path = REPO) -> dict:
     """One ``backmap apply`` on one core, with the code and model of ``checkout``; its OUT.json summary."""
     cmd = [sys.executable, "-m", "backmap.cli", "apply", "--model", str(checkout / "models" / "sps-equivariant"),
-           "--cg", str(cg), "--frames", frames, "--temperature", f"{temperature:g}", "--seed", "1",
+           "--cg", str(cg.resolve()), "--frames", frames, "--temperature", f"{temperature:g}", "--seed", "1",
            "--out", str(out), *options]
     env = dict(os.environ, BACKMAP_NO_PROGRESS="1", OMP_NUM_THREADS="1")
     if checkout != REPO:  # its packages ahead of this installation's
         env["PYTHONPATH"] = os.pathsep.join([str(checkout), str(checkout / "plugins"), env.get("PYTHONPATH", "")])
+    # run in the checkout: ``python -m`` puts the working directory ahead of PYTHONPATH, so from this
+    # repository a baseline checkout would run this repository's code
     done = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=lambda: os.sched_setaffinity(0, {core}),
-                          env=env)
+                          env=env, cwd=checkout)
     if done.returncode != 0:
         raise SystemExit(f"apply failed:\n{done.stderr[-2000:]}")
     return json.loads(out.with_suffix(".json").read_text())["summary"]
