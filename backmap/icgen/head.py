@@ -25,11 +25,28 @@ class ICDistribution:
                  bounded: bool = False, dihedral: bool = True, angle: bool = True):
         """``dihedral`` False: only the angle and bond length (all :meth:`sample_angle` needs);
         ``angle`` False: only the dihedral (all :meth:`sample_dihedral` needs, once θ is drawn)."""
-        a, d = N_ANGLE, N_DIHEDRAL
-        if not angle:
-            o = 3 * a
-            self._dihedral(out[..., o:o + 4 * d])
-            return
+        o = 3 * N_ANGLE
+        if angle:
+            self._angle(torch.cat([out[..., :o], out[..., o + 4 * N_DIHEDRAL:]], -1), theta_ref, theta_std, r_ref,
+                        bounded)
+        if dihedral:
+            self._dihedral(out[..., o:o + 4 * N_DIHEDRAL])
+
+    @classmethod
+    def of_parts(cls, angle_out: torch.Tensor | None, dihedral_out: torch.Tensor | None, theta_ref: torch.Tensor,
+                 theta_std: torch.Tensor, r_ref: torch.Tensor, bounded: bool = False) -> "ICDistribution":
+        """The distribution of the head's two outputs as :meth:`Head.angle_parts` and
+        :meth:`Head.dihedral_given` give them (either may be None: that part is not built)."""
+        dist = cls.__new__(cls)
+        if angle_out is not None:
+            dist._angle(angle_out, theta_ref, theta_std, r_ref, bounded)
+        if dihedral_out is not None:
+            dist._dihedral(dihedral_out)
+        return dist
+
+    def _angle(self, out: torch.Tensor, theta_ref, theta_std, r_ref, bounded: bool) -> None:
+        """The bond angle's and length's parameters from ``out`` (..., 3·N_ANGLE + 2)."""
+        a = N_ANGLE
         self.a_logit = torch.log_softmax(out[..., :a], -1)
         self.a_mean = theta_ref[..., None] + 1.5 * torch.tanh(out[..., a:2 * a])  # bounded: a bad step cannot fling it
         # relative to the data's spread of that row: Adam moves a log-width by ~lr per step, so
@@ -44,9 +61,6 @@ class ICDistribution:
             room = torch.minimum(self.a_mean - 0.05, math.pi - 0.05 - self.a_mean) / 4
             self.a_sigma = torch.minimum(self.a_sigma, room)
         o = 3 * a
-        if dihedral:
-            self._dihedral(out[..., o:o + 4 * d])
-        o += 4 * d
         self.r_mean = r_ref + 0.1 * torch.tanh(out[..., o])
         self.r_sigma = torch.exp((out[..., o + 1] - 4.0).clamp(-9.0, -1.0)) + 1e-4  # starts at 0.02 nm, inside the clamp
         if bounded:  # at most a quarter of the mean (the draw's clamp at 0.01 nm), as for angles
@@ -177,6 +191,20 @@ class Head(torch.nn.Module):
             return self.trunk[1](self.trunk[0][2](self.trunk[0][1](x)))
 
         return features
+
+    def angle_parts(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``self.angle(h)`` and the dihedral MLP's first layer's share of ``h`` (bias included),
+        by one product: what :meth:`dihedral_given` completes once θ is drawn."""
+        first, n = self.dihedral[0], self.angle.out_features
+        y = torch.nn.functional.linear(h, torch.cat([self.angle.weight, first.weight[:, :-2]]),
+                                       torch.cat([self.angle.bias, first.bias]))
+        return y[..., :n], y[..., n:]
+
+    def dihedral_given(self, share: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """The dihedral part of :meth:`outputs` from :meth:`angle_parts`' ``share`` and the drawn θ."""
+        w = self.dihedral[0].weight
+        x = torch.addcmul(torch.addcmul(share, torch.cos(theta)[..., None], w[:, -2]), torch.sin(theta)[..., None], w[:, -1])
+        return self.dihedral[2](self.dihedral[1](x))
 
     def outputs(self, h: torch.Tensor, theta: torch.Tensor | None, angle: torch.Tensor | None = None) -> torch.Tensor:
         """The parameter vector of :class:`ICDistribution`; ``theta`` None: the dihedral part

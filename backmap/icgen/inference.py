@@ -176,13 +176,14 @@ class ICInference:
         about its parent ``p``, and its ICs as the next atom's "previous" input (rows, 5)."""
         r_ref = self.r_ref[slot]
         refs = (self.theta_ref[slot], self.theta_std[slot], r_ref, self.bounded_ics)
-        angle = self.head.angle(h)
-        r, theta = self._spread(ICDistribution(self.head.outputs(h, None, angle), *refs, dihedral=False)
-                                ).sample_angle(gen)
-        out = self.head.outputs(h, theta, angle)
-        # only the dihedral is still to draw: the angle's share is built again only for its density
-        dist = self._spread(ICDistribution(out, *refs)) if logp is not None else ICDistribution(out, *refs, angle=False)
+        angle, share = self.head.angle_parts(h)
+        drawn = self._spread(ICDistribution.of_parts(angle, None, *refs))
+        r, theta = drawn.sample_angle(gen)
+        dist = ICDistribution.of_parts(None, self.head.dihedral_given(share, theta), *refs)
         phi = dist.sample_dihedral(gen, reparameterized)
+        if logp is not None:  # the angle's and length's densities from the distribution they were drawn from
+            dist.a_logit, dist.a_mean, dist.a_sigma = drawn.a_logit, drawn.a_mean, drawn.a_sigma
+            dist.r_mean, dist.r_sigma = drawn.r_mean, drawn.r_sigma
         r = torch.where(rigid, bond, r)
         if logp is not None:
             lp_a, lp_d, lp_r = dist.log_prob(r, theta, phi)
