@@ -17,10 +17,14 @@ The vector features are also returned: the head projects them on each atom's NeR
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from e3nn import o3
-from e3nn.math import soft_one_hot_linspace
 from e3nn.nn import Gate
+
+#: e3nn's normalisation of its smooth_finite radial basis
+SMOOTH_FINITE_SCALE = 1.14136 * math.exp(2.0)
 
 
 def mlp(*sizes: int) -> torch.nn.Sequential:
@@ -36,7 +40,11 @@ def weighted_sums(net: torch.nn.Sequential, x: torch.Tensor, mask: torch.Tensor,
     neighbours instead of once per neighbour (the same numbers up to rounding; the widest layer
     is the last, 152 channels against 48 on sPS)."""
     last = net[-1]
-    z = net[:-1](x) * mask[..., None]  # (B, N, H)
+    if torch.is_grad_enabled():
+        z = net[:-1](x) * mask[..., None]  # (B, N, H)
+    else:  # in place: no new (B, N, H) buffers (each a fresh allocation the size of the layer's output)
+        z = net[:-2](x) if len(net) > 2 else net[0](x)
+        z = torch.nn.functional.silu(z, inplace=True).mul_(mask[..., None])
     summed = y.transpose(1, 2) @ z  # (B, D, H): 6x faster than zᵀ y (B, H, D) on CPU
     return (summed @ last.weight.T + (mask[..., None] * y).sum(1)[..., None] * last.bias).transpose(1, 2)
 
@@ -120,7 +128,16 @@ class Encoder(torch.nn.Module):
         return torch.cat(out, -1)
 
     def _basis(self, r: torch.Tensor) -> torch.Tensor:
-        return soft_one_hot_linspace(r, 0.0, self.radius, self.n_basis, basis="smooth_finite", cutoff=True)
+        """e3nn's ``soft_one_hot_linspace(r, 0, radius, n_basis, "smooth_finite", cutoff=True)`` in
+        closed form: its two soft steps e^(−1/(1+d))·e^(−1/(1−d)) are e^(−2/(1−d²)), zero for |d| ≥ 1.
+        The exponent is cut at −80 (e^−80 ≈ 2·10⁻³⁵, and zero outside the support): most of a
+        neighbour's basis functions lie outside it, and ``exp`` of an argument below −87 (an
+        underflow) took a slow path, 10–30× slower, on the CPUs this ran on — 90 % of the basis's time."""
+        values = torch.linspace(0.0, self.radius, self.n_basis + 2, dtype=r.dtype)
+        diff = (r[..., None] - values[1:-1]) / (values[1] - values[0])
+        inside = 1.0 - diff * diff
+        exponent = (-2.0 / inside.clamp(min=1e-6)).clamp(min=-80.0)
+        return torch.where(inside > 0, torch.exp(exponent), 0.0) * SMOOTH_FINITE_SCALE
 
     def forward(self, atom_positions, atom_types, atom_mask, interaction, target_mask,
                 bead_positions, bead_types, bead_mask, target_types=None):
