@@ -282,7 +282,8 @@ class InternalCoordinateGenerator(ICInference, NetworkGenerator):
         view says, but the same for any molecule of the same chemistry, and smooth and invariant
         (a sorted list of nearest atoms is not: equal bond lengths tie and swap under rotation)."""
         r = seen.norm(dim=-1, keepdim=True).clamp(min=1e-6)
-        weight = torch.exp(-0.5 * ((r - KNOWN_SHELLS) / SHELL_WIDTH) ** 2) * ok[..., None]  # (..., P, S)
+        # the exponent cut at −80 (e⁻⁸⁰ ≈ 2·10⁻³⁵): exp of an underflowing argument takes a slow path
+        weight = torch.exp((-0.5 * ((r - KNOWN_SHELLS) / SHELL_WIDTH) ** 2).clamp(min=-80.0)) * ok[..., None]  # (..., P, S)
         rows = torch.cat([torch.ones_like(r), seen / r], -1)  # (..., P, 4)
         kinds = torch.nn.functional.one_hot(types, self.layout["n_atom_types"]).to(seen.dtype)  # (..., P, T)
         out = torch.einsum("...ps,...pc,...pt->...tsc", weight, rows, kinds)
