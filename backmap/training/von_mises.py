@@ -10,7 +10,9 @@ import torch
 from backmap.devices import host_random
 
 
-#: proposals drawn per round are about this many (each open draw gets several when few are open)
+#: proposals drawn per round are about this many, at most 8 per open draw: a batch of up to 2 048
+#: draws (1 152 candidate atoms on sPS) is done in one round in the usual case — cheaper than the
+#: second round that three proposals per draw needed (0.38 against 0.72 ms at 1 152 draws)
 PROPOSALS_PER_ROUND = 16384
 
 
@@ -18,9 +20,9 @@ def sample_von_mises(kappa: torch.Tensor, generator: torch.Generator) -> torch.T
     """Zero-mean von Mises draws in [−π, π] of concentrations ``kappa`` (any shape; the draws take
     its dtype), by Best & Fisher's (1979) rejection. Each round proposes only for the draws still
     open, and gives each of them several independent proposals when few are open (the first
-    accepted one is kept: the same law as proposing one at a time). A batch of a few hundred,
-    which costs kernel launches rather than arithmetic, is then done in one or two rounds instead
-    of ~6 (acceptance is ≥ 0.66 per proposal)."""
+    accepted one is kept: the same law as proposing one at a time). A batch of up to a few
+    thousand, which costs kernel launches rather than arithmetic, is then done in one round in the
+    usual case instead of ~6 (acceptance is ≥ 0.66 per proposal)."""
     k = kappa.reshape(-1)
     tau = 1 + torch.sqrt(1 + 4 * k * k)
     rho = (tau - torch.sqrt(2 * tau)) / (2 * k)
