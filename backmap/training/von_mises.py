@@ -12,7 +12,7 @@ from backmap.devices import host_random
 
 #: proposals drawn per round are about this many, at most 8 per open draw: a batch of up to 2 048
 #: draws (1 152 candidate atoms on sPS) is done in one round in the usual case — cheaper than the
-#: second round that three proposals per draw needed (0.38 against 0.72 ms at 1 152 draws)
+#: second round that three proposals per draw needed (0.39 against 0.50 ms at 1 152 draws)
 PROPOSALS_PER_ROUND = 16384
 
 
