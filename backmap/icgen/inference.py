@@ -181,11 +181,10 @@ class ICInference:
         r, theta = drawn.sample_angle(gen)
         dist = ICDistribution.of_parts(None, self.head.dihedral_given(share, theta), *refs)
         phi = dist.sample_dihedral(gen, reparameterized)
+        r = torch.where(rigid, bond, r)
         if logp is not None:  # the angle's and length's densities from the distribution they were drawn from
             dist.a_logit, dist.a_mean, dist.a_sigma = drawn.a_logit, drawn.a_mean, drawn.a_sigma
             dist.r_mean, dist.r_sigma = drawn.r_mean, drawn.r_sigma
-        r = torch.where(rigid, bond, r)
-        if logp is not None:
             lp_a, lp_d, lp_r = dist.log_prob(r, theta, phi)
             free = (~rigid).to(r.dtype)
             logp += lp_a + lp_d + (lp_r - 2 * torch.log(r)) * free - torch.log(torch.sin(theta))
@@ -194,9 +193,10 @@ class ICInference:
 
     def _atomwise_first_layer(self, n_vectors: int) -> AtomwiseFirstLayer:
         """The head's first layer split for drawing atom by atom (made again whenever its weights change)."""
-        state = (id(self.head), n_vectors, self.tables.U, self.tables.E, *(x._version for x in self.head.parameters()))
+        state = (id(self.head), n_vectors, self.tables.U, self.tables.E,
+                 *((id(x), x._version) for x in self.head.parameters()))
         kept = getattr(self, "_atomwise", None)
-        if kept is None or kept[0] != state:  # new weights (loaded, adapted or trained in place): split again
+        if kept is None or kept[0] != state:  # new weights (loaded, adapted, trained in place): split again
             kept = (state, AtomwiseFirstLayer(self.head, n_vectors, NEAR_BEADS, self.layout["n_bead_types"],
                                               self.tables.U, self.tables.E))
             self._atomwise = kept
