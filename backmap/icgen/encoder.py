@@ -42,12 +42,11 @@ def weighted_sums(net: torch.nn.Sequential, x: torch.Tensor, mask: torch.Tensor,
     and an :func:`mlp` ``net``: its last layer is linear, so it is applied once to the sum over
     neighbours instead of once per neighbour (the same numbers up to rounding; the widest layer
     is the last, 152 channels against 48 on sPS)."""
-    last = net[-1]
-    if torch.is_grad_enabled():
-        z = net[:-1](x) * mask[..., None]  # (B, N, H)
+    last, hidden = net[-1], net[:-1]
+    if torch.is_grad_enabled() or not len(hidden) or not isinstance(hidden[-1], torch.nn.SiLU):
+        z = hidden(x) * mask[..., None]  # (B, N, H)
     else:  # in place: no new (B, N, H) buffers (each a fresh allocation the size of the layer's output)
-        z = net[:-2](x) if len(net) > 2 else net[0](x)
-        z = torch.nn.functional.silu(z, inplace=True).mul_(mask[..., None])
+        z = torch.nn.functional.silu(hidden[:-1](x), inplace=True).mul_(mask[..., None])
     summed = y.transpose(1, 2) @ z  # (B, D, H): 6x faster than zᵀ y (B, H, D) on CPU
     return (summed @ last.weight.T + (mask[..., None] * y).sum(1)[..., None] * last.bias).transpose(1, 2)
 
