@@ -163,20 +163,28 @@ class ICInference:
                 p, g, d = pool[rows[:, None], codes[:, a]].unbind(1)
             axes = frame(d, g, p)
             n = n_fixed + t.E + a
-            points = torch.cat([fixed_points, ext_t, pool_t[:, :, :a]], 2)
-            points = torch.addcmul(points, p[:, :, None], shift[:n], value=-1.0) * seen[..., :n]
-            h = first.features(unit_share, int(slot[0, a]) if same else slot[:, a], prev, points, axes, tuple(order[:a]))
-            pool[:, a], prev = self._draw_atom(h, axes, p, slot[:, a], bond[:, a], rigid[:, a], gen, logp)
+            # the first atom sees the same things in all K candidates of a unit: its head runs once per unit
+            sub = slice(None, None, K) if a == 0 and K > 1 else slice(None)
+            points = torch.cat([fixed_points[sub], ext_t[sub]], 2) if a == 0 else \
+                torch.cat([fixed_points, ext_t, pool_t[:, :, :a]], 2)
+            points = torch.addcmul(points, p[sub, :, None], shift[:n], value=-1.0) * seen[sub, :, :n]
+            h = first.features(unit_share[sub], int(slot[0, a]) if same else slot[sub, a], prev[sub], points, axes[sub],
+                               tuple(order[:a]))
+            pool[:, a], prev = self._draw_atom(h, axes, p, slot[:, a], bond[:, a], rigid[:, a], gen, logp,
+                                               repeat=K if a == 0 else 1)
         out = pool.clone()
         out[:, :U] = pool[:, rank[:U]]  # back to slot order
         return out
 
-    def _draw_atom(self, h, axes, p, slot, bond, rigid, gen, logp=None, reparameterized=False):
+    def _draw_atom(self, h, axes, p, slot, bond, rigid, gen, logp=None, reparameterized=False, repeat: int = 1):
         """One atom drawn from the head's features ``h``: its place (rows, 3) in the frame ``axes``
-        about its parent ``p``, and its ICs as the next atom's "previous" input (rows, 5)."""
+        about its parent ``p``, and its ICs as the next atom's "previous" input (rows, 5).
+        ``repeat``: ``h`` holds one row per ``repeat`` rows of the rest (candidates that see alike)."""
         r_ref = self.r_ref[slot]
         refs = (self.theta_ref[slot], self.theta_std[slot], r_ref, self.bounded_ics)
         angle, share = self.head.angle_parts(h)
+        if repeat > 1:
+            angle, share = angle.repeat_interleave(repeat, 0), share.repeat_interleave(repeat, 0)
         drawn = self._spread(ICDistribution.of_parts(angle, None, *refs))
         r, theta = drawn.sample_angle(gen)
         dist = ICDistribution.of_parts(None, self.head.dihedral_given(share, theta), *refs)
@@ -265,7 +273,7 @@ class ICInference:
             rows = torch.nonzero(inverse == k)[:, 0]
             constraints, points = solver
             x = pool[rows[:, None], points].double()
-            y, ok = constraints.positions(x, x)
+            y, ok = constraints.project(x)
             out[rows[:, None], points] = torch.where(ok[:, None, None], y.float(), x.float())
         return out
 

@@ -232,6 +232,57 @@ class BondConstraints:
             x[open_] = self._displace(xo, r_ref, torch.where(move[:, None], lam, torch.zeros_like(lam)))
         return x, (self.residual(x) <= self.tolerance) & fac.ok
 
+    #: :meth:`project` inverts G densely up to this many constraints; beyond, it is :meth:`positions`
+    DENSE_LIMIT = 64
+    #: iterations of :meth:`project` between refreshed Newton matrices (most frames need fewer in all)
+    REFRESH = 10
+
+    @_one_thread
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``positions(x, x)`` for many frames of a few constraints (a generator's candidates: a ring
+        closed in 1 152 drawn units at once): the same simplified-Newton SHAKE iteration along the
+        constraint gradients at ``x``, but with G(x) inverted once, every frame kept in the batch
+        and the coordinates frame-last (contiguous over frames), so that an iteration is a dozen
+        vectorised operations instead of ~90 small indexing ones. It has no full-Newton fallback:
+        a frame that has not converged in ``max_iterations`` is reported as such (measured on sPS
+        candidates: 3 more of 67 872 than :meth:`positions`). Returns the positions and a per-frame
+        "converged"."""
+        F = x.shape[0]
+        if not self.n_constraints:
+            return x, torch.ones(F, dtype=torch.bool)
+        if self.n_constraints > self.DENSE_LIMIT:
+            return self.positions(x, x)
+        r_ref = self.bond_vectors(x)
+        C = self.n_constraints
+
+        def inverted(r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """(J(r) M⁻¹ J(r_ref)ᵀ)⁻¹ as (C, C, F), uncoupled blocks zero, and where it failed."""
+            G = r.new_zeros(F, C, C)
+            for g in self.groups:
+                G[:, g.c, g.c2] = 4 * g.coef * (r.index_select(1, g.c) * r_ref.index_select(1, g.c2)).sum(-1)
+            inverse, info = torch.linalg.inv_ex(G)
+            return inverse.permute(1, 2, 0).contiguous(), info != 0
+
+        inverse, singular = inverted(r_ref)
+        d2 = self.d2[:, None]
+        tolerance = self.tolerance * d2
+        xt = x.permute(1, 2, 0).contiguous()  # (N, 3, F)
+        rt = r_ref.permute(1, 2, 0)
+        # x += M⁻¹ J(x)ᵀ λ as two scatters of per-constraint steps; the iteration gives −λ
+        to_i = (-2 * self.inv_mass[self.i, None, None]) * rt
+        to_j = (2 * self.inv_mass[self.j, None, None]) * rt
+        for it in range(self.max_iterations):
+            r = xt.index_select(0, self.i) - xt.index_select(0, self.j)
+            sigma = (r * r).sum(1) - d2  # (C, F)
+            if not bool((sigma.abs() > tolerance).any()):
+                break
+            if it and it % self.REFRESH == 0:  # still open: a Newton step with G at where it stands
+                inverse, _ = inverted(r.permute(2, 0, 1))
+            minus_lam = (inverse * sigma[None]).sum(1)[:, None]  # (C, 1, F)
+            xt.index_add_(0, self.i, minus_lam * to_i).index_add_(0, self.j, minus_lam * to_j)
+        y = xt.permute(2, 0, 1)
+        return y, (self.residual(y) <= self.tolerance) & ~singular & torch.isfinite(y).flatten(1).all(-1)
+
     @_one_thread
     def velocities(self, v: torch.Tensor, at: torch.Tensor | Factorization) -> torch.Tensor:
         """RATTLE: v + M⁻¹ Jᵀ μ with J v = 0 at positions ``at`` (or their factorization) — the

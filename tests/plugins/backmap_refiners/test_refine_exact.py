@@ -162,6 +162,34 @@ def test_constraints_converge_on_a_ring():
     assert not bool(ok.any())
 
 
+def test_projecting_many_frames_is_shake_from_where_they_stand():
+    """``project`` (a generator's candidates: many frames, a few constraints) lands where
+    ``positions(x, x)`` does, on two rings (two coupled blocks of 12) in 300 distorted frames, and
+    reports what it cannot do: a frame far off the surface, a NaN frame, redundant constraints."""
+    angle = np.arange(6) * np.pi / 3
+    ring = np.stack([np.cos(angle), np.sin(angle), 0 * angle], 1)
+    one = np.concatenate([0.139 * ring, 0.247 * ring])
+    x0 = np.concatenate([one, one + [0.5, 0.0, 0.0]])
+    pairs = np.array([[k, (k + 1) % 6] for k in range(6)] + [[k, k + 6] for k in range(6)])
+    pairs = np.concatenate([pairs, pairs + 12])
+    lengths = np.tile(np.r_[np.full(6, 0.139), np.full(6, 0.108)], 2)
+    masses = np.tile(np.r_[np.full(6, 12.011), np.full(6, 1.008)], 2)
+    bc = BondConstraints(pairs, lengths, masses, tolerance=1e-7, max_iterations=30)
+    assert [tuple(g.ids.shape) for g in bc.groups] == [(2, 12)]
+    g = torch.Generator().manual_seed(3)
+    x = torch.as_tensor(x0)[None] + 0.01 * torch.randn((300, 24, 3), generator=g, dtype=torch.float64)
+    x[0] += 5.0 * torch.randn((24, 3), generator=g, dtype=torch.float64)  # no root near it
+    x[1, 3] = float("nan")
+    y, ok = bc.project(x)
+    want, want_ok = bc.positions(x, x)
+    assert not bool(ok[0]) and not bool(ok[1]) and bool(ok[2:].all()) and bool(want_ok[2:].all())
+    assert float((y[2:] - want[2:]).abs().max()) < 1e-8
+    assert float(bc.residual(y[2:]).max()) <= 1e-7
+    assert bool(torch.isfinite(y[2:]).all())  # a NaN frame stays in its own row
+    twice = BondConstraints(np.r_[pairs, pairs[:1]], np.r_[lengths, lengths[:1]], masses)
+    assert not bool(twice.project(x[2:10])[1].any())
+
+
 def test_constraints_on_hexane_all_bonds():
     """The real path: all bonds of the hexane test system (19 coupled constraints each) from the
     topology, one perturbed frame put back on the constraints."""
