@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Hashable, Literal, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -237,6 +237,15 @@ class Generator(Plugin):
         """Candidate positions (B, n_candidates, U, 3) in nm, in each unit's local frame
         (``batch.to_lab`` maps them back); U = ``batch.target_types.shape[1]``."""
         raise NotImplementedError
+
+    def batch_key(self, meta: dict[str, Any]) -> Hashable | None:
+        """Which plan steps (by their batches' ``meta``: molecule type, bead, unit atoms, step) this
+        generator can propose for in one call: units of steps with the same key may be
+        concatenated into one batch whose ``meta["beads"]`` gives each row's bead. The core merges
+        steps only where placing their units together is as valid as one step's (clash repair's
+        scattered units); each call costs a fixed overhead, so few big calls beat many small ones.
+        None (the default): every step on its own."""
+        return None
 
     def log_prob(self, batch: "EnvironmentBatch", positions: "torch.Tensor") -> "torch.Tensor":
         """Log density (B, K) of local-frame ``positions`` (B, K, U, 3) given the environments

@@ -35,18 +35,29 @@ class ICInference:
             raise BackmapError("equivariant: the environment batch carries no molecule type (meta)")
         key = self.tables.key(meta["moltype"], meta["bead"])
         U = len(self.tables.tables[key].atoms)
+        keys = torch.full((batch.size,), key, dtype=torch.long)
+        if meta.get("beads") is not None:  # steps merged (batch_key): each row's own table, all built alike
+            keys = torch.as_tensor([self.tables.key(meta["moltype"], b) for b in meta["beads"]], dtype=torch.long)
+            if len(keys) != batch.size or len({self.tables.structure(int(k)) for k in keys.unique()}) > 1:
+                raise BackmapError("equivariant: a merged batch's beads are not one per row of tables built alike")
         if batch.target_atoms.shape[1] != U:
             raise BackmapError(f"equivariant places whole beads (unit = 'bead'); got units of "
                                f"{batch.target_atoms.shape[1]} atoms for a bead of {U}")
         lay = self.layout
         if _top(batch.interaction) >= lay["n_interactions"] or _top(batch.atom_types) >= lay["n_atom_types"]:
             raise BackmapError("equivariant: the environment has channels the model was not trained with")
-        return {"keys": torch.full((batch.size,), key, dtype=torch.long), "atom_positions": batch.atom_positions,
+        return {"keys": keys, "atom_positions": batch.atom_positions,
                 "atom_types": batch.atom_types, "atom_index": batch.atom_index, "atom_mask": batch.atom_mask,
                 "interaction": batch.interaction, "bead_positions": batch.bead_positions,
                 "bead_types": batch.bead_types, "bead_mask": batch.bead_mask, "target_atoms": batch.target_atoms,
                 "target_mask": batch.target_mask, "target_types": batch.target_types,
                 **self._previous_frame(batch.previous_positions, batch.previous_mask, batch.target_mask)}
+
+    def batch_key(self, meta: dict) -> tuple | None:
+        """Steps whose beads' tables are built alike (:meth:`Tables.structure`) share a key."""
+        if self.tables is None or (meta["moltype"], int(meta["bead"])) not in self.tables.index:
+            return None
+        return ("icgen", meta["moltype"], self.tables.structure(self.tables.key(meta["moltype"], meta["bead"])))
 
     def propose(self, batch: EnvironmentBatch, n_candidates: int, rng: np.random.Generator) -> torch.Tensor:
         self._require()

@@ -277,6 +277,19 @@ class Tables:
         self.n_slots = len(self.signatures)
         self.virtual = torch.as_tensor(VIRTUAL_POSITIONS, dtype=torch.float32)
         self._projections: dict = {}
+        self._structures: dict = {}
+
+    def structure(self, key: int) -> int:
+        """An id shared by the tables built alike — the same build order, closures, masses and
+        mapping weights (a chain's middle beads): units of those can be drawn in one batch."""
+        if key not in self._structures:
+            t = self.tables[key]
+            signature = (self.order[key].numpy().tobytes(), self.rank[key].numpy().tobytes(), len(t.atoms),
+                         *(np.asarray(a, float).tobytes() for a in (t.closures, t.closure_length, t.masses,
+                                                                     t.centre_weights)))
+            ids = self._structures.setdefault("ids", {})
+            self._structures[key] = ids.setdefault(signature, len(ids))
+        return self._structures[key]
 
     def key(self, moltype: str, bead: int) -> int:
         k = self.index.get((moltype, int(bead)))

@@ -100,7 +100,8 @@ class BackmapSettings(BaseModel):
                                    "trial.", ge=1)
     repair_clashes: int = option(0, "Rounds of clash repair after sampling: units with an atom closer than "
                                     "--clash-distance to one more than three bonds away are drawn again, those of "
-                                    "one plan step together (0 = off).", ge=0)
+                                    "one plan step (or of steps the generator draws alike) together (0 = off).",
+                               ge=0)
     clash_distance: float = option(0.1, "What clash repair counts as a clash (nm).", gt=0)
     clash_energy: float = option(0.0, "Clash repair also redraws units with a pair of atoms (not excluded by the force "
                                       "field, 1-4 pairs included) whose LJ energy exceeds this, in kJ/mol (sPS MD: "

@@ -218,9 +218,12 @@ class EnvironmentBatch:
     def concatenate(cls, batches: list["EnvironmentBatch"]) -> "EnvironmentBatch":
         """Batches of units of one plan step one after the other (B₁ + B₂ + … rows), neighbour
         atom and bead lists padded to the widest (masked): e.g. several trial copies of a frame
-        drawn in one call, or the same step in several frames (``vae_mc`` in lockstep)."""
+        drawn in one call, or the same step in several frames (``vae_mc`` in lockstep); or of steps
+        a generator draws alike (:meth:`~backmap.engine.plugin.Generator.batch_key`), whose
+        ``frame_beads`` lists are padded with the unit's own bead."""
         width = max(b.atom_mask.shape[1] for b in batches)
         bead_width = max(b.bead_mask.shape[1] for b in batches)
+        frame_width = max(0 if b.frame_beads is None else b.frame_beads.shape[1] for b in batches)
         neighbour_axis = {"atom_positions": 1, "atom_types": 1, "atom_mask": 1, "atom_index": 1,
                           "interaction": 2, "pair_params": 3}
         bead_axis = {"bead_positions", "bead_types", "bead_mask"}
@@ -237,6 +240,8 @@ class EnvironmentBatch:
                 parts = [_pad_axis(x, axis, width) for x in parts]
             elif f.name in bead_axis:
                 parts = [_pad_axis(x, 1, bead_width) for x in parts]
+            elif f.name == "frame_beads":  # steps merged: fewer bonded beads are padded with the unit's own
+                parts = [torch.cat([x, x[:, :1].expand(-1, frame_width - x.shape[1], -1)], 1) for x in parts]
             out[f.name] = torch.cat(parts)
         return cls(**out, meta=dict(batches[0].meta))
 
