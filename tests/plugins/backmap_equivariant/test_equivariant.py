@@ -506,3 +506,45 @@ def test_radial_basis_is_e3nns_smooth_finite():
     assert (got - want).abs().max() <= 1e-6 * want.abs().max() and want.abs().max() > 1.0
     assert (got[want < 1e-30] < 1e-30).all()  # the exponent's cut changes only negligible values
     assert (got[r >= encoder.radius] == 0).all()
+
+
+def test_steps_built_alike_are_drawn_in_one_batch_each_row_by_its_own_table():
+    """Clash repair merges steps whose units the generator draws alike (``batch_key``: on sPS the
+    chain's middle beads of one kind). In a merged batch each row is drawn with its own bead's
+    table: the log density of every draw, as drawn, is what its own step's batch scores it; steps
+    built otherwise (a chain's end) get another key and are refused together."""
+    from backmap.errors import BackmapError
+    from backmap.sampling.environment import EnvironmentBatch
+
+    shipped = Path(__file__).resolve().parents[3] / "models" / "sps-equivariant"
+    model = load_model(shipped)
+    gen = model.generator
+    gen.params = gen.params.model_copy(update={"project": False, "recentre": False})  # the IC draws' density
+    top = load_topology(shipped / "system" / "topol.top")
+    cg = load_mapping(shipped / "system" / "sps-rings-first.xml", top).cg_topology(top)
+    seen = []
+    original = gen.propose
+    gen.propose = lambda batch, k, rng: (seen.append(batch), original(batch, k, rng))[1]
+    bm = make_backmapper(cg, gen, BackmapSettings(candidates=2, gibbs_sweeps=1, energy=False), seed=1)
+    list(bm.run([next(iter(read_frames(DATA / "sps" / "cg.gro")))]))
+    gen.propose = original
+    gibbs = {b.meta["bead"]: b for b in seen[len(seen) // 2:]}  # the Gibbs sweep: every atom placed
+    keys = {bead: gen.batch_key(b.meta) for bead, b in gibbs.items()}
+    assert keys[5] == keys[7] == keys[9] != keys[1] and keys[6] == keys[8] != keys[5]
+    parts = [gibbs[5], gibbs[9], gibbs[7]]
+    merged = EnvironmentBatch.concatenate(parts)
+    merged.meta = {**parts[0].meta, "beads": [b.meta["bead"] for b in parts for _ in range(b.size)]}
+    x, drawn = gen._sample(gen._view_batch(merged), 4, torch.Generator().manual_seed(0), with_log_prob=True)
+    start = 0
+    for part in parts:
+        scored = gen.log_prob(part, x[start:start + part.size])
+        assert torch.allclose(scored, drawn[start:start + part.size], atol=1e-3)
+        start += part.size
+    # not vacuous: a row's draws are its own environment's (scored in another step's, they fit badly)
+    n = parts[0].size
+    with torch.no_grad():
+        assert float((gen.log_prob(parts[2], x[n:2 * n]) - drawn[n:2 * n]).abs().max()) > 1.0
+    wrong = EnvironmentBatch.concatenate([gibbs[5], gibbs[1]])
+    wrong.meta = {**gibbs[5].meta, "beads": [5] * gibbs[5].size + [1] * gibbs[1].size}
+    with pytest.raises(BackmapError, match="built alike"):
+        gen._view_batch(wrong)
