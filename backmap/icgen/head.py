@@ -200,10 +200,13 @@ class Head(torch.nn.Module):
                                        torch.cat([self.angle.bias, first.bias]))
         return y[..., :n], y[..., n:]
 
-    def dihedral_given(self, share: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        """The dihedral part of :meth:`outputs` from :meth:`angle_parts`' ``share`` and the drawn θ."""
+    def dihedral_given(self, share: torch.Tensor, theta: torch.Tensor,
+                       cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """The dihedral part of :meth:`outputs` from :meth:`angle_parts`' ``share`` and the drawn θ
+        (``cos_sin``: its cosine and sine, if at hand)."""
         w = self.dihedral[0].weight
-        x = torch.addcmul(torch.addcmul(share, torch.cos(theta)[..., None], w[:, -2]), torch.sin(theta)[..., None], w[:, -1])
+        cos, sin = cos_sin if cos_sin is not None else (torch.cos(theta), torch.sin(theta))
+        x = torch.addcmul(torch.addcmul(share, cos[..., None], w[:, -2]), sin[..., None], w[:, -1])
         return self.dihedral[2](self.dihedral[1](x))
 
     def outputs(self, h: torch.Tensor, theta: torch.Tensor | None, angle: torch.Tensor | None = None) -> torch.Tensor:
@@ -246,6 +249,15 @@ class AtomwiseFirstLayer:
         self.w_seen = w[:, o2:o3].reshape(len(w), n_unit + n_external, 3)
         self.w_flags = w[:, o3:o3 + n_unit + n_external]
         self._per_atom: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+        d = head.dihedral[0]
+        self._n_angle = head.angle.out_features
+        self._w_parts = torch.cat([head.angle.weight, d.weight[:, :-2]]).detach()
+        self._b_parts = torch.cat([head.angle.bias, d.bias]).detach()
+
+    def angle_parts(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`Head.angle_parts` with its two weights joined once."""
+        y = torch.nn.functional.linear(h, self._w_parts, self._b_parts)
+        return y[:, :self._n_angle], y[:, self._n_angle:]
 
     def unit_share(self, context: torch.Tensor, near_types: torch.Tensor, external_ok: torch.Tensor) -> torch.Tensor:
         """(rows, hidden): the parts that stay the same for every atom of a unit."""

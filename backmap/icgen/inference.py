@@ -3,12 +3,13 @@ transfer to molecule types it was not trained on, and its saved state (a mixin o
 :class:`backmap.icgen.generator.InternalCoordinateGenerator`, kept apart from its training)."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import torch
 
-from backmap.devices import to_host
+from backmap.devices import host_random, to_host
 from backmap.errors import BackmapError
 from backmap.icgen.head import AtomwiseFirstLayer, ICDistribution
 from backmap.icgen.nerf import frame, place_in_frame
@@ -148,6 +149,7 @@ class ICInference:
         rank = t.rank[key]
         first = self._atomwise_first_layer(vectors.shape[1])
         unit_share = first.unit_share(scalars, near_types.view(R, NEAR_BEADS, -1), ext_ok)
+        fast = None if self.bounded_ics else (first, *self._angle_tables())
         # coordinate-major points (rows, 3, P) every atom sees — encoder vectors, the lab origin and
         # z, x axes, the near beads — then the external slots and the unit's atoms built so far:
         # ``shift`` marks the points taken relative to the atom's parent, ``seen`` hides external
@@ -182,15 +184,20 @@ class ICInference:
             h = first.features(unit_share[sub], int(slot[0, a]) if same else slot[sub, a], prev[sub], points, axes[sub],
                                tuple(order[:a]))
             pool[:, a], prev = self._draw_atom(h, axes, p, slot[:, a], bond[:, a], rigid[:, a], gen, logp,
-                                               repeat=K if a == 0 else 1)
+                                               repeat=K if a == 0 else 1, fast=fast)
         out = pool.clone()
         out[:, :U] = pool[:, rank[:U]]  # back to slot order
         return out
 
-    def _draw_atom(self, h, axes, p, slot, bond, rigid, gen, logp=None, reparameterized=False, repeat: int = 1):
+    def _draw_atom(self, h, axes, p, slot, bond, rigid, gen, logp=None, reparameterized=False, repeat: int = 1,
+                   fast: tuple | None = None):
         """One atom drawn from the head's features ``h``: its place (rows, 3) in the frame ``axes``
         about its parent ``p``, and its ICs as the next atom's "previous" input (rows, 5).
-        ``repeat``: ``h`` holds one row per ``repeat`` rows of the rest (candidates that see alike)."""
+        ``repeat``: ``h`` holds one row per ``repeat`` rows of the rest (candidates that see alike).
+        ``fast``: (the :class:`AtomwiseFirstLayer`, :meth:`_angle_tables`) — no density, no gradient:
+        the angle's and length's parameters in one pass over both, sines and cosines taken once."""
+        if fast is not None and logp is None and not reparameterized:
+            return self._draw_atom_fast(h, axes, p, slot, bond, rigid, gen, repeat, *fast)
         r_ref = self.r_ref[slot]
         refs = (self.theta_ref[slot], self.theta_std[slot], r_ref, self.bounded_ics)
         angle, share = self.head.angle_parts(h)
@@ -209,6 +216,41 @@ class ICInference:
             logp += lp_a + lp_d + (lp_r - 2 * torch.log(r)) * free - torch.log(torch.sin(theta))
         prev = torch.stack([torch.cos(theta), torch.sin(theta), torch.cos(phi), torch.sin(phi), (r - r_ref) * 10], -1)
         return place_in_frame(axes, p, r, theta, phi), prev
+
+    #: the angle's and the length's outputs: mean scale, the log-width's offset and clamp (as ICDistribution._angle)
+    _MEAN_SCALE = torch.tensor([1.5, 0.1])
+    _WIDTH_OFFSET, _WIDTH_LOW, _WIDTH_HIGH = torch.tensor([0.0, -4.0]), torch.tensor([-3.0, -9.0]), torch.tensor([2.0, -1.0])
+    _IC_LOW, _IC_HIGH = torch.tensor([0.05, 0.01]), torch.tensor([math.pi - 0.05, math.inf])
+
+    def _angle_tables(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per slot (θ_ref, r_ref) and the widths' scales (θ_std, 1), and the widths' floors
+        (0.01 rad, 1e-4 nm), all times ``angle_spread``: what :meth:`_draw_atom_fast` reads."""
+        scale = self.params.angle_spread
+        ref = torch.stack([self.theta_ref, self.r_ref], -1)
+        std = torch.stack([self.theta_std, torch.ones_like(self.theta_std)], -1) * scale
+        return ref, std, torch.tensor([0.01, 1e-4]) * scale
+
+    def _draw_atom_fast(self, h, axes, p, slot, bond, rigid, gen, repeat, first, ref, std, floor):
+        """:meth:`_draw_atom` without density or gradient, in fewer operations: the same random
+        numbers, in the same order, to the same laws (up to rounding)."""
+        angle, share = first.angle_parts(h)
+        if repeat > 1:
+            angle, share = angle.repeat_interleave(repeat, 0), share.repeat_interleave(repeat, 0)
+        mean = ref[slot] + torch.tanh(angle[:, 1::2]) * self._MEAN_SCALE  # (rows, 2): θ, r
+        width = torch.exp((angle[:, 2::2] + self._WIDTH_OFFSET).clamp(self._WIDTH_LOW, self._WIDTH_HIGH)) * std[slot] \
+            + floor
+        rows = (len(mean),)
+        noise = torch.stack([host_random(torch.randn, rows, generator=gen), host_random(torch.randn, rows, generator=gen)], 1)
+        ic = torch.addcmul(mean, width, noise).clamp_(self._IC_LOW, self._IC_HIGH)
+        theta, r = ic.unbind(1)
+        cos_t, sin_t = torch.cos(theta), torch.sin(theta)
+        phi = ICDistribution.of_parts(None, self.head.dihedral_given(share, theta, (cos_t, sin_t)), None, None, None
+                                      ).sample_dihedral(gen)
+        r = torch.where(rigid, bond, r)
+        cos_p, sin_p = torch.cos(phi), torch.sin(phi)
+        local = torch.stack([-cos_t, sin_t * cos_p, sin_t * sin_p], 1)  # in the frame (bc, m, n)
+        placed = torch.addcmul(p, r[:, None], (local[:, :, None] * axes).sum(1))
+        return placed, torch.stack([cos_t, sin_t, cos_p, sin_p, (r - ref[slot, 1]) * 10], -1)
 
     def _atomwise_first_layer(self, n_vectors: int) -> AtomwiseFirstLayer:
         """The head's first layer split for drawing atom by atom (made again whenever its weights change)."""
