@@ -150,6 +150,7 @@ class ICInference:
         first = self._atomwise_first_layer(vectors.shape[1])
         unit_share = first.unit_share(scalars, near_types.view(R, NEAR_BEADS, -1), ext_ok)
         fast = None if self.bounded_ics else (first, *self._angle_tables())
+        alike = K > 1 and not self._context_per_candidate()
         # coordinate-major points (rows, 3, P) every atom sees — encoder vectors, the lab origin and
         # z, x axes, the near beads — then the external slots and the unit's atoms built so far:
         # ``shift`` marks the points taken relative to the atom's parent, ``seen`` hides external
@@ -177,14 +178,14 @@ class ICInference:
             axes = frame(d, g, p)
             n = n_fixed + t.E + a
             # the first atom sees the same things in all K candidates of a unit: its head runs once per unit
-            sub = slice(None, None, K) if a == 0 and K > 1 else slice(None)
+            sub = slice(None, None, K) if a == 0 and alike else slice(None)
             points = torch.cat([fixed_points[sub], ext_t[sub]], 2) if a == 0 else \
                 torch.cat([fixed_points, ext_t, pool_t[:, :, :a]], 2)
             points = torch.addcmul(points, p[sub, :, None], shift[:n], value=-1.0) * seen[sub, :, :n]
             h = first.features(unit_share[sub], int(slot[0, a]) if same else slot[sub, a], prev[sub], points, axes[sub],
                                tuple(order[:a]))
             pool[:, a], prev = self._draw_atom(h, axes, p, slot[:, a], bond[:, a], rigid[:, a], gen, logp,
-                                               repeat=K if a == 0 else 1, fast=fast)
+                                               repeat=K if a == 0 and alike else 1, fast=fast)
         out = pool.clone()
         out[:, :U] = pool[:, rank[:U]]  # back to slot order
         return out
@@ -221,6 +222,14 @@ class ICInference:
     _MEAN_SCALE = torch.tensor([1.5, 0.1])
     _WIDTH_OFFSET, _WIDTH_LOW, _WIDTH_HIGH = torch.tensor([0.0, -4.0]), torch.tensor([-3.0, -9.0]), torch.tensor([2.0, -1.0])
     _IC_LOW, _IC_HIGH = torch.tensor([0.05, 0.01]), torch.tensor([math.pi - 0.05, math.inf])
+
+    def _context_per_candidate(self) -> bool:
+        """Whether the head's context differs between a unit's candidates (a subclass's
+        ``_decoder_context``, e.g. vae's latent vector per candidate): then no atom is drawn once
+        for all of them."""
+        from backmap.icgen.generator import InternalCoordinateGenerator
+
+        return type(self)._decoder_context is not InternalCoordinateGenerator._decoder_context
 
     def _angle_tables(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per slot (θ_ref, r_ref) and the widths' scales (θ_std, 1), and the widths' floors
