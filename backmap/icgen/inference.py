@@ -11,7 +11,7 @@ import torch
 
 from backmap.devices import host_random, to_host
 from backmap.errors import BackmapError
-from backmap.icgen.head import AtomwiseFirstLayer, ICDistribution
+from backmap.icgen.head import N_ANGLE, AtomwiseFirstLayer, ICDistribution
 from backmap.icgen.nerf import frame, place_in_frame
 from backmap.icgen.tables import VIRTUAL, Tables, UnitTable, system_tables
 from backmap.sampling.environment import EnvironmentBatch
@@ -149,7 +149,7 @@ class ICInference:
         rank = t.rank[key]
         first = self._atomwise_first_layer(vectors.shape[1])
         unit_share = first.unit_share(scalars, near_types.view(R, NEAR_BEADS, -1), ext_ok)
-        fast = None if self.bounded_ics else (first, *self._angle_tables())
+        fast = None if self.bounded_ics or N_ANGLE != 1 else (first, *self._angle_tables())
         alike = K > 1 and not self._context_per_candidate()
         # coordinate-major points (rows, 3, P) every atom sees — encoder vectors, the lab origin and
         # z, x axes, the near beads — then the external slots and the unit's atoms built so far:
@@ -218,11 +218,6 @@ class ICInference:
         prev = torch.stack([torch.cos(theta), torch.sin(theta), torch.cos(phi), torch.sin(phi), (r - r_ref) * 10], -1)
         return place_in_frame(axes, p, r, theta, phi), prev
 
-    #: the angle's and the length's outputs: mean scale, the log-width's offset and clamp (as ICDistribution._angle)
-    _MEAN_SCALE = torch.tensor([1.5, 0.1])
-    _WIDTH_OFFSET, _WIDTH_LOW, _WIDTH_HIGH = torch.tensor([0.0, -4.0]), torch.tensor([-3.0, -9.0]), torch.tensor([2.0, -1.0])
-    _IC_LOW, _IC_HIGH = torch.tensor([0.05, 0.01]), torch.tensor([math.pi - 0.05, math.inf])
-
     def _context_per_candidate(self) -> bool:
         """Whether the head's context differs between a unit's candidates (a subclass's
         ``_decoder_context``, e.g. vae's latent vector per candidate): then no atom is drawn once
@@ -231,26 +226,31 @@ class ICInference:
 
         return type(self)._decoder_context is not InternalCoordinateGenerator._decoder_context
 
-    def _angle_tables(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per slot (θ_ref, r_ref) and the widths' scales (θ_std, 1), and the widths' floors
-        (0.01 rad, 1e-4 nm), all times ``angle_spread``: what :meth:`_draw_atom_fast` reads."""
+    def _angle_tables(self) -> tuple[torch.Tensor, ...]:
+        """What :meth:`_draw_atom_fast` reads for (θ, r) side by side (ICDistribution._angle's
+        constants): per slot the references and the widths' scales (θ_std, 1) times
+        ``angle_spread``; the widths' floors (0.01 rad, 1e-4 nm) times it; the means' scales; the
+        log-widths' offsets and clamps; the draws' clamps."""
         scale = self.params.angle_spread
         ref = torch.stack([self.theta_ref, self.r_ref], -1)
         std = torch.stack([self.theta_std, torch.ones_like(self.theta_std)], -1) * scale
-        return ref, std, torch.tensor([0.01, 1e-4]) * scale
+        pairs = ([0.01 * scale, 1e-4 * scale], [1.5, 0.1], [0.0, -4.0], [-3.0, -9.0], [2.0, -1.0], [0.05, 0.01],
+                 [math.pi - 0.05, math.inf])
+        return (ref, std, *(torch.tensor(x, dtype=ref.dtype) for x in pairs))
 
-    def _draw_atom_fast(self, h, axes, p, slot, bond, rigid, gen, repeat, first, ref, std, floor):
+    def _draw_atom_fast(self, h, axes, p, slot, bond, rigid, gen, repeat, first, ref, std, floor, mean_scale,
+                        offset, low, high, ic_low, ic_high):
         """:meth:`_draw_atom` without density or gradient, in fewer operations: the same random
         numbers, in the same order, to the same laws (up to rounding)."""
         angle, share = first.angle_parts(h)
         if repeat > 1:
             angle, share = angle.repeat_interleave(repeat, 0), share.repeat_interleave(repeat, 0)
-        mean = ref[slot] + torch.tanh(angle[:, 1::2]) * self._MEAN_SCALE  # (rows, 2): θ, r
-        width = torch.exp((angle[:, 2::2] + self._WIDTH_OFFSET).clamp(self._WIDTH_LOW, self._WIDTH_HIGH)) * std[slot] \
-            + floor
+        # the head's angle outputs are (logit, θ mean, θ log-width, r mean, r log-width): one component
+        mean = ref[slot] + torch.tanh(angle[:, 1::2]) * mean_scale  # (rows, 2): θ, r
+        width = torch.exp((angle[:, 2::2] + offset).clamp(low, high)) * std[slot] + floor
         rows = (len(mean),)
         noise = torch.stack([host_random(torch.randn, rows, generator=gen), host_random(torch.randn, rows, generator=gen)], 1)
-        ic = torch.addcmul(mean, width, noise).clamp_(self._IC_LOW, self._IC_HIGH)
+        ic = torch.addcmul(mean, width, noise).clamp_(ic_low, ic_high)
         theta, r = ic.unbind(1)
         cos_t, sin_t = torch.cos(theta), torch.sin(theta)
         phi = ICDistribution.of_parts(None, self.head.dihedral_given(share, theta, (cos_t, sin_t)), None, None, None
