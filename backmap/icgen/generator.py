@@ -95,6 +95,8 @@ class InternalCoordinateGenerator(ICInference, NetworkGenerator):
         """What the head is conditioned on per unit (rows of ``scalars``): here the encoder's scalars."""
         return scalars
 
+    _decoder_context.same_for_every_candidate = True  # a subclass's own is not (ICInference._context_per_candidate)
+
     def parameters(self):
         return [*self.encoder.parameters(), *self.head.parameters()]
 

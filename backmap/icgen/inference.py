@@ -219,12 +219,11 @@ class ICInference:
         return place_in_frame(axes, p, r, theta, phi), prev
 
     def _context_per_candidate(self) -> bool:
-        """Whether the head's context differs between a unit's candidates (a subclass's
-        ``_decoder_context``, e.g. vae's latent vector per candidate): then no atom is drawn once
-        for all of them."""
-        from backmap.icgen.generator import InternalCoordinateGenerator
-
-        return type(self)._decoder_context is not InternalCoordinateGenerator._decoder_context
+        """Whether the head's context may differ between a unit's candidates: unless the
+        ``_decoder_context`` in use is marked ``same_for_every_candidate`` (the base class's; a
+        subclass's, e.g. vae's latent vector per candidate, is not), no atom is drawn once for all
+        of them."""
+        return not getattr(type(self)._decoder_context, "same_for_every_candidate", False)
 
     def _angle_tables(self) -> tuple[torch.Tensor, ...]:
         """What :meth:`_draw_atom_fast` reads for (θ, r) side by side (ICDistribution._angle's
