@@ -543,7 +543,7 @@ def test_steps_built_alike_are_drawn_in_one_batch_each_row_by_its_own_table():
     start = 0
     for part in parts:
         scored = gen.log_prob(part, x[start:start + part.size])
-        assert torch.allclose(scored, drawn[start:start + part.size], atol=1e-3)
+        assert torch.allclose(scored, drawn[start:start + part.size], atol=5e-3)  # here ≤ 1.6e-4; another step's: ~100
         start += part.size
     # not vacuous: a row's draws are its own environment's (scored in another step's, they fit badly)
     n = parts[0].size

@@ -183,7 +183,8 @@ def test_projecting_many_frames_is_shake_from_where_they_stand():
     y, ok = bc.project(x)
     want, want_ok = bc.positions(x, x)
     assert not bool(ok[0]) and not bool(ok[1]) and bool(ok[2:].all()) and bool(want_ok[2:].all())
-    assert float((y[2:] - want[2:]).abs().max()) < 1e-8
+    # both stop within the tolerance of one root: here ≤ 8.6e-9 nm over 20 seeds; another root is ~1e-3 away
+    assert float((y[2:] - want[2:]).abs().max()) < 1e-7
     assert float(bc.residual(y[2:]).max()) <= 1e-7
     assert bool(torch.isfinite(y[2:]).all())  # a NaN frame stays in its own row
     twice = BondConstraints(np.r_[pairs, pairs[:1]], np.r_[lengths, lengths[:1]], masses)
