@@ -16,6 +16,13 @@ from backmap.icgen.encoder import mlp
 N_ANGLE, N_DIHEDRAL = 1, 4  # bond angles are unimodal; a second component only drifted
 N_OUT = 3 * N_ANGLE + 4 * N_DIHEDRAL + 2
 LOG_2PI = math.log(2 * math.pi)
+#: the bond angle's and the bond length's parametrisation, (θ, r) side by side: how far a mean
+#: reaches from its reference, a log-width's offset and clamp, a width's floor, a draw's clamp
+MEAN_REACH = (1.5, 0.1)
+LOG_WIDTH_OFFSET = (0.0, -4.0)
+LOG_WIDTH_CLAMP = ((-3.0, 2.0), (-9.0, -1.0))
+WIDTH_FLOOR = (0.01, 1e-4)
+DRAW_CLAMP = ((0.05, math.pi - 0.05), (0.01, math.inf))
 
 
 class ICDistribution:
@@ -48,10 +55,10 @@ class ICDistribution:
         """The bond angle's and length's parameters from ``out`` (..., 3·N_ANGLE + 2)."""
         a = N_ANGLE
         self.a_logit = torch.log_softmax(out[..., :a], -1)
-        self.a_mean = theta_ref[..., None] + 1.5 * torch.tanh(out[..., a:2 * a])  # bounded: a bad step cannot fling it
+        self.a_mean = theta_ref[..., None] + MEAN_REACH[0] * torch.tanh(out[..., a:2 * a])  # bounded: a bad step cannot fling it
         # relative to the data's spread of that row: Adam moves a log-width by ~lr per step, so
         # starting from 1 rad it took ~1000 steps to reach the 5° of a bond angle
-        self.a_sigma = theta_std[..., None] * torch.exp(out[..., 2 * a:3 * a].clamp(-3.0, 2.0)) + 0.01
+        self.a_sigma = theta_std[..., None] * torch.exp(out[..., 2 * a:3 * a].clamp(*LOG_WIDTH_CLAMP[0])) + WIDTH_FLOOR[0]
         if bounded:
             # mean inside (0.3, π − 0.3), σ at most a quarter of the way to the draw's clamp (0.05,
             # π − 0.05): clamped draws sit
@@ -61,8 +68,8 @@ class ICDistribution:
             room = torch.minimum(self.a_mean - 0.05, math.pi - 0.05 - self.a_mean) / 4
             self.a_sigma = torch.minimum(self.a_sigma, room)
         o = 3 * a
-        self.r_mean = r_ref + 0.1 * torch.tanh(out[..., o])
-        self.r_sigma = torch.exp((out[..., o + 1] - 4.0).clamp(-9.0, -1.0)) + 1e-4  # starts at 0.02 nm, inside the clamp
+        self.r_mean = r_ref + MEAN_REACH[1] * torch.tanh(out[..., o])
+        self.r_sigma = torch.exp((out[..., o + 1] + LOG_WIDTH_OFFSET[1]).clamp(*LOG_WIDTH_CLAMP[1])) + WIDTH_FLOOR[1]  # starts at 0.02 nm, inside the clamp
         if bounded:  # at most a quarter of the mean (the draw's clamp at 0.01 nm), as for angles
             self.r_sigma = torch.minimum(self.r_sigma, (self.r_mean / 4).clamp(min=1e-4))
 
@@ -92,8 +99,8 @@ class ICDistribution:
             ia = _component(self.a_logit, generator)
             mean = self.a_mean.gather(-1, ia[..., None])[..., 0]
             sig = self.a_sigma.gather(-1, ia[..., None])[..., 0]
-        theta = (mean + sig * host_random(torch.randn, shape, generator=generator)).clamp(0.05, math.pi - 0.05)
-        r = (self.r_mean + self.r_sigma * host_random(torch.randn, shape, generator=generator)).clamp(min=0.01)
+        theta = (mean + sig * host_random(torch.randn, shape, generator=generator)).clamp(*DRAW_CLAMP[0])
+        r = (self.r_mean + self.r_sigma * host_random(torch.randn, shape, generator=generator)).clamp(min=DRAW_CLAMP[1][0])
         return r, theta
 
     def sample_dihedral(self, generator: torch.Generator, reparameterized: bool = False) -> torch.Tensor:

@@ -3,7 +3,6 @@ transfer to molecule types it was not trained on, and its saved state (a mixin o
 :class:`backmap.icgen.generator.InternalCoordinateGenerator`, kept apart from its training)."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -11,7 +10,8 @@ import torch
 
 from backmap.devices import host_random, to_host
 from backmap.errors import BackmapError
-from backmap.icgen.head import N_ANGLE, AtomwiseFirstLayer, ICDistribution
+from backmap.icgen.head import (DRAW_CLAMP, LOG_WIDTH_CLAMP, LOG_WIDTH_OFFSET, MEAN_REACH, N_ANGLE, WIDTH_FLOOR,
+                               AtomwiseFirstLayer, ICDistribution)
 from backmap.icgen.nerf import frame, place_in_frame
 from backmap.icgen.tables import VIRTUAL, Tables, UnitTable, system_tables
 from backmap.sampling.environment import EnvironmentBatch
@@ -226,15 +226,16 @@ class ICInference:
         return not getattr(type(self)._decoder_context, "same_for_every_candidate", False)
 
     def _angle_tables(self) -> tuple[torch.Tensor, ...]:
-        """What :meth:`_draw_atom_fast` reads for (θ, r) side by side (ICDistribution._angle's
-        constants): per slot the references and the widths' scales (θ_std, 1) times
-        ``angle_spread``; the widths' floors (0.01 rad, 1e-4 nm) times it; the means' scales; the
+        """What :meth:`_draw_atom_fast` reads for (θ, r) side by side (the head's parametrisation,
+        as :class:`ICDistribution` reads it): per slot the references and the widths' scales
+        (θ_std, 1) times ``angle_spread``; the widths' floors times it; the means' reaches; the
         log-widths' offsets and clamps; the draws' clamps."""
         scale = self.params.angle_spread
         ref = torch.stack([self.theta_ref, self.r_ref], -1)
         std = torch.stack([self.theta_std, torch.ones_like(self.theta_std)], -1) * scale
-        pairs = ([0.01 * scale, 1e-4 * scale], [1.5, 0.1], [0.0, -4.0], [-3.0, -9.0], [2.0, -1.0], [0.05, 0.01],
-                 [math.pi - 0.05, math.inf])
+        (low_t, high_t), (low_r, high_r) = LOG_WIDTH_CLAMP
+        pairs = ([f * scale for f in WIDTH_FLOOR], MEAN_REACH, LOG_WIDTH_OFFSET, [low_t, low_r], [high_t, high_r],
+                 [DRAW_CLAMP[0][0], DRAW_CLAMP[1][0]], [DRAW_CLAMP[0][1], DRAW_CLAMP[1][1]])
         return (ref, std, *(torch.tensor(x, dtype=ref.dtype) for x in pairs))
 
     def _draw_atom_fast(self, h, axes, p, slot, bond, rigid, gen, repeat, first, ref, std, floor, mean_scale,

@@ -277,7 +277,8 @@ class Tables:
         self.n_slots = len(self.signatures)
         self.virtual = torch.as_tensor(VIRTUAL_POSITIONS, dtype=torch.float32)
         self._projections: dict = {}
-        self._structures: dict = {}
+        self._structures: dict[int, int] = {}  # table key -> structure id
+        self._structure_ids: dict[tuple, int] = {}  # signature -> structure id
 
     def structure(self, key: int) -> int:
         """An id shared by the tables built alike — the same build order, closures, masses and
@@ -287,8 +288,7 @@ class Tables:
             signature = (self.order[key].numpy().tobytes(), self.rank[key].numpy().tobytes(), len(t.atoms),
                          *(np.asarray(a, float).tobytes() for a in (t.closures, t.closure_length, t.masses,
                                                                      t.centre_weights)))
-            ids = self._structures.setdefault("ids", {})
-            self._structures[key] = ids.setdefault(signature, len(ids))
+            self._structures[key] = self._structure_ids.setdefault(signature, len(self._structure_ids))
         return self._structures[key]
 
     def key(self, moltype: str, bead: int) -> int:
