@@ -407,22 +407,60 @@ def test_cg_restraint_in_the_selection_energy(hexane):
     torch.testing.assert_close(f1, f0, rtol=0, atol=0)
 
 
+def _swept(bm, R, fr):
+    """The frame as :func:`_frame` makes it, the sampler's output before the moves, and the
+    beads it was told the first move draws anew."""
+    seen = {}
+    sweep = bm.sampler.backmap
+
+    def recording(*args, **kwargs):
+        seen["redrawn"] = list(kwargs.get("redrawn", ()))
+        seen["x"] = sweep(*args, **kwargs)
+        return seen["x"]
+
+    bm.sampler.backmap = recording
+    return _frame(bm, R, fr), seen["x"], seen["redrawn"]
+
+
+def _bead_atoms(cg, bm, name: str) -> np.ndarray:
+    """Every molecule's atoms of the units of bead ``name``."""
+    a1 = [b.name for b in cg.blocks[0].mapping.beads].index(name)
+    local = np.concatenate([u.atoms for u in next(iter(bm.plans.values())).units if u.bead == a1])
+    return (np.arange(cg.blocks[0].block.count)[:, None] * cg.blocks[0].block.moltype.n_atoms + local[None]).ravel()
+
+
 def test_regrow_moves_only_the_named_beads(hexane):
-    """The block move comes after the sweeps: with the same seed everything but the regrown
-    beads' atoms is where the run without it put them."""
+    """The block move comes after the sweeps: everything but the regrown beads' atoms stays
+    where the sweeps put it."""
     topo, cg, x, fr = hexane
     R = cg.apply(x)
-    plain = _frame(_backmapper(cg, 5), R, fr)
-    regrown = _frame(_backmapper(cg, 5, regrow=["A1"]), R, fr)
-    mm = cg.blocks[0].mapping
-    a1 = [b.name for b in mm.beads].index("A1")
-    plan = next(iter(_backmapper(cg, 5).plans.values()))
-    local = np.concatenate([u.atoms for u in plan.units if u.bead == a1])
-    block = (np.arange(cg.blocks[0].block.count)[:, None] * cg.blocks[0].block.moltype.n_atoms + local[None]).ravel()
+    bm = _backmapper(cg, 5, regrow=["A1"])
+    regrown, swept, _ = _swept(bm, R, fr)
+    block = _bead_atoms(cg, bm, "A1")
     rest = np.setdiff1d(np.arange(len(x)), block)
-    np.testing.assert_array_equal(regrown[rest], plain[rest])
-    moved = np.linalg.norm(regrown[block] - plain[block], axis=-1)
+    np.testing.assert_array_equal(regrown[rest], swept[rest])
+    moved = np.linalg.norm(regrown[block] - swept[block], axis=-1)
     assert (moved > 1e-6).mean() > 0.9
+
+
+def test_the_last_sweep_leaves_the_units_a_regrow_draws_anew(hexane):
+    """What the last Gibbs sweep would draw for the beads the regrow then draws from scratch is
+    never seen: with the same seed, A1's atoms leave the sampler where the forward pass put them
+    (a run without sweeps), every other unit is drawn again; without the regrow A1 is too."""
+    topo, cg, x, fr = hexane
+    R = cg.apply(x)
+    bm = _backmapper(cg, 5, regrow=["A1"])
+    assert bm.moves[0].redraws() == ["A1"]
+    _, swept, redrawn = _swept(bm, R, fr)
+    assert redrawn == ["A1"]
+    _, forward, none = _swept(_backmapper(cg, 5, gibbs_sweeps=0), R, fr)
+    _, plain, _ = _swept(_backmapper(cg, 5), R, fr)
+    assert none == []
+    block = _bead_atoms(cg, bm, "A1")
+    rest = np.setdiff1d(np.arange(len(x)), block)
+    np.testing.assert_array_equal(swept[block], forward[block])
+    assert (np.linalg.norm(swept[rest] - forward[rest], axis=-1) > 1e-6).mean() > 0.9
+    assert (np.linalg.norm(plain[block] - forward[block], axis=-1) > 1e-6).mean() > 0.9
 
 
 def test_regrow_trials_keep_each_molecules_lowest_energy(hexane):

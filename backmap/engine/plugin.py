@@ -471,6 +471,12 @@ class Move(Plugin):
     def apply(self, frame: MoveFrame) -> tuple[np.ndarray, Any]:
         raise NotImplementedError
 
+    def redraws(self) -> Sequence[str]:
+        """Names of the beads whose units this move draws anew without reading where they stand
+        (default: none). When the move comes first, the frame's last Gibbs sweep leaves those
+        units where the pass before it put them: what it drew there would be thrown away."""
+        return ()
+
     def restore(self, frame: MoveFrame) -> tuple[np.ndarray, dict[str, Any]]:
         """For a ``constraint`` move: the frame under the constraint again after a later move, and
         the fields of this frame's report that change (default: :meth:`apply` again, its report)."""

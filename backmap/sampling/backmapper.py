@@ -316,7 +316,8 @@ class Backmapper:
 
         self.sampler.rng = rng if rng is not None else frame_rng(self.seed, cg.index if cg.index is not None else 0)
         beads = self._whole_cg(cg.positions, cg.dimensions)
-        x = self.sampler.backmap(beads, cg.box, start=start, previous=previous)
+        x = self.sampler.backmap(beads, cg.box, start=start, previous=previous,
+                                 redrawn=self.moves[0].redraws() if self.moves else ())
         if self.moves:
             x = self._make_moves(MoveFrame(x, beads, cg.dimensions, self.cg_topology, self.sampler.rng, cg.index,
                                            self.sampler))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Collection, Sequence
 
 import networkx as nx
 import numpy as np
@@ -547,13 +547,17 @@ class Sampler:
         return env
 
     def backmap(self, cg_positions: np.ndarray, box: np.ndarray, start: np.ndarray | None = None,
-                progress_label: str | None = None, previous: np.ndarray | None = None) -> np.ndarray:
+                progress_label: str | None = None, previous: np.ndarray | None = None,
+                redrawn: Collection[str] = ()) -> np.ndarray:
         """AA positions (N, 3) nm for one CG frame (M, 3) with molecules whole. ``start``: an
         initial AA structure — then the forward pass is skipped and only Gibbs sweeps run
         (morphing scheme B). ``previous``: the AA frame before this one in a trajectory, which the
-        environments carry for a generator trained in trajectory mode (``EnvironmentSpec.temporal``)."""
+        environments carry for a generator trained in trajectory mode (``EnvironmentSpec.temporal``).
+        ``redrawn``: names of beads whose units are drawn anew right after (a regrow,
+        :meth:`~backmap.engine.plugin.Move.redraws`): the last Gibbs sweep leaves them as they
+        stand (on sPS with a chain's first three monomers regrown, 6 of its 20 steps)."""
         with torch_threads(1):  # small tensors per step (also the per-frame neighbour search)
-            return self._backmap(cg_positions, box, start, progress_label, previous)
+            return self._backmap(cg_positions, box, start, progress_label, previous, set(redrawn))
 
     def _set_frame(self, cg_positions: np.ndarray, box: np.ndarray) -> None:
         """A new CG frame for the environment builder and the candidate scorer."""
@@ -563,7 +567,8 @@ class Sampler:
         if isinstance(self.energy, RestrainedScorer):
             self.energy.set_frame(cg_positions)
 
-    def _backmap(self, cg_positions, box, start, progress_label, previous=None) -> np.ndarray:
+    def _backmap(self, cg_positions, box, start, progress_label, previous=None, redrawn: set[str] = frozenset()
+                 ) -> np.ndarray:
         self._set_frame(cg_positions, box)
         if self.generator.environment.temporal:
             spec = self.generator.environment
@@ -573,10 +578,11 @@ class Sampler:
         placed = torch.zeros(n, dtype=torch.bool) if start is None else torch.ones(n, dtype=torch.bool)
         schedule = self._schedule()
         sweeps = (["forward"] if start is None else []) + ["gibbs"] * self.options.gibbs_sweeps
-        total = sum(len(steps) for steps in schedule) * len(sweeps)
-        steps = ((k, sweep, step) for k, sweep in enumerate(sweeps) for block in schedule for step in block)
-        if progress_label:
-            steps = progress(steps, total=total, description=progress_label)
+        last = len(sweeps) - 1
+        skip = redrawn if sweeps[last:] == ["gibbs"] else set()  # in the last sweep, if a Gibbs one
+        plan = [(k, sweep, step) for k, sweep in enumerate(sweeps) for block in schedule for step in block
+                if k < last or self._bead_name(step) not in skip]
+        steps = progress(plan, total=len(plan), description=progress_label) if progress_label else plan
         with torch.no_grad():
             for k, sweep, step in steps:
                 if sweep == "gibbs":
@@ -586,6 +592,10 @@ class Sampler:
                            candidates=self._sweep_candidates(k, start is None))
         self._last_schedule = schedule
         return to_host(positions).astype(np.float64)
+
+    def _bead_name(self, step: tuple) -> str:
+        """The name of the bead a plan step places."""
+        return self.plans[step[0]].mapping.beads[step[2]["bead"]].name
 
     def _sweep_candidates(self, k: int, forward: bool) -> int:
         """Candidates per unit in sweep ``k`` of a frame (``forward``: its sweep 0 is the forward
@@ -650,8 +660,7 @@ class Sampler:
         more with everything placed (Gibbs mode); with ``n_trials`` > 1 the block is grown that
         many times (the trials' environments drawn in one batch per step) and each molecule keeps
         the trial whose units' Gibbs-mode selection energies sum lowest. False: no unit named."""
-        steps = [step for block in schedule for step in block
-                 if self.plans[step[0]].mapping.beads[step[2]["bead"]].name in names]
+        steps = [step for block in schedule for step in block if self._bead_name(step) in names]
         if not steps:
             return False
         hidden = torch.cat([g[6].reshape(-1) for step in steps for g in step[3]])

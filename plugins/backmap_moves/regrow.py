@@ -49,6 +49,10 @@ class Regrow(Move):
         names = np.asarray(setup.cg_topology.bead_names)
         self._beads = int(np.isin(names, self.params.beads).sum())
 
+    def redraws(self) -> list[str]:
+        """The named beads: their units are hidden, then placed and drawn again from scratch."""
+        return list(self.params.beads)
+
     def apply(self, frame: MoveFrame) -> tuple[np.ndarray, RegrowReport]:
         sampler = frame.sampler_for(self.name)
         x = sampler.regrow_frame(frame.positions, self.params.beads, self.params.candidates, self.params.trials)
