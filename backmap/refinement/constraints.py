@@ -273,8 +273,8 @@ class BondConstraints:
         tolerance = self.tolerance * d2
         xt = x.permute(1, 2, 0).contiguous()  # (N, 3, F)
         # x += M⁻¹ J(x_ref)ᵀ λ as two scatters of per-constraint steps; the iteration gives −λ
-        to_i = (-2 * self.inv_mass[self.i, None, None]) * r_ref.permute(1, 2, 0)
-        to_j = (2 * self.inv_mass[self.j, None, None]) * r_ref.permute(1, 2, 0)
+        rt = r_ref.permute(1, 2, 0)
+        to_i, to_j = (-2 * self.inv_mass[self.i, None, None]) * rt, (2 * self.inv_mass[self.j, None, None]) * rt
         everyone, ref, rows = xt, r_ref, None  # rows: the frames iterated alone, once few are open
         for it in range(self.max_iterations):
             r = xt.index_select(0, self.i) - xt.index_select(0, self.j)
