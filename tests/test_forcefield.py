@@ -5,6 +5,7 @@ import torch
 
 from backmap.errors import BackmapError
 from backmap.forcefield import ForceField, NonbondedSettings
+from backmap.forcefield import neighbors
 from backmap.forcefield.neighbors import neighbour_pairs
 from backmap.system.io import read_frames
 from backmap.system.pbc import box_vectors, minimum_image
@@ -131,9 +132,12 @@ def test_overlapping_atoms_give_finite_forces(hexane_ff):
     assert float(e.terms["lj"][0].detach()) > 1e3  # strongly repulsive, but finite
 
 
+@pytest.mark.parametrize("screen", ["padded", "listed"])
 @pytest.mark.parametrize("cutoff, n_atoms, least", [(1.1, 700, 1000), (0.12, 3000, 800)])
-def test_neighbour_list_skewed_triclinic_equals_brute_force(cutoff, n_atoms, least):
-    """A long cut-off (cells one cut-off high) and a short one (cells of MIN_CELL, several cut-offs)."""
+def test_neighbour_list_skewed_triclinic_equals_brute_force(cutoff, n_atoms, least, screen, monkeypatch):
+    """A long cut-off (cells one cut-off high) and a short one (cells of MIN_CELL, several cut-offs),
+    each screened as padded cell blocks and as a list of cell pairs."""
+    monkeypatch.setattr(neighbors, "SPARSE_PADDING", 0 if screen == "listed" else np.inf)
     rng = np.random.default_rng(2)
     dims = np.array([4.1, 2.9, 2.5, 90.0, 90.0, 119.0])  # as skewed as the sPS reference boxes
     V = box_vectors(dims)
@@ -146,6 +150,26 @@ def test_neighbour_list_skewed_triclinic_equals_brute_force(cutoff, n_atoms, lea
     want = set(zip(ii[dist < cutoff], jj[dist < cutoff]))
     assert got == want and len(want) > least
     np.testing.assert_allclose(d[d < cutoff], np.linalg.norm(minimum_image(x[j] - x[i], dims), axis=1)[d < cutoff])
+
+
+@pytest.mark.parametrize("cutoff", [0.3, 0.9])
+def test_neighbour_list_is_the_same_screened_either_way(cutoff, monkeypatch):
+    """The listed screening returns the padded one's pairs in the same order (callers' sums keep their bits)."""
+    rng = np.random.default_rng(3)
+    dims = np.array([4.1, 2.9, 2.5, 90.0, 90.0, 119.0])
+    x = rng.uniform(-2, 6, size=(2000, 3))
+    excluded = np.unique(rng.integers(0, 2000 * 2000, 5000))
+    found = []
+    for padding in (np.inf, 0):
+        monkeypatch.setattr(neighbors, "SPARSE_PADDING", padding)
+        found.append(neighbour_pairs(x, box_vectors(dims), cutoff, excluded))
+    (i0, j0, s0), (i1, j1, s1) = found
+    inside = np.linalg.norm(x[j0] + s0 - x[i0], axis=1) < cutoff  # the skin's float32/float64 edge aside
+    inside1 = np.linalg.norm(x[j1] + s1 - x[i1], axis=1) < cutoff
+    assert inside.sum() > 1000
+    np.testing.assert_array_equal(i0[inside], i1[inside1])
+    np.testing.assert_array_equal(j0[inside], j1[inside1])
+    np.testing.assert_array_equal(s0[inside], s1[inside1])
 
 
 def test_cutoff_larger_than_half_box_is_an_error(hexane_ff):
