@@ -63,8 +63,11 @@ class ICInference:
     def propose(self, batch: EnvironmentBatch, n_candidates: int, rng: np.random.Generator) -> torch.Tensor:
         self._require()
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        with torch.no_grad(), torch_threads(self.params.threads):
-            return self._sample(self._view_batch(batch), n_candidates, gen)
+        # inference mode: no version counters or views tracked (≈ 7 % of a proposal's time on sPS);
+        # what it caches for later calls is made outside it (Tables.projection)
+        with torch.inference_mode(), torch_threads(self.params.threads):
+            drawn = self._sample(self._view_batch(batch), n_candidates, gen)
+        return drawn.clone()  # a plain tensor: callers may change it in place
 
     def _sample(self, v: dict, K: int, gen: torch.Generator, with_log_prob: bool = False, raw: bool = False,
                 reparameterized: bool = False):

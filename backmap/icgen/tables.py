@@ -332,16 +332,19 @@ class Tables:
         just the pool points they involve, and those points' pool indices."""
         cache_key = (key, active.tobytes())
         if cache_key not in self._projections:
-            t = self.tables[key]
-            u = len(t.atoms)
-            codes = np.where(t.closures < u, t.closures, t.closures - u + self.U)[active]
-            if not len(codes):
-                self._projections[cache_key] = None
-            else:
-                points = np.unique(codes)
-                masses = np.where(points < u, np.asarray(t.masses)[np.minimum(points, u - 1)], np.inf)
-                # relative tolerance 1e-7 on r²: below what float32 positions resolve
-                solver = BondConstraints(np.searchsorted(points, codes), t.closure_length[active], masses,
-                                         tolerance=1e-7, max_iterations=30)
-                self._projections[cache_key] = (solver, torch.as_tensor(points))
+            with torch.inference_mode(False):  # kept for training too: no inference tensors in it
+                self._projections[cache_key] = self._make_projection(key, active)
         return self._projections[cache_key]
+
+    def _make_projection(self, key: int, active: np.ndarray) -> tuple[BondConstraints, torch.Tensor] | None:
+        t = self.tables[key]
+        u = len(t.atoms)
+        codes = np.where(t.closures < u, t.closures, t.closures - u + self.U)[active]
+        if not len(codes):
+            return None
+        points = np.unique(codes)
+        masses = np.where(points < u, np.asarray(t.masses)[np.minimum(points, u - 1)], np.inf)
+        # relative tolerance 1e-7 on r²: below what float32 positions resolve
+        solver = BondConstraints(np.searchsorted(points, codes), t.closure_length[active], masses,
+                                 tolerance=1e-7, max_iterations=30)
+        return solver, torch.as_tensor(points)

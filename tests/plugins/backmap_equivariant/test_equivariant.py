@@ -553,3 +553,32 @@ def test_steps_built_alike_are_drawn_in_one_batch_each_row_by_its_own_table():
     wrong.meta = {**gibbs[5].meta, "beads": [5] * gibbs[5].size + [1] * gibbs[1].size}
     with pytest.raises(BackmapError, match="built alike"):
         gen._view_batch(wrong)
+
+
+def test_proposals_in_inference_mode_leave_training_possible():
+    """``propose`` runs in torch's inference mode. What it returns must be a plain tensor (callers
+    change candidates in place), and what it caches (the rings' SHAKE solvers) must be usable by
+    the training path afterwards: a draw with gradients through the projection, on the shipped
+    sPS model (whose rings have closures to project)."""
+    shipped = Path(__file__).resolve().parents[3] / "models" / "sps-equivariant"
+    model = load_model(shipped)
+    gen = model.generator
+    top = load_topology(shipped / "system" / "topol.top")
+    cg = load_mapping(shipped / "system" / "sps-rings-first.xml", top).cg_topology(top)
+    seen = []
+    original = gen.propose
+    gen.propose = lambda batch, k, rng: (seen.append(batch), original(batch, k, rng))[1]
+    bm = make_backmapper(cg, gen, BackmapSettings(candidates=2, gibbs_sweeps=0, energy=False), seed=1)
+    list(bm.run([next(iter(read_frames(DATA / "sps" / "cg.gro")))]))
+    gen.propose = original
+    cached = [v for v in gen.tables._projections.values() if v is not None]
+    assert cached  # the rings were projected: solvers were made during the proposals
+    assert not any(t.is_inference() for solver, points in cached
+                   for t in (points, *(x for x in vars(solver).values() if torch.is_tensor(x))))
+    drawn = gen.propose(seen[-1], 3, np.random.default_rng(0))
+    assert not drawn.is_inference()
+    drawn += 0.0  # in place, outside inference mode
+    with torch.enable_grad():
+        x = gen._sample(gen._view_batch(seen[-1]), 2, torch.Generator().manual_seed(0), reparameterized=True)
+        x.sum().backward()  # raises if an inference tensor was saved for the backward pass
+    assert any(p.grad is not None for p in gen.parameters())
