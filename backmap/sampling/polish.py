@@ -65,17 +65,17 @@ def find_rotors(graph: nx.Graph, unit_atoms: np.ndarray, placed: np.ndarray,
     unit = set(int(u) for u in unit_atoms)
     slot = {u: k for k, u in enumerate(unit_atoms.tolist())}
     whole = centre_weights is not None and len(unit) == graph.number_of_nodes() and len(unit) > 1
+    adjacency = {n: list(graph.neighbors(n)) for n in graph}
     found = []
     for b in unit:
         for a in graph.neighbors(b):
             if a not in unit and not placed[a]:
                 continue
-            g = graph.copy()
-            g.remove_edge(a, b)
-            side = nx.node_connected_component(g, b)
+            side = _side(adjacency, b, a)
             if a in side or any(placed[x] and x not in unit for x in side):
                 continue
-            if not any(placed[x] and x not in unit for x in nx.node_connected_component(g, a)):
+            # the bond is a bridge: a's side is the rest of a's component
+            if not any(placed[x] and x not in unit and x not in side for x in nx.node_connected_component(graph, a)):
                 continue  # a's side floats too: the turn would be about nothing the environment holds
             moving = sorted(slot[x] for x in side if x in unit and x != b)
             if moving:
@@ -94,6 +94,18 @@ def find_rotors(graph: nx.Graph, unit_atoms: np.ndarray, placed: np.ndarray,
         w = np.asarray(centre_weights, float)
         centre = torch.as_tensor(w / w.sum(), dtype=torch.float32)
     return Rotors(a_slots, b_slots, moves, external, centre)
+
+
+def _side(adjacency: dict, b, a) -> set:
+    """The atoms reachable from ``b`` without crossing the bond b–a (a among them if the bond is in a ring)."""
+    seen, stack = {b}, [b]
+    while stack:
+        n = stack.pop()
+        for m in adjacency[n]:
+            if m not in seen and (n != b or m != a):
+                seen.add(m)
+                stack.append(m)
+    return seen
 
 
 def rotate(x: torch.Tensor, rotors: Rotors, angles: torch.Tensor, external: torch.Tensor | None) -> torch.Tensor:

@@ -274,7 +274,7 @@ class UnitEnergy:
         if st["glob"] is not None:
             glob = st["glob"]
             x = positions[glob].unsqueeze(1).repeat(1, K, 1, 1)  # (B, K, A, 3)
-            x[:, :, st["unit_cols"]] = candidates[:, :, st["unit_slot"]]  # the candidates for the unit's atoms
+            x.index_copy_(2, st["unit_cols"], candidates.index_select(2, st["unit_slot"]).to(x.dtype))  # the unit's atoms
             parts = []
             for (name, off, T, k), par in zip(st["spans"], st["params"]):
                 xs = x[:, :, off:off + T * k].reshape(B, K, T, k, 3)
