@@ -299,6 +299,52 @@ def test_unit_energy_of_some_molecules_equals_those_rows_of_the_group(hexane):
     assert len(s.energy._cache) == cached == len(s._schedule()[0])  # per step, whatever molecules are asked for
 
 
+def test_guidance_scores_turns_by_the_terms_a_turn_changes():
+    """Energy guidance compares a placement's energies as its rotors turn, with the bonded terms
+    of bond lengths and angles left out (prepare(..., turning=True)): a turn leaves those terms as
+    they were, so full minus turning energy must be the same constant for every turn. On sPS (the
+    shipped model's system, one frame drawn forward), whose rings turn about their bond to the chain."""
+    from pathlib import Path
+
+    from backmap.engine.assembly import make_backmapper
+    from backmap.engine.loaders import load_mapping, load_topology
+    from backmap.engine.models import load_model
+    from backmap.sampling.backmapper import BackmapSettings
+    from backmap.sampling.polish import find_rotors, rotate
+    from backmap.system.io import read_frames
+    from conftest import DATA
+
+    shipped = Path(__file__).resolve().parents[1] / "models" / "sps-equivariant"
+    top = load_topology(shipped / "system" / "topol.top")
+    cg = load_mapping(shipped / "system" / "sps-rings-first.xml", top).cg_topology(top)
+    bm = make_backmapper(cg, load_model(shipped).generator, BackmapSettings(candidates=2, gibbs_sweeps=0), seed=1)
+    pos = torch.as_tensor(next(iter(bm.run([next(iter(read_frames(DATA / "sps" / "cg.gro")))]))).positions,
+                          dtype=torch.float32)
+    s = bm.sampler
+    placed = torch.ones(len(pos), dtype=torch.bool)
+    name, st, meta, groups = s._last_schedule[0][4]  # a ring
+    g, atoms, bead, pred, frame, first_atom, idx, est = groups[0]
+    graph = cg.topology.moltypes[name].graph
+    rotors = find_rotors(graph, (idx[0] - first_atom[0]).numpy(), np.ones(graph.number_of_nodes(), bool))
+    assert len(rotors) >= 1
+    B, K = len(idx), 6
+    ext = pos[first_atom[:, None] + torch.as_tensor(rotors.external)[None]] if len(rotors.external) else None
+    angles = torch.rand(B * K, len(rotors), generator=torch.Generator().manual_seed(1)) * 4 - 2
+    angles[::K] = 0.0  # each unit as it stands among its turns
+    turned = rotate(pos[idx].repeat_interleave(K, 0), rotors, angles,
+                    None if ext is None else ext.repeat_interleave(K, 0)).view(B, K, -1, 3)
+    env = s.builder.build(name, atoms, bead, pred, pos, placed, frame_beads=frame, compact=True)
+    full = s.energy(name, st, first_atom, turned, env, pos, placed, static=est, all_placed=True)
+    turning = s.energy(name, st, first_atom, turned, env, pos, placed, all_placed=True,
+                       static=s.energy.prepare(name, st, first_atom, idx, turning=True))
+    offset = (full - turning).double()
+    # float32: the turn's rounding of bond lengths (~1e-4 kJ/mol here) and of the sums' magnitudes
+    # (a turn into a neighbour gives LJ energies of 1e7 kJ/mol)
+    assert bool(((offset - offset[:, :1]).abs() < 0.01 + 1e-6 * full.double().abs()).all())
+    assert float(offset.abs().max()) > 1.0  # the bonds' and angles' energies were left out: not vacuous
+    assert float((turning - turning[:, :1]).abs().max()) > 1.0  # and the turns did change the rest
+
+
 def test_unit_energy_on_compacted_lists(hexane):
     """Candidate energies do not depend on the neighbour-list layout, the Gibbs shortcut
     (``all_placed``) changes nothing when everything is placed, and in the forward pass bonded

@@ -223,19 +223,29 @@ class UnitEnergy:
         pair = torch.stack(rows)
         return pair.view(len(rows), *excl.shape).transpose(0, 1) * ok[:, None]
 
-    def prepare(self, moltype: str, step: int, first_atom: torch.Tensor, units: torch.Tensor) -> dict:
+    #: bonded terms a turn about bonds (energy guidance's moves) leaves unchanged: functions of
+    #: bond lengths and bond angles only
+    TURN_INVARIANT = frozenset({"bond", "angle", "urey_bradley"})
+
+    def prepare(self, moltype: str, step: int, first_atom: torch.Tensor, units: torch.Tensor,
+                turning: bool = False) -> dict:
         """Index tables of one step's bonded terms, all kinds fused: one gather of every term
         atom (B, A), the candidate slot that replaces each and each kind's span. All but the
         gather depend only on the topology and the step, so they are cached across frames and
-        molecule groups (any subset of a step's molecules costs one addition)."""
-        key = (moltype, step)
+        molecule groups (any subset of a step's molecules costs one addition). ``turning``: only
+        the terms a turn about bonds changes (for energy guidance, which compares energies of one
+        placement turned: the others are the same constant in each)."""
+        key = (moltype, step, turning)
         st = self._cache.get(key)
         if st is None:
-            st = self._cache[key] = self._prepare_step(moltype, step, first_atom, units)
+            st = self._cache[key] = self._prepare_step(moltype, step, first_atom, units, turning)
         return st if st["local_all"] is None else {**st, "glob": first_atom[:, None] + st["local_all"][None]}
 
-    def _prepare_step(self, moltype: str, step: int, first_atom: torch.Tensor, units: torch.Tensor) -> dict:
+    def _prepare_step(self, moltype: str, step: int, first_atom: torch.Tensor, units: torch.Tensor,
+                      turning: bool = False) -> dict:
         terms = self.local[moltype][step]
+        if turning:
+            terms = {name: term for name, term in terms.items() if name not in self.TURN_INVARIANT}
         unit_atoms = [int(a) for a in (units[0] - first_atom[0]).tolist()]
         local, spans, params, offset = [], [], [], 0
         for name, (atoms, par, _is_unit) in terms.items():
@@ -389,8 +399,8 @@ class RestrainedScorer:
         if self.scorer is not None:
             self.scorer.reset()
 
-    def prepare(self, *args):
-        return self.scorer.prepare(*args) if self.scorer is not None else None
+    def prepare(self, *args, **kw):
+        return self.scorer.prepare(*args, **kw) if self.scorer is not None else None
 
     def __call__(self, moltype: str, step: int, first_atom: torch.Tensor, candidates: torch.Tensor, env,
                  positions: torch.Tensor, placed: torch.Tensor, all_placed: bool = False, **kw) -> torch.Tensor:
@@ -813,7 +823,7 @@ class Sampler:
         pick = torch.as_tensor(self.selector.select(to_host(energies), self.rng))
         chosen = lab.gather(1, pick.view(-1, 1, 1, 1).expand(-1, 1, *lab.shape[2:]))[:, 0]  # (B, U, 3)
         if polish:
-            chosen = self._polish(name, s, first_atom, idx, chosen, env, x, placed, est, all_placed)
+            chosen = self._polish(name, s, first_atom, idx, chosen, env, x, placed, all_placed)
         x.index_copy_(0, idx.reshape(-1), chosen.reshape(-1, 3))
         return first_atom, energies.gather(1, pick.view(-1, 1))[:, 0].float()
 
@@ -839,13 +849,13 @@ class Sampler:
     def _polish_step(self, step: tuple, positions: torch.Tensor, placed: torch.Tensor) -> None:
         """Polish every unit of a plan step where it stands (the closing pass: nothing drawn)."""
         name, s, meta, groups = step
-        for group, atoms, bead, pred, frame, first_atom, idx, est in groups:
+        for group, atoms, bead, pred, frame, first_atom, idx, _est in groups:
             rotors = self._unit_rotors(name, s, idx, first_atom, placed)
             if not any(len(r) for r in rotors[0]):
                 continue
             env = self.builder.build(name, atoms, bead, pred, positions, placed, frame_beads=frame, compact=True)
             env.meta = meta
-            moved = self._polish(name, s, first_atom, idx, positions[idx], env, positions, placed, est, True, rotors)
+            moved = self._polish(name, s, first_atom, idx, positions[idx], env, positions, placed, True, rotors)
             positions.index_copy_(0, idx.reshape(-1), moved.reshape(-1, 3))
 
     def _unit_rotors(self, name: str, s: int, idx: torch.Tensor, first_atom: torch.Tensor, placed: torch.Tensor
@@ -874,12 +884,14 @@ class Sampler:
         return w if w.sum() > 0 else np.ones(len(unit.atoms))
 
     def _polish(self, name: str, s: int, first_atom: torch.Tensor, idx: torch.Tensor, chosen: torch.Tensor, env,
-                positions: torch.Tensor, placed: torch.Tensor, est, all_placed: bool, known=None) -> torch.Tensor:
+                positions: torch.Tensor, placed: torch.Tensor, all_placed: bool, known=None) -> torch.Tensor:
         """The chosen placements (B, U, 3) after the energy-guided descent of :attr:`polish` in
         their rotatable bonds (bond lengths and angles kept as drawn); ``known``: from
         :meth:`_unit_rotors`, if already at hand."""
+        turning = self.energy.prepare(name, s, first_atom, idx, turning=True)  # the terms a turn changes
+
         def energy(x: torch.Tensor) -> torch.Tensor:  # (B, K, U, 3) configurations -> (B, K)
-            return self.energy(name, s, first_atom, x, env, positions, placed, static=est, all_placed=all_placed)
+            return self.energy(name, s, first_atom, x, env, positions, placed, static=turning, all_placed=all_placed)
 
         out = chosen.clone()
         found, inverse = known or self._unit_rotors(name, s, idx, first_atom, placed)
