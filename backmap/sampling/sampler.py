@@ -314,7 +314,7 @@ class UnitEnergy:
             total = self._coulomb(r2, pp[:, 2], B, K) if total is None else total + self._coulomb(r2, pp[:, 2], B, K)
         inv6 = r2.clamp_(min=1e-4).pow_(3).reciprocal_().view(B, K, U * N)  # nothing differentiates it: in place
         c6, c12 = pp[:, 0].reshape(B, 1, U * N), pp[:, 1].reshape(B, 1, U * N)
-        lj = (inv6 * (c12 * inv6 - c6)).sum(-1)
+        lj = torch.addcmul(-c6, c12, inv6).mul_(inv6).sum(-1)  # (c12/r⁶ − c6)/r⁶: two passes fewer
         total = lj if total is None else total + lj
         return total
 
