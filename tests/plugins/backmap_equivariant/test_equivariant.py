@@ -513,6 +513,23 @@ def test_radial_basis_is_e3nns_smooth_finite():
     assert (got[r >= encoder.radius] == 0).all()
 
 
+def _shipped_sps_proposals(gibbs_sweeps: int, **params):
+    """The shipped sPS model's generator (``params`` changed) and the batches it was asked to
+    propose for while backmapping tests/data/sps/cg.gro (K = 2, no energy)."""
+    shipped = Path(__file__).resolve().parents[3] / "models" / "sps-equivariant"
+    gen = load_model(shipped).generator
+    gen.params = gen.params.model_copy(update=params)
+    top = load_topology(shipped / "system" / "topol.top")
+    cg = load_mapping(shipped / "system" / "sps-rings-first.xml", top).cg_topology(top)
+    seen = []
+    original = gen.propose
+    gen.propose = lambda batch, k, rng: (seen.append(batch), original(batch, k, rng))[1]
+    bm = make_backmapper(cg, gen, BackmapSettings(candidates=2, gibbs_sweeps=gibbs_sweeps, energy=False), seed=1)
+    list(bm.run([next(iter(read_frames(DATA / "sps" / "cg.gro")))]))
+    gen.propose = original
+    return gen, seen
+
+
 def test_steps_built_alike_are_drawn_in_one_batch_each_row_by_its_own_table():
     """Clash repair merges steps whose units the generator draws alike (``batch_key``: on sPS the
     chain's middle beads of one kind). In a merged batch each row is drawn with its own bead's
@@ -521,18 +538,7 @@ def test_steps_built_alike_are_drawn_in_one_batch_each_row_by_its_own_table():
     from backmap.errors import BackmapError
     from backmap.sampling.environment import EnvironmentBatch
 
-    shipped = Path(__file__).resolve().parents[3] / "models" / "sps-equivariant"
-    model = load_model(shipped)
-    gen = model.generator
-    gen.params = gen.params.model_copy(update={"project": False, "recentre": False})  # the IC draws' density
-    top = load_topology(shipped / "system" / "topol.top")
-    cg = load_mapping(shipped / "system" / "sps-rings-first.xml", top).cg_topology(top)
-    seen = []
-    original = gen.propose
-    gen.propose = lambda batch, k, rng: (seen.append(batch), original(batch, k, rng))[1]
-    bm = make_backmapper(cg, gen, BackmapSettings(candidates=2, gibbs_sweeps=1, energy=False), seed=1)
-    list(bm.run([next(iter(read_frames(DATA / "sps" / "cg.gro")))]))
-    gen.propose = original
+    gen, seen = _shipped_sps_proposals(gibbs_sweeps=1, project=False, recentre=False)  # the IC draws' density
     gibbs = {b.meta["bead"]: b for b in seen[len(seen) // 2:]}  # the Gibbs sweep: every atom placed
     keys = {bead: gen.batch_key(b.meta) for bead, b in gibbs.items()}
     assert keys[5] == keys[7] == keys[9] != keys[1] and keys[6] == keys[8] != keys[5]
@@ -560,17 +566,7 @@ def test_proposals_in_inference_mode_leave_training_possible():
     change candidates in place), and what it caches (the rings' SHAKE solvers) must be usable by
     the training path afterwards: a draw with gradients through the projection, on the shipped
     sPS model (whose rings have closures to project)."""
-    shipped = Path(__file__).resolve().parents[3] / "models" / "sps-equivariant"
-    model = load_model(shipped)
-    gen = model.generator
-    top = load_topology(shipped / "system" / "topol.top")
-    cg = load_mapping(shipped / "system" / "sps-rings-first.xml", top).cg_topology(top)
-    seen = []
-    original = gen.propose
-    gen.propose = lambda batch, k, rng: (seen.append(batch), original(batch, k, rng))[1]
-    bm = make_backmapper(cg, gen, BackmapSettings(candidates=2, gibbs_sweeps=0, energy=False), seed=1)
-    list(bm.run([next(iter(read_frames(DATA / "sps" / "cg.gro")))]))
-    gen.propose = original
+    gen, seen = _shipped_sps_proposals(gibbs_sweeps=0)
     cached = [v for v in gen.tables._projections.values() if v is not None]
     assert cached  # the rings were projected: solvers were made during the proposals
     assert not any(t.is_inference() for solver, points in cached
