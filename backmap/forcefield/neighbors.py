@@ -3,7 +3,8 @@
 A cell grid in fractional coordinates, with cells at least one cut-off high along every box
 normal, so that all neighbours of an atom lie in its own or the 26 adjacent cells (taken with
 their periodic image when the grid wraps). Work and memory grow linearly with the number of atoms;
-distances are screened in torch, in chunks of cells. Works for strongly skewed boxes (the sPS
+dense cells are screened in torch as padded blocks, sparse ones (a short cut-off) as a list of their
+atom pairs, both in chunks and in the same order. Works for strongly skewed boxes (the sPS
 reference has γ ≈ 119°), where MDAnalysis' grid search refuses cut-offs above ~0.4 × box height.
 """
 from __future__ import annotations

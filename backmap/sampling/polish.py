@@ -74,8 +74,7 @@ def find_rotors(graph: nx.Graph, unit_atoms: np.ndarray, placed: np.ndarray,
             side = _side(adjacency, b, a)
             if a in side or any(placed[x] and x not in unit for x in side):
                 continue
-            # the bond is a bridge: a's side is the rest of a's component
-            if not any(placed[x] and x not in unit and x not in side for x in nx.node_connected_component(graph, a)):
+            if not any(placed[x] and x not in unit for x in _side(adjacency, a, b)):
                 continue  # a's side floats too: the turn would be about nothing the environment holds
             moving = sorted(slot[x] for x in side if x in unit and x != b)
             if moving:
@@ -97,7 +96,8 @@ def find_rotors(graph: nx.Graph, unit_atoms: np.ndarray, placed: np.ndarray,
 
 
 def _side(adjacency: dict, b, a) -> set:
-    """The atoms reachable from ``b`` without crossing the bond b–a (a among them if the bond is in a ring)."""
+    """The atoms reachable from ``b`` without crossing the bond b–a (``adjacency``: each atom's
+    neighbours; a among them if the bond is in a ring)."""
     seen, stack = {b}, [b]
     while stack:
         n = stack.pop()
