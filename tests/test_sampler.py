@@ -526,12 +526,92 @@ def test_regrow_trials_keep_each_molecules_lowest_energy(hexane):
         assert e[8] < 0.97 * e[1], (seed, e)
 
 
+def _regrown_sources(bm, R, fr, names):
+    """The frame with its regrow (its only move), and per molecule the trial each named bead's
+    atoms came from."""
+    seen = {}
+    step = bm.sampler._step
+
+    def recording(*args, **kwargs):
+        if kwargs.get("trials") is not None:
+            seen["trials"] = kwargs["trials"]
+        return step(*args, **kwargs)
+
+    bm.sampler._step = recording
+    y = _frame(bm, R, fr)
+    trials = torch.stack(seen["trials"]).numpy()
+    n_mol = bm.cg_topology.blocks[0].block.count
+    source = {}
+    for name in names:
+        atoms = _bead_atoms(bm.cg_topology, bm, name).reshape(n_mol, -1)
+        match = (np.abs(trials[:, atoms] - y[atoms][None]).max(-1) < 1e-6).all(-1)  # (trials, molecules)
+        assert match.any(0).all()
+        source[name] = match.argmax(0)
+    return y, source
+
+
+def test_regrow_blocks_keep_their_own_best_trial(hexane):
+    """The regrow's trials are chosen per block (the hidden beads of a molecule joined by CG
+    bonds), not per molecule: a hexane's two end beads, A1 and A2, not bonded to each other, come
+    from different trials in many molecules; A1 with its bonded B is one block, always from one."""
+    topo, cg, x, fr = hexane
+    R = cg.apply(x)
+    _, apart = _regrown_sources(_backmapper(cg, 0, regrow=["A1", "A2"], regrow_trials=8), R, fr, ["A1", "A2"])
+    assert (apart["A1"] != apart["A2"]).mean() > 0.5  # 7/8 for independent choices
+    _, joined = _regrown_sources(_backmapper(cg, 0, regrow=["A1", "B"], regrow_trials=8), R, fr, ["A1", "B"])
+    np.testing.assert_array_equal(joined["A1"], joined["B"])
+    assert len(set(joined["A1"].tolist())) > 1
+
+
 def test_regrow_names_an_unknown_bead(hexane):
     from backmap.errors import BackmapError
 
     topo, cg, x, fr = hexane
     with pytest.raises(BackmapError, match="regrow: no bead named Q7"):
         _backmapper(cg, 0, regrow=["A1", "Q7"])
+
+
+def test_clash_layers_separate_units_that_clash_with_each_other():
+    from backmap.sampling.sampler import _clash_layers
+
+    # a triangle 0-1-2, a pair 3-4, unit 5 alone; −1 (an atom of no flagged unit) and a unit's
+    # clash with itself join nothing
+    a, b = np.array([0, 1, 2, 4, -1, 5]), np.array([1, 2, 0, 3, 5, 5])
+    np.testing.assert_array_equal(_clash_layers(6, a, b), [0, 1, 2, 0, 1, 0])
+    np.testing.assert_array_equal(_clash_layers(3, np.array([], int), np.array([], int)), [0, 0, 0])
+
+
+def test_clash_repair_never_draws_two_units_that_clash_with_each_other_together(hexane):
+    """Drawn in one call, two units that clash with each other both move away from where the
+    other was and can meet anew; the repair draws them in successive calls (the later sees the
+    earlier's new place)."""
+    from backmap.engine.assembly import make_backmapper
+    from backmap.sampling.backmapper import BackmapSettings
+
+    topo, cg, x, fr = hexane
+    gen = default_registry().get("generator", "bead_centre").cls({"spread": 0.12})
+    bm = make_backmapper(cg, gen, BackmapSettings(candidates=4, gibbs_sweeps=0), seed=0)
+    y = _frame(bm, cg.apply(x), fr)
+    sampler = bm.sampler
+    i, j = sampler.clashing_pairs(torch.as_tensor(y, dtype=torch.float32))
+    unit = np.full(len(y), -1)  # atom -> (molecule, bead) unit number
+    for k, u in enumerate(next(iter(bm.plans.values())).units):
+        mols = np.arange(cg.blocks[0].block.count)
+        unit[(mols[:, None] * cg.blocks[0].block.moltype.n_atoms + np.asarray(u.atoms)[None]).ravel()] = \
+            (mols[:, None] * 10 + k).ravel()
+    apart = {(unit[a], unit[b]) for a, b in zip(i, j) if unit[a] != unit[b]}
+    assert len(apart) > 3  # units that clash with each other
+    calls = []
+    propose = sampler.generator.propose
+
+    def recording(batch, n_candidates, rng):
+        calls.append(set(unit[batch.target_atoms[batch.target_atoms >= 0].numpy()].tolist()))
+        return propose(batch, n_candidates, rng)
+
+    sampler.generator.propose = recording
+    _, n = sampler.repair_frame(y)
+    assert n > len(apart) and len(calls) > 1
+    assert all(not (u in call and v in call) for u, v in apart for call in calls)
 
 
 def test_clash_repair_redraws_the_clashing_units(hexane):

@@ -668,13 +668,16 @@ class Sampler:
                 n_trials: int) -> bool:
         """Hide the named beads' units, place them again in plan order (forward mode), then once
         more with everything placed (Gibbs mode); with ``n_trials`` > 1 the block is grown that
-        many times (the trials' environments drawn in one batch per step) and each molecule keeps
+        many times (the trials' environments drawn in one batch per step) and each block — the
+        hidden beads of a molecule joined by CG bonds: a chain's start and its end are two — keeps
         the trial whose units' Gibbs-mode selection energies sum lowest. False: no unit named."""
         steps = [step for block in schedule for step in block if self._bead_name(step) in names]
         if not steps:
             return False
-        hidden = torch.cat([g[6].reshape(-1) for step in steps for g in step[3]])
-        owner = torch.cat([g[5][:, None].expand_as(g[6]).reshape(-1) for step in steps for g in step[3]])
+        units = [g for step in steps for g in step[3]]
+        block_of = self._bead_blocks(np.concatenate([g[2] for g in units]))
+        hidden = torch.cat([g[6].reshape(-1) for g in units])
+        owner = torch.cat([torch.as_tensor(block_of[g[2]])[:, None].expand_as(g[6]).reshape(-1) for g in units])
         trials = [positions.clone() for _ in range(n_trials)]
         placed[:] = True
         placed[hidden] = False
@@ -683,21 +686,44 @@ class Sampler:
         # the score: after a Gibbs pass, the sum of the block's units' energies with everything
         # in place (a forward-mode sum, the block's energy before it has settled, kept 0.993
         # instead of 0.997 of sPS's stereocentres on 10 frames)
-        energy = torch.zeros(len(trials), len(positions))  # per trial and molecule (by its first atom)
+        energy = torch.zeros(len(trials), int(block_of.max()) + 1)  # per trial and block
         for step in steps:
-            for t, groups in enumerate(self._step(step, positions, placed, all_placed=True, candidates=k,
-                                                  trials=trials)):
-                for first_atom, chosen in groups:
-                    energy[t].index_add_(0, first_atom, chosen)
-        best = energy.argmin(0)[owner]  # the trial each hidden atom's molecule keeps
+            for t, chosen_groups in enumerate(self._step(step, positions, placed, all_placed=True, candidates=k,
+                                                         trials=trials)):
+                for g, (_molecules, chosen) in zip(step[3], chosen_groups):
+                    energy[t].index_add_(0, torch.as_tensor(block_of[g[2]]), chosen)
+        best = energy.argmin(0)[owner]  # the trial each hidden atom's block keeps
         positions[hidden] = torch.stack([x[hidden] for x in trials])[best, torch.arange(len(hidden))]
         placed[:] = True
         return True
+
+    def _bead_blocks(self, beads: np.ndarray) -> np.ndarray:
+        """Per bead of the system, the connected component (numbered from 0) its CG bonds make
+        among ``beads`` (global indices), or −1 for a bead not among them. Every block's trial is
+        chosen on its own energy: summed with another block's, the choice would trade the one's
+        fit for the other's."""
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        beads = np.unique(beads)
+        at = np.full(self.cg.n_beads, -1)
+        at[beads] = np.arange(len(beads))
+        bonds = self.cg.bonds.reshape(-1, 2)
+        inside = bonds[(at[bonds] >= 0).all(1)]
+        graph = coo_matrix((np.ones(len(inside)), (at[inside[:, 0]], at[inside[:, 1]])), shape=(len(beads),) * 2)
+        block = np.full(self.cg.n_beads, -1)
+        block[beads] = connected_components(graph, directed=False)[1]
+        return block
 
     def clashing_atoms(self, positions: torch.Tensor) -> np.ndarray:
         """Atoms closer than ``clash_distance`` to an atom more than three bonds away, and (with
         ``clash_energy``) both atoms of every pair the force field does not exclude whose LJ energy
         exceeds it — from one neighbour search out to the farther of the two reaches."""
+        i, j = self.clashing_pairs(positions)
+        return np.unique(np.concatenate([i, j]))
+
+    def clashing_pairs(self, positions: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """The pairs (i, j) :meth:`clashing_atoms` finds its atoms in."""
         if self._near_keys is None:
             from backmap.metrics.terms import pairs_within
 
@@ -714,7 +740,7 @@ class Sampler:
         close = (r2 < d * d) & ~_sorted_member(keys, self._near_keys)  # the search has a skin
         if lj:
             close |= (self._lj_energies(i, j, r2) > self.options.clash_energy) & ~_sorted_member(keys, self._lj_exclusions())
-        return np.unique(np.concatenate([i[close], j[close]]))
+        return i[close], j[close]
 
     #: how far an LJ clash is searched for (nm): beyond it no pair of the supported force fields
     #: comes near the energies a clash threshold is set to
@@ -747,21 +773,45 @@ class Sampler:
         and those of all steps the generator draws in one call (equal
         :meth:`~backmap.engine.plugin.Generator.batch_key`: a chain's middle beads) together, at
         the first such step: the units are few and scattered, and a call's fixed cost is most of
-        a small one's (≈ 14 ms of 16 for 32 rows on sPS). Returns how many units there were."""
+        a small one's (≈ 14 ms of 16 for 32 rows on sPS). But two units that clash with each other
+        are never drawn together: the units are split into layers (a greedy colouring of their
+        clashes, in plan order), drawn one layer after the other, so that the later of the two
+        sees where the earlier went — drawn together, both move away from where the other was,
+        and adjacent units of a chain could meet anew (on sPS: backbone hydrogens of neighbouring
+        beads left 0.07 nm apart by the last round). Returns how many units there were."""
+        i, j = self.clashing_pairs(positions)
         bad = np.zeros(len(positions), bool)
-        bad[self.clashing_atoms(positions)] = True
+        bad[i] = bad[j] = True
         placed[:] = True
-        merged: dict = {}  # the steps the generator draws in one call, in the order of their first
+        flagged = []  # (step, its group's rows with a clashing atom) in plan order
+        unit_of = np.full(len(positions), -1)  # each flagged unit's atoms: its number
         for block in schedule:
-            for name, s, meta, groups in block:
-                for g, atoms, bead, pred, frame, first_atom, idx, _est in groups:
+            for step in block:
+                for g, atoms, bead, pred, frame, first_atom, idx, _est in step[3]:
                     rows = np.flatnonzero(bad[np.clip(atoms, 0, None)].any(1))
-                    if not len(rows):
-                        continue
-                    held = torch.as_tensor(rows)
-                    units = (g[rows], atoms[rows], bead[rows], pred[rows], frame[rows], first_atom[held], idx[held], None)
-                    key = self.generator.batch_key(meta)
-                    merged.setdefault(len(merged) if key is None else key, []).append((name, s, meta, units))
+                    for r in rows:
+                        unit_of[atoms[r][atoms[r] >= 0]] = len(flagged)
+                        flagged.append((step, (g, atoms, bead, pred, frame, first_atom, idx), r))
+        layer = _clash_layers(len(flagged), unit_of[i], unit_of[j])
+        n = 0
+        for k in range(int(layer.max()) + 1 if len(layer) else 0):
+            n += self._repair_units([u for u, lay in zip(flagged, layer) if lay == k], positions, placed)
+        self.repaired_units += n
+        return n
+
+    def _repair_units(self, flagged: list, positions: torch.Tensor, placed: torch.Tensor) -> int:
+        """Units (step, group, row; plan order) drawn again in Gibbs mode: a step's together, and
+        those of steps the generator draws in one call at the first of them."""
+        by_group: dict = {}
+        for step, group, r in flagged:
+            by_group.setdefault((id(step), id(group[0])), (step, group, []))[2].append(r)
+        merged: dict = {}  # the steps the generator draws in one call, in the order of their first
+        for step, (g, atoms, bead, pred, frame, first_atom, idx), rows in by_group.values():
+            name, s, meta, _groups = step
+            held = torch.as_tensor(rows)
+            units = (g[rows], atoms[rows], bead[rows], pred[rows], frame[rows], first_atom[held], idx[held], None)
+            key = self.generator.batch_key(meta)
+            merged.setdefault(len(merged) if key is None else key, []).append((name, s, meta, units))
         n = 0
         for parts in merged.values():
             if len(parts) == 1:
@@ -770,7 +820,6 @@ class Sampler:
             else:
                 self._step_merged(parts, positions, placed)
             n += sum(len(part[3][0]) for part in parts)
-        self.repaired_units += n
         return n
 
     def _step(self, step: tuple, positions: torch.Tensor, placed: torch.Tensor, all_placed: bool = False,
@@ -907,6 +956,22 @@ class Sampler:
                 self.polish_log["energy_drop"] += float((log["e_before"] - log["e_after"])[rows].sum())
                 self.polish_log["accepted"] += log["accepted"]
         return out
+
+
+def _clash_layers(n_units: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per unit (0 … n_units − 1, plan order) its layer: the smallest not taken by an earlier unit
+    it clashes with (pairs of units ``a``, ``b``; −1: an atom of no flagged unit). One layer when
+    no two flagged units clash with each other."""
+    keep = (a >= 0) & (b >= 0) & (a != b)
+    a, b = np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])
+    earlier: list[set[int]] = [set() for _ in range(n_units)]
+    for u, v in zip(a.tolist(), b.tolist()):
+        earlier[v].add(u)
+    layer = np.zeros(n_units, int)
+    for v in range(n_units):
+        taken = {int(layer[u]) for u in earlier[v]}
+        layer[v] = next(k for k in range(len(taken) + 1) if k not in taken)
+    return layer
 
 
 def _sorted_member(keys: np.ndarray, table: np.ndarray) -> np.ndarray:
