@@ -783,35 +783,37 @@ class Sampler:
         bad = np.zeros(len(positions), bool)
         bad[i] = bad[j] = True
         placed[:] = True
-        flagged = []  # (step, its group's rows with a clashing atom) in plan order
-        unit_of = np.full(len(positions), -1)  # each flagged unit's atoms: its number
+        unit_of = np.full(len(positions), -1)  # the atoms of the units to redraw: their number, in plan order
+        n_units = 0
         for block in schedule:
-            for step in block:
-                for g, atoms, bead, pred, frame, first_atom, idx, _est in step[3]:
-                    rows = np.flatnonzero(bad[np.clip(atoms, 0, None)].any(1))
-                    for r in rows:
-                        unit_of[atoms[r][atoms[r] >= 0]] = len(flagged)
-                        flagged.append((step, (g, atoms, bead, pred, frame, first_atom, idx), r))
-        layer = _clash_layers(len(flagged), unit_of[i], unit_of[j])
-        n = 0
-        for k in range(int(layer.max()) + 1 if len(layer) else 0):
-            n += self._repair_units([u for u, lay in zip(flagged, layer) if lay == k], positions, placed)
+            for _name, _s, _meta, groups in block:
+                for _g, atoms, *_rest in groups:
+                    held = atoms[np.flatnonzero(bad[np.clip(atoms, 0, None)].any(1))]
+                    number = np.broadcast_to(n_units + np.arange(len(held))[:, None], held.shape)
+                    unit_of[held[held >= 0]] = number[held >= 0]
+                    n_units += len(held)
+        if not n_units:
+            return 0
+        layer = _clash_layers(n_units, unit_of[i], unit_of[j])
+        atom_layer = np.where(unit_of >= 0, layer[np.maximum(unit_of, 0)], -1)
+        n = sum(self._redraw_units(schedule, positions, placed, atom_layer == k) for k in range(int(layer.max()) + 1))
         self.repaired_units += n
         return n
 
-    def _repair_units(self, flagged: list, positions: torch.Tensor, placed: torch.Tensor) -> int:
-        """Units (step, group, row; plan order) drawn again in Gibbs mode: a step's together, and
-        those of steps the generator draws in one call at the first of them."""
-        by_group: dict = {}
-        for step, group, r in flagged:
-            by_group.setdefault((id(step), id(group[0])), (step, group, []))[2].append(r)
+    def _redraw_units(self, schedule: list, positions: torch.Tensor, placed: torch.Tensor, bad: np.ndarray) -> int:
+        """The units holding an atom marked ``bad`` drawn again in Gibbs mode: a step's together,
+        and those of steps the generator draws in one call at the first of them."""
         merged: dict = {}  # the steps the generator draws in one call, in the order of their first
-        for step, (g, atoms, bead, pred, frame, first_atom, idx), rows in by_group.values():
-            name, s, meta, _groups = step
-            held = torch.as_tensor(rows)
-            units = (g[rows], atoms[rows], bead[rows], pred[rows], frame[rows], first_atom[held], idx[held], None)
-            key = self.generator.batch_key(meta)
-            merged.setdefault(len(merged) if key is None else key, []).append((name, s, meta, units))
+        for block in schedule:
+            for name, s, meta, groups in block:
+                for g, atoms, bead, pred, frame, first_atom, idx, _est in groups:
+                    rows = np.flatnonzero(bad[np.clip(atoms, 0, None)].any(1))
+                    if not len(rows):
+                        continue
+                    held = torch.as_tensor(rows)
+                    units = (g[rows], atoms[rows], bead[rows], pred[rows], frame[rows], first_atom[held], idx[held], None)
+                    key = self.generator.batch_key(meta)
+                    merged.setdefault(len(merged) if key is None else key, []).append((name, s, meta, units))
         n = 0
         for parts in merged.values():
             if len(parts) == 1:
