@@ -232,11 +232,12 @@ class AtomwiseFirstLayer:
     """The trunk's first layer for drawing a unit atom by atom (inference with slot-ordered known
     points, :meth:`InternalCoordinateGenerator._features`' layout), split by what changes when.
     Once per unit: the context's share, the near beads' types' and the external atoms'
-    known-flags'. Per atom: the previous atom's ICs and the points seen from the atom's NeRF frame,
+    known-flags', and the share of the points every atom of the unit sees (encoder vectors, lab
+    origin and axes, near beads, external atoms: :meth:`fixed_share`) — linear in the atom's NeRF
+    frame, so per atom only its frame's nine entries and its parent's place in it are multiplied
+    in, not the ~30 points. Per atom: the previous atom's ICs and the unit's atoms placed so far,
     taken coordinate-major — (rows, 3, points), turned by three broadcast multiply-adds over
-    contiguous rows, 4× faster on a CPU than the point-major (points, 3)·(3, 3) batched product — and
-    only over the points known at that
-    atom: a unit atom not placed yet is seen as zeros with a zero flag, so its columns add nothing.
+    contiguous rows, 4× faster on a CPU than the point-major (points, 3)·(3, 3) batched product.
     The same numbers as :meth:`Head.features` up to rounding."""
 
     def __init__(self, head: Head, n_vectors: int, n_near: int, n_bead_types: int, n_unit: int, n_external: int):
@@ -256,6 +257,7 @@ class AtomwiseFirstLayer:
         self.w_seen = w[:, o2:o3].reshape(len(w), n_unit + n_external, 3)
         self.w_flags = w[:, o3:o3 + n_unit + n_external]
         self._per_atom: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._fixed_weights: torch.Tensor | None = None
         d = head.dihedral[0]
         self._n_angle = head.angle.out_features
         self._w_parts = torch.cat([head.angle.weight, d.weight[:, :-2]]).detach()
@@ -272,28 +274,49 @@ class AtomwiseFirstLayer:
         x = torch.addmm(x, near_types.flatten(1), self.w_types.T)
         return torch.addmm(x, external_ok.to(x.dtype), self.w_flags[:, self.U:].T)
 
+    def fixed_share(self, points: torch.Tensor, shifted: torch.Tensor) -> torch.Tensor:
+        """(units, 12, hidden) for :meth:`features`: of the points every atom of a unit sees,
+        ``points`` (units, 3, fixed + external) in the lab frame, hidden ones zero, and which of them
+        are taken relative to the atom's parent (``shifted``, (units, fixed + external), hidden
+        ones zero) — the first layer's response to each entry A_ik of an atom's frame (rows 0–8,
+        i·3 + k) and, with the sign turned, to each coordinate of the frame times its parent (9–11)."""
+        if self._fixed_weights is None:  # (points, 3 · hidden): the weight of point p's coordinate i on h
+            w = torch.cat([self.w_fixed, self.w_seen[:, self.U:]], 1)  # (hidden, P, 3)
+            self._fixed_weights = w.permute(1, 2, 0).reshape(w.shape[1], -1).contiguous()
+        n, P = points.shape[0], points.shape[2]
+        hidden = self._fixed_weights.shape[1] // 3
+        frame = (points.reshape(n * 3, P) @ self._fixed_weights).view(n, 3, 3, hidden).transpose(1, 2)  # (n, i, k, h)
+        parent = (shifted @ self._fixed_weights).view(n, 3, hidden)
+        return torch.cat([frame.reshape(n, 9, hidden), parent], 1)
+
     def atom_weights(self, known: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """For an atom whose unit atoms ``known`` (unit slots) are placed: the weight over
-        (previous ICs, coordinate-major points: the fixed ones, the external slots, ``known``) and
-        the known atoms' flags' share (hidden,)."""
+        (previous ICs, the known atoms coordinate-major) and their flags' share (hidden,)."""
         if known not in self._per_atom:
-            seen = self.w_seen[:, [*range(self.U, self.U + self.E), *known]]
-            points = torch.cat([self.w_fixed, seen], 1)  # (hidden, P, 3)
+            points = self.w_seen[:, list(known)]  # (hidden, known, 3)
             w = torch.cat([self.w_previous, points.transpose(1, 2).flatten(1)], 1).contiguous()
             self._per_atom[known] = (w, self.w_flags[:, list(known)].sum(1))
         return self._per_atom[known]
 
     def features(self, unit_share: torch.Tensor, slot: torch.Tensor, previous: torch.Tensor, points: torch.Tensor,
-                 axes: torch.Tensor, known: tuple[int, ...]) -> torch.Tensor:
-        """The trunk's output (rows, hidden) for one atom: ``points`` (rows, 3, P) in the lab frame
-        relative to the atom's parent, in :meth:`atom_weights`' order, turned into its frame ``axes``."""
+                 axes: torch.Tensor, known: tuple[int, ...], fixed: torch.Tensor, parent: torch.Tensor) -> torch.Tensor:
+        """The trunk's output (rows, hidden) for one atom: ``points`` (rows, 3, known) the unit's
+        atoms placed so far in the lab frame relative to the atom's parent, turned into its frame
+        ``axes`` (rows, 3, 3); ``fixed`` the units' :meth:`fixed_share` (rows / units rows each),
+        ``parent`` (rows, 3) the atom's parent in the lab frame."""
         w, flags = self.atom_weights(known)
-        # axes @ points as three broadcast multiply-adds: MKL's batched 3×3 product fell to a quarter
-        # of that speed for fewer than ~46 points, which most atoms have
-        turned = axes[:, :, 0:1] * points[:, 0:1]
-        turned.addcmul_(axes[:, :, 1:2], points[:, 1:2]).addcmul_(axes[:, :, 2:3], points[:, 2:3])
-        turned = turned.flatten(1)
-        x = torch.nn.functional.linear(torch.cat([previous, turned], 1), w)
+        rows = len(axes)
+        if points.shape[2]:
+            # axes @ points as three broadcast multiply-adds: MKL's batched 3×3 product fell to a
+            # quarter of that speed for fewer than ~46 points
+            turned = axes[:, :, 0:1] * points[:, 0:1]
+            turned.addcmul_(axes[:, :, 1:2], points[:, 1:2]).addcmul_(axes[:, :, 2:3], points[:, 2:3])
+            x = torch.nn.functional.linear(torch.cat([previous, turned.flatten(1)], 1), w)
+        else:
+            x = torch.nn.functional.linear(previous, w)
+        coef = torch.cat([axes.reshape(rows, 9), -(axes * parent[:, None]).sum(2)], 1)  # (rows, 12)
+        units = fixed.shape[0]
+        x = x + torch.bmm(coef.view(units, rows // units, 12), fixed).view(rows, -1)
         x = x + (unit_share + self.by_slot[slot] + flags)
         trunk = self.head.trunk
         return trunk[1](trunk[0][2](trunk[0][1](x)))

@@ -154,23 +154,25 @@ class ICInference:
         unit_share = first.unit_share(scalars, near_types.view(R, NEAR_BEADS, -1), ext_ok)
         fast = None if self.bounded_ics or N_ANGLE != 1 else (first, *self._angle_tables())
         alike = K > 1 and not self._context_per_candidate()
-        # coordinate-major points (rows, 3, P) every atom sees — encoder vectors, the lab origin and
-        # z, x axes, the near beads — then the external slots and the unit's atoms built so far:
-        # ``shift`` marks the points taken relative to the atom's parent, ``seen`` hides external
-        # atoms not found
+        # the points every atom of a unit sees, coordinate-major (units, 3, P) — encoder vectors, the
+        # lab origin and z, x axes, the near beads, the external slots; the same in a unit's K rows
+        # (all repeated per candidate), so taken in once per unit: ``shift`` marks the points taken
+        # relative to the atom's parent, ``seen`` hides external atoms not found
         n_fixed = first.n_fixed
-        fixed_points = torch.cat([vectors.transpose(1, 2), torch.zeros(R, 3, 1), torch.eye(3)[:, [2, 0]].expand(R, 3, 2),
-                                  near.transpose(1, 2)], 2)
-        shift = torch.ones(n_fixed + t.E + U)
+        B = R // K
+        vectors, near = vectors[::K], near[::K]
+        fixed_points = torch.cat([vectors.transpose(1, 2), torch.zeros(B, 3, 1), torch.eye(3)[:, [2, 0]].expand(B, 3, 2),
+                                  near.transpose(1, 2), pool[::K, t.U:t.U + t.E].transpose(1, 2)], 2)
+        shift = torch.ones(n_fixed + t.E)
         shift[:n_fixed - NEAR_BEADS] = 0.0
         shift[n_fixed - NEAR_BEADS - 3] = 1.0  # the lab origin
-        seen = torch.cat([torch.ones(R, n_fixed), ext_ok.to(pool.dtype), torch.ones(R, U)], 1)[:, None]
+        seen = torch.cat([torch.ones(B, n_fixed), ext_ok[::K].to(pool.dtype)], 1)
+        fixed = first.fixed_share(fixed_points * seen[:, None], seen * shift)
         # the pool with the unit's slots in build order: a code q < U becomes rank[q]
         unit = codes < t.U
         codes = torch.where(unit, rank[codes.clamp(max=t.U - 1)], codes)
         same = bool((codes == codes[:1]).all()) and bool((slot == slot[:1]).all())
         pool_t = pool.transpose(1, 2)  # a view of the pool: it follows the atoms placed
-        ext_t = pool_t[:, :, t.U:t.U + t.E]
         rows = torch.arange(R)
         prev = torch.zeros(R, 5)
         for a in range(U):
@@ -179,14 +181,11 @@ class ICInference:
             else:
                 p, g, d = pool[rows[:, None], codes[:, a]].unbind(1)
             axes = frame(d, g, p)
-            n = n_fixed + t.E + a
             # the first atom sees the same things in all K candidates of a unit: its head runs once per unit
             sub = slice(None, None, K) if a == 0 and alike else slice(None)
-            points = torch.cat([fixed_points[sub], ext_t[sub]], 2) if a == 0 else \
-                torch.cat([fixed_points, ext_t, pool_t[:, :, :a]], 2)
-            points = torch.addcmul(points, p[sub, :, None], shift[:n], value=-1.0) * seen[sub, :, :n]
+            points = pool_t[sub, :, :a] - p[sub, :, None]  # the unit's atoms placed so far
             h = first.features(unit_share[sub], int(slot[0, a]) if same else slot[sub, a], prev[sub], points, axes[sub],
-                               tuple(order[:a]))
+                               tuple(order[:a]), fixed, p[sub])
             pool[:, a], prev = self._draw_atom(h, axes, p, slot[:, a], bond[:, a], rigid[:, a], gen, logp,
                                                repeat=K if a == 0 and alike else 1, fast=fast)
         out = pool.clone()
