@@ -306,14 +306,11 @@ class AtomwiseFirstLayer:
         ``parent`` (rows, 3) the atom's parent in the lab frame."""
         w, flags = self.atom_weights(known)
         rows = len(axes)
-        if points.shape[2]:
-            # axes @ points as three broadcast multiply-adds: MKL's batched 3×3 product fell to a
-            # quarter of that speed for fewer than ~46 points
-            turned = axes[:, :, 0:1] * points[:, 0:1]
-            turned.addcmul_(axes[:, :, 1:2], points[:, 1:2]).addcmul_(axes[:, :, 2:3], points[:, 2:3])
-            x = torch.nn.functional.linear(torch.cat([previous, turned.flatten(1)], 1), w)
-        else:
-            x = torch.nn.functional.linear(previous, w)
+        # axes @ points as three broadcast multiply-adds: MKL's batched 3×3 product fell to a
+        # quarter of that speed for fewer than ~46 points
+        turned = axes[:, :, 0:1] * points[:, 0:1]
+        turned.addcmul_(axes[:, :, 1:2], points[:, 1:2]).addcmul_(axes[:, :, 2:3], points[:, 2:3])
+        x = torch.nn.functional.linear(torch.cat([previous, turned.flatten(1)], 1), w)
         coef = torch.cat([axes.reshape(rows, 9), -(axes * parent[:, None]).sum(2)], 1)  # (rows, 12)
         units = fixed.shape[0]
         x = x + torch.bmm(coef.view(units, rows // units, 12), fixed).view(rows, -1)

@@ -688,10 +688,11 @@ class Sampler:
         # instead of 0.997 of sPS's stereocentres on 10 frames)
         energy = torch.zeros(len(trials), int(block_of.max()) + 1)  # per trial and block
         for step in steps:
+            blocks = [torch.as_tensor(block_of[g[2]]) for g in step[3]]  # each group's units' blocks
             for t, chosen_groups in enumerate(self._step(step, positions, placed, all_placed=True, candidates=k,
                                                          trials=trials)):
-                for g, (_molecules, chosen) in zip(step[3], chosen_groups):
-                    energy[t].index_add_(0, torch.as_tensor(block_of[g[2]]), chosen)
+                for block, (_molecules, chosen) in zip(blocks, chosen_groups):
+                    energy[t].index_add_(0, block, chosen)
         best = energy.argmin(0)[owner]  # the trial each hidden atom's block keeps
         positions[hidden] = torch.stack([x[hidden] for x in trials])[best, torch.arange(len(hidden))]
         placed[:] = True
